@@ -1,0 +1,371 @@
+"""The analytic KV-cache calculator: a spec in, exact integer bytes out.
+
+Pure functions, no I/O. The rules, per layer kind:
+
+- bytes per token per layer (one copy): full / sliding / chunked attention
+  = KV heads x (bytes of one K vector + bytes of one V vector); MLA = bytes of one
+  latent vector (kv_lora_rank + qk_rope_head_dim), no separate V and no head
+  factor; state and KV-shared layers = 0.
+- tokens held per sequence at context L: full / MLA = L; sliding = min(L, window);
+  chunked = min(L, chunk) (the peak over a sequence of L tokens: the chunk fills
+  to `attention_chunk_size` before it is dropped); state = none, a fixed
+  `state bytes` per sequence instead.
+- paged blocks of `block_size` tokens round each layer's tokens up per sequence;
+  once a window (or chunk) slides past a block boundary it may straddle one
+  block more: ceil((W - 1) / bs) + 1 blocks, as vLLM's SlidingWindowSpec reserves.
+- tensor parallelism: each rank holds max(1, KV heads // tp) heads (vLLM
+  `ModelConfig.get_num_kv_heads`: replicated when heads < tp); an MLA latent is
+  whole on every rank; state layers split their channels over ranks.
+- pipeline parallelism: layers split over stages as vLLM's `get_pp_indices`
+  does (L // pp each, the remainder one extra to the stages before the last).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+from kvplan.errors import InputError
+from kvplan.formats import FIXED_FORMATS, KVFormat, KVFormatPair
+from kvplan.spec import LayerKind, ModelSpec
+
+ATTENTION_KINDS = (LayerKind.FULL, LayerKind.SLIDING, LayerKind.CHUNKED, LayerKind.MLA)
+KIND_ORDER = (
+    LayerKind.FULL,
+    LayerKind.MLA,
+    LayerKind.SLIDING,
+    LayerKind.CHUNKED,
+    LayerKind.STATE,
+    LayerKind.SHARED,
+)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def pp_partition(num_layers: int, pp: int) -> list[int]:
+    """Layers per pipeline stage, as vLLM's get_pp_indices splits them (61 over 4 -> 15,15,16,15)."""
+    if pp > num_layers:
+        raise InputError(
+            f"--pipeline-parallel-size {pp} is larger than the model's {num_layers} layers"
+        )
+    per_stage = [num_layers // pp] * pp
+    for i in range(2, num_layers % pp + 2):  # the remainder goes to the stages before the last
+        per_stage[-i] += 1
+    return per_stage
+
+
+def kv_heads_per_rank(spec: ModelSpec, tp: int) -> int:
+    """KV heads one tensor-parallel rank holds; at least one (replication when heads < tp)."""
+    if spec.is_mla:
+        return 1  # the latent is not split by heads: every rank holds all of it
+    kv_heads = spec.num_key_value_heads
+    assert kv_heads is not None
+    return max(1, kv_heads // tp)
+
+
+def check_tensor_parallel(spec: ModelSpec, tp: int) -> None:
+    """Raise InputError when the model's heads cannot be split over `tp` ranks (vLLM's rules)."""
+    if tp == 1:
+        return
+    heads = spec.num_attention_heads
+    if heads % tp:
+        raise InputError(
+            f"--tensor-parallel-size {tp} does not divide {spec.name}'s {heads} attention heads; "
+            f"use a divisor of {heads}"
+        )
+    if spec.is_mla:
+        return
+    kv_heads = spec.num_key_value_heads
+    assert kv_heads is not None
+    if kv_heads >= tp and kv_heads % tp:
+        raise InputError(
+            f"--tensor-parallel-size {tp} does not divide {spec.name}'s {kv_heads} KV heads"
+        )
+    if kv_heads < tp and tp % kv_heads:
+        raise InputError(
+            f"--tensor-parallel-size {tp} is not a multiple of {spec.name}'s {kv_heads} KV heads, "
+            "so they cannot be replicated evenly"
+        )
+    state = spec.state_elements_per_layer_resolved
+    if LayerKind.STATE in spec.layer_kinds and state is not None and state % tp:
+        raise InputError(
+            f"--tensor-parallel-size {tp} does not divide {spec.name}'s state of {state} elements per layer"
+        )
+
+
+def bytes_per_token_per_layer(spec: ModelSpec, kind: LayerKind, fmt: KVFormatPair, kv_heads: int) -> int:
+    """Bytes one more token adds to one layer holding `kv_heads` heads."""
+    if kind is LayerKind.MLA:
+        return fmt.k.bytes_for(spec.mla_latent_dim)
+    if kind in (LayerKind.FULL, LayerKind.SLIDING, LayerKind.CHUNKED):
+        return kv_heads * (fmt.k.bytes_for(spec.k_head_dim) + fmt.v.bytes_for(spec.v_head_dim_resolved))
+    return 0
+
+
+def tokens_held(kind: LayerKind, context: int, window: int | None) -> int:
+    """Tokens one layer keeps for one sequence of `context` tokens (the peak, unpaged)."""
+    if kind in (LayerKind.FULL, LayerKind.MLA):
+        return context
+    if kind in (LayerKind.SLIDING, LayerKind.CHUNKED):
+        assert window is not None
+        return min(context, window)
+    return 0
+
+
+def paged_tokens(kind: LayerKind, context: int, window: int | None, block_size: int) -> int:
+    """Token slots one layer reserves for one sequence in blocks of `block_size`."""
+    if kind in (LayerKind.FULL, LayerKind.MLA):
+        return ceil_div(context, block_size) * block_size
+    if kind in (LayerKind.SLIDING, LayerKind.CHUNKED):
+        assert window is not None
+        blocks = ceil_div(context, block_size)
+        if context > window:
+            # a window past the start may begin mid-block: one block more than it fills
+            aligned = kind is LayerKind.CHUNKED and window % block_size == 0
+            window_blocks = ceil_div(window, block_size) if aligned else ceil_div(window - 1, block_size) + 1
+            blocks = min(blocks, window_blocks)
+        return blocks * block_size
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class KindGroup:
+    """All layers of one kind: the rules that size them."""
+
+    kind: LayerKind
+    num_layers: int
+    window: int | None  # sliding window or chunk size, tokens
+    kv_heads: int  # KV heads of one copy (MLA: 1)
+    kv_heads_per_rank: int
+    bytes_per_token_per_layer: int  # one copy (all KV heads)
+    bytes_per_token_per_layer_rank: int  # one tensor-parallel rank
+    state_bytes_per_layer: int  # per sequence, one copy (state layers only)
+    state_bytes_per_layer_rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class KindBreakdown:
+    """One row of the breakdown by layer kind at a given context and batch."""
+
+    kind: str
+    layers: int
+    kv_heads_per_rank: int
+    tokens_held: int  # per sequence per layer, unpaged
+    tokens_reserved: int  # per sequence per layer, paged
+    bytes_per_token_per_layer: int  # one copy
+    state_bytes_per_sequence_per_layer: int
+    bytes_per_sequence: int  # all layers of this kind, one copy, unpaged
+    bytes_total: int  # all sequences, paged, summed over ranks
+    paging_bytes: int  # of bytes_total: lost to rounding up to whole blocks
+
+
+@dataclass(frozen=True, slots=True)
+class CacheEstimate:
+    """The KV cache of `batch` sequences of `context` tokens: exact bytes."""
+
+    model: str
+    context: int
+    batch: int
+    kv_cache_dtype: str
+    k_cache_dtype: str
+    v_cache_dtype: str
+    state_dtype: str
+    block_size: int
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    kv_bytes_per_token: int
+    kv_bytes_per_sequence: int
+    kv_bytes_total: int
+    kv_bytes_per_rank: int
+    paging_bytes: int
+    replication_bytes: int
+    quantisation_overhead_bytes_per_token: int
+    layers_per_stage: list[int]
+    by_kind: list[KindBreakdown] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CacheLayout:
+    """Everything about a spec's cache that does not depend on context or batch.
+
+    Built once per (spec, formats, block size, tp, pp); `at(context, batch)` is
+    then a few integer operations, so sweeps stay fast.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        kv_format: KVFormatPair,
+        *,
+        block_size: int = 1,
+        tp: int = 1,
+        pp: int = 1,
+        state_format: KVFormat | None = None,
+    ) -> None:
+        if block_size < 1:
+            raise InputError(f"--block-size must be a positive number of tokens, got {block_size}")
+        if tp < 1:
+            raise InputError(f"--tensor-parallel-size must be at least 1, got {tp}")
+        if pp < 1:
+            raise InputError(f"--pipeline-parallel-size must be at least 1, got {pp}")
+        if spec.is_mla and kv_format.k != kv_format.v:
+            raise InputError(
+                f"--kv-cache-dtype {kv_format.name}: {spec.name} uses MLA, which caches one latent "
+                "vector, so K and V cannot take different formats"
+            )
+        check_tensor_parallel(spec, tp)
+        self.spec = spec
+        self.kv_format = kv_format
+        self.state_format = state_format or FIXED_FORMATS[spec.dtype]
+        self.block_size = block_size
+        self.tp = tp
+        self.pp = pp
+        self.layers_per_stage = pp_partition(spec.num_hidden_layers, pp)
+        kinds = spec.layer_kinds
+        # kind counts per stage, in layer order
+        self.stage_kind_counts: list[dict[LayerKind, int]] = []
+        start = 0
+        for n in self.layers_per_stage:
+            counts: dict[LayerKind, int] = {}
+            for kind in kinds[start : start + n]:
+                counts[kind] = counts.get(kind, 0) + 1
+            self.stage_kind_counts.append(counts)
+            start += n
+        total_counts = {k: kinds.count(k) for k in KIND_ORDER if k in kinds}
+        per_rank_heads = kv_heads_per_rank(spec, tp)
+        one_copy_heads = 1 if spec.is_mla else (spec.num_key_value_heads or 0)
+        state_elements = spec.state_elements_per_layer_resolved or 0
+        self.groups: list[KindGroup] = []
+        for kind, count in total_counts.items():
+            window = None
+            if kind is LayerKind.SLIDING:
+                window = spec.sliding_window
+            elif kind is LayerKind.CHUNKED:
+                window = spec.attention_chunk_size
+            is_state = kind is LayerKind.STATE
+            is_attention = kind in ATTENTION_KINDS
+            self.groups.append(
+                KindGroup(
+                    kind=kind,
+                    num_layers=count,
+                    window=window,
+                    kv_heads=one_copy_heads if is_attention else 0,
+                    kv_heads_per_rank=per_rank_heads if is_attention else 0,
+                    bytes_per_token_per_layer=bytes_per_token_per_layer(spec, kind, kv_format, one_copy_heads),
+                    bytes_per_token_per_layer_rank=bytes_per_token_per_layer(spec, kind, kv_format, per_rank_heads),
+                    state_bytes_per_layer=self.state_format.bytes_for(state_elements) if is_state else 0,
+                    state_bytes_per_layer_rank=self.state_format.bytes_for(state_elements // tp) if is_state else 0,
+                )
+            )
+        self.kv_bytes_per_token = sum(g.num_layers * g.bytes_per_token_per_layer for g in self.groups)
+        # scale / zero-point / group padding bytes inside one token's worth, all layers
+        raw_bits = 0
+        for g in self.groups:
+            if g.kind is LayerKind.MLA:
+                raw_bits += g.num_layers * spec.mla_latent_dim * kv_format.k.bits
+            elif g.kind in ATTENTION_KINDS:
+                raw_bits += g.num_layers * g.kv_heads * (
+                    spec.k_head_dim * kv_format.k.bits + spec.v_head_dim_resolved * kv_format.v.bits
+                )
+        self.quantisation_overhead_bytes_per_token = self.kv_bytes_per_token - raw_bits // 8
+
+    def kv_bytes_per_sequence(self, context: int) -> int:
+        """One sequence at `context`, windows and state applied, one copy, unpaged."""
+        return sum(
+            g.num_layers * (g.bytes_per_token_per_layer * tokens_held(g.kind, context, g.window) + g.state_bytes_per_layer)
+            for g in self.groups
+        )
+
+    def _stage_rank_bytes(self, counts: dict[LayerKind, int], context: int, paged: bool) -> int:
+        """One rank of one stage, one sequence."""
+        total = 0
+        for g in self.groups:
+            n = counts.get(g.kind, 0)
+            if not n:
+                continue
+            tokens = (
+                paged_tokens(g.kind, context, g.window, self.block_size)
+                if paged
+                else tokens_held(g.kind, context, g.window)
+            )
+            total += n * (g.bytes_per_token_per_layer_rank * tokens + g.state_bytes_per_layer_rank)
+        return total
+
+    def at(self, context: int, batch: int) -> CacheEstimate:
+        if context < 1:
+            raise InputError(f"--context must be at least 1 token, got {context}")
+        if batch < 1:
+            raise InputError(f"--batch must be at least 1 sequence, got {batch}")
+        spec, bs, tp = self.spec, self.block_size, self.tp
+        stage_bytes = [self._stage_rank_bytes(c, context, paged=True) for c in self.stage_kind_counts]
+        stage_unpaged = [self._stage_rank_bytes(c, context, paged=False) for c in self.stage_kind_counts]
+        total = batch * tp * sum(stage_bytes)
+        unpaged_total = batch * tp * sum(stage_unpaged)
+        per_sequence = self.kv_bytes_per_sequence(context)
+        rows = []
+        for g in self.groups:
+            held = tokens_held(g.kind, context, g.window)
+            reserved = paged_tokens(g.kind, context, g.window, bs)
+            rank_bytes = g.bytes_per_token_per_layer_rank
+            rows.append(
+                KindBreakdown(
+                    kind=g.kind.value,
+                    layers=g.num_layers,
+                    kv_heads_per_rank=g.kv_heads_per_rank,
+                    tokens_held=held,
+                    tokens_reserved=reserved,
+                    bytes_per_token_per_layer=g.bytes_per_token_per_layer,
+                    state_bytes_per_sequence_per_layer=g.state_bytes_per_layer,
+                    bytes_per_sequence=g.num_layers * (g.bytes_per_token_per_layer * held + g.state_bytes_per_layer),
+                    bytes_total=batch * tp * g.num_layers * (rank_bytes * reserved + g.state_bytes_per_layer_rank),
+                    paging_bytes=batch * tp * g.num_layers * rank_bytes * (reserved - held),
+                )
+            )
+        return CacheEstimate(
+            model=spec.name,
+            context=context,
+            batch=batch,
+            kv_cache_dtype=self.kv_format.name,
+            k_cache_dtype=self.kv_format.k.name,
+            v_cache_dtype=self.kv_format.v.name,
+            state_dtype=self.state_format.name,
+            block_size=bs,
+            tensor_parallel_size=tp,
+            pipeline_parallel_size=self.pp,
+            kv_bytes_per_token=self.kv_bytes_per_token,
+            kv_bytes_per_sequence=per_sequence,
+            kv_bytes_total=total,
+            kv_bytes_per_rank=batch * max(stage_bytes),
+            paging_bytes=total - unpaged_total,
+            replication_bytes=unpaged_total - batch * per_sequence,
+            quantisation_overhead_bytes_per_token=self.quantisation_overhead_bytes_per_token,
+            layers_per_stage=list(self.layers_per_stage),
+            by_kind=rows,
+        )
+
+
+def estimate_cache(
+    spec: ModelSpec,
+    *,
+    context: int,
+    batch: int = 1,
+    kv_format: KVFormatPair,
+    block_size: int = 1,
+    tp: int = 1,
+    pp: int = 1,
+    state_format: KVFormat | None = None,
+) -> CacheEstimate:
+    """The cache of `batch` sequences of `context` tokens (see the module docstring for the rules)."""
+    layout = CacheLayout(spec, kv_format, block_size=block_size, tp=tp, pp=pp, state_format=state_format)
+    return layout.at(context, batch)
+
+
+def sweep(
+    layouts: Iterable[CacheLayout], contexts: list[int], batches: list[int]
+) -> list[CacheEstimate]:
+    """Every (layout, context, batch) combination, layouts outermost."""
+    return [layout.at(c, b) for layout in layouts for c in contexts for b in batches]

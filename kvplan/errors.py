@@ -1,0 +1,19 @@
+"""Errors meant for people: one sentence naming the file, field or flag; exit 2."""
+
+from __future__ import annotations
+
+
+class KvplanError(Exception):
+    """An expected failure: the CLI prints `message` alone and exits with `exit_code`."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class InputError(KvplanError):
+    """Bad input: a flag, file or field the user can fix (exit 2)."""
