@@ -79,7 +79,7 @@ def read_yaml(path: Path) -> tuple[Any, Callable[[tuple], int | None]]:
     lines = _line_index(node) if node is not None else {}
 
     def line_of(loc: tuple) -> int | None:
-        for end in range(len(loc), -1, -1):
+        for end in range(len(loc), 0, -1):
             if loc[:end] in lines:
                 return lines[loc[:end]]
         return None
@@ -87,21 +87,28 @@ def read_yaml(path: Path) -> tuple[Any, Callable[[tuple], int | None]]:
     return data, line_of
 
 
-def format_validation_error(exc: ValidationError, where: str, line_of: Callable[[tuple], int | None]) -> str:
+def format_validation_error(
+    exc: ValidationError, where: str, line_of: Callable[[tuple], int | None], field_names: list[str] = ()
+) -> str:
     """One `file:line: field: message` line per pydantic error."""
     out = []
     for err in exc.errors():
         loc = tuple(err["loc"])
-        field = ".".join(str(p) for p in loc) or "(top level)"
-        line = line_of(loc)
-        prefix = f"{where}:{line}" if line else where
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown field"
         elif err["type"] == "missing":
             message = "required field is missing"
         message = message.removeprefix("Value error, ")
-        out.append(f"{prefix}: {field}: {message}")
+        if loc:
+            line = line_of(loc)
+            field = ".".join(str(p) for p in loc)
+            out.append(f"{where}:{line}: {field}: {message}" if line else f"{where}: {field}: {message}")
+            continue
+        # A whole-model check: point at the first field its message names.
+        named = [(message.find(k), k) for k in field_names if k in message]
+        line = line_of((min(named)[1],)) if named else None
+        out.append(f"{where}:{line}: {message}" if line else f"{where}: {message}")
     return "\n".join(out)
 
 
@@ -114,7 +121,9 @@ def load_model(model_cls: type[M], path: Path, data: Any = None, line_of=None) -
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:
-        raise InputError(format_validation_error(exc, str(path), line_of or (lambda loc: None))) from None
+        raise InputError(
+            format_validation_error(exc, str(path), line_of or (lambda loc: None), list(data))
+        ) from None
 
 
 def load_spec_file(path: Path) -> ModelSpec:

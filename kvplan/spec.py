@@ -175,14 +175,15 @@ class ModelSpec(BaseModel):
                         "e.g. {sliding_attention: 5}"
                     )
         kinds = self.layer_kinds
+        where = "layer_types" if self.layer_types is not None else "layer_pattern"
         if LayerKind.SLIDING in kinds and self.sliding_window is None:
-            raise ValueError("sliding_attention layers need sliding_window")
+            raise ValueError(f"{where} has sliding_attention layers but sliding_window is not set")
         if LayerKind.CHUNKED in kinds and self.attention_chunk_size is None:
-            raise ValueError("chunked_attention layers need attention_chunk_size")
+            raise ValueError(f"{where} has chunked_attention layers but attention_chunk_size is not set")
         if LayerKind.STATE in kinds and self.state_elements_per_layer_resolved is None:
             raise ValueError(
-                "state layers need mamba_d_state, mamba_d_conv and mamba_expand "
-                "(or state_elements_per_layer)"
+                f"{where} has state layers but mamba_d_state, mamba_d_conv and mamba_expand "
+                "(or state_elements_per_layer) are not all set"
             )
         if self.num_kv_shared_layers >= self.num_hidden_layers:
             raise ValueError("num_kv_shared_layers must leave at least one layer that owns its KV")

@@ -1,0 +1,167 @@
+"""`kvplan estimate`, `models`, `show`: output, formats and exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cli_helpers import run_cli
+
+
+def test_estimate_json_has_the_documented_fields(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--context", "32768", "--batch", "16", "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["model"] == "llama-3.1-8b"
+    assert data["context"] == 32768 and data["batch"] == 16
+    assert data["kv_cache_dtype"] == "bf16"
+    assert data["kv_bytes_per_token"] == 131072
+    assert data["kv_bytes_per_sequence"] == 32768 * 131072
+    assert data["kv_bytes_total"] == 16 * 32768 * 131072
+    assert data["kv_bytes_per_rank"] == 16 * 32768 * 131072
+    assert data["by_kind"][0]["kind"] == "full_attention"
+    assert data["by_kind"][0]["layers"] == 32
+
+
+def test_sweep_prints_one_row_per_combination(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "-c", "1024,2048", "-b", "1,4", "--kv-cache-dtype", "bf16,fp8", "-f", "json")
+    rows = json.loads(r.stdout)
+    assert len(rows) == 8
+    assert {(x["context"], x["batch"], x["kv_cache_dtype"]) for x in rows} == {
+        (c, b, d) for c in (1024, 2048) for b in (1, 4) for d in ("bf16", "fp8")
+    }
+    fp8 = [x for x in rows if x["kv_cache_dtype"] == "fp8" and x["context"] == 2048 and x["batch"] == 4][0]
+    assert fp8["kv_bytes_total"] == 4 * 2048 * 65536
+
+
+def test_csv_parses_back(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "-c", "1000,2000", "-f", "csv")
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert [int(x["kv_bytes_total"]) for x in rows] == [1008 * 131072, 2000 * 131072]
+
+
+def test_markdown_and_table(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "-f", "markdown")
+    assert r.exit_code == 0 and "| full attention | 32 | 8 | 8,192 |" in r.stdout
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--bytes")
+    assert r.exit_code == 0 and "1,073,741,824 B" in r.stdout
+
+
+def test_tp_and_pp_flags(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--tp", "16", "-c", "4096", "-f", "json")
+    data = json.loads(r.stdout)
+    assert data["kv_bytes_per_rank"] == 4096 * 32 * 1 * 128 * 2 * 2
+    assert data["replication_bytes"] == 4096 * 131072
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--pp", "3", "-c", "4096", "-f", "json")
+    assert json.loads(r.stdout)["layers_per_stage"] == [11, 11, 10]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["estimate", "llama-3.1-8x"], "error: unknown model 'llama-3.1-8x'; did you mean 'llama-3.1-8b'?"),
+        (["estimate", "llama-3.1-8b", "--context", "0"], "error: --context '0': values must be at least 1"),
+        (["estimate", "llama-3.1-8b", "--context", "abc"], "error: --context 'abc': 'abc' is not a whole number"),
+        (["estimate", "llama-3.1-8b", "--batch", "-3"], "error: --batch '-3': values must be at least 1"),
+        (["estimate", "llama-3.1-8b", "--kv-cache-dtype", "fp7"], "error: --kv-cache-dtype: unknown KV cache dtype 'fp7'"),
+        (["estimate", "llama-3.1-8b", "--tp", "3"], "error: --tensor-parallel-size 3 does not divide llama-3.1-8b's 32 attention heads"),
+        (["estimate", "llama-3.1-8b", "--block-size", "0"], "error: --block-size must be a positive number of tokens, got 0"),
+        (["estimate", "missing/spec.yaml"], "error: missing/spec.yaml: no such file"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(capsys, args, message):
+    r = run_cli(capsys, *args)
+    assert r.exit_code == 2
+    assert r.stderr.startswith(message)
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def spec_file(tmp_path, body: str):
+    path = tmp_path / "my-model.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+BASE = """\
+name: my-model
+source: test
+num_parameters: 1000
+hidden_size: 64
+num_hidden_layers: 2
+num_attention_heads: 4
+vocab_size: 100
+"""
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("num_key_value_heads: 3\n", "my-model.yaml:6: num_attention_heads (4) must be a multiple of num_key_value_heads (3)"),
+        ("num_kv_heads: 2\n", "my-model.yaml:8: num_kv_heads: unknown field"),
+        ("sliding_window: 0\n", "my-model.yaml:8: sliding_window: Input should be greater than 0"),
+        ("sliding_window: -5\n", "my-model.yaml:8: sliding_window: Input should be greater than 0"),
+        ("layer_types: [full_attention, sliding_attention]\n", "my-model.yaml:8: layer_types has sliding_attention layers but sliding_window is not set"),
+        ("layer_types: [full_attention]\n", "my-model.yaml:8: layer_types has 1 entries but num_hidden_layers is 2"),
+        ("layer_types: [full_attention, windowed]\n", "unknown layer type 'windowed'"),
+    ],
+)
+def test_spec_errors_name_file_line_and_field(capsys, tmp_path, extra, message):
+    path = spec_file(tmp_path, BASE + extra)
+    before = path.read_text()
+    r = run_cli(capsys, "estimate", str(path))
+    assert r.exit_code == 2
+    assert message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert path.read_text() == before  # nothing the user wrote is changed
+
+
+def test_missing_field_is_named(capsys, tmp_path):
+    path = spec_file(tmp_path, BASE.replace("vocab_size: 100\n", ""))
+    r = run_cli(capsys, "estimate", str(path))
+    assert r.exit_code == 2 and "my-model.yaml: vocab_size: required field is missing" in r.stderr
+
+
+def test_malformed_yaml_names_file_and_line(capsys, tmp_path):
+    path = spec_file(tmp_path, BASE + "layer_types: [full_attention,\n  oops: {\n")
+    r = run_cli(capsys, "estimate", str(path))
+    assert r.exit_code == 2
+    assert r.stderr.startswith(f"error: {path}:") and "malformed YAML" in r.stderr
+
+
+def test_spec_path_works(capsys, tmp_path):
+    path = spec_file(tmp_path, BASE)
+    r = run_cli(capsys, "estimate", str(path), "-c", "10", "-f", "json", "--block-size", "1")
+    assert json.loads(r.stdout)["kv_bytes_total"] == 10 * 2 * 4 * 16 * 2 * 2
+
+
+def test_models_and_show(capsys):
+    r = run_cli(capsys, "models", "-f", "json")
+    names = {m["name"]: m for m in json.loads(r.stdout)}
+    assert names["llama-3.1-8b"]["kv_bytes_per_token_bf16"] == 131072
+    r = run_cli(capsys, "show", "llama-3.1-8b", "-f", "json")
+    data = json.loads(r.stdout)
+    assert data["derived"]["kv_bytes_per_token"] == 131072 and data["spec"]["num_key_value_heads"] == 8
+
+
+def test_estimate_never_imports_torch():
+    code = (
+        "import sys; sys.argv=['kvplan','estimate','llama-3.1-8b','-f','json'];"
+        "from kvplan.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'numpy' not in sys.modules, 'numpy was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_python_dash_m_and_console_script_exit_codes():
+    proc = subprocess.run([sys.executable, "-m", "kvplan", "estimate", "no-such-model"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: unknown model 'no-such-model'") and "Traceback" not in proc.stderr
