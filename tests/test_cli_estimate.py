@@ -65,7 +65,7 @@ def test_tp_and_pp_flags(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["estimate", "llama-3.1-8x"], "error: unknown model 'llama-3.1-8x'; did you mean 'llama-3.1-8b'?"),
+        (["estimate", "llama-3.1-8x"], "error: unknown model 'llama-3.1-8x'; did you mean 'llama-3.1-8b'"),
         (["estimate", "llama-3.1-8b", "--context", "0"], "error: --context '0': values must be at least 1"),
         (["estimate", "llama-3.1-8b", "--context", "abc"], "error: --context 'abc': 'abc' is not a whole number"),
         (["estimate", "llama-3.1-8b", "--batch", "-3"], "error: --batch '-3': values must be at least 1"),
