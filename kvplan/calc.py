@@ -280,7 +280,7 @@ class CacheLayout:
             for g in self.groups
         )
 
-    def _stage_rank_bytes(self, counts: dict[LayerKind, int], context: int, paged: bool) -> int:
+    def stage_rank_bytes(self, counts: dict[LayerKind, int], context: int, paged: bool) -> int:
         """One rank of one stage, one sequence."""
         total = 0
         for g in self.groups:
@@ -301,8 +301,8 @@ class CacheLayout:
         if batch < 1:
             raise InputError(f"--batch must be at least 1 sequence, got {batch}")
         spec, bs, tp = self.spec, self.block_size, self.tp
-        stage_bytes = [self._stage_rank_bytes(c, context, paged=True) for c in self.stage_kind_counts]
-        stage_unpaged = [self._stage_rank_bytes(c, context, paged=False) for c in self.stage_kind_counts]
+        stage_bytes = [self.stage_rank_bytes(c, context, paged=True) for c in self.stage_kind_counts]
+        stage_unpaged = [self.stage_rank_bytes(c, context, paged=False) for c in self.stage_kind_counts]
         total = batch * tp * sum(stage_bytes)
         unpaged_total = batch * tp * sum(stage_unpaged)
         per_sequence = self.kv_bytes_per_sequence(context)

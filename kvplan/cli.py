@@ -81,43 +81,122 @@ def _root(
 # ------------------------------------------------------------------ commands
 
 
+EngineOpt = Annotated[str, typer.Option("--engine", help="Whose allocation rules: vllm (blocks, groups, windows as vLLM reserves them) or ideal (exactly the tokens held).")]
+GPUOpt = Annotated[Optional[str], typer.Option("--gpu", help="A catalog GPU (`kvplan gpus`) or a GPU YAML file; a comma list compares.")]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Weights dtype: bf16, fp16, fp32, fp8, int8, int4 (+fp16 scale per 128), mxfp4 (default: the model's).")]
+
+
 @app.command()
 def estimate(
     model: ModelArg,
     context: ContextOpt = "8192",
     batch: BatchOpt = "1",
     kv_cache_dtype: KVDtypeOpt = "auto",
-    block_size: BlockOpt = 16,
+    block_size: Annotated[Optional[int], typer.Option("--block-size", help="Tokens per paged block; 1 = no paging. Default: the engine's (vllm: 16, 64 for MLA; ideal: 1).")] = None,
     tp: TPOpt = "1",
     pp: PPOpt = 1,
     state_dtype: StateDtypeOpt = None,
+    engine: EngineOpt = "vllm",
+    gpu: GPUOpt = None,
+    gpu_memory: Annotated[Optional[str], typer.Option("--gpu-memory", help="GPU memory, e.g. 24GiB or 80GB (overrides --gpu's).")] = None,
+    gpu_bandwidth: Annotated[Optional[float], typer.Option("--gpu-bandwidth", help="Peak memory bandwidth, GB/s (overrides --gpu's).")] = None,
+    usd_per_hour: Annotated[Optional[float], typer.Option("--usd-per-hour", help="$ per GPU-hour (overrides --gpu's).")] = None,
+    gpu_bf16_tflops: Annotated[Optional[float], typer.Option("--gpu-bf16-tflops", help="Dense bf16 TFLOPS (overrides --gpu's).")] = None,
+    dtype: DtypeOpt = None,
+    gpu_memory_utilization: Annotated[float, typer.Option("--gpu-memory-utilization", help="Share of GPU memory the engine may use (vLLM's default 0.9).")] = 0.9,
+    activation_memory: Annotated[Optional[str], typer.Option("--activation-memory", help="Peak activation memory per GPU, e.g. 2GiB (default: estimated from max_num_batched_tokens).")] = None,
+    non_torch_memory: Annotated[Optional[str], typer.Option("--non-torch-memory", help="CUDA context, cuBLAS, NCCL per GPU (default 512MiB; 1GiB with tp/pp > 1).")] = None,
+    max_num_batched_tokens: Annotated[int, typer.Option("--max-num-batched-tokens", help="vLLM's tokens per scheduler step (sliding-window reservation, profile run).")] = 8192,
+    bandwidth_efficiency: Annotated[Optional[float], typer.Option("--bandwidth-efficiency", help="Share of peak bandwidth a decode step reaches (default 0.8).")] = None,
+    compute_efficiency: Annotated[Optional[float], typer.Option("--compute-efficiency", "--mfu", help="Share of peak FLOPS prefill reaches (default 0.5).")] = None,
+    calibration: Annotated[Optional[str], typer.Option("--calibration", help="A `kvplan measure --json` report: use its measured bandwidth efficiency.")] = None,
+    prompt_tokens: Annotated[Optional[int], typer.Option("--prompt-tokens", help="Prompt tokens per request (prefill, cost per input token; default: --context).")] = None,
+    output_tokens: Annotated[Optional[int], typer.Option("--output-tokens", help="Output tokens per request (workload sizing).")] = None,
+    requests_per_s: Annotated[Optional[float], typer.Option("--requests-per-s", help="Workload: requests per second to size GPUs for.")] = None,
+    shared_prefix_tokens: Annotated[int, typer.Option("--shared-prefix-tokens", help="Prompt tokens every request shares, cached once (prefix caching).")] = 0,
+    svg: Annotated[Optional[str], typer.Option("--svg", help="Also save what the table shows as an SVG file.")] = None,
     fmt: FormatOpt = OutputFormat.table,
     exact: BytesOpt = False,
 ) -> None:
-    """Size the KV cache of MODEL at a context and batch (comma lists sweep)."""
+    """Size the KV cache of MODEL; with --gpu, also capacity, latency and cost (comma lists sweep)."""
+    from kvplan.calc import CacheLayout
     from kvplan.catalog import resolve_spec
     from kvplan.formats import UnknownFormatError, parse_format, parse_format_pair
-    from kvplan.calc import CacheLayout
 
     spec = resolve_spec(model)
     contexts = parse_int_list(context, "--context")
     batches = parse_int_list(batch, "--batch")
     tps = parse_int_list(tp, "--tensor-parallel-size")
+    if engine not in ("vllm", "ideal"):
+        raise InputError(f"--engine {engine!r} is not one of vllm, ideal")
+    if block_size is not None and block_size < 1:
+        raise InputError(f"--block-size must be a positive number of tokens, got {block_size}")
     try:
         formats = [parse_format_pair(d, spec.dtype) for d in parse_str_list(kv_cache_dtype)]
+    except UnknownFormatError as exc:
+        raise InputError(f"--kv-cache-dtype: {exc}") from None
+    try:
         state_format = parse_format(state_dtype) if state_dtype else None
     except UnknownFormatError as exc:
-        flag = "--state-dtype" if state_dtype and str(exc).find(state_dtype) >= 0 and state_dtype not in kv_cache_dtype else "--kv-cache-dtype"
-        raise InputError(f"{flag}: {exc}") from None
+        raise InputError(f"--state-dtype: {exc}") from None
     if not formats:
         raise InputError("--kv-cache-dtype needs at least one format")
-    layouts = [
-        CacheLayout(spec, f, block_size=block_size, tp=t, pp=pp, state_format=state_format)
-        for f in formats
-        for t in tps
-    ]
-    results = [layout.at(c, b).to_dict() for layout in layouts for c in contexts for b in batches]
-    _render_estimates(results, fmt, exact)
+    effective_block = block_size or (1 if engine == "ideal" else (64 if spec.is_mla else 16))
+    gpu_names = parse_str_list(gpu) if gpu else []
+    plan_flags = any(
+        v is not None for v in (gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops, requests_per_s, calibration)
+    )
+    if not gpu_names and not plan_flags:
+        layouts = [
+            CacheLayout(spec, f, block_size=effective_block, tp=t, pp=pp, state_format=state_format)
+            for f in formats
+            for t in tps
+        ]
+        results = [layout.at(c, b).to_dict() for layout in layouts for c in contexts for b in batches]
+        _render_estimates(results, fmt, exact)
+        return
+    from kvplan.gpus import gpu_from_options
+    from kvplan.planner import Engine, GPUFigures, Planner, PlanOptions, WEIGHT_DTYPES
+    from kvplan.units import parse_bytes
+
+    if dtype is not None and dtype not in WEIGHT_DTYPES:
+        raise InputError(f"--dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    gpus = [gpu_from_options(g, gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops) for g in (gpu_names or [None])]
+    if any(g is None for g in gpus):
+        raise InputError("--gpu is needed for capacity, latency and cost (or --gpu-memory and --gpu-bandwidth)")
+    bw_eff = bandwidth_efficiency
+    if calibration is not None:
+        from kvplan.calibration import bandwidth_efficiency_from_report
+
+        calibrated = bandwidth_efficiency_from_report(calibration)
+        bw_eff = calibrated if bw_eff is None else bw_eff
+    activation = parse_bytes(activation_memory, "--activation-memory") if activation_memory else None
+    non_torch = parse_bytes(non_torch_memory, "--non-torch-memory") if non_torch_memory else None
+    rows = []
+    for g in gpus:
+        figures = GPUFigures(g.name, g.memory_bytes, g.memory_bandwidth_gbps, g.bf16_tflops, g.fp8_tflops, g.usd_per_hour)
+        for f in formats:
+            for t in tps:
+                layout = CacheLayout(spec, f, block_size=effective_block, tp=t, pp=pp, state_format=state_format)
+                for c in contexts:
+                    for b in batches:
+                        opts = PlanOptions(
+                            context=c, batch=b, tp=t, pp=pp, engine=Engine(engine), block_size=effective_block,
+                            weights_dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                            activation_bytes=activation, non_torch_bytes=non_torch,
+                            max_num_batched_tokens=max_num_batched_tokens,
+                            **({"bandwidth_efficiency": bw_eff} if bw_eff is not None else {}),
+                            **({"compute_efficiency": compute_efficiency} if compute_efficiency is not None else {}),
+                            prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+                            requests_per_s=requests_per_s, shared_prefix_tokens=shared_prefix_tokens,
+                        )
+                        planner = Planner(spec, figures, f, opts, state_format=state_format)
+                        record = layout.at(c, b).to_dict()
+                        record.update(planner.plan().to_dict())
+                        if len(gpus) * len(formats) * len(tps) * len(contexts) * len(batches) == 1 and fmt is OutputFormat.table:
+                            record["concurrency_by_context"] = planner.concurrency_curve()
+                        rows.append(record)
+    _render_plans(rows, fmt, exact, svg)
 
 
 def _render_estimates(results: list[dict], fmt: OutputFormat, exact: bool) -> None:
@@ -149,6 +228,27 @@ def _render_estimates(results: list[dict], fmt: OutputFormat, exact: bool) -> No
             first = results[0]
             title = f"{first['model']} · {len(results)} combinations · {first['block_size']}-token blocks"
             out.print(render.rich_table(title, render.SWEEP_HEADERS, [render.sweep_row(r, exact) for r in results]))
+
+
+def _render_plans(rows: list[dict], fmt: OutputFormat, exact: bool, svg: str | None) -> None:
+    from kvplan import render
+
+    if fmt is OutputFormat.json:
+        render.write(render.to_json(rows[0] if len(rows) == 1 else rows))
+        return
+    if fmt is OutputFormat.csv:
+        render.write(render.to_csv(rows))
+        return
+    if fmt is OutputFormat.markdown:
+        render.write(render.plan_markdown(rows, exact))
+        return
+    out = render.console(record=svg is not None)
+    if len(rows) == 1:
+        render.print_plan(out, rows[0], exact)
+    else:
+        out.print(render.rich_table(f"{rows[0]['model']} · {len(rows)} deployments", render.GRID_HEADERS, [render.grid_row(r) for r in rows]))
+    if svg:
+        render.save_svg(out, svg)
 
 
 @app.command()
@@ -235,6 +335,10 @@ def _compact(value) -> str:
         return f"{value:,}"
     return str(value)
 
+
+from kvplan import cli_gpus  # noqa: E402
+
+cli_gpus.register(app)
 
 # ------------------------------------------------------------------ entry
 

@@ -52,10 +52,36 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
     return "\n".join(lines) + "\n"
 
 
-def console(stderr: bool = False):
+def console(stderr: bool = False, record: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+    # Piped output is not squeezed to 80 columns: tables stay one row per line.
+    width = None if sys.stdout.isatty() else 132
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, record=record, width=width)
+
+
+def save_svg(out, path: str) -> None:
+    """Save what `out` printed as SVG, atomically (temp file + rename)."""
+    import os
+    import tempfile
+
+    from kvplan.errors import InputError
+
+    target = os.path.abspath(path)
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise InputError(f"--svg {path}: folder {folder} does not exist")
+    svg = out.export_svg(title="kvplan")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".kvplan-", suffix=".svg")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(svg)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    sys.stderr.write(f"saved {path}\n")
 
 
 def rich_table(title: str | None, headers: Sequence[str], rows: Iterable[Sequence[Any]], right_from: int = 1):
@@ -124,7 +150,7 @@ KIND_HEADERS = [
     "tokens held",
     "bytes/token/layer",
     "per sequence",
-    "total (batch × ranks)",
+    "total (batch, ranks, paged)",
 ]
 
 
@@ -175,3 +201,154 @@ def sweep_row(est: dict, exact: bool) -> list[str]:
         size(est["kv_bytes_total"], exact),
         size(est["kv_bytes_per_rank"], exact),
     ]
+
+
+# ------------------------------------------------------------------ plans (estimate --gpu)
+
+GRID_HEADERS = ["GPU", "tp", "pp", "context", "batch", "KV dtype", "KV budget/GPU", "max seqs", "max context", "decode step", "tok/s", "$/1M out"]
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "—"
+    if s >= 1:
+        return f"{s:,.2f} s"
+    return f"{s * 1000:,.2f} ms"
+
+
+def fmt_usd(x: float | None) -> str:
+    return "—" if x is None else f"${x:,.3f}"
+
+
+def grid_row(r: dict) -> list[str]:
+    return [
+        r["gpu"], str(r["tensor_parallel_size"]), str(r["pipeline_parallel_size"]), fmt_int(r["context"]), fmt_int(r["batch"]),
+        r["kv_cache_dtype"], fmt_bytes(r["kv_budget_bytes_per_gpu"]), fmt_int(r["max_concurrent_sequences"]),
+        fmt_int(r["max_context_tokens"]), fmt_seconds(r["decode_step_s"]), f"{r['tokens_per_s']:,.0f}",
+        fmt_usd(r["usd_per_million_output_tokens"]),
+    ]
+
+
+MAP_SEGMENTS = [  # (label, style, char)
+    ("weights", "blue", "█"),
+    ("KV in use", "green", "█"),
+    ("KV free", "green", "░"),
+    ("activations", "magenta", "█"),
+    ("non-torch", "yellow", "█"),
+    ("reserved", "white", "▒"),
+    ("over", "red", "█"),
+]
+
+
+def memory_segments(r: dict, stage: dict) -> list[tuple[str, int]]:
+    """Bytes of each memory-map segment for one rank of one stage."""
+    total = r["gpu_memory_bytes"]
+    budget = stage["kv_budget_bytes"]
+    used = min(stage["kv_bytes_at_batch"], max(budget, 0))
+    over = max(0, stage["kv_bytes_at_batch"] - max(budget, 0)) + max(0, -budget)
+    reserved = max(0, total - r["usable_bytes_per_gpu"])
+    return [
+        ("weights", stage["weights_bytes"]),
+        ("KV in use", used),
+        ("KV free", max(0, budget - used)),
+        ("activations", r["activation_bytes_per_gpu"]),
+        ("non-torch", r["non_torch_bytes_per_gpu"]),
+        ("reserved", reserved),
+        ("over", over),
+    ]
+
+
+def memory_bar(r: dict, stage: dict, width: int = 60):
+    from rich.text import Text
+
+    segments = memory_segments(r, stage)
+    scale = max(r["gpu_memory_bytes"], sum(b for _, b in segments))
+    text = Text()
+    used_cells = 0
+    for (label, style, char), (_, nbytes) in zip(MAP_SEGMENTS, segments):
+        cells = round(nbytes / scale * width) if nbytes > 0 else 0
+        if nbytes > 0 and cells == 0:
+            cells = 1
+        cells = min(cells, width + 10 - used_cells)
+        used_cells += cells
+        text.append(char * cells, style=style)
+    return text
+
+
+def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
+    a = r["assumptions"]
+    lines = [
+        ("GPU", f"{r['gpu']} × {r['gpus']} (tp {r['tensor_parallel_size']}, pp {r['pipeline_parallel_size']}), "
+         f"{size(r['gpu_memory_bytes'], exact)} each, engine {r['engine']}, {r['block_size']}-token blocks"),
+        ("usable", f"{size(r['usable_bytes_per_gpu'], exact)} = total × {r['gpu_memory_utilization']} (--gpu-memory-utilization)"),
+        ("weights", f"{size(r['weights_bytes_per_gpu'], exact)} per GPU ({r['weights_dtype']}, --dtype)"),
+        ("activations", f"{size(r['activation_bytes_per_gpu'], exact)} ({'estimated; --activation-memory' if r['activation_estimated'] else '--activation-memory'})"),
+        ("non-torch", f"{size(r['non_torch_bytes_per_gpu'], exact)} (--non-torch-memory)"),
+        ("KV budget", f"{size(r['kv_budget_bytes_per_gpu'], exact)} per GPU"),
+    ]
+    verdict = "fits" if r["fits"] else "does NOT fit"
+    detail = (
+        f"{verdict}: {fmt_int(r['batch'])} × {fmt_int(r['context'])} tokens reserve {size(r['kv_bytes_per_gpu_at_batch'], exact)} per GPU"
+    )
+    if r["fits"] and r["headroom_pct"] is not None:
+        detail += f", {r['headroom_pct']:.1f}% headroom"
+    elif not r["fits"]:
+        detail += f", {size(r['shortfall_bytes'], exact)} short"
+    lines.append(("verdict", detail))
+    lines.append(("max concurrency", f"{fmt_int(r['max_concurrent_sequences'])} sequences of {fmt_int(r['context'])} tokens"))
+    lines.append(("max context", f"{fmt_int(r['max_context_tokens'])} tokens at batch {fmt_int(r['batch'])} (limited by {r['max_context_limited_by']})"))
+    for line in r["vllm_log"]:
+        lines.append(("vLLM would log", line))
+    lines.append(("decode step", f"{fmt_seconds(r['decode_step_s'])} at batch {fmt_int(r['batch'])} ({r['decode_bound']}-bound: "
+                  f"{size(r['decode_bytes_per_step'], exact)} read per step, bandwidth × {a['bandwidth_efficiency']})"))
+    lines.append(("prefill", f"{fmt_seconds(r['prefill_s'])} for {fmt_int(r['prefill_tokens'])} prompt tokens (peak × {a['compute_efficiency']})"))
+    lines.append(("throughput", f"{r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_gpu']:,.0f} per GPU) at batch {fmt_int(r['batch'])}"))
+    if r["cost_batch"]:
+        lines.append(("cost", f"{fmt_usd(r['usd_per_million_output_tokens'])} per 1M output, {fmt_usd(r['usd_per_million_input_tokens'])} per 1M input "
+                      f"at batch {fmt_int(r['cost_batch'])} ({r['tokens_per_s_at_cost_batch']:,.0f} tok/s, ${r['usd_per_hour']:,.2f}/h)"))
+    if r["gpus_needed"] is not None:
+        text = f"{fmt_int(r['gpus_needed'])} GPUs for the workload"
+        if r["gpus_needed_without_prefix_sharing"] not in (None, r["gpus_needed"]):
+            text += f" ({fmt_int(r['gpus_needed_without_prefix_sharing'])} without the shared prefix)"
+        lines.append(("workload", text))
+    for s in r["suggestions"]:
+        lines.append(("would fit", s))
+    for n in r["notes"]:
+        lines.append(("note", n))
+    return lines
+
+
+def print_plan(out, r: dict, exact: bool) -> None:
+    out.print(rich_table(estimate_header(r), KIND_HEADERS, estimate_kind_rows(r, exact)))
+    for key, value in estimate_summary_lines(r, exact):
+        out.print(f"{key:<22}  {value}")
+    out.print()
+    out.print(f"[bold]Memory per GPU[/bold] ({r['gpu']}, {fmt_bytes(r['gpu_memory_bytes'])})")
+    for i, stage in enumerate(r["stages"]):
+        label = f"stage {i} ({stage['layers']} layers)" if len(r["stages"]) > 1 else "every GPU"
+        out.print(memory_bar(r, stage), f" {label}")
+    from rich.text import Text
+
+    legend = Text()
+    for label, style, char in MAP_SEGMENTS:
+        legend.append(char * 2, style=style)
+        legend.append(f" {label}  ")
+    out.print(legend)
+    out.print()
+    for key, value in plan_lines(r, exact):
+        out.print(f"{key:<16}  {value}", markup=False)
+    curve = r.get("concurrency_by_context")
+    if curve:
+        out.print()
+        out.print(rich_table("Max concurrency by context", ["context", "max sequences"],
+                             [[fmt_int(p["context"]), fmt_int(p["max_concurrent_sequences"])] for p in curve]))
+
+
+def plan_markdown(rows: list[dict], exact: bool) -> str:
+    if len(rows) > 1:
+        return markdown_table(GRID_HEADERS, [grid_row(r) for r in rows])
+    r = rows[0]
+    text = f"**{estimate_header(r)}**\n\n"
+    text += markdown_table(KIND_HEADERS, estimate_kind_rows(r, exact))
+    text += "\n" + markdown_table(["", "value"], estimate_summary_lines(r, exact) + plan_lines(r, exact))
+    return text

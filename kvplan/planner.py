@@ -1,0 +1,654 @@
+"""Capacity, latency and cost of a model on GPUs: pure arithmetic, every assumption named.
+
+Memory (vLLM's semantics, `vllm/v1/worker/gpu_worker.py::determine_available_memory`):
+    KV budget per GPU = ceil(total x gpu_memory_utilization) - weights per rank
+                        - activation peak - non-torch memory
+Capacity: `--engine vllm` counts blocks as vLLM does (`kvplan.vllm_rules`);
+`--engine ideal` counts exactly the tokens held (`kvplan.calc`), paged only when
+`--block-size` > 1.
+Latency (a roofline): a decode step reads the weights (the experts a batch
+touches, for MoE) and every KV byte held, and does 2 x active parameters FLOPs per
+token plus attention; its time is the larger of bytes / (bandwidth x efficiency)
+and FLOPs / (peak x efficiency). Pipeline stages run one after another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+
+from kvplan.calc import ATTENTION_KINDS, CacheLayout, ceil_div
+from kvplan.errors import InputError
+from kvplan.formats import FIXED_FORMATS, KVFormatPair
+from kvplan.spec import LayerKind, ModelSpec
+from kvplan.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS, VllmLayout, build_layout
+
+GIB = 2**30
+MIB = 2**20
+
+# Defaults, each with its reason (all are flags).
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM CacheConfig.gpu_memory_utilization
+# CUDA context + cuBLAS/cuDNN workspaces that torch does not count; vLLM logs
+# "non-torch memory" of roughly 0.3-0.6 GiB on one H100; NCCL buffers add more at tp > 1.
+DEFAULT_NON_TORCH_BYTES = 512 * MIB
+DEFAULT_NON_TORCH_BYTES_TP = 1 * GIB
+DEFAULT_MAX_NUM_SEQS = 256  # vLLM SchedulerConfig.max_num_seqs (sampler logits in the profile run)
+# Decode reaches ~80-87% of peak DRAM bandwidth: large device copies measure 83% (V100),
+# 87% (A100) of peak (shared/reference/gpus.yaml achieved_copy_GBps). Calibrate with measure.
+DEFAULT_BANDWIDTH_EFFICIENCY = 0.8
+# Prefill model-FLOPs utilisation: an assumption (dense bf16 GEMMs at large token counts
+# typically reach 40-60% of datasheet peak). Calibrate with `kvplan measure --json`.
+DEFAULT_COMPUTE_EFFICIENCY = 0.5
+# Weights that stay 16-bit under fp8/int8/int4 checkpoints: embeddings and lm_head
+# (vLLM's quantised linear methods skip them by default).
+INT4_WEIGHT_GROUP = 128  # GPTQ/AWQ default group size: one fp16 scale per 128 weights
+
+WEIGHT_DTYPES = ("bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4")
+MXFP4_BLOCK_BYTES = 17  # OCP MX: 32 fp4 (e2m1) values = 16 B + one e8m0 scale byte (gpt-oss experts)
+
+
+class Engine(str, Enum):
+    vllm = "vllm"
+    ideal = "ideal"
+
+
+def weight_bytes(params: int, dtype: str) -> int:
+    """Bytes of `params` weights stored as `dtype` (int4: +1 fp16 scale per 128)."""
+    if dtype in ("bf16", "fp16"):
+        return 2 * params
+    if dtype == "fp32":
+        return 4 * params
+    if dtype in ("fp8", "int8"):
+        return params
+    if dtype == "int4":
+        return ceil_div(params, INT4_WEIGHT_GROUP) * (INT4_WEIGHT_GROUP // 2 + 2)
+    if dtype == "mxfp4":
+        return ceil_div(params, 32) * MXFP4_BLOCK_BYTES
+    raise InputError(f"--dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+
+
+@dataclass(frozen=True, slots=True)
+class GPUFigures:
+    """What the planner needs of an accelerator (from the GPU catalog or flags)."""
+
+    name: str
+    memory_bytes: int
+    memory_bandwidth_gbps: float
+    bf16_tflops: float
+    fp8_tflops: float | None
+    usd_per_hour: float
+
+
+@dataclass(frozen=True, slots=True)
+class PlanOptions:
+    """Every assumption that moves a number; each is a CLI flag."""
+
+    context: int
+    batch: int = 1
+    tp: int = 1
+    pp: int = 1
+    engine: Engine = Engine.vllm
+    block_size: int | None = None  # None: the engine's default
+    weights_dtype: str | None = None  # None: the model's dtype
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
+    activation_bytes: int | None = None  # None: estimated (see activation_estimate)
+    non_torch_bytes: int | None = None  # None: DEFAULT_NON_TORCH_BYTES(_TP)
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
+    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
+    bandwidth_efficiency: float = DEFAULT_BANDWIDTH_EFFICIENCY
+    compute_efficiency: float = DEFAULT_COMPUTE_EFFICIENCY
+    prompt_tokens: int | None = None  # None: the context
+    output_tokens: int | None = None
+    requests_per_s: float | None = None
+    shared_prefix_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StageMemory:
+    """One tensor-parallel rank of one pipeline stage (every rank of a stage is alike)."""
+
+    layers: int
+    weights_bytes: int
+    kv_budget_bytes: int
+    kv_bytes_at_batch: int  # what --batch sequences of --context reserve on this rank
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The answers for one model on one GPU type at one tp/pp."""
+
+    model: str
+    gpu: str
+    engine: str
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    gpus: int
+    context: int
+    batch: int
+    kv_cache_dtype: str
+    weights_dtype: str
+    block_size: int
+    # memory, per GPU (the tightest rank)
+    gpu_memory_bytes: int
+    gpu_memory_utilization: float
+    usable_bytes_per_gpu: int
+    weights_bytes_per_gpu: int
+    activation_bytes_per_gpu: int
+    activation_estimated: bool
+    non_torch_bytes_per_gpu: int
+    kv_budget_bytes_per_gpu: int
+    kv_bytes_per_gpu_at_batch: int  # what --batch sequences of --context take on that rank
+    # capacity
+    fits: bool
+    headroom_pct: float | None
+    shortfall_bytes: int
+    max_concurrent_sequences: int
+    max_context_tokens: int
+    max_context_limited_by: str
+    # vLLM's own log figures
+    vllm_num_blocks: int | None
+    vllm_kv_cache_tokens: int | None
+    vllm_max_concurrency: float | None
+    vllm_groups: int | None
+    vllm_padding_layers: int | None
+    vllm_log: list[str]
+    # latency and cost
+    decode_step_s: float
+    decode_bound: str
+    decode_bytes_per_step: int
+    decode_flops_per_step: int
+    prefill_tokens: int
+    prefill_s: float | None
+    tokens_per_s: float  # output tokens per second for the deployment at --batch
+    tokens_per_s_per_gpu: float
+    cost_batch: int  # the batch the costs are computed at (the largest that fits)
+    tokens_per_s_at_cost_batch: float
+    usd_per_hour: float
+    usd_per_million_output_tokens: float | None
+    usd_per_million_input_tokens: float | None
+    gpus_needed: int | None
+    gpus_needed_without_prefix_sharing: int | None
+    stages: list[StageMemory] = field(default_factory=list)
+    suggestions: list[str] = field(default_factory=list)
+    assumptions: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------- weights
+
+
+def _embedding_params(spec: ModelSpec) -> tuple[int, int]:
+    """(input embedding, lm_head) parameters; lm_head is 0 when tied."""
+    embed = spec.vocab_size * spec.hidden_size
+    return embed, 0 if spec.tie_word_embeddings else embed
+
+
+def stage_weight_bytes(spec: ModelSpec, layers_per_stage: list[int], dtype: str, tp: int, *, active: bool = False) -> list[int]:
+    """Weight bytes one tensor-parallel rank of each stage holds (or reads, `active`).
+
+    Body parameters split evenly per layer; the embedding sits on the first stage,
+    the lm_head on the last; both are vocab-sharded over tp and stay 16-bit when
+    the body is quantised. MoE: all experts are held (`active` counts the routed
+    ones a token uses).
+    """
+    total = spec.active_parameters if active else spec.num_parameters
+    embed, head = _embedding_params(spec)
+    body = max(0, total - embed - head)
+    edge_dtype = dtype if dtype in ("bf16", "fp16", "fp32") else "bf16"
+    out = []
+    layers = spec.num_hidden_layers
+    for i, n in enumerate(layers_per_stage):
+        params_body = body * n // layers
+        stage = weight_bytes(params_body, dtype)
+        if i == 0:
+            stage += weight_bytes(embed, edge_dtype)
+        if i == len(layers_per_stage) - 1:
+            # a tied lm_head on a separate last stage needs its own copy
+            stage += weight_bytes(head if head or len(layers_per_stage) == 1 else embed, edge_dtype)
+        out.append(ceil_div(stage, tp))
+    return out
+
+
+def moe_experts(spec: ModelSpec) -> tuple[int, int] | None:
+    experts = spec.num_local_experts or spec.n_routed_experts
+    if experts and spec.num_experts_per_tok and spec.num_active_parameters:
+        return experts, spec.num_experts_per_tok
+    return None
+
+
+def decode_weight_fraction(spec: ModelSpec, batch: int) -> float:
+    """Share of the non-active routed-expert weights a decode step of `batch` tokens reads.
+
+    With E experts, k per token and uniform routing, a batch touches a fraction
+    1 - (1 - k/E)^batch of the experts; 0 for a dense model.
+    """
+    moe = moe_experts(spec)
+    if moe is None:
+        return 0.0
+    experts, k = moe
+    touched = 1 - (1 - k / experts) ** batch
+    # active parameters already include k experts' worth; the rest scales in
+    return max(0.0, (touched - k / experts) / (1 - k / experts))
+
+
+# ----------------------------------------------------------------- activations
+
+
+def activation_estimate(spec: ModelSpec, opts: PlanOptions, dtype_bytes: int, tp: int) -> int:
+    """Peak activation bytes of vLLM's profile run (a stated estimate; override with a flag).
+
+    The profile run is one forward pass of max_num_batched_tokens tokens: the
+    largest live tensors are the MLP's gate+up output and a few hidden-size
+    buffers per token, plus the sampler's fp32 logits for max_num_seqs sequences.
+    """
+    tokens = opts.max_num_batched_tokens
+    width = spec.moe_intermediate_size if (spec.moe_intermediate_size and moe_experts(spec)) else spec.intermediate_size
+    width = width or 4 * spec.hidden_size
+    per_token = (2 * width // tp + 4 * spec.hidden_size) * dtype_bytes
+    logits = opts.max_num_seqs * ceil_div(spec.vocab_size, tp) * 4
+    return tokens * per_token + logits
+
+
+# ----------------------------------------------------------------- FLOPs
+
+
+def _attention_dims(spec: ModelSpec) -> tuple[int, int]:
+    """(score dim, value dim) per head for attention FLOPs; MLA in the absorbed form."""
+    if spec.is_mla:
+        assert spec.kv_lora_rank is not None
+        return spec.mla_latent_dim, spec.kv_lora_rank
+    return spec.k_head_dim, spec.v_head_dim_resolved
+
+
+def attention_flops_decode(spec: ModelSpec, kinds: dict[LayerKind, int], layout: CacheLayout, context: int, tp: int) -> int:
+    """FLOPs of attention for one new token attending to the tokens held (per rank)."""
+    dk, dv = _attention_dims(spec)
+    heads = spec.num_attention_heads // tp
+    windows = {g.kind: g.window for g in layout.groups}
+    total = 0
+    for kind, n in kinds.items():
+        if kind not in ATTENTION_KINDS:
+            continue
+        window = windows.get(kind)
+        held = context if window is None else min(context, window)
+        total += n * 2 * heads * held * (dk + dv)
+    return total
+
+
+def _sum_min(p: int, window: int | None) -> int:
+    """Sum over t = 1..p of min(t, window): keys each prompt token attends to."""
+    if window is None or window >= p:
+        return p * (p + 1) // 2
+    return window * (window + 1) // 2 + (p - window) * window
+
+
+def attention_flops_prefill(spec: ModelSpec, kinds: dict[LayerKind, int], layout: CacheLayout, prompt: int, tp: int) -> int:
+    dk, dv = _attention_dims(spec)
+    heads = spec.num_attention_heads // tp
+    windows = {g.kind: g.window for g in layout.groups}
+    total = 0
+    for kind, n in kinds.items():
+        if kind not in ATTENTION_KINDS:
+            continue
+        total += n * 2 * heads * (dk + dv) * _sum_min(prompt, windows.get(kind))
+    return total
+
+
+# ----------------------------------------------------------------- the plan
+
+
+class Planner:
+    """One model, one GPU, one layout; answers capacity, latency and cost questions."""
+
+    def __init__(self, spec: ModelSpec, gpu: GPUFigures, kv_format: KVFormatPair, opts: PlanOptions, state_format=None) -> None:
+        if not 0 < opts.gpu_memory_utilization <= 1:
+            raise InputError(
+                f"--gpu-memory-utilization {opts.gpu_memory_utilization} must be in (0, 1]"
+            )
+        for flag, value in (("--bandwidth-efficiency", opts.bandwidth_efficiency), ("--compute-efficiency", opts.compute_efficiency)):
+            if not 0 < value <= 1:
+                raise InputError(f"{flag} {value} must be in (0, 1]")
+        if opts.max_num_batched_tokens < 1:
+            raise InputError("--max-num-batched-tokens must be at least 1")
+        self.spec, self.gpu, self.kv_format, self.opts = spec, gpu, kv_format, opts
+        default_block = 64 if spec.is_mla else 16  # vLLM: 16 on CUDA; FlashMLA requires 64
+        if opts.engine is Engine.ideal:
+            default_block = 1
+        self.block_size = opts.block_size or default_block
+        self.layout = CacheLayout(spec, kv_format, block_size=self.block_size, tp=opts.tp, pp=opts.pp, state_format=state_format)
+        self.weights_dtype = opts.weights_dtype or spec.dtype
+        self.dtype_bytes = 4 if self.weights_dtype == "fp32" else 2
+        self.stage_weights = stage_weight_bytes(spec, self.layout.layers_per_stage, self.weights_dtype, opts.tp)
+        self.usable = -(-gpu.memory_bytes * round(opts.gpu_memory_utilization * 10**6) // 10**6)  # ceil, as vLLM
+        self.activation_estimated = opts.activation_bytes is None
+        self.activation = (
+            activation_estimate(spec, opts, self.dtype_bytes, opts.tp) if opts.activation_bytes is None else opts.activation_bytes
+        )
+        if opts.non_torch_bytes is not None:
+            self.non_torch = opts.non_torch_bytes
+        else:
+            self.non_torch = DEFAULT_NON_TORCH_BYTES_TP if opts.tp * opts.pp > 1 else DEFAULT_NON_TORCH_BYTES
+        self.stage_budgets = [self.usable - w - self.activation - self.non_torch for w in self.stage_weights]
+        self.vllm_stages: list[VllmLayout] | None = None
+        if opts.engine is Engine.vllm:
+            self.vllm_stages = [build_layout(self.layout, counts, self.block_size) for counts in self.layout.stage_kind_counts]
+
+    # -- capacity ---------------------------------------------------------
+
+    def _ideal_seq_bytes(self, counts: dict[LayerKind, int], context: int) -> int:
+        return self.layout.stage_rank_bytes(counts, context, paged=self.block_size > 1)
+
+    def max_sequences(self, context: int, prefix: int = 0) -> int:
+        """Concurrent sequences of `context` tokens that fit (the tightest stage)."""
+        best = None
+        for i, counts in enumerate(self.layout.stage_kind_counts):
+            budget = self.stage_budgets[i]
+            if budget <= 0:
+                return 0
+            if self.vllm_stages is not None:
+                vl = self.vllm_stages[i]
+                blocks = vl.num_blocks(budget)
+                own = vl.blocks_per_request(context - prefix, self.opts.max_num_batched_tokens) if context > prefix else 0
+                shared = vl.blocks_per_request(prefix, self.opts.max_num_batched_tokens) if prefix else 0
+                if own == 0:
+                    n = 10**9
+                else:
+                    n = max(0, blocks - shared) // own
+            else:
+                own = self._ideal_seq_bytes(counts, context) - (self._ideal_seq_bytes(counts, prefix) if prefix else 0)
+                shared = self._ideal_seq_bytes(counts, prefix) if prefix else 0
+                n = max(0, budget - shared) // own if own else 10**9
+            best = n if best is None else min(best, n)
+        return best or 0
+
+    def reserved_bytes(self, stage: int, context: int, batch: int) -> int:
+        """Bytes `batch` sequences of `context` tokens reserve on one rank of `stage`, as the engine counts."""
+        if self.vllm_stages is not None:
+            vl = self.vllm_stages[stage]
+            return batch * vl.blocks_per_request(context, self.opts.max_num_batched_tokens) * vl.bytes_per_block_set
+        return batch * self._ideal_seq_bytes(self.layout.stage_kind_counts[stage], context)
+
+    def concurrency_curve(self) -> list[dict]:
+        """Max concurrent sequences at contexts 1k, 2k, 4k, ... up to the model's limit (and --context)."""
+        limit, _ = self.context_limit()
+        points = sorted({c for c in (2**k for k in range(10, 25)) if c <= limit} | {self.opts.context})
+        return [{"context": c, "max_concurrent_sequences": self.max_sequences(c)} for c in points]
+
+    def context_limit(self) -> tuple[int, str]:
+        """The longest context the engine accepts: max_position_embeddings, else 2**24."""
+        if self.spec.max_position_embeddings:
+            return self.spec.max_position_embeddings, "the model's max_position_embeddings"
+        return 2**24, "kvplan's search cap of 16,777,216 tokens (the spec has no max_position_embeddings)"
+
+    def max_context(self, batch: int) -> tuple[int, str]:
+        """The longest context at which `batch` sequences fit: a search, not a division."""
+        limit, why = self.context_limit()
+        if self.max_sequences(limit) >= batch:
+            return limit, why
+        if self.max_sequences(1) < batch:
+            return 0, "memory: not even one token per sequence fits"
+        lo, hi = 1, limit  # fits at lo, not at hi
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.max_sequences(mid) >= batch:
+                lo = mid
+            else:
+                hi = mid
+        return lo, "KV memory"
+
+    # -- latency ---------------------------------------------------------
+
+    def decode_step(self, batch: int, context: int) -> tuple[float, str, int, int]:
+        """(seconds, bound, bytes per step, FLOPs per step) for one decode step, all stages."""
+        spec, tp = self.spec, self.opts.tp
+        held_weights = stage_weight_bytes(spec, self.layout.layers_per_stage, self.weights_dtype, tp)
+        active_weights = stage_weight_bytes(spec, self.layout.layers_per_stage, self.weights_dtype, tp, active=True)
+        share = decode_weight_fraction(spec, batch)
+        bandwidth = self.gpu.memory_bandwidth_gbps * 1e9 * self.opts.bandwidth_efficiency
+        peak = self._peak_flops() * self.opts.compute_efficiency
+        seconds, total_bytes, total_flops, bounds = 0.0, 0, 0, set()
+        layers = spec.num_hidden_layers
+        for i, counts in enumerate(self.layout.stage_kind_counts):
+            read_weights = active_weights[i] + int((held_weights[i] - active_weights[i]) * share)
+            kv = batch * self.layout.stage_rank_bytes(counts, context, paged=False)
+            step_bytes = read_weights + kv
+            active_params_stage = spec.active_parameters * self.layout.layers_per_stage[i] // layers
+            flops = batch * (2 * active_params_stage // tp + attention_flops_decode(spec, counts, self.layout, context, tp))
+            t_mem, t_compute = step_bytes / bandwidth, (flops / peak if peak else 0.0)
+            bounds.add("memory" if t_mem >= t_compute else "compute")
+            seconds += max(t_mem, t_compute)
+            total_bytes += step_bytes
+            total_flops += flops
+        bound = bounds.pop() if len(bounds) == 1 else "mixed"
+        return seconds, bound, total_bytes, total_flops
+
+    def _peak_flops(self) -> float:
+        if self.weights_dtype == "fp8" and self.gpu.fp8_tflops:
+            return self.gpu.fp8_tflops * 1e12
+        return self.gpu.bf16_tflops * 1e12
+
+    def prefill(self, prompt: int, cached_prefix: int = 0) -> float | None:
+        """Seconds to prefill one prompt (compute-bound, at the stated efficiency); None if TFLOPS unknown."""
+        spec, tp = self.spec, self.opts.tp
+        if not self._peak_flops():
+            return None
+        new = max(0, prompt - cached_prefix)
+        peak = self._peak_flops() * self.opts.compute_efficiency
+        bandwidth = self.gpu.memory_bandwidth_gbps * 1e9 * self.opts.bandwidth_efficiency
+        weights = stage_weight_bytes(spec, self.layout.layers_per_stage, self.weights_dtype, tp)
+        seconds = 0.0
+        for i, counts in enumerate(self.layout.stage_kind_counts):
+            params = spec.active_parameters * self.layout.layers_per_stage[i] // spec.num_hidden_layers
+            attn = attention_flops_prefill(spec, counts, self.layout, prompt, tp) - attention_flops_prefill(
+                spec, counts, self.layout, cached_prefix, tp
+            ) if cached_prefix else attention_flops_prefill(spec, counts, self.layout, prompt, tp)
+            flops = 2 * params * new // tp + attn
+            seconds += max(flops / peak, weights[i] / bandwidth)
+        return seconds
+
+    # -- everything -------------------------------------------------------
+
+    def plan(self) -> Plan:
+        spec, gpu, opts = self.spec, self.gpu, self.opts
+        context, batch = opts.context, opts.batch
+        if context < 1 or batch < 1:
+            raise InputError("--context and --batch must be at least 1")
+        n_gpus = opts.tp * opts.pp
+        tight = min(range(len(self.stage_budgets)), key=lambda i: self.stage_budgets[i])
+        budget = self.stage_budgets[tight]
+        max_seqs = self.max_sequences(context)
+        max_ctx, ctx_why = self.max_context(batch)
+        stage_need = [self.reserved_bytes(i, context, batch) for i in range(len(self.stage_budgets))]
+        need = stage_need[tight]
+        stages = [
+            StageMemory(n, w, b, r)
+            for n, w, b, r in zip(self.layout.layers_per_stage, self.stage_weights, self.stage_budgets, stage_need)
+        ]
+        fits = max_seqs >= batch
+        headroom = (budget - need) / budget * 100 if budget > 0 else None
+        shortfall = max(0, need - max(budget, 0))
+
+        vllm_blocks = vllm_tokens = vllm_conc = vllm_groups = vllm_pad = None
+        log: list[str] = []
+        notes: list[str] = []
+        if self.vllm_stages is not None:
+            vl = self.vllm_stages[tight]
+            vllm_blocks = min(v.num_blocks(b) for v, b in zip(self.vllm_stages, self.stage_budgets))
+            vllm_tokens = vl.kv_cache_tokens(vllm_blocks)
+            per_req = vl.blocks_per_request(context, opts.max_num_batched_tokens)
+            vllm_conc = vllm_blocks / per_req if per_req else None
+            vllm_groups, vllm_pad = len(vl.groups), vl.padding_layers
+            log.append(f"Available KV cache memory: {max(budget, 0) / GIB:.2f} GiB")
+            log.append(f"GPU KV cache size: {vllm_tokens:,} tokens")
+            if vllm_conc is not None:
+                log.append(f"Maximum concurrency for {context:,} tokens per request: {vllm_conc:.2f}x")
+            if vllm_pad:
+                waste = vllm_pad / (vl.group_size * len(vl.groups)) * 100
+                log.append(f"Add {vllm_pad} padding layers, may waste at most {waste:.2f}% KV cache memory")
+            if max_seqs < 1:
+                needed_gib = per_req * vl.page_bytes * vl.group_size / GIB
+                log.append(
+                    f"ValueError: To serve at least one request with the models's max seq len ({context}), "
+                    f"({needed_gib:.2f} GiB KV cache is needed, which is larger than the available KV cache "
+                    f"memory ({max(budget, 0) / GIB:.2f} GiB). Based on the available memory, the estimated "
+                    f"maximum model length is {self.max_context(1)[0]}. Try increasing `gpu_memory_utilization` "
+                    "or decreasing `max_model_len` when initializing the engine."
+                )
+            if not vl.uniform:
+                notes.append(
+                    f"vLLM splits this model's layers into {len(vl.groups)} KV-cache groups of {vl.group_size} "
+                    f"layers sharing one block pool; its \"GPU KV cache size\" divides the pool by the number of "
+                    "groups, so it is not the tokens one full-attention layer could hold."
+                )
+            if any(g.kind is LayerKind.SLIDING for g in vl.groups):
+                notes.append(
+                    f"vLLM reserves window - 1 + max_num_batched_tokens ({opts.max_num_batched_tokens:,}) tokens "
+                    "plus one block per request for each sliding-window group, more than the window itself."
+                )
+            if any(g.kind is LayerKind.STATE for g in vl.groups):
+                notes.append(
+                    f"vLLM raised the attention block size to {vl.groups[0].block_size if vl.groups[0].kind is not LayerKind.STATE else vl.min_block_size} "
+                    "tokens so an attention page holds one sequence's SSM state (the state page is padded to match)."
+                )
+        prompt = opts.prompt_tokens or context
+        decode_s, bound, step_bytes, step_flops = self.decode_step(batch, context)
+        prefill_s = self.prefill(prompt)
+        tokens_per_s = batch / decode_s
+        cost_batch = max_seqs if max_seqs >= 1 else 0
+        usd_per_s = gpu.usd_per_hour * n_gpus / 3600
+        cost_tps = 0.0
+        usd_out = usd_in = None
+        if cost_batch:
+            cost_tps = cost_batch / self.decode_step(cost_batch, context)[0]
+            usd_out = usd_per_s / cost_tps * 1e6
+            usd_in = usd_per_s * prefill_s / prompt * 1e6 if prefill_s is not None else None
+        gpus_needed = gpus_no_prefix = None
+        if opts.requests_per_s is not None:
+            gpus_needed = self.gpus_for_workload(opts.shared_prefix_tokens)
+            gpus_no_prefix = self.gpus_for_workload(0) if opts.shared_prefix_tokens else gpus_needed
+        suggestions = [] if fits else self.suggestions(need, budget)
+        return Plan(
+            model=spec.name,
+            gpu=gpu.name,
+            engine=opts.engine.value,
+            tensor_parallel_size=opts.tp,
+            pipeline_parallel_size=opts.pp,
+            gpus=n_gpus,
+            context=context,
+            batch=batch,
+            kv_cache_dtype=self.kv_format.name,
+            weights_dtype=self.weights_dtype,
+            block_size=self.block_size,
+            gpu_memory_bytes=gpu.memory_bytes,
+            gpu_memory_utilization=opts.gpu_memory_utilization,
+            usable_bytes_per_gpu=self.usable,
+            weights_bytes_per_gpu=self.stage_weights[tight],
+            activation_bytes_per_gpu=self.activation,
+            activation_estimated=self.activation_estimated,
+            non_torch_bytes_per_gpu=self.non_torch,
+            kv_budget_bytes_per_gpu=budget,
+            kv_bytes_per_gpu_at_batch=need,
+            fits=fits,
+            headroom_pct=None if headroom is None else round(headroom, 3),
+            shortfall_bytes=shortfall,
+            max_concurrent_sequences=max_seqs,
+            max_context_tokens=max_ctx,
+            max_context_limited_by=ctx_why,
+            vllm_num_blocks=vllm_blocks,
+            vllm_kv_cache_tokens=vllm_tokens,
+            vllm_max_concurrency=None if vllm_conc is None else round(vllm_conc, 2),
+            vllm_groups=vllm_groups,
+            vllm_padding_layers=vllm_pad,
+            vllm_log=log,
+            decode_step_s=decode_s,
+            decode_bound=bound,
+            decode_bytes_per_step=step_bytes,
+            decode_flops_per_step=step_flops,
+            prefill_tokens=prompt,
+            prefill_s=prefill_s,
+            tokens_per_s=tokens_per_s,
+            tokens_per_s_per_gpu=tokens_per_s / n_gpus,
+            cost_batch=cost_batch,
+            tokens_per_s_at_cost_batch=cost_tps,
+            usd_per_hour=gpu.usd_per_hour * n_gpus,
+            usd_per_million_output_tokens=usd_out,
+            usd_per_million_input_tokens=usd_in,
+            gpus_needed=gpus_needed,
+            gpus_needed_without_prefix_sharing=gpus_no_prefix,
+            stages=stages,
+            suggestions=suggestions,
+            assumptions=self.assumptions(),
+            notes=notes,
+        )
+
+    def gpus_for_workload(self, prefix: int) -> int | None:
+        """GPUs for --requests-per-s of --prompt-tokens + --output-tokens, at the largest batch that fits.
+
+        One replica (tp x pp GPUs) spends, per request, its prefill time plus
+        output_tokens decode steps shared by the batch: requests/s per replica =
+        1 / (prefill_s + output_tokens x step_s / batch).
+        """
+        opts = self.opts
+        prompt = opts.prompt_tokens or opts.context
+        output = opts.output_tokens or 0
+        context = prompt + output
+        batch = self.max_sequences(context, prefix=min(prefix, prompt))
+        if batch < 1:
+            return None
+        step = self.decode_step(batch, context)[0] if output else 0.0
+        per_request = (self.prefill(prompt, cached_prefix=min(prefix, prompt)) or 0.0) + output * step / batch
+        replicas = max(1, ceil_div(int(opts.requests_per_s * per_request * 10**6), 10**6))
+        return replicas * opts.tp * opts.pp
+
+    def suggestions(self, need: int, budget: int) -> list[str]:
+        """What would fit instead: fp8 KV, more tensor parallelism, a shorter context."""
+        out = []
+        opts, spec = self.opts, self.spec
+        if self.kv_format.k.bits > 8:
+            fp8 = KVFormatPair(FIXED_FORMATS["fp8"], FIXED_FORMATS["fp8"])
+            alt = Planner(spec, self.gpu, fp8, opts)
+            n = alt.max_sequences(opts.context)
+            if n >= opts.batch:
+                out.append(f"--kv-cache-dtype fp8 fits {n} sequences of {opts.context:,} tokens")
+        for tp in (2, 4, 8, 16):
+            if tp <= opts.tp:
+                continue
+            try:
+                alt = Planner(spec, self.gpu, self.kv_format, _replace(opts, tp=tp))
+            except InputError:
+                continue
+            n = alt.max_sequences(opts.context)
+            if n >= opts.batch:
+                out.append(f"--tp {tp} fits {n} sequences of {opts.context:,} tokens")
+                break
+        ctx, _ = self.max_context(opts.batch)
+        if ctx > 0:
+            out.append(f"--context {ctx} is the longest that fits {opts.batch} sequences")
+        else:
+            out.append(f"at --tp {opts.tp} the weights alone leave no room for KV: use a larger GPU, more tp or a quantised --dtype")
+        return out
+
+    def assumptions(self) -> dict:
+        o = self.opts
+        return {
+            "gpu_memory_utilization": o.gpu_memory_utilization,
+            "activation_bytes": self.activation,
+            "activation_source": "estimated: max_num_batched_tokens x (2 x MLP width / tp + 4 x hidden) x dtype bytes + max_num_seqs x vocab / tp x 4 B logits"
+            if self.activation_estimated
+            else "--activation-memory",
+            "non_torch_bytes": self.non_torch,
+            "max_num_batched_tokens": o.max_num_batched_tokens,
+            "block_size": self.block_size,
+            "bandwidth_efficiency": o.bandwidth_efficiency,
+            "compute_efficiency": o.compute_efficiency,
+            "weights": "body split evenly per layer; embeddings on the first stage, lm_head on the last, vocab-sharded over tp; 16-bit when the body is quantised",
+        }
+
+
+def _replace(opts: PlanOptions, **changes) -> PlanOptions:
+    fields = {k: getattr(opts, k) for k in opts.__dataclass_fields__}
+    fields.update(changes)
+    return PlanOptions(**fields)

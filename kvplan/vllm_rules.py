@@ -1,0 +1,146 @@
+"""vLLM V1's KV-cache block accounting, restated from its source.
+
+Sources (vllm-project/vllm, commit 001cabc, see shared/reference/engine-rules.md §1):
+- `vllm/v1/kv_cache_interface.py`: a page is one block of `block_size` tokens of
+  one layer; `SlidingWindowSpec.max_memory_usage_bytes` = (ceil(min(W - 1 + B,
+  max_len) / bs) + 1) pages, B = max_num_batched_tokens (+1: the window may start
+  mid-block); `ChunkedLocalAttentionSpec` = ceil(min(C + B, max_len) / bs) pages
+  (no +1); `MambaSpec` = one page per request (mamba_cache_mode "none").
+- `vllm/v1/core/kv_cache_utils.py`: layers of equal spec form one group; a real
+  hybrid unifies page sizes (`unify_kv_cache_spec_page_size`), then takes
+  group_size = the fewest layers of any type (the most, if most < 1.5 x fewest),
+  splits each type into ceil(n / group_size) groups and pads short ones
+  ("Add %d padding layers"); num_blocks = floor(available / page / group_size);
+  "GPU KV cache size" = (num_blocks // groups) x block_size tokens; "Maximum
+  concurrency" = num_blocks / blocks one request needs at max_model_len.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvplan.calc import CacheLayout, ceil_div
+from kvplan.errors import InputError
+from kvplan.spec import LayerKind
+
+# vLLM's default max_num_batched_tokens for the OpenAI server with chunked prefill
+# on a data-centre GPU (vllm/engine/arg_utils.py, UsageContext.OPENAI_API_SERVER).
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
+# Attention block sizes in a Mamba hybrid are a multiple of this (kernel alignment).
+MAMBA_HYBRID_BLOCK_ALIGNMENT = 16
+
+
+@dataclass(frozen=True, slots=True)
+class VllmGroup:
+    """One KV-cache group: up to `group_size` layers of one kind sharing block tables."""
+
+    kind: LayerKind
+    layers: int  # real layers in this group
+    padding_layers: int  # placeholder layers added so every group has group_size
+    block_size: int  # tokens per block for this group (hybrid pages may scale it)
+    window: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class VllmLayout:
+    """How vLLM lays out one rank's cache: groups, the page, the layers per page-set."""
+
+    groups: tuple[VllmGroup, ...]
+    page_bytes: int  # one block of one layer (all groups equal after unification)
+    group_size: int  # layers per group = tensors sharing the pool
+    uniform: bool  # one group of every layer (a plain model)
+    min_block_size: int
+
+    @property
+    def padding_layers(self) -> int:
+        return sum(g.padding_layers for g in self.groups)
+
+    @property
+    def bytes_per_block_set(self) -> int:
+        """Bytes one block id costs across the group_size shared tensors."""
+        return self.page_bytes * self.group_size
+
+    def blocks_per_request(self, max_len: int, max_num_batched_tokens: int) -> int:
+        """Blocks one request at `max_len` tokens needs from the shared pool, all groups."""
+        total = 0
+        for g in self.groups:
+            bs = g.block_size
+            if g.kind in (LayerKind.FULL, LayerKind.MLA):
+                total += ceil_div(max_len, bs)
+            elif g.kind is LayerKind.SLIDING:
+                assert g.window is not None
+                total += ceil_div(min(g.window - 1 + max_num_batched_tokens, max_len), bs) + 1
+            elif g.kind is LayerKind.CHUNKED:
+                assert g.window is not None
+                total += ceil_div(min(g.window + max_num_batched_tokens, max_len), bs)
+            elif g.kind is LayerKind.STATE:
+                total += 1
+        return total
+
+    def num_blocks(self, available_bytes: int) -> int:
+        return max(0, available_bytes) // self.bytes_per_block_set
+
+    def kv_cache_tokens(self, num_blocks: int) -> int:
+        """The figure vLLM logs as "GPU KV cache size: N tokens"."""
+        return (num_blocks // len(self.groups)) * self.min_block_size
+
+
+def build_layout(layout: CacheLayout, stage_kinds: dict[LayerKind, int], block_size: int) -> VllmLayout:
+    """vLLM's grouping of one pipeline stage's layers on one tensor-parallel rank."""
+    per_kind = {g.kind: g for g in layout.groups}
+    kinds = [k for k, n in stage_kinds.items() if n and k is not LayerKind.SHARED]
+    if not kinds:
+        raise InputError(f"{layout.spec.name} has no layer that holds KV or state on this stage")
+    token_bytes = {k: per_kind[k].bytes_per_token_per_layer_rank for k in kinds if k is not LayerKind.STATE}
+    block_sizes = {k: block_size for k in token_bytes}
+    pages = {k: token_bytes[k] * block_size for k in token_bytes}
+    if LayerKind.STATE in kinds:
+        state_page = per_kind[LayerKind.STATE].state_bytes_per_layer_rank
+        if token_bytes:
+            # vLLM raises the attention block size until one attention page holds
+            # at least one sequence's Mamba state, then pads the Mamba page to match.
+            per_token = max(token_bytes.values())
+            # (vllm/platforms/interface.py `_align_hybrid_block_size`, mamba_cache_mode "none":
+            # alignment = max(16, block_size); block = alignment x ceil(state / (alignment x per-token page)))
+            alignment = max(MAMBA_HYBRID_BLOCK_ALIGNMENT, block_size)
+            attn_block = max(block_size, alignment * ceil_div(state_page, alignment * per_token))
+            block_sizes = {k: attn_block for k in token_bytes}
+            pages = {k: token_bytes[k] * attn_block for k in token_bytes}
+            pages[LayerKind.STATE] = max(pages.values())
+        else:
+            pages[LayerKind.STATE] = state_page
+        block_sizes[LayerKind.STATE] = block_sizes.get(LayerKind.FULL, block_size) if token_bytes else 1
+    distinct = set(pages.values())
+    if len(distinct) > 1:
+        # unify_kv_cache_spec_page_size: scale smaller pages' block size to the largest page
+        largest = max(distinct)
+        for k, page in list(pages.items()):
+            if largest % page:
+                raise InputError(
+                    f"{layout.spec.name}: vLLM cannot unify KV page sizes {sorted(distinct)} "
+                    "(the largest is not a multiple of the others)"
+                )
+            block_sizes[k] *= largest // page
+            pages[k] = largest
+    page = max(pages.values())
+    # a plain model: one kind (full with or without window counts the same in vLLM only when
+    # every layer has the same spec; a sliding+full mix is a real hybrid)
+    if len(kinds) == 1:
+        k = kinds[0]
+        n = stage_kinds[k]
+        group = VllmGroup(k, n, 0, block_sizes[k], per_kind[k].window)
+        return VllmLayout((group,), page, n, True, block_sizes[k])
+    counts = {k: stage_kinds[k] for k in kinds}
+    fewest, most = min(counts.values()), max(counts.values())
+    group_size = most if most < 1.5 * fewest else fewest
+    groups = []
+    for k in kinds:
+        n = counts[k]
+        num_groups = ceil_div(n, group_size)
+        # layers i::num_groups go to group i, so sizes differ by at most one
+        for i in range(num_groups):
+            real = len(range(i, n, num_groups))
+            groups.append(VllmGroup(k, real, group_size - real, block_sizes[k], per_kind[k].window))
+    return VllmLayout(tuple(groups), page, group_size, False, min(block_sizes.values()))
