@@ -1,0 +1,139 @@
+"""`kvplan gpus`: list the accelerator catalog, or show one GPU as kvplan will use it.
+
+Also defines the GPU options other commands share (`--gpu`, `--gpu-memory`,
+`--gpu-bandwidth`, `--usd-per-hour`, `--gpu-bf16-tflops`); pass their values to
+`kvplan.gpus.gpu_from_options`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from kvplan.render import OutputFormat
+
+# ------------------------------------------------------------ shared options
+GpuOpt = Annotated[
+    Optional[str],
+    typer.Option("--gpu", help="A catalog GPU (see `kvplan gpus`; aliases and NVML names work) or a path to a GPU YAML."),
+]
+GpuMemoryOpt = Annotated[
+    Optional[str],
+    typer.Option("--gpu-memory", help="Device memory as the runtime reports it: bytes or a size with its unit (81559MiB, 80GB)."),
+]
+GpuBandwidthOpt = Annotated[
+    Optional[float], typer.Option("--gpu-bandwidth", help="Peak memory bandwidth in GB/s (1e9 B/s).")
+]
+UsdPerHourOpt = Annotated[Optional[float], typer.Option("--usd-per-hour", help="Price per device-hour in US dollars.")]
+GpuTflopsOpt = Annotated[
+    Optional[float], typer.Option("--gpu-bf16-tflops", help="Dense BF16 tensor peak in TFLOPS.")
+]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
+BytesOpt = Annotated[bool, typer.Option("--bytes", help="Show exact byte counts beside binary units.")]
+
+# The list is a summary: `kvplan gpus NAME` shows every field with its sources.
+LIST_HEADERS = ["name", "memory", "GB/s", "bf16 TF", "fp8 TF", "$/h", "conf"]
+
+
+def register(app: typer.Typer) -> None:
+    """Add `gpus` to the kvplan app."""
+    app.command(name="gpus")(gpus)
+
+
+def gpus(
+    gpu: Annotated[
+        Optional[str],
+        typer.Argument(help="Show one GPU: a catalog name, alias, NVML name or GPU YAML path.", show_default=False),
+    ] = None,
+    gpu_memory: GpuMemoryOpt = None,
+    gpu_bandwidth: GpuBandwidthOpt = None,
+    usd_per_hour: UsdPerHourOpt = None,
+    gpu_bf16_tflops: GpuTflopsOpt = None,
+    fmt: FormatOpt = OutputFormat.table,
+    exact: BytesOpt = False,
+) -> None:
+    """List the GPU catalog; with GPU or override flags, show that one GPU in full."""
+    from kvplan.gpus import gpu_from_options, load_gpu_catalog
+
+    chosen = gpu_from_options(gpu, gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops)
+    if chosen is None:
+        _render_list(list(load_gpu_catalog().values()), fmt, exact)
+    else:
+        _render_one(chosen, fmt, exact)
+
+
+# ------------------------------------------------------------------ rendering
+
+
+def _record(gpu) -> dict:
+    """JSON-ready fields of a GPU (lists stay lists)."""
+    return gpu.model_dump(mode="json")
+
+
+def _flat(gpu) -> dict:
+    """One CSV row: lists joined with '; '."""
+    return {k: "; ".join(v) if isinstance(v, list) else v for k, v in _record(gpu).items()}
+
+
+def _number(x: Optional[float]) -> str:
+    """989.0 -> '989', 1638.4 -> '1,638.4', None -> '—'."""
+    if x is None:
+        return "—"
+    return f"{x:,.0f}" if float(x).is_integer() else f"{x:,}"
+
+
+def _row(gpu, exact: bool) -> list[str]:
+    from kvplan import render
+
+    return [
+        gpu.name,
+        render.size(gpu.memory_bytes, exact),
+        _number(gpu.memory_bandwidth_gbps),
+        _number(gpu.bf16_tflops),
+        _number(gpu.fp8_tflops),
+        f"{gpu.usd_per_hour:.2f}",
+        gpu.confidence,
+    ]
+
+
+def _render_list(gpus: list, fmt: OutputFormat, exact: bool) -> None:
+    from kvplan import render
+
+    if fmt is OutputFormat.json:
+        render.write(render.to_json([_record(g) for g in gpus]))
+    elif fmt is OutputFormat.csv:
+        render.write(render.to_csv([_flat(g) for g in gpus]))
+    elif fmt is OutputFormat.markdown:
+        render.write(render.markdown_table(LIST_HEADERS, [_row(g, exact) for g in gpus]))
+    else:
+        title = f"{len(gpus)} accelerators · dense TFLOPS · `kvplan gpus NAME` for sources"
+        render.console().print(render.rich_table(title, LIST_HEADERS, [_row(g, exact) for g in gpus], right_from=1))
+
+
+def _render_one(gpu, fmt: OutputFormat, exact: bool) -> None:
+    from kvplan import render
+    from kvplan.units import fmt_int
+
+    if fmt is OutputFormat.json:
+        render.write(render.to_json(_record(gpu)))
+        return
+    if fmt is OutputFormat.csv:
+        render.write(render.to_csv([_flat(gpu)]))
+        return
+    fields = _record(gpu)
+    rows = []
+    for key, value in fields.items():
+        if value is None or value == []:
+            continue
+        if key == "memory_bytes":
+            value = f"{fmt_int(value)} B = {render.size(value, False)}" + (f" = {value // 2**20:,} MiB" if value % 2**20 == 0 else "")
+        elif isinstance(value, list):
+            value = "\n".join(value)
+        elif isinstance(value, float):
+            value = _number(value)
+        rows.append([key, str(value)])
+    if fmt is OutputFormat.markdown:
+        render.write(render.markdown_table(["field", "value"], [[k, v.replace("\n", "<br>")] for k, v in rows]))
+    else:
+        render.console().print(render.rich_table(gpu.display_name, ["field", "value"], rows, right_from=9))
