@@ -187,6 +187,12 @@ class ModelSpec(BaseModel):
             )
         if self.num_kv_shared_layers >= self.num_hidden_layers:
             raise ValueError("num_kv_shared_layers must leave at least one layer that owns its KV")
+        embedding = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+        if self.num_parameters < embedding:
+            raise ValueError(
+                f"num_parameters ({self.num_parameters:,}) is smaller than the embedding and lm_head alone "
+                f"(vocab_size x hidden_size{' x 2' if not self.tie_word_embeddings else ''} = {embedding:,})"
+            )
         if self.num_active_parameters is not None and self.num_active_parameters > self.num_parameters:
             raise ValueError("num_active_parameters cannot exceed num_parameters")
         return self

@@ -1,0 +1,183 @@
+"""Capacity, latency and cost: cases worked by hand from vLLM's rules (engine-rules.md §1)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvplan.formats import parse_format_pair
+from kvplan.planner import Engine, GPUFigures, Planner, PlanOptions, weight_bytes
+
+from conftest import make_spec
+
+H100_SXM = GPUFigures("h100-sxm", 81559 * 2**20, 3350.0, 989.0, 1979.0, 3.0)
+
+LLAMA_31_8B = dict(name="llama-3.1-8b", num_parameters=8_030_261_248, hidden_size=4096, num_hidden_layers=32,
+                   num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=128256,
+                   intermediate_size=14336, max_position_embeddings=131072)
+GEMMA_3 = dict(name="gemma-3-27b", num_parameters=27 * 10**9, hidden_size=5376, num_hidden_layers=62,
+               num_attention_heads=32, num_key_value_heads=16, head_dim=128, vocab_size=262208,
+               sliding_window=1024, layer_pattern=[{"sliding_attention": 5}, {"full_attention": 1}],
+               max_position_embeddings=131072)
+GPT_OSS_120B = dict(name="gpt-oss-120b", num_parameters=117 * 10**9, hidden_size=2880, num_hidden_layers=36,
+                    num_attention_heads=64, num_key_value_heads=8, head_dim=64, vocab_size=201088,
+                    sliding_window=128, layer_pattern=[{"sliding_attention": 1}, {"full_attention": 1}],
+                    max_position_embeddings=131072)
+JAMBA = dict(name="jamba-v0.1", num_parameters=51 * 10**9, hidden_size=4096, num_hidden_layers=32,
+             num_attention_heads=32, num_key_value_heads=8, vocab_size=65536, mamba_d_state=16, mamba_d_conv=4,
+             mamba_expand=2, layer_pattern=[{"mamba": 4}, {"full_attention": 1}, {"mamba": 3}])
+
+
+def planner(arch, gpu, **opts):
+    spec = make_spec(**arch)
+    return Planner(spec, gpu, parse_format_pair(opts.pop("dtype", "bf16"), spec.dtype), PlanOptions(**opts))
+
+
+def exact_budget_gpu(weights: int, kv_budget: int, bandwidth=1000.0, tflops=1e9, usd=2.0) -> GPUFigures:
+    """A GPU whose memory is exactly the weights plus `kv_budget` (util 1, no activations)."""
+    return GPUFigures("test-gpu", weights + kv_budget, bandwidth, tflops, None, usd)
+
+
+NO_OVERHEAD = dict(gpu_memory_utilization=1.0, activation_bytes=0, non_torch_bytes=0)
+
+
+def test_llama_8b_on_h100_matches_vllm_arithmetic():
+    plan = planner(LLAMA_31_8B, H100_SXM, context=32768, batch=16).plan()
+    usable = math.ceil(81559 * 2**20 * 9 / 10)  # 76,968,728,986
+    weights = 8_030_261_248 * 2
+    # profile-run estimate: 8192 tokens x (2 x 14336 + 4 x 4096) x 2 B + 256 x 128256 x 4 B logits
+    activations = 8192 * (2 * 14336 + 4 * 4096) * 2 + 256 * 128256 * 4
+    budget = usable - weights - activations - 512 * 2**20
+    assert plan.kv_budget_bytes_per_gpu == budget == 59_501_803_930
+    page_set = 32 * 16 * 8 * 128 * 2 * 2  # 32 layers x one 16-token block: 2 MiB
+    assert plan.vllm_num_blocks == budget // page_set == 28372
+    assert plan.vllm_kv_cache_tokens == 28372 * 16
+    assert plan.vllm_max_concurrency == round(28372 / (32768 // 16), 2) == 13.85
+    assert plan.max_concurrent_sequences == 13
+    assert not plan.fits and plan.shortfall_bytes == 16 * 2048 * page_set - budget
+    assert "GPU KV cache size: 453,952 tokens" in plan.vllm_log
+    assert "Maximum concurrency for 32,768 tokens per request: 13.85x" in plan.vllm_log
+
+
+def test_gemma3_hybrid_groups_and_padding():
+    # 10 full + 52 sliding layers; page = 16 tokens x 16 heads x 128 x 2 (K,V) x 2 B = 131,072 B
+    page = 16 * 16 * 128 * 2 * 2
+    group_size = 10  # the fewest layers of a type (52 >= 1.5 x 10)
+    budget = 100_000 * page * group_size + 5
+    gpu = exact_budget_gpu(2 * 27 * 10**9, budget)
+    plan = planner(GEMMA_3, gpu, context=32768, batch=1, **NO_OVERHEAD).plan()
+    assert plan.vllm_num_blocks == 100_000
+    assert plan.vllm_groups == 1 + 6  # one full group, ceil(52 / 10) = 6 sliding groups
+    assert plan.vllm_padding_layers == 6 * 10 - 52
+    assert plan.vllm_kv_cache_tokens == (100_000 // 7) * 16
+    full_blocks = 32768 // 16
+    sliding_blocks = math.ceil(min(1024 - 1 + 8192, 32768) / 16) + 1  # window - 1 + max_num_batched_tokens, +1 block
+    assert plan.vllm_max_concurrency == round(100_000 / (full_blocks + 6 * sliding_blocks), 2)
+    assert plan.max_concurrent_sequences == 100_000 // (full_blocks + 6 * sliding_blocks)
+    assert "Add 8 padding layers, may waste at most 11.43% KV cache memory" in plan.vllm_log
+
+
+@pytest.mark.parametrize("batched, sliding_blocks", [(8192, 512 + 1), (2048, math.ceil((128 - 1 + 2048) / 16) + 1)])
+def test_gpt_oss_two_groups(batched, sliding_blocks):
+    # 18 sliding + 18 full; page = 16 x 8 heads x 64 x 2 x 2 = 32,768 B; group_size 18 (equal counts)
+    page = 16 * 8 * 64 * 2 * 2
+    gpu = exact_budget_gpu(2 * 117 * 10**9, 10_000 * page * 18)
+    plan = planner(GPT_OSS_120B, gpu, context=8192, batch=1, max_num_batched_tokens=batched, **NO_OVERHEAD).plan()
+    assert plan.vllm_num_blocks == 10_000 and plan.vllm_groups == 2 and plan.vllm_padding_layers == 0
+    assert plan.vllm_kv_cache_tokens == 5_000 * 16
+    assert plan.max_concurrent_sequences == 10_000 // (8192 // 16 + sliding_blocks)
+
+
+def test_jamba_attention_block_grows_to_hold_the_mamba_state():
+    # state page = (8192 x 3 + 8192 x 16) x 2 B = 311,296; attention = 8 x 128 x 2 x 2 = 4,096 B per token
+    # block = 16 x ceil(311296 / (16 x 4096)) = 80 tokens; page = 80 x 4096 = 327,680 B
+    page = 80 * 4096
+    gpu = exact_budget_gpu(2 * 51 * 10**9, 1_000 * page * 4)
+    plan = planner(JAMBA, gpu, context=8192, batch=1, **NO_OVERHEAD).plan()
+    assert plan.vllm_num_blocks == 1_000
+    assert plan.vllm_groups == 1 + 7  # 4 attention layers; 28 Mamba layers in 7 groups of 4
+    per_request = math.ceil(8192 / 80) + 7
+    assert plan.max_concurrent_sequences == 1_000 // per_request
+
+
+def test_ideal_engine_counts_exact_tokens():
+    per_seq = 1000 * 32 * 8 * 128 * 2 * 2
+    gpu = exact_budget_gpu(weight_bytes(8_030_261_248, "bf16"), 7 * per_seq + 123)
+    plan = planner(LLAMA_31_8B, gpu, context=1000, batch=7, engine=Engine.ideal, **NO_OVERHEAD).plan()
+    assert plan.block_size == 1 and plan.max_concurrent_sequences == 7 and plan.fits
+    assert plan.vllm_num_blocks is None
+
+
+def test_decode_roofline_and_cost_arithmetic():
+    gpu = exact_budget_gpu(2 * 10**9, 10**12, bandwidth=1000.0, tflops=1e9, usd=3.6)
+    spec_arch = dict(LLAMA_31_8B, num_parameters=10**9, vocab_size=32000)
+    plan = planner(spec_arch, gpu, context=1000, batch=4, engine=Engine.ideal, bandwidth_efficiency=1.0, **NO_OVERHEAD).plan()
+    kv = 4 * 1000 * 131072
+    step = (2 * 10**9 + kv) / 1e12  # bytes / (1000 GB/s x 1.0)
+    assert plan.decode_bytes_per_step == 2 * 10**9 + kv
+    assert plan.decode_step_s == pytest.approx(step, rel=1e-12)
+    assert plan.decode_bound == "memory"
+    assert plan.tokens_per_s == pytest.approx(4 / step)
+    # cost at the largest batch that fits: $3.6/h = $0.001/s
+    big = plan.cost_batch
+    big_step = (2 * 10**9 + big * 1000 * 131072) / 1e12
+    assert plan.usd_per_million_output_tokens == pytest.approx(0.001 / (big / big_step) * 1e6)
+
+
+def test_weights_split_over_pipeline_stages():
+    spec = make_spec(**LLAMA_31_8B)
+    plan = Planner(spec, H100_SXM, parse_format_pair("bf16", "bf16"), PlanOptions(context=1024, pp=2, tp=2)).plan()
+    embed = 128256 * 4096
+    body = 8_030_261_248 - 2 * embed
+    assert [s.weights_bytes for s in plan.stages] == [(2 * (body // 2) + 2 * embed) // 2] * 2
+    assert plan.gpus == 4
+
+
+def test_a_model_that_cannot_hold_one_request_says_so():
+    gpu = exact_budget_gpu(2 * 8_030_261_248, 100 * 2**20)
+    plan = planner(LLAMA_31_8B, gpu, context=131072, batch=1, **NO_OVERHEAD).plan()
+    assert not plan.fits and plan.max_concurrent_sequences == 0
+    longest = plan.max_context_tokens
+    assert 0 < longest < 131072
+    assert any(line.startswith("ValueError: To serve at least one request") and f"maximum model length is {longest}" in line
+               for line in plan.vllm_log)
+    assert any(s.startswith("--kv-cache-dtype fp8 fits") or s.startswith(f"--context {longest}") for s in plan.suggestions)
+
+
+def test_shared_prefix_saves_gpus():
+    p = planner(LLAMA_31_8B, H100_SXM, context=8192, batch=1, prompt_tokens=6000, output_tokens=500,
+                requests_per_s=50.0, shared_prefix_tokens=4000)
+    plan = p.plan()
+    assert plan.gpus_needed is not None and plan.gpus_needed_without_prefix_sharing is not None
+    assert plan.gpus_needed < plan.gpus_needed_without_prefix_sharing
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from([LLAMA_31_8B, GEMMA_3, GPT_OSS_120B, JAMBA]),
+    st.sampled_from([Engine.vllm, Engine.ideal]),
+    st.integers(1, 64),
+    st.integers(10**9, 60 * 10**9),
+)
+def test_max_context_fits_and_one_block_more_does_not(arch, engine, batch, budget):
+    gpu = exact_budget_gpu(2 * make_spec(**arch).num_parameters, budget)
+    p = planner(arch, gpu, context=4096, batch=batch, engine=engine, **NO_OVERHEAD)
+    longest, why = p.max_context(batch)
+    if longest == 0:
+        assert p.max_sequences(1) < batch
+        return
+    assert p.max_sequences(longest) >= batch
+    if why == "KV memory":
+        assert p.max_sequences(longest + p.block_size) < batch
+        assert p.max_sequences(longest + 1) < batch
+
+
+@pytest.mark.parametrize("util", [0.0, -0.1, 1.5])
+def test_utilisation_out_of_range(util):
+    from kvplan.errors import InputError
+
+    with pytest.raises(InputError, match=r"--gpu-memory-utilization .* must be in \(0, 1\]"):
+        planner(LLAMA_31_8B, H100_SXM, context=10, gpu_memory_utilization=util)
