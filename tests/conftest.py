@@ -12,7 +12,7 @@ def make_spec(**overrides) -> ModelSpec:
     fields = dict(
         name="tiny",
         source="test factory",
-        num_parameters=1_000_000,
+        num_parameters=10**10,
         hidden_size=64,
         num_hidden_layers=4,
         num_attention_heads=4,
