@@ -91,7 +91,7 @@ def spec_file(tmp_path, body: str):
 BASE = """\
 name: my-model
 source: test
-num_parameters: 1000
+num_parameters: 1000000
 hidden_size: 64
 num_hidden_layers: 2
 num_attention_heads: 4
