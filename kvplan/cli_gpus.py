@@ -1,8 +1,9 @@
 """`kvplan gpus`: list the accelerator catalog, or show one GPU as kvplan will use it.
 
-Also defines the GPU options other commands share (`--gpu`, `--gpu-memory`,
-`--gpu-bandwidth`, `--usd-per-hour`, `--gpu-bf16-tflops`); pass their values to
-`kvplan.gpus.gpu_from_options`.
+The override options (`--gpu-memory`, `--gpu-bandwidth`, `--usd-per-hour`,
+`--gpu-bf16-tflops`) are the ones `kvplan estimate --gpu` takes; both pass them to
+`kvplan.gpus.gpu_from_options`, so `kvplan gpus NAME --usd-per-hour 2` shows the
+GPU a plan would use.
 """
 
 from __future__ import annotations
@@ -13,14 +14,10 @@ import typer
 
 from kvplan.render import OutputFormat
 
-# ------------------------------------------------------------ shared options
-GpuOpt = Annotated[
-    Optional[str],
-    typer.Option("--gpu", help="A catalog GPU (see `kvplan gpus`; aliases and NVML names work) or a path to a GPU YAML."),
-]
+# ------------------------------------------------------------ options
 GpuMemoryOpt = Annotated[
     Optional[str],
-    typer.Option("--gpu-memory", help="Device memory as the runtime reports it: bytes or a size with its unit (81559MiB, 80GB)."),
+    typer.Option("--gpu-memory", help="Device memory as the runtime reports it: bytes or a size (81559MiB, 80GB)."),
 ]
 GpuBandwidthOpt = Annotated[
     Optional[float], typer.Option("--gpu-bandwidth", help="Peak memory bandwidth in GB/s (1e9 B/s).")
@@ -44,7 +41,7 @@ def register(app: typer.Typer) -> None:
 def gpus(
     gpu: Annotated[
         Optional[str],
-        typer.Argument(help="Show one GPU: a catalog name, alias, NVML name or GPU YAML path.", show_default=False),
+        typer.Argument(metavar="GPU", help="Show one GPU: a catalog name, alias, NVML name or GPU YAML path.", show_default=False),
     ] = None,
     gpu_memory: GpuMemoryOpt = None,
     gpu_bandwidth: GpuBandwidthOpt = None,
@@ -60,7 +57,7 @@ def gpus(
     if chosen is None:
         _render_list(list(load_gpu_catalog().values()), fmt, exact)
     else:
-        _render_one(chosen, fmt, exact)
+        _render_one(chosen, fmt)
 
 
 # ------------------------------------------------------------------ rendering
@@ -111,7 +108,8 @@ def _render_list(gpus: list, fmt: OutputFormat, exact: bool) -> None:
         render.console().print(render.rich_table(title, LIST_HEADERS, [_row(g, exact) for g in gpus], right_from=1))
 
 
-def _render_one(gpu, fmt: OutputFormat, exact: bool) -> None:
+def _render_one(gpu, fmt: OutputFormat) -> None:
+    """Every field; memory always with exact bytes and MiB."""
     from kvplan import render
     from kvplan.units import fmt_int
 
@@ -127,7 +125,8 @@ def _render_one(gpu, fmt: OutputFormat, exact: bool) -> None:
         if value is None or value == []:
             continue
         if key == "memory_bytes":
-            value = f"{fmt_int(value)} B = {render.size(value, False)}" + (f" = {value // 2**20:,} MiB" if value % 2**20 == 0 else "")
+            mib = f" = {value // 2**20:,} MiB" if value % 2**20 == 0 else ""  # nvidia-smi's unit
+            value = f"{fmt_int(value)} B = {render.size(value, False)}{mib}"
         elif isinstance(value, list):
             value = "\n".join(value)
         elif isinstance(value, float):

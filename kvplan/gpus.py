@@ -82,11 +82,6 @@ class GPU(BaseModel):
         return self
 
     @property
-    def memory_gib(self) -> float:
-        """memory_bytes in GiB (2**30), for display."""
-        return self.memory_bytes / 2**30
-
-    @property
     def lookup_keys(self) -> tuple[str, ...]:
         """Every lower-case name this GPU answers to: slug, aliases, NVML name."""
         names = (self.name, *self.aliases) + ((self.nvml_name,) if self.nvml_name else ())
@@ -191,7 +186,9 @@ def custom_gpu(
                 f"a GPU not in the catalog needs {' and '.join(missing)}; or start from a catalog GPU "
                 "(`kvplan gpus` lists them) and override only what differs"
             )
-        unknown = [what for what, flag in (("bf16 TFLOPS", "--gpu-bf16-tflops"), ("price", "--usd-per-hour")) if given[flag] is None]
+        unknown = [
+            what for what, flag in (("bf16 TFLOPS", "--gpu-bf16-tflops"), ("price", "--usd-per-hour")) if given[flag] is None
+        ]
         return GPU(
             name="custom",
             display_name="custom GPU (" + ", ".join(flags) + ")",

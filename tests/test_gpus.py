@@ -302,7 +302,11 @@ def test_custom_gpu_from_scratch():
 
 @pytest.mark.parametrize(
     "memory,bandwidth,missing",
-    [(None, 1000.0, "needs --gpu-memory;"), (10**9, None, "needs --gpu-bandwidth;"), (None, None, "needs --gpu-memory and --gpu-bandwidth;")],
+    [
+        (None, 1000.0, "needs --gpu-memory;"),
+        (10**9, None, "needs --gpu-bandwidth;"),
+        (None, None, "needs --gpu-memory and --gpu-bandwidth;"),
+    ],
 )
 def test_custom_gpu_from_scratch_names_the_missing_flag(memory, bandwidth, missing):
     with pytest.raises(InputError, match=missing):
