@@ -197,7 +197,7 @@ def stage_weight_bytes(spec: ModelSpec, layers_per_stage: list[int], dtype: str,
     total = spec.active_parameters if active else spec.num_parameters
     embed, head = _embedding_params(spec)
     body = max(0, total - embed - head)
-    edge_dtype = dtype if dtype in ("bf16", "fp16", "fp32") else "bf16"
+    edge_dtype = dtype if dtype in ("bf16", "fp16", "fp32") else spec.dtype
     out = []
     layers = spec.num_hidden_layers
     for i, n in enumerate(layers_per_stage):
@@ -319,7 +319,7 @@ class Planner:
             default_block = 1
         self.block_size = opts.block_size or default_block
         self.layout = CacheLayout(spec, kv_format, block_size=self.block_size, tp=opts.tp, pp=opts.pp, state_format=state_format)
-        self.weights_dtype = opts.weights_dtype or spec.dtype
+        self.weights_dtype = opts.weights_dtype or spec.weights_dtype or spec.dtype
         self.dtype_bytes = 4 if self.weights_dtype == "fp32" else 2
         self.stage_weights = stage_weight_bytes(spec, self.layout.layers_per_stage, self.weights_dtype, opts.tp)
         self.usable = -(-gpu.memory_bytes * round(opts.gpu_memory_utilization * 10**6) // 10**6)  # ceil, as vLLM
@@ -521,7 +521,9 @@ class Planner:
         usd_per_s = gpu.usd_per_hour * n_gpus / 3600
         cost_tps = 0.0
         usd_out = usd_in = None
-        if cost_batch:
+        if cost_batch and gpu.usd_per_hour <= 0:
+            notes.append("no price for this GPU: give --usd-per-hour for costs")
+        if cost_batch and gpu.usd_per_hour > 0:
             cost_tps = cost_batch / self.decode_step(cost_batch, context)[0]
             usd_out = usd_per_s / cost_tps * 1e6
             usd_in = usd_per_s * prefill_s / prompt * 1e6 if prefill_s is not None else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from enum import Enum
 from functools import cached_property
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -81,6 +81,10 @@ class ModelSpec(BaseModel):
     vocab_size: PositiveInt
     max_position_embeddings: Optional[PositiveInt] = None
     torch_dtype: str = "bfloat16"
+    # The stored dtype of the linear weights when the checkpoint is quantised
+    # (HF `quantization_config.quant_method`: DeepSeek-V3 fp8, gpt-oss mxfp4);
+    # embeddings stay in torch_dtype. None: every weight is torch_dtype.
+    weights_dtype: Optional[Literal["bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"]] = None
     tie_word_embeddings: bool = False
 
     # Layer pattern: explicit list, or a compact repeating pattern such as
