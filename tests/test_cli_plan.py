@@ -1,0 +1,97 @@
+"""`kvplan estimate --gpu`: the planner through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli_helpers import run_cli
+
+REQUIRED = [
+    "gpu", "kv_budget_bytes_per_gpu", "weights_bytes_per_gpu", "max_concurrent_sequences", "max_context_tokens",
+    "vllm_kv_cache_tokens", "vllm_max_concurrency", "decode_step_s", "prefill_s", "tokens_per_s",
+    "usd_per_million_output_tokens",
+]
+
+
+def test_plan_json_fields(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-c", "32768", "-b", "16", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    for key in REQUIRED:
+        assert key in data, key
+    assert data["gpu"] == "h100-sxm"
+    assert data["kv_bytes_per_token"] == 131072  # the cache section is still there
+    assert data["vllm_kv_cache_tokens"] == 453_952
+    assert data["max_concurrent_sequences"] == 13 and data["fits"] is False
+
+
+def test_grid_of_gpus_and_tp(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-70b", "--gpu", "h100-sxm,h200,mi300x", "--tp", "2,4,8", "-c", "8192", "-f", "json")
+    rows = json.loads(r.stdout)
+    assert len(rows) == 9
+    assert {(x["gpu"], x["tensor_parallel_size"]) for x in rows} == {(g, t) for g in ("h100-sxm", "h200", "mi300x") for t in (2, 4, 8)}
+    by = {(x["gpu"], x["tensor_parallel_size"]): x for x in rows}
+    assert by[("h200", 8)]["max_concurrent_sequences"] > by[("h200", 2)]["max_concurrent_sequences"]
+    r = run_cli(capsys, "estimate", "llama-3.1-70b", "--gpu", "h100-sxm,h200", "--tp", "2,4", "-c", "8192")
+    assert r.exit_code == 0 and "deployments" in r.stdout
+
+
+def test_table_has_memory_map_and_concurrency_curve(capsys, tmp_path):
+    svg = tmp_path / "plan.svg"
+    r = run_cli(capsys, "estimate", "gemma-3-27b", "--gpu", "h200", "-c", "32768", "-b", "4", "--svg", str(svg))
+    assert r.exit_code == 0, r.stderr
+    assert "Memory per GPU" in r.stdout and "Max concurrency by context" in r.stdout
+    assert "GPU KV cache size:" in r.stdout and "padding layers" in r.stdout
+    assert svg.read_text().startswith("<svg")
+
+
+def test_custom_gpu_flags(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu-memory", "48GiB", "--gpu-bandwidth", "900", "-c", "4096", "-f", "json")
+    data = json.loads(r.stdout)
+    assert data["gpu_memory_bytes"] == 48 * 2**30 and data["usd_per_million_output_tokens"] is None
+
+
+def test_workload_sizing(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-c", "8192", "--prompt-tokens", "6000",
+                "--output-tokens", "500", "--requests-per-s", "20", "--shared-prefix-tokens", "4000", "-f", "json")
+    data = json.loads(r.stdout)
+    assert data["gpus_needed"] >= 1
+    assert data["gpus_needed"] <= data["gpus_needed_without_prefix_sharing"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gpu", "h100-sxn"], "error: unknown GPU 'h100-sxn'; did you mean 'h100-sxm'"),
+        (["--gpu", "h100-sxm", "--gpu-memory-utilization", "1.5"], "error: --gpu-memory-utilization 1.5 must be in (0, 1]"),
+        (["--gpu", "h100-sxm", "--gpu-memory-utilization", "0"], "error: --gpu-memory-utilization 0.0 must be in (0, 1]"),
+        (["--gpu", "h100-sxm", "--tp", "3"], "error: --tensor-parallel-size 3 does not divide"),
+        (["--gpu", "h100-sxm", "--dtype", "int3"], "error: --dtype 'int3' is not one of"),
+        (["--gpu", "h100-sxm", "--engine", "tgi"], "error: --engine 'tgi' is not one of"),
+        (["--gpu", "h100-sxm", "--activation-memory", "lots"], "error: --activation-memory 'lots' is not a size"),
+        (["--gpu-memory", "48GiB"], "error: a GPU not in the catalog needs --gpu-bandwidth"),
+        (["--gpu", "h100-sxm", "--calibration", "/nonexistent/report.json"], "error: --calibration /nonexistent/report.json: no such file"),
+    ],
+)
+def test_bad_plan_input(capsys, args, message):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", *args)
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert r.stderr.startswith(message), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_model_that_does_not_fit_is_a_result_not_an_error(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-405b", "--gpu", "l4", "-c", "8192", "-f", "json")
+    assert r.exit_code == 0
+    data = json.loads(r.stdout)
+    assert data["fits"] is False and data["max_concurrent_sequences"] == 0
+    assert data["suggestions"]
+
+
+def test_calibration_from_a_measure_report(capsys, tmp_path):
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"device": "cpu", "points": [{"bandwidth_utilization": 0.5}, {"bandwidth_utilization": 0.7}, {"bandwidth_utilization": 0.6}]}))
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--calibration", str(report), "-f", "json")
+    assert json.loads(r.stdout)["assumptions"]["bandwidth_efficiency"] == 0.6
