@@ -355,18 +355,29 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # usage errors (unknown option, missing argument) and the like
+        exceptions = _click_exceptions()
+        if isinstance(exc, exceptions.ClickException):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if _state["debug"]:
+            raise
+        if type(exc).__name__ == "Exit":
+            sys.exit(getattr(exc, "exit_code", 0))
+        if type(exc).__name__ == "Abort":
             sys.stderr.write("aborted\n")
             sys.exit(1)
-        raise
+        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)\n")
+        sys.exit(70)
+
+
+def _click_exceptions():
+    """typer >= 0.26 vendors click as typer._click; older typer uses click itself."""
+    try:
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - depends on the typer release
+        from click import exceptions  # type: ignore[no-redef]
+    return exceptions
 
 
 if __name__ == "__main__":

@@ -165,3 +165,17 @@ def test_python_dash_m_and_console_script_exit_codes():
     proc = subprocess.run([sys.executable, "-m", "kvplan", "estimate", "no-such-model"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: unknown model 'no-such-model'") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["estimate", "--nope"], "No such option: --nope"),
+        (["estimate"], "Missing argument 'model'"),
+        (["nonsense"], "No such command 'nonsense'"),
+    ],
+)
+def test_usage_errors_exit_2_without_traceback(args, message):
+    proc = subprocess.run([sys.executable, "-m", "kvplan", *args], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
