@@ -138,17 +138,23 @@ def did_you_mean(name: str, choices: list[str]) -> str:
 
 
 def resolve_spec(ref: str) -> ModelSpec:
-    """A catalog name or a path to a spec YAML."""
+    """A catalog name, a spec YAML, or a model's own files (config.json, folder, .gguf, cached hub id)."""
     path = Path(ref).expanduser()
     looks_like_path = ref.endswith((".yaml", ".yml")) or "/" in ref or path.exists()
-    if looks_like_path and path.is_file():
+    own_files = path.suffix.lower() in (".json", ".gguf")  # config.json / GGUF: kvplan.model_source
+    if looks_like_path and path.is_file() and not own_files:
         return load_spec_file(path)
     catalog_file = SPECS_DIR / f"{ref.lower()}.yaml"
     if catalog_file.is_file():
         return load_spec_file(catalog_file)
     if looks_like_path:
+        from kvplan import model_source  # imported here: a catalog lookup stays fast
+
+        if path.is_file() or path.is_dir() or model_source.looks_like_hub_id(ref):
+            return model_source.spec_from_source(ref)
         raise InputError(f"{ref}: no such file")
     raise InputError(
         f"unknown model {ref!r}{did_you_mean(ref, catalog_names())} "
-        "(`kvplan models` lists the catalog; a path to a spec YAML also works)"
+        "(`kvplan models` lists the catalog; a spec YAML, config.json, model folder, .gguf or "
+        "cached hub id org/name also works)"
     )

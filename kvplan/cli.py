@@ -25,7 +25,7 @@ app = typer.Typer(
 _state = {"debug": False}
 
 # ------------------------------------------------------------ shared options
-ModelArg = Annotated[str, typer.Argument(help="A catalog name (see `kvplan models`) or a path to a spec YAML.", show_default=False)]
+ModelArg = Annotated[str, typer.Argument(help="A catalog name (see `kvplan models`), a spec YAML, a config.json, a model folder, a .gguf file, or a hub id org/name in the local Hugging Face cache.", show_default=False)]
 ContextOpt = Annotated[str, typer.Option("--context", "-c", help="Tokens per sequence; a comma list sweeps.")]
 BatchOpt = Annotated[str, typer.Option("--batch", "-b", help="Concurrent sequences; a comma list sweeps.")]
 KVDtypeOpt = Annotated[
@@ -339,6 +339,10 @@ def _compact(value) -> str:
 from kvplan import cli_gpus  # noqa: E402
 
 cli_gpus.register(app)
+
+from kvplan import cli_import  # noqa: E402
+
+cli_import.register(app)
 
 # ------------------------------------------------------------------ entry
 

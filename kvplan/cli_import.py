@@ -1,0 +1,116 @@
+"""`kvplan import SOURCE -o FILE`: write a spec YAML from a model's own files.
+
+SOURCE is what `estimate` accepts besides catalog names: a config.json, a model
+folder, a .gguf file, or a hub id cached locally. The YAML is written atomically
+(a temporary file in the same folder, then a rename) and an existing file is
+kept unless --force is given.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+
+from kvplan.errors import InputError
+from kvplan.spec import ModelSpec
+
+# Fields always written even at their default, so the file reads on its own.
+_ALWAYS = ("torch_dtype",)
+
+
+def _scalar(value: Any) -> str:
+    """One YAML scalar in flow form (strings quoted only when YAML needs it)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False).strip()
+    return text.removesuffix("\n...").removesuffix("...").strip()
+
+
+def spec_yaml(spec: ModelSpec) -> str:
+    """The spec as YAML in ModelSpec field order; defaults left out, flow-style lists."""
+    lines = [f"# written by `kvplan import` from {spec.source}"]
+    for name, info in ModelSpec.model_fields.items():
+        value = getattr(spec, name)
+        if value is None or (name not in _ALWAYS and value == info.default):
+            continue
+        if isinstance(value, tuple):
+            value = [dict(v) if isinstance(v, dict) else v for v in value]
+        if name in ("source", "notes") and isinstance(value, str) and len(value) > 60:
+            folded = yaml.safe_dump({name: value}, default_flow_style=False, width=88, sort_keys=False)
+            lines.append(folded.rstrip("\n"))
+            continue
+        line = f"{name}: {_scalar(value)}"
+        if name == "num_parameters":
+            notes = spec.notes or ""
+            if "num_parameters estimated from config.json" in notes:
+                line += "  # estimated from config.json (see notes)"
+            elif "metadata.total_parameters" in notes:
+                line += "  # model.safetensors.index.json total_parameters"
+            else:
+                line += "  # counted from the weights' headers"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path: Path, text: str, force: bool) -> None:
+    """Write `text` to `path` via a temporary file and a rename; refuse to overwrite unless `force`."""
+    if path.exists() and not force:
+        raise InputError(f"{path} already exists; pass --force to overwrite it")
+    if path.is_dir():
+        raise InputError(f"-o {path}: is a folder; give a file name such as {path / 'model.yaml'}")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"-o {path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("import")
+    def import_(
+        source: Annotated[
+            str,
+            typer.Argument(
+                help="A config.json, a model folder, a .gguf file, or a hub id org/name in the local "
+                "Hugging Face cache.",
+                show_default=False,
+            ),
+        ],
+        output: Annotated[
+            str,
+            typer.Option("--output", "-o", help="Spec YAML to write (e.g. model_specs/NAME.yaml); '-' prints it.", show_default=False),
+        ],
+        name: Annotated[
+            Optional[str], typer.Option("--name", help="Spec name (default: from the repository, folder or file name).")
+        ] = None,
+        force: Annotated[bool, typer.Option("--force", help="Overwrite FILE if it exists.")] = False,
+    ) -> None:
+        """Write a spec YAML for a model from its own files, offline (nothing in them is run)."""
+        from kvplan.catalog import load_spec_file
+        from kvplan.model_source import spec_from_source
+
+        spec = spec_from_source(source, name=name)
+        text = spec_yaml(spec)
+        if output == "-":
+            sys.stdout.write(text)
+            return
+        path = Path(output).expanduser()
+        write_atomically(path, text, force)
+        again = load_spec_file(path)  # the file must read back as the same spec
+        if again != spec:
+            raise InputError(f"{path}: written, but it does not read back as the same spec (please report this)")
+        sys.stderr.write(
+            f"wrote {path}: {spec.name}, {spec.num_hidden_layers} layers, {spec.num_parameters:,} parameters\n"
+        )

@@ -1,0 +1,904 @@
+"""Hugging Face `config.json` -> ModelSpec fields, per `model_type`, with transformers' semantics.
+
+Pure: a config dict in, a `Converted` out; no I/O, nothing from the model's folder
+is imported or run (no `trust_remote_code`, `auto_map` is ignored).
+
+What each type means for the KV cache (read from transformers' configuration_*.py):
+- a field missing from config.json takes the transformers class default (listed
+  in `DEFAULTS`, and named in the spec's notes when used);
+- Mistral / Mixtral / Phi-3: `sliding_window` set -> every layer slides; null -> none;
+- Qwen2 / Qwen3 (+MoE): `use_sliding_window: false` -> no sliding layers at all;
+  true -> layers from `max_window_layers` on slide;
+- Gemma-2: alternating, layer 0 sliding (`bool((i + 1) % 2)`);
+- Gemma-3: `layer_types`, else `sliding_window_pattern` (default 6): layer i slides
+  unless (i + 1) % pattern == 0;
+- gpt-oss: `layer_types` (alternating, sliding first, when absent);
+- Llama-4: `no_rope_layers` (1 = RoPE = chunked local attention of
+  `attention_chunk_size` tokens, 0 = NoPE global layer), default a global layer every 4th;
+- Jamba: attention where i % attn_layer_period == attn_layer_offset, Mamba elsewhere;
+- DeepSeek-V2/V3: MLA (`kv_lora_rank` + `qk_rope_head_dim` cached per token);
+- Falcon: `new_decoder_architecture` -> `num_kv_heads`; else `multi_query` -> 1 KV head;
+- GPT-2: `n_layer` / `n_head` / `n_embd` / `n_positions`;
+- multimodal configs: the nested `text_config` is sized (the vision tower is not).
+
+`num_parameters` needs weights; `Converted.parameters` is the analytic count of the
+(text) model from config.json, for when no safetensors headers are at hand.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from kvplan.errors import InputError
+from kvplan.spec import LAYER_TYPE_ALIASES
+
+_ABSENT = object()
+
+
+class ConfigError(InputError):
+    """A config.json that cannot be sized (exit 2)."""
+
+
+# transformers' class defaults for the fields kvplan reads (configuration_<type>.py
+# __init__ / dataclass defaults). Used only when config.json leaves a field out.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=None, head_dim=None, max_position_embeddings=2048,
+                  tie_word_embeddings=False, attention_bias=False, mlp_bias=False),
+    "mistral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, head_dim=None, max_position_embeddings=131072,
+                    sliding_window=4096, tie_word_embeddings=False),
+    "mixtral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, head_dim=None, max_position_embeddings=131072,
+                    sliding_window=None, tie_word_embeddings=False, num_local_experts=8, num_experts_per_tok=2),
+    "qwen2": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=32768,
+                  tie_word_embeddings=False, use_sliding_window=False, sliding_window=4096, max_window_layers=28),
+    "qwen2_moe": dict(vocab_size=151936, hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
+                      num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=32768,
+                      tie_word_embeddings=False, use_sliding_window=False, sliding_window=4096, max_window_layers=28,
+                      decoder_sparse_step=1, moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
+                      num_experts_per_tok=4, num_experts=60, mlp_only_layers=[]),
+    "qwen3": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, head_dim=128, max_position_embeddings=32768,
+                  tie_word_embeddings=False, use_sliding_window=False, sliding_window=4096, max_window_layers=28,
+                  attention_bias=False),
+    "qwen3_moe": dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=24,
+                      num_attention_heads=32, num_key_value_heads=4, head_dim=None, max_position_embeddings=32768,
+                      tie_word_embeddings=False, use_sliding_window=False, sliding_window=4096, max_window_layers=28,
+                      attention_bias=False, decoder_sparse_step=1, moe_intermediate_size=768, num_experts_per_tok=8,
+                      num_experts=128, mlp_only_layers=[]),
+    "gemma": dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
+                  num_attention_heads=16, num_key_value_heads=16, head_dim=256, max_position_embeddings=8192,
+                  tie_word_embeddings=True, attention_bias=False),
+    "gemma2": dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                   num_attention_heads=8, num_key_value_heads=4, head_dim=256, max_position_embeddings=8192,
+                   sliding_window=4096, tie_word_embeddings=True, attention_bias=False),
+    "gemma3_text": dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                        num_attention_heads=8, num_key_value_heads=4, head_dim=256, max_position_embeddings=131072,
+                        sliding_window=4096, sliding_window_pattern=6, tie_word_embeddings=True,
+                        attention_bias=False),
+    "deepseek_v2": dict(vocab_size=102400, hidden_size=4096, intermediate_size=11008, moe_intermediate_size=1407,
+                        num_hidden_layers=30, num_attention_heads=32, num_key_value_heads=32, n_shared_experts=None,
+                        n_routed_experts=None, num_experts_per_tok=None, moe_layer_freq=1, first_k_dense_replace=0,
+                        kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64, v_head_dim=128,
+                        qk_nope_head_dim=128, max_position_embeddings=2048, tie_word_embeddings=False,
+                        attention_bias=False),
+    "deepseek_v3": dict(vocab_size=129280, hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
+                        num_hidden_layers=61, num_attention_heads=128, num_key_value_heads=128, n_shared_experts=1,
+                        n_routed_experts=256, num_experts_per_tok=8, moe_layer_freq=1, first_k_dense_replace=3,
+                        kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64, v_head_dim=128,
+                        qk_nope_head_dim=128, max_position_embeddings=4096, tie_word_embeddings=False,
+                        attention_bias=False, num_nextn_predict_layers=0),
+    "gpt2": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
+                 tie_word_embeddings=True),
+    "gpt_neox": dict(vocab_size=50432, hidden_size=6144, num_hidden_layers=44, num_attention_heads=64,
+                     intermediate_size=24576, max_position_embeddings=2048, tie_word_embeddings=False,
+                     attention_bias=True),
+    "falcon": dict(vocab_size=65024, hidden_size=4544, num_hidden_layers=32, num_attention_heads=71,
+                   num_kv_heads=None, new_decoder_architecture=False, multi_query=True, parallel_attn=True,
+                   bias=False, ffn_hidden_size=None, num_ln_in_parallel_attn=None, max_position_embeddings=2048,
+                   tie_word_embeddings=True),
+    "phi3": dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=None, max_position_embeddings=4096,
+                 sliding_window=None, tie_word_embeddings=False),
+    "jamba": dict(vocab_size=65536, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=262144,
+                  sliding_window=None, tie_word_embeddings=False, num_experts_per_tok=2, num_experts=16,
+                  expert_layer_period=2, expert_layer_offset=1, attn_layer_period=8, attn_layer_offset=4,
+                  mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank="auto", mamba_conv_bias=True,
+                  mamba_proj_bias=False),
+    "gpt_oss": dict(vocab_size=201088, hidden_size=2880, intermediate_size=2880, num_hidden_layers=36,
+                    num_attention_heads=64, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
+                    sliding_window=128, num_local_experts=128, num_experts_per_tok=4, tie_word_embeddings=False,
+                    attention_bias=True),
+    "llama4_text": dict(vocab_size=202048, hidden_size=5120, intermediate_size=8192, intermediate_size_mlp=16384,
+                        num_hidden_layers=48, num_attention_heads=40, num_key_value_heads=8, head_dim=128,
+                        max_position_embeddings=131072, tie_word_embeddings=False, num_experts_per_tok=1,
+                        num_local_experts=16, moe_layers=None, interleave_moe_layer_step=1, no_rope_layers=None,
+                        no_rope_layer_interval=4, attention_chunk_size=8192, attention_bias=False),
+}
+
+# Old or wrapper `model_type`s that read as a known one.
+TYPE_ALIASES = {
+    "RefinedWebModel": "falcon",  # Falcon-7B before transformers' port (n_layer, n_head, multi_query)
+    "RefinedWeb": "falcon",  # Falcon-40B before the port (new decoder architecture)
+    "gemma3": "gemma3_text",
+    "llama4": "llama4_text",
+}
+
+# Multimodal wrappers: the `model_type` their `text_config` has when it names none.
+TEXT_CONFIG_TYPES = {
+    "gemma3": "gemma3_text",
+    "llama4": "llama4_text",
+    "llava": "llama",
+    "llava_next": "llama",
+    "mistral3": "mistral",
+}
+
+# When config.json has a model_type kvplan does not know, its `architectures` class
+# may still be one it does (e.g. Kimi-K2: model_type kimi_k2, DeepseekV3ForCausalLM).
+ARCHITECTURE_TYPES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "MixtralForCausalLM": "mixtral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
+    "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+    "GemmaForCausalLM": "gemma",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3_text",
+    "DeepseekV2ForCausalLM": "deepseek_v2",
+    "DeepseekV3ForCausalLM": "deepseek_v3",
+    "GPT2LMHeadModel": "gpt2",
+    "GPTNeoXForCausalLM": "gpt_neox",
+    "FalconForCausalLM": "falcon",
+    "Phi3ForCausalLM": "phi3",
+    "JambaForCausalLM": "jamba",
+    "GptOssForCausalLM": "gpt_oss",
+    "Llama4ForCausalLM": "llama4_text",
+}
+
+# Fields an unknown model_type must carry to be sized (generic HF names only).
+GENERIC_REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+
+
+@dataclass(frozen=True)
+class Converted:
+    """ModelSpec fields from one config.json, plus an analytic parameter count."""
+
+    model_type: str
+    fields: dict[str, Any]  # ModelSpec fields, without name / source / num_parameters / notes
+    parameters: Optional[int]  # analytic count of the (text) model; None for an unknown type
+    inactive_parameters: int = 0  # MoE: expert weights a token does not read (0 when dense)
+    notes: tuple[str, ...] = ()
+    quantization: Optional[str] = None  # quantization_config.quant_method, when the weights are quantized
+    weights_dtype: Optional[str] = None  # ModelSpec.weights_dtype for that quantization, when kvplan knows it
+    multimodal: bool = False
+    mtp_layers: int = 0  # DeepSeek multi-token-prediction layers (weights not counted)
+
+
+def supported_model_types() -> list[str]:
+    """model_types with their own rules (plus the multimodal wrappers that nest one)."""
+    return sorted((set(DEFAULTS) | set(TYPE_ALIASES) | set(TEXT_CONFIG_TYPES)) - {"RefinedWeb", "RefinedWebModel"})
+
+
+class _Cfg:
+    """Field access with transformers' defaults, remembering which defaults were used."""
+
+    def __init__(self, raw: dict[str, Any], defaults: dict[str, Any], where: str):
+        self.raw, self.defaults, self.where = raw, defaults, where
+        self.defaulted: list[str] = []
+
+    def get(self, key: str, fallback: Any = _ABSENT) -> Any:
+        if key in self.raw:
+            return self.raw[key]
+        if key in self.defaults:
+            value = self.defaults[key]
+            if value is not None and key not in self.defaulted:
+                self.defaulted.append(key)
+            return value
+        return None if fallback is _ABSENT else fallback
+
+    def int(self, key: str, *, required: bool = True, zero_ok: bool = False) -> Optional[int]:
+        value = self.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero_ok else 1):
+            what = "a non-negative integer" if zero_ok else "a positive integer"
+            shown = "missing" if value is None else repr(value)
+            raise ConfigError(f"{self.where}: {key} is {shown}, not {what}")
+        return value
+
+    def flag(self, key: str) -> bool:
+        return bool(self.get(key, False))
+
+
+# ------------------------------------------------------------------ parameter pieces
+
+
+def _linear(n_in: int, n_out: int, bias: bool = False) -> int:
+    return n_in * n_out + (n_out if bias else 0)
+
+
+def _gated_mlp(hidden: int, inter: int, bias: bool = False) -> int:
+    """gate, up (hidden -> inter) and down (inter -> hidden): SwiGLU / GeGLU blocks."""
+    return 2 * _linear(hidden, inter, bias) + _linear(inter, hidden, bias)
+
+
+def _attention(hidden: int, heads: int, kv_heads: int, head_dim: int, qkv_bias: bool, o_bias: bool) -> int:
+    return (
+        _linear(hidden, heads * head_dim, qkv_bias)
+        + 2 * _linear(hidden, kv_heads * head_dim, qkv_bias)
+        + _linear(heads * head_dim, hidden, o_bias)
+    )
+
+
+@dataclass
+class _Layers:
+    """Per-model pieces the generic decoder sum needs."""
+
+    attention: int  # one attention block
+    norms: int  # norm weights in one layer
+    mlp: Callable[[int], int]  # layer index -> MLP / MoE parameters
+    inactive: Callable[[int], int] = lambda i: 0  # layer index -> expert weights a token skips
+    extra_per_layer: int = 0
+
+
+def _decoder_total(c: _Cfg, hidden: int, layers: int, vocab: int, tie: bool, parts: _Layers, final_norm: int) -> tuple[int, int]:
+    """(total, inactive): embeddings, every layer, final norm, untied lm_head."""
+    total = vocab * hidden + final_norm + (0 if tie else vocab * hidden)
+    inactive = 0
+    for i in range(layers):
+        total += parts.attention + parts.norms + parts.mlp(i) + parts.extra_per_layer
+        inactive += parts.inactive(i)
+    return total, inactive
+
+
+# ------------------------------------------------------------------ layer kinds
+
+
+def _check_layer_types(c: _Cfg, layers: int) -> Optional[list[str]]:
+    value = c.raw.get("layer_types")
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != layers:
+        count = len(value) if isinstance(value, list) else 0
+        raise ConfigError(f"{c.where}: layer_types has {count} entries but num_hidden_layers is {layers}")
+    bad = sorted({v for v in value if v not in LAYER_TYPE_ALIASES})
+    if bad:
+        raise ConfigError(f"{c.where}: layer_types has {bad[0]!r}, not one of {sorted(LAYER_TYPE_ALIASES)}")
+    return list(value)
+
+
+def _qwen_layers(c: _Cfg, layers: int) -> tuple[Optional[list[str]], Optional[int]]:
+    """Qwen2/Qwen3: sliding only when use_sliding_window, from layer max_window_layers on."""
+    window = c.get("sliding_window") if c.flag("use_sliding_window") else None
+    explicit = _check_layer_types(c, layers)
+    if explicit is not None:
+        return explicit, window
+    if window is None:
+        return None, None
+    first = c.int("max_window_layers", zero_ok=True)
+    return ["sliding_attention" if i >= first else "full_attention" for i in range(layers)], window
+
+
+def _every_layer_slides(c: _Cfg, layers: int) -> tuple[Optional[list[str]], Optional[int]]:
+    """Mistral / Mixtral / Phi-3: a set sliding_window applies to every layer; null means none."""
+    window = c.get("sliding_window")
+    explicit = _check_layer_types(c, layers)
+    if explicit is not None:
+        return explicit, window
+    return (["sliding_attention"] * layers if window is not None else None), window
+
+
+def _pattern_layers(c: _Cfg, layers: int, period: int) -> tuple[Optional[list[str]], Optional[int]]:
+    """Gemma-2/3, gpt-oss: layer i slides unless (i + 1) % period == 0."""
+    window = c.get("sliding_window")
+    explicit = _check_layer_types(c, layers)
+    if explicit is not None:
+        return explicit, window
+    if window is None:
+        return None, None
+    return ["sliding_attention" if (i + 1) % period else "full_attention" for i in range(layers)], window
+
+
+# ------------------------------------------------------------------ per-type rules
+
+
+def _common(c: _Cfg) -> dict[str, Any]:
+    hidden = c.int("hidden_size")
+    heads = c.int("num_attention_heads")
+    kv = c.int("num_key_value_heads", required=False) or heads
+    head_dim = c.int("head_dim", required=False) or None
+    if head_dim is None:
+        if hidden % heads:
+            raise ConfigError(f"{c.where}: no head_dim and hidden_size {hidden} is not a multiple of {heads} heads")
+        head_dim = hidden // heads
+    fields = {
+        "hidden_size": hidden,
+        "num_hidden_layers": c.int("num_hidden_layers"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "head_dim": head_dim,
+        "vocab_size": c.int("vocab_size"),
+        "tie_word_embeddings": bool(c.get("tie_word_embeddings", False)),
+    }
+    inter = c.int("intermediate_size", required=False)
+    if inter:
+        fields["intermediate_size"] = inter
+    max_pos = c.int("max_position_embeddings", required=False)
+    if max_pos:
+        fields["max_position_embeddings"] = max_pos
+    return fields
+
+
+def _llama_like(
+    c: _Cfg,
+    *,
+    qkv_bias: bool,
+    o_bias: bool,
+    norms_per_layer: int = 2,
+    qk_norm: bool = False,
+    mlp_bias: bool = False,
+    kinds: Callable[[_Cfg, int], tuple[Optional[list[str]], Optional[int]]] = lambda c, n: (None, None),
+) -> tuple[dict, int, int]:
+    f = _common(c)
+    h, L = f["hidden_size"], f["num_hidden_layers"]
+    inter = c.int("intermediate_size")
+    layer_types, window = kinds(c, L)
+    _apply_kinds(f, layer_types, window)
+    parts = _Layers(
+        attention=_attention(h, f["num_attention_heads"], f["num_key_value_heads"], f["head_dim"], qkv_bias, o_bias),
+        norms=norms_per_layer * h + (2 * f["head_dim"] if qk_norm else 0),
+        mlp=lambda i: _gated_mlp(h, inter, mlp_bias),
+    )
+    total, inactive = _decoder_total(c, h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
+    return f, total, inactive
+
+
+def layer_fields(kinds: list[str]) -> dict[str, Any]:
+    """`layer_types` / `layer_pattern` fields for a list of per-layer kind names, compactly.
+
+    All full -> nothing (the default); all sliding -> nothing but the window (a spec
+    with `sliding_window` and no pattern slides every layer); a repeating cycle ->
+    `layer_pattern` (e.g. Gemma-3: [{sliding_attention: 5}, {full_attention: 1}]);
+    otherwise the explicit list.
+    """
+    if not kinds or all(k == "full_attention" for k in kinds) or all(k == "sliding_attention" for k in kinds):
+        return {}
+    n = len(kinds)
+    for period in range(1, n):
+        if all(kinds[i] == kinds[i % period] for i in range(n)):
+            runs: list[dict[str, int]] = []
+            for k in kinds[:period]:
+                if runs and k in runs[-1]:
+                    runs[-1][k] += 1
+                else:
+                    runs.append({k: 1})
+            return {"layer_pattern": tuple(runs)}
+    return {"layer_types": tuple(kinds)}
+
+
+def _apply_kinds(fields: dict, layer_types: Optional[list[str]], window: Any, chunk: Any = None) -> None:
+    if layer_types is None:
+        return
+    kinds = [LAYER_TYPE_ALIASES[t].value for t in layer_types]
+    if "sliding_attention" in kinds:
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise ConfigError(f"sliding layers need a positive sliding_window, not {window!r}")
+        fields["sliding_window"] = window
+    if "chunked_attention" in kinds:
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+            raise ConfigError(f"chunked layers need a positive attention_chunk_size, not {chunk!r}")
+        fields["attention_chunk_size"] = chunk
+    fields.update(layer_fields(kinds))
+
+
+def _llama(c: _Cfg):
+    bias = c.flag("attention_bias")
+    return _llama_like(c, qkv_bias=bias, o_bias=bias, mlp_bias=c.flag("mlp_bias"))
+
+
+def _mistral(c: _Cfg):
+    return _llama_like(c, qkv_bias=False, o_bias=False, kinds=_every_layer_slides)
+
+
+def _phi3(c: _Cfg):
+    # qkv_proj and gate_up_proj are fused in Phi-3; the sizes are the same as separate q/k/v, gate/up.
+    return _llama_like(c, qkv_bias=False, o_bias=False, kinds=_every_layer_slides)
+
+
+def _qwen2(c: _Cfg):
+    return _llama_like(c, qkv_bias=True, o_bias=False, kinds=_qwen_layers)
+
+
+def _qwen3(c: _Cfg):
+    bias = c.flag("attention_bias")
+    return _llama_like(c, qkv_bias=bias, o_bias=bias, qk_norm=True, kinds=_qwen_layers)
+
+
+def _gemma(c: _Cfg):
+    bias = c.flag("attention_bias")
+    return _llama_like(c, qkv_bias=bias, o_bias=bias)
+
+
+def _gemma2(c: _Cfg):
+    bias = c.flag("attention_bias")
+    return _llama_like(c, qkv_bias=bias, o_bias=bias, norms_per_layer=4, kinds=lambda c, n: _pattern_layers(c, n, 2))
+
+
+def _gemma3(c: _Cfg):
+    bias = c.flag("attention_bias")
+    period = c.int("sliding_window_pattern")
+    return _llama_like(
+        c, qkv_bias=bias, o_bias=bias, norms_per_layer=4, qk_norm=True, kinds=lambda c, n: _pattern_layers(c, n, period)
+    )
+
+
+def _moe_fields(f: dict, c: _Cfg, experts_key: str, experts: int, used: int, moe_inter: Optional[int]) -> None:
+    f["num_local_experts" if experts_key != "n_routed_experts" else "n_routed_experts"] = experts
+    f["num_experts_per_tok"] = used
+    if moe_inter:
+        f["moe_intermediate_size"] = moe_inter
+
+
+def _mixtral(c: _Cfg):
+    f, _, _ = _llama_like(c, qkv_bias=False, o_bias=False, kinds=_every_layer_slides)
+    h, L, inter = f["hidden_size"], f["num_hidden_layers"], c.int("intermediate_size")
+    E, k = c.int("num_local_experts"), c.int("num_experts_per_tok")
+    expert = _gated_mlp(h, inter)
+    parts = _Layers(
+        attention=_attention(h, f["num_attention_heads"], f["num_key_value_heads"], f["head_dim"], False, False),
+        norms=2 * h,
+        mlp=lambda i: E * expert + _linear(h, E),  # experts + router
+        inactive=lambda i: (E - k) * expert,
+    )
+    total, inactive = _decoder_total(c, h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
+    _moe_fields(f, c, "num_local_experts", E, k, None)
+    return f, total, inactive
+
+
+def _qwen_moe(c: _Cfg, *, shared: bool):
+    base = _qwen2 if shared else _qwen3
+    f, _, _ = base(c)
+    h, L, hd = f["hidden_size"], f["num_hidden_layers"], f["head_dim"]
+    E, k = c.int("num_experts"), c.int("num_experts_per_tok")
+    moe_inter, dense_inter = c.int("moe_intermediate_size"), c.int("intermediate_size")
+    step = c.int("decoder_sparse_step")
+    dense_only = set(c.get("mlp_only_layers") or [])
+    is_moe = lambda i: i not in dense_only and E > 0 and (i + 1) % step == 0  # noqa: E731 (modeling_qwen*_moe)
+    expert = _gated_mlp(h, moe_inter)
+    shared_mlp = _gated_mlp(h, c.int("shared_expert_intermediate_size")) + _linear(h, 1) if shared else 0
+    bias = not shared and c.flag("attention_bias")
+    parts = _Layers(
+        attention=_attention(h, f["num_attention_heads"], f["num_key_value_heads"], hd, True if shared else bias, bias),
+        norms=2 * h + (0 if shared else 2 * hd),
+        mlp=lambda i: (E * expert + _linear(h, E) + shared_mlp) if is_moe(i) else _gated_mlp(h, dense_inter),
+        inactive=lambda i: (E - k) * expert if is_moe(i) else 0,
+    )
+    total, inactive = _decoder_total(c, h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
+    _moe_fields(f, c, "num_local_experts", E, k, moe_inter)
+    return f, total, inactive
+
+
+def _deepseek(c: _Cfg, *, v3: bool):
+    hidden, heads = c.int("hidden_size"), c.int("num_attention_heads")
+    L, vocab = c.int("num_hidden_layers"), c.int("vocab_size")
+    kv_lora, rope = c.int("kv_lora_rank"), c.int("qk_rope_head_dim")
+    nope, v_dim = c.int("qk_nope_head_dim"), c.int("v_head_dim")
+    q_lora = c.int("q_lora_rank", required=False)
+    bias = c.flag("attention_bias")
+    f: dict[str, Any] = {
+        "hidden_size": hidden,
+        "num_hidden_layers": L,
+        "num_attention_heads": heads,
+        "num_key_value_heads": c.int("num_key_value_heads", required=False) or heads,
+        "v_head_dim": v_dim,
+        "vocab_size": vocab,
+        "tie_word_embeddings": bool(c.get("tie_word_embeddings", False)),
+        "kv_lora_rank": kv_lora,
+        "qk_rope_head_dim": rope,
+        "qk_nope_head_dim": nope,
+        "intermediate_size": c.int("intermediate_size"),
+    }
+    if q_lora:
+        f["q_lora_rank"] = q_lora
+    max_pos = c.int("max_position_embeddings", required=False)
+    if max_pos:
+        f["max_position_embeddings"] = max_pos
+    q_dim = heads * (nope + rope)
+    # modeling_deepseek_v2/v3 DeepseekV*Attention: low-rank q (or one q_proj), the
+    # compressed kv_a projection with its RMSNorm, kv_b decompression, o_proj.
+    attention = (
+        (_linear(hidden, q_lora, bias) + q_lora + _linear(q_lora, q_dim) if q_lora else _linear(hidden, q_dim))
+        + _linear(hidden, kv_lora + rope, bias)
+        + kv_lora
+        + _linear(kv_lora, heads * (nope + v_dim))
+        + _linear(heads * v_dim, hidden, bias)
+    )
+    E = c.int("n_routed_experts", required=False)
+    k = c.int("num_experts_per_tok", required=False)
+    first_dense = c.int("first_k_dense_replace", zero_ok=True) if E else 0
+    freq = c.int("moe_layer_freq") if E else 1
+    moe_inter = c.int("moe_intermediate_size") if E else 0
+    n_shared = c.int("n_shared_experts", required=False, zero_ok=True) or 0
+    is_moe = lambda i: bool(E) and i >= first_dense and i % freq == 0  # noqa: E731
+    expert = _gated_mlp(hidden, moe_inter) if E else 0
+    # V3's router adds e_score_correction_bias (one per expert) to its weight.
+    router = _linear(hidden, E) + (E if v3 else 0) if E else 0
+    shared = _gated_mlp(hidden, moe_inter * n_shared) if n_shared else 0
+    dense = _gated_mlp(hidden, f["intermediate_size"])
+    parts = _Layers(
+        attention=attention,
+        norms=2 * hidden,
+        mlp=lambda i: (E * expert + router + shared) if is_moe(i) else dense,
+        inactive=lambda i: (E - (k or E)) * expert if is_moe(i) else 0,
+    )
+    total, inactive = _decoder_total(c, hidden, L, vocab, f["tie_word_embeddings"], parts, hidden)
+    if E:
+        f["n_routed_experts"] = E
+        if k:
+            f["num_experts_per_tok"] = k
+        f["moe_intermediate_size"] = moe_inter
+        f["n_shared_experts"] = n_shared
+        f["first_k_dense_replace"] = first_dense
+    return f, total, inactive
+
+
+def _gpt2(c: _Cfg):
+    n = c.int("n_embd")
+    L, heads, vocab = c.int("n_layer"), c.int("n_head"), c.int("vocab_size")
+    positions = c.int("n_positions")
+    inner = c.int("n_inner", required=False) or 4 * n
+    if n % heads:
+        raise ConfigError(f"{c.where}: n_embd {n} is not a multiple of n_head {heads}")
+    f = {
+        "hidden_size": n,
+        "num_hidden_layers": L,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+        "head_dim": n // heads,
+        "intermediate_size": inner,
+        "vocab_size": vocab,
+        "max_position_embeddings": positions,
+        "tie_word_embeddings": bool(c.get("tie_word_embeddings", True)),
+    }
+    # modeling_gpt2: wte + wpe; per block ln_1, c_attn (n -> 3n), c_proj, ln_2, c_fc, mlp c_proj
+    # (Conv1D with biases, LayerNorms with biases); ln_f.
+    parts = _Layers(
+        attention=_linear(n, 3 * n, True) + _linear(n, n, True),
+        norms=2 * (2 * n),
+        mlp=lambda i: _linear(n, inner, True) + _linear(inner, n, True),
+    )
+    total, inactive = _decoder_total(c, n, L, vocab, f["tie_word_embeddings"], parts, 2 * n)
+    return f, total + positions * n, inactive
+
+
+def _gpt_neox(c: _Cfg):
+    f = _common(c)
+    h, L = f["hidden_size"], f["num_hidden_layers"]
+    inter = c.int("intermediate_size")
+    bias = c.flag("attention_bias")
+    # modeling_gpt_neox: query_key_value (h -> 3h), dense; MLP dense_h_to_4h / dense_4h_to_h with
+    # biases; input and post-attention LayerNorms; final_layer_norm; embed_in and embed_out.
+    parts = _Layers(
+        attention=_linear(h, 3 * h, bias) + _linear(h, h, bias),
+        norms=2 * (2 * h),
+        mlp=lambda i: _linear(h, inter, True) + _linear(inter, h, True),
+    )
+    total, inactive = _decoder_total(c, h, L, f["vocab_size"], f["tie_word_embeddings"], parts, 2 * h)
+    return f, total, inactive
+
+
+def _falcon(c: _Cfg):
+    h, heads = c.int("hidden_size"), c.int("num_attention_heads")
+    L, vocab = c.int("num_hidden_layers"), c.int("vocab_size")
+    new_arch = c.flag("new_decoder_architecture")
+    multi_query = c.flag("multi_query")
+    if h % heads:
+        raise ConfigError(f"{c.where}: hidden_size {h} is not a multiple of {heads} heads")
+    hd = h // heads
+    # modeling_falcon FalconAttention: num_kv_heads if new_decoder_architecture or not
+    # multi_query, else 1 (config num_kv_heads defaults to the head count).
+    if new_arch or not multi_query:
+        kv = c.int("num_kv_heads", required=False) or heads
+    else:
+        kv = 1
+    if new_arch:
+        qkv_out = (heads + 2 * kv) * hd
+    elif multi_query:
+        qkv_out = h + 2 * hd
+    else:
+        qkv_out = 3 * h
+    bias = c.flag("bias")
+    ffn = c.int("ffn_hidden_size", required=False) or 4 * h
+    if new_arch:
+        n_ln = c.int("num_ln_in_parallel_attn", required=False) or 2
+    else:
+        n_ln = 1 if c.get("parallel_attn", True) else 2
+    f = {
+        "hidden_size": h,
+        "num_hidden_layers": L,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "head_dim": hd,
+        "intermediate_size": ffn,
+        "vocab_size": vocab,
+        "tie_word_embeddings": bool(c.get("tie_word_embeddings", True)),
+    }
+    max_pos = c.int("max_position_embeddings", required=False)
+    if max_pos:
+        f["max_position_embeddings"] = max_pos
+    parts = _Layers(
+        attention=_linear(h, qkv_out, bias) + _linear(h, h, bias),
+        norms=n_ln * 2 * h,  # LayerNorms with bias
+        mlp=lambda i: _linear(h, ffn, bias) + _linear(ffn, h, bias),
+    )
+    total, inactive = _decoder_total(c, h, L, vocab, f["tie_word_embeddings"], parts, 2 * h)
+    return f, total, inactive
+
+
+def _jamba(c: _Cfg):
+    f = _common(c)
+    h, L = f["hidden_size"], f["num_hidden_layers"]
+    inter = c.int("intermediate_size")
+    period, offset = c.int("attn_layer_period"), c.int("attn_layer_offset", zero_ok=True)
+    e_period, e_offset = c.int("expert_layer_period"), c.int("expert_layer_offset", zero_ok=True)
+    E, k = c.int("num_experts"), c.int("num_experts_per_tok")
+    d_state, d_conv, expand = c.int("mamba_d_state"), c.int("mamba_d_conv"), c.int("mamba_expand")
+    dt_rank = c.get("mamba_dt_rank")
+    if dt_rank == "auto":
+        dt_rank = math.ceil(h / 16)  # JambaConfig: "auto" means ceil(hidden_size / 16)
+    elif not isinstance(dt_rank, int) or dt_rank < 1:
+        raise ConfigError(f"{c.where}: mamba_dt_rank is {dt_rank!r}, not 'auto' or a positive integer")
+    proj_bias, conv_bias = c.flag("mamba_proj_bias"), c.flag("mamba_conv_bias")
+    is_attn = lambda i: i % period == offset  # noqa: E731 (JambaConfig.layers_block_type)
+    is_moe = lambda i: E > 1 and i % e_period == e_offset  # noqa: E731 (layers_num_experts)
+    window = c.get("sliding_window")
+    attn_kind = "sliding_attention" if window is not None else "full_attention"
+    kinds = [attn_kind if is_attn(i) else "mamba" for i in range(L)]
+    _apply_kinds(f, kinds, window)
+    f.update(mamba_d_state=d_state, mamba_d_conv=d_conv, mamba_expand=expand)
+    d_inner = expand * h
+    # modeling_jamba JambaMambaMixer: in_proj, depthwise conv1d, x_proj, dt_proj, A_log, D,
+    # out_proj and the dt / B / C RMSNorms.
+    mamba = (
+        _linear(h, 2 * d_inner, proj_bias)
+        + d_inner * d_conv
+        + (d_inner if conv_bias else 0)
+        + _linear(d_inner, dt_rank + 2 * d_state)
+        + _linear(dt_rank, d_inner, True)
+        + d_inner * d_state
+        + d_inner
+        + _linear(d_inner, h, proj_bias)
+        + dt_rank
+        + 2 * d_state
+    )
+    attention = _attention(h, f["num_attention_heads"], f["num_key_value_heads"], f["head_dim"], False, False)
+    expert = _gated_mlp(h, inter)
+    total = f["vocab_size"] * h * (1 if f["tie_word_embeddings"] else 2) + h
+    inactive = 0
+    for i in range(L):
+        total += (attention if is_attn(i) else mamba) + 2 * h
+        if is_moe(i):
+            total += E * expert + _linear(h, E)
+            inactive += (E - k) * expert
+        else:
+            total += expert
+    f["num_local_experts"] = E
+    f["num_experts_per_tok"] = k
+    return f, total, inactive
+
+
+def _gpt_oss(c: _Cfg):
+    f = _common(c)
+    h, L, hd = f["hidden_size"], f["num_hidden_layers"], f["head_dim"]
+    heads, kv = f["num_attention_heads"], f["num_key_value_heads"]
+    inter = c.int("intermediate_size")
+    E = c.int("num_local_experts")
+    k = c.int("num_experts_per_tok", required=False) or c.int("experts_per_token")
+    layer_types, window = _pattern_layers(c, L, 2)
+    _apply_kinds(f, layer_types, window)
+    bias = c.flag("attention_bias")
+    # modeling_gpt_oss: q/k/v/o with biases plus one attention-sink logit per head; router
+    # with bias; experts hold gate_up (h -> 2*inter) and down projections, each with a bias.
+    expert = _linear(h, 2 * inter, True) + _linear(inter, h, True)
+    parts = _Layers(
+        attention=_attention(h, heads, kv, hd, bias, bias) + heads,
+        norms=2 * h,
+        mlp=lambda i: E * expert + _linear(h, E, True),
+        inactive=lambda i: (E - k) * expert,
+    )
+    total, inactive = _decoder_total(c, h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
+    _moe_fields(f, c, "num_local_experts", E, k, None)
+    return f, total, inactive
+
+
+def _llama4(c: _Cfg):
+    f = _common(c)
+    h, L, hd = f["hidden_size"], f["num_hidden_layers"], f["head_dim"]
+    inter, inter_mlp = c.int("intermediate_size"), c.int("intermediate_size_mlp")
+    E, k = c.int("num_local_experts"), c.int("num_experts_per_tok")
+    step = c.int("interleave_moe_layer_step")
+    moe_layers = c.get("moe_layers")
+    moe_set = set(moe_layers) if isinstance(moe_layers, list) else set(range(step - 1, L, step))
+    chunk = c.get("attention_chunk_size")
+    explicit = _check_layer_types(c, L)
+    if explicit is not None:
+        layer_types = explicit
+    elif chunk is None:
+        layer_types = None
+    else:
+        # Llama4TextConfig: no_rope_layers[i] == 1 -> RoPE layer with chunked attention; an
+        # empty or absent list means a NoPE global layer every no_rope_layer_interval layers.
+        no_rope = c.get("no_rope_layers") or [
+            int((i + 1) % c.int("no_rope_layer_interval") != 0) for i in range(L)
+        ]
+        if len(no_rope) < L:
+            raise ConfigError(f"{c.where}: no_rope_layers has {len(no_rope)} entries for {L} layers")
+        layer_types = ["chunked_attention" if no_rope[i] else "full_attention" for i in range(L)]
+    _apply_kinds(f, layer_types, c.get("sliding_window"), chunk)
+    bias = c.flag("attention_bias")
+    # modeling_llama4: experts keep gate_up (h -> 2*inter) and down stacked; a router; one
+    # shared expert; dense layers use intermediate_size_mlp. QK-norm is an L2 norm (no weights).
+    expert = _linear(h, 2 * inter) + _linear(inter, h)
+    parts = _Layers(
+        attention=_attention(h, f["num_attention_heads"], f["num_key_value_heads"], hd, bias, bias),
+        norms=2 * h,
+        mlp=lambda i: (E * expert + _linear(h, E) + _gated_mlp(h, inter)) if i in moe_set else _gated_mlp(h, inter_mlp),
+        inactive=lambda i: (E - k) * expert if i in moe_set else 0,
+    )
+    total, inactive = _decoder_total(c, h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
+    _moe_fields(f, c, "num_local_experts", E, k, None)
+    return f, total, inactive
+
+
+HANDLERS: dict[str, Callable[[_Cfg], tuple[dict, int, int]]] = {
+    "llama": _llama,
+    "mistral": _mistral,
+    "mixtral": _mixtral,
+    "qwen2": _qwen2,
+    "qwen2_moe": lambda c: _qwen_moe(c, shared=True),
+    "qwen3": _qwen3,
+    "qwen3_moe": lambda c: _qwen_moe(c, shared=False),
+    "gemma": _gemma,
+    "gemma2": _gemma2,
+    "gemma3_text": _gemma3,
+    "deepseek_v2": lambda c: _deepseek(c, v3=False),
+    "deepseek_v3": lambda c: _deepseek(c, v3=True),
+    "gpt2": _gpt2,
+    "gpt_neox": _gpt_neox,
+    "falcon": _falcon,
+    "phi3": _phi3,
+    "jamba": _jamba,
+    "gpt_oss": _gpt_oss,
+    "llama4_text": _llama4,
+}
+
+
+def _generic(c: _Cfg) -> dict[str, Any]:
+    """An unknown model_type: HF's generic field names, every one present, no defaults."""
+    missing = [k for k in GENERIC_REQUIRED if not isinstance(c.raw.get(k), int) or c.raw.get(k) < 1]
+    if missing:
+        raise ConfigError(
+            f"{c.where}: model_type {c.raw.get('model_type')!r} is not one kvplan knows, and config.json lacks "
+            f"{', '.join(missing)}; kvplan sizes an unknown type only when every field it needs is present "
+            f"(known types: {', '.join(supported_model_types())})"
+        )
+    f = _common(c)
+    if c.raw.get("kv_lora_rank") is not None:
+        f.pop("head_dim", None)
+        f["kv_lora_rank"] = c.int("kv_lora_rank")
+        f["qk_rope_head_dim"] = c.int("qk_rope_head_dim")
+    window = c.raw.get("sliding_window") if c.raw.get("use_sliding_window", True) else None
+    layer_types = _check_layer_types(c, f["num_hidden_layers"])
+    if layer_types is None and window is not None:
+        layer_types = ["sliding_attention"] * f["num_hidden_layers"]  # HF's DynamicCache rule
+    _apply_kinds(f, layer_types, window, c.raw.get("attention_chunk_size"))
+    return f
+
+
+def _dtype(config: dict[str, Any]) -> Optional[str]:
+    value = config.get("torch_dtype", config.get("dtype"))  # transformers >= 4.56 writes `dtype`
+    return value if isinstance(value, str) else None
+
+
+def convert_config(config: Any, where: str = "config.json") -> Converted:
+    """ModelSpec fields and an analytic parameter count from one parsed config.json."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"{where}: expected a JSON object at the top level")
+    notes: list[str] = []
+    outer_type = config.get("model_type")
+    raw = config
+    multimodal = False
+    text = config.get("text_config")
+    if isinstance(text, dict):
+        multimodal = True
+        raw = dict(text)
+        raw.setdefault("model_type", TEXT_CONFIG_TYPES.get(str(outer_type), outer_type))
+        # The wrapper's dtype, quantization and an explicit tie apply to its text model.
+        for key in ("torch_dtype", "dtype", "quantization_config", "tie_word_embeddings"):
+            if key not in raw and key in config:
+                raw[key] = config[key]
+        where = f"{where}: text_config"
+        notes.append(f"the text model of a {outer_type!r} config (text_config); the vision tower is not sized")
+    model_type = raw.get("model_type")
+    if not isinstance(model_type, str):
+        raise ConfigError(f"{where}: model_type is {model_type!r}; config.json must name its model_type")
+    resolved = TYPE_ALIASES.get(model_type, model_type)
+    if resolved not in HANDLERS:
+        archs = raw.get("architectures") or config.get("architectures") or []
+        by_arch = next((ARCHITECTURE_TYPES[a] for a in archs if isinstance(a, str) and a in ARCHITECTURE_TYPES), None)
+        if by_arch is not None:
+            notes.append(f"model_type {model_type!r} read as {by_arch!r}, from architectures {archs[0]!r}")
+            resolved = by_arch
+    raw = _normalise(raw, model_type)
+
+    quant = raw.get("quantization_config")
+    quant_method = weights_dtype = None
+    if isinstance(quant, dict):
+        quant_method = str(quant.get("quant_method") or quant.get("quant_type") or "unknown")
+        weights_dtype = _weights_dtype(quant, quant_method)
+        if weights_dtype is None:
+            notes.append(f"weights quantized with {quant_method!r}, a method kvplan does not size; weights_dtype left unset")
+    mtp = raw.get("num_nextn_predict_layers") if resolved.startswith("deepseek") else 0
+
+    if resolved not in HANDLERS:
+        c = _Cfg(raw, {}, where)
+        fields = _generic(c)
+        fields["model_type"] = outer_type if multimodal and isinstance(outer_type, str) else model_type
+        if _dtype(raw):
+            fields["torch_dtype"] = _dtype(raw)
+        notes.append(f"model_type {model_type!r} sized from HF's generic field names")
+        if weights_dtype:
+            fields["weights_dtype"] = weights_dtype
+        return Converted(model_type, fields, None, 0, tuple(notes), quant_method, weights_dtype, multimodal)
+
+    c = _Cfg(raw, DEFAULTS.get(resolved, {}), where)
+    fields, total, inactive = HANDLERS[resolved](c)
+    fields["model_type"] = outer_type if multimodal and isinstance(outer_type, str) else model_type
+    if _dtype(raw):
+        fields["torch_dtype"] = _dtype(raw)
+    if c.defaulted:
+        cls = resolved.title().replace("_", "")
+        notes.append(f"transformers' {cls}Config defaults used for {', '.join(c.defaulted)} (absent from config.json)")
+    if weights_dtype:
+        fields["weights_dtype"] = weights_dtype
+    return Converted(
+        resolved, fields, total, inactive, tuple(notes), quant_method, weights_dtype, multimodal,
+        mtp if isinstance(mtp, int) else 0,
+    )
+
+
+def _weights_dtype(quant: dict[str, Any], method: str) -> Optional[str]:
+    """ModelSpec.weights_dtype for a quantization_config: fp8 (DeepSeek-V3), mxfp4 (gpt-oss),
+    GPTQ / AWQ by their `bits`, bitsandbytes by load_in_4bit / load_in_8bit."""
+    if method in ("fp8", "fbgemm_fp8"):
+        return "fp8"
+    if method == "mxfp4":
+        return "mxfp4"
+    bits = quant.get("bits", quant.get("w_bit"))
+    if method in ("gptq", "awq") and bits in (4, 8):
+        return "int4" if bits == 4 else "int8"
+    if method == "bitsandbytes":
+        if quant.get("load_in_4bit"):
+            return "int4"
+        if quant.get("load_in_8bit"):
+            return "int8"
+    return None
+
+
+def _normalise(raw: dict[str, Any], model_type: str) -> dict[str, Any]:
+    """Old Falcon configs (RefinedWeb*) use n_layer / n_head / n_head_kv; map them as FalconConfig does."""
+    if model_type not in ("RefinedWebModel", "RefinedWeb"):
+        return raw
+    out = dict(raw)
+    for old, new in (("n_layer", "num_hidden_layers"), ("n_head", "num_attention_heads"), ("n_head_kv", "num_kv_heads")):
+        if old in out and new not in out:
+            out[new] = out[old]
+    out.setdefault("new_decoder_architecture", model_type == "RefinedWeb")
+    return out

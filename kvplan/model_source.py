@@ -1,0 +1,304 @@
+"""Resolve a model reference to a ModelSpec from the model's own files, offline.
+
+A reference is one of:
+- a `config.json` (Hugging Face), or a folder holding one;
+- a `.gguf` file (llama.cpp), or a folder holding one (or one split set);
+- a hub id `org/name` (optionally `org/name@revision`) found in the local Hugging
+  Face cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+  `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`, laid out as
+  `models--org--name/snapshots/<commit>/config.json`.
+
+Nothing in a model folder is executed or imported: only JSON and binary headers
+are read. `num_parameters` comes from the safetensors headers when they are all
+there (exact), else from the index's `total_parameters`, else is computed from
+config.json (and the spec's notes say so).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import ValidationError
+
+from kvplan.errors import InputError
+from kvplan.spec import DTYPE_ALIASES, NAME_PATTERN, ModelSpec, slugify
+
+MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a config.json is a few KB; Phi-3's rope tables make ~10 KB
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?$")
+SPLIT_GGUF = re.compile(r"^(?P<stem>.+)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+# safetensors dtype -> torch_dtype, for a config.json that names none.
+_WEIGHT_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a reference points: a config.json or a GGUF file, and what to call it."""
+
+    kind: str  # "config" or "gguf"
+    path: Path
+    default_name: str
+    source: str  # a hub URL when the file is in the HF cache, else the absolute path
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, as huggingface_hub resolves it (constants.py)."""
+    env = os.environ
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"]).expanduser()
+    if env.get("HUGGINGFACE_HUB_CACHE"):  # the older name, still honoured by huggingface_hub
+        return Path(env["HUGGINGFACE_HUB_CACHE"]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    xdg = env.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface" / "hub"
+
+
+def looks_like_hub_id(ref: str) -> bool:
+    """'org/name' or 'org/name@rev' that is not a path on disk and not a spec file name."""
+    if not HUB_ID.match(ref) or Path(ref).expanduser().exists():
+        return False
+    return not ref.lower().endswith((".yaml", ".yml", ".json", ".gguf"))
+
+
+def _name(text: str) -> str:
+    name = slugify(text)[:80].strip("-.") or "imported-model"
+    if not re.match(NAME_PATTERN, name):
+        name = "m-" + name
+    return name[:80]
+
+
+def _hub_parts(path: Path) -> Optional[tuple[str, str]]:
+    """(repo id, revision) when `path` lies in a hub cache snapshot folder."""
+    parts = path.absolute().parts  # not resolve(): snapshot files are symlinks into blobs/
+    for i, part in enumerate(parts[:-2]):
+        if part.startswith("models--") and parts[i + 1] == "snapshots" and i + 2 < len(parts):
+            repo = part[len("models--"):].replace("--", "/", 1)
+            return repo, parts[i + 2]
+    return None
+
+
+def _source_for(path: Path) -> str:
+    hub = _hub_parts(path.absolute())
+    if hub is not None:
+        repo, rev = hub
+        snapshot_index = path.absolute().parts.index(rev)
+        inner = "/".join(path.absolute().parts[snapshot_index + 1:])
+        return f"https://huggingface.co/{repo}/blob/{rev}/{inner}"
+    return str(path.absolute())
+
+
+def _default_name(path: Path) -> str:
+    hub = _hub_parts(path.absolute())
+    if hub is not None:
+        return _name(hub[0].split("/")[-1])
+    if path.suffix.lower() == ".gguf":
+        m = SPLIT_GGUF.match(path.name)
+        return _name(m.group("stem") if m else path.stem)
+    if path.name != "config.json":  # e.g. gemma-3-27b-it.json
+        return _name(path.stem)
+    return _name(path.absolute().parent.name)
+
+
+def _gguf_in(folder: Path) -> Optional[Path]:
+    """The one GGUF model in a folder (first file of a split set); projector files are skipped."""
+    files = sorted(p for p in folder.glob("*.gguf") if p.is_file() and not p.name.lower().startswith("mmproj"))
+    firsts = [p for p in files if not SPLIT_GGUF.match(p.name) or SPLIT_GGUF.match(p.name).group("index") == "00001"]
+    if len(firsts) > 1:
+        shown = ", ".join(p.name for p in firsts[:4])
+        raise InputError(f"{folder}: holds {len(firsts)} GGUF models ({shown}); pass one file")
+    return firsts[0] if firsts else None
+
+
+def _locate_in_folder(folder: Path, ref: str) -> Located:
+    config = folder / "config.json"
+    if config.is_file():
+        return Located("config", config, _default_name(config), _source_for(config))
+    gguf = _gguf_in(folder)
+    if gguf is not None:
+        return Located("gguf", gguf, _default_name(gguf), _source_for(gguf))
+    if folder.name.startswith("models--") and (folder / "snapshots").is_dir():
+        return _locate_in_repo_cache(folder, folder.name[len("models--"):].replace("--", "/", 1), None)
+    raise InputError(f"{ref}: no config.json and no .gguf file in this folder")
+
+
+def _locate_in_repo_cache(repo_dir: Path, repo: str, revision: Optional[str]) -> Located:
+    snapshots = repo_dir / "snapshots"
+    ref_name = revision or "main"
+    ref_file = repo_dir / "refs" / ref_name
+    commit: Optional[str] = None
+    if ref_file.is_file():
+        commit = ref_file.read_text(encoding="utf-8", errors="replace").strip()
+    elif revision and (snapshots / revision).is_dir():
+        commit = revision
+    elif revision is None:
+        candidates = sorted((p for p in snapshots.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
+        commit = candidates[-1].name if candidates else None
+    if not commit or not (snapshots / commit).is_dir():
+        wanted = f"revision {revision!r}" if revision else "a snapshot"
+        raise InputError(
+            f"{repo}: the Hugging Face cache ({repo_dir}) has no {wanted}; download its config with "
+            f"`hf download {repo} config.json`"
+        )
+    return _locate_in_folder(snapshots / commit, repo)
+
+
+def locate(ref: str) -> Located:
+    """Where a model reference points; raises InputError with the fix when it points nowhere."""
+    path = Path(ref).expanduser()
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return Located("gguf", path, _default_name(path), _source_for(path))
+        return Located("config", path, _default_name(path), _source_for(path))
+    if path.is_dir():
+        return _locate_in_folder(path, ref)
+    if looks_like_hub_id(ref):
+        repo, _, revision = ref.partition("@")
+        cache = hub_cache_dir()
+        repo_dir = cache / ("models--" + repo.replace("/", "--"))
+        if not repo_dir.is_dir():
+            raise InputError(
+                f"{repo} is not in the Hugging Face cache ({cache}) and kvplan reads no network; "
+                f"download just its config with `hf download {repo} config.json` "
+                f"(older huggingface_hub: `huggingface-cli download {repo} config.json`)"
+            )
+        return _locate_in_repo_cache(repo_dir, repo, revision or None)
+    raise InputError(f"{ref}: no such file or folder")
+
+
+# ------------------------------------------------------------------ reading
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """Parse a config.json with a size cap; errors name the file and line."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise InputError(f"{path}: {size:,} bytes is too large for a config.json (cap {MAX_CONFIG_BYTES:,})")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: is not UTF-8 text; expected a config.json") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg} (column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object at the top level")
+    return data
+
+
+def _build(fields: dict[str, Any], where: str) -> ModelSpec:
+    try:
+        return ModelSpec.model_validate(fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "spec"
+        raise InputError(f"{where}: {loc}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def spec_from_config_file(path: Path, name: str, source: str) -> ModelSpec:
+    """A spec from config.json, with parameters from the safetensors headers beside it when present."""
+    from kvplan.hf_config import convert_config
+    from kvplan.safetensors_header import find_weights
+
+    conv = convert_config(read_config(path), str(path))
+    fields = dict(conv.fields)
+    notes = list(conv.notes)
+    weights = find_weights(path.parent)
+
+    if fields.get("torch_dtype") is None:
+        dominant = weights.dominant_dtype if weights and weights.complete else None
+        if dominant in _WEIGHT_DTYPES:
+            fields["torch_dtype"] = _WEIGHT_DTYPES[dominant]
+            notes.append(f"config.json names no torch_dtype; {fields['torch_dtype']} taken from the weights")
+        else:
+            fields["torch_dtype"] = "float32"
+            notes.append("config.json names no torch_dtype; float32 assumed (transformers' default load dtype)")
+    elif fields["torch_dtype"] not in DTYPE_ALIASES:
+        notes.append(
+            f"torch_dtype {fields['torch_dtype']!r} is not a KV dtype kvplan knows; bfloat16 assumed "
+            "(pass --kv-cache-dtype to choose)"
+        )
+        fields["torch_dtype"] = "bfloat16"
+
+    total: Optional[int] = None
+    if weights is not None and weights.complete and conv.quantization is None:
+        total = weights.num_parameters
+        dtypes = ", ".join(f"{k} {v.parameters:,}" for k, v in weights.by_dtype.items())
+        notes.append(f"num_parameters exact from {len(weights.files)} safetensors header(s) ({dtypes})")
+        if conv.mtp_layers:
+            notes.append(f"the safetensors total includes {conv.mtp_layers} multi-token-prediction layer(s)")
+    elif weights is not None and not weights.complete and weights.index_total_parameters and conv.quantization is None:
+        total = weights.index_total_parameters
+        notes.append("num_parameters from model.safetensors.index.json metadata.total_parameters")
+    elif conv.parameters is not None:
+        total = conv.parameters
+        why = "estimated from config.json"
+        if conv.quantization is not None and weights is not None:
+            why += (
+                f" (the safetensors hold {conv.quantization}-quantized weights: "
+                f"{weights.num_bytes:,} bytes of tensors, not one element per parameter)"
+            )
+        elif weights is not None and not weights.complete:
+            why += f" (safetensors shards missing: {', '.join(weights.missing_files[:3])})"
+        if conv.multimodal:
+            why += "; text model only"
+        if conv.mtp_layers:
+            why += f"; {conv.mtp_layers} multi-token-prediction layer(s) not counted"
+        notes.append(f"num_parameters {why}")
+    elif weights is not None and weights.complete:
+        total = weights.num_parameters
+        notes.append(
+            f"num_parameters = elements in the safetensors headers; the weights are {conv.quantization}-quantized, "
+            "so packed elements may hold several parameters"
+        )
+    if total is None:
+        raise InputError(
+            f"{path}: model_type {conv.model_type!r} has no parameter formula in kvplan and no complete "
+            f"*.safetensors beside config.json; missing: num_parameters (add the weights' headers, or write a spec)"
+        )
+    fields["num_parameters"] = total
+    if conv.inactive_parameters and total > conv.inactive_parameters:
+        fields["num_active_parameters"] = total - conv.inactive_parameters
+        notes.append("num_active_parameters = num_parameters minus the experts a token skips (from config.json)")
+    fields.update(name=name, source=source, notes="; ".join(notes))
+    return _build(fields, str(path))
+
+
+def spec_from_gguf_file(path: Path, name: str, source: str) -> ModelSpec:
+    """A spec from a GGUF header (all split files, when the model is split)."""
+    from kvplan.gguf import GGUFHeader, read_gguf, spec_fields_from_gguf
+
+    header = read_gguf(path)
+    split = SPLIT_GGUF.match(path.name)
+    count = header.metadata.get("split.count")
+    if split and isinstance(count, int) and count > 1:
+        tensors = list(header.tensors)
+        for i in range(2, count + 1):
+            part = path.with_name(f"{split.group('stem')}-{i:05d}-of-{count:05d}.gguf")
+            if not part.is_file():
+                raise InputError(f"{path}: split file {part.name} ({i} of {count}) is missing")
+            tensors.extend(read_gguf(part).tensors)
+        header = GGUFHeader(header.path, header.version, header.metadata, tuple(tensors))
+    fields, notes = spec_fields_from_gguf(header)
+    fields.update(name=name, source=source, notes="; ".join(notes))
+    return _build(fields, str(path))
+
+
+def spec_from_source(ref: str, name: Optional[str] = None) -> ModelSpec:
+    """A ModelSpec from a config.json, model folder, .gguf file or cached hub id."""
+    where = locate(ref)
+    spec_name = _name(name) if name else where.default_name
+    if name and spec_name != name:
+        raise InputError(f"--name {name!r}: use lowercase letters, digits, '.' and '-' (e.g. {spec_name!r})")
+    if where.kind == "gguf":
+        return spec_from_gguf_file(where.path, spec_name, where.source)
+    return spec_from_config_file(where.path, spec_name, where.source)

@@ -1,0 +1,280 @@
+"""config.json -> spec fields: golden values from the published configs, HF semantics, parameter counts.
+
+Every expected number below is read off the model card / config by hand, never
+computed by the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kvplan.hf_config import ConfigError, convert_config, layer_fields
+from kvplan.spec import ModelSpec
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
+
+
+def load(name: str) -> dict:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+def spec_of(config: dict) -> ModelSpec:
+    conv = convert_config(config)
+    fields = {"torch_dtype": "bfloat16", **conv.fields}
+    return ModelSpec(name="t", source="test", num_parameters=conv.parameters, **fields)
+
+
+def kinds(spec: ModelSpec) -> dict[str, int]:
+    return dict(Counter(k.value for k in spec.layer_kinds))
+
+
+# (fixture, layers, heads, kv heads, K dim per head, {kind: layers}, window, chunk)
+# Read from each config.json (and transformers' defaults where it is silent).
+GOLDEN = [
+    ("llama-3.1-8b-instruct", 32, 32, 8, 128, {"full_attention": 32}, None, None),
+    ("llama-3.2-1b-instruct", 16, 32, 8, 64, {"full_attention": 16}, None, None),
+    ("mistral-7b-v0.1", 32, 32, 8, 128, {"sliding_attention": 32}, 4096, None),
+    ("mistral-7b-v0.3", 32, 32, 8, 128, {"full_attention": 32}, None, None),  # sliding_window: null
+    ("mixtral-8x7b-v0.1", 32, 32, 8, 128, {"full_attention": 32}, None, None),
+    ("qwen2-7b-instruct", 28, 28, 4, 128, {"full_attention": 28}, None, None),  # use_sliding_window false
+    ("qwen2-57b-a14b", 28, 28, 4, 128, {"full_attention": 28}, None, None),
+    ("qwen3-8b", 36, 32, 8, 128, {"full_attention": 36}, None, None),
+    ("qwen3-30b-a3b", 48, 32, 4, 128, {"full_attention": 48}, None, None),
+    ("gemma-2b", 18, 8, 1, 256, {"full_attention": 18}, None, None),
+    ("gemma-2-9b", 42, 16, 8, 256, {"sliding_attention": 21, "full_attention": 21}, 4096, None),
+    ("gemma-3-1b-it", 26, 4, 1, 256, {"sliding_attention": 22, "full_attention": 4}, 512, None),
+    # text_config names only hidden/intermediate/layers: heads 8, kv 4, head_dim 256 are Gemma3TextConfig's
+    ("gemma-3-4b-it", 34, 8, 4, 256, {"sliding_attention": 29, "full_attention": 5}, 1024, None),
+    ("gemma-3-27b-it", 62, 32, 16, 128, {"sliding_attention": 52, "full_attention": 10}, 1024, None),
+    ("deepseek-v2-lite", 27, 16, 16, 512 + 64, {"mla": 27}, None, None),
+    ("deepseek-r1", 61, 128, 128, 512 + 64, {"mla": 61}, None, None),
+    ("gpt2", 12, 12, 12, 64, {"full_attention": 12}, None, None),
+    ("redpajama-incite-base-3b-v1", 32, 32, 32, 80, {"full_attention": 32}, None, None),
+    ("falcon-7b-instruct", 32, 71, 1, 64, {"full_attention": 32}, None, None),  # multi_query: num_kv_heads 71 ignored
+    ("phi-3-mini-4k-instruct", 32, 32, 32, 96, {"sliding_attention": 32}, 2047, None),
+    ("jamba-1.5-mini", 32, 32, 8, 128, {"state": 28, "full_attention": 4}, None, None),
+    ("gpt-oss-20b", 24, 64, 8, 64, {"sliding_attention": 12, "full_attention": 12}, 128, None),
+    ("llama-4-maverick-17b-128e", 48, 40, 8, 128, {"chunked_attention": 36, "full_attention": 12}, None, 8192),
+    ("llava-1.5-7b-hf", 32, 32, 32, 128, {"full_attention": 32}, None, None),  # LlamaConfig defaults
+]
+
+
+def test_every_fixture_has_a_golden_row():
+    assert sorted(p.stem for p in FIXTURES.glob("*.json")) == sorted(row[0] for row in GOLDEN)
+
+
+@pytest.mark.parametrize("name, layers, heads, kv, k_dim, layer_kinds, window, chunk", GOLDEN, ids=[g[0] for g in GOLDEN])
+def test_fixture_kv_fields(name, layers, heads, kv, k_dim, layer_kinds, window, chunk):
+    spec = spec_of(load(name))
+    assert spec.num_hidden_layers == layers
+    assert spec.num_attention_heads == heads
+    assert spec.num_key_value_heads == kv
+    assert spec.k_head_dim == k_dim
+    assert kinds(spec) == layer_kinds
+    assert spec.sliding_window == window
+    assert spec.attention_chunk_size == chunk
+
+
+# Published totals, entered by hand: the Hub's safetensors parameter count or the
+# model card (all weights of the text model, embeddings and an untied lm_head included).
+PUBLISHED_TOTALS = [
+    ("llama-3.1-8b-instruct", 8_030_261_248),  # Llama-3.1-8B
+    ("mistral-7b-v0.1", 7_241_732_096),
+    ("qwen2-7b-instruct", 7_615_616_512),  # Qwen2.5-7B has the same shapes and the same total
+    ("mixtral-8x7b-v0.1", 46_702_792_704),
+    ("gemma-2b", 2_506_172_416),
+    ("gemma-2-9b", 9_241_705_984),
+    ("gemma-3-1b-it", 999_885_952),
+    ("qwen3-8b", 8_190_735_360),
+    ("phi-3-mini-4k-instruct", 3_821_079_552),
+    ("gpt2", 124_439_808),
+    ("falcon-7b-instruct", 6_921_720_704),
+    ("deepseek-v2-lite", 15_706_484_224),  # q_lora_rank null: one q_proj, no low-rank query
+]
+
+
+@pytest.mark.parametrize("name, total", PUBLISHED_TOTALS, ids=[p[0] for p in PUBLISHED_TOTALS])
+def test_analytic_count_matches_published_total(name, total):
+    assert convert_config(load(name)).parameters == total
+
+
+def test_llama_count_by_hand():
+    # Llama-3.1-8B: embed + lm_head 2 x 128256 x 4096; per layer q,o 4096^2, k,v 4096 x 1024,
+    # MLP 3 x 4096 x 14336, two norms of 4096; a final norm.
+    per_layer = 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096
+    expected = 2 * 128256 * 4096 + 32 * per_layer + 4096
+    assert expected == 8_030_261_248
+    assert convert_config(load("llama-3.1-8b-instruct")).parameters == expected
+
+
+def test_moe_active_parameters():
+    # Mixtral-8x7B: 6 of 8 experts idle per token in each of 32 layers, 3 x 4096 x 14336 each.
+    conv = convert_config(load("mixtral-8x7b-v0.1"))
+    assert conv.inactive_parameters == 32 * 6 * 3 * 4096 * 14336
+    assert conv.parameters - conv.inactive_parameters == 12_879_925_248
+
+
+def test_quantization_sets_weights_dtype():
+    assert convert_config(load("deepseek-r1")).weights_dtype == "fp8"
+    assert convert_config(load("gpt-oss-20b")).weights_dtype == "mxfp4"
+    assert convert_config(load("llama-3.1-8b-instruct")).weights_dtype is None
+
+
+def test_deepseek_mtp_layers_reported():
+    conv = convert_config(load("deepseek-r1"))
+    assert conv.mtp_layers == 1
+    assert conv.parameters == 671_026_419_200  # DeepSeek's "671B main model", MTP layer excluded
+
+
+def test_defaults_are_named_in_notes():
+    conv = convert_config(load("gemma-3-4b-it"))
+    assert any("num_attention_heads" in n and "Gemma3TextConfig" in n for n in conv.notes)
+    assert any("vision tower is not sized" in n for n in conv.notes)
+
+
+# ----------------------------------------------------------- HF semantics, small configs
+
+BASE = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=6,
+            intermediate_size=128, vocab_size=100, torch_dtype="bfloat16")
+
+
+def kinds_list(config: dict) -> list[str]:
+    return [k.value for k in spec_of(config).layer_kinds]
+
+
+def test_qwen2_sliding_only_when_enabled():
+    off = dict(BASE, model_type="qwen2", sliding_window=32, use_sliding_window=False, max_window_layers=2)
+    assert kinds_list(off) == ["full_attention"] * 6
+    assert spec_of(off).sliding_window is None  # left out: no layer slides
+    on = dict(off, use_sliding_window=True)
+    assert kinds_list(on) == ["full_attention"] * 2 + ["sliding_attention"] * 4
+
+
+def test_mistral_window_null_vs_set():
+    assert kinds_list(dict(BASE, model_type="mistral", sliding_window=None)) == ["full_attention"] * 6
+    assert kinds_list(dict(BASE, model_type="mistral", sliding_window=16)) == ["sliding_attention"] * 6
+    # absent: MistralConfig's default window of 4096 applies
+    assert spec_of(dict(BASE, model_type="mistral")).sliding_window == 4096
+
+
+def test_gemma2_alternates_from_layer_zero():
+    cfg = dict(BASE, model_type="gemma2", head_dim=16, sliding_window=8)
+    assert kinds_list(cfg) == ["sliding_attention", "full_attention"] * 3
+
+
+def test_gemma3_pattern_and_layer_types():
+    cfg = dict(BASE, model_type="gemma3_text", head_dim=16, sliding_window=8, sliding_window_pattern=3)
+    assert kinds_list(cfg) == ["sliding_attention", "sliding_attention", "full_attention"] * 2
+    explicit = dict(cfg, layer_types=["full_attention"] + ["sliding_attention"] * 5)
+    assert kinds_list(explicit) == ["full_attention"] + ["sliding_attention"] * 5
+
+
+def test_gpt_oss_default_alternation():
+    cfg = dict(BASE, model_type="gpt_oss", head_dim=16, sliding_window=8, num_local_experts=4, num_experts_per_tok=2)
+    assert kinds_list(cfg) == ["sliding_attention", "full_attention"] * 3
+
+
+def test_llama4_no_rope_layers():
+    cfg = dict(BASE, model_type="llama4_text", head_dim=16, intermediate_size_mlp=256, num_local_experts=2,
+               num_experts_per_tok=1, attention_chunk_size=32, no_rope_layers=[1, 0, 1, 1, 0, 1])
+    assert kinds_list(cfg) == ["chunked_attention", "full_attention", "chunked_attention", "chunked_attention",
+                               "full_attention", "chunked_attention"]
+    default = dict(cfg, no_rope_layers=[])  # empty: a NoPE global layer every 4th
+    assert kinds_list(default) == ["chunked_attention"] * 3 + ["full_attention"] + ["chunked_attention"] * 2
+
+
+def test_jamba_attention_period_and_offset():
+    cfg = dict(BASE, model_type="jamba", attn_layer_period=3, attn_layer_offset=1, num_experts=1,
+               mamba_d_state=4, mamba_d_conv=4, mamba_expand=2)
+    assert kinds_list(cfg) == ["state", "full_attention", "state"] * 2
+    # Mamba-1 state per layer and sequence: d_inner x (d_conv - 1) + d_inner x d_state, d_inner = 2 x 64
+    assert spec_of(cfg).state_elements_per_layer_resolved == 128 * 3 + 128 * 4
+
+
+@pytest.mark.parametrize(
+    "extra, kv_heads",
+    [
+        (dict(new_decoder_architecture=True, num_kv_heads=2), 2),  # Falcon-40B style
+        (dict(new_decoder_architecture=False, multi_query=True, num_kv_heads=4), 1),  # Falcon-7B
+        (dict(new_decoder_architecture=False, multi_query=False), 4),  # Falcon-RW: plain MHA
+    ],
+)
+def test_falcon_kv_heads(extra, kv_heads):
+    cfg = dict(model_type="falcon", hidden_size=64, num_attention_heads=4, num_hidden_layers=2, vocab_size=100, **extra)
+    assert spec_of(cfg).num_key_value_heads == kv_heads
+
+
+def test_old_refinedweb_names():
+    cfg = dict(model_type="RefinedWebModel", hidden_size=64, n_head=4, n_layer=3, vocab_size=100, multi_query=True)
+    spec = spec_of(cfg)
+    assert (spec.num_hidden_layers, spec.num_attention_heads, spec.num_key_value_heads) == (3, 4, 1)
+
+
+def test_gpt2_names():
+    spec = spec_of(dict(model_type="gpt2", n_embd=64, n_head=4, n_layer=3, n_positions=128, vocab_size=100))
+    assert (spec.hidden_size, spec.num_hidden_layers, spec.head_dim, spec.max_position_embeddings) == (64, 3, 16, 128)
+
+
+def test_deepseek_mla_fields():
+    spec = spec_of(load("deepseek-v2-lite"))
+    assert (spec.kv_lora_rank, spec.qk_rope_head_dim, spec.qk_nope_head_dim, spec.q_lora_rank) == (512, 64, 128, None)
+
+
+def test_unknown_type_refused_naming_missing_fields():
+    with pytest.raises(ConfigError) as err:
+        convert_config({"model_type": "brand_new", "hidden_size": 64, "num_attention_heads": 4})
+    assert "num_hidden_layers, vocab_size" in err.value.message
+    assert "'brand_new'" in err.value.message
+
+
+def test_unknown_type_with_every_field_has_no_parameter_formula():
+    conv = convert_config(dict(BASE, model_type="brand_new", sliding_window=16))
+    assert conv.parameters is None
+    assert conv.fields["sliding_window"] == 16
+
+
+def test_unknown_type_read_by_its_architecture_class():
+    # Kimi-K2 style: an unknown model_type on a DeepseekV3ForCausalLM checkpoint.
+    cfg = dict(load("deepseek-r1"), model_type="kimi_k2")
+    conv = convert_config(cfg)
+    assert conv.model_type == "deepseek_v3"
+    assert conv.parameters == 671_026_419_200
+    assert any("kimi_k2" in n for n in conv.notes)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ([], "expected a JSON object"),
+        ({"hidden_size": 4}, "must name its model_type"),
+        (dict(BASE, model_type="llama", num_hidden_layers="32"), "num_hidden_layers is '32', not a positive integer"),
+        (dict(BASE, model_type="llama", hidden_size=-1), "hidden_size is -1"),
+        (dict(BASE, model_type="gemma3_text", head_dim=16, layer_types=["full_attention"]), "layer_types has 1 entries"),
+        (dict(BASE, model_type="gemma3_text", head_dim=16, layer_types=["weird"] * 6), "layer_types has 'weird'"),
+    ],
+)
+def test_bad_configs(config, message):
+    with pytest.raises(ConfigError) as err:
+        convert_config(config)
+    assert message in err.value.message
+
+
+KIND_NAMES = ["full_attention", "sliding_attention", "chunked_attention", "state"]
+
+
+@given(st.lists(st.sampled_from(KIND_NAMES), min_size=1, max_size=40))
+def test_layer_fields_round_trip(layer_kinds):
+    """However the kinds are compacted (nothing, a cycle, a list), the spec reads back the same layers."""
+    fields = dict(hidden_size=64, num_hidden_layers=len(layer_kinds), num_attention_heads=4, vocab_size=10,
+                  num_parameters=10_000, sliding_window=8, attention_chunk_size=16, mamba_d_state=4,
+                  mamba_d_conv=4, mamba_expand=2, **layer_fields(layer_kinds))
+    if all(k == "full_attention" for k in layer_kinds):
+        fields.pop("sliding_window")  # a bare sliding_window means every layer slides
+    spec = ModelSpec(name="t", source="test", **fields)
+    assert [k.value for k in spec.layer_kinds] == layer_kinds
