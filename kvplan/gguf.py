@@ -349,7 +349,7 @@ def spec_fields_from_gguf(header: GGUFHeader) -> tuple[dict[str, Any], list[str]
     kv_per_layer = per_layer("attention.head_count_kv") or heads_per_layer
     assert heads_per_layer is not None and kv_per_layer is not None
     attn_heads = {h for h in heads_per_layer if h}
-    attn_kv = {h for h, kv in zip(heads_per_layer, kv_per_layer) if h and kv}
+    attn_kv = {kv for h, kv in zip(heads_per_layer, kv_per_layer) if h and kv}
     if len(attn_heads) != 1 or len(attn_kv) > 1:
         raise GGUFError(
             f"{where}: attention head counts vary by layer ({p}attention.head_count / head_count_kv); "
@@ -477,6 +477,8 @@ def spec_fields_from_gguf(header: GGUFHeader) -> tuple[dict[str, Any], list[str]
     # from the stacked *_exps tensors (their last dim is the expert count).
     total = header.num_parameters
     fields["num_parameters"] = total
+    # llama.cpp reuses token_embd as the output matrix when the file has no output.weight.
+    fields["tie_word_embeddings"] = not any(t.name == "output.weight" for t in header.tensors)
     used = fields.get("num_experts_per_tok")
     if experts and used and experts > used:
         expert_elems = sum(t.numel for t in header.tensors if "_exps." in t.name)
