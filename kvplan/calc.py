@@ -27,7 +27,7 @@ from typing import Iterable
 
 from kvplan.errors import InputError
 from kvplan.formats import FIXED_FORMATS, KVFormat, KVFormatPair
-from kvplan.spec import LayerKind, ModelSpec
+from kvplan.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
 
 ATTENTION_KINDS = (LayerKind.FULL, LayerKind.SLIDING, LayerKind.CHUNKED, LayerKind.MLA)
 KIND_ORDER = (

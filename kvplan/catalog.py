@@ -7,21 +7,31 @@ an unknown catalog name gets a "did you mean". Nothing here writes a file.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 from pathlib import Path
-from typing import Any, Callable, TypeVar
-
-import yaml
-from pydantic import BaseModel, ValidationError
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from kvplan.errors import InputError
-from kvplan.spec import ModelSpec
+from kvplan.shape import ModelShape
 
-try:  # the C loader is ~10x faster; fall back where libyaml is missing
-    from yaml import CSafeLoader as _Loader
-except ImportError:  # pragma: no cover
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+if TYPE_CHECKING:  # yaml and pydantic are imported where used: a catalog estimate needs neither
+    import yaml
+    from pydantic import BaseModel, ValidationError
 
-M = TypeVar("M", bound=BaseModel)
+    from kvplan.spec import ModelSpec
+
+M = TypeVar("M", bound="BaseModel")
+
+
+def _yaml_loader():
+    """PyYAML and its fastest safe loader (the C one is ~10x faster; fall back without libyaml)."""
+    import yaml
+
+    try:
+        return yaml, yaml.CSafeLoader
+    except AttributeError:  # pragma: no cover
+        return yaml, yaml.SafeLoader
 
 
 def _shipped_dir(name: str) -> Path:
@@ -41,8 +51,10 @@ def catalog_names() -> list[str]:
     return sorted(p.stem for p in SPECS_DIR.glob("*.yaml"))
 
 
-def _line_index(node: yaml.Node, path: tuple = (), index: dict | None = None) -> dict[tuple, int]:
+def _line_index(node: "yaml.Node", path: tuple = (), index: dict | None = None) -> dict[tuple, int]:
     """Map each key path in a composed YAML document to its 1-based line."""
+    import yaml
+
     if index is None:
         index = {}
     index.setdefault(path, node.start_mark.line + 1)
@@ -68,9 +80,10 @@ def read_yaml(path: Path) -> tuple[Any, Callable[[tuple], int | None]]:
         raise InputError(f"{path}: is a folder, not a YAML file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot be read ({exc})") from None
+    yaml, loader = _yaml_loader()
     try:
-        node = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)
+        node = yaml.compose(text, Loader=loader)
+        data = yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -88,7 +101,7 @@ def read_yaml(path: Path) -> tuple[Any, Callable[[tuple], int | None]]:
 
 
 def format_validation_error(
-    exc: ValidationError, where: str, line_of: Callable[[tuple], int | None], field_names: list[str] = ()
+    exc: "ValidationError", where: str, line_of: Callable[[tuple], int | None], field_names: list[str] = ()
 ) -> str:
     """One `file:line: field: message` line per pydantic error."""
     out = []
@@ -114,6 +127,8 @@ def format_validation_error(
 
 def load_model(model_cls: type[M], path: Path, data: Any = None, line_of=None) -> M:
     """Validate a YAML file into `model_cls`, errors rendered with file and line."""
+    from pydantic import ValidationError
+
     if data is None:
         data, line_of = read_yaml(path)
     if not isinstance(data, dict):
@@ -126,8 +141,66 @@ def load_model(model_cls: type[M], path: Path, data: Any = None, line_of=None) -
         ) from None
 
 
-def load_spec_file(path: Path) -> ModelSpec:
+def load_spec_file(path: Path) -> "ModelSpec":
+    from kvplan.spec import ModelSpec
+
     return load_model(ModelSpec, path)
+
+
+# ----------------------------------------------------------------- the fast path
+#
+# `model_specs/_index.json` holds every shipped spec already validated, keyed by
+# the SHA-256 of its YAML text. `kvplan estimate` on a catalog name checks the
+# hash and rebuilds the spec as a `ModelShape` without importing pydantic or
+# PyYAML; an edited file (hash mismatch) goes through full validation instead.
+# `python -m kvplan.catalog` rewrites the index; a test fails while it is stale.
+
+INDEX_FILE = SPECS_DIR / "_index.json"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_index() -> dict:
+    """Validate every shipped spec and return the index document."""
+    specs = {}
+    for name in catalog_names():
+        path = SPECS_DIR / f"{name}.yaml"
+        spec = load_spec_file(path)
+        specs[name] = {"sha256": _sha256(path), "fields": spec.model_dump(mode="json")}
+    return {"version": 1, "specs": specs}
+
+
+def write_index() -> Path:
+    """Rewrite model_specs/_index.json atomically."""
+    import os
+    import tempfile
+
+    text = json.dumps(build_index(), indent=1, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=SPECS_DIR, prefix=".index-", suffix=".json")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, INDEX_FILE)
+    return INDEX_FILE
+
+
+_index_cache: dict | None = None
+
+
+def _indexed_shape(name: str, path: Path) -> ModelShape | None:
+    """The validated spec from the index when the file is unchanged, else None."""
+    global _index_cache
+    if _index_cache is None:
+        try:
+            _index_cache = json.loads(INDEX_FILE.read_text(encoding="utf-8")).get("specs", {})
+        except (OSError, ValueError, AttributeError):
+            _index_cache = {}
+    entry = _index_cache.get(name)
+    if not entry or entry.get("sha256") != _sha256(path):
+        return None
+    return ModelShape(entry["fields"])
 
 
 def did_you_mean(name: str, choices: list[str]) -> str:
@@ -137,8 +210,13 @@ def did_you_mean(name: str, choices: list[str]) -> str:
     return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
 
 
-def resolve_spec(ref: str) -> ModelSpec:
-    """A catalog name, a spec YAML, or a model's own files (config.json, folder, .gguf, cached hub id)."""
+def resolve_spec(ref: str, *, fast: bool = False) -> "ModelSpec":
+    """A catalog name, a spec YAML, or a model's own files (config.json, folder, .gguf, cached hub id).
+
+    `fast`: a catalog spec may come back as a ModelShape from the validated index
+    (same fields and derived sizes, no pydantic import); callers that need the
+    pydantic model (model_dump(mode=...), model_copy) leave it False.
+    """
     path = Path(ref).expanduser()
     looks_like_path = ref.endswith((".yaml", ".yml")) or "/" in ref or path.exists()
     own_files = path.suffix.lower() in (".json", ".gguf")  # config.json / GGUF: kvplan.model_source
@@ -146,6 +224,10 @@ def resolve_spec(ref: str) -> ModelSpec:
         return load_spec_file(path)
     catalog_file = SPECS_DIR / f"{ref.lower()}.yaml"
     if catalog_file.is_file():
+        if fast:
+            shape = _indexed_shape(ref.lower(), catalog_file)
+            if shape is not None:
+                return shape  # type: ignore[return-value]
         return load_spec_file(catalog_file)
     if looks_like_path:
         from kvplan import model_source  # imported here: a catalog lookup stays fast
@@ -158,3 +240,7 @@ def resolve_spec(ref: str) -> ModelSpec:
         "(`kvplan models` lists the catalog; a spec YAML, config.json, model folder, .gguf or "
         "cached hub id org/name also works)"
     )
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_index()}")

@@ -123,7 +123,7 @@ def estimate(
     from kvplan.catalog import resolve_spec
     from kvplan.formats import UnknownFormatError, parse_format, parse_format_pair
 
-    spec = resolve_spec(model)
+    spec = resolve_spec(model, fast=True)
     contexts = parse_int_list(context, "--context")
     batches = parse_int_list(batch, "--batch")
     tps = parse_int_list(tp, "--tensor-parallel-size")
@@ -301,7 +301,7 @@ def show(model: ModelArg, fmt: FormatOpt = OutputFormat.table) -> None:
     from kvplan.calc import CacheLayout
     from kvplan.formats import parse_format_pair
 
-    spec = resolve_spec(model)
+    spec = resolve_spec(model, fast=True)
     layout = CacheLayout(spec, parse_format_pair("auto", spec.dtype))
     fields = spec.model_dump(exclude_none=True)
     derived = {

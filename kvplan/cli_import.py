@@ -12,13 +12,14 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
-import yaml
 
 from kvplan.errors import InputError
-from kvplan.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from kvplan.spec import ModelSpec
 
 # Fields always written even at their default, so the file reads on its own.
 _ALWAYS = ("torch_dtype",)
@@ -26,12 +27,18 @@ _ALWAYS = ("torch_dtype",)
 
 def _scalar(value: Any) -> str:
     """One YAML scalar in flow form (strings quoted only when YAML needs it)."""
+    import yaml  # here, not at module level: `kvplan estimate` never loads the import command's needs
+
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False).strip()
     return text.removesuffix("\n...").removesuffix("...").strip()
 
 
-def spec_yaml(spec: ModelSpec) -> str:
+def spec_yaml(spec: "ModelSpec") -> str:
     """The spec as YAML in ModelSpec field order; defaults left out, flow-style lists."""
+    import yaml
+
+    from kvplan.spec import ModelSpec
+
     lines = [f"# written by `kvplan import` from {spec.source}"]
     for name, info in ModelSpec.model_fields.items():
         value = getattr(spec, name)

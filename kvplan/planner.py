@@ -20,7 +20,7 @@ from enum import Enum
 from kvplan.calc import ATTENTION_KINDS, CacheLayout, ceil_div
 from kvplan.errors import InputError
 from kvplan.formats import FIXED_FORMATS, KVFormatPair
-from kvplan.spec import LayerKind, ModelSpec
+from kvplan.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
 from kvplan.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS, VllmLayout, build_layout
 
 GIB = 2**30

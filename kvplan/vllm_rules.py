@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from kvplan.calc import CacheLayout, ceil_div
 from kvplan.errors import InputError
-from kvplan.spec import LayerKind
+from kvplan.shape import LayerKind
 
 # vLLM's default max_num_batched_tokens for the OpenAI server with chunked prefill
 # on a data-centre GPU (vllm/engine/arg_utils.py, UsageContext.OPENAI_API_SERVER).

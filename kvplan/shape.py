@@ -1,0 +1,153 @@
+"""A model's shape without pydantic: layer kinds and the sizes derived from spec fields.
+
+`SpecDerived` holds every derived property of a spec (layer kinds, head sizes,
+state size); `ModelSpec` (pydantic, in `kvplan.spec`) validates a YAML file and
+inherits them, and `ModelShape` rebuilds an already validated spec from plain
+data so that `kvplan estimate` on a catalog model never has to import pydantic
+(its cold start is part of the product). Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from functools import cached_property
+from typing import Any, Optional
+
+
+class LayerKind(str, Enum):
+    """How one layer keeps its past: each kind has its own tokens-held and bytes rule."""
+
+    FULL = "full_attention"  # MHA / GQA / MQA: K and V of every token
+    SLIDING = "sliding_attention"  # the last `sliding_window` tokens
+    CHUNKED = "chunked_attention"  # tokens of the current `attention_chunk_size` chunk
+    MLA = "mla"  # one compressed latent + decoupled RoPE key per token
+    STATE = "state"  # Mamba / linear attention: fixed bytes per sequence
+    SHARED = "kv_shared"  # reuses another layer's KV: holds nothing itself
+
+
+# Names accepted in `layer_types` / `layer_pattern`, mapped to a kind. HF configs
+# use the first three; Jamba writes "mamba", Qwen3-Next "linear_attention".
+LAYER_TYPE_ALIASES: dict[str, LayerKind] = {
+    "full_attention": LayerKind.FULL,
+    "attention": LayerKind.FULL,
+    "sliding_attention": LayerKind.SLIDING,
+    "chunked_attention": LayerKind.CHUNKED,
+    "mamba": LayerKind.STATE,
+    "linear_attention": LayerKind.STATE,
+    "state": LayerKind.STATE,
+    "kv_shared": LayerKind.SHARED,
+}
+
+DTYPE_ALIASES = {
+    "float32": "fp32",
+    "fp32": "fp32",
+    "float16": "fp16",
+    "fp16": "fp16",
+    "half": "fp16",
+    "bfloat16": "bf16",
+    "bf16": "bf16",
+}
+
+
+
+class SpecDerived:
+    """Derived sizes, computed from the HF-named fields of a spec (see ModelSpec)."""
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank is not None
+
+    @property
+    def dtype(self) -> str:
+        """The weights' dtype in kvplan's short form (bf16, fp16, fp32)."""
+        return DTYPE_ALIASES[self.torch_dtype]
+
+    @property
+    def k_head_dim(self) -> int:
+        """Elements of one cached K vector per KV head (MLA: the latent + RoPE key)."""
+        if self.is_mla:
+            return self.mla_latent_dim
+        assert self.head_dim is not None
+        return self.head_dim
+
+    @property
+    def v_head_dim_resolved(self) -> int:
+        """Elements of one cached V vector per KV head (MLA caches no separate V)."""
+        if self.is_mla:
+            return 0
+        assert self.head_dim is not None
+        return self.v_head_dim or self.head_dim
+
+    @property
+    def mla_latent_dim(self) -> int:
+        """kv_lora_rank + qk_rope_head_dim: the one vector MLA caches per token and layer."""
+        assert self.kv_lora_rank is not None and self.qk_rope_head_dim is not None
+        return self.kv_lora_rank + self.qk_rope_head_dim
+
+    @property
+    def active_parameters(self) -> int:
+        """Parameters read per token (all of them for a dense model)."""
+        return self.num_active_parameters or self.num_parameters
+
+    @property
+    def state_elements_per_layer_resolved(self) -> Optional[int]:
+        """Elements of one sequence's fixed-size state in one state layer (conv + SSM)."""
+        if self.state_elements_per_layer is not None:
+            return self.state_elements_per_layer
+        if self.mamba_d_state is None or self.mamba_d_conv is None or self.mamba_expand is None:
+            return None
+        d_inner = self.mamba_expand * self.hidden_size
+        if self.mamba_n_heads is not None:
+            # Mamba-2: conv over x, B and C; SSM state per head is head_dim x d_state.
+            head_dim = self.mamba_head_dim or d_inner // self.mamba_n_heads
+            conv_dim = d_inner + 2 * self.mamba_n_groups * self.mamba_d_state
+            return conv_dim * (self.mamba_d_conv - 1) + self.mamba_n_heads * head_dim * self.mamba_d_state
+        # Mamba-1: conv state d_inner x (d_conv - 1), SSM state d_inner x d_state.
+        return d_inner * (self.mamba_d_conv - 1) + d_inner * self.mamba_d_state
+
+    def _raw_layer_names(self) -> list[str]:
+        if self.layer_types is not None:
+            return list(self.layer_types)
+        if self.layer_pattern is not None:
+            return [name for item in self.layer_pattern for name in item]
+        return []
+
+    @cached_property
+    def layer_kinds(self) -> tuple[LayerKind, ...]:
+        """The kind of every layer, in order, after patterns, MLA and sharing are applied."""
+        count = self.num_hidden_layers
+        if self.layer_types is not None:
+            kinds = [LAYER_TYPE_ALIASES[t] for t in self.layer_types]
+        elif self.layer_pattern is not None:
+            cycle = [LAYER_TYPE_ALIASES[n] for item in self.layer_pattern for n, c in item.items() for _ in range(c)]
+            kinds = [cycle[i % len(cycle)] for i in range(count)]
+        elif self.sliding_window is not None:
+            kinds = [LayerKind.SLIDING] * count  # e.g. Mistral-7B-v0.1: every layer slides
+        else:
+            kinds = [LayerKind.FULL] * count
+        if self.is_mla:
+            kinds = [LayerKind.MLA if k is LayerKind.FULL else k for k in kinds]
+        if self.num_kv_shared_layers:
+            first_shared = count - self.num_kv_shared_layers
+            kinds = kinds[:first_shared] + [LayerKind.SHARED] * self.num_kv_shared_layers
+        return tuple(kinds)
+
+
+
+
+class ModelShape(SpecDerived):
+    """A spec that was validated earlier, rebuilt from its field values (frozen)."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        values = dict(fields)
+        for key in ("layer_types", "layer_pattern"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        self.__dict__.update(values)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"ModelShape is frozen: cannot set {name}")
+
+    def model_dump(self, exclude_none: bool = False) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "layer_kinds"}
+        return {k: v for k, v in out.items() if v is not None} if exclude_none else out
