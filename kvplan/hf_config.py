@@ -28,7 +28,7 @@ What each type means for the KV cache (read from transformers' configuration_*.p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from kvplan.errors import InputError
@@ -248,7 +248,7 @@ class _Layers:
     extra_per_layer: int = 0
 
 
-def _decoder_total(c: _Cfg, hidden: int, layers: int, vocab: int, tie: bool, parts: _Layers, final_norm: int) -> tuple[int, int]:
+def _decoder_total(hidden: int, layers: int, vocab: int, tie: bool, parts: _Layers, final_norm: int) -> tuple[int, int]:
     """(total, inactive): embeddings, every layer, final norm, untied lm_head."""
     total = vocab * hidden + final_norm + (0 if tie else vocab * hidden)
     inactive = 0
@@ -356,7 +356,7 @@ def _llama_like(
         norms=norms_per_layer * h + (2 * f["head_dim"] if qk_norm else 0),
         mlp=lambda i: _gated_mlp(h, inter, mlp_bias),
     )
-    total, inactive = _decoder_total(c, h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
+    total, inactive = _decoder_total(h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
     return f, total, inactive
 
 
@@ -439,8 +439,8 @@ def _gemma3(c: _Cfg):
     )
 
 
-def _moe_fields(f: dict, c: _Cfg, experts_key: str, experts: int, used: int, moe_inter: Optional[int]) -> None:
-    f["num_local_experts" if experts_key != "n_routed_experts" else "n_routed_experts"] = experts
+def _moe_fields(f: dict, experts: int, used: int, moe_inter: Optional[int]) -> None:
+    f["num_local_experts"] = experts
     f["num_experts_per_tok"] = used
     if moe_inter:
         f["moe_intermediate_size"] = moe_inter
@@ -457,8 +457,8 @@ def _mixtral(c: _Cfg):
         mlp=lambda i: E * expert + _linear(h, E),  # experts + router
         inactive=lambda i: (E - k) * expert,
     )
-    total, inactive = _decoder_total(c, h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
-    _moe_fields(f, c, "num_local_experts", E, k, None)
+    total, inactive = _decoder_total(h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
+    _moe_fields(f, E, k, None)
     return f, total, inactive
 
 
@@ -480,8 +480,8 @@ def _qwen_moe(c: _Cfg, *, shared: bool):
         mlp=lambda i: (E * expert + _linear(h, E) + shared_mlp) if is_moe(i) else _gated_mlp(h, dense_inter),
         inactive=lambda i: (E - k) * expert if is_moe(i) else 0,
     )
-    total, inactive = _decoder_total(c, h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
-    _moe_fields(f, c, "num_local_experts", E, k, moe_inter)
+    total, inactive = _decoder_total(h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
+    _moe_fields(f, E, k, moe_inter)
     return f, total, inactive
 
 
@@ -538,7 +538,7 @@ def _deepseek(c: _Cfg, *, v3: bool):
         mlp=lambda i: (E * expert + router + shared) if is_moe(i) else dense,
         inactive=lambda i: (E - (k or E)) * expert if is_moe(i) else 0,
     )
-    total, inactive = _decoder_total(c, hidden, L, vocab, f["tie_word_embeddings"], parts, hidden)
+    total, inactive = _decoder_total(hidden, L, vocab, f["tie_word_embeddings"], parts, hidden)
     if E:
         f["n_routed_experts"] = E
         if k:
@@ -574,7 +574,7 @@ def _gpt2(c: _Cfg):
         norms=2 * (2 * n),
         mlp=lambda i: _linear(n, inner, True) + _linear(inner, n, True),
     )
-    total, inactive = _decoder_total(c, n, L, vocab, f["tie_word_embeddings"], parts, 2 * n)
+    total, inactive = _decoder_total(n, L, vocab, f["tie_word_embeddings"], parts, 2 * n)
     return f, total + positions * n, inactive
 
 
@@ -590,7 +590,7 @@ def _gpt_neox(c: _Cfg):
         norms=2 * (2 * h),
         mlp=lambda i: _linear(h, inter, True) + _linear(inter, h, True),
     )
-    total, inactive = _decoder_total(c, h, L, f["vocab_size"], f["tie_word_embeddings"], parts, 2 * h)
+    total, inactive = _decoder_total(h, L, f["vocab_size"], f["tie_word_embeddings"], parts, 2 * h)
     return f, total, inactive
 
 
@@ -638,7 +638,7 @@ def _falcon(c: _Cfg):
         norms=n_ln * 2 * h,  # LayerNorms with bias
         mlp=lambda i: _linear(h, ffn, bias) + _linear(ffn, h, bias),
     )
-    total, inactive = _decoder_total(c, h, L, vocab, f["tie_word_embeddings"], parts, 2 * h)
+    total, inactive = _decoder_total(h, L, vocab, f["tie_word_embeddings"], parts, 2 * h)
     return f, total, inactive
 
 
@@ -713,8 +713,8 @@ def _gpt_oss(c: _Cfg):
         mlp=lambda i: E * expert + _linear(h, E, True),
         inactive=lambda i: (E - k) * expert,
     )
-    total, inactive = _decoder_total(c, h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
-    _moe_fields(f, c, "num_local_experts", E, k, None)
+    total, inactive = _decoder_total(h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
+    _moe_fields(f, E, k, None)
     return f, total, inactive
 
 
@@ -752,8 +752,8 @@ def _llama4(c: _Cfg):
         mlp=lambda i: (E * expert + _linear(h, E) + _gated_mlp(h, inter)) if i in moe_set else _gated_mlp(h, inter_mlp),
         inactive=lambda i: (E - k) * expert if i in moe_set else 0,
     )
-    total, inactive = _decoder_total(c, h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
-    _moe_fields(f, c, "num_local_experts", E, k, None)
+    total, inactive = _decoder_total(h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
+    _moe_fields(f, E, k, None)
     return f, total, inactive
 
 
