@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
         name: Annotated[
             Optional[str], typer.Option("--name", help="Spec name (default: from the repository, folder or file name).")
         ] = None,
-        force: Annotated[bool, typer.Option("--force", help="Overwrite FILE if it exists.")] = False,
+        force: Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")] = False,
     ) -> None:
         """Write a spec YAML for a model from its own files, offline (nothing in them is run)."""
         from kvplan.catalog import load_spec_file
