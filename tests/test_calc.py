@@ -143,7 +143,7 @@ def test_pp_partition_follows_vllm(layers, stages, expected):
 
 def test_pp_reports_the_largest_stage():
     e = est(DEEPSEEK_V3, 1000, pp=4)
-    assert e.layers_per_stage == [15, 15, 16, 15]
+    assert list(e.layers_per_stage) == [15, 15, 16, 15]
     assert e.kv_bytes_per_rank == 16 * 1000 * 576 * 2
     assert e.kv_bytes_total == 61 * 1000 * 576 * 2
 
