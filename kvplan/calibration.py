@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 from kvplan.errors import InputError
 
 
-def bandwidth_efficiency_from_report(path: str) -> float:
-    """The share of peak bandwidth a measured decode step reached.
+def measured_bandwidth(path: str) -> tuple[float, str]:
+    """(median achieved decode bandwidth in GB/s, device name) from a `kvplan measure --json` report.
 
-    A `kvplan measure --json` report gives, per point, the bytes a decode step
-    read and its measured time; efficiency = achieved GB/s / the device's peak
-    (`peak_bandwidth_gbps`) when the report names it, else / its measured copy
-    bandwidth. The median over the report's points is used.
+    Each run of the report carries `achieved_gbps`: the bytes a decode step read
+    (weights + KV) over its measured median time. The planner divides it by the
+    chosen GPU's peak to get the bandwidth efficiency it applies to decode.
     """
     file = Path(path)
     try:
@@ -23,21 +23,21 @@ def bandwidth_efficiency_from_report(path: str) -> float:
         raise InputError(f"--calibration {path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"--calibration {path}: not a kvplan measure JSON report ({exc})") from None
-    points = data.get("points") if isinstance(data, dict) else None
-    if not isinstance(points, list) or not points:
-        points = [data] if isinstance(data, dict) else []
-    values = []
-    for point in points:
-        if not isinstance(point, dict):
-            continue
-        eff = point.get("bandwidth_utilization")
-        if isinstance(eff, (int, float)) and 0 < eff <= 1.5:
-            values.append(float(eff))
+    runs = data.get("runs") if isinstance(data, dict) else None
+    values = [
+        float(run["achieved_gbps"])
+        for run in (runs if isinstance(runs, list) else [])
+        if isinstance(run, dict) and isinstance(run.get("achieved_gbps"), (int, float)) and run["achieved_gbps"] > 0
+    ]
     if not values:
         raise InputError(
-            f"--calibration {path}: no 'bandwidth_utilization' reading found; "
+            f"--calibration {path}: no run with 'achieved_gbps' found; "
             "pass a report written by `kvplan measure --json FILE`"
         )
-    values.sort()
-    median = values[len(values) // 2]
-    return min(1.0, median)
+    device = str(data.get("device_name") or data.get("device") or "unknown device")
+    return statistics.median(values), device
+
+
+def bandwidth_efficiency(achieved_gbps: float, peak_gbps: float) -> float:
+    """Achieved / peak, capped at 1 (a report from a faster device cannot exceed this GPU's peak)."""
+    return min(1.0, achieved_gbps / peak_gbps)

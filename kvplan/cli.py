@@ -164,17 +164,21 @@ def estimate(
     gpus = [gpu_from_options(g, gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops) for g in (gpu_names or [None])]
     if any(g is None for g in gpus):
         raise InputError("--gpu is needed for capacity, latency and cost (or --gpu-memory and --gpu-bandwidth)")
-    bw_eff = bandwidth_efficiency
-    if calibration is not None:
-        from kvplan.calibration import bandwidth_efficiency_from_report
+    measured = None
+    if calibration is not None and bandwidth_efficiency is None:
+        from kvplan.calibration import measured_bandwidth
 
-        calibrated = bandwidth_efficiency_from_report(calibration)
-        bw_eff = calibrated if bw_eff is None else bw_eff
+        measured = measured_bandwidth(calibration)
     activation = parse_bytes(activation_memory, "--activation-memory") if activation_memory else None
     non_torch = parse_bytes(non_torch_memory, "--non-torch-memory") if non_torch_memory else None
     rows = []
     for g in gpus:
         figures = GPUFigures(g.name, g.memory_bytes, g.memory_bandwidth_gbps, g.bf16_tflops, g.fp8_tflops, g.usd_per_hour)
+        bw_eff = bandwidth_efficiency
+        if measured is not None:
+            from kvplan.calibration import bandwidth_efficiency as calibrated_efficiency
+
+            bw_eff = calibrated_efficiency(measured[0], g.memory_bandwidth_gbps)
         for f in formats:
             for t in tps:
                 layout = CacheLayout(spec, f, block_size=effective_block, tp=t, pp=pp, state_format=state_format)

@@ -92,6 +92,15 @@ def test_model_that_does_not_fit_is_a_result_not_an_error(capsys):
 
 def test_calibration_from_a_measure_report(capsys, tmp_path):
     report = tmp_path / "r.json"
-    report.write_text(json.dumps({"device": "cpu", "points": [{"bandwidth_utilization": 0.5}, {"bandwidth_utilization": 0.7}, {"bandwidth_utilization": 0.6}]}))
+    runs = [{"achieved_gbps": 2000.0}, {"achieved_gbps": 2680.0}, {"achieved_gbps": 2500.0}]
+    report.write_text(json.dumps({"device": "cuda:0", "device_name": "NVIDIA H100 80GB HBM3", "runs": runs}))
     r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--calibration", str(report), "-f", "json")
-    assert json.loads(r.stdout)["assumptions"]["bandwidth_efficiency"] == 0.6
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["assumptions"]["bandwidth_efficiency"] == 2500.0 / 3350.0
+
+
+def test_calibration_rejects_other_json(capsys, tmp_path):
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"hello": 1}))
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--calibration", str(report))
+    assert r.exit_code == 2 and "no run with 'achieved_gbps' found" in r.stderr
