@@ -177,7 +177,7 @@ def write_index() -> Path:
     import os
     import tempfile
 
-    text = json.dumps(build_index(), indent=1, sort_keys=True) + "\n"
+    text = json.dumps(build_index(), indent=1) + "\n"  # field order kept: `kvplan show` prints it
     fd, tmp = tempfile.mkstemp(dir=SPECS_DIR, prefix=".index-", suffix=".json")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(text)
