@@ -348,6 +348,10 @@ from kvplan import cli_import  # noqa: E402
 
 cli_import.register(app)
 
+from kvplan import cli_gate  # noqa: E402
+
+cli_gate.register(app)
+
 # ------------------------------------------------------------------ entry
 
 

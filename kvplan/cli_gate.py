@@ -1,0 +1,513 @@
+"""`kvplan check PLAN` and `kvplan diff OLD NEW`: capacity and cost gates for CI.
+
+check: evaluate every deployment of a plan file against its budgets; exit 0 when
+all pass, 1 when any fails, 2 for an invalid plan (one `file:line: key: message`
+line per problem). diff: KV bytes and capacity of two specs (or one spec at a git
+revision against the working tree) with deltas; `--fail-on-increase PCT` gates.
+torch is never imported.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Callable, Optional
+
+import typer
+
+from kvplan.errors import InputError
+
+if TYPE_CHECKING:
+    from kvplan.gating import CheckReport
+
+
+class CheckFormat(str, Enum):
+    table = "table"
+    json = "json"
+    junit = "junit"
+    markdown = "markdown"
+    github = "github"
+
+
+class DiffFormat(str, Enum):
+    table = "table"
+    json = "json"
+    markdown = "markdown"
+
+
+def register(app: typer.Typer) -> None:
+    """Add `check` and `diff` to the kvplan app."""
+    app.command(name="check")(check)
+    app.command(name="diff")(diff)
+
+
+# ================================================================== check
+
+
+def check(
+    plan: Annotated[str, typer.Argument(metavar="PLAN", help="A plan file (YAML): deployments with budgets.", show_default=False)],
+    fmt: Annotated[
+        CheckFormat,
+        typer.Option("--format", "-f", help="table; json; junit (JUnit XML); markdown (a review comment); github (workflow annotations)."),
+    ] = CheckFormat.table,
+    output: Annotated[
+        Optional[str],
+        typer.Option("--output", "-o", help="Write the --format report to FILE (atomically); the table still goes to stdout."),
+    ] = None,
+) -> None:
+    """Check every deployment of PLAN against its budgets: exit 0 all pass, 1 any fails, 2 invalid plan."""
+    from kvplan import report_formats
+
+    report = run_check(Path(plan), plan)
+    if output is not None:
+        _write_atomically(output, _render_check(report, fmt, for_file=True))
+        sys.stdout.write(_render_check(report, CheckFormat.table, for_file=False))
+        sys.stderr.write(f"wrote {output}\n")
+    else:
+        sys.stdout.write(_render_check(report, fmt, for_file=False))
+    if not report.passed:
+        sys.stderr.write(f"kvplan check: {report_formats.summary(report)}\n")
+        sys.exit(1)
+
+
+def _render_check(report, fmt: CheckFormat, for_file: bool) -> str:
+    from kvplan import report_formats
+
+    if fmt is CheckFormat.json:
+        return report_formats.to_json(report) + "\n"
+    if fmt is CheckFormat.junit:
+        return report_formats.to_junit(report)
+    if fmt is CheckFormat.markdown:
+        return report_formats.to_markdown(report)
+    if fmt is CheckFormat.github:
+        return report_formats.to_github(report)
+    return _check_table(report, plain=for_file)
+
+
+def _check_table(report: CheckReport, plain: bool) -> str:
+    """The rich table as text: one row per deployment, one line per budget (colour only on a terminal).
+
+    One row per deployment keeps a 50-deployment plan fast to render (rich spends
+    its time per cell) and groups each deployment's budgets.
+    """
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from kvplan import report_formats
+    from kvplan.gating import format_value
+
+    buffer = io.StringIO()
+    tty = not plain and sys.stdout.isatty()
+    # Not a terminal (CI logs, files): wide enough that no budget name is cut.
+    out = Console(file=buffer, highlight=False, soft_wrap=False, width=None if tty else 160, force_terminal=tty, no_color=not tty)
+    table = Table(title=f"kvplan check {report.plan}", title_justify="left", header_style="bold", show_lines=True)
+    for i, header in enumerate(report_formats.HEADERS):
+        table.add_column(header, justify="right" if i in (2, 3) else "left")
+    notes = []
+    for d in report.deployments:
+        result = Text()
+        for j, b in enumerate(d.budgets):
+            result.append(("\n" if j else "") + ("PASS" if b.passed else "FAIL"), style="green" if b.passed else "bold red")
+            if b.value is None:
+                notes.append(f"{d.name}: {b.metric} is absent: {b.note}")
+        table.add_row(
+            Text(d.name),
+            Text("\n".join(b.budget for b in d.budgets)),
+            Text("\n".join(format_value(b.value, b.unit) for b in d.budgets)),
+            Text("\n".join(f"{b.comparison} {format_value(b.limit, b.unit)}" for b in d.budgets)),
+            result,
+        )
+    out.print(table)
+    for note in dict.fromkeys(notes):
+        out.print(Text(f"— {note}"))
+    out.print(Text(report_formats.summary(report)))
+    return buffer.getvalue()
+
+
+# ------------------------------------------------------------------ running a plan
+
+
+def run_check(path: Path, where: str) -> CheckReport:
+    """Read, validate and evaluate a plan file; every problem is an InputError naming its line."""
+    from pydantic import ValidationError
+
+    from kvplan.catalog import format_validation_error, read_yaml
+    from kvplan.gating import CheckReport, PlanFile, duplicate_labels
+
+    data, line_of = read_yaml(path)
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a mapping with a `deployments:` list at the top level")
+    try:
+        plan = PlanFile.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(_by_line(_plain(format_validation_error(exc, where, line_of, list(data))))) from None
+    problems = []
+    for i, first in duplicate_labels(plan):
+        loc = ("deployments", i, "name")
+        problems.append(
+            f"{where}:{line_of(loc)}: deployments.{i}.name: {plan.deployments[i].label!r} is already the name of "
+            f"deployments.{first} (line {line_of(('deployments', first))}); give each deployment a unique `name`"
+        )
+    base = path.parent
+    specs: dict[str, object] = {}
+    results = []
+    for i, entry in enumerate(plan.deployments):
+        try:
+            results.append(_evaluate(i, entry, base, line_of, specs))
+        except _EntryError as exc:
+            loc = ("deployments", i, *exc.keys)
+            problems.append(f"{where}:{line_of(loc)}: {'.'.join(str(p) for p in loc)}: {exc.message}")
+    if problems:
+        raise InputError(_by_line("\n".join(problems)))
+    return CheckReport(where, tuple(results))
+
+
+# pydantic's wording for a wrong shape, in the plan's terms
+_PLAIN = {
+    "Input should be a valid dictionary or instance of DeploymentEntry": "expected a mapping of deployment keys (model, gpu, context, budgets, ...)",
+    "Input should be a valid dictionary or instance of Budgets": "expected a mapping of budget keys (min_concurrent_sequences, ...)",
+    "Input should be a valid tuple": "expected a list of deployments",
+}
+
+
+def _plain(text: str) -> str:
+    for theirs, ours in _PLAIN.items():
+        text = text.replace(theirs, ours)
+    return text
+
+
+def _by_line(text: str) -> str:
+    """Problems in file order: 'plan.yaml:12: ...' lines sorted by their line number (stable)."""
+    def line(entry: str) -> tuple[int, int]:
+        match = re.match(r"^.*?:(\d+): ", entry)
+        return (0, int(match.group(1))) if match else (1, 0)  # a missing key has no line: last
+
+    return "\n".join(sorted(text.split("\n"), key=line))
+
+
+class _EntryError(Exception):
+    """A problem with one plan entry: the key path under the entry and a message."""
+
+    def __init__(self, keys: tuple, message: str) -> None:
+        super().__init__(message)
+        self.keys, self.message = keys, message
+
+
+# estimate's flags as plan keys, so a message from shared code names what the plan says.
+_FLAG_KEYS = {"--tensor-parallel-size": "tp", "--pipeline-parallel-size": "pp", "--mfu": "compute_efficiency"}
+_FLAG = re.compile(r"--[a-z][a-z0-9-]*")
+
+
+def _as_entry_error(message: str, default_keys: tuple = ()) -> _EntryError:
+    """Rewrite '--flag' as 'key' and point at the first key the message names."""
+    from kvplan.gating import DeploymentEntry
+
+    keys = [_FLAG_KEYS.get(f, f[2:].replace("-", "_")) for f in _FLAG.findall(message)]
+    text = _FLAG.sub(lambda m: _FLAG_KEYS.get(m.group(0), m.group(0)[2:].replace("-", "_")), message)
+    named = [k for k in keys if k in DeploymentEntry.model_fields]
+    return _EntryError((named[0],) if named else default_keys, text)
+
+
+def _rebase(ref: str, base: Path) -> str:
+    """A relative path in a plan is relative to the plan's folder; names and hub ids stay as written."""
+    candidate = base / Path(ref).expanduser()
+    if not Path(ref).expanduser().is_absolute() and candidate.exists():
+        return str(candidate)
+    return ref
+
+
+def _evaluate(i: int, entry, base: Path, line_of: Callable, specs: dict):
+    """Resolve one entry, plan it, and compare its figures with its budgets."""
+    from kvplan.catalog import resolve_spec
+    from kvplan.deploy import resolve_deployment
+    from kvplan.gating import DeploymentResult, Figures, evaluate_budgets
+    from kvplan.gpus import resolve_gpu
+
+    ref = _rebase(entry.model, base)
+    if ref not in specs:
+        try:
+            specs[ref] = resolve_spec(ref)
+        except InputError as exc:
+            raise _EntryError(("model",), exc.message) from None
+    gpu_ref = _rebase(entry.gpu, base) if entry.gpu is not None else None
+    if gpu_ref is not None:
+        try:
+            resolve_gpu(gpu_ref)
+        except InputError as exc:
+            raise _EntryError(("gpu",), exc.message) from None
+    try:
+        deployment = resolve_deployment(
+            specs[ref],
+            gpu_ref,
+            gpu_memory=entry.gpu_memory,
+            gpu_bandwidth=entry.gpu_bandwidth,
+            usd_per_hour=entry.usd_per_hour,
+            gpu_bf16_tflops=entry.gpu_bf16_tflops,
+            kv_cache_dtype=entry.kv_cache_dtype,
+            state_dtype=entry.state_dtype,
+            context=entry.context,
+            batch=entry.batch,
+            tp=entry.tp,
+            pp=entry.pp,
+            engine=entry.engine,
+            block_size=entry.block_size,
+            dtype=entry.dtype,
+            gpu_memory_utilization=entry.gpu_memory_utilization,
+            activation_memory=entry.activation_memory,
+            non_torch_memory=entry.non_torch_memory,
+            max_num_batched_tokens=entry.max_num_batched_tokens,
+            bandwidth_efficiency=entry.bandwidth_efficiency,
+            compute_efficiency=entry.compute_efficiency,
+            calibration=_rebase(entry.calibration, base) if entry.calibration else None,
+            prompt_tokens=entry.prompt_tokens,
+        )
+        layout = deployment.layout()
+        if deployment.gpu is None:
+            figures = Figures(deployment.spec.name, None, deployment.kv_format.name, layout.kv_bytes_per_token)
+        else:
+            _check_cost_inputs(entry, deployment.gpu)
+            figures = Figures.from_plan(deployment.planner().plan(), layout.kv_bytes_per_token)
+    except InputError as exc:
+        raise _as_entry_error(exc.message) from None
+    budgets = evaluate_budgets(entry.budgets, figures, lambda key: line_of(("deployments", i, "budgets", key)))
+    o = deployment.options
+    return DeploymentResult(
+        index=i,
+        name=entry.label,
+        line=line_of(("deployments", i)),
+        model=deployment.spec.name,
+        gpu=deployment.gpu.name if deployment.gpu is not None else None,
+        tp=o.tp,
+        pp=o.pp,
+        context=o.context,
+        batch=o.batch,
+        kv_cache_dtype=deployment.kv_format.name,
+        engine=o.engine.value,
+        budgets=budgets,
+    )
+
+
+def _check_cost_inputs(entry, gpu) -> None:
+    """A cost budget on a GPU without a price (or, for input tokens, without TFLOPS) is a plan error."""
+    for key in ("max_usd_per_million_output_tokens", "max_usd_per_million_input_tokens"):
+        if getattr(entry.budgets, key) is None:
+            continue
+        if gpu.usd_per_hour == 0:
+            raise _EntryError(("budgets", key), f"GPU {gpu.name!r} has no price; set usd_per_hour in this deployment")
+        if key.endswith("input_tokens") and gpu.bf16_tflops == 0:
+            raise _EntryError(
+                ("budgets", key), f"GPU {gpu.name!r} has no bf16 TFLOPS, so prefill has no time; set gpu_bf16_tflops"
+            )
+
+
+def _write_atomically(target: str, text: str) -> None:
+    """Write `text` to `target` via a temporary file in the same folder and a rename."""
+    path = os.path.abspath(target)
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise InputError(f"--output {target}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".kvplan-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ================================================================== diff
+
+
+def diff(
+    old: Annotated[str, typer.Argument(metavar="OLD", help="A spec YAML or catalog name; with --base, the spec to compare with its own past.", show_default=False)],
+    new: Annotated[Optional[str], typer.Argument(metavar="[NEW]", help="A spec YAML or catalog name (omit with --base).", show_default=False)] = None,
+    base: Annotated[Optional[str], typer.Option("--base", metavar="REV", help="Compare OLD as of git revision REV (git show REV:path) with the working tree.")] = None,
+    gpu: Annotated[str, typer.Option("--gpu", help="A catalog GPU or a GPU YAML file, for capacity.")] = "h100-sxm",
+    context: Annotated[str, typer.Option("--context", "-c", help="Tokens per sequence (32k = 32768).")] = "8192",
+    batch: Annotated[int, typer.Option("--batch", "-b", help="Concurrent sequences (for max context).")] = 1,
+    kv_cache_dtype: Annotated[str, typer.Option("--kv-cache-dtype", help="KV element format; auto = each model's own dtype.")] = "auto",
+    tp: Annotated[int, typer.Option("--tensor-parallel-size", "--tp", help="Tensor-parallel ranks.")] = 1,
+    pp: Annotated[int, typer.Option("--pipeline-parallel-size", "--pp", help="Pipeline stages.")] = 1,
+    engine: Annotated[str, typer.Option("--engine", help="vllm or ideal allocation rules.")] = "vllm",
+    dtype: Annotated[Optional[str], typer.Option("--dtype", help="Weights dtype (default: each model's).")] = None,
+    fail_on_increase: Annotated[
+        Optional[float],
+        typer.Option("--fail-on-increase", metavar="PCT", help="Exit 1 when KV bytes per token or per sequence grow by more than PCT %."),
+    ] = None,
+    fmt: Annotated[DiffFormat, typer.Option("--format", "-f", help="Output format.")] = DiffFormat.table,
+) -> None:
+    """KV bytes per token and per sequence, and capacity on --gpu, before and after a spec change."""
+    from kvplan.catalog import resolve_spec
+    from kvplan.deploy import parse_token_count
+    from kvplan.gating import gate_failures, metric_deltas
+
+    if fail_on_increase is not None and not fail_on_increase >= 0:
+        raise InputError(f"--fail-on-increase {fail_on_increase} must be a percentage of 0 or more")
+    if base is not None:
+        if new is not None:
+            raise InputError("--base compares one spec with its past: give OLD only, not NEW")
+        path = _working_tree_path(old)
+        before_spec, before_label = _spec_at_revision(path, old, base), f"{old}@{base}"
+        after_spec, after_label = resolve_spec(str(path)), f"{old} (working tree)"
+    else:
+        if new is None:
+            raise InputError("diff needs OLD and NEW specs, or one spec and --base REV (e.g. --base origin/main)")
+        before_spec, before_label = resolve_spec(old), old
+        after_spec, after_label = resolve_spec(new), new
+    settings = dict(
+        context=parse_token_count(context, "--context"), batch=batch, tp=tp, pp=pp, engine=engine, dtype=dtype
+    )
+    before, before_side = _diff_figures(before_spec, gpu, kv_cache_dtype, settings)
+    after, after_side = _diff_figures(after_spec, gpu, kv_cache_dtype, settings)
+    deltas = metric_deltas(before, after)
+    failures = gate_failures(deltas, fail_on_increase) if fail_on_increase is not None else []
+    record = {
+        "old": {"ref": before_label, **before_side},
+        "new": {"ref": after_label, **after_side},
+        **settings,
+        "metrics": {d.metric: d.to_dict() for d in deltas},
+        "fail_on_increase_pct": fail_on_increase,
+        "failed": [d.metric for d in failures],
+        "passed": not failures,
+    }
+    _render_diff(record, deltas, fmt)
+    if failures:
+        grew = "; ".join(f"{d.metric} grew {_pct(d.delta_pct)}" for d in failures)
+        sys.stderr.write(f"kvplan diff: {grew} (more than --fail-on-increase {fail_on_increase:g}%)\n")
+        sys.exit(1)
+
+
+def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict) -> tuple[dict, dict]:
+    """The DIFF_METRICS of one spec, and what describes its side (model, GPU, formats)."""
+    from kvplan.deploy import resolve_deployment
+
+    deployment = resolve_deployment(spec, gpu, kv_cache_dtype=kv_cache_dtype, **settings)
+    layout = deployment.layout()
+    estimate = layout.at(settings["context"], settings["batch"])
+    plan = deployment.planner().plan()
+    figures = {
+        "kv_bytes_per_token": layout.kv_bytes_per_token,
+        "kv_bytes_per_sequence": estimate.kv_bytes_per_sequence,
+        "max_concurrent_sequences": plan.max_concurrent_sequences,
+        "max_context_tokens": plan.max_context_tokens,
+    }
+    side = {"model": spec.name, "gpu": plan.gpu, "kv_cache_dtype": plan.kv_cache_dtype, "weights_dtype": plan.weights_dtype}
+    return figures, side
+
+
+def _working_tree_path(ref: str) -> Path:
+    """The file behind OLD for --base: a path, or a catalog name's shipped YAML."""
+    from kvplan.catalog import SPECS_DIR
+
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return path
+    catalog_file = SPECS_DIR / f"{ref.lower()}.yaml"
+    if catalog_file.is_file():
+        return catalog_file
+    raise InputError(f"{ref}: no such spec file in the working tree (--base compares a file with its past)")
+
+
+def _git(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, encoding="utf-8", errors="replace"
+        )
+    except FileNotFoundError:
+        raise InputError("--base needs git, which is not installed (or not on PATH)") from None
+
+
+def _spec_at_revision(path: Path, ref: str, rev: str):
+    """The spec in `path` as of git revision `rev` (`git show REV:./file`, relative to the file's folder)."""
+    from pydantic import ValidationError
+
+    from kvplan.catalog import format_validation_error
+    from kvplan.spec import ModelSpec
+
+    folder = path.resolve().parent
+    if _git(folder, "rev-parse", "--show-toplevel").returncode != 0:
+        raise InputError(f"--base {rev}: {ref} is not inside a git repository")
+    if _git(folder, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").returncode != 0:
+        raise InputError(f"--base {rev!r} is not a revision of this repository (try a branch, tag or commit)")
+    shown = _git(folder, "show", f"{rev}:./{path.name}")
+    if shown.returncode != 0:
+        raise InputError(f"--base {rev}: {ref} does not exist at {rev} (a new file has nothing to compare with)")
+    where = f"{ref}@{rev}"
+    data, line_of = _parse_yaml_text(shown.stdout, where)
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a mapping of fields at the top level")
+    try:
+        return ModelSpec.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc, where, line_of, list(data))) from None
+
+
+def _parse_yaml_text(text: str, where: str):
+    """YAML text (not a file) -> data and a key-path -> line function, via `catalog.read_yaml`.
+
+    The text goes through a temporary file so its errors are the catalog's own,
+    with the temporary path replaced by `where` (e.g. `specs/x.yaml@origin/main`).
+    """
+    from kvplan.catalog import read_yaml
+
+    with tempfile.TemporaryDirectory(prefix="kvplan-diff-") as folder:
+        tmp = Path(folder) / "spec.yaml"
+        tmp.write_text(text, encoding="utf-8")
+        try:
+            return read_yaml(tmp)
+        except InputError as exc:
+            raise InputError(exc.message.replace(str(tmp), where)) from None
+
+
+def _pct(value: Optional[float]) -> str:
+    return "—" if value is None else f"{value:+.2f}%"
+
+
+def _diff_cell(metric: str, value: int, signed: bool = False) -> str:
+    sign = "+" if signed and value > 0 else ""
+    if metric.startswith("kv_bytes"):
+        from kvplan.units import fmt_bytes
+
+        text = f"{sign}{value:,} B"
+        return text + f" ({sign}{fmt_bytes(value)})" if abs(value) >= 1024 else text
+    return f"{sign}{value:,}"
+
+
+DIFF_HEADERS = ["metric", "before", "after", "delta", "%"]
+
+
+def _render_diff(record: dict, deltas, fmt: DiffFormat) -> None:
+    from kvplan import render
+
+    if fmt is DiffFormat.json:
+        render.write(render.to_json(record))
+        return
+    rows = [
+        [d.metric, _diff_cell(d.metric, d.before), _diff_cell(d.metric, d.after), _diff_cell(d.metric, d.delta, True), _pct(d.delta_pct)]
+        for d in deltas
+    ]
+    title = (
+        f"{record['old']['ref']} → {record['new']['ref']} · {record['new']['gpu']} · context {record['context']:,} · "
+        f"batch {record['batch']} · KV {record['old']['kv_cache_dtype']} → {record['new']['kv_cache_dtype']} · tp {record['tp']}"
+    )
+    verdict = ""
+    if record["fail_on_increase_pct"] is not None:
+        limit = f"{record['fail_on_increase_pct']:g}%"
+        verdict = f"FAIL: {', '.join(record['failed'])} grew more than {limit}" if record["failed"] else f"pass: no KV byte figure grew more than {limit}"
+    if fmt is DiffFormat.markdown:
+        text = f"**{title}**\n\n" + render.markdown_table(DIFF_HEADERS, rows)
+        render.write(text + (f"\n{verdict}\n" if verdict else ""))
+        return
+    out = render.console()
+    out.print(render.rich_table(title, DIFF_HEADERS, rows))
+    if verdict:
+        out.print(verdict, markup=False)

@@ -1,0 +1,197 @@
+"""One deployment (model, GPU, parallelism, formats, engine) turned into what the planner takes.
+
+`kvplan estimate` flags and `kvplan check` plan entries describe the same thing;
+both build a `Deployment` here, so a plan entry and the equivalent command line
+give the same numbers. Errors name the estimate flag (`--kv-cache-dtype`, `--tp`
+...); `kvplan check` rewrites a flag as its plan key. Resolving reads the spec and
+GPU catalogs (and a `--calibration` report); the arithmetic stays in
+`kvplan.calc` and `kvplan.planner`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from kvplan.calc import CacheLayout
+from kvplan.errors import InputError
+from kvplan.formats import KVFormat, KVFormatPair, UnknownFormatError, parse_format, parse_format_pair
+from kvplan.gpus import GPU, gpu_from_options
+from kvplan.planner import (
+    DEFAULT_GPU_MEMORY_UTILIZATION,
+    WEIGHT_DTYPES,
+    Engine,
+    GPUFigures,
+    Planner,
+    PlanOptions,
+)
+from kvplan.spec import ModelSpec
+from kvplan.units import parse_bytes
+from kvplan.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS
+
+ENGINES = tuple(e.value for e in Engine)
+
+# Token counts: 'k' and 'm' are binary, as context lengths are usually written (32k = 32768).
+_TOKEN_SUFFIX = {"k": 1024, "m": 1024 * 1024}
+
+
+def parse_token_count(text: Union[str, int], flag: str) -> int:
+    """'32k' -> 32768, '131072' -> 131072, '1m' -> 1048576 (tokens; k = 1024)."""
+    if isinstance(text, bool):
+        raise InputError(f"{flag} {text!r} is not a number of tokens")
+    if isinstance(text, int):
+        return text
+    part = str(text).strip().lower().replace("_", "")
+    mult = _TOKEN_SUFFIX.get(part[-1:], 1)
+    if mult != 1:
+        part = part[:-1]
+    try:
+        return int(part) * mult
+    except ValueError:
+        raise InputError(f"{flag} {text!r} is not a whole number of tokens (e.g. 32768 or 32k)") from None
+
+
+def default_block_size(spec: ModelSpec, engine: Engine) -> int:
+    """vLLM: 16 on CUDA, 64 for MLA (FlashMLA requires it); ideal: 1 (no paging)."""
+    if engine is Engine.ideal:
+        return 1
+    return 64 if spec.is_mla else 16
+
+
+def gpu_figures(gpu: GPU) -> GPUFigures:
+    """The planner's view of a catalog, file or flag-built GPU."""
+    return GPUFigures(gpu.name, gpu.memory_bytes, gpu.memory_bandwidth_gbps, gpu.bf16_tflops, gpu.fp8_tflops, gpu.usd_per_hour)
+
+
+def kv_formats(spec: ModelSpec, kv_cache_dtype: str = "auto", state_dtype: Optional[str] = None) -> tuple[KVFormatPair, Optional[KVFormat]]:
+    """The KV element formats ('auto' = the model's dtype) and the SSM state format (None: the model's)."""
+    try:
+        pair = parse_format_pair(kv_cache_dtype, spec.dtype)
+    except UnknownFormatError as exc:
+        raise InputError(f"--kv-cache-dtype: {exc}") from None
+    try:
+        state = parse_format(state_dtype) if state_dtype else None
+    except UnknownFormatError as exc:
+        raise InputError(f"--state-dtype: {exc}") from None
+    return pair, state
+
+
+def _size(value: Union[str, int, None], flag: str) -> Optional[int]:
+    if value is None or isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return parse_bytes(value, flag)
+
+
+def plan_options(
+    spec: ModelSpec,
+    *,
+    context: int,
+    batch: int = 1,
+    tp: int = 1,
+    pp: int = 1,
+    engine: Union[str, Engine] = Engine.vllm,
+    block_size: Optional[int] = None,
+    dtype: Optional[str] = None,
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
+    activation_memory: Union[str, int, None] = None,
+    non_torch_memory: Union[str, int, None] = None,
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    bandwidth_efficiency: Optional[float] = None,
+    compute_efficiency: Optional[float] = None,
+    calibration: Optional[str] = None,
+    prompt_tokens: Optional[int] = None,
+    output_tokens: Optional[int] = None,
+    requests_per_s: Optional[float] = None,
+    shared_prefix_tokens: int = 0,
+) -> PlanOptions:
+    """estimate's flags (single values) -> PlanOptions; None keeps the planner's stated default.
+
+    Sizes take bytes or a string with a unit ('2GiB'). An explicit
+    bandwidth_efficiency wins over a calibration report's.
+    """
+    if isinstance(engine, str) and not isinstance(engine, Engine):
+        if engine not in ENGINES:
+            raise InputError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
+        engine = Engine(engine)
+    if block_size is not None and block_size < 1:
+        raise InputError(f"--block-size must be a positive number of tokens, got {block_size}")
+    if dtype is not None and dtype not in WEIGHT_DTYPES:
+        raise InputError(f"--dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    if context < 1 or batch < 1:
+        raise InputError("--context and --batch must be at least 1")
+    if tp < 1 or pp < 1:
+        raise InputError("--tensor-parallel-size and --pipeline-parallel-size must be at least 1")
+    if bandwidth_efficiency is None and calibration is not None:
+        from kvplan.calibration import bandwidth_efficiency_from_report
+
+        bandwidth_efficiency = bandwidth_efficiency_from_report(calibration)
+    optional = {"bandwidth_efficiency": bandwidth_efficiency, "compute_efficiency": compute_efficiency}
+    return PlanOptions(
+        context=context,
+        batch=batch,
+        tp=tp,
+        pp=pp,
+        engine=engine,
+        block_size=block_size or default_block_size(spec, engine),
+        weights_dtype=dtype,
+        gpu_memory_utilization=gpu_memory_utilization,
+        activation_bytes=_size(activation_memory, "--activation-memory"),
+        non_torch_bytes=_size(non_torch_memory, "--non-torch-memory"),
+        max_num_batched_tokens=max_num_batched_tokens,
+        prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens,
+        requests_per_s=requests_per_s,
+        shared_prefix_tokens=shared_prefix_tokens,
+        **{k: v for k, v in optional.items() if v is not None},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """A model on a GPU with every setting resolved; `gpu` is None for a KV-only sizing."""
+
+    spec: ModelSpec
+    gpu: Optional[GPU]
+    kv_format: KVFormatPair
+    state_format: Optional[KVFormat]
+    options: PlanOptions
+
+    def layout(self) -> CacheLayout:
+        """The cache layout (checks tp/pp against the model's heads and layers)."""
+        o = self.options
+        return CacheLayout(self.spec, self.kv_format, block_size=o.block_size, tp=o.tp, pp=o.pp, state_format=self.state_format)
+
+    def planner(self) -> Planner:
+        if self.gpu is None:
+            raise InputError("--gpu is needed for capacity, latency and cost (or --gpu-memory and --gpu-bandwidth)")
+        return Planner(self.spec, gpu_figures(self.gpu), self.kv_format, self.options, state_format=self.state_format)
+
+
+def resolve_deployment(
+    model: Union[str, ModelSpec],
+    gpu: Optional[str] = None,
+    *,
+    gpu_memory: Union[str, int, None] = None,
+    gpu_bandwidth: Optional[float] = None,
+    usd_per_hour: Optional[float] = None,
+    gpu_bf16_tflops: Optional[float] = None,
+    kv_cache_dtype: str = "auto",
+    state_dtype: Optional[str] = None,
+    **options,
+) -> Deployment:
+    """MODEL (a catalog name, a path `resolve_spec` accepts, or a spec) with estimate's flags.
+
+    `options` are `plan_options`' keywords (context, batch, tp, pp, engine, ...).
+    The GPU is `gpu_from_options`' (a name or file plus overrides; None when no
+    GPU flag is given).
+    """
+    if isinstance(model, ModelSpec):
+        spec = model
+    else:
+        from kvplan.catalog import resolve_spec
+
+        spec = resolve_spec(model)
+    memory = str(gpu_memory) if isinstance(gpu_memory, int) and not isinstance(gpu_memory, bool) else gpu_memory
+    device = gpu_from_options(gpu, memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops)
+    pair, state = kv_formats(spec, kv_cache_dtype, state_dtype)
+    return Deployment(spec, device, pair, state, plan_options(spec, **options))
