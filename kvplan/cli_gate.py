@@ -58,13 +58,20 @@ def check(
     ] = CheckFormat.table,
     output: Annotated[
         Optional[str],
-        typer.Option("--output", "-o", help="Write the --format report to FILE (atomically); the table still goes to stdout."),
+        typer.Option("--output", "-o", metavar="FILE", help="Write the --format report to FILE (atomically); the table still goes to stdout."),
     ] = None,
 ) -> None:
     """Check every deployment of PLAN against its budgets: exit 0 all pass, 1 any fails, 2 invalid plan."""
     from kvplan import report_formats
 
-    report = run_check(Path(plan), plan)
+    try:
+        report = run_check(Path(plan), plan)
+    except InputError as exc:
+        if fmt is CheckFormat.github:  # the plan's problems as annotations on their lines, too
+            from kvplan import report_formats
+
+            sys.stdout.write(report_formats.github_problems(exc.message, plan))
+        raise
     if output is not None:
         _write_atomically(output, _render_check(report, fmt, for_file=True))
         sys.stdout.write(_render_check(report, CheckFormat.table, for_file=False))
@@ -331,7 +338,7 @@ def diff(
     old: Annotated[str, typer.Argument(metavar="OLD", help="A spec YAML or catalog name; with --base, the spec to compare with its own past.", show_default=False)],
     new: Annotated[Optional[str], typer.Argument(metavar="[NEW]", help="A spec YAML or catalog name (omit with --base).", show_default=False)] = None,
     base: Annotated[Optional[str], typer.Option("--base", metavar="REV", help="Compare OLD as of git revision REV (git show REV:path) with the working tree.")] = None,
-    gpu: Annotated[str, typer.Option("--gpu", help="A catalog GPU or a GPU YAML file, for capacity.")] = "h100-sxm",
+    gpu: Annotated[str, typer.Option("--gpu", metavar="GPU", help="A catalog GPU or a GPU YAML file, for capacity.")] = "h100-sxm",
     context: Annotated[str, typer.Option("--context", "-c", help="Tokens per sequence (32k = 32768).")] = "8192",
     batch: Annotated[int, typer.Option("--batch", "-b", help="Concurrent sequences (for max context).")] = 1,
     kv_cache_dtype: Annotated[str, typer.Option("--kv-cache-dtype", help="KV element format; auto = each model's own dtype.")] = "auto",
@@ -469,7 +476,9 @@ def _parse_yaml_text(text: str, where: str):
 
 
 def _pct(value: Optional[float]) -> str:
-    return "—" if value is None else f"{value:+.2f}%"
+    if value is None:
+        return "—"
+    return "0.00%" if value == 0 else f"{value:+.2f}%"
 
 
 def _diff_cell(metric: str, value: int, signed: bool = False) -> str:

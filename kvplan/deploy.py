@@ -98,7 +98,6 @@ def plan_options(
     max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
     bandwidth_efficiency: Optional[float] = None,
     compute_efficiency: Optional[float] = None,
-    calibration: Optional[str] = None,
     prompt_tokens: Optional[int] = None,
     output_tokens: Optional[int] = None,
     requests_per_s: Optional[float] = None,
@@ -106,8 +105,8 @@ def plan_options(
 ) -> PlanOptions:
     """estimate's flags (single values) -> PlanOptions; None keeps the planner's stated default.
 
-    Sizes take bytes or a string with a unit ('2GiB'). An explicit
-    bandwidth_efficiency wins over a calibration report's.
+    Sizes take bytes or a string with a unit ('2GiB'). A `--calibration` report
+    becomes a bandwidth_efficiency once the GPU is known (`calibrated_efficiency`).
     """
     if isinstance(engine, str) and not isinstance(engine, Engine):
         if engine not in ENGINES:
@@ -121,10 +120,6 @@ def plan_options(
         raise InputError("--context and --batch must be at least 1")
     if tp < 1 or pp < 1:
         raise InputError("--tensor-parallel-size and --pipeline-parallel-size must be at least 1")
-    if bandwidth_efficiency is None and calibration is not None:
-        from kvplan.calibration import bandwidth_efficiency_from_report
-
-        bandwidth_efficiency = bandwidth_efficiency_from_report(calibration)
     optional = {"bandwidth_efficiency": bandwidth_efficiency, "compute_efficiency": compute_efficiency}
     return PlanOptions(
         context=context,
@@ -144,6 +139,14 @@ def plan_options(
         shared_prefix_tokens=shared_prefix_tokens,
         **{k: v for k, v in optional.items() if v is not None},
     )
+
+
+def calibrated_efficiency(calibration: str, gpu: GPU) -> float:
+    """The bandwidth efficiency a `kvplan measure --json` report implies on `gpu`: achieved / peak."""
+    from kvplan.calibration import bandwidth_efficiency, measured_bandwidth
+
+    achieved_gbps, _device = measured_bandwidth(calibration)
+    return bandwidth_efficiency(achieved_gbps, gpu.memory_bandwidth_gbps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,13 +180,15 @@ def resolve_deployment(
     gpu_bf16_tflops: Optional[float] = None,
     kv_cache_dtype: str = "auto",
     state_dtype: Optional[str] = None,
+    calibration: Optional[str] = None,
     **options,
 ) -> Deployment:
     """MODEL (a catalog name, a path `resolve_spec` accepts, or a spec) with estimate's flags.
 
     `options` are `plan_options`' keywords (context, batch, tp, pp, engine, ...).
     The GPU is `gpu_from_options`' (a name or file plus overrides; None when no
-    GPU flag is given).
+    GPU flag is given). `calibration` sets the bandwidth efficiency unless
+    `bandwidth_efficiency` is given, as `estimate --calibration` does.
     """
     if isinstance(model, ModelSpec):
         spec = model
@@ -194,4 +199,8 @@ def resolve_deployment(
     memory = str(gpu_memory) if isinstance(gpu_memory, int) and not isinstance(gpu_memory, bool) else gpu_memory
     device = gpu_from_options(gpu, memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops)
     pair, state = kv_formats(spec, kv_cache_dtype, state_dtype)
+    if calibration is not None and options.get("bandwidth_efficiency") is None:
+        if device is None:
+            raise InputError("--calibration needs --gpu: the efficiency is the measured bandwidth over that GPU's peak")
+        options["bandwidth_efficiency"] = calibrated_efficiency(calibration, device)
     return Deployment(spec, device, pair, state, plan_options(spec, **options))

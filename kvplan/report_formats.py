@@ -6,6 +6,7 @@ Each takes a `CheckReport` and returns text; nothing here prints or writes files
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 
 from kvplan.gating import BudgetResult, CheckReport, DeploymentResult, format_value
@@ -99,4 +100,20 @@ def to_github(report: CheckReport) -> str:
         props.append(f"title={_escape_property(f'kvplan budget failed: {d.name}')}")
         lines.append(f"::error {','.join(props)}::{_escape_data(f'{d.name}: {b.message}')}")
     lines.append(f"::notice file={_escape_property(report.plan)}::{_escape_data('kvplan check: ' + summary(report))}")
+    return "\n".join(lines) + "\n"
+
+
+_PROBLEM = re.compile(r"^(?P<file>.+?):(?P<line>\d+): (?P<message>.*)$")
+
+
+def github_problems(message: str, plan: str) -> str:
+    """An invalid plan's `file:line: key: message` lines as `::error` annotations on those lines."""
+    lines = []
+    for problem in message.splitlines():
+        match = _PROBLEM.match(problem)
+        if match and match.group("file") == plan:
+            props = f"file={_escape_property(plan)},line={match.group('line')},title=kvplan invalid plan"
+            lines.append(f"::error {props}::{_escape_data(match.group('message'))}")
+        else:
+            lines.append(f"::error file={_escape_property(plan)},title=kvplan invalid plan::{_escape_data(problem)}")
     return "\n".join(lines) + "\n"

@@ -189,6 +189,54 @@ def test_model_paths_are_relative_to_the_plan_folder(tmp_path, capsys, monkeypat
     assert plan.is_file()
 
 
+@pytest.mark.parametrize(
+    "extra, efficiency",
+    [
+        ("    bandwidth_efficiency: 0.5\n", 0.5),
+        ("    calibration: measured.json\n", 0.4),  # relative to the plan's folder
+        ("    calibration: measured.json\n    bandwidth_efficiency: 0.5\n", 0.5),  # the explicit key wins
+    ],
+)
+def test_bandwidth_efficiency_and_calibration_move_the_decode_step(tmp_path, capsys, extra, efficiency):
+    # a `kvplan measure --json` report: the median achieved 400 GB/s over the GPU's 1,000 GB/s peak = 0.4
+    runs = [{"achieved_gbps": g} for g in (380.0, 400.0, 420.0)]
+    (tmp_path / "measured.json").write_text(json.dumps({"device_name": "test", "runs": runs}))
+    plan = write_plan(tmp_path, "max_decode_step_ms: 1\n", TINY_DEPLOYMENT + extra)
+    r = run_cli(capsys, "check", str(plan), "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    value = json.loads(r.stdout)["deployments"][0]["budgets"][0]["value"]
+    # memory-bound: (weights + 4 sequences x 1,024 tokens x 512 B) / (1,000 GB/s x efficiency)
+    assert value == pytest.approx((2_000_000 + 4 * 1024 * 512) / (1000e9 * efficiency) * 1000, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "entry, flags",
+    [
+        ("model: llama-3.1-8b\n    gpu: h100-sxm\n    context: 32k\n    batch: 8\n",
+         ["llama-3.1-8b", "--gpu", "h100-sxm", "-c", "32768", "-b", "8"]),
+        ("model: deepseek-v3\n    gpu: h200\n    tp: 8\n    dtype: fp8\n    context: 32k\n    batch: 16\n    kv_cache_dtype: fp8\n",
+         ["deepseek-v3", "--gpu", "h200", "--tp", "8", "--dtype", "fp8", "-c", "32768", "-b", "16", "--kv-cache-dtype", "fp8"]),
+        ("model: gemma-3-27b\n    gpu: h200\n    engine: ideal\n    block_size: 32\n    gpu_memory_utilization: 0.8\n    context: 8k\n",
+         ["gemma-3-27b", "--gpu", "h200", "--engine", "ideal", "--block-size", "32", "--gpu-memory-utilization", "0.8", "-c", "8192"]),
+    ],
+)
+def test_a_plan_entry_gives_the_numbers_of_the_same_estimate_flags(tmp_path, capsys, entry, flags):
+    plan = tmp_path / "plan.yaml"
+    budgets = "".join(f"      {k}: 1000000\n" for k in ("max_decode_step_ms", "max_usd_per_million_output_tokens"))
+    plan.write_text("deployments:\n  - " + entry + "    budgets:\n      min_concurrent_sequences: 1\n      min_max_context_tokens: 1\n"
+                    "      min_headroom_pct: -1000\n" + budgets)
+    checked = run_cli(capsys, "check", str(plan), "-f", "json")
+    estimated = run_cli(capsys, "estimate", *flags, "-f", "json")
+    assert checked.exit_code == 0 and estimated.exit_code == 0, checked.stderr + estimated.stderr
+    values = {b["metric"]: b["value"] for b in json.loads(checked.stdout)["deployments"][0]["budgets"]}
+    plan_figures = json.loads(estimated.stdout)
+    assert values["max_concurrent_sequences"] == plan_figures["max_concurrent_sequences"]
+    assert values["max_context_tokens"] == plan_figures["max_context_tokens"]
+    assert values["headroom_pct"] == plan_figures["headroom_pct"]
+    assert values["decode_step_ms"] == plan_figures["decode_step_s"] * 1000
+    assert values["usd_per_million_output_tokens"] == plan_figures["usd_per_million_output_tokens"]
+
+
 # ------------------------------------------------------------------ formats
 
 TWO_FAILS = """\
@@ -445,6 +493,16 @@ def test_duplicate_names_are_refused(tmp_path, capsys):
     assert r.stderr == (
         f"error: {plan}:5: deployments.1.name: 'tiny.yaml tp1 @8192' is already the name of deployments.0 (line 2); "
         "give each deployment a unique `name`\n"
+    )
+
+
+def test_github_format_annotates_an_invalid_plan(tmp_path, capsys):
+    plan = write_plan(tmp_path, "min_concurrent_sequences: 1\n", TINY_DEPLOYMENT + "    tp: 3\n")
+    r = run_cli(capsys, "check", str(plan), "-f", "github")
+    assert r.exit_code == 2
+    assert r.stdout == (
+        f"::error file={plan},line=15,title=kvplan invalid plan::deployments.0.tp: "
+        "tp 3 does not divide tiny-gate's 4 attention heads; use a divisor of 4\n"
     )
 
 
