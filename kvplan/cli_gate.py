@@ -68,8 +68,6 @@ def check(
         report = run_check(Path(plan), plan)
     except InputError as exc:
         if fmt is CheckFormat.github:  # the plan's problems as annotations on their lines, too
-            from kvplan import report_formats
-
             sys.stdout.write(report_formats.github_problems(exc.message, plan))
         raise
     if output is not None:
