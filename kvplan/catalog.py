@@ -80,15 +80,20 @@ def read_yaml(path: Path) -> tuple[Any, Callable[[tuple], int | None]]:
         raise InputError(f"{path}: is a folder, not a YAML file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot be read ({exc})") from None
+    return read_yaml_text(text, str(path))
+
+
+def read_yaml_text(text: str, where: str) -> tuple[Any, Callable[[tuple], int | None]]:
+    """Parse YAML text; errors are named `where:LINE` (e.g. `specs/x.yaml@origin/main:12`)."""
     yaml, loader = _yaml_loader()
     try:
         node = yaml.compose(text, Loader=loader)
         data = yaml.load(text, Loader=loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        at = f"{where}:{mark.line + 1}" if mark is not None else where
         problem = getattr(exc, "problem", None) or str(exc)
-        raise InputError(f"{where}: malformed YAML: {problem}") from None
+        raise InputError(f"{at}: malformed YAML: {problem}") from None
     lines = _line_index(node) if node is not None else {}
 
     def line_of(loc: tuple) -> int | None:

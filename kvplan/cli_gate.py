@@ -457,20 +457,10 @@ def _spec_at_revision(path: Path, ref: str, rev: str):
 
 
 def _parse_yaml_text(text: str, where: str):
-    """YAML text (not a file) -> data and a key-path -> line function, via `catalog.read_yaml`.
+    """YAML text (not a file) -> data and a key-path -> line function; errors name `where`."""
+    from kvplan.catalog import read_yaml_text
 
-    The text goes through a temporary file so its errors are the catalog's own,
-    with the temporary path replaced by `where` (e.g. `specs/x.yaml@origin/main`).
-    """
-    from kvplan.catalog import read_yaml
-
-    with tempfile.TemporaryDirectory(prefix="kvplan-diff-") as folder:
-        tmp = Path(folder) / "spec.yaml"
-        tmp.write_text(text, encoding="utf-8")
-        try:
-            return read_yaml(tmp)
-        except InputError as exc:
-            raise InputError(exc.message.replace(str(tmp), where)) from None
+    return read_yaml_text(text, where)
 
 
 def _pct(value: Optional[float]) -> str:
