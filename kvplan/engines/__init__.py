@@ -1,0 +1,202 @@
+"""Engine profiles: what one inference engine really allocates for a model's KV cache.
+
+The same model at the same context costs different bytes in different engines:
+HF transformers keeps W - 1 tokens in a dynamic sliding layer, llama.cpp pads its
+context to 256 cells and gives sliding layers window + micro-batch cells, SGLang
+and TensorRT-LLM split GPU memory by their own fractions. One pure module per
+engine (`hf`, `llamacpp`, `sglang`, `trtllm`) restates that engine's rules, each
+with the source file and function it was read from
+(`shared/reference/engine-rules.md` lists them; the module docstrings say which
+were re-read at the source and which were not).
+
+Every engine returns the same frozen `EngineCache`: tokens held and bytes per
+layer kind, the total, every difference from the ideal cache (exactly the
+tokens a sequence needs, `kvplan.calc`) named by cause, the line the engine
+itself would log, and the refusals it would make, worded as it words them.
+With a GPU, `EngineCapacity` applies the engine's own memory-budget rule.
+
+Pure: no I/O, no printing, no torch.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from kvplan.calc import CacheEstimate, CacheLayout, LayerKind
+from kvplan.formats import FIXED_FORMATS, KVFormat, KVFormatPair
+
+MIB = 2**20
+GIB = 2**30
+
+# The engines with a profile here, in the order `kvplan compare` shows them
+# (ideal and vllm come first; they live in kvplan.calc / kvplan.vllm_rules).
+ENGINE_NAMES = ("hf", "llama.cpp", "sglang", "trtllm")
+ALL_ENGINES = ("ideal", "vllm") + ENGINE_NAMES
+
+
+@dataclass(frozen=True, slots=True)
+class KindCache:
+    """One layer kind as an engine keeps it, for the whole batch."""
+
+    kind: str  # LayerKind value
+    layers: int  # layers of this kind that hold something in this engine
+    tokens_per_sequence: int  # token slots one sequence has in one layer (0 for state)
+    slots_per_layer: int  # token slots (or state cells) one layer allocates, all sequences
+    bytes_per_slot: Optional[int]  # one slot of one layer, all tp ranks; None when slots differ (HF quantized)
+    bytes: int  # all layers of this kind, all sequences (all tensor-parallel ranks)
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """Bytes the engine holds beyond (or short of) the ideal cache, for one named cause."""
+
+    cause: str
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCache:
+    """What one engine allocates for `batch` sequences of `context` tokens."""
+
+    engine: str
+    model: str
+    context: int
+    batch: int
+    kv_cache_dtype: str  # as the engine names it (f16, q8_0/q4_0, bfloat16, fp8_e4m3, ...)
+    settings: dict  # the engine options that move bytes, resolved (n_ctx, page size, ...)
+    by_kind: tuple[KindCache, ...]
+    kv_bytes_total: Optional[int]  # None when the engine refuses the configuration
+    ideal_bytes_total: int  # kvplan.calc: exactly the tokens held, same formats, no paging
+    differences: tuple[Difference, ...]  # sum == kv_bytes_total - ideal_bytes_total
+    log_lines: tuple[str, ...] = ()
+    refusals: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.refusals)
+
+    @property
+    def tokens_held_by_kind(self) -> dict[str, int]:
+        """Token slots per sequence per layer, by layer kind (attention kinds only)."""
+        return {k.kind: k.tokens_per_sequence for k in self.by_kind if k.kind != LayerKind.STATE.value}
+
+    @property
+    def bytes_by_kind(self) -> dict[str, int]:
+        return {k.kind: k.bytes for k in self.by_kind}
+
+    @property
+    def overhead_bytes(self) -> dict[str, int]:
+        """The differences from the ideal cache, by cause (bytes; negative = the engine holds less)."""
+        return {d.cause: d.bytes for d in self.differences}
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["tokens_held_by_kind"] = self.tokens_held_by_kind
+        data["bytes_by_kind"] = self.bytes_by_kind
+        data["overhead_bytes"] = self.overhead_bytes
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryInputs:
+    """One GPU and what sits on it besides the KV cache (per tensor-parallel rank)."""
+
+    gpu: str
+    gpu_memory_bytes: int  # as the runtime reports the device total
+    weights_bytes: int
+    non_torch_bytes: int  # CUDA context, cuBLAS workspaces, NCCL buffers
+    activation_bytes: int  # peak activations of a forward pass (0 when not given and not estimated)
+    activation_source: str
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCapacity:
+    """How much KV one engine gives itself on one GPU, by its own budget rule."""
+
+    engine: str
+    gpu: str
+    gpu_memory_bytes: int
+    weights_bytes: int
+    budget_rule: str  # the rule in words, with its source
+    kv_budget_bytes: int  # per rank
+    max_total_tokens: Optional[int]  # the engine's own pool size in tokens, when it has one
+    max_concurrent_sequences: int  # sequences of `context` tokens that fit
+    fits: bool  # `batch` sequences of `context` tokens fit
+    log_lines: tuple[str, ...] = ()
+    refusals: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    settings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+class Ledger:
+    """Walks from the ideal total to an engine's total one rule at a time.
+
+    Each `step(cause, total)` records the change that one rule makes, so the
+    differences always add up to engine total - ideal total exactly.
+    """
+
+    def __init__(self, ideal_total: int) -> None:
+        self.ideal_total = ideal_total
+        self.total = ideal_total
+        self._steps: list[Difference] = []
+
+    def step(self, cause: str, new_total: int) -> None:
+        delta = new_total - self.total
+        if delta:
+            self._steps.append(Difference(cause, delta))
+        self.total = new_total
+
+    @property
+    def differences(self) -> tuple[Difference, ...]:
+        return tuple(self._steps)
+
+
+def ideal_estimate(spec, fmt: KVFormatPair, context: int, batch: int, tp: int = 1,
+                   state_format: Optional[KVFormat] = None) -> CacheEstimate:
+    """The ideal cache: exactly the tokens each layer needs, no paging (kvplan.calc)."""
+    return CacheLayout(spec, fmt, block_size=1, tp=tp, state_format=state_format).at(context, batch)
+
+
+def window_of(spec, kind: LayerKind) -> Optional[int]:
+    """The window a sliding (sliding_window) or chunked (attention_chunk_size) layer keeps."""
+    if kind is LayerKind.SLIDING:
+        return spec.sliding_window
+    if kind is LayerKind.CHUNKED:
+        return spec.attention_chunk_size
+    return None
+
+
+def kind_counts(spec) -> dict[LayerKind, int]:
+    """Layers of each kind, in kvplan.calc's order."""
+    from kvplan.calc import KIND_ORDER
+
+    kinds = spec.layer_kinds
+    return {k: kinds.count(k) for k in KIND_ORDER if k in kinds}
+
+
+def model_format(spec) -> KVFormat:
+    """The element format of the model's own dtype (bf16, fp16, fp32)."""
+    return FIXED_FORMATS[spec.dtype]
+
+
+def f32(x: float) -> float:
+    """`x` rounded to a C float, as llama.cpp's `(float)` casts do before printing."""
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def engine_module(name: str):
+    """The profile module of one engine (hf, llama.cpp, sglang, trtllm)."""
+    from kvplan.engines import hf, llamacpp, sglang, trtllm
+
+    return {"hf": hf, "llama.cpp": llamacpp, "sglang": sglang, "trtllm": trtllm}[name]

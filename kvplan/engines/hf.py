@@ -1,0 +1,390 @@
+"""Hugging Face transformers: per-layer cache objects that grow, preallocate or quantise.
+
+Rules, read at huggingface/transformers `src/transformers/cache_utils.py`
+(commit 004999d, the v4.56-era layered cache) unless said otherwise:
+
+- `DynamicLayer.update`: K and V are `torch.cat`-grown `[B, H_kv, T, D]`; no
+  padding, no preallocation.
+- `DynamicSlidingWindowLayer.update`: "Only cache the last `self.sliding_window - 1`
+  tokens": min(T, W - 1) stored per layer (the full concatenation is only returned
+  for this step's attention).
+- `DynamicCache.__init__` (with the config, as `generate()` builds it): the window
+  is `sliding_window or attention_chunk_size`; sliding and chunked layers both get
+  `DynamicSlidingWindowLayer`; `num_kv_shared_layers` layers get no cache.
+- `StaticLayer.lazy_initialization`: zeros `[B, H, max_cache_len, head_dim]` for K
+  and for V, head_dim taken from the *key* states (so V is as wide as K). Later
+  releases (5.x) take `k_head_dim` and `v_head_dim` separately — seen in code that
+  copies the newer method, not read at a transformers commit.
+- `StaticSlidingWindowLayer.__init__`: min(sliding_window, max_cache_len) slots
+  (W, not W - 1); `StaticCache.__init__` uses `attention_chunk_size` as the window
+  of chunked layers.
+- `QuantizedLayer.update` (quanto / hqq): the first update (the prefill) is
+  quantised whole; later one-token updates go to a full-precision residual, and
+  when it would reach `residual_length` everything is re-quantised and the
+  residual emptied, so after n decode steps the residual holds n mod
+  max(residual_length, 2) tokens. `QuantizedCache` gives every one of
+  `num_hidden_layers` a quantised layer: no sliding-window trimming. quanto takes
+  nbits 2 or 4, hqq 1, 2, 3, 4 or 8 (their error texts are reproduced). The bytes of
+  the quantised store (packing, scale and zero-point dtypes) are quanto / hqq
+  internals kvplan did not read: it counts nbits / 8 per value (hqq 3-bit: ten
+  values per 32-bit word) plus a scale and a zero-point in the model's dtype per
+  `q_group_size` values.
+- The last sampled token is never fed back, so after `generate()` the cache
+  holds one token fewer than the output sequence.
+- MLA (DeepSeek-V2/V3): in 4.x `DeepseekV3Attention.forward`
+  (models/deepseek_v3/modeling_deepseek_v3.py, read at f5a9ec5) caches the
+  decompressed per-head K [H, qk_nope + qk_rope] and V [H, v_head_dim]; newer
+  releases cache the latents instead (`past_key_values.update(k_pass, k_rot)`:
+  kv_lora_rank + qk_rope_head_dim per token) — huggingface/transformers PR
+  #47761, known from PR #48761's description, not read in the code. kvplan applies
+  the latent layout to every MLA model under `--transformers-version 5`.
+- Jamba (`models/jamba/modular_jamba.py`, `HybridMambaAttentionDynamicCache`):
+  conv state `[B, d_inner, d_conv]` (all d_conv columns, one more than
+  llama.cpp / vLLM keep) and SSM state `[B, d_inner, d_state]`, in the dtype of
+  the input embeddings, i.e. the model's dtype (not float32); attention layers
+  grow like `DynamicLayer`.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from kvplan.calc import CacheLayout, LayerKind, ceil_div
+from kvplan.engines import (
+    EngineCache,
+    EngineCapacity,
+    KindCache,
+    Ledger,
+    MemoryInputs,
+    kind_counts,
+)
+from kvplan.errors import InputError
+from kvplan.formats import FIXED_FORMATS, KVFormat, KVFormatPair
+
+ENGINE = "hf"
+CACHES = ("dynamic", "static", "quantized")
+VERSIONS = ("4", "5")
+BACKENDS = ("quanto", "hqq")
+TORCH_DTYPES = {"bf16": "torch.bfloat16", "fp16": "torch.float16", "fp32": "torch.float32"}
+QUANTO_NBITS = (2, 4)  # QuantoQuantizedLayer.__init__
+HQQ_NBITS = (1, 2, 3, 4, 8)  # HQQQuantizedLayer.__init__
+
+SOURCES = (
+    "huggingface/transformers src/transformers/cache_utils.py DynamicLayer / DynamicSlidingWindowLayer.update",
+    "huggingface/transformers src/transformers/cache_utils.py StaticLayer.lazy_initialization / StaticSlidingWindowLayer",
+    "huggingface/transformers src/transformers/cache_utils.py DynamicCache.__init__ / StaticCache.__init__ / QuantizedCache",
+    "huggingface/transformers src/transformers/models/deepseek_v3/modeling_deepseek_v3.py DeepseekV3Attention.forward",
+    "huggingface/transformers src/transformers/models/jamba/modular_jamba.py HybridMambaAttentionDynamicCache",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class HFOptions:
+    """How a transformers user sets up the cache."""
+
+    cache: str = "dynamic"  # DynamicCache (generate()'s default) | StaticCache | QuantizedCache
+    max_cache_len: Optional[int] = None  # StaticCache; None: --context
+    generate: bool = False  # the sequence came from generate(): its last token is not cached
+    transformers_version: str = "5"  # "4": 4.x layouts; "5": 5.x (MLA latent, V at its own width)
+    quant_backend: str = "quanto"
+    nbits: int = 4
+    q_group_size: int = 64
+    residual_length: int = 128
+    prompt_tokens: Optional[int] = None  # quantized: tokens of the first (prefill) update; None: all
+
+
+def cache_dtype(spec, kv_cache_dtype: str) -> tuple[Optional[str], Optional[str]]:
+    """(the dtype transformers caches K/V in, a refusal) for --kv-cache-dtype."""
+    name = kv_cache_dtype.strip().lower()
+    if name == "auto":
+        return spec.dtype, None
+    aliases = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32", "f16": "fp16", "f32": "fp32"}
+    name = aliases.get(name, name)
+    if name in TORCH_DTYPES:
+        return name, None
+    return None, (
+        f"transformers caches K and V in the dtype the model runs in (torch_dtype); there is no {kv_cache_dtype} "
+        "KV cache (use --hf-cache quantized for quanto / hqq)"
+    )
+
+
+def _window(spec) -> Optional[int]:
+    """DynamicCache's one window: sliding_window, else attention_chunk_size."""
+    return spec.sliding_window or spec.attention_chunk_size
+
+
+def state_elements(spec) -> int:
+    """Elements of one sequence's Mamba state per layer as HF Jamba keeps it: all d_conv columns."""
+    if spec.state_elements_per_layer is not None:
+        return spec.state_elements_per_layer
+    d_inner = spec.mamba_expand * spec.hidden_size
+    if spec.mamba_n_heads is not None:  # Mamba-2 layout by analogy (not read for an HF Mamba-2 class)
+        head_dim = spec.mamba_head_dim or d_inner // spec.mamba_n_heads
+        conv_dim = d_inner + 2 * spec.mamba_n_groups * spec.mamba_d_state
+        return conv_dim * spec.mamba_d_conv + spec.mamba_n_heads * head_dim * spec.mamba_d_state
+    return d_inner * spec.mamba_d_conv + d_inner * spec.mamba_d_state
+
+
+def quantized_bytes(values: int, nbits: int, group: int, backend: str, scale_bytes: int) -> int:
+    """Bytes of `values` quantised values: packed data + a scale and zero-point per group (see module doc)."""
+    if values == 0:
+        return 0
+    if backend == "hqq" and nbits == 3:
+        data = ceil_div(values, 10) * 4  # ten 3-bit values per 32-bit word
+    else:
+        data = ceil_div(values * nbits, 8)
+    return data + ceil_div(values, group) * 2 * scale_bytes
+
+
+class _Plan:
+    """Per-kind slots and slot sizes, changed one rule at a time."""
+
+    def __init__(self, counts: dict[LayerKind, int]) -> None:
+        self.counts = counts
+        self.slots: dict[LayerKind, int] = {}  # all sequences, one layer
+        self.slot_bytes: dict[LayerKind, int] = {}
+        self.fixed: dict[LayerKind, int] = {}  # bytes not of the form slots x slot_bytes (per layer)
+
+    def total(self) -> int:
+        out = 0
+        for kind, n in self.counts.items():
+            if kind in self.fixed:
+                out += n * self.fixed[kind]
+            elif kind in self.slots:
+                out += n * self.slots[kind] * self.slot_bytes[kind]
+        return out
+
+
+def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: str = "auto",
+          ideal_format: KVFormatPair, ideal_state: Optional[KVFormat] = None) -> EngineCache:
+    """What transformers holds for `batch` sequences of `context` tokens."""
+    if context < 1 or batch < 1:
+        raise InputError("--context and --batch must be at least 1")
+    if opts.cache not in CACHES:
+        raise InputError(f"--hf-cache {opts.cache!r} is not one of {', '.join(CACHES)}")
+    if opts.transformers_version not in VERSIONS:
+        raise InputError(f"--transformers-version {opts.transformers_version!r} is not one of 4, 5")
+    ideal = CacheLayout(spec, ideal_format, block_size=1, state_format=ideal_state).at(context, batch)
+    run_dtype, refusal = cache_dtype(spec, kv_cache_dtype)
+    held = context - 1 if opts.generate else context
+    settings = {"cache": opts.cache, "transformers_version": opts.transformers_version, "generate": opts.generate,
+                "tokens_cached": held, "dtype": TORCH_DTYPES.get(run_dtype or "", None)}
+    refusals: list[str] = []
+    if refusal:
+        refusals.append(refusal)
+    if opts.cache == "static":
+        max_len = opts.max_cache_len or context
+        settings["max_cache_len"] = max_len
+        if max_len < held:
+            raise InputError(f"--max-cache-len {max_len} is smaller than the {held} tokens the cache must hold")
+    if opts.cache == "quantized":
+        if opts.quant_backend not in BACKENDS:
+            refusals.append(f"Unknown quantization backend `{opts.quant_backend}`")  # QuantizedCache.__init__
+        elif opts.quant_backend == "quanto" and opts.nbits not in QUANTO_NBITS:
+            refusals.append(f"`nbits` for `quanto` backend has to be one of [`2`, `4`] but got {opts.nbits}")
+        elif opts.quant_backend == "hqq" and opts.nbits not in HQQ_NBITS:
+            refusals.append(f"`nbits` for `HQQ` backend has to be one of [`1`, `2`, `3`, `4`, `8`] but got {opts.nbits}")
+        if opts.q_group_size < 1 or opts.residual_length < 0:
+            raise InputError("--q-group-size must be at least 1 and --residual-length at least 0")
+        settings.update(backend=opts.quant_backend, nbits=opts.nbits, q_group_size=opts.q_group_size,
+                        residual_length=opts.residual_length)
+    name = TORCH_DTYPES.get(run_dtype or "", kv_cache_dtype)
+    if opts.cache == "quantized":
+        name = f"{opts.quant_backend} int{opts.nbits} (residual {name})"
+    if refusals:
+        return EngineCache(ENGINE, spec.name, context, batch, name, settings, (), None, ideal.kv_bytes_total,
+                           (), (), tuple(refusals), (), SOURCES)
+
+    esz = FIXED_FORMATS[run_dtype].bytes_for(1)
+    counts = kind_counts(spec)
+    v4 = opts.transformers_version == "4"
+    window = _window(spec)
+    ledger = Ledger(ideal.kv_bytes_total)
+    plan = _Plan(counts)
+    notes: list[str] = []
+
+    # Start from the ideal: context tokens (windows min(context, W)), the user's formats.
+    state_ideal_layer = 0
+    for g in CacheLayout(spec, ideal_format, block_size=1, state_format=ideal_state).groups:
+        if g.kind is LayerKind.STATE:
+            state_ideal_layer = g.state_bytes_per_layer
+            plan.fixed[g.kind] = batch * g.state_bytes_per_layer
+        elif g.kind is not LayerKind.SHARED:
+            plan.slots[g.kind] = batch * (context if g.window is None else min(context, g.window))
+            plan.slot_bytes[g.kind] = g.bytes_per_token_per_layer
+
+    def tokens(kind: LayerKind, n_tokens: int) -> int:
+        w = {LayerKind.SLIDING: spec.sliding_window, LayerKind.CHUNKED: spec.attention_chunk_size}.get(kind)
+        return n_tokens if w is None else min(n_tokens, w)
+
+    # 1. generate(): the last sampled token is never fed back, so it is never cached
+    if opts.generate:
+        for kind in plan.slots:
+            plan.slots[kind] = batch * tokens(kind, held)
+        ledger.step("generate(): the last sampled token is not cached (one token fewer)", plan.total())
+
+    # 2. K and V in the model's dtype (transformers has no separate KV dtype)
+    heads = spec.num_key_value_heads
+    for kind in plan.slots:
+        if kind is LayerKind.MLA:
+            plan.slot_bytes[kind] = spec.mla_latent_dim * esz
+        else:
+            plan.slot_bytes[kind] = heads * (spec.k_head_dim + spec.v_head_dim_resolved) * esz
+    ledger.step(f"K/V stored in the model's dtype ({TORCH_DTYPES[run_dtype]})", plan.total())
+
+    # 3. MLA under 4.x: the decompressed per-head K and V, not the latent
+    mla_k = mla_v = None
+    if LayerKind.MLA in plan.slots:
+        if v4:
+            h = spec.num_attention_heads
+            mla_k = h * (spec.qk_nope_head_dim + spec.qk_rope_head_dim)
+            mla_v = h * (spec.v_head_dim or spec.qk_nope_head_dim)
+            plan.slot_bytes[LayerKind.MLA] = (mla_k + mla_v) * esz
+            ledger.step(
+                f"transformers 4.x caches MLA decompressed: {h} heads x ({spec.qk_nope_head_dim} + "
+                f"{spec.qk_rope_head_dim}) K + {h} x {mla_v // h} V per token, not the {spec.mla_latent_dim}-wide latent",
+                plan.total(),
+            )
+        else:
+            mla_k, mla_v = spec.kv_lora_rank, spec.qk_rope_head_dim
+            notes.append("transformers 5.x caches the MLA latents (K: kv_lora_rank, V: the RoPE key), "
+                         "per huggingface/transformers PR #47761.")
+
+    # 4. the cache class's own rule
+    if opts.cache == "dynamic":
+        for kind in (LayerKind.SLIDING, LayerKind.CHUNKED):
+            if kind in plan.slots:
+                plan.slots[kind] = batch * min(held, window - 1)
+                ledger.step(f"DynamicSlidingWindowLayer keeps the last W - 1 = {window - 1:,} tokens", plan.total())
+    elif opts.cache == "static":
+        max_len = settings["max_cache_len"]
+        for kind in plan.slots:
+            if kind in (LayerKind.FULL, LayerKind.MLA):
+                plan.slots[kind] = batch * max_len
+        if max_len != held:
+            ledger.step(f"StaticCache preallocates max_cache_len = {max_len:,} slots per layer", plan.total())
+        for kind, w in ((LayerKind.SLIDING, spec.sliding_window), (LayerKind.CHUNKED, spec.attention_chunk_size)):
+            if kind in plan.slots:
+                plan.slots[kind] = batch * min(w, max_len)
+                ledger.step(f"StaticSlidingWindowLayer preallocates min(W, max_cache_len) = {min(w, max_len):,} slots",
+                            plan.total())
+        if v4:
+            for kind in plan.slots:
+                if kind is LayerKind.MLA:
+                    plan.slot_bytes[kind] = 2 * mla_k * esz
+                else:
+                    plan.slot_bytes[kind] = heads * 2 * spec.k_head_dim * esz
+            ledger.step("4.x StaticLayer allocates V as wide as K (head_dim from the key states)", plan.total())
+            if spec.is_mla:
+                notes.append("4.x StaticLayer allocates the 128-wide MLA V in a 192-wide buffer; whether the copy "
+                             "into it succeeds depends on the attention implementation (not checked).")
+        elif spec.is_mla:
+            plan.slot_bytes[LayerKind.MLA] = (mla_k + mla_v) * esz
+    else:  # quantized: every layer, every token, quantised past the residual
+        period = max(opts.residual_length, 2)
+        prompt = held if opts.prompt_tokens is None else min(opts.prompt_tokens, held)
+        residual = (held - prompt) % period
+        quantised = held - residual
+        settings.update(prompt_tokens=prompt, residual_tokens=residual, quantised_tokens=quantised)
+        for kind in (LayerKind.SLIDING, LayerKind.CHUNKED):
+            if kind in plan.slots:
+                plan.slots[kind] = batch * held
+                ledger.step("QuantizedCache keeps every token in sliding layers (no window trimming)", plan.total())
+        for kind in list(plan.slots):
+            if kind is LayerKind.MLA:
+                k_width, v_width, kv_heads = mla_k, mla_v, 1  # widths already span every head
+            else:
+                k_width, v_width, kv_heads = spec.k_head_dim, spec.v_head_dim_resolved, heads
+            per_layer = 0
+            for width in (k_width, v_width):
+                per_layer += quantized_bytes(batch * kv_heads * quantised * width, opts.nbits, opts.q_group_size,
+                                             opts.quant_backend, esz)
+                per_layer += batch * kv_heads * residual * width * esz
+            plan.fixed[kind] = per_layer
+        ledger.step(
+            f"{opts.quant_backend} {opts.nbits}-bit store for {quantised:,} tokens (scale + zero-point per "
+            f"{opts.q_group_size} values) and {residual:,} residual tokens in full precision",
+            plan.total(),
+        )
+        notes.append("HF QuantizedCache bytes are kvplan's estimate of the quanto / hqq storage (see "
+                     "kvplan.engines.hf); the residual count follows QuantizedLayer.update exactly.")
+
+    # 5. Mamba state as HF Jamba keeps it: all d_conv columns, the model's dtype
+    if LayerKind.STATE in counts:
+        per_layer = batch * state_elements(spec) * esz
+        plan.fixed[LayerKind.STATE] = per_layer
+        if per_layer != batch * state_ideal_layer:
+            ledger.step(
+                f"Mamba state: conv keeps all d_conv columns, in {TORCH_DTYPES[run_dtype]} "
+                "(HybridMambaAttentionDynamicCache)",
+                plan.total(),
+            )
+    total = plan.total()
+    assert ledger.total == total
+
+    rows = []
+    for kind, n in counts.items():
+        if kind is LayerKind.SHARED:
+            continue
+        if kind is LayerKind.STATE:
+            rows.append(KindCache(kind.value, n, 0, batch, state_elements(spec) * esz, n * plan.fixed[kind],
+                                  "conv [d_inner, d_conv] + SSM [d_inner, d_state] per sequence"))
+            continue
+        slots = plan.slots[kind] if kind in plan.slots else batch * held
+        per_slot = None if kind in plan.fixed else plan.slot_bytes[kind]
+        layer_bytes = plan.fixed[kind] if kind in plan.fixed else slots * plan.slot_bytes[kind]
+        note = ""
+        if kind is LayerKind.MLA:
+            note = (f"K {mla_k} + V {mla_v} per token" if not v4 or opts.cache != "static"
+                    else f"K {mla_k} + V {mla_k} (V buffer as wide as K)")
+        rows.append(KindCache(kind.value, n, slots // batch, slots, per_slot, n * layer_bytes, note))
+    if LayerKind.SHARED in counts:
+        notes.append(f"{counts[LayerKind.SHARED]} KV-shared layers get no cache (num_kv_shared_layers).")
+    if opts.cache == "dynamic" and (LayerKind.SLIDING in counts or LayerKind.CHUNKED in counts):
+        notes.append("During a prefill chunk a sliding layer briefly holds W - 1 + chunk tokens (the concatenation "
+                     "returned for attention) before trimming.")
+    if v4 and opts.cache != "quantized":
+        notes.append("Releases before the layered cache (HybridCache / SlidingWindowCache era) differ; "
+                     "kvplan's 4.x follows the v4.56 cache_utils.")
+    return EngineCache(ENGINE, spec.name, context, batch, name, settings, tuple(rows), total,
+                       ideal.kv_bytes_total, ledger.differences, (), (), tuple(notes), SOURCES)
+
+
+def capacity(spec, context: int, batch: int, opts: HFOptions, mem: MemoryInputs, *, kv_cache_dtype: str = "auto",
+             ideal_format: KVFormatPair, ideal_state: Optional[KVFormat] = None) -> EngineCapacity:
+    """transformers has no KV budget: tensors are allocated as they grow (or at the first update, static)."""
+    budget = mem.gpu_memory_bytes - mem.weights_bytes - mem.non_torch_bytes - mem.activation_bytes
+    rule = ("no budget: the cache is allocated by torch as it grows (StaticCache: at the first update); "
+            "room = GPU memory - weights - non-torch - activations")
+    this = cache(spec, context, batch, opts, kv_cache_dtype=kv_cache_dtype, ideal_format=ideal_format,
+                 ideal_state=ideal_state)
+    if this.kv_bytes_total is None:
+        return EngineCapacity(ENGINE, mem.gpu, mem.gpu_memory_bytes, mem.weights_bytes, rule, budget, None, 0, False,
+                              (), this.refusals)
+    one = cache(spec, context, 1, opts, kv_cache_dtype=kv_cache_dtype, ideal_format=ideal_format,
+                ideal_state=ideal_state).kv_bytes_total or 0
+    # the quantised store's groups can span sequences, so count sequences by trying, not dividing
+    best = 0
+    if budget > 0 and one and one <= budget:
+        def fits(b: int) -> bool:
+            return (cache(spec, context, b, opts, kv_cache_dtype=kv_cache_dtype, ideal_format=ideal_format,
+                          ideal_state=ideal_state).kv_bytes_total or 0) <= budget
+
+        lo, hi = 1, max(2, budget // one + 1)
+        while fits(hi):
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid
+        best = lo
+    ok = this.kv_bytes_total <= budget
+    refusals = () if ok else ("torch.OutOfMemoryError: CUDA out of memory.",)
+    notes = (f"activations: {mem.activation_source}",)
+    return EngineCapacity(ENGINE, mem.gpu, mem.gpu_memory_bytes, mem.weights_bytes, rule, budget, None, best, ok,
+                          (), refusals, notes, {"kv_bytes": this.kv_bytes_total})

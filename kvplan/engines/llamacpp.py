@@ -1,0 +1,418 @@
+"""llama.cpp: the whole context allocated up front, in 256-cell steps, per sequence stream.
+
+Rules (ggml-org/llama.cpp; the excerpts were read with kvplan's code search, at
+trees that carry these files unchanged from upstream):
+
+- `src/llama-context.cpp`, `llama_context::llama_context`: n_batch = min(n_ctx, -b)
+  and n_ubatch = min(n_batch, -ub) are taken from the requested n_ctx; then
+  n_ctx = GGML_PAD(n_ctx, 256) (ref PR #17046). With a unified KV cache
+  n_ctx_seq = n_ctx; otherwise n_ctx_seq = GGML_PAD(n_ctx / n_seq_max, 256) and
+  n_ctx = n_ctx_seq x n_seq_max, with the warning "n_ctx is not divisible by
+  n_seq_max - rounding down to %u" when that changes n_ctx.
+- `src/llama-model.cpp`, `llama_model::create_memory`: the cache is built with
+  kv_size = n_ctx_seq cells per stream and n_pad = 1.
+- `src/llama-kv-cache.cpp`, `llama_kv_cache::llama_kv_cache`: per layer
+  K = [n_embd_k_gqa, kv_size, n_stream] of type_k and V = [n_embd_v_gqa, kv_size,
+  n_stream] of type_v, n_stream = 1 if unified else n_seq_max; `has_v = !is_mla`,
+  so an MLA model (DeepSeek-2/3: converted to one KV head of 576 =
+  kv_lora_rank + qk_rope_head_dim) allocates no V at all. It logs
+  "%s: size = %7.2f MiB (%6u cells, %3d layers, %2u/%u seqs), K (%s): %7.2f MiB,
+  V (%s): %7.2f MiB" with (float) sizes / (1024 x 1024), kv_size, the layers in
+  this cache, n_seq_max / n_stream.
+- `src/llama-kv-cache-iswa.cpp`, `llama_kv_cache_iswa::llama_kv_cache_iswa`: two
+  caches; sliding (and chunked) layers get
+  size_swa = GGML_PAD(min(size_base, n_swa x (unified ? n_seq_max : 1) + n_ubatch), 256)
+  cells ("the SWA cache is always padded to 256 for performance", issue #17037),
+  or size_base with --swa-full ("using full-size SWA cache"). It logs "creating
+  non-SWA KV cache, size = %u cells" and "creating     SWA KV cache, size = %u cells".
+- `ggml/src/ggml-common.h` block structs: q8_0 = 34 B per 32 values, q4_0 18,
+  q4_1 20, q5_0 22, q5_1 24, iq4_nl 18 (kvplan.formats holds them);
+  row bytes = n / block x block bytes.
+- `common/arg.cpp`, `kv_cache_type_from_str`: -ctk/-ctv accept f32, f16, bf16,
+  q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1, else "Unsupported cache type: %s".
+  `common/common.h`: swa_full = false, kv_unified = false; -ub 512, -b 2048.
+- `src/llama-context.cpp`, `llama_init_from_model`: a quantized V cache with
+  flash attention "auto" turns it on ("enabling flash_attn since it is required
+  for quantized V cache"); with it off: "quantized V cache requires flash_attn
+  to be enabled" (builds before the auto switch: "V cache quantization requires
+  flash_attn"). With flash attention not off, a quantized K or V must divide every
+  head dim by its block ("K cache type %s with block size %u does not divide
+  n_embd_head_k=%u"). MLA models refuse different K and V types ("model does
+  not support different K (%s) and V (%s) cache types"); that last check was read
+  in a llama.cpp-derived tree, not in ggml-org's own.
+- `src/llama-model.cpp`, `create_memory` (hybrid models): recurrent (Mamba) state
+  is kept in GGML_TYPE_F32, max(1, n_seq_max) cells; per layer the conv state is
+  (d_conv - 1) x conv channels and the SSM state d_state x d_inner (llama-hparams
+  n_embd_r / n_embd_s), the same element counts as kvplan's spec. Its log line
+  (`llama_memory_recurrent`) differs between trees and is not reproduced.
+
+Not modelled: the V padding to the widest layer when flash attention is off
+(TAG_V_CACHE_VARIABLE; no catalog model has per-layer V widths), the older
+iSWA sizing (n_swa x n_seq + n_batch), and older builds that padded n_ctx to 32
+without flash attention. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from kvplan.calc import CacheLayout, LayerKind, ceil_div
+from kvplan.engines import (
+    MIB,
+    EngineCache,
+    EngineCapacity,
+    KindCache,
+    Ledger,
+    MemoryInputs,
+    f32,
+    kind_counts,
+    window_of,
+)
+from kvplan.errors import InputError
+from kvplan.formats import FIXED_FORMATS, KVFormat, KVFormatPair
+
+ENGINE = "llama.cpp"
+
+# common/arg.cpp kv_cache_types, in its order; kvplan's own names map onto them.
+CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+_KVPLAN_NAME = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}
+_ALIASES = {"fp32": "f32", "fp16": "f16", "float32": "f32", "float16": "f16", "half": "f16"}
+FLASH_ATTN = ("on", "off", "auto")
+
+PAD = 256  # GGML_PAD(n_ctx, 256) in llama_context and the SWA cache in llama_kv_cache_iswa
+DEFAULT_UBATCH = 512  # common_params.n_ubatch (-ub)
+DEFAULT_BATCH = 2048  # common_params.n_batch (-b)
+
+SOURCES = (
+    "ggml-org/llama.cpp src/llama-context.cpp llama_context::llama_context (n_ctx padding, n_ctx_seq)",
+    "ggml-org/llama.cpp src/llama-kv-cache.cpp llama_kv_cache::llama_kv_cache (tensors, has_v = !is_mla, size log)",
+    "ggml-org/llama.cpp src/llama-kv-cache-iswa.cpp llama_kv_cache_iswa::llama_kv_cache_iswa (size_swa)",
+    "ggml-org/llama.cpp src/llama-context.cpp llama_init_from_model (flash-attention and cache-type checks)",
+    "ggml-org/llama.cpp common/arg.cpp kv_cache_type_from_str (accepted cache types)",
+    "ggml-org/llama.cpp ggml/src/ggml-common.h (block sizes)",
+)
+
+
+def pad(n: int, to: int = PAD) -> int:
+    """GGML_PAD(n, to): n rounded up to a multiple of `to`."""
+    return ceil_div(n, to) * to
+
+
+def cache_type(name: str) -> str:
+    """A -ctk/-ctv value as llama.cpp names it ('fp16' is accepted as 'f16')."""
+    key = name.strip().lower()
+    return _ALIASES.get(key, key)
+
+
+def type_format(name: str) -> KVFormat:
+    """kvplan's format for a llama.cpp cache type (its ggml block size and bytes)."""
+    return FIXED_FORMATS[_KVPLAN_NAME.get(name, name)]
+
+
+def is_quantized(name: str) -> bool:
+    """ggml_is_quantized: every accepted type but f32, f16, bf16."""
+    return name not in ("f32", "f16", "bf16")
+
+
+def row_bytes(name: str, n: int) -> int:
+    """ggml_row_size(type, n): n / block x block bytes (n a multiple of the block)."""
+    fmt = type_format(name)
+    return n // fmt.group_size * fmt.group_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaCppOptions:
+    """llama.cpp's flags that move KV bytes (llama-server / llama-cli names)."""
+
+    cache_type_k: str = "f16"  # -ctk; common's default
+    cache_type_v: str = "f16"  # -ctv
+    parallel: Optional[int] = None  # -np (n_seq_max); None: one slot per sequence of --batch
+    ctx_size: Optional[int] = None  # -c, all slots together; None: --context x --parallel
+    ubatch_size: int = DEFAULT_UBATCH  # -ub
+    batch_size: int = DEFAULT_BATCH  # -b
+    swa_full: bool = False  # --swa-full
+    flash_attn: str = "auto"  # -fa on|off|auto
+    kv_unified: bool = False  # --kv-unified
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """The cell counts llama.cpp derives from its flags."""
+
+    n_ctx_requested: int
+    n_seq_max: int
+    n_stream: int
+    n_ubatch: int
+    kv_size: int  # cells per stream of the base (non-SWA) cache
+    n_ctx: int  # after padding and the per-stream rounding
+    rounded_warning: bool
+
+
+def geometry(n_ctx_requested: int, opts: LlamaCppOptions, n_seq_max: int) -> Geometry:
+    """llama_context's n_ctx / n_ctx_seq and the micro-batch (llama-context.cpp)."""
+    n_batch = min(n_ctx_requested, opts.batch_size)  # causal: batch limited by the context
+    n_ubatch = min(n_batch, opts.ubatch_size)
+    n_ctx = pad(n_ctx_requested)
+    if opts.kv_unified:
+        return Geometry(n_ctx_requested, n_seq_max, 1, n_ubatch, n_ctx, n_ctx, False)
+    n_ctx_seq = pad(n_ctx // n_seq_max)
+    if n_ctx_seq == 0:
+        raise InputError("llama.cpp: n_ctx_seq == 0 (the context is smaller than one cell per sequence)")
+    return Geometry(n_ctx_requested, n_seq_max, n_seq_max, n_ubatch, n_ctx_seq, n_ctx_seq * n_seq_max,
+                    n_ctx_seq * n_seq_max != n_ctx)
+
+
+def swa_cells(g: Geometry, window: int, swa_full: bool) -> int:
+    """Cells per stream of the SWA cache (llama_kv_cache_iswa)."""
+    if swa_full:
+        return g.kv_size
+    return pad(min(g.kv_size, window * (g.n_seq_max if g.n_stream == 1 else 1) + g.n_ubatch))
+
+
+def _mib(n: int) -> str:
+    """'%7.2f' of (float)n / (1024 x 1024), as llama.cpp prints it."""
+    return f"{f32(float(n)) / MIB:7.2f}"
+
+
+def size_line(total_k: int, total_v: int, cells: int, layers: int, g: Geometry, type_k: str, type_v: str) -> str:
+    """llama_kv_cache's summary line for one cache object."""
+    return (
+        f"llama_kv_cache: size = {_mib(total_k + total_v)} MiB ({cells:6d} cells, {layers:3d} layers, "
+        f"{g.n_seq_max:2d}/{g.n_stream} seqs), K ({type_k}): {_mib(total_k)} MiB, V ({type_v}): {_mib(total_v)} MiB"
+    )
+
+
+def refusals(spec, opts: LlamaCppOptions) -> tuple[list[str], list[str]]:
+    """What llama.cpp refuses, as it says it, and the log lines its checks print."""
+    out: list[str] = []
+    logs: list[str] = []
+    for t in (opts.cache_type_k, opts.cache_type_v):
+        if t not in CACHE_TYPES:  # the argument parser stops at the first bad value (-ctk before -ctv)
+            return [f"Unsupported cache type: {t}"], logs
+    if opts.flash_attn not in FLASH_ATTN:
+        raise InputError(f"--flash-attn {opts.flash_attn!r} is not one of on, off, auto")
+    fa = opts.flash_attn
+    if spec.is_mla and opts.cache_type_k != opts.cache_type_v:
+        out.append(
+            f"llama_init_from_model: model does not support different K ({opts.cache_type_k}) "
+            f"and V ({opts.cache_type_v}) cache types"
+        )
+        return out, logs
+    if is_quantized(opts.cache_type_v) and fa != "on":
+        if fa == "auto":
+            logs.append("llama_init_from_model: enabling flash_attn since it is required for quantized V cache")
+            fa = "on"
+        else:
+            out.append("llama_init_from_model: quantized V cache requires flash_attn to be enabled")
+            return out, logs
+    if fa != "off":
+        head_k = spec.mla_latent_dim if spec.is_mla else spec.k_head_dim
+        head_v = spec.kv_lora_rank if spec.is_mla else spec.v_head_dim_resolved
+        for side, t, dim in (("K", opts.cache_type_k, head_k), ("V", opts.cache_type_v, head_v)):
+            block = type_format(t).group_size
+            if is_quantized(t) and dim % block:
+                which = "n_embd_head_k" if side == "K" else "n_embd_head_v"
+                out.append(
+                    f"llama_init_from_model: {side} cache type {t} with block size {block} does not divide {which}={dim}"
+                )
+    return out, logs
+
+
+def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, ideal_format: KVFormatPair,
+          ideal_state: Optional[KVFormat] = None) -> EngineCache:
+    """The cells and bytes llama.cpp allocates for `batch` sequences of `context` tokens.
+
+    `ideal_format` / `ideal_state` are the formats the ideal cache is sized in
+    (the user's --kv-cache-dtype), so the differences show what llama.cpp's own
+    types change.
+    """
+    if context < 1 or batch < 1:
+        raise InputError("--context and --batch must be at least 1")
+    if opts.ubatch_size < 1 or opts.batch_size < 1:
+        raise InputError("--ubatch-size and --n-batch must be at least 1")
+    n_seq_max = opts.parallel or batch
+    if n_seq_max < 1:
+        raise InputError(f"--parallel must be at least 1, got {n_seq_max}")
+    n_ctx_requested = opts.ctx_size if opts.ctx_size is not None else context * n_seq_max
+    if n_ctx_requested < 1:
+        raise InputError(f"--ctx-size must be at least 1, got {n_ctx_requested}")
+    ideal = CacheLayout(spec, ideal_format, block_size=1, state_format=ideal_state).at(context, batch)
+    type_k, type_v = opts.cache_type_k, opts.cache_type_v
+    kv_name = type_k if type_k == type_v else f"{type_k}/{type_v}"
+    settings = {
+        "n_ctx_requested": n_ctx_requested,
+        "n_seq_max": n_seq_max,
+        "kv_unified": opts.kv_unified,
+        "n_ubatch": None,
+        "swa_full": opts.swa_full,
+        "flash_attn": opts.flash_attn,
+        "cache_type_k": type_k,
+        "cache_type_v": type_v,
+    }
+    refused, check_logs = refusals(spec, opts)
+    notes: list[str] = []
+    if opts.parallel is not None and opts.parallel != batch:
+        notes.append(
+            f"llama.cpp sizes its cache by -c and --parallel ({opts.parallel}), not by --batch ({batch})."
+        )
+    if refused:
+        return EngineCache(ENGINE, spec.name, context, batch, kv_name, settings, (), None, ideal.kv_bytes_total,
+                           (), tuple(check_logs), tuple(refused), tuple(notes), SOURCES)
+
+    g = geometry(n_ctx_requested, opts, n_seq_max)
+    settings.update(n_ctx=g.n_ctx, n_ctx_seq=g.kv_size if g.n_stream > 1 else g.n_ctx, kv_size=g.kv_size,
+                    n_stream=g.n_stream, n_ubatch=g.n_ubatch)
+    counts = kind_counts(spec)
+    k_fmt, v_fmt = type_format(type_k), type_format(type_v)
+    ledger = Ledger(ideal.kv_bytes_total)
+
+    rows: list[KindCache] = []
+    base_k = base_v = base_layers = 0
+    swa_k = swa_v = swa_layers = 0
+    swa_size = None
+    per_slot: dict[LayerKind, int] = {}
+    for kind, n in counts.items():
+        if kind in (LayerKind.FULL, LayerKind.SLIDING, LayerKind.CHUNKED):
+            heads = spec.num_key_value_heads
+            k_row = row_bytes(type_k, heads * spec.k_head_dim)
+            v_row = row_bytes(type_v, heads * spec.v_head_dim_resolved)
+        elif kind is LayerKind.MLA:
+            k_row, v_row = row_bytes(type_k, spec.mla_latent_dim), 0  # one KV head of 576; has_v = !is_mla
+        else:
+            continue
+        per_slot[kind] = k_row + v_row
+        if kind in (LayerKind.SLIDING, LayerKind.CHUNKED):
+            cells = swa_cells(g, window_of(spec, kind), opts.swa_full)
+            swa_size = cells
+            swa_k += n * k_row * cells * g.n_stream
+            swa_v += n * v_row * cells * g.n_stream
+            swa_layers += n
+        else:
+            cells = g.kv_size
+            base_k += n * k_row * cells * g.n_stream
+            base_v += n * v_row * cells * g.n_stream
+            base_layers += n
+        per_seq = cells if g.n_stream > 1 else cells // g.n_seq_max
+        note = "cells shared by all sequences (unified KV)" if g.n_stream == 1 and g.n_seq_max > 1 else ""
+        if kind is LayerKind.MLA:
+            note = "no V cache: V is read from the latent in K (has_v = !is_mla)"
+        rows.append(KindCache(kind.value, n, per_seq, cells * g.n_stream, k_row + v_row,
+                              n * (k_row + v_row) * cells * g.n_stream, note))
+
+    # 2. full-attention (and MLA) layers: the whole padded context, every stream, up front
+    def attention_total(full_cells: int, sliding_cells: Optional[int]) -> int:
+        total = 0
+        for kind, n in counts.items():
+            if kind in (LayerKind.FULL, LayerKind.MLA):
+                total += n * per_slot[kind] * full_cells
+            elif kind in (LayerKind.SLIDING, LayerKind.CHUNKED):
+                held = sliding_cells if sliding_cells is not None else batch * min(context, window_of(spec, kind))
+                total += n * per_slot[kind] * held
+        return total
+
+    # 1. the same tokens, in llama.cpp's cache types (f16 unless -ctk/-ctv say otherwise;
+    #    rows of n_embd_k_gqa values, so only the row is block-padded)
+    state_ideal = sum(k.bytes_total for k in ideal.by_kind if k.kind == LayerKind.STATE.value)
+    ledger.step(f"cache types K {type_k} / V {type_v}", state_ideal + attention_total(batch * context, None))
+    full_cells = g.kv_size * g.n_stream
+    if g.n_stream > 1:
+        why = f"n_ctx {n_ctx_requested:,} -> {g.kv_size:,} cells per sequence stream (padded to {PAD}) x {g.n_stream} streams"
+    else:
+        shared = f", one stream shared by {g.n_seq_max} sequences" if g.n_seq_max > 1 else ""
+        why = f"n_ctx {n_ctx_requested:,} -> {g.kv_size:,} cells (padded to {PAD}){shared}"
+    if any(k in counts for k in (LayerKind.FULL, LayerKind.MLA)):
+        ledger.step(f"whole context allocated up front: {why}", state_ideal + attention_total(full_cells, None))
+    if swa_size is not None:
+        if opts.swa_full:
+            why = f"--swa-full: sliding layers get the full {swa_size:,} cells"
+        else:
+            w = next(window_of(spec, k) for k in counts if k in (LayerKind.SLIDING, LayerKind.CHUNKED))
+            seqs = f"{w:,} x {g.n_seq_max} seqs" if g.n_stream == 1 and g.n_seq_max > 1 else f"{w:,}"
+            why = f"sliding layers: pad({seqs} window + {g.n_ubatch} ubatch, {PAD}) = {swa_size:,} cells per stream"
+        ledger.step(why, state_ideal + attention_total(full_cells, swa_size * g.n_stream))
+
+    # 3. recurrent state: f32, max(1, n_seq_max) cells
+    state_bytes = 0
+    if LayerKind.STATE in counts:
+        n = counts[LayerKind.STATE]
+        elements = spec.state_elements_per_layer_resolved or 0
+        mem_size = max(1, n_seq_max)
+        per_cell = FIXED_FORMATS["fp32"].bytes_for(elements)
+        state_bytes = n * per_cell * mem_size
+        rows.append(KindCache(LayerKind.STATE.value, n, 0, mem_size, per_cell, state_bytes,
+                              "recurrent state in f32, one cell per sequence slot"))
+        ledger.step(f"recurrent state kept in f32, {mem_size} cell(s) per layer",
+                    attention_total(full_cells, swa_size * g.n_stream if swa_size is not None else None) + state_bytes)
+    total = base_k + base_v + swa_k + swa_v + state_bytes
+    assert ledger.total == total, (ledger.total, total)
+
+    logs = list(check_logs)
+    if g.rounded_warning:
+        logs.append(f"llama_context: n_ctx is not divisible by n_seq_max - rounding down to {g.n_ctx}")
+    if swa_size is not None:
+        if opts.swa_full:
+            logs.append("llama_kv_cache_iswa: using full-size SWA cache (ref: "
+                        "https://github.com/ggml-org/llama.cpp/pull/13194#issuecomment-2868343055)")
+        logs.append(f"llama_kv_cache_iswa: creating non-SWA KV cache, size = {g.kv_size} cells")
+        logs.append(size_line(base_k, base_v, g.kv_size, base_layers, g, type_k, type_v))
+        logs.append(f"llama_kv_cache_iswa: creating     SWA KV cache, size = {swa_size} cells")
+        logs.append(size_line(swa_k, swa_v, swa_size, swa_layers, g, type_k, type_v))
+    elif base_layers:
+        logs.append(size_line(base_k, base_v, g.kv_size, base_layers, g, type_k, type_v))
+    if LayerKind.STATE in counts:
+        notes.append("Recurrent (Mamba) state: f32 R and S tensors per layer, max(1, n_seq_max) cells "
+                     "(llama_memory_recurrent; its log line is not reproduced).")
+    if spec.is_mla:
+        notes.append("MLA: one 576-wide K row per cell and no V (current llama_kv_cache); builds from spring "
+                     "to autumn 2025 also allocated a 512-wide V, and pre-MLA GGUFs store full per-head K/V.")
+    if LayerKind.SLIDING in counts or LayerKind.CHUNKED in counts:
+        notes.append("llama.cpp windows only the layers its architecture loader marks SWA; kvplan takes them "
+                     "from the spec's layer types.")
+    settings["swa_cells"] = swa_size
+    return EngineCache(ENGINE, spec.name, context, batch, kv_name, settings, tuple(rows), total,
+                       ideal.kv_bytes_total, ledger.differences, tuple(logs), (), tuple(notes), SOURCES)
+
+
+def capacity(spec, context: int, batch: int, opts: LlamaCppOptions, mem: MemoryInputs, *,
+             ideal_format: KVFormatPair, ideal_state: Optional[KVFormat] = None) -> EngineCapacity:
+    """llama.cpp has no KV budget: it allocates the padded -c and fails if the buffer does not fit.
+
+    `max_concurrent_sequences` is the largest --parallel whose cache (each slot
+    `context` tokens) fits, found by trying slot counts; compute buffers count
+    only as --activation-memory.
+    """
+    budget = mem.gpu_memory_bytes - mem.weights_bytes - mem.non_torch_bytes - mem.activation_bytes
+    rule = ("no budget: llama.cpp allocates the padded -c up front (llama_kv_cache) and stops with "
+            "\"failed to allocate buffer for kv cache\" when it does not fit; room = GPU memory - weights "
+            "- non-torch - activations")
+
+    def need(slots: int) -> Optional[int]:
+        o = LlamaCppOptions(opts.cache_type_k, opts.cache_type_v, slots, None, opts.ubatch_size, opts.batch_size,
+                            opts.swa_full, opts.flash_attn, opts.kv_unified)
+        return cache(spec, context, slots, o, ideal_format=ideal_format, ideal_state=ideal_state).kv_bytes_total
+
+    this = cache(spec, context, batch, opts, ideal_format=ideal_format, ideal_state=ideal_state)
+    here = this.kv_bytes_total
+    if here is None:
+        return EngineCapacity(ENGINE, mem.gpu, mem.gpu_memory_bytes, mem.weights_bytes, rule, budget, None, 0,
+                              False, (), this.refusals)
+    best = 0
+    if budget > 0 and (need(1) or 0) <= budget:
+        lo, hi = 1, 2
+        while (need(hi) or 0) <= budget and hi < 2**20:
+            lo, hi = hi, hi * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if (need(mid) or 0) <= budget:
+                lo = mid
+            else:
+                hi = mid
+        best = lo
+    fits = here <= budget
+    # llama_kv_cache throws "failed to allocate buffer for kv cache"; llama_init_from_model reports it
+    refusals = () if fits else (
+        "llama_init_from_model: failed to initialize the context: failed to allocate buffer for kv cache",)
+    notes = (f"activations / compute buffer: {mem.activation_source}",)
+    return EngineCapacity(ENGINE, mem.gpu, mem.gpu_memory_bytes, mem.weights_bytes, rule, budget, None, best, fits,
+                          (), refusals, notes, {"kv_bytes": here})
