@@ -1,0 +1,190 @@
+"""HF transformers profile: golden bytes worked by hand from transformers' cache classes.
+
+Sources: huggingface/transformers src/transformers/cache_utils.py (DynamicLayer,
+DynamicSlidingWindowLayer.update: "Only cache the last `self.sliding_window - 1`
+tokens"; StaticLayer / StaticSlidingWindowLayer; QuantizedLayer.update),
+models/deepseek_v3/modeling_deepseek_v3.py DeepseekV3Attention.forward (4.x caches
+the decompressed per-head K and V), models/jamba/modular_jamba.py
+HybridMambaAttentionDynamicCache (conv [d_inner, d_conv], SSM [d_inner, d_state],
+model dtype). bf16 = 2 B per value.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kvplan.catalog import resolve_spec
+from kvplan.engines import GIB, MIB, MemoryInputs
+from kvplan.engines import hf
+from kvplan.formats import parse_format_pair
+
+
+def run(name, context, batch=1, kv="auto", **opts):
+    spec = resolve_spec(name)
+    return hf.cache(spec, context, batch, hf.HFOptions(**opts), kv_cache_dtype=kv,
+                    ideal_format=parse_format_pair("auto", spec.dtype))
+
+
+LLAMA_TOKEN = 32 * 8 * (128 + 128) * 2  # 131,072 B per token, all layers
+GEMMA_LAYER_TOKEN = 16 * (128 + 128) * 2  # 8,192 B per token per layer
+
+
+def test_plain_gqa_dynamic_equals_ideal():
+    c = run("llama-3.1-8b", 8192)
+    assert c.kv_bytes_total == 8192 * LLAMA_TOKEN == GIB
+    assert c.differences == ()
+
+
+def test_generate_caches_one_token_fewer():
+    """generate() never feeds the last sampled token back, so 8192 output tokens leave 8191 cached."""
+    c = run("llama-3.1-8b", 8192, batch=2, generate=True)
+    assert c.kv_bytes_total == 2 * 8191 * LLAMA_TOKEN
+    assert c.overhead_bytes == {"generate(): the last sampled token is not cached (one token fewer)": -2 * LLAMA_TOKEN}
+
+
+@pytest.mark.parametrize(
+    "opts, sliding_tokens, full_tokens",
+    [
+        ({}, 1023, 8000),  # DynamicSlidingWindowLayer: W - 1
+        ({"generate": True}, 1023, 7999),
+        ({"cache": "static"}, 1024, 8000),  # StaticSlidingWindowLayer: min(W, max_cache_len) = W
+        ({"cache": "static", "max_cache_len": 16384}, 1024, 16384),  # full layers preallocate max_cache_len
+        ({"cache": "static", "max_cache_len": 600}, None, None),  # too short for 8000 tokens: an input error
+    ],
+)
+def test_gemma_3_window_rules(opts, sliding_tokens, full_tokens):
+    if sliding_tokens is None:
+        with pytest.raises(Exception, match="--max-cache-len 600 is smaller than the 8000 tokens"):
+            run("gemma-3-27b", 8000, **opts)
+        return
+    c = run("gemma-3-27b", 8000, **opts)
+    rows = {k.kind: k for k in c.by_kind}
+    assert rows["sliding_attention"].tokens_per_sequence == sliding_tokens
+    assert rows["full_attention"].tokens_per_sequence == full_tokens
+    assert c.kv_bytes_total == (52 * sliding_tokens + 10 * full_tokens) * GEMMA_LAYER_TOKEN
+
+
+def test_dynamic_sliding_difference_is_one_token_per_sliding_layer():
+    c = run("gemma-3-27b", 8000)
+    assert c.ideal_bytes_total - c.kv_bytes_total == 52 * GEMMA_LAYER_TOKEN
+    assert list(c.overhead_bytes) == ["DynamicSlidingWindowLayer keeps the last W - 1 = 1,023 tokens"]
+
+
+def test_short_sequence_keeps_every_token_in_a_sliding_layer():
+    c = run("gemma-3-27b", 500)
+    assert {k.kind: k.tokens_per_sequence for k in c.by_kind} == {"full_attention": 500, "sliding_attention": 500}
+
+
+# --- MLA: 4.x decompressed per-head K (qk_nope + qk_rope) and V (v_head_dim); 5.x the latent
+
+
+@pytest.mark.parametrize(
+    "model, layers, heads, ratio",
+    [
+        # DeepSeek-V3: 128 x (128 + 64) + 128 x 128 = 40,960 values per token per layer vs 576: ~71x
+        ("deepseek-v3", 61, 128, 40960 / 576),
+        # DeepSeek-V2-Lite: 16 x 192 + 16 x 128 = 5,120 vs 576: ~8.9x
+        ("deepseek-v2-lite", 27, 16, 5120 / 576),
+    ],
+)
+def test_mla_4x_decompressed_vs_5x_latent(model, layers, heads, ratio):
+    four = run(model, 1000, transformers_version="4")
+    five = run(model, 1000, transformers_version="5")
+    values = heads * (128 + 64) + heads * 128
+    assert four.kv_bytes_total == layers * 1000 * values * 2
+    assert five.kv_bytes_total == layers * 1000 * 576 * 2
+    assert four.kv_bytes_total / five.kv_bytes_total == pytest.approx(ratio)
+    assert five.differences == ()
+
+
+def test_deepseek_v3_4x_per_token_per_layer():
+    c = run("deepseek-v3", 100, transformers_version="4")
+    mla = c.by_kind[0]
+    assert mla.bytes_per_slot == 128 * (192 + 128) * 2 == 81_920
+
+
+def test_4x_static_allocates_v_as_wide_as_k():
+    """StaticLayer.lazy_initialization (004999d) takes head_dim from the key states: MLA V buffer 192 wide."""
+    c = run("deepseek-v3", 100, cache="static", transformers_version="4")
+    assert c.kv_bytes_total == 61 * 100 * 128 * (192 + 192) * 2
+
+
+# --- Jamba: HybridMambaAttentionDynamicCache
+
+
+def test_jamba_state_keeps_all_d_conv_columns_in_model_dtype():
+    c = run("jamba-v0.1", 4096)
+    d_inner = 2 * 4096
+    state = d_inner * 4 + d_inner * 16  # conv [d_inner, d_conv = 4] + SSM [d_inner, d_state = 16]
+    attention = 4 * 4096 * 8 * 256 * 2  # 4 attention layers, 8 KV heads x (128 + 128), bf16
+    assert c.kv_bytes_total == attention + 28 * state * 2 == 76_283_904
+    # kvplan's ideal keeps d_conv - 1 columns: HF holds one column of d_inner more per layer
+    assert sum(c.overhead_bytes.values()) == 28 * d_inner * 2
+
+
+# --- QuantizedCache (QuantizedLayer.update): residual = decode steps mod residual_length
+
+
+@pytest.mark.parametrize(
+    "prompt, residual_length, residual",
+    [
+        (4096, 128, 0),  # all prefilled: quantised whole, empty residual
+        (4096 - 300, 128, 44),  # 300 one-token steps: 300 mod 128
+        (4096 - 256, 128, 0),  # the 256th step re-quantises everything
+        (4096 - 5, 1, 1),  # residual_length 1 still cycles through one residual token
+    ],
+)
+def test_quantized_residual_count(prompt, residual_length, residual):
+    c = run("llama-3.1-8b", 4096, cache="quantized", prompt_tokens=prompt, residual_length=residual_length)
+    assert c.settings["residual_tokens"] == residual
+    assert c.settings["quantised_tokens"] == 4096 - residual
+
+
+def test_quantized_bytes_quanto_4bit():
+    """kvplan's quanto estimate: nbits / 8 per value + a bf16 scale and zero-point per 64 values, plus the residual."""
+    c = run("llama-3.1-8b", 4096, cache="quantized", prompt_tokens=4096 - 300)
+    values = 8 * 4052 * 128  # one layer's K: 8 heads x 4052 quantised tokens x 128
+    per_side = values // 2 + values // 64 * 4 + 8 * 44 * 128 * 2
+    assert c.kv_bytes_total == 32 * 2 * per_side == 155_140_096
+
+
+def test_quantized_cache_keeps_every_token_in_sliding_layers():
+    c = run("gemma-3-27b", 8000, cache="quantized")
+    rows = {k.kind: k for k in c.by_kind}
+    assert rows["sliding_attention"].tokens_per_sequence == 8000
+    assert rows["sliding_attention"].bytes_per_slot is None  # quantised + residual: no single slot size
+
+
+@pytest.mark.parametrize(
+    "opts, refusal",
+    [
+        ({"cache": "quantized", "nbits": 3}, "`nbits` for `quanto` backend has to be one of [`2`, `4`] but got 3"),
+        ({"cache": "quantized", "quant_backend": "hqq", "nbits": 5},
+         "`nbits` for `HQQ` backend has to be one of [`1`, `2`, `3`, `4`, `8`] but got 5"),
+        ({"cache": "quantized", "quant_backend": "kivi"}, "Unknown quantization backend `kivi`"),
+    ],
+)
+def test_quantized_refusals(opts, refusal):
+    c = run("llama-3.1-8b", 1024, **opts)
+    assert c.refusals == (refusal,) and c.kv_bytes_total is None
+
+
+def test_no_fp8_kv_dtype_in_transformers():
+    c = run("llama-3.1-8b", 1024, kv="fp8")
+    assert c.refused and "no fp8 KV cache" in c.refusals[0]
+
+
+def test_fp32_model_doubles_the_cache():
+    c = run("llama-3.1-8b", 1024, kv="fp32")
+    assert c.kv_bytes_total == 2 * 1024 * LLAMA_TOKEN
+
+
+def test_capacity_divides_the_room_left_after_weights():
+    spec = resolve_spec("llama-3.1-8b")
+    weights = 8_030_261_248 * 2
+    mem = MemoryInputs("24g", 24 * GIB, weights, 512 * MIB, GIB, "given")
+    cap = hf.capacity(spec, 8192, 4, hf.HFOptions(), mem, ideal_format=parse_format_pair("auto", "bf16"))
+    budget = 24 * GIB - weights - 512 * MIB - GIB  # 8,098,668,544 B
+    assert cap.kv_budget_bytes == budget
+    assert cap.max_concurrent_sequences == budget // GIB == 7
+    assert cap.fits

@@ -1,0 +1,128 @@
+"""SGLang profile: cell sizes, pools and the mem_fraction_static budget, worked by hand.
+
+Sources: sgl-project/sglang model_runner_kv_cache_mixin.py
+(ModelRunnerKVCacheMixin.get_cell_size_per_token, profile_max_num_token,
+_resolve_hybrid_swa_tokens), mem_cache/memory_pool.py
+(MHATokenToKVPool._create_buffers: size + page_size slots), server_args.py
+(mem_fraction_static defaults, swa_full_tokens_ratio 0.8).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kvplan.catalog import resolve_spec
+from kvplan.engines import GIB, MIB, MemoryInputs
+from kvplan.engines import sglang as S
+from kvplan.formats import parse_format_pair
+
+
+def spec(name):
+    return resolve_spec(name)
+
+
+def run(name, context, batch=1, kv="auto", **opts):
+    s = spec(name)
+    return S.cache(s, context, batch, S.SGLangOptions(**opts), kv_cache_dtype=kv,
+                   ideal_format=parse_format_pair("auto", s.dtype))
+
+
+@pytest.mark.parametrize(
+    "model, esz, tp, cell",
+    [
+        ("llama-3.1-8b", 2, 1, 8 * (128 + 128) * 32 * 2),  # 131,072 B: the same as every engine's
+        ("llama-3.1-8b", 1, 1, 8 * (128 + 128) * 32 * 1),  # fp8: 1 byte, no scales in the pool
+        ("llama-3.1-8b", 2, 4, 2 * (128 + 128) * 32 * 2),  # 8 KV heads // 4 ranks
+        ("llama-3.1-8b", 2, 16, 1 * (128 + 128) * 32 * 2),  # max(1, 8 // 16): a head replicated
+        ("deepseek-v3", 2, 1, (512 + 64) * 61 * 2),  # MLA: 70,272 B, no factor 2, no heads
+        ("deepseek-v3", 2, 8, (512 + 64) * 61 * 2),  # ... and whole on every rank
+        ("gemma-3-27b", 2, 1, 16 * 256 * (10 + 52) * 2),  # hybrid SWA: F n_full + S n_swa
+    ],
+)
+def test_cell_size_per_token(model, esz, tp, cell):
+    assert S.cell_size(spec(model), esz, tp) == cell
+
+
+def test_padding_page_per_buffer_and_log_line():
+    """Each layer's K and V buffers hold size + page_size slots (slot 0 takes padded tokens' writes)."""
+    c = run("llama-3.1-8b", 8192)
+    assert c.kv_bytes_total == 32 * (8192 + 1) * 4096
+    assert c.overhead_bytes == {"one 1-slot padding page per K/V buffer (slot 0 takes padded tokens' writes)": 32 * 4096}
+    # K: 32 layers x 8193 slots x 8 heads x 128 x 2 B = 536,936,448 B = 0.50 GiB
+    assert c.log_lines == ("KV Cache is allocated. #tokens: 8192, K size: 0.50 GB, V size: 0.50 GB",)
+
+
+def test_pages_round_each_sequence_up():
+    c = run("llama-3.1-8b", 1000, batch=2, page_size=64)
+    assert c.by_kind[0].tokens_per_sequence == 1024
+    assert c.kv_bytes_total == 32 * (2 * 1024 + 64) * 4096
+    assert c.overhead_bytes == {
+        "64-token pages": 32 * 2 * 24 * 4096,
+        "one 64-slot padding page per K/V buffer (slot 0 takes padded tokens' writes)": 32 * 64 * 4096,
+    }
+
+
+def test_mla_pool_line():
+    c = run("deepseek-v3", 4096)
+    assert c.kv_bytes_total == 61 * 4097 * 576 * 2
+    assert c.log_lines == ("KV Cache is allocated. #tokens: 4096, KV size: 0.27 GB",)
+
+
+@pytest.mark.parametrize("kv, refusal", [
+    ("q8_0", "error: argument --kv-cache-dtype: invalid choice: 'q8_0' (choose from 'auto', 'fp8_e5m2', 'fp8_e4m3')"),
+    ("nvfp4", "error: argument --kv-cache-dtype: invalid choice: 'nvfp4' (choose from 'auto', 'fp8_e5m2', 'fp8_e4m3')"),
+])
+def test_kv_dtype_refusal(kv, refusal):
+    assert run("llama-3.1-8b", 1024, kv=kv).refusals == (refusal,)
+
+
+def test_vllm_fp8_name_is_e4m3():
+    c = run("llama-3.1-8b", 1024, kv="fp8")
+    assert c.kv_cache_dtype == "fp8_e4m3"
+    assert c.kv_bytes_total == 32 * 1025 * 8 * 256
+
+
+@pytest.mark.parametrize("tp, fraction", [(1, 0.88), (2, 0.87), (3, 0.87), (4, 0.85), (8, 0.81), (16, 0.79)])
+def test_default_mem_fraction_static(tp, fraction):
+    assert S.default_mem_fraction_static(tp) == fraction
+
+
+H100 = 81559 * MIB  # NVML total of an H100 SXM 80GB
+
+
+def test_capacity_llama_on_h100():
+    """rest = free_after_weights - free_at_start x (1 - 0.88), in GiB floats; tokens = int(rest x 2^30) // cell."""
+    weights = 8_030_261_248 * 2
+    mem = MemoryInputs("h100", H100, weights, 512 * MIB, 0, "n/a")
+    cap = S.capacity(spec("llama-3.1-8b"), 8192, 1, S.SGLangOptions(), mem,
+                     ideal_format=parse_format_pair("auto", "bf16"))
+    # free_at_start = 81,047 MiB = 84,983,939,072 B; after weights 68,923,416,576 B
+    # rest = 64.1907... - 79.1474... x 0.12 = 54.69223846435547 GiB -> 58,725,343,887 B
+    assert cap.kv_budget_bytes == 58_725_343_887
+    assert cap.max_total_tokens == 58_725_343_887 // 131_072 == 448_038
+    assert cap.max_concurrent_sequences == 448_038 // 8192 == 54
+    assert cap.log_lines == ("KV Cache is allocated. #tokens: 448038, K size: 27.35 GB, V size: 27.35 GB",)
+
+
+def test_capacity_gemma_3_splits_full_and_swa_pools_by_ratio():
+    """_resolve_hybrid_swa_tokens: full = T x (F 10 + S 52) / (F 10 + 0.8 S 52), swa = 0.8 full."""
+    weights = 27_432_406_640 * 2
+    mem = MemoryInputs("h100", H100, weights, 512 * MIB, 0, "n/a")
+    cap = S.capacity(spec("gemma-3-27b"), 8192, 1, S.SGLangOptions(), mem,
+                     ideal_format=parse_format_pair("auto", "bf16"))
+    tokens = 19_921_053_103 // 507_904  # rest = 18.55... GiB -> 39,222 tokens of 507,904 B
+    assert cap.max_total_tokens == tokens == 39_222
+    assert cap.settings["full_layer_tokens"] == int(39_222 * 62 / 51.6) == 47_127
+    assert cap.settings["swa_layer_tokens"] == int(47_127 * 0.8) == 37_701
+    # a sequence of 8192 tokens needs 8192 full slots and 1024 SWA slots: min(5, 36)
+    assert cap.max_concurrent_sequences == 5
+    assert cap.log_lines[0] == "Use sliding window memory pool. full_layer_tokens=47127, swa_layer_tokens=37701"
+
+
+def test_capacity_not_enough_memory():
+    mem = MemoryInputs("small", 20 * GIB, 8_030_261_248 * 2, 0, 0, "n/a")
+    cap = S.capacity(spec("llama-3.1-8b"), 8192, 1, S.SGLangOptions(mem_fraction_static=0.5), mem,
+                     ideal_format=parse_format_pair("auto", "bf16"))
+    assert cap.max_concurrent_sequences == 0 and not cap.fits
+    assert cap.refusals == ("RuntimeError: Not enough memory. Please try to increase --mem-fraction-static. "
+                            "Current value: mem_fraction_static=0.5",)

@@ -1,0 +1,84 @@
+"""TensorRT-LLM profile: 32-token blocks and the free-memory-fraction budget, worked by hand.
+
+Sources: NVIDIA/TensorRT-LLM tensorrt_llm/_torch/pyexecutor/_util.py
+(get_cache_size_per_token, get_fraction_from_executor_config, cal_max_tokens),
+tensorrt_llm/llmapi/llm_args.py (KvCacheConfig.tokens_per_block = 32).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kvplan.catalog import resolve_spec
+from kvplan.engines import GIB, MIB, MemoryInputs
+from kvplan.engines import trtllm as T
+from kvplan.formats import parse_format_pair
+
+from conftest import make_spec
+
+
+def run(spec, context, batch=1, kv="auto", **opts):
+    spec = resolve_spec(spec) if isinstance(spec, str) else spec
+    return T.cache(spec, context, batch, T.TrtllmOptions(**opts), kv_cache_dtype=kv,
+                   ideal_format=parse_format_pair("auto", spec.dtype))
+
+
+@pytest.mark.parametrize(
+    "model, esz, tp, per_token",
+    [
+        ("llama-3.1-8b", 2, 1, 2 * 2 * 128 * 8 * 32),  # mem_per_token x kv_factor x head_dim x H_kv x layers
+        ("llama-3.1-8b", 1, 1, 1 * 2 * 128 * 8 * 32),  # fp8
+        ("llama-3.1-8b", 2, 2, 2 * 2 * (128 * 8 // 2) * 32),
+        ("deepseek-v3", 2, 8, 2 * 576 * 61),  # MLA: kv_factor 1, no tp split
+        ("gemma-3-27b", 2, 1, 2 * 2 * 128 * 16 * 62),  # every layer counted, windowed or not
+    ],
+)
+def test_get_cache_size_per_token(model, esz, tp, per_token):
+    assert T.bytes_per_token(resolve_spec(model), esz, tp) == per_token
+
+
+def test_no_replication_floor_when_heads_are_fewer_than_ranks():
+    """head_dim x H_kv // tp: 2 KV heads of 64 over 4 ranks -> 32 values per rank (vLLM keeps one head: 64)."""
+    spec = make_spec(hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=64)
+    assert T.layer_token_bytes(spec, 2, 4) == 2 * 2 * 32
+    c = run(spec, 1024, tp=4)
+    # ideal: 4 ranks x 1024 tokens x 4 layers x one replicated head x (64 + 64) x 2 B
+    assert c.ideal_bytes_total == 4 * 1024 * 4 * (64 + 64) * 2 == 4_194_304
+    # TensorRT-LLM: 4 ranks x 1024 tokens x 4 layers x 2 (K, V) x 32 values x 2 B
+    assert c.kv_bytes_total == 4 * 1024 * 4 * 2 * 32 * 2 == 2_097_152
+    assert "no replication" in c.differences[0].cause
+
+
+def test_32_token_blocks():
+    c = run("deepseek-v2-lite", 1000)
+    assert c.by_kind[0].tokens_per_sequence == 1024
+    assert c.kv_bytes_total == 27 * 1024 * 576 * 2
+    assert c.overhead_bytes == {"32-token blocks": 27 * 24 * 576 * 2}
+
+
+def test_tokens_per_block_must_be_a_power_of_two():
+    with pytest.raises(Exception, match="--tokens-per-block 48 must be a power of two"):
+        run("llama-3.1-8b", 1024, tokens_per_block=48)
+
+
+def test_kv_dtype_refusal():
+    c = run("llama-3.1-8b", 1024, kv="q4_0")
+    assert c.refused and c.kv_bytes_total is None
+
+
+def test_capacity_fraction_of_what_is_left_after_the_peak():
+    """available = (total - peak) x 0.9; max_tokens = available // bytes per token."""
+    weights = 8_030_261_248 * 2
+    mem = MemoryInputs("h100", 81559 * MIB, weights, 512 * MIB, 2 * GIB, "given")
+    cap = T.capacity(resolve_spec("llama-3.1-8b"), 8192, 1, T.TrtllmOptions(), mem,
+                     ideal_format=parse_format_pair("auto", "bf16"))
+    peak = weights + 2 * GIB + 512 * MIB  # 18,744,877,056 B = 17.46 GiB
+    available = (81559 * MIB - peak) * 0.9  # 60,098,339,635.2 B = 55.97 GiB
+    assert cap.kv_budget_bytes == int(available) == 60_098_339_635
+    assert cap.max_total_tokens == 458_513
+    assert cap.max_concurrent_sequences == (458_513 // 32) // (8192 // 32) == 55
+    assert cap.log_lines == (
+        "Peak memory during memory usage profiling (torch + non-torch): 17.46 GiB, available KV cache memory when "
+        "calculating max tokens: 55.97 GiB, fraction is set 0.9, kv size is 131072",
+        "Estimated max tokens in KV cache : 458513",
+    )
