@@ -352,6 +352,10 @@ from kvplan import cli_gate  # noqa: E402
 
 cli_gate.register(app)
 
+from kvplan import cli_measure  # noqa: E402
+
+cli_measure.register(app)
+
 # ------------------------------------------------------------------ entry
 
 

@@ -1,0 +1,141 @@
+"""`kvplan measure`: run a spec as a real torch decoder and print predicted beside measured.
+
+torch is imported inside the command only (through `kvplan.measure.run`), so
+importing this module (as `kvplan.cli` does) never loads it. No `from __future__
+import annotations` here: the command's options are built inside `register` from
+kvplan.cli's shared aliases, and typer must see them as objects, not strings.
+"""
+
+import json
+import os
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from kvplan.errors import InputError, KvplanError
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+class RunDtype(str, Enum):
+    auto = "auto"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+class MeasureFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write JSON to `path` through a temporary file in the same folder and os.replace,
+    so a reader never sees half a file."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"--json {path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `measure` command to `app`."""
+    from kvplan.cli import BatchOpt, BytesOpt, ContextOpt, ModelArg, parse_int_list
+
+    @app.command()
+    def measure(
+        model: ModelArg,
+        layers: Annotated[Optional[int], typer.Option("--layers", help="Run only the first K layers (the prediction is for the same K); default all.", show_default=False)] = None,
+        context: ContextOpt = "1024",
+        batch: BatchOpt = "1",
+        decode_steps: Annotated[int, typer.Option("--decode-steps", help="Timed cached decode steps after the prefill.")] = 32,
+        warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Untimed decode steps before timing.")] = 4,
+        dtype: Annotated[RunDtype, typer.Option("--dtype", help="Weights and activations; auto = the spec's torch_dtype.")] = RunDtype.auto,
+        kv_cache_dtype: Annotated[str, typer.Option("--kv-cache-dtype", help="Cache element format: auto (= --dtype), bf16, fp16, fp32, fp8 (= fp8_e4m3), fp8_e5m2; K/V may differ, e.g. bf16/fp8.")] = "auto",
+        device: Annotated[Device, typer.Option("--device", help="auto: CUDA when torch sees a GPU, else the CPU.")] = Device.auto,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the random weights and tokens.")] = 0,
+        cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs", help="Time decode steps as a replayed CUDA graph (GPU only; falls back to eager if capture fails).")] = True,
+        verify: Annotated[bool, typer.Option("--verify", help="Also check cached decode logits against recomputation without the cache (exit 1 if they differ beyond the dtype's tolerance).")] = False,
+        json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write every reading to this JSON file (atomically).", show_default=False)] = None,
+        tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Exit 1 when a gated memory reading or the decode step is off by more than this fraction (0.05 = 5%).", show_default=False)] = None,
+        fmt: Annotated[MeasureFormat, typer.Option("--format", "-f", help="Output format on stdout.")] = MeasureFormat.table,
+        exact: BytesOpt = False,
+    ) -> None:
+        """Build MODEL with random weights, run a real prefill and cached decode, and compare with the prediction."""
+        from kvplan import render
+        from kvplan.catalog import resolve_spec
+
+        if tolerance is not None and not tolerance >= 0:
+            raise InputError(f"--tolerance {tolerance}: give a fraction of 0 or more, e.g. 0.05")
+        spec = resolve_spec(model)
+        contexts = tuple(parse_int_list(context, "--context"))
+        batches = tuple(parse_int_list(batch, "--batch"))
+        if layers is not None and not 1 <= layers <= spec.num_hidden_layers:
+            raise InputError(f"--layers {layers}: {spec.name} has {spec.num_hidden_layers} layers; use 1 to {spec.num_hidden_layers}")
+
+        try:
+            from kvplan.measure.report import report_tables, tolerance_failures
+            from kvplan.measure.run import MeasureOptions, measure as run_measure
+        except ImportError as exc:  # torch missing
+            raise InputError(f"kvplan measure needs torch ({exc}); install it with `pip install 'kvplan[measure]'`") from None
+
+        err = render.console(stderr=True)
+        report = run_measure(
+            MeasureOptions(
+                spec=spec,
+                layers=layers,
+                contexts=contexts,
+                batches=batches,
+                decode_steps=decode_steps,
+                warmup_steps=warmup_steps,
+                dtype=dtype.value,
+                kv_cache_dtype=kv_cache_dtype,
+                device=device.value,
+                seed=seed,
+                cuda_graphs=cuda_graphs,
+                verify=verify,
+                progress=lambda message: err.print(message),
+            )
+        )
+        data = report.to_dict()
+        if json_path is not None:
+            write_json_atomic(json_path, data)
+        if fmt is MeasureFormat.json:
+            render.write(render.to_json(data))
+        else:
+            out = render.console()
+            for item in report_tables(report, exact):
+                out.print(item)
+        failures = []
+        if verify:
+            failures += [
+                f"context {r.context:,}, batch {r.batch}: cached decode differs from recomputation by "
+                f"{r.verify_max_abs_logit_diff:.3g} (tolerance {r.verify_tolerance:g} x {max(r.verify_logit_scale or 0, 1.0):.2f})"
+                for r in report.runs
+                if r.verify_ok is False
+            ]
+        if tolerance is not None:
+            failures += tolerance_failures(report, tolerance)
+        if failures:
+            limit = f" beyond --tolerance {tolerance:g}" if tolerance is not None else ""
+            raise KvplanError(f"{len(failures)} reading(s){limit}: " + "; ".join(failures), exit_code=1)

@@ -1,0 +1,238 @@
+"""What the hardware reports: memory (NVML, torch allocator, resident set), bandwidth, time.
+
+Measurement discipline (kvplan style rule 7): synchronise before every clock
+read, warm up before timing, take medians, read memory before and after.
+
+NVML comes from `pynvml` (the nvidia-ml-py package), imported only on CUDA runs.
+On the CPU there is no caching allocator to ask, so memory is the process's
+resident set (/proc/self/statm) and the free memory is /proc/meminfo MemAvailable.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+def sync(device: torch.device) -> None:
+    """Wait for all queued work on `device` (a no-op on the CPU, where ops are synchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def settle(device: torch.device, collect: bool = True) -> None:
+    """Drop freed tensors and hand cached blocks back, so a following reading starts clean.
+
+    `collect` runs the cycle collector too (~0.2 s in a big process): needed only where
+    a reference cycle might still hold a tensor; plain `del` frees by refcount.
+    """
+    if collect:
+        gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------ CPU memory
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process, bytes (/proc/self/statm: pages x page size)."""
+    with open("/proc/self/statm", encoding="ascii") as f:
+        resident_pages = int(f.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def mem_available_bytes() -> int:
+    """MemAvailable from /proc/meminfo, bytes: what the kernel can give without swapping."""
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # the file says kB and means KiB
+    raise OSError("/proc/meminfo has no MemAvailable line")
+
+
+# ------------------------------------------------------------------ CUDA memory
+
+
+@dataclass(frozen=True, slots=True)
+class AllocatorReading:
+    """torch's CUDA caching allocator: bytes in live tensors, and bytes held from the driver."""
+
+    allocated: int
+    reserved: int
+
+
+def allocator_reading(device: torch.device) -> AllocatorReading | None:
+    if device.type != "cuda":
+        return None
+    return AllocatorReading(torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device))
+
+
+class Nvml:
+    """Device memory used as NVML reports it (all processes and the CUDA context included).
+
+    Construct before torch creates a CUDA context: `baseline` keeps every device's
+    used bytes by UUID, so the context's cost can be separated once the device torch
+    runs on is known.
+    """
+
+    def __init__(self) -> None:
+        import pynvml  # nvidia-ml-py; only CUDA runs get here
+
+        self.nv = pynvml
+        pynvml.nvmlInit()
+        self.baseline: dict[str, int] = {}
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            self.baseline[self._uuid(pynvml.nvmlDeviceGetUUID(handle))] = pynvml.nvmlDeviceGetMemoryInfo(handle).used
+        self.handle = None
+        self.uuid: str | None = None
+
+    @staticmethod
+    def _uuid(text) -> str:
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        text = text.lower()
+        return text if text.startswith(("gpu-", "mig-")) else f"gpu-{text}"
+
+    def attach(self, device: torch.device) -> bool:
+        """Find the NVML handle of torch's `device` by UUID (CUDA_VISIBLE_DEVICES may reorder),
+        falling back to its PCI bus id; False if neither matches."""
+        nv = self.nv
+        props = torch.cuda.get_device_properties(device)
+        want = self._uuid(getattr(props, "uuid", ""))
+        for i in range(nv.nvmlDeviceGetCount()):
+            handle = nv.nvmlDeviceGetHandleByIndex(i)
+            if self._uuid(nv.nvmlDeviceGetUUID(handle)) == want:
+                self.handle, self.uuid = handle, want
+                return True
+        try:
+            bus = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
+            self.handle = nv.nvmlDeviceGetHandleByPciBusId(bus)
+            self.uuid = self._uuid(nv.nvmlDeviceGetUUID(self.handle))
+            return True
+        except (nv.NVMLError, AttributeError):
+            return False
+
+    @property
+    def baseline_used(self) -> int | None:
+        return self.baseline.get(self.uuid) if self.uuid else None
+
+    def used(self) -> int:
+        assert self.handle is not None
+        return int(self.nv.nvmlDeviceGetMemoryInfo(self.handle).used)
+
+    def driver_version(self) -> str:
+        version = self.nv.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+
+    def close(self) -> None:
+        try:
+            self.nv.nvmlShutdown()
+        except self.nv.NVMLError:
+            pass
+
+
+# ------------------------------------------------------------------ time
+
+
+class StepTimer:
+    """Seconds of individual steps: CUDA events on the GPU, perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self._seconds: list[float] = []
+
+    def time(self, fn: Callable[[], object]) -> None:
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            self._events.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            self._seconds.append(time.perf_counter() - t0)
+
+    def seconds(self) -> list[float]:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return [s.elapsed_time(e) / 1e3 for s, e in self._events]  # elapsed_time is in ms
+        return list(self._seconds)
+
+
+def timed_once(device: torch.device, fn: Callable[[], object]) -> float:
+    """Seconds of one call, synchronised before and after (a synchronised clock)."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------ probes
+
+
+@dataclass(frozen=True, slots=True)
+class BandwidthReading:
+    """Device copy bandwidth: a buffer copied to another; read + write bytes per second."""
+
+    gbps: float  # 1e9 bytes per second, read + write counted (as STREAM copy)
+    buffer_bytes: int
+    repeats: int
+
+
+def copy_bandwidth(device: torch.device, buffer_bytes: int, repeats: int) -> BandwidthReading:
+    """Median bandwidth of `dst.copy_(src)` over `repeats` after two warm-up copies."""
+    src = torch.ones(buffer_bytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    try:
+        for _ in range(2):
+            dst.copy_(src)
+        sync(device)
+        timer = StepTimer(device)
+        for _ in range(repeats):
+            timer.time(lambda: dst.copy_(src))
+        seconds = statistics.median(timer.seconds())
+    finally:
+        del src, dst
+        settle(device, collect=False)
+    return BandwidthReading(2 * buffer_bytes / seconds / 1e9, buffer_bytes, repeats)
+
+
+@dataclass(frozen=True, slots=True)
+class MatmulReading:
+    """Dense matmul throughput in the run dtype: the compute-bound prediction's rate."""
+
+    flops_per_s: float
+    size: int  # n of the n x n x n product
+
+
+def matmul_throughput(device: torch.device, dtype: torch.dtype, max_size: int, target_s: float = 0.02) -> MatmulReading:
+    """Median FLOP/s of an n x n matmul; n doubles from 256 until one product takes `target_s`
+    (or reaches `max_size`), so a slow dtype (fp16 on many CPUs) does not stall the run."""
+    n = 256
+    while True:
+        a = torch.ones(n, n, dtype=dtype, device=device)
+        b = torch.ones(n, n, dtype=dtype, device=device)
+        torch.matmul(a, b)
+        once = timed_once(device, lambda: torch.matmul(a, b))
+        if once >= target_s or n >= max_size:
+            break
+        n *= 2
+    timer = StepTimer(device)
+    repeats = max(3, min(20, int(0.2 / max(once, 1e-6))))
+    for _ in range(repeats):
+        timer.time(lambda: torch.matmul(a, b))
+    seconds = statistics.median(timer.seconds())
+    del a, b
+    settle(device, collect=False)
+    return MatmulReading(2 * n**3 / seconds, n)

@@ -1,0 +1,292 @@
+"""The result of `kvplan measure`: frozen records, their rich tables, and the tolerance gate.
+
+Pure: no torch, no I/O. `run.measure` fills a `MeasureReport`; the CLI renders it
+with `report_tables` and writes `MeasureReport.to_dict()` as JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from kvplan.render import KIND_LABEL, rich_table, size
+from kvplan.units import fmt_bytes, fmt_int
+
+# Why a device-level reading differs from the cache tensors' exact bytes.
+ALLOCATOR_NOTE = (
+    "torch's CUDA caching allocator rounds every tensor up to a multiple of 512 B (allocated), and holds "
+    "memory from the driver in segments (reserved): blocks up to 1 MiB share 2 MiB segments, 1-10 MiB "
+    "blocks come from 20 MiB segments, larger ones are rounded up to 2 MiB; NVML's 'used' follows the "
+    "reserved segments and counts every process and the CUDA context (taken out here: NVML before torch "
+    "touched the GPU, then after context creation)"
+)
+RSS_NOTE = (
+    "CPU: resident memory counts 4 KiB pages as they are touched (the caches are zero-filled, so all of "
+    "them); glibc serves blocks above its mmap threshold (128 KiB, rising to 32 MiB) with fresh pages and "
+    "smaller ones from its heap, which may reuse freed memory, so small caches read low or zero"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class KindReading:
+    """Cache bytes of all layers of one kind: the calculator's, and the tensors' storage."""
+
+    kind: str
+    layers: int
+    predicted_bytes: int
+    measured_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunReading:
+    """One (context, batch): the cache, one timed prefill, and the timed decode steps."""
+
+    context: int  # prompt tokens
+    decode_steps: int  # timed decode steps; the cache holds context + decode_steps tokens
+    total_tokens: int
+    batch: int
+    # memory, bytes
+    predicted_kv_bytes: int  # the calculator at total_tokens x batch
+    measured_kv_bytes: int  # the cache tensors' storage
+    kv_by_kind: tuple[KindReading, ...]
+    allocated_delta_bytes: int | None  # torch allocator, across the cache allocation (CUDA)
+    reserved_delta_bytes: int | None
+    nvml_used_before_bytes: int | None
+    nvml_used_after_bytes: int | None
+    nvml_used_delta_bytes: int | None
+    rss_delta_bytes: int | None  # process resident set (CPU)
+    peak_allocated_bytes: int | None  # torch allocator peak during prefill + decode (CUDA)
+    predicted_peak_bytes: int  # weights + cache + the activation margin the refusal uses
+    # decode
+    weight_bytes_read_per_step: int
+    kv_bytes_read_per_step: int
+    bytes_read_per_step: int
+    predicted_decode_step_s: float  # bytes_read_per_step / copy bandwidth
+    measured_decode_step_s: float  # median
+    decode_step_min_s: float
+    decode_step_max_s: float
+    decode_mode: str  # "cuda-graph" or "eager" (with the reason a graph was not used)
+    achieved_gbps: float  # bytes_read_per_step / measured step, 1e9 B/s
+    bandwidth_utilisation: float  # achieved / copy bandwidth
+    # prefill
+    prefill_flops: int
+    predicted_prefill_s: float  # prefill_flops / measured matmul throughput
+    measured_prefill_s: float
+    # --verify: cached decode against recomputation without the cache
+    verify_max_abs_logit_diff: float | None = None
+    verify_logit_scale: float | None = None
+    verify_tolerance: float | None = None
+
+    @property
+    def verify_ok(self) -> bool | None:
+        if self.verify_max_abs_logit_diff is None:
+            return None
+        assert self.verify_tolerance is not None and self.verify_logit_scale is not None
+        return self.verify_max_abs_logit_diff <= self.verify_tolerance * max(self.verify_logit_scale, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureReport:
+    """Everything one `kvplan measure` invocation read, beside what the calculator predicted."""
+
+    kvplan_version: str
+    model: str
+    layers_run: int
+    layers_total: int
+    dtype: str
+    kv_cache_dtype: str
+    state_dtype: str
+    device: str  # "cpu" or "cuda:N"
+    device_name: str
+    driver_version: str | None
+    cuda_version: str | None
+    torch_version: str
+    seed: int
+    copy_bandwidth_gbps: float
+    copy_buffer_bytes: int
+    matmul_tflops: float
+    matmul_size: int
+    parameters_run: int
+    predicted_weight_bytes: int
+    measured_weight_bytes: int  # parameter storage
+    weights_allocated_delta_bytes: int | None
+    weights_nvml_delta_bytes: int | None
+    weights_rss_delta_bytes: int | None
+    nvml_used_before_torch_bytes: int | None
+    cuda_context_bytes: int | None  # NVML used after context creation - before - torch reserved
+    memory_needed_bytes: int
+    memory_available_bytes: int
+    notes: tuple[str, ...]
+    runs: tuple[RunReading, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the run's fields, and each run record carrying the device fields too."""
+        data = asdict(self)
+        shared = {k: data[k] for k in ("device", "device_name", "driver_version", "torch_version", "model", "layers_run", "dtype", "kv_cache_dtype", "copy_bandwidth_gbps")}
+        data["runs"] = [{**shared, **asdict(run), "verify_ok": run.verify_ok} for run in self.runs]
+        return data
+
+
+# ------------------------------------------------------------------ comparison
+
+
+def error_pct(measured: float, predicted: float) -> float:
+    """(measured - predicted) / predicted; 0 when both are 0, inf when only the prediction is."""
+    if predicted == 0:
+        return 0.0 if measured == 0 else float("inf")
+    return (measured - predicted) / predicted
+
+
+def memory_comparisons(run: RunReading) -> list[tuple[str, int, int | None]]:
+    """(reading, predicted bytes, measured bytes) for every memory reading of a run."""
+    rows: list[tuple[str, int, int | None]] = [("KV cache: tensor storage", run.predicted_kv_bytes, run.measured_kv_bytes)]
+    if run.allocated_delta_bytes is not None:
+        rows.append(("KV cache: torch allocated Δ", run.predicted_kv_bytes, run.allocated_delta_bytes))
+        rows.append(("KV cache: torch reserved Δ", run.predicted_kv_bytes, run.reserved_delta_bytes))
+    if run.nvml_used_delta_bytes is not None:
+        rows.append(("KV cache: NVML used Δ", run.predicted_kv_bytes, run.nvml_used_delta_bytes))
+    if run.rss_delta_bytes is not None:
+        rows.append(("KV cache: process RSS Δ", run.predicted_kv_bytes, run.rss_delta_bytes))
+    return rows
+
+
+# Readings the --tolerance gate holds to. Reserved is shown but not gated: NVML
+# already stands for the device-level cost, and its 20 MiB segments dominate small caches.
+GATED_MEMORY = ("KV cache: tensor storage", "KV cache: torch allocated Δ", "KV cache: NVML used Δ", "KV cache: process RSS Δ")
+
+
+def tolerance_failures(report: MeasureReport, tolerance: float) -> list[str]:
+    """One line per gated reading whose relative error exceeds `tolerance` (0.05 = 5%)."""
+    failures = []
+    for run in report.runs:
+        where = f"context {fmt_int(run.context)}, batch {run.batch}"
+        for name, predicted, measured in memory_comparisons(run):
+            if name in GATED_MEMORY and measured is not None:
+                err = error_pct(measured, predicted)
+                if abs(err) > tolerance:
+                    failures.append(f"{where}: {name} {fmt_bytes(measured)} vs {fmt_bytes(predicted)} predicted ({err:+.2%})")
+        err = error_pct(run.measured_decode_step_s, run.predicted_decode_step_s)
+        if abs(err) > tolerance:
+            failures.append(
+                f"{where}: decode step {fmt_seconds(run.measured_decode_step_s)} vs "
+                f"{fmt_seconds(run.predicted_decode_step_s)} predicted ({err:+.2%})"
+            )
+    return failures
+
+
+# ------------------------------------------------------------------ rendering
+
+
+def fmt_seconds(s: float) -> str:
+    if s < 1e-3:
+        return f"{s * 1e6:,.1f} µs"
+    if s < 1:
+        return f"{s * 1e3:,.3f} ms"
+    return f"{s:,.3f} s"
+
+
+def _signed_bytes(n: int, exact: bool) -> str:
+    text = fmt_bytes(n) if abs(n) >= 1024 else f"{n:,} B"
+    if exact and abs(n) >= 1024:
+        text += f" ({n:,} B)"
+    return ("+" if n > 0 else "") + text
+
+
+def _pct(err: float) -> str:
+    return "—" if err == float("inf") else f"{err:+.2%}"
+
+
+HEADERS = ["reading", "predicted", "measured", "error", "error %"]
+
+
+def run_rows(run: RunReading, exact: bool) -> list[list[str]]:
+    rows = []
+    for name, predicted, measured in memory_comparisons(run):
+        if measured is None:
+            continue
+        rows.append([name, size(predicted, exact), size(measured, exact), _signed_bytes(measured - predicted, exact), _pct(error_pct(measured, predicted))])
+        if name == "KV cache: tensor storage" and len(run.kv_by_kind) > 1:
+            for k in run.kv_by_kind:
+                label = f"  {KIND_LABEL.get(k.kind, k.kind)} ({k.layers} layer{'s' if k.layers != 1 else ''})"
+                rows.append([label, size(k.predicted_bytes, exact), size(k.measured_bytes, exact), _signed_bytes(k.measured_bytes - k.predicted_bytes, exact), _pct(error_pct(k.measured_bytes, k.predicted_bytes))])
+    if run.peak_allocated_bytes is not None:
+        rows.append(["peak allocated (prefill + decode)", size(run.predicted_peak_bytes, exact) + " (margin)", size(run.peak_allocated_bytes, exact), _signed_bytes(run.peak_allocated_bytes - run.predicted_peak_bytes, exact), _pct(error_pct(run.peak_allocated_bytes, run.predicted_peak_bytes))])
+    step_err = run.measured_decode_step_s - run.predicted_decode_step_s
+    rows.append([
+        f"decode step (median, {run.decode_mode})",
+        fmt_seconds(run.predicted_decode_step_s),
+        fmt_seconds(run.measured_decode_step_s),
+        ("+" if step_err > 0 else "-") + fmt_seconds(abs(step_err)),
+        _pct(error_pct(run.measured_decode_step_s, run.predicted_decode_step_s)),
+    ])
+    rows.append([
+        "decode bytes read per step",
+        size(run.bytes_read_per_step, exact),
+        f"{run.achieved_gbps:,.1f} GB/s achieved",
+        "",
+        f"{run.bandwidth_utilisation:.1%} of copy",
+    ])
+    rows.append(["  weights read", size(run.weight_bytes_read_per_step, exact), "", "", ""])
+    rows.append(["  KV cache read", size(run.kv_bytes_read_per_step, exact), "", "", ""])
+    prefill_err = run.measured_prefill_s - run.predicted_prefill_s
+    rows.append([
+        f"prefill ({fmt_int(run.prefill_flops // 10**9)} GFLOP, compute-bound)",
+        fmt_seconds(run.predicted_prefill_s),
+        fmt_seconds(run.measured_prefill_s),
+        ("+" if prefill_err > 0 else "-") + fmt_seconds(abs(prefill_err)),
+        _pct(error_pct(run.measured_prefill_s, run.predicted_prefill_s)),
+    ])
+    if run.verify_max_abs_logit_diff is not None:
+        rows.append([
+            "cached decode vs recompute",
+            f"max |Δlogit| ≤ {run.verify_tolerance:g} × {max(run.verify_logit_scale or 0, 1.0):.2f}",
+            f"{run.verify_max_abs_logit_diff:.3g}",
+            "",
+            "pass" if run.verify_ok else "FAIL",
+        ])
+    return rows
+
+
+def run_title(run: RunReading) -> str:
+    return (
+        f"context {fmt_int(run.context)} + {fmt_int(run.decode_steps)} decode steps = "
+        f"{fmt_int(run.total_tokens)} tokens · batch {fmt_int(run.batch)}"
+    )
+
+
+def summary_lines(report: MeasureReport, exact: bool) -> list[tuple[str, str]]:
+    lines = [
+        ("model", f"{report.model} · {report.layers_run} of {report.layers_total} layers · {report.dtype} weights · KV {report.kv_cache_dtype} · state {report.state_dtype} · seed {report.seed}"),
+        ("device", f"{report.device} · {report.device_name}"),
+        ("software", f"torch {report.torch_version}" + (f" · CUDA {report.cuda_version}" if report.cuda_version else "") + (f" · driver {report.driver_version}" if report.driver_version else "")),
+        ("copy bandwidth", f"{report.copy_bandwidth_gbps:,.1f} GB/s (read + write, {fmt_bytes(report.copy_buffer_bytes)} buffer, median)"),
+        ("matmul throughput", f"{report.matmul_tflops:,.2f} TFLOP/s {report.dtype} ({report.matmul_size} x {report.matmul_size}, median)"),
+        ("weights", f"{fmt_int(report.parameters_run)} parameters · predicted {size(report.predicted_weight_bytes, exact)} · tensor storage {size(report.measured_weight_bytes, exact)}"),
+    ]
+    if report.weights_allocated_delta_bytes is not None:
+        lines.append(("  weights, device", f"torch allocated Δ {size(report.weights_allocated_delta_bytes, exact)}" + (f" · NVML used Δ {size(report.weights_nvml_delta_bytes, exact)}" if report.weights_nvml_delta_bytes is not None else "")))
+    if report.weights_rss_delta_bytes is not None:
+        lines.append(("  weights, process", f"RSS Δ {size(report.weights_rss_delta_bytes, exact)}"))
+    if report.cuda_context_bytes is not None:
+        lines.append(("CUDA context", f"{size(report.cuda_context_bytes, exact)} (NVML, before torch: {size(report.nvml_used_before_torch_bytes or 0, exact)} used)"))
+    lines.append(("memory check", f"needs {size(report.memory_needed_bytes, exact)} of {size(report.memory_available_bytes, exact)} available"))
+    return lines
+
+
+def report_tables(report: MeasureReport, exact: bool) -> list[Any]:
+    """rich renderables: one table per run, then the summary and the notes."""
+    from rich.table import Table
+
+    out: list[Any] = []
+    summary = Table(show_header=False, box=None, pad_edge=False)
+    summary.add_column(style="bold")
+    summary.add_column()
+    for key, value in summary_lines(report, exact):
+        summary.add_row(key, value)
+    out.append(summary)
+    for run in report.runs:
+        out.append(rich_table(run_title(run), HEADERS, run_rows(run, exact)))
+    notes = list(report.notes)
+    notes.append(ALLOCATOR_NOTE if report.device.startswith("cuda") else RSS_NOTE)
+    out.append("\n".join(f"note: {n}" for n in notes))
+    return out

@@ -1,0 +1,517 @@
+"""Orchestration of `kvplan measure`: check memory, build, run, read, and report.
+
+Order of one invocation:
+1. the prediction (pure): the spec cut to `--layers`, the calculator's cache at
+   context + decode steps tokens, weights, the memory a run needs;
+2. on CUDA, NVML's used memory before torch touches the device, then the context;
+3. refuse (exit 2) if weights + cache + activation margin exceed free memory;
+4. probes: device copy bandwidth, matmul throughput in the run dtype;
+5. the decoder with random weights (memory read before and after);
+6. per (context, batch): allocate the cache (memory read before and after), one
+   short warm-up prefill, one timed prefill, warm-up decode steps, a CUDA graph of
+   one step (GPU, unless disabled or capture fails), the timed decode steps;
+   optionally `--verify`; then free everything.
+Out of memory anyway, or Ctrl-C: the tensors are dropped and the allocator's cache
+emptied before the error leaves.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+import kvplan
+from kvplan.calc import CacheEstimate, CacheLayout
+from kvplan.errors import InputError, KvplanError
+from kvplan.formats import UnknownFormatError, parse_format, parse_format_pair
+from kvplan.measure import readings as rd
+from kvplan.measure.cache import (
+    CACHE_DTYPE_NAMES,
+    TORCH_DTYPES,
+    allocate_caches,
+    cache_dtype,
+    cache_tensors,
+    storage_bytes,
+)
+from kvplan.measure.model import Decoder
+from kvplan.measure.predict import (
+    RunArch,
+    activation_bytes,
+    build_arch,
+    cache_layout,
+    decode_weight_bytes_read,
+    kv_bytes_read_per_step,
+    largest_fitting_layers,
+    memory_need,
+    prefill_flops,
+    truncate_spec,
+    weight_count,
+)
+from kvplan.measure.report import KindReading, MeasureReport, RunReading
+from kvplan.spec import ModelSpec
+from kvplan.units import fmt_bytes
+
+# Copy-bandwidth buffer: well past the last-level cache (H100/H200 L2 is 50 MiB,
+# server CPU L3 tens of MiB), small beside the free memory.
+COPY_BUFFER_BYTES = {"cuda": 1 << 30, "cpu": 128 << 20}
+COPY_REPEATS = {"cuda": 20, "cpu": 5}
+MATMUL_MAX_SIZE = {"cuda": 8192, "cpu": 2048}
+WARMUP_PREFILL_TOKENS = 16  # a short prompt first: kernels loaded, cuBLAS handles made
+# --verify: max |cached - recomputed| logit, as a fraction of the largest |logit| (at
+# least 1): fp32 agrees to rounding; bf16/fp16 round K/V and partial sums differently
+# in the cached and the recomputed paths (fp16/bf16 machine epsilon 2^-11 / 2^-8).
+VERIFY_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
+VERIFY_STEPS = 2
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """What to run: the CLI's flags, parsed."""
+
+    spec: ModelSpec
+    layers: int | None = None
+    contexts: tuple[int, ...] = (1024,)
+    batches: tuple[int, ...] = (1,)
+    decode_steps: int = 32
+    warmup_steps: int = 4
+    dtype: str = "auto"  # bf16 | fp16 | fp32 | auto (the spec's torch_dtype)
+    kv_cache_dtype: str = "auto"  # a format name, or K/V; auto = the run dtype
+    device: str = "auto"  # auto | cuda | cpu
+    seed: int = 0
+    cuda_graphs: bool = True
+    verify: bool = False
+    progress: Callable[[str], None] | None = field(default=None, compare=False)
+
+
+def resolve_device(choice: str) -> torch.device:
+    """auto: CUDA when torch sees a GPU, else the CPU."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(
+                f"--device cuda: torch {torch.__version__} sees no CUDA device; use --device cpu (or auto)"
+            )
+        return torch.device("cuda", torch.cuda.current_device())
+    if choice == "cpu":
+        return torch.device("cpu")
+    raise InputError(f"--device {choice!r}: use auto, cuda or cpu")
+
+
+def _formats(opts: MeasureOptions, run_dtype: str):
+    try:
+        pair = parse_format_pair(opts.kv_cache_dtype, run_dtype)
+    except UnknownFormatError as exc:
+        raise InputError(f"--kv-cache-dtype: {exc}") from None
+    for fmt in (pair.k, pair.v):
+        if cache_dtype(fmt.name) is None:
+            raise InputError(
+                f"--kv-cache-dtype {opts.kv_cache_dtype}: kvplan measure stores {', '.join(CACHE_DTYPE_NAMES)}; "
+                f"{fmt.name} is sized by `kvplan estimate` only"
+            )
+    return pair, parse_format(run_dtype)
+
+
+def _check_storable(dtype: torch.dtype, compute: torch.dtype, device: torch.device, flag_value: str) -> None:
+    """fp8 needs a torch with the dtype and a device that converts to and from it."""
+    try:
+        t = torch.zeros(4, dtype=dtype, device=device)
+        t.view(torch.uint8).index_copy_(0, torch.arange(2, device=device), torch.ones(2, device=device, dtype=compute).to(dtype).view(torch.uint8))
+        t.to(compute)
+        rd.sync(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(
+            f"--kv-cache-dtype {flag_value}: torch {torch.__version__} on {device} cannot store {dtype} ({exc}); "
+            "use bf16, fp16 or fp32"
+        ) from None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _refusal(
+    opts: MeasureOptions, spec: ModelSpec, arch: RunArch, need, available: int, device: torch.device,
+    kv_pair, state_format, param_bytes: int, totals: list[int], where: str,
+) -> InputError:
+    layers = arch.spec.num_hidden_layers
+    head = (
+        f"kvplan measure {spec.name} ({layers} of {spec.num_hidden_layers} layers) needs {fmt_bytes(need.total_bytes)} "
+        f"(weights {fmt_bytes(need.weights_bytes)} + KV cache {fmt_bytes(need.kv_bytes)} + activations "
+        f"{fmt_bytes(need.activation_bytes)}) but {device} has {fmt_bytes(available)} free ({where})"
+    )
+    fits = largest_fitting_layers(spec, kv_pair, state_format, param_bytes, totals, list(opts.batches), available)
+    if fits >= 1:
+        return InputError(f"{head}; try --layers {fits}" + (" or a smaller --batch" if max(opts.batches) > 1 else ""))
+    one = build_arch(truncate_spec(spec, 1))
+    lo, hi = 0, max(opts.batches) - 1
+    while lo < hi:  # the need grows with the batch: bisect for the largest batch that fits
+        mid = (lo + hi + 1) // 2
+        if memory_need(one, kv_pair, state_format, param_bytes, totals, [mid]).total_bytes <= available:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo >= 1:
+        return InputError(f"{head}; try --layers 1 --batch {lo}")
+    return InputError(f"{head}; even --layers 1 at batch 1 does not fit: try a shorter --context")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+class _Session:
+    """Holds every tensor of one invocation so they can all be dropped on any exit."""
+
+    def __init__(self) -> None:
+        self.model: Decoder | None = None
+        self.caches: list | None = None
+        self.graph = None
+        self.nvml: rd.Nvml | None = None
+
+    def drop_run(self) -> None:
+        """Drop one run's tensors; the next run settles the allocator before its reading."""
+        self.caches = None
+        self.graph = None
+
+    def close(self, device: torch.device) -> None:
+        self.caches = None
+        self.graph = None
+        self.model = None
+        rd.settle(device)
+        if self.nvml is not None:
+            self.nvml.close()
+            self.nvml = None
+
+
+def measure(opts: MeasureOptions) -> MeasureReport:
+    """Run the measurement described by `opts`; InputError (exit 2) when it cannot run or fit."""
+    say = opts.progress or (lambda message: None)
+    spec = opts.spec
+    run_dtype = spec.dtype if opts.dtype == "auto" else opts.dtype
+    if run_dtype not in TORCH_DTYPES:
+        raise InputError(f"--dtype {opts.dtype!r}: use auto, bf16, fp16 or fp32")
+    if opts.decode_steps < 1:
+        raise InputError(f"--decode-steps must be at least 1, got {opts.decode_steps}")
+    if opts.warmup_steps < 0:
+        raise InputError(f"--warmup-steps must be 0 or more, got {opts.warmup_steps}")
+    kv_pair, state_format = _formats(opts, run_dtype)
+    spec_run = truncate_spec(spec, opts.layers)
+    arch = build_arch(spec_run)
+    layout = cache_layout(arch, kv_pair, state_format)
+    param_bytes = parse_format(run_dtype).bytes_for(1)
+    totals = [c + opts.decode_steps for c in opts.contexts]
+    need = memory_need(arch, kv_pair, state_format, param_bytes, totals, list(opts.batches))
+
+    device = resolve_device(opts.device)
+    compute = TORCH_DTYPES[run_dtype]
+    session = _Session()
+    notes = list(arch.notes)
+    if spec.weights_dtype and spec.weights_dtype != run_dtype:
+        notes.append(f"the checkpoint stores linear weights as {spec.weights_dtype}; this run holds them in {run_dtype}")
+    nvml_before_torch = cuda_context = driver = None
+    phase = "starting"
+    try:
+        if device.type == "cuda":
+            try:
+                session.nvml = rd.Nvml()  # before torch creates a context on the device
+            except ImportError:
+                notes.append("NVML readings skipped: nvidia-ml-py is not installed (pip install nvidia-ml-py)")
+            except Exception as exc:  # pynvml.NVMLError and friends: no NVML on this machine
+                notes.append(f"NVML readings skipped: {exc}")
+            torch.cuda.set_device(device)
+            torch.empty(1, device=device)  # creates the CUDA context
+            rd.sync(device)
+            if session.nvml is not None:
+                if session.nvml.attach(device):
+                    driver = session.nvml.driver_version()
+                    nvml_before_torch = session.nvml.baseline_used
+                    if nvml_before_torch is not None:
+                        cuda_context = session.nvml.used() - nvml_before_torch - torch.cuda.memory_reserved(device)
+                else:
+                    notes.append("NVML readings skipped: no NVML device matches torch's device UUID or PCI bus id")
+                    session.nvml.close()
+                    session.nvml = None
+            available, where = torch.cuda.mem_get_info(device)[0], "torch.cuda.mem_get_info"
+        else:
+            available, where = rd.mem_available_bytes(), "MemAvailable"
+        if need.total_bytes > available:
+            raise _refusal(opts, spec, arch, need, available, device, kv_pair, state_format, param_bytes, totals, where)
+        for fmt in {kv_pair.k.name, kv_pair.v.name}:
+            dt = cache_dtype(fmt)
+            assert dt is not None
+            if dt not in TORCH_DTYPES.values():
+                _check_storable(dt, compute, device, opts.kv_cache_dtype)
+
+        with torch.no_grad():
+            phase = "probing bandwidth"
+            say(f"probing copy bandwidth and {run_dtype} matmul throughput on {device} …")
+            buffer = min(COPY_BUFFER_BYTES[device.type], max(1 << 20, available // 16))
+            bandwidth = rd.copy_bandwidth(device, buffer, COPY_REPEATS[device.type])
+            matmul = rd.matmul_throughput(device, compute, MATMUL_MAX_SIZE[device.type])
+
+            phase = "building the model"
+            say(f"building {spec.name}: {arch.spec.num_hidden_layers} of {spec.num_hidden_layers} layers, random {run_dtype} weights …")
+            wc = weight_count(arch)
+            rd.settle(device)
+            before = _memory(device, session)
+            session.model = Decoder(arch, device, compute, opts.seed)
+            rd.sync(device)
+            after = _memory(device, session)
+            measured_weights = storage_bytes(session.model.parameter_tensors())
+
+            runs = []
+            for context, total in zip(opts.contexts, totals):
+                for batch in opts.batches:
+                    phase = f"running context {context:,}, batch {batch}"
+                    say(f"context {context:,} + {opts.decode_steps} decode steps, batch {batch} …")
+                    est = layout.at(total, batch)
+                    runs.append(_run_one(opts, session, arch, layout, est, context, batch, device, compute, kv_pair, state_format, bandwidth, matmul, param_bytes, run_dtype))
+                    session.drop_run()
+    except KvplanError:
+        raise
+    except BaseException as exc:
+        if _is_oom(exc):
+            session.close(device)
+            raise KvplanError(
+                f"out of memory on {device} while {phase} ({str(exc).splitlines()[0][:160]}); "
+                "try fewer --layers, a smaller --batch or a shorter --context"
+            ) from None
+        raise
+    finally:
+        session.close(device)
+
+    return MeasureReport(
+        kvplan_version=kvplan.__version__,
+        model=spec.name,
+        layers_run=arch.spec.num_hidden_layers,
+        layers_total=spec.num_hidden_layers,
+        dtype=run_dtype,
+        kv_cache_dtype=kv_pair.name,
+        state_dtype=state_format.name,
+        device=str(device) if device.type == "cpu" else f"cuda:{device.index}",
+        device_name=_device_name(device),
+        driver_version=driver,
+        cuda_version=torch.version.cuda if device.type == "cuda" else None,
+        torch_version=torch.__version__,
+        seed=opts.seed,
+        copy_bandwidth_gbps=bandwidth.gbps,
+        copy_buffer_bytes=bandwidth.buffer_bytes,
+        matmul_tflops=matmul.flops_per_s / 1e12,
+        matmul_size=matmul.size,
+        parameters_run=wc.total,
+        predicted_weight_bytes=wc.total * param_bytes,
+        measured_weight_bytes=measured_weights,
+        weights_allocated_delta_bytes=_delta(after.allocated, before.allocated),
+        weights_nvml_delta_bytes=_delta(after.nvml, before.nvml),
+        weights_rss_delta_bytes=_delta(after.rss, before.rss),
+        nvml_used_before_torch_bytes=nvml_before_torch,
+        cuda_context_bytes=cuda_context,
+        memory_needed_bytes=need.total_bytes,
+        memory_available_bytes=available,
+        notes=tuple(notes + _run_notes(opts, device)),
+        runs=tuple(runs),
+    )
+
+
+def _run_notes(opts: MeasureOptions, device: torch.device) -> list[str]:
+    return [
+        f"the cache holds context + {opts.decode_steps} decode-step tokens and is predicted at that count; "
+        "decode attends over every pre-allocated slot with a mask (static shapes, as CUDA graphs need), "
+        "so a step reads the whole cache",
+        "predicted decode step = (weights read + KV read) / measured copy bandwidth; predicted prefill = "
+        "FLOPs / measured matmul throughput (a lower bound: attention and norms run slower than a square matmul)",
+        f"decode feeds fixed random token ids (no sampling); median of {opts.decode_steps} steps after "
+        f"{opts.warmup_steps} warm-up steps; prefill timed once after a {WARMUP_PREFILL_TOKENS}-token warm-up",
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Memory:
+    rss: int | None
+    allocated: int | None
+    reserved: int | None
+    nvml: int | None
+
+
+def _memory(device: torch.device, session: _Session) -> _Memory:
+    if device.type == "cuda":
+        alloc = rd.allocator_reading(device)
+        assert alloc is not None
+        nvml = session.nvml.used() if session.nvml is not None else None
+        return _Memory(None, alloc.allocated, alloc.reserved, nvml)
+    return _Memory(rd.rss_bytes(), None, None, None)
+
+
+def _delta(after: int | None, before: int | None) -> int | None:
+    return None if after is None or before is None else after - before
+
+
+def _kind_readings(arch: RunArch, est: CacheEstimate, caches: list) -> tuple[KindReading, ...]:
+    measured: dict[str, int] = {}
+    for layer, cache in zip(arch.layers, caches):
+        if cache is not None:
+            measured[layer.kind.value] = measured.get(layer.kind.value, 0) + storage_bytes(cache.tensors())
+    return tuple(
+        KindReading(row.kind, row.layers, row.bytes_total, measured.get(row.kind, 0)) for row in est.by_kind
+    )
+
+
+def _capture_graph(step: Callable[[], torch.Tensor], device: torch.device):
+    """A CUDA graph of one decode step, warmed up on a side stream as torch.cuda.graphs asks."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph
+
+
+def _run_one(
+    opts: MeasureOptions, session: _Session, arch: RunArch, layout: CacheLayout, est: CacheEstimate,
+    context: int, batch: int, device: torch.device, compute: torch.dtype, kv_pair, state_format,
+    bandwidth: rd.BandwidthReading, matmul: rd.MatmulReading, param_bytes: int, run_dtype: str,
+) -> RunReading:
+    model = session.model
+    assert model is not None
+    steps = opts.decode_steps
+    total = context + steps
+    k_dtype, v_dtype = cache_dtype(kv_pair.k.name), cache_dtype(kv_pair.v.name)
+    state_dtype = cache_dtype(state_format.name)
+    assert k_dtype is not None and v_dtype is not None and state_dtype is not None
+
+    rd.settle(device)
+    before = _memory(device, session)
+    session.caches = allocate_caches(arch, total, batch, k_dtype, v_dtype, state_dtype, device)
+    rd.sync(device)
+    after = _memory(device, session)
+    caches = session.caches
+    measured_kv = storage_bytes(cache_tensors(caches))
+
+    gen = torch.Generator(device=device).manual_seed(opts.seed + 1)
+    tokens = torch.randint(0, arch.vocab, (batch, total), device=device, generator=gen)
+    prompt = tokens[:, :context]
+    model.prefill(prompt[:, : min(context, WARMUP_PREFILL_TOKENS)], caches)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    prefill_s = rd.timed_once(device, lambda: model.prefill(prompt, caches))
+
+    step_tokens = tokens[:, context : context + 1].clone()  # (B, 1), fixed
+    pos = torch.zeros(1, dtype=torch.long, device=device)
+
+    def step() -> torch.Tensor:
+        return model.decode(step_tokens, pos, caches)
+
+    for i in range(opts.warmup_steps):
+        pos.fill_(context + i % steps)
+        step()
+    mode = "eager"
+    if device.type == "cuda":
+        if opts.cuda_graphs:
+            pos.fill_(context)
+            try:
+                session.graph = _capture_graph(step, device)
+                mode = "cuda-graph"
+            except Exception as exc:  # capture is best-effort: time the eager step instead
+                torch.cuda.synchronize(device)
+                session.graph = None
+                mode = f"eager (graph capture failed: {type(exc).__name__})"
+        else:
+            mode = "eager (--no-cuda-graphs)"
+    run_step = session.graph.replay if session.graph is not None else step
+    timer = rd.StepTimer(device)
+    for i in range(steps):
+        pos.fill_(context + i)
+        timer.time(run_step)
+    seconds = timer.seconds()
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+    verify = {}
+    if opts.verify:
+        verify = _verify(model, caches, tokens, context, min(steps, VERIFY_STEPS), run_dtype)
+
+    weight_read = decode_weight_bytes_read(arch, batch, param_bytes)
+    kv_read = kv_bytes_read_per_step(arch, est)
+    bytes_read = weight_read + kv_read
+    measured_step = statistics.median(seconds)
+    achieved = bytes_read / measured_step / 1e9
+    flops = prefill_flops(arch, context, batch)
+    nvml_before, nvml_after = before.nvml, after.nvml
+    return RunReading(
+        context=context,
+        decode_steps=steps,
+        total_tokens=total,
+        batch=batch,
+        predicted_kv_bytes=est.kv_bytes_total,
+        measured_kv_bytes=measured_kv,
+        kv_by_kind=_kind_readings(arch, est, caches),
+        allocated_delta_bytes=_delta(after.allocated, before.allocated),
+        reserved_delta_bytes=_delta(after.reserved, before.reserved),
+        nvml_used_before_bytes=nvml_before,
+        nvml_used_after_bytes=nvml_after,
+        nvml_used_delta_bytes=_delta(nvml_after, nvml_before),
+        rss_delta_bytes=_delta(after.rss, before.rss),
+        peak_allocated_bytes=peak,
+        predicted_peak_bytes=weight_count(arch).total * param_bytes + est.kv_bytes_total + activation_bytes(arch, total, batch, param_bytes),
+        weight_bytes_read_per_step=weight_read,
+        kv_bytes_read_per_step=kv_read,
+        bytes_read_per_step=bytes_read,
+        predicted_decode_step_s=bytes_read / (bandwidth.gbps * 1e9),
+        measured_decode_step_s=measured_step,
+        decode_step_min_s=min(seconds),
+        decode_step_max_s=max(seconds),
+        decode_mode=mode,
+        achieved_gbps=achieved,
+        bandwidth_utilisation=achieved / bandwidth.gbps,
+        prefill_flops=flops,
+        predicted_prefill_s=flops / matmul.flops_per_s,
+        measured_prefill_s=prefill_s,
+        **verify,
+    )
+
+
+def check_cached_decode(model: Decoder, caches: list, tokens: torch.Tensor, context: int, steps: int) -> tuple[float, float]:
+    """Prefill `context` tokens into `caches`, decode `steps` more one at a time, and compare
+    every step's logits with a recomputation of the whole prefix without a cache.
+
+    Returns (max |cached - recomputed| logit, max |recomputed logit|)."""
+    model.prefill(tokens[:, :context], caches)
+    worst = scale = 0.0
+    pos = torch.zeros(1, dtype=torch.long, device=tokens.device)
+    for i in range(steps):
+        p = context + i
+        pos.fill_(p)
+        cached = model.decode(tokens[:, p : p + 1], pos, caches).float()
+        recomputed = model.prefill(tokens[:, : p + 1]).float()
+        worst = max(worst, (cached - recomputed).abs().max().item())
+        scale = max(scale, recomputed.abs().max().item())
+    return worst, scale
+
+
+def _verify(model: Decoder, caches: list, tokens: torch.Tensor, context: int, steps: int, run_dtype: str) -> dict:
+    worst, scale = check_cached_decode(model, caches, tokens, context, steps)
+    return {
+        "verify_max_abs_logit_diff": worst,
+        "verify_logit_scale": scale,
+        "verify_tolerance": VERIFY_TOLERANCE[run_dtype],
+    }

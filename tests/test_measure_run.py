@@ -1,0 +1,310 @@
+"""`kvplan measure` end to end, on the CPU for real: readings, JSON, gates, refusal, errors.
+
+The NVML path runs only where torch sees a CUDA device; elsewhere that one test is
+skipped (never faked).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+
+from cli_helpers import run_cli  # noqa: E402
+from kvplan.catalog import SPECS_DIR  # noqa: E402
+from kvplan.errors import InputError  # noqa: E402
+from kvplan.measure import run as measure_run  # noqa: E402
+from kvplan.measure.model import Decoder  # noqa: E402
+from kvplan.measure.run import MeasureOptions, measure  # noqa: E402
+
+TINY = dict(
+    name="tiny",
+    source="test",
+    num_parameters=10**10,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=256,
+    intermediate_size=128,
+    torch_dtype="float32",
+)
+
+KIND_FIELDS = {
+    "gqa": {},
+    "sliding": dict(num_hidden_layers=3, layer_types=["sliding_attention", "full_attention", "sliding_attention"], sliding_window=8),
+    "chunked": dict(layer_types=["chunked_attention", "full_attention"], attention_chunk_size=8),
+    "mla": dict(num_key_value_heads=None, kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16),
+    "state": dict(layer_types=["mamba", "full_attention"], mamba_d_state=8, mamba_d_conv=4, mamba_expand=2),
+    "kv-shared": dict(num_hidden_layers=3, num_kv_shared_layers=1),
+}
+
+CPU_READINGS = [
+    "device",
+    "predicted_kv_bytes",
+    "measured_kv_bytes",
+    "rss_delta_bytes",
+    "weight_bytes_read_per_step",
+    "kv_bytes_read_per_step",
+    "predicted_decode_step_s",
+    "measured_decode_step_s",
+    "achieved_gbps",
+    "bandwidth_utilisation",
+    "copy_bandwidth_gbps",
+    "prefill_flops",
+    "predicted_prefill_s",
+    "measured_prefill_s",
+    "torch_version",
+]
+CUDA_ONLY = ["allocated_delta_bytes", "reserved_delta_bytes", "nvml_used_delta_bytes", "peak_allocated_bytes"]
+
+
+@pytest.fixture(autouse=True)
+def small_probes(monkeypatch):
+    # an 8 MiB copy buffer keeps each run under a second on 2 cores (a real copy all the same)
+    monkeypatch.setitem(measure_run.COPY_BUFFER_BYTES, "cpu", 8 << 20)
+
+
+def _spec(spec_factory, **fields):
+    data = {**TINY, **fields}
+    data = {k: v for k, v in data.items() if v is not None}
+    return spec_factory(**data)
+
+
+def _yaml(tmp_path, **fields) -> str:
+    data = {**TINY, **fields}
+    data = {k: v for k, v in data.items() if v is not None}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_FIELDS))
+def test_every_kind_measures_exactly_on_the_cpu(spec_factory, kind):
+    spec = _spec(spec_factory, **KIND_FIELDS[kind])
+    report = measure(MeasureOptions(spec=spec, contexts=(20,), batches=(2,), decode_steps=3, warmup_steps=1, device="cpu", verify=True))
+    assert report.device == "cpu" and report.dtype == "fp32"
+    (run,) = report.runs
+    assert run.total_tokens == 23
+    assert run.measured_kv_bytes == run.predicted_kv_bytes > 0
+    assert all(k.measured_bytes == k.predicted_bytes for k in run.kv_by_kind)
+    assert report.measured_weight_bytes == report.predicted_weight_bytes
+    assert run.verify_ok, (run.verify_max_abs_logit_diff, run.verify_logit_scale)
+    record = report.to_dict()["runs"][0]
+    for key in CPU_READINGS:
+        assert record[key] is not None, key
+    for key in CUDA_ONLY:
+        assert record[key] is None, key  # CPU: no allocator or NVML readings, reported as absent
+    assert run.measured_decode_step_s > 0 and run.measured_prefill_s > 0
+    assert math.isclose(run.achieved_gbps, run.bytes_read_per_step / run.measured_decode_step_s / 1e9)
+    assert math.isclose(run.predicted_decode_step_s, run.bytes_read_per_step / (report.copy_bandwidth_gbps * 1e9))
+
+
+def test_a_context_sweep_reads_each_context(spec_factory):
+    report = measure(MeasureOptions(spec=_spec(spec_factory), contexts=(8, 40), batches=(1, 3), decode_steps=2, warmup_steps=1, device="cpu"))
+    assert [(r.context, r.batch) for r in report.runs] == [(8, 1), (8, 3), (40, 1), (40, 3)]
+    # 2 layers x 2 KV heads x (16 + 16) x 4 B = 512 B per token; context + 2 tokens x batch
+    assert [r.predicted_kv_bytes for r in report.runs] == [512 * 10, 512 * 10 * 3, 512 * 42, 512 * 42 * 3]
+    assert [r.measured_kv_bytes for r in report.runs] == [512 * 10, 512 * 10 * 3, 512 * 42, 512 * 42 * 3]
+    # weights read per step: layers 2 x (12,288 + 24,576 + 128) + norm 64 + LM head 16,384 + one
+    # 64-wide embedding row per sequence, 4 B each
+    assert [r.weight_bytes_read_per_step for r in report.runs] == [4 * (73_984 + 64 + 16_384 + 64 * b) for b in (1, 3, 1, 3)]
+    assert [r.kv_bytes_read_per_step for r in report.runs] == [r.predicted_kv_bytes for r in report.runs]
+
+
+def test_layers_runs_the_first_layers_and_predicts_for_them(spec_factory):
+    spec = _spec(spec_factory, num_hidden_layers=6, layer_types=["sliding_attention", "full_attention"] * 3, sliding_window=4)
+    report = measure(MeasureOptions(spec=spec, layers=3, contexts=(10,), decode_steps=2, warmup_steps=0, device="cpu"))
+    assert (report.layers_run, report.layers_total) == (3, 6)
+    # sliding layers 0 and 2 hold min(12, 4) = 4 tokens, full layer 1 holds 12; 256 B per token-layer
+    assert report.runs[0].measured_kv_bytes == report.runs[0].predicted_kv_bytes == 256 * (4 + 12 + 4)
+
+
+def test_fp8_cache_on_the_cpu(spec_factory):
+    report = measure(MeasureOptions(spec=_spec(spec_factory), contexts=(10,), decode_steps=2, warmup_steps=0, device="cpu", kv_cache_dtype="fp8"))
+    run = report.runs[0]
+    assert report.kv_cache_dtype == "fp8"
+    assert run.measured_kv_bytes == run.predicted_kv_bytes == 128 * 12  # 1 byte per element
+
+
+def test_ctrl_c_drops_the_model(spec_factory):
+    def interrupt(message: str) -> None:
+        if message.startswith("context"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        measure(MeasureOptions(spec=_spec(spec_factory), contexts=(10,), decode_steps=2, device="cpu", progress=interrupt))
+    gc.collect()
+    assert not [o for o in gc.get_objects() if type(o) is Decoder]
+
+
+def test_out_of_memory_anyway_is_caught(spec_factory, monkeypatch):
+    # pretend the memory check passed; the cache (2^61 bytes) then fails in torch's CPU allocator for real
+    monkeypatch.setattr(measure_run.rd, "mem_available_bytes", lambda: 1 << 70)
+    spec = _spec(spec_factory)
+    with pytest.raises(Exception) as info:
+        measure(MeasureOptions(spec=spec, contexts=(1 << 40,), batches=(1 << 14,), decode_steps=1, device="cpu"))
+    assert getattr(info.value, "exit_code", None) == 2
+    assert "out of memory on cpu while running context" in str(info.value)
+    assert "try fewer --layers, a smaller --batch or a shorter --context" in str(info.value)
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def test_cli_table_and_atomic_json(capsys, tmp_path):
+    spec = _yaml(tmp_path)
+    out = tmp_path / "reports" / "measure.json"
+    out.parent.mkdir()
+    r = run_cli(capsys, "measure", spec, "--context", "16,32", "--decode-steps", "3", "--warmup-steps", "1", "--json", str(out), "--device", "cpu", "--tolerance", "1e9")
+    assert r.exit_code == 0, r.stderr  # a loose gate passes
+    assert "KV cache: tensor storage" in r.stdout and "KV cache: process RSS Δ" in r.stdout
+    assert "context 16 + 3 decode steps = 19 tokens · batch 1" in r.stdout
+    assert "decode step (median, eager)" in r.stdout
+    assert [p.name for p in out.parent.iterdir()] == ["measure.json"]  # no temp file left behind
+    data = json.loads(out.read_text())
+    assert data["device"] == "cpu" and data["torch_version"] == torch.__version__
+    assert data["driver_version"] is None and data["cuda_context_bytes"] is None
+    assert [run["context"] for run in data["runs"]] == [16, 32]
+    for run in data["runs"]:
+        for key in ("device", "predicted_kv_bytes", "measured_kv_bytes", "predicted_decode_step_s", "measured_decode_step_s", "copy_bandwidth_gbps", "nvml_used_delta_bytes"):
+            assert key in run, key
+        assert run["nvml_used_delta_bytes"] is None
+        # 2 layers x 2 heads x 32 x 4 B = 512 B per token
+        assert run["measured_kv_bytes"] == run["predicted_kv_bytes"] == 512 * (run["context"] + 3)
+
+
+def test_cli_json_to_stdout_with_verify(capsys, tmp_path):
+    r = run_cli(capsys, "measure", _yaml(tmp_path, **KIND_FIELDS["sliding"]), "--context", "12", "--decode-steps", "2", "--verify", "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["runs"][0]["verify_ok"] is True
+
+
+def test_cli_catalog_spec_one_layer(capsys):
+    r = run_cli(capsys, "measure", "llama-3.1-8b", "--layers", "1", "--context", "32", "--decode-steps", "2", "--warmup-steps", "1", "--format", "json")
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert (data["layers_run"], data["layers_total"], data["dtype"]) == (1, 32, "bf16")
+    run = data["runs"][0]
+    # one layer x 8 KV heads x (128 + 128) x 2 B = 4,096 B per token; 32 + 2 tokens
+    assert run["predicted_kv_bytes"] == run["measured_kv_bytes"] == 4_096 * 34
+    # 1 layer: q 4096^2 + k, v 4096*1024 each + o 4096^2 + MLP 3*4096*14336 + norms 2*4096 = 218,112,000;
+    # + embedding and LM head 128256*4096 each + final norm 4096
+    assert data["parameters_run"] == 218_112_000 + 2 * 525_336_576 + 4_096
+    assert data["measured_weight_bytes"] == data["predicted_weight_bytes"] == 2 * data["parameters_run"]
+
+
+def test_cli_tolerance_gate_exits_1(capsys, tmp_path):
+    r = run_cli(capsys, "measure", _yaml(tmp_path), "--context", "8", "--decode-steps", "2", "--tolerance", "0")
+    assert r.exit_code == 1
+    last = r.stderr.strip().splitlines()[-1]  # progress lines come first on stderr
+    assert last.startswith("error: ") and "beyond --tolerance 0: " in last
+    assert "decode step" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert "KV cache: tensor storage" in r.stdout  # the table is printed before the gate
+
+
+REFUSAL_CHILD = textwrap.dedent(
+    """
+    import sys
+    from kvplan.cli import main
+    sys.argv = ["kvplan", *sys.argv[1:]]
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    # VmHWM: this process's peak resident set since exec (ru_maxrss would carry pytest's over exec)
+    peak = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+    print("peak_rss_kib", peak, file=sys.stderr)
+    sys.exit(code)
+    """
+)
+
+
+def test_refusal_exits_2_before_allocating(tmp_path):
+    # 10^9 tokens x 64 sequences x 512 B = 30 TiB of cache: refused from the prediction alone
+    spec = _yaml(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", REFUSAL_CHILD, "measure", spec, "--context", "1000000000", "--batch", "64"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("error: kvplan measure tiny (2 of 2 layers) needs ")
+    assert "KV cache 29.80 TiB" in lines[0] and "free (MemAvailable)" in lines[0]
+    assert lines[0].endswith("; even --layers 1 at batch 1 does not fit: try a shorter --context")
+    assert "Traceback" not in proc.stderr
+    peak_rss = int(lines[-1].split()[1]) * 1024
+    assert peak_rss < 1 << 30  # nothing big was allocated (torch itself is a few hundred MiB)
+
+
+def test_refusal_suggests_fewer_layers(capsys):
+    if not (SPECS_DIR / "llama-3.1-70b.yaml").is_file():
+        pytest.skip("llama-3.1-70b is not in the catalog")
+    # 80 layers of Llama-3.1-70B in bf16 are ~131 GiB of weights: more than this machine has free
+    r = run_cli(capsys, "measure", "llama-3.1-70b", "--context", "1024", "--device", "cpu")
+    assert r.exit_code == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: kvplan measure llama-3.1-70b (80 of 80 layers) needs ")
+    assert "; try --layers " in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--kv-cache-dtype", "q4_0"], "--kv-cache-dtype q4_0: kvplan measure stores bf16, fp16, fp32, fp8, fp8_e4m3, fp8_e5m2; q4_0 is sized by `kvplan estimate` only"),
+        (["--kv-cache-dtype", "nope"], "--kv-cache-dtype: unknown KV cache dtype 'nope'"),
+        (["--layers", "3"], "--layers 3: tiny has 2 layers; use 1 to 2"),
+        (["--decode-steps", "0"], "--decode-steps must be at least 1, got 0"),
+        (["--context", "0"], "--context '0': values must be at least 1"),
+        (["--tolerance", "-1"], "--tolerance -1.0: give a fraction of 0 or more"),
+    ],
+)
+def test_cli_bad_input_exits_2(capsys, tmp_path, args, message):
+    r = run_cli(capsys, "measure", _yaml(tmp_path), *args)
+    assert r.exit_code == 2
+    assert r.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: --device cuda is valid here")
+def test_cli_device_cuda_without_a_gpu(capsys, tmp_path):
+    r = run_cli(capsys, "measure", _yaml(tmp_path), "--device", "cuda")
+    assert r.exit_code == 2
+    assert r.stderr.strip().splitlines()[-1].startswith(f"error: --device cuda: torch {torch.__version__} sees no CUDA device; use --device cpu (or auto)")
+
+
+def test_mla_rejects_different_k_and_v_formats(spec_factory):
+    spec = _spec(spec_factory, **KIND_FIELDS["mla"])
+    with pytest.raises(InputError, match="uses MLA, which caches one latent vector"):
+        measure(MeasureOptions(spec=spec, contexts=(8,), device="cpu", kv_cache_dtype="fp32/bf16"))
+
+
+# ------------------------------------------------------------------ CUDA (skipped without a GPU)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the NVML path is never faked")
+def test_nvml_and_allocator_readings_on_cuda(spec_factory):
+    pytest.importorskip("pynvml")
+    spec = _spec(spec_factory, torch_dtype="bfloat16")
+    report = measure(MeasureOptions(spec=spec, contexts=(4096,), batches=(4,), decode_steps=8, device="cuda", verify=True))
+    run = report.runs[0]
+    assert report.device.startswith("cuda") and report.driver_version
+    assert report.cuda_context_bytes is not None and report.cuda_context_bytes > 0
+    assert run.measured_kv_bytes == run.predicted_kv_bytes
+    # the caching allocator rounds each of the 2 x 2 cache tensors up to a multiple of 512 B
+    assert run.allocated_delta_bytes >= run.predicted_kv_bytes
+    assert run.allocated_delta_bytes - run.predicted_kv_bytes < 512 * 2 * spec.num_hidden_layers
+    assert run.reserved_delta_bytes >= run.allocated_delta_bytes
+    assert run.nvml_used_delta_bytes is not None and run.nvml_used_delta_bytes >= 0
+    assert run.peak_allocated_bytes is not None
+    assert run.decode_mode in ("cuda-graph",) or run.decode_mode.startswith("eager (graph capture failed")
+    assert run.verify_ok
