@@ -81,7 +81,8 @@ def _root(
 # ------------------------------------------------------------------ commands
 
 
-EngineOpt = Annotated[str, typer.Option("--engine", help="Whose allocation rules: vllm (blocks, groups, windows as vLLM reserves them) or ideal (exactly the tokens held).")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="Whose allocation rules: vllm (blocks, groups, windows as vLLM reserves them), ideal (exactly the tokens held), or hf, llama.cpp, sglang, trtllm (kvplan.engines profiles).")]
+from kvplan import cli_compare as _profiles  # noqa: E402  (engine-profile flags: hf, llama.cpp, sglang, trtllm)
 GPUOpt = Annotated[Optional[str], typer.Option("--gpu", help="A catalog GPU (`kvplan gpus`) or a GPU YAML file; a comma list compares.")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Weights dtype: bf16, fp16, fp32, fp8, int8, int4 (+fp16 scale per 128), mxfp4 (default: the model's).")]
 
@@ -97,6 +98,29 @@ def estimate(
     pp: PPOpt = 1,
     state_dtype: StateDtypeOpt = None,
     engine: EngineOpt = "vllm",
+    hf_cache: _profiles.HFCacheOpt = "dynamic",
+    max_cache_len: _profiles.MaxCacheLenOpt = None,
+    generate: _profiles.GenerateOpt = False,
+    transformers_version: _profiles.TfVersionOpt = "5",
+    quant_backend: _profiles.QuantBackendOpt = "quanto",
+    nbits: _profiles.NbitsOpt = 4,
+    q_group_size: _profiles.QGroupOpt = 64,
+    residual_length: _profiles.ResidualOpt = 128,
+    parallel: _profiles.ParallelOpt = None,
+    ctx_size: _profiles.CtxSizeOpt = None,
+    ubatch_size: _profiles.UbatchOpt = 512,
+    n_batch: _profiles.NBatchOpt = 2048,
+    swa_full: _profiles.SwaFullOpt = False,
+    flash_attn: _profiles.FlashAttnOpt = "auto",
+    cache_type_k: _profiles.CacheTypeKOpt = None,
+    cache_type_v: _profiles.CacheTypeVOpt = None,
+    kv_unified: _profiles.KvUnifiedOpt = False,
+    mem_fraction_static: _profiles.MemFracOpt = None,
+    page_size: _profiles.PageSizeOpt = 1,
+    swa_full_tokens_ratio: _profiles.SwaRatioOpt = 0.8,
+    max_total_tokens: _profiles.MaxTotalTokensOpt = None,
+    tokens_per_block: _profiles.TokensPerBlockOpt = 32,
+    free_gpu_memory_fraction: _profiles.FreeFracOpt = 0.9,
     gpu: GPUOpt = None,
     gpu_memory: Annotated[Optional[str], typer.Option("--gpu-memory", help="GPU memory, e.g. 24GiB or 80GB (overrides --gpu's).")] = None,
     gpu_bandwidth: Annotated[Optional[float], typer.Option("--gpu-bandwidth", help="Peak memory bandwidth, GB/s (overrides --gpu's).")] = None,
@@ -127,8 +151,20 @@ def estimate(
     contexts = parse_int_list(context, "--context")
     batches = parse_int_list(batch, "--batch")
     tps = parse_int_list(tp, "--tensor-parallel-size")
-    if engine not in ("vllm", "ideal"):
-        raise InputError(f"--engine {engine!r} is not one of vllm, ideal")
+    if engine not in ("vllm", "ideal") + _profiles.PROFILE_ENGINES:
+        raise InputError(f"--engine {engine!r} is not one of vllm, ideal, hf, llama.cpp, sglang, trtllm")
+    if engine in _profiles.PROFILE_ENGINES:  # the engine's own allocation and budget rules (kvplan.engines)
+        return _profiles.estimate_profile(
+            spec, engine, contexts=contexts, batches=batches, tps=tps, kv_cache_dtype=kv_cache_dtype,
+            state_dtype=state_dtype, gpu=gpu, gpu_memory=gpu_memory, dtype=dtype, activation_memory=activation_memory,
+            non_torch_memory=non_torch_memory, fmt=fmt, exact=exact, hf_cache=hf_cache, max_cache_len=max_cache_len,
+            generate=generate, transformers_version=transformers_version, quant_backend=quant_backend, nbits=nbits,
+            q_group_size=q_group_size, residual_length=residual_length, prompt_tokens=prompt_tokens, parallel=parallel,
+            ctx_size=ctx_size, ubatch_size=ubatch_size, n_batch=n_batch, swa_full=swa_full, flash_attn=flash_attn,
+            cache_type_k=cache_type_k, cache_type_v=cache_type_v, kv_unified=kv_unified,
+            mem_fraction_static=mem_fraction_static, page_size=page_size, swa_full_tokens_ratio=swa_full_tokens_ratio,
+            max_total_tokens=max_total_tokens, tokens_per_block=tokens_per_block,
+            free_gpu_memory_fraction=free_gpu_memory_fraction)
     if block_size is not None and block_size < 1:
         raise InputError(f"--block-size must be a positive number of tokens, got {block_size}")
     try:
@@ -355,6 +391,10 @@ cli_gate.register(app)
 from kvplan import cli_measure  # noqa: E402
 
 cli_measure.register(app)
+
+from kvplan import cli_compare  # noqa: E402
+
+cli_compare.register(app)
 
 # ------------------------------------------------------------------ entry
 

@@ -84,6 +84,16 @@ def llamacpp_types(kv_cache_dtype: str) -> tuple[str, str]:
     return names[0], names[-1]
 
 
+def ideal_format(kv_cache_dtype: str, model_dtype: str) -> KVFormatPair:
+    """--kv-cache-dtype as kvplan's formats for the ideal row; an engine-only name (f16) sizes it in the model's dtype."""
+    from kvplan.formats import UnknownFormatError, parse_format_pair
+
+    try:
+        return parse_format_pair(kv_cache_dtype, model_dtype)
+    except UnknownFormatError:
+        return parse_format_pair("auto", model_dtype)
+
+
 def _signed(n: int) -> str:
     from kvplan.units import fmt_bytes
 

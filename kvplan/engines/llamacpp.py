@@ -264,7 +264,6 @@ def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, ideal_format
     settings.update(n_ctx=g.n_ctx, n_ctx_seq=g.kv_size if g.n_stream > 1 else g.n_ctx, kv_size=g.kv_size,
                     n_stream=g.n_stream, n_ubatch=g.n_ubatch)
     counts = kind_counts(spec)
-    k_fmt, v_fmt = type_format(type_k), type_format(type_v)
     ledger = Ledger(ideal.kv_bytes_total)
 
     rows: list[KindCache] = []

@@ -1,0 +1,486 @@
+"""`kvplan compare` and the engine profiles behind `kvplan estimate --engine hf|llama.cpp|sglang|trtllm`.
+
+Parses flags, calls `kvplan.engines`, renders. torch is never imported.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from kvplan.errors import InputError
+from kvplan.render import OutputFormat
+
+PROFILE_ENGINES = ("hf", "llama.cpp", "sglang", "trtllm")
+
+# ------------------------------------------------------------ engine flags (shared with estimate)
+HFCacheOpt = Annotated[str, typer.Option("--hf-cache", help="hf: dynamic (DynamicCache, generate()'s default), static (StaticCache) or quantized (QuantizedCache).")]
+MaxCacheLenOpt = Annotated[Optional[int], typer.Option("--max-cache-len", help="hf static: slots preallocated per layer (default: --context).")]
+GenerateOpt = Annotated[bool, typer.Option("--generate", help="hf: the sequence came from generate(), whose last sampled token is never cached.")]
+TfVersionOpt = Annotated[str, typer.Option("--transformers-version", help="hf: 4 (4.x: MLA cached decompressed, static V as wide as K) or 5 (5.x: MLA latent).")]
+QuantBackendOpt = Annotated[str, typer.Option("--quant-backend", help="hf quantized: quanto or hqq.")]
+NbitsOpt = Annotated[int, typer.Option("--nbits", help="hf quantized: bits per value (quanto 2, 4; hqq 1, 2, 3, 4, 8).")]
+QGroupOpt = Annotated[int, typer.Option("--q-group-size", help="hf quantized: values per scale / zero-point.")]
+ResidualOpt = Annotated[int, typer.Option("--residual-length", help="hf quantized: recent tokens kept in full precision.")]
+PromptTokensOpt = Annotated[Optional[int], typer.Option("--prompt-tokens", help="Prompt tokens per request (hf quantized: the prefill quantised at once; default: --context).")]
+ParallelOpt = Annotated[Optional[int], typer.Option("--parallel", help="llama.cpp -np: sequence slots (default: --batch).")]
+CtxSizeOpt = Annotated[Optional[int], typer.Option("--ctx-size", help="llama.cpp -c: cells of all slots together (default: --context x --parallel).")]
+UbatchOpt = Annotated[int, typer.Option("--ubatch-size", help="llama.cpp -ub: micro-batch; sliding layers get window + ubatch cells.")]
+NBatchOpt = Annotated[int, typer.Option("--n-batch", help="llama.cpp -b: logical batch (caps the micro-batch).")]
+SwaFullOpt = Annotated[bool, typer.Option("--swa-full", help="llama.cpp: sliding layers get the full context.")]
+FlashAttnOpt = Annotated[str, typer.Option("--flash-attn", help="llama.cpp -fa: on, off or auto (a quantized V cache needs it on).")]
+CacheTypeKOpt = Annotated[Optional[str], typer.Option("--cache-type-k", help="llama.cpp -ctk: f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1 (default: from --kv-cache-dtype, auto = f16).")]
+CacheTypeVOpt = Annotated[Optional[str], typer.Option("--cache-type-v", help="llama.cpp -ctv (default: from --kv-cache-dtype, auto = f16).")]
+KvUnifiedOpt = Annotated[bool, typer.Option("--kv-unified", help="llama.cpp: one cell pool shared by all slots.")]
+MemFracOpt = Annotated[Optional[float], typer.Option("--mem-fraction-static", help="sglang: share of free memory for weights + KV (default by tp: 0.88, 0.87 at tp>=2, 0.85 at >=4, 0.81 at >=8, 0.79 at >=16).")]
+PageSizeOpt = Annotated[int, typer.Option("--page-size", help="sglang: tokens per page.")]
+SwaRatioOpt = Annotated[float, typer.Option("--swa-full-tokens-ratio", help="sglang: SWA pool tokens / full pool tokens.")]
+MaxTotalTokensOpt = Annotated[Optional[int], typer.Option("--max-total-tokens", help="sglang: cap on the token pool.")]
+TokensPerBlockOpt = Annotated[int, typer.Option("--tokens-per-block", help="trtllm: tokens per KV block.")]
+FreeFracOpt = Annotated[float, typer.Option("--free-gpu-memory-fraction", help="trtllm: share of the memory left after the profiling peak.")]
+
+
+def engine_options(kv_cache_dtype: str, *, hf_cache="dynamic", max_cache_len=None, generate=False,
+                   transformers_version="5", quant_backend="quanto", nbits=4, q_group_size=64, residual_length=128,
+                   prompt_tokens=None, parallel=None, ctx_size=None, ubatch_size=512, n_batch=2048, swa_full=False,
+                   flash_attn="auto", cache_type_k=None, cache_type_v=None, kv_unified=False,
+                   mem_fraction_static=None, page_size=1, swa_full_tokens_ratio=0.8, max_total_tokens=None,
+                   tokens_per_block=32, free_gpu_memory_fraction=0.9) -> dict:
+    """The four engines' option objects from flag values."""
+    from kvplan.engines import hf, llamacpp, sglang, trtllm
+    from kvplan.engines.compare import llamacpp_types
+
+    k_default, v_default = llamacpp_types(kv_cache_dtype)
+    return {
+        "hf": hf.HFOptions(hf_cache, max_cache_len, generate, str(transformers_version), quant_backend, nbits,
+                           q_group_size, residual_length, prompt_tokens),
+        "llama.cpp": llamacpp.LlamaCppOptions(
+            llamacpp.cache_type(cache_type_k) if cache_type_k else k_default,
+            llamacpp.cache_type(cache_type_v) if cache_type_v else v_default,
+            parallel, ctx_size, ubatch_size, n_batch, swa_full, flash_attn, kv_unified),
+        "sglang": sglang.SGLangOptions(mem_fraction_static, page_size, swa_full_tokens_ratio, max_total_tokens),
+        "trtllm": trtllm.TrtllmOptions(tokens_per_block, free_gpu_memory_fraction),
+    }
+
+
+def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[str], activation: Optional[int],
+                  non_torch: Optional[int]):
+    """The GPU and what besides the KV cache sits on it, for the engines' budget rules."""
+    from kvplan.engines import MemoryInputs
+    from kvplan.planner import (
+        DEFAULT_NON_TORCH_BYTES,
+        DEFAULT_NON_TORCH_BYTES_TP,
+        WEIGHT_DTYPES,
+        PlanOptions,
+        activation_estimate,
+        stage_weight_bytes,
+    )
+
+    dtype = weights_dtype or spec.weights_dtype or spec.dtype
+    if dtype not in WEIGHT_DTYPES:
+        raise InputError(f"--dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    weights = stage_weight_bytes(spec, [spec.num_hidden_layers], dtype, tp)[0]
+    if activation is None:
+        act = activation_estimate(spec, PlanOptions(context=context, tp=tp), 4 if dtype == "fp32" else 2, tp)
+        source = ("estimated: one forward pass of 8,192 tokens (kvplan's vLLM profile-run estimate); "
+                  "--activation-memory sets it")
+    else:
+        act, source = activation, "--activation-memory"
+    if non_torch is None:
+        non_torch = DEFAULT_NON_TORCH_BYTES_TP if tp > 1 else DEFAULT_NON_TORCH_BYTES
+    return MemoryInputs(gpu.name, gpu.memory_bytes, weights, non_torch, act, source)
+
+
+def planner_capacity(spec, gpu, fmt, state, *, context: int, batch: int, tp: int, weights_dtype, activation,
+                     non_torch, vllm_block_size=None):
+    """ideal / vLLM capacity from kvplan.planner, as EngineCapacity."""
+    from kvplan.engines import EngineCapacity
+    from kvplan.planner import Engine, GPUFigures, Planner, PlanOptions
+
+    figures = GPUFigures(gpu.name, gpu.memory_bytes, gpu.memory_bandwidth_gbps, gpu.bf16_tflops, gpu.fp8_tflops,
+                         gpu.usd_per_hour)
+
+    def build(name: str):
+        engine = Engine(name)
+        block = 1 if engine is Engine.ideal else (vllm_block_size or (64 if spec.is_mla else 16))
+        plan = Planner(spec, figures, fmt, PlanOptions(context=context, batch=batch, tp=tp, engine=engine,
+                                                       block_size=block, weights_dtype=weights_dtype,
+                                                       activation_bytes=activation, non_torch_bytes=non_torch),
+                       state_format=state).plan()
+        rule = ("vLLM determine_available_memory: KV = total x gpu_memory_utilization - weights - activations "
+                "- non-torch")
+        return EngineCapacity(name, gpu.name, gpu.memory_bytes, plan.weights_bytes_per_gpu, rule,
+                              plan.kv_budget_bytes_per_gpu, plan.vllm_kv_cache_tokens, plan.max_concurrent_sequences,
+                              plan.fits, tuple(plan.vllm_log), (), tuple(plan.notes),
+                              {"gpu_memory_utilization": plan.gpu_memory_utilization, "block_size": plan.block_size})
+
+    return build
+
+
+# ------------------------------------------------------------------ rendering
+
+
+def _size(n: Optional[int], exact: bool) -> str:
+    from kvplan.render import size
+
+    return "—" if n is None else size(n, exact)
+
+
+def _tokens(cache) -> str:
+    from kvplan.render import KIND_LABEL
+
+    if cache.refused:
+        return "—"
+    parts = []
+    for k in cache.by_kind:
+        if k.kind == "state":
+            parts.append(f"state: {k.slots_per_layer:,} cell(s)/layer")
+        else:
+            parts.append(f"{KIND_LABEL.get(k.kind, k.kind)}: {k.tokens_per_sequence:,}")
+    return "; ".join(parts)
+
+
+def _delta(row, exact: bool) -> str:
+    if row.delta_bytes is None:
+        return "—"
+    if row.delta_bytes == 0:
+        return "0"
+    sign = "+" if row.delta_bytes > 0 else "-"
+    ideal = row.cache.ideal_bytes_total
+    pct = f" ({row.delta_bytes / ideal * 100:+.1f}%)" if ideal else ""
+    return sign + _size(abs(row.delta_bytes), exact) + pct
+
+
+COMPARE_HEADERS = ["engine", "KV dtype", "tokens held / seq / layer", "KV bytes", "vs ideal", "why it differs",
+                   "the engine logs", "refusals"]
+CAPACITY_HEADERS = ["KV budget/GPU", "max seqs", "fits"]
+
+
+def compare_rows(comparison, exact: bool) -> list[list[str]]:
+    out = []
+    for r in comparison.rows:
+        c = r.cache
+        row = [r.engine, c.kv_cache_dtype, _tokens(c), _size(c.kv_bytes_total, exact), _delta(r, exact),
+               "\n".join(x for x in r.why if not x.startswith("refused")) or "—",
+               "\n".join(c.log_lines) or "—", "\n".join(c.refusals) or "—"]
+        if comparison.gpu is not None:
+            cap = r.capacity
+            row += [_size(cap.kv_budget_bytes, exact), f"{cap.max_concurrent_sequences:,}",
+                    "yes" if cap.fits else "no"]
+            if cap.log_lines:
+                row[6] = "\n".join(list(c.log_lines) + list(cap.log_lines))
+            if cap.refusals:
+                row[7] = "\n".join(list(c.refusals) + list(cap.refusals))
+        out.append(row)
+    return out
+
+
+def csv_records(comparison) -> list[dict]:
+    records = []
+    for r in comparison.rows:
+        c = r.cache
+        rec = {
+            "model": comparison.model, "engine": r.engine, "context": c.context, "batch": c.batch,
+            "kv_cache_dtype": c.kv_cache_dtype,
+            "tokens_held": ";".join(f"{k}={v}" for k, v in c.tokens_held_by_kind.items()),
+            "kv_bytes_total": c.kv_bytes_total, "ideal_bytes_total": c.ideal_bytes_total, "delta_bytes": r.delta_bytes,
+            "why": " | ".join(r.why), "log": " | ".join(c.log_lines), "refusals": " | ".join(c.refusals),
+        }
+        if r.capacity is not None:
+            rec.update(gpu=r.capacity.gpu, kv_budget_bytes=r.capacity.kv_budget_bytes,
+                       max_total_tokens=r.capacity.max_total_tokens,
+                       max_concurrent_sequences=r.capacity.max_concurrent_sequences, fits=r.capacity.fits)
+        records.append(rec)
+    return records
+
+
+def render_comparison(comparison, fmt: OutputFormat, exact: bool) -> None:
+    from kvplan import render
+
+    if fmt is OutputFormat.json:
+        render.write(render.to_json(comparison.to_dict()))
+        return
+    if fmt is OutputFormat.csv:
+        render.write(render.to_csv(csv_records(comparison)))
+        return
+    headers = COMPARE_HEADERS + (CAPACITY_HEADERS if comparison.gpu else [])
+    title = (f"{comparison.model} · context {comparison.context:,} · batch {comparison.batch:,} · "
+             f"KV {comparison.kv_cache_dtype} · tp {comparison.tensor_parallel_size}"
+             + (f" · {comparison.gpu}" if comparison.gpu else ""))
+    rows = compare_rows(comparison, exact)
+    if fmt is OutputFormat.markdown:
+        md_rows = [[cell.replace("\n", "<br>") for cell in row] for row in rows]
+        render.write(f"**{title}**\n\n" + render.markdown_table(headers, md_rows))
+        return
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", header_style="bold", show_lines=True)
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="right" if h in ("KV bytes", "vs ideal", "max seqs") else "left",
+                         overflow="fold", no_wrap=False)
+    for row in rows:
+        table.add_row(*row)
+    out = render.console()
+    out.width = max(out.width or 0, 200)
+    out.print(table)
+
+
+def engine_report_lines(cache, capacity, exact: bool) -> list[tuple[str, str]]:
+    """Summary lines under the per-kind table of `estimate --engine <profile>`."""
+    from kvplan.engines.compare import explain
+
+    seqs = "1 sequence" if cache.batch == 1 else f"{cache.batch:,} sequences"
+    lines = [("KV bytes total", _size(cache.kv_bytes_total, exact) + f" for {seqs} of {cache.context:,} tokens"),
+             ("ideal", _size(cache.ideal_bytes_total, exact) + " (exactly the tokens held, kvplan.calc)")]
+    for why in explain(cache):
+        lines.append(("why it differs", why))
+    for k, v in cache.settings.items():
+        if v is not None:
+            lines.append(("setting", f"{k} = {v}"))
+    for line in cache.log_lines:
+        lines.append((f"{cache.engine} would log", line))
+    for r in cache.refusals:
+        lines.append((f"{cache.engine} refuses", r))
+    if capacity is not None:
+        lines.append(("GPU", f"{capacity.gpu}, {_size(capacity.gpu_memory_bytes, exact)}; weights {_size(capacity.weights_bytes, exact)}"))
+        lines.append(("budget rule", capacity.budget_rule))
+        lines.append(("KV budget", _size(capacity.kv_budget_bytes, exact) + " per GPU"))
+        if capacity.max_total_tokens is not None:
+            lines.append(("pool", f"{capacity.max_total_tokens:,} tokens"))
+        lines.append(("max concurrency", f"{capacity.max_concurrent_sequences:,} sequences of {cache.context:,} tokens"))
+        lines.append(("verdict", "fits" if capacity.fits else "does NOT fit"))
+        for line in capacity.log_lines:
+            lines.append((f"{cache.engine} would log", line))
+        for r in capacity.refusals:
+            lines.append((f"{cache.engine} refuses", r))
+        for n in capacity.notes:
+            lines.append(("note", n))
+    for n in cache.notes:
+        lines.append(("note", n))
+    return lines
+
+
+ENGINE_KIND_HEADERS = ["layer kind", "layers", "tokens held / seq", "slots / layer", "bytes / slot", "total"]
+
+
+def engine_kind_rows(cache, exact: bool) -> list[list[str]]:
+    from kvplan.render import KIND_LABEL
+
+    rows = []
+    for k in cache.by_kind:
+        rows.append([KIND_LABEL.get(k.kind, k.kind), f"{k.layers:,}",
+                     "—" if k.kind == "state" else f"{k.tokens_per_sequence:,}", f"{k.slots_per_layer:,}",
+                     "mixed" if k.bytes_per_slot is None else f"{k.bytes_per_slot:,} B", _size(k.bytes, exact)])
+    return rows
+
+
+def render_engine(results: list[tuple], fmt: OutputFormat, exact: bool) -> None:
+    """`estimate --engine <profile>`: one (cache, capacity) per combination."""
+    from kvplan import render
+
+    if fmt is OutputFormat.json:
+        data = [{**c.to_dict(), "capacity": None if cap is None else cap.to_dict()} for c, cap in results]
+        render.write(render.to_json(data[0] if len(data) == 1 else data))
+        return
+    if fmt is OutputFormat.csv:
+        recs = []
+        for c, cap in results:
+            rec = {"model": c.model, "engine": c.engine, "context": c.context, "batch": c.batch,
+                   "kv_cache_dtype": c.kv_cache_dtype, "kv_bytes_total": c.kv_bytes_total,
+                   "ideal_bytes_total": c.ideal_bytes_total, "refusals": " | ".join(c.refusals),
+                   "log": " | ".join(c.log_lines)}
+            if cap is not None:
+                rec.update(gpu=cap.gpu, kv_budget_bytes=cap.kv_budget_bytes, max_total_tokens=cap.max_total_tokens,
+                           max_concurrent_sequences=cap.max_concurrent_sequences, fits=cap.fits)
+            recs.append(rec)
+        render.write(render.to_csv(recs))
+        return
+    if len(results) > 1:
+        headers = ["context", "batch", "KV dtype", "KV bytes", "ideal", "refusals"] + (
+            ["max seqs", "fits"] if results[0][1] is not None else [])
+        rows = []
+        for c, cap in results:
+            row = [f"{c.context:,}", f"{c.batch:,}", c.kv_cache_dtype, _size(c.kv_bytes_total, exact),
+                   _size(c.ideal_bytes_total, exact), "; ".join(c.refusals) or "—"]
+            if cap is not None:
+                row += [f"{cap.max_concurrent_sequences:,}", "yes" if cap.fits else "no"]
+            rows.append(row)
+        title = f"{results[0][0].model} · {results[0][0].engine} · {len(results)} combinations"
+        if fmt is OutputFormat.markdown:
+            render.write(f"**{title}**\n\n" + render.markdown_table(headers, rows))
+        else:
+            render.console().print(render.rich_table(title, headers, rows))
+        return
+    cache, capacity = results[0]
+    title = f"{cache.model} · {cache.engine} · context {cache.context:,} · batch {cache.batch:,} · KV {cache.kv_cache_dtype}"
+    lines = engine_report_lines(cache, capacity, exact)
+    if fmt is OutputFormat.markdown:
+        text = f"**{title}**\n\n" + render.markdown_table(ENGINE_KIND_HEADERS, engine_kind_rows(cache, exact))
+        text += "\n" + render.markdown_table(["", "value"], lines)
+        render.write(text)
+        return
+    out = render.console()
+    if cache.by_kind:
+        out.print(render.rich_table(title, ENGINE_KIND_HEADERS, engine_kind_rows(cache, exact)))
+    else:
+        out.print(title)
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        out.print(f"{key:<{width}}  {value}", markup=False, soft_wrap=True)  # log lines stay whole
+
+
+# ------------------------------------------------------------------ estimate --engine <profile>
+
+
+def estimate_profile(spec, engine: str, *, contexts, batches, tps, kv_cache_dtype: str, state_dtype, gpu,
+                     gpu_memory, dtype, activation_memory, non_torch_memory, fmt: OutputFormat, exact: bool,
+                     **engine_flags) -> None:
+    """`kvplan estimate --engine hf|llama.cpp|sglang|trtllm`: the engine's cache (and capacity with --gpu).
+
+    `engine_flags` are the engine options of `engine_options` (--hf-cache, --parallel, --page-size ...).
+    """
+    from dataclasses import replace
+
+    from kvplan.cli import parse_str_list
+    from kvplan.engines import engine_module
+    from kvplan.engines.compare import ideal_format
+    from kvplan.formats import UnknownFormatError, parse_format
+    from kvplan.units import parse_bytes
+
+    module = engine_module(engine)
+    if engine in ("hf", "llama.cpp") and any(t > 1 for t in tps):
+        raise InputError(f"--tp: kvplan's {engine} profile is for one device; use --tp 1")
+    try:
+        state_format = parse_format(state_dtype) if state_dtype else None
+    except UnknownFormatError as exc:
+        raise InputError(f"--state-dtype: {exc}") from None
+    kv_dtypes = parse_str_list(kv_cache_dtype)
+    if not kv_dtypes:
+        raise InputError("--kv-cache-dtype needs at least one format")
+    devices = []
+    if gpu is not None or gpu_memory is not None:
+        from kvplan.gpus import gpu_from_options
+
+        names = parse_str_list(gpu) if gpu else [None]
+        devices = [gpu_from_options(g, gpu_memory, None if g else 1.0, None, None) for g in names]
+    activation = parse_bytes(activation_memory, "--activation-memory") if activation_memory else None
+    non_torch = parse_bytes(non_torch_memory, "--non-torch-memory") if non_torch_memory else None
+    results = []
+    for kv in kv_dtypes:
+        pair = ideal_format(kv, spec.dtype)  # an engine-only name (f16): the engine judges it
+        eopts = engine_options(kv, **engine_flags)[engine]
+        for tp in tps:
+            if engine in ("sglang", "trtllm"):
+                eopts = replace(eopts, tp=tp)
+            kwargs = {"ideal_format": pair, "ideal_state": state_format}
+            if engine != "llama.cpp":
+                kwargs["kv_cache_dtype"] = kv
+            for device in devices or [None]:
+                for c in contexts:
+                    for b in batches:
+                        cache = module.cache(spec, c, b, eopts, **kwargs)
+                        cap = None
+                        if device is not None:
+                            mem = memory_inputs(spec, device, context=c, tp=tp, weights_dtype=dtype,
+                                                activation=activation, non_torch=non_torch)
+                            cap = module.capacity(spec, c, b, eopts, mem, **kwargs)
+                        results.append((cache, cap))
+    render_engine(results, fmt, exact)
+
+
+# ------------------------------------------------------------------ compare
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def compare(
+        model: Annotated[str, typer.Argument(help="A catalog name (see `kvplan models`) or a path to a spec YAML.", show_default=False)],
+        context: Annotated[str, typer.Option("--context", "-c", help="Tokens per sequence (8k = 8192).")] = "8192",
+        batch: Annotated[int, typer.Option("--batch", "-b", help="Concurrent sequences.")] = 1,
+        kv_cache_dtype: Annotated[str, typer.Option("--kv-cache-dtype", help="KV format for every engine (auto = the model's dtype; llama.cpp: f16); an engine without it refuses. K/V differ as q8_0/q4_0.")] = "auto",
+        tp: Annotated[int, typer.Option("--tensor-parallel-size", "--tp", help="Tensor-parallel ranks (vllm, sglang, trtllm; hf and llama.cpp need 1).")] = 1,
+        engines: Annotated[str, typer.Option("--engines", help="Comma list of rows: ideal, vllm, hf, llama.cpp, sglang, trtllm.")] = "ideal,vllm,hf,llama.cpp,sglang,trtllm",
+        state_dtype: Annotated[Optional[str], typer.Option("--state-dtype", help="Ideal / vLLM SSM state format (default: the model's dtype).")] = None,
+        block_size: Annotated[Optional[int], typer.Option("--block-size", help="vllm: tokens per block (default 16; 64 for MLA).")] = None,
+        hf_cache: HFCacheOpt = "dynamic",
+        max_cache_len: MaxCacheLenOpt = None,
+        generate: GenerateOpt = False,
+        transformers_version: TfVersionOpt = "5",
+        quant_backend: QuantBackendOpt = "quanto",
+        nbits: NbitsOpt = 4,
+        q_group_size: QGroupOpt = 64,
+        residual_length: ResidualOpt = 128,
+        prompt_tokens: PromptTokensOpt = None,
+        parallel: ParallelOpt = None,
+        ctx_size: CtxSizeOpt = None,
+        ubatch_size: UbatchOpt = 512,
+        n_batch: NBatchOpt = 2048,
+        swa_full: SwaFullOpt = False,
+        flash_attn: FlashAttnOpt = "auto",
+        cache_type_k: CacheTypeKOpt = None,
+        cache_type_v: CacheTypeVOpt = None,
+        kv_unified: KvUnifiedOpt = False,
+        mem_fraction_static: MemFracOpt = None,
+        page_size: PageSizeOpt = 1,
+        swa_full_tokens_ratio: SwaRatioOpt = 0.8,
+        max_total_tokens: MaxTotalTokensOpt = None,
+        tokens_per_block: TokensPerBlockOpt = 32,
+        free_gpu_memory_fraction: FreeFracOpt = 0.9,
+        gpu: Annotated[Optional[str], typer.Option("--gpu", help="A catalog GPU or GPU YAML: adds each engine's KV budget and capacity.")] = None,
+        gpu_memory: Annotated[Optional[str], typer.Option("--gpu-memory", help="GPU memory, e.g. 24GiB (overrides --gpu's).")] = None,
+        dtype: Annotated[Optional[str], typer.Option("--dtype", help="Weights dtype (default: the model's).")] = None,
+        activation_memory: Annotated[Optional[str], typer.Option("--activation-memory", help="Peak activations per GPU, e.g. 2GiB (default: estimated).")] = None,
+        non_torch_memory: Annotated[Optional[str], typer.Option("--non-torch-memory", help="CUDA context etc. per GPU (default 512MiB; 1GiB at tp > 1).")] = None,
+        fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.table,
+        exact: Annotated[bool, typer.Option("--bytes", help="Show exact byte counts beside binary units.")] = False,
+    ) -> None:
+        """MODEL in every engine side by side: tokens held, KV bytes, why each differs, log lines, refusals."""
+        from kvplan.catalog import resolve_spec
+        from kvplan.cli import parse_int_list, parse_str_list
+        from kvplan.engines.compare import CompareOptions, compare as run_compare, ideal_format
+        from kvplan.formats import UnknownFormatError, parse_format
+        from kvplan.units import parse_bytes
+
+        spec = resolve_spec(model)
+        contexts = parse_int_list(context, "--context")
+        if len(contexts) > 1:
+            raise InputError("--context: compare takes one context (use estimate for sweeps)")
+        if batch < 1:
+            raise InputError(f"--batch must be at least 1, got {batch}")
+        if tp < 1:
+            raise InputError(f"--tensor-parallel-size must be at least 1, got {tp}")
+        names = tuple(parse_str_list(engines))
+        pair = ideal_format(kv_cache_dtype, spec.dtype)  # each engine then accepts or refuses the name itself
+        try:
+            state = parse_format(state_dtype) if state_dtype else None
+        except UnknownFormatError as exc:
+            raise InputError(f"--state-dtype: {exc}") from None
+        opts_by_engine = engine_options(
+            kv_cache_dtype, hf_cache=hf_cache, max_cache_len=max_cache_len, generate=generate,
+            transformers_version=transformers_version, quant_backend=quant_backend, nbits=nbits,
+            q_group_size=q_group_size, residual_length=residual_length, prompt_tokens=prompt_tokens,
+            parallel=parallel, ctx_size=ctx_size, ubatch_size=ubatch_size, n_batch=n_batch, swa_full=swa_full,
+            flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v, kv_unified=kv_unified,
+            mem_fraction_static=mem_fraction_static, page_size=page_size,
+            swa_full_tokens_ratio=swa_full_tokens_ratio, max_total_tokens=max_total_tokens,
+            tokens_per_block=tokens_per_block, free_gpu_memory_fraction=free_gpu_memory_fraction)
+        opts = CompareOptions(context=contexts[0], batch=batch, kv_cache_dtype=kv_cache_dtype, tp=tp, engines=names,
+                              vllm_block_size=block_size, hf=opts_by_engine["hf"],
+                              llamacpp=opts_by_engine["llama.cpp"], sglang=opts_by_engine["sglang"],
+                              trtllm=opts_by_engine["trtllm"])
+        memory = factory = None
+        if gpu is not None or gpu_memory is not None:
+            from kvplan.gpus import gpu_from_options
+
+            # compare reports memory only: a flag-built GPU needs a bandwidth, which nothing here reads
+            device = gpu_from_options(gpu, gpu_memory, None if gpu else 1.0, None, None)
+            activation = parse_bytes(activation_memory, "--activation-memory") if activation_memory else None
+            non_torch = parse_bytes(non_torch_memory, "--non-torch-memory") if non_torch_memory else None
+            memory = memory_inputs(spec, device, context=contexts[0], tp=tp, weights_dtype=dtype,
+                                   activation=activation, non_torch=non_torch)
+            factory = planner_capacity(spec, device, pair, state, context=contexts[0], batch=batch, tp=tp,
+                                       weights_dtype=dtype, activation=activation, non_torch=non_torch,
+                                       vllm_block_size=block_size)
+        result = run_compare(spec, opts, pair, state, memory=memory, planner_factory=factory)
+        render_comparison(result, fmt, exact)

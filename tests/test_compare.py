@@ -1,0 +1,259 @@
+"""`kvplan compare` and `estimate --engine <profile>`: engines side by side, where they must agree, and why they differ."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvplan.catalog import catalog_names, resolve_spec
+from kvplan.engines import ALL_ENGINES
+from kvplan.engines.compare import CompareOptions, compare, explain, ideal_format
+
+from cli_helpers import run_cli
+from conftest import make_spec
+
+LLAMA_TOKEN = 131_072  # Llama-3.1-8B: 32 layers x 8 KV heads x (128 + 128) x 2 B
+
+
+def rows_of(comparison):
+    return {r.engine: r for r in comparison.rows}
+
+
+def run_compare(spec, context, batch=1, kv="auto", **opts):
+    return compare(spec, CompareOptions(context=context, batch=batch, kv_cache_dtype=kv, **opts),
+                   ideal_format(kv, spec.dtype))
+
+
+# --- where the engines must agree: plain GQA, no window, a length every block size divides
+
+
+def test_llama_8b_every_engine_agrees_at_a_block_aligned_length():
+    """8192 is a multiple of 16 (vLLM), 32 (TensorRT-LLM), 256 (llama.cpp): every engine holds 8192 x 131,072 B
+    per sequence; SGLang adds only its one padding slot per layer buffer (memory_pool.py)."""
+    rows = rows_of(run_compare(resolve_spec("llama-3.1-8b"), 8192, batch=2))
+    for engine in ("ideal", "vllm", "hf", "llama.cpp", "trtllm"):
+        assert rows[engine].cache.kv_bytes_total == 2 * 8192 * LLAMA_TOKEN == 2 * 2**30, engine
+        assert rows[engine].delta_bytes == 0
+        assert rows[engine].cache.tokens_held_by_kind == {"full_attention": 8192}
+    assert rows["sglang"].cache.kv_bytes_total == (2 * 8192 + 1) * LLAMA_TOKEN
+    assert rows["sglang"].delta_bytes == LLAMA_TOKEN
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    blocks=st.integers(1, 24),
+    batch=st.integers(1, 4),
+    layers=st.integers(1, 6),
+    kv_heads=st.sampled_from([1, 2, 4]),
+    head_dim=st.sampled_from([32, 64, 128]),
+)
+def test_plain_gqa_engines_agree_property(blocks, batch, layers, kv_heads, head_dim):
+    """Any plain GQA model at a multiple of 256 tokens: every engine equals the ideal (SGLang: + its padding slot)."""
+    spec = make_spec(num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=kv_heads, head_dim=head_dim,
+                     hidden_size=4 * head_dim)
+    context = 256 * blocks
+    rows = rows_of(run_compare(spec, context, batch=batch))
+    per_token_layer = kv_heads * 2 * head_dim * 2
+    for engine in ("ideal", "vllm", "hf", "llama.cpp", "trtllm"):
+        assert rows[engine].cache.kv_bytes_total == batch * context * layers * per_token_layer, engine
+    assert rows["sglang"].cache.kv_bytes_total == (batch * context + 1) * layers * per_token_layer
+
+
+# --- the reason for every difference: the named differences add up exactly
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    name=st.sampled_from(["llama-3.1-8b", "gemma-3-27b", "deepseek-v2-lite", "jamba-v0.1", "gpt-oss-20b",
+                          "llama-4-scout", "mistral-7b-v0.1"]),
+    context=st.integers(1, 40_000),
+    batch=st.integers(1, 5),
+    hf_cache=st.sampled_from(["dynamic", "static", "quantized"]),
+    generate=st.booleans(),
+    version=st.sampled_from(["4", "5"]),
+)
+def test_differences_sum_to_engine_minus_ideal(name, context, batch, hf_cache, generate, version):
+    from kvplan.engines import hf
+
+    spec = resolve_spec(name)
+    opts = dict(hf=hf.HFOptions(cache=hf_cache, generate=generate and context > 1, transformers_version=version))
+    for row in run_compare(spec, context, batch=batch, **opts).rows:
+        c = row.cache
+        assert c.kv_bytes_total is not None, (row.engine, c.refusals)
+        assert sum(d.bytes for d in c.differences) == c.kv_bytes_total - c.ideal_bytes_total, row.engine
+        assert sum(k.bytes for k in c.by_kind) == c.kv_bytes_total, row.engine
+        assert len(row.why) >= 1
+
+
+@pytest.mark.parametrize("name", catalog_names())
+def test_every_catalog_model_compares(name):
+    spec = resolve_spec(name)
+    rows = rows_of(run_compare(spec, 5000, batch=2))
+    assert set(rows) == set(ALL_ENGINES)
+    for r in rows.values():
+        assert r.cache.kv_bytes_total is not None and r.cache.kv_bytes_total > 0, r.engine
+
+
+def test_gemma_reasons_name_each_engines_rule():
+    rows = rows_of(run_compare(resolve_spec("gemma-3-27b"), 8192))
+    assert explain(rows["llama.cpp"].cache) == (
+        "+208.00 MiB: sliding layers: pad(1,024 window + 512 ubatch, 256) = 1,536 cells per stream",
+    )
+    assert explain(rows["hf"].cache) == ("-416.00 KiB: DynamicSlidingWindowLayer keeps the last W - 1 = 1,023 tokens",)
+    # vLLM: ceil(1023 / 16) + 1 = 65 blocks = 1040 slots for a 1024 window: 52 layers x 16 x 8192 B more
+    assert rows["vllm"].delta_bytes == 52 * 16 * 8192
+
+
+def test_kv_dtype_translated_per_engine_and_refused_where_missing():
+    rows = rows_of(run_compare(resolve_spec("llama-3.1-8b"), 4096, kv="q8_0"))
+    assert rows["llama.cpp"].cache.kv_bytes_total == 32 * 4096 * 1088 * 2  # q8_0: 34 B per 32 values
+    assert rows["ideal"].cache.kv_cache_dtype == "q8_0"
+    assert rows["vllm"].cache.refusals[0].startswith("error: argument --kv-cache-dtype: invalid choice: 'q8_0'")
+    assert rows["sglang"].cache.refused and rows["trtllm"].cache.refused and rows["hf"].cache.refused
+    assert rows["vllm"].why[0].startswith("refused: ")
+
+
+def test_fp8_row_names():
+    rows = rows_of(run_compare(resolve_spec("llama-3.1-8b"), 4096, kv="fp8"))
+    assert rows["llama.cpp"].cache.refusals == ("Unsupported cache type: fp8",)
+    assert rows["sglang"].cache.kv_cache_dtype == "fp8_e4m3"
+    assert rows["trtllm"].cache.kv_bytes_total == 32 * 4096 * 8 * 256  # 1 byte
+    assert rows["vllm"].cache.kv_bytes_total == 32 * 4096 * 8 * 256
+
+
+def test_llama_cpp_types_from_kv_dtype():
+    assert llamacpp_types_of("auto") == ("f16", "f16")
+    assert llamacpp_types_of("q8_0/q4_0") == ("q8_0", "q4_0")
+    assert llamacpp_types_of("fp16") == ("f16", "f16")
+
+
+def llamacpp_types_of(text):
+    from kvplan.engines.compare import llamacpp_types
+
+    return llamacpp_types(text)
+
+
+def test_single_device_engines_reject_tp():
+    with pytest.raises(Exception, match="llama.cpp splits layers, not heads"):
+        run_compare(resolve_spec("llama-3.1-8b"), 4096, tp=2, engines=("llama.cpp",))
+
+
+# --- CLI: compare
+
+
+def test_compare_json_has_one_row_per_engine(capsys):
+    r = run_cli(capsys, "compare", "llama-3.1-8b", "-c", "8192", "-b", "2", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert [row["engine"] for row in data["rows"]] == list(ALL_ENGINES)
+    by = {row["engine"]: row for row in data["rows"]}
+    assert by["llama.cpp"]["cache"]["kv_bytes_total"] == 2 * 2**30
+    assert by["llama.cpp"]["cache"]["log_lines"] == [
+        "llama_kv_cache: size = 2048.00 MiB (  8192 cells,  32 layers,  2/2 seqs), K (f16): 1024.00 MiB, V (f16): 1024.00 MiB"
+    ]
+    assert by["sglang"]["cache"]["overhead_bytes"] == {
+        "one 1-slot padding page per K/V buffer (slot 0 takes padded tokens' writes)": LLAMA_TOKEN}
+
+
+def test_compare_table_markdown_csv(capsys):
+    r = run_cli(capsys, "compare", "gemma-3-27b", "-c", "8k")
+    assert r.exit_code == 0, r.stderr
+    for text in ("llama.cpp", "1,536", "DynamicSlidingWindowLayer", "why it differs"):
+        assert text in r.stdout
+    r = run_cli(capsys, "compare", "gemma-3-27b", "-f", "markdown")
+    assert r.exit_code == 0 and r.stdout.startswith("**gemma-3-27b") and "| llama.cpp | f16 |" in r.stdout
+    r = run_cli(capsys, "compare", "gemma-3-27b", "-f", "csv")
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert [x["engine"] for x in rows] == list(ALL_ENGINES)
+    assert rows[3]["tokens_held"] == "full_attention=8192;sliding_attention=1536"
+
+
+def test_compare_with_gpu_adds_each_engines_budget(capsys):
+    r = run_cli(capsys, "compare", "llama-3.1-8b", "-c", "8192", "--gpu", "h100-sxm", "--activation-memory", "2GiB",
+                "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    by = {row["engine"]: row for row in json.loads(r.stdout)["rows"]}
+    assert by["trtllm"]["capacity"]["max_total_tokens"] == 458_513  # see test_engines_trtllm
+    assert by["sglang"]["capacity"]["max_total_tokens"] == 448_038  # activations not subtracted
+    assert by["vllm"]["capacity"]["log_lines"][1].startswith("GPU KV cache size: ")
+    assert all(row["capacity"]["fits"] for row in by.values())
+
+
+def test_compare_engines_subset_and_bad_name(capsys):
+    r = run_cli(capsys, "compare", "llama-3.1-8b", "--engines", "ideal,llama.cpp", "-f", "json")
+    assert [row["engine"] for row in json.loads(r.stdout)["rows"]] == ["ideal", "llama.cpp"]
+    r = run_cli(capsys, "compare", "llama-3.1-8b", "--engines", "tgi")
+    assert r.exit_code == 2
+    assert r.stderr == "error: --engines 'tgi' is not one of ideal, vllm, hf, llama.cpp, sglang, trtllm\n"
+
+
+def test_compare_one_context_only(capsys):
+    r = run_cli(capsys, "compare", "llama-3.1-8b", "-c", "1024,2048")
+    assert r.exit_code == 2 and "compare takes one context" in r.stderr
+
+
+# --- CLI: estimate --engine <profile>
+
+
+def test_estimate_engine_llama_cpp_prints_the_log_line(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--engine", "llama.cpp", "-c", "8192", "--kv-cache-dtype", "q8_0")
+    assert r.exit_code == 0, r.stderr
+    assert ("llama_kv_cache: size =  544.00 MiB (  8192 cells,  32 layers,  1/1 seqs), "
+            "K (q8_0):  272.00 MiB, V (q8_0):  272.00 MiB") in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args, total",
+    [
+        (["--engine", "llama.cpp", "--cache-type-k", "q8_0", "--cache-type-v", "q4_0"], 32 * 4096 * (1088 + 576)),
+        (["--engine", "llama.cpp", "--parallel", "2", "-b", "1"], 32 * 4096 * 4096 * 2),
+        (["--engine", "hf", "--generate"], 4095 * LLAMA_TOKEN),
+        (["--engine", "hf", "--hf-cache", "static", "--max-cache-len", "8192"], 8192 * LLAMA_TOKEN),
+        (["--engine", "sglang", "--page-size", "64"], (4096 + 64) * LLAMA_TOKEN),
+        (["--engine", "trtllm", "--tokens-per-block", "64"], 4096 * LLAMA_TOKEN),
+    ],
+)
+def test_estimate_engine_flags(capsys, args, total):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "-c", "4096", *args, "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["kv_bytes_total"] == total
+
+
+def test_estimate_engine_refusal_and_sweep(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--engine", "llama.cpp", "--kv-cache-dtype", "q8_0",
+                "--flash-attn", "off", "-f", "json")
+    assert r.exit_code == 0
+    assert json.loads(r.stdout)["refusals"] == ["llama_init_from_model: quantized V cache requires flash_attn to be enabled"]
+    r = run_cli(capsys, "estimate", "gemma-3-27b", "--engine", "llama.cpp", "-c", "4k,8k", "-b", "1,2", "-f", "json")
+    assert len(json.loads(r.stdout)) == 4
+
+
+def test_estimate_engine_with_gpu(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--engine", "sglang", "--gpu", "h100-sxm", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["capacity"]["max_total_tokens"] == 448_038
+
+
+def test_estimate_unknown_engine_lists_the_profiles(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--engine", "tgi")
+    assert r.exit_code == 2
+    assert r.stderr == "error: --engine 'tgi' is not one of vllm, ideal, hf, llama.cpp, sglang, trtllm\n"
+
+
+def test_estimate_and_compare_leave_torch_out():
+    import subprocess
+    import sys
+
+    code = ("import sys; from kvplan.cli import main; sys.argv=['kvplan','compare','gemma-3-27b','-f','json'];\n"
+            "import contextlib, io\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try: main()\n"
+            "    except SystemExit: pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
