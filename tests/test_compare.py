@@ -84,7 +84,9 @@ def test_differences_sum_to_engine_minus_ideal(name, context, batch, hf_cache, g
     opts = dict(hf=hf.HFOptions(cache=hf_cache, generate=generate and context > 1, transformers_version=version))
     for row in run_compare(spec, context, batch=batch, **opts).rows:
         c = row.cache
-        assert c.kv_bytes_total is not None, (row.engine, c.refusals)
+        if c.refused:  # HF 5.x QuantizedCache refuses sliding models; 4.x static refuses MLA
+            assert row.engine == "hf" and c.kv_bytes_total is None and row.why[0].startswith("refused: ")
+            continue
         assert sum(d.bytes for d in c.differences) == c.kv_bytes_total - c.ideal_bytes_total, row.engine
         assert sum(k.bytes for k in c.by_kind) == c.kv_bytes_total, row.engine
         assert len(row.why) >= 1

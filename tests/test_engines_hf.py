@@ -5,8 +5,8 @@ DynamicSlidingWindowLayer.update: "Only cache the last `self.sliding_window - 1`
 tokens"; StaticLayer / StaticSlidingWindowLayer; QuantizedLayer.update),
 models/deepseek_v3/modeling_deepseek_v3.py DeepseekV3Attention.forward (4.x caches
 the decompressed per-head K and V), models/jamba/modular_jamba.py
-HybridMambaAttentionDynamicCache (conv [d_inner, d_conv], SSM [d_inner, d_state],
-model dtype). bf16 = 2 B per value.
+HybridMambaAttentionDynamicCache. Rules marked "measured" were checked on tiny random
+models with transformers 4.57.1 and 5.24.0 on CPU. bf16 = 2 B per value.
 """
 
 from __future__ import annotations
@@ -103,23 +103,30 @@ def test_deepseek_v3_4x_per_token_per_layer():
     assert mla.bytes_per_slot == 128 * (192 + 128) * 2 == 81_920
 
 
-def test_4x_static_allocates_v_as_wide_as_k():
-    """StaticLayer.lazy_initialization (004999d) takes head_dim from the key states: MLA V buffer 192 wide."""
-    c = run("deepseek-v3", 100, cache="static", transformers_version="4")
-    assert c.kv_bytes_total == 61 * 100 * 128 * (192 + 192) * 2
+def test_4x_static_refuses_mla_5x_sizes_v_by_its_own_width():
+    """4.x StaticLayer sizes V by the key's head dim (192), so DeepSeek's 128-wide V fails to copy in
+    (measured with transformers 4.57.1); 5.x allocates K 512 and V 64 (measured with 5.24.0)."""
+    four = run("deepseek-v3", 100, cache="static", transformers_version="4")
+    assert four.refusals == (
+        "RuntimeError: index_copy_(): Source/destination tensor must have same slice shapes. Destination slice "
+        "shape: 1 128 192 at dimension 2 and source slice shape: 1 128 128 at dimension 0.",
+    )
+    five = run("deepseek-v3", 100, cache="static", transformers_version="5", max_cache_len=128)
+    assert five.kv_bytes_total == 61 * 128 * (512 + 64) * 2
 
 
 # --- Jamba: HybridMambaAttentionDynamicCache
 
 
-def test_jamba_state_keeps_all_d_conv_columns_in_model_dtype():
+def test_jamba_state_conv_in_model_dtype_ssm_in_float32():
+    """conv [d_inner, d_conv] in bf16 + SSM [d_inner, d_state] in float32 (measured in 4.57.1 and 5.24.0)."""
     c = run("jamba-v0.1", 4096)
     d_inner = 2 * 4096
-    state = d_inner * 4 + d_inner * 16  # conv [d_inner, d_conv = 4] + SSM [d_inner, d_state = 16]
+    state = d_inner * 4 * 2 + d_inner * 16 * 4  # 65,536 + 524,288 B per sequence per layer
     attention = 4 * 4096 * 8 * 256 * 2  # 4 attention layers, 8 KV heads x (128 + 128), bf16
-    assert c.kv_bytes_total == attention + 28 * state * 2 == 76_283_904
-    # kvplan's ideal keeps d_conv - 1 columns: HF holds one column of d_inner more per layer
-    assert sum(c.overhead_bytes.values()) == 28 * d_inner * 2
+    assert c.kv_bytes_total == attention + 28 * state == 83_623_936
+    # the ideal keeps d_conv - 1 columns and the SSM state in bf16: (3 + 16) x d_inner x 2 B per layer
+    assert sum(c.overhead_bytes.values()) == 28 * (state - 19 * d_inner * 2)
 
 
 # --- QuantizedCache (QuantizedLayer.update): residual = decode steps mod residual_length
@@ -141,18 +148,39 @@ def test_quantized_residual_count(prompt, residual_length, residual):
 
 
 def test_quantized_bytes_quanto_4bit():
-    """kvplan's quanto estimate: nbits / 8 per value + a bf16 scale and zero-point per 64 values, plus the residual."""
+    """quanto int4: nbits / 8 per value + a bf16 scale and shift per 64 values, plus the bf16 residual."""
     c = run("llama-3.1-8b", 4096, cache="quantized", prompt_tokens=4096 - 300)
     values = 8 * 4052 * 128  # one layer's K: 8 heads x 4052 quantised tokens x 128
     per_side = values // 2 + values // 64 * 4 + 8 * 44 * 128 * 2
     assert c.kv_bytes_total == 32 * 2 * per_side == 155_140_096
 
 
-def test_quantized_cache_keeps_every_token_in_sliding_layers():
-    c = run("gemma-3-27b", 8000, cache="quantized")
+def test_quantized_matches_the_measured_quanto_cache():
+    """Measured with transformers 5.24.0 + optimum-quanto 0.2.7: a 2-layer model (2 KV heads x 64, bf16),
+    100 prompt tokens, generate(max_new_tokens=301): 400 cached, 356 quantised, 44 residual; one layer's K
+    store = 22,784 B packed data + 1,424 B scales + 1,424 B shifts, residual 11,264 B."""
+    from kvplan.formats import parse_format_pair
+
+    from conftest import make_spec
+
+    spec = make_spec(hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=64, num_hidden_layers=2)
+    c = hf.cache(spec, 401, 1, hf.HFOptions(cache="quantized", generate=True, prompt_tokens=100),
+                 ideal_format=parse_format_pair("auto", spec.dtype))
+    assert (c.settings["quantised_tokens"], c.settings["residual_tokens"]) == (356, 44)
+    assert c.kv_bytes_total == 2 * 2 * (22_784 + 1_424 + 1_424 + 11_264)
+
+
+def test_quantized_cache_4x_keeps_every_token_in_sliding_layers():
+    c = run("gemma-3-27b", 8000, cache="quantized", transformers_version="4")
     rows = {k.kind: k for k in c.by_kind}
     assert rows["sliding_attention"].tokens_per_sequence == 8000
     assert rows["sliding_attention"].bytes_per_slot is None  # quantised + residual: no single slot size
+
+
+def test_quantized_cache_5x_refuses_sliding_models():
+    c = run("gemma-3-27b", 8000, cache="quantized", transformers_version="5")
+    assert c.refusals == ("`QuantizedCache` is only supported for models with only full attention layers. We found "
+                          "the following invalid layer types: {'sliding_attention'}",)
 
 
 @pytest.mark.parametrize(

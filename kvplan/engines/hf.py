@@ -1,48 +1,45 @@
 """Hugging Face transformers: per-layer cache objects that grow, preallocate or quantise.
 
 Rules, read at huggingface/transformers `src/transformers/cache_utils.py`
-(commit 004999d, the v4.56-era layered cache) unless said otherwise:
+(commit 004999d, the v4.56-era layered cache) and then measured on tiny random
+models on CPU with transformers 4.57.1 and 5.24.0 (torch 2.13, PyTorch Mamba
+path, optimum-quanto 0.2.7) — "measured" below:
 
 - `DynamicLayer.update`: K and V are `torch.cat`-grown `[B, H_kv, T, D]`; no
   padding, no preallocation.
 - `DynamicSlidingWindowLayer.update`: "Only cache the last `self.sliding_window - 1`
-  tokens": min(T, W - 1) stored per layer (the full concatenation is only returned
-  for this step's attention).
+  tokens": min(T, W - 1) stored per layer (measured: W = 8 keeps 7 in 4.57.1 and 5.24.0).
 - `DynamicCache.__init__` (with the config, as `generate()` builds it): the window
   is `sliding_window or attention_chunk_size`; sliding and chunked layers both get
   `DynamicSlidingWindowLayer`; `num_kv_shared_layers` layers get no cache.
-- `StaticLayer.lazy_initialization`: zeros `[B, H, max_cache_len, head_dim]` for K
-  and for V, head_dim taken from the *key* states (so V is as wide as K). Later
-  releases (5.x) take `k_head_dim` and `v_head_dim` separately — seen in code that
-  copies the newer method, not read at a transformers commit.
-- `StaticSlidingWindowLayer.__init__`: min(sliding_window, max_cache_len) slots
-  (W, not W - 1); `StaticCache.__init__` uses `attention_chunk_size` as the window
-  of chunked layers.
-- `QuantizedLayer.update` (quanto / hqq): the first update (the prefill) is
-  quantised whole; later one-token updates go to a full-precision residual, and
-  when it would reach `residual_length` everything is re-quantised and the
-  residual emptied, so after n decode steps the residual holds n mod
-  max(residual_length, 2) tokens. `QuantizedCache` gives every one of
-  `num_hidden_layers` a quantised layer: no sliding-window trimming. quanto takes
-  nbits 2 or 4, hqq 1, 2, 3, 4 or 8 (their error texts are reproduced). The bytes of
-  the quantised store (packing, scale and zero-point dtypes) are quanto / hqq
-  internals kvplan did not read: it counts nbits / 8 per value (hqq 3-bit: ten
-  values per 32-bit word) plus a scale and a zero-point in the model's dtype per
-  `q_group_size` values.
-- The last sampled token is never fed back, so after `generate()` the cache
-  holds one token fewer than the output sequence.
-- MLA (DeepSeek-V2/V3): in 4.x `DeepseekV3Attention.forward`
+- `generate()` never feeds the last sampled token back: 20 prompt + 5 new tokens
+  leave 24 cached (measured).
+- `StaticLayer`: zeros `[B, H, max_cache_len, D]` for K and V; `StaticSlidingWindowLayer`
+  min(sliding_window, max_cache_len) slots — W, not W - 1 (measured: 8 and 32).
+  In 4.x the V buffer takes the *key* head dim, so a model whose V is narrower
+  than K (MLA) fails at the first update with torch's index_copy_ error (measured,
+  4.57.1, sdpa); 5.x sizes V by its own head dim (measured, 5.24.0).
+- `QuantizedLayer.update` (quanto / hqq): the prefill is quantised whole; later
+  one-token updates go to a full-precision residual which is re-quantised into the
+  store when it would reach `residual_length`, so after n decode steps it holds
+  n mod max(residual_length, 2) tokens (measured: 100 prompt + 300 steps -> 44).
+  quanto int4 stores nbits / 8 bytes per value plus a scale and a shift in the
+  model's dtype per `q_group_size` values (measured: 356 tokens x 2 heads x 64 ->
+  22,784 + 1,424 + 1,424 B); hqq is assumed alike (ten 3-bit values per 32-bit
+  word) and was not measured. `QuantizedCache` quantises every one of
+  `num_hidden_layers` in 4.x (no window trimming); 5.x refuses models with any
+  layer type but full attention ("`QuantizedCache` is only supported for models
+  with only full attention layers ...", read in 5.24.0's cache_utils).
+- MLA (DeepSeek-V2/V3): 4.x `DeepseekV3Attention.forward`
   (models/deepseek_v3/modeling_deepseek_v3.py, read at f5a9ec5) caches the
-  decompressed per-head K [H, qk_nope + qk_rope] and V [H, v_head_dim]; newer
-  releases cache the latents instead (`past_key_values.update(k_pass, k_rot)`:
-  kv_lora_rank + qk_rope_head_dim per token) — huggingface/transformers PR
-  #47761, known from PR #48761's description, not read in the code. kvplan applies
-  the latent layout to every MLA model under `--transformers-version 5`.
-- Jamba (`models/jamba/modular_jamba.py`, `HybridMambaAttentionDynamicCache`):
-  conv state `[B, d_inner, d_conv]` (all d_conv columns, one more than
-  llama.cpp / vLLM keep) and SSM state `[B, d_inner, d_state]`, in the dtype of
-  the input embeddings, i.e. the model's dtype (not float32); attention layers
-  grow like `DynamicLayer`.
+  decompressed per-head K [H, qk_nope + qk_rope] and V [H, v_head_dim]; 5.x
+  caches the latents, K [1, kv_lora_rank] and V [1, qk_rope_head_dim]
+  (huggingface/transformers PR #47761; both measured).
+- Mamba layers (Jamba): conv state [B, d_inner, d_conv] — all d_conv columns, one
+  more than llama.cpp and vLLM keep — in the model's dtype, and SSM state
+  [B, d_inner, d_state] in float32 whatever the model's dtype (measured:
+  `HybridMambaAttentionDynamicCache` in 4.57.1, `LinearAttentionLayer` in 5.24.0;
+  with the mamba-ssm CUDA kernels the SSM dtype was not checked).
 
 Pure: no I/O.
 """
@@ -116,16 +113,16 @@ def _window(spec) -> Optional[int]:
     return spec.sliding_window or spec.attention_chunk_size
 
 
-def state_elements(spec) -> int:
-    """Elements of one sequence's Mamba state per layer as HF Jamba keeps it: all d_conv columns."""
+def state_bytes(spec, esz: int) -> int:
+    """Bytes of one sequence's Mamba state in one layer: conv (all d_conv columns) in the model's dtype, SSM in fp32."""
     if spec.state_elements_per_layer is not None:
-        return spec.state_elements_per_layer
+        return spec.state_elements_per_layer * esz  # a state the spec gives as one count: the model's dtype
     d_inner = spec.mamba_expand * spec.hidden_size
-    if spec.mamba_n_heads is not None:  # Mamba-2 layout by analogy (not read for an HF Mamba-2 class)
+    if spec.mamba_n_heads is not None:  # Mamba-2 by analogy (no HF Mamba-2 class was measured)
         head_dim = spec.mamba_head_dim or d_inner // spec.mamba_n_heads
         conv_dim = d_inner + 2 * spec.mamba_n_groups * spec.mamba_d_state
-        return conv_dim * spec.mamba_d_conv + spec.mamba_n_heads * head_dim * spec.mamba_d_state
-    return d_inner * spec.mamba_d_conv + d_inner * spec.mamba_d_state
+        return conv_dim * spec.mamba_d_conv * esz + spec.mamba_n_heads * head_dim * spec.mamba_d_state * 4
+    return d_inner * spec.mamba_d_conv * esz + d_inner * spec.mamba_d_state * 4
 
 
 def quantized_bytes(values: int, nbits: int, group: int, backend: str, scale_bytes: int) -> int:
@@ -191,6 +188,26 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
             raise InputError("--q-group-size must be at least 1 and --residual-length at least 0")
         settings.update(backend=opts.quant_backend, nbits=opts.nbits, q_group_size=opts.q_group_size,
                         residual_length=opts.residual_length)
+    counts = kind_counts(spec)
+    v4 = opts.transformers_version == "4"
+    if opts.cache == "static" and v4 and run_dtype is not None:
+        k_width = spec.qk_nope_head_dim + spec.qk_rope_head_dim if spec.is_mla else spec.k_head_dim
+        v_width = (spec.v_head_dim or spec.qk_nope_head_dim) if spec.is_mla else spec.v_head_dim_resolved
+        if v_width != k_width:
+            h = spec.num_attention_heads if spec.is_mla else spec.num_key_value_heads
+            # StaticLayer sizes V by the key's head dim; the first update's index_copy_ then fails (torch's words)
+            refusals.append(
+                "RuntimeError: index_copy_(): Source/destination tensor must have same slice shapes. Destination "
+                f"slice shape: {batch} {h} {k_width} at dimension 2 and source slice shape: {batch} {h} {v_width} "
+                "at dimension 0."
+            )
+    if opts.cache == "quantized" and not v4:
+        invalid = sorted({k.value for k in counts if k in (LayerKind.SLIDING, LayerKind.CHUNKED)})
+        if invalid:
+            refusals.append(
+                "`QuantizedCache` is only supported for models with only full attention layers. We found the "
+                "following invalid layer types: {" + ", ".join(f"'{t}'" for t in invalid) + "}"
+            )
     name = TORCH_DTYPES.get(run_dtype or "", kv_cache_dtype)
     if opts.cache == "quantized":
         name = f"{opts.quant_backend} int{opts.nbits} (residual {name})"
@@ -199,8 +216,6 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
                            (), (), tuple(refusals), (), SOURCES)
 
     esz = FIXED_FORMATS[run_dtype].bytes_for(1)
-    counts = kind_counts(spec)
-    v4 = opts.transformers_version == "4"
     window = _window(spec)
     ledger = Ledger(ideal.kv_bytes_total)
     plan = _Plan(counts)
@@ -271,17 +286,7 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
                 plan.slots[kind] = batch * min(w, max_len)
                 ledger.step(f"StaticSlidingWindowLayer preallocates min(W, max_cache_len) = {min(w, max_len):,} slots",
                             plan.total())
-        if v4:
-            for kind in plan.slots:
-                if kind is LayerKind.MLA:
-                    plan.slot_bytes[kind] = 2 * mla_k * esz
-                else:
-                    plan.slot_bytes[kind] = heads * 2 * spec.k_head_dim * esz
-            ledger.step("4.x StaticLayer allocates V as wide as K (head_dim from the key states)", plan.total())
-            if spec.is_mla:
-                notes.append("4.x StaticLayer allocates the 128-wide MLA V in a 192-wide buffer; whether the copy "
-                             "into it succeeds depends on the attention implementation (not checked).")
-        elif spec.is_mla:
+        if spec.is_mla:
             plan.slot_bytes[LayerKind.MLA] = (mla_k + mla_v) * esz
     else:  # quantized: every layer, every token, quantised past the residual
         period = max(opts.residual_length, 2)
@@ -309,17 +314,16 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
             f"{opts.q_group_size} values) and {residual:,} residual tokens in full precision",
             plan.total(),
         )
-        notes.append("HF QuantizedCache bytes are kvplan's estimate of the quanto / hqq storage (see "
-                     "kvplan.engines.hf); the residual count follows QuantizedLayer.update exactly.")
+        if opts.quant_backend == "hqq":
+            notes.append("hqq storage is assumed to pack like quanto (not measured); the residual count follows "
+                         "QuantizedLayer.update.")
 
-    # 5. Mamba state as HF Jamba keeps it: all d_conv columns, the model's dtype
+    # 5. Mamba state as HF keeps it: all d_conv columns in the model's dtype, the SSM state in float32
     if LayerKind.STATE in counts:
-        per_layer = batch * state_elements(spec) * esz
-        plan.fixed[LayerKind.STATE] = per_layer
-        if per_layer != batch * state_ideal_layer:
+        plan.fixed[LayerKind.STATE] = batch * state_bytes(spec, esz)
+        if plan.fixed[LayerKind.STATE] != batch * state_ideal_layer:
             ledger.step(
-                f"Mamba state: conv keeps all d_conv columns, in {TORCH_DTYPES[run_dtype]} "
-                "(HybridMambaAttentionDynamicCache)",
+                f"Mamba state: conv keeps all d_conv columns ({TORCH_DTYPES[run_dtype]}), SSM state in float32",
                 plan.total(),
             )
     total = plan.total()
@@ -330,16 +334,13 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
         if kind is LayerKind.SHARED:
             continue
         if kind is LayerKind.STATE:
-            rows.append(KindCache(kind.value, n, 0, batch, state_elements(spec) * esz, n * plan.fixed[kind],
-                                  "conv [d_inner, d_conv] + SSM [d_inner, d_state] per sequence"))
+            rows.append(KindCache(kind.value, n, 0, batch, state_bytes(spec, esz), n * plan.fixed[kind],
+                                  "conv [d_inner, d_conv] + SSM [d_inner, d_state] (float32) per sequence"))
             continue
         slots = plan.slots[kind] if kind in plan.slots else batch * held
         per_slot = None if kind in plan.fixed else plan.slot_bytes[kind]
         layer_bytes = plan.fixed[kind] if kind in plan.fixed else slots * plan.slot_bytes[kind]
-        note = ""
-        if kind is LayerKind.MLA:
-            note = (f"K {mla_k} + V {mla_v} per token" if not v4 or opts.cache != "static"
-                    else f"K {mla_k} + V {mla_k} (V buffer as wide as K)")
+        note = f"K {mla_k} + V {mla_v} values per token" if kind is LayerKind.MLA else ""
         rows.append(KindCache(kind.value, n, slots // batch, slots, per_slot, n * layer_bytes, note))
     if LayerKind.SHARED in counts:
         notes.append(f"{counts[LayerKind.SHARED]} KV-shared layers get no cache (num_kv_shared_layers).")
