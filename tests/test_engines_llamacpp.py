@@ -1,6 +1,7 @@
 """llama.cpp profile: golden cells, bytes and log lines worked by hand from llama.cpp's source.
 
-Each test names the rule it rests on (ggml-org/llama.cpp file and function; see
+Each test names the rule it rests on (ggml-org/llama.cpp file and function, read in
+the tree llama-cpp-python 0.3.36 vendors, upstream commit 0c1e570; see
 kvplan/engines/llamacpp.py). Byte counts: f16 = 2 B per value; q8_0 = 34 B per
 32 values, q4_0 = 18 B per 32 (ggml-common.h block structs).
 """
@@ -178,6 +179,12 @@ def test_jamba_state_in_f32_one_cell_per_slot():
     assert c.kv_bytes_total == 4 * 4096 * 2 * 4096 + 28 * 2 * state_elements * 4 == 169_082_880
     # ideal keeps the state in bf16: llama.cpp's f32 doubles it
     assert c.overhead_bytes == {"recurrent state kept in f32, 2 cell(s) per layer": 28 * 2 * state_elements * 2}
+    # llama_memory_recurrent: R = 28 x 3 x 8192 x 4 B x 2 cells = 5.25 MiB, S = 28 x 16 x 8192 x 4 B x 2 = 28 MiB;
+    # "layers" counts every model layer (32)
+    assert c.log_lines[-1] == (
+        "llama_memory_recurrent: size =   33.25 MiB (     2 cells,  32 layers,  2 seqs  0 rs_seq), "
+        "R (f32):    5.25 MiB, S (f32):   28.00 MiB, P (f32):    0.00 MiB"
+    )
 
 
 # --- refusals, worded as llama.cpp words them

@@ -1,7 +1,7 @@
 """llama.cpp: the whole context allocated up front, in 256-cell steps, per sequence stream.
 
-Rules (ggml-org/llama.cpp; the excerpts were read with kvplan's code search, at
-trees that carry these files unchanged from upstream):
+Rules (ggml-org/llama.cpp), read in the llama.cpp tree vendored by
+llama-cpp-python 0.3.36 (upstream commit 0c1e570, 2026-10-01):
 
 - `src/llama-context.cpp`, `llama_context::llama_context`: n_batch = min(n_ctx, -b)
   and n_ubatch = min(n_batch, -ub) are taken from the requested n_ctx; then
@@ -38,13 +38,18 @@ trees that carry these files unchanged from upstream):
   flash_attn"). With flash attention not off, a quantized K or V must divide every
   head dim by its block ("K cache type %s with block size %u does not divide
   n_embd_head_k=%u"). MLA models refuse different K and V types ("model does
-  not support different K (%s) and V (%s) cache types"); that last check was read
-  in a llama.cpp-derived tree, not in ggml-org's own.
+  not support different K (%s) and V (%s) cache types"). A context that fails
+  is reported as "failed to initialize the context: %s".
 - `src/llama-model.cpp`, `create_memory` (hybrid models): recurrent (Mamba) state
-  is kept in GGML_TYPE_F32, max(1, n_seq_max) cells; per layer the conv state is
-  (d_conv - 1) x conv channels and the SSM state d_state x d_inner (llama-hparams
-  n_embd_r / n_embd_s), the same element counts as kvplan's spec. Its log line
-  (`llama_memory_recurrent`) differs between trees and is not reproduced.
+  is kept in GGML_TYPE_F32, max(1, n_seq_max) cells (x (1 + n_rs_seq), 0 unless
+  speculative rollback asks for more); per layer the conv state R is
+  (d_conv - 1) x (d_inner + 2 n_group d_state) and the SSM state S d_state x d_inner
+  (`llama_hparams::n_embd_r` / `n_embd_s`), the same element counts as kvplan's
+  spec. `llama_memory_recurrent::llama_memory_recurrent` logs "%s: size = %7.2f MiB
+  (%6u cells, %3d layers, %2u seqs %2u rs_seq), R (%s): ..., S (%s): ..., P (%s): ..."
+  with every layer of the model counted. llama-server's default `-np auto` means
+  4 slots with a unified cache (tools/server/server.cpp); kvplan's defaults are
+  llama-cli's (one slot per --batch sequence, not unified).
 
 Not modelled: the V padding to the widest layer when flash attention is off
 (TAG_V_CACHE_VARIABLE; no catalog model has per-layer V widths), the older
@@ -180,6 +185,23 @@ def size_line(total_k: int, total_v: int, cells: int, layers: int, g: Geometry, 
     return (
         f"llama_kv_cache: size = {_mib(total_k + total_v)} MiB ({cells:6d} cells, {layers:3d} layers, "
         f"{g.n_seq_max:2d}/{g.n_stream} seqs), K ({type_k}): {_mib(total_k)} MiB, V ({type_v}): {_mib(total_v)} MiB"
+    )
+
+
+def recurrent_line(spec, layers: int, mem_size: int, n_seq_max: int) -> str:
+    """llama_memory_recurrent's summary line: R (conv) and S (SSM) in f32, every model layer counted."""
+    d_inner = (spec.mamba_expand or 0) * spec.hidden_size
+    if spec.mamba_d_state is not None and spec.mamba_d_conv is not None and d_inner:
+        n_embd_r = (spec.mamba_d_conv - 1) * (d_inner + 2 * (spec.mamba_n_groups if spec.mamba_n_heads else 0)
+                                               * spec.mamba_d_state)
+        n_embd_s = spec.mamba_d_state * d_inner
+    else:  # a state given as one count: kvplan cannot split it into R and S
+        n_embd_r, n_embd_s = spec.state_elements_per_layer_resolved or 0, 0
+    r = layers * n_embd_r * 4 * mem_size
+    s = layers * n_embd_s * 4 * mem_size
+    return (
+        f"llama_memory_recurrent: size = {_mib(r + s)} MiB ({mem_size:6d} cells, {spec.num_hidden_layers:3d} layers, "
+        f"{n_seq_max:2d} seqs {0:2d} rs_seq), R (f32): {_mib(r)} MiB, S (f32): {_mib(s)} MiB, P (f32): {_mib(0)} MiB"
     )
 
 
@@ -360,8 +382,7 @@ def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, ideal_format
     elif base_layers:
         logs.append(size_line(base_k, base_v, g.kv_size, base_layers, g, type_k, type_v))
     if LayerKind.STATE in counts:
-        notes.append("Recurrent (Mamba) state: f32 R and S tensors per layer, max(1, n_seq_max) cells "
-                     "(llama_memory_recurrent; its log line is not reproduced).")
+        logs.append(recurrent_line(spec, counts[LayerKind.STATE], max(1, n_seq_max), n_seq_max))
     if spec.is_mla:
         notes.append("MLA: one 576-wide K row per cell and no V (current llama_kv_cache); builds from spring "
                      "to autumn 2025 also allocated a 512-wide V, and pre-MLA GGUFs store full per-head K/V.")
