@@ -33,7 +33,7 @@ FlashAttnOpt = Annotated[str, typer.Option("--flash-attn", help="llama.cpp -fa: 
 CacheTypeKOpt = Annotated[Optional[str], typer.Option("--cache-type-k", help="llama.cpp -ctk: f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1 (default: from --kv-cache-dtype, auto = f16).")]
 CacheTypeVOpt = Annotated[Optional[str], typer.Option("--cache-type-v", help="llama.cpp -ctv (default: from --kv-cache-dtype, auto = f16).")]
 KvUnifiedOpt = Annotated[bool, typer.Option("--kv-unified", help="llama.cpp: one cell pool shared by all slots.")]
-MemFracOpt = Annotated[Optional[float], typer.Option("--mem-fraction-static", help="sglang: share of free memory for weights + KV (default by tp: 0.88, 0.87 at tp>=2, 0.85 at >=4, 0.81 at >=8, 0.79 at >=16).")]
+MemFracOpt = Annotated[Optional[float], typer.Option("--mem-fraction-static", help="sglang: share of free memory for weights + KV (default: the tp table of SGLang <= 0.4: 0.88, 0.87 at tp>=2, 0.85 at >=4, 0.81 at >=8, 0.79 at >=16; 0.5.x derives it from GPU memory and logs it).")]
 PageSizeOpt = Annotated[int, typer.Option("--page-size", help="sglang: tokens per page.")]
 SwaRatioOpt = Annotated[float, typer.Option("--swa-full-tokens-ratio", help="sglang: SWA pool tokens / full pool tokens.")]
 MaxTotalTokensOpt = Annotated[Optional[int], typer.Option("--max-total-tokens", help="sglang: cap on the token pool.")]

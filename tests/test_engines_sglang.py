@@ -3,8 +3,9 @@
 Sources: sgl-project/sglang model_runner_kv_cache_mixin.py
 (ModelRunnerKVCacheMixin.get_cell_size_per_token, profile_max_num_token,
 _resolve_hybrid_swa_tokens), mem_cache/memory_pool.py
-(MHATokenToKVPool._create_buffers: size + page_size slots), server_args.py
-(mem_fraction_static defaults, swa_full_tokens_ratio 0.8).
+(MHATokenToKVPool._create_buffers: size + page_size slots; the allocation log line as
+sglang 0.5.23 prints it), server_args.py (mem_fraction_static defaults up to 0.4,
+swa_full_tokens_ratio 0.8).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def test_padding_page_per_buffer_and_log_line():
     assert c.kv_bytes_total == 32 * (8192 + 1) * 4096
     assert c.overhead_bytes == {"one 1-slot padding page per K/V buffer (slot 0 takes padded tokens' writes)": 32 * 4096}
     # K: 32 layers x 8193 slots x 8 heads x 128 x 2 B = 536,936,448 B = 0.50 GiB
-    assert c.log_lines == ("KV Cache is allocated. #tokens: 8192, K size: 0.50 GB, V size: 0.50 GB",)
+    assert c.log_lines == ("KV Cache is allocated. dtype: torch.bfloat16, #tokens: 8192, K size: 0.50 GB, V size: 0.50 GB",)
 
 
 def test_pages_round_each_sequence_up():
@@ -65,15 +66,25 @@ def test_pages_round_each_sequence_up():
 def test_mla_pool_line():
     c = run("deepseek-v3", 4096)
     assert c.kv_bytes_total == 61 * 4097 * 576 * 2
-    assert c.log_lines == ("KV Cache is allocated. #tokens: 4096, KV size: 0.27 GB",)
+    assert c.log_lines == ("KV Cache is allocated. dtype: torch.bfloat16, #tokens: 4096, KV size: 0.27 GB",)
+
+
+CHOICES = "'auto', 'fp8_e5m2', 'fp8_e4m3', 'mxfp8', 'bf16', 'bfloat16', 'nvfp4', 'fp4_mx_block16'"
 
 
 @pytest.mark.parametrize("kv, refusal", [
-    ("q8_0", "error: argument --kv-cache-dtype: invalid choice: 'q8_0' (choose from 'auto', 'fp8_e5m2', 'fp8_e4m3')"),
-    ("nvfp4", "error: argument --kv-cache-dtype: invalid choice: 'nvfp4' (choose from 'auto', 'fp8_e5m2', 'fp8_e4m3')"),
+    # argparse's refusal with sglang 0.5.23's choices (arg_groups/fields/model.py)
+    ("q8_0", f"error: argument --kv-cache-dtype: invalid choice: 'q8_0' (choose from {CHOICES})"),
+    ("int4", f"error: argument --kv-cache-dtype: invalid choice: 'int4' (choose from {CHOICES})"),
 ])
 def test_kv_dtype_refusal(kv, refusal):
     assert run("llama-3.1-8b", 1024, kv=kv).refusals == (refusal,)
+
+
+def test_block_scaled_pools_are_not_modelled():
+    c = run("llama-3.1-8b", 1024, kv="nvfp4")
+    assert c.kv_bytes_total is None and not c.refused
+    assert "does not size SGLang's nvfp4" in c.notes[0]
 
 
 def test_vllm_fp8_name_is_e4m3():
@@ -101,7 +112,7 @@ def test_capacity_llama_on_h100():
     assert cap.kv_budget_bytes == 58_725_343_887
     assert cap.max_total_tokens == 58_725_343_887 // 131_072 == 448_038
     assert cap.max_concurrent_sequences == 448_038 // 8192 == 54
-    assert cap.log_lines == ("KV Cache is allocated. #tokens: 448038, K size: 27.35 GB, V size: 27.35 GB",)
+    assert cap.log_lines == ("KV Cache is allocated. dtype: torch.bfloat16, #tokens: 448038, K size: 27.35 GB, V size: 27.35 GB",)
 
 
 def test_capacity_gemma_3_splits_full_and_swa_pools_by_ratio():

@@ -104,6 +104,8 @@ def explain(cache: EngineCache) -> tuple[str, ...]:
     """The reason for every difference from the ideal cache, one line each."""
     if cache.refused:
         return tuple(f"refused: {r}" for r in cache.refusals)
+    if cache.kv_bytes_total is None:
+        return tuple(f"not modelled: {n}" for n in cache.notes[:1])
     if cache.engine == "ideal":
         return ("the tokens each layer needs, nothing more",)
     if not cache.differences:

@@ -23,16 +23,23 @@ Rules (sgl-project/sglang):
 - `python/sglang/srt/mem_cache/memory_pool.py`, `MHATokenToKVPool._create_buffers`:
   per layer K [size + page_size, heads, head_dim] and V [size + page_size, heads,
   v_head_dim] ("The padded slot 0 is used for writing dummy outputs from padded
-  tokens"); it logs "KV Cache is allocated. #tokens: {size}, K size: {k:.2f} GB,
-  V size: {v:.2f} GB" (MLA pool: "KV size"). kvplan prints those sizes over
-  2^30 (SGLang's GB constant was not re-read).
-- `server_args.py`, `ServerArgs.__post_init__` (older releases; newer ones derive
-  it from GPU capacity): mem_fraction_static 0.88 at tp 1, 0.87 at tp >= 2, 0.85
-  at tp >= 4, 0.81 at tp >= 8 (some releases 0.83), 0.79 at tp >= 16;
-  --kv-cache-dtype choices auto, fp8_e5m2, fp8_e4m3.
+  tokens"). `KVCache._finalize_allocation_log` (sglang 0.5.23, read in its wheel)
+  logs "KV Cache is allocated. dtype: {dtype}, #tokens: {size}, K size: {k:.2f}
+  GB, V size: {v:.2f} GB" (MLA pool: "KV size") with GB = 1024 * 1024 * 1024.
+- `server_args.py`, `ServerArgs.__post_init__` (releases up to 0.4): the default
+  mem_fraction_static is 0.88 at tp 1, 0.87 at tp >= 2, 0.85 at tp >= 4, 0.81 at
+  tp >= 8 (some releases 0.83), 0.79 at tp >= 16 — kvplan's default. 0.5.x
+  (`arg_groups/memory_hook.py::handle_gpu_memory_settings`) derives it from GPU
+  memory instead, (capacity - reserved) / capacity with reserved = 512 MiB +
+  1.5 x chunked_prefill_size + CUDA-graph buffers + ..., and resizes the pool
+  after CUDA-graph capture: pass the value your server logs as
+  --mem-fraction-static. --kv-cache-dtype choices (0.5.23, arg_groups/fields/model.py):
+  auto, fp8_e5m2, fp8_e4m3, mxfp8, bf16, bfloat16, nvfp4, fp4_mx_block16; kvplan
+  sizes all but the block-scaled mxfp8 / nvfp4 / fp4_mx_block16 pools.
+- `configs/model_config.py::ModelConfig.get_num_kv_heads` (0.5.23):
+  max(1, H_kv // tp), heads replicated when fewer than ranks.
 
-Not re-read: `get_num_kv_heads(tp)` = max(1, H_kv // tp) (SGLang mirrors vLLM's
-ModelConfig); how many SWA-pool slots a running request keeps (kvplan: the
+Not re-read: how many SWA-pool slots a running request keeps (kvplan: the
 window, page-aligned); Mamba-state pools (kvplan: the ideal state size). Pure: no I/O.
 """
 
@@ -56,7 +63,9 @@ from kvplan.errors import InputError
 from kvplan.formats import FIXED_FORMATS, KVFormat, KVFormatPair
 
 ENGINE = "sglang"
-KV_DTYPES = ("auto", "fp8_e5m2", "fp8_e4m3")
+# --kv-cache-dtype choices (sglang 0.5.23, arg_groups/fields/model.py)
+KV_DTYPES = ("auto", "fp8_e5m2", "fp8_e4m3", "mxfp8", "bf16", "bfloat16", "nvfp4", "fp4_mx_block16")
+UNMODELLED_DTYPES = ("mxfp8", "nvfp4", "fp4_mx_block16")  # block-scaled pools kvplan does not size
 DEFAULT_SWA_FULL_TOKENS_RATIO = 0.8  # ServerArgs.swa_full_tokens_ratio
 
 SOURCES = (
@@ -98,14 +107,22 @@ def kv_dtype(spec, kv_cache_dtype: str) -> tuple[Optional[str], Optional[str]]:
         return "auto", None
     if name == "fp8":
         return "fp8_e4m3", None  # vLLM's "fp8" is e4m3
+    if name in ("bf16", "bfloat16"):
+        return "bf16", None
     if name in KV_DTYPES:
         return name, None
     choices = ", ".join(f"'{c}'" for c in KV_DTYPES)
     return None, f"error: argument --kv-cache-dtype: invalid choice: '{kv_cache_dtype}' (choose from {choices})"
 
 
+def _unmodelled(dtype: str) -> str:
+    return f"kvplan does not size SGLang's {dtype} KV pool (block-scaled); no bytes are given for it"
+
+
 def _esz(spec, dtype: str) -> int:
-    return 1 if dtype.startswith("fp8") else FIXED_FORMATS[spec.dtype].bytes_for(1)
+    if dtype.startswith("fp8"):
+        return 1
+    return FIXED_FORMATS["bf16" if dtype == "bf16" else spec.dtype].bytes_for(1)
 
 
 def _align(n: int, page: int) -> int:
@@ -138,14 +155,19 @@ def _swa_kinds(counts) -> list[LayerKind]:
     return [k for k in (LayerKind.SLIDING, LayerKind.CHUNKED) if k in counts]
 
 
+TORCH_DTYPE = {"bf16": "torch.bfloat16", "fp16": "torch.float16", "fp32": "torch.float32",
+               "fp8_e4m3": "torch.float8_e4m3fn", "fp8_e5m2": "torch.float8_e5m2"}
+
+
 def _pool_lines(spec, counts, per_layer: dict[LayerKind, int], full_tokens: int, swa_tokens: Optional[int],
-                page: int, tp_heads: int, esz: int) -> list[str]:
+                page: int, tp_heads: int, esz: int, dtype: str) -> list[str]:
     """The "KV Cache is allocated" lines, one per pool (per rank)."""
     lines = []
+    torch_dtype = TORCH_DTYPE[spec.dtype if dtype == "auto" else dtype]
     if spec.is_mla:
         n = counts[LayerKind.MLA]
         kv = n * (full_tokens + page) * spec.mla_latent_dim * esz
-        lines.append(f"KV Cache is allocated. #tokens: {full_tokens}, KV size: {kv / GIB:.2f} GB")
+        lines.append(f"KV Cache is allocated. dtype: {torch_dtype}, #tokens: {full_tokens}, KV size: {kv / GIB:.2f} GB")
         return lines
     pools = [((LayerKind.FULL,), full_tokens)]
     if swa_tokens is not None:
@@ -158,7 +180,8 @@ def _pool_lines(spec, counts, per_layer: dict[LayerKind, int], full_tokens: int,
             continue
         k_bytes = layers * (size + page) * tp_heads * spec.k_head_dim * esz
         v_bytes = layers * (size + page) * tp_heads * spec.v_head_dim_resolved * esz
-        lines.append(f"KV Cache is allocated. #tokens: {size}, K size: {k_bytes / GIB:.2f} GB, V size: {v_bytes / GIB:.2f} GB")
+        lines.append(f"KV Cache is allocated. dtype: {torch_dtype}, #tokens: {size}, K size: {k_bytes / GIB:.2f} GB, "
+                     f"V size: {v_bytes / GIB:.2f} GB")
     return lines
 
 
@@ -177,6 +200,9 @@ def cache(spec, context: int, batch: int, opts: SGLangOptions, *, kv_cache_dtype
     if refusal:
         return EngineCache(ENGINE, spec.name, context, batch, kv_cache_dtype, settings, (), None,
                            ideal.kv_bytes_total, (), (), (refusal,), (), SOURCES)
+    if dtype in UNMODELLED_DTYPES:
+        return EngineCache(ENGINE, spec.name, context, batch, dtype, settings, (), None,
+                           ideal.kv_bytes_total, (), (), (), (_unmodelled(dtype),), SOURCES)
     esz = _esz(spec, dtype)
     counts = kind_counts(spec)
     per_layer = per_token_layer_bytes(spec, esz, tp)
@@ -226,7 +252,7 @@ def cache(spec, context: int, batch: int, opts: SGLangOptions, *, kv_cache_dtype
     full_pool = batch * full_seq
     only_swa = swa_kinds and not any(k in counts for k in (LayerKind.FULL, LayerKind.MLA))
     logs = _pool_lines(spec, counts, per_layer, swa_pool if only_swa else full_pool,
-                       swa_pool if swa_kinds and not only_swa else None, page, heads, esz)
+                       swa_pool if swa_kinds and not only_swa else None, page, heads, esz, dtype)
     notes.append(f"Pool sized to hold exactly the batch (--max-total-tokens {full_pool:,}); with --gpu the pool "
                  "is SGLang's own size from --mem-fraction-static.")
     if swa_kinds:
@@ -259,9 +285,10 @@ def capacity(spec, context: int, batch: int, opts: SGLangOptions, mem: MemoryInp
     rest_gib = post / GIB - pre / GIB * (1 - fraction)  # GiB floats, as get_available_gpu_memory returns them
     budget = int(rest_gib * GIB)
     settings = {"mem_fraction_static": fraction, "free_at_start_bytes": pre, "free_after_weights_bytes": post}
-    if refusal:
+    if refusal or dtype in UNMODELLED_DTYPES:
         return EngineCapacity(ENGINE, mem.gpu, mem.gpu_memory_bytes, mem.weights_bytes, rule, budget, None, 0,
-                              False, (), (refusal,), (), settings)
+                              False, (), (refusal,) if refusal else (), () if refusal else (_unmodelled(dtype),),
+                              settings)
     esz = _esz(spec, dtype)
     page = opts.page_size
     counts = kind_counts(spec)
@@ -306,7 +333,7 @@ def capacity(spec, context: int, batch: int, opts: SGLangOptions, mem: MemoryInp
     seqs = min(limits) if limits else 0
     only_swa = bool(swa_kinds) and full_layers == 0
     logs += _pool_lines(spec, counts, per_layer, swa_tokens if only_swa else full_tokens,
-                        swa_tokens if swa_kinds and not only_swa else None, page, heads, esz)
+                        swa_tokens if swa_kinds and not only_swa else None, page, heads, esz, dtype)
     notes = ("Activations are not subtracted: SGLang leaves them the (1 - mem_fraction_static) share.",)
     return EngineCapacity(ENGINE, mem.gpu, mem.gpu_memory_bytes, mem.weights_bytes, rule, budget, tokens, seqs,
                           seqs >= batch, tuple(logs), refusals, notes, settings)
