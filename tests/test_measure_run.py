@@ -52,6 +52,8 @@ CPU_READINGS = [
     "predicted_kv_bytes",
     "measured_kv_bytes",
     "rss_delta_bytes",
+    "allocated_delta_bytes",  # glibc malloc in use on the CPU
+    "reserved_delta_bytes",
     "weight_bytes_read_per_step",
     "kv_bytes_read_per_step",
     "predicted_decode_step_s",
@@ -64,7 +66,7 @@ CPU_READINGS = [
     "measured_prefill_s",
     "torch_version",
 ]
-CUDA_ONLY = ["allocated_delta_bytes", "reserved_delta_bytes", "nvml_used_delta_bytes", "peak_allocated_bytes"]
+CUDA_ONLY = ["nvml_used_delta_bytes", "nvml_used_before_bytes", "peak_allocated_bytes"]
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +104,7 @@ def test_every_kind_measures_exactly_on_the_cpu(spec_factory, kind):
     for key in CPU_READINGS:
         assert record[key] is not None, key
     for key in CUDA_ONLY:
-        assert record[key] is None, key  # CPU: no allocator or NVML readings, reported as absent
+        assert record[key] is None, key  # CPU: no NVML readings, reported as absent
     assert run.measured_decode_step_s > 0 and run.measured_prefill_s > 0
     assert math.isclose(run.achieved_gbps, run.bytes_read_per_step / run.measured_decode_step_s / 1e9)
     assert math.isclose(run.predicted_decode_step_s, run.bytes_read_per_step / (report.copy_bandwidth_gbps * 1e9))
@@ -118,6 +120,20 @@ def test_a_context_sweep_reads_each_context(spec_factory):
     # 64-wide embedding row per sequence, 4 B each
     assert [r.weight_bytes_read_per_step for r in report.runs] == [4 * (73_984 + 64 + 16_384 + 64 * b) for b in (1, 3, 1, 3)]
     assert [r.kv_bytes_read_per_step for r in report.runs] == [r.predicted_kv_bytes for r in report.runs]
+
+
+def test_cpu_memory_readings_track_the_cache(spec_factory):
+    # 4,094 + 2 tokens: each of the 4 K/V tensors is 2 x 2 x 4,096 x 16 x 4 B = 1 MiB, above glibc's
+    # pinned 128 KiB mmap threshold, so each gets its own mapping: the chunk header and page rounding
+    # add one 4 KiB page per tensor. Python's own allocator can map or unmap a 256 KiB arena in
+    # between, so RSS is held to 512 KiB either way; malloc in-use counts only malloc's blocks.
+    report = measure(MeasureOptions(spec=_spec(spec_factory), contexts=(4094,), batches=(2,), decode_steps=2, warmup_steps=0, device="cpu"))
+    assert report.allocator == "glibc malloc (mallinfo2)"
+    run = report.runs[0]
+    storage = run.measured_kv_bytes
+    assert storage == 4 * 2**20
+    assert storage + 4 * 4096 <= run.allocated_delta_bytes <= storage + 4 * 4096 + 65_536
+    assert abs(run.rss_delta_bytes - (storage + 4 * 4096)) <= 512 * 1024
 
 
 def test_layers_runs_the_first_layers_and_predicts_for_them(spec_factory):
@@ -167,6 +183,7 @@ def test_cli_table_and_atomic_json(capsys, tmp_path):
     r = run_cli(capsys, "measure", spec, "--context", "16,32", "--decode-steps", "3", "--warmup-steps", "1", "--json", str(out), "--device", "cpu", "--tolerance", "1e9")
     assert r.exit_code == 0, r.stderr  # a loose gate passes
     assert "KV cache: tensor storage" in r.stdout and "KV cache: process RSS Δ" in r.stdout
+    assert "KV cache: malloc in-use Δ" in r.stdout and "KV cache: malloc held Δ" in r.stdout
     assert "context 16 + 3 decode steps = 19 tokens · batch 1" in r.stdout
     assert "decode step (median, eager)" in r.stdout
     assert [p.name for p in out.parent.iterdir()] == ["measure.json"]  # no temp file left behind
@@ -234,7 +251,7 @@ def test_refusal_exits_2_before_allocating(tmp_path):
     # 10^9 tokens x 64 sequences x 512 B = 30 TiB of cache: refused from the prediction alone
     spec = _yaml(tmp_path)
     proc = subprocess.run(
-        [sys.executable, "-c", REFUSAL_CHILD, "measure", spec, "--context", "1000000000", "--batch", "64"],
+        [sys.executable, "-c", REFUSAL_CHILD, "measure", spec, "--context", "1000000000", "--batch", "64", "--device", "cpu"],
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2, proc.stderr
@@ -292,19 +309,28 @@ def test_mla_rejects_different_k_and_v_formats(spec_factory):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the NVML path is never faked")
-def test_nvml_and_allocator_readings_on_cuda(spec_factory):
+def test_nvml_and_allocator_readings_on_cuda(tmp_path):
     pytest.importorskip("pynvml")
-    spec = _spec(spec_factory, torch_dtype="bfloat16")
-    report = measure(MeasureOptions(spec=spec, contexts=(4096,), batches=(4,), decode_steps=8, device="cuda", verify=True))
-    run = report.runs[0]
-    assert report.device.startswith("cuda") and report.driver_version
-    assert report.cuda_context_bytes is not None and report.cuda_context_bytes > 0
-    assert run.measured_kv_bytes == run.predicted_kv_bytes
-    # the caching allocator rounds each of the 2 x 2 cache tensors up to a multiple of 512 B
-    assert run.allocated_delta_bytes >= run.predicted_kv_bytes
-    assert run.allocated_delta_bytes - run.predicted_kv_bytes < 512 * 2 * spec.num_hidden_layers
-    assert run.reserved_delta_bytes >= run.allocated_delta_bytes
-    assert run.nvml_used_delta_bytes is not None and run.nvml_used_delta_bytes >= 0
-    assert run.peak_allocated_bytes is not None
-    assert run.decode_mode in ("cuda-graph",) or run.decode_mode.startswith("eager (graph capture failed")
-    assert run.verify_ok
+    # a fresh process, so NVML's "before" reading precedes any CUDA context
+    spec = _yaml(tmp_path, torch_dtype="bfloat16")
+    out = tmp_path / "cuda.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvplan", "measure", spec, "--device", "cuda", "--context", "4096", "--batch", "4",
+         "--decode-steps", "8", "--verify", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert data["device"].startswith("cuda:") and data["driver_version"] and data["cuda_version"]
+    assert data["allocator"] == "torch CUDA caching allocator"
+    assert data["cuda_context_bytes"] > 0 and data["nvml_used_before_torch_bytes"] is not None
+    run = data["runs"][0]
+    # 2 layers x 2 KV heads x 32 x 2 B = 256 B per token; 4,104 tokens x 4 sequences. Each of the
+    # 4 tensors (525,312 B) is a multiple of 512 B, so the caching allocator adds nothing to it
+    assert run["measured_kv_bytes"] == run["predicted_kv_bytes"] == 256 * 4104 * 4
+    assert run["allocated_delta_bytes"] == run["predicted_kv_bytes"]
+    assert run["reserved_delta_bytes"] >= run["allocated_delta_bytes"]
+    assert run["nvml_used_delta_bytes"] is not None and run["nvml_used_delta_bytes"] >= 0
+    assert run["peak_allocated_bytes"] >= run["predicted_kv_bytes"]
+    assert run["decode_mode"] == "cuda-graph" or run["decode_mode"].startswith("eager (graph capture failed")
+    assert run["verify_ok"] is True

@@ -242,7 +242,10 @@ class MLAttention(nn.Module):
         k_nope, v = kv.split([m.nope_dim, m.v_dim], dim=-1)
         k = torch.cat([k_nope, k_rope.unsqueeze(1).expand(B, H, S, m.rope_dim)], dim=-1)
         q = torch.cat([q_nope, q_rope], dim=-1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)  # (B, H, S, v)
+        qk = m.nope_dim + m.rope_dim
+        if m.v_dim < qk:  # pad V to the QK head size so SDPA's flash kernel applies (as vLLM does for MLA)
+            v = F.pad(v, (0, qk - m.v_dim))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)[..., : m.v_dim]  # (B, H, S, v)
         return F.linear(out.transpose(1, 2).reshape(B, S, -1), self.o_proj), None
 
     def decode(self, x, pos, cache: LatentCache):

@@ -4,12 +4,15 @@ Measurement discipline (kvplan style rule 7): synchronise before every clock
 read, warm up before timing, take medians, read memory before and after.
 
 NVML comes from `pynvml` (the nvidia-ml-py package), imported only on CUDA runs.
-On the CPU there is no caching allocator to ask, so memory is the process's
-resident set (/proc/self/statm) and the free memory is /proc/meminfo MemAvailable.
+On the CPU torch allocates with glibc malloc: its statistics (mallinfo2) stand in
+for the caching allocator's, beside the process's resident set (/proc/self/statm);
+free memory is /proc/meminfo MemAvailable.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import os
 import statistics
@@ -43,7 +46,19 @@ def settle(device: torch.device, collect: bool = True) -> None:
 
 
 def rss_bytes() -> int:
-    """Resident set size of this process, bytes (/proc/self/statm: pages x page size)."""
+    """Resident set size of this process, bytes.
+
+    /proc/self/smaps_rollup walks the page tables, so it is exact (a few ms); statm
+    and VmRSS read the kernel's per-CPU RSS counters, which may lag by a batch of
+    pages per CPU (Linux 6.2+ `percpu_counter_read_positive`). statm is the fallback.
+    """
+    try:
+        with open("/proc/self/smaps_rollup", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Rss:"):
+                    return int(line.split()[1]) * 1024  # the file says kB and means KiB
+    except OSError:
+        pass
     with open("/proc/self/statm", encoding="ascii") as f:
         resident_pages = int(f.read().split()[1])
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
@@ -58,15 +73,54 @@ def mem_available_bytes() -> int:
     raise OSError("/proc/meminfo has no MemAvailable line")
 
 
-# ------------------------------------------------------------------ CUDA memory
-
-
 @dataclass(frozen=True, slots=True)
 class AllocatorReading:
-    """torch's CUDA caching allocator: bytes in live tensors, and bytes held from the driver."""
+    """An allocator's bytes in live blocks (allocated) and bytes it holds from the system (reserved).
+
+    CUDA: torch's caching allocator. CPU: glibc malloc, which torch's CPU allocator calls.
+    """
 
     allocated: int
     reserved: int
+
+
+class _MallInfo2(ctypes.Structure):
+    # glibc malloc.h `struct mallinfo2` (glibc 2.33+): every field a size_t
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+    ]
+
+
+# glibc's initial mmap threshold (malloc.c DEFAULT_MMAP_THRESHOLD_MIN): pinned with
+# mallopt, blocks at least this big always get fresh pages from mmap and go back to
+# the kernel on free, instead of the threshold creeping up to 32 MiB after frees
+# and later blocks reusing resident heap memory (which hides them from RSS).
+MMAP_THRESHOLD_BYTES = 128 * 1024
+_M_MMAP_THRESHOLD = -3  # malloc.h
+
+
+class GlibcMalloc:
+    """glibc malloc statistics: in use = main-arena blocks in use + mmapped blocks;
+    held = main-arena heap + mmapped blocks (mallinfo2). OSError where glibc is absent."""
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("c") or "libc.so.6"
+        self.libc = ctypes.CDLL(name)
+        if not hasattr(self.libc, "mallinfo2"):
+            raise OSError(f"{name} has no mallinfo2 (glibc 2.33 or later needed)")
+        self.libc.mallinfo2.restype = _MallInfo2
+        self.libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+
+    def pin_mmap_threshold(self, nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
+        return self.libc.mallopt(_M_MMAP_THRESHOLD, nbytes) == 1
+
+    def reading(self) -> AllocatorReading:
+        m = self.libc.mallinfo2()
+        return AllocatorReading(m.uordblks + m.hblkhd, m.arena + m.hblkhd)
+
+
+# ------------------------------------------------------------------ CUDA memory
 
 
 def allocator_reading(device: torch.device) -> AllocatorReading | None:
@@ -220,9 +274,11 @@ def matmul_throughput(device: torch.device, dtype: torch.dtype, max_size: int, t
     """Median FLOP/s of an n x n matmul; n doubles from 256 until one product takes `target_s`
     (or reaches `max_size`), so a slow dtype (fp16 on many CPUs) does not stall the run."""
     n = 256
+    gen = torch.Generator(device=device).manual_seed(0)
     while True:
-        a = torch.ones(n, n, dtype=dtype, device=device)
-        b = torch.ones(n, n, dtype=dtype, device=device)
+        # random operands: constant ones toggle fewer bits, so a GPU draws less power and clocks higher
+        a = torch.randn(n, n, dtype=dtype, device=device, generator=gen)
+        b = torch.randn(n, n, dtype=dtype, device=device, generator=gen)
         torch.matmul(a, b)
         once = timed_once(device, lambda: torch.matmul(a, b))
         if once >= target_s or n >= max_size:

@@ -21,9 +21,10 @@ ALLOCATOR_NOTE = (
     "touched the GPU, then after context creation)"
 )
 RSS_NOTE = (
-    "CPU: resident memory counts 4 KiB pages as they are touched (the caches are zero-filled, so all of "
-    "them); glibc serves blocks above its mmap threshold (128 KiB, rising to 32 MiB) with fresh pages and "
-    "smaller ones from its heap, which may reuse freed memory, so small caches read low or zero"
+    "CPU: torch allocates with glibc malloc (no caching allocator); resident memory counts 4 KiB pages as "
+    "they are touched (the caches are zero-filled, so all of them); blocks under the mmap threshold come from "
+    "the heap, which may reuse freed memory, so tiny caches can read low or zero in RSS; Python's own "
+    "allocator maps and unmaps 256 KiB arenas, so RSS moves by that much beside the cache"
 )
 
 
@@ -49,8 +50,8 @@ class RunReading:
     predicted_kv_bytes: int  # the calculator at total_tokens x batch
     measured_kv_bytes: int  # the cache tensors' storage
     kv_by_kind: tuple[KindReading, ...]
-    allocated_delta_bytes: int | None  # torch allocator, across the cache allocation (CUDA)
-    reserved_delta_bytes: int | None
+    allocated_delta_bytes: int | None  # across the cache allocation: torch's CUDA allocator, or glibc malloc in use
+    reserved_delta_bytes: int | None  # CUDA: torch reserved; CPU: malloc held (heap + mmapped)
     nvml_used_before_bytes: int | None
     nvml_used_after_bytes: int | None
     nvml_used_delta_bytes: int | None
@@ -97,6 +98,7 @@ class MeasureReport:
     kv_cache_dtype: str
     state_dtype: str
     device: str  # "cpu" or "cuda:N"
+    allocator: str | None  # whose allocated / reserved deltas: torch's CUDA caching allocator, or glibc malloc
     device_name: str
     driver_version: str | None
     cuda_version: str | None
@@ -137,12 +139,13 @@ def error_pct(measured: float, predicted: float) -> float:
     return (measured - predicted) / predicted
 
 
-def memory_comparisons(run: RunReading) -> list[tuple[str, int, int | None]]:
+def memory_comparisons(run: RunReading, cuda: bool) -> list[tuple[str, int, int | None]]:
     """(reading, predicted bytes, measured bytes) for every memory reading of a run."""
     rows: list[tuple[str, int, int | None]] = [("KV cache: tensor storage", run.predicted_kv_bytes, run.measured_kv_bytes)]
     if run.allocated_delta_bytes is not None:
-        rows.append(("KV cache: torch allocated Δ", run.predicted_kv_bytes, run.allocated_delta_bytes))
-        rows.append(("KV cache: torch reserved Δ", run.predicted_kv_bytes, run.reserved_delta_bytes))
+        allocated, reserved = ("torch allocated", "torch reserved") if cuda else ("malloc in-use", "malloc held")
+        rows.append((f"KV cache: {allocated} Δ", run.predicted_kv_bytes, run.allocated_delta_bytes))
+        rows.append((f"KV cache: {reserved} Δ", run.predicted_kv_bytes, run.reserved_delta_bytes))
     if run.nvml_used_delta_bytes is not None:
         rows.append(("KV cache: NVML used Δ", run.predicted_kv_bytes, run.nvml_used_delta_bytes))
     if run.rss_delta_bytes is not None:
@@ -150,9 +153,16 @@ def memory_comparisons(run: RunReading) -> list[tuple[str, int, int | None]]:
     return rows
 
 
-# Readings the --tolerance gate holds to. Reserved is shown but not gated: NVML
-# already stands for the device-level cost, and its 20 MiB segments dominate small caches.
-GATED_MEMORY = ("KV cache: tensor storage", "KV cache: torch allocated Δ", "KV cache: NVML used Δ", "KV cache: process RSS Δ")
+# Readings the --tolerance gate holds to. Reserved / held are shown but not gated:
+# NVML and RSS already stand for the device-level cost, and the CUDA allocator's
+# 20 MiB segments dominate small caches.
+GATED_MEMORY = (
+    "KV cache: tensor storage",
+    "KV cache: torch allocated Δ",
+    "KV cache: malloc in-use Δ",
+    "KV cache: NVML used Δ",
+    "KV cache: process RSS Δ",
+)
 
 
 def tolerance_failures(report: MeasureReport, tolerance: float) -> list[str]:
@@ -160,7 +170,7 @@ def tolerance_failures(report: MeasureReport, tolerance: float) -> list[str]:
     failures = []
     for run in report.runs:
         where = f"context {fmt_int(run.context)}, batch {run.batch}"
-        for name, predicted, measured in memory_comparisons(run):
+        for name, predicted, measured in memory_comparisons(run, report.device.startswith("cuda")):
             if name in GATED_MEMORY and measured is not None:
                 err = error_pct(measured, predicted)
                 if abs(err) > tolerance:
@@ -199,9 +209,9 @@ def _pct(err: float) -> str:
 HEADERS = ["reading", "predicted", "measured", "error", "error %"]
 
 
-def run_rows(run: RunReading, exact: bool) -> list[list[str]]:
+def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
     rows = []
-    for name, predicted, measured in memory_comparisons(run):
+    for name, predicted, measured in memory_comparisons(run, cuda):
         if measured is None:
             continue
         rows.append([name, size(predicted, exact), size(measured, exact), _signed_bytes(measured - predicted, exact), _pct(error_pct(measured, predicted))])
@@ -263,10 +273,12 @@ def summary_lines(report: MeasureReport, exact: bool) -> list[tuple[str, str]]:
         ("matmul throughput", f"{report.matmul_tflops:,.2f} TFLOP/s {report.dtype} ({report.matmul_size} x {report.matmul_size}, median)"),
         ("weights", f"{fmt_int(report.parameters_run)} parameters · predicted {size(report.predicted_weight_bytes, exact)} · tensor storage {size(report.measured_weight_bytes, exact)}"),
     ]
-    if report.weights_allocated_delta_bytes is not None:
+    cuda = report.device.startswith("cuda")
+    if cuda and report.weights_allocated_delta_bytes is not None:
         lines.append(("  weights, device", f"torch allocated Δ {size(report.weights_allocated_delta_bytes, exact)}" + (f" · NVML used Δ {size(report.weights_nvml_delta_bytes, exact)}" if report.weights_nvml_delta_bytes is not None else "")))
     if report.weights_rss_delta_bytes is not None:
-        lines.append(("  weights, process", f"RSS Δ {size(report.weights_rss_delta_bytes, exact)}"))
+        malloc = f" · malloc in-use Δ {size(report.weights_allocated_delta_bytes, exact)}" if report.weights_allocated_delta_bytes is not None else ""
+        lines.append(("  weights, process", f"RSS Δ {size(report.weights_rss_delta_bytes, exact)}{malloc}"))
     if report.cuda_context_bytes is not None:
         lines.append(("CUDA context", f"{size(report.cuda_context_bytes, exact)} (NVML, before torch: {size(report.nvml_used_before_torch_bytes or 0, exact)} used)"))
     lines.append(("memory check", f"needs {size(report.memory_needed_bytes, exact)} of {size(report.memory_available_bytes, exact)} available"))
@@ -285,7 +297,7 @@ def report_tables(report: MeasureReport, exact: bool) -> list[Any]:
         summary.add_row(key, value)
     out.append(summary)
     for run in report.runs:
-        out.append(rich_table(run_title(run), HEADERS, run_rows(run, exact)))
+        out.append(rich_table(run_title(run), HEADERS, run_rows(run, exact, report.device.startswith("cuda"))))
     notes = list(report.notes)
     notes.append(ALLOCATOR_NOTE if report.device.startswith("cuda") else RSS_NOTE)
     out.append("\n".join(f"note: {n}" for n in notes))

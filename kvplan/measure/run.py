@@ -90,7 +90,7 @@ class MeasureOptions:
 def resolve_device(choice: str) -> torch.device:
     """auto: CUDA when torch sees a GPU, else the CPU."""
     if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda":
         if not torch.cuda.is_available():
             raise InputError(
@@ -184,6 +184,7 @@ class _Session:
         self.caches: list | None = None
         self.graph = None
         self.nvml: rd.Nvml | None = None
+        self.malloc: rd.GlibcMalloc | None = None
 
     def drop_run(self) -> None:
         """Drop one run's tensors; the next run settles the allocator before its reading."""
@@ -219,7 +220,6 @@ def measure(opts: MeasureOptions) -> MeasureReport:
     totals = [c + opts.decode_steps for c in opts.contexts]
     need = memory_need(arch, kv_pair, state_format, param_bytes, totals, list(opts.batches))
 
-    device = resolve_device(opts.device)
     compute = TORCH_DTYPES[run_dtype]
     session = _Session()
     notes = list(arch.notes)
@@ -227,14 +227,18 @@ def measure(opts: MeasureOptions) -> MeasureReport:
         notes.append(f"the checkpoint stores linear weights as {spec.weights_dtype}; this run holds them in {run_dtype}")
     nvml_before_torch = cuda_context = driver = None
     phase = "starting"
+    device = torch.device("cpu")  # until resolve_device picks one; cleanup needs a device
     try:
-        if device.type == "cuda":
+        if opts.device == "cuda" or (opts.device == "auto" and torch.cuda.is_available()):
+            cuda_was_up = torch.cuda.is_initialized()  # then NVML's "before" already holds our context
             try:
-                session.nvml = rd.Nvml()  # before torch creates a context on the device
+                session.nvml = rd.Nvml()  # before torch picks a device, so no context is counted yet
             except ImportError:
                 notes.append("NVML readings skipped: nvidia-ml-py is not installed (pip install nvidia-ml-py)")
             except Exception as exc:  # pynvml.NVMLError and friends: no NVML on this machine
                 notes.append(f"NVML readings skipped: {exc}")
+        device = resolve_device(opts.device)
+        if device.type == "cuda":
             torch.cuda.set_device(device)
             torch.empty(1, device=device)  # creates the CUDA context
             rd.sync(device)
@@ -242,7 +246,9 @@ def measure(opts: MeasureOptions) -> MeasureReport:
                 if session.nvml.attach(device):
                     driver = session.nvml.driver_version()
                     nvml_before_torch = session.nvml.baseline_used
-                    if nvml_before_torch is not None:
+                    if cuda_was_up:
+                        notes.append("CUDA was initialised before kvplan measure began: the context is not separated")
+                    elif nvml_before_torch is not None:
                         cuda_context = session.nvml.used() - nvml_before_torch - torch.cuda.memory_reserved(device)
                 else:
                     notes.append("NVML readings skipped: no NVML device matches torch's device UUID or PCI bus id")
@@ -251,6 +257,16 @@ def measure(opts: MeasureOptions) -> MeasureReport:
             available, where = torch.cuda.mem_get_info(device)[0], "torch.cuda.mem_get_info"
         else:
             available, where = rd.mem_available_bytes(), "MemAvailable"
+            try:
+                session.malloc = rd.GlibcMalloc()
+                if session.malloc.pin_mmap_threshold():
+                    notes.append(
+                        f"glibc's mmap threshold is pinned at {rd.MMAP_THRESHOLD_BYTES // 1024} KiB (mallopt), so each "
+                        "cache tensor above it gets fresh pages: RSS and malloc in-use exceed the storage by the chunk "
+                        "header and page rounding, about a page per tensor"
+                    )
+            except OSError as exc:
+                notes.append(f"malloc readings skipped: {exc}")
         if need.total_bytes > available:
             raise _refusal(opts, spec, arch, need, available, device, kv_pair, state_format, param_bytes, totals, where)
         for fmt in {kv_pair.k.name, kv_pair.v.name}:
@@ -306,6 +322,7 @@ def measure(opts: MeasureOptions) -> MeasureReport:
         kv_cache_dtype=kv_pair.name,
         state_dtype=state_format.name,
         device=str(device) if device.type == "cpu" else f"cuda:{device.index}",
+        allocator=("torch CUDA caching allocator" if device.type == "cuda" else "glibc malloc (mallinfo2)" if session.malloc is not None else None),
         device_name=_device_name(device),
         driver_version=driver,
         cuda_version=torch.version.cuda if device.type == "cuda" else None,
@@ -356,7 +373,8 @@ def _memory(device: torch.device, session: _Session) -> _Memory:
         assert alloc is not None
         nvml = session.nvml.used() if session.nvml is not None else None
         return _Memory(None, alloc.allocated, alloc.reserved, nvml)
-    return _Memory(rd.rss_bytes(), None, None, None)
+    malloc = session.malloc.reading() if session.malloc is not None else None
+    return _Memory(rd.rss_bytes(), malloc.allocated if malloc else None, malloc.reserved if malloc else None, None)
 
 
 def _delta(after: int | None, before: int | None) -> int | None:
