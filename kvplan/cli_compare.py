@@ -18,7 +18,7 @@ PROFILE_ENGINES = ("hf", "llama.cpp", "sglang", "trtllm")
 HFCacheOpt = Annotated[str, typer.Option("--hf-cache", help="hf: dynamic (DynamicCache, generate()'s default), static (StaticCache) or quantized (QuantizedCache).")]
 MaxCacheLenOpt = Annotated[Optional[int], typer.Option("--max-cache-len", help="hf static: slots preallocated per layer (default: --context).")]
 GenerateOpt = Annotated[bool, typer.Option("--generate", help="hf: the sequence came from generate(), whose last sampled token is never cached.")]
-TfVersionOpt = Annotated[str, typer.Option("--transformers-version", help="hf: 4 (4.x: MLA cached decompressed, static V as wide as K) or 5 (5.x: MLA latent).")]
+TfVersionOpt = Annotated[str, typer.Option("--transformers-version", help="hf: 4 (4.x: MLA cached decompressed; StaticCache fails when V is narrower than K) or 5 (5.x: MLA latent; QuantizedCache full-attention models only).")]
 QuantBackendOpt = Annotated[str, typer.Option("--quant-backend", help="hf quantized: quanto or hqq.")]
 NbitsOpt = Annotated[int, typer.Option("--nbits", help="hf quantized: bits per value (quanto 2, 4; hqq 1, 2, 3, 4, 8).")]
 QGroupOpt = Annotated[int, typer.Option("--q-group-size", help="hf quantized: values per scale / zero-point.")]
@@ -127,17 +127,18 @@ def _size(n: Optional[int], exact: bool) -> str:
     return "—" if n is None else size(n, exact)
 
 
-def _tokens(cache) -> str:
-    from kvplan.render import KIND_LABEL
+TOKEN_LABEL = {"full_attention": "full", "sliding_attention": "sliding", "chunked_attention": "chunked", "mla": "MLA"}
 
-    if cache.refused:
+
+def _tokens(cache) -> str:
+    if cache.kv_bytes_total is None:
         return "—"
     parts = []
     for k in cache.by_kind:
         if k.kind == "state":
             parts.append(f"state: {k.slots_per_layer:,} cell(s)/layer")
         else:
-            parts.append(f"{KIND_LABEL.get(k.kind, k.kind)}: {k.tokens_per_sequence:,}")
+            parts.append(f"{TOKEN_LABEL.get(k.kind, k.kind)}: {k.tokens_per_sequence:,}")
     return "; ".join(parts)
 
 
@@ -148,8 +149,9 @@ def _delta(row, exact: bool) -> str:
         return "0"
     sign = "+" if row.delta_bytes > 0 else "-"
     ideal = row.cache.ideal_bytes_total
-    pct = f" ({row.delta_bytes / ideal * 100:+.1f}%)" if ideal else ""
-    return sign + _size(abs(row.delta_bytes), exact) + pct
+    ratio = row.cache.kv_bytes_total / ideal if ideal else 0
+    share = f" ({ratio:.1f}x)" if ratio >= 2 else (f" ({row.delta_bytes / ideal * 100:+.2f}%)" if ideal else "")
+    return sign + _size(abs(row.delta_bytes), exact) + share
 
 
 COMPARE_HEADERS = ["engine", "KV dtype", "tokens held / seq / layer", "KV bytes", "vs ideal", "why it differs",
@@ -168,8 +170,8 @@ def compare_rows(comparison, exact: bool) -> list[list[str]]:
             cap = r.capacity
             row += [_size(cap.kv_budget_bytes, exact), f"{cap.max_concurrent_sequences:,}",
                     "yes" if cap.fits else "no"]
-            if cap.log_lines:
-                row[6] = "\n".join(list(c.log_lines) + list(cap.log_lines))
+            if cap.log_lines:  # with a GPU the pool is the engine's own: its lines replace the batch-sized ones
+                row[6] = "\n".join(cap.log_lines)
             if cap.refusals:
                 row[7] = "\n".join(list(c.refusals) + list(cap.refusals))
         out.append(row)
