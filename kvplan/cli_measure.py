@@ -87,6 +87,8 @@ def register(app: typer.Typer) -> None:
 
         if tolerance is not None and not tolerance >= 0:
             raise InputError(f"--tolerance {tolerance}: give a fraction of 0 or more, e.g. 0.05")
+        if json_path is not None and not (json_path.parent if str(json_path.parent) else Path(".")).is_dir():
+            raise InputError(f"--json {json_path}: folder {json_path.parent} does not exist")
         spec = resolve_spec(model)
         contexts = tuple(parse_int_list(context, "--context"))
         batches = tuple(parse_int_list(batch, "--batch"))

@@ -283,6 +283,7 @@ def test_refusal_suggests_fewer_layers(capsys):
         (["--decode-steps", "0"], "--decode-steps must be at least 1, got 0"),
         (["--context", "0"], "--context '0': values must be at least 1"),
         (["--tolerance", "-1"], "--tolerance -1.0: give a fraction of 0 or more"),
+        (["--json", "/nonexistent-kvplan-dir/m.json"], "--json /nonexistent-kvplan-dir/m.json: folder /nonexistent-kvplan-dir does not exist"),
     ],
 )
 def test_cli_bad_input_exits_2(capsys, tmp_path, args, message):
