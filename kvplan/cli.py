@@ -145,7 +145,6 @@ def estimate(
     """Size the KV cache of MODEL; with --gpu, also capacity, latency and cost (comma lists sweep)."""
     from kvplan.calc import CacheLayout
     from kvplan.catalog import resolve_spec
-    from kvplan.formats import UnknownFormatError, parse_format, parse_format_pair
 
     spec = resolve_spec(model, fast=True)
     contexts = parse_int_list(context, "--context")
@@ -165,75 +164,60 @@ def estimate(
             mem_fraction_static=mem_fraction_static, page_size=page_size, swa_full_tokens_ratio=swa_full_tokens_ratio,
             max_total_tokens=max_total_tokens, tokens_per_block=tokens_per_block,
             free_gpu_memory_fraction=free_gpu_memory_fraction)
+    from kvplan import deploy
+    from kvplan.planner import Engine
+
     if block_size is not None and block_size < 1:
         raise InputError(f"--block-size must be a positive number of tokens, got {block_size}")
-    try:
-        formats = [parse_format_pair(d, spec.dtype) for d in parse_str_list(kv_cache_dtype)]
-    except UnknownFormatError as exc:
-        raise InputError(f"--kv-cache-dtype: {exc}") from None
-    try:
-        state_format = parse_format(state_dtype) if state_dtype else None
-    except UnknownFormatError as exc:
-        raise InputError(f"--state-dtype: {exc}") from None
-    if not formats:
+    dtypes = parse_str_list(kv_cache_dtype)
+    if not dtypes:
         raise InputError("--kv-cache-dtype needs at least one format")
-    effective_block = block_size or (1 if engine == "ideal" else (64 if spec.is_mla else 16))
+    formats = [deploy.kv_formats(spec, d, state_dtype) for d in dtypes]  # (K/V pair, state format)
+    effective_block = block_size or deploy.default_block_size(spec, Engine(engine))
     gpu_names = parse_str_list(gpu) if gpu else []
     plan_flags = any(
         v is not None for v in (gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops, requests_per_s, calibration)
     )
     if not gpu_names and not plan_flags:
         layouts = [
-            CacheLayout(spec, f, block_size=effective_block, tp=t, pp=pp, state_format=state_format)
-            for f in formats
+            CacheLayout(spec, pair, block_size=effective_block, tp=t, pp=pp, state_format=state)
+            for pair, state in formats
             for t in tps
         ]
         results = [layout.at(c, b).to_dict() for layout in layouts for c in contexts for b in batches]
         _render_estimates(results, fmt, exact)
         return
     from kvplan.gpus import gpu_from_options
-    from kvplan.planner import Engine, GPUFigures, Planner, PlanOptions, WEIGHT_DTYPES
-    from kvplan.units import parse_bytes
+    from kvplan.planner import Planner
 
-    if dtype is not None and dtype not in WEIGHT_DTYPES:
-        raise InputError(f"--dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
     gpus = [gpu_from_options(g, gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops) for g in (gpu_names or [None])]
     if any(g is None for g in gpus):
         raise InputError("--gpu is needed for capacity, latency and cost (or --gpu-memory and --gpu-bandwidth)")
-    measured = None
-    if calibration is not None and bandwidth_efficiency is None:
-        from kvplan.calibration import measured_bandwidth
-
-        measured = measured_bandwidth(calibration)
-    activation = parse_bytes(activation_memory, "--activation-memory") if activation_memory else None
-    non_torch = parse_bytes(non_torch_memory, "--non-torch-memory") if non_torch_memory else None
+    single = len(gpus) * len(formats) * len(tps) * len(contexts) * len(batches) == 1
     rows = []
     for g in gpus:
-        figures = GPUFigures(g.name, g.memory_bytes, g.memory_bandwidth_gbps, g.bf16_tflops, g.fp8_tflops, g.usd_per_hour)
+        figures = deploy.gpu_figures(g)
         bw_eff = bandwidth_efficiency
-        if measured is not None:
-            from kvplan.calibration import bandwidth_efficiency as calibrated_efficiency
-
-            bw_eff = calibrated_efficiency(measured[0], g.memory_bandwidth_gbps)
-        for f in formats:
+        if bw_eff is None and calibration is not None:
+            bw_eff = deploy.calibrated_efficiency(calibration, g)
+        for pair, state in formats:
             for t in tps:
-                layout = CacheLayout(spec, f, block_size=effective_block, tp=t, pp=pp, state_format=state_format)
+                layout = CacheLayout(spec, pair, block_size=effective_block, tp=t, pp=pp, state_format=state)
                 for c in contexts:
                     for b in batches:
-                        opts = PlanOptions(
-                            context=c, batch=b, tp=t, pp=pp, engine=Engine(engine), block_size=effective_block,
-                            weights_dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                            activation_bytes=activation, non_torch_bytes=non_torch,
-                            max_num_batched_tokens=max_num_batched_tokens,
-                            **({"bandwidth_efficiency": bw_eff} if bw_eff is not None else {}),
-                            **({"compute_efficiency": compute_efficiency} if compute_efficiency is not None else {}),
-                            prompt_tokens=prompt_tokens, output_tokens=output_tokens,
-                            requests_per_s=requests_per_s, shared_prefix_tokens=shared_prefix_tokens,
+                        opts = deploy.plan_options(
+                            spec, context=c, batch=b, tp=t, pp=pp, engine=engine, block_size=effective_block,
+                            dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                            activation_memory=activation_memory, non_torch_memory=non_torch_memory,
+                            max_num_batched_tokens=max_num_batched_tokens, bandwidth_efficiency=bw_eff,
+                            compute_efficiency=compute_efficiency, prompt_tokens=prompt_tokens,
+                            output_tokens=output_tokens, requests_per_s=requests_per_s,
+                            shared_prefix_tokens=shared_prefix_tokens,
                         )
-                        planner = Planner(spec, figures, f, opts, state_format=state_format)
+                        planner = Planner(spec, figures, pair, opts, state_format=state)
                         record = layout.at(c, b).to_dict()
                         record.update(planner.plan().to_dict())
-                        if len(gpus) * len(formats) * len(tps) * len(contexts) * len(batches) == 1 and fmt is OutputFormat.table:
+                        if single and fmt is OutputFormat.table:
                             record["concurrency_by_context"] = planner.concurrency_curve()
                         rows.append(record)
     _render_plans(rows, fmt, exact, svg)
@@ -295,13 +279,13 @@ def _render_plans(rows: list[dict], fmt: OutputFormat, exact: bool, svg: str | N
 def models(fmt: FormatOpt = OutputFormat.table) -> None:
     """List the shipped model catalog."""
     from kvplan import render
-    from kvplan.catalog import SPECS_DIR, catalog_names, load_spec_file
+    from kvplan.catalog import catalog_names, resolve_spec
     from kvplan.calc import CacheLayout
     from kvplan.formats import parse_format_pair
 
     records = []
     for name in catalog_names():
-        spec = load_spec_file(SPECS_DIR / f"{name}.yaml")
+        spec = resolve_spec(name, fast=True)
         layout = CacheLayout(spec, parse_format_pair("bf16", spec.dtype))
         kinds = ", ".join(f"{g.num_layers} {render.KIND_LABEL[g.kind.value]}" for g in layout.groups)
         records.append(

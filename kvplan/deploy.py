@@ -11,12 +11,11 @@ GPU catalogs (and a `--calibration` report); the arithmetic stays in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from kvplan.calc import CacheLayout
 from kvplan.errors import InputError
 from kvplan.formats import KVFormat, KVFormatPair, UnknownFormatError, parse_format, parse_format_pair
-from kvplan.gpus import GPU, gpu_from_options
 from kvplan.planner import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     WEIGHT_DTYPES,
@@ -25,7 +24,10 @@ from kvplan.planner import (
     Planner,
     PlanOptions,
 )
-from kvplan.spec import ModelSpec
+from kvplan.shape import SpecDerived as ModelSpec  # a validated spec, pydantic or not
+
+if TYPE_CHECKING:  # the GPU catalog (pydantic) is imported where a GPU is resolved
+    from kvplan.gpus import GPU
 from kvplan.units import parse_bytes
 from kvplan.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS
 
@@ -195,7 +197,9 @@ def resolve_deployment(
     else:
         from kvplan.catalog import resolve_spec
 
-        spec = resolve_spec(model)
+        spec = resolve_spec(model, fast=True)
+    from kvplan.gpus import gpu_from_options
+
     memory = str(gpu_memory) if isinstance(gpu_memory, int) and not isinstance(gpu_memory, bool) else gpu_memory
     device = gpu_from_options(gpu, memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops)
     pair, state = kv_formats(spec, kv_cache_dtype, state_dtype)
