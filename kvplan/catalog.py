@@ -179,16 +179,10 @@ def build_index() -> dict:
 
 def write_index() -> Path:
     """Rewrite model_specs/_index.json atomically."""
-    import os
-    import tempfile
+    from kvplan.atomic import write_text_atomically
 
     text = json.dumps(build_index(), indent=1) + "\n"  # field order kept: `kvplan show` prints it
-    fd, tmp = tempfile.mkstemp(dir=SPECS_DIR, prefix=".index-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, INDEX_FILE)
-    return INDEX_FILE
+    return write_text_atomically(INDEX_FILE, text, "index")
 
 
 _index_cache: dict | None = None

@@ -10,11 +10,9 @@ torch is never imported.
 from __future__ import annotations
 
 import io
-import os
 import re
 import subprocess
 import sys
-import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Callable, Optional
@@ -313,20 +311,10 @@ def _check_cost_inputs(entry, gpu) -> None:
 
 
 def _write_atomically(target: str, text: str) -> None:
-    """Write `text` to `target` via a temporary file in the same folder and a rename."""
-    path = os.path.abspath(target)
-    folder = os.path.dirname(path)
-    if not os.path.isdir(folder):
-        raise InputError(f"--output {target}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".kvplan-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write the --output report atomically (see kvplan.atomic)."""
+    from kvplan.atomic import write_text_atomically
+
+    write_text_atomically(target, text, "--output")
 
 
 # ================================================================== diff

@@ -8,9 +8,7 @@ kept unless --force is given.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -64,24 +62,14 @@ def spec_yaml(spec: "ModelSpec") -> str:
 
 
 def write_atomically(path: Path, text: str, force: bool) -> None:
-    """Write `text` to `path` via a temporary file and a rename; refuse to overwrite unless `force`."""
-    if path.exists() and not force:
-        raise InputError(f"{path} already exists; pass --force to overwrite it")
+    """Write `text` to `path` atomically; refuse to overwrite unless `force`."""
+    from kvplan.atomic import write_text_atomically
+
     if path.is_dir():
         raise InputError(f"-o {path}: is a folder; give a file name such as {path / 'model.yaml'}")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"-o {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if path.exists() and not force:
+        raise InputError(f"{path} already exists; pass --force to overwrite it")
+    write_text_atomically(path, text, "-o")
 
 
 def register(app: typer.Typer) -> None:

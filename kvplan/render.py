@@ -61,26 +61,10 @@ def console(stderr: bool = False, record: bool = False):
 
 
 def save_svg(out, path: str) -> None:
-    """Save what `out` printed as SVG, atomically (temp file + rename)."""
-    import os
-    import tempfile
+    """Save what `out` printed as SVG, atomically."""
+    from kvplan.atomic import write_text_atomically
 
-    from kvplan.errors import InputError
-
-    target = os.path.abspath(path)
-    folder = os.path.dirname(target)
-    if not os.path.isdir(folder):
-        raise InputError(f"--svg {path}: folder {folder} does not exist")
-    svg = out.export_svg(title="kvplan")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".kvplan-", suffix=".svg")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(svg)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomically(path, out.export_svg(title="kvplan"), "--svg")
     sys.stderr.write(f"saved {path}\n")
 
 
