@@ -7,8 +7,6 @@ kvplan.cli's shared aliases, and typer must see them as objects, not strings.
 """
 
 import json
-import os
-import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -37,25 +35,10 @@ class MeasureFormat(str, Enum):
 
 
 def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON to `path` through a temporary file in the same folder and os.replace,
-    so a reader never sees half a file."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"--json {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write the JSON report atomically (see kvplan.atomic): a reader never sees half a file."""
+    from kvplan.atomic import write_text_atomically
+
+    write_text_atomically(path, json.dumps(data, indent=2) + "\n", "--json")
 
 
 def register(app: typer.Typer) -> None:
