@@ -165,7 +165,6 @@ def estimate(
             max_total_tokens=max_total_tokens, tokens_per_block=tokens_per_block,
             free_gpu_memory_fraction=free_gpu_memory_fraction)
     from kvplan import deploy
-    from kvplan.planner import Engine
 
     if block_size is not None and block_size < 1:
         raise InputError(f"--block-size must be a positive number of tokens, got {block_size}")
@@ -173,7 +172,7 @@ def estimate(
     if not dtypes:
         raise InputError("--kv-cache-dtype needs at least one format")
     formats = [deploy.kv_formats(spec, d, state_dtype) for d in dtypes]  # (K/V pair, state format)
-    effective_block = block_size or deploy.default_block_size(spec, Engine(engine))
+    effective_block = block_size or deploy.default_block_size(spec, engine)
     gpu_names = parse_str_list(gpu) if gpu else []
     plan_flags = any(
         v is not None for v in (gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops, requests_per_s, calibration)

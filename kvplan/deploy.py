@@ -16,22 +16,14 @@ from typing import TYPE_CHECKING, Optional, Union
 from kvplan.calc import CacheLayout
 from kvplan.errors import InputError
 from kvplan.formats import KVFormat, KVFormatPair, UnknownFormatError, parse_format, parse_format_pair
-from kvplan.planner import (
-    DEFAULT_GPU_MEMORY_UTILIZATION,
-    WEIGHT_DTYPES,
-    Engine,
-    GPUFigures,
-    Planner,
-    PlanOptions,
-)
 from kvplan.shape import SpecDerived as ModelSpec  # a validated spec, pydantic or not
-
-if TYPE_CHECKING:  # the GPU catalog (pydantic) is imported where a GPU is resolved
-    from kvplan.gpus import GPU
 from kvplan.units import parse_bytes
-from kvplan.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS
 
-ENGINES = tuple(e.value for e in Engine)
+if TYPE_CHECKING:  # imported where used: a KV-only estimate needs neither the planner nor the GPU catalog
+    from kvplan.gpus import GPU
+    from kvplan.planner import Engine, GPUFigures, Planner, PlanOptions
+
+ENGINES = ("vllm", "ideal")  # kvplan.planner.Engine's values
 
 # Token counts: 'k' and 'm' are binary, as context lengths are usually written (32k = 32768).
 _TOKEN_SUFFIX = {"k": 1024, "m": 1024 * 1024}
@@ -53,15 +45,17 @@ def parse_token_count(text: Union[str, int], flag: str) -> int:
         raise InputError(f"{flag} {text!r} is not a whole number of tokens (e.g. 32768 or 32k)") from None
 
 
-def default_block_size(spec: ModelSpec, engine: Engine) -> int:
+def default_block_size(spec: ModelSpec, engine: Union[str, "Engine"]) -> int:
     """vLLM: 16 on CUDA, 64 for MLA (FlashMLA requires it); ideal: 1 (no paging)."""
-    if engine is Engine.ideal:
+    if engine == "ideal":  # Engine is a str Enum: Engine.ideal == "ideal"
         return 1
     return 64 if spec.is_mla else 16
 
 
 def gpu_figures(gpu: GPU) -> GPUFigures:
     """The planner's view of a catalog, file or flag-built GPU."""
+    from kvplan.planner import GPUFigures
+
     return GPUFigures(gpu.name, gpu.memory_bytes, gpu.memory_bandwidth_gbps, gpu.bf16_tflops, gpu.fp8_tflops, gpu.usd_per_hour)
 
 
@@ -91,13 +85,13 @@ def plan_options(
     batch: int = 1,
     tp: int = 1,
     pp: int = 1,
-    engine: Union[str, Engine] = Engine.vllm,
+    engine: Union[str, "Engine"] = "vllm",
     block_size: Optional[int] = None,
     dtype: Optional[str] = None,
-    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
+    gpu_memory_utilization: Optional[float] = None,
     activation_memory: Union[str, int, None] = None,
     non_torch_memory: Union[str, int, None] = None,
-    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+    max_num_batched_tokens: Optional[int] = None,
     bandwidth_efficiency: Optional[float] = None,
     compute_efficiency: Optional[float] = None,
     prompt_tokens: Optional[int] = None,
@@ -110,6 +104,13 @@ def plan_options(
     Sizes take bytes or a string with a unit ('2GiB'). A `--calibration` report
     becomes a bandwidth_efficiency once the GPU is known (`calibrated_efficiency`).
     """
+    from kvplan.planner import DEFAULT_GPU_MEMORY_UTILIZATION, WEIGHT_DTYPES, Engine, PlanOptions
+    from kvplan.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS
+
+    if gpu_memory_utilization is None:
+        gpu_memory_utilization = DEFAULT_GPU_MEMORY_UTILIZATION
+    if max_num_batched_tokens is None:
+        max_num_batched_tokens = DEFAULT_MAX_NUM_BATCHED_TOKENS
     if isinstance(engine, str) and not isinstance(engine, Engine):
         if engine not in ENGINES:
             raise InputError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
@@ -167,6 +168,8 @@ class Deployment:
         return CacheLayout(self.spec, self.kv_format, block_size=o.block_size, tp=o.tp, pp=o.pp, state_format=self.state_format)
 
     def planner(self) -> Planner:
+        from kvplan.planner import Planner
+
         if self.gpu is None:
             raise InputError("--gpu is needed for capacity, latency and cost (or --gpu-memory and --gpu-bandwidth)")
         return Planner(self.spec, gpu_figures(self.gpu), self.kv_format, self.options, state_format=self.state_format)
