@@ -41,27 +41,17 @@ TokensPerBlockOpt = Annotated[int, typer.Option("--tokens-per-block", help="trtl
 FreeFracOpt = Annotated[float, typer.Option("--free-gpu-memory-fraction", help="trtllm: share of the memory left after the profiling peak.")]
 
 
-def engine_options(kv_cache_dtype: str, *, hf_cache="dynamic", max_cache_len=None, generate=False,
-                   transformers_version="5", quant_backend="quanto", nbits=4, q_group_size=64, residual_length=128,
-                   prompt_tokens=None, parallel=None, ctx_size=None, ubatch_size=512, n_batch=2048, swa_full=False,
-                   flash_attn="auto", cache_type_k=None, cache_type_v=None, kv_unified=False,
-                   mem_fraction_static=None, page_size=1, swa_full_tokens_ratio=0.8, max_total_tokens=None,
-                   tokens_per_block=32, free_gpu_memory_fraction=0.9) -> dict:
-    """The four engines' option objects from flag values."""
-    from kvplan.engines import hf, llamacpp, sglang, trtllm
-    from kvplan.engines.compare import llamacpp_types
+def engine_options(kv_cache_dtype: str, **flags) -> dict:
+    """The four engines' option objects from flag values (None keeps an engine's own default).
 
-    k_default, v_default = llamacpp_types(kv_cache_dtype)
-    return {
-        "hf": hf.HFOptions(hf_cache, max_cache_len, generate, str(transformers_version), quant_backend, nbits,
-                           q_group_size, residual_length, prompt_tokens),
-        "llama.cpp": llamacpp.LlamaCppOptions(
-            llamacpp.cache_type(cache_type_k) if cache_type_k else k_default,
-            llamacpp.cache_type(cache_type_v) if cache_type_v else v_default,
-            parallel, ctx_size, ubatch_size, n_batch, swa_full, flash_attn, kv_unified),
-        "sglang": sglang.SGLangOptions(mem_fraction_static, page_size, swa_full_tokens_ratio, max_total_tokens),
-        "trtllm": trtllm.TrtllmOptions(tokens_per_block, free_gpu_memory_fraction),
-    }
+    `flags` are every engine's option flags (`kvplan.engines.options.OPTION_KEYS`)
+    plus `prompt_tokens`; each engine takes its own (`kvplan.engines.options`).
+    """
+    from kvplan.engines import ENGINE_NAMES
+    from kvplan.engines.options import engine_options as options
+
+    prompt_tokens = flags.pop("prompt_tokens", None)
+    return {e: options(e, kv_cache_dtype, flags, prompt_tokens=prompt_tokens) for e in ENGINE_NAMES}
 
 
 def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[str], activation: Optional[int],

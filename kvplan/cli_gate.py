@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 
+from kvplan import cli_compare as _engine_flags  # the engine profiles' flags, shared with estimate and compare
 from kvplan.errors import InputError
 
 if TYPE_CHECKING:
@@ -114,12 +115,15 @@ def _check_table(report: CheckReport, plain: bool) -> str:
     for i, header in enumerate(report_formats.HEADERS):
         table.add_column(header, justify="right" if i in (2, 3) else "left")
     notes = []
+    how: dict[str, list[str]] = {}  # how an engine profile's figure was computed -> the figures so computed
     for d in report.deployments:
         result = Text()
         for j, b in enumerate(d.budgets):
             result.append(("\n" if j else "") + ("PASS" if b.passed else "FAIL"), style="green" if b.passed else "bold red")
             if b.value is None:
                 notes.append(f"{d.name}: {b.metric} is absent: {b.note}")
+            elif b.note and b.metric not in how.setdefault(b.note, []):  # one line per engine, not per deployment
+                how[b.note].append(b.metric)
         table.add_row(
             Text(d.name),
             Text("\n".join(b.budget for b in d.budgets)),
@@ -130,6 +134,8 @@ def _check_table(report: CheckReport, plain: bool) -> str:
     out.print(table)
     for note in dict.fromkeys(notes):
         out.print(Text(f"— {note}"))
+    for note, metrics in how.items():
+        out.print(Text(f"— {', '.join(metrics)}: {note}"))
     out.print(Text(report_formats.summary(report)))
     return buffer.getvalue()
 
@@ -142,7 +148,7 @@ def run_check(path: Path, where: str) -> CheckReport:
     from pydantic import ValidationError
 
     from kvplan.catalog import format_validation_error, read_yaml
-    from kvplan.gating import CheckReport, PlanFile, duplicate_labels
+    from kvplan.gating import CheckReport, PlanFile, duplicate_labels, engine_key_problems
 
     data, line_of = read_yaml(path)
     if not isinstance(data, dict):
@@ -158,10 +164,18 @@ def run_check(path: Path, where: str) -> CheckReport:
             f"{where}:{line_of(loc)}: deployments.{i}.name: {plan.deployments[i].label!r} is already the name of "
             f"deployments.{first} (line {line_of(('deployments', first))}); give each deployment a unique `name`"
         )
+    misplaced = set()
+    for i, entry in enumerate(plan.deployments):
+        for key, message in engine_key_problems(entry):
+            loc = ("deployments", i, key)
+            problems.append(f"{where}:{line_of(loc)}: deployments.{i}.{key}: {message}")
+            misplaced.add(i)
     base = path.parent
     specs: dict[str, object] = {}
     results = []
     for i, entry in enumerate(plan.deployments):
+        if i in misplaced:
+            continue
         try:
             results.append(_evaluate(i, entry, base, line_of, specs))
         except _EntryError as exc:
@@ -230,7 +244,7 @@ def _evaluate(i: int, entry, base: Path, line_of: Callable, specs: dict):
     """Resolve one entry, plan it, and compare its figures with its budgets."""
     from kvplan.catalog import resolve_spec
     from kvplan.deploy import resolve_deployment
-    from kvplan.gating import DeploymentResult, Figures, evaluate_budgets
+    from kvplan.gating import PROFILE_ENGINES, DeploymentResult, Figures, evaluate_budgets
     from kvplan.gpus import resolve_gpu
 
     ref = _rebase(entry.model, base)
@@ -245,6 +259,8 @@ def _evaluate(i: int, entry, base: Path, line_of: Callable, specs: dict):
             resolve_gpu(gpu_ref)
         except InputError as exc:
             raise _EntryError(("gpu",), exc.message) from None
+    if entry.engine in PROFILE_ENGINES:
+        return _evaluate_profile(i, entry, specs[ref], gpu_ref, base, line_of)
     try:
         deployment = resolve_deployment(
             specs[ref],
@@ -297,6 +313,98 @@ def _evaluate(i: int, entry, base: Path, line_of: Callable, specs: dict):
     )
 
 
+def _evaluate_profile(i: int, entry, spec, gpu_ref: Optional[str], base: Path, line_of: Callable):
+    """One entry under an engine profile (hf, llama.cpp, sglang, trtllm): the engine's bytes and budget rule."""
+    from kvplan.gating import DeploymentResult, evaluate_budgets
+
+    try:
+        figures, deployment = profile_figures(
+            spec,
+            entry.engine,
+            gpu_ref,
+            {k: getattr(entry, k) for k in _option_keys(entry.engine)},
+            gpu_memory=entry.gpu_memory,
+            gpu_bandwidth=entry.gpu_bandwidth,
+            usd_per_hour=entry.usd_per_hour,
+            gpu_bf16_tflops=entry.gpu_bf16_tflops,
+            kv_cache_dtype=entry.kv_cache_dtype,
+            state_dtype=entry.state_dtype,
+            context=entry.context,
+            batch=entry.batch,
+            tp=entry.tp,
+            dtype=entry.dtype,
+            activation_memory=entry.activation_memory,
+            non_torch_memory=entry.non_torch_memory,
+            bandwidth_efficiency=entry.bandwidth_efficiency,
+            compute_efficiency=entry.compute_efficiency,
+            calibration=_rebase(entry.calibration, base) if entry.calibration else None,
+            prompt_tokens=entry.prompt_tokens,
+            before_costs=lambda gpu: _check_cost_inputs(entry, gpu),
+        )
+    except InputError as exc:
+        raise _as_entry_error(exc.message) from None
+    budgets = evaluate_budgets(entry.budgets, figures, lambda key: line_of(("deployments", i, "budgets", key)))
+    return DeploymentResult(
+        index=i,
+        name=entry.label,
+        line=line_of(("deployments", i)),
+        model=spec.name,
+        gpu=figures.gpu,
+        tp=entry.tp,
+        pp=1,
+        context=entry.context,
+        batch=entry.batch,
+        kv_cache_dtype=figures.kv_cache_dtype,
+        engine=entry.engine,
+        budgets=budgets,
+    )
+
+
+def _option_keys(engine: str) -> tuple[str, ...]:
+    from kvplan.engines.options import OPTION_KEYS
+
+    return OPTION_KEYS[engine]
+
+
+def profile_figures(spec, engine: str, gpu: Optional[str], values: dict, *, kv_cache_dtype: str = "auto",
+                    state_dtype: Optional[str] = None, context: int, batch: int = 1, tp: int = 1,
+                    activation_memory=None, non_torch_memory=None, prompt_tokens: Optional[int] = None,
+                    before_costs: Optional[Callable] = None, **deployment):
+    """`kvplan.gating.Figures` of SPEC under an engine profile, and the planner-side `Deployment`.
+
+    `values` are the engine's option keys (None: the engine's default). The GPU,
+    weights, efficiencies and calibration resolve as for `estimate` (an ideal,
+    pp-1 deployment: the roofline and the context limit); the engine's own
+    cache, budget rule and capacity give the rest (`gating.engine_figures`).
+    `before_costs(gpu)` checks the GPU before anything is computed on it.
+    """
+    from kvplan.cli_compare import memory_inputs
+    from kvplan.deploy import resolve_deployment
+    from kvplan.engines.compare import ideal_format
+    from kvplan.engines.options import engine_options
+    from kvplan.gating import engine_figures
+
+    pair = ideal_format(kv_cache_dtype, spec.dtype)  # an engine-only name (f16, bfloat16): the model's dtype here
+    resolved = resolve_deployment(
+        spec, gpu, kv_cache_dtype=pair.name, state_dtype=state_dtype, context=context, batch=batch, tp=tp, pp=1,
+        engine="ideal", activation_memory=activation_memory, non_torch_memory=non_torch_memory,
+        prompt_tokens=prompt_tokens, **deployment,
+    )
+    layout = resolved.layout()
+    opts = engine_options(engine, kv_cache_dtype, values, tp=tp, prompt_tokens=prompt_tokens)
+    memory = planner = None
+    if resolved.gpu is not None:
+        if before_costs is not None:
+            before_costs(resolved.gpu)
+        memory = memory_inputs(spec, resolved.gpu, context=context, tp=tp, weights_dtype=deployment.get("dtype"),
+                               activation=resolved.options.activation_bytes, non_torch=resolved.options.non_torch_bytes)
+        planner = resolved.planner()
+    figures = engine_figures(spec, engine, opts, context=context, batch=batch, tp=tp, kv_cache_dtype=kv_cache_dtype,
+                             kv_format=resolved.kv_format, state_format=resolved.state_format,
+                             kv_bytes_per_token=layout.kv_bytes_per_token, memory=memory, planner=planner)
+    return figures, resolved
+
+
 def _check_cost_inputs(entry, gpu) -> None:
     """A cost budget on a GPU without a price (or, for input tokens, without TFLOPS) is a plan error."""
     for key in ("max_usd_per_million_output_tokens", "max_usd_per_million_input_tokens"):
@@ -330,8 +438,31 @@ def diff(
     kv_cache_dtype: Annotated[str, typer.Option("--kv-cache-dtype", help="KV element format; auto = each model's own dtype.")] = "auto",
     tp: Annotated[int, typer.Option("--tensor-parallel-size", "--tp", help="Tensor-parallel ranks.")] = 1,
     pp: Annotated[int, typer.Option("--pipeline-parallel-size", "--pp", help="Pipeline stages.")] = 1,
-    engine: Annotated[str, typer.Option("--engine", help="vllm or ideal allocation rules.")] = "vllm",
+    engine: Annotated[str, typer.Option("--engine", help="vllm or ideal (kvplan's planner), or hf, llama.cpp, sglang, trtllm: capacity and max context by that engine's rules and flags.")] = "vllm",
     dtype: Annotated[Optional[str], typer.Option("--dtype", help="Weights dtype (default: each model's).")] = None,
+    hf_cache: _engine_flags.HFCacheOpt = None,
+    max_cache_len: _engine_flags.MaxCacheLenOpt = None,
+    generate: _engine_flags.GenerateOpt = None,
+    transformers_version: _engine_flags.TfVersionOpt = None,
+    quant_backend: _engine_flags.QuantBackendOpt = None,
+    nbits: _engine_flags.NbitsOpt = None,
+    q_group_size: _engine_flags.QGroupOpt = None,
+    residual_length: _engine_flags.ResidualOpt = None,
+    parallel: _engine_flags.ParallelOpt = None,
+    ctx_size: _engine_flags.CtxSizeOpt = None,
+    ubatch_size: _engine_flags.UbatchOpt = None,
+    n_batch: _engine_flags.NBatchOpt = None,
+    swa_full: _engine_flags.SwaFullOpt = None,
+    flash_attn: _engine_flags.FlashAttnOpt = None,
+    cache_type_k: _engine_flags.CacheTypeKOpt = None,
+    cache_type_v: _engine_flags.CacheTypeVOpt = None,
+    kv_unified: _engine_flags.KvUnifiedOpt = None,
+    mem_fraction_static: _engine_flags.MemFracOpt = None,
+    page_size: _engine_flags.PageSizeOpt = None,
+    swa_full_tokens_ratio: _engine_flags.SwaRatioOpt = None,
+    max_total_tokens: _engine_flags.MaxTotalTokensOpt = None,
+    tokens_per_block: _engine_flags.TokensPerBlockOpt = None,
+    free_gpu_memory_fraction: _engine_flags.FreeFracOpt = None,
     fail_on_increase: Annotated[
         Optional[float],
         typer.Option("--fail-on-increase", metavar="PCT", help="Exit 1 when KV bytes per token or per sequence grow by more than PCT %."),
@@ -359,14 +490,26 @@ def diff(
     settings = dict(
         context=parse_token_count(context, "--context"), batch=batch, tp=tp, pp=pp, engine=engine, dtype=dtype
     )
-    before, before_side = _diff_figures(before_spec, gpu, kv_cache_dtype, settings)
-    after, after_side = _diff_figures(after_spec, gpu, kv_cache_dtype, settings)
+    flags = dict(
+        hf_cache=hf_cache, max_cache_len=max_cache_len, generate=generate, transformers_version=transformers_version,
+        quant_backend=quant_backend, nbits=nbits, q_group_size=q_group_size, residual_length=residual_length,
+        parallel=parallel, ctx_size=ctx_size, ubatch_size=ubatch_size, n_batch=n_batch, swa_full=swa_full,
+        flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v, kv_unified=kv_unified,
+        mem_fraction_static=mem_fraction_static, page_size=page_size, swa_full_tokens_ratio=swa_full_tokens_ratio,
+        max_total_tokens=max_total_tokens, tokens_per_block=tokens_per_block,
+        free_gpu_memory_fraction=free_gpu_memory_fraction,
+    )
+    given = {k: v for k, v in flags.items() if v is not None}  # None: not given, the engine's default
+    options = _diff_engine_options(engine, tp, pp, given)
+    before, before_side = _diff_figures(before_spec, gpu, kv_cache_dtype, settings, options, before_label)
+    after, after_side = _diff_figures(after_spec, gpu, kv_cache_dtype, settings, options, after_label)
     deltas = metric_deltas(before, after)
     failures = gate_failures(deltas, fail_on_increase) if fail_on_increase is not None else []
     record = {
         "old": {"ref": before_label, **before_side},
         "new": {"ref": after_label, **after_side},
         **settings,
+        **({"engine_options": options} if options is not None else {}),
         "metrics": {d.metric: d.to_dict() for d in deltas},
         "fail_on_increase_pct": fail_on_increase,
         "failed": [d.metric for d in failures],
@@ -379,10 +522,48 @@ def diff(
         sys.exit(1)
 
 
-def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict) -> tuple[dict, dict]:
-    """The DIFF_METRICS of one spec, and what describes its side (model, GPU, formats)."""
+def _diff_engine_options(engine: str, tp: int, pp: int, given: dict) -> Optional[dict]:
+    """The engine flags given, checked against --engine (None: a planner engine, vllm or ideal)."""
+    from kvplan.engines.options import misplaced
+    from kvplan.gating import ENGINES, PROFILE_ENGINES, profile_parallel_problems
+
+    if engine not in ENGINES:
+        raise InputError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
+    for key, owner in misplaced(engine, given):
+        raise InputError(f"--{key.replace('_', '-')} is only for --engine {owner} (this diff's engine is {engine})")
+    if engine not in PROFILE_ENGINES:
+        return None
+    for key, message in profile_parallel_problems(engine, tp, pp):
+        raise InputError(f"--{key} {tp if key == 'tp' else pp}: {message.replace(' tp 1', ' --tp 1').replace(' pp 1', ' --pp 1')}")
+    return given
+
+
+def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: Optional[dict],
+                  label: str) -> tuple[dict, dict]:
+    """The DIFF_METRICS of one spec, and what describes its side (model, GPU, formats).
+
+    Under an engine profile (`options` not None) the bytes per token and per
+    sequence stay the spec's; capacity and max context are the engine's.
+    """
     from kvplan.deploy import resolve_deployment
 
+    if options is not None:
+        s = settings
+        figures, resolved = profile_figures(spec, s["engine"], gpu, options, kv_cache_dtype=kv_cache_dtype,
+                                            context=s["context"], batch=s["batch"], tp=s["tp"], dtype=s["dtype"])
+        if figures.unavailable:
+            raise InputError(f"{label}: {figures.unavailable}")
+        per_sequence = resolved.layout().at(s["context"], s["batch"]).kv_bytes_per_sequence
+        return (
+            {
+                "kv_bytes_per_token": figures.kv_bytes_per_token,
+                "kv_bytes_per_sequence": per_sequence,
+                "max_concurrent_sequences": figures.max_concurrent_sequences,
+                "max_context_tokens": figures.max_context_tokens,
+            },
+            {"model": spec.name, "gpu": figures.gpu, "kv_cache_dtype": figures.kv_cache_dtype,
+             "weights_dtype": resolved.planner().weights_dtype},
+        )
     deployment = resolve_deployment(spec, gpu, kv_cache_dtype=kv_cache_dtype, **settings)
     layout = deployment.layout()
     estimate = layout.at(settings["context"], settings["batch"])
@@ -483,6 +664,7 @@ def _render_diff(record: dict, deltas, fmt: DiffFormat) -> None:
     title = (
         f"{record['old']['ref']} → {record['new']['ref']} · {record['new']['gpu']} · context {record['context']:,} · "
         f"batch {record['batch']} · KV {record['old']['kv_cache_dtype']} → {record['new']['kv_cache_dtype']} · tp {record['tp']}"
+        + (f" · engine {record['engine']}" if "engine_options" in record else "")
     )
     verdict = ""
     if record["fail_on_increase_pct"] is not None:

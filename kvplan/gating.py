@@ -17,6 +17,12 @@ parallel sizes). Each budget compares one figure of the deployment's plan with a
 limit (`BUDGETS`); a figure that does not exist (no KV budget, nothing fits)
 fails its budget. Models are strict: unknown keys, wrong types and bad values are
 errors that name their key path, which the loader turns into `file:line` lines.
+
+`engine: hf|llama.cpp|sglang|trtllm` sizes the deployment with that engine's
+profile (`kvplan.engines`) and takes that engine's own keys (`ubatch_size`,
+`mem_fraction_static`, ...; `kvplan.engines.options.OPTION_KEYS`); a key of
+another engine is an error (`engine_key_problems`). `engine_figures` turns the
+engine's cache and capacity into the budgets' figures.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Callable, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from kvplan.errors import InputError
 from kvplan.formats import UnknownFormatError, parse_format, parse_format_pair
@@ -90,8 +96,33 @@ class Budgets(BaseModel):
         return {k: getattr(self, k) for k in BUDGETS if getattr(self, k) is not None}
 
 
+def _on_off(value: Any) -> Any:
+    """YAML reads a bare `on` / `off` as true / false: llama.cpp's -fa on|off|auto."""
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return value
+
+
+def _version(value: Any) -> Any:
+    """`transformers_version: 4` (a YAML int) or "4"."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+# The engine profiles (kvplan.engines.ENGINE_NAMES, restated so a vLLM-only plan does not import them).
+PROFILE_ENGINES = ("hf", "llama.cpp", "sglang", "trtllm")
+ENGINES = ("vllm", "ideal") + PROFILE_ENGINES
+# Keys only kvplan's planner reads (engine vllm or ideal): the profiles have their own budget rules.
+PLANNER_KEYS = ("block_size", "gpu_memory_utilization", "max_num_batched_tokens")
+
+
 class DeploymentEntry(BaseModel):
-    """One deployment: estimate's flags as keys, plus `name` and `budgets`."""
+    """One deployment: estimate's flags as keys, plus `name` and `budgets`.
+
+    The engine options (hf_cache ... free_gpu_memory_fraction) default to None:
+    unset, the engine's own default applies (`kvplan.engines.options`).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
@@ -106,10 +137,10 @@ class DeploymentEntry(BaseModel):
     batch: PositiveInt = 1
     tp: PositiveInt = 1
     pp: PositiveInt = 1
+    engine: Literal[ENGINES] = "vllm"  # type: ignore[valid-type]  # before kv_cache_dtype: its check reads it
     kv_cache_dtype: Text = "auto"
     state_dtype: Optional[Text] = None
     dtype: Optional[Literal[WEIGHT_DTYPES]] = None  # type: ignore[valid-type]
-    engine: Literal["vllm", "ideal"] = "vllm"
     block_size: Optional[PositiveInt] = None
     gpu_memory_utilization: Share = DEFAULT_GPU_MEMORY_UTILIZATION
     activation_memory: Optional[ByteCountOrZero] = None
@@ -119,11 +150,40 @@ class DeploymentEntry(BaseModel):
     compute_efficiency: Optional[Share] = None
     calibration: Optional[Text] = None  # a `kvplan measure --json` report
     prompt_tokens: Optional[TokenCount] = None
+    # hf (transformers)
+    hf_cache: Optional[Text] = None  # dynamic | static | quantized
+    max_cache_len: Optional[TokenCount] = None
+    generate: Optional[bool] = None
+    transformers_version: Optional[Annotated[Text, BeforeValidator(_version)]] = None
+    quant_backend: Optional[Text] = None
+    nbits: Optional[PositiveInt] = None
+    q_group_size: Optional[PositiveInt] = None
+    residual_length: Optional[Annotated[int, Field(ge=0)]] = None
+    # llama.cpp
+    parallel: Optional[PositiveInt] = None
+    ctx_size: Optional[TokenCount] = None
+    ubatch_size: Optional[PositiveInt] = None
+    n_batch: Optional[PositiveInt] = None
+    swa_full: Optional[bool] = None
+    flash_attn: Optional[Annotated[Text, BeforeValidator(_on_off)]] = None
+    cache_type_k: Optional[Text] = None
+    cache_type_v: Optional[Text] = None
+    kv_unified: Optional[bool] = None
+    # sglang
+    mem_fraction_static: Optional[Share] = None
+    page_size: Optional[PositiveInt] = None
+    swa_full_tokens_ratio: Optional[Share] = None
+    max_total_tokens: Optional[TokenCount] = None
+    # trtllm
+    tokens_per_block: Optional[PositiveInt] = None
+    free_gpu_memory_fraction: Optional[Share] = None
     budgets: Budgets
 
     @field_validator("kv_cache_dtype")
     @classmethod
-    def _kv_format(cls, value: str) -> str:
+    def _kv_format(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("engine") in PROFILE_ENGINES:
+            return value  # the engine judges its own names (f16, fp8_e4m3 ...) and refuses as it would
         try:
             parse_format_pair(value, "bf16")  # syntax only; 'auto' is resolved against the model later
         except UnknownFormatError as exc:
@@ -183,6 +243,30 @@ class PlanFile(BaseModel):
         return value
 
 
+def engine_key_problems(entry: DeploymentEntry) -> list[tuple[str, str]]:
+    """(key, message) for each key the entry's engine does not read, and each parallel size it cannot take."""
+    from kvplan.engines.options import misplaced
+
+    given = [k for k in type(entry).model_fields if k in entry.model_fields_set]  # in the model's order
+    out = [(k, f"only for engine {owner} (this deployment's engine is {entry.engine})")
+           for k, owner in misplaced(entry.engine, given)]
+    if entry.engine in PROFILE_ENGINES:
+        out += [(k, f"only for engines vllm and ideal (kvplan's planner); engine {entry.engine} has its own budget rule")
+                for k in given if k in PLANNER_KEYS]
+        out += profile_parallel_problems(entry.engine, entry.tp, entry.pp)
+    return out
+
+
+def profile_parallel_problems(engine: str, tp: int, pp: int) -> list[tuple[str, str]]:
+    """(key, message) when an engine profile cannot model the parallel sizes (as `estimate --engine` refuses)."""
+    out = []
+    if tp > 1 and engine in ("hf", "llama.cpp"):
+        out.append(("tp", f"kvplan's {engine} profile is for one device; use tp 1"))
+    if pp > 1:
+        out.append(("pp", f"kvplan's {engine} profile models one pipeline stage; use pp 1"))
+    return out
+
+
 def duplicate_labels(plan: PlanFile) -> list[tuple[int, int]]:
     """(index, index of the first entry with that label) for each repeated label."""
     first: dict[str, int] = {}
@@ -238,6 +322,8 @@ class Figures:
     usd_per_million_output_tokens: Optional[float] = None
     usd_per_million_input_tokens: Optional[float] = None
     max_context_tokens: Optional[int] = None
+    notes: tuple[tuple[str, str], ...] = ()  # (metric, how it was computed), shown beside its value
+    unavailable: Optional[str] = None  # the engine refuses the deployment: every budget fails with this
 
     @classmethod
     def from_plan(cls, plan: Any, kv_bytes_per_token: int) -> "Figures":
@@ -341,16 +427,136 @@ class CheckReport:
 def evaluate_budgets(budgets: Budgets, figures: Figures, line_of: Callable[[str], Optional[int]]) -> tuple[BudgetResult, ...]:
     """Compare each budget given with its figure; `line_of(key)` is the budget's line in the plan."""
     out = []
+    notes = dict(figures.notes)
     for key, limit in budgets.given().items():
         rule = BUDGETS[key]
-        value = getattr(figures, rule.metric)
-        if value is None:
+        value = None if figures.unavailable else getattr(figures, rule.metric)
+        if figures.unavailable:
+            passed, note = False, figures.unavailable
+        elif value is None:
             passed, note = False, rule.missing or "not computed"
         else:
             passed = value >= limit if rule.comparison == ">=" else value <= limit
-            note = None
+            note = notes.get(rule.metric)
         out.append(BudgetResult(key, rule.metric, rule.comparison, value, limit, rule.unit, passed, line_of(key), note))
     return tuple(out)
+
+
+# ------------------------------------------------------------------ engine profiles
+
+
+def engine_figures(spec: Any, engine: str, opts: Any, *, context: int, batch: int, tp: int, kv_cache_dtype: str,
+                   kv_format: Any, state_format: Any, kv_bytes_per_token: int, memory: Any = None,
+                   planner: Any = None) -> Figures:
+    """The budgets' figures under an engine profile (hf, llama.cpp, sglang, trtllm).
+
+    `opts` is the engine's option object, `kv_format` / `state_format` the
+    formats the ideal cache is sized in, `kv_bytes_per_token` the spec's. With a
+    GPU, `memory` (`kvplan.engines.MemoryInputs`) feeds the engine's own budget
+    rule and `planner` (a pp-1 `kvplan.planner.Planner`) gives the roofline and the
+    context limit. Capacity and headroom are the engine's (`EngineCapacity`);
+    decode step and costs are kvplan's roofline with the KV bytes the engine
+    allocates (noted on the figure). A configuration the engine refuses makes every
+    figure unavailable, with the engine's words.
+    """
+    from kvplan.engines import engine_module
+
+    module = engine_module(engine)
+    kw: dict[str, Any] = {"ideal_format": kv_format, "ideal_state": state_format}
+    if engine != "llama.cpp":  # llama.cpp takes its types from -ctk / -ctv (opts)
+        kw["kv_cache_dtype"] = kv_cache_dtype
+    cache = module.cache(spec, context, batch, opts, **kw)
+    base = {"model": spec.name, "gpu": None if memory is None else memory.gpu, "kv_cache_dtype": cache.kv_cache_dtype,
+            "kv_bytes_per_token": kv_bytes_per_token}
+    if cache.kv_bytes_total is None:  # refused, or a pool kvplan does not size (SGLang's block-scaled dtypes)
+        why = "; ".join(cache.refusals) or (cache.notes[0] if cache.notes else "no bytes")
+        return Figures(**base, unavailable=f"{engine} refuses: {why}" if cache.refusals else f"{engine}: {why}")
+    if memory is None:
+        return Figures(**base)
+    capacity = module.capacity(spec, context, batch, opts, memory, **kw)
+    budget = capacity.kv_budget_bytes  # per rank
+    need = cache.kv_bytes_total // tp  # the batch as the engine allocates it, one rank (totals span all ranks)
+    headroom = round((budget - need) / budget * 100, 3) if budget > 0 else None  # as Planner.plan rounds it
+    max_context = _engine_max_context(module, spec, engine, opts, batch, budget, memory, kw, planner.context_limit()[0])
+
+    # The roofline reads the batch's KV whole each step: exact for what SGLang, TensorRT-LLM and HF dynamic
+    # hold, an upper bound where an engine allocates more than it attends to (llama.cpp's -c beyond the context).
+    roofline = f"kvplan's roofline with the KV bytes {engine} allocates (its kernels are not modelled)"
+    decode_ms = planner.decode_step(batch, context, kv_bytes_per_rank=need)[0] * 1000
+    notes = [("decode_step_ms", roofline)]
+    usd_out = usd_in = None
+    cost_batch = capacity.max_concurrent_sequences
+    usd_per_hour = planner.gpu.usd_per_hour
+    if cost_batch >= 1 and usd_per_hour > 0:  # as Planner.plan: the largest batch that fits, tp GPUs' price
+        usd_per_s = usd_per_hour * tp / 3600
+        at_cost = module.cache(spec, context, cost_batch, _slots_for(engine, opts), **kw).kv_bytes_total
+        if at_cost is not None:
+            step_s = planner.decode_step(cost_batch, context, kv_bytes_per_rank=at_cost // tp)[0]
+            usd_out = usd_per_s / (cost_batch / step_s) * 1e6
+            notes.append(("usd_per_million_output_tokens", roofline))
+        prompt = planner.opts.prompt_tokens or context
+        prefill_s = planner.prefill(prompt)
+        if prefill_s is not None:  # prefill has no KV term: the same roofline as for vllm
+            usd_in = usd_per_s * prefill_s / prompt * 1e6
+    return Figures(
+        **base,
+        max_concurrent_sequences=capacity.max_concurrent_sequences,
+        headroom_pct=headroom,
+        decode_step_ms=decode_ms,
+        usd_per_million_output_tokens=usd_out,
+        usd_per_million_input_tokens=usd_in,
+        max_context_tokens=max_context,
+        notes=tuple(notes),
+    )
+
+
+def _slots_for(engine: str, opts: Any) -> Any:
+    """llama.cpp at another batch: one slot per sequence and -c to match, as llamacpp.capacity counts slots."""
+    if engine == "llama.cpp":
+        from dataclasses import replace
+
+        return replace(opts, parallel=None, ctx_size=None)
+    return opts
+
+
+def _engine_max_context(module: Any, spec: Any, engine: str, opts: Any, batch: int, budget: int, memory: Any,
+                        kw: dict, limit: int) -> int:
+    """The longest context (<= `limit`, the model's max_position_embeddings) at which `batch` sequences fit.
+
+    A search, not a division: pages, 256-cell padding and windows make bytes a
+    step function of the context (fit is monotone in it). Fit is the engine's own
+    test: SGLang and TensorRT-LLM divide their token pool (`capacity(...).fits`);
+    hf and llama.cpp have no pool, so their `fits` is the cache bytes <= room,
+    tested here without the slot search their `capacity` also runs.
+    """
+    if engine == "hf" and opts.cache == "static" and opts.max_cache_len is not None:
+        # a StaticCache cannot grow past max_cache_len (generate() leaves one token uncached)
+        limit = min(limit, opts.max_cache_len + (1 if opts.generate else 0))
+    fixed_cells = engine == "llama.cpp" and opts.ctx_size is not None
+
+    def fits(context: int) -> bool:
+        if engine in ("sglang", "trtllm"):
+            return module.capacity(spec, context, batch, opts, memory, **kw).fits
+        cache = module.cache(spec, context, batch, opts, **kw)
+        if cache.kv_bytes_total is None or cache.kv_bytes_total > budget:
+            return False
+        if fixed_cells:  # -c fixes the cells: a sequence gets its slot's (or its share of the unified pool)
+            s = cache.settings
+            return context <= s["kv_size"] if s["n_stream"] > 1 else context * batch <= s["n_ctx"]
+        return True
+
+    if fits(limit):
+        return limit
+    if not fits(1):
+        return 0
+    lo, hi = 1, limit  # fits at lo, not at hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def format_value(value: Optional[float], unit: str) -> str:

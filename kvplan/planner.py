@@ -401,8 +401,14 @@ class Planner:
 
     # -- latency ---------------------------------------------------------
 
-    def decode_step(self, batch: int, context: int) -> tuple[float, str, int, int]:
-        """(seconds, bound, bytes per step, FLOPs per step) for one decode step, all stages."""
+    def decode_step(self, batch: int, context: int, kv_bytes_per_rank: int | None = None) -> tuple[float, str, int, int]:
+        """(seconds, bound, bytes per step, FLOPs per step) for one decode step, all stages.
+
+        The KV read is the tokens held (unpaged); `kv_bytes_per_rank` replaces it
+        with another engine's bytes (`kvplan check` under an engine profile, pp 1).
+        """
+        if kv_bytes_per_rank is not None and self.opts.pp > 1:
+            raise ValueError("kv_bytes_per_rank is for one pipeline stage")
         spec, tp = self.spec, self.opts.tp
         held_weights = stage_weight_bytes(spec, self.layout.layers_per_stage, self.weights_dtype, tp)
         active_weights = stage_weight_bytes(spec, self.layout.layers_per_stage, self.weights_dtype, tp, active=True)
@@ -413,7 +419,7 @@ class Planner:
         layers = spec.num_hidden_layers
         for i, counts in enumerate(self.layout.stage_kind_counts):
             read_weights = active_weights[i] + int((held_weights[i] - active_weights[i]) * share)
-            kv = batch * self.layout.stage_rank_bytes(counts, context, paged=False)
+            kv = batch * self.layout.stage_rank_bytes(counts, context, paged=False) if kv_bytes_per_rank is None else kv_bytes_per_rank
             step_bytes = read_weights + kv
             active_params_stage = spec.active_parameters * self.layout.layers_per_stage[i] // layers
             flops = batch * (2 * active_params_stage // tp + attention_flops_decode(spec, counts, self.layout, context, tp))

@@ -1,0 +1,74 @@
+"""Engine options from keyword values: which keys each engine reads, and its own defaults.
+
+`kvplan estimate --engine`, `kvplan compare`, `kvplan diff` and `kvplan check` plan
+entries name an engine's options by its CLI flags (`--ubatch-size` on the
+command line, `ubatch_size` in a plan). `engine_options` builds the engine's
+option object from those values; a key left out (or None) keeps the default of
+the option dataclass in the engine's module, so each default is written once,
+there. Pure: no I/O; the engine modules are imported only when options are built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Mapping, Optional
+
+# Each engine's option keys (the snake_case of its flags), in the order its --help lists them.
+OPTION_KEYS: dict[str, tuple[str, ...]] = {
+    "hf": ("hf_cache", "max_cache_len", "generate", "transformers_version", "quant_backend", "nbits",
+           "q_group_size", "residual_length"),
+    "llama.cpp": ("parallel", "ctx_size", "ubatch_size", "n_batch", "swa_full", "flash_attn", "cache_type_k",
+                  "cache_type_v", "kv_unified"),
+    "sglang": ("mem_fraction_static", "page_size", "swa_full_tokens_ratio", "max_total_tokens"),
+    "trtllm": ("tokens_per_block", "free_gpu_memory_fraction"),
+}
+
+# A key whose option field is named otherwise (the flag follows the engine's own CLI).
+_FIELD = {"hf_cache": "cache", "n_batch": "batch_size"}
+
+
+def owner(key: str) -> Optional[str]:
+    """The engine whose option `key` is (None: no engine's)."""
+    return next((engine for engine, keys in OPTION_KEYS.items() if key in keys), None)
+
+
+def misplaced(engine: str, keys) -> list[tuple[str, str]]:
+    """(key, the engine it belongs to) for each of `keys` that is another engine's option."""
+    out = []
+    for key in keys:
+        belongs = owner(key)
+        if belongs is not None and belongs != engine:
+            out.append((key, belongs))
+    return out
+
+
+def engine_options(engine: str, kv_cache_dtype: str = "auto", values: Optional[Mapping[str, Any]] = None, *,
+                   tp: int = 1, prompt_tokens: Optional[int] = None):
+    """`engine`'s option object (HFOptions, LlamaCppOptions, SGLangOptions, TrtllmOptions).
+
+    `values` maps option keys to values; keys of other engines are skipped (compare
+    passes every flag to every engine) and None keeps the engine's default.
+    llama.cpp's -ctk / -ctv default to `kv_cache_dtype` as llama.cpp names it
+    (auto -> f16); `prompt_tokens` is hf's prefill size for a quantized cache;
+    `tp` is SGLang's and TensorRT-LLM's tensor-parallel size.
+    """
+    from kvplan.engines import hf, llamacpp, sglang, trtllm
+    from kvplan.engines.compare import llamacpp_types
+
+    given = {_FIELD.get(k, k): v for k, v in (values or {}).items() if k in OPTION_KEYS[engine] and v is not None}
+    if engine == "hf":
+        if "transformers_version" in given:  # a YAML 4 or a flag "4"
+            given["transformers_version"] = str(given["transformers_version"])
+        if prompt_tokens is not None:
+            given["prompt_tokens"] = prompt_tokens
+        return replace(hf.HFOptions(), **given)
+    if engine == "llama.cpp":
+        k_default, v_default = llamacpp_types(kv_cache_dtype)
+        given["cache_type_k"] = llamacpp.cache_type(given["cache_type_k"]) if "cache_type_k" in given else k_default
+        given["cache_type_v"] = llamacpp.cache_type(given["cache_type_v"]) if "cache_type_v" in given else v_default
+        return replace(llamacpp.LlamaCppOptions(), **given)
+    if engine == "sglang":
+        return replace(sglang.SGLangOptions(), tp=tp, **given)
+    if engine == "trtllm":
+        return replace(trtllm.TrtllmOptions(), tp=tp, **given)
+    raise ValueError(f"no engine profile {engine!r}; one of {', '.join(OPTION_KEYS)}")
