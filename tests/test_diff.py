@@ -94,6 +94,23 @@ def test_base_revision_against_the_working_tree(repo, capsys, monkeypatch):
     assert data["passed"] is True and data["failed"] == [] and data["fail_on_increase_pct"] is None
 
 
+def test_an_engine_profile_gives_capacity_by_its_own_rules(repo, capsys, monkeypatch):
+    """llama.cpp: one 1,024-cell slot (pad(1k, 256)) per sequence, in GPU memory less weights, activations, non-torch."""
+    monkeypatch.chdir(repo)
+    code, data, err = diff_json(capsys, "specs/tiny.yaml", "--base", "HEAD", "--gpu", "gpu.yaml", "--engine", "llama.cpp",
+                                "-c", "1k", "--ubatch-size", "256")
+    assert code == 0, err
+    activation = 8192 * (2 * 128 + 4 * 64) * 2 + 256 * 256 * 4  # the estimate memory_inputs states (as in capacity())
+    room = 2 * 2**30 - 2 * 1_000_000 - 512 * 2**20 - activation
+    m = data["metrics"]
+    assert m["kv_bytes_per_token"]["before"] == 512 and m["kv_bytes_per_sequence"]["after"] == 1024 * 1024  # the spec's
+    assert (m["max_concurrent_sequences"]["before"], m["max_concurrent_sequences"]["after"]) == (
+        room // (1024 * kv_per_token(2)), room // (1024 * kv_per_token(4))) == (3051, 1525)
+    # one sequence: pad(c, 256) cells x bytes per cell <= room (no max_position_embeddings: kvplan's 2**24 cap)
+    assert m["max_context_tokens"]["before"] == room // kv_per_token(2) // 256 * 256 == 3124736
+    assert (data["engine"], data["engine_options"], data["new"]["kv_cache_dtype"]) == ("llama.cpp", {"ubatch_size": 256}, "f16")
+
+
 def test_the_spec_path_is_relative_to_where_kvplan_runs(repo, capsys, monkeypatch):
     monkeypatch.chdir(repo.parent)
     code, data, err = diff_json(capsys, "repo/specs/tiny.yaml", "--base", "HEAD", "--gpu", str(repo / "gpu.yaml"))
@@ -241,6 +258,13 @@ def test_malformed_yaml_at_the_revision_names_its_line(repo, capsys, monkeypatch
         (["llama-3.1-8b", "qwen3-8b", "--tp", "3"],
          "--tensor-parallel-size 3 does not divide llama-3.1-8b's 32 attention heads; use a divisor of 32"),
         (["llama-3.1-8b", "qwen3-8b", "--gpu", "h1000"], "unknown GPU 'h1000'"),
+        (["llama-3.1-8b", "qwen3-8b", "--engine", "sglang", "--ubatch-size", "256"],
+         "--ubatch-size is only for --engine llama.cpp (this diff's engine is sglang)"),
+        (["llama-3.1-8b", "qwen3-8b", "--page-size", "16"], "--page-size is only for --engine sglang (this diff's engine is vllm)"),
+        (["llama-3.1-8b", "qwen3-8b", "--engine", "llama.cpp", "--tp", "2"],
+         "--tp 2: kvplan's llama.cpp profile is for one device; use --tp 1"),
+        (["llama-3.1-8b", "qwen3-8b", "--engine", "llama.cpp", "--cache-type-v", "q8_0", "--flash-attn", "off"],
+         "llama-3.1-8b: llama.cpp refuses: llama_init_from_model: quantized V cache requires flash_attn to be enabled"),
     ],
 )
 def test_bad_arguments(tmp_path, capsys, monkeypatch, args, message):
