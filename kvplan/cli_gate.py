@@ -4,7 +4,9 @@ check: evaluate every deployment of a plan file against its budgets; exit 0 when
 all pass, 1 when any fails, 2 for an invalid plan (one `file:line: key: message`
 line per problem). diff: KV bytes and capacity of two specs (or one spec at a git
 revision against the working tree) with deltas; `--fail-on-increase PCT` gates.
-torch is never imported.
+Both take `engine: hf|llama.cpp|sglang|trtllm` (`--engine` for diff) with that
+engine's own options: capacity, headroom and max context then follow the
+engine's rules (`gating.engine_figures`). torch is never imported.
 """
 
 from __future__ import annotations
@@ -318,7 +320,7 @@ def _evaluate_profile(i: int, entry, spec, gpu_ref: Optional[str], base: Path, l
     from kvplan.gating import DeploymentResult, evaluate_budgets
 
     try:
-        figures, deployment = profile_figures(
+        figures, _ = profile_figures(
             spec,
             entry.engine,
             gpu_ref,
