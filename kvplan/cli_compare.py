@@ -434,7 +434,7 @@ def register(app: typer.Typer) -> None:
         from kvplan.formats import UnknownFormatError, parse_format
         from kvplan.units import parse_bytes
 
-        spec = resolve_spec(model)
+        spec = resolve_spec(model, fast=True)
         contexts = parse_int_list(context, "--context")
         if len(contexts) > 1:
             raise InputError("--context: compare takes one context (use estimate for sweeps)")

@@ -252,7 +252,7 @@ def _evaluate(i: int, entry, base: Path, line_of: Callable, specs: dict):
     ref = _rebase(entry.model, base)
     if ref not in specs:
         try:
-            specs[ref] = resolve_spec(ref)
+            specs[ref] = resolve_spec(ref, fast=True)
         except InputError as exc:
             raise _EntryError(("model",), exc.message) from None
     gpu_ref = _rebase(entry.gpu, base) if entry.gpu is not None else None
@@ -487,8 +487,8 @@ def diff(
     else:
         if new is None:
             raise InputError("diff needs OLD and NEW specs, or one spec and --base REV (e.g. --base origin/main)")
-        before_spec, before_label = resolve_spec(old), old
-        after_spec, after_label = resolve_spec(new), new
+        before_spec, before_label = resolve_spec(old, fast=True), old
+        after_spec, after_label = resolve_spec(new, fast=True), new
     settings = dict(
         context=parse_token_count(context, "--context"), batch=batch, tp=tp, pp=pp, engine=engine, dtype=dtype
     )
