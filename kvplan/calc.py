@@ -104,11 +104,18 @@ def bytes_per_token_per_layer(spec: ModelSpec, kind: LayerKind, fmt: KVFormatPai
     return 0
 
 
+# Module constants: an Enum member looked up on its class costs a descriptor call, and
+# these tests run once per layer kind per point of a sweep.
+_EVERY_TOKEN = frozenset((LayerKind.FULL, LayerKind.MLA))
+_WINDOWED = frozenset((LayerKind.SLIDING, LayerKind.CHUNKED))
+_CHUNKED = LayerKind.CHUNKED
+
+
 def tokens_held(kind: LayerKind, context: int, window: int | None) -> int:
     """Tokens one layer keeps for one sequence of `context` tokens (the peak, unpaged)."""
-    if kind in (LayerKind.FULL, LayerKind.MLA):
+    if kind in _EVERY_TOKEN:
         return context
-    if kind in (LayerKind.SLIDING, LayerKind.CHUNKED):
+    if kind in _WINDOWED:
         assert window is not None
         return min(context, window)
     return 0
@@ -116,14 +123,14 @@ def tokens_held(kind: LayerKind, context: int, window: int | None) -> int:
 
 def paged_tokens(kind: LayerKind, context: int, window: int | None, block_size: int) -> int:
     """Token slots one layer reserves for one sequence in blocks of `block_size`."""
-    if kind in (LayerKind.FULL, LayerKind.MLA):
-        return ceil_div(context, block_size) * block_size
-    if kind in (LayerKind.SLIDING, LayerKind.CHUNKED):
+    if kind in _EVERY_TOKEN:
+        return -(-context // block_size) * block_size
+    if kind in _WINDOWED:
         assert window is not None
-        blocks = ceil_div(context, block_size)
+        blocks = -(-context // block_size)
         if context > window:
             # a window past the start may begin mid-block: one block more than it fills
-            aligned = kind is LayerKind.CHUNKED and window % block_size == 0
+            aligned = kind is _CHUNKED and window % block_size == 0
             window_blocks = ceil_div(window, block_size) if aligned else ceil_div(window - 1, block_size) + 1
             blocks = min(blocks, window_blocks)
         return blocks * block_size
@@ -322,37 +329,29 @@ class CacheLayout:
         # tokens held (unpaged) and reserved (paged) per layer of each kind: once per point
         held = [tokens_held(g.kind, context, g.window) for g in self.groups]
         reserved = [paged_tokens(g.kind, context, g.window, bs) for g in self.groups]
-        stage_bytes = []
-        stage_unpaged = []
-        for terms in self._stage_terms:
-            paged_sum = unpaged_sum = 0
-            for i, n, rank_bytes, state in terms:
-                paged_sum += n * (rank_bytes * reserved[i] + state)
-                unpaged_sum += n * (rank_bytes * held[i] + state)
-            stage_bytes.append(paged_sum)
-            stage_unpaged.append(unpaged_sum)
-        total = batch * tp * sum(stage_bytes)
-        unpaged_total = batch * tp * sum(stage_unpaged)
         rows = []
-        per_sequence = 0
+        per_sequence = total = paging = 0
         for i, g in enumerate(self.groups):
             h, r = held[i], reserved[i]
             rank_bytes = g.bytes_per_token_per_layer_rank
             kind_sequence = g.num_layers * (g.bytes_per_token_per_layer * h + g.state_bytes_per_layer)
+            kind_total = batch * tp * g.num_layers * (rank_bytes * r + g.state_bytes_per_layer_rank)
+            kind_paging = batch * tp * g.num_layers * rank_bytes * (r - h)
             per_sequence += kind_sequence
+            total += kind_total
+            paging += kind_paging
             rows.append(
                 KindBreakdown(
-                    self._kind_values[i],
-                    g.num_layers,
-                    g.kv_heads_per_rank,
-                    h,
-                    r,
-                    g.bytes_per_token_per_layer,
-                    g.state_bytes_per_layer,
-                    kind_sequence,
-                    batch * tp * g.num_layers * (rank_bytes * r + g.state_bytes_per_layer_rank),
-                    batch * tp * g.num_layers * rank_bytes * (r - h),
+                    self._kind_values[i], g.num_layers, g.kv_heads_per_rank, h, r, g.bytes_per_token_per_layer,
+                    g.state_bytes_per_layer, kind_sequence, kind_total, kind_paging,
                 )
+            )
+        if self.pp == 1:
+            per_rank = total // tp  # every tensor-parallel rank holds the same
+        else:  # the largest pipeline stage, one rank
+            per_rank = batch * max(
+                sum(n * (rank_bytes * reserved[i] + state) for i, n, rank_bytes, state in terms)
+                for terms in self._stage_terms
             )
         return CacheEstimate(
             model=spec.name,
@@ -368,9 +367,9 @@ class CacheLayout:
             kv_bytes_per_token=self.kv_bytes_per_token,
             kv_bytes_per_sequence=per_sequence,
             kv_bytes_total=total,
-            kv_bytes_per_rank=batch * max(stage_bytes),
-            paging_bytes=total - unpaged_total,
-            replication_bytes=unpaged_total - batch * per_sequence,
+            kv_bytes_per_rank=per_rank,
+            paging_bytes=paging,
+            replication_bytes=total - paging - batch * per_sequence,
             quantisation_overhead_bytes_per_token=self.quantisation_overhead_bytes_per_token,
             layers_per_stage=self.layers_per_stage_tuple,
             by_kind=tuple(rows),
