@@ -20,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    suggest_commands=False,  # click itself already says "Did you mean ...?"; typer's would repeat it
 )
 
 _state = {"debug": False}
@@ -359,25 +360,39 @@ def _compact(value) -> str:
     return str(value)
 
 
-from kvplan import cli_gpus  # noqa: E402
+# The other commands live in their own modules and are registered on demand: building
+# a command's options costs start-up time, so `kvplan estimate` builds only its own.
+# `--help`, no command or an unknown one registers them all (in this order).
+SUBCOMMAND_MODULES = {
+    "gpus": "cli_gpus",
+    "import": "cli_import",
+    "check": "cli_gate",
+    "diff": "cli_gate",
+    "measure": "cli_measure",
+    "compare": "cli_compare",
+}
+_registered: set[str] = set()
 
-cli_gpus.register(app)
 
-from kvplan import cli_import  # noqa: E402
+def _register(module_name: str) -> None:
+    if module_name not in _registered:
+        import importlib
 
-cli_import.register(app)
+        importlib.import_module(f"kvplan.{module_name}").register(app)
+        _registered.add(module_name)
 
-from kvplan import cli_gate  # noqa: E402
 
-cli_gate.register(app)
-
-from kvplan import cli_measure  # noqa: E402
-
-cli_measure.register(app)
-
-from kvplan import cli_compare  # noqa: E402
-
-cli_compare.register(app)
+def register_commands(argv: list[str]) -> None:
+    """Register the subcommand modules that `argv` needs (all of them for help or a typo)."""
+    words = [a for a in argv if not a.startswith("-")]
+    command = words[0] if words else None
+    if command in ("estimate", "models", "show"):
+        return
+    if command in SUBCOMMAND_MODULES:
+        _register(SUBCOMMAND_MODULES[command])
+        return
+    for module_name in dict.fromkeys(SUBCOMMAND_MODULES.values()):
+        _register(module_name)
 
 # ------------------------------------------------------------------ entry
 
@@ -385,6 +400,7 @@ cli_compare.register(app)
 def main() -> None:
     """Console entry: expected errors print one line to stderr; exit 2 for bad input."""
     try:
+        register_commands(sys.argv[1:])
         app(standalone_mode=False)
     except KvplanError as exc:
         if _state["debug"]:

@@ -412,6 +412,7 @@ def test_the_flags_shown_defaults_are_the_engines_own(command):
     if command == "estimate":
         params = inspect.signature(cli.estimate).parameters
     else:
+        cli.register_commands(["compare"])
         app = cli.app
         params = inspect.signature(next(c.callback for c in app.registered_commands if c.callback.__name__ == "compare")).parameters
     for engine, keys in OPTION_KEYS.items():

@@ -179,3 +179,16 @@ def test_usage_errors_exit_2_without_traceback(args, message):
     proc = subprocess.run([sys.executable, "-m", "kvplan", *args], capture_output=True, text=True)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_mistyped_command_gets_one_suggestion():
+    proc = subprocess.run([sys.executable, "-m", "kvplan", "chek"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("Did you mean 'check'?") == 1
+
+
+def test_help_lists_every_command():
+    proc = subprocess.run([sys.executable, "-m", "kvplan", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for command in ("estimate", "models", "show", "gpus", "import", "check", "diff", "measure", "compare"):
+        assert f"  {command} " in proc.stdout, command
