@@ -23,7 +23,7 @@ Pure functions, no I/O. The rules, per layer kind:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 from kvplan.errors import InputError
 from kvplan.formats import FIXED_FORMATS, KVFormat, KVFormatPair
@@ -390,10 +390,3 @@ def estimate_cache(
     """The cache of `batch` sequences of `context` tokens (see the module docstring for the rules)."""
     layout = CacheLayout(spec, kv_format, block_size=block_size, tp=tp, pp=pp, state_format=state_format)
     return layout.at(context, batch)
-
-
-def sweep(
-    layouts: Iterable[CacheLayout], contexts: list[int], batches: list[int]
-) -> list[CacheEstimate]:
-    """Every (layout, context, batch) combination, layouts outermost."""
-    return [layout.at(c, b) for layout in layouts for c in contexts for b in batches]

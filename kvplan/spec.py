@@ -166,10 +166,6 @@ class ModelSpec(BaseModel, SpecDerived):
             raise ValueError("num_active_parameters cannot exceed num_parameters")
         return self
 
-def parse_layer_kind(text: str) -> LayerKind:
-    return LAYER_TYPE_ALIASES[text]
-
-
 _SLUG = re.compile(r"[^a-z0-9.\-]+")
 
 
