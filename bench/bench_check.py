@@ -38,16 +38,23 @@ MODELS = [
 GPUS = ["h100-sxm", "h200", "a100-80gb-sxm", "l40s", "b200"]
 
 
-def plan_text() -> str:
+PROFILE_ENGINES = ["hf", "llama.cpp", "sglang", "trtllm"]
+
+
+def plan_text(profiles: bool = False) -> str:
+    """50 deployments; `profiles`: each under one of the engine profiles in turn (tp only where it has one)."""
     lines = ["version: 1", "deployments:"]
+    n = 0
     for model, tp, pp, dtype in MODELS:
         for gpu in GPUS:
-            lines += [
-                f"  - name: {model}-{gpu}",
-                f"    model: {model}",
-                f"    gpu: {gpu}",
-                f"    tp: {tp}",
-                f"    pp: {pp}",
+            entry = [f"  - name: {model}-{gpu}", f"    model: {model}", f"    gpu: {gpu}"]
+            if profiles:
+                engine = PROFILE_ENGINES[n % len(PROFILE_ENGINES)]
+                entry += [f"    engine: {engine}", f"    tp: {tp if engine in ('sglang', 'trtllm') else 1}"]
+            else:
+                entry += [f"    tp: {tp}", f"    pp: {pp}"]
+            n += 1
+            lines += entry + [
                 "    context: 8k",
                 "    batch: 4",
             ]
@@ -110,6 +117,10 @@ def main() -> None:
         table = median_wall([sys.executable, "-m", "kvplan", "check", str(plan)])
         inside = in_process_s(plan)
         torch = torch_imported(plan)
+        profile_plan = Path(folder) / "profiles.yaml"
+        profile_plan.write_text(plan_text(profiles=True), encoding="utf-8")
+        profile_json = median_wall([sys.executable, "-m", "kvplan", "check", str(profile_plan), "--format", "json"])
+        profile_table = median_wall([sys.executable, "-m", "kvplan", "check", str(profile_plan)])
     print(
         json.dumps(
             {
@@ -118,6 +129,8 @@ def main() -> None:
                 "check_goal_s": GOAL_S,
                 "meets_goal": check <= GOAL_S,
                 "check_50_table_s": round(table, 4),
+                "check_50_engine_profiles_json_s": round(profile_json, 4),
+                "check_50_engine_profiles_table_s": round(profile_table, 4),
                 "in_process_evaluation_s": round(inside, 4),
                 "baseline_import_s": round(baseline, 4),
                 "torch_imported": torch,
