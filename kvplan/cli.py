@@ -151,6 +151,14 @@ def estimate(
     contexts = parse_int_list(context, "--context")
     batches = parse_int_list(batch, "--batch")
     tps = parse_int_list(tp, "--tensor-parallel-size")
+    if svg is not None:
+        _check_output_folder(svg, "--svg")  # before any work: nothing is printed and then refused
+    limit = spec.max_position_embeddings
+    if limit and max(contexts) > limit:
+        sys.stderr.write(
+            f"warning: --context {max(contexts):,} exceeds {spec.name}'s max_position_embeddings ({limit:,}); "
+            "sized as asked (engines refuse it without rope scaling)\n"
+        )
     if engine not in ("vllm", "ideal") + _profiles.PROFILE_ENGINES:
         raise InputError(f"--engine {engine!r} is not one of vllm, ideal, hf, llama.cpp, sglang, trtllm")
     if engine in _profiles.PROFILE_ENGINES:  # the engine's own allocation and budget rules (kvplan.engines)
@@ -221,6 +229,14 @@ def estimate(
                             record["concurrency_by_context"] = planner.concurrency_curve()
                         rows.append(record)
     _render_plans(rows, fmt, exact, svg)
+
+
+def _check_output_folder(path: str, flag: str) -> None:
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"{flag} {path}: folder {folder} does not exist")
 
 
 def _render_estimates(results: list[dict], fmt: OutputFormat, exact: bool) -> None:

@@ -104,3 +104,16 @@ def test_calibration_rejects_other_json(capsys, tmp_path):
     report.write_text(json.dumps({"hello": 1}))
     r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--calibration", str(report))
     assert r.exit_code == 2 and "no run with 'achieved_gbps' found" in r.stderr
+
+
+def test_svg_folder_is_checked_before_any_output(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--svg", "/nonexistent/dir/x.svg")
+    assert r.exit_code == 2 and r.stdout == ""
+    assert r.stderr == "error: --svg /nonexistent/dir/x.svg: folder /nonexistent/dir does not exist\n"
+
+
+def test_context_beyond_the_model_is_sized_with_a_warning(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "-c", "262144", "-f", "json")
+    assert r.exit_code == 0
+    assert json.loads(r.stdout)["kv_bytes_per_sequence"] == 262144 * 131072
+    assert r.stderr.startswith("warning: --context 262,144 exceeds llama-3.1-8b's max_position_embeddings (131,072)")
