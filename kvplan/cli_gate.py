@@ -267,27 +267,12 @@ def _evaluate(i: int, entry, base: Path, line_of: Callable, specs: dict):
         deployment = resolve_deployment(
             specs[ref],
             gpu_ref,
-            gpu_memory=entry.gpu_memory,
-            gpu_bandwidth=entry.gpu_bandwidth,
-            usd_per_hour=entry.usd_per_hour,
-            gpu_bf16_tflops=entry.gpu_bf16_tflops,
-            kv_cache_dtype=entry.kv_cache_dtype,
-            state_dtype=entry.state_dtype,
-            context=entry.context,
-            batch=entry.batch,
-            tp=entry.tp,
+            **_shared_settings(entry, base),
             pp=entry.pp,
             engine=entry.engine,
             block_size=entry.block_size,
-            dtype=entry.dtype,
             gpu_memory_utilization=entry.gpu_memory_utilization,
-            activation_memory=entry.activation_memory,
-            non_torch_memory=entry.non_torch_memory,
             max_num_batched_tokens=entry.max_num_batched_tokens,
-            bandwidth_efficiency=entry.bandwidth_efficiency,
-            compute_efficiency=entry.compute_efficiency,
-            calibration=_rebase(entry.calibration, base) if entry.calibration else None,
-            prompt_tokens=entry.prompt_tokens,
         )
         layout = deployment.layout()
         if deployment.gpu is None:
@@ -315,6 +300,20 @@ def _evaluate(i: int, entry, base: Path, line_of: Callable, specs: dict):
     )
 
 
+_SHARED_KEYS = (
+    "gpu_memory", "gpu_bandwidth", "usd_per_hour", "gpu_bf16_tflops", "kv_cache_dtype", "state_dtype",
+    "context", "batch", "tp", "dtype", "activation_memory", "non_torch_memory", "bandwidth_efficiency",
+    "compute_efficiency", "prompt_tokens",
+)
+
+
+def _shared_settings(entry, base: Path) -> dict:
+    """The plan-entry settings every engine takes, as keyword arguments (calibration rebased on the plan)."""
+    settings = {key: getattr(entry, key) for key in _SHARED_KEYS}
+    settings["calibration"] = _rebase(entry.calibration, base) if entry.calibration else None
+    return settings
+
+
 def _evaluate_profile(i: int, entry, spec, gpu_ref: Optional[str], base: Path, line_of: Callable):
     """One entry under an engine profile (hf, llama.cpp, sglang, trtllm): the engine's bytes and budget rule."""
     from kvplan.gating import DeploymentResult, evaluate_budgets
@@ -325,22 +324,7 @@ def _evaluate_profile(i: int, entry, spec, gpu_ref: Optional[str], base: Path, l
             entry.engine,
             gpu_ref,
             {k: getattr(entry, k) for k in _option_keys(entry.engine)},
-            gpu_memory=entry.gpu_memory,
-            gpu_bandwidth=entry.gpu_bandwidth,
-            usd_per_hour=entry.usd_per_hour,
-            gpu_bf16_tflops=entry.gpu_bf16_tflops,
-            kv_cache_dtype=entry.kv_cache_dtype,
-            state_dtype=entry.state_dtype,
-            context=entry.context,
-            batch=entry.batch,
-            tp=entry.tp,
-            dtype=entry.dtype,
-            activation_memory=entry.activation_memory,
-            non_torch_memory=entry.non_torch_memory,
-            bandwidth_efficiency=entry.bandwidth_efficiency,
-            compute_efficiency=entry.compute_efficiency,
-            calibration=_rebase(entry.calibration, base) if entry.calibration else None,
-            prompt_tokens=entry.prompt_tokens,
+            **_shared_settings(entry, base),
             before_costs=lambda gpu: _check_cost_inputs(entry, gpu),
         )
     except InputError as exc:
