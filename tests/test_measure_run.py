@@ -54,6 +54,9 @@ CPU_READINGS = [
     "rss_delta_bytes",
     "allocated_delta_bytes",  # glibc malloc in use on the CPU
     "reserved_delta_bytes",
+    "allocator_rounding_bytes",
+    "predicted_allocated_delta_bytes",
+    "predicted_reserved_delta_bytes",
     "weight_bytes_read_per_step",
     "kv_bytes_read_per_step",
     "predicted_decode_step_s",
@@ -124,16 +127,19 @@ def test_a_context_sweep_reads_each_context(spec_factory):
 
 def test_cpu_memory_readings_track_the_cache(spec_factory):
     # 4,094 + 2 tokens: each of the 4 K/V tensors is 2 x 2 x 4,096 x 16 x 4 B = 1 MiB, above glibc's
-    # pinned 128 KiB mmap threshold, so each gets its own mapping: the chunk header and page rounding
-    # add one 4 KiB page per tensor. Python's own allocator can map or unmap a 256 KiB arena in
-    # between, so RSS is held to 512 KiB either way; malloc in-use counts only malloc's blocks.
+    # pinned 128 KiB mmap threshold, so each gets its own mapping: 1 MiB + 64 + 32 B of alignment
+    # slack + the headers round up to one more 4 KiB page per tensor, as the model predicts. Beside
+    # them malloc serves torch's tensor objects (a few hundred bytes each); Python's own allocator
+    # can map or unmap a 256 KiB arena in between, so RSS is held to 512 KiB either way.
     report = measure(MeasureOptions(spec=_spec(spec_factory), contexts=(4094,), batches=(2,), decode_steps=2, warmup_steps=0, device="cpu"))
     assert report.allocator == "glibc malloc (mallinfo2)"
     run = report.runs[0]
     storage = run.measured_kv_bytes
-    assert storage == 4 * 2**20
-    assert storage + 4 * 4096 <= run.allocated_delta_bytes <= storage + 4 * 4096 + 65_536
-    assert abs(run.rss_delta_bytes - (storage + 4 * 4096)) <= 512 * 1024
+    assert storage == run.predicted_kv_bytes == 4 * 2**20
+    assert (run.allocator_rounding_bytes, run.allocator_segments, run.allocator_segment_bytes) == (4 * 4096, 4, storage + 4 * 4096)
+    assert run.predicted_allocated_delta_bytes == run.predicted_reserved_delta_bytes == storage + 4 * 4096
+    assert 0 <= run.allocated_delta_bytes - run.predicted_allocated_delta_bytes <= 4 * 1024
+    assert abs(run.rss_delta_bytes - run.predicted_allocated_delta_bytes) <= 512 * 1024
 
 
 def test_layers_runs_the_first_layers_and_predicts_for_them(spec_factory):
@@ -331,8 +337,10 @@ def test_nvml_and_allocator_readings_on_cuda(tmp_path):
     # 2 layers x 2 KV heads x 32 x 2 B = 256 B per token; 4,104 tokens x 4 sequences. Each of the
     # 4 tensors (525,312 B) is a multiple of 512 B, so the caching allocator adds nothing to it
     assert run["measured_kv_bytes"] == run["predicted_kv_bytes"] == 256 * 4104 * 4
-    assert run["allocated_delta_bytes"] == run["predicted_kv_bytes"]
-    assert run["reserved_delta_bytes"] >= run["allocated_delta_bytes"]
+    assert run["allocated_delta_bytes"] == run["predicted_allocated_delta_bytes"] == run["predicted_kv_bytes"]
+    # the caching allocator's segments, from the free blocks it held just before: exact
+    assert run["reserved_delta_bytes"] == run["predicted_reserved_delta_bytes"]
+    assert run["allocator_segment_bytes"] % (2 * 2**20) == 0
     assert run["nvml_used_delta_bytes"] is not None and run["nvml_used_delta_bytes"] >= 0
     assert run["peak_allocated_bytes"] >= run["predicted_kv_bytes"]
     assert run["decode_mode"] == "cuda-graph" or run["decode_mode"].startswith("eager (graph capture failed")

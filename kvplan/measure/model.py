@@ -49,10 +49,16 @@ class _Init:
 
     def __init__(self, device: torch.device, dtype: torch.dtype) -> None:
         self.device, self.dtype = device, dtype
+        self.allocated: list[int] = []  # bytes of each parameter, in allocation order
+
+    def _empty(self, *shape: int) -> torch.Tensor:
+        t = torch.empty(*shape, device=self.device, dtype=self.dtype)
+        self.allocated.append(t.untyped_storage().nbytes())
+        return t
 
     def uniform(self, *shape: int, std: float, mean: float = 0.0) -> nn.Parameter:
         # uniform(-a, a) has std a / sqrt(3)
-        t = torch.empty(*shape, device=self.device, dtype=self.dtype)
+        t = self._empty(*shape)
         a = std * math.sqrt(3.0)
         n = t.numel()
         if self.device.type == "cpu" and n > CPU_RANDOM_BLOCK:
@@ -69,7 +75,7 @@ class _Init:
         return self.uniform(out_features, in_features, std=in_features**-0.5)
 
     def ones(self, n: int) -> nn.Parameter:
-        return nn.Parameter(torch.ones(n, device=self.device, dtype=self.dtype), requires_grad=False)
+        return nn.Parameter(self._empty(n).fill_(1), requires_grad=False)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -427,6 +433,7 @@ class Decoder(nn.Module):
             self.layers = nn.ModuleList([Block(arch, layer, init) for layer in arch.layers])
             self.norm = init.ones(arch.hidden)
             self.lm_head = self.embed_tokens if arch.tie_word_embeddings else init.linear(arch.vocab, arch.hidden)
+        self.allocation_sizes = tuple(init.allocated)  # parameter bytes in allocation order (for the allocator model)
 
     def prefill(self, tokens: torch.Tensor, caches: list[LayerCache | None] | None = None, all_logits: bool = False):
         """Logits (B, S or 1, vocab) of a prompt (B, S) from position 0; fills `caches` if given."""

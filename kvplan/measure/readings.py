@@ -119,6 +119,11 @@ class GlibcMalloc:
         m = self.libc.mallinfo2()
         return AllocatorReading(m.uordblks + m.hblkhd, m.arena + m.hblkhd)
 
+    def heap_top_bytes(self) -> int:
+        """The main heap's top chunk (mallinfo2 keepcost): what a request above the mmap
+        threshold may still be carved from instead of a fresh mmap."""
+        return int(self.libc.mallinfo2().keepcost)
+
 
 # ------------------------------------------------------------------ CUDA memory
 
@@ -127,6 +132,35 @@ def allocator_reading(device: torch.device) -> AllocatorReading | None:
     if device.type != "cuda":
         return None
     return AllocatorReading(torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device))
+
+
+# Settings that change the caching allocator's rules (torch 2.9+ also reads the
+# device-generic PYTORCH_ALLOC_CONF): with either set, its rounding is not modelled.
+ALLOC_CONF_VARIABLES = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+
+
+def allocator_settings() -> str | None:
+    """`NAME=value` of the first allocator setting in the environment, None when at defaults."""
+    for name in ALLOC_CONF_VARIABLES:
+        if os.environ.get(name):
+            return f"{name}={os.environ[name]}"
+    return None
+
+
+def cuda_free_blocks(device: torch.device) -> list[tuple[int, bool]]:
+    """(bytes, in the small pool) of every free block the caching allocator holds in its
+    default pool on `device` for the current stream: blocks a new tensor may reuse
+    instead of a fresh segment (torch.cuda.memory_snapshot)."""
+    stream = torch.cuda.current_stream(device).cuda_stream
+    free = []
+    for segment in torch.cuda.memory_snapshot():
+        if segment.get("device") != device.index or tuple(segment.get("segment_pool_id", (0, 0))) != (0, 0):
+            continue
+        if segment.get("stream", stream) != stream:
+            continue
+        small = segment.get("segment_type") == "small"
+        free.extend((block["size"], small) for block in segment["blocks"] if block["state"] == "inactive")
+    return free
 
 
 class Nvml:

@@ -14,17 +14,23 @@ from kvplan.units import fmt_bytes, fmt_int
 
 # Why a device-level reading differs from the cache tensors' exact bytes.
 ALLOCATOR_NOTE = (
-    "torch's CUDA caching allocator rounds every tensor up to a multiple of 512 B (allocated), and holds "
-    "memory from the driver in segments (reserved): blocks up to 1 MiB share 2 MiB segments, 1-10 MiB "
-    "blocks come from 20 MiB segments, larger ones are rounded up to 2 MiB; NVML's 'used' follows the "
-    "reserved segments and counts every process and the CUDA context (taken out here: NVML before torch "
-    "touched the GPU, then after context creation)"
+    "torch's CUDA caching allocator rounds every tensor up to a multiple of 512 B, and a tensor keeps a whole "
+    "block when the rest would be under 512 B (blocks up to 1 MiB) or 1 MiB or less (larger blocks); it holds "
+    "memory from the driver in segments (reserved): blocks up to 1 MiB share 2 MiB segments, 1-10 MiB blocks "
+    "come from 20 MiB segments, larger ones are rounded up to 2 MiB, and a free block of a segment already held "
+    "is reused first (best fit). kvplan applies these rules (at the allocator's default settings) to the cache "
+    "tensors, from the free blocks the allocator held just before, to predict the allocated and reserved "
+    "deltas; NVML's 'used' follows the reserved segments and counts every process and the CUDA context (taken "
+    "out here: NVML before torch touched the GPU, then after context creation)"
 )
 RSS_NOTE = (
-    "CPU: torch allocates with glibc malloc (no caching allocator); resident memory counts 4 KiB pages as "
-    "they are touched (the caches are zero-filled, so all of them); blocks under the mmap threshold come from "
-    "the heap, which may reuse freed memory, so tiny caches can read low or zero in RSS; Python's own "
-    "allocator maps and unmaps 256 KiB arenas, so RSS moves by that much beside the cache"
+    "CPU: torch allocates with glibc malloc (no caching allocator) and asks for 64-byte alignment; with the mmap "
+    "threshold pinned, a tensor whose aligned request is at least 128 KiB and does not fit the heap's top chunk "
+    "gets its own mapping: its chunk + 64 + 32 B of alignment slack + an 8 B header, rounded up to a page. "
+    "kvplan predicts malloc in-use, held and RSS from that rule; smaller tensors take a heap chunk (the tensor + "
+    "8 B, in 16 B steps), which may reuse freed heap memory, so tiny caches can read low in RSS; torch's tensor "
+    "objects add a few hundred bytes of heap each, and Python's own allocator maps and unmaps 256 KiB arenas, so "
+    "RSS can move by that much beside the cache"
 )
 
 
@@ -52,6 +58,12 @@ class RunReading:
     kv_by_kind: tuple[KindReading, ...]
     allocated_delta_bytes: int | None  # across the cache allocation: torch's CUDA allocator, or glibc malloc in use
     reserved_delta_bytes: int | None  # CUDA: torch reserved; CPU: malloc held (heap + mmapped)
+    # the allocator's rules applied to the cache tensors (allocator.py); None where not modelled
+    allocator_rounding_bytes: int | None  # allocated - storage: 512 B rounding, unsplit blocks (CUDA); chunk headers, pages (CPU)
+    allocator_segment_bytes: int | None  # CUDA: segments cudaMalloc'd; CPU: bytes mmapped
+    allocator_segments: int | None  # how many of them
+    predicted_allocated_delta_bytes: int | None  # predicted_kv_bytes + allocator_rounding_bytes
+    predicted_reserved_delta_bytes: int | None  # CUDA: the new segments; CPU: the chunks (heap or mmapped)
     nvml_used_before_bytes: int | None
     nvml_used_after_bytes: int | None
     nvml_used_delta_bytes: int | None
@@ -112,6 +124,7 @@ class MeasureReport:
     predicted_weight_bytes: int
     measured_weight_bytes: int  # parameter storage
     weights_allocated_delta_bytes: int | None
+    weights_predicted_allocated_delta_bytes: int | None  # predicted weights + the allocator model's rounding
     weights_nvml_delta_bytes: int | None
     weights_rss_delta_bytes: int | None
     nvml_used_before_torch_bytes: int | None
@@ -142,15 +155,22 @@ def error_pct(measured: float, predicted: float) -> float:
 def memory_comparisons(run: RunReading, cuda: bool) -> list[tuple[str, int, int | None]]:
     """(reading, predicted bytes, measured bytes) for every memory reading of a run."""
     rows: list[tuple[str, int, int | None]] = [("KV cache: tensor storage", run.predicted_kv_bytes, run.measured_kv_bytes)]
+    # where the allocator is modelled, its readings are predicted with its rounding
+    allocated_pred = _or(run.predicted_allocated_delta_bytes, run.predicted_kv_bytes)
+    reserved_pred = _or(run.predicted_reserved_delta_bytes, run.predicted_kv_bytes)
     if run.allocated_delta_bytes is not None:
         allocated, reserved = ("torch allocated", "torch reserved") if cuda else ("malloc in-use", "malloc held")
-        rows.append((f"KV cache: {allocated} Δ", run.predicted_kv_bytes, run.allocated_delta_bytes))
-        rows.append((f"KV cache: {reserved} Δ", run.predicted_kv_bytes, run.reserved_delta_bytes))
+        rows.append((f"KV cache: {allocated} Δ", allocated_pred, run.allocated_delta_bytes))
+        rows.append((f"KV cache: {reserved} Δ", reserved_pred, run.reserved_delta_bytes))
     if run.nvml_used_delta_bytes is not None:
-        rows.append(("KV cache: NVML used Δ", run.predicted_kv_bytes, run.nvml_used_delta_bytes))
+        rows.append(("KV cache: NVML used Δ", reserved_pred, run.nvml_used_delta_bytes))
     if run.rss_delta_bytes is not None:
-        rows.append(("KV cache: process RSS Δ", run.predicted_kv_bytes, run.rss_delta_bytes))
+        rows.append(("KV cache: process RSS Δ", allocated_pred, run.rss_delta_bytes))
     return rows
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 # Readings the --tolerance gate holds to. Reserved / held are shown but not gated:
@@ -215,6 +235,15 @@ def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
         if measured is None:
             continue
         rows.append([name, size(predicted, exact), size(measured, exact), _signed_bytes(measured - predicted, exact), _pct(error_pct(measured, predicted))])
+        if name.endswith(("torch allocated Δ", "malloc in-use Δ")) and run.allocator_rounding_bytes is not None:
+            excess = measured - run.measured_kv_bytes
+            rows.append([
+                "  of which allocator rounding (modelled)",
+                _signed_bytes(run.allocator_rounding_bytes, exact),
+                _signed_bytes(excess, exact),
+                _signed_bytes(excess - run.allocator_rounding_bytes, exact),
+                "",
+            ])
         if name == "KV cache: tensor storage" and len(run.kv_by_kind) > 1:
             for k in run.kv_by_kind:
                 label = f"  {KIND_LABEL.get(k.kind, k.kind)} ({k.layers} layer{'s' if k.layers != 1 else ''})"
@@ -274,10 +303,14 @@ def summary_lines(report: MeasureReport, exact: bool) -> list[tuple[str, str]]:
         ("weights", f"{fmt_int(report.parameters_run)} parameters · predicted {size(report.predicted_weight_bytes, exact)} · tensor storage {size(report.measured_weight_bytes, exact)}"),
     ]
     cuda = report.device.startswith("cuda")
+    modelled = (
+        f" (predicted with the allocator's rounding {size(report.weights_predicted_allocated_delta_bytes, exact)})"
+        if report.weights_predicted_allocated_delta_bytes is not None else ""
+    )
     if cuda and report.weights_allocated_delta_bytes is not None:
-        lines.append(("  weights, device", f"torch allocated Δ {size(report.weights_allocated_delta_bytes, exact)}" + (f" · NVML used Δ {size(report.weights_nvml_delta_bytes, exact)}" if report.weights_nvml_delta_bytes is not None else "")))
+        lines.append(("  weights, device", f"torch allocated Δ {size(report.weights_allocated_delta_bytes, exact)}{modelled}" + (f" · NVML used Δ {size(report.weights_nvml_delta_bytes, exact)}" if report.weights_nvml_delta_bytes is not None else "")))
     if report.weights_rss_delta_bytes is not None:
-        malloc = f" · malloc in-use Δ {size(report.weights_allocated_delta_bytes, exact)}" if report.weights_allocated_delta_bytes is not None else ""
+        malloc = f" · malloc in-use Δ {size(report.weights_allocated_delta_bytes, exact)}{modelled}" if report.weights_allocated_delta_bytes is not None else ""
         lines.append(("  weights, process", f"RSS Δ {size(report.weights_rss_delta_bytes, exact)}{malloc}"))
     if report.cuda_context_bytes is not None:
         lines.append(("CUDA context", f"{size(report.cuda_context_bytes, exact)} (NVML, before torch: {size(report.nvml_used_before_torch_bytes or 0, exact)} used)"))

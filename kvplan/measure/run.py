@@ -17,6 +17,7 @@ emptied before the error leaves.
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from kvplan.calc import CacheEstimate, CacheLayout
 from kvplan.errors import InputError, KvplanError
 from kvplan.formats import UnknownFormatError, parse_format, parse_format_pair
 from kvplan.measure import readings as rd
+from kvplan.measure.allocator import AllocatorDelta, cuda_allocations, glibc_allocations
 from kvplan.measure.cache import (
     CACHE_DTYPE_NAMES,
     TORCH_DTYPES,
@@ -185,6 +187,8 @@ class _Session:
         self.graph = None
         self.nvml: rd.Nvml | None = None
         self.malloc: rd.GlibcMalloc | None = None
+        self.mmap_pinned = False  # glibc's mmap threshold fixed, so its rounding can be modelled
+        self.model_cuda_allocator = False  # the caching allocator runs at its default settings
 
     def drop_run(self) -> None:
         """Drop one run's tensors; the next run settles the allocator before its reading."""
@@ -255,15 +259,19 @@ def measure(opts: MeasureOptions) -> MeasureReport:
                     session.nvml.close()
                     session.nvml = None
             available, where = torch.cuda.mem_get_info(device)[0], "torch.cuda.mem_get_info"
+            settings = rd.allocator_settings()
+            session.model_cuda_allocator = settings is None
+            if settings is not None:
+                notes.append(f"{settings}: the caching allocator's rounding is modelled at its defaults only, so it is not predicted here")
         else:
             available, where = rd.mem_available_bytes(), "MemAvailable"
             try:
                 session.malloc = rd.GlibcMalloc()
-                if session.malloc.pin_mmap_threshold():
+                session.mmap_pinned = session.malloc.pin_mmap_threshold()
+                if session.mmap_pinned:
                     notes.append(
                         f"glibc's mmap threshold is pinned at {rd.MMAP_THRESHOLD_BYTES // 1024} KiB (mallopt), so each "
-                        "cache tensor above it gets fresh pages: RSS and malloc in-use exceed the storage by the chunk "
-                        "header and page rounding, about a page per tensor"
+                        "cache tensor above it gets fresh pages, and the chunk header and page rounding it adds are modelled"
                     )
             except OSError as exc:
                 notes.append(f"malloc readings skipped: {exc}")
@@ -287,10 +295,12 @@ def measure(opts: MeasureOptions) -> MeasureReport:
             wc = weight_count(arch)
             rd.settle(device)
             before = _memory(device, session)
+            allocator_state = _allocator_state(device, session)
             session.model = Decoder(arch, device, compute, opts.seed)
             rd.sync(device)
             after = _memory(device, session)
             measured_weights = storage_bytes(session.model.parameter_tensors())
+            weights_modelled = _allocator_model(device, allocator_state, list(session.model.allocation_sizes))
 
             runs = []
             for context, total in zip(opts.contexts, totals):
@@ -336,6 +346,7 @@ def measure(opts: MeasureOptions) -> MeasureReport:
         predicted_weight_bytes=wc.total * param_bytes,
         measured_weight_bytes=measured_weights,
         weights_allocated_delta_bytes=_delta(after.allocated, before.allocated),
+        weights_predicted_allocated_delta_bytes=wc.total * param_bytes + weights_modelled.rounding_bytes if weights_modelled else None,
         weights_nvml_delta_bytes=_delta(after.nvml, before.nvml),
         weights_rss_delta_bytes=_delta(after.rss, before.rss),
         nvml_used_before_torch_bytes=nvml_before_torch,
@@ -381,6 +392,36 @@ def _delta(after: int | None, before: int | None) -> int | None:
     return None if after is None or before is None else after - before
 
 
+def _allocator_state(device: torch.device, session: _Session):
+    """What the allocator model starts from, read just before the cache is allocated:
+    CUDA, the free blocks the caching allocator holds; CPU, the heap's top chunk.
+    None where the rules are not modelled (allocator settings, no glibc)."""
+    if device.type == "cuda":
+        return rd.cuda_free_blocks(device) if session.model_cuda_allocator else None
+    if session.malloc is not None and session.mmap_pinned:
+        return session.malloc.heap_top_bytes()
+    return None
+
+
+def _allocator_model(device: torch.device, state, sizes: list[int]) -> AllocatorDelta | None:
+    """The allocator's rules applied to tensors of `sizes` storage bytes, in allocation order."""
+    if state is None:
+        return None
+    if device.type == "cuda":
+        return cuda_allocations(sizes, state)
+    return glibc_allocations(sizes, rd.MMAP_THRESHOLD_BYTES, state, os.sysconf("SC_PAGE_SIZE"))
+
+
+def _predicted_reserved(device: torch.device, est: CacheEstimate, measured_kv: int, modelled: AllocatorDelta | None) -> int | None:
+    """CUDA: the segments the model cudaMallocs (a reused free block costs none); CPU: every
+    chunk, from the heap or mmapped. Both shifted by any miss of the storage against the calculator."""
+    if modelled is None:
+        return None
+    if device.type == "cuda":
+        return modelled.reserved_bytes + est.kv_bytes_total - measured_kv
+    return est.kv_bytes_total + modelled.rounding_bytes
+
+
 def _kind_readings(arch: RunArch, est: CacheEstimate, caches: list) -> tuple[KindReading, ...]:
     measured: dict[str, int] = {}
     for layer, cache in zip(arch.layers, caches):
@@ -420,11 +461,13 @@ def _run_one(
 
     rd.settle(device)
     before = _memory(device, session)
+    allocator_state = _allocator_state(device, session)
     session.caches = allocate_caches(arch, total, batch, k_dtype, v_dtype, state_dtype, device)
     rd.sync(device)
     after = _memory(device, session)
     caches = session.caches
     measured_kv = storage_bytes(cache_tensors(caches))
+    modelled = _allocator_model(device, allocator_state, [t.untyped_storage().nbytes() for t in cache_tensors(caches)])
 
     gen = torch.Generator(device=device).manual_seed(opts.seed + 1)
     tokens = torch.randint(0, arch.vocab, (batch, total), device=device, generator=gen)
@@ -485,6 +528,11 @@ def _run_one(
         kv_by_kind=_kind_readings(arch, est, caches),
         allocated_delta_bytes=_delta(after.allocated, before.allocated),
         reserved_delta_bytes=_delta(after.reserved, before.reserved),
+        allocator_rounding_bytes=modelled.rounding_bytes if modelled else None,
+        allocator_segment_bytes=modelled.reserved_bytes if modelled else None,
+        allocator_segments=modelled.segments if modelled else None,
+        predicted_allocated_delta_bytes=est.kv_bytes_total + modelled.rounding_bytes if modelled else None,
+        predicted_reserved_delta_bytes=_predicted_reserved(device, est, measured_kv, modelled),
         nvml_used_before_bytes=nvml_before,
         nvml_used_after_bytes=nvml_after,
         nvml_used_delta_bytes=_delta(nvml_after, nvml_before),
