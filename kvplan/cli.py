@@ -85,7 +85,8 @@ def _root(
 EngineOpt = Annotated[str, typer.Option("--engine", help="Whose allocation rules: vllm (blocks, groups, windows as vLLM reserves them), ideal (exactly the tokens held), or hf, llama.cpp, sglang, trtllm (kvplan.engines profiles).")]
 from kvplan import cli_compare as _profiles  # noqa: E402  (engine-profile flags: hf, llama.cpp, sglang, trtllm)
 GPUOpt = Annotated[Optional[str], typer.Option("--gpu", help="A catalog GPU (`kvplan gpus`) or a GPU YAML file; a comma list compares.")]
-DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Weights dtype: bf16, fp16, fp32, fp8, int8, int4 (+fp16 scale per 128), mxfp4 (default: the model's).")]
+DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Weights dtype: bf16, fp16, fp32, fp8, int8, int4 (+fp16 scale per 128), mxfp4 (default: the model's); "
+                  "a quantised dtype covers the body weights the spec's weights_quantized names (all linear, or the routed experts).")]
 
 
 @app.command()

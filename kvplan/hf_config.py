@@ -177,6 +177,7 @@ class Converted:
     notes: tuple[str, ...] = ()
     quantization: Optional[str] = None  # quantization_config.quant_method, when the weights are quantized
     weights_dtype: Optional[str] = None  # ModelSpec.weights_dtype for that quantization, when kvplan knows it
+    weights_quantized: str = "all_linear"  # ModelSpec.weights_quantized: which body weights weights_dtype covers
     multimodal: bool = False
     mtp_layers: int = 0  # DeepSeek multi-token-prediction layers (weights not counted)
 
@@ -854,9 +855,8 @@ def convert_config(config: Any, where: str = "config.json") -> Converted:
         if _dtype(raw):
             fields["torch_dtype"] = _dtype(raw)
         notes.append(f"model_type {model_type!r} sized from HF's generic field names")
-        if weights_dtype:
-            fields["weights_dtype"] = weights_dtype
-        return Converted(model_type, fields, None, 0, tuple(notes), quant_method, weights_dtype, multimodal)
+        weights_dtype, scope = _quantized_fields(fields, quant, quant_method, weights_dtype, notes)
+        return Converted(model_type, fields, None, 0, tuple(notes), quant_method, weights_dtype, scope, multimodal)
 
     c = _Cfg(raw, DEFAULTS.get(resolved, {}), where)
     fields, total, inactive = HANDLERS[resolved](c)
@@ -866,12 +866,57 @@ def convert_config(config: Any, where: str = "config.json") -> Converted:
     if c.defaulted:
         cls = resolved.title().replace("_", "")
         notes.append(f"transformers' {cls}Config defaults used for {', '.join(c.defaulted)} (absent from config.json)")
-    if weights_dtype:
-        fields["weights_dtype"] = weights_dtype
+    weights_dtype, scope = _quantized_fields(fields, quant, quant_method, weights_dtype, notes)
     return Converted(
-        resolved, fields, total, inactive, tuple(notes), quant_method, weights_dtype, multimodal,
+        resolved, fields, total, inactive, tuple(notes), quant_method, weights_dtype, scope, multimodal,
         mtp if isinstance(mtp, int) else 0,
     )
+
+
+def _quantized_fields(
+    fields: dict[str, Any], quant: Any, method: Optional[str], weights_dtype: Optional[str], notes: list[str]
+) -> tuple[Optional[str], str]:
+    """Set weights_dtype / weights_quantized (and a dtype mxfp4 implies) on `fields`; return both.
+
+    mxfp4 quantises only MoE experts, whatever else the config lists: vLLM's Mxfp4Config
+    gives FusedMoE layers Mxfp4MoEMethod and every LinearBase UnquantizedLinearMethod
+    (quantization/mxfp4.py get_quant_method), and transformers' Mxfp4HfQuantizer
+    quantises only Mxfp4GptOssExperts' weights, not their biases (param_needs_quantization).
+    gpt-oss's modules_to_not_convert (self_attn, mlp.router, embed_tokens, lm_head)
+    names the rest of the body, so it agrees. Other methods (DeepSeek-V3's block-wise
+    fp8, GPTQ, AWQ) quantise every linear layer: all_linear.
+    """
+    scope = "all_linear"
+    if weights_dtype == "mxfp4":
+        experts = fields.get("num_local_experts") or fields.get("n_routed_experts")
+        if not (experts and fields.get("num_experts_per_tok")):
+            notes.append("mxfp4 quantises only MoE experts and config.json names none; weights_dtype left unset")
+            return None, scope
+        scope = "experts"
+        skipped = quant.get("modules_to_not_convert") if isinstance(quant, dict) else None
+        if isinstance(skipped, list) and skipped:
+            notes.append(
+                "MXFP4 holds only the routed experts' weights; quantization_config.modules_to_not_convert keeps "
+                f"{', '.join(str(m) for m in skipped)} in torch_dtype (weights_quantized: experts)"
+            )
+        else:
+            notes.append("MXFP4 holds only the routed experts' weights (weights_quantized: experts)")
+        if "torch_dtype" not in fields:
+            # Mxfp4HfQuantizer.update_dtype loads a dtype-less config in bfloat16; vLLM reads the BF16
+            # tensors beside the U8 blocks (openai/gpt-oss-20b and -120b config.json name no torch_dtype).
+            fields["torch_dtype"] = "bfloat16"
+            notes.append("config.json names no torch_dtype; bfloat16, as transformers' MXFP4 loader and vLLM run it")
+    elif weights_dtype and isinstance(quant, dict) and quant.get("modules_to_not_convert"):
+        skipped = ", ".join(str(m) for m in quant["modules_to_not_convert"])
+        notes.append(
+            f"quantization_config.modules_to_not_convert keeps {skipped} unquantised; kvplan counts every "
+            f"body weight as {weights_dtype} (weights_quantized: all_linear)"
+        )
+    if weights_dtype:
+        fields["weights_dtype"] = weights_dtype
+        if scope != "all_linear":
+            fields["weights_quantized"] = scope
+    return weights_dtype, scope
 
 
 def _weights_dtype(quant: dict[str, Any], method: str) -> Optional[str]:

@@ -127,6 +127,7 @@ class Plan:
     batch: int
     kv_cache_dtype: str
     weights_dtype: str
+    weights_quantized: str  # which body weights weights_dtype covers: all_linear | experts
     block_size: int
     # memory, per GPU (the tightest rank)
     gpu_memory_bytes: int
@@ -186,29 +187,60 @@ def _embedding_params(spec: ModelSpec) -> tuple[int, int]:
     return embed, 0 if spec.tie_word_embeddings else embed
 
 
+def expert_weight_bytes(spec: ModelSpec, dtype: str) -> int:
+    """Bytes of one routed expert's gate, up and down weights stored as `dtype`, row by row.
+
+    A quantised checkpoint blocks each output row along its input dimension, so
+    rounding is per row: gpt-oss stores gate_up_proj as (experts, 2 x width, hidden / 32)
+    blocks of 16 B plus one e8m0 scale byte each and down_proj as (experts, hidden,
+    width / 32) (transformers integrations/mxfp4.py Mxfp4GptOssExperts; vLLM
+    quantization/mxfp4.py Mxfp4MoEMethod.create_weights: w13 (E, 2 x width, hidden / 2)
+    uint8 + (E, 2 x width, hidden / 32) scales, w2 likewise). gpt-oss: 2880 = 90 blocks,
+    8640 rows x 90 x 17 B = 13,219,200 B per expert.
+    """
+    width = spec.expert_intermediate_size
+    if not width:
+        return 0
+    hidden = spec.hidden_size
+    return 2 * width * weight_bytes(hidden, dtype) + hidden * weight_bytes(width, dtype)
+
+
 def stage_weight_bytes(spec: ModelSpec, layers_per_stage: list[int], dtype: str, tp: int, *, active: bool = False) -> list[int]:
     """Weight bytes one tensor-parallel rank of each stage holds (or reads, `active`).
 
-    Body parameters split evenly per layer; the embedding sits on the first stage,
-    the lm_head on the last; both are vocab-sharded over tp and stay 16-bit when
-    the body is quantised. MoE: all experts are held (`active` counts the routed
-    ones a token uses).
+    `dtype` covers the quantisable body: every body parameter (`weights_quantized:
+    all_linear`, split evenly per layer) or the routed experts' weights only
+    (`experts`: counted per MoE layer of the stage, the rest of the body split evenly
+    per layer in the unquantised dtype). The embedding sits on the first stage, the
+    lm_head on the last; both are vocab-sharded over tp and stay 16-bit when the body
+    is quantised. MoE: all experts are held (`active` counts the routed ones a token uses).
     """
     total = spec.active_parameters if active else spec.num_parameters
     embed, head = _embedding_params(spec)
     body = max(0, total - embed - head)
-    edge_dtype = dtype if dtype in ("bf16", "fp16", "fp32") else spec.dtype
+    # unquantised weights: the model's own dtype, or --dtype when that is a float cast
+    plain_dtype = dtype if dtype in ("bf16", "fp16", "fp32") else spec.dtype
+    experts_only = spec.weights_quantized == "experts"
+    if experts_only:
+        experts = spec.active_routed_experts if active else spec.num_routed_experts
+        per_expert = expert_weight_bytes(spec, dtype)
+        body -= spec.active_routed_expert_weight_parameters if active else spec.routed_expert_weight_parameters
     out = []
     layers = spec.num_hidden_layers
+    start = 0
     for i, n in enumerate(layers_per_stage):
         params_body = body * n // layers
-        stage = weight_bytes(params_body, dtype)
+        if experts_only:
+            stage = experts * spec.moe_layers_between(start, start + n) * per_expert + weight_bytes(params_body, plain_dtype)
+        else:
+            stage = weight_bytes(params_body, dtype)
         if i == 0:
-            stage += weight_bytes(embed, edge_dtype)
+            stage += weight_bytes(embed, plain_dtype)
         if i == len(layers_per_stage) - 1:
             # a tied lm_head on a separate last stage needs its own copy
-            stage += weight_bytes(head if head or len(layers_per_stage) == 1 else embed, edge_dtype)
+            stage += weight_bytes(head if head or len(layers_per_stage) == 1 else embed, plain_dtype)
         out.append(ceil_div(stage, tp))
+        start += n
     return out
 
 
@@ -549,6 +581,7 @@ class Planner:
             batch=batch,
             kv_cache_dtype=self.kv_format.name,
             weights_dtype=self.weights_dtype,
+            weights_quantized=spec.weights_quantized,
             block_size=self.block_size,
             gpu_memory_bytes=gpu.memory_bytes,
             gpu_memory_utilization=opts.gpu_memory_utilization,
@@ -639,6 +672,14 @@ class Planner:
             out.append(f"at --tp {opts.tp} the weights alone leave no room for KV: use a larger GPU, more tp or a quantised --dtype")
         return out
 
+    def _weights_assumption(self) -> str:
+        where = "embeddings on the first stage, lm_head on the last, vocab-sharded over tp"
+        if self.spec.weights_quantized == "experts":
+            plain = self.weights_dtype if self.weights_dtype in ("bf16", "fp16", "fp32") else self.spec.dtype
+            return (f"routed experts' weights in {self.weights_dtype} (rows rounded to whole blocks), counted per MoE "
+                    f"layer; the rest of the body in {plain}, split evenly per layer; {where}, in {plain}")
+        return f"body split evenly per layer; {where}; 16-bit when the body is quantised"
+
     def assumptions(self) -> dict:
         o = self.opts
         return {
@@ -652,7 +693,7 @@ class Planner:
             "block_size": self.block_size,
             "bandwidth_efficiency": o.bandwidth_efficiency,
             "compute_efficiency": o.compute_efficiency,
-            "weights": "body split evenly per layer; embeddings on the first stage, lm_head on the last, vocab-sharded over tp; 16-bit when the body is quantised",
+            "weights": self._weights_assumption(),
         }
 
 

@@ -259,13 +259,20 @@ def memory_bar(r: dict, stage: dict, width: int = 60):
     return text
 
 
+def weights_dtype_text(r: dict) -> str:
+    """`fp8`, or `mxfp4 routed experts only` when the spec quantises only the experts."""
+    if r.get("weights_quantized") != "experts" or r["weights_dtype"] in ("bf16", "fp16", "fp32"):
+        return r["weights_dtype"]
+    return f"{r['weights_dtype']} routed experts only"
+
+
 def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
     a = r["assumptions"]
     lines = [
         ("GPU", f"{r['gpu']} × {r['gpus']} (tp {r['tensor_parallel_size']}, pp {r['pipeline_parallel_size']}), "
          f"{size(r['gpu_memory_bytes'], exact)} each, engine {r['engine']}, {r['block_size']}-token blocks"),
         ("usable", f"{size(r['usable_bytes_per_gpu'], exact)} = total × {r['gpu_memory_utilization']} (--gpu-memory-utilization)"),
-        ("weights", f"{size(r['weights_bytes_per_gpu'], exact)} per GPU ({r['weights_dtype']}, --dtype)"),
+        ("weights", f"{size(r['weights_bytes_per_gpu'], exact)} per GPU ({weights_dtype_text(r)}, --dtype)"),
         ("activations", f"{size(r['activation_bytes_per_gpu'], exact)} ({'estimated; --activation-memory' if r['activation_estimated'] else '--activation-memory'})"),
         ("non-torch", f"{size(r['non_torch_bytes_per_gpu'], exact)} (--non-torch-memory)"),
         ("KV budget", f"{size(r['kv_budget_bytes_per_gpu'], exact)} per GPU"),

@@ -89,6 +89,58 @@ class SpecDerived:
         """Parameters read per token (all of them for a dense model)."""
         return self.num_active_parameters or self.num_parameters
 
+    # -- routed experts (what `weights_quantized: experts` stores in weights_dtype) --
+
+    @property
+    def num_routed_experts(self) -> int:
+        """Routed experts per MoE layer (num_local_experts, DeepSeek's n_routed_experts); 0 when dense."""
+        return self.num_local_experts or self.n_routed_experts or 0
+
+    @property
+    def expert_intermediate_size(self) -> Optional[int]:
+        """One expert's FFN width: moe_intermediate_size where the config has both widths."""
+        return self.moe_intermediate_size or self.intermediate_size
+
+    def moe_layers_between(self, start: int, stop: int) -> int:
+        """MoE layers among layers [start, stop): every layer from first_k_dense_replace on.
+
+        Interleaved MoE (Jamba's expert_layer_period, Llama-4 Maverick's
+        interleave_moe_layer_step) has no spec field; ModelSpec refuses
+        `weights_quantized: experts` where this count would not fit num_parameters.
+        """
+        if not self.num_routed_experts:
+            return 0
+        return max(0, stop - max(start, self.first_k_dense_replace or 0))
+
+    @property
+    def expert_weight_parameters(self) -> int:
+        """Weights of one routed expert: gate and up (hidden -> width each) and down (width -> hidden).
+
+        Biases are not counted: gpt-oss keeps its expert biases in bf16 beside the MXFP4 blocks.
+        """
+        width = self.expert_intermediate_size
+        return 3 * self.hidden_size * width if width else 0
+
+    @property
+    def routed_expert_weight_parameters(self) -> int:
+        """Weights of every routed expert the model holds: experts x MoE layers x one expert."""
+        layers = self.moe_layers_between(0, self.num_hidden_layers)
+        return self.num_routed_experts * layers * self.expert_weight_parameters
+
+    @property
+    def active_routed_experts(self) -> int:
+        """Routed experts a token reads per MoE layer: num_experts_per_tok when the spec counts
+        active parameters (they then hold only those experts), else every expert."""
+        if self.num_active_parameters is not None and self.num_experts_per_tok:
+            return min(self.num_experts_per_tok, self.num_routed_experts)
+        return self.num_routed_experts
+
+    @property
+    def active_routed_expert_weight_parameters(self) -> int:
+        """Routed-expert weights within active_parameters: active experts x MoE layers x one expert."""
+        layers = self.moe_layers_between(0, self.num_hidden_layers)
+        return self.active_routed_experts * layers * self.expert_weight_parameters
+
     @property
     def state_elements_per_layer_resolved(self) -> Optional[int]:
         """Elements of one sequence's fixed-size state in one state layer (conv + SSM)."""

@@ -46,10 +46,16 @@ class ModelSpec(BaseModel, SpecDerived):
     vocab_size: PositiveInt
     max_position_embeddings: Optional[PositiveInt] = None
     torch_dtype: str = "bfloat16"
-    # The stored dtype of the linear weights when the checkpoint is quantised
+    # The stored dtype of the quantised weights when the checkpoint is quantised
     # (HF `quantization_config.quant_method`: DeepSeek-V3 fp8, gpt-oss mxfp4);
-    # embeddings stay in torch_dtype. None: every weight is torch_dtype.
+    # embeddings and lm_head stay in torch_dtype. None: every weight is torch_dtype.
     weights_dtype: Optional[Literal["bf16", "fp16", "fp32", "fp8", "int8", "int4", "mxfp4"]] = None
+    # Which body weights weights_dtype (or `--dtype`) covers. all_linear: every body
+    # parameter (DeepSeek-V3's block-wise fp8, GPTQ/AWQ). experts: only the routed
+    # experts' gate/up/down weights; attention, router, norms, shared experts and the
+    # experts' biases stay torch_dtype (gpt-oss: vLLM's Mxfp4Config quantises only
+    # FusedMoE layers, transformers' Mxfp4HfQuantizer only Mxfp4GptOssExperts' weights).
+    weights_quantized: Literal["all_linear", "experts"] = "all_linear"
     tie_word_embeddings: bool = False
 
     # Layer pattern: explicit list, or a compact repeating pattern such as
@@ -75,7 +81,8 @@ class ModelSpec(BaseModel, SpecDerived):
     mamba_head_dim: Optional[PositiveInt] = None
     state_elements_per_layer: Optional[PositiveInt] = None  # any other fixed-size state
 
-    # MoE (informational; weights use num_parameters / num_active_parameters)
+    # MoE: decode reads, the activation estimate, and with `weights_quantized: experts`
+    # the routed experts' weights (experts x MoE layers x 3 x hidden x expert width)
     num_local_experts: Optional[PositiveInt] = None
     n_routed_experts: Optional[PositiveInt] = None
     n_shared_experts: Optional[NonNegativeInt] = None
@@ -164,7 +171,49 @@ class ModelSpec(BaseModel, SpecDerived):
             )
         if self.num_active_parameters is not None and self.num_active_parameters > self.num_parameters:
             raise ValueError("num_active_parameters cannot exceed num_parameters")
+        if self.weights_quantized == "experts":
+            self._check_expert_quantization(embedding)
         return self
+
+    def _check_expert_quantization(self, embedding: int) -> None:
+        """`weights_quantized: experts` needs a dtype, routed experts, and expert weights that fit the counts."""
+        if self.weights_dtype is None:
+            raise ValueError(
+                "weights_quantized 'experts' says which weights weights_dtype covers, but weights_dtype is not set; "
+                "set weights_dtype (e.g. mxfp4)"
+            )
+        if not self.num_routed_experts or self.num_experts_per_tok is None or self.expert_intermediate_size is None:
+            raise ValueError(
+                "weights_quantized 'experts' needs routed experts: set num_local_experts (or n_routed_experts), "
+                "num_experts_per_tok and intermediate_size (or moe_intermediate_size)"
+            )
+        layers = self.moe_layers_between(0, self.num_hidden_layers)
+        what = (
+            f"{self.num_routed_experts} experts x {layers} MoE layers x 3 x hidden_size x "
+            f"{self.expert_intermediate_size}"
+        )
+        body = self.num_parameters - embedding
+        if self.routed_expert_weight_parameters > body:
+            raise ValueError(
+                f"weights_quantized 'experts': the routed experts' weights ({what} = "
+                f"{self.routed_expert_weight_parameters:,}) exceed num_parameters less the embeddings ({body:,}); "
+                "experts sit in every layer from first_k_dense_replace on, so use all_linear for interleaved MoE"
+            )
+        if self.num_active_parameters is not None:
+            active_body = self.num_active_parameters - embedding
+            if self.active_routed_expert_weight_parameters > active_body:
+                raise ValueError(
+                    f"weights_quantized 'experts': the {self.active_routed_experts} active experts' weights "
+                    f"({self.active_routed_expert_weight_parameters:,}) exceed num_active_parameters less the "
+                    f"embeddings ({active_body:,}); check num_active_parameters"
+                )
+            unread = self.num_parameters - self.num_active_parameters
+            skipped = self.routed_expert_weight_parameters - self.active_routed_expert_weight_parameters
+            if skipped > unread:
+                raise ValueError(
+                    f"weights_quantized 'experts': the experts a token skips hold {skipped:,} weights, more than "
+                    f"num_parameters - num_active_parameters ({unread:,}); check num_experts_per_tok and the expert width"
+                )
 
 _SLUG = re.compile(r"[^a-z0-9.\-]+")
 

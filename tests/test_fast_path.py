@@ -11,6 +11,7 @@ import pytest
 from kvplan.calc import CacheLayout
 from kvplan.catalog import INDEX_FILE, SPECS_DIR, _sha256, build_index, catalog_names, load_spec_file, resolve_spec
 from kvplan.formats import parse_format_pair
+from kvplan.planner import stage_weight_bytes
 from kvplan.shape import ModelShape
 
 
@@ -27,8 +28,14 @@ def test_shape_from_index_equals_the_validated_spec(name):
     spec = load_spec_file(SPECS_DIR / f"{name}.yaml")
     assert isinstance(shape, ModelShape)
     assert shape.layer_kinds == spec.layer_kinds
-    for attr in ("k_head_dim", "v_head_dim_resolved", "dtype", "active_parameters", "state_elements_per_layer_resolved", "is_mla"):
+    for attr in ("k_head_dim", "v_head_dim_resolved", "dtype", "active_parameters", "state_elements_per_layer_resolved", "is_mla",
+                 "weights_dtype", "weights_quantized", "routed_expert_weight_parameters",
+                 "active_routed_expert_weight_parameters"):
         assert getattr(shape, attr) == getattr(spec, attr), attr
+    dtype = spec.weights_dtype or spec.dtype
+    for active in (False, True):
+        assert stage_weight_bytes(shape, [spec.num_hidden_layers], dtype, 1, active=active) == stage_weight_bytes(
+            spec, [spec.num_hidden_layers], dtype, 1, active=active)
     fmt = parse_format_pair("auto", spec.dtype)
     assert CacheLayout(shape, fmt, block_size=16).at(40_000, 3) == CacheLayout(spec, fmt, block_size=16).at(40_000, 3)
 

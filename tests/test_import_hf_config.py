@@ -126,6 +126,51 @@ def test_quantization_sets_weights_dtype():
     assert convert_config(load("llama-3.1-8b-instruct")).weights_dtype is None
 
 
+def test_mxfp4_quantizes_only_the_experts():
+    """gpt-oss-20b: quant_method mxfp4, modules_to_not_convert = attention, router, embeddings, lm_head;
+    config.json names no torch_dtype, and MXFP4 loaders run the rest in bfloat16."""
+    conv = convert_config(load("gpt-oss-20b"))
+    assert (conv.weights_dtype, conv.weights_quantized) == ("mxfp4", "experts")
+    assert conv.fields["weights_quantized"] == "experts" and conv.fields["torch_dtype"] == "bfloat16"
+    assert (
+        "MXFP4 holds only the routed experts' weights; quantization_config.modules_to_not_convert keeps "
+        "model.layers.*.self_attn, model.layers.*.mlp.router, model.embed_tokens, lm_head in torch_dtype "
+        "(weights_quantized: experts)"
+    ) in conv.notes
+    assert "config.json names no torch_dtype; bfloat16, as transformers' MXFP4 loader and vLLM run it" in conv.notes
+    spec = ModelSpec(name="t", source="test", num_parameters=conv.parameters,
+                     num_active_parameters=conv.parameters - conv.inactive_parameters, **conv.fields)
+    # 32 experts x 24 layers x (5,760 + 2,880 rows of 90 blocks x 17 B), the other 646,192,704 parameters
+    # (attention, sinks, router, norms, expert biases) and both 201,088 x 2880 tables in bf16
+    from kvplan.planner import stage_weight_bytes
+
+    assert conv.parameters == 20_914_757_184
+    assert stage_weight_bytes(spec, [24], "mxfp4", 1) == [32 * 24 * 8640 * 90 * 17 + 2 * 646_192_704 + 4 * 201_088 * 2880]
+
+
+def test_fp8_quantizes_every_linear_layer():
+    """DeepSeek-R1 (V3 architecture): block-wise fp8 over every linear layer, no modules_to_not_convert."""
+    conv = convert_config(load("deepseek-r1"))
+    assert (conv.weights_dtype, conv.weights_quantized) == ("fp8", "all_linear")
+    assert "weights_quantized" not in conv.fields
+
+
+def test_mxfp4_without_experts_is_not_sized_as_quantised():
+    cfg = dict(load("mistral-7b-v0.1"), quantization_config={"quant_method": "mxfp4"})
+    conv = convert_config(cfg)
+    assert conv.weights_dtype is None and "weights_dtype" not in conv.fields
+    assert "mxfp4 quantises only MoE experts and config.json names none; weights_dtype left unset" in conv.notes
+
+
+def test_modules_to_not_convert_is_reported_for_other_methods():
+    cfg = dict(load("qwen3-30b-a3b"), quantization_config={"quant_method": "awq", "bits": 4,
+                                                           "modules_to_not_convert": ["self_attn", "mlp.gate"]})
+    conv = convert_config(cfg)
+    assert (conv.weights_dtype, conv.weights_quantized) == ("int4", "all_linear")
+    assert ("quantization_config.modules_to_not_convert keeps self_attn, mlp.gate unquantised; kvplan counts every "
+            "body weight as int4 (weights_quantized: all_linear)") in conv.notes
+
+
 def test_deepseek_mtp_layers_reported():
     conv = convert_config(load("deepseek-r1"))
     assert conv.mtp_layers == 1
