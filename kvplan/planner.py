@@ -205,8 +205,14 @@ def expert_weight_bytes(spec: ModelSpec, dtype: str) -> int:
     return 2 * width * weight_bytes(hidden, dtype) + hidden * weight_bytes(width, dtype)
 
 
-def stage_weight_bytes(spec: ModelSpec, layers_per_stage: list[int], dtype: str, tp: int, *, active: bool = False) -> list[int]:
+def stage_weight_bytes(
+    spec: ModelSpec, layers_per_stage: list[int], dtype: str, tp: int, *, active: bool = False, lookup_tokens: int | None = None,
+) -> list[int]:
     """Weight bytes one tensor-parallel rank of each stage holds (or reads, `active`).
+
+    `lookup_tokens`: what a forward pass of that many tokens reads of the input
+    embedding: one row per token, not the table (a tied table on a single stage is
+    still read whole, by the lm_head).
 
     `dtype` covers the quantisable body: every body parameter (`weights_quantized:
     all_linear`, split evenly per layer) or the routed experts' weights only
@@ -235,7 +241,8 @@ def stage_weight_bytes(spec: ModelSpec, layers_per_stage: list[int], dtype: str,
         else:
             stage = weight_bytes(params_body, dtype)
         if i == 0:
-            stage += weight_bytes(embed, plain_dtype)
+            lookup_only = lookup_tokens is not None and (head or len(layers_per_stage) > 1)
+            stage += weight_bytes(min(lookup_tokens, spec.vocab_size) * spec.hidden_size if lookup_only else embed, plain_dtype)
         if i == len(layers_per_stage) - 1:
             # a tied lm_head on a separate last stage needs its own copy
             stage += weight_bytes(head if head or len(layers_per_stage) == 1 else embed, plain_dtype)
@@ -442,8 +449,9 @@ class Planner:
         if kv_bytes_per_rank is not None and self.opts.pp > 1:
             raise ValueError("kv_bytes_per_rank is for one pipeline stage")
         spec, tp = self.spec, self.opts.tp
-        held_weights = stage_weight_bytes(spec, self.layout.layers_per_stage, self.weights_dtype, tp)
-        active_weights = stage_weight_bytes(spec, self.layout.layers_per_stage, self.weights_dtype, tp, active=True)
+        # the input embedding is a lookup: one row per token in the batch is read, not the table
+        held_weights = stage_weight_bytes(spec, self.layout.layers_per_stage, self.weights_dtype, tp, lookup_tokens=batch)
+        active_weights = stage_weight_bytes(spec, self.layout.layers_per_stage, self.weights_dtype, tp, active=True, lookup_tokens=batch)
         share = decode_weight_fraction(spec, batch)
         bandwidth = self.gpu.memory_bandwidth_gbps * 1e9 * self.opts.bandwidth_efficiency
         peak = self._peak_flops() * self.opts.compute_efficiency

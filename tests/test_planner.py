@@ -116,14 +116,17 @@ def test_decode_roofline_and_cost_arithmetic():
     spec_arch = dict(LLAMA_31_8B, num_parameters=10**9, vocab_size=32000)
     plan = planner(spec_arch, gpu, context=1000, batch=4, engine=Engine.ideal, bandwidth_efficiency=1.0, **NO_OVERHEAD).plan()
     kv = 4 * 1000 * 131072
-    step = (2 * 10**9 + kv) / 1e12  # bytes / (1000 GB/s x 1.0)
-    assert plan.decode_bytes_per_step == 2 * 10**9 + kv
+    # the untied input embedding (32,000 x 4,096 bf16) is a lookup: a step reads one 8 KiB row per token
+    table, row = 32000 * 4096 * 2, 4096 * 2
+    read = 2 * 10**9 - table + 4 * row
+    step = (read + kv) / 1e12  # bytes / (1000 GB/s x 1.0)
+    assert plan.decode_bytes_per_step == read + kv
     assert plan.decode_step_s == pytest.approx(step, rel=1e-12)
     assert plan.decode_bound == "memory"
     assert plan.tokens_per_s == pytest.approx(4 / step)
     # cost at the largest batch that fits: $3.6/h = $0.001/s
     big = plan.cost_batch
-    big_step = (2 * 10**9 + big * 1000 * 131072) / 1e12
+    big_step = (2 * 10**9 - table + min(big, 32000) * row + big * 1000 * 131072) / 1e12
     assert plan.usd_per_million_output_tokens == pytest.approx(0.001 / (big / big_step) * 1e6)
 
 

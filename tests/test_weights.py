@@ -93,11 +93,12 @@ def test_gpt_oss_120b_estimate_json(capsys):
     usable = -(-81559 * 2**20 * 9 // 10)  # h100-sxm: 81,559 MiB x 0.9, rounded up as vLLM does
     activations = 8192 * (2 * W + 4 * H) * 2 + 256 * VOCAB * 4  # profile run + fp32 logits
     assert d["kv_budget_bytes_per_gpu"] == usable - 65_248_815_744 - activations - 512 * 2**20 == 10_694_012_698
-    # batch 1 reads the 4 active experts' weights (2 x rest + tables as above) and the KV held:
+    # batch 1 reads the 4 active experts' weights (2 x rest as above), the lm_head table, one looked-up
+    # row of the input embedding, and the KV held:
     # 18 full layers x 8,192 tokens + 18 sliding layers x 128, 8 KV heads x 64 x (K + V) x 2 B
-    active = 4 * 36 * EXPERT_MXFP4 + 2 * rest_of_body(128, 36, active=4) + 4 * EMBED
+    active = 4 * 36 * EXPERT_MXFP4 + 2 * rest_of_body(128, 36, active=4) + 2 * EMBED + 2 * H
     kv = 18 * (8192 + 128) * 8 * 64 * 2 * 2
-    assert d["decode_bytes_per_step"] == active + kv == 6_467_877_504
+    assert d["decode_bytes_per_step"] == active + kv == 5_309_616_384
     assert d["assumptions"]["weights"] == (
         "routed experts' weights in mxfp4 (rows rounded to whole blocks), counted per MoE layer; the rest of the "
         "body in bf16, split evenly per layer; embeddings on the first stage, lm_head on the last, vocab-sharded "
