@@ -205,6 +205,18 @@ def expert_weight_bytes(spec: ModelSpec, dtype: str) -> int:
     return 2 * width * weight_bytes(hidden, dtype) + hidden * weight_bytes(width, dtype)
 
 
+def body_parameters(spec: ModelSpec, *, active: bool) -> int:
+    """Parameters of the layers, without the input embedding and the lm_head: the matmul
+    work of every token (the embedding is a lookup; the lm_head runs only where logits are wanted)."""
+    embed, head = _embedding_params(spec)
+    return max(0, (spec.active_parameters if active else spec.num_parameters) - embed - head)
+
+
+def lm_head_flops(spec: ModelSpec) -> int:
+    """FLOPs of one row of logits: hidden x vocab multiply-adds (tied or not)."""
+    return 2 * spec.vocab_size * spec.hidden_size
+
+
 def stage_weight_bytes(
     spec: ModelSpec, layers_per_stage: list[int], dtype: str, tp: int, *, active: bool = False, lookup_tokens: int | None = None,
 ) -> list[int]:
@@ -461,8 +473,9 @@ class Planner:
             read_weights = active_weights[i] + int((held_weights[i] - active_weights[i]) * share)
             kv = batch * self.layout.stage_rank_bytes(counts, context, paged=False) if kv_bytes_per_rank is None else kv_bytes_per_rank
             step_bytes = read_weights + kv
-            active_params_stage = spec.active_parameters * self.layout.layers_per_stage[i] // layers
-            flops = batch * (2 * active_params_stage // tp + attention_flops_decode(spec, counts, self.layout, context, tp))
+            body_stage = body_parameters(spec, active=True) * self.layout.layers_per_stage[i] // layers
+            logits = lm_head_flops(spec) if i == len(self.layout.layers_per_stage) - 1 else 0
+            flops = batch * ((2 * body_stage + logits) // tp + attention_flops_decode(spec, counts, self.layout, context, tp))
             t_mem, t_compute = step_bytes / bandwidth, (flops / peak if peak else 0.0)
             bounds.add("memory" if t_mem >= t_compute else "compute")
             seconds += max(t_mem, t_compute)
@@ -487,11 +500,13 @@ class Planner:
         weights = stage_weight_bytes(spec, self.layout.layers_per_stage, self.weights_dtype, tp)
         seconds = 0.0
         for i, counts in enumerate(self.layout.stage_kind_counts):
-            params = spec.active_parameters * self.layout.layers_per_stage[i] // spec.num_hidden_layers
+            params = body_parameters(spec, active=True) * self.layout.layers_per_stage[i] // spec.num_hidden_layers
             attn = attention_flops_prefill(spec, counts, self.layout, prompt, tp) - attention_flops_prefill(
                 spec, counts, self.layout, cached_prefix, tp
             ) if cached_prefix else attention_flops_prefill(spec, counts, self.layout, prompt, tp)
-            flops = 2 * params * new // tp + attn
+            # logits for the prompt's last token only (engines prune the others before the lm_head)
+            logits = lm_head_flops(spec) if i == len(self.layout.layers_per_stage) - 1 else 0
+            flops = (2 * params * new + logits) // tp + attn
             seconds += max(flops / peak, weights[i] / bandwidth)
         return seconds
 

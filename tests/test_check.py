@@ -68,11 +68,13 @@ def hand_figures() -> dict:
         # (at most the 256 rows there are), not the 32,768 B table
         read_weights = weights - 256 * 64 * 2 + min(batch, 256) * 64 * 2
         mem = (read_weights + batch * per_seq) / bandwidth
-        flops = batch * (2 * 1_000_000 + 4 * 2 * 4 * 1024 * 32) / peak  # params + attention per token
+        # per token: the layers' parameters (less the two 256 x 64 tables) + one row of logits + attention
+        flops = batch * (2 * (1_000_000 - 2 * 256 * 64) + 2 * 256 * 64 + 4 * 2 * 4 * 1024 * 32) / peak
         return max(mem, flops)
 
     usd_per_s = 2 / 3600
-    prefill_flops = 2 * 1_000_000 * 1024 + 4 * 2 * 4 * 32 * (1024 * 1025 // 2)
+    # the layers for every prompt token, logits for the last one only, causal attention
+    prefill_flops = 2 * (1_000_000 - 2 * 256 * 64) * 1024 + 2 * 256 * 64 + 4 * 2 * 4 * 32 * (1024 * 1025 // 2)
     prefill_s = max(prefill_flops / peak, weights / bandwidth)
     return {
         "kv_bytes_per_token": kv_per_token,

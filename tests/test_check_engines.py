@@ -85,8 +85,10 @@ def usd_out(batch: int, kv_bytes: int) -> float:
 
 
 def usd_in(prompt: int = 8192) -> float:
-    """Prefill: 2 x params per token + attention (32 layers x 2 x 32 heads x (128 + 128) x sum of 1..prompt)."""
-    flops = 2 * PARAMS * prompt + 32 * 2 * 32 * 256 * (prompt * (prompt + 1) // 2)
+    """Prefill: 2 x the layers' parameters (less the two 128,256 x 4,096 tables) per token, one row of
+    logits for the last token, attention (32 layers x 2 x 32 heads x (128 + 128) x sum of 1..prompt)."""
+    table = 128256 * 4096
+    flops = 2 * (PARAMS - 2 * table) * prompt + 2 * table + 32 * 2 * 32 * 256 * (prompt * (prompt + 1) // 2)
     seconds = max(flops / PEAK, WEIGHTS / BANDWIDTH)
     return USD_PER_S * seconds / prompt * 1e6
 
