@@ -193,6 +193,7 @@ class _Cfg:
     def __init__(self, raw: dict[str, Any], defaults: dict[str, Any], where: str):
         self.raw, self.defaults, self.where = raw, defaults, where
         self.defaulted: list[str] = []
+        self.notes: list[str] = []  # what a converter could not say in spec fields
 
     def get(self, key: str, fallback: Any = _ABSENT) -> Any:
         if key in self.raw:
@@ -440,11 +441,33 @@ def _gemma3(c: _Cfg):
     )
 
 
-def _moe_fields(f: dict, experts: int, used: int, moe_inter: Optional[int]) -> None:
+def _moe_fields(
+    f: dict, experts: int, used: int, moe_inter: Optional[int], c: Optional[_Cfg] = None,
+    moe_layers: Optional[list[int]] = None,
+) -> None:
     f["num_local_experts"] = experts
     f["num_experts_per_tok"] = used
     if moe_inter:
         f["moe_intermediate_size"] = moe_inter
+    if moe_layers is not None and c is not None:
+        _moe_layer_fields(f, c, moe_layers)
+
+
+def _moe_layer_fields(f: dict, c: _Cfg, moe_layers: list[int]) -> None:
+    """expert_layer_period / expert_layer_offset for MoE in every p-th layer from o; a note
+    where the layers follow no such pattern (measure then runs every layer as MoE)."""
+    L = f["num_hidden_layers"]
+    if not moe_layers or len(moe_layers) == L:
+        return
+    offset = moe_layers[0]
+    period = moe_layers[1] - moe_layers[0] if len(moe_layers) > 1 else L
+    if offset < period and moe_layers == list(range(offset, L, period)):
+        f["expert_layer_period"], f["expert_layer_offset"] = period, offset
+    else:
+        c.notes.append(
+            f"experts sit in layers {moe_layers}, a pattern the spec cannot state (expert_layer_period/offset); "
+            "kvplan measure runs every layer as MoE"
+        )
 
 
 def _mixtral(c: _Cfg):
@@ -482,7 +505,7 @@ def _qwen_moe(c: _Cfg, *, shared: bool):
         inactive=lambda i: (E - k) * expert if is_moe(i) else 0,
     )
     total, inactive = _decoder_total(h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
-    _moe_fields(f, E, k, moe_inter)
+    _moe_fields(f, E, k, moe_inter, c, [i for i in range(L) if is_moe(i)])
     return f, total, inactive
 
 
@@ -690,8 +713,7 @@ def _jamba(c: _Cfg):
             inactive += (E - k) * expert
         else:
             total += expert
-    f["num_local_experts"] = E
-    f["num_experts_per_tok"] = k
+    _moe_fields(f, E, k, None, c, [i for i in range(L) if is_moe(i)])
     return f, total, inactive
 
 
@@ -754,7 +776,7 @@ def _llama4(c: _Cfg):
         inactive=lambda i: (E - k) * expert if i in moe_set else 0,
     )
     total, inactive = _decoder_total(h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
-    _moe_fields(f, E, k, None)
+    _moe_fields(f, E, k, None, c, sorted(i for i in moe_set if 0 <= i < L))
     return f, total, inactive
 
 
@@ -863,6 +885,7 @@ def convert_config(config: Any, where: str = "config.json") -> Converted:
     fields["model_type"] = outer_type if multimodal and isinstance(outer_type, str) else model_type
     if _dtype(raw):
         fields["torch_dtype"] = _dtype(raw)
+    notes.extend(c.notes)
     if c.defaulted:
         cls = resolved.title().replace("_", "")
         notes.append(f"transformers' {cls}Config defaults used for {', '.join(c.defaulted)} (absent from config.json)")

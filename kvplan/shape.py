@@ -101,16 +101,16 @@ class SpecDerived:
         """One expert's FFN width: moe_intermediate_size where the config has both widths."""
         return self.moe_intermediate_size or self.intermediate_size
 
-    def moe_layers_between(self, start: int, stop: int) -> int:
-        """MoE layers among layers [start, stop): every layer from first_k_dense_replace on.
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether layer `layer` (0-based) has routed experts: from first_k_dense_replace on,
+        every expert_layer_period-th layer at expert_layer_offset (every layer by default)."""
+        if not self.num_routed_experts or layer < (self.first_k_dense_replace or 0):
+            return False
+        return layer % (self.expert_layer_period or 1) == (self.expert_layer_offset or 0)
 
-        Interleaved MoE (Jamba's expert_layer_period, Llama-4 Maverick's
-        interleave_moe_layer_step) has no spec field; ModelSpec refuses
-        `weights_quantized: experts` where this count would not fit num_parameters.
-        """
-        if not self.num_routed_experts:
-            return 0
-        return max(0, stop - max(start, self.first_k_dense_replace or 0))
+    def moe_layers_between(self, start: int, stop: int) -> int:
+        """MoE layers among layers [start, stop)."""
+        return sum(1 for layer in range(start, stop) if self.is_moe_layer(layer))
 
     @property
     def expert_weight_parameters(self) -> int:

@@ -89,6 +89,11 @@ class ModelSpec(BaseModel, SpecDerived):
     num_experts_per_tok: Optional[PositiveInt] = None
     moe_intermediate_size: Optional[PositiveInt] = None
     first_k_dense_replace: Optional[NonNegativeInt] = None
+    # interleaved MoE: layer i (from first_k_dense_replace on) has experts when
+    # i % expert_layer_period == expert_layer_offset (Jamba's names; Qwen-MoE's
+    # decoder_sparse_step and Llama-4's interleave_moe_layer_step s are period s, offset s - 1)
+    expert_layer_period: Optional[PositiveInt] = None
+    expert_layer_offset: Optional[NonNegativeInt] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -171,6 +176,12 @@ class ModelSpec(BaseModel, SpecDerived):
             )
         if self.num_active_parameters is not None and self.num_active_parameters > self.num_parameters:
             raise ValueError("num_active_parameters cannot exceed num_parameters")
+        if self.expert_layer_period is not None or self.expert_layer_offset is not None:
+            if not self.num_routed_experts:
+                raise ValueError("expert_layer_period / expert_layer_offset need routed experts (num_local_experts or n_routed_experts)")
+            period, offset = self.expert_layer_period or 1, self.expert_layer_offset or 0
+            if offset >= period:
+                raise ValueError(f"expert_layer_offset ({offset}) must be smaller than expert_layer_period ({period})")
         if self.weights_quantized == "experts":
             self._check_expert_quantization(embedding)
         return self
@@ -197,7 +208,7 @@ class ModelSpec(BaseModel, SpecDerived):
             raise ValueError(
                 f"weights_quantized 'experts': the routed experts' weights ({what} = "
                 f"{self.routed_expert_weight_parameters:,}) exceed num_parameters less the embeddings ({body:,}); "
-                "experts sit in every layer from first_k_dense_replace on, so use all_linear for interleaved MoE"
+                "check the MoE layers (first_k_dense_replace, expert_layer_period, expert_layer_offset)"
             )
         if self.num_active_parameters is not None:
             active_body = self.num_active_parameters - embedding

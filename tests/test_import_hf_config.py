@@ -243,6 +243,30 @@ def test_jamba_attention_period_and_offset():
 
 
 @pytest.mark.parametrize(
+    "name, period, offset",
+    [
+        ("jamba-1.5-mini", 2, 1),  # expert_layer_period 2, expert_layer_offset 1
+        ("llama-4-maverick-17b-128e", 2, 1),  # interleave_moe_layer_step 2: layers 1, 3, ..., 47
+        ("qwen3-30b-a3b", None, None),  # decoder_sparse_step 1: every layer
+        ("mixtral-8x7b-v0.1", None, None),
+    ],
+)
+def test_interleaved_moe_layers(name, period, offset):
+    fields = convert_config(load(name)).fields
+    assert (fields.get("expert_layer_period"), fields.get("expert_layer_offset")) == (period, offset)
+
+
+def test_moe_layers_without_a_pattern_are_named_in_a_note():
+    cfg = dict(load("qwen3-30b-a3b"), num_hidden_layers=6, mlp_only_layers=[0, 2])
+    conv = convert_config(cfg)
+    assert "expert_layer_period" not in conv.fields
+    assert ("experts sit in layers [1, 3, 4, 5], a pattern the spec cannot state (expert_layer_period/offset); "
+            "kvplan measure runs every layer as MoE") in conv.notes
+    sparse = convert_config(dict(load("qwen3-30b-a3b"), num_hidden_layers=6, decoder_sparse_step=3)).fields
+    assert (sparse["expert_layer_period"], sparse["expert_layer_offset"]) == (3, 2)  # layers 2 and 5
+
+
+@pytest.mark.parametrize(
     "extra, kv_heads",
     [
         (dict(new_decoder_architecture=True, num_kv_heads=2), 2),  # Falcon-40B style

@@ -180,6 +180,15 @@ def test_moe_runs_the_active_experts_width(spec_factory):
     assert any("MoE" in n for n in arch.notes)
 
 
+def test_interleaved_moe_runs_dense_layers_at_their_width(spec_factory):
+    # Jamba-style: experts in layers 1 and 3 (period 2, offset 1); layers 0 and 2 are dense
+    spec = spec_factory(num_hidden_layers=4, num_local_experts=8, num_experts_per_tok=2,
+                        expert_layer_period=2, expert_layer_offset=1)
+    arch = build_arch(spec)
+    assert [l.mlp_width for l in arch.layers] == [128, 256, 128, 256]  # dense 128; 2 experts x 128
+    assert any("2 of 4 layers have experts (one in every 2, from layer 1)" in n for n in arch.notes)
+
+
 def test_mla_defaults_are_stated(spec_factory):
     spec = spec_factory(num_key_value_heads=None, kv_lora_rank=32, qk_rope_head_dim=8)
     arch = build_arch(spec)

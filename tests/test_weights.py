@@ -194,8 +194,14 @@ def test_small_spec_unquantised_dtypes_cast_everything():
     # 8 x 4 MoE layers x 3 x 64 x 48 = 294,912 weights cannot fit 300,000 - 32,768
     (dict(first_k_dense_replace=None, num_active_parameters=None),
      "weights_quantized 'experts': the routed experts' weights (8 experts x 4 MoE layers x 3 x hidden_size x 48 "
-     "= 294,912) exceed num_parameters less the embeddings (267,232); experts sit in every layer from "
-     "first_k_dense_replace on, so use all_linear for interleaved MoE"),
+     "= 294,912) exceed num_parameters less the embeddings (267,232); check the MoE layers "
+     "(first_k_dense_replace, expert_layer_period, expert_layer_offset)"),
+    # every other layer (1 and 3) has experts: 8 x 2 x 9,216 = 147,456 fits, but offset 2 of period 2 is no pattern
+    (dict(first_k_dense_replace=None, num_active_parameters=None, expert_layer_period=2, expert_layer_offset=2),
+     "expert_layer_offset (2) must be smaller than expert_layer_period (2)"),
+    (dict(weights_quantized="all_linear", weights_dtype=None, num_local_experts=None, num_experts_per_tok=None,
+          num_active_parameters=None, expert_layer_period=2),
+     "expert_layer_period / expert_layer_offset need routed experts (num_local_experts or n_routed_experts)"),
     # 2 active experts x 3 layers x 9,216 = 55,296 > 80,000 - 32,768
     (dict(num_active_parameters=80_000),
      "weights_quantized 'experts': the 2 active experts' weights (55,296) exceed num_active_parameters less the "

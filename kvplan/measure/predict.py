@@ -185,7 +185,8 @@ def _mlp_widths(spec: ModelSpec) -> tuple[list[int], list[str]]:
         shared = spec.n_shared_experts or 0
         active = expert * (spec.num_experts_per_tok + shared)
         first_dense = spec.first_k_dense_replace or 0
-        widths = [(dense or active) if i < first_dense else active for i in range(spec.num_hidden_layers)]
+        moe = [spec.is_moe_layer(i) for i in range(spec.num_hidden_layers)]
+        widths = [active if is_moe else (dense or active) for is_moe in moe]
         notes.append(
             f"MoE: each MoE layer runs one dense SwiGLU MLP as wide as its active experts "
             f"({spec.num_experts_per_tok} routed{f' + {shared} shared' if shared else ''} x {expert:,} = {active:,}), "
@@ -193,6 +194,11 @@ def _mlp_widths(spec: ModelSpec) -> tuple[list[int], list[str]]:
         )
         if first_dense:
             notes.append(f"MoE: the first {first_dense} layers are dense (first_k_dense_replace), width {dense or active:,}")
+        if (spec.expert_layer_period or 1) > 1:
+            notes.append(
+                f"MoE: {sum(moe)} of {len(moe)} layers have experts (one in every {spec.expert_layer_period}, from layer "
+                f"{spec.expert_layer_offset or 0}); the others are dense, width {dense or active:,}"
+            )
         return widths, notes
     if dense is None:
         dense = 4 * hidden
