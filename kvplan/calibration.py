@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from kvplan.errors import InputError
 
 
-def measured_bandwidth(path: str) -> tuple[float, str]:
-    """(median achieved decode bandwidth in GB/s, device name) from a `kvplan measure --json` report.
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """What a `kvplan measure --json` report says about decode bandwidth."""
+
+    path: str
+    achieved_gbps: float  # median over the report's runs, 1e9 B/s
+    device: str  # "cpu" or "cuda:N"
+    device_name: str  # as torch names it (NVML's name on NVIDIA GPUs)
+
+
+def read_calibration(path: str) -> Calibration:
+    """The median achieved decode bandwidth and the device of a `kvplan measure --json` report.
 
     Each run of the report carries `achieved_gbps`: the bytes a decode step read
     (weights + KV) over its measured median time. The planner divides it by the
@@ -21,6 +33,8 @@ def measured_bandwidth(path: str) -> tuple[float, str]:
         data = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"--calibration {path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"--calibration {path}: a folder, not a kvplan measure JSON report") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"--calibration {path}: not a kvplan measure JSON report ({exc})") from None
     runs = data.get("runs") if isinstance(data, dict) else None
@@ -34,10 +48,32 @@ def measured_bandwidth(path: str) -> tuple[float, str]:
             f"--calibration {path}: no run with 'achieved_gbps' found; "
             "pass a report written by `kvplan measure --json FILE`"
         )
-    device = str(data.get("device_name") or data.get("device") or "unknown device")
-    return statistics.median(values), device
+    assert isinstance(data, dict)
+    device = str(data.get("device") or "")
+    name = str(data.get("device_name") or device or "unknown device")
+    return Calibration(path, statistics.median(values), device, name)
 
 
-def bandwidth_efficiency(achieved_gbps: float, peak_gbps: float) -> float:
-    """Achieved / peak, capped at 1 (a report from a faster device cannot exceed this GPU's peak)."""
-    return min(1.0, achieved_gbps / peak_gbps)
+def bandwidth_efficiency(calibration: Calibration, gpu_name: str, peak_gbps: float, nvml_name: Optional[str]) -> float:
+    """Achieved / peak on the GPU the report was measured on; InputError where the report
+    cannot speak for `gpu_name`: measured on the CPU, on another GPU, or faster than its peak."""
+    where = f"--calibration {calibration.path}"
+    if calibration.device == "cpu":
+        raise InputError(
+            f"{where} was measured on the CPU ({calibration.device_name}), not on {gpu_name}: "
+            f"run `kvplan measure MODEL --device cuda --json FILE` on that GPU"
+        )
+    efficiency = calibration.achieved_gbps / peak_gbps
+    apply_anyway = f"pass --bandwidth-efficiency {min(efficiency, 1.0):.2f} to apply it anyway"
+    if nvml_name is not None and calibration.device_name.strip().lower() != nvml_name.lower():
+        raise InputError(
+            f"{where} was measured on {calibration.device_name}, not on {gpu_name} ({nvml_name}); "
+            f"its {calibration.achieved_gbps:,.0f} GB/s over {gpu_name}'s {peak_gbps:,.0f} GB/s peak is "
+            f"{efficiency:.2f}: {apply_anyway}"
+        )
+    if efficiency > 1.0:
+        raise InputError(
+            f"{where}: {calibration.achieved_gbps:,.0f} GB/s achieved is above {gpu_name}'s "
+            f"{peak_gbps:,.0f} GB/s peak, so the report is not from this GPU (or its peak is wrong)"
+        )
+    return efficiency

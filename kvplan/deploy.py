@@ -145,11 +145,11 @@ def plan_options(
 
 
 def calibrated_efficiency(calibration: str, gpu: GPU) -> float:
-    """The bandwidth efficiency a `kvplan measure --json` report implies on `gpu`: achieved / peak."""
-    from kvplan.calibration import bandwidth_efficiency, measured_bandwidth
+    """The bandwidth efficiency a `kvplan measure --json` report implies on `gpu`: achieved / peak
+    (InputError when the report was measured elsewhere: see calibration.bandwidth_efficiency)."""
+    from kvplan.calibration import bandwidth_efficiency, read_calibration
 
-    achieved_gbps, _device = measured_bandwidth(calibration)
-    return bandwidth_efficiency(achieved_gbps, gpu.memory_bandwidth_gbps)
+    return bandwidth_efficiency(read_calibration(calibration), gpu.name, gpu.memory_bandwidth_gbps, gpu.nvml_name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -291,8 +291,8 @@ def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
     for line in r["vllm_log"]:
         lines.append(("vLLM would log", line))
     lines.append(("decode step", f"{fmt_seconds(r['decode_step_s'])} at batch {fmt_int(r['batch'])} ({r['decode_bound']}-bound: "
-                  f"{size(r['decode_bytes_per_step'], exact)} read per step, bandwidth × {a['bandwidth_efficiency']})"))
-    lines.append(("prefill", f"{fmt_seconds(r['prefill_s'])} for {fmt_int(r['prefill_tokens'])} prompt tokens (peak × {a['compute_efficiency']})"))
+                  f"{size(r['decode_bytes_per_step'], exact)} read per step, bandwidth × {a['bandwidth_efficiency']:.3g})"))
+    lines.append(("prefill", f"{fmt_seconds(r['prefill_s'])} for {fmt_int(r['prefill_tokens'])} prompt tokens (peak × {a['compute_efficiency']:.3g})"))
     lines.append(("throughput", f"{r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_gpu']:,.0f} per GPU) at batch {fmt_int(r['batch'])}"))
     if r["cost_batch"]:
         lines.append(("cost", f"{fmt_usd(r['usd_per_million_output_tokens'])} per 1M output, {fmt_usd(r['usd_per_million_input_tokens'])} per 1M input "

@@ -99,6 +99,28 @@ def test_calibration_from_a_measure_report(capsys, tmp_path):
     assert json.loads(r.stdout)["assumptions"]["bandwidth_efficiency"] == 2500.0 / 3350.0
 
 
+@pytest.mark.parametrize(
+    "device, name, gbps, message",
+    [
+        ("cpu", "AMD EPYC", 5.0,
+         "error: --calibration {r} was measured on the CPU (AMD EPYC), not on h100-sxm: run "
+         "`kvplan measure MODEL --device cuda --json FILE` on that GPU\n"),
+        ("cuda:0", "NVIDIA A100-SXM4-80GB", 1700.0,
+         "error: --calibration {r} was measured on NVIDIA A100-SXM4-80GB, not on h100-sxm (NVIDIA H100 80GB HBM3); "
+         "its 1,700 GB/s over h100-sxm's 3,350 GB/s peak is 0.51: pass --bandwidth-efficiency 0.51 to apply it anyway\n"),
+        ("cuda:0", "NVIDIA H100 80GB HBM3", 99999.0,
+         "error: --calibration {r}: 99,999 GB/s achieved is above h100-sxm's 3,350 GB/s peak, so the report is not "
+         "from this GPU (or its peak is wrong)\n"),
+    ],
+)
+def test_calibration_must_come_from_the_gpu_planned_for(capsys, tmp_path, device, name, gbps, message):
+    report = tmp_path / "r.json"
+    report.write_text(json.dumps({"device": device, "device_name": name, "runs": [{"achieved_gbps": gbps}]}))
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--calibration", str(report))
+    assert (r.exit_code, r.stdout) == (2, "")
+    assert r.stderr == message.format(r=report)
+
+
 def test_calibration_rejects_other_json(capsys, tmp_path):
     report = tmp_path / "r.json"
     report.write_text(json.dumps({"hello": 1}))
