@@ -72,9 +72,18 @@ def parse_str_list(text: str) -> list[str]:
     return [p.strip() for p in str(text).split(",") if p.strip()]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from kvplan import __version__
+
+        sys.stdout.write(f"kvplan {__version__}\n")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors (the exit status stays the same).")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print kvplan's version and exit.", is_eager=True, callback=_print_version)] = False,
 ) -> None:
     _state["debug"] = debug
 
@@ -421,9 +430,11 @@ def main() -> None:
         app(standalone_mode=False)
     except KvplanError as exc:
         if _state["debug"]:
-            raise
+            import traceback
+
+            traceback.print_exc()
         sys.stderr.write(f"error: {exc.message}\n")
-        sys.exit(exc.exit_code)
+        sys.exit(exc.exit_code)  # --debug adds the traceback, never changes the status
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)
@@ -432,14 +443,18 @@ def main() -> None:
         if isinstance(exc, exceptions.ClickException):
             exc.show()
             sys.exit(exc.exit_code)
-        if _state["debug"]:
-            raise
         if type(exc).__name__ == "Exit":
             sys.exit(getattr(exc, "exit_code", 0))
         if type(exc).__name__ == "Abort":
             sys.stderr.write("aborted\n")
             sys.exit(1)
-        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)\n")
+        if _state["debug"]:
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.write(f"internal error: {type(exc).__name__}: {exc}\n")
+        else:
+            sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)\n")
         sys.exit(70)
 
 

@@ -192,3 +192,27 @@ def test_help_lists_every_command():
     assert proc.returncode == 0
     for command in ("estimate", "models", "show", "gpus", "import", "check", "diff", "measure", "compare"):
         assert f"  {command} " in proc.stdout, command
+
+
+def test_debug_adds_the_traceback_and_keeps_the_exit_status():
+    import subprocess
+    import sys
+
+    plain = subprocess.run([sys.executable, "-m", "kvplan", "estimate", "llama-3.1-8b", "--context", "abc"],
+                           capture_output=True, text=True)
+    debug = subprocess.run([sys.executable, "-m", "kvplan", "--debug", "estimate", "llama-3.1-8b", "--context", "abc"],
+                           capture_output=True, text=True)
+    message = "error: --context 'abc': 'abc' is not a whole number\n"
+    assert (plain.returncode, plain.stderr) == (2, message)
+    assert debug.returncode == 2
+    assert debug.stderr.startswith("Traceback (most recent call last):") and debug.stderr.endswith(message)
+
+
+def test_version():
+    import subprocess
+    import sys
+
+    import kvplan
+
+    done = subprocess.run([sys.executable, "-m", "kvplan", "--version"], capture_output=True, text=True)
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"kvplan {kvplan.__version__}\n", "")
