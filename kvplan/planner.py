@@ -33,8 +33,8 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM CacheConfig.gpu_memory_utilization
 DEFAULT_NON_TORCH_BYTES = 512 * MIB
 DEFAULT_NON_TORCH_BYTES_TP = 1 * GIB
 DEFAULT_MAX_NUM_SEQS = 256  # vLLM SchedulerConfig.max_num_seqs (sampler logits in the profile run)
-# Decode reaches ~80-87% of peak DRAM bandwidth: large device copies measure 83% (V100),
-# 87% (A100) of peak (shared/reference/gpus.yaml achieved_copy_GBps). Calibrate with measure.
+# Decode reaches ~80% of peak DRAM bandwidth: large device copies measure 83% (V100),
+# 87% (A100), 77% (H100) of peak (kvplan/data/gpus.yaml achieved_copy_gbps). Calibrate with measure.
 DEFAULT_BANDWIDTH_EFFICIENCY = 0.8
 # Prefill model-FLOPs utilisation: an assumption (dense bf16 GEMMs at large token counts
 # typically reach 40-60% of datasheet peak). Calibrate with `kvplan measure --json`.
