@@ -68,6 +68,13 @@ def parse_int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
     return values
 
 
+def warn_beyond_positions(spec, tokens: int, what_happens: str, flag: str = "--context") -> None:
+    """A warning on stderr when `tokens` exceeds the model's max_position_embeddings."""
+    limit = spec.max_position_embeddings
+    if limit and tokens > limit:
+        sys.stderr.write(f"warning: {flag} {tokens:,} exceeds {spec.name}'s max_position_embeddings ({limit:,}); {what_happens}\n")
+
+
 def parse_str_list(text: str) -> list[str]:
     return [p.strip() for p in str(text).split(",") if p.strip()]
 
@@ -163,12 +170,7 @@ def estimate(
     tps = parse_int_list(tp, "--tensor-parallel-size")
     if svg is not None:
         _check_output_folder(svg, "--svg")  # before any work: nothing is printed and then refused
-    limit = spec.max_position_embeddings
-    if limit and max(contexts) > limit:
-        sys.stderr.write(
-            f"warning: --context {max(contexts):,} exceeds {spec.name}'s max_position_embeddings ({limit:,}); "
-            "sized as asked (engines refuse it without rope scaling)\n"
-        )
+    warn_beyond_positions(spec, max(contexts), "sized as asked (engines refuse it without rope scaling)")
     if engine not in ("vllm", "ideal") + _profiles.PROFILE_ENGINES:
         raise InputError(f"--engine {engine!r} is not one of vllm, ideal, hf, llama.cpp, sglang, trtllm")
     if engine in _profiles.PROFILE_ENGINES:  # the engine's own allocation and budget rules (kvplan.engines)

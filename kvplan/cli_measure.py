@@ -43,7 +43,7 @@ def write_json_atomic(path: Path, data: object) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add the `measure` command to `app`."""
-    from kvplan.cli import BatchOpt, BytesOpt, ContextOpt, ModelArg, parse_int_list
+    from kvplan.cli import BatchOpt, BytesOpt, ContextOpt, ModelArg, parse_int_list, warn_beyond_positions
 
     @app.command()
     def measure(
@@ -75,6 +75,10 @@ def register(app: typer.Typer) -> None:
         spec = resolve_spec(model)
         contexts = tuple(parse_int_list(context, "--context"))
         batches = tuple(parse_int_list(batch, "--batch"))
+        warn_beyond_positions(
+            spec, max(contexts) + decode_steps, "run as asked (the random-weight decoder has no position limit)",
+            flag="--context + --decode-steps",
+        )
         if layers is not None and not 1 <= layers <= spec.num_hidden_layers:
             raise InputError(f"--layers {layers}: {spec.name} has {spec.num_hidden_layers} layers; use 1 to {spec.num_hidden_layers}")
 

@@ -345,3 +345,14 @@ def test_nvml_and_allocator_readings_on_cuda(tmp_path):
     assert run["peak_allocated_bytes"] >= run["predicted_kv_bytes"]
     assert run["decode_mode"] == "cuda-graph" or run["decode_mode"].startswith("eager (graph capture failed")
     assert run["verify_ok"] is True
+
+
+def test_context_beyond_the_model_warns(capsys, tmp_path):
+    # TINY has max_position_embeddings 16 here: 14 + 4 decode steps = 18 positions
+    spec = _yaml(tmp_path, max_position_embeddings=16)
+    r = run_cli(capsys, "measure", spec, "--context", "14", "--decode-steps", "4", "--warmup-steps", "0", "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.startswith(
+        "warning: --context + --decode-steps 18 exceeds tiny's max_position_embeddings (16); "
+        "run as asked (the random-weight decoder has no position limit)\n"
+    )
