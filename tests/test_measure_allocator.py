@@ -18,6 +18,7 @@ from kvplan.measure.allocator import (
     cuda_allocations,
     cuda_round_size,
     cuda_segment_size,
+    free_blocks,
     glibc_allocations,
     glibc_mmap_bytes,
 )
@@ -150,3 +151,23 @@ def test_glibc_rule_holds_on_this_machine():
         keep.append(torch.zeros(nbytes, dtype=torch.uint8))
         modelled = glibc_allocations([nbytes], MMAP_THRESHOLD_BYTES, top)
         assert malloc.libc.mallinfo2().hblkhd - mapped == modelled.reserved_bytes, nbytes
+
+
+def test_free_blocks_from_a_snapshot():
+    """Only inactive blocks of this device's default pool on this stream can serve a new tensor."""
+    def segment(device=0, stream=0, kind="large", pool=(0, 0), blocks=()):
+        return {"device": device, "stream": stream, "segment_type": kind, "segment_pool_id": pool,
+                "blocks": [{"size": size, "state": state} for size, state in blocks]}
+
+    snapshot = [
+        segment(blocks=[(4 * MiB, "active_allocated"), (16 * MiB, "inactive")]),
+        segment(kind="small", blocks=[(512, "active_allocated"), (2 * MiB - 512, "inactive")]),
+        segment(device=1, blocks=[(20 * MiB, "inactive")]),  # another GPU
+        segment(stream=7, blocks=[(20 * MiB, "inactive")]),  # another stream
+        segment(pool=(1, 0), blocks=[(20 * MiB, "inactive")]),  # a CUDA graph's private pool
+        segment(blocks=[(6 * MiB, "active_awaiting_free"), (14 * MiB, "inactive")]),
+    ]
+    assert free_blocks(snapshot, 0, 0) == [(16 * MiB, False), (2 * MiB - 512, True), (14 * MiB, False)]
+    # a 12 MiB cache tensor then takes the 14 MiB block (best fit) and splits it: nothing new reserved
+    delta = cuda_allocations([12 * MiB], free_blocks(snapshot, 0, 0))
+    assert (delta.allocated_bytes, delta.reserved_bytes) == (12 * MiB, 0)

@@ -106,6 +106,24 @@ def cuda_allocations(sizes: Iterable[int], free_blocks: Iterable[tuple[int, bool
     return AllocatorDelta(requested, allocated, reserved, segments)
 
 
+def free_blocks(segments: list[dict], device_index: int, stream: int) -> list[tuple[int, bool]]:
+    """The free blocks of a `torch.cuda.memory_snapshot()` that a new tensor on `device_index`
+    and `stream` may reuse: (bytes, in the small pool), from the default pool's segments.
+
+    A snapshot segment holds `device`, `stream`, `segment_type` ("small" / "large"),
+    `segment_pool_id` ((0, 0) for the default pool; CUDA graphs own others) and `blocks`,
+    each with `size` and `state` ("active_allocated", "active_awaiting_free", "inactive")."""
+    found = []
+    for segment in segments:
+        if segment.get("device") != device_index or tuple(segment.get("segment_pool_id", (0, 0))) != (0, 0):
+            continue
+        if segment.get("stream", stream) != stream:
+            continue
+        small = segment.get("segment_type") == "small"
+        found.extend((block["size"], small) for block in segment["blocks"] if block["state"] == "inactive")
+    return found
+
+
 # glibc malloc, x86_64 and aarch64 (malloc/malloc.c): SIZE_SZ 8, MALLOC_ALIGNMENT 16
 GLIBC_SIZE_SZ = 8
 GLIBC_MALLOC_ALIGNMENT = 16

@@ -22,6 +22,8 @@ from typing import Callable
 
 import torch
 
+from kvplan.measure.allocator import free_blocks
+
 
 def sync(device: torch.device) -> None:
     """Wait for all queued work on `device` (a no-op on the CPU, where ops are synchronous)."""
@@ -152,15 +154,7 @@ def cuda_free_blocks(device: torch.device) -> list[tuple[int, bool]]:
     default pool on `device` for the current stream: blocks a new tensor may reuse
     instead of a fresh segment (torch.cuda.memory_snapshot)."""
     stream = torch.cuda.current_stream(device).cuda_stream
-    free = []
-    for segment in torch.cuda.memory_snapshot():
-        if segment.get("device") != device.index or tuple(segment.get("segment_pool_id", (0, 0))) != (0, 0):
-            continue
-        if segment.get("stream", stream) != stream:
-            continue
-        small = segment.get("segment_type") == "small"
-        free.extend((block["size"], small) for block in segment["blocks"] if block["state"] == "inactive")
-    return free
+    return free_blocks(torch.cuda.memory_snapshot(), device.index, stream)
 
 
 class Nvml:
