@@ -168,8 +168,8 @@ def _recognised(path: Path, kind: ReportKind) -> bool:
 
 
 def model_inputs(ref: str, doing: str) -> list[Input]:
-    """The files a model reference reads: a spec YAML, config.json or .gguf itself, and for a model's own
-    files the weights' headers and index beside them. Catalog names read nothing of the user's.
+    """The files a model reference reads: a spec YAML (a catalog name's too), config.json or .gguf
+    itself, and for a model's own files the weights' headers and index beside them.
 
     Best effort: a reference that points nowhere reads nothing, and resolving it reports that.
     """
@@ -179,13 +179,18 @@ def model_inputs(ref: str, doing: str) -> list[Input]:
         if path.suffix.lower() in (".json", ".gguf"):
             found += _beside(path, doing)
         return found
+    from kvplan.catalog import SPECS_DIR
+
+    catalog_file = SPECS_DIR / f"{ref.lower()}.yaml"  # a catalog name: its spec, in a checkout of kvplan
+    if catalog_file.is_file():
+        return [(str(catalog_file), f"the model being {doing}")]
     if not (path.is_dir() or "/" in ref):
-        return []  # a catalog name
+        return []
     from kvplan import model_source  # a folder or hub id: what `resolve_spec` itself would locate
 
     try:
         located = model_source.locate(ref)
-    except InputError:
+    except (InputError, OSError):
         return []
     return [(str(located.path), f"the model being {doing}"), *_beside(located.path, doing)]
 

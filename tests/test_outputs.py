@@ -448,3 +448,12 @@ def test_writers_of_estimate_and_check_never_import_torch(work):
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=work)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_catalog_models_own_spec_is_an_input(capsys, tmp_path):
+    from kvplan.catalog import SPECS_DIR
+
+    spec = SPECS_DIR / "llama-3.1-8b.yaml"
+    with unchanged(spec):
+        r = run_cli(capsys, "estimate", "llama-3.1-8b", "--svg", str(spec), "--force")
+    assert r.exit_code == 2 and r.stderr == f"error: --svg {spec} is the model being estimated; choose another file\n"
