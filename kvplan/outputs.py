@@ -131,7 +131,7 @@ def check_output(path: str | os.PathLike, flag: str, kind: ReportKind, *, inputs
         if target.parent.exists():
             raise InputError(f"{flag} {shown}: {folder} is a file, not a folder")
         raise InputError(f"{flag} {shown}: folder {folder} does not exist")
-    if target.exists() or target.is_symlink():
+    if target.exists():
         for source, what in inputs:
             try:
                 same = os.path.samefile(target, os.path.expanduser(source))
