@@ -1,5 +1,10 @@
 """Writing files so that a reader never sees half of one: a temporary file in the same
-folder, flushed to disk, then renamed over the target (atomic on POSIX)."""
+folder, flushed to disk, then renamed over the target (atomic on POSIX).
+
+Whether the target may be written at all (not an input, not someone else's file, a
+folder that exists and can be written in) is `kvplan.outputs.check_output`, which every
+command runs before its work; this module only writes.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +16,21 @@ from kvplan.errors import InputError
 
 
 def write_text_atomically(path: str | Path, text: str, flag: str) -> Path:
-    """Write `text` to `path` atomically; `flag` names the option in errors (e.g. '--output')."""
-    target = Path(os.path.abspath(path))
+    """Write `text` to `path` atomically; `flag` names the option in errors (e.g. '--output').
+
+    A link is followed: the file it names is replaced and the link kept. Any OSError
+    (a full disk, a folder made read-only since the check) is an InputError naming the flag.
+    """
+    shown = os.fspath(path)
+    target = Path(os.path.realpath(os.path.expanduser(shown)))
     if target.is_dir():
-        raise InputError(f"{flag} {path}: is a folder; give a file name")
+        raise InputError(f"{flag} {shown}: is a folder; give a file name")
     folder = target.parent
     if not folder.is_dir():
-        raise InputError(f"{flag} {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        raise InputError(f"{flag} {shown}: folder {os.path.dirname(os.path.abspath(shown))} does not exist")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -28,7 +39,9 @@ def write_text_atomically(path: str | Path, text: str, flag: str) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the user's usual mode
         os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as exc:
+        raise InputError(f"{flag} {shown}: cannot be written ({exc.strerror or exc})") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            Path(tmp).unlink(missing_ok=True)
     return target

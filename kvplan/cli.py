@@ -156,7 +156,8 @@ def estimate(
     output_tokens: Annotated[Optional[int], typer.Option("--output-tokens", help="Output tokens per request (workload sizing).")] = None,
     requests_per_s: Annotated[Optional[float], typer.Option("--requests-per-s", help="Workload: requests per second to size GPUs for.")] = None,
     shared_prefix_tokens: Annotated[int, typer.Option("--shared-prefix-tokens", help="Prompt tokens every request shares, cached once (prefix caching).")] = 0,
-    svg: Annotated[Optional[str], typer.Option("--svg", help="Also save what the table shows as an SVG file.")] = None,
+    svg: Annotated[Optional[str], typer.Option("--svg", help="Also save what the table shows as an SVG file (an existing file only if it is an SVG; see --force).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Let --svg replace an existing file that is not an SVG.")] = False,
     fmt: FormatOpt = OutputFormat.table,
     exact: BytesOpt = False,
 ) -> None:
@@ -164,12 +165,12 @@ def estimate(
     from kvplan.calc import CacheLayout
     from kvplan.catalog import resolve_spec
 
+    if svg is not None:  # before any work: nothing is printed and then refused, nothing the user wrote replaced
+        _check_svg(svg, fmt, force, model, gpu, calibration)
     spec = resolve_spec(model, fast=True)
     contexts = parse_int_list(context, "--context")
     batches = parse_int_list(batch, "--batch")
     tps = parse_int_list(tp, "--tensor-parallel-size")
-    if svg is not None:
-        _check_output_folder(svg, "--svg")  # before any work: nothing is printed and then refused
     warn_beyond_positions(spec, max(contexts), "sized as asked (engines refuse it without rope scaling)")
     if engine not in ("vllm", "ideal") + _profiles.PROFILE_ENGINES:
         raise InputError(f"--engine {engine!r} is not one of vllm, ideal, hf, llama.cpp, sglang, trtllm")
@@ -184,7 +185,7 @@ def estimate(
             cache_type_k=cache_type_k, cache_type_v=cache_type_v, kv_unified=kv_unified,
             mem_fraction_static=mem_fraction_static, page_size=page_size, swa_full_tokens_ratio=swa_full_tokens_ratio,
             max_total_tokens=max_total_tokens, tokens_per_block=tokens_per_block,
-            free_gpu_memory_fraction=free_gpu_memory_fraction)
+            free_gpu_memory_fraction=free_gpu_memory_fraction, svg=svg)
     from kvplan import deploy
 
     if block_size is not None and block_size < 1:
@@ -205,7 +206,7 @@ def estimate(
             for t in tps
         ]
         results = [layout.at(c, b).to_dict() for layout in layouts for c in contexts for b in batches]
-        _render_estimates(results, fmt, exact)
+        _render_estimates(results, fmt, exact, svg)
         return
     from kvplan.gpus import gpu_from_options
     from kvplan.planner import Planner
@@ -243,15 +244,22 @@ def estimate(
     _render_plans(rows, fmt, exact, svg)
 
 
-def _check_output_folder(path: str, flag: str) -> None:
-    import os
+def _check_svg(svg: str, fmt: OutputFormat, force: bool, model: str, gpu: Optional[str], calibration: Optional[str]) -> None:
+    """--svg saves what the table shows (with or without --gpu); refused where it could not, or must not, write."""
+    from kvplan import outputs
 
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError(f"{flag} {path}: folder {folder} does not exist")
+    if fmt is not OutputFormat.table:
+        raise InputError(f"--svg saves the table; it cannot be used with --format {fmt.value} (drop one of them)")
+
+    def inputs():  # read only when --svg names an existing file
+        yield from outputs.model_inputs(model, "estimated")
+        yield from outputs.file_inputs(parse_str_list(gpu) if gpu else [], "the --gpu file")
+        yield from outputs.file_inputs([calibration], "the --calibration report")
+
+    outputs.check_output(svg, "--svg", outputs.SVG, inputs=inputs(), force=force)
 
 
-def _render_estimates(results: list[dict], fmt: OutputFormat, exact: bool) -> None:
+def _render_estimates(results: list[dict], fmt: OutputFormat, exact: bool, svg: str | None = None) -> None:
     from kvplan import render
 
     single = len(results) == 1
@@ -269,7 +277,7 @@ def _render_estimates(results: list[dict], fmt: OutputFormat, exact: bool) -> No
             text = render.markdown_table(render.SWEEP_HEADERS, [render.sweep_row(r, exact) for r in results])
         render.write(text)
     else:
-        out = render.console()
+        out = render.console(record=svg is not None)
         if single:
             est = results[0]
             out.print(render.rich_table(render.estimate_header(est), render.KIND_HEADERS, render.estimate_kind_rows(est, exact)))
@@ -280,6 +288,8 @@ def _render_estimates(results: list[dict], fmt: OutputFormat, exact: bool) -> No
             first = results[0]
             title = f"{first['model']} · {len(results)} combinations · {first['block_size']}-token blocks"
             out.print(render.rich_table(title, render.SWEEP_HEADERS, [render.sweep_row(r, exact) for r in results]))
+        if svg:
+            render.save_svg(out, svg)
 
 
 def _render_plans(rows: list[dict], fmt: OutputFormat, exact: bool, svg: str | None) -> None:

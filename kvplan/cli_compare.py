@@ -267,8 +267,8 @@ def engine_kind_rows(cache, exact: bool) -> list[list[str]]:
     return rows
 
 
-def render_engine(results: list[tuple], fmt: OutputFormat, exact: bool) -> None:
-    """`estimate --engine <profile>`: one (cache, capacity) per combination."""
+def render_engine(results: list[tuple], fmt: OutputFormat, exact: bool, svg: Optional[str] = None) -> None:
+    """`estimate --engine <profile>`: one (cache, capacity) per combination; `svg` saves the table too."""
     from kvplan import render
 
     if fmt is OutputFormat.json:
@@ -302,7 +302,10 @@ def render_engine(results: list[tuple], fmt: OutputFormat, exact: bool) -> None:
         if fmt is OutputFormat.markdown:
             render.write(f"**{title}**\n\n" + render.markdown_table(headers, rows))
         else:
-            render.console().print(render.rich_table(title, headers, rows))
+            out = render.console(record=svg is not None)
+            out.print(render.rich_table(title, headers, rows))
+            if svg:
+                render.save_svg(out, svg)
         return
     cache, capacity = results[0]
     title = f"{cache.model} · {cache.engine} · context {cache.context:,} · batch {cache.batch:,} · KV {cache.kv_cache_dtype}"
@@ -312,7 +315,7 @@ def render_engine(results: list[tuple], fmt: OutputFormat, exact: bool) -> None:
         text += "\n" + render.markdown_table(["", "value"], lines)
         render.write(text)
         return
-    out = render.console()
+    out = render.console(record=svg is not None)
     if cache.by_kind:
         out.print(render.rich_table(title, ENGINE_KIND_HEADERS, engine_kind_rows(cache, exact)))
     else:
@@ -320,6 +323,8 @@ def render_engine(results: list[tuple], fmt: OutputFormat, exact: bool) -> None:
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         out.print(f"{key:<{width}}  {value}", markup=False, soft_wrap=True)  # log lines stay whole
+    if svg:
+        render.save_svg(out, svg)
 
 
 # ------------------------------------------------------------------ estimate --engine <profile>
@@ -327,7 +332,7 @@ def render_engine(results: list[tuple], fmt: OutputFormat, exact: bool) -> None:
 
 def estimate_profile(spec, engine: str, *, contexts, batches, tps, kv_cache_dtype: str, state_dtype, gpu,
                      gpu_memory, dtype, activation_memory, non_torch_memory, fmt: OutputFormat, exact: bool,
-                     **engine_flags) -> None:
+                     svg: Optional[str] = None, **engine_flags) -> None:
     """`kvplan estimate --engine hf|llama.cpp|sglang|trtllm`: the engine's cache (and capacity with --gpu).
 
     `engine_flags` are the engine options of `engine_options` (--hf-cache, --parallel, --page-size ...).
@@ -378,7 +383,7 @@ def estimate_profile(spec, engine: str, *, contexts, batches, tps, kv_cache_dtyp
                                                 activation=activation, non_torch=non_torch)
                             cap = module.capacity(spec, c, b, eopts, mem, **kwargs)
                         results.append((cache, cap))
-    render_engine(results, fmt, exact)
+    render_engine(results, fmt, exact, svg)
 
 
 # ------------------------------------------------------------------ compare

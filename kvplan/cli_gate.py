@@ -59,12 +59,20 @@ def check(
     ] = CheckFormat.table,
     output: Annotated[
         Optional[str],
-        typer.Option("--output", "-o", metavar="FILE", help="Write the --format report to FILE (atomically); the table still goes to stdout."),
+        typer.Option("--output", "-o", metavar="FILE", help="Write the --format report to FILE (atomically); the table still goes to stdout. "
+                     "An existing FILE is replaced only if it is a report of the same format (see --force)."),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Let --output replace an existing file that is not a report of this --format.")
+    ] = False,
 ) -> None:
     """Check every deployment of PLAN against its budgets: exit 0 all pass, 1 any fails, 2 invalid plan."""
     from kvplan import report_formats
 
+    if output is not None:  # before any work: a report must never replace the plan, or a file the user wrote
+        from kvplan.outputs import check_output
+
+        check_output(output, "--output", _output_kind(fmt), inputs=_plan_inputs(Path(plan)), force=force)
     try:
         report = run_check(Path(plan), plan)
     except InputError as exc:
@@ -80,6 +88,45 @@ def check(
     if not report.passed:
         sys.stderr.write(f"kvplan check: {report_formats.summary(report)}\n")
         sys.exit(1)
+
+
+def _output_kind(fmt: CheckFormat):
+    """What an existing --output file must be to be replaced without --force (kvplan.outputs)."""
+    from kvplan import outputs
+
+    return {
+        CheckFormat.table: outputs.CHECK_TABLE,
+        CheckFormat.json: outputs.CHECK_JSON,
+        CheckFormat.junit: outputs.JUNIT,
+        CheckFormat.markdown: outputs.CHECK_MARKDOWN,
+        CheckFormat.github: outputs.CHECK_GITHUB,
+    }[fmt]
+
+
+def _plan_inputs(path: Path):
+    """The files a plan reads: itself, and the specs, GPU files and calibration reports its deployments name.
+
+    A generator: `check_output` reads it only when --output names an existing file. Best effort,
+    before the plan is validated: what cannot be read here, `run_check` reports.
+    """
+    from kvplan.outputs import file_inputs, model_inputs
+
+    yield str(path), "the plan being checked"
+    try:
+        from kvplan.catalog import read_yaml
+
+        data, _ = read_yaml(path)
+    except InputError:
+        return
+    entries = data.get("deployments") if isinstance(data, dict) else None
+    base = path.parent
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        model, gpu, calibration = (entry.get(k) for k in ("model", "gpu", "calibration"))
+        if isinstance(model, str):
+            yield from model_inputs(_rebase(model, base), "checked by this plan")
+        yield from file_inputs([_rebase(v, base) for v in (gpu, calibration) if isinstance(v, str)], "a file this plan reads")
 
 
 def _render_check(report, fmt: CheckFormat, for_file: bool) -> str:

@@ -61,15 +61,14 @@ def spec_yaml(spec: "ModelSpec") -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomically(path: Path, text: str, force: bool) -> None:
-    """Write `text` to `path` atomically; refuse to overwrite unless `force`."""
-    from kvplan.atomic import write_text_atomically
+def check_destination(path: Path, source: str, force: bool) -> None:
+    """Refuse, before any work, a destination that is a folder, the model's own files, or (without
+    `force`) any existing file; see kvplan.outputs."""
+    from kvplan.outputs import SPEC_YAML, check_output, model_inputs
 
     if path.is_dir():
         raise InputError(f"-o {path}: is a folder; give a file name such as {path / 'model.yaml'}")
-    if path.exists() and not force:
-        raise InputError(f"{path} already exists; pass --force to overwrite it")
-    write_text_atomically(path, text, "-o")
+    check_output(path, "-o", SPEC_YAML, inputs=model_inputs(source, "imported"), force=force)
 
 
 def register(app: typer.Typer) -> None:
@@ -93,16 +92,19 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="Overwrite the output file if it exists.")] = False,
     ) -> None:
         """Write a spec YAML for a model from its own files, offline (nothing in them is run)."""
+        from kvplan.atomic import write_text_atomically
         from kvplan.catalog import load_spec_file
         from kvplan.model_source import spec_from_source
 
+        path = None if output == "-" else Path(output).expanduser()
+        if path is not None:
+            check_destination(path, source, force)
         spec = spec_from_source(source, name=name)
         text = spec_yaml(spec)
-        if output == "-":
+        if path is None:
             sys.stdout.write(text)
             return
-        path = Path(output).expanduser()
-        write_atomically(path, text, force)
+        write_text_atomically(path, text, "-o")
         again = load_spec_file(path)  # the file must read back as the same spec
         if again != spec:
             raise InputError(f"{path}: written, but it does not read back as the same spec (please report this)")

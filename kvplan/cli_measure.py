@@ -59,7 +59,8 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option("--seed", help="Seed of the random weights and tokens.")] = 0,
         cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs", help="Time decode steps as a replayed CUDA graph (GPU only; falls back to eager if capture fails).")] = True,
         verify: Annotated[bool, typer.Option("--verify", help="Also check cached decode logits against recomputation without the cache (exit 1 if they differ beyond the dtype's tolerance).")] = False,
-        json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write every reading to this JSON file (atomically).", show_default=False)] = None,
+        json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write every reading to this JSON file (atomically); an existing file only if it is a kvplan measure report (see --force).", show_default=False)] = None,
+        force: Annotated[bool, typer.Option("--force", help="Let --json replace an existing file that is not a kvplan measure report.")] = False,
         tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Exit 1 when a gated memory reading or the decode step is off by more than this fraction (0.05 = 5%).", show_default=False)] = None,
         fmt: Annotated[MeasureFormat, typer.Option("--format", "-f", help="Output format on stdout.")] = MeasureFormat.table,
         exact: BytesOpt = False,
@@ -70,8 +71,10 @@ def register(app: typer.Typer) -> None:
 
         if tolerance is not None and not tolerance >= 0:
             raise InputError(f"--tolerance {tolerance}: give a fraction of 0 or more, e.g. 0.05")
-        if json_path is not None and not (json_path.parent if str(json_path.parent) else Path(".")).is_dir():
-            raise InputError(f"--json {json_path}: folder {json_path.parent} does not exist")
+        if json_path is not None:  # before the model is built or run: a refusal after the run would lose it
+            from kvplan.outputs import MEASURE_JSON, check_output, model_inputs
+
+            check_output(json_path, "--json", MEASURE_JSON, inputs=model_inputs(model, "measured"), force=force)
         spec = resolve_spec(model)
         contexts = tuple(parse_int_list(context, "--context"))
         batches = tuple(parse_int_list(batch, "--batch"))
