@@ -340,9 +340,7 @@ def estimate_profile(spec, engine: str, *, contexts, batches, tps, kv_cache_dtyp
     from kvplan.formats import UnknownFormatError, parse_format
     from kvplan.units import parse_bytes
 
-    module = engine_module(engine)
-    if engine in ("hf", "llama.cpp") and any(t > 1 for t in tps):
-        raise InputError(f"--tp: kvplan's {engine} profile is for one device; use --tp 1")
+    module = engine_module(engine)  # estimate checked its flags and --tp / --pp (kvplan.engines.options)
     try:
         state_format = parse_format(state_dtype) if state_dtype else None
     except UnknownFormatError as exc:

@@ -510,18 +510,13 @@ def diff(
 
 def _diff_engine_options(engine: str, tp: int, pp: int, given: dict) -> Optional[dict]:
     """The engine flags given, checked against --engine (None: a planner engine, vllm or ideal)."""
-    from kvplan.engines.options import misplaced
-    from kvplan.gating import ENGINES, PROFILE_ENGINES, profile_parallel_problems
+    from kvplan.engines.options import check_flags
+    from kvplan.gating import ENGINES, PROFILE_ENGINES
 
     if engine not in ENGINES:
         raise InputError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
-    for key, owner in misplaced(engine, given):
-        raise InputError(f"--{key.replace('_', '-')} is only for --engine {owner} (this diff's engine is {engine})")
-    if engine not in PROFILE_ENGINES:
-        return None
-    for key, message in profile_parallel_problems(engine, tp, pp):
-        raise InputError(f"--{key} {tp if key == 'tp' else pp}: {message.replace(' tp 1', ' --tp 1').replace(' pp 1', ' --pp 1')}")
-    return given
+    check_flags(engine, given, tp=tp, pp=pp, command="diff")
+    return given if engine in PROFILE_ENGINES else None
 
 
 def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: Optional[dict],

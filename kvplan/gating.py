@@ -113,8 +113,6 @@ def _version(value: Any) -> Any:
 # The engine profiles (kvplan.engines.ENGINE_NAMES, restated so a vLLM-only plan does not import them).
 PROFILE_ENGINES = ("hf", "llama.cpp", "sglang", "trtllm")
 ENGINES = ("vllm", "ideal") + PROFILE_ENGINES
-# Keys only kvplan's planner reads (engine vllm or ideal): the profiles have their own budget rules.
-PLANNER_KEYS = ("block_size", "gpu_memory_utilization", "max_num_batched_tokens")
 
 
 class DeploymentEntry(BaseModel):
@@ -245,26 +243,10 @@ class PlanFile(BaseModel):
 
 def engine_key_problems(entry: DeploymentEntry) -> list[tuple[str, str]]:
     """(key, message) for each key the entry's engine does not read, and each parallel size it cannot take."""
-    from kvplan.engines.options import misplaced
+    from kvplan.engines.options import key_problems
 
     given = [k for k in type(entry).model_fields if k in entry.model_fields_set]  # in the model's order
-    out = [(k, f"only for engine {owner} (this deployment's engine is {entry.engine})")
-           for k, owner in misplaced(entry.engine, given)]
-    if entry.engine in PROFILE_ENGINES:
-        out += [(k, f"only for engines vllm and ideal (kvplan's planner); engine {entry.engine} has its own budget rule")
-                for k in given if k in PLANNER_KEYS]
-        out += profile_parallel_problems(entry.engine, entry.tp, entry.pp)
-    return out
-
-
-def profile_parallel_problems(engine: str, tp: int, pp: int) -> list[tuple[str, str]]:
-    """(key, message) when an engine profile cannot model the parallel sizes (as `estimate --engine` refuses)."""
-    out = []
-    if tp > 1 and engine in ("hf", "llama.cpp"):
-        out.append(("tp", f"kvplan's {engine} profile is for one device; use tp 1"))
-    if pp > 1:
-        out.append(("pp", f"kvplan's {engine} profile models one pipeline stage; use pp 1"))
-    return out
+    return [(p.key, p.message(entry.engine)) for p in key_problems(entry.engine, given, tp=entry.tp, pp=entry.pp)]
 
 
 def duplicate_labels(plan: PlanFile) -> list[tuple[int, int]]:
