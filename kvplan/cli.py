@@ -192,6 +192,11 @@ def estimate(
     if not dtypes:
         raise InputError("--kv-cache-dtype needs at least one format")
     formats = [deploy.kv_formats(spec, d, state_dtype) for d in dtypes]  # (K/V pair, state format)
+    if engine == "vllm":  # a format vLLM's argparse refuses is bad input there, and here
+        for d in dtypes:
+            problem = deploy.vllm_kv_dtype_problem(spec, d)
+            if problem:
+                raise InputError(problem)
     effective_block = block_size or deploy.default_block_size(spec, engine)
     gpu_names = parse_str_list(gpu) if gpu else []
     plan_flags = any(

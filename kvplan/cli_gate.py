@@ -245,7 +245,7 @@ def _rebase(ref: str, base: Path) -> str:
 def _evaluate(i: int, entry, base: Path, line_of: Callable, specs: dict):
     """Resolve one entry, plan it, and compare its figures with its budgets."""
     from kvplan.catalog import resolve_spec
-    from kvplan.deploy import resolve_deployment
+    from kvplan.deploy import resolve_deployment, vllm_refusal
     from kvplan.gating import PROFILE_ENGINES, DeploymentResult, Figures, evaluate_budgets
     from kvplan.gpus import resolve_gpu
 
@@ -275,7 +275,12 @@ def _evaluate(i: int, entry, base: Path, line_of: Callable, specs: dict):
             max_num_batched_tokens=entry.max_num_batched_tokens,
         )
         layout = deployment.layout()
-        if deployment.gpu is None:
+        refusal = vllm_refusal(deployment.spec, entry.kv_cache_dtype, entry.context) if entry.engine == "vllm" else None
+        if refusal:  # as under the engine profiles: every budget fails with the engine's words
+            gpu_name = deployment.gpu.name if deployment.gpu is not None else None
+            figures = Figures(deployment.spec.name, gpu_name, deployment.kv_format.name, layout.kv_bytes_per_token,
+                              unavailable=f"vllm refuses: {refusal}")
+        elif deployment.gpu is None:
             figures = Figures(deployment.spec.name, None, deployment.kv_format.name, layout.kv_bytes_per_token)
         else:
             _check_cost_inputs(entry, deployment.gpu)
@@ -526,7 +531,7 @@ def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: 
     Under an engine profile (`options` not None) the bytes per token and per
     sequence stay the spec's; capacity and max context are the engine's.
     """
-    from kvplan.deploy import resolve_deployment
+    from kvplan.deploy import resolve_deployment, vllm_refusal
 
     if options is not None:
         s = settings
@@ -546,6 +551,9 @@ def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: 
              "weights_dtype": resolved.planner().weights_dtype},
         )
     deployment = resolve_deployment(spec, gpu, kv_cache_dtype=kv_cache_dtype, **settings)
+    refusal = vllm_refusal(spec, kv_cache_dtype, settings["context"]) if settings["engine"] == "vllm" else None
+    if refusal:  # as for an engine profile's refusal: diff has no figures to compare
+        raise InputError(f"{label}: vllm refuses: {refusal}")
     layout = deployment.layout()
     estimate = layout.at(settings["context"], settings["batch"])
     plan = deployment.planner().plan()

@@ -72,6 +72,38 @@ def kv_formats(spec: ModelSpec, kv_cache_dtype: str = "auto", state_dtype: Optio
     return pair, state
 
 
+def vllm_kv_dtype_problem(spec: ModelSpec, kv_cache_dtype: str) -> Optional[str]:
+    """Why vLLM refuses --kv-cache-dtype, in its words and with the engine that would run it (None: it runs it).
+
+    The rule is `kvplan.vllm_rules.kv_cache_dtype_refusal`, the one `kvplan compare`'s
+    vllm row applies; `estimate` turns this into bad input (vLLM's argparse exits 2
+    too) and `check` into failed budgets.
+    """
+    from kvplan.vllm_rules import kv_cache_dtype_refusal
+
+    refusal = kv_cache_dtype_refusal(spec, kv_cache_dtype)
+    if refusal is None:
+        return None
+    from kvplan.engines.llamacpp import CACHE_TYPES, cache_type
+
+    fix = "--engine ideal sizes any format"
+    if all(cache_type(p) in CACHE_TYPES for p in kv_cache_dtype.split("/")):
+        fix += f", --engine llama.cpp runs {kv_cache_dtype}"
+    return f"--kv-cache-dtype {kv_cache_dtype}: vllm refuses: {refusal}; {fix}"
+
+
+def vllm_refusal(spec: ModelSpec, kv_cache_dtype: str, context: int) -> Optional[str]:
+    """vLLM's words when it will not start: a --kv-cache-dtype it lacks, or --context past the model (None: it starts).
+
+    `check` fails a vllm deployment's budgets with them and `diff` stops, as under
+    the engine profiles; `estimate` refuses the format as bad input and shows the
+    context refusal among the lines vLLM would log (`Planner.plan`).
+    """
+    from kvplan.vllm_rules import kv_cache_dtype_refusal, max_model_len_refusal
+
+    return kv_cache_dtype_refusal(spec, kv_cache_dtype) or max_model_len_refusal(spec, context)
+
+
 def _size(value: Union[str, int, None], flag: str) -> Optional[int]:
     if value is None or isinstance(value, int) and not isinstance(value, bool):
         return value

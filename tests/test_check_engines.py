@@ -280,6 +280,51 @@ def test_an_engine_refusal_fails_every_budget_with_its_words(tmp_path, capsys, e
     assert r.exit_code == 1 and f"— d0: max_concurrent_sequences is absent: {refusal}" in table
 
 
+VLLM_CHOICES = "'auto', 'fp8', 'fp8_e4m3', 'fp8_e5m2', 'fp8_per_token_head', 'int8_per_token_head', 'nvfp4'"
+VLLM_TOO_LONG = (
+    "Value error, User-specified max_model_len (262144) is greater than the derived max_model_len "
+    "(max_position_embeddings=131072.0 or model_max_length=None in model's config.json). To allow overriding this "
+    "maximum, set the env var VLLM_ALLOW_LONG_MAX_MODEL_LEN=1. VLLM_ALLOW_LONG_MAX_MODEL_LEN must be used with extreme "
+    "caution. If the model uses relative position encoding (RoPE), positions exceeding derived_max_model_len lead to "
+    "nan. If the model uses absolute position encoding, positions exceeding derived_max_model_len will cause a CUDA "
+    "array out-of-bounds error."
+)
+
+
+@pytest.mark.parametrize(
+    "extra, context, refusal",
+    [
+        ("    kv_cache_dtype: q8_0\n", "8k",
+         f"vllm refuses: error: argument --kv-cache-dtype: invalid choice: 'q8_0' (choose from {VLLM_CHOICES})"),
+        ("", "256k", f"vllm refuses: {VLLM_TOO_LONG}"),  # llama-3.1-8b: max_position_embeddings 131,072
+    ],
+)
+def test_what_vllm_refuses_fails_every_budget_with_its_words(tmp_path, capsys, extra, context, refusal):
+    plan = write_plan(tmp_path, deployment("vllm", 4 * GiB, extra, context=context))
+    got = figures(capsys, plan, code=1)[0]
+    assert len(got) == 7
+    for b in got.values():
+        assert (b["value"], b["passed"], b["note"]) == (None, False, refusal)
+    r = run_cli(capsys, "check", str(plan))
+    assert r.exit_code == 1 and f"— d0: max_concurrent_sequences is absent: {refusal}" in " ".join(r.stdout.split())
+
+
+def test_the_ideal_engine_takes_what_vllm_refuses(tmp_path, capsys):
+    """No GPU: the spec's bytes at q8_0 (34 B per 32 values: 32 layers x 2 x 8 heads x 128 / 32 x 34 = 69,632 B)."""
+    entry = "    model: llama-3.1-8b\n    engine: {}\n    context: 8k\n    kv_cache_dtype: q8_0\n"
+    plan = write_plan(tmp_path, entry.format("ideal"), entry.format("vllm"), budgets="max_kv_bytes_per_token: 68KiB\n")
+    ideal, vllm = figures(capsys, plan, code=1)
+    assert (ideal["kv_bytes_per_token"]["value"], ideal["kv_bytes_per_token"]["passed"]) == (69632, True)
+    assert vllm["kv_bytes_per_token"]["passed"] is False
+    assert vllm["kv_bytes_per_token"]["note"].startswith("vllm refuses: error: argument --kv-cache-dtype: invalid choice: 'q8_0'")
+
+
+def test_past_the_model_the_ideal_engine_is_capped_not_refused(tmp_path, capsys):
+    got = figures(capsys, write_plan(tmp_path, deployment("ideal", 40 * GiB, context="256k"),
+                                     budgets="min_max_context_tokens: 128k\n"))[0]
+    assert got["max_context_tokens"]["value"] == 131072  # the model's max_position_embeddings
+
+
 @pytest.mark.parametrize("flash_attn", ["on", "auto", "'on'"])
 def test_quantized_v_with_flash_attention_on_or_auto_is_sized(tmp_path, capsys, flash_attn):
     """YAML reads a bare `on` as true; it means llama.cpp's -fa on."""

@@ -84,8 +84,9 @@ def test_differences_sum_to_engine_minus_ideal(name, context, batch, hf_cache, g
     opts = dict(hf=hf.HFOptions(cache=hf_cache, generate=generate and context > 1, transformers_version=version))
     for row in run_compare(spec, context, batch=batch, **opts).rows:
         c = row.cache
-        if c.refused:  # HF 5.x QuantizedCache refuses sliding models; 4.x static refuses MLA
-            assert row.engine == "hf" and c.kv_bytes_total is None and row.why[0].startswith("refused: ")
+        if c.refused:  # HF 5.x QuantizedCache refuses sliding models; 4.x static refuses MLA; vLLM a context
+            past = row.engine == "vllm" and context > spec.max_position_embeddings  # past the model (mistral: 32k)
+            assert (row.engine == "hf" or past) and c.kv_bytes_total is None and row.why[0].startswith("refused: ")
             continue
         assert sum(d.bytes for d in c.differences) == c.kv_bytes_total - c.ideal_bytes_total, row.engine
         assert sum(k.bytes for k in c.by_kind) == c.kv_bytes_total, row.engine
@@ -95,10 +96,20 @@ def test_differences_sum_to_engine_minus_ideal(name, context, batch, hf_cache, g
 @pytest.mark.parametrize("name", catalog_names())
 def test_every_catalog_model_compares(name):
     spec = resolve_spec(name)
-    rows = rows_of(run_compare(spec, 5000, batch=2))
+    context = min(5000, spec.max_position_embeddings or 5000)  # beyond it vLLM refuses to start (a test below)
+    rows = rows_of(run_compare(spec, context, batch=2))
     assert set(rows) == set(ALL_ENGINES)
     for r in rows.values():
         assert r.cache.kv_bytes_total is not None and r.cache.kv_bytes_total > 0, r.engine
+
+
+def test_past_the_model_the_vllm_row_is_refused_in_vllms_words():
+    rows = rows_of(run_compare(resolve_spec("llama-2-7b"), 8192))  # max_position_embeddings 4,096
+    vllm = rows["vllm"].cache
+    assert vllm.kv_bytes_total is None
+    assert vllm.refusals[0].startswith("Value error, User-specified max_model_len (8192) is greater than the derived "
+                                       "max_model_len (max_position_embeddings=4096.0 or model_max_length=None")
+    assert rows["ideal"].cache.kv_bytes_total == 8192 * 32 * 32 * 128 * 2 * 2  # MHA: 32 heads of 128, K and V
 
 
 def test_gemma_reasons_name_each_engines_rule():

@@ -265,6 +265,12 @@ def test_malformed_yaml_at_the_revision_names_its_line(repo, capsys, monkeypatch
          "--tp 2: kvplan's llama.cpp profile is for one device; use --tp 1"),
         (["llama-3.1-8b", "qwen3-8b", "--engine", "llama.cpp", "--cache-type-v", "q8_0", "--flash-attn", "off"],
          "llama-3.1-8b: llama.cpp refuses: llama_init_from_model: quantized V cache requires flash_attn to be enabled"),
+        (["llama-3.1-8b", "qwen3-8b", "--kv-cache-dtype", "q8_0"],
+         "llama-3.1-8b: vllm refuses: error: argument --kv-cache-dtype: invalid choice: 'q8_0' (choose from 'auto', "
+         "'fp8', 'fp8_e4m3', 'fp8_e5m2', 'fp8_per_token_head', 'int8_per_token_head', 'nvfp4')\n"),
+        (["llama-3.1-8b", "llama-2-7b"],  # --context 8192 > llama-2-7b's max_position_embeddings (4,096)
+         "llama-2-7b: vllm refuses: Value error, User-specified max_model_len (8192) is greater than the derived "
+         "max_model_len (max_position_embeddings=4096.0 or model_max_length=None in model's config.json)."),
     ],
 )
 def test_bad_arguments(tmp_path, capsys, monkeypatch, args, message):
