@@ -180,10 +180,15 @@ class DeploymentEntry(BaseModel):
     @field_validator("kv_cache_dtype")
     @classmethod
     def _kv_format(cls, value: str, info: ValidationInfo) -> str:
-        if info.data.get("engine") in PROFILE_ENGINES:
-            return value  # the engine judges its own names (f16, fp8_e4m3 ...) and refuses as it would
         try:
-            parse_format_pair(value, "bf16")  # syntax only; 'auto' is resolved against the model later
+            if info.data.get("engine") in PROFILE_ENGINES:
+                # the engine judges its own names (f16, fp8_e4m3 ...) and refuses as it would; a name no
+                # engine takes is a typo here, as in `kvplan compare`
+                from kvplan.engines.compare import check_kv_dtype
+
+                check_kv_dtype(value)
+            else:
+                parse_format_pair(value, "bf16")  # syntax only; 'auto' is resolved against the model later
         except UnknownFormatError as exc:
             raise ValueError(str(exc)) from None
         return value

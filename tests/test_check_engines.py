@@ -357,6 +357,10 @@ def test_quantized_v_with_flash_attention_on_or_auto_is_sized(tmp_path, capsys, 
         ("hf", "transformers_version: 6", "deployments.1.transformers_version: transformers_version '6' is not one of 4, 5"),
         ("sglang", "mem_fraction_static: 1.2", "deployments.1.mem_fraction_static: Input should be less than or equal to 1"),
         ("llama.cpp", "swa_full: 'yes'", "deployments.1.swa_full: Input should be a valid boolean"),
+        ("sglang", "kv_cache_dtype: fp4", "deployments.1.kv_cache_dtype: unknown KV cache dtype 'fp4'; use one of: "
+         "fp32, fp16, bf16, fp8, fp8_e4m3, fp8_e5m2, int8, fp8_per_token_head, int8_per_token_head, nvfp4, q8_0, q4_0, "
+         "q4_1, q5_0, q5_1, iq4_nl, int4[_gN][_fp16|_bf16|_fp32][_sym|_asym], int2[...], auto (the model's dtype); "
+         "K/V to differ, e.g. q8_0/q4_0"),
         ("hf", "hf_cache: static\n    max_cache_len: 4k",
          "deployments.1.max_cache_len: max_cache_len 4096 is smaller than the 8192 tokens the cache must hold"),
     ],

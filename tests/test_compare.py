@@ -205,6 +205,43 @@ def test_compare_engines_subset_and_bad_name(capsys):
     assert r.stderr == "error: --engines 'tgi' is not one of ideal, vllm, hf, llama.cpp, sglang, trtllm\n"
 
 
+FORMAT_HELP = ("fp32, fp16, bf16, fp8, fp8_e4m3, fp8_e5m2, int8, fp8_per_token_head, int8_per_token_head, nvfp4, "
+               "q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, int4[_gN][_fp16|_bf16|_fp32][_sym|_asym], int2[...], "
+               "auto (the model's dtype); K/V to differ, e.g. q8_0/q4_0")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--kv-cache-dtype", "fp4"], f"--kv-cache-dtype: unknown KV cache dtype 'fp4'; use one of: {FORMAT_HELP}"),
+        (["--kv-cache-dtype", "q8_0/FP4"], f"--kv-cache-dtype: unknown KV cache dtype 'FP4'; use one of: {FORMAT_HELP}"),
+        (["--kv-cache-dtype", "q8_0/q4_0/f16"], "--kv-cache-dtype: 'q8_0/q4_0/f16': write one format, or K/V as in q8_0/q4_0"),
+        (["--engines", ""], "--engines '' names no engine; give a comma list of ideal, vllm, hf, llama.cpp, sglang, trtllm"),
+        (["--engines", " , "], "--engines ' , ' names no engine; give a comma list of ideal, vllm, hf, llama.cpp, sglang, trtllm"),
+    ],
+)
+def test_compare_refuses_what_no_engine_takes_up_front(capsys, args, message):
+    r = run_cli(capsys, "compare", "llama-3.1-8b", *args)
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {message}\n")
+
+
+def test_estimate_refuses_the_same_unknown_format(capsys):
+    """The same words whether estimate's vllm path or compare (or an engine profile) reads the name."""
+    vllm = run_cli(capsys, "estimate", "llama-3.1-8b", "--kv-cache-dtype", "fp4")
+    profile = run_cli(capsys, "estimate", "llama-3.1-8b", "--engine", "sglang", "--kv-cache-dtype", "fp4")
+    compared = run_cli(capsys, "compare", "llama-3.1-8b", "--kv-cache-dtype", "fp4")
+    assert vllm.exit_code == profile.exit_code == compared.exit_code == 2
+    assert vllm.stderr == profile.stderr == compared.stderr
+
+
+def test_a_name_only_some_engines_take_is_passed_on(capsys):
+    """f16 is llama.cpp's (and transformers'); vLLM, SGLang and TensorRT-LLM refuse it in their own words."""
+    r = run_cli(capsys, "compare", "llama-3.1-8b", "--kv-cache-dtype", "f16", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    refused = {row["engine"] for row in json.loads(r.stdout)["rows"] if row["cache"]["refusals"]}
+    assert refused == {"vllm", "sglang", "trtllm"}
+
+
 def test_compare_one_context_only(capsys):
     r = run_cli(capsys, "compare", "llama-3.1-8b", "-c", "1024,2048")
     assert r.exit_code == 2 and "compare takes one context" in r.stderr
