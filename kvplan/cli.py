@@ -156,6 +156,11 @@ def estimate(
     tps = parse_int_list(tp, "--tensor-parallel-size")
     if svg is not None:
         _check_output_folder(svg, "--svg")  # before any work: nothing is printed and then refused
+    from kvplan.deploy import check_workload
+
+    for c in sorted(contexts):  # the shortest context first: the first a workload may not fit
+        check_workload(c, prompt_tokens=prompt_tokens, output_tokens=output_tokens, requests_per_s=requests_per_s,
+                       shared_prefix_tokens=shared_prefix_tokens)
     limit = spec.max_position_embeddings
     if limit and max(contexts) > limit:
         sys.stderr.write(

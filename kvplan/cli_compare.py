@@ -441,6 +441,9 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--batch must be at least 1, got {batch}")
         if tp < 1:
             raise InputError(f"--tensor-parallel-size must be at least 1, got {tp}")
+        from kvplan.deploy import check_workload
+
+        check_workload(contexts[0], prompt_tokens=prompt_tokens)
         names = tuple(parse_str_list(engines))
         if not names:
             raise InputError(f"--engines {engines!r} names no engine; give a comma list of {', '.join(ALL_ENGINES)}")

@@ -389,6 +389,11 @@ def test_output_to_a_missing_folder_is_bad_input(tmp_path, capsys):
          "deployments.0.engine: Input should be 'vllm', 'ideal', 'hf', 'llama.cpp', 'sglang' or 'trtllm'"),
         ("prompt_tokens: 12q", "min_concurrent_sequences: 1",
          "deployments.0.prompt_tokens: '12q' is not a whole number of tokens (e.g. 32768 or 32k)"),
+        ("prompt_tokens: 2k", "min_concurrent_sequences: 1",  # TINY_DEPLOYMENT's context is 1k
+         "deployments.0.prompt_tokens: prompt_tokens 2,048 does not fit context 1,024 (a request's prompt and output "
+         "tokens are one sequence of at most context tokens); give prompt_tokens 1,024 or less, or a longer context"),
+        ("prompt_tokens: 0", "min_concurrent_sequences: 1",
+         "deployments.0.prompt_tokens: Input should be greater than or equal to 1"),
         ("state_dtype: fp9", "min_concurrent_sequences: 1", "deployments.0.state_dtype: unknown KV cache dtype 'fp9'"),
         ("gpu_memory_utilization: 1.5", "min_concurrent_sequences: 1",
          "deployments.0.gpu_memory_utilization: Input should be less than or equal to 1"),
