@@ -150,7 +150,7 @@ def run_check(path: Path, where: str) -> CheckReport:
     from pydantic import ValidationError
 
     from kvplan.catalog import format_validation_error, read_yaml
-    from kvplan.gating import CheckReport, PlanFile, duplicate_labels, engine_key_problems
+    from kvplan.gating import CheckReport, PlanFile, duplicate_labels, engine_key_problems, plan_labels
 
     data, line_of = read_yaml(path)
     if not isinstance(data, dict):
@@ -160,10 +160,10 @@ def run_check(path: Path, where: str) -> CheckReport:
     except ValidationError as exc:
         raise InputError(_by_line(_plain(format_validation_error(exc, where, line_of, list(data))))) from None
     problems = []
-    for i, first in duplicate_labels(plan):
+    for i, first, label in duplicate_labels(plan):
         loc = ("deployments", i, "name")
         problems.append(
-            f"{where}:{line_of(loc)}: deployments.{i}.name: {plan.deployments[i].label!r} is already the name of "
+            f"{where}:{line_of(loc)}: deployments.{i}.name: {label!r} is already the name of "
             f"deployments.{first} (line {line_of(('deployments', first))}); give each deployment a unique `name`"
         )
     misplaced = set()
@@ -175,11 +175,12 @@ def run_check(path: Path, where: str) -> CheckReport:
     base = path.parent
     specs: dict[str, object] = {}
     results = []
+    labels = plan_labels(plan)
     for i, entry in enumerate(plan.deployments):
         if i in misplaced:
             continue
         try:
-            results.append(_evaluate(i, entry, base, line_of, specs))
+            results.append(_evaluate(i, entry, labels[i], base, line_of, specs))
         except _EntryError as exc:
             loc = ("deployments", i, *exc.keys)
             problems.append(f"{where}:{line_of(loc)}: {'.'.join(str(p) for p in loc)}: {exc.message}")
@@ -242,7 +243,7 @@ def _rebase(ref: str, base: Path) -> str:
     return ref
 
 
-def _evaluate(i: int, entry, base: Path, line_of: Callable, specs: dict):
+def _evaluate(i: int, entry, name: str, base: Path, line_of: Callable, specs: dict):
     """Resolve one entry, plan it, and compare its figures with its budgets."""
     from kvplan.catalog import resolve_spec
     from kvplan.deploy import resolve_deployment, vllm_refusal
@@ -262,7 +263,7 @@ def _evaluate(i: int, entry, base: Path, line_of: Callable, specs: dict):
         except InputError as exc:
             raise _EntryError(("gpu",), exc.message) from None
     if entry.engine in PROFILE_ENGINES:
-        return _evaluate_profile(i, entry, specs[ref], gpu_ref, base, line_of)
+        return _evaluate_profile(i, entry, name, specs[ref], gpu_ref, base, line_of)
     try:
         deployment = resolve_deployment(
             specs[ref],
@@ -291,7 +292,7 @@ def _evaluate(i: int, entry, base: Path, line_of: Callable, specs: dict):
     o = deployment.options
     return DeploymentResult(
         index=i,
-        name=entry.label,
+        name=name,
         line=line_of(("deployments", i)),
         model=deployment.spec.name,
         gpu=deployment.gpu.name if deployment.gpu is not None else None,
@@ -319,7 +320,7 @@ def _shared_settings(entry, base: Path) -> dict:
     return settings
 
 
-def _evaluate_profile(i: int, entry, spec, gpu_ref: Optional[str], base: Path, line_of: Callable):
+def _evaluate_profile(i: int, entry, name: str, spec, gpu_ref: Optional[str], base: Path, line_of: Callable):
     """One entry under an engine profile (hf, llama.cpp, sglang, trtllm): the engine's bytes and budget rule."""
     from kvplan.gating import DeploymentResult, evaluate_budgets
 
@@ -337,7 +338,7 @@ def _evaluate_profile(i: int, entry, spec, gpu_ref: Optional[str], base: Path, l
     budgets = evaluate_budgets(entry.budgets, figures, lambda key: line_of(("deployments", i, "budgets", key)))
     return DeploymentResult(
         index=i,
-        name=entry.label,
+        name=name,
         line=line_of(("deployments", i)),
         model=spec.name,
         gpu=figures.gpu,

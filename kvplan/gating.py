@@ -221,12 +221,16 @@ class DeploymentEntry(BaseModel):
 
     @property
     def label(self) -> str:
-        """`name`, or a name built from model, GPU, tp and context."""
+        """`name`, or a name built from model, GPU, engine (when not vllm), tp and context.
+
+        Unnamed entries that still share it get the keys that tell them apart (`plan_labels`).
+        """
         if self.name:
             return self.name
         where = f" on {self.gpu or 'custom'}" if self.has_gpu else ""
+        via = f" via {self.engine}" if self.engine != "vllm" else ""
         parallel = f" tp{self.tp}" + (f" pp{self.pp}" if self.pp > 1 else "")
-        return f"{self.model}{where}{parallel} @{self.context}"
+        return f"{self.model}{where}{via}{parallel} @{self.context}"
 
 
 class PlanFile(BaseModel):
@@ -254,15 +258,48 @@ def engine_key_problems(entry: DeploymentEntry) -> list[tuple[str, str]]:
     return [(p.key, p.message(entry.engine)) for p in key_problems(entry.engine, given, tp=entry.tp, pp=entry.pp)]
 
 
-def duplicate_labels(plan: PlanFile) -> list[tuple[int, int]]:
-    """(index, index of the first entry with that label) for each repeated label."""
+# Keys the automatic name (DeploymentEntry.label) already shows.
+_LABEL_KEYS = ("name", "budgets", "model", "gpu", "engine", "tp", "pp", "context")
+
+
+def plan_labels(plan: PlanFile) -> list[str]:
+    """Every deployment's name: `name`, else its automatic one (`DeploymentEntry.label`).
+
+    Unnamed entries whose automatic names clash get `key=value` for each other key
+    whose value differs among them and is not the key's default (in the plan
+    model's order), so two entries that differ only by kv_cache_dtype or batch are
+    named apart; entries that differ in nothing but budgets still clash
+    (`duplicate_labels`).
+    """
+    labels = [entry.label for entry in plan.deployments]
+    clashes: dict[str, list[int]] = {}
+    for i, entry in enumerate(plan.deployments):
+        if entry.name is None:
+            clashes.setdefault(labels[i], []).append(i)
+    for indices in clashes.values():
+        if len(indices) < 2:
+            continue
+        entries = [plan.deployments[i] for i in indices]
+        keys = [k for k in DeploymentEntry.model_fields
+                if k not in _LABEL_KEYS and len({repr(getattr(e, k)) for e in entries}) > 1]
+        for i, entry in zip(indices, entries):
+            # a key at its default is left out: two entries that differ in a key cannot both be at its default
+            shown = [f"{k}={getattr(entry, k)}" for k in keys
+                     if getattr(entry, k) != DeploymentEntry.model_fields[k].default]
+            if shown:
+                labels[i] += " " + " ".join(shown)
+    return labels
+
+
+def duplicate_labels(plan: PlanFile) -> list[tuple[int, int, str]]:
+    """(index, index of the first entry with that name, the name) for each repeated name (`plan_labels`)."""
     first: dict[str, int] = {}
     out = []
-    for i, entry in enumerate(plan.deployments):
-        if entry.label in first:
-            out.append((i, first[entry.label]))
+    for i, label in enumerate(plan_labels(plan)):
+        if label in first:
+            out.append((i, first[label], label))
         else:
-            first.setdefault(entry.label, i)
+            first[label] = i
     return out
 
 

@@ -509,6 +509,57 @@ def test_duplicate_names_are_refused(tmp_path, capsys):
     )
 
 
+def test_unnamed_deployments_that_differ_get_names_that_differ(tmp_path, capsys):
+    """The engine is in the automatic name when it is not vllm; a clash adds each differing key not at its default."""
+    plan = _plan(
+        tmp_path,
+        """\
+        deployments:
+          - {model: llama-3.1-8b, gpu: h100, context: 8k, budgets: {max_kv_bytes_per_token: 128KiB}}
+          - {model: llama-3.1-8b, gpu: h100, context: 8k, engine: sglang, budgets: {max_kv_bytes_per_token: 128KiB}}
+          - {model: llama-3.1-8b, gpu: h100, context: 8k, engine: llama.cpp, budgets: {max_kv_bytes_per_token: 128KiB}}
+          - {model: llama-3.1-8b, context: 8k, engine: ideal, budgets: {max_kv_bytes_per_token: 128KiB}}
+          - {model: llama-3.1-8b, gpu: h100, context: 8k, kv_cache_dtype: fp8, budgets: {max_kv_bytes_per_token: 128KiB}}
+          - {model: llama-3.1-8b, gpu: h100, context: 8k, batch: 4, budgets: {max_kv_bytes_per_token: 128KiB}}
+          - {model: llama-3.1-8b, gpu: h100, context: 8k, engine: sglang, page_size: 16, budgets: {max_kv_bytes_per_token: 128KiB}}
+        """,
+    )
+    r = run_cli(capsys, "check", str(plan), "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert [d["name"] for d in json.loads(r.stdout)["deployments"]] == [
+        "llama-3.1-8b on h100 tp1 @8192",
+        "llama-3.1-8b on h100 via sglang tp1 @8192",
+        "llama-3.1-8b on h100 via llama.cpp tp1 @8192",
+        "llama-3.1-8b via ideal tp1 @8192",
+        "llama-3.1-8b on h100 tp1 @8192 kv_cache_dtype=fp8",
+        "llama-3.1-8b on h100 tp1 @8192 batch=4",
+        "llama-3.1-8b on h100 via sglang tp1 @8192 page_size=16",
+    ]
+
+
+def test_unnamed_deployments_that_differ_only_in_budgets_are_refused(tmp_path, capsys):
+    plan = _plan(
+        tmp_path,
+        """\
+        deployments:
+          - model: tiny.yaml
+            context: 8k
+            engine: llama.cpp
+            budgets: {max_kv_bytes_per_token: 512}
+          - model: tiny.yaml
+            context: 8k
+            engine: llama.cpp
+            budgets: {max_kv_bytes_per_token: 1024}
+        """,
+    )
+    r = run_cli(capsys, "check", str(plan))
+    assert r.exit_code == 2
+    assert r.stderr == (
+        f"error: {plan}:6: deployments.1.name: 'tiny.yaml via llama.cpp tp1 @8192' is already the name of "
+        "deployments.0 (line 2); give each deployment a unique `name`\n"
+    )
+
+
 def test_github_format_annotates_an_invalid_plan(tmp_path, capsys):
     plan = write_plan(tmp_path, "min_concurrent_sequences: 1\n", TINY_DEPLOYMENT + "    tp: 3\n")
     r = run_cli(capsys, "check", str(plan), "-f", "github")
