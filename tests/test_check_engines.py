@@ -262,6 +262,9 @@ QUANTIZED_V = "llama_init_from_model: quantized V cache requires flash_attn to b
     [
         ("llama.cpp", "    cache_type_v: q8_0\n    flash_attn: off\n", f"llama.cpp refuses: {QUANTIZED_V}"),
         ("llama.cpp", "    cache_type_k: q3_k\n", "llama.cpp refuses: Unsupported cache type: q3_k"),
+        # -c 4096, one slot: 4,096 cells for a sequence of 8,192 tokens (tools/server/server-context.cpp)
+        ("llama.cpp", "    ctx_size: 4096\n",
+         "llama.cpp refuses: request (8192 tokens) exceeds the available context size (4096 tokens), try increasing it"),
         ("trtllm", "    kv_cache_dtype: q8_0\n",
          "trtllm refuses: TensorRT-LLM's KV cache dtype is auto or fp8 (kv_cache_config.dtype); q8_0 is not a "
          "TensorRT-LLM KV cache dtype"),
@@ -357,6 +360,7 @@ def test_quantized_v_with_flash_attention_on_or_auto_is_sized(tmp_path, capsys, 
         ("hf", "transformers_version: 6", "deployments.1.transformers_version: transformers_version '6' is not one of 4, 5"),
         ("sglang", "mem_fraction_static: 1.2", "deployments.1.mem_fraction_static: Input should be less than or equal to 1"),
         ("llama.cpp", "swa_full: 'yes'", "deployments.1.swa_full: Input should be a valid boolean"),
+        ("llama.cpp", "parallel: 0", "deployments.1.parallel: Input should be greater than or equal to 1"),
         ("sglang", "kv_cache_dtype: fp4", "deployments.1.kv_cache_dtype: unknown KV cache dtype 'fp4'; use one of: "
          "fp32, fp16, bf16, fp8, fp8_e4m3, fp8_e5m2, int8, fp8_per_token_head, int8_per_token_head, nvfp4, q8_0, q4_0, "
          "q4_1, q5_0, q5_1, iq4_nl, int4[_gN][_fp16|_bf16|_fp32][_sym|_asym], int2[...], auto (the model's dtype); "

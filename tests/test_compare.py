@@ -283,6 +283,26 @@ def test_estimate_engine_refusal_and_sweep(capsys):
     assert len(json.loads(r.stdout)) == 4
 
 
+def test_estimate_engine_llama_cpp_refuses_a_sequence_longer_than_its_slot(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--engine", "llama.cpp", "--ctx-size", "100", "-b", "4", "-c", "8192",
+                "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["refusals"] == ["request (8192 tokens) exceeds the available context size (256 tokens), try increasing it"]
+    assert data["kv_bytes_total"] is None and data["settings"]["n_ctx_seq"] == 256
+    assert data["notes"][-1] == ("A sequence of 8,192 tokens needs a slot of as many cells, and each of the 4 slots "
+                                 "holds 256 cells (-c 100): give -c (--ctx-size) of at least 32,768.")
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--engine", "llama.cpp", "--ctx-size", "100", "-b", "4", "-c", "8192")
+    assert "llama.cpp refuses    request (8192 tokens) exceeds the available context size (256 tokens), try increasing it" in r.stdout
+
+
+def test_estimate_engine_llama_cpp_parallel_zero_exits_2(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--engine", "llama.cpp", "--parallel", "0")
+    assert (r.exit_code, r.stdout) == (2, "")
+    assert r.stderr == ("error: --parallel 0 must be at least 1 (llama.cpp's -np, its sequence slots; leave it out for "
+                        "one slot per --batch sequence)\n")
+
+
 def test_estimate_engine_with_gpu(capsys):
     r = run_cli(capsys, "estimate", "llama-3.1-8b", "--engine", "sglang", "--gpu", "h100-sxm", "-f", "json")
     assert r.exit_code == 0, r.stderr
