@@ -532,7 +532,8 @@ def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: 
     Under an engine profile (`options` not None) the bytes per token and per
     sequence stay the spec's; capacity and max context are the engine's.
     """
-    from kvplan.deploy import resolve_deployment, vllm_refusal
+    from kvplan.deploy import resolve_deployment
+    from kvplan.vllm_rules import kv_cache_dtype_refusal
 
     if options is not None:
         s = settings
@@ -552,8 +553,11 @@ def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: 
              "weights_dtype": resolved.planner().weights_dtype},
         )
     deployment = resolve_deployment(spec, gpu, kv_cache_dtype=kv_cache_dtype, **settings)
-    refusal = vllm_refusal(spec, kv_cache_dtype, settings["context"]) if settings["engine"] == "vllm" else None
-    if refusal:  # as for an engine profile's refusal: diff has no figures to compare
+    # a format vLLM lacks stops diff, as an engine profile's refusal does; a --context past a spec's
+    # max_position_embeddings does not (diff compares specs at one reference context, and CI diffs every
+    # changed spec at the same one): its max context is capped at the spec's limit
+    refusal = kv_cache_dtype_refusal(spec, kv_cache_dtype) if settings["engine"] == "vllm" else None
+    if refusal:
         raise InputError(f"{label}: vllm refuses: {refusal}")
     layout = deployment.layout()
     estimate = layout.at(settings["context"], settings["batch"])

@@ -95,9 +95,10 @@ def vllm_kv_dtype_problem(spec: ModelSpec, kv_cache_dtype: str) -> Optional[str]
 def vllm_refusal(spec: ModelSpec, kv_cache_dtype: str, context: int) -> Optional[str]:
     """vLLM's words when it will not start: a --kv-cache-dtype it lacks, or --context past the model (None: it starts).
 
-    `check` fails a vllm deployment's budgets with them and `diff` stops, as under
-    the engine profiles; `estimate` refuses the format as bad input and shows the
-    context refusal among the lines vLLM would log (`Planner.plan`).
+    `check` fails a vllm deployment's budgets with them, as under the engine
+    profiles; `estimate` refuses the format as bad input and shows the context
+    refusal among the lines vLLM would log (`Planner.plan`); `diff` stops on the
+    format only.
     """
     from kvplan.vllm_rules import kv_cache_dtype_refusal, max_model_len_refusal
 
