@@ -251,11 +251,19 @@ def test_a_sequence_that_fills_its_slot_exactly_is_sized(context, opts):
     assert not c.refusals and c.kv_bytes_total is not None
 
 
-def test_parallel_zero_is_bad_input():
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        ({"parallel": 0}, "--parallel 0 must be at least 1 (llama.cpp's -np, its sequence slots; leave it out for one "
+                          "slot per --batch sequence)"),
+        ({"ctx_size": 0}, "--ctx-size 0 must be at least 1 (llama.cpp's -c 0, the training context, is not modelled: "
+                          "give the cells, or leave it out for --context x --parallel)"),
+    ],
+)
+def test_no_slot_or_no_cell_is_bad_input(opts, message):
     with pytest.raises(InputError) as exc:
-        run("llama-3.1-8b", 4096, parallel=0)
-    assert exc.value.message == ("--parallel 0 must be at least 1 (llama.cpp's -np, its sequence slots; leave it "
-                                 "out for one slot per --batch sequence)")
+        run("llama-3.1-8b", 4096, **opts)
+    assert exc.value.message == message
 
 
 def test_quantized_k_alone_needs_no_flash_attention():

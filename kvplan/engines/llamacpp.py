@@ -269,7 +269,9 @@ def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, ideal_format
     n_seq_max = opts.parallel or batch
     n_ctx_requested = opts.ctx_size if opts.ctx_size is not None else context * n_seq_max
     if n_ctx_requested < 1:
-        raise InputError(f"--ctx-size must be at least 1, got {n_ctx_requested}")
+        # llama.cpp's -c 0 means the model's training context, which kvplan does not take from a GGUF here
+        raise InputError(f"--ctx-size {n_ctx_requested} must be at least 1 (llama.cpp's -c 0, the training "
+                         "context, is not modelled: give the cells, or leave it out for --context x --parallel)")
     ideal = CacheLayout(spec, ideal_format, block_size=1, state_format=ideal_state).at(context, batch)
     type_k, type_v = opts.cache_type_k, opts.cache_type_v
     kv_name = type_k if type_k == type_v else f"{type_k}/{type_v}"
