@@ -116,39 +116,41 @@ def estimate(
     pp: PPOpt = 1,
     state_dtype: StateDtypeOpt = None,
     engine: EngineOpt = "vllm",
-    hf_cache: _profiles.HFCacheOpt = "dynamic",
+    # An engine's own flags default to None, "not given": the engine's default then applies
+    # (kvplan.engines.options), and a flag given to another engine is refused, not ignored.
+    hf_cache: _profiles.HFCacheOpt = None,
     max_cache_len: _profiles.MaxCacheLenOpt = None,
-    generate: _profiles.GenerateOpt = False,
-    transformers_version: _profiles.TfVersionOpt = "5",
-    quant_backend: _profiles.QuantBackendOpt = "quanto",
-    nbits: _profiles.NbitsOpt = 4,
-    q_group_size: _profiles.QGroupOpt = 64,
-    residual_length: _profiles.ResidualOpt = 128,
+    generate: _profiles.GenerateOpt = None,
+    transformers_version: _profiles.TfVersionOpt = None,
+    quant_backend: _profiles.QuantBackendOpt = None,
+    nbits: _profiles.NbitsOpt = None,
+    q_group_size: _profiles.QGroupOpt = None,
+    residual_length: _profiles.ResidualOpt = None,
     parallel: _profiles.ParallelOpt = None,
     ctx_size: _profiles.CtxSizeOpt = None,
-    ubatch_size: _profiles.UbatchOpt = 512,
-    n_batch: _profiles.NBatchOpt = 2048,
-    swa_full: _profiles.SwaFullOpt = False,
-    flash_attn: _profiles.FlashAttnOpt = "auto",
+    ubatch_size: _profiles.UbatchOpt = None,
+    n_batch: _profiles.NBatchOpt = None,
+    swa_full: _profiles.SwaFullOpt = None,
+    flash_attn: _profiles.FlashAttnOpt = None,
     cache_type_k: _profiles.CacheTypeKOpt = None,
     cache_type_v: _profiles.CacheTypeVOpt = None,
-    kv_unified: _profiles.KvUnifiedOpt = False,
+    kv_unified: _profiles.KvUnifiedOpt = None,
     mem_fraction_static: _profiles.MemFracOpt = None,
-    page_size: _profiles.PageSizeOpt = 1,
-    swa_full_tokens_ratio: _profiles.SwaRatioOpt = 0.8,
+    page_size: _profiles.PageSizeOpt = None,
+    swa_full_tokens_ratio: _profiles.SwaRatioOpt = None,
     max_total_tokens: _profiles.MaxTotalTokensOpt = None,
-    tokens_per_block: _profiles.TokensPerBlockOpt = 32,
-    free_gpu_memory_fraction: _profiles.FreeFracOpt = 0.9,
+    tokens_per_block: _profiles.TokensPerBlockOpt = None,
+    free_gpu_memory_fraction: _profiles.FreeFracOpt = None,
     gpu: GPUOpt = None,
     gpu_memory: Annotated[Optional[str], typer.Option("--gpu-memory", help="GPU memory, e.g. 24GiB or 80GB (overrides --gpu's).")] = None,
     gpu_bandwidth: Annotated[Optional[float], typer.Option("--gpu-bandwidth", help="Peak memory bandwidth, GB/s (overrides --gpu's).")] = None,
     usd_per_hour: Annotated[Optional[float], typer.Option("--usd-per-hour", help="$ per GPU-hour (overrides --gpu's).")] = None,
     gpu_bf16_tflops: Annotated[Optional[float], typer.Option("--gpu-bf16-tflops", help="Dense bf16 TFLOPS (overrides --gpu's).")] = None,
     dtype: DtypeOpt = None,
-    gpu_memory_utilization: Annotated[float, typer.Option("--gpu-memory-utilization", help="Share of GPU memory the engine may use (vLLM's default 0.9).")] = 0.9,
+    gpu_memory_utilization: Annotated[Optional[float], typer.Option("--gpu-memory-utilization", help="Share of GPU memory vLLM may use (default 0.9, vLLM's).")] = None,
     activation_memory: Annotated[Optional[str], typer.Option("--activation-memory", help="Peak activation memory per GPU, e.g. 2GiB (default: estimated from max_num_batched_tokens).")] = None,
     non_torch_memory: Annotated[Optional[str], typer.Option("--non-torch-memory", help="CUDA context, cuBLAS, NCCL per GPU (default 512MiB; 1GiB with tp/pp > 1).")] = None,
-    max_num_batched_tokens: Annotated[int, typer.Option("--max-num-batched-tokens", help="vLLM's tokens per scheduler step (sliding-window reservation, profile run).")] = 8192,
+    max_num_batched_tokens: Annotated[Optional[int], typer.Option("--max-num-batched-tokens", help="vLLM's tokens per scheduler step (sliding-window reservation, profile run; default 8192).")] = None,
     bandwidth_efficiency: Annotated[Optional[float], typer.Option("--bandwidth-efficiency", help="Share of peak bandwidth a decode step reaches (default 0.8).")] = None,
     compute_efficiency: Annotated[Optional[float], typer.Option("--compute-efficiency", "--mfu", help="Share of peak FLOPS prefill reaches (default 0.5).")] = None,
     calibration: Annotated[Optional[str], typer.Option("--calibration", help="A `kvplan measure --json` report: use its measured bandwidth efficiency.")] = None,
@@ -171,21 +173,34 @@ def estimate(
     contexts = parse_int_list(context, "--context")
     batches = parse_int_list(batch, "--batch")
     tps = parse_int_list(tp, "--tensor-parallel-size")
+    from kvplan.deploy import check_workload
+
+    for c in sorted(contexts):  # the shortest context first: the first a workload may not fit
+        check_workload(c, prompt_tokens=prompt_tokens, output_tokens=output_tokens, requests_per_s=requests_per_s,
+                       shared_prefix_tokens=shared_prefix_tokens)
     warn_beyond_positions(spec, max(contexts), "sized as asked (engines refuse it without rope scaling)")
     if engine not in ("vllm", "ideal") + _profiles.PROFILE_ENGINES:
         raise InputError(f"--engine {engine!r} is not one of vllm, ideal, hf, llama.cpp, sglang, trtllm")
+    engine_flags = dict(
+        hf_cache=hf_cache, max_cache_len=max_cache_len, generate=generate, transformers_version=transformers_version,
+        quant_backend=quant_backend, nbits=nbits, q_group_size=q_group_size, residual_length=residual_length,
+        parallel=parallel, ctx_size=ctx_size, ubatch_size=ubatch_size, n_batch=n_batch, swa_full=swa_full,
+        flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v, kv_unified=kv_unified,
+        mem_fraction_static=mem_fraction_static, page_size=page_size, swa_full_tokens_ratio=swa_full_tokens_ratio,
+        max_total_tokens=max_total_tokens, tokens_per_block=tokens_per_block,
+        free_gpu_memory_fraction=free_gpu_memory_fraction,
+    )
+    planner_flags = dict(block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
+                         max_num_batched_tokens=max_num_batched_tokens)
+    given = [k for k, v in {**engine_flags, **planner_flags}.items() if v is not None]
+    from kvplan.engines.options import check_flags
+
+    check_flags(engine, given, tp=max(tps), pp=pp, command="estimate")
     if engine in _profiles.PROFILE_ENGINES:  # the engine's own allocation and budget rules (kvplan.engines)
         return _profiles.estimate_profile(
             spec, engine, contexts=contexts, batches=batches, tps=tps, kv_cache_dtype=kv_cache_dtype,
             state_dtype=state_dtype, gpu=gpu, gpu_memory=gpu_memory, dtype=dtype, activation_memory=activation_memory,
-            non_torch_memory=non_torch_memory, fmt=fmt, exact=exact, hf_cache=hf_cache, max_cache_len=max_cache_len,
-            generate=generate, transformers_version=transformers_version, quant_backend=quant_backend, nbits=nbits,
-            q_group_size=q_group_size, residual_length=residual_length, prompt_tokens=prompt_tokens, parallel=parallel,
-            ctx_size=ctx_size, ubatch_size=ubatch_size, n_batch=n_batch, swa_full=swa_full, flash_attn=flash_attn,
-            cache_type_k=cache_type_k, cache_type_v=cache_type_v, kv_unified=kv_unified,
-            mem_fraction_static=mem_fraction_static, page_size=page_size, swa_full_tokens_ratio=swa_full_tokens_ratio,
-            max_total_tokens=max_total_tokens, tokens_per_block=tokens_per_block,
-            free_gpu_memory_fraction=free_gpu_memory_fraction, svg=svg)
+            non_torch_memory=non_torch_memory, fmt=fmt, exact=exact, prompt_tokens=prompt_tokens, svg=svg, **engine_flags)
     from kvplan import deploy
 
     if block_size is not None and block_size < 1:
@@ -194,6 +209,11 @@ def estimate(
     if not dtypes:
         raise InputError("--kv-cache-dtype needs at least one format")
     formats = [deploy.kv_formats(spec, d, state_dtype) for d in dtypes]  # (K/V pair, state format)
+    if engine == "vllm":  # a format vLLM's argparse refuses is bad input there, and here
+        for d in dtypes:
+            problem = deploy.vllm_kv_dtype_problem(spec, d)
+            if problem:
+                raise InputError(problem)
     effective_block = block_size or deploy.default_block_size(spec, engine)
     gpu_names = parse_str_list(gpu) if gpu else []
     plan_flags = any(

@@ -345,9 +345,7 @@ def estimate_profile(spec, engine: str, *, contexts, batches, tps, kv_cache_dtyp
     from kvplan.formats import UnknownFormatError, parse_format
     from kvplan.units import parse_bytes
 
-    module = engine_module(engine)
-    if engine in ("hf", "llama.cpp") and any(t > 1 for t in tps):
-        raise InputError(f"--tp: kvplan's {engine} profile is for one device; use --tp 1")
+    module = engine_module(engine)  # estimate checked its flags and --tp / --pp (kvplan.engines.options)
     try:
         state_format = parse_format(state_dtype) if state_dtype else None
     except UnknownFormatError as exc:
@@ -435,6 +433,7 @@ def register(app: typer.Typer) -> None:
         """MODEL in every engine side by side: tokens held, KV bytes, why each differs, log lines, refusals."""
         from kvplan.catalog import resolve_spec
         from kvplan.cli import parse_int_list, parse_str_list
+        from kvplan.engines import ALL_ENGINES
         from kvplan.engines.compare import CompareOptions, compare as run_compare, ideal_format
         from kvplan.formats import UnknownFormatError, parse_format
         from kvplan.units import parse_bytes
@@ -447,8 +446,15 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--batch must be at least 1, got {batch}")
         if tp < 1:
             raise InputError(f"--tensor-parallel-size must be at least 1, got {tp}")
+        from kvplan.deploy import check_workload
+
+        check_workload(contexts[0], prompt_tokens=prompt_tokens)
         names = tuple(parse_str_list(engines))
-        pair = ideal_format(kv_cache_dtype, spec.dtype)  # each engine then accepts or refuses the name itself
+        if not names:
+            raise InputError(f"--engines {engines!r} names no engine; give a comma list of {', '.join(ALL_ENGINES)}")
+        # a name no engine takes ('fp4') is refused here, as estimate refuses it; each engine then accepts
+        # or refuses a name it may not have (f16, q8_0) itself
+        pair = ideal_format(kv_cache_dtype, spec.dtype)
         try:
             state = parse_format(state_dtype) if state_dtype else None
         except UnknownFormatError as exc:

@@ -197,7 +197,7 @@ def run_check(path: Path, where: str) -> CheckReport:
     from pydantic import ValidationError
 
     from kvplan.catalog import format_validation_error, read_yaml
-    from kvplan.gating import CheckReport, PlanFile, duplicate_labels, engine_key_problems
+    from kvplan.gating import CheckReport, PlanFile, duplicate_labels, engine_key_problems, plan_labels
 
     data, line_of = read_yaml(path)
     if not isinstance(data, dict):
@@ -207,10 +207,10 @@ def run_check(path: Path, where: str) -> CheckReport:
     except ValidationError as exc:
         raise InputError(_by_line(_plain(format_validation_error(exc, where, line_of, list(data))))) from None
     problems = []
-    for i, first in duplicate_labels(plan):
+    for i, first, label in duplicate_labels(plan):
         loc = ("deployments", i, "name")
         problems.append(
-            f"{where}:{line_of(loc)}: deployments.{i}.name: {plan.deployments[i].label!r} is already the name of "
+            f"{where}:{line_of(loc)}: deployments.{i}.name: {label!r} is already the name of "
             f"deployments.{first} (line {line_of(('deployments', first))}); give each deployment a unique `name`"
         )
     misplaced = set()
@@ -222,11 +222,12 @@ def run_check(path: Path, where: str) -> CheckReport:
     base = path.parent
     specs: dict[str, object] = {}
     results = []
+    labels = plan_labels(plan)
     for i, entry in enumerate(plan.deployments):
         if i in misplaced:
             continue
         try:
-            results.append(_evaluate(i, entry, base, line_of, specs))
+            results.append(_evaluate(i, entry, labels[i], base, line_of, specs))
         except _EntryError as exc:
             loc = ("deployments", i, *exc.keys)
             problems.append(f"{where}:{line_of(loc)}: {'.'.join(str(p) for p in loc)}: {exc.message}")
@@ -289,10 +290,10 @@ def _rebase(ref: str, base: Path) -> str:
     return ref
 
 
-def _evaluate(i: int, entry, base: Path, line_of: Callable, specs: dict):
+def _evaluate(i: int, entry, name: str, base: Path, line_of: Callable, specs: dict):
     """Resolve one entry, plan it, and compare its figures with its budgets."""
     from kvplan.catalog import resolve_spec
-    from kvplan.deploy import resolve_deployment
+    from kvplan.deploy import resolve_deployment, vllm_refusal
     from kvplan.gating import PROFILE_ENGINES, DeploymentResult, Figures, evaluate_budgets
     from kvplan.gpus import resolve_gpu
 
@@ -309,7 +310,7 @@ def _evaluate(i: int, entry, base: Path, line_of: Callable, specs: dict):
         except InputError as exc:
             raise _EntryError(("gpu",), exc.message) from None
     if entry.engine in PROFILE_ENGINES:
-        return _evaluate_profile(i, entry, specs[ref], gpu_ref, base, line_of)
+        return _evaluate_profile(i, entry, name, specs[ref], gpu_ref, base, line_of)
     try:
         deployment = resolve_deployment(
             specs[ref],
@@ -322,7 +323,12 @@ def _evaluate(i: int, entry, base: Path, line_of: Callable, specs: dict):
             max_num_batched_tokens=entry.max_num_batched_tokens,
         )
         layout = deployment.layout()
-        if deployment.gpu is None:
+        refusal = vllm_refusal(deployment.spec, entry.kv_cache_dtype, entry.context) if entry.engine == "vllm" else None
+        if refusal:  # as under the engine profiles: every budget fails with the engine's words
+            gpu_name = deployment.gpu.name if deployment.gpu is not None else None
+            figures = Figures(deployment.spec.name, gpu_name, deployment.kv_format.name, layout.kv_bytes_per_token,
+                              unavailable=f"vllm refuses: {refusal}")
+        elif deployment.gpu is None:
             figures = Figures(deployment.spec.name, None, deployment.kv_format.name, layout.kv_bytes_per_token)
         else:
             _check_cost_inputs(entry, deployment.gpu)
@@ -333,7 +339,7 @@ def _evaluate(i: int, entry, base: Path, line_of: Callable, specs: dict):
     o = deployment.options
     return DeploymentResult(
         index=i,
-        name=entry.label,
+        name=name,
         line=line_of(("deployments", i)),
         model=deployment.spec.name,
         gpu=deployment.gpu.name if deployment.gpu is not None else None,
@@ -361,7 +367,7 @@ def _shared_settings(entry, base: Path) -> dict:
     return settings
 
 
-def _evaluate_profile(i: int, entry, spec, gpu_ref: Optional[str], base: Path, line_of: Callable):
+def _evaluate_profile(i: int, entry, name: str, spec, gpu_ref: Optional[str], base: Path, line_of: Callable):
     """One entry under an engine profile (hf, llama.cpp, sglang, trtllm): the engine's bytes and budget rule."""
     from kvplan.gating import DeploymentResult, evaluate_budgets
 
@@ -379,7 +385,7 @@ def _evaluate_profile(i: int, entry, spec, gpu_ref: Optional[str], base: Path, l
     budgets = evaluate_budgets(entry.budgets, figures, lambda key: line_of(("deployments", i, "budgets", key)))
     return DeploymentResult(
         index=i,
-        name=entry.label,
+        name=name,
         line=line_of(("deployments", i)),
         model=spec.name,
         gpu=figures.gpu,
@@ -557,18 +563,13 @@ def diff(
 
 def _diff_engine_options(engine: str, tp: int, pp: int, given: dict) -> Optional[dict]:
     """The engine flags given, checked against --engine (None: a planner engine, vllm or ideal)."""
-    from kvplan.engines.options import misplaced
-    from kvplan.gating import ENGINES, PROFILE_ENGINES, profile_parallel_problems
+    from kvplan.engines.options import check_flags
+    from kvplan.gating import ENGINES, PROFILE_ENGINES
 
     if engine not in ENGINES:
         raise InputError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
-    for key, owner in misplaced(engine, given):
-        raise InputError(f"--{key.replace('_', '-')} is only for --engine {owner} (this diff's engine is {engine})")
-    if engine not in PROFILE_ENGINES:
-        return None
-    for key, message in profile_parallel_problems(engine, tp, pp):
-        raise InputError(f"--{key} {tp if key == 'tp' else pp}: {message.replace(' tp 1', ' --tp 1').replace(' pp 1', ' --pp 1')}")
-    return given
+    check_flags(engine, given, tp=tp, pp=pp, command="diff")
+    return given if engine in PROFILE_ENGINES else None
 
 
 def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: Optional[dict],
@@ -579,6 +580,7 @@ def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: 
     sequence stay the spec's; capacity and max context are the engine's.
     """
     from kvplan.deploy import resolve_deployment
+    from kvplan.vllm_rules import kv_cache_dtype_refusal
 
     if options is not None:
         s = settings
@@ -598,6 +600,12 @@ def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: 
              "weights_dtype": resolved.planner().weights_dtype},
         )
     deployment = resolve_deployment(spec, gpu, kv_cache_dtype=kv_cache_dtype, **settings)
+    # a format vLLM lacks stops diff, as an engine profile's refusal does; a --context past a spec's
+    # max_position_embeddings does not (diff compares specs at one reference context, and CI diffs every
+    # changed spec at the same one): its max context is capped at the spec's limit
+    refusal = kv_cache_dtype_refusal(spec, kv_cache_dtype) if settings["engine"] == "vllm" else None
+    if refusal:
+        raise InputError(f"{label}: vllm refuses: {refusal}")
     layout = deployment.layout()
     estimate = layout.at(settings["context"], settings["batch"])
     plan = deployment.planner().plan()

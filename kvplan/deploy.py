@@ -72,6 +72,89 @@ def kv_formats(spec: ModelSpec, kv_cache_dtype: str = "auto", state_dtype: Optio
     return pair, state
 
 
+def vllm_kv_dtype_problem(spec: ModelSpec, kv_cache_dtype: str) -> Optional[str]:
+    """Why vLLM refuses --kv-cache-dtype, in its words and with the engine that would run it (None: it runs it).
+
+    The rule is `kvplan.vllm_rules.kv_cache_dtype_refusal`, the one `kvplan compare`'s
+    vllm row applies; `estimate` turns this into bad input (vLLM's argparse exits 2
+    too) and `check` into failed budgets.
+    """
+    from kvplan.vllm_rules import kv_cache_dtype_refusal
+
+    refusal = kv_cache_dtype_refusal(spec, kv_cache_dtype)
+    if refusal is None:
+        return None
+    from kvplan.engines.llamacpp import CACHE_TYPES, cache_type
+
+    fix = "--engine ideal sizes any format"
+    if all(cache_type(p) in CACHE_TYPES for p in kv_cache_dtype.split("/")):
+        fix += f", --engine llama.cpp runs {kv_cache_dtype}"
+    return f"--kv-cache-dtype {kv_cache_dtype}: vllm refuses: {refusal}; {fix}"
+
+
+def vllm_refusal(spec: ModelSpec, kv_cache_dtype: str, context: int) -> Optional[str]:
+    """vLLM's words when it will not start: a --kv-cache-dtype it lacks, or --context past the model (None: it starts).
+
+    `check` fails a vllm deployment's budgets with them, as under the engine
+    profiles; `estimate` refuses the format as bad input and shows the context
+    refusal among the lines vLLM would log (`Planner.plan`); `diff` stops on the
+    format only.
+    """
+    from kvplan.vllm_rules import kv_cache_dtype_refusal, max_model_len_refusal
+
+    return kv_cache_dtype_refusal(spec, kv_cache_dtype) or max_model_len_refusal(spec, context)
+
+
+def check_workload(
+    context: int,
+    *,
+    prompt_tokens: Optional[int] = None,
+    output_tokens: Optional[int] = None,
+    requests_per_s: Optional[float] = None,
+    shared_prefix_tokens: int = 0,
+) -> None:
+    """Bounds of the workload flags; InputError naming the flag, its value and the bound.
+
+    A request is one sequence: its prompt and output tokens together are at most
+    --context tokens, the longest sequence the deployment serves (vLLM's
+    max_model_len, which refuses a longer request); a shared prefix is part of each
+    prompt. None means not given (the prompt is then --context tokens).
+    """
+    import math
+
+    if prompt_tokens is not None and prompt_tokens < 1:
+        raise InputError(f"--prompt-tokens {prompt_tokens} must be at least 1 (leave it out to prefill --context tokens)")
+    if output_tokens is not None and output_tokens < 1:
+        raise InputError(f"--output-tokens {output_tokens} must be at least 1 (a request generates at least one token)")
+    if requests_per_s is not None and not (math.isfinite(requests_per_s) and requests_per_s > 0):
+        raise InputError(f"--requests-per-s {requests_per_s:g} must be a number of requests per second above 0")
+    if shared_prefix_tokens < 0:
+        raise InputError(f"--shared-prefix-tokens {shared_prefix_tokens} must be 0 or more")
+    why = "(a request's prompt and output tokens are one sequence of at most --context tokens)"
+    if prompt_tokens is not None and prompt_tokens > context:
+        raise InputError(f"--prompt-tokens {prompt_tokens:,} does not fit --context {context:,} {why}; "
+                         f"give --prompt-tokens {context:,} or less, or a longer --context")
+    prompt = context if prompt_tokens is None else prompt_tokens
+    if output_tokens is not None and output_tokens >= context:  # not even a one-token prompt fits beside it
+        raise InputError(f"--output-tokens {output_tokens:,} leaves no room for a prompt in --context {context:,} "
+                         f"{why}; give fewer output tokens or a longer --context")
+    if output_tokens is not None and prompt + output_tokens > context:
+        if prompt_tokens is None:
+            raise InputError(
+                f"--output-tokens {output_tokens:,} does not fit: without --prompt-tokens the prompt is all "
+                f"--context {context:,} tokens {why}; give --prompt-tokens {context - output_tokens:,} or less"
+            )
+        raise InputError(
+            f"--prompt-tokens {prompt:,} + --output-tokens {output_tokens:,} = {prompt + output_tokens:,} tokens does "
+            f"not fit --context {context:,} {why}; shorten them or give a longer --context"
+        )
+    if shared_prefix_tokens > prompt:
+        raise InputError(
+            f"--shared-prefix-tokens {shared_prefix_tokens:,} is more than the {prompt:,} prompt tokens "
+            "(--prompt-tokens, default --context): a shared prefix is part of each prompt"
+        )
+
+
 def _size(value: Union[str, int, None], flag: str) -> Optional[int]:
     if value is None or isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -123,6 +206,8 @@ def plan_options(
         raise InputError("--context and --batch must be at least 1")
     if tp < 1 or pp < 1:
         raise InputError("--tensor-parallel-size and --pipeline-parallel-size must be at least 1")
+    check_workload(context, prompt_tokens=prompt_tokens, output_tokens=output_tokens, requests_per_s=requests_per_s,
+                   shared_prefix_tokens=shared_prefix_tokens)
     optional = {"bandwidth_efficiency": bandwidth_efficiency, "compute_efficiency": compute_efficiency}
     return PlanOptions(
         context=context,

@@ -113,8 +113,6 @@ def _version(value: Any) -> Any:
 # The engine profiles (kvplan.engines.ENGINE_NAMES, restated so a vLLM-only plan does not import them).
 PROFILE_ENGINES = ("hf", "llama.cpp", "sglang", "trtllm")
 ENGINES = ("vllm", "ideal") + PROFILE_ENGINES
-# Keys only kvplan's planner reads (engine vllm or ideal): the profiles have their own budget rules.
-PLANNER_KEYS = ("block_size", "gpu_memory_utilization", "max_num_batched_tokens")
 
 
 class DeploymentEntry(BaseModel):
@@ -182,10 +180,15 @@ class DeploymentEntry(BaseModel):
     @field_validator("kv_cache_dtype")
     @classmethod
     def _kv_format(cls, value: str, info: ValidationInfo) -> str:
-        if info.data.get("engine") in PROFILE_ENGINES:
-            return value  # the engine judges its own names (f16, fp8_e4m3 ...) and refuses as it would
         try:
-            parse_format_pair(value, "bf16")  # syntax only; 'auto' is resolved against the model later
+            if info.data.get("engine") in PROFILE_ENGINES:
+                # the engine judges its own names (f16, fp8_e4m3 ...) and refuses as it would; a name no
+                # engine takes is a typo here, as in `kvplan compare`
+                from kvplan.engines.compare import check_kv_dtype
+
+                check_kv_dtype(value)
+            else:
+                parse_format_pair(value, "bf16")  # syntax only; 'auto' is resolved against the model later
         except UnknownFormatError as exc:
             raise ValueError(str(exc)) from None
         return value
@@ -218,12 +221,16 @@ class DeploymentEntry(BaseModel):
 
     @property
     def label(self) -> str:
-        """`name`, or a name built from model, GPU, tp and context."""
+        """`name`, or a name built from model, GPU, engine (when not vllm), tp and context.
+
+        Unnamed entries that still share it get the keys that tell them apart (`plan_labels`).
+        """
         if self.name:
             return self.name
         where = f" on {self.gpu or 'custom'}" if self.has_gpu else ""
+        via = f" via {self.engine}" if self.engine != "vllm" else ""
         parallel = f" tp{self.tp}" + (f" pp{self.pp}" if self.pp > 1 else "")
-        return f"{self.model}{where}{parallel} @{self.context}"
+        return f"{self.model}{where}{via}{parallel} @{self.context}"
 
 
 class PlanFile(BaseModel):
@@ -245,37 +252,54 @@ class PlanFile(BaseModel):
 
 def engine_key_problems(entry: DeploymentEntry) -> list[tuple[str, str]]:
     """(key, message) for each key the entry's engine does not read, and each parallel size it cannot take."""
-    from kvplan.engines.options import misplaced
+    from kvplan.engines.options import key_problems
 
     given = [k for k in type(entry).model_fields if k in entry.model_fields_set]  # in the model's order
-    out = [(k, f"only for engine {owner} (this deployment's engine is {entry.engine})")
-           for k, owner in misplaced(entry.engine, given)]
-    if entry.engine in PROFILE_ENGINES:
-        out += [(k, f"only for engines vllm and ideal (kvplan's planner); engine {entry.engine} has its own budget rule")
-                for k in given if k in PLANNER_KEYS]
-        out += profile_parallel_problems(entry.engine, entry.tp, entry.pp)
-    return out
+    return [(p.key, p.message(entry.engine)) for p in key_problems(entry.engine, given, tp=entry.tp, pp=entry.pp)]
 
 
-def profile_parallel_problems(engine: str, tp: int, pp: int) -> list[tuple[str, str]]:
-    """(key, message) when an engine profile cannot model the parallel sizes (as `estimate --engine` refuses)."""
-    out = []
-    if tp > 1 and engine in ("hf", "llama.cpp"):
-        out.append(("tp", f"kvplan's {engine} profile is for one device; use tp 1"))
-    if pp > 1:
-        out.append(("pp", f"kvplan's {engine} profile models one pipeline stage; use pp 1"))
-    return out
+# Keys the automatic name (DeploymentEntry.label) already shows.
+_LABEL_KEYS = ("name", "budgets", "model", "gpu", "engine", "tp", "pp", "context")
 
 
-def duplicate_labels(plan: PlanFile) -> list[tuple[int, int]]:
-    """(index, index of the first entry with that label) for each repeated label."""
+def plan_labels(plan: PlanFile) -> list[str]:
+    """Every deployment's name: `name`, else its automatic one (`DeploymentEntry.label`).
+
+    Unnamed entries whose automatic names clash get `key=value` for each other key
+    whose value differs among them and is not the key's default (in the plan
+    model's order), so two entries that differ only by kv_cache_dtype or batch are
+    named apart; entries that differ in nothing but budgets still clash
+    (`duplicate_labels`).
+    """
+    labels = [entry.label for entry in plan.deployments]
+    clashes: dict[str, list[int]] = {}
+    for i, entry in enumerate(plan.deployments):
+        if entry.name is None:
+            clashes.setdefault(labels[i], []).append(i)
+    for indices in clashes.values():
+        if len(indices) < 2:
+            continue
+        entries = [plan.deployments[i] for i in indices]
+        keys = [k for k in DeploymentEntry.model_fields
+                if k not in _LABEL_KEYS and len({repr(getattr(e, k)) for e in entries}) > 1]
+        for i, entry in zip(indices, entries):
+            # a key at its default is left out: two entries that differ in a key cannot both be at its default
+            shown = [f"{k}={getattr(entry, k)}" for k in keys
+                     if getattr(entry, k) != DeploymentEntry.model_fields[k].default]
+            if shown:
+                labels[i] += " " + " ".join(shown)
+    return labels
+
+
+def duplicate_labels(plan: PlanFile) -> list[tuple[int, int, str]]:
+    """(index, index of the first entry with that name, the name) for each repeated name (`plan_labels`)."""
     first: dict[str, int] = {}
     out = []
-    for i, entry in enumerate(plan.deployments):
-        if entry.label in first:
-            out.append((i, first[entry.label]))
+    for i, label in enumerate(plan_labels(plan)):
+        if label in first:
+            out.append((i, first[label], label))
         else:
-            first.setdefault(entry.label, i)
+            first[label] = i
     return out
 
 

@@ -21,7 +21,7 @@ from kvplan.calc import ATTENTION_KINDS, CacheLayout, ceil_div
 from kvplan.errors import InputError
 from kvplan.formats import FIXED_FORMATS, KVFormatPair
 from kvplan.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
-from kvplan.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS, VllmLayout, build_layout
+from kvplan.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS, VllmLayout, build_layout, max_model_len_refusal
 
 GIB = 2**30
 MIB = 2**20
@@ -542,22 +542,31 @@ class Planner:
             per_req = vl.blocks_per_request(context, opts.max_num_batched_tokens)
             vllm_conc = vllm_blocks / per_req if per_req else None
             vllm_groups, vllm_pad = len(vl.groups), vl.padding_layers
-            log.append(f"Available KV cache memory: {max(budget, 0) / GIB:.2f} GiB")
-            log.append(f"GPU KV cache size: {vllm_tokens:,} tokens")
-            if vllm_conc is not None:
-                log.append(f"Maximum concurrency for {context:,} tokens per request: {vllm_conc:.2f}x")
-            if vllm_pad:
-                waste = vllm_pad / (vl.group_size * len(vl.groups)) * 100
-                log.append(f"Add {vllm_pad} padding layers, may waste at most {waste:.2f}% KV cache memory")
-            if max_seqs < 1:
-                needed_gib = per_req * vl.page_bytes * vl.group_size / GIB
-                log.append(
-                    f"ValueError: To serve at least one request with the models's max seq len ({context}), "
-                    f"({needed_gib:.2f} GiB KV cache is needed, which is larger than the available KV cache "
-                    f"memory ({max(budget, 0) / GIB:.2f} GiB). Based on the available memory, the estimated "
-                    f"maximum model length is {self.max_context(1)[0]}. Try increasing `gpu_memory_utilization` "
-                    "or decreasing `max_model_len` when initializing the engine."
+            refusal = max_model_len_refusal(spec, context)
+            if refusal:  # vLLM stops at config time, before profiling memory: this is all it would log
+                log.append(refusal)
+                notes.append(
+                    f"vLLM refuses --context {context:,} at start-up: it exceeds {spec.name}'s max_position_embeddings "
+                    f"({spec.max_position_embeddings:,}) and VLLM_ALLOW_LONG_MAX_MODEL_LEN is not set; the pool, "
+                    "concurrency and max context here are what the memory would hold."
                 )
+            else:
+                log.append(f"Available KV cache memory: {max(budget, 0) / GIB:.2f} GiB")
+                log.append(f"GPU KV cache size: {vllm_tokens:,} tokens")
+                if vllm_conc is not None:
+                    log.append(f"Maximum concurrency for {context:,} tokens per request: {vllm_conc:.2f}x")
+                if vllm_pad:
+                    waste = vllm_pad / (vl.group_size * len(vl.groups)) * 100
+                    log.append(f"Add {vllm_pad} padding layers, may waste at most {waste:.2f}% KV cache memory")
+                if max_seqs < 1:
+                    needed_gib = per_req * vl.page_bytes * vl.group_size / GIB
+                    log.append(
+                        f"ValueError: To serve at least one request with the models's max seq len ({context}), "
+                        f"({needed_gib:.2f} GiB KV cache is needed, which is larger than the available KV cache "
+                        f"memory ({max(budget, 0) / GIB:.2f} GiB). Based on the available memory, the estimated "
+                        f"maximum model length is {self.max_context(1)[0]}. Try increasing `gpu_memory_utilization` "
+                        "or decreasing `max_model_len` when initializing the engine."
+                    )
             if not vl.uniform:
                 notes.append(
                     f"vLLM splits this model's layers into {len(vl.groups)} KV-cache groups of {vl.group_size} "
@@ -593,6 +602,9 @@ class Planner:
             gpus_needed = self.gpus_for_workload(opts.shared_prefix_tokens)
             gpus_no_prefix = self.gpus_for_workload(0) if opts.shared_prefix_tokens else gpus_needed
         suggestions = [] if fits else self.suggestions(need, budget)
+        if self.vllm_stages is not None and max_model_len_refusal(spec, context):
+            # vLLM will not start at this context at all: only a shorter context helps
+            suggestions = [s for s in suggestions if s.startswith("--context")]
         return Plan(
             model=spec.name,
             gpu=gpu.name,

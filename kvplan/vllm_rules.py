@@ -14,12 +14,18 @@ Sources (vllm-project/vllm, commit 001cabc, see shared/reference/engine-rules.md
   "GPU KV cache size" = (num_blocks // groups) x block_size tokens; "Maximum
   concurrency" = num_blocks / blocks one request needs at max_model_len.
 
+- the start-up refusals, in vLLM's words: `vllm/config/model.py`
+  `_get_and_verify_max_len` (`max_model_len_refusal`, read at 0052a5b) and the
+  --kv-cache-dtype choices (`CacheConfig.cache_dtype`, engine-rules.md §1.5;
+  `kv_cache_dtype_refusal`).
+
 Pure: no I/O.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from kvplan.calc import CacheLayout, ceil_div
 from kvplan.errors import InputError
@@ -30,6 +36,58 @@ from kvplan.shape import LayerKind
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 # Attention block sizes in a Mamba hybrid are a multiple of this (kernel alignment).
 MAMBA_HYBRID_BLOCK_ALIGNMENT = 16
+
+# vLLM's --kv-cache-dtype values that kvplan has formats for (`CacheConfig.cache_dtype`, the
+# `CacheDType` Literal in vllm/config/cache.py; argparse offers exactly the Literal's values).
+VLLM_KV_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_per_token_head", "int8_per_token_head", "nvfp4")
+# Names kvplan reads as the model's own 16/32-bit dtype, which vLLM runs as "auto".
+_MODEL_DTYPE_NAMES = ("bf16", "fp16", "fp32", "bfloat16", "float16", "float32")
+
+
+def kv_cache_dtype_refusal(spec, kv_cache_dtype: str) -> Optional[str]:
+    """argparse's refusal of a --kv-cache-dtype vLLM does not have (llama.cpp's q8_0, int4, a K/V pair), else None.
+
+    The one place kvplan decides which formats vLLM runs: `kvplan compare`'s vllm
+    row, `kvplan estimate`, `check` and `diff` under engine vllm all ask here.
+    """
+    name = kv_cache_dtype.strip().lower()
+    if name in VLLM_KV_DTYPES or name == spec.dtype or name in _MODEL_DTYPE_NAMES:
+        return None
+    choices = ", ".join(f"'{c}'" for c in VLLM_KV_DTYPES)
+    return f"error: argument --kv-cache-dtype: invalid choice: '{kv_cache_dtype}' (choose from {choices})"
+
+
+# Model types whose config has no RoPE parameters (gpt2: learned absolute positions; jamba: none at all).
+_NO_ROPE_MODEL_TYPES = ("gpt2", "jamba")
+
+
+def max_model_len_refusal(spec, max_model_len: int) -> Optional[str]:
+    """vLLM's start-up refusal of a max_model_len (kvplan's --context) above the model's length, else None.
+
+    vllm/config/model.py `_get_and_verify_max_len` (vllm-project/vllm, read at commit
+    0052a5b): the derived length is the smallest of max_position_embeddings and its
+    aliases, times the RoPE scaling factor (1.0 unscaled; yarn starts from
+    original_max_position_embeddings) - so for a RoPE model it is a float, printed
+    "131072.0"; Gemma-3 skips the scaling and models without RoPE parameters keep the
+    int. A user max_model_len above it raises (ModelConfig validation prints it as
+    pydantic's "Value error, ...") unless VLLM_ALLOW_LONG_MAX_MODEL_LEN=1, before any
+    memory is profiled. Not modelled: a tokenizer_config model_max_length below it.
+    """
+    derived = spec.max_position_embeddings
+    if not derived or max_model_len <= derived:
+        return None
+    model_type = spec.model_type or ""
+    shown = derived if "gemma3" in model_type or model_type in _NO_ROPE_MODEL_TYPES else float(derived)
+    warning = (
+        "VLLM_ALLOW_LONG_MAX_MODEL_LEN must be used with extreme caution. If the model uses relative position "
+        "encoding (RoPE), positions exceeding derived_max_model_len lead to nan. If the model uses absolute position "
+        "encoding, positions exceeding derived_max_model_len will cause a CUDA array out-of-bounds error."
+    )
+    return (
+        f"Value error, User-specified max_model_len ({max_model_len}) is greater than the derived max_model_len "
+        f"(max_position_embeddings={shown} or model_max_length=None in model's config.json). To allow overriding "
+        f"this maximum, set the env var VLLM_ALLOW_LONG_MAX_MODEL_LEN=1. {warning}"
+    )
 
 
 @dataclass(frozen=True, slots=True)

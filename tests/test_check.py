@@ -389,6 +389,11 @@ def test_output_to_a_missing_folder_is_bad_input(tmp_path, capsys):
          "deployments.0.engine: Input should be 'vllm', 'ideal', 'hf', 'llama.cpp', 'sglang' or 'trtllm'"),
         ("prompt_tokens: 12q", "min_concurrent_sequences: 1",
          "deployments.0.prompt_tokens: '12q' is not a whole number of tokens (e.g. 32768 or 32k)"),
+        ("prompt_tokens: 2k", "min_concurrent_sequences: 1",  # TINY_DEPLOYMENT's context is 1k
+         "deployments.0.prompt_tokens: prompt_tokens 2,048 does not fit context 1,024 (a request's prompt and output "
+         "tokens are one sequence of at most context tokens); give prompt_tokens 1,024 or less, or a longer context"),
+        ("prompt_tokens: 0", "min_concurrent_sequences: 1",
+         "deployments.0.prompt_tokens: Input should be greater than or equal to 1"),
         ("state_dtype: fp9", "min_concurrent_sequences: 1", "deployments.0.state_dtype: unknown KV cache dtype 'fp9'"),
         ("gpu_memory_utilization: 1.5", "min_concurrent_sequences: 1",
          "deployments.0.gpu_memory_utilization: Input should be less than or equal to 1"),
@@ -501,6 +506,57 @@ def test_duplicate_names_are_refused(tmp_path, capsys):
     assert r.stderr == (
         f"error: {plan}:5: deployments.1.name: 'tiny.yaml tp1 @8192' is already the name of deployments.0 (line 2); "
         "give each deployment a unique `name`\n"
+    )
+
+
+def test_unnamed_deployments_that_differ_get_names_that_differ(tmp_path, capsys):
+    """The engine is in the automatic name when it is not vllm; a clash adds each differing key not at its default."""
+    plan = _plan(
+        tmp_path,
+        """\
+        deployments:
+          - {model: llama-3.1-8b, gpu: h100, context: 8k, budgets: {max_kv_bytes_per_token: 128KiB}}
+          - {model: llama-3.1-8b, gpu: h100, context: 8k, engine: sglang, budgets: {max_kv_bytes_per_token: 128KiB}}
+          - {model: llama-3.1-8b, gpu: h100, context: 8k, engine: llama.cpp, budgets: {max_kv_bytes_per_token: 128KiB}}
+          - {model: llama-3.1-8b, context: 8k, engine: ideal, budgets: {max_kv_bytes_per_token: 128KiB}}
+          - {model: llama-3.1-8b, gpu: h100, context: 8k, kv_cache_dtype: fp8, budgets: {max_kv_bytes_per_token: 128KiB}}
+          - {model: llama-3.1-8b, gpu: h100, context: 8k, batch: 4, budgets: {max_kv_bytes_per_token: 128KiB}}
+          - {model: llama-3.1-8b, gpu: h100, context: 8k, engine: sglang, page_size: 16, budgets: {max_kv_bytes_per_token: 128KiB}}
+        """,
+    )
+    r = run_cli(capsys, "check", str(plan), "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert [d["name"] for d in json.loads(r.stdout)["deployments"]] == [
+        "llama-3.1-8b on h100 tp1 @8192",
+        "llama-3.1-8b on h100 via sglang tp1 @8192",
+        "llama-3.1-8b on h100 via llama.cpp tp1 @8192",
+        "llama-3.1-8b via ideal tp1 @8192",
+        "llama-3.1-8b on h100 tp1 @8192 kv_cache_dtype=fp8",
+        "llama-3.1-8b on h100 tp1 @8192 batch=4",
+        "llama-3.1-8b on h100 via sglang tp1 @8192 page_size=16",
+    ]
+
+
+def test_unnamed_deployments_that_differ_only_in_budgets_are_refused(tmp_path, capsys):
+    plan = _plan(
+        tmp_path,
+        """\
+        deployments:
+          - model: tiny.yaml
+            context: 8k
+            engine: llama.cpp
+            budgets: {max_kv_bytes_per_token: 512}
+          - model: tiny.yaml
+            context: 8k
+            engine: llama.cpp
+            budgets: {max_kv_bytes_per_token: 1024}
+        """,
+    )
+    r = run_cli(capsys, "check", str(plan))
+    assert r.exit_code == 2
+    assert r.stderr == (
+        f"error: {plan}:6: deployments.1.name: 'tiny.yaml via llama.cpp tp1 @8192' is already the name of "
+        "deployments.0 (line 2); give each deployment a unique `name`\n"
     )
 
 

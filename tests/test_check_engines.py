@@ -262,6 +262,9 @@ QUANTIZED_V = "llama_init_from_model: quantized V cache requires flash_attn to b
     [
         ("llama.cpp", "    cache_type_v: q8_0\n    flash_attn: off\n", f"llama.cpp refuses: {QUANTIZED_V}"),
         ("llama.cpp", "    cache_type_k: q3_k\n", "llama.cpp refuses: Unsupported cache type: q3_k"),
+        # -c 4096, one slot: 4,096 cells for a sequence of 8,192 tokens (tools/server/server-context.cpp)
+        ("llama.cpp", "    ctx_size: 4096\n",
+         "llama.cpp refuses: request (8192 tokens) exceeds the available context size (4096 tokens), try increasing it"),
         ("trtllm", "    kv_cache_dtype: q8_0\n",
          "trtllm refuses: TensorRT-LLM's KV cache dtype is auto or fp8 (kv_cache_config.dtype); q8_0 is not a "
          "TensorRT-LLM KV cache dtype"),
@@ -278,6 +281,51 @@ def test_an_engine_refusal_fails_every_budget_with_its_words(tmp_path, capsys, e
     r = run_cli(capsys, "check", str(plan))
     table = " ".join(r.stdout.split())  # the table wraps long notes at 160 columns
     assert r.exit_code == 1 and f"— d0: max_concurrent_sequences is absent: {refusal}" in table
+
+
+VLLM_CHOICES = "'auto', 'fp8', 'fp8_e4m3', 'fp8_e5m2', 'fp8_per_token_head', 'int8_per_token_head', 'nvfp4'"
+VLLM_TOO_LONG = (
+    "Value error, User-specified max_model_len (262144) is greater than the derived max_model_len "
+    "(max_position_embeddings=131072.0 or model_max_length=None in model's config.json). To allow overriding this "
+    "maximum, set the env var VLLM_ALLOW_LONG_MAX_MODEL_LEN=1. VLLM_ALLOW_LONG_MAX_MODEL_LEN must be used with extreme "
+    "caution. If the model uses relative position encoding (RoPE), positions exceeding derived_max_model_len lead to "
+    "nan. If the model uses absolute position encoding, positions exceeding derived_max_model_len will cause a CUDA "
+    "array out-of-bounds error."
+)
+
+
+@pytest.mark.parametrize(
+    "extra, context, refusal",
+    [
+        ("    kv_cache_dtype: q8_0\n", "8k",
+         f"vllm refuses: error: argument --kv-cache-dtype: invalid choice: 'q8_0' (choose from {VLLM_CHOICES})"),
+        ("", "256k", f"vllm refuses: {VLLM_TOO_LONG}"),  # llama-3.1-8b: max_position_embeddings 131,072
+    ],
+)
+def test_what_vllm_refuses_fails_every_budget_with_its_words(tmp_path, capsys, extra, context, refusal):
+    plan = write_plan(tmp_path, deployment("vllm", 4 * GiB, extra, context=context))
+    got = figures(capsys, plan, code=1)[0]
+    assert len(got) == 7
+    for b in got.values():
+        assert (b["value"], b["passed"], b["note"]) == (None, False, refusal)
+    r = run_cli(capsys, "check", str(plan))
+    assert r.exit_code == 1 and f"— d0: max_concurrent_sequences is absent: {refusal}" in " ".join(r.stdout.split())
+
+
+def test_the_ideal_engine_takes_what_vllm_refuses(tmp_path, capsys):
+    """No GPU: the spec's bytes at q8_0 (34 B per 32 values: 32 layers x 2 x 8 heads x 128 / 32 x 34 = 69,632 B)."""
+    entry = "    model: llama-3.1-8b\n    engine: {}\n    context: 8k\n    kv_cache_dtype: q8_0\n"
+    plan = write_plan(tmp_path, entry.format("ideal"), entry.format("vllm"), budgets="max_kv_bytes_per_token: 68KiB\n")
+    ideal, vllm = figures(capsys, plan, code=1)
+    assert (ideal["kv_bytes_per_token"]["value"], ideal["kv_bytes_per_token"]["passed"]) == (69632, True)
+    assert vllm["kv_bytes_per_token"]["passed"] is False
+    assert vllm["kv_bytes_per_token"]["note"].startswith("vllm refuses: error: argument --kv-cache-dtype: invalid choice: 'q8_0'")
+
+
+def test_past_the_model_the_ideal_engine_is_capped_not_refused(tmp_path, capsys):
+    got = figures(capsys, write_plan(tmp_path, deployment("ideal", 40 * GiB, context="256k"),
+                                     budgets="min_max_context_tokens: 128k\n"))[0]
+    assert got["max_context_tokens"]["value"] == 131072  # the model's max_position_embeddings
 
 
 @pytest.mark.parametrize("flash_attn", ["on", "auto", "'on'"])
@@ -312,6 +360,11 @@ def test_quantized_v_with_flash_attention_on_or_auto_is_sized(tmp_path, capsys, 
         ("hf", "transformers_version: 6", "deployments.1.transformers_version: transformers_version '6' is not one of 4, 5"),
         ("sglang", "mem_fraction_static: 1.2", "deployments.1.mem_fraction_static: Input should be less than or equal to 1"),
         ("llama.cpp", "swa_full: 'yes'", "deployments.1.swa_full: Input should be a valid boolean"),
+        ("llama.cpp", "parallel: 0", "deployments.1.parallel: Input should be greater than or equal to 1"),
+        ("sglang", "kv_cache_dtype: fp4", "deployments.1.kv_cache_dtype: unknown KV cache dtype 'fp4'; use one of: "
+         "fp32, fp16, bf16, fp8, fp8_e4m3, fp8_e5m2, int8, fp8_per_token_head, int8_per_token_head, nvfp4, q8_0, q4_0, "
+         "q4_1, q5_0, q5_1, iq4_nl, int4[_gN][_fp16|_bf16|_fp32][_sym|_asym], int2[...], auto (the model's dtype); "
+         "K/V to differ, e.g. q8_0/q4_0"),
         ("hf", "hf_cache: static\n    max_cache_len: 4k",
          "deployments.1.max_cache_len: max_cache_len 4096 is smaller than the 8192 tokens the cache must hold"),
     ],

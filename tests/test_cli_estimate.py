@@ -82,6 +82,94 @@ def test_bad_input_exits_2_with_one_line(capsys, args, message):
     assert "Traceback" not in r.stderr and r.stdout == ""
 
 
+# ------------------------------------------------------------------ another engine's flags are refused, not ignored
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--hf-cache", "static"], "--hf-cache is only for --engine hf (this estimate's engine is vllm)"),
+        (["--engine", "vllm", "--ubatch-size", "256"],
+         "--ubatch-size is only for --engine llama.cpp (this estimate's engine is vllm)"),
+        (["--engine", "ideal", "--generate"], "--generate is only for --engine hf (this estimate's engine is ideal)"),
+        (["--engine", "sglang", "--tokens-per-block", "64"],
+         "--tokens-per-block is only for --engine trtllm (this estimate's engine is sglang)"),
+        (["--engine", "trtllm", "--block-size", "32"],
+         "--block-size is only for --engine vllm and ideal (kvplan's planner); --engine trtllm has its own budget rule"),
+        (["--engine", "hf", "--gpu-memory-utilization", "0.8"],
+         "--gpu-memory-utilization is only for --engine vllm and ideal (kvplan's planner); --engine hf has its own "
+         "budget rule"),
+        (["--engine", "hf", "--pp", "2"], "--pp 2: kvplan's hf profile models one pipeline stage; use --pp 1"),
+        (["--engine", "sglang", "--pp", "2"], "--pp 2: kvplan's sglang profile models one pipeline stage; use --pp 1"),
+        (["--engine", "trtllm", "--pp", "2"], "--pp 2: kvplan's trtllm profile models one pipeline stage; use --pp 1"),
+        (["--engine", "llama.cpp", "--tp", "1,2"], "--tp 2: kvplan's llama.cpp profile is for one device; use --tp 1"),
+    ],
+)
+def test_a_flag_the_engine_does_not_read_exits_2(capsys, args, message):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", *args)
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {message}\n")
+
+
+@pytest.mark.parametrize("args", [["--hf-cache", "static"], ["--engine", "hf", "--pp", "2"],
+                                  ["--engine", "sglang", "--ubatch-size", "256"]])
+def test_estimate_and_diff_refuse_a_misplaced_flag_in_the_same_words(capsys, args):
+    """One helper (kvplan.engines.options.check_flags) words the refusal; only the command's name differs."""
+    estimate = run_cli(capsys, "estimate", "llama-3.1-8b", *args)
+    diff = run_cli(capsys, "diff", "llama-3.1-8b", "qwen3-8b", *args)
+    assert estimate.exit_code == diff.exit_code == 2
+    assert estimate.stderr.replace("this estimate's", "this diff's") == diff.stderr
+
+
+def test_an_engine_flag_given_to_its_own_engine_still_counts(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--engine", "trtllm", "--tokens-per-block", "64", "-c", "4096",
+                "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["settings"]["tokens_per_block"] == 64
+
+
+# ------------------------------------------------------------------ a format vLLM refuses (engine vllm, the default)
+
+VLLM_CHOICES = "'auto', 'fp8', 'fp8_e4m3', 'fp8_e5m2', 'fp8_per_token_head', 'int8_per_token_head', 'nvfp4'"
+
+
+def vllm_invalid_choice(name: str) -> str:
+    """vLLM's argparse words (kvplan.vllm_rules.kv_cache_dtype_refusal)."""
+    return f"error: argument --kv-cache-dtype: invalid choice: '{name}' (choose from {VLLM_CHOICES})"
+
+
+@pytest.mark.parametrize(
+    "kv, fix",
+    [
+        ("q8_0", "--engine ideal sizes any format, --engine llama.cpp runs q8_0"),
+        ("q8_0/q4_0", "--engine ideal sizes any format, --engine llama.cpp runs q8_0/q4_0"),
+        ("int4", "--engine ideal sizes any format"),  # no engine profile runs kvplan's int4 groups
+    ],
+)
+@pytest.mark.parametrize("gpu", [[], ["--gpu", "h100"]])
+def test_vllm_refuses_a_format_it_does_not_have(capsys, kv, fix, gpu):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--kv-cache-dtype", kv, *gpu)
+    assert (r.exit_code, r.stdout) == (2, "")
+    assert r.stderr == f"error: --kv-cache-dtype {kv}: vllm refuses: {vllm_invalid_choice(kv)}; {fix}\n"
+
+
+def test_the_ideal_engine_sizes_any_format(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--engine", "ideal", "--kv-cache-dtype", "q8_0", "--gpu", "h100",
+                "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["kv_bytes_per_token"] == 32 * 2 * 8 * 128 // 32 * 34  # 69,632 B
+
+
+def test_estimate_and_compare_refuse_the_same_formats_for_vllm(capsys):
+    """compare's vllm row and estimate quote one rule (kvplan.vllm_rules.kv_cache_dtype_refusal)."""
+    for kv in ("q8_0", "fp8", "int8", "nvfp4", "bf16", "auto", "int4_g32_sym"):
+        est = run_cli(capsys, "estimate", "llama-3.1-8b", "--kv-cache-dtype", kv)
+        cmp = run_cli(capsys, "compare", "llama-3.1-8b", "--kv-cache-dtype", kv, "--engines", "vllm", "-f", "json")
+        refusals = json.loads(cmp.stdout)["rows"][0]["cache"]["refusals"]
+        assert (est.exit_code == 2) == bool(refusals), kv
+        if refusals:
+            assert f"vllm refuses: {refusals[0]};" in est.stderr
+
+
 def spec_file(tmp_path, body: str):
     path = tmp_path / "my-model.yaml"
     path.write_text(textwrap.dedent(body))

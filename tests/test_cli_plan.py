@@ -61,6 +61,57 @@ def test_workload_sizing(capsys):
     assert data["gpus_needed"] <= data["gpus_needed_without_prefix_sharing"]
 
 
+FIT = "(a request's prompt and output tokens are one sequence of at most --context tokens)"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--requests-per-s", "-1", "--prompt-tokens", "100", "--output-tokens", "100"],
+         "--requests-per-s -1 must be a number of requests per second above 0"),
+        (["--requests-per-s", "0", "--prompt-tokens", "100"], "--requests-per-s 0 must be a number of requests per second above 0"),
+        (["--requests-per-s", "inf"], "--requests-per-s inf must be a number of requests per second above 0"),
+        (["--prompt-tokens", "0"], "--prompt-tokens 0 must be at least 1 (leave it out to prefill --context tokens)"),
+        (["--prompt-tokens", "100", "--output-tokens", "0"],
+         "--output-tokens 0 must be at least 1 (a request generates at least one token)"),
+        (["--prompt-tokens", "100", "--shared-prefix-tokens", "-5"], "--shared-prefix-tokens -5 must be 0 or more"),
+        (["--prompt-tokens", "100000"],
+         f"--prompt-tokens 100,000 does not fit --context 8,192 {FIT}; give --prompt-tokens 8,192 or less, or a longer --context"),
+        (["--prompt-tokens", "6000", "--output-tokens", "5000"],
+         f"--prompt-tokens 6,000 + --output-tokens 5,000 = 11,000 tokens does not fit --context 8,192 {FIT}; shorten them "
+         "or give a longer --context"),
+        (["--requests-per-s", "1", "--output-tokens", "100"],
+         f"--output-tokens 100 does not fit: without --prompt-tokens the prompt is all --context 8,192 tokens {FIT}; "
+         "give --prompt-tokens 8,092 or less"),
+        (["--output-tokens", "8192"],
+         f"--output-tokens 8,192 leaves no room for a prompt in --context 8,192 {FIT}; give fewer output tokens or a "
+         "longer --context"),
+        (["--requests-per-s", "1", "--shared-prefix-tokens", "99999"],
+         "--shared-prefix-tokens 99,999 is more than the 8,192 prompt tokens (--prompt-tokens, default --context): a "
+         "shared prefix is part of each prompt"),
+        (["--prompt-tokens", "4000", "--shared-prefix-tokens", "4001"],
+         "--shared-prefix-tokens 4,001 is more than the 4,000 prompt tokens (--prompt-tokens, default --context): a "
+         "shared prefix is part of each prompt"),
+    ],
+)
+@pytest.mark.parametrize("gpu", [["--gpu", "h100-sxm"], []])
+def test_workload_flags_out_of_bounds_exit_2(capsys, args, message, gpu):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "-c", "8k", *gpu, *args)
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {message}\n")
+
+
+def test_a_workload_is_checked_against_every_context_of_a_sweep(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "-c", "16k,4k", "--gpu", "h100-sxm", "--prompt-tokens", "6000")
+    assert r.exit_code == 2 and r.stderr.startswith("error: --prompt-tokens 6,000 does not fit --context 4,096 ")
+
+
+def test_a_workload_that_fits_its_context_exactly_is_sized(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "-c", "8k", "--gpu", "h100-sxm", "--prompt-tokens", "8000",
+                "--output-tokens", "192", "--requests-per-s", "1", "--shared-prefix-tokens", "8000", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["gpus_needed"] >= 1
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

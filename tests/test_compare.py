@@ -84,8 +84,9 @@ def test_differences_sum_to_engine_minus_ideal(name, context, batch, hf_cache, g
     opts = dict(hf=hf.HFOptions(cache=hf_cache, generate=generate and context > 1, transformers_version=version))
     for row in run_compare(spec, context, batch=batch, **opts).rows:
         c = row.cache
-        if c.refused:  # HF 5.x QuantizedCache refuses sliding models; 4.x static refuses MLA
-            assert row.engine == "hf" and c.kv_bytes_total is None and row.why[0].startswith("refused: ")
+        if c.refused:  # HF 5.x QuantizedCache refuses sliding models; 4.x static refuses MLA; vLLM a context
+            past = row.engine == "vllm" and context > spec.max_position_embeddings  # past the model (mistral: 32k)
+            assert (row.engine == "hf" or past) and c.kv_bytes_total is None and row.why[0].startswith("refused: ")
             continue
         assert sum(d.bytes for d in c.differences) == c.kv_bytes_total - c.ideal_bytes_total, row.engine
         assert sum(k.bytes for k in c.by_kind) == c.kv_bytes_total, row.engine
@@ -95,10 +96,20 @@ def test_differences_sum_to_engine_minus_ideal(name, context, batch, hf_cache, g
 @pytest.mark.parametrize("name", catalog_names())
 def test_every_catalog_model_compares(name):
     spec = resolve_spec(name)
-    rows = rows_of(run_compare(spec, 5000, batch=2))
+    context = min(5000, spec.max_position_embeddings or 5000)  # beyond it vLLM refuses to start (a test below)
+    rows = rows_of(run_compare(spec, context, batch=2))
     assert set(rows) == set(ALL_ENGINES)
     for r in rows.values():
         assert r.cache.kv_bytes_total is not None and r.cache.kv_bytes_total > 0, r.engine
+
+
+def test_past_the_model_the_vllm_row_is_refused_in_vllms_words():
+    rows = rows_of(run_compare(resolve_spec("llama-2-7b"), 8192))  # max_position_embeddings 4,096
+    vllm = rows["vllm"].cache
+    assert vllm.kv_bytes_total is None
+    assert vllm.refusals[0].startswith("Value error, User-specified max_model_len (8192) is greater than the derived "
+                                       "max_model_len (max_position_embeddings=4096.0 or model_max_length=None")
+    assert rows["ideal"].cache.kv_bytes_total == 8192 * 32 * 32 * 128 * 2 * 2  # MHA: 32 heads of 128, K and V
 
 
 def test_gemma_reasons_name_each_engines_rule():
@@ -194,6 +205,43 @@ def test_compare_engines_subset_and_bad_name(capsys):
     assert r.stderr == "error: --engines 'tgi' is not one of ideal, vllm, hf, llama.cpp, sglang, trtllm\n"
 
 
+FORMAT_HELP = ("fp32, fp16, bf16, fp8, fp8_e4m3, fp8_e5m2, int8, fp8_per_token_head, int8_per_token_head, nvfp4, "
+               "q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, int4[_gN][_fp16|_bf16|_fp32][_sym|_asym], int2[...], "
+               "auto (the model's dtype); K/V to differ, e.g. q8_0/q4_0")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--kv-cache-dtype", "fp4"], f"--kv-cache-dtype: unknown KV cache dtype 'fp4'; use one of: {FORMAT_HELP}"),
+        (["--kv-cache-dtype", "q8_0/FP4"], f"--kv-cache-dtype: unknown KV cache dtype 'FP4'; use one of: {FORMAT_HELP}"),
+        (["--kv-cache-dtype", "q8_0/q4_0/f16"], "--kv-cache-dtype: 'q8_0/q4_0/f16': write one format, or K/V as in q8_0/q4_0"),
+        (["--engines", ""], "--engines '' names no engine; give a comma list of ideal, vllm, hf, llama.cpp, sglang, trtllm"),
+        (["--engines", " , "], "--engines ' , ' names no engine; give a comma list of ideal, vllm, hf, llama.cpp, sglang, trtllm"),
+    ],
+)
+def test_compare_refuses_what_no_engine_takes_up_front(capsys, args, message):
+    r = run_cli(capsys, "compare", "llama-3.1-8b", *args)
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {message}\n")
+
+
+def test_estimate_refuses_the_same_unknown_format(capsys):
+    """The same words whether estimate's vllm path or compare (or an engine profile) reads the name."""
+    vllm = run_cli(capsys, "estimate", "llama-3.1-8b", "--kv-cache-dtype", "fp4")
+    profile = run_cli(capsys, "estimate", "llama-3.1-8b", "--engine", "sglang", "--kv-cache-dtype", "fp4")
+    compared = run_cli(capsys, "compare", "llama-3.1-8b", "--kv-cache-dtype", "fp4")
+    assert vllm.exit_code == profile.exit_code == compared.exit_code == 2
+    assert vllm.stderr == profile.stderr == compared.stderr
+
+
+def test_a_name_only_some_engines_take_is_passed_on(capsys):
+    """f16 is llama.cpp's (and transformers'); vLLM, SGLang and TensorRT-LLM refuse it in their own words."""
+    r = run_cli(capsys, "compare", "llama-3.1-8b", "--kv-cache-dtype", "f16", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    refused = {row["engine"] for row in json.loads(r.stdout)["rows"] if row["cache"]["refusals"]}
+    assert refused == {"vllm", "sglang", "trtllm"}
+
+
 def test_compare_one_context_only(capsys):
     r = run_cli(capsys, "compare", "llama-3.1-8b", "-c", "1024,2048")
     assert r.exit_code == 2 and "compare takes one context" in r.stderr
@@ -233,6 +281,26 @@ def test_estimate_engine_refusal_and_sweep(capsys):
     assert json.loads(r.stdout)["refusals"] == ["llama_init_from_model: quantized V cache requires flash_attn to be enabled"]
     r = run_cli(capsys, "estimate", "gemma-3-27b", "--engine", "llama.cpp", "-c", "4k,8k", "-b", "1,2", "-f", "json")
     assert len(json.loads(r.stdout)) == 4
+
+
+def test_estimate_engine_llama_cpp_refuses_a_sequence_longer_than_its_slot(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--engine", "llama.cpp", "--ctx-size", "100", "-b", "4", "-c", "8192",
+                "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["refusals"] == ["request (8192 tokens) exceeds the available context size (256 tokens), try increasing it"]
+    assert data["kv_bytes_total"] is None and data["settings"]["n_ctx_seq"] == 256
+    assert data["notes"][-1] == ("A sequence of 8,192 tokens needs a slot of as many cells, and each of the 4 slots "
+                                 "holds 256 cells (-c 100): give -c (--ctx-size) of at least 32,768.")
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--engine", "llama.cpp", "--ctx-size", "100", "-b", "4", "-c", "8192")
+    assert "llama.cpp refuses    request (8192 tokens) exceeds the available context size (256 tokens), try increasing it" in r.stdout
+
+
+def test_estimate_engine_llama_cpp_parallel_zero_exits_2(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--engine", "llama.cpp", "--parallel", "0")
+    assert (r.exit_code, r.stdout) == (2, "")
+    assert r.stderr == ("error: --parallel 0 must be at least 1 (llama.cpp's -np, its sequence slots; leave it out for "
+                        "one slot per --batch sequence)\n")
 
 
 def test_estimate_engine_with_gpu(capsys):

@@ -247,6 +247,14 @@ def test_malformed_yaml_at_the_revision_names_its_line(repo, capsys, monkeypatch
     assert r.stderr.startswith("error: specs/tiny.yaml@HEAD:11: malformed YAML:")
 
 
+def test_a_context_past_a_spec_is_compared_not_refused(capsys):
+    """diff compares specs at one reference context (CI runs every changed spec at --context 32k): llama-2-7b's
+    4,096-token limit caps its max context; vLLM's start-up refusal is for estimate and check."""
+    code, data, err = diff_json(capsys, "llama-3.1-8b", "llama-2-7b", "--context", "32k")
+    assert code == 0, err
+    assert data["metrics"]["max_context_tokens"]["after"] == 4096
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -265,6 +273,9 @@ def test_malformed_yaml_at_the_revision_names_its_line(repo, capsys, monkeypatch
          "--tp 2: kvplan's llama.cpp profile is for one device; use --tp 1"),
         (["llama-3.1-8b", "qwen3-8b", "--engine", "llama.cpp", "--cache-type-v", "q8_0", "--flash-attn", "off"],
          "llama-3.1-8b: llama.cpp refuses: llama_init_from_model: quantized V cache requires flash_attn to be enabled"),
+        (["llama-3.1-8b", "qwen3-8b", "--kv-cache-dtype", "q8_0"],
+         "llama-3.1-8b: vllm refuses: error: argument --kv-cache-dtype: invalid choice: 'q8_0' (choose from 'auto', "
+         "'fp8', 'fp8_e4m3', 'fp8_e5m2', 'fp8_per_token_head', 'int8_per_token_head', 'nvfp4')\n"),
     ],
 )
 def test_bad_arguments(tmp_path, capsys, monkeypatch, args, message):

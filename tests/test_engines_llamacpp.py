@@ -13,6 +13,7 @@ import pytest
 from kvplan.catalog import resolve_spec
 from kvplan.engines import GIB, MIB, MemoryInputs
 from kvplan.engines import llamacpp as L
+from kvplan.errors import InputError
 from kvplan.formats import parse_format_pair
 
 from conftest import make_spec
@@ -207,6 +208,62 @@ def test_refusals(spec_name, opts, refusal):
     c = run(spec_name, 4096, **opts)
     assert c.refusals == (refusal,)
     assert c.kv_bytes_total is None and c.by_kind == ()
+
+
+# tools/server/server-context.cpp update_slots: a prompt of slot.n_ctx (= n_ctx_seq) tokens or more is refused
+
+
+def too_long(tokens: int, slot: int) -> str:
+    return f"request ({tokens} tokens) exceeds the available context size ({slot} tokens), try increasing it"
+
+
+@pytest.mark.parametrize(
+    "context, batch, opts, slot",
+    [
+        # -c 100 -np 4: pad(100) = 256; 256 / 4 = 64 -> pad 256 cells per slot, not 8,192
+        (8192, 4, {"ctx_size": 100}, 256),
+        # -c 8192 -np 2: 4,096 cells a slot
+        (8192, 2, {"ctx_size": 8192}, 4096),
+        # --kv-unified: a slot may take the whole pool, pad(100) = 256 cells
+        (8192, 4, {"ctx_size": 100, "kv_unified": True}, 256),
+        # -np 3 for a batch of 1 with -c 4,097: pad 4,352; / 3 = 1,450 -> pad 1,536 cells a slot
+        (4097, 1, {"ctx_size": 4097, "parallel": 3}, 1536),
+    ],
+)
+def test_a_sequence_longer_than_its_slot_is_refused_in_llama_servers_words(context, batch, opts, slot):
+    c = run("llama-3.1-8b", context, batch=batch, **opts)
+    assert c.refusals == (too_long(context, slot),)
+    assert c.kv_bytes_total is None and c.settings["n_ctx_seq"] == slot
+    assert c.notes[-1].endswith(f"give -c (--ctx-size) of at least {context * (1 if opts.get('kv_unified') else c.settings['n_seq_max']):,}.")
+
+
+@pytest.mark.parametrize(
+    "context, opts",
+    [
+        (8192, {"ctx_size": 8192}),
+        (256, {"ctx_size": 100}),  # pad(100) = 256 cells
+        (4097, {"parallel": 2}),  # no -c: 4,097 x 2 = 8,194 -> pad 8,448; / 2 = 4,224 -> pad 4,352 cells a slot
+    ],
+)
+def test_a_sequence_that_fills_its_slot_exactly_is_sized(context, opts):
+    """A slot of n cells holds a sequence of n tokens (a prompt of n - 1, one token out)."""
+    c = run("llama-3.1-8b", context, **opts)
+    assert not c.refusals and c.kv_bytes_total is not None
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        ({"parallel": 0}, "--parallel 0 must be at least 1 (llama.cpp's -np, its sequence slots; leave it out for one "
+                          "slot per --batch sequence)"),
+        ({"ctx_size": 0}, "--ctx-size 0 must be at least 1 (llama.cpp's -c 0, the training context, is not modelled: "
+                          "give the cells, or leave it out for --context x --parallel)"),
+    ],
+)
+def test_no_slot_or_no_cell_is_bad_input(opts, message):
+    with pytest.raises(InputError) as exc:
+        run("llama-3.1-8b", 4096, **opts)
+    assert exc.value.message == message
 
 
 def test_quantized_k_alone_needs_no_flash_attention():

@@ -150,6 +150,52 @@ def test_a_model_that_cannot_hold_one_request_says_so():
     assert any(s.startswith("--kv-cache-dtype fp8 fits") or s.startswith(f"--context {longest}") for s in plan.suggestions)
 
 
+VLLM_LONG_WARNING = (
+    "VLLM_ALLOW_LONG_MAX_MODEL_LEN must be used with extreme caution. If the model uses relative position encoding "
+    "(RoPE), positions exceeding derived_max_model_len lead to nan. If the model uses absolute position encoding, "
+    "positions exceeding derived_max_model_len will cause a CUDA array out-of-bounds error."
+)
+
+
+def vllm_too_long(context: int, derived: str) -> str:
+    """vllm/config/model.py _get_and_verify_max_len's ValueError, as ModelConfig validation prints it."""
+    return (f"Value error, User-specified max_model_len ({context}) is greater than the derived max_model_len "
+            f"(max_position_embeddings={derived} or model_max_length=None in model's config.json). To allow "
+            f"overriding this maximum, set the env var VLLM_ALLOW_LONG_MAX_MODEL_LEN=1. {VLLM_LONG_WARNING}")
+
+
+def test_vllm_refuses_a_context_past_the_model_before_profiling_memory():
+    """1,048,576 > 131,072: vLLM stops at config time, so its log is that refusal and nothing about memory."""
+    plan = planner(LLAMA_31_8B, H100_SXM, context=1048576).plan()
+    assert plan.vllm_log == [vllm_too_long(1048576, "131072.0")]  # x RoPE scaling factor 1.0: a float
+    assert any(n.startswith("vLLM refuses --context 1,048,576 at start-up") for n in plan.notes)
+    # the memory-based figures stay, separately: the pool still holds 453,952 tokens; one sequence of the
+    # model's whole 131,072-token window fits
+    assert plan.vllm_kv_cache_tokens == 453_952 and plan.max_context_tokens == 131072
+    assert plan.suggestions == ["--context 131072 is the longest that fits 1 sequences"]  # no "--tp 4 fits ..."
+
+
+def test_at_the_models_length_vllm_starts():
+    plan = planner(LLAMA_31_8B, H100_SXM, context=131072).plan()
+    assert plan.vllm_log[0].startswith("Available KV cache memory")
+    assert planner(LLAMA_31_8B, H100_SXM, context=131072, engine=Engine.ideal).plan().vllm_log == []
+
+
+@pytest.mark.parametrize(
+    "model_type, derived",
+    [("llama", "4096.0"), (None, "4096.0"), ("gemma3", "4096"), ("gemma3_text", "4096"), ("gpt2", "4096"),
+     ("jamba", "4096")],
+)
+def test_the_derived_length_prints_as_vllm_prints_it(model_type, derived):
+    """A RoPE model's length is multiplied by its scaling factor (a float); Gemma-3 skips that, non-RoPE models have none."""
+    from kvplan.vllm_rules import max_model_len_refusal
+
+    spec = make_spec(max_position_embeddings=4096, model_type=model_type)
+    assert max_model_len_refusal(spec, 4096) is None
+    assert max_model_len_refusal(spec, 4097) == vllm_too_long(4097, derived)
+    assert max_model_len_refusal(make_spec(), 10**7) is None  # no max_position_embeddings: nothing to refuse
+
+
 def test_shared_prefix_saves_gpus():
     p = planner(LLAMA_31_8B, H100_SXM, context=8192, batch=1, prompt_tokens=6000, output_tokens=500,
                 requests_per_s=50.0, shared_prefix_tokens=4000)

@@ -84,14 +84,46 @@ def llamacpp_types(kv_cache_dtype: str) -> tuple[str, str]:
     return names[0], names[-1]
 
 
+def engine_only_names() -> frozenset[str]:
+    """--kv-cache-dtype names an engine profile takes that are not kvplan formats (f16, bfloat16, mxfp8, ...)."""
+    names = set(llamacpp.CACHE_TYPES) | set(llamacpp._ALIASES) | set(sglang.KV_DTYPES) | set(trtllm.KV_DTYPES)
+    return frozenset(names | set(hf.DTYPE_ALIASES))
+
+
+def check_kv_dtype(kv_cache_dtype: str) -> None:
+    """Raise UnknownFormatError (kvplan.formats' words) unless each part is a kvplan format or some engine's name.
+
+    A name no engine and no kvplan format knows ('fp4') is a typo, refused up front as
+    `estimate` refuses it, not passed on for every engine to refuse; a name only some
+    engines know (f16, mxfp8) goes on, and the others refuse it in their own words.
+    """
+    from kvplan.formats import parse_format, parse_format_pair
+
+    parts = [p.strip() for p in kv_cache_dtype.split("/")]
+    if len(parts) > 2 or not all(parts):
+        parse_format_pair(kv_cache_dtype, "bf16")  # raises its own words for the shape ('a/b/c', 'q8_0/')
+    known = engine_only_names() | {"auto"}
+    for part in parts:
+        if part.lower() not in known:
+            parse_format(part)
+
+
 def ideal_format(kv_cache_dtype: str, model_dtype: str) -> KVFormatPair:
-    """--kv-cache-dtype as kvplan's formats for the ideal row; an engine-only name (f16) sizes it in the model's dtype."""
+    """--kv-cache-dtype as kvplan's formats for the ideal row; an engine-only name (f16) sizes it in the model's dtype.
+
+    A name no engine takes is bad input: InputError naming --kv-cache-dtype (`check_kv_dtype`).
+    """
     from kvplan.formats import UnknownFormatError, parse_format_pair
 
     try:
         return parse_format_pair(kv_cache_dtype, model_dtype)
     except UnknownFormatError:
-        return parse_format_pair("auto", model_dtype)
+        pass
+    try:
+        check_kv_dtype(kv_cache_dtype)
+    except UnknownFormatError as exc:
+        raise InputError(f"--kv-cache-dtype: {exc}") from None
+    return parse_format_pair("auto", model_dtype)
 
 
 def _signed(n: int) -> str:

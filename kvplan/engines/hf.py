@@ -66,6 +66,8 @@ CACHES = ("dynamic", "static", "quantized")
 VERSIONS = ("4", "5")
 BACKENDS = ("quanto", "hqq")
 TORCH_DTYPES = {"bf16": "torch.bfloat16", "fp16": "torch.float16", "fp32": "torch.float32"}
+# torch's and llama.cpp's names for them, as --kv-cache-dtype may spell them
+DTYPE_ALIASES = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32", "f16": "fp16", "f32": "fp32"}
 QUANTO_NBITS = (2, 4)  # QuantoQuantizedLayer.__init__
 HQQ_NBITS = (1, 2, 3, 4, 8)  # HQQQuantizedLayer.__init__
 
@@ -98,8 +100,7 @@ def cache_dtype(spec, kv_cache_dtype: str) -> tuple[Optional[str], Optional[str]
     name = kv_cache_dtype.strip().lower()
     if name == "auto":
         return spec.dtype, None
-    aliases = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32", "f16": "fp16", "f32": "fp32"}
-    name = aliases.get(name, name)
+    name = DTYPE_ALIASES.get(name, name)
     if name in TORCH_DTYPES:
         return name, None
     return None, (

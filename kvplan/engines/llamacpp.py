@@ -51,6 +51,14 @@ llama-cpp-python 0.3.36 (upstream commit 0c1e570, 2026-10-01):
   4 slots with a unified cache (tools/server/server.cpp); kvplan's defaults are
   llama-cli's (one slot per --batch sequence, not unified).
 
+- `tools/server/server-context.cpp` (read at 001d906): each slot has
+  slot.n_ctx = llama_n_ctx_seq(ctx) cells (n_ctx with --kv-unified);
+  `update_slots` refuses a prompt of slot.n_ctx tokens or more with "request (%d
+  tokens) exceeds the available context size (%d tokens), try increasing it"
+  (ERROR_TYPE_EXCEED_CONTEXT_SIZE), and generation stops at the slot's end (no
+  context shift by default). kvplan refuses a sequence of --context tokens when
+  context > n_ctx_seq, in those words.
+
 Not modelled: the V padding to the widest layer when flash attention is off
 (TAG_V_CACHE_VARIABLE; no catalog model has per-layer V widths), the older
 iSWA sizing (n_swa x n_seq + n_batch), and older builds that padded n_ctx to 32
@@ -97,6 +105,8 @@ SOURCES = (
     "ggml-org/llama.cpp common/arg.cpp kv_cache_type_from_str (accepted cache types)",
     "ggml-org/llama.cpp ggml/src/ggml-common.h (block sizes)",
 )
+SLOT_SOURCE = ("ggml-org/llama.cpp tools/server/server-context.cpp update_slots (a prompt of n_ctx_seq tokens or more: "
+               "\"request (%d tokens) exceeds the available context size (%d tokens), try increasing it\")")
 
 
 def pad(n: int, to: int = PAD) -> int:
@@ -253,12 +263,15 @@ def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, ideal_format
         raise InputError("--context and --batch must be at least 1")
     if opts.ubatch_size < 1 or opts.batch_size < 1:
         raise InputError("--ubatch-size and --n-batch must be at least 1")
+    if opts.parallel is not None and opts.parallel < 1:  # -np 0 is not "one per sequence": it is no slot at all
+        raise InputError(f"--parallel {opts.parallel} must be at least 1 (llama.cpp's -np, its sequence slots; "
+                         "leave it out for one slot per --batch sequence)")
     n_seq_max = opts.parallel or batch
-    if n_seq_max < 1:
-        raise InputError(f"--parallel must be at least 1, got {n_seq_max}")
     n_ctx_requested = opts.ctx_size if opts.ctx_size is not None else context * n_seq_max
     if n_ctx_requested < 1:
-        raise InputError(f"--ctx-size must be at least 1, got {n_ctx_requested}")
+        # llama.cpp's -c 0 means the model's training context, which kvplan does not take from a GGUF here
+        raise InputError(f"--ctx-size {n_ctx_requested} must be at least 1 (llama.cpp's -c 0, the training "
+                         "context, is not modelled: give the cells, or leave it out for --context x --parallel)")
     ideal = CacheLayout(spec, ideal_format, block_size=1, state_format=ideal_state).at(context, batch)
     type_k, type_v = opts.cache_type_k, opts.cache_type_v
     kv_name = type_k if type_k == type_v else f"{type_k}/{type_v}"
@@ -390,6 +403,21 @@ def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, ideal_format
         notes.append("llama.cpp windows only the layers its architecture loader marks SWA; kvplan takes them "
                      "from the spec's layer types.")
     settings["swa_cells"] = swa_size
+    slot = settings["n_ctx_seq"]
+    if context > slot:
+        # A slot holds n_ctx_seq = llama_n_ctx_seq(ctx) cells (tools/server/server-context.cpp: slot.n_ctx =
+        # n_ctx_slot; the whole n_ctx with --kv-unified). llama-server refuses a prompt of slot.n_ctx tokens or
+        # more (update_slots: `if (slot.task->n_tokens() >= slot.n_ctx)` -> ERROR_TYPE_EXCEED_CONTEXT_SIZE,
+        # ggml-org/llama.cpp at 001d906) and, context shift being off by default, stops generating at the slot's
+        # end: a sequence of `context` tokens (a prompt of context - 1 and one token out) needs context <= n_ctx_seq.
+        where = (f"the {g.n_seq_max} slots share {slot:,} cells (-c {n_ctx_requested:,}, --kv-unified)"
+                 if g.n_stream == 1 else f"each of the {g.n_seq_max} slots holds {slot:,} cells (-c {n_ctx_requested:,})")
+        need = context if g.n_stream == 1 else context * g.n_seq_max
+        notes.append(f"A sequence of {context:,} tokens needs a slot of as many cells, and {where}: "
+                     f"give -c (--ctx-size) of at least {need:,}.")
+        refusal = f"request ({context} tokens) exceeds the available context size ({slot} tokens), try increasing it"
+        return EngineCache(ENGINE, spec.name, context, batch, kv_name, settings, tuple(rows), None,
+                           ideal.kv_bytes_total, (), tuple(logs), (refusal,), tuple(notes), SOURCES + (SLOT_SOURCE,))
     return EngineCache(ENGINE, spec.name, context, batch, kv_name, settings, tuple(rows), total,
                        ideal.kv_bytes_total, ledger.differences, tuple(logs), (), tuple(notes), SOURCES)
 

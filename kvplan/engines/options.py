@@ -10,8 +10,8 @@ there. Pure: no I/O; the engine modules are imported only when options are built
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Mapping, Optional
 
 # Each engine's option keys (the snake_case of its flags), in the order its --help lists them.
 OPTION_KEYS: dict[str, tuple[str, ...]] = {
@@ -25,6 +25,11 @@ OPTION_KEYS: dict[str, tuple[str, ...]] = {
 
 # A key whose option field is named otherwise (the flag follows the engine's own CLI).
 _FIELD = {"hf_cache": "cache", "n_batch": "batch_size"}
+
+# Keys only kvplan's planner reads (engines vllm and ideal): the profiles have their own budget rules.
+PLANNER_KEYS = ("block_size", "gpu_memory_utilization", "max_num_batched_tokens")
+# Profiles that run on one device (llama.cpp splits layers, not heads; transformers' tp_plan is not modelled).
+SINGLE_DEVICE = ("hf", "llama.cpp")
 
 
 def owner(key: str) -> Optional[str]:
@@ -40,6 +45,67 @@ def misplaced(engine: str, keys) -> list[tuple[str, str]]:
         if belongs is not None and belongs != engine:
             out.append((key, belongs))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class KeyProblem:
+    """A setting `engine` does not take: another engine's key, a planner key, or a parallel size.
+
+    `kind` is "engine" (the key is `owner`'s), "planner" (vllm / ideal only),
+    "tp" or "pp" (`value` is the size asked for). `message` words it for a plan
+    entry (keys) or for a command line (flags); both come from here, so
+    `estimate`, `diff` and `check` refuse the same settings in the same words.
+    """
+
+    key: str
+    kind: str
+    owner: Optional[str] = None
+    value: Optional[int] = None
+
+    def message(self, engine: str, command: Optional[str] = None) -> str:
+        """Plan wording (`command` None: 'only for engine hf (...)'), or a flag's ('--hf-cache is only for ...')."""
+        cli = command is not None
+        name = f"--{self.key.replace('_', '-')}" if cli else self.key
+        eng = "--engine" if cli else "engine"
+        if self.kind == "engine":
+            whose = f"this {command}'s" if cli else "this deployment's"
+            text = f"only for {eng} {self.owner} ({whose} engine is {engine})"
+        elif self.kind == "planner":
+            text = (f"only for {eng + ' vllm' if cli else 'engines vllm'} and ideal (kvplan's planner); "
+                    f"{eng} {engine} has its own budget rule")
+        elif self.kind == "tp":
+            text = f"kvplan's {engine} profile is for one device; use {name} 1"
+        else:
+            text = f"kvplan's {engine} profile models one pipeline stage; use {name} 1"
+        if not cli:
+            return text
+        return f"{name} {self.value}: {text}" if self.kind in ("tp", "pp") else f"{name} is {text}"
+
+
+def key_problems(engine: str, keys: Iterable[str], *, tp: int = 1, pp: int = 1) -> list[KeyProblem]:
+    """Every key of `keys` (given settings, snake_case) that `engine` does not read, then tp / pp it cannot take.
+
+    Another engine's option is an error under any engine (vllm and ideal read
+    none); the planner's keys are errors under a profile; a profile models one
+    pipeline stage, and hf and llama.cpp one device.
+    """
+    keys = list(keys)
+    out = [KeyProblem(k, "engine", owner) for k, owner in misplaced(engine, keys)]
+    if engine in OPTION_KEYS:
+        out += [KeyProblem(k, "planner") for k in keys if k in PLANNER_KEYS]
+        if tp > 1 and engine in SINGLE_DEVICE:
+            out.append(KeyProblem("tp", "tp", value=tp))
+        if pp > 1:
+            out.append(KeyProblem("pp", "pp", value=pp))
+    return out
+
+
+def check_flags(engine: str, given: Iterable[str], *, tp: int = 1, pp: int = 1, command: str) -> None:
+    """Raise InputError for the first flag `engine` does not take (`kvplan estimate` and `kvplan diff`)."""
+    from kvplan.errors import InputError
+
+    for problem in key_problems(engine, given, tp=tp, pp=pp):
+        raise InputError(problem.message(engine, command))
 
 
 def engine_options(engine: str, kv_cache_dtype: str = "auto", values: Optional[Mapping[str, Any]] = None, *,

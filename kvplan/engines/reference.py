@@ -15,9 +15,7 @@ from typing import Optional
 from kvplan.calc import CacheEstimate, CacheLayout, LayerKind
 from kvplan.engines import EngineCache, KindCache, Ledger
 from kvplan.formats import KVFormat, KVFormatPair
-
-# vLLM's --kv-cache-dtype values that kvplan has formats for (CacheConfig.cache_dtype).
-VLLM_KV_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_per_token_head", "int8_per_token_head", "nvfp4")
+from kvplan.vllm_rules import kv_cache_dtype_refusal, max_model_len_refusal
 
 IDEAL_SOURCES = ("kvplan.calc CacheLayout (no paging): the tokens each layer needs, windows min(context, W)",)
 VLLM_SOURCES = (
@@ -54,22 +52,14 @@ def ideal(spec, context: int, batch: int, fmt: KVFormatPair, *, tp: int = 1,
                        est.kv_bytes_total, est.kv_bytes_total, (), (), (), (), IDEAL_SOURCES)
 
 
-def vllm_dtype_refusal(spec, kv_cache_dtype: str) -> Optional[str]:
-    """argparse's refusal for a --kv-cache-dtype vLLM does not have (llama.cpp and HF formats)."""
-    name = kv_cache_dtype.strip().lower()
-    if name in VLLM_KV_DTYPES or name in (spec.dtype, "bf16", "fp16", "fp32", "bfloat16", "float16", "float32"):
-        return None
-    choices = ", ".join(f"'{c}'" for c in VLLM_KV_DTYPES)
-    return f"error: argument --kv-cache-dtype: invalid choice: '{kv_cache_dtype}' (choose from {choices})"
-
-
 def vllm(spec, context: int, batch: int, fmt: KVFormatPair, *, kv_cache_dtype: str = "auto", tp: int = 1,
          block_size: Optional[int] = None, state_format: Optional[KVFormat] = None) -> EngineCache:
     """vLLM's blocks for `batch` sequences of `context` tokens (per-request, before the pool is sized)."""
     bs = block_size or default_vllm_block_size(spec)
     base = CacheLayout(spec, fmt, block_size=1, tp=tp, state_format=state_format).at(context, batch)
     settings = {"block_size": bs, "tp": tp}
-    refusal = vllm_dtype_refusal(spec, kv_cache_dtype)
+    # vLLM's start-up refusals, as `kvplan estimate`, `check` and `diff` apply them (kvplan.vllm_rules)
+    refusal = kv_cache_dtype_refusal(spec, kv_cache_dtype) or max_model_len_refusal(spec, context)
     if refusal:
         return EngineCache("vllm", spec.name, context, batch, kv_cache_dtype, settings, (), None,
                            base.kv_bytes_total, (), (), (refusal,), (), VLLM_SOURCES)
