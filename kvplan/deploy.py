@@ -118,12 +118,12 @@ def check_workload(
     A request is one sequence: its prompt and output tokens together are at most
     --context tokens, the longest sequence the deployment serves (vLLM's
     max_model_len, which refuses a longer request); a shared prefix is part of each
-    prompt. None means not given (the prompt is then --context tokens).
+    prompt. None means not given (the prompt is then what --context leaves beside the output).
     """
     import math
 
     if prompt_tokens is not None and prompt_tokens < 1:
-        raise InputError(f"--prompt-tokens {prompt_tokens} must be at least 1 (leave it out to prefill --context tokens)")
+        raise InputError(f"--prompt-tokens {prompt_tokens} must be at least 1 (leave it out to prefill what --context leaves beside --output-tokens)")
     if output_tokens is not None and output_tokens < 1:
         raise InputError(f"--output-tokens {output_tokens} must be at least 1 (a request generates at least one token)")
     if requests_per_s is not None and not (math.isfinite(requests_per_s) and requests_per_s > 0):
@@ -134,16 +134,12 @@ def check_workload(
     if prompt_tokens is not None and prompt_tokens > context:
         raise InputError(f"--prompt-tokens {prompt_tokens:,} does not fit --context {context:,} {why}; "
                          f"give --prompt-tokens {context:,} or less, or a longer --context")
-    prompt = context if prompt_tokens is None else prompt_tokens
+    # without --prompt-tokens the prompt is what the context leaves beside the output
+    prompt = context - (output_tokens or 0) if prompt_tokens is None else prompt_tokens
     if output_tokens is not None and output_tokens >= context:  # not even a one-token prompt fits beside it
         raise InputError(f"--output-tokens {output_tokens:,} leaves no room for a prompt in --context {context:,} "
                          f"{why}; give fewer output tokens or a longer --context")
     if output_tokens is not None and prompt + output_tokens > context:
-        if prompt_tokens is None:
-            raise InputError(
-                f"--output-tokens {output_tokens:,} does not fit: without --prompt-tokens the prompt is all "
-                f"--context {context:,} tokens {why}; give --prompt-tokens {context - output_tokens:,} or less"
-            )
         raise InputError(
             f"--prompt-tokens {prompt:,} + --output-tokens {output_tokens:,} = {prompt + output_tokens:,} tokens does "
             f"not fit --context {context:,} {why}; shorten them or give a longer --context"
@@ -151,7 +147,7 @@ def check_workload(
     if shared_prefix_tokens > prompt:
         raise InputError(
             f"--shared-prefix-tokens {shared_prefix_tokens:,} is more than the {prompt:,} prompt tokens "
-            "(--prompt-tokens, default --context): a shared prefix is part of each prompt"
+            "(--prompt-tokens, default --context less --output-tokens): a shared prefix is part of each prompt"
         )
 
 

@@ -518,7 +518,7 @@ def engine_figures(spec: Any, engine: str, opts: Any, *, context: int, batch: in
             step_s = planner.decode_step(cost_batch, context, kv_bytes_per_rank=at_cost // tp)[0]
             usd_out = usd_per_s / (cost_batch / step_s) * 1e6
             notes.append(("usd_per_million_output_tokens", roofline))
-        prompt = planner.opts.prompt_tokens or context
+        prompt = planner.opts.prompt_len
         prefill_s = planner.prefill(prompt)
         if prefill_s is not None:  # prefill has no KV term: the same roofline as for vllm
             usd_in = usd_per_s * prefill_s / prompt * 1e6

@@ -97,10 +97,16 @@ class PlanOptions:
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
     bandwidth_efficiency: float = DEFAULT_BANDWIDTH_EFFICIENCY
     compute_efficiency: float = DEFAULT_COMPUTE_EFFICIENCY
-    prompt_tokens: int | None = None  # None: the context
+    prompt_tokens: int | None = None  # None: what the context leaves beside the output tokens
     output_tokens: int | None = None
     requests_per_s: float | None = None
     shared_prefix_tokens: int = 0
+
+    @property
+    def prompt_len(self) -> int:
+        """Prompt tokens of a request: --prompt-tokens, else the context less the output tokens
+        (a request's prompt and output are one sequence of at most --context tokens)."""
+        return self.prompt_tokens or max(1, self.context - (self.output_tokens or 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -583,7 +589,7 @@ class Planner:
                     f"vLLM raised the attention block size to {vl.groups[0].block_size if vl.groups[0].kind is not LayerKind.STATE else vl.min_block_size} "
                     "tokens so an attention page holds one sequence's SSM state (the state page is padded to match)."
                 )
-        prompt = opts.prompt_tokens or context
+        prompt = opts.prompt_len
         decode_s, bound, step_bytes, step_flops = self.decode_step(batch, context)
         prefill_s = self.prefill(prompt)
         tokens_per_s = batch / decode_s
@@ -668,7 +674,7 @@ class Planner:
         1 / (prefill_s + output_tokens x step_s / batch).
         """
         opts = self.opts
-        prompt = opts.prompt_tokens or opts.context
+        prompt = opts.prompt_len
         output = opts.output_tokens or 0
         context = prompt + output
         batch = self.max_sequences(context, prefix=min(prefix, prompt))

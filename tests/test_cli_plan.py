@@ -71,7 +71,7 @@ FIT = "(a request's prompt and output tokens are one sequence of at most --conte
          "--requests-per-s -1 must be a number of requests per second above 0"),
         (["--requests-per-s", "0", "--prompt-tokens", "100"], "--requests-per-s 0 must be a number of requests per second above 0"),
         (["--requests-per-s", "inf"], "--requests-per-s inf must be a number of requests per second above 0"),
-        (["--prompt-tokens", "0"], "--prompt-tokens 0 must be at least 1 (leave it out to prefill --context tokens)"),
+        (["--prompt-tokens", "0"], "--prompt-tokens 0 must be at least 1 (leave it out to prefill what --context leaves beside --output-tokens)"),
         (["--prompt-tokens", "100", "--output-tokens", "0"],
          "--output-tokens 0 must be at least 1 (a request generates at least one token)"),
         (["--prompt-tokens", "100", "--shared-prefix-tokens", "-5"], "--shared-prefix-tokens -5 must be 0 or more"),
@@ -80,17 +80,14 @@ FIT = "(a request's prompt and output tokens are one sequence of at most --conte
         (["--prompt-tokens", "6000", "--output-tokens", "5000"],
          f"--prompt-tokens 6,000 + --output-tokens 5,000 = 11,000 tokens does not fit --context 8,192 {FIT}; shorten them "
          "or give a longer --context"),
-        (["--requests-per-s", "1", "--output-tokens", "100"],
-         f"--output-tokens 100 does not fit: without --prompt-tokens the prompt is all --context 8,192 tokens {FIT}; "
-         "give --prompt-tokens 8,092 or less"),
         (["--output-tokens", "8192"],
          f"--output-tokens 8,192 leaves no room for a prompt in --context 8,192 {FIT}; give fewer output tokens or a "
          "longer --context"),
         (["--requests-per-s", "1", "--shared-prefix-tokens", "99999"],
-         "--shared-prefix-tokens 99,999 is more than the 8,192 prompt tokens (--prompt-tokens, default --context): a "
+         "--shared-prefix-tokens 99,999 is more than the 8,192 prompt tokens (--prompt-tokens, default --context less --output-tokens): a "
          "shared prefix is part of each prompt"),
         (["--prompt-tokens", "4000", "--shared-prefix-tokens", "4001"],
-         "--shared-prefix-tokens 4,001 is more than the 4,000 prompt tokens (--prompt-tokens, default --context): a "
+         "--shared-prefix-tokens 4,001 is more than the 4,000 prompt tokens (--prompt-tokens, default --context less --output-tokens): a "
          "shared prefix is part of each prompt"),
     ],
 )
@@ -103,6 +100,16 @@ def test_workload_flags_out_of_bounds_exit_2(capsys, args, message, gpu):
 def test_a_workload_is_checked_against_every_context_of_a_sweep(capsys):
     r = run_cli(capsys, "estimate", "llama-3.1-8b", "-c", "16k,4k", "--gpu", "h100-sxm", "--prompt-tokens", "6000")
     assert r.exit_code == 2 and r.stderr.startswith("error: --prompt-tokens 6,000 does not fit --context 4,096 ")
+
+
+def test_without_prompt_tokens_the_prompt_is_the_rest_of_the_context(capsys):
+    # --context 8,192 with 100 output tokens: the prompt is 8,092 tokens, the request one 8,192-token sequence
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "-c", "8k", "--gpu", "h100-sxm", "--requests-per-s", "1",
+                "--output-tokens", "100", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["prefill_tokens"] == 8092
+    assert "--shared-prefix-tokens 8,093 is more than the 8,092 prompt tokens" in run_cli(
+        capsys, "estimate", "llama-3.1-8b", "-c", "8k", "--output-tokens", "100", "--shared-prefix-tokens", "8093").stderr
 
 
 def test_a_workload_that_fits_its_context_exactly_is_sized(capsys):
