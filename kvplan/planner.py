@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 
 from kvplan.calc import ATTENTION_KINDS, CacheLayout, ceil_div
-from kvplan.errors import InputError
+from kvplan.errors import InputError, require_at_least
 from kvplan.formats import FIXED_FORMATS, KVFormatPair
 from kvplan.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
 from kvplan.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS, VllmLayout, build_layout
@@ -515,8 +515,8 @@ class Planner:
     def plan(self) -> Plan:
         spec, gpu, opts = self.spec, self.gpu, self.opts
         context, batch = opts.context, opts.batch
-        if context < 1 or batch < 1:
-            raise InputError("--context and --batch must be at least 1")
+        require_at_least("--context", context, 1, "token")
+        require_at_least("--batch", batch, 1, "sequence")
         n_gpus = opts.tp * opts.pp
         tight = min(range(len(self.stage_budgets)), key=lambda i: self.stage_budgets[i])
         budget = self.stage_budgets[tight]
