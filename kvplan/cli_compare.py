@@ -337,14 +337,14 @@ def estimate_profile(spec, engine: str, *, contexts, batches, tps, kv_cache_dtyp
     from kvplan.cli import parse_str_list
     from kvplan.engines import engine_module
     from kvplan.engines.compare import ideal_format
-    from kvplan.formats import UnknownFormatError, parse_format
+    from kvplan.formats import UnknownFormatError, parse_state_format
     from kvplan.units import parse_bytes
 
     module = engine_module(engine)
     if engine in ("hf", "llama.cpp") and any(t > 1 for t in tps):
         raise InputError(f"--tp: kvplan's {engine} profile is for one device; use --tp 1")
     try:
-        state_format = parse_format(state_dtype) if state_dtype else None
+        state_format = parse_state_format(state_dtype) if state_dtype else None
     except UnknownFormatError as exc:
         raise InputError(f"--state-dtype: {exc}") from None
     kv_dtypes = parse_str_list(kv_cache_dtype)
@@ -431,7 +431,7 @@ def register(app: typer.Typer) -> None:
         from kvplan.catalog import resolve_spec
         from kvplan.cli import parse_int_list, parse_str_list
         from kvplan.engines.compare import CompareOptions, compare as run_compare, ideal_format
-        from kvplan.formats import UnknownFormatError, parse_format
+        from kvplan.formats import UnknownFormatError, parse_state_format
         from kvplan.units import parse_bytes
 
         spec = resolve_spec(model, fast=True)
@@ -445,7 +445,7 @@ def register(app: typer.Typer) -> None:
         names = tuple(parse_str_list(engines))
         pair = ideal_format(kv_cache_dtype, spec.dtype)  # each engine then accepts or refuses the name itself
         try:
-            state = parse_format(state_dtype) if state_dtype else None
+            state = parse_state_format(state_dtype) if state_dtype else None
         except UnknownFormatError as exc:
             raise InputError(f"--state-dtype: {exc}") from None
         opts_by_engine = engine_options(
