@@ -47,17 +47,16 @@ StateDtypeOpt = Annotated[Optional[str], typer.Option("--state-dtype", help="Ele
 
 
 def parse_int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
-    """'1024,8k,32768' -> [1024, 8192, 32768]; 'k' = 1024 for token counts."""
+    """'1024,8k,1.5k' -> [1024, 8192, 1536]; k = 1024 (kvplan.units.parse_count)."""
+    from kvplan.units import NotWholeError, parse_count
+
     values = []
     for part in str(text).split(","):
-        part = part.strip().lower().replace("_", "")
-        mult = 1
-        if part.endswith("k"):
-            part, mult = part[:-1], 1024
-        elif part.endswith("m"):
-            part, mult = part[:-1], 1024 * 1024
+        part = part.strip()
         try:
-            value = int(part) * mult
+            value = parse_count(part)
+        except NotWholeError as exc:
+            raise InputError(f"{flag} {text!r}: {part!r} {exc}") from None
         except ValueError:
             raise InputError(f"{flag} {text!r}: {part!r} is not a whole number") from None
         if value < minimum:

@@ -147,8 +147,8 @@ def test_a_budget_passes_at_its_figure_and_fails_past_it(tmp_path, capsys, budge
 
 
 def test_a_figure_that_does_not_exist_fails_its_budget(tmp_path, capsys):
-    # 1 MiB of GPU memory: the weights alone (2 MB) leave no KV budget, nothing fits.
-    deployment = TINY_DEPLOYMENT.replace("gpu_memory: 1GiB", "gpu_memory: 1MiB").replace(
+    # 0.1% of 1 GiB usable (1.07 MB): the weights alone (2 MB) leave no KV budget, nothing fits.
+    deployment = TINY_DEPLOYMENT.replace("gpu_memory_utilization: 0.5", "gpu_memory_utilization: 0.001").replace(
         "    activation_memory: 16MiB\n    non_torch_memory: 8MiB\n", "    activation_memory: 0\n    non_torch_memory: 0\n"
     )
     plan = write_plan(tmp_path, "min_headroom_pct: 0\nmax_usd_per_million_output_tokens: 100\nmin_concurrent_sequences: 1\n", deployment)
@@ -382,6 +382,13 @@ def test_output_to_a_missing_folder_is_bad_input(tmp_path, capsys):
     "extra, budgets, expected",
     [
         ("colour: blue", "min_concurrent_sequences: 1", "deployments.0.colour: unknown field"),
+        ("gpu_memory: 80", "min_concurrent_sequences: 1",
+         "deployments.0.gpu_memory: 80: a bare number is bytes, and GPU memory must be at least 1 GiB; did you mean 80GiB?"),
+        ("gpu_memory: 100MiB", "min_concurrent_sequences: 1",
+         "deployments.0.gpu_memory: 100MiB: 100.00 MiB is less than 1 GiB, the least GPU memory kvplan plans for; "
+         "give the total the runtime reports, e.g. 24GiB"),
+        ("context: 1.3k", "min_concurrent_sequences: 1",
+         "deployments.0.context: '1.3k' is 1.3 × 1,024 = 1,331.2, not a whole number; write 1331 or 1332"),
         ("tp: '2'", "min_concurrent_sequences: 1", "deployments.0.tp: Input should be a valid integer"),
         ("tp: true", "min_concurrent_sequences: 1", "deployments.0.tp: Input should be a valid integer"),
         ("pp: 0", "min_concurrent_sequences: 1", "deployments.0.pp: Input should be greater than or equal to 1"),
@@ -389,7 +396,7 @@ def test_output_to_a_missing_folder_is_bad_input(tmp_path, capsys):
          "deployments.0.engine: Input should be 'vllm', 'ideal', 'hf', 'llama.cpp', 'sglang' or 'trtllm'"),
         ("prompt_tokens: 12q", "min_concurrent_sequences: 1",
          "deployments.0.prompt_tokens: '12q' is not a whole number of tokens (e.g. 32768 or 32k)"),
-        ("state_dtype: fp9", "min_concurrent_sequences: 1", "deployments.0.state_dtype: unknown KV cache dtype 'fp9'"),
+        ("state_dtype: fp9", "min_concurrent_sequences: 1", "deployments.0.state_dtype: unknown state dtype 'fp9'"),
         ("gpu_memory_utilization: 1.5", "min_concurrent_sequences: 1",
          "deployments.0.gpu_memory_utilization: Input should be less than or equal to 1"),
         ("", "max_bytes: 3", "deployments.0.budgets.max_bytes: unknown field"),

@@ -82,6 +82,42 @@ def test_bad_input_exits_2_with_one_line(capsys, args, message):
     assert "Traceback" not in r.stderr and r.stdout == ""
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        # a bare --gpu-memory is bytes: below 1 GiB it is refused with the unit it most likely lacks
+        (["--gpu-memory", "80", "--gpu-bandwidth", "2000"],
+         "--gpu-memory 80: a bare number is bytes, and GPU memory must be at least 1 GiB; did you mean 80GiB?"),
+        (["--gpu", "h100", "--gpu-memory", "512MiB"],
+         "--gpu-memory 512MiB: 512.00 MiB is less than 1 GiB, the least GPU memory kvplan plans for; "
+         "give the total the runtime reports, e.g. 24GiB"),
+        # k = 1024: a decimal multiplier must give a whole count
+        (["--context", "1.3k"], "--context '1.3k': '1.3k' is 1.3 × 1,024 = 1,331.2, not a whole number; write 1331 or 1332"),
+        (["--context", "8k,1.3k"], "--context '8k,1.3k': '1.3k' is 1.3 × 1,024 = 1,331.2, not a whole number; write 1331 or 1332"),
+        (["--batch", "1.5"], "--batch '1.5': '1.5' is 1.5, not a whole number; write 1 or 2"),
+        # element formats: each message names the flag and what is wrong with the value
+        (["--kv-cache-dtype", "int4_g0"], "--kv-cache-dtype: 'int4_g0': the group size must be positive, e.g. int4_g32"),
+        (["--kv-cache-dtype", "int4_g3"],
+         "--kv-cache-dtype: 'int4_g3': 3 4-bit values do not fill whole bytes; use a group size that is a multiple of 2"),
+        (["--kv-cache-dtype", "fp8/"], "--kv-cache-dtype: 'fp8/': the V half is missing; write K/V as in q8_0/q4_0"),
+        (["--kv-cache-dtype", "/fp8"], "--kv-cache-dtype: '/fp8': the K half is missing; write K/V as in q8_0/q4_0"),
+        (["--state-dtype", "bogus"],
+         "--state-dtype: unknown state dtype 'bogus'; use one of: fp32, fp16, bf16, fp8, fp8_e4m3, fp8_e5m2, int8, "
+         "fp8_per_token_head, int8_per_token_head, nvfp4, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, "
+         "int4[_gN][_fp16|_bf16|_fp32][_sym|_asym], int2[...]"),
+    ],
+)
+def test_bad_values_exit_2_with_one_exact_line(capsys, args, message):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", *args)
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {message}\n")
+
+
+def test_a_decimal_context_that_is_whole_is_accepted(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--context", "1.5k,0.5m", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert [e["context"] for e in json.loads(r.stdout)] == [1536, 524288]
+
+
 def spec_file(tmp_path, body: str):
     path = tmp_path / "my-model.yaml"
     path.write_text(textwrap.dedent(body))
