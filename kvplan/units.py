@@ -8,8 +8,6 @@ sequences) take k = 1024 and m = 1024**2, as context lengths are written (32k =
 from __future__ import annotations
 
 import re
-from decimal import Decimal, localcontext
-from fractions import Fraction
 from typing import Optional, Union
 
 from kvplan.errors import InputError
@@ -113,15 +111,21 @@ def parse_count(text: Union[str, int]) -> int:
     if not match:
         raise ValueError(f"{text!r} is not a count")
     sign, number, suffix = match.groups()
-    mult = COUNT_SUFFIX[suffix]
-    value = Fraction(number) * mult * (-1 if sign == "-" else 1)
+    mult = COUNT_SUFFIX[suffix] * (-1 if sign == "-" else 1)
+    if "." not in number:
+        return int(number) * mult
+    from decimal import Decimal, localcontext  # only for a decimal: estimate's cold start skips them
+    from fractions import Fraction
+
+    value = Fraction(number) * mult
+    mult = abs(mult)
     if value.denominator != 1:
         low = value.numerator // value.denominator
         # mult is a power of two, so the product is a finite decimal: print it exactly
         with localcontext() as ctx:
             ctx.prec = len(number) + 30  # enough digits that the quotient is exact
             exact = f"{Decimal(value.numerator) / Decimal(value.denominator):,f}"
-        shown = f"{number} × {mult:,} = {exact}" if mult != 1 else exact
+        shown = f"{sign}{number} × {mult:,} = {exact}" if mult != 1 else exact
         raise NotWholeError(f"is {shown}, not a whole number; write {low} or {low + 1}")
     return int(value)
 
