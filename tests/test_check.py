@@ -162,6 +162,27 @@ def test_a_figure_that_does_not_exist_fails_its_budget(tmp_path, capsys):
     assert not any(b["passed"] for b in budgets.values())
 
 
+def lines_starting(path: Path, text: str) -> list[int]:
+    return [i for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip().startswith(text)]
+
+
+def test_a_key_given_twice_is_an_error_not_the_last_one(tmp_path, capsys):
+    # context: 1k, then 16k: YAML alone would keep 16k without a word
+    plan = write_plan(tmp_path, "min_concurrent_sequences: 1\n", TINY_DEPLOYMENT + "    context: 16k\n")
+    first, second = lines_starting(plan, "context:")
+    r = run_cli(capsys, "check", str(plan))
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {plan}:{second}: duplicate key 'context' (first at line {first})\n")
+
+
+def test_a_budget_given_twice_is_an_error(tmp_path, capsys):
+    plan = write_plan(tmp_path, "min_concurrent_sequences: 1\nmin_concurrent_sequences: 4\n")
+    first, second = lines_starting(plan, "min_concurrent_sequences:")
+    r = run_cli(capsys, "check", str(plan))
+    assert (r.exit_code, r.stderr) == (
+        2, f"error: {plan}:{second}: duplicate key 'min_concurrent_sequences' (first at line {first})\n"
+    )
+
+
 def test_kv_bytes_budget_needs_no_gpu(tmp_path, capsys):
     plan = write_plan(tmp_path, "max_kv_bytes_per_token: 512\n", "    model: tiny.yaml\n    context: 4096\n    kv_cache_dtype: fp8\n")
     r = run_cli(capsys, "check", str(plan), "-f", "json")

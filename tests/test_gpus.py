@@ -262,6 +262,13 @@ def test_gpu_memory_flag_below_1_gib_is_refused_with_a_hint(capsys, flag):
     )
 
 
+def test_a_gpu_file_field_given_twice_is_an_error(tmp_path, capsys):
+    path = tmp_path / "card.yaml"
+    path.write_text(USER_GPU + "memory_bytes: 80GiB\n")
+    r = run_cli(capsys, "gpus", str(path))
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {path}:12: duplicate key 'memory_bytes' (first at line 4)\n")
+
+
 def test_malformed_user_gpu_via_cli_exits_2_with_one_clear_line(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(USER_GPU.replace("confidence: medium", "confidence: sure"))
