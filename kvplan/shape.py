@@ -157,13 +157,6 @@ class SpecDerived:
         # Mamba-1: conv state d_inner x (d_conv - 1), SSM state d_inner x d_state.
         return d_inner * (self.mamba_d_conv - 1) + d_inner * self.mamba_d_state
 
-    def _raw_layer_names(self) -> list[str]:
-        if self.layer_types is not None:
-            return list(self.layer_types)
-        if self.layer_pattern is not None:
-            return [name for item in self.layer_pattern for name in item]
-        return []
-
     @cached_property
     def layer_kinds(self) -> tuple[LayerKind, ...]:
         """The kind of every layer, in order, after patterns, MLA and sharing are applied."""
@@ -171,7 +164,10 @@ class SpecDerived:
         if self.layer_types is not None:
             kinds = [LAYER_TYPE_ALIASES[t] for t in self.layer_types]
         elif self.layer_pattern is not None:
-            cycle = [LAYER_TYPE_ALIASES[n] for item in self.layer_pattern for n, c in item.items() for _ in range(c)]
+            cycle: list[LayerKind] = []  # one period, cut at `count` layers: a longer pattern costs nothing
+            for item in self.layer_pattern:
+                for name, n in item.items():
+                    cycle.extend([LAYER_TYPE_ALIASES[name]] * min(n, count - len(cycle)))
             kinds = [cycle[i % len(cycle)] for i in range(count)]
         elif self.sliding_window is not None:
             kinds = [LayerKind.SLIDING] * count  # e.g. Mistral-7B-v0.1: every layer slides
