@@ -310,7 +310,7 @@ BUDGETS: dict[str, BudgetRule] = {
     "min_concurrent_sequences": BudgetRule("max_concurrent_sequences", ">=", "sequences"),
     "max_kv_bytes_per_token": BudgetRule("kv_bytes_per_token", "<=", "B", needs_gpu=False),
     "min_headroom_pct": BudgetRule("headroom_pct", ">=", "%", missing="the weights leave no KV budget on this GPU"),
-    "max_decode_step_ms": BudgetRule("decode_step_ms", "<=", "ms"),
+    "max_decode_step_ms": BudgetRule("decode_step_ms", "<=", "ms", missing="not one sequence fits, so no step runs"),
     "max_usd_per_million_output_tokens": BudgetRule(
         "usd_per_million_output_tokens", "<=", "$", missing="not one sequence fits, so no token is produced"
     ),
@@ -348,7 +348,7 @@ class Figures:
             kv_bytes_per_token=kv_bytes_per_token,
             max_concurrent_sequences=plan.max_concurrent_sequences,
             headroom_pct=plan.headroom_pct,
-            decode_step_ms=plan.decode_step_s * 1000,
+            decode_step_ms=None if plan.decode_step_s is None else plan.decode_step_s * 1000,
             usd_per_million_output_tokens=plan.usd_per_million_output_tokens,
             usd_per_million_input_tokens=plan.usd_per_million_input_tokens,
             max_context_tokens=plan.max_context_tokens,
@@ -497,6 +497,8 @@ def engine_figures(spec: Any, engine: str, opts: Any, *, context: int, batch: in
     roofline = f"kvplan's roofline with the KV bytes {engine} allocates (its kernels are not modelled)"
     decode_ms = planner.decode_step(batch, context, kv_bytes_per_rank=need)[0] * 1000
     notes = [("decode_step_ms", roofline)]
+    if capacity.max_concurrent_sequences < 1:  # as Planner.plan: nothing runs, so no step time
+        decode_ms, notes = None, []
     usd_out = usd_in = None
     cost_batch = capacity.max_concurrent_sequences
     usd_per_hour = planner.gpu.usd_per_hour

@@ -153,15 +153,15 @@ class Plan:
     vllm_groups: int | None
     vllm_padding_layers: int | None
     vllm_log: list[str]
-    # latency and cost
-    decode_step_s: float
-    decode_bound: str
+    # latency and cost; None when not one sequence fits (the model does not run on this GPU)
+    decode_step_s: float | None
+    decode_bound: str | None
     decode_bytes_per_step: int
     decode_flops_per_step: int
     prefill_tokens: int
     prefill_s: float | None
-    tokens_per_s: float  # output tokens per second for the deployment at --batch
-    tokens_per_s_per_gpu: float
+    tokens_per_s: float | None  # output tokens per second for the deployment at --batch
+    tokens_per_s_per_gpu: float | None
     cost_batch: int  # the batch the costs are computed at (the largest that fits)
     tokens_per_s_at_cost_batch: float
     usd_per_hour: float
@@ -530,7 +530,7 @@ class Planner:
         ]
         fits = max_seqs >= batch
         headroom = (budget - need) / budget * 100 if budget > 0 else None
-        shortfall = max(0, need - max(budget, 0))
+        shortfall = max(0, need - budget)  # memory missing per GPU: more than the KV when the weights leave none
 
         vllm_blocks = vllm_tokens = vllm_conc = vllm_groups = vllm_pad = None
         log: list[str] = []
@@ -578,6 +578,8 @@ class Planner:
         decode_s, bound, step_bytes, step_flops = self.decode_step(batch, context)
         prefill_s = self.prefill(prompt)
         tokens_per_s = batch / decode_s
+        if max_seqs < 1:  # nothing runs: no step, prefill or throughput to report (the bytes a step would read stay)
+            decode_s = bound = prefill_s = tokens_per_s = None
         cost_batch = max_seqs if max_seqs >= 1 else 0
         usd_per_s = gpu.usd_per_hour * n_gpus / 3600
         cost_tps = 0.0
@@ -634,7 +636,7 @@ class Planner:
             prefill_tokens=prompt,
             prefill_s=prefill_s,
             tokens_per_s=tokens_per_s,
-            tokens_per_s_per_gpu=tokens_per_s / n_gpus,
+            tokens_per_s_per_gpu=None if tokens_per_s is None else tokens_per_s / n_gpus,
             cost_batch=cost_batch,
             tokens_per_s_at_cost_batch=cost_tps,
             usd_per_hour=gpu.usd_per_hour * n_gpus,

@@ -151,7 +151,10 @@ def test_a_figure_that_does_not_exist_fails_its_budget(tmp_path, capsys):
     deployment = TINY_DEPLOYMENT.replace("gpu_memory_utilization: 0.5", "gpu_memory_utilization: 0.001").replace(
         "    activation_memory: 16MiB\n    non_torch_memory: 8MiB\n", "    activation_memory: 0\n    non_torch_memory: 0\n"
     )
-    plan = write_plan(tmp_path, "min_headroom_pct: 0\nmax_usd_per_million_output_tokens: 100\nmin_concurrent_sequences: 1\n", deployment)
+    plan = write_plan(
+        tmp_path, "min_headroom_pct: 0\nmax_usd_per_million_output_tokens: 100\nmin_concurrent_sequences: 1\nmax_decode_step_ms: 1000\n",
+        deployment,
+    )
     r = run_cli(capsys, "check", str(plan), "-f", "json")
     assert r.exit_code == 1
     budgets = {b["budget"]: b for b in json.loads(r.stdout)["deployments"][0]["budgets"]}
@@ -159,7 +162,23 @@ def test_a_figure_that_does_not_exist_fails_its_budget(tmp_path, capsys):
     assert budgets["min_headroom_pct"]["note"] == "the weights leave no KV budget on this GPU"
     assert budgets["max_usd_per_million_output_tokens"]["value"] is None
     assert budgets["min_concurrent_sequences"]["value"] == 0
+    assert budgets["max_decode_step_ms"]["value"] is None  # nothing runs: no step time to pass a budget with
+    assert budgets["max_decode_step_ms"]["note"] == "not one sequence fits, so no step runs"
     assert not any(b["passed"] for b in budgets.values())
+
+
+@pytest.mark.parametrize("engine", ["vllm", "llama.cpp"])
+def test_a_model_that_does_not_fit_has_no_decode_step_to_pass(tmp_path, capsys, engine):
+    # 70B bf16 weights (131 GiB) on an L4 (22.49 GiB): a roofline step time would pass 1 s, but nothing runs
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"deployments:\n  - model: llama-3.1-70b\n    gpu: l4\n    engine: {engine}\n    context: 8k\n"
+        "    budgets:\n      max_decode_step_ms: 1000\n"
+    )
+    r = run_cli(capsys, "check", str(plan), "-f", "json")
+    assert r.exit_code == 1, r.stderr
+    [budget] = json.loads(r.stdout)["deployments"][0]["budgets"]
+    assert (budget["value"], budget["passed"], budget["note"]) == (None, False, "not one sequence fits, so no step runs")
 
 
 def lines_starting(path: Path, text: str) -> list[int]:
