@@ -343,15 +343,17 @@ def show(model: ModelArg, fmt: FormatOpt = OutputFormat.table) -> None:
 
     spec = resolve_spec(model, fast=True)
     layout = CacheLayout(spec, parse_format_pair("auto", spec.dtype))
-    fields = spec.model_dump(exclude_none=True)
+    fields = spec.fields_that_apply(spec.model_dump(exclude_none=True))
     derived = {
         "layer_kinds": {g.kind.value: g.num_layers for g in layout.groups},
         "kv_bytes_per_token": layout.kv_bytes_per_token,
         "kv_bytes_per_token_per_layer": {g.kind.value: g.bytes_per_token_per_layer for g in layout.groups},
-        "k_head_dim": spec.k_head_dim,
-        "v_head_dim": spec.v_head_dim_resolved,
-        "active_parameters": spec.active_parameters,
     }
+    if spec.is_mla:  # one latent per token and layer, no per-head K or V (v_head_dim is the attention's, not cached)
+        derived["mla_latent_dim"] = spec.mla_latent_dim
+    else:  # the K and V vector cached per KV head
+        derived.update(k_head_dim=spec.k_head_dim, v_head_dim=spec.v_head_dim_resolved)
+    derived["active_parameters"] = spec.active_parameters
     if spec.state_elements_per_layer_resolved:
         derived["state_bytes_per_sequence_per_layer"] = layout.state_format.bytes_for(spec.state_elements_per_layer_resolved)
     if fmt is OutputFormat.json:

@@ -157,6 +157,16 @@ class SpecDerived:
         # Mamba-1: conv state d_inner x (d_conv - 1), SSM state d_inner x d_state.
         return d_inner * (self.mamba_d_conv - 1) + d_inner * self.mamba_d_state
 
+    def fields_that_apply(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """`fields` (a model_dump) without defaults that describe something this model lacks:
+        mamba_n_groups outside Mamba-2 (mamba_n_heads), num_kv_shared_layers 0."""
+        out = dict(fields)
+        if self.mamba_n_heads is None:
+            out.pop("mamba_n_groups", None)
+        if not self.num_kv_shared_layers:
+            out.pop("num_kv_shared_layers", None)
+        return out
+
     @cached_property
     def layer_kinds(self) -> tuple[LayerKind, ...]:
         """The kind of every layer, in order, after patterns, MLA and sharing are applied."""

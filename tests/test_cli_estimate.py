@@ -185,6 +185,63 @@ def test_models_and_show(capsys):
     assert data["derived"]["kv_bytes_per_token"] == 131072 and data["spec"]["num_key_value_heads"] == 8
 
 
+def show_json(capsys, model: str) -> dict:
+    r = run_cli(capsys, "show", model, "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_show_mla_derives_the_latent_not_a_zero_v_head_dim(capsys):
+    data = show_json(capsys, "deepseek-v3")
+    assert data["spec"]["v_head_dim"] == 128  # the attention's V head: applies (HF 4.x caches it decompressed)
+    assert data["derived"]["mla_latent_dim"] == 512 + 64
+    assert "k_head_dim" not in data["derived"] and "v_head_dim" not in data["derived"]
+    assert data["derived"]["kv_bytes_per_token_per_layer"] == {"mla": 576 * 2}
+    r = run_cli(capsys, "show", "deepseek-v3")
+    assert "derived: v_head_dim" not in r.stdout and "mamba_n_groups" not in r.stdout
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "jamba-v0.1", "deepseek-v3", "gemma-3-27b"])
+def test_show_prints_no_default_that_does_not_apply(capsys, name):
+    fields = show_json(capsys, name)["spec"]
+    assert "mamba_n_groups" not in fields  # Mamba-2 only (mamba_n_heads)
+    assert "num_kv_shared_layers" not in fields  # none shares KV
+
+
+def test_show_prints_mamba_n_groups_for_mamba_2(capsys, tmp_path):
+    path = tmp_path / "m2.yaml"
+    path.write_text(BASE.replace("num_hidden_layers: 2", "num_hidden_layers: 4") + textwrap.dedent("""\
+        layer_pattern: [{mamba: 3}, {full_attention: 1}]
+        mamba_d_state: 16
+        mamba_d_conv: 4
+        mamba_expand: 2
+        mamba_n_heads: 8
+        mamba_n_groups: 2
+        num_kv_shared_layers: 1
+    """))
+    fields = show_json(capsys, str(path))["spec"]
+    assert fields["mamba_n_groups"] == 2 and fields["num_kv_shared_layers"] == 1
+
+
+def test_show_derives_what_the_cache_holds_for_every_catalog_model(capsys):
+    from kvplan.catalog import catalog_names
+
+    for name in catalog_names():
+        data = show_json(capsys, name)
+        spec, derived = data["spec"], data["derived"]
+        per_layer = derived["kv_bytes_per_token_per_layer"]
+        width = 2 if spec["torch_dtype"] in ("bfloat16", "float16") else 4
+        if "mla_latent_dim" in derived:
+            assert derived["mla_latent_dim"] == spec["kv_lora_rank"] + spec["qk_rope_head_dim"], name
+            assert per_layer["mla"] == derived["mla_latent_dim"] * width, name
+        else:
+            assert derived["v_head_dim"] == spec.get("v_head_dim", derived["k_head_dim"]), name
+            for kind in ("full_attention", "sliding_attention", "chunked_attention"):
+                if kind in per_layer:
+                    kv = spec["num_key_value_heads"] * (derived["k_head_dim"] + derived["v_head_dim"]) * width
+                    assert per_layer[kind] == kv, (name, kind)
+
+
 def test_estimate_never_imports_torch():
     code = (
         "import sys; sys.argv=['kvplan','estimate','llama-3.1-8b','-f','json'];"
