@@ -10,6 +10,7 @@ GPU catalogs (and a `--calibration` report); the arithmetic stays in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Union
 
@@ -117,6 +118,13 @@ def plan_options(
     require_at_least("--batch", batch, 1, "sequence")
     require_at_least("--tensor-parallel-size", tp)
     require_at_least("--pipeline-parallel-size", pp)
+    if prompt_tokens is not None:
+        require_at_least("--prompt-tokens", prompt_tokens, 1, "token")
+    if output_tokens is not None:
+        require_at_least("--output-tokens", output_tokens, 0, "tokens")
+    require_at_least("--shared-prefix-tokens", shared_prefix_tokens, 0, "tokens")
+    if requests_per_s is not None and not (math.isfinite(requests_per_s) and requests_per_s > 0):
+        raise InputError(f"--requests-per-s must be a finite number above 0, got {requests_per_s}")
     optional = {"bandwidth_efficiency": bandwidth_efficiency, "compute_efficiency": compute_efficiency}
     return PlanOptions(
         context=context,

@@ -82,6 +82,22 @@ def test_bad_plan_input(capsys, args, message):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--requests-per-s", "inf"], "--requests-per-s must be a finite number above 0, got inf"),
+        (["--requests-per-s", "nan"], "--requests-per-s must be a finite number above 0, got nan"),
+        (["--requests-per-s", "0"], "--requests-per-s must be a finite number above 0, got 0.0"),
+        (["--prompt-tokens", "0"], "--prompt-tokens must be at least 1 token, got 0"),
+        (["--output-tokens", "-5"], "--output-tokens must be at least 0 tokens, got -5"),
+        (["--shared-prefix-tokens", "-5"], "--shared-prefix-tokens must be at least 0 tokens, got -5"),
+    ],
+)
+def test_workload_flags_out_of_range_exit_2_exactly(capsys, args, message):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", *args)
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {message}\n")
+
+
 def test_model_that_does_not_fit_is_a_result_not_an_error(capsys):
     r = run_cli(capsys, "estimate", "llama-3.1-405b", "--gpu", "l4", "-c", "8192", "-f", "json")
     assert r.exit_code == 0
