@@ -393,15 +393,24 @@ def layer_fields(kinds: list[str]) -> dict[str, Any]:
     if not kinds or all(k == "full_attention" for k in kinds) or all(k == "sliding_attention" for k in kinds):
         return {}
     n = len(kinds)
-    for period in range(1, n):
-        if all(kinds[i] == kinds[i % period] for i in range(n)):
-            runs: list[dict[str, int]] = []
-            for k in kinds[:period]:
-                if runs and k in runs[-1]:
-                    runs[-1][k] += 1
-                else:
-                    runs.append({k: 1})
-            return {"layer_pattern": tuple(runs)}
+    # The shortest period is n minus the longest proper border (a prefix that is also a
+    # suffix): Knuth-Morris-Pratt's prefix function, linear in the layers where trying
+    # each period in turn was quadratic (seconds for 10,000 layers).
+    border = [0] * n
+    for i in range(1, n):
+        b = border[i - 1]
+        while b and kinds[i] != kinds[b]:
+            b = border[b - 1]
+        border[i] = b + (kinds[i] == kinds[b])
+    period = n - border[-1]
+    if period < n:
+        runs: list[dict[str, int]] = []
+        for k in kinds[:period]:
+            if runs and k in runs[-1]:
+                runs[-1][k] += 1
+            else:
+                runs.append({k: 1})
+        return {"layer_pattern": tuple(runs)}
     return {"layer_types": tuple(kinds)}
 
 
