@@ -247,6 +247,15 @@ def test_malformed_yaml_at_the_revision_names_its_line(repo, capsys, monkeypatch
     assert r.stderr.startswith("error: specs/tiny.yaml@HEAD:11: malformed YAML:")
 
 
+def test_a_duplicate_key_at_the_revision_names_both_lines(repo, capsys, monkeypatch):
+    (repo / "specs" / "tiny.yaml").write_text(SPEC + "hidden_size: 128\n")
+    git(repo, "commit", "-q", "-am", "twice")
+    (repo / "specs" / "tiny.yaml").write_text(SPEC)
+    monkeypatch.chdir(repo)
+    r = run_cli(capsys, "diff", "specs/tiny.yaml", "--base", "HEAD")
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", "error: specs/tiny.yaml@HEAD:10: duplicate key 'hidden_size' (first at line 4)\n")
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
