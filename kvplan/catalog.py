@@ -51,22 +51,46 @@ def catalog_names() -> list[str]:
     return sorted(p.stem for p in SPECS_DIR.glob("*.yaml"))
 
 
-def _line_index(node: "yaml.Node", path: tuple = (), index: dict | None = None) -> dict[tuple, int]:
-    """Map each key path in a composed YAML document to its 1-based line."""
+def _line_index(node: "yaml.Node", where: str) -> dict[tuple, int]:
+    """Map each key path in a composed YAML document to its 1-based line; refuse a key given twice.
+
+    PyYAML keeps the last of two equal keys without a word (`context: 8k` then
+    `context: 16k` reads as 16k): here the second is an error naming both lines.
+    A node reached again through an alias is walked once (a "billion laughs"
+    document stays linear).
+    """
     import yaml
 
-    if index is None:
-        index = {}
-    index.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            index[path + (key,)] = key_node.start_mark.line + 1
-            _line_index(value_node, path + (key,), index)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            index[path + (i,)] = item.start_mark.line + 1
-            _line_index(item, path + (i,), index)
+    index: dict[tuple, int] = {}
+    duplicates: list[tuple[int, str, int]] = []  # (line, key, line of the first)
+    seen: set[int] = set()
+    stack: list[tuple["yaml.Node", tuple]] = [(node, ())]
+    while stack:
+        node, path = stack.pop()
+        index.setdefault(path, node.start_mark.line + 1)
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple, int] = {}
+            for key_node, value_node in node.value:
+                line = key_node.start_mark.line + 1
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    ident = (key_node.tag, key_node.value)  # `context` and `"context"` are one key
+                    if ident in first:
+                        duplicates.append((line, key_node.value, first[ident]))
+                    else:
+                        first[ident] = line
+                key = key_node.value
+                index[path + (key,)] = line
+                stack.append((value_node, path + (key,)))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                index[path + (i,)] = item.start_mark.line + 1
+                stack.append((item, path + (i,)))
+    if duplicates:  # the first in the file: one message
+        line, key, first_line = min(duplicates)
+        raise InputError(f"{where}:{line}: duplicate key {key!r} (first at line {first_line})")
     return index
 
 
@@ -84,17 +108,24 @@ def read_yaml(path: Path) -> tuple[Any, Callable[[tuple], int | None]]:
 
 
 def read_yaml_text(text: str, where: str) -> tuple[Any, Callable[[tuple], int | None]]:
-    """Parse YAML text; errors are named `where:LINE` (e.g. `specs/x.yaml@origin/main:12`)."""
-    yaml, loader = _yaml_loader()
+    """Parse YAML text; errors are named `where:LINE` (e.g. `specs/x.yaml@origin/main:12`).
+
+    One parse with the C loader: the composed node tree gives the lines (and the
+    duplicate-key check), then the same loader builds the data from it.
+    """
+    yaml, loader_cls = _yaml_loader()
+    loader = loader_cls(text)
     try:
-        node = yaml.compose(text, Loader=loader)
-        data = yaml.load(text, Loader=loader)
+        node = loader.get_single_node()
+        lines = _line_index(node, where) if node is not None else {}
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f"{where}:{mark.line + 1}" if mark is not None else where
         problem = getattr(exc, "problem", None) or str(exc)
         raise InputError(f"{at}: malformed YAML: {problem}") from None
-    lines = _line_index(node) if node is not None else {}
+    finally:
+        loader.dispose()
 
     def line_of(loc: tuple) -> int | None:
         for end in range(len(loc), 0, -1):
@@ -120,6 +151,8 @@ def format_validation_error(
         message = message.removeprefix("Value error, ")
         if loc:
             line = line_of(loc)
+            if loc[-1] == "[key]":  # a bad mapping key: name the entry (layer_pattern.1), the message names the key
+                loc = loc[:-2]
             field = ".".join(str(p) for p in loc)
             out.append(f"{where}:{line}: {field}: {message}" if line else f"{where}: {field}: {message}")
             continue

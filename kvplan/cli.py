@@ -47,17 +47,16 @@ StateDtypeOpt = Annotated[Optional[str], typer.Option("--state-dtype", help="Ele
 
 
 def parse_int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
-    """'1024,8k,32768' -> [1024, 8192, 32768]; 'k' = 1024 for token counts."""
+    """'1024,8k,1.5k' -> [1024, 8192, 1536]; k = 1024 (kvplan.units.parse_count)."""
+    from kvplan.units import NotWholeError, parse_count
+
     values = []
     for part in str(text).split(","):
-        part = part.strip().lower().replace("_", "")
-        mult = 1
-        if part.endswith("k"):
-            part, mult = part[:-1], 1024
-        elif part.endswith("m"):
-            part, mult = part[:-1], 1024 * 1024
+        part = part.strip()
         try:
-            value = int(part) * mult
+            value = parse_count(part)
+        except NotWholeError as exc:
+            raise InputError(f"{flag} {text!r}: {part!r} {exc}") from None
         except ValueError:
             raise InputError(f"{flag} {text!r}: {part!r} is not a whole number") from None
         if value < minimum:
@@ -385,15 +384,17 @@ def show(model: ModelArg, fmt: FormatOpt = OutputFormat.table) -> None:
 
     spec = resolve_spec(model, fast=True)
     layout = CacheLayout(spec, parse_format_pair("auto", spec.dtype))
-    fields = spec.model_dump(exclude_none=True)
+    fields = spec.fields_that_apply(spec.model_dump(exclude_none=True))
     derived = {
         "layer_kinds": {g.kind.value: g.num_layers for g in layout.groups},
         "kv_bytes_per_token": layout.kv_bytes_per_token,
         "kv_bytes_per_token_per_layer": {g.kind.value: g.bytes_per_token_per_layer for g in layout.groups},
-        "k_head_dim": spec.k_head_dim,
-        "v_head_dim": spec.v_head_dim_resolved,
-        "active_parameters": spec.active_parameters,
     }
+    if spec.is_mla:  # one latent per token and layer, no per-head K or V (v_head_dim is the attention's, not cached)
+        derived["mla_latent_dim"] = spec.mla_latent_dim
+    else:  # the K and V vector cached per KV head
+        derived.update(k_head_dim=spec.k_head_dim, v_head_dim=spec.v_head_dim_resolved)
+    derived["active_parameters"] = spec.active_parameters
     if spec.state_elements_per_layer_resolved:
         derived["state_bytes_per_sequence_per_layer"] = layout.state_format.bytes_for(spec.state_elements_per_layer_resolved)
     if fmt is OutputFormat.json:

@@ -342,12 +342,12 @@ def estimate_profile(spec, engine: str, *, contexts, batches, tps, kv_cache_dtyp
     from kvplan.cli import parse_str_list
     from kvplan.engines import engine_module
     from kvplan.engines.compare import ideal_format
-    from kvplan.formats import UnknownFormatError, parse_format
+    from kvplan.formats import UnknownFormatError, parse_state_format
     from kvplan.units import parse_bytes
 
     module = engine_module(engine)  # estimate checked its flags and --tp / --pp (kvplan.engines.options)
     try:
-        state_format = parse_format(state_dtype) if state_dtype else None
+        state_format = parse_state_format(state_dtype) if state_dtype else None
     except UnknownFormatError as exc:
         raise InputError(f"--state-dtype: {exc}") from None
     kv_dtypes = parse_str_list(kv_cache_dtype)
@@ -435,7 +435,7 @@ def register(app: typer.Typer) -> None:
         from kvplan.cli import parse_int_list, parse_str_list
         from kvplan.engines import ALL_ENGINES
         from kvplan.engines.compare import CompareOptions, compare as run_compare, ideal_format
-        from kvplan.formats import UnknownFormatError, parse_format
+        from kvplan.formats import UnknownFormatError, parse_state_format
         from kvplan.units import parse_bytes
 
         spec = resolve_spec(model, fast=True)
@@ -456,7 +456,7 @@ def register(app: typer.Typer) -> None:
         # or refuses a name it may not have (f16, q8_0) itself
         pair = ideal_format(kv_cache_dtype, spec.dtype)
         try:
-            state = parse_format(state_dtype) if state_dtype else None
+            state = parse_state_format(state_dtype) if state_dtype else None
         except UnknownFormatError as exc:
             raise InputError(f"--state-dtype: {exc}") from None
         opts_by_engine = engine_options(

@@ -10,12 +10,13 @@ GPU catalogs (and a `--calibration` report); the arithmetic stays in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Union
 
 from kvplan.calc import CacheLayout
-from kvplan.errors import InputError
-from kvplan.formats import KVFormat, KVFormatPair, UnknownFormatError, parse_format, parse_format_pair
+from kvplan.errors import InputError, require_at_least
+from kvplan.formats import KVFormat, KVFormatPair, UnknownFormatError, parse_format_pair, parse_state_format
 from kvplan.shape import SpecDerived as ModelSpec  # a validated spec, pydantic or not
 from kvplan.units import parse_bytes
 
@@ -25,22 +26,16 @@ if TYPE_CHECKING:  # imported where used: a KV-only estimate needs neither the p
 
 ENGINES = ("vllm", "ideal")  # kvplan.planner.Engine's values
 
-# Token counts: 'k' and 'm' are binary, as context lengths are usually written (32k = 32768).
-_TOKEN_SUFFIX = {"k": 1024, "m": 1024 * 1024}
-
-
 def parse_token_count(text: Union[str, int], flag: str) -> int:
-    """'32k' -> 32768, '131072' -> 131072, '1m' -> 1048576 (tokens; k = 1024)."""
+    """'32k' -> 32768, '1.5k' -> 1536, '131072' -> 131072 (tokens; k = 1024: kvplan.units.parse_count)."""
+    from kvplan.units import NotWholeError, parse_count
+
     if isinstance(text, bool):
         raise InputError(f"{flag} {text!r} is not a number of tokens")
-    if isinstance(text, int):
-        return text
-    part = str(text).strip().lower().replace("_", "")
-    mult = _TOKEN_SUFFIX.get(part[-1:], 1)
-    if mult != 1:
-        part = part[:-1]
     try:
-        return int(part) * mult
+        return parse_count(text)
+    except NotWholeError as exc:
+        raise InputError(f"{flag} {text!r} {exc}") from None
     except ValueError:
         raise InputError(f"{flag} {text!r} is not a whole number of tokens (e.g. 32768 or 32k)") from None
 
@@ -66,7 +61,7 @@ def kv_formats(spec: ModelSpec, kv_cache_dtype: str = "auto", state_dtype: Optio
     except UnknownFormatError as exc:
         raise InputError(f"--kv-cache-dtype: {exc}") from None
     try:
-        state = parse_format(state_dtype) if state_dtype else None
+        state = parse_state_format(state_dtype) if state_dtype else None
     except UnknownFormatError as exc:
         raise InputError(f"--state-dtype: {exc}") from None
     return pair, state
@@ -198,10 +193,10 @@ def plan_options(
         raise InputError(f"--block-size must be a positive number of tokens, got {block_size}")
     if dtype is not None and dtype not in WEIGHT_DTYPES:
         raise InputError(f"--dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
-    if context < 1 or batch < 1:
-        raise InputError("--context and --batch must be at least 1")
-    if tp < 1 or pp < 1:
-        raise InputError("--tensor-parallel-size and --pipeline-parallel-size must be at least 1")
+    require_at_least("--context", context, 1, "token")
+    require_at_least("--batch", batch, 1, "sequence")
+    require_at_least("--tensor-parallel-size", tp)
+    require_at_least("--pipeline-parallel-size", pp)
     check_workload(context, prompt_tokens=prompt_tokens, output_tokens=output_tokens, requests_per_s=requests_per_s,
                    shared_prefix_tokens=shared_prefix_tokens)
     optional = {"bandwidth_efficiency": bandwidth_efficiency, "compute_efficiency": compute_efficiency}

@@ -17,3 +17,9 @@ class KvplanError(Exception):
 
 class InputError(KvplanError):
     """Bad input: a flag, file or field the user can fix (exit 2)."""
+
+
+def require_at_least(flag: str, value: int, minimum: int = 1, unit: str = "") -> None:
+    """One flag per message: '--batch must be at least 1 sequence, got 0'."""
+    if value < minimum:
+        raise InputError(f"{flag} must be at least {minimum}{' ' + unit if unit else ''}, got {value}")

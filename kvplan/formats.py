@@ -14,6 +14,7 @@ one fp8 scale per 16 values); HF `QuantizedCache` (quanto/hqq group scales).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -92,19 +93,20 @@ FIXED_FORMATS: dict[str, KVFormat] = {
 _GROUPED = re.compile(r"^int([24])(?:_g(\d+))?(?:_(fp16|bf16|fp32))?(?:_(sym|asym))?$")
 DEFAULT_INT_GROUP = 64
 
-FORMAT_HELP = (
+_NAMES_HELP = (
     "fp32, fp16, bf16, fp8, fp8_e4m3, fp8_e5m2, int8, fp8_per_token_head, int8_per_token_head, "
-    "nvfp4, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, int4[_gN][_fp16|_bf16|_fp32][_sym|_asym], int2[...], "
-    "auto (the model's dtype); K/V to differ, e.g. q8_0/q4_0"
+    "nvfp4, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, int4[_gN][_fp16|_bf16|_fp32][_sym|_asym], int2[...]"
 )
+FORMAT_HELP = _NAMES_HELP + ", auto (the model's dtype); K/V to differ, e.g. q8_0/q4_0"
+STATE_FORMAT_HELP = _NAMES_HELP  # SSM state: one format, no 'auto' (leave the flag out for the model's dtype)
 
 
 class UnknownFormatError(ValueError):
     pass
 
 
-def parse_format(text: str) -> KVFormat:
-    """One format by name; raises UnknownFormatError with the accepted names."""
+def parse_format(text: str, what: str = "KV cache dtype", names: str = FORMAT_HELP) -> KVFormat:
+    """One format by name; raises UnknownFormatError naming `what` and the accepted `names`."""
     key = text.strip().lower()
     if key in FIXED_FORMATS:
         return FIXED_FORMATS[key]
@@ -114,15 +116,25 @@ def parse_format(text: str) -> KVFormat:
         group = int(match.group(2) or DEFAULT_INT_GROUP)
         scale = match.group(3) or "fp16"
         symmetric = match.group(4) == "sym"
-        if group <= 0 or (group * bits) % 8:
-            raise UnknownFormatError(f"{text!r}: the group size must fill whole bytes")
+        if group <= 0:
+            raise UnknownFormatError(f"{text!r}: the group size must be positive, e.g. int{bits}_g32")
+        if (group * bits) % 8:
+            whole = 8 // math.gcd(8, bits)  # int4: an even group; int2: a multiple of 4
+            raise UnknownFormatError(
+                f"{text!r}: {group} {bits}-bit values do not fill whole bytes; use a group size that is a multiple of {whole}"
+            )
         overhead = SCALE_BYTES[scale] * (1 if symmetric else 2)
         what = "scale" if symmetric else "scale + zero-point"
         return KVFormat(
             key, bits, group, overhead,
             description=f"{bits}-bit values, one {scale} {what} per {group} values",
         )
-    raise UnknownFormatError(f"unknown KV cache dtype {text!r}; use one of: {FORMAT_HELP}")
+    raise UnknownFormatError(f"unknown {what} {text!r}; use one of: {names}")
+
+
+def parse_state_format(text: str) -> KVFormat:
+    """--state-dtype / state_dtype: one format for SSM state (no K/V pair, no 'auto')."""
+    return parse_format(text, "state dtype", STATE_FORMAT_HELP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,5 +154,8 @@ def parse_format_pair(text: str, model_dtype: str) -> KVFormatPair:
     parts = text.split("/")
     if len(parts) > 2:
         raise UnknownFormatError(f"{text!r}: write one format, or K/V as in q8_0/q4_0")
+    if len(parts) == 2 and not all(p.strip() for p in parts):
+        missing = "K and V halves are" if not any(p.strip() for p in parts) else "K half is" if not parts[0].strip() else "V half is"
+        raise UnknownFormatError(f"{text!r}: the {missing} missing; write K/V as in q8_0/q4_0")
     formats = [parse_format(model_dtype if p.strip().lower() == "auto" else p) for p in parts]
     return KVFormatPair(formats[0], formats[-1])

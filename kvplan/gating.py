@@ -33,22 +33,24 @@ from typing import Annotated, Any, Callable, Literal, Optional
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from kvplan.errors import InputError
-from kvplan.formats import UnknownFormatError, parse_format, parse_format_pair
+from kvplan.formats import UnknownFormatError, parse_format_pair, parse_state_format
 from kvplan.planner import DEFAULT_GPU_MEMORY_UTILIZATION, WEIGHT_DTYPES
-from kvplan.units import fmt_bytes, parse_bytes
+from kvplan.units import fmt_bytes, gpu_memory_problem, parse_bytes
 from kvplan.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS
 
 # ------------------------------------------------------------------ plan file
 
 
 def _tokens(value: Any) -> Any:
-    """'32k' -> 32768 (k = 1024, m = 1024**2); integers pass through to the strict int check."""
+    """'32k' -> 32768, '1.5k' -> 1536 (k = 1024, m = 1024**2); integers pass through to the strict int check."""
     if isinstance(value, str):
-        from kvplan.deploy import parse_token_count
+        from kvplan.units import NotWholeError, parse_count
 
         try:
-            return parse_token_count(value, "")
-        except InputError:
+            return parse_count(value)
+        except NotWholeError as exc:
+            raise ValueError(f"{value!r} {exc}") from None
+        except ValueError:
             raise ValueError(f"{value!r} is not a whole number of tokens (e.g. 32768 or 32k)") from None
     return value
 
@@ -63,7 +65,18 @@ def _bytes(value: Any) -> Any:
     return value
 
 
+def _gpu_memory(value: Any) -> Any:
+    """A size as for `_bytes`, refused below 1 GiB (a bare `80` is 80 bytes: did you mean 80GiB?)."""
+    nbytes = _bytes(value)
+    if isinstance(nbytes, int) and not isinstance(nbytes, bool) and nbytes > 0:
+        problem = gpu_memory_problem(value, nbytes)
+        if problem:
+            raise ValueError(f"{str(value).strip()}: {problem}")
+    return nbytes
+
+
 TokenCount = Annotated[int, BeforeValidator(_tokens), Field(ge=1)]
+GpuMemory = Annotated[int, BeforeValidator(_gpu_memory), Field(gt=0)]
 ByteCount = Annotated[int, BeforeValidator(_bytes), Field(gt=0)]
 ByteCountOrZero = Annotated[int, BeforeValidator(_bytes), Field(ge=0)]
 Share = Annotated[float, Field(gt=0, le=1)]
@@ -75,7 +88,7 @@ Text = Annotated[str, Field(min_length=1)]
 class Budgets(BaseModel):
     """Limits for one deployment; each is optional, at least one is required."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     min_concurrent_sequences: Optional[PositiveInt] = None  # sequences of `context` tokens that fit
     max_kv_bytes_per_token: Optional[ByteCount] = None  # all layers, one copy, at kv_cache_dtype
@@ -122,12 +135,12 @@ class DeploymentEntry(BaseModel):
     unset, the engine's own default applies (`kvplan.engines.options`).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     name: Optional[Text] = None
     model: Text  # a catalog name or a path resolve_spec accepts (relative paths: to the plan's folder)
     gpu: Optional[Text] = None  # a catalog GPU or a GPU YAML file
-    gpu_memory: Optional[ByteCount] = None
+    gpu_memory: Optional[GpuMemory] = None  # at least 1 GiB (kvplan.units.MIN_GPU_MEMORY_BYTES)
     gpu_bandwidth: Optional[PositiveFloat] = None  # GB/s
     usd_per_hour: Optional[Annotated[float, Field(ge=0)]] = None
     gpu_bf16_tflops: Optional[PositiveFloat] = None
@@ -198,7 +211,7 @@ class DeploymentEntry(BaseModel):
     def _state_format(cls, value: Optional[str]) -> Optional[str]:
         if value is not None:
             try:
-                parse_format(value)
+                parse_state_format(value)
             except UnknownFormatError as exc:
                 raise ValueError(str(exc)) from None
         return value
@@ -236,7 +249,7 @@ class DeploymentEntry(BaseModel):
 class PlanFile(BaseModel):
     """The whole plan file."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     version: Literal[1] = 1
     deployments: tuple[DeploymentEntry, ...] = Field(strict=False)  # YAML gives a list
@@ -321,7 +334,7 @@ BUDGETS: dict[str, BudgetRule] = {
     "min_concurrent_sequences": BudgetRule("max_concurrent_sequences", ">=", "sequences"),
     "max_kv_bytes_per_token": BudgetRule("kv_bytes_per_token", "<=", "B", needs_gpu=False),
     "min_headroom_pct": BudgetRule("headroom_pct", ">=", "%", missing="the weights leave no KV budget on this GPU"),
-    "max_decode_step_ms": BudgetRule("decode_step_ms", "<=", "ms"),
+    "max_decode_step_ms": BudgetRule("decode_step_ms", "<=", "ms", missing="not one sequence fits, so no step runs"),
     "max_usd_per_million_output_tokens": BudgetRule(
         "usd_per_million_output_tokens", "<=", "$", missing="not one sequence fits, so no token is produced"
     ),
@@ -359,7 +372,7 @@ class Figures:
             kv_bytes_per_token=kv_bytes_per_token,
             max_concurrent_sequences=plan.max_concurrent_sequences,
             headroom_pct=plan.headroom_pct,
-            decode_step_ms=plan.decode_step_s * 1000,
+            decode_step_ms=None if plan.decode_step_s is None else plan.decode_step_s * 1000,
             usd_per_million_output_tokens=plan.usd_per_million_output_tokens,
             usd_per_million_input_tokens=plan.usd_per_million_input_tokens,
             max_context_tokens=plan.max_context_tokens,
@@ -508,6 +521,8 @@ def engine_figures(spec: Any, engine: str, opts: Any, *, context: int, batch: in
     roofline = f"kvplan's roofline with the KV bytes {engine} allocates (its kernels are not modelled)"
     decode_ms = planner.decode_step(batch, context, kv_bytes_per_rank=need)[0] * 1000
     notes = [("decode_step_ms", roofline)]
+    if capacity.max_concurrent_sequences < 1:  # as Planner.plan: nothing runs, so no step time
+        decode_ms, notes = None, []
     usd_out = usd_in = None
     cost_batch = capacity.max_concurrent_sequences
     usd_per_hour = planner.gpu.usd_per_hour

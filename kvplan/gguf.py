@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, Optional
 
 from kvplan.errors import InputError
 from kvplan.hf_config import layer_fields
+from kvplan.spec import size_limit_problem
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)  # v1 (Aug 2023) used 32-bit counts; no current tool writes it
@@ -332,6 +333,10 @@ def spec_fields_from_gguf(header: GGUFHeader) -> tuple[dict[str, Any], list[str]
     hidden = _int(get("embedding_length"))
     if not n_layers or not hidden:
         raise GGUFError(f"{where}: {p}block_count and {p}embedding_length must be positive integers")
+    for key, field, value in (("block_count", "num_hidden_layers", n_layers), ("embedding_length", "hidden_size", hidden)):
+        problem = size_limit_problem(field, value)
+        if problem:  # before the per-layer lists below
+            raise GGUFError(f"{where}: {p}{key}: {problem}")
 
     def per_layer(key: str) -> Optional[list[int]]:
         value = get(key)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from kvplan.catalog import did_you_mean, load_model, read_yaml
 from kvplan.errors import InputError
-from kvplan.units import parse_bytes
+from kvplan.units import gpu_memory_problem, parse_bytes, parse_gpu_memory
 
 GPU_CATALOG_PATH = Path(__file__).resolve().parent / "data" / "gpus.yaml"
 
@@ -36,7 +36,8 @@ NonNegativeFloat = Annotated[float, Field(ge=0)]
 class GPU(BaseModel):
     """One accelerator as the runtime sees it: one entry = one device (an MI250X card is two)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan: a `.inf` bandwidth or TFLOPS would make a decode step take no time
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: Slug
     display_name: Text
@@ -60,15 +61,21 @@ class GPU(BaseModel):
     @field_validator("memory_bytes", mode="before")
     @classmethod
     def _size_string(cls, value: Any) -> Any:
-        """Accept '81559MiB' or '80GB' as well as an integer count of bytes."""
+        """Accept '81559MiB' or '80GB' as well as an integer count of bytes; refuse what no GPU has
+        (below 1 GiB: a bare `45` is 45 bytes, most likely meant as 45GiB; see kvplan.units)."""
         if isinstance(value, bool):
             raise ValueError("must be a number of bytes, not true/false")
+        nbytes = value
         if isinstance(value, str):
             try:
-                return parse_bytes(value, "memory_bytes")
+                nbytes = parse_bytes(value, "memory_bytes")
             except InputError as exc:
                 raise ValueError(exc.message.removeprefix("memory_bytes ")) from None
-        return value
+        if isinstance(nbytes, int) and nbytes > 0:  # 0, negatives, floats: the field's own checks
+            problem = gpu_memory_problem(value, nbytes)
+            if problem:
+                raise ValueError(f"{str(value).strip()}: {problem}")
+        return nbytes
 
     @model_validator(mode="after")
     def _consistent(self) -> "GPU":
@@ -138,12 +145,16 @@ def resolve_gpu(name_or_path: str, catalog_path: Path = GPU_CATALOG_PATH) -> GPU
     if ref.endswith((".yaml", ".yml")) or "/" in ref or "\\" in ref:
         if path.is_file():
             return load_gpu_file(path)
+        if path.is_dir():
+            raise InputError(f"{ref}: is a folder, not a GPU YAML file")
         raise InputError(f"{ref}: no such GPU file")
     found = _index(Path(catalog_path)).get(ref.lower())
     if found is not None:
         return found
     if path.is_file():
         return load_gpu_file(path)
+    if path.is_dir():
+        raise InputError(f"{ref}: is a folder, not a GPU name or GPU YAML file (`kvplan gpus` lists the catalog)")
     choices = sorted({key for gpu in _read_catalog(Path(catalog_path)) for key in (gpu.name, *gpu.aliases)})
     # Names that start with what was typed come first: 'a100' should offer the A100s, not 'h100'.
     prefixed = [c for c in choices if c.startswith(ref.lower())]
@@ -169,6 +180,8 @@ def custom_gpu(
     are 0 ("unknown"), and the notes say so.
     """
     _check_flag("--gpu-memory", memory_bytes, allow_zero=False)
+    if memory_bytes is not None:
+        parse_gpu_memory(memory_bytes, "--gpu-memory")  # 1 GiB .. 1 PiB, or an InputError saying why
     _check_flag("--gpu-bandwidth", bandwidth_gbps, allow_zero=False)
     _check_flag("--usd-per-hour", usd_per_hour, allow_zero=True)
     _check_flag("--gpu-bf16-tflops", bf16_tflops, allow_zero=False)
@@ -238,9 +251,9 @@ def gpu_from_options(
 ) -> Optional[GPU]:
     """The GPU the CLI flags describe: --gpu NAME|FILE plus overrides; None if no flag was given.
 
-    --gpu-memory takes a size with its unit ("24GiB", "80GB", "81559MiB") or bytes.
+    --gpu-memory takes a size with its unit ("24GiB", "80GB", "81559MiB") or bytes, at least 1 GiB.
     """
-    memory = parse_bytes(gpu_memory, "--gpu-memory") if gpu_memory is not None else None
+    memory = parse_gpu_memory(gpu_memory, "--gpu-memory") if gpu_memory is not None else None
     base = resolve_gpu(gpu) if gpu is not None else None
     if base is None and all(v is None for v in (memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops)):
         return None

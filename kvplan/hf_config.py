@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from kvplan.errors import InputError
-from kvplan.spec import LAYER_TYPE_ALIASES
+from kvplan.spec import LAYER_TYPE_ALIASES, SIZE_LIMITS, size_limit_problem
 
 _ABSENT = object()
 
@@ -187,6 +187,22 @@ def supported_model_types() -> list[str]:
     return sorted((set(DEFAULTS) | set(TYPE_ALIASES) | set(TEXT_CONFIG_TYPES)) - {"RefinedWeb", "RefinedWebModel"})
 
 
+# config.json keys that are not spec fields, mapped to the spec field whose bound
+# (kvplan.spec.SIZE_LIMITS) they share: layer periods and offsets are bounded like
+# layers, so no per-layer loop below ever runs past MAX_LAYERS.
+_BOUND_LIKE = {
+    "n_layer": "num_hidden_layers", "n_head": "num_attention_heads", "n_embd": "hidden_size",
+    "n_inner": "intermediate_size", "n_positions": "max_position_embeddings", "num_kv_heads": "num_key_value_heads",
+    "ffn_hidden_size": "intermediate_size", "intermediate_size_mlp": "intermediate_size",
+    "shared_expert_intermediate_size": "intermediate_size", "num_experts": "num_local_experts",
+    "experts_per_token": "num_experts_per_tok", "attn_layer_period": "num_hidden_layers",
+    "attn_layer_offset": "num_hidden_layers", "decoder_sparse_step": "num_hidden_layers",
+    "interleave_moe_layer_step": "num_hidden_layers", "max_window_layers": "num_hidden_layers",
+    "moe_layer_freq": "num_hidden_layers", "no_rope_layer_interval": "num_hidden_layers",
+    "sliding_window_pattern": "num_hidden_layers", "num_ln_in_parallel_attn": "num_hidden_layers",
+}
+
+
 class _Cfg:
     """Field access with transformers' defaults, remembering which defaults were used."""
 
@@ -213,6 +229,10 @@ class _Cfg:
             what = "a non-negative integer" if zero_ok else "a positive integer"
             shown = "missing" if value is None else repr(value)
             raise ConfigError(f"{self.where}: {key} is {shown}, not {what}")
+        field = key if key in SIZE_LIMITS else _BOUND_LIKE.get(key)
+        problem = size_limit_problem(field, value) if field else None
+        if problem:  # before any per-layer loop: 1e11 layers would never finish
+            raise ConfigError(f"{self.where}: {key}: {problem}")
         return value
 
     def flag(self, key: str) -> bool:
@@ -373,15 +393,24 @@ def layer_fields(kinds: list[str]) -> dict[str, Any]:
     if not kinds or all(k == "full_attention" for k in kinds) or all(k == "sliding_attention" for k in kinds):
         return {}
     n = len(kinds)
-    for period in range(1, n):
-        if all(kinds[i] == kinds[i % period] for i in range(n)):
-            runs: list[dict[str, int]] = []
-            for k in kinds[:period]:
-                if runs and k in runs[-1]:
-                    runs[-1][k] += 1
-                else:
-                    runs.append({k: 1})
-            return {"layer_pattern": tuple(runs)}
+    # The shortest period is n minus the longest proper border (a prefix that is also a
+    # suffix): Knuth-Morris-Pratt's prefix function, linear in the layers where trying
+    # each period in turn was quadratic (seconds for 10,000 layers).
+    border = [0] * n
+    for i in range(1, n):
+        b = border[i - 1]
+        while b and kinds[i] != kinds[b]:
+            b = border[b - 1]
+        border[i] = b + (kinds[i] == kinds[b])
+    period = n - border[-1]
+    if period < n:
+        runs: list[dict[str, int]] = []
+        for k in kinds[:period]:
+            if runs and k in runs[-1]:
+                runs[-1][k] += 1
+            else:
+                runs.append({k: 1})
+        return {"layer_pattern": tuple(runs)}
     return {"layer_types": tuple(kinds)}
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 
 from kvplan.calc import ATTENTION_KINDS, CacheLayout, ceil_div
-from kvplan.errors import InputError
+from kvplan.errors import InputError, require_at_least
 from kvplan.formats import FIXED_FORMATS, KVFormatPair
 from kvplan.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
 from kvplan.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS, VllmLayout, build_layout, max_model_len_refusal
@@ -159,15 +159,15 @@ class Plan:
     vllm_groups: int | None
     vllm_padding_layers: int | None
     vllm_log: list[str]
-    # latency and cost
-    decode_step_s: float
-    decode_bound: str
+    # latency and cost; None when not one sequence fits (the model does not run on this GPU)
+    decode_step_s: float | None
+    decode_bound: str | None
     decode_bytes_per_step: int
     decode_flops_per_step: int
     prefill_tokens: int
     prefill_s: float | None
-    tokens_per_s: float  # output tokens per second for the deployment at --batch
-    tokens_per_s_per_gpu: float
+    tokens_per_s: float | None  # output tokens per second for the deployment at --batch
+    tokens_per_s_per_gpu: float | None
     cost_batch: int  # the batch the costs are computed at (the largest that fits)
     tokens_per_s_at_cost_batch: float
     usd_per_hour: float
@@ -521,8 +521,8 @@ class Planner:
     def plan(self) -> Plan:
         spec, gpu, opts = self.spec, self.gpu, self.opts
         context, batch = opts.context, opts.batch
-        if context < 1 or batch < 1:
-            raise InputError("--context and --batch must be at least 1")
+        require_at_least("--context", context, 1, "token")
+        require_at_least("--batch", batch, 1, "sequence")
         n_gpus = opts.tp * opts.pp
         tight = min(range(len(self.stage_budgets)), key=lambda i: self.stage_budgets[i])
         budget = self.stage_budgets[tight]
@@ -536,7 +536,7 @@ class Planner:
         ]
         fits = max_seqs >= batch
         headroom = (budget - need) / budget * 100 if budget > 0 else None
-        shortfall = max(0, need - max(budget, 0))
+        shortfall = max(0, need - budget)  # memory missing per GPU: more than the KV when the weights leave none
 
         vllm_blocks = vllm_tokens = vllm_conc = vllm_groups = vllm_pad = None
         log: list[str] = []
@@ -593,6 +593,8 @@ class Planner:
         decode_s, bound, step_bytes, step_flops = self.decode_step(batch, context)
         prefill_s = self.prefill(prompt)
         tokens_per_s = batch / decode_s
+        if max_seqs < 1:  # nothing runs: no step, prefill or throughput to report (the bytes a step would read stay)
+            decode_s = bound = prefill_s = tokens_per_s = None
         cost_batch = max_seqs if max_seqs >= 1 else 0
         usd_per_s = gpu.usd_per_hour * n_gpus / 3600
         cost_tps = 0.0
@@ -652,7 +654,7 @@ class Planner:
             prefill_tokens=prompt,
             prefill_s=prefill_s,
             tokens_per_s=tokens_per_s,
-            tokens_per_s_per_gpu=tokens_per_s / n_gpus,
+            tokens_per_s_per_gpu=None if tokens_per_s is None else tokens_per_s / n_gpus,
             cost_batch=cost_batch,
             tokens_per_s_at_cost_batch=cost_tps,
             usd_per_hour=gpu.usd_per_hour * n_gpus,

@@ -200,6 +200,23 @@ def fmt_seconds(s: float | None) -> str:
     return f"{s * 1000:,.2f} ms"
 
 
+def fmt_rate(x: float | None) -> str:
+    return "—" if x is None else f"{x:,.0f}"
+
+
+def does_not_run(r: dict, exact: bool = False) -> str | None:
+    """Why a plan has no decode step (not one sequence fits), in the order a reader checks; None when it runs."""
+    if r["max_concurrent_sequences"] >= 1:
+        return None
+    weights, usable = r["weights_bytes_per_gpu"], r["usable_bytes_per_gpu"]
+    if weights > usable:
+        return f"the weights alone take {size(weights, exact)} per GPU, more than the {size(usable, exact)} usable"
+    if r["kv_budget_bytes_per_gpu"] <= 0:
+        taken = weights + r["activation_bytes_per_gpu"] + r["non_torch_bytes_per_gpu"]
+        return f"weights, activations and non-torch memory take {size(taken, exact)} per GPU, more than the {size(usable, exact)} usable"
+    return f"not one sequence of {fmt_int(r['context'])} tokens fits"
+
+
 def fmt_usd(x: float | None) -> str:
     return "—" if x is None else f"${x:,.3f}"
 
@@ -208,7 +225,7 @@ def grid_row(r: dict) -> list[str]:
     return [
         r["gpu"], str(r["tensor_parallel_size"]), str(r["pipeline_parallel_size"]), fmt_int(r["context"]), fmt_int(r["batch"]),
         r["kv_cache_dtype"], fmt_bytes(r["kv_budget_bytes_per_gpu"]), fmt_int(r["max_concurrent_sequences"]),
-        fmt_int(r["max_context_tokens"]), fmt_seconds(r["decode_step_s"]), f"{r['tokens_per_s']:,.0f}",
+        fmt_int(r["max_context_tokens"]), fmt_seconds(r["decode_step_s"]), fmt_rate(r["tokens_per_s"]),
         fmt_usd(r["usd_per_million_output_tokens"]),
     ]
 
@@ -281,8 +298,11 @@ def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
     detail = (
         f"{verdict}: {fmt_int(r['batch'])} × {fmt_int(r['context'])} tokens reserve {size(r['kv_bytes_per_gpu_at_batch'], exact)} per GPU"
     )
+    stopped = does_not_run(r, exact)
     if r["fits"] and r["headroom_pct"] is not None:
         detail += f", {r['headroom_pct']:.1f}% headroom"
+    elif r["kv_budget_bytes_per_gpu"] <= 0:  # the model itself does not fit: say so first
+        detail = f"does NOT fit: {stopped} ({size(r['shortfall_bytes'], exact)} short)"
     elif not r["fits"]:
         detail += f", {size(r['shortfall_bytes'], exact)} short"
     lines.append(("verdict", detail))
@@ -290,10 +310,16 @@ def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
     lines.append(("max context", f"{fmt_int(r['max_context_tokens'])} tokens at batch {fmt_int(r['batch'])} (limited by {r['max_context_limited_by']})"))
     for line in r["vllm_log"]:
         lines.append(("vLLM would log", line))
-    lines.append(("decode step", f"{fmt_seconds(r['decode_step_s'])} at batch {fmt_int(r['batch'])} ({r['decode_bound']}-bound: "
-                  f"{size(r['decode_bytes_per_step'], exact)} read per step, bandwidth × {a['bandwidth_efficiency']:.3g})"))
-    lines.append(("prefill", f"{fmt_seconds(r['prefill_s'])} for {fmt_int(r['prefill_tokens'])} prompt tokens (peak × {a['compute_efficiency']:.3g})"))
-    lines.append(("throughput", f"{r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_gpu']:,.0f} per GPU) at batch {fmt_int(r['batch'])}"))
+    if stopped:  # no step runs: no time to print as if one did
+        what = "the model does not fit on this GPU" if r["kv_budget_bytes_per_gpu"] <= 0 else stopped
+        lines.append(("decode step", f"— ({what}: nothing runs)"))
+        lines.append(("prefill", "—"))
+        lines.append(("throughput", "—"))
+    else:
+        lines.append(("decode step", f"{fmt_seconds(r['decode_step_s'])} at batch {fmt_int(r['batch'])} ({r['decode_bound']}-bound: "
+                      f"{size(r['decode_bytes_per_step'], exact)} read per step, bandwidth × {a['bandwidth_efficiency']:.3g})"))
+        lines.append(("prefill", f"{fmt_seconds(r['prefill_s'])} for {fmt_int(r['prefill_tokens'])} prompt tokens (peak × {a['compute_efficiency']:.3g})"))
+        lines.append(("throughput", f"{r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_gpu']:,.0f} per GPU) at batch {fmt_int(r['batch'])}"))
     if r["cost_batch"]:
         lines.append(("cost", f"{fmt_usd(r['usd_per_million_output_tokens'])} per 1M output, {fmt_usd(r['usd_per_million_input_tokens'])} per 1M input "
                       f"at batch {fmt_int(r['cost_batch'])} ({r['tokens_per_s_at_cost_batch']:,.0f} tok/s, ${r['usd_per_hour']:,.2f}/h)"))

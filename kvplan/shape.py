@@ -157,12 +157,15 @@ class SpecDerived:
         # Mamba-1: conv state d_inner x (d_conv - 1), SSM state d_inner x d_state.
         return d_inner * (self.mamba_d_conv - 1) + d_inner * self.mamba_d_state
 
-    def _raw_layer_names(self) -> list[str]:
-        if self.layer_types is not None:
-            return list(self.layer_types)
-        if self.layer_pattern is not None:
-            return [name for item in self.layer_pattern for name in item]
-        return []
+    def fields_that_apply(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """`fields` (a model_dump) without defaults that describe something this model lacks:
+        mamba_n_groups outside Mamba-2 (mamba_n_heads), num_kv_shared_layers 0."""
+        out = dict(fields)
+        if self.mamba_n_heads is None:
+            out.pop("mamba_n_groups", None)
+        if not self.num_kv_shared_layers:
+            out.pop("num_kv_shared_layers", None)
+        return out
 
     @cached_property
     def layer_kinds(self) -> tuple[LayerKind, ...]:
@@ -171,7 +174,10 @@ class SpecDerived:
         if self.layer_types is not None:
             kinds = [LAYER_TYPE_ALIASES[t] for t in self.layer_types]
         elif self.layer_pattern is not None:
-            cycle = [LAYER_TYPE_ALIASES[n] for item in self.layer_pattern for n, c in item.items() for _ in range(c)]
+            cycle: list[LayerKind] = []  # one period, cut at `count` layers: a longer pattern costs nothing
+            for item in self.layer_pattern:
+                for name, n in item.items():
+                    cycle.extend([LAYER_TYPE_ALIASES[name]] * min(n, count - len(cycle)))
             kinds = [cycle[i % len(cycle)] for i in range(count)]
         elif self.sliding_window is not None:
             kinds = [LayerKind.SLIDING] * count  # e.g. Mistral-7B-v0.1: every layer slides

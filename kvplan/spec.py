@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from kvplan.shape import DTYPE_ALIASES, LAYER_TYPE_ALIASES, LayerKind, ModelShape, SpecDerived  # noqa: F401
 
@@ -21,6 +21,104 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"
+
+# ----------------------------------------------------------------- size bounds
+#
+# Every size has an upper bound far above any real model, so that a typo or a unit
+# slip (num_hidden_layers: 100000000000) is refused naming the field and the bound,
+# instead of exhausting memory or hanging in a per-layer loop. Each reason names the
+# largest real value we know of; the bounds are 10x to 1000x above it. The importers
+# (kvplan.hf_config, kvplan.gguf) check the same bounds before their per-layer loops.
+MAX_LAYERS = 10_000  # per-layer lists and loops stay in the milliseconds
+MAX_HEADS = 65_536
+MAX_HEAD_DIM = 2**20  # = MAX_HIDDEN, so head_dim's default (hidden / heads) is always within it
+MAX_HIDDEN = 2**20
+MAX_FFN = 2**24
+MAX_VOCAB = 2**24
+MAX_TOKENS = 2**30
+MAX_EXPERTS = 65_536
+MAX_PARAMETERS = 10**15
+MAX_STATE_ELEMENTS = 2**32
+MAX_MAMBA = 65_536
+
+_LAYERS_WHY = "DeepNet, the deepest transformer trained, has 1,000 layers"
+_DIM_WHY = "DeepSeek-V3's q_lora_rank, 1,536, is the largest head size or latent released"
+_TOKENS_WHY = "Llama-4 Scout's 10,485,760 tokens is the longest context released"
+_EXPERTS_WHY = "Qwen3-Next's 512 routed experts is the most released"
+_MAMBA_WHY = "Mamba sizes are at most a few hundred, e.g. d_state 128"
+_PARAMETERS_WHY = "Switch-C's 1.6 trillion parameters is about the most published"
+_FFN_WHY = "PaLM-540B's 73,728 is the widest MLP published"
+
+# field -> (largest value accepted, why that is far above any real model)
+SIZE_LIMITS: dict[str, tuple[int, str]] = {
+    "num_parameters": (MAX_PARAMETERS, _PARAMETERS_WHY),
+    "num_active_parameters": (MAX_PARAMETERS, _PARAMETERS_WHY),
+    "hidden_size": (MAX_HIDDEN, "PaLM-540B's 18,432 is the widest published"),
+    "num_hidden_layers": (MAX_LAYERS, _LAYERS_WHY),
+    "num_attention_heads": (MAX_HEADS, "Llama-3.1-405B's and DeepSeek-V3's 128 heads are the most released"),
+    "num_key_value_heads": (MAX_HEADS, "DeepSeek-V3's 128 KV heads are the most released"),
+    "head_dim": (MAX_HEAD_DIM, _DIM_WHY),
+    "v_head_dim": (MAX_HEAD_DIM, _DIM_WHY),
+    "kv_lora_rank": (MAX_HEAD_DIM, _DIM_WHY),
+    "q_lora_rank": (MAX_HEAD_DIM, _DIM_WHY),
+    "qk_rope_head_dim": (MAX_HEAD_DIM, _DIM_WHY),
+    "qk_nope_head_dim": (MAX_HEAD_DIM, _DIM_WHY),
+    "intermediate_size": (MAX_FFN, _FFN_WHY),
+    "moe_intermediate_size": (MAX_FFN, _FFN_WHY),
+    "vocab_size": (MAX_VOCAB, "Gemma-3's 262,208 tokens is the largest vocabulary released"),
+    "max_position_embeddings": (MAX_TOKENS, _TOKENS_WHY),
+    "sliding_window": (MAX_TOKENS, _TOKENS_WHY),
+    "attention_chunk_size": (MAX_TOKENS, _TOKENS_WHY),
+    "num_kv_shared_layers": (MAX_LAYERS, _LAYERS_WHY),
+    "mamba_d_state": (MAX_MAMBA, _MAMBA_WHY),
+    "mamba_d_conv": (MAX_MAMBA, _MAMBA_WHY),
+    "mamba_expand": (MAX_MAMBA, _MAMBA_WHY),
+    "mamba_n_groups": (MAX_MAMBA, _MAMBA_WHY),
+    "mamba_n_heads": (MAX_MAMBA, _MAMBA_WHY),
+    "mamba_head_dim": (MAX_MAMBA, _MAMBA_WHY),
+    "state_elements_per_layer": (MAX_STATE_ELEMENTS, "a large Mamba-2 layer keeps about 10 million state elements per sequence"),
+    "num_local_experts": (MAX_EXPERTS, _EXPERTS_WHY),
+    "n_routed_experts": (MAX_EXPERTS, _EXPERTS_WHY),
+    "n_shared_experts": (MAX_EXPERTS, _EXPERTS_WHY),
+    "num_experts_per_tok": (MAX_EXPERTS, _EXPERTS_WHY),
+    "first_k_dense_replace": (MAX_LAYERS, _LAYERS_WHY),
+    "expert_layer_period": (MAX_LAYERS, _LAYERS_WHY),
+    "expert_layer_offset": (MAX_LAYERS, _LAYERS_WHY),
+}
+
+
+def size_limit_problem(field: str, value: Any) -> Optional[str]:
+    """Why `value` is too large for `field` (its bound, and why), or None."""
+    limit, why = SIZE_LIMITS[field]
+    if isinstance(value, int) and value > limit:
+        return f"{value:,} is more than {limit:,}, kvplan's limit, far above any real model ({why}); check the value"
+    return None
+
+
+def _layer_type_name(name: str) -> str:
+    if name not in LAYER_TYPE_ALIASES:
+        raise ValueError(f"unknown layer type {name!r}; use one of {sorted(LAYER_TYPE_ALIASES)}")
+    return name
+
+
+def _pattern_count(count: int) -> int:
+    limit, why = MAX_LAYERS, _LAYERS_WHY
+    if count > limit:
+        raise ValueError(f"{count:,} layers is more than {limit:,}, kvplan's limit, far above any real model ({why}); check the value")
+    return count
+
+
+def _one_pattern_entry(entry: dict) -> dict:
+    if len(entry) != 1:
+        raise ValueError("each layer_pattern entry maps one layer type to a count, e.g. {sliding_attention: 5}")
+    return entry
+
+
+# Checked item by item, so an error names the entry and its line (layer_pattern.1: unknown layer type ...).
+LayerTypeName = Annotated[str, AfterValidator(_layer_type_name)]
+PatternEntry = Annotated[
+    dict[LayerTypeName, Annotated[int, Field(gt=0), AfterValidator(_pattern_count)]], AfterValidator(_one_pattern_entry)
+]
 
 
 class ModelSpec(BaseModel, SpecDerived):
@@ -60,8 +158,8 @@ class ModelSpec(BaseModel, SpecDerived):
 
     # Layer pattern: explicit list, or a compact repeating pattern such as
     # [{sliding_attention: 5}, {full_attention: 1}] cycled to num_hidden_layers.
-    layer_types: Optional[tuple[str, ...]] = None
-    layer_pattern: Optional[tuple[dict[str, PositiveInt], ...]] = None
+    layer_types: Optional[tuple[LayerTypeName, ...]] = None
+    layer_pattern: Optional[tuple[PatternEntry, ...]] = None
     sliding_window: Optional[PositiveInt] = None
     attention_chunk_size: Optional[PositiveInt] = None
     num_kv_shared_layers: NonNegativeInt = 0  # Gemma-3n: the last N layers reuse earlier KV
@@ -95,6 +193,23 @@ class ModelSpec(BaseModel, SpecDerived):
     expert_layer_period: Optional[PositiveInt] = None
     expert_layer_offset: Optional[NonNegativeInt] = None
 
+    @field_validator(*SIZE_LIMITS)
+    @classmethod
+    def _within_limits(cls, value: Any, info: ValidationInfo) -> Any:
+        problem = size_limit_problem(info.field_name, value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("layer_pattern")
+    @classmethod
+    def _pattern_not_empty(cls, value: Optional[tuple]) -> Optional[tuple]:
+        if value is not None and not value:
+            raise ValueError(
+                "is empty; give at least one {layer type: count} entry, e.g. [{full_attention: 1}], or leave it out"
+            )
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _resolve_defaults(cls, data: Any) -> Any:
@@ -102,13 +217,15 @@ class ModelSpec(BaseModel, SpecDerived):
             return data
         data = dict(data)
         heads = data.get("num_attention_heads")
-        if data.get("num_key_value_heads") is None and isinstance(heads, int):
+        # defaults only from values within bounds: a huge one gets its own error, not a second one here
+        if data.get("num_key_value_heads") is None and isinstance(heads, int) and heads <= MAX_HEADS:
             data["num_key_value_heads"] = heads
         hidden = data.get("hidden_size")
         if (
             data.get("head_dim") is None
             and data.get("kv_lora_rank") is None
             and isinstance(hidden, int)
+            and hidden <= MAX_HIDDEN
             and isinstance(heads, int)
             and heads > 0
             and hidden % heads == 0
@@ -143,18 +260,6 @@ class ModelSpec(BaseModel, SpecDerived):
                 f"layer_types has {len(self.layer_types)} entries but num_hidden_layers is "
                 f"{self.num_hidden_layers}"
             )
-        for entry in self._raw_layer_names():
-            if entry not in LAYER_TYPE_ALIASES:
-                raise ValueError(
-                    f"unknown layer type {entry!r}; use one of {sorted(LAYER_TYPE_ALIASES)}"
-                )
-        if self.layer_pattern is not None:
-            for item in self.layer_pattern:
-                if len(item) != 1:
-                    raise ValueError(
-                        "each layer_pattern entry maps one layer type to a count, "
-                        "e.g. {sliding_attention: 5}"
-                    )
         kinds = self.layer_kinds
         where = "layer_types" if self.layer_types is not None else "layer_pattern"
         if LayerKind.SLIDING in kinds and self.sliding_window is None:

@@ -1,11 +1,14 @@
-"""Byte sizes: parsing `5GiB` / `80GB` / `1234`, and rendering in labelled binary units.
+"""Sizes and counts: parsing `5GiB` / `80GB` / `1234` bytes and `32k` / `1.5k` counts, rendering bytes.
 
-GiB = 2**30 and GB = 10**9 are never mixed: a suffix says which.
+GiB = 2**30 and GB = 10**9 are never mixed: a suffix says which. Counts (tokens,
+sequences) take k = 1024 and m = 1024**2, as context lengths are written (32k =
+32768), and a decimal multiplier when the product is whole (1.5k = 1536).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Optional, Union
 
 from kvplan.errors import InputError
 
@@ -34,6 +37,97 @@ def parse_bytes(text: str, flag: str) -> int:
         )
     value = float(match.group(1)) * _UNITS[unit]
     return int(round(value))
+
+
+def is_bare_number(text: Union[str, int, float]) -> bool:
+    """True for a size written without a unit (`80`, `80.5`): parse_bytes reads it as bytes."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return True
+    match = _SIZE.match(str(text))
+    return bool(match) and match.group(2) == ""
+
+
+# GPU memory below 1 GiB is refused: no accelerator kvplan plans for has less (the
+# catalog's smallest, the T4, has 15 GiB), the CUDA context alone takes ~512 MiB
+# (the --non-torch-memory default), and a bare `80` -- read as 80 bytes -- is the
+# usual slip for 80GiB. Above 1 PiB is refused too: the largest device has 288 GB
+# (B300, MI355X), so a PiB is a unit slip (80PB, or bits), never a GPU.
+MIN_GPU_MEMORY_BYTES = 2**30
+MAX_GPU_MEMORY_BYTES = 2**50
+
+
+def gpu_memory_problem(text: Union[str, int, float], nbytes: int) -> Optional[str]:
+    """Why `nbytes` (parsed from `text`) is no GPU's memory, the fix last; None when it is plausible.
+
+    A bare number below 1 GiB gets the unit it most likely lacks: `80` -> 80GiB,
+    `81559` -> 81559MiB (what nvidia-smi prints).
+    """
+    if MIN_GPU_MEMORY_BYTES <= nbytes <= MAX_GPU_MEMORY_BYTES:
+        return None
+    if nbytes > MAX_GPU_MEMORY_BYTES:
+        return f"{fmt_bytes(nbytes)} is more than 1 PiB, far above any GPU (the largest has 288 GB); check the unit"
+    if not is_bare_number(text):
+        return f"{fmt_bytes(nbytes)} is less than 1 GiB, the least GPU memory kvplan plans for; give the total the runtime reports, e.g. 24GiB"
+    number = str(text).strip()
+    for unit in ("GiB", "MiB"):  # the first that makes a plausible GPU (1 GiB .. 1 TiB)
+        guess = float(number) * _UNITS[unit.lower()]
+        if MIN_GPU_MEMORY_BYTES <= guess <= 2**40:
+            return f"a bare number is bytes, and GPU memory must be at least 1 GiB; did you mean {number}{unit}?"
+    return "a bare number is bytes, and GPU memory must be at least 1 GiB; write the unit, e.g. 80GiB or 81559MiB"
+
+
+def parse_gpu_memory(text: Union[str, int], flag: str) -> int:
+    """--gpu-memory: a size (`80GiB`, `81559MiB`, or bytes), refused below 1 GiB or above 1 PiB."""
+    nbytes = text if isinstance(text, int) and not isinstance(text, bool) else parse_bytes(str(text), flag)
+    problem = gpu_memory_problem(text, nbytes)
+    if problem:
+        raise InputError(f"{flag} {str(text).strip()}: {problem}")
+    return nbytes
+
+
+# ----------------------------------------------------------------- counts
+
+COUNT_SUFFIX = {"": 1, "k": 1024, "m": 1024 * 1024}
+_COUNT = re.compile(r"^([+-]?)(\d+(?:\.\d+)?|\.\d+)([km]?)$")
+
+
+class NotWholeError(ValueError):
+    """A count whose decimal multiplier leaves a fraction ('1.3k' = 1331.2); the message says so."""
+
+
+def parse_count(text: Union[str, int]) -> int:
+    """'32k' -> 32768, '1.5k' -> 1536, '1m' -> 1048576, '8192' -> 8192 (k = 1024; `_` ignored).
+
+    Exact: the decimal is multiplied as a fraction, so '0.0009765625k' is 1 and
+    '1.3k' (1331.2) is refused with NotWholeError. Anything else that is not a
+    count raises ValueError; callers word that one for their flag or key.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"{text!r} is not a count")
+    if isinstance(text, int):
+        return text
+    part = str(text).strip().lower().replace("_", "")
+    match = _COUNT.match(part)
+    if not match:
+        raise ValueError(f"{text!r} is not a count")
+    sign, number, suffix = match.groups()
+    mult = COUNT_SUFFIX[suffix] * (-1 if sign == "-" else 1)
+    if "." not in number:
+        return int(number) * mult
+    from decimal import Decimal, localcontext  # only for a decimal: estimate's cold start skips them
+    from fractions import Fraction
+
+    value = Fraction(number) * mult
+    mult = abs(mult)
+    if value.denominator != 1:
+        low = value.numerator // value.denominator
+        # mult is a power of two, so the product is a finite decimal: print it exactly
+        with localcontext() as ctx:
+            ctx.prec = len(number) + 30  # enough digits that the quotient is exact
+            exact = f"{Decimal(value.numerator) / Decimal(value.denominator):,f}"
+        shown = f"{sign}{number} × {mult:,} = {exact}" if mult != 1 else exact
+        raise NotWholeError(f"is {shown}, not a whole number; write {low} or {low + 1}")
+    return int(value)
 
 
 def fmt_bytes(n: int | float) -> str:

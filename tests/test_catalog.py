@@ -245,3 +245,42 @@ def test_per_sequence_bytes_grow_with_context_and_never_exceed_full_attention(in
     assert shorter <= longer
     # windows and chunks only ever hold fewer tokens than full attention would
     assert longer <= layout.kv_bytes_per_token * (context + extra) + state_bytes
+
+
+# ------------------------------------------------------------------ the YAML reader every command shares
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a: 1\nb: 2\na: 3\n", "x.yaml:3: duplicate key 'a' (first at line 1)"),
+        ("a: 1\n'a': 2\n", "x.yaml:2: duplicate key 'a' (first at line 1)"),  # quoting does not make another key
+        ("top:\n  - k: 1\n    k: 2\n", "x.yaml:3: duplicate key 'k' (first at line 2)"),
+        ("b: 1\nb: 2\nc:\n  x: 1\n  x: 2\n", "x.yaml:2: duplicate key 'b' (first at line 1)"),  # the first in the file
+    ],
+)
+def test_a_duplicate_key_is_refused_with_both_lines(text, message):
+    from kvplan.catalog import read_yaml_text
+    from kvplan.errors import InputError
+
+    with pytest.raises(InputError) as err:
+        read_yaml_text(text, "x.yaml")
+    assert err.value.message == message
+
+
+def test_merge_keys_and_distinct_keys_are_not_duplicates():
+    from kvplan.catalog import read_yaml_text
+
+    data, line_of = read_yaml_text("base: &b {x: 1, y: 2}\nmine:\n  <<: *b\n  x: 3\n1: one\n'1': text\n", "x.yaml")
+    assert data == {"base": {"x": 1, "y": 2}, "mine": {"x": 3, "y": 2}, 1: "one", "1": "text"}
+    assert line_of(("mine", "x")) == 4
+
+
+def test_aliases_are_walked_once():
+    # a "billion laughs" document: 10 levels of 10 aliases; the line index must not walk 10**10 nodes
+    from kvplan.catalog import read_yaml_text
+
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    data, line_of = read_yaml_text("\n".join(lines) + "\n", "x.yaml")
+    assert line_of(("l9",)) == 10 and len(data["l9"]) == 10

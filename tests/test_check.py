@@ -147,11 +147,14 @@ def test_a_budget_passes_at_its_figure_and_fails_past_it(tmp_path, capsys, budge
 
 
 def test_a_figure_that_does_not_exist_fails_its_budget(tmp_path, capsys):
-    # 1 MiB of GPU memory: the weights alone (2 MB) leave no KV budget, nothing fits.
-    deployment = TINY_DEPLOYMENT.replace("gpu_memory: 1GiB", "gpu_memory: 1MiB").replace(
+    # 0.1% of 1 GiB usable (1.07 MB): the weights alone (2 MB) leave no KV budget, nothing fits.
+    deployment = TINY_DEPLOYMENT.replace("gpu_memory_utilization: 0.5", "gpu_memory_utilization: 0.001").replace(
         "    activation_memory: 16MiB\n    non_torch_memory: 8MiB\n", "    activation_memory: 0\n    non_torch_memory: 0\n"
     )
-    plan = write_plan(tmp_path, "min_headroom_pct: 0\nmax_usd_per_million_output_tokens: 100\nmin_concurrent_sequences: 1\n", deployment)
+    plan = write_plan(
+        tmp_path, "min_headroom_pct: 0\nmax_usd_per_million_output_tokens: 100\nmin_concurrent_sequences: 1\nmax_decode_step_ms: 1000\n",
+        deployment,
+    )
     r = run_cli(capsys, "check", str(plan), "-f", "json")
     assert r.exit_code == 1
     budgets = {b["budget"]: b for b in json.loads(r.stdout)["deployments"][0]["budgets"]}
@@ -159,7 +162,44 @@ def test_a_figure_that_does_not_exist_fails_its_budget(tmp_path, capsys):
     assert budgets["min_headroom_pct"]["note"] == "the weights leave no KV budget on this GPU"
     assert budgets["max_usd_per_million_output_tokens"]["value"] is None
     assert budgets["min_concurrent_sequences"]["value"] == 0
+    assert budgets["max_decode_step_ms"]["value"] is None  # nothing runs: no step time to pass a budget with
+    assert budgets["max_decode_step_ms"]["note"] == "not one sequence fits, so no step runs"
     assert not any(b["passed"] for b in budgets.values())
+
+
+@pytest.mark.parametrize("engine", ["vllm", "llama.cpp"])
+def test_a_model_that_does_not_fit_has_no_decode_step_to_pass(tmp_path, capsys, engine):
+    # 70B bf16 weights (131 GiB) on an L4 (22.49 GiB): a roofline step time would pass 1 s, but nothing runs
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"deployments:\n  - model: llama-3.1-70b\n    gpu: l4\n    engine: {engine}\n    context: 8k\n"
+        "    budgets:\n      max_decode_step_ms: 1000\n"
+    )
+    r = run_cli(capsys, "check", str(plan), "-f", "json")
+    assert r.exit_code == 1, r.stderr
+    [budget] = json.loads(r.stdout)["deployments"][0]["budgets"]
+    assert (budget["value"], budget["passed"], budget["note"]) == (None, False, "not one sequence fits, so no step runs")
+
+
+def lines_starting(path: Path, text: str) -> list[int]:
+    return [i for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip().startswith(text)]
+
+
+def test_a_key_given_twice_is_an_error_not_the_last_one(tmp_path, capsys):
+    # context: 1k, then 16k: YAML alone would keep 16k without a word
+    plan = write_plan(tmp_path, "min_concurrent_sequences: 1\n", TINY_DEPLOYMENT + "    context: 16k\n")
+    first, second = lines_starting(plan, "context:")
+    r = run_cli(capsys, "check", str(plan))
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {plan}:{second}: duplicate key 'context' (first at line {first})\n")
+
+
+def test_a_budget_given_twice_is_an_error(tmp_path, capsys):
+    plan = write_plan(tmp_path, "min_concurrent_sequences: 1\nmin_concurrent_sequences: 4\n")
+    first, second = lines_starting(plan, "min_concurrent_sequences:")
+    r = run_cli(capsys, "check", str(plan))
+    assert (r.exit_code, r.stderr) == (
+        2, f"error: {plan}:{second}: duplicate key 'min_concurrent_sequences' (first at line {first})\n"
+    )
 
 
 def test_kv_bytes_budget_needs_no_gpu(tmp_path, capsys):
@@ -382,6 +422,13 @@ def test_output_to_a_missing_folder_is_bad_input(tmp_path, capsys):
     "extra, budgets, expected",
     [
         ("colour: blue", "min_concurrent_sequences: 1", "deployments.0.colour: unknown field"),
+        ("gpu_memory: 80", "min_concurrent_sequences: 1",
+         "deployments.0.gpu_memory: 80: a bare number is bytes, and GPU memory must be at least 1 GiB; did you mean 80GiB?"),
+        ("gpu_memory: 100MiB", "min_concurrent_sequences: 1",
+         "deployments.0.gpu_memory: 100MiB: 100.00 MiB is less than 1 GiB, the least GPU memory kvplan plans for; "
+         "give the total the runtime reports, e.g. 24GiB"),
+        ("context: 1.3k", "min_concurrent_sequences: 1",
+         "deployments.0.context: '1.3k' is 1.3 × 1,024 = 1,331.2, not a whole number; write 1331 or 1332"),
         ("tp: '2'", "min_concurrent_sequences: 1", "deployments.0.tp: Input should be a valid integer"),
         ("tp: true", "min_concurrent_sequences: 1", "deployments.0.tp: Input should be a valid integer"),
         ("pp: 0", "min_concurrent_sequences: 1", "deployments.0.pp: Input should be greater than or equal to 1"),
@@ -394,7 +441,7 @@ def test_output_to_a_missing_folder_is_bad_input(tmp_path, capsys):
          "tokens are one sequence of at most context tokens); give prompt_tokens 1,024 or less, or a longer context"),
         ("prompt_tokens: 0", "min_concurrent_sequences: 1",
          "deployments.0.prompt_tokens: Input should be greater than or equal to 1"),
-        ("state_dtype: fp9", "min_concurrent_sequences: 1", "deployments.0.state_dtype: unknown KV cache dtype 'fp9'"),
+        ("state_dtype: fp9", "min_concurrent_sequences: 1", "deployments.0.state_dtype: unknown state dtype 'fp9'"),
         ("gpu_memory_utilization: 1.5", "min_concurrent_sequences: 1",
          "deployments.0.gpu_memory_utilization: Input should be less than or equal to 1"),
         ("", "max_bytes: 3", "deployments.0.budgets.max_bytes: unknown field"),

@@ -110,6 +110,36 @@ def test_a_flag_the_engine_does_not_read_exits_2(capsys, args, message):
     assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {message}\n")
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        # a bare --gpu-memory is bytes: below 1 GiB it is refused with the unit it most likely lacks
+        (["--gpu-memory", "80", "--gpu-bandwidth", "2000"],
+         "--gpu-memory 80: a bare number is bytes, and GPU memory must be at least 1 GiB; did you mean 80GiB?"),
+        (["--gpu", "h100", "--gpu-memory", "512MiB"],
+         "--gpu-memory 512MiB: 512.00 MiB is less than 1 GiB, the least GPU memory kvplan plans for; "
+         "give the total the runtime reports, e.g. 24GiB"),
+        # k = 1024: a decimal multiplier must give a whole count
+        (["--context", "1.3k"], "--context '1.3k': '1.3k' is 1.3 × 1,024 = 1,331.2, not a whole number; write 1331 or 1332"),
+        (["--context", "8k,1.3k"], "--context '8k,1.3k': '1.3k' is 1.3 × 1,024 = 1,331.2, not a whole number; write 1331 or 1332"),
+        (["--batch", "1.5"], "--batch '1.5': '1.5' is 1.5, not a whole number; write 1 or 2"),
+        # element formats: each message names the flag and what is wrong with the value
+        (["--kv-cache-dtype", "int4_g0"], "--kv-cache-dtype: 'int4_g0': the group size must be positive, e.g. int4_g32"),
+        (["--kv-cache-dtype", "int4_g3"],
+         "--kv-cache-dtype: 'int4_g3': 3 4-bit values do not fill whole bytes; use a group size that is a multiple of 2"),
+        (["--kv-cache-dtype", "fp8/"], "--kv-cache-dtype: 'fp8/': the V half is missing; write K/V as in q8_0/q4_0"),
+        (["--kv-cache-dtype", "/fp8"], "--kv-cache-dtype: '/fp8': the K half is missing; write K/V as in q8_0/q4_0"),
+        (["--state-dtype", "bogus"],
+         "--state-dtype: unknown state dtype 'bogus'; use one of: fp32, fp16, bf16, fp8, fp8_e4m3, fp8_e5m2, int8, "
+         "fp8_per_token_head, int8_per_token_head, nvfp4, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, "
+         "int4[_gN][_fp16|_bf16|_fp32][_sym|_asym], int2[...]"),
+    ],
+)
+def test_bad_values_exit_2_with_one_exact_line(capsys, args, message):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", *args)
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {message}\n")
+
+
 @pytest.mark.parametrize("args", [["--hf-cache", "static"], ["--engine", "hf", "--pp", "2"],
                                   ["--engine", "sglang", "--ubatch-size", "256"]])
 def test_estimate_and_diff_refuse_a_misplaced_flag_in_the_same_words(capsys, args):
@@ -168,6 +198,12 @@ def test_estimate_and_compare_refuse_the_same_formats_for_vllm(capsys):
         assert (est.exit_code == 2) == bool(refusals), kv
         if refusals:
             assert f"vllm refuses: {refusals[0]};" in est.stderr
+
+
+def test_a_decimal_context_that_is_whole_is_accepted(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--context", "1.5k,0.5m", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert [e["context"] for e in json.loads(r.stdout)] == [1536, 524288]
 
 
 def spec_file(tmp_path, body: str):
@@ -235,6 +271,63 @@ def test_models_and_show(capsys):
     r = run_cli(capsys, "show", "llama-3.1-8b", "-f", "json")
     data = json.loads(r.stdout)
     assert data["derived"]["kv_bytes_per_token"] == 131072 and data["spec"]["num_key_value_heads"] == 8
+
+
+def show_json(capsys, model: str) -> dict:
+    r = run_cli(capsys, "show", model, "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_show_mla_derives_the_latent_not_a_zero_v_head_dim(capsys):
+    data = show_json(capsys, "deepseek-v3")
+    assert data["spec"]["v_head_dim"] == 128  # the attention's V head: applies (HF 4.x caches it decompressed)
+    assert data["derived"]["mla_latent_dim"] == 512 + 64
+    assert "k_head_dim" not in data["derived"] and "v_head_dim" not in data["derived"]
+    assert data["derived"]["kv_bytes_per_token_per_layer"] == {"mla": 576 * 2}
+    r = run_cli(capsys, "show", "deepseek-v3")
+    assert "derived: v_head_dim" not in r.stdout and "mamba_n_groups" not in r.stdout
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "jamba-v0.1", "deepseek-v3", "gemma-3-27b"])
+def test_show_prints_no_default_that_does_not_apply(capsys, name):
+    fields = show_json(capsys, name)["spec"]
+    assert "mamba_n_groups" not in fields  # Mamba-2 only (mamba_n_heads)
+    assert "num_kv_shared_layers" not in fields  # none shares KV
+
+
+def test_show_prints_mamba_n_groups_for_mamba_2(capsys, tmp_path):
+    path = tmp_path / "m2.yaml"
+    path.write_text(BASE.replace("num_hidden_layers: 2", "num_hidden_layers: 4") + textwrap.dedent("""\
+        layer_pattern: [{mamba: 3}, {full_attention: 1}]
+        mamba_d_state: 16
+        mamba_d_conv: 4
+        mamba_expand: 2
+        mamba_n_heads: 8
+        mamba_n_groups: 2
+        num_kv_shared_layers: 1
+    """))
+    fields = show_json(capsys, str(path))["spec"]
+    assert fields["mamba_n_groups"] == 2 and fields["num_kv_shared_layers"] == 1
+
+
+def test_show_derives_what_the_cache_holds_for_every_catalog_model(capsys):
+    from kvplan.catalog import catalog_names
+
+    for name in catalog_names():
+        data = show_json(capsys, name)
+        spec, derived = data["spec"], data["derived"]
+        per_layer = derived["kv_bytes_per_token_per_layer"]
+        width = 2 if spec["torch_dtype"] in ("bfloat16", "float16") else 4
+        if "mla_latent_dim" in derived:
+            assert derived["mla_latent_dim"] == spec["kv_lora_rank"] + spec["qk_rope_head_dim"], name
+            assert per_layer["mla"] == derived["mla_latent_dim"] * width, name
+        else:
+            assert derived["v_head_dim"] == spec.get("v_head_dim", derived["k_head_dim"]), name
+            for kind in ("full_attention", "sliding_attention", "chunked_attention"):
+                if kind in per_layer:
+                    kv = spec["num_key_value_heads"] * (derived["k_head_dim"] + derived["v_head_dim"]) * width
+                    assert per_layer[kind] == kv, (name, kind)
 
 
 def test_estimate_never_imports_torch():

@@ -71,6 +71,9 @@ FIT = "(a request's prompt and output tokens are one sequence of at most --conte
          "--requests-per-s -1 must be a number of requests per second above 0"),
         (["--requests-per-s", "0", "--prompt-tokens", "100"], "--requests-per-s 0 must be a number of requests per second above 0"),
         (["--requests-per-s", "inf"], "--requests-per-s inf must be a number of requests per second above 0"),
+        (["--requests-per-s", "nan"], "--requests-per-s nan must be a number of requests per second above 0"),
+        (["--prompt-tokens", "100", "--output-tokens", "-5"],
+         "--output-tokens -5 must be at least 1 (a request generates at least one token)"),
         (["--prompt-tokens", "0"], "--prompt-tokens 0 must be at least 1 (leave it out to prefill what --context leaves beside --output-tokens)"),
         (["--prompt-tokens", "100", "--output-tokens", "0"],
          "--output-tokens 0 must be at least 1 (a request generates at least one token)"),
@@ -146,6 +149,48 @@ def test_model_that_does_not_fit_is_a_result_not_an_error(capsys):
     data = json.loads(r.stdout)
     assert data["fits"] is False and data["max_concurrent_sequences"] == 0
     assert data["suggestions"]
+
+
+def plan_lines(stdout: str, *keys: str) -> dict[str, str]:
+    """The `key   value` lines of an estimate --gpu table, by key."""
+    out = {}
+    for line in stdout.splitlines():
+        for key in keys:
+            if line.startswith(key + "  "):
+                out[key] = line[len(key):].strip()
+    return out
+
+
+def test_weights_that_do_not_fit_get_no_decode_time(capsys):
+    # 70B in bf16 is 131.42 GiB of weights; an L4 has 22.49 GiB (20.24 usable at 0.9)
+    r = run_cli(capsys, "estimate", "llama-3.1-70b", "--gpu", "l4")
+    assert r.exit_code == 0, r.stderr
+    assert plan_lines(r.stdout, "verdict", "decode step", "prefill", "throughput") == {
+        "verdict": "does NOT fit: the weights alone take 131.42 GiB per GPU, more than the 20.24 GiB usable (115.67 GiB short)",
+        "decode step": "— (the model does not fit on this GPU: nothing runs)",
+        "prefill": "—",
+        "throughput": "—",
+    }
+    data = json.loads(run_cli(capsys, "estimate", "llama-3.1-70b", "--gpu", "l4", "-f", "json").stdout)
+    assert [data[k] for k in ("decode_step_s", "decode_bound", "prefill_s", "tokens_per_s", "tokens_per_s_per_gpu")] == [None] * 5
+    # what is missing per GPU: the KV of one sequence plus what the weights take beyond the budget
+    assert data["shortfall_bytes"] == data["kv_bytes_per_gpu_at_batch"] - data["kv_budget_bytes_per_gpu"]
+
+
+def test_a_context_too_long_for_one_sequence_gets_no_decode_time(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "l4", "-c", "32k", "-b", "8")
+    assert r.exit_code == 0, r.stderr
+    lines = plan_lines(r.stdout, "verdict", "decode step", "throughput")
+    assert lines["verdict"] == "does NOT fit: 8 × 32,768 tokens reserve 32.00 GiB per GPU, 28.02 GiB short"
+    assert lines["decode step"] == "— (not one sequence of 32,768 tokens fits: nothing runs)"
+    assert lines["throughput"] == "—"
+
+
+def test_a_grid_row_that_does_not_run_shows_dashes(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-70b", "--gpu", "l4", "--tp", "1,8", "-f", "markdown")
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| l4 ")]
+    assert rows[0].split("|")[10:13] == [" — ", " — ", " — "]  # decode step, tok/s, $/1M out
+    assert "ms" in rows[1].split("|")[10]
 
 
 def test_calibration_from_a_measure_report(capsys, tmp_path):

@@ -255,6 +255,15 @@ def test_a_context_past_a_spec_is_compared_not_refused(capsys):
     assert data["metrics"]["max_context_tokens"]["after"] == 4096
 
 
+def test_a_duplicate_key_at_the_revision_names_both_lines(repo, capsys, monkeypatch):
+    (repo / "specs" / "tiny.yaml").write_text(SPEC + "hidden_size: 128\n")
+    git(repo, "commit", "-q", "-am", "twice")
+    (repo / "specs" / "tiny.yaml").write_text(SPEC)
+    monkeypatch.chdir(repo)
+    r = run_cli(capsys, "diff", "specs/tiny.yaml", "--base", "HEAD")
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", "error: specs/tiny.yaml@HEAD:10: duplicate key 'hidden_size' (first at line 4)\n")
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -284,3 +293,26 @@ def test_bad_arguments(tmp_path, capsys, monkeypatch, args, message):
     assert r.exit_code == 2
     assert r.stderr.startswith(f"error: {message}"), r.stderr
     assert len(r.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        # each flag is named alone, with its value
+        (["--batch", "0"], "--batch must be at least 1 sequence, got 0"),
+        (["--context", "0"], "--context must be at least 1 token, got 0"),
+        (["--tp", "0"], "--tensor-parallel-size must be at least 1, got 0"),
+        (["--pp", "0"], "--pipeline-parallel-size must be at least 1, got 0"),
+        (["--context", "1.3k"], "--context '1.3k' is 1.3 × 1,024 = 1,331.2, not a whole number; write 1331 or 1332"),
+        (["--gpu", "/"], "/: is a folder, not a GPU YAML file"),
+    ],
+)
+def test_one_bad_flag_is_named_exactly(capsys, args, message):
+    r = run_cli(capsys, "diff", "llama-3.1-8b", "qwen3-8b", *args)
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {message}\n")
+
+
+def test_a_decimal_context_is_read_exactly(capsys):
+    r = run_cli(capsys, "diff", "llama-3.1-8b", "qwen3-8b", "--context", "1.5k", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["context"] == 1536

@@ -173,6 +173,16 @@ def test_missing_gpu_file():
         resolve_gpu("nope/gpu.yaml")
 
 
+def test_a_folder_is_not_a_gpu_file(tmp_path, capsys, monkeypatch):
+    r = run_cli(capsys, "gpus", str(tmp_path))
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {tmp_path}: is a folder, not a GPU YAML file\n")
+    monkeypatch.chdir(tmp_path.parent)
+    r = run_cli(capsys, "gpus", tmp_path.name)
+    assert (r.exit_code, r.stderr) == (
+        2, f"error: {tmp_path.name}: is a folder, not a GPU name or GPU YAML file (`kvplan gpus` lists the catalog)\n"
+    )
+
+
 # ------------------------------------------------------------------ user GPU files
 
 USER_GPU = """\
@@ -215,6 +225,7 @@ def test_user_gpu_file_with_integer_bytes(tmp_path):
         (("confidence: medium", "confidence: sure"), ":11: confidence: Input should be 'high', 'medium' or 'low'"),
         (("memory_bandwidth_gbps: 960\n", ""), ": memory_bandwidth_gbps: required field is missing"),
         (("bf16_tflops: 181", "bf16_tflops: [181"), ":7: malformed YAML"),
+        (("memory_bandwidth_gbps: 960", "memory_bandwidth_gbps: .inf"), ":5: memory_bandwidth_gbps: Input should be a finite number"),
     ],
 )
 def test_malformed_user_gpu_names_file_and_line(tmp_path, replace, expected):
@@ -224,6 +235,38 @@ def test_malformed_user_gpu_names_file_and_line(tmp_path, replace, expected):
         resolve_gpu(str(path))
     assert err.value.message.startswith(str(path))
     assert expected in err.value.message
+
+
+@pytest.mark.parametrize(
+    "memory, message",
+    [
+        ("45", "45: a bare number is bytes, and GPU memory must be at least 1 GiB; did you mean 45GiB?"),
+        ("'45'", "45: a bare number is bytes, and GPU memory must be at least 1 GiB; did you mean 45GiB?"),
+        ("46068", "46068: a bare number is bytes, and GPU memory must be at least 1 GiB; did you mean 46068MiB?"),
+        ("900MB", "900MB: 858.31 MiB is less than 1 GiB, the least GPU memory kvplan plans for; "
+                  "give the total the runtime reports, e.g. 24GiB"),
+    ],
+)
+def test_gpu_file_memory_below_1_gib_is_refused_with_a_hint(tmp_path, capsys, memory, message):
+    path = tmp_path / "card.yaml"
+    path.write_text(USER_GPU.replace("memory_bytes: 46068MiB", f"memory_bytes: {memory}"))
+    r = run_cli(capsys, "gpus", str(path))
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {path}:4: memory_bytes: {message}\n")
+
+
+@pytest.mark.parametrize("flag", ["--gpu-memory"])
+def test_gpu_memory_flag_below_1_gib_is_refused_with_a_hint(capsys, flag):
+    r = run_cli(capsys, "gpus", "h100", flag, "80")
+    assert (r.exit_code, r.stdout, r.stderr) == (
+        2, "", "error: --gpu-memory 80: a bare number is bytes, and GPU memory must be at least 1 GiB; did you mean 80GiB?\n"
+    )
+
+
+def test_a_gpu_file_field_given_twice_is_an_error(tmp_path, capsys):
+    path = tmp_path / "card.yaml"
+    path.write_text(USER_GPU + "memory_bytes: 80GiB\n")
+    r = run_cli(capsys, "gpus", str(path))
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {path}:12: duplicate key 'memory_bytes' (first at line 4)\n")
 
 
 def test_malformed_user_gpu_via_cli_exits_2_with_one_clear_line(tmp_path, capsys):
@@ -304,7 +347,7 @@ def test_custom_gpu_from_scratch():
     "memory,bandwidth,missing",
     [
         (None, 1000.0, "needs --gpu-memory;"),
-        (10**9, None, "needs --gpu-bandwidth;"),
+        (24 * 2**30, None, "needs --gpu-bandwidth;"),
         (None, None, "needs --gpu-memory and --gpu-bandwidth;"),
     ],
 )
@@ -340,7 +383,7 @@ def test_gpu_from_options_parses_sizes_with_units():
 @settings(max_examples=60, deadline=None)
 @given(
     name=st.sampled_from(sorted(CATALOG)),
-    memory=st.none() | st.integers(1, 2**42),
+    memory=st.none() | st.integers(2**30, 2**42),  # GPU memory starts at 1 GiB
     bandwidth=st.none() | st.floats(1, 20_000),
     price=st.none() | st.floats(0, 100),
     tflops=st.none() | st.floats(1, 10_000),

@@ -75,6 +75,39 @@ def test_bad_paths_exit_2(tmp_path, capsys, args, message):
     assert r.stderr == message
 
 
+LAYERS_BOUND = (
+    "100,000,000,000 is more than 10,000, kvplan's limit, far above any real model "
+    "(DeepNet, the deepest transformer trained, has 1,000 layers); check the value"
+)
+
+
+@pytest.mark.parametrize(
+    "fixture, key, value, message",
+    [
+        # refused before the per-layer parameter count (which would never finish)
+        ("llama-3.1-8b-instruct", "num_hidden_layers", 10**11, f"num_hidden_layers: {LAYERS_BOUND}"),
+        ("gpt2", "n_layer", 10**11, f"n_layer: {LAYERS_BOUND}"),
+        ("jamba-1.5-mini", "attn_layer_period", 10**11, f"attn_layer_period: {LAYERS_BOUND}"),
+        ("llama-3.1-8b-instruct", "num_attention_heads", 10**9,
+         "num_attention_heads: 1,000,000,000 is more than 65,536, kvplan's limit, far above any real model "
+         "(Llama-3.1-405B's and DeepSeek-V3's 128 heads are the most released); check the value"),
+        ("qwen3-30b-a3b", "num_experts", 10**9,
+         "num_experts: 1,000,000,000 is more than 65,536, kvplan's limit, far above any real model "
+         "(Qwen3-Next's 512 routed experts is the most released); check the value"),
+        ("mistral-7b-v0.1", "sliding_window", 10**13,
+         "sliding_window: 10,000,000,000,000 is more than 1,073,741,824, kvplan's limit, far above any real model "
+         "(Llama-4 Scout's 10,485,760 tokens is the longest context released); check the value"),
+    ],
+)
+def test_a_huge_config_value_is_refused_fast(tmp_path, capsys, fixture, key, value, message):
+    src = folder(tmp_path, fixture)
+    config = json.loads((src / "config.json").read_text())
+    config[key] = value
+    (src / "config.json").write_text(json.dumps(config))
+    r = run_cli(capsys, "import", str(src), "-o", "-")
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {src / 'config.json'}: {message}\n")
+
+
 def test_estimate_same_from_config_and_imported_yaml(tmp_path, capsys):
     src = folder(tmp_path, "gemma-3-27b-it")
     out = tmp_path / "g.yaml"

@@ -200,6 +200,17 @@ def test_missing_keys_named(tmp_path, drop, message):
     assert message in err.value.message
 
 
+def test_a_huge_block_count_is_refused_before_the_per_layer_lists(tmp_path):
+    meta = [(k, U64, 10**11) if k == "llama.block_count" else (k, t, v) for k, t, v in llama_metadata()]
+    path = write_gguf(tmp_path / "m.gguf", meta)
+    with pytest.raises(GGUFError) as err:
+        spec_fields_from_gguf(read_gguf(path))
+    assert err.value.message == (
+        f"{path}: llama.block_count: 100,000,000,000 is more than 10,000, kvplan's limit, far above any real model "
+        "(DeepNet, the deepest transformer trained, has 1,000 layers); check the value"
+    )
+
+
 # ------------------------------------------------------------------ hostile files
 
 

@@ -348,3 +348,34 @@ def test_layer_fields_round_trip(layer_kinds):
         fields.pop("sliding_window")  # a bare sliding_window means every layer slides
     spec = ModelSpec(name="t", source="test", **fields)
     assert [k.value for k in spec.layer_kinds] == layer_kinds
+
+
+# ------------------------------------------------------------------ layer_fields: the shortest repeating pattern
+
+
+def _cycled(pattern: tuple, n: int) -> list[str]:
+    cycle = [name for entry in pattern for name, count in entry.items() for _ in range(count)]
+    return [cycle[i % len(cycle)] for i in range(n)]
+
+
+@given(st.lists(st.sampled_from(["full_attention", "sliding_attention", "mamba"]), max_size=40))
+def test_layer_fields_finds_the_shortest_period(kinds):
+    out = layer_fields(kinds)
+    if "layer_pattern" in out:
+        period = sum(c for entry in out["layer_pattern"] for c in entry.values())
+        assert _cycled(out["layer_pattern"], len(kinds)) == kinds
+        assert not any(all(kinds[i] == kinds[i % p] for i in range(len(kinds))) for p in range(1, period))
+    elif "layer_types" in out:
+        assert list(out["layer_types"]) == kinds
+        assert not any(all(kinds[i] == kinds[i % p] for i in range(len(kinds))) for p in range(1, len(kinds)))
+    else:
+        assert set(kinds) <= {"full_attention"} or set(kinds) == {"sliding_attention"}
+
+
+def test_layer_fields_is_linear_in_the_layers():
+    # one full layer after 9,999 sliding ones has no period: every shorter period fails only at the end,
+    # which took seconds when each period was tried in turn
+    from kvplan.spec import MAX_LAYERS
+
+    kinds = ["sliding_attention"] * (MAX_LAYERS - 1) + ["full_attention"]
+    assert layer_fields(kinds) == {"layer_types": tuple(kinds)}

@@ -58,7 +58,7 @@ from kvplan.engines import (
     MemoryInputs,
     kind_counts,
 )
-from kvplan.errors import InputError
+from kvplan.errors import InputError, require_at_least
 from kvplan.formats import FIXED_FORMATS, KVFormat, KVFormatPair
 
 ENGINE = "hf"
@@ -159,8 +159,8 @@ class _Plan:
 def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: str = "auto",
           ideal_format: KVFormatPair, ideal_state: Optional[KVFormat] = None) -> EngineCache:
     """What transformers holds for `batch` sequences of `context` tokens."""
-    if context < 1 or batch < 1:
-        raise InputError("--context and --batch must be at least 1")
+    require_at_least("--context", context, 1, "token")
+    require_at_least("--batch", batch, 1, "sequence")
     if opts.cache not in CACHES:
         raise InputError(f"--hf-cache {opts.cache!r} is not one of {', '.join(CACHES)}")
     if opts.transformers_version not in VERSIONS:
@@ -185,8 +185,8 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
             refusals.append(f"`nbits` for `quanto` backend has to be one of [`2`, `4`] but got {opts.nbits}")
         elif opts.quant_backend == "hqq" and opts.nbits not in HQQ_NBITS:
             refusals.append(f"`nbits` for `HQQ` backend has to be one of [`1`, `2`, `3`, `4`, `8`] but got {opts.nbits}")
-        if opts.q_group_size < 1 or opts.residual_length < 0:
-            raise InputError("--q-group-size must be at least 1 and --residual-length at least 0")
+        require_at_least("--q-group-size", opts.q_group_size)
+        require_at_least("--residual-length", opts.residual_length, 0)
         settings.update(backend=opts.quant_backend, nbits=opts.nbits, q_group_size=opts.q_group_size,
                         residual_length=opts.residual_length)
     counts = kind_counts(spec)

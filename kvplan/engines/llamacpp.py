@@ -82,7 +82,7 @@ from kvplan.engines import (
     kind_counts,
     window_of,
 )
-from kvplan.errors import InputError
+from kvplan.errors import InputError, require_at_least
 from kvplan.formats import FIXED_FORMATS, KVFormat, KVFormatPair
 
 ENGINE = "llama.cpp"
@@ -259,10 +259,10 @@ def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, ideal_format
     (the user's --kv-cache-dtype), so the differences show what llama.cpp's own
     types change.
     """
-    if context < 1 or batch < 1:
-        raise InputError("--context and --batch must be at least 1")
-    if opts.ubatch_size < 1 or opts.batch_size < 1:
-        raise InputError("--ubatch-size and --n-batch must be at least 1")
+    require_at_least("--context", context, 1, "token")
+    require_at_least("--batch", batch, 1, "sequence")
+    require_at_least("--ubatch-size", opts.ubatch_size)
+    require_at_least("--n-batch", opts.batch_size)
     if opts.parallel is not None and opts.parallel < 1:  # -np 0 is not "one per sequence": it is no slot at all
         raise InputError(f"--parallel {opts.parallel} must be at least 1 (llama.cpp's -np, its sequence slots; "
                          "leave it out for one slot per --batch sequence)")

@@ -59,7 +59,7 @@ from kvplan.engines import (
     kind_counts,
     window_of,
 )
-from kvplan.errors import InputError
+from kvplan.errors import InputError, require_at_least
 from kvplan.formats import FIXED_FORMATS, KVFormat, KVFormatPair
 
 ENGINE = "sglang"
@@ -188,8 +188,8 @@ def _pool_lines(spec, counts, per_layer: dict[LayerKind, int], full_tokens: int,
 def cache(spec, context: int, batch: int, opts: SGLangOptions, *, kv_cache_dtype: str = "auto",
           ideal_format: KVFormatPair, ideal_state: Optional[KVFormat] = None) -> EngineCache:
     """The token slots SGLang gives `batch` sequences of `context` tokens, in a pool sized to hold them."""
-    if context < 1 or batch < 1:
-        raise InputError("--context and --batch must be at least 1")
+    require_at_least("--context", context, 1, "token")
+    require_at_least("--batch", batch, 1, "sequence")
     if opts.page_size < 1:
         raise InputError(f"--page-size must be at least 1, got {opts.page_size}")
     tp = opts.tp

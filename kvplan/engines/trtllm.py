@@ -44,7 +44,7 @@ from kvplan.engines import (
     kind_counts,
     window_of,
 )
-from kvplan.errors import InputError
+from kvplan.errors import InputError, require_at_least
 from kvplan.formats import KVFormat, KVFormatPair
 
 ENGINE = "trtllm"
@@ -98,8 +98,8 @@ def bytes_per_token(spec, mem_per_token: int, tp: int) -> int:
 def cache(spec, context: int, batch: int, opts: TrtllmOptions, *, kv_cache_dtype: str = "auto",
           ideal_format: KVFormatPair, ideal_state: Optional[KVFormat] = None) -> EngineCache:
     """The blocks TensorRT-LLM gives `batch` sequences of `context` tokens."""
-    if context < 1 or batch < 1:
-        raise InputError("--context and --batch must be at least 1")
+    require_at_least("--context", context, 1, "token")
+    require_at_least("--batch", batch, 1, "sequence")
     bs = opts.tokens_per_block
     if bs < 1 or bs & (bs - 1):
         raise InputError(f"--tokens-per-block {bs} must be a power of two")
