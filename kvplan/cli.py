@@ -192,9 +192,10 @@ def estimate(
     planner_flags = dict(block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
                          max_num_batched_tokens=max_num_batched_tokens)
     given = [k for k, v in {**engine_flags, **planner_flags}.items() if v is not None]
-    from kvplan.engines.options import check_flags
+    if given or engine in _profiles.PROFILE_ENGINES:  # vllm and ideal with no engine flag: nothing to refuse
+        from kvplan.engines.options import check_flags
 
-    check_flags(engine, given, tp=max(tps), pp=pp, command="estimate")
+        check_flags(engine, given, tp=max(tps), pp=pp, command="estimate")
     if engine in _profiles.PROFILE_ENGINES:  # the engine's own allocation and budget rules (kvplan.engines)
         return _profiles.estimate_profile(
             spec, engine, contexts=contexts, batches=batches, tps=tps, kv_cache_dtype=kv_cache_dtype,

@@ -74,6 +74,8 @@ def vllm_kv_dtype_problem(spec: ModelSpec, kv_cache_dtype: str) -> Optional[str]
     vllm row applies; `estimate` turns this into bad input (vLLM's argparse exits 2
     too) and `check` into failed budgets.
     """
+    if kv_cache_dtype.strip().lower() == "auto":  # the default, every vLLM takes it (and its cold start skips vllm_rules)
+        return None
     from kvplan.vllm_rules import kv_cache_dtype_refusal
 
     refusal = kv_cache_dtype_refusal(spec, kv_cache_dtype)
