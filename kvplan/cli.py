@@ -328,7 +328,7 @@ def _render_plans(rows: list[dict], fmt: OutputFormat, exact: bool, svg: str | N
     if len(rows) == 1:
         render.print_plan(out, rows[0], exact)
     else:
-        out.print(render.rich_table(f"{rows[0]['model']} · {len(rows)} deployments", render.GRID_HEADERS, [render.grid_row(r) for r in rows]))
+        out.print(render.rich_table(f"{rows[0]['model']} · {len(rows):,} deployments", render.GRID_HEADERS, [render.grid_row(r) for r in rows]))
     if svg:
         render.save_svg(out, svg)
 

@@ -11,6 +11,7 @@ import typer
 
 from kvplan.errors import InputError
 from kvplan.render import OutputFormat
+from kvplan.units import counted
 
 PROFILE_ENGINES = ("hf", "llama.cpp", "sglang", "trtllm")
 
@@ -240,7 +241,7 @@ def engine_report_lines(cache, capacity, exact: bool) -> list[tuple[str, str]]:
         lines.append(("KV budget", _size(capacity.kv_budget_bytes, exact) + " per GPU"))
         if capacity.max_total_tokens is not None:
             lines.append(("pool", f"{capacity.max_total_tokens:,} tokens"))
-        lines.append(("max concurrency", f"{capacity.max_concurrent_sequences:,} sequences of {cache.context:,} tokens"))
+        lines.append(("max concurrency", f"{counted(capacity.max_concurrent_sequences, 'sequence')} of {cache.context:,} tokens"))
         lines.append(("verdict", "fits" if capacity.fits else "does NOT fit"))
         for line in capacity.log_lines:
             lines.append((f"{cache.engine} would log", line))

@@ -22,6 +22,7 @@ from kvplan.errors import InputError, require_at_least
 from kvplan.formats import FIXED_FORMATS, KVFormatPair
 from kvplan.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
 from kvplan.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS, VllmLayout, build_layout, max_model_len_refusal
+from kvplan.units import counted
 
 GIB = 2**30
 MIB = 2**20
@@ -696,7 +697,7 @@ class Planner:
             alt = Planner(spec, self.gpu, fp8, opts)
             n = alt.max_sequences(opts.context)
             if n >= opts.batch:
-                out.append(f"--kv-cache-dtype fp8 fits {n} sequences of {opts.context:,} tokens")
+                out.append(f"--kv-cache-dtype fp8 fits {counted(n, 'sequence')} of {opts.context:,} tokens")
         for tp in (2, 4, 8, 16):
             if tp <= opts.tp:
                 continue
@@ -706,11 +707,11 @@ class Planner:
                 continue
             n = alt.max_sequences(opts.context)
             if n >= opts.batch:
-                out.append(f"--tp {tp} fits {n} sequences of {opts.context:,} tokens")
+                out.append(f"--tp {tp} fits {counted(n, 'sequence')} of {opts.context:,} tokens")
                 break
         ctx, _ = self.max_context(opts.batch)
         if ctx > 0:
-            out.append(f"--context {ctx} is the longest that fits {opts.batch} sequences")
+            out.append(f"--context {ctx} is the longest that fits {counted(opts.batch, 'sequence')}")
         else:
             out.append(f"at --tp {opts.tp} the weights alone leave no room for KV: use a larger GPU, more tp or a quantised --dtype")
         return out

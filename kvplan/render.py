@@ -13,7 +13,7 @@ import sys
 from enum import Enum
 from typing import Any, Iterable, Sequence
 
-from kvplan.units import fmt_bytes, fmt_int
+from kvplan.units import counted, fmt_bytes, fmt_int
 
 
 class OutputFormat(str, Enum):
@@ -142,7 +142,7 @@ def estimate_summary_lines(est: dict, exact: bool) -> list[tuple[str, str]]:
     lines = [
         ("KV bytes per token", f"{fmt_int(est['kv_bytes_per_token'])} B (all layers, one copy, before windows)"),
         ("KV bytes per sequence", size(est["kv_bytes_per_sequence"], exact) + f" at {fmt_int(est['context'])} tokens"),
-        ("KV bytes total", size(est["kv_bytes_total"], exact) + f" for {fmt_int(est['batch'])} sequences, paged, all ranks"),
+        ("KV bytes total", size(est["kv_bytes_total"], exact) + f" for {counted(est['batch'], 'sequence')}, paged, all ranks"),
         ("KV bytes per rank", size(est["kv_bytes_per_rank"], exact) + " (the largest rank)"),
     ]
     if est["paging_bytes"]:
@@ -306,7 +306,7 @@ def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
     elif not r["fits"]:
         detail += f", {size(r['shortfall_bytes'], exact)} short"
     lines.append(("verdict", detail))
-    lines.append(("max concurrency", f"{fmt_int(r['max_concurrent_sequences'])} sequences of {fmt_int(r['context'])} tokens"))
+    lines.append(("max concurrency", f"{counted(r['max_concurrent_sequences'], 'sequence')} of {fmt_int(r['context'])} tokens"))
     lines.append(("max context", f"{fmt_int(r['max_context_tokens'])} tokens at batch {fmt_int(r['batch'])} (limited by {r['max_context_limited_by']})"))
     for line in r["vllm_log"]:
         lines.append(("vLLM would log", line))
@@ -324,7 +324,7 @@ def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
         lines.append(("cost", f"{fmt_usd(r['usd_per_million_output_tokens'])} per 1M output, {fmt_usd(r['usd_per_million_input_tokens'])} per 1M input "
                       f"at batch {fmt_int(r['cost_batch'])} ({r['tokens_per_s_at_cost_batch']:,.0f} tok/s, ${r['usd_per_hour']:,.2f}/h)"))
     if r["gpus_needed"] is not None:
-        text = f"{fmt_int(r['gpus_needed'])} GPUs for the workload"
+        text = f"{counted(r['gpus_needed'], 'GPU')} for the workload"
         if r["gpus_needed_without_prefix_sharing"] not in (None, r["gpus_needed"]):
             text += f" ({fmt_int(r['gpus_needed_without_prefix_sharing'])} without the shared prefix)"
         lines.append(("workload", text))
@@ -342,7 +342,7 @@ def print_plan(out, r: dict, exact: bool) -> None:
     out.print()
     out.print(f"[bold]Memory per GPU[/bold] ({r['gpu']}, {fmt_bytes(r['gpu_memory_bytes'])})")
     for i, stage in enumerate(r["stages"]):
-        label = f"stage {i} ({stage['layers']} layers)" if len(r["stages"]) > 1 else "every GPU"
+        label = f"stage {i} ({counted(stage['layers'], 'layer')})" if len(r["stages"]) > 1 else "every GPU"
         out.print(memory_bar(r, stage), f" {label}")
     from rich.text import Text
 

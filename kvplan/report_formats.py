@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 
 from kvplan.gating import BudgetResult, CheckReport, DeploymentResult, format_value
 from kvplan.render import markdown_table
+from kvplan.units import counted
 
 HEADERS = ["deployment", "budget", "value", "limit", "result"]
 
@@ -24,7 +25,7 @@ def row(d: DeploymentResult, b: BudgetResult) -> list[str]:
 def summary(report: CheckReport) -> str:
     """'3 deployments, 12 budgets: all pass' / '... 2 fail'."""
     total = len(report.results)
-    head = f"{len(report.deployments)} deployments, {total} budgets"
+    head = f"{counted(len(report.deployments), 'deployment')}, {counted(total, 'budget')}"
     return f"{head}: all pass" if report.passed else f"{head}: {report.failed} fail"
 
 

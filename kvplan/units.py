@@ -142,3 +142,8 @@ def fmt_bytes(n: int | float) -> str:
 
 def fmt_int(n: int) -> str:
     return f"{n:,}"
+
+
+def counted(n: int, singular: str, plural: str | None = None) -> str:
+    """'1 sequence', '13 sequences', '1,024 GPUs': the count and the word in the number it takes."""
+    return f"{n:,} {singular if n == 1 else (plural or singular + 's')}"

@@ -143,7 +143,7 @@ def test_a_budget_passes_at_its_figure_and_fails_past_it(tmp_path, capsys, budge
     assert bad.exit_code == 1
     result = json.loads(bad.stdout)["deployments"][0]["budgets"][0]
     assert result["budget"] == budget and result["passed"] is False
-    assert "kvplan check: 1 deployments, 1 budgets: 1 fail" in bad.stderr
+    assert "kvplan check: 1 deployment, 1 budget: 1 fail" in bad.stderr
 
 
 def test_a_figure_that_does_not_exist_fails_its_budget(tmp_path, capsys):
@@ -376,14 +376,14 @@ def test_github_annotations_point_at_failing_budget_lines(tmp_path, capsys):
     assert all(m.group(2) == str(plan) for m in parsed)
     assert errors[0].group(4) == "kvplan budget failed%3A tiny"  # ':' escaped in a property
     assert errors[1].group(5) == "tiny: headroom_pct is 99.59%25; min_headroom_pct needs >= 99.90%25"  # '%' escaped
-    assert parsed[-1].group(1) == "notice" and parsed[-1].group(5) == "kvplan check: 1 deployments, 3 budgets: 2 fail"
+    assert parsed[-1].group(1) == "notice" and parsed[-1].group(5) == "kvplan check: 1 deployment, 3 budgets: 2 fail"
 
 
 def test_table_is_the_default(tmp_path, capsys):
     r = run_cli(capsys, "check", str(write_plan(tmp_path, TWO_FAILS)))
     assert r.exit_code == 1
     assert "min_concurrent_sequences" in r.stdout and "FAIL" in r.stdout and "PASS" in r.stdout
-    assert r.stdout.rstrip().endswith("1 deployments, 3 budgets: 2 fail")
+    assert r.stdout.rstrip().endswith("1 deployment, 3 budgets: 2 fail")
 
 
 @pytest.mark.parametrize("fmt", ["json", "junit", "markdown", "github", "table"])

@@ -415,7 +415,7 @@ def test_svg_needs_the_table_format(tmp_path, capsys, fmt):
         (outputs.MEASURE_JSON, '{"kvplan_version": "0.1", "model": "x", "runs": []}', True),
         (outputs.MEASURE_JSON, '{"plan": "p.yaml", "passed": true, "summary": {}, "deployments": []}', False),
         (outputs.MEASURE_JSON, "not json", False),
-        (outputs.CHECK_MARKDOWN, "### ✅ kvplan check `p.yaml`: 1 deployments, 1 budgets: all pass\n\n| a |", True),
+        (outputs.CHECK_MARKDOWN, "### ✅ kvplan check `p.yaml`: 1 deployment, 1 budget: all pass\n\n| a |", True),
         (outputs.CHECK_MARKDOWN, "# My notes\n", False),
         (outputs.CHECK_GITHUB, "::error file=p.yaml,line=3::x\n::notice file=p.yaml::kvplan check: ...\n", True),
         (outputs.CHECK_GITHUB, "::notice::x\nplain text\n", False),

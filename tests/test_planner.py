@@ -172,7 +172,7 @@ def test_vllm_refuses_a_context_past_the_model_before_profiling_memory():
     # the memory-based figures stay, separately: the pool still holds 453,952 tokens; one sequence of the
     # model's whole 131,072-token window fits
     assert plan.vllm_kv_cache_tokens == 453_952 and plan.max_context_tokens == 131072
-    assert plan.suggestions == ["--context 131072 is the longest that fits 1 sequences"]  # no "--tp 4 fits ..."
+    assert plan.suggestions == ["--context 131072 is the longest that fits 1 sequence"]  # no "--tp 4 fits ..."
 
 
 def test_at_the_models_length_vllm_starts():
