@@ -160,6 +160,7 @@ class Plan:
     vllm_groups: int | None
     vllm_padding_layers: int | None
     vllm_log: list[str]
+    vllm_starts: bool | None  # False when vLLM refuses these settings at start-up (its words end vllm_log); None: engine ideal
     # latency and cost; None when not one sequence fits (the model does not run on this GPU)
     decode_step_s: float | None
     decode_bound: str | None
@@ -648,6 +649,7 @@ class Planner:
             vllm_groups=vllm_groups,
             vllm_padding_layers=vllm_pad,
             vllm_log=log,
+            vllm_starts=None if self.vllm_stages is None else not (refusal or max_seqs < 1),
             decode_step_s=decode_s,
             decode_bound=bound,
             decode_bytes_per_step=step_bytes,

@@ -305,6 +305,8 @@ def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
         detail = f"does NOT fit: {stopped} ({size(r['shortfall_bytes'], exact)} short)"
     elif not r["fits"]:
         detail += f", {size(r['shortfall_bytes'], exact)} short"
+    if r.get("vllm_starts") is False and r["fits"]:  # memory holds it, but vLLM stops at start-up
+        detail = f"vLLM refuses to start (its words below); the memory alone would fit: {detail.removeprefix('fits: ')}"
     lines.append(("verdict", detail))
     lines.append(("max concurrency", f"{counted(r['max_concurrent_sequences'], 'sequence')} of {fmt_int(r['context'])} tokens"))
     lines.append(("max context", f"{fmt_int(r['max_context_tokens'])} tokens at batch {fmt_int(r['batch'])} (limited by {r['max_context_limited_by']})"))

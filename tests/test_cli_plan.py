@@ -255,3 +255,15 @@ def test_readme_names_every_json_field_of_a_plan(capsys):
     assert r.exit_code == 0
     missing = sorted(set(json.loads(r.stdout)) - named)
     assert missing == [], f"README does not name {missing}"
+
+
+def test_a_context_vllm_refuses_is_not_a_plain_fit(capsys):
+    """200k tokens of llama-3.1-8b fit an H200's memory, but vLLM stops at start-up (max_position_embeddings 131,072)."""
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h200", "-c", "200k", "-f", "json")
+    data = json.loads(r.stdout)
+    assert (data["fits"], data["vllm_starts"]) == (True, False)
+    assert data["vllm_log"][-1].startswith("Value error, User-specified max_model_len (204800) is greater than")
+    table = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h200", "-c", "200k")
+    assert "verdict           vLLM refuses to start (its words below); the memory alone would fit: 1 × 204,800" in table.stdout
+    ok = json.loads(run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h200", "-c", "8k", "-f", "json").stdout)
+    assert ok["vllm_starts"] is True
