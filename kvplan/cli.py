@@ -197,6 +197,16 @@ def estimate(
 
         check_flags(engine, given, tp=max(tps), pp=pp, command="estimate")
     if engine in _profiles.PROFILE_ENGINES:  # the engine's own allocation and budget rules (kvplan.engines)
+        roofline = {"--bandwidth-efficiency": bandwidth_efficiency, "--compute-efficiency": compute_efficiency,
+                    "--calibration": calibration, "--requests-per-s": requests_per_s, "--output-tokens": output_tokens,
+                    "--shared-prefix-tokens": shared_prefix_tokens or None}
+        for flag, value in roofline.items():
+            if value is not None:
+                raise InputError(
+                    f"{flag}: `estimate --engine {engine}` shows that engine's cache and capacity only; latency, cost "
+                    f"and workload sizing are kvplan's roofline (`--engine vllm` or `ideal`), or `kvplan check` budgets "
+                    f"under engine: {engine}"
+                )
         return _profiles.estimate_profile(
             spec, engine, contexts=contexts, batches=batches, tps=tps, kv_cache_dtype=kv_cache_dtype,
             state_dtype=state_dtype, gpu=gpu, gpu_memory=gpu_memory, dtype=dtype, activation_memory=activation_memory,
