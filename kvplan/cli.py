@@ -172,6 +172,19 @@ def estimate(
     contexts = parse_int_list(context, "--context")
     batches = parse_int_list(batch, "--batch")
     tps = parse_int_list(tp, "--tensor-parallel-size")
+    if engine in _profiles.PROFILE_ENGINES:  # before the workload's own checks: under a profile it is not sized at all
+        roofline = {"--bandwidth-efficiency": bandwidth_efficiency, "--compute-efficiency": compute_efficiency,
+                    "--calibration": calibration, "--requests-per-s": requests_per_s, "--output-tokens": output_tokens,
+                    "--shared-prefix-tokens": shared_prefix_tokens or None, "--usd-per-hour": usd_per_hour,
+                    "--gpu-bf16-tflops": gpu_bf16_tflops,
+                    "--prompt-tokens": prompt_tokens if engine != "hf" else None}  # hf: its quantized cache's prefill
+        for flag, value in roofline.items():
+            if value is not None:
+                raise InputError(
+                    f"{flag}: `estimate --engine {engine}` shows that engine's cache and capacity only; latency, cost "
+                    f"and workload sizing are kvplan's roofline (`--engine vllm` or `ideal`), or `kvplan check` budgets "
+                    f"under engine: {engine}"
+                )
     from kvplan.deploy import check_workload
 
     for c in sorted(contexts):  # the shortest context first: the first a workload may not fit
@@ -197,16 +210,6 @@ def estimate(
 
         check_flags(engine, given, tp=max(tps), pp=pp, command="estimate")
     if engine in _profiles.PROFILE_ENGINES:  # the engine's own allocation and budget rules (kvplan.engines)
-        roofline = {"--bandwidth-efficiency": bandwidth_efficiency, "--compute-efficiency": compute_efficiency,
-                    "--calibration": calibration, "--requests-per-s": requests_per_s, "--output-tokens": output_tokens,
-                    "--shared-prefix-tokens": shared_prefix_tokens or None}
-        for flag, value in roofline.items():
-            if value is not None:
-                raise InputError(
-                    f"{flag}: `estimate --engine {engine}` shows that engine's cache and capacity only; latency, cost "
-                    f"and workload sizing are kvplan's roofline (`--engine vllm` or `ideal`), or `kvplan check` budgets "
-                    f"under engine: {engine}"
-                )
         return _profiles.estimate_profile(
             spec, engine, contexts=contexts, batches=batches, tps=tps, kv_cache_dtype=kv_cache_dtype,
             state_dtype=state_dtype, gpu=gpu, gpu_memory=gpu_memory, dtype=dtype, activation_memory=activation_memory,
@@ -227,7 +230,9 @@ def estimate(
     effective_block = block_size or deploy.default_block_size(spec, engine)
     gpu_names = parse_str_list(gpu) if gpu else []
     plan_flags = any(
-        v is not None for v in (gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops, requests_per_s, calibration)
+        v is not None
+        for v in (gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops, requests_per_s, calibration,
+                  prompt_tokens, output_tokens, bandwidth_efficiency, compute_efficiency)
     )
     if not gpu_names and not plan_flags:
         layouts = [
@@ -249,6 +254,8 @@ def estimate(
     for g in gpus:
         figures = deploy.gpu_figures(g)
         bw_eff = bandwidth_efficiency
+        if bw_eff is not None and calibration is not None:
+            raise InputError("--calibration and --bandwidth-efficiency both set the decode bandwidth efficiency; give one")
         if bw_eff is None and calibration is not None:
             bw_eff = deploy.calibrated_efficiency(calibration, g)
         for pair, state in formats:

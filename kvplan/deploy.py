@@ -146,6 +146,11 @@ def check_workload(
             f"--shared-prefix-tokens {shared_prefix_tokens:,} is more than the {prompt:,} prompt tokens "
             "(--prompt-tokens, default --context less --output-tokens): a shared prefix is part of each prompt"
         )
+    if requests_per_s is not None and output_tokens is None:
+        raise InputError("--requests-per-s needs --output-tokens: a request's decode steps are most of its time "
+                         "(give the tokens each request generates)")
+    if shared_prefix_tokens and requests_per_s is None:
+        raise InputError("--shared-prefix-tokens sizes a workload: give it with --requests-per-s and --output-tokens")
 
 
 def _size(value: Union[str, int, None], flag: str) -> Optional[int]:
@@ -284,7 +289,9 @@ def resolve_deployment(
     memory = str(gpu_memory) if isinstance(gpu_memory, int) and not isinstance(gpu_memory, bool) else gpu_memory
     device = gpu_from_options(gpu, memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops)
     pair, state = kv_formats(spec, kv_cache_dtype, state_dtype)
-    if calibration is not None and options.get("bandwidth_efficiency") is None:
+    if calibration is not None and options.get("bandwidth_efficiency") is not None:
+        raise InputError("--calibration and --bandwidth-efficiency both set the decode bandwidth efficiency; give one")
+    if calibration is not None:
         if device is None:
             raise InputError("--calibration needs --gpu: the efficiency is the measured bandwidth over that GPU's peak")
         options["bandwidth_efficiency"] = calibrated_efficiency(calibration, device)

@@ -603,11 +603,14 @@ class Planner:
         usd_out = usd_in = None
         if cost_batch and gpu.usd_per_hour <= 0:
             notes.append("no price for this GPU: give --usd-per-hour for costs")
-        if cost_batch and gpu.usd_per_hour > 0:
+        if cost_batch:
             cost_tps = cost_batch / self.decode_step(cost_batch, context)[0]
+        if cost_batch and gpu.usd_per_hour > 0:
             usd_out = usd_per_s / cost_tps * 1e6
             usd_in = usd_per_s * prefill_s / prompt * 1e6 if prefill_s is not None else None
         gpus_needed = gpus_no_prefix = None
+        if opts.requests_per_s is not None and prefill_s is None and max_seqs >= 1:
+            notes.append("no bf16 peak for this GPU: give --gpu-bf16-tflops to size the workload (prefill is compute-bound)")
         if opts.requests_per_s is not None:
             gpus_needed = self.gpus_for_workload(opts.shared_prefix_tokens)
             gpus_no_prefix = self.gpus_for_workload(0) if opts.shared_prefix_tokens else gpus_needed
@@ -683,10 +686,11 @@ class Planner:
         output = opts.output_tokens or 0
         context = prompt + output
         batch = self.max_sequences(context, prefix=min(prefix, prompt))
-        if batch < 1:
+        prefill_s = self.prefill(prompt, cached_prefix=min(prefix, prompt))
+        if batch < 1 or prefill_s is None:  # no replica runs, or no peak FLOPS to time the prefill with
             return None
         step = self.decode_step(batch, context)[0] if output else 0.0
-        per_request = (self.prefill(prompt, cached_prefix=min(prefix, prompt)) or 0.0) + output * step / batch
+        per_request = prefill_s + output * step / batch
         replicas = max(1, ceil_div(int(opts.requests_per_s * per_request * 10**6), 10**6))
         return replicas * opts.tp * opts.pp
 

@@ -322,7 +322,12 @@ def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
                       f"{size(r['decode_bytes_per_step'], exact)} read per step, bandwidth × {a['bandwidth_efficiency']:.3g})"))
         lines.append(("prefill", f"{fmt_seconds(r['prefill_s'])} for {fmt_int(r['prefill_tokens'])} prompt tokens (peak × {a['compute_efficiency']:.3g})"))
         lines.append(("throughput", f"{r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_gpu']:,.0f} per GPU) at batch {fmt_int(r['batch'])}"))
-    if r["cost_batch"]:
+        if not r["fits"]:  # the step above is for --batch, which does not fit: say so beside it
+            lines[-3] = (lines[-3][0], lines[-3][1] + f" — if batch {fmt_int(r['batch'])} fitted; {counted(r['max_concurrent_sequences'], 'sequence')} do")
+            lines[-1] = (lines[-1][0], lines[-1][1] + " — if it fitted")
+    if r["cost_batch"] and not r["usd_per_hour"]:
+        lines.append(("cost", f"— (no price: give --usd-per-hour); {r['tokens_per_s_at_cost_batch']:,.0f} tok/s at batch {fmt_int(r['cost_batch'])}"))
+    elif r["cost_batch"]:
         lines.append(("cost", f"{fmt_usd(r['usd_per_million_output_tokens'])} per 1M output, {fmt_usd(r['usd_per_million_input_tokens'])} per 1M input "
                       f"at batch {fmt_int(r['cost_batch'])} ({r['tokens_per_s_at_cost_batch']:,.0f} tok/s, ${r['usd_per_hour']:,.2f}/h)"))
     if r["gpus_needed"] is not None:

@@ -239,7 +239,6 @@ def test_model_paths_are_relative_to_the_plan_folder(tmp_path, capsys, monkeypat
     [
         ("    bandwidth_efficiency: 0.5\n", 0.5),
         ("    calibration: measured.json\n", 0.4),  # relative to the plan's folder
-        ("    calibration: measured.json\n    bandwidth_efficiency: 0.5\n", 0.5),  # the explicit key wins
     ],
 )
 def test_bandwidth_efficiency_and_calibration_move_the_decode_step(tmp_path, capsys, extra, efficiency):

@@ -267,3 +267,37 @@ def test_a_context_vllm_refuses_is_not_a_plain_fit(capsys):
     assert "verdict           vLLM refuses to start (its words below); the memory alone would fit: 1 × 204,800" in table.stdout
     ok = json.loads(run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h200", "-c", "8k", "-f", "json").stdout)
     assert ok["vllm_starts"] is True
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gpu", "h100-sxm", "--requests-per-s", "10"],
+         "--requests-per-s needs --output-tokens: a request's decode steps are most of its time (give the tokens each "
+         "request generates)"),
+        (["--gpu", "h100-sxm", "--shared-prefix-tokens", "100"],
+         "--shared-prefix-tokens sizes a workload: give it with --requests-per-s and --output-tokens"),
+        (["--gpu", "h100-sxm", "--calibration", "x.json", "--bandwidth-efficiency", "0.7"],
+         "--calibration and --bandwidth-efficiency both set the decode bandwidth efficiency; give one"),
+    ],
+)
+def test_workload_and_efficiency_flags_that_would_be_ignored_exit_2(capsys, args, message):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", *args)
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {message}\n")
+
+
+def test_without_a_peak_or_a_price_nothing_is_made_up(capsys):
+    # a custom GPU with memory and bandwidth only: no bf16 peak (no prefill time, so no workload) and no price
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu-memory", "80GiB", "--gpu-bandwidth", "3000",
+                "--requests-per-s", "10", "--output-tokens", "100", "-f", "json")
+    data = json.loads(r.stdout)
+    assert (data["prefill_s"], data["gpus_needed"], data["usd_per_million_output_tokens"]) == (None, None, None)
+    assert data["cost_batch"] > 1 and data["tokens_per_s_at_cost_batch"] > 0  # the throughput is real, the price absent
+    assert "no bf16 peak for this GPU: give --gpu-bf16-tflops to size the workload (prefill is compute-bound)" in data["notes"]
+
+
+def test_a_batch_that_does_not_fit_is_timed_as_if_it_did_and_says_so(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-b", "1.5k")
+    text = " ".join(r.stdout.split())  # the table may wrap a long line
+    assert "bandwidth × 0.8) — if batch 1,536 fitted; 55 sequences do" in text
+    assert "at batch 1,536 — if it fitted" in text
