@@ -78,6 +78,9 @@ def check(
     except InputError as exc:
         if fmt is CheckFormat.github:  # the plan's problems as annotations on their lines, too
             sys.stdout.write(report_formats.github_problems(exc.message, plan))
+        if output is not None:  # an earlier report must not stand for a plan that no longer checks
+            _write_atomically(output, report_formats.invalid_plan_report(fmt.value, plan, exc.message))
+            sys.stderr.write(f"wrote {output} (invalid plan)\n")
         raise
     if output is not None:
         _write_atomically(output, _render_check(report, fmt, for_file=True))

@@ -118,3 +118,25 @@ def github_problems(message: str, plan: str) -> str:
         else:
             lines.append(f"::error file={_escape_property(plan)},title=kvplan invalid plan::{_escape_data(problem)}")
     return "\n".join(lines) + "\n"
+
+
+def invalid_plan_report(fmt: str, plan: str, message: str) -> str:
+    """The --output report of a plan that could not be checked, in `fmt` (json, junit, markdown,
+    github, table): it replaces an earlier report, so no stale verdict is left behind."""
+    if fmt == "json":
+        data = {"plan": plan, "passed": False, "summary": "invalid plan", "error": message, "deployments": []}
+        return json.dumps(data, indent=2) + "\n"
+    if fmt == "junit":
+        suites = ET.Element("testsuites", name="kvplan check", tests="1", failures="0", errors="1")
+        suite = ET.SubElement(suites, "testsuite", name=f"kvplan check {plan}", tests="1", failures="0", errors="1",
+                              skipped="0", time="0")
+        case = ET.SubElement(suite, "testcase", classname="plan", name="valid plan", file=plan, time="0")
+        error = ET.SubElement(case, "error", message=message.splitlines()[0] if message else "invalid plan", type="invalid plan")
+        error.text = message + "\n"
+        ET.indent(suites)
+        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+    if fmt == "markdown":
+        return f"### ❌ kvplan check `{plan}`: invalid plan\n\n```\n{message}\n```\n"
+    if fmt == "github":
+        return github_problems(message, plan)
+    return f"kvplan check {plan}: invalid plan\n{message}\n"

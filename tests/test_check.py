@@ -714,3 +714,22 @@ def test_raising_a_minimum_never_turns_a_failure_into_a_pass(figures, limit, mor
     low = evaluate_budgets(Budgets(min_concurrent_sequences=limit), figures, lambda key: None)[0]
     high = evaluate_budgets(Budgets(min_concurrent_sequences=limit + more), figures, lambda key: None)[0]
     assert low.passed or not high.passed
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "junit", "markdown", "github"])
+def test_an_invalid_plan_replaces_an_earlier_report_and_a_rerun_replaces_it_again(tmp_path, capsys, fmt):
+    good = write_plan(tmp_path, ALL_BUDGETS)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("deployments: []\n")
+    report = tmp_path / f"report.{fmt}"
+    assert run_cli(capsys, "check", str(good), "-f", fmt, "-o", str(report)).exit_code == 0
+    r = run_cli(capsys, "check", str(bad), "-f", fmt, "-o", str(report))
+    assert r.exit_code == 2 and f"wrote {report} (invalid plan)" in r.stderr
+    text = report.read_text()
+    assert "deployments: list at least one deployment" in text and "all pass" not in text
+    if fmt == "junit":
+        root = ET.fromstring(text.split("\n", 1)[1])
+        assert (root.get("errors"), root.find("./testsuite/testcase/error").get("type")) == ("1", "invalid plan")
+    if fmt == "json":
+        assert json.loads(text)["passed"] is False
+    assert run_cli(capsys, "check", str(good), "-f", fmt, "-o", str(report)).exit_code == 0  # CI's next run
