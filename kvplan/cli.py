@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from kvplan.engine_keys import given_engine_options
 from kvplan.errors import InputError, KvplanError
 from kvplan.render import OutputFormat
 
@@ -193,15 +194,7 @@ def estimate(
     warn_beyond_positions(spec, max(contexts), "sized as asked (engines refuse it without rope scaling)")
     if engine not in ("vllm", "ideal") + _profiles.PROFILE_ENGINES:
         raise InputError(f"--engine {engine!r} is not one of vllm, ideal, hf, llama.cpp, sglang, trtllm")
-    engine_flags = dict(
-        hf_cache=hf_cache, max_cache_len=max_cache_len, generate=generate, transformers_version=transformers_version,
-        quant_backend=quant_backend, nbits=nbits, q_group_size=q_group_size, residual_length=residual_length,
-        parallel=parallel, ctx_size=ctx_size, ubatch_size=ubatch_size, n_batch=n_batch, swa_full=swa_full,
-        flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v, kv_unified=kv_unified,
-        mem_fraction_static=mem_fraction_static, page_size=page_size, swa_full_tokens_ratio=swa_full_tokens_ratio,
-        max_total_tokens=max_total_tokens, tokens_per_block=tokens_per_block,
-        free_gpu_memory_fraction=free_gpu_memory_fraction,
-    )
+    engine_flags = given_engine_options(locals())
     planner_flags = dict(block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
                          max_num_batched_tokens=max_num_batched_tokens)
     given = [k for k, v in {**engine_flags, **planner_flags}.items() if v is not None]

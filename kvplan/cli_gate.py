@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 import typer
 
 from kvplan import cli_compare as _engine_flags  # the engine profiles' flags, shared with estimate and compare
+from kvplan.engine_keys import given_engine_options
 from kvplan.errors import InputError
 
 if TYPE_CHECKING:
@@ -532,15 +533,7 @@ def diff(
     settings = dict(
         context=parse_token_count(context, "--context"), batch=batch, tp=tp, pp=pp, engine=engine, dtype=dtype
     )
-    flags = dict(
-        hf_cache=hf_cache, max_cache_len=max_cache_len, generate=generate, transformers_version=transformers_version,
-        quant_backend=quant_backend, nbits=nbits, q_group_size=q_group_size, residual_length=residual_length,
-        parallel=parallel, ctx_size=ctx_size, ubatch_size=ubatch_size, n_batch=n_batch, swa_full=swa_full,
-        flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v, kv_unified=kv_unified,
-        mem_fraction_static=mem_fraction_static, page_size=page_size, swa_full_tokens_ratio=swa_full_tokens_ratio,
-        max_total_tokens=max_total_tokens, tokens_per_block=tokens_per_block,
-        free_gpu_memory_fraction=free_gpu_memory_fraction,
-    )
+    flags = given_engine_options(locals())
     given = {k: v for k, v in flags.items() if v is not None}  # None: not given, the engine's default
     options = _diff_engine_options(engine, tp, pp, given)
     before, before_side = _diff_figures(before_spec, gpu, kv_cache_dtype, settings, options, before_label)

@@ -14,14 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Optional
 
 # Each engine's option keys (the snake_case of its flags), in the order its --help lists them.
-OPTION_KEYS: dict[str, tuple[str, ...]] = {
-    "hf": ("hf_cache", "max_cache_len", "generate", "transformers_version", "quant_backend", "nbits",
-           "q_group_size", "residual_length"),
-    "llama.cpp": ("parallel", "ctx_size", "ubatch_size", "n_batch", "swa_full", "flash_attn", "cache_type_k",
-                  "cache_type_v", "kv_unified"),
-    "sglang": ("mem_fraction_static", "page_size", "swa_full_tokens_ratio", "max_total_tokens"),
-    "trtllm": ("tokens_per_block", "free_gpu_memory_fraction"),
-}
+from kvplan.engine_keys import OPTION_KEYS  # one list, shared with the CLI
 
 # A key whose option field is named otherwise (the flag follows the engine's own CLI).
 _FIELD = {"hf_cache": "cache", "n_batch": "batch_size"}
