@@ -322,6 +322,10 @@ def _render_estimates(results: list[dict], fmt: OutputFormat, exact: bool, svg: 
             render.save_svg(out, svg)
 
 
+def fmt_gpus(n: int | None) -> str:
+    return "—" if n is None else f"{n:,}"
+
+
 def _render_plans(rows: list[dict], fmt: OutputFormat, exact: bool, svg: str | None) -> None:
     from kvplan import render
 
@@ -338,7 +342,10 @@ def _render_plans(rows: list[dict], fmt: OutputFormat, exact: bool, svg: str | N
     if len(rows) == 1:
         render.print_plan(out, rows[0], exact)
     else:
-        out.print(render.rich_table(f"{rows[0]['model']} · {len(rows):,} deployments", render.GRID_HEADERS, [render.grid_row(r) for r in rows]))
+        workload = any(r["gpus_needed"] is not None for r in rows)  # --requests-per-s: its GPU count per row
+        headers = render.GRID_HEADERS + (["GPUs for workload"] if workload else [])
+        table_rows = [render.grid_row(r) + ([fmt_gpus(r["gpus_needed"])] if workload else []) for r in rows]
+        out.print(render.rich_table(f"{rows[0]['model']} · {len(rows):,} deployments", headers, table_rows))
     if svg:
         render.save_svg(out, svg)
 

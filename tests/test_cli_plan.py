@@ -301,3 +301,12 @@ def test_a_batch_that_does_not_fit_is_timed_as_if_it_did_and_says_so(capsys):
     text = " ".join(r.stdout.split())  # the table may wrap a long line
     assert "bandwidth × 0.8) — if batch 1,536 fitted; 55 sequences do" in text
     assert "at batch 1,536 — if it fitted" in text
+
+
+def test_a_sweep_table_shows_the_workload_per_row(capsys):
+    args = ["estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--requests-per-s", "10", "--output-tokens", "100", "-c", "8k,16k"]
+    table = run_cli(capsys, *args)
+    rows = json.loads(run_cli(capsys, *args, "-f", "json").stdout)
+    assert "GPUs for" in table.stdout and "workload" in table.stdout
+    lines = [line for line in table.stdout.splitlines() if line.startswith("│ h100-sxm")]
+    assert [line.split("│")[-2].strip() for line in lines] == [f"{r['gpus_needed']:,}" for r in rows]
