@@ -68,6 +68,15 @@ def parse_int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
     return values
 
 
+def token_flag(value: Optional[str], flag: str) -> Optional[int]:
+    """A token count flag that takes k / m like --context ('1.5k' = 1,536); None when not given."""
+    if value is None:
+        return None
+    from kvplan.deploy import parse_token_count
+
+    return parse_token_count(value, flag)
+
+
 def warn_beyond_positions(spec, tokens: int, what_happens: str, flag: str = "--context") -> None:
     """A warning on stderr when `tokens` exceeds the model's max_position_embeddings."""
     limit = spec.max_position_embeddings
@@ -154,10 +163,10 @@ def estimate(
     bandwidth_efficiency: Annotated[Optional[float], typer.Option("--bandwidth-efficiency", help="Share of peak bandwidth a decode step reaches (default 0.8).")] = None,
     compute_efficiency: Annotated[Optional[float], typer.Option("--compute-efficiency", "--mfu", help="Share of peak FLOPS prefill reaches (default 0.5).")] = None,
     calibration: Annotated[Optional[str], typer.Option("--calibration", help="A `kvplan measure --json` report: use its measured bandwidth efficiency.")] = None,
-    prompt_tokens: Annotated[Optional[int], typer.Option("--prompt-tokens", help="Prompt tokens per request (prefill, cost per input token; default: --context).")] = None,
-    output_tokens: Annotated[Optional[int], typer.Option("--output-tokens", help="Output tokens per request (workload sizing).")] = None,
+    prompt_tokens: Annotated[Optional[str], typer.Option("--prompt-tokens", help="Prompt tokens per request (prefill, cost per input token; default: --context).")] = None,
+    output_tokens: Annotated[Optional[str], typer.Option("--output-tokens", help="Output tokens per request (workload sizing).")] = None,
     requests_per_s: Annotated[Optional[float], typer.Option("--requests-per-s", help="Workload: requests per second to size GPUs for.")] = None,
-    shared_prefix_tokens: Annotated[int, typer.Option("--shared-prefix-tokens", help="Prompt tokens every request shares, cached once (prefix caching).")] = 0,
+    shared_prefix_tokens: Annotated[str, typer.Option("--shared-prefix-tokens", help="Prompt tokens every request shares, cached once (prefix caching).")] = "0",
     svg: Annotated[Optional[str], typer.Option("--svg", help="Also save what the table shows as an SVG file (an existing file only if it is an SVG; see --force).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Let --svg replace an existing file that is not an SVG.")] = False,
     fmt: FormatOpt = OutputFormat.table,
@@ -173,6 +182,8 @@ def estimate(
     contexts = parse_int_list(context, "--context")
     batches = parse_int_list(batch, "--batch")
     tps = parse_int_list(tp, "--tensor-parallel-size")
+    prompt_tokens, output_tokens = token_flag(prompt_tokens, "--prompt-tokens"), token_flag(output_tokens, "--output-tokens")
+    shared_prefix_tokens = token_flag(shared_prefix_tokens, "--shared-prefix-tokens") or 0
     if engine in _profiles.PROFILE_ENGINES:  # before the workload's own checks: under a profile it is not sized at all
         roofline = {"--bandwidth-efficiency": bandwidth_efficiency, "--compute-efficiency": compute_efficiency,
                     "--calibration": calibration, "--requests-per-s": requests_per_s, "--output-tokens": output_tokens,

@@ -24,7 +24,7 @@ QuantBackendOpt = Annotated[str, typer.Option("--quant-backend", help="hf quanti
 NbitsOpt = Annotated[int, typer.Option("--nbits", help="hf quantized: bits per value (quanto 2, 4; hqq 1, 2, 3, 4, 8).")]
 QGroupOpt = Annotated[int, typer.Option("--q-group-size", help="hf quantized: values per scale / zero-point.")]
 ResidualOpt = Annotated[int, typer.Option("--residual-length", help="hf quantized: recent tokens kept in full precision.")]
-PromptTokensOpt = Annotated[Optional[int], typer.Option("--prompt-tokens", help="Prompt tokens per request (hf quantized: the prefill quantised at once; default: --context).")]
+PromptTokensOpt = Annotated[Optional[str], typer.Option("--prompt-tokens", help="Prompt tokens per request (hf quantized: the prefill quantised at once; default: --context).")]
 ParallelOpt = Annotated[Optional[int], typer.Option("--parallel", help="llama.cpp -np: sequence slots (default: --batch).")]
 CtxSizeOpt = Annotated[Optional[int], typer.Option("--ctx-size", help="llama.cpp -c: cells of all slots together (default: --context x --parallel).")]
 UbatchOpt = Annotated[int, typer.Option("--ubatch-size", help="llama.cpp -ub: micro-batch; sliding layers get window + ubatch cells.")]
@@ -447,8 +447,10 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--batch must be at least 1, got {batch}")
         if tp < 1:
             raise InputError(f"--tensor-parallel-size must be at least 1, got {tp}")
+        from kvplan.cli import token_flag
         from kvplan.deploy import check_workload
 
+        prompt_tokens = token_flag(prompt_tokens, "--prompt-tokens")
         check_workload(contexts[0], prompt_tokens=prompt_tokens)
         names = tuple(parse_str_list(engines))
         if not names:

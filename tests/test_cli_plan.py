@@ -310,3 +310,12 @@ def test_a_sweep_table_shows_the_workload_per_row(capsys):
     assert "GPUs for" in table.stdout and "workload" in table.stdout
     lines = [line for line in table.stdout.splitlines() if line.startswith("│ h100-sxm")]
     assert [line.split("│")[-2].strip() for line in lines] == [f"{r['gpus_needed']:,}" for r in rows]
+
+
+def test_token_flags_take_k_like_context(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-c", "8k", "--prompt-tokens", "1.5k",
+                "--output-tokens", "0.5k", "--requests-per-s", "1", "--shared-prefix-tokens", "1k", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["prefill_tokens"] == 1536
+    bad = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--prompt-tokens", "lots")
+    assert (bad.exit_code, bad.stderr) == (2, "error: --prompt-tokens 'lots' is not a whole number of tokens (e.g. 32768 or 32k)\n")
