@@ -100,6 +100,7 @@ class _MallInfo2(ctypes.Structure):
 # and later blocks reusing resident heap memory (which hides them from RSS).
 MMAP_THRESHOLD_BYTES = 128 * 1024
 _M_MMAP_THRESHOLD = -3  # malloc.h
+_M_TRIM_THRESHOLD = -1  # malloc.h: free top memory above this goes back to the kernel
 
 
 class GlibcMalloc:
@@ -115,7 +116,10 @@ class GlibcMalloc:
         self.libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
 
     def pin_mmap_threshold(self, nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
-        return self.libc.mallopt(_M_MMAP_THRESHOLD, nbytes) == 1
+        """Fix the mmap threshold, and the trim threshold at glibc's default pairing (2x): freed
+        memory atop the heap is then given back, so the top chunk stays small and a large tensor
+        gets its own mapping (glibc's dynamic thresholds may have raised the trim threshold to 64 MiB)."""
+        return self.libc.mallopt(_M_MMAP_THRESHOLD, nbytes) == 1 and self.libc.mallopt(_M_TRIM_THRESHOLD, 2 * nbytes) == 1
 
     def reading(self) -> AllocatorReading:
         m = self.libc.mallinfo2()
@@ -206,12 +210,19 @@ class Nvml:
     def baseline_used(self) -> int | None:
         return self.baseline.get(self.uuid) if self.uuid else None
 
-    def used(self) -> int:
+    def used(self) -> int | None:
+        """Bytes used on the device; None if NVML does not answer (the reading is then left out)."""
         assert self.handle is not None
-        return int(self.nv.nvmlDeviceGetMemoryInfo(self.handle).used)
+        try:
+            return int(self.nv.nvmlDeviceGetMemoryInfo(self.handle).used)
+        except self.nv.NVMLError:
+            return None
 
-    def driver_version(self) -> str:
-        version = self.nv.nvmlSystemGetDriverVersion()
+    def driver_version(self) -> str | None:
+        try:
+            version = self.nv.nvmlSystemGetDriverVersion()
+        except self.nv.NVMLError:
+            return None
         return version.decode() if isinstance(version, bytes) else str(version)
 
     def close(self) -> None:

@@ -247,15 +247,21 @@ def measure(opts: MeasureOptions) -> MeasureReport:
             torch.empty(1, device=device)  # creates the CUDA context
             rd.sync(device)
             if session.nvml is not None:
-                if session.nvml.attach(device):
+                try:
+                    attached = session.nvml.attach(device)
+                except Exception as exc:  # pynvml.NVMLError: an NVML that answers some queries and not others
+                    attached = False
+                    notes.append(f"NVML readings skipped: {type(exc).__name__}: {exc}")
+                if attached:
                     driver = session.nvml.driver_version()
                     nvml_before_torch = session.nvml.baseline_used
                     if cuda_was_up:
                         notes.append("CUDA was initialised before kvplan measure began: the context is not separated")
-                    elif nvml_before_torch is not None:
-                        cuda_context = session.nvml.used() - nvml_before_torch - torch.cuda.memory_reserved(device)
+                    elif nvml_before_torch is not None and (used_now := session.nvml.used()) is not None:
+                        cuda_context = used_now - nvml_before_torch - torch.cuda.memory_reserved(device)
                 else:
-                    notes.append("NVML readings skipped: no NVML device matches torch's device UUID or PCI bus id")
+                    if not any(n.startswith("NVML readings skipped") for n in notes):
+                        notes.append("NVML readings skipped: no NVML device matches torch's device UUID or PCI bus id")
                     session.nvml.close()
                     session.nvml = None
             available, where = torch.cuda.mem_get_info(device)[0], "torch.cuda.mem_get_info"
