@@ -163,7 +163,7 @@ def estimate(
     bandwidth_efficiency: Annotated[Optional[float], typer.Option("--bandwidth-efficiency", help="Share of peak bandwidth a decode step reaches (default 0.8).")] = None,
     compute_efficiency: Annotated[Optional[float], typer.Option("--compute-efficiency", "--mfu", help="Share of peak FLOPS prefill reaches (default 0.5).")] = None,
     calibration: Annotated[Optional[str], typer.Option("--calibration", help="A `kvplan measure --json` report: use its measured bandwidth efficiency.")] = None,
-    prompt_tokens: Annotated[Optional[str], typer.Option("--prompt-tokens", help="Prompt tokens per request (prefill, cost per input token; default: --context).")] = None,
+    prompt_tokens: Annotated[Optional[str], typer.Option("--prompt-tokens", help="Prompt tokens per request (prefill, cost per input token; default: --context less --output-tokens).")] = None,
     output_tokens: Annotated[Optional[str], typer.Option("--output-tokens", help="Output tokens per request (workload sizing).")] = None,
     requests_per_s: Annotated[Optional[float], typer.Option("--requests-per-s", help="Workload: requests per second to size GPUs for.")] = None,
     shared_prefix_tokens: Annotated[str, typer.Option("--shared-prefix-tokens", help="Prompt tokens every request shares, cached once (prefix caching).")] = "0",
@@ -282,7 +282,7 @@ def estimate(
                         if single and fmt is OutputFormat.table:
                             record["concurrency_by_context"] = planner.concurrency_curve()
                         rows.append(record)
-    _render_plans(rows, fmt, exact, svg)
+    _render_plans(rows, fmt, exact, svg, workload=requests_per_s is not None)
 
 
 def _check_svg(svg: str, fmt: OutputFormat, force: bool, model: str, gpu: Optional[str], calibration: Optional[str]) -> None:
@@ -337,7 +337,7 @@ def fmt_gpus(n: int | None) -> str:
     return "—" if n is None else f"{n:,}"
 
 
-def _render_plans(rows: list[dict], fmt: OutputFormat, exact: bool, svg: str | None) -> None:
+def _render_plans(rows: list[dict], fmt: OutputFormat, exact: bool, svg: str | None, workload: bool = False) -> None:
     from kvplan import render
 
     if fmt is OutputFormat.json:
@@ -353,7 +353,7 @@ def _render_plans(rows: list[dict], fmt: OutputFormat, exact: bool, svg: str | N
     if len(rows) == 1:
         render.print_plan(out, rows[0], exact)
     else:
-        workload = any(r["gpus_needed"] is not None for r in rows)  # --requests-per-s: its GPU count per row
+        workload = workload or any(r["gpus_needed"] is not None for r in rows)  # its GPU count per row ("—": none)
         headers = render.GRID_HEADERS + (["GPUs for workload"] if workload else [])
         table_rows = [render.grid_row(r) + ([fmt_gpus(r["gpus_needed"])] if workload else []) for r in rows]
         out.print(render.rich_table(f"{rows[0]['model']} · {len(rows):,} deployments", headers, table_rows))

@@ -280,8 +280,12 @@ def _as_entry_error(message: str, default_keys: tuple = ()) -> _EntryError:
     """Rewrite '--flag' as 'key' and point at the first key the message names."""
     from kvplan.gating import DeploymentEntry
 
-    keys = [_FLAG_KEYS.get(f, f[2:].replace("-", "_")) for f in _FLAG.findall(message)]
-    text = _FLAG.sub(lambda m: _FLAG_KEYS.get(m.group(0), m.group(0)[2:].replace("-", "_")), message)
+    def key(flag: str) -> str:
+        return _FLAG_KEYS.get(flag, flag[2:].replace("-", "_"))
+
+    keys = [key(f) for f in _FLAG.findall(message)]
+    # only flags that are plan keys are rewritten: a command quoted in the message keeps its flags
+    text = _FLAG.sub(lambda m: key(m.group(0)) if key(m.group(0)) in DeploymentEntry.model_fields else m.group(0), message)
     named = [k for k in keys if k in DeploymentEntry.model_fields]
     return _EntryError((named[0],) if named else default_keys, text)
 

@@ -124,13 +124,14 @@ def check_workload(
     if output_tokens is not None and output_tokens < 1:
         raise InputError(f"--output-tokens {output_tokens} must be at least 1 (a request generates at least one token)")
     if requests_per_s is not None and not (math.isfinite(requests_per_s) and requests_per_s > 0):
-        raise InputError(f"--requests-per-s {requests_per_s:g} must be a number of requests per second above 0")
+        raise InputError(f"--requests-per-s {requests_per_s:g} must be a finite number of requests per second above 0")
     if shared_prefix_tokens < 0:
         raise InputError(f"--shared-prefix-tokens {shared_prefix_tokens} must be 0 or more")
     why = "(a request's prompt and output tokens are one sequence of at most --context tokens)"
     if prompt_tokens is not None and prompt_tokens > context:
+        room = context - (output_tokens or 0)  # what the context leaves beside the output
         raise InputError(f"--prompt-tokens {prompt_tokens:,} does not fit --context {context:,} {why}; "
-                         f"give --prompt-tokens {context:,} or less, or a longer --context")
+                         f"give --prompt-tokens {max(room, 1):,} or less, or a longer --context")
     # without --prompt-tokens the prompt is what the context leaves beside the output
     prompt = context - (output_tokens or 0) if prompt_tokens is None else prompt_tokens
     if output_tokens is not None and output_tokens >= context:  # not even a one-token prompt fits beside it
@@ -144,7 +145,8 @@ def check_workload(
     if shared_prefix_tokens > prompt:
         raise InputError(
             f"--shared-prefix-tokens {shared_prefix_tokens:,} is more than the {prompt:,} prompt tokens "
-            "(--prompt-tokens, default --context less --output-tokens): a shared prefix is part of each prompt"
+            + ("(--prompt-tokens)" if prompt_tokens is not None else "(--context less --output-tokens)")
+            + ": a shared prefix is part of each prompt"
         )
     if requests_per_s is not None and output_tokens is None:
         raise InputError("--requests-per-s needs --output-tokens: a request's decode steps are most of its time "

@@ -595,9 +595,11 @@ class Planner:
         decode_s, bound, step_bytes, step_flops = self.decode_step(batch, context)
         prefill_s = self.prefill(prompt)
         tokens_per_s = batch / decode_s
-        if max_seqs < 1:  # nothing runs: no step, prefill or throughput to report (the bytes a step would read stay)
+        refused = self.vllm_stages is not None and max_model_len_refusal(spec, context) is not None
+        runs = max_seqs >= 1 and not refused  # vLLM refusing the context runs nothing either
+        if not runs:  # nothing runs: no step, prefill or throughput to report (the bytes a step would read stay)
             decode_s = bound = prefill_s = tokens_per_s = None
-        cost_batch = max_seqs if max_seqs >= 1 else 0
+        cost_batch = max_seqs if runs else 0
         usd_per_s = gpu.usd_per_hour * n_gpus / 3600
         cost_tps = 0.0
         usd_out = usd_in = None
@@ -609,13 +611,15 @@ class Planner:
             usd_out = usd_per_s / cost_tps * 1e6
             usd_in = usd_per_s * prefill_s / prompt * 1e6 if prefill_s is not None else None
         gpus_needed = gpus_no_prefix = None
-        if opts.requests_per_s is not None and prefill_s is None and max_seqs >= 1:
+        if opts.requests_per_s is not None and prefill_s is None and runs:
             notes.append("no bf16 peak for this GPU: give --gpu-bf16-tflops to size the workload (prefill is compute-bound)")
-        if opts.requests_per_s is not None:
+        if opts.requests_per_s is not None and runs:
             gpus_needed = self.gpus_for_workload(opts.shared_prefix_tokens)
             gpus_no_prefix = self.gpus_for_workload(0) if opts.shared_prefix_tokens else gpus_needed
+        if opts.requests_per_s is not None and not runs:
+            notes.append("no workload figure: nothing runs on this GPU at these settings")
         suggestions = [] if fits else self.suggestions(need, budget)
-        if self.vllm_stages is not None and max_model_len_refusal(spec, context):
+        if refused:
             # vLLM will not start at this context at all: only a shorter context helps
             suggestions = [s for s in suggestions if s.startswith("--context")]
         return Plan(

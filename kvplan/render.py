@@ -206,6 +206,8 @@ def fmt_rate(x: float | None) -> str:
 
 def does_not_run(r: dict, exact: bool = False) -> str | None:
     """Why a plan has no decode step (not one sequence fits), in the order a reader checks; None when it runs."""
+    if r.get("vllm_starts") is False and r["max_concurrent_sequences"] >= 1:
+        return "vLLM refuses to start at this context"
     if r["max_concurrent_sequences"] >= 1:
         return None
     weights, usable = r["weights_bytes_per_gpu"], r["usable_bytes_per_gpu"]

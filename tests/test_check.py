@@ -733,3 +733,16 @@ def test_an_invalid_plan_replaces_an_earlier_report_and_a_rerun_replaces_it_agai
     if fmt == "json":
         assert json.loads(text)["passed"] is False
     assert run_cli(capsys, "check", str(good), "-f", fmt, "-o", str(report)).exit_code == 0  # CI's next run
+
+
+def test_a_command_quoted_in_a_plan_error_keeps_its_flags(tmp_path, capsys):
+    (tmp_path / "cpu.json").write_text(json.dumps({"device": "cpu", "device_name": "AMD EPYC", "runs": [{"achieved_gbps": 5.0}]}))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("deployments:\n  - model: llama-3.1-8b\n    gpu: h100-sxm\n    context: 8k\n    calibration: cpu.json\n"
+                    "    budgets:\n      min_concurrent_sequences: 1\n")
+    r = run_cli(capsys, "check", str(plan))
+    assert r.exit_code == 2
+    assert r.stderr == (
+        f"error: {plan}:5: deployments.0.calibration: calibration {tmp_path / 'cpu.json'} was measured on the CPU "
+        "(AMD EPYC), not on h100-sxm: run `kvplan measure MODEL --device cuda --json FILE` on that GPU\n"
+    )

@@ -68,10 +68,10 @@ FIT = "(a request's prompt and output tokens are one sequence of at most --conte
     "args, message",
     [
         (["--requests-per-s", "-1", "--prompt-tokens", "100", "--output-tokens", "100"],
-         "--requests-per-s -1 must be a number of requests per second above 0"),
-        (["--requests-per-s", "0", "--prompt-tokens", "100"], "--requests-per-s 0 must be a number of requests per second above 0"),
-        (["--requests-per-s", "inf"], "--requests-per-s inf must be a number of requests per second above 0"),
-        (["--requests-per-s", "nan"], "--requests-per-s nan must be a number of requests per second above 0"),
+         "--requests-per-s -1 must be a finite number of requests per second above 0"),
+        (["--requests-per-s", "0", "--prompt-tokens", "100"], "--requests-per-s 0 must be a finite number of requests per second above 0"),
+        (["--requests-per-s", "inf"], "--requests-per-s inf must be a finite number of requests per second above 0"),
+        (["--requests-per-s", "nan"], "--requests-per-s nan must be a finite number of requests per second above 0"),
         (["--prompt-tokens", "100", "--output-tokens", "-5"],
          "--output-tokens -5 must be at least 1 (a request generates at least one token)"),
         (["--prompt-tokens", "0"], "--prompt-tokens 0 must be at least 1 (leave it out to prefill what --context leaves beside --output-tokens)"),
@@ -87,10 +87,10 @@ FIT = "(a request's prompt and output tokens are one sequence of at most --conte
          f"--output-tokens 8,192 leaves no room for a prompt in --context 8,192 {FIT}; give fewer output tokens or a "
          "longer --context"),
         (["--requests-per-s", "1", "--shared-prefix-tokens", "99999"],
-         "--shared-prefix-tokens 99,999 is more than the 8,192 prompt tokens (--prompt-tokens, default --context less --output-tokens): a "
+         "--shared-prefix-tokens 99,999 is more than the 8,192 prompt tokens (--context less --output-tokens): a "
          "shared prefix is part of each prompt"),
         (["--prompt-tokens", "4000", "--shared-prefix-tokens", "4001"],
-         "--shared-prefix-tokens 4,001 is more than the 4,000 prompt tokens (--prompt-tokens, default --context less --output-tokens): a "
+         "--shared-prefix-tokens 4,001 is more than the 4,000 prompt tokens (--prompt-tokens): a "
          "shared prefix is part of each prompt"),
     ],
 )
@@ -267,6 +267,11 @@ def test_a_context_vllm_refuses_is_not_a_plain_fit(capsys):
     assert "verdict           vLLM refuses to start (its words below); the memory alone would fit: 1 × 204,800" in table.stdout
     ok = json.loads(run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h200", "-c", "8k", "-f", "json").stdout)
     assert ok["vllm_starts"] is True
+    # nothing runs, so nothing is timed, priced or sized as if it did
+    assert [data[k] for k in ("decode_step_s", "prefill_s", "tokens_per_s", "usd_per_million_output_tokens")] == [None] * 4
+    work = json.loads(run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h200", "-c", "200k", "--requests-per-s", "1",
+                              "--output-tokens", "1k", "-f", "json").stdout)
+    assert work["gpus_needed"] is None and "no workload figure: nothing runs on this GPU at these settings" in work["notes"]
 
 
 @pytest.mark.parametrize(
@@ -319,3 +324,9 @@ def test_token_flags_take_k_like_context(capsys):
     assert json.loads(r.stdout)["prefill_tokens"] == 1536
     bad = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--prompt-tokens", "lots")
     assert (bad.exit_code, bad.stderr) == (2, "error: --prompt-tokens 'lots' is not a whole number of tokens (e.g. 32768 or 32k)\n")
+
+
+def test_a_prompt_that_does_not_fit_is_told_the_room_beside_the_output(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "-c", "8k", "--gpu", "h100-sxm", "--requests-per-s", "2",
+                "--output-tokens", "1k", "--prompt-tokens", "12k")
+    assert r.exit_code == 2 and "give --prompt-tokens 7,168 or less, or a longer --context" in r.stderr
