@@ -172,7 +172,7 @@ class Plan:
     tokens_per_s_per_gpu: float | None
     cost_batch: int  # the batch the costs are computed at (the largest that fits)
     tokens_per_s_at_cost_batch: float
-    usd_per_hour: float
+    usd_per_hour: float | None  # None: no price for this GPU (--usd-per-hour)
     usd_per_million_output_tokens: float | None
     usd_per_million_input_tokens: float | None
     gpus_needed: int | None
@@ -667,7 +667,7 @@ class Planner:
             tokens_per_s_per_gpu=None if tokens_per_s is None else tokens_per_s / n_gpus,
             cost_batch=cost_batch,
             tokens_per_s_at_cost_batch=cost_tps,
-            usd_per_hour=gpu.usd_per_hour * n_gpus,
+            usd_per_hour=gpu.usd_per_hour * n_gpus or None,
             usd_per_million_output_tokens=usd_out,
             usd_per_million_input_tokens=usd_in,
             gpus_needed=gpus_needed,

@@ -296,7 +296,7 @@ def test_without_a_peak_or_a_price_nothing_is_made_up(capsys):
     r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu-memory", "80GiB", "--gpu-bandwidth", "3000",
                 "--requests-per-s", "10", "--output-tokens", "100", "-f", "json")
     data = json.loads(r.stdout)
-    assert (data["prefill_s"], data["gpus_needed"], data["usd_per_million_output_tokens"]) == (None, None, None)
+    assert (data["prefill_s"], data["gpus_needed"], data["usd_per_million_output_tokens"], data["usd_per_hour"]) == (None,) * 4
     assert data["cost_batch"] > 1 and data["tokens_per_s_at_cost_batch"] > 0  # the throughput is real, the price absent
     assert "no bf16 peak for this GPU: give --gpu-bf16-tflops to size the workload (prefill is compute-bound)" in data["notes"]
 
