@@ -543,6 +543,8 @@ class Planner:
         vllm_blocks = vllm_tokens = vllm_conc = vllm_groups = vllm_pad = None
         log: list[str] = []
         notes: list[str] = []
+        # vLLM's start-up refusal of a context past the model (None: it starts, or the engine is ideal)
+        refusal = max_model_len_refusal(spec, context) if self.vllm_stages is not None else None
         if self.vllm_stages is not None:
             vl = self.vllm_stages[tight]
             vllm_blocks = min(v.num_blocks(b) for v, b in zip(self.vllm_stages, self.stage_budgets))
@@ -550,7 +552,6 @@ class Planner:
             per_req = vl.blocks_per_request(context, opts.max_num_batched_tokens)
             vllm_conc = vllm_blocks / per_req if per_req else None
             vllm_groups, vllm_pad = len(vl.groups), vl.padding_layers
-            refusal = max_model_len_refusal(spec, context)
             if refusal:  # vLLM stops at config time, before profiling memory: this is all it would log
                 log.append(refusal)
                 notes.append(
@@ -595,7 +596,7 @@ class Planner:
         decode_s, bound, step_bytes, step_flops = self.decode_step(batch, context)
         prefill_s = self.prefill(prompt)
         tokens_per_s = batch / decode_s
-        refused = self.vllm_stages is not None and max_model_len_refusal(spec, context) is not None
+        refused = refusal is not None
         runs = max_seqs >= 1 and not refused  # vLLM refusing the context runs nothing either
         if not runs:  # nothing runs: no step, prefill or throughput to report (the bytes a step would read stay)
             decode_s = bound = prefill_s = tokens_per_s = None
@@ -656,7 +657,7 @@ class Planner:
             vllm_groups=vllm_groups,
             vllm_padding_layers=vllm_pad,
             vllm_log=log,
-            vllm_starts=None if self.vllm_stages is None else not (refusal or max_seqs < 1),
+            vllm_starts=None if self.vllm_stages is None else not (refused or max_seqs < 1),
             decode_step_s=decode_s,
             decode_bound=bound,
             decode_bytes_per_step=step_bytes,

@@ -320,13 +320,13 @@ def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
         lines.append(("prefill", "—"))
         lines.append(("throughput", "—"))
     else:
+        # a --batch that does not fit is timed all the same: say so beside its figures
+        if_fitted = "" if r["fits"] else f" — if batch {fmt_int(r['batch'])} fitted; {counted(r['max_concurrent_sequences'], 'sequence')} do"
         lines.append(("decode step", f"{fmt_seconds(r['decode_step_s'])} at batch {fmt_int(r['batch'])} ({r['decode_bound']}-bound: "
-                      f"{size(r['decode_bytes_per_step'], exact)} read per step, bandwidth × {a['bandwidth_efficiency']:.3g})"))
+                      f"{size(r['decode_bytes_per_step'], exact)} read per step, bandwidth × {a['bandwidth_efficiency']:.3g}){if_fitted}"))
         lines.append(("prefill", f"{fmt_seconds(r['prefill_s'])} for {fmt_int(r['prefill_tokens'])} prompt tokens (peak × {a['compute_efficiency']:.3g})"))
-        lines.append(("throughput", f"{r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_gpu']:,.0f} per GPU) at batch {fmt_int(r['batch'])}"))
-        if not r["fits"]:  # the step above is for --batch, which does not fit: say so beside it
-            lines[-3] = (lines[-3][0], lines[-3][1] + f" — if batch {fmt_int(r['batch'])} fitted; {counted(r['max_concurrent_sequences'], 'sequence')} do")
-            lines[-1] = (lines[-1][0], lines[-1][1] + " — if it fitted")
+        lines.append(("throughput", f"{r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_gpu']:,.0f} per GPU) at batch {fmt_int(r['batch'])}"
+                      + ("" if r["fits"] else " — if it fitted")))
     if r["cost_batch"] and not r["usd_per_hour"]:
         lines.append(("cost", f"— (no price: give --usd-per-hour); {r['tokens_per_s_at_cost_batch']:,.0f} tok/s at batch {fmt_int(r['cost_batch'])}"))
     elif r["cost_batch"]:
