@@ -66,12 +66,14 @@ def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[s
         PlanOptions,
         activation_estimate,
         stage_weight_bytes,
+        weights_from_file,
+        weights_source,
     )
 
     dtype = weights_dtype or spec.weights_dtype or spec.dtype
     if dtype not in WEIGHT_DTYPES:
         raise InputError(f"--dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
-    weights = stage_weight_bytes(spec, [spec.num_hidden_layers], dtype, tp)[0]
+    weights = stage_weight_bytes(spec, [spec.num_hidden_layers], dtype, tp, from_file=weights_from_file(spec, weights_dtype))[0]
     if activation is None:
         act = activation_estimate(spec, PlanOptions(context=context, tp=tp), 4 if dtype == "fp32" else 2, tp)
         source = ("estimated: one forward pass of 8,192 tokens (kvplan's vLLM profile-run estimate); "
@@ -80,7 +82,7 @@ def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[s
         act, source = activation, "--activation-memory"
     if non_torch is None:
         non_torch = DEFAULT_NON_TORCH_BYTES_TP if tp > 1 else DEFAULT_NON_TORCH_BYTES
-    return MemoryInputs(gpu.name, gpu.memory_bytes, weights, non_torch, act, source)
+    return MemoryInputs(gpu.name, gpu.memory_bytes, weights, non_torch, act, source, weights_source(spec, weights_dtype))
 
 
 def planner_capacity(spec, gpu, fmt, state, *, context: int, batch: int, tp: int, weights_dtype, activation,
@@ -236,7 +238,8 @@ def engine_report_lines(cache, capacity, exact: bool) -> list[tuple[str, str]]:
     for r in cache.refusals:
         lines.append((f"{cache.engine} refuses", r))
     if capacity is not None:
-        lines.append(("GPU", f"{capacity.gpu}, {_size(capacity.gpu_memory_bytes, exact)}; weights {_size(capacity.weights_bytes, exact)}"))
+        source = f" ({capacity.weights_source})" if capacity.weights_source else ""
+        lines.append(("GPU", f"{capacity.gpu}, {_size(capacity.gpu_memory_bytes, exact)}; weights {_size(capacity.weights_bytes, exact)}{source}"))
         lines.append(("budget rule", capacity.budget_rule))
         lines.append(("KV budget", _size(capacity.kv_budget_bytes, exact) + " per GPU"))
         if capacity.max_total_tokens is not None:
@@ -380,7 +383,7 @@ def estimate_profile(spec, engine: str, *, contexts, batches, tps, kv_cache_dtyp
                         if device is not None:
                             mem = memory_inputs(spec, device, context=c, tp=tp, weights_dtype=dtype,
                                                 activation=activation, non_torch=non_torch)
-                            cap = module.capacity(spec, c, b, eopts, mem, **kwargs)
+                            cap = replace(module.capacity(spec, c, b, eopts, mem, **kwargs), weights_source=mem.weights_source)
                         results.append((cache, cap))
     render_engine(results, fmt, exact, svg)
 

@@ -44,6 +44,8 @@ def spec_yaml(spec: "ModelSpec") -> str:
             continue
         if isinstance(value, tuple):
             value = [dict(v) if isinstance(v, dict) else v for v in value]
+        if hasattr(value, "model_dump"):  # file_weight_bytes: one flow mapping
+            value = value.model_dump()
         if name in ("source", "notes") and isinstance(value, str) and len(value) > 60:
             folded = yaml.safe_dump({name: value}, default_flow_style=False, width=88, sort_keys=False)
             lines.append(folded.rstrip("\n"))
@@ -57,6 +59,8 @@ def spec_yaml(spec: "ModelSpec") -> str:
                 line += "  # model.safetensors.index.json total_parameters"
             else:
                 line += "  # counted from the weights' headers"
+        if name == "file_weight_bytes":
+            line += "  # summed from the tensors' sizes in the file headers"
         lines.append(line)
     return "\n".join(lines) + "\n"
 

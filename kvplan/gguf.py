@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
 from kvplan.errors import InputError
+from kvplan.file_weights import gguf_part, split_weight_bytes
 from kvplan.hf_config import layer_fields
 from kvplan.spec import size_limit_problem
 
@@ -44,7 +45,9 @@ _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?
 _STRING, _ARRAY = 8, 9
 
 # ggml tensor types: id -> (name, values per block, bytes per block), from the
-# block structs in ggml/src/ggml-common.h and ggml.c `type_traits`.
+# block structs in ggml/src/ggml-common.h and ggml.c `type_traits` (checked against
+# the llama.cpp vendored in llama-cpp-python 0.3.36, whose ggml.h ends at
+# GGML_TYPE_COUNT = 43; ids 4, 5 and 31-33, 36-38 are removed types).
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
     0: ("F32", 1, 4),
     1: ("F16", 1, 2),
@@ -78,6 +81,9 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     34: ("TQ1_0", 256, 54),
     35: ("TQ2_0", 256, 66),
     39: ("MXFP4", 32, 17),
+    40: ("NVFP4", 64, 36),  # 4 UE4M3 scales (one per 16 values) + 32 B of packed e2m1
+    41: ("Q1_0", 128, 18),  # fp16 delta + 128 one-bit quants
+    42: ("Q2_0", 64, 18),  # fp16 delta + 64 two-bit quants
 }
 
 
@@ -486,9 +492,27 @@ def spec_fields_from_gguf(header: GGUFHeader) -> tuple[dict[str, Any], list[str]
     fields["tie_word_embeddings"] = not any(t.name == "output.weight" for t in header.tensors)
     used = fields.get("num_experts_per_tok")
     if experts and used and experts > used:
-        expert_elems = sum(t.numel for t in header.tensors if "_exps." in t.name)
+        expert_elems = sum(t.numel for t in header.tensors if gguf_part(t.name) == "routed_experts")
         if expert_elems:
             fields["num_active_parameters"] = total - expert_elems * (experts - used) // experts
     types = ", ".join(f"{k} {v.tensors}" for k, v in header.tensor_types().items())
     notes.append(f"parameters: every tensor's elements from the header ({len(header.tensors)} tensors: {types})")
+    fields["file_weight_bytes"] = {"source": "gguf", **weight_bytes_from_gguf(header)}
     return fields, notes
+
+
+def weight_bytes_from_gguf(header: GGUFHeader) -> dict[str, int]:
+    """Each tensor's data bytes (whole ggml blocks), summed by part (kvplan.file_weights).
+
+    Raises GGUFError naming the tensor and the type id when a tensor's ggml type is one
+    kvplan does not know: its bytes cannot be read from the header, and a guess would
+    size the weights silently wrong.
+    """
+    for t in header.tensors:
+        if t.ggml_type not in GGML_TYPES:
+            raise GGUFError(
+                f"{header.path}: tensor {t.name!r} has ggml type {t.ggml_type}, which kvplan does not know "
+                f"(it knows llama.cpp's ggml.h types up to id {max(GGML_TYPES)}), so its weight bytes "
+                "cannot be read from the file; update kvplan, or write a spec with weights_dtype instead"
+            )
+    return split_weight_bytes(((t.name, t.num_bytes or 0) for t in header.tensors), gguf_part)

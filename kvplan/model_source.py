@@ -266,11 +266,54 @@ def spec_from_config_file(path: Path, name: str, source: str) -> ModelSpec:
             f"*.safetensors beside config.json; missing: num_parameters (add the weights' headers, or write a spec)"
         )
     fields["num_parameters"] = total
+    if weights is not None and weights.complete and weights.num_tensors:
+        fields["file_weight_bytes"] = _safetensors_weight_bytes(weights, fields, notes, conv.mtp_layers)
+    elif weights is not None:
+        notes.append(
+            f"weight bytes from the parameter formula: safetensors shards missing ({', '.join(weights.missing_files[:3])})"
+        )
     if conv.inactive_parameters and total > conv.inactive_parameters:
         fields["num_active_parameters"] = total - conv.inactive_parameters
         notes.append("num_active_parameters = num_parameters minus the experts a token skips (from config.json)")
     fields.update(name=name, source=source, notes="; ".join(notes))
     return _build(fields, str(path))
+
+
+def _safetensors_weight_bytes(weights, fields: dict[str, Any], notes: list[str], mtp_layers: int) -> dict[str, Any]:
+    """`file_weight_bytes` from the safetensors headers: every tensor the loader puts on the GPU, at its
+    stored size (packed int4 / fp4 and the scale tensors included), by part (kvplan.file_weights)."""
+    from kvplan.file_weights import hf_part, layer_index, split_weight_bytes
+
+    layers = fields["num_hidden_layers"]
+    kept = list(zip(weights.tensor_names, weights.tensor_bytes))
+    if mtp_layers:
+        kept = [(n, b) for n, b in kept if (layer_index(n) or 0) < layers]
+    if len(kept) < weights.num_tensors:
+        # DeepSeek's multi-token-prediction layer is model.layers.<num_hidden_layers>: vLLM skips it when it
+        # loads the model for serving (deepseek_v2.py load_weights: get_spec_layer_idx_from_weight_name)
+        skipped = sum(weights.tensor_bytes) - sum(b for _, b in kept)
+        notes.append(
+            f"weight bytes leave out {weights.num_tensors - len(kept)} tensor(s) of layers past num_hidden_layers "
+            f"({layers}; multi-token prediction, {skipped:,} bytes), which serving does not load"
+        )
+    parts = split_weight_bytes(kept, hf_part)
+    if fields.get("tie_word_embeddings") and parts["lm_head"]:
+        # vLLM skips a stored lm_head.weight when the embeddings are tied (models/llama.py load_weights)
+        notes.append(f"weight bytes leave out the stored lm_head ({parts['lm_head']:,} bytes): tie_word_embeddings is true")
+        parts["lm_head"] = 0
+    if parts["routed_experts"] and not (fields.get("num_local_experts") or fields.get("n_routed_experts")):
+        notes.append("tensors named '.experts.' counted as body: config.json names no routed experts")
+        parts["body"] += parts.pop("routed_experts")
+        parts["routed_experts"] = 0
+    total = sum(parts.values())
+    dtypes = ", ".join(f"{k} {v.num_bytes:,}" for k, v in weights.by_dtype.items())
+    notes.append(f"weight bytes from the safetensors headers: {total:,} ({dtypes})")
+    if weights.index_total_bytes is not None and weights.index_total_bytes != weights.num_bytes:
+        notes.append(
+            f"model.safetensors.index.json metadata.total_size ({weights.index_total_bytes:,}) disagrees with the "
+            f"sum of the shards' headers ({weights.num_bytes:,}); the headers are used"
+        )
+    return {"source": "safetensors", **parts}
 
 
 def spec_from_gguf_file(path: Path, name: str, source: str) -> ModelSpec:

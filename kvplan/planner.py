@@ -135,6 +135,7 @@ class Plan:
     kv_cache_dtype: str
     weights_dtype: str
     weights_quantized: str  # which body weights weights_dtype covers: all_linear | experts
+    weights_source: str  # where the weight bytes come from: file headers, --dtype, or the parameter formula
     block_size: int
     # memory, per GPU (the tightest rank)
     gpu_memory_bytes: int
@@ -225,10 +226,67 @@ def lm_head_flops(spec: ModelSpec) -> int:
     return 2 * spec.vocab_size * spec.hidden_size
 
 
+# Where the weight bytes come from, as the output names it (Plan.weights_source).
+FILE_WEIGHT_SOURCES = {"gguf": "file headers (GGUF tensor types)", "safetensors": "file headers (safetensors dtypes)"}
+
+
+def weights_from_file(spec: ModelSpec, dtype_flag: str | None) -> bool:
+    """Whether weight bytes come from the spec's file_weight_bytes: the file says them and no --dtype casts."""
+    return dtype_flag is None and getattr(spec, "file_weight_bytes", None) is not None
+
+
+def weights_source(spec: ModelSpec, dtype_flag: str | None) -> str:
+    """Where the weight bytes come from: the file's headers, --dtype, or the parameter formula in the spec's dtype."""
+    if dtype_flag is not None:
+        return f"--dtype {dtype_flag}"
+    if weights_from_file(spec, None):
+        return FILE_WEIGHT_SOURCES[spec.file_weight_bytes.source]
+    if spec.weights_dtype:
+        return f"parameter formula (weights_dtype {spec.weights_dtype})"
+    return f"parameter formula (torch_dtype {spec.dtype})"
+
+
+def file_stage_weight_bytes(
+    spec: ModelSpec, layers_per_stage: list[int], tp: int, *, active: bool = False, lookup_tokens: int | None = None,
+) -> list[int]:
+    """stage_weight_bytes from the bytes the file's headers declare (spec.file_weight_bytes).
+
+    Placed as the formula places parameters: the body split evenly per layer, the
+    routed experts by the MoE layers each stage holds (`active`: the share
+    active_routed_experts / routed experts of them), the embedding on the first stage
+    (`lookup_tokens` rows of it when only looked up), the lm_head on the last (a tied
+    one copied there when the stages differ); each stage sharded over tp.
+    """
+    fw = spec.file_weight_bytes
+    layers, vocab, last = spec.num_hidden_layers, spec.vocab_size, len(layers_per_stage) - 1
+    experts = fw.routed_experts
+    if active and spec.num_routed_experts:
+        experts = experts * spec.active_routed_experts // spec.num_routed_experts
+    moe_layers = spec.moe_layers_between(0, layers)
+    out, start = [], 0
+    for i, n in enumerate(layers_per_stage):
+        stage = fw.body * n // layers
+        if moe_layers:
+            stage += experts * spec.moe_layers_between(start, start + n) // moe_layers
+        else:  # no MoE layer to place them by: split evenly per layer
+            stage += experts * n // layers
+        if i == 0:
+            lookup_only = lookup_tokens is not None and (fw.lm_head or last > 0)
+            stage += ceil_div(fw.embedding * min(lookup_tokens, vocab), vocab) if lookup_only else fw.embedding
+        if i == last:
+            stage += fw.lm_head if fw.lm_head or last == 0 else fw.embedding
+        out.append(ceil_div(stage, tp))
+        start += n
+    return out
+
+
 def stage_weight_bytes(
     spec: ModelSpec, layers_per_stage: list[int], dtype: str, tp: int, *, active: bool = False, lookup_tokens: int | None = None,
+    from_file: bool = False,
 ) -> list[int]:
     """Weight bytes one tensor-parallel rank of each stage holds (or reads, `active`).
+
+    `from_file`: the bytes the file's headers declare (file_stage_weight_bytes); `dtype` is then unused.
 
     `lookup_tokens`: what a forward pass of that many tokens reads of the input
     embedding: one row per token, not the table (a tied table on a single stage is
@@ -241,6 +299,8 @@ def stage_weight_bytes(
     lm_head on the last; both are vocab-sharded over tp and stay 16-bit when the body
     is quantised. MoE: all experts are held (`active` counts the routed ones a token uses).
     """
+    if from_file:
+        return file_stage_weight_bytes(spec, layers_per_stage, tp, active=active, lookup_tokens=lookup_tokens)
     total = spec.active_parameters if active else spec.num_parameters
     embed, head = _embedding_params(spec)
     body = max(0, total - embed - head)
@@ -380,7 +440,8 @@ class Planner:
         self.layout = CacheLayout(spec, kv_format, block_size=self.block_size, tp=opts.tp, pp=opts.pp, state_format=state_format)
         self.weights_dtype = opts.weights_dtype or spec.weights_dtype or spec.dtype
         self.dtype_bytes = 4 if self.weights_dtype == "fp32" else 2
-        self.stage_weights = stage_weight_bytes(spec, self.layout.layers_per_stage, self.weights_dtype, opts.tp)
+        self.weights_from_file = weights_from_file(spec, opts.weights_dtype)
+        self.stage_weights = self._stage_weights()
         self.usable = -(-gpu.memory_bytes * round(opts.gpu_memory_utilization * 10**6) // 10**6)  # ceil, as vLLM
         self.activation_estimated = opts.activation_bytes is None
         self.activation = (
@@ -394,6 +455,11 @@ class Planner:
         self.vllm_stages: list[VllmLayout] | None = None
         if opts.engine is Engine.vllm:
             self.vllm_stages = [build_layout(self.layout, counts, self.block_size) for counts in self.layout.stage_kind_counts]
+
+    def _stage_weights(self, *, active: bool = False, lookup_tokens: int | None = None) -> list[int]:
+        """Weight bytes per rank of each stage: from the file's headers, or the formula in weights_dtype."""
+        return stage_weight_bytes(self.spec, self.layout.layers_per_stage, self.weights_dtype, self.opts.tp, active=active,
+                                  lookup_tokens=lookup_tokens, from_file=self.weights_from_file)
 
     # -- capacity ---------------------------------------------------------
 
@@ -470,8 +536,8 @@ class Planner:
             raise ValueError("kv_bytes_per_rank is for one pipeline stage")
         spec, tp = self.spec, self.opts.tp
         # the input embedding is a lookup: one row per token in the batch is read, not the table
-        held_weights = stage_weight_bytes(spec, self.layout.layers_per_stage, self.weights_dtype, tp, lookup_tokens=batch)
-        active_weights = stage_weight_bytes(spec, self.layout.layers_per_stage, self.weights_dtype, tp, active=True, lookup_tokens=batch)
+        held_weights = self._stage_weights(lookup_tokens=batch)
+        active_weights = self._stage_weights(active=True, lookup_tokens=batch)
         share = decode_weight_fraction(spec, batch)
         bandwidth = self.gpu.memory_bandwidth_gbps * 1e9 * self.opts.bandwidth_efficiency
         peak = self._peak_flops() * self.opts.compute_efficiency
@@ -505,7 +571,7 @@ class Planner:
         new = max(0, prompt - cached_prefix)
         peak = self._peak_flops() * self.opts.compute_efficiency
         bandwidth = self.gpu.memory_bandwidth_gbps * 1e9 * self.opts.bandwidth_efficiency
-        weights = stage_weight_bytes(spec, self.layout.layers_per_stage, self.weights_dtype, tp)
+        weights = self.stage_weights
         seconds = 0.0
         for i, counts in enumerate(self.layout.stage_kind_counts):
             params = body_parameters(spec, active=True) * self.layout.layers_per_stage[i] // spec.num_hidden_layers
@@ -635,6 +701,7 @@ class Planner:
             kv_cache_dtype=self.kv_format.name,
             weights_dtype=self.weights_dtype,
             weights_quantized=spec.weights_quantized,
+            weights_source=weights_source(spec, opts.weights_dtype),
             block_size=self.block_size,
             gpu_memory_bytes=gpu.memory_bytes,
             gpu_memory_utilization=opts.gpu_memory_utilization,
@@ -729,6 +796,9 @@ class Planner:
 
     def _weights_assumption(self) -> str:
         where = "embeddings on the first stage, lm_head on the last, vocab-sharded over tp"
+        if self.weights_from_file:
+            return (f"bytes as the file's headers declare them; body split evenly per layer, routed experts by the "
+                    f"MoE layers each stage holds; {where}")
         if self.spec.weights_quantized == "experts":
             plain = self.weights_dtype if self.weights_dtype in ("bf16", "fp16", "fp32") else self.spec.dtype
             return (f"routed experts' weights in {self.weights_dtype} (rows rounded to whole blocks), counted per MoE "

@@ -285,13 +285,24 @@ def weights_dtype_text(r: dict) -> str:
     return f"{r['weights_dtype']} routed experts only"
 
 
+def weights_text(r: dict) -> str:
+    """The weights line's source: `from the file headers (GGUF tensor types); --dtype casts`,
+    `bf16, --dtype` (given), or `bf16, --dtype; parameter formula` (the spec's dtype)."""
+    source = r.get("weights_source", "")
+    if source.startswith("file headers"):
+        return f"from the {source}; --dtype casts"
+    if source.startswith("parameter formula"):
+        return f"{weights_dtype_text(r)}, --dtype; parameter formula"
+    return f"{weights_dtype_text(r)}, --dtype"
+
+
 def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
     a = r["assumptions"]
     lines = [
         ("GPU", f"{r['gpu']} × {r['gpus']} (tp {r['tensor_parallel_size']}, pp {r['pipeline_parallel_size']}), "
          f"{size(r['gpu_memory_bytes'], exact)} each, engine {r['engine']}, {r['block_size']}-token blocks"),
         ("usable", f"{size(r['usable_bytes_per_gpu'], exact)} = total × {r['gpu_memory_utilization']} (--gpu-memory-utilization)"),
-        ("weights", f"{size(r['weights_bytes_per_gpu'], exact)} per GPU ({weights_dtype_text(r)}, --dtype)"),
+        ("weights", f"{size(r['weights_bytes_per_gpu'], exact)} per GPU ({weights_text(r)})"),
         ("activations", f"{size(r['activation_bytes_per_gpu'], exact)} ({'estimated; --activation-memory' if r['activation_estimated'] else '--activation-memory'})"),
         ("non-torch", f"{size(r['non_torch_bytes_per_gpu'], exact)} (--non-torch-memory)"),
         ("KV budget", f"{size(r['kv_budget_bytes_per_gpu'], exact)} per GPU"),

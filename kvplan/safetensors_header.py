@@ -76,6 +76,7 @@ class SafetensorsSummary:
     num_bytes: int  # tensor bytes, headers excluded
     by_dtype: dict[str, DtypeTotal] = field(default_factory=dict)
     tensor_names: tuple[str, ...] = ()
+    tensor_bytes: tuple[int, ...] = ()  # data bytes of each tensor, in tensor_names order
     missing_files: tuple[str, ...] = ()  # shards the index names that are not present
     index_total_bytes: Optional[int] = None  # `metadata.total_size` of the index
     index_total_parameters: Optional[int] = None  # `metadata.total_parameters`, when written
@@ -190,11 +191,13 @@ def _tensors(path: Path, header: dict[str, Any], data_bytes: int) -> list[_Tenso
 
 def _summarize(files: Iterable[Path]) -> SafetensorsSummary:
     names: list[str] = []
+    sizes: list[int] = []
     by_dtype: dict[str, list[int]] = {}
     read = []
     for path in files:
         for t in _tensors(path, *_read(path)):
             names.append(t.name)
+            sizes.append(t.num_bytes)
             acc = by_dtype.setdefault(t.dtype, [0, 0])
             acc[0] += t.numel
             acc[1] += t.num_bytes
@@ -206,6 +209,7 @@ def _summarize(files: Iterable[Path]) -> SafetensorsSummary:
         num_bytes=sum(v[1] for v in by_dtype.values()),
         by_dtype={k: DtypeTotal(v[0], v[1]) for k, v in sorted(by_dtype.items())},
         tensor_names=tuple(names),
+        tensor_bytes=tuple(sizes),
     )
 
 
@@ -271,6 +275,7 @@ def summarize_index(index_path: Path) -> SafetensorsSummary:
         num_bytes=summary.num_bytes,
         by_dtype=summary.by_dtype,
         tensor_names=summary.tensor_names,
+        tensor_bytes=summary.tensor_bytes,
         missing_files=missing,
         index_total_bytes=int(total_size) if isinstance(total_size, (int, float)) and not isinstance(total_size, bool) else None,
         index_total_parameters=int(total_params) if isinstance(total_params, int) and not isinstance(total_params, bool) else None,

@@ -9,6 +9,7 @@ data so that `kvplan estimate` on a catalog model never has to import pydantic
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from enum import Enum
 from functools import cached_property
 from typing import Any, Optional
@@ -193,6 +194,17 @@ class SpecDerived:
 
 
 
+@dataclass(frozen=True)
+class FileWeights:
+    """`file_weight_bytes` of a validated spec (kvplan.spec.FileWeightBytes), rebuilt without pydantic."""
+
+    source: str
+    embedding: int
+    lm_head: int
+    body: int
+    routed_experts: int
+
+
 class ModelShape(SpecDerived):
     """A spec that was validated earlier, rebuilt from its field values (frozen)."""
 
@@ -201,6 +213,9 @@ class ModelShape(SpecDerived):
         for key in ("layer_types", "layer_pattern"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
+        values.setdefault("file_weight_bytes", None)
+        if isinstance(values["file_weight_bytes"], dict):
+            values["file_weight_bytes"] = FileWeights(**values["file_weight_bytes"])
         self.__dict__.update(values)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -208,4 +223,6 @@ class ModelShape(SpecDerived):
 
     def model_dump(self, exclude_none: bool = False) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "layer_kinds"}
+        if out.get("file_weight_bytes") is not None:
+            out["file_weight_bytes"] = asdict(out["file_weight_bytes"])
         return {k: v for k, v in out.items() if v is not None} if exclude_none else out

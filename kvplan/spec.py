@@ -121,6 +121,24 @@ PatternEntry = Annotated[
 ]
 
 
+# A file's weight bytes: at most 8 bytes per parameter (fp64) of the largest model allowed.
+MAX_WEIGHT_BYTES = 8 * MAX_PARAMETERS
+WeightBytes = Annotated[int, Field(ge=0, le=MAX_WEIGHT_BYTES)]
+
+
+class FileWeightBytes(BaseModel):
+    """Weight bytes the model's own file headers declare (GGUF tensor types, safetensors dtypes),
+    summed by where the planner places them (kvplan.file_weights). `kvplan import` writes it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: Literal["gguf", "safetensors"]
+    embedding: WeightBytes  # the input embedding table
+    lm_head: WeightBytes = 0  # 0 when tied: the embedding serves as the lm_head
+    body: WeightBytes  # every other tensor, routed experts excepted (norms, scales, shared experts, ...)
+    routed_experts: WeightBytes = 0  # the routed experts' tensors (and their scales and biases)
+
+
 class ModelSpec(BaseModel, SpecDerived):
     """One model's architecture, as far as the KV cache, weights and FLOPs need it."""
 
@@ -155,6 +173,8 @@ class ModelSpec(BaseModel, SpecDerived):
     # FusedMoE layers, transformers' Mxfp4HfQuantizer only Mxfp4GptOssExperts' weights).
     weights_quantized: Literal["all_linear", "experts"] = "all_linear"
     tie_word_embeddings: bool = False
+    # Weight bytes read from the checkpoint's headers; the planner uses them unless `--dtype` casts.
+    file_weight_bytes: Optional[FileWeightBytes] = None
 
     # Layer pattern: explicit list, or a compact repeating pattern such as
     # [{sliding_attention: 5}, {full_attention: 1}] cycled to num_hidden_layers.
@@ -289,7 +309,24 @@ class ModelSpec(BaseModel, SpecDerived):
                 raise ValueError(f"expert_layer_offset ({offset}) must be smaller than expert_layer_period ({period})")
         if self.weights_quantized == "experts":
             self._check_expert_quantization(embedding)
+        if self.file_weight_bytes is not None:
+            self._check_file_weight_bytes()
         return self
+
+    def _check_file_weight_bytes(self) -> None:
+        """A tied model has no lm_head bytes of its own; routed-expert bytes need routed experts to place them."""
+        fw = self.file_weight_bytes
+        assert fw is not None
+        if self.tie_word_embeddings and fw.lm_head:
+            raise ValueError(
+                f"file_weight_bytes.lm_head is {fw.lm_head:,} but tie_word_embeddings is true (the embedding is the "
+                "lm_head); set lm_head to 0 or tie_word_embeddings to false"
+            )
+        if fw.routed_experts and not self.num_routed_experts:
+            raise ValueError(
+                f"file_weight_bytes.routed_experts is {fw.routed_experts:,} but the spec has no routed experts; "
+                "set num_local_experts (or n_routed_experts) and num_experts_per_tok, or count those bytes in body"
+            )
 
     def _check_expert_quantization(self, embedding: int) -> None:
         """`weights_quantized: experts` needs a dtype, routed experts, and expert weights that fit the counts."""

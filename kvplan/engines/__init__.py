@@ -112,6 +112,7 @@ class MemoryInputs:
     non_torch_bytes: int  # CUDA context, cuBLAS workspaces, NCCL buffers
     activation_bytes: int  # peak activations of a forward pass (0 when not given and not estimated)
     activation_source: str
+    weights_source: str = ""  # where weights_bytes came from (kvplan.planner.weights_source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +132,7 @@ class EngineCapacity:
     refusals: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     settings: dict = field(default_factory=dict)
+    weights_source: str = ""  # where weights_bytes came from: file headers, --dtype, or the parameter formula
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -216,6 +216,8 @@ def compare(spec, opts: CompareOptions, fmt: KVFormatPair, state: Optional[KVFor
         cap = None
         if memory is not None:
             cap = _capacity(name, spec, opts, fmt, state, memory, planner_factory)
+            if cap is not None:  # every engine holds the same weights; say where their bytes came from
+                cap = replace(cap, weights_source=memory.weights_source)
         delta = None if cache.kv_bytes_total is None else cache.kv_bytes_total - cache.ideal_bytes_total
         rows.append(CompareRow(name, cache, cap, delta, explain(cache)))
     return Comparison(spec.name, opts.context, opts.batch, fmt.name, opts.tp,
