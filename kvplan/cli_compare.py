@@ -238,7 +238,7 @@ def engine_report_lines(cache, capacity, exact: bool) -> list[tuple[str, str]]:
     for r in cache.refusals:
         lines.append((f"{cache.engine} refuses", r))
     if capacity is not None:
-        source = f" ({capacity.weights_source})" if capacity.weights_source else ""
+        source = f", from {capacity.weights_source}" if capacity.weights_source else ""
         lines.append(("GPU", f"{capacity.gpu}, {_size(capacity.gpu_memory_bytes, exact)}; weights {_size(capacity.weights_bytes, exact)}{source}"))
         lines.append(("budget rule", capacity.budget_rule))
         lines.append(("KV budget", _size(capacity.kv_budget_bytes, exact) + " per GPU"))
