@@ -522,3 +522,27 @@ def test_inconsistent_file_bytes_are_refused(capsys, tmp_path, extra, message):
     r = run_cli(capsys, "estimate", str(path), "-c", "4096")
     assert r.exit_code == 2
     assert message in r.stderr and r.stderr.startswith("error: ")
+
+
+def test_decode_reads_the_file_bytes_of_the_active_experts(capsys, tmp_path):
+    # 4 layers of 4 heads x 16 (head_dim 64 / 4), every layer MoE: 8 experts, 2 per token; bf16 KV
+    path = spec_yaml(tmp_path, "num_local_experts: 8\nnum_experts_per_tok: 2\nnum_active_parameters: 500000\n"
+                     "file_weight_bytes: {source: gguf, embedding: 32768, lm_head: 32768, body: 100000, "
+                     "routed_experts: 80000}\n")
+    r = run_cli(capsys, "estimate", str(path), "--gpu", "h100-sxm", "-c", "4096", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    plan = json.loads(r.stdout)
+    assert plan["weights_bytes_per_gpu"] == 32768 + 32768 + 100000 + 80000  # every expert is held
+    # batch 1 reads: the body, 2 of 8 experts (80,000 x 2 / 8), one embedding row (32,768 / 256 rows),
+    # the lm_head, and the KV held: 4,096 tokens x 4 layers x (K + V) x 4 heads x 16 x 2 B = 4,194,304
+    assert plan["decode_bytes_per_step"] == 100000 + 20000 + 128 + 32768 + 4_194_304
+
+
+def test_compare_rows_name_the_source(capsys, llama_q4_k_m):
+    r = run_cli(capsys, "compare", str(llama_q4_k_m), "--gpu", "rtx-4090", "-c", "8192", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    rows = json.loads(r.stdout)["rows"]
+    assert len(rows) == 6
+    for row in rows:
+        assert row["capacity"]["weights_bytes"] == LLAMA_TOTAL
+        assert row["capacity"]["weights_source"] == "file headers (GGUF tensor types)"
