@@ -21,10 +21,12 @@ PARTS = ("embedding", "lm_head", "body", "routed_experts")
 
 # llama.cpp tensor names (src/llama-arch.cpp LLM_TENSOR_NAMES): token_embd, output,
 # blk.N.ffn_{gate,up,down,gate_up}_exps (routed experts, stacked; their biases too),
-# blk.N.ffn_*_shexp (shared experts: body, every token reads them).
+# or blk.N.ffn_{gate,up,down}.E (one per expert: Mixtral files converted before the
+# stacked tensors, which llama.cpp still loads); blk.N.ffn_*_shexp (shared experts:
+# body, every token reads them).
 _GGUF_EMBEDDING = "token_embd.weight"
 _GGUF_LM_HEAD = "output.weight"
-_GGUF_EXPERTS = re.compile(r"_exps\.")
+_GGUF_EXPERTS = re.compile(r"_exps\.|\.ffn_(?:gate|up|down)\.\d+\.")
 
 # Hugging Face names: model.embed_tokens (Llama and most), transformer.wte (GPT-2),
 # transformer.word_embeddings (Falcon), gpt_neox.embed_in; lm_head.weight, gpt_neox's

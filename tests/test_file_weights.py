@@ -546,3 +546,55 @@ def test_compare_rows_name_the_source(capsys, llama_q4_k_m):
     for row in rows:
         assert row["capacity"]["weights_bytes"] == LLAMA_TOTAL
         assert row["capacity"]["weights_source"] == "file headers (GGUF tensor types)"
+
+
+@pytest.mark.parametrize("name, part", [
+    ("token_embd.weight", "embedding"), ("output.weight", "lm_head"), ("output_norm.weight", "body"),
+    ("blk.3.ffn_gate_exps.weight", "routed_experts"), ("blk.3.ffn_down_exps.bias", "routed_experts"),
+    ("blk.3.ffn_gate.7.weight", "routed_experts"),  # one tensor per expert (llama-arch.cpp LLM_TENSOR_FFN_GATE_EXP)
+    ("blk.3.ffn_up_shexp.weight", "body"), ("blk.3.ffn_gate_inp.weight", "body"), ("blk.3.ffn_gate.weight", "body"),
+    ("rope_freqs.weight", "body"),
+])
+def test_gguf_names(name, part):
+    from kvplan.file_weights import gguf_part
+
+    assert gguf_part(name) == part
+
+
+@pytest.mark.parametrize("name, part", [
+    ("model.embed_tokens.weight", "embedding"), ("model.language_model.embed_tokens.weight", "embedding"),
+    ("transformer.wte.weight", "embedding"), ("transformer.wpe.weight", "body"),
+    ("transformer.word_embeddings.weight", "embedding"), ("gpt_neox.embed_in.weight", "embedding"),
+    ("lm_head.weight", "lm_head"), ("language_model.lm_head.weight", "lm_head"), ("embed_out.weight", "lm_head"),
+    ("model.layers.0.block_sparse_moe.experts.5.w1.weight", "routed_experts"),
+    ("model.layers.0.mlp.experts.gate_up_proj_blocks", "routed_experts"),
+    ("model.layers.0.mlp.experts.3.down_proj.weight_scale_inv", "routed_experts"),
+    ("model.layers.0.mlp.shared_experts.gate_proj.weight", "body"), ("model.layers.0.mlp.shared_expert.up_proj.weight", "body"),
+    ("model.layers.0.self_attn.q_proj.qweight", "body"), ("vision_tower.encoder.layers.0.mlp.fc1.weight", "body"),
+])
+def test_hf_names(name, part):
+    from kvplan.file_weights import hf_part
+
+    assert hf_part(name) == part
+
+
+def test_deepseek_multi_token_prediction_layer_is_left_out(tmp_path):
+    # DeepSeek-R1: 61 layers; its MTP module is model.layers.61 (with its own embed_tokens), which vLLM
+    # does not load for serving. vocab 129,280 x hidden 7,168 in BF16 = 1,853,358,080 B per table.
+    d = tmp_path / "deepseek-r1"
+    d.mkdir()
+    (d / "config.json").write_text((Path(__file__).parent / "fixtures" / "hf_configs" / "deepseek-r1.json").read_text())
+    write_safetensors(d / "model.safetensors", {
+        "model.embed_tokens.weight": ("BF16", [129280, 7168]), "lm_head.weight": ("BF16", [129280, 7168]),
+        "model.layers.0.self_attn.kv_a_proj_with_mqa.weight": ("F8_E4M3", [576, 7168]),
+        "model.layers.3.mlp.experts.0.up_proj.weight": ("F8_E4M3", [2048, 7168]),
+        "model.layers.61.embed_tokens.weight": ("BF16", [129280, 7168]),
+        "model.layers.61.mlp.experts.0.up_proj.weight": ("F8_E4M3", [2048, 7168]),
+    })
+    spec = spec_from_source(str(d))
+    assert spec.file_weight_bytes.model_dump() == {"source": "safetensors", "embedding": 1_853_358_080,
+                                                   "lm_head": 1_853_358_080, "body": 576 * 7168,
+                                                   "routed_experts": 2048 * 7168}
+    skipped = 1_853_358_080 + 2048 * 7168
+    assert (f"weight bytes leave out 2 tensor(s) of layers past num_hidden_layers (61; multi-token prediction, "
+            f"{skipped:,} bytes), which serving does not load") in spec.notes
