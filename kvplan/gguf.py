@@ -152,6 +152,12 @@ class GGUFHeader:
         """Elements over every tensor: exact, whatever the quantization."""
         return sum(t.numel for t in self.tensors)
 
+    @property
+    def num_bytes(self) -> Optional[int]:
+        """Tensor data bytes over every tensor (whole ggml blocks); None when a type is unknown."""
+        sizes = [t.num_bytes for t in self.tensors]
+        return None if None in sizes else sum(sizes)
+
     def tensor_types(self) -> dict[str, TypeTotal]:
         """Tensors, elements and bytes per ggml type (e.g. {'Q4_K': ..., 'F32': ...})."""
         acc: dict[str, list] = {}
@@ -498,6 +504,8 @@ def spec_fields_from_gguf(header: GGUFHeader) -> tuple[dict[str, Any], list[str]
     types = ", ".join(f"{k} {v.tensors}" for k, v in header.tensor_types().items())
     notes.append(f"parameters: every tensor's elements from the header ({len(header.tensors)} tensors: {types})")
     fields["file_weight_bytes"] = {"source": "gguf", **weight_bytes_from_gguf(header)}
+    by_type = ", ".join(f"{k} {v.num_bytes:,}" for k, v in header.tensor_types().items())
+    notes.append(f"weight bytes from the header: {header.num_bytes:,} ({by_type})")
     return fields, notes
 
 

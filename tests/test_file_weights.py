@@ -160,6 +160,10 @@ def test_llama_q4_k_m_bytes_are_the_tensors_data(llama_q4_k_m):
     assert spec.num_parameters == LLAMA_PARAMS == 8_030_261_312
     fw = spec.file_weight_bytes
     assert (fw.source, fw.embedding, fw.lm_head, fw.body, fw.routed_experts) == ("gguf", LLAMA_EMBED, LLAMA_HEAD, LLAMA_BODY, 0)
+    # F32: 32 x 2 norms + output_norm of 4,096, rope_freqs 64; Q6_K: output + 16 x (v + down); Q4_K the rest
+    f32 = (65 * H + 64) * 4
+    q6 = LLAMA_HEAD + 16 * (Q6K(H * KV) + Q6K(FF * H))
+    assert f"weight bytes from the header: 4,912,898,304 (F32 {f32:,}, Q4_K {LLAMA_TOTAL - f32 - q6:,}, Q6_K {q6:,})" in spec.notes
 
 
 def test_llama_q4_k_m_estimate_sizes_the_file_not_16_bit(capsys, llama_q4_k_m):
