@@ -209,7 +209,7 @@ def run_check(path: Path, where: str) -> CheckReport:
     try:
         plan = PlanFile.model_validate(data)
     except ValidationError as exc:
-        raise InputError(_by_line(_plain(format_validation_error(exc, where, line_of, list(data))))) from None
+        raise InputError(_by_line(_plain(format_validation_error(exc, where, line_of, list(data), PlanFile)))) from None
     problems = []
     for i, first, label in duplicate_labels(plan):
         loc = ("deployments", i, "name")
@@ -663,7 +663,7 @@ def _spec_at_revision(path: Path, ref: str, rev: str):
     try:
         return ModelSpec.model_validate(data)
     except ValidationError as exc:
-        raise InputError(format_validation_error(exc, where, line_of, list(data))) from None
+        raise InputError(format_validation_error(exc, where, line_of, list(data), ModelSpec)) from None
 
 
 def _parse_yaml_text(text: str, where: str):

@@ -443,7 +443,12 @@ def test_output_to_a_missing_folder_is_bad_input(tmp_path, capsys):
         ("state_dtype: fp9", "min_concurrent_sequences: 1", "deployments.0.state_dtype: unknown state dtype 'fp9'"),
         ("gpu_memory_utilization: 1.5", "min_concurrent_sequences: 1",
          "deployments.0.gpu_memory_utilization: Input should be less than or equal to 1"),
-        ("", "max_bytes: 3", "deployments.0.budgets.max_bytes: unknown field"),
+        ("", "max_bytes: 3", "deployments.0.budgets.max_bytes: unknown field"),  # nothing close: no guess
+        ("", "min_concurent_sequences: 3",
+         "deployments.0.budgets.min_concurent_sequences: unknown field; did you mean 'min_concurrent_sequences'?"),
+        ("gpuu: h100-sxm", "min_concurrent_sequences: 1", "deployments.0.gpuu: unknown field; did you mean 'gpu'?"),
+        ("kv_cache_dtpye: fp8", "min_concurrent_sequences: 1",
+         "deployments.0.kv_cache_dtpye: unknown field; did you mean 'kv_cache_dtype'?"),
         ("", "max_kv_bytes_per_token: 12 parsecs",
          "deployments.0.budgets.max_kv_bytes_per_token: '12 parsecs' is not a size; write bytes or a number with a unit, e.g. 5GiB or 80GB"),
         ("", "max_kv_bytes_per_token: 1.5", "deployments.0.budgets.max_kv_bytes_per_token: Input should be a valid integer"),
@@ -624,7 +629,7 @@ def test_github_format_annotates_an_invalid_plan(tmp_path, capsys):
         ("deployments:\n  - just a string\n", "plan.yaml:2: deployments.0: expected a mapping of deployment keys (model, gpu, context, budgets, ...)"),
         ("- model: x\n", "plan.yaml: expected a mapping with a `deployments:` list at the top level"),
         ("version: 2\ndeployments: []\n", "plan.yaml:1: version: Input should be 1"),
-        ("deployment: []\n", "plan.yaml:1: deployment: unknown field"),
+        ("deployment: []\n", "plan.yaml:1: deployment: unknown field; did you mean 'deployments'?"),
     ],
 )
 def test_a_malformed_file_is_bad_input(tmp_path, capsys, text, expected):

@@ -227,7 +227,9 @@ vocab_size: 100
     "extra, message",
     [
         ("num_key_value_heads: 3\n", "my-model.yaml:6: num_attention_heads (4) must be a multiple of num_key_value_heads (3)"),
-        ("num_kv_heads: 2\n", "my-model.yaml:8: num_kv_heads: unknown field"),
+        ("num_kv_heads: 2\n", "my-model.yaml:8: num_kv_heads: unknown field; did you mean 'num_key_value_heads'?\n"),
+        ("num_hiden_layers: 2\n", "my-model.yaml:8: num_hiden_layers: unknown field; did you mean 'num_hidden_layers'?\n"),
+        ("colour: blue\n", "my-model.yaml:8: colour: unknown field\n"),  # nothing close: no guess
         ("sliding_window: 0\n", "my-model.yaml:8: sliding_window: Input should be greater than 0"),
         ("sliding_window: -5\n", "my-model.yaml:8: sliding_window: Input should be greater than 0"),
         ("layer_types: [full_attention, sliding_attention]\n", "my-model.yaml:8: layer_types has sliding_attention layers but sliding_window is not set"),
