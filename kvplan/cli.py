@@ -49,11 +49,10 @@ StateDtypeOpt = Annotated[Optional[str], typer.Option("--state-dtype", help="Ele
 
 def parse_int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
     """'1024,8k,1.5k' -> [1024, 8192, 1536]; k = 1024 (kvplan.units.parse_count)."""
-    from kvplan.units import NotWholeError, parse_count
+    from kvplan.units import NotWholeError, parse_count, split_list
 
     values = []
-    for part in str(text).split(","):
-        part = part.strip()
+    for part in split_list(text, flag):
         try:
             value = parse_count(part)
         except NotWholeError as exc:
@@ -63,8 +62,6 @@ def parse_int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
         if value < minimum:
             raise InputError(f"{flag} {text!r}: values must be at least {minimum}")
         values.append(value)
-    if not values:
-        raise InputError(f"{flag} needs at least one value")
     return values
 
 
@@ -84,8 +81,11 @@ def warn_beyond_positions(spec, tokens: int, what_happens: str, flag: str = "--c
         sys.stderr.write(f"warning: {flag} {tokens:,} exceeds {spec.name}'s max_position_embeddings ({limit:,}); {what_happens}\n")
 
 
-def parse_str_list(text: str) -> list[str]:
-    return [p.strip() for p in str(text).split(",") if p.strip()]
+def parse_str_list(text: str, flag: str, choices: tuple[str, ...] = ()) -> list[str]:
+    """'h100-sxm,h200' -> ['h100-sxm', 'h200']; an empty entry is refused (kvplan.units.split_list)."""
+    from kvplan.units import split_list
+
+    return split_list(text, flag, choices)
 
 
 def _print_version(value: bool) -> None:
@@ -222,9 +222,7 @@ def estimate(
 
     if block_size is not None and block_size < 1:
         raise InputError(f"--block-size must be a positive number of tokens, got {block_size}")
-    dtypes = parse_str_list(kv_cache_dtype)
-    if not dtypes:
-        raise InputError("--kv-cache-dtype needs at least one format")
+    dtypes = parse_str_list(kv_cache_dtype, "--kv-cache-dtype")
     formats = [deploy.kv_formats(spec, d, state_dtype) for d in dtypes]  # (K/V pair, state format)
     if engine == "vllm":  # a format vLLM's argparse refuses is bad input there, and here
         for d in dtypes:
@@ -232,7 +230,7 @@ def estimate(
             if problem:
                 raise InputError(problem)
     effective_block = block_size or deploy.default_block_size(spec, engine)
-    gpu_names = parse_str_list(gpu) if gpu else []
+    gpu_names = parse_str_list(gpu, "--gpu") if gpu is not None else []
     plan_flags = any(
         v is not None
         for v in (gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops, requests_per_s, calibration,
@@ -294,7 +292,7 @@ def _check_svg(svg: str, fmt: OutputFormat, force: bool, model: str, gpu: Option
 
     def inputs():  # read only when --svg names an existing file
         yield from outputs.model_inputs(model, "estimated")
-        yield from outputs.file_inputs(parse_str_list(gpu) if gpu else [], "the --gpu file")
+        yield from outputs.file_inputs(parse_str_list(gpu, "--gpu") if gpu is not None else [], "the --gpu file")
         yield from outputs.file_inputs([calibration], "the --calibration report")
 
     outputs.check_output(svg, "--svg", outputs.SVG, inputs=inputs(), force=force)

@@ -351,14 +351,12 @@ def estimate_profile(spec, engine: str, *, contexts, batches, tps, kv_cache_dtyp
         state_format = parse_state_format(state_dtype) if state_dtype else None
     except UnknownFormatError as exc:
         raise InputError(f"--state-dtype: {exc}") from None
-    kv_dtypes = parse_str_list(kv_cache_dtype)
-    if not kv_dtypes:
-        raise InputError("--kv-cache-dtype needs at least one format")
+    kv_dtypes = parse_str_list(kv_cache_dtype, "--kv-cache-dtype")
     devices = []
     if gpu is not None or gpu_memory is not None:
         from kvplan.gpus import gpu_from_options
 
-        names = parse_str_list(gpu) if gpu else [None]
+        names = parse_str_list(gpu, "--gpu") if gpu is not None else [None]
         devices = [gpu_from_options(g, gpu_memory, None if g else 1.0, None, None) for g in names]
     activation = parse_bytes(activation_memory, "--activation-memory") if activation_memory else None
     non_torch = parse_bytes(non_torch_memory, "--non-torch-memory") if non_torch_memory else None
@@ -452,9 +450,7 @@ def register(app: typer.Typer) -> None:
 
         prompt_tokens = token_flag(prompt_tokens, "--prompt-tokens")
         check_workload(contexts[0], prompt_tokens=prompt_tokens)
-        names = tuple(parse_str_list(engines))
-        if not names:
-            raise InputError(f"--engines {engines!r} names no engine; give a comma list of {', '.join(ALL_ENGINES)}")
+        names = tuple(parse_str_list(engines, "--engines", tuple(ALL_ENGINES)))
         # a name no engine takes ('fp4') is refused here, as estimate refuses it; each engine then accepts
         # or refuses a name it may not have (f16, q8_0) itself
         pair = ideal_format(kv_cache_dtype, spec.dtype)

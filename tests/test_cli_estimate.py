@@ -410,3 +410,48 @@ def test_roofline_flags_under_an_engine_profile_are_refused_not_ignored(capsys, 
         f"error: {flag}: `estimate --engine sglang` shows that engine's cache and capacity only; latency, cost and "
         "workload sizing are kvplan's roofline (`--engine vllm` or `ideal`), or `kvplan check` budgets under engine: sglang\n"
     )
+
+
+# One rule for every comma-list flag (kvplan.units.split_list): an empty entry is refused with the flag
+# named, never skipped. Issue #11: `--gpu h100-sxm,` was accepted while `--context 8k,,16k` was refused.
+LIST_FLAGS = [
+    ("estimate", "--context", "8k"),
+    ("estimate", "--batch", "4"),
+    ("estimate", "--tp", "1"),
+    ("estimate", "--kv-cache-dtype", "fp8"),
+    ("estimate", "--gpu", "h100-sxm"),
+    ("compare", "--context", "8k"),
+    ("compare", "--engines", "vllm"),
+    ("measure", "--context", "1k"),
+    ("measure", "--batch", "1"),
+]
+SHOWN_AS = {"--tp": "--tensor-parallel-size"}  # the message names the flag by its long name
+
+
+@pytest.mark.parametrize("command, flag, value", LIST_FLAGS)
+@pytest.mark.parametrize(
+    "template, problem",
+    [
+        ("{v},", "entry 2 of 2 is empty; remove the stray comma"),
+        ("{v},,{v}", "entry 2 of 3 is empty; remove the stray comma"),
+        (",{v}", "entry 1 of 2 is empty; remove the stray comma"),
+        ("{v}, ,{v}", "entry 2 of 3 is empty; remove the stray comma"),
+    ],
+)
+def test_every_list_flag_refuses_an_empty_entry_alike(capsys, command, flag, value, template, problem):
+    text = template.format(v=value)
+    r = run_cli(capsys, command, "llama-3.1-8b", flag, text)
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {SHOWN_AS.get(flag, flag)} {text!r}: {problem}\n")
+
+
+@pytest.mark.parametrize("command, flag, value", LIST_FLAGS)
+def test_every_list_flag_refuses_an_empty_value_alike(capsys, command, flag, value):
+    r = run_cli(capsys, command, "llama-3.1-8b", flag, "")
+    of = "ideal, vllm, hf, llama.cpp, sglang, trtllm" if flag == "--engines" else "values"
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {SHOWN_AS.get(flag, flag)} '': is empty; give a value, or a comma list of {of}\n")
+
+
+def test_spaces_around_list_entries_are_allowed(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--context", " 8k , 16k ", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert [row["context"] for row in json.loads(r.stdout)] == [8192, 16384]

@@ -216,8 +216,8 @@ FORMAT_HELP = ("fp32, fp16, bf16, fp8, fp8_e4m3, fp8_e5m2, int8, fp8_per_token_h
         (["--kv-cache-dtype", "fp4"], f"--kv-cache-dtype: unknown KV cache dtype 'fp4'; use one of: {FORMAT_HELP}"),
         (["--kv-cache-dtype", "q8_0/FP4"], f"--kv-cache-dtype: unknown KV cache dtype 'FP4'; use one of: {FORMAT_HELP}"),
         (["--kv-cache-dtype", "q8_0/q4_0/f16"], "--kv-cache-dtype: 'q8_0/q4_0/f16': write one format, or K/V as in q8_0/q4_0"),
-        (["--engines", ""], "--engines '' names no engine; give a comma list of ideal, vllm, hf, llama.cpp, sglang, trtllm"),
-        (["--engines", " , "], "--engines ' , ' names no engine; give a comma list of ideal, vllm, hf, llama.cpp, sglang, trtllm"),
+        (["--engines", ""], "--engines '': is empty; give a value, or a comma list of ideal, vllm, hf, llama.cpp, sglang, trtllm"),
+        (["--engines", " , "], "--engines ' , ': entry 1 of 2 is empty; remove the stray comma"),
     ],
 )
 def test_compare_refuses_what_no_engine_takes_up_front(capsys, args, message):
