@@ -236,12 +236,18 @@ def estimate(
         for v in (gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops, requests_per_s, calibration,
                   prompt_tokens, output_tokens, bandwidth_efficiency, compute_efficiency)
     )
+    def cache_layout(pair, state, t: int) -> CacheLayout:
+        """The layout at the block size the engine pages with: vLLM raises it for a hybrid SSM model."""
+        layout = CacheLayout(spec, pair, block_size=effective_block, tp=t, pp=pp, state_format=state)
+        if engine != "vllm" or effective_block == 1:
+            return layout
+        from kvplan.vllm_rules import attention_block_size
+
+        used = attention_block_size(layout, effective_block)
+        return layout if used == effective_block else CacheLayout(spec, pair, block_size=used, tp=t, pp=pp, state_format=state)
+
     if not gpu_names and not plan_flags:
-        layouts = [
-            CacheLayout(spec, pair, block_size=effective_block, tp=t, pp=pp, state_format=state)
-            for pair, state in formats
-            for t in tps
-        ]
+        layouts = [cache_layout(pair, state, t) for pair, state in formats for t in tps]
         results = [layout.at(c, b).to_dict() for layout in layouts for c in contexts for b in batches]
         _render_estimates(results, fmt, exact, svg)
         return
@@ -262,11 +268,11 @@ def estimate(
             bw_eff = deploy.calibrated_efficiency(calibration, g)
         for pair, state in formats:
             for t in tps:
-                layout = CacheLayout(spec, pair, block_size=effective_block, tp=t, pp=pp, state_format=state)
+                layout = cache_layout(pair, state, t)
                 for c in contexts:
                     for b in batches:
                         opts = deploy.plan_options(
-                            spec, context=c, batch=b, tp=t, pp=pp, engine=engine, block_size=effective_block,
+                            spec, context=c, batch=b, tp=t, pp=pp, engine=engine, block_size=layout.block_size,
                             dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                             activation_memory=activation_memory, non_torch_memory=non_torch_memory,
                             max_num_batched_tokens=max_num_batched_tokens, bandwidth_efficiency=bw_eff,

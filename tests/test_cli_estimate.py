@@ -455,3 +455,25 @@ def test_spaces_around_list_entries_are_allowed(capsys):
     r = run_cli(capsys, "estimate", "llama-3.1-8b", "--context", " 8k , 16k ", "-f", "json")
     assert r.exit_code == 0, r.stderr
     assert [row["context"] for row in json.loads(r.stdout)] == [8192, 16384]
+
+
+@pytest.mark.parametrize("gpu", [(), ("--gpu", "h200")])
+def test_jamba_header_shows_the_block_vllm_pages_attention_with(capsys, gpu):
+    # Issue #11: the header said "16-token blocks" while the note said vLLM raised the block to 80.
+    # By hand (vllm/platforms/interface.py _align_hybrid_block_size): a Jamba state layer holds
+    # (conv 8,192 x 3 + ssm 8,192 x 16) x 2 B = 311,296 B; an attention token-page 8 KV heads x 128
+    # x (K + V) x 2 B = 4,096 B; block = 16 x ceil(311,296 / (16 x 4,096)) = 16 x 5 = 80 tokens.
+    r = run_cli(capsys, "estimate", "jamba-v0.1", *gpu)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.splitlines()[0].split(" · ")[4] == "80-token blocks"
+    assert "16-token" not in r.stdout
+    data = json.loads(run_cli(capsys, "estimate", "jamba-v0.1", *gpu, "-f", "json").stdout)
+    # 8,192 tokens in 80-token blocks: ceil(8192 / 80) = 103 blocks = 8,240 tokens, 48 of them padding,
+    # on 4 attention layers of 4,096 B per token: 48 x 4 x 4,096 = 786,432 B
+    assert (data["block_size"], data["paging_bytes"]) == (80, 786_432)
+
+
+def test_an_explicit_block_size_vllm_keeps_is_shown_as_given(capsys):
+    # 96 >= 80: vLLM keeps it (alignment max(16, 96) = 96; 96 x ceil(311,296 / (96 x 4,096)) = 96)
+    data = json.loads(run_cli(capsys, "estimate", "jamba-v0.1", "--block-size", "96", "-f", "json").stdout)
+    assert data["block_size"] == 96
