@@ -251,7 +251,7 @@ def estimate(
         results = [layout.at(c, b).to_dict() for layout in layouts for c in contexts for b in batches]
         _render_estimates(results, fmt, exact, svg)
         return
-    from kvplan.gpus import gpu_from_options
+    from kvplan.gpus import gpu_from_options, override_label
     from kvplan.planner import Planner
 
     gpus = [gpu_from_options(g, gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops) for g in (gpu_names or [None])]
@@ -260,7 +260,7 @@ def estimate(
     single = len(gpus) * len(formats) * len(tps) * len(contexts) * len(batches) == 1
     rows = []
     for g in gpus:
-        figures = deploy.gpu_figures(g)
+        figures = deploy.gpu_figures(g, override_label(g, gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops))
         bw_eff = bandwidth_efficiency
         if bw_eff is not None and calibration is not None:
             raise InputError("--calibration and --bandwidth-efficiency both set the decode bandwidth efficiency; give one")

@@ -56,7 +56,7 @@ def engine_options(kv_cache_dtype: str, **flags) -> dict:
 
 
 def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[str], activation: Optional[int],
-                  non_torch: Optional[int]):
+                  non_torch: Optional[int], label: Optional[str] = None):
     """The GPU and what besides the KV cache sits on it, for the engines' budget rules."""
     from kvplan.engines import MemoryInputs
     from kvplan.planner import (
@@ -80,16 +80,16 @@ def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[s
         act, source = activation, "--activation-memory"
     if non_torch is None:
         non_torch = DEFAULT_NON_TORCH_BYTES_TP if tp > 1 else DEFAULT_NON_TORCH_BYTES
-    return MemoryInputs(gpu.name, gpu.memory_bytes, weights, non_torch, act, source)
+    return MemoryInputs(label or gpu.name, gpu.memory_bytes, weights, non_torch, act, source)
 
 
 def planner_capacity(spec, gpu, fmt, state, *, context: int, batch: int, tp: int, weights_dtype, activation,
-                     non_torch, vllm_block_size=None):
+                     non_torch, vllm_block_size=None, label: Optional[str] = None):
     """ideal / vLLM capacity from kvplan.planner, as EngineCapacity."""
     from kvplan.engines import EngineCapacity
     from kvplan.planner import Engine, GPUFigures, Planner, PlanOptions
 
-    figures = GPUFigures(gpu.name, gpu.memory_bytes, gpu.memory_bandwidth_gbps, gpu.bf16_tflops, gpu.fp8_tflops,
+    figures = GPUFigures(label or gpu.name, gpu.memory_bytes, gpu.memory_bandwidth_gbps, gpu.bf16_tflops, gpu.fp8_tflops,
                          gpu.usd_per_hour)
 
     def build(name: str):
@@ -101,7 +101,7 @@ def planner_capacity(spec, gpu, fmt, state, *, context: int, batch: int, tp: int
                        state_format=state).plan()
         rule = ("vLLM determine_available_memory: KV = total x gpu_memory_utilization - weights - activations "
                 "- non-torch")
-        return EngineCapacity(name, gpu.name, gpu.memory_bytes, plan.weights_bytes_per_gpu, rule,
+        return EngineCapacity(name, label or gpu.name, gpu.memory_bytes, plan.weights_bytes_per_gpu, rule,
                               plan.kv_budget_bytes_per_gpu, plan.vllm_kv_cache_tokens, plan.max_concurrent_sequences,
                               plan.fits, tuple(plan.vllm_log), (), tuple(plan.notes),
                               {"gpu_memory_utilization": plan.gpu_memory_utilization, "block_size": plan.block_size})
@@ -354,7 +354,7 @@ def estimate_profile(spec, engine: str, *, contexts, batches, tps, kv_cache_dtyp
     kv_dtypes = parse_str_list(kv_cache_dtype, "--kv-cache-dtype")
     devices = []
     if gpu is not None or gpu_memory is not None:
-        from kvplan.gpus import gpu_from_options
+        from kvplan.gpus import gpu_from_options, override_label
 
         names = parse_str_list(gpu, "--gpu") if gpu is not None else [None]
         devices = [gpu_from_options(g, gpu_memory, None if g else 1.0, None, None) for g in names]
@@ -377,7 +377,8 @@ def estimate_profile(spec, engine: str, *, contexts, batches, tps, kv_cache_dtyp
                         cap = None
                         if device is not None:
                             mem = memory_inputs(spec, device, context=c, tp=tp, weights_dtype=dtype,
-                                                activation=activation, non_torch=non_torch)
+                                                activation=activation, non_torch=non_torch,
+                                                label=override_label(device, gpu_memory, None, None))
                             cap = module.capacity(spec, c, b, eopts, mem, **kwargs)
                         results.append((cache, cap))
     render_engine(results, fmt, exact, svg)
@@ -473,16 +474,17 @@ def register(app: typer.Typer) -> None:
                               trtllm=opts_by_engine["trtllm"])
         memory = factory = None
         if gpu is not None or gpu_memory is not None:
-            from kvplan.gpus import gpu_from_options
+            from kvplan.gpus import gpu_from_options, override_label
 
             # compare reports memory only: a flag-built GPU needs a bandwidth, which nothing here reads
             device = gpu_from_options(gpu, gpu_memory, None if gpu else 1.0, None, None)
             activation = parse_bytes(activation_memory, "--activation-memory") if activation_memory else None
             non_torch = parse_bytes(non_torch_memory, "--non-torch-memory") if non_torch_memory else None
+            label = override_label(device, gpu_memory, None, None)
             memory = memory_inputs(spec, device, context=contexts[0], tp=tp, weights_dtype=dtype,
-                                   activation=activation, non_torch=non_torch)
+                                   activation=activation, non_torch=non_torch, label=label)
             factory = planner_capacity(spec, device, pair, state, context=contexts[0], batch=batch, tp=tp,
                                        weights_dtype=dtype, activation=activation, non_torch=non_torch,
-                                       vllm_block_size=block_size)
+                                       vllm_block_size=block_size, label=label)
         result = run_compare(spec, opts, pair, state, memory=memory, planner_factory=factory)
         render_comparison(result, fmt, exact)

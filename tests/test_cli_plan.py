@@ -349,3 +349,28 @@ def test_a_batch_too_large_for_any_context_says_so_not_that_the_weights_leave_no
     data = json.loads(run_cli(capsys, *args, "-f", "json").stdout)
     assert data["vllm_kv_cache_tokens"] == 453_952 and data["max_concurrent_sequences"] == 55
     assert data["suggestions"] == would
+
+
+def test_gpu_overrides_label_every_row_they_change(capsys):
+    # Issue #11: --gpu-memory 40GiB changed both rows but they still read h100-sxm and h200.
+    args = ("estimate", "llama-3.1-70b", "--gpu", "h100-sxm,h200", "--gpu-memory", "40GiB", "--tp", "4")
+    rows = json.loads(run_cli(capsys, *args, "-f", "json").stdout)
+    assert [(r["gpu"], r["gpu_memory_bytes"]) for r in rows] == [
+        ("h100-sxm (40.00 GiB)", 40 * 2**30), ("h200 (40.00 GiB)", 40 * 2**30)]
+    r = run_cli(capsys, *args, "-f", "csv")
+    assert "h100-sxm (40.00 GiB)" in r.stdout and "h200 (40.00 GiB)" in r.stdout
+    md = run_cli(capsys, *args, "-f", "markdown").stdout
+    assert "| h100-sxm (40.00 GiB) |" in md and "| h200 (40.00 GiB) |" in md
+    # the price and bandwidth overrides are named too; an untouched GPU keeps its plain name
+    data = json.loads(run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--gpu-bandwidth", "2000",
+                              "--usd-per-hour", "2", "-f", "json").stdout)
+    assert data["gpu"] == "h100-sxm (2,000 GB/s, $2.00/h)"
+    assert json.loads(run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-f", "json").stdout)["gpu"] == "h100-sxm"
+
+
+@pytest.mark.parametrize("command", [("compare", "llama-3.1-8b"), ("estimate", "llama-3.1-8b", "--engine", "llama.cpp")])
+def test_gpu_memory_override_is_labelled_in_compare_and_engine_profiles(capsys, command):
+    r = run_cli(capsys, *command, "--gpu", "h100-sxm", "--gpu-memory", "40GiB", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    gpus = {line.strip() for line in r.stdout.splitlines() if line.strip().startswith('"gpu":')}
+    assert gpus == {'"gpu": "h100-sxm (40.00 GiB)",'}
