@@ -326,9 +326,7 @@ def _render_estimates(results: list[dict], fmt: OutputFormat, exact: bool, svg: 
         if single:
             est = results[0]
             out.print(render.rich_table(render.estimate_header(est), render.KIND_HEADERS, render.estimate_kind_rows(est, exact)))
-            width = max(len(k) for k, _ in render.estimate_summary_lines(est, exact))
-            for key, value in render.estimate_summary_lines(est, exact):
-                out.print(f"{key:<{width}}  {value}")
+            render.print_pairs(out, render.estimate_summary_lines(est, exact))
         else:
             first = results[0]
             title = f"{first['model']} · {len(results)} combinations · {first['block_size']}-token blocks"

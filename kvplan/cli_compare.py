@@ -147,7 +147,11 @@ def _delta(row, exact: bool) -> str:
 
 COMPARE_HEADERS = ["engine", "KV dtype", "tokens held / seq / layer", "KV bytes", "vs ideal", "why it differs",
                    "the engine logs", "refusals"]
-CAPACITY_HEADERS = ["KV budget/GPU", "max seqs", "fits"]
+CAPACITY_HEADERS = ["KV budget / GPU", "max seqs", "fits"]
+# The terminal table: the figures only; why, logs and refusals are notes under it (compare_notes),
+# so the table reads at 100 columns (Markdown keeps every column: a review page scrolls sideways).
+TABLE_HEADERS = ["engine", "KV dtype", "tokens held / seq / layer", "KV bytes", "vs ideal"]
+TEXT_COLUMNS = (5, 6, 7)  # why, logs, refusals in compare_rows
 
 
 def compare_rows(comparison, exact: bool) -> list[list[str]]:
@@ -167,6 +171,19 @@ def compare_rows(comparison, exact: bool) -> list[list[str]]:
                 row[7] = "\n".join(list(c.refusals) + list(cap.refusals))
         out.append(row)
     return out
+
+
+def compare_table_and_notes(rows: list[list[str]]) -> tuple[list[list[str]], list[tuple[str, str]]]:
+    """compare_rows split for a terminal: the table's rows (figures only), and the notes under it,
+    keyed by engine: why it differs from the ideal cache, each log line, each refusal."""
+    table, notes = [], []
+    for row in rows:
+        why, logs, refusals = (row[i] for i in TEXT_COLUMNS)
+        table.append(row[:5] + row[8:])
+        notes.append((row[0], why))
+        notes += [("", f"log: {line}") for line in logs.splitlines() if logs != "—"]
+        notes += [("", f"refuses: {line}") for line in refusals.splitlines() if refusals != "—"]
+    return table, notes
 
 
 def csv_records(comparison) -> list[dict]:
@@ -206,17 +223,13 @@ def render_comparison(comparison, fmt: OutputFormat, exact: bool) -> None:
         md_rows = [[cell.replace("\n", "<br>") for cell in row] for row in rows]
         render.write(f"**{title}**\n\n" + render.markdown_table(headers, md_rows))
         return
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left", header_style="bold", show_lines=True)
-    for i, h in enumerate(headers):
-        table.add_column(h, justify="right" if h in ("KV bytes", "vs ideal", "max seqs") else "left",
-                         overflow="fold", no_wrap=False)
-    for row in rows:
-        table.add_row(*row)
     out = render.console()
-    out.width = max(out.width or 0, 200)
-    out.print(table)
+    table_rows, notes = compare_table_and_notes(rows)
+    right = ("KV bytes", "vs ideal", "KV budget / GPU", "max seqs")
+    out.print(render.rich_table(title, TABLE_HEADERS + (CAPACITY_HEADERS if comparison.gpu else []), table_rows,
+                                right_from=len(TABLE_HEADERS) + 9, right=right))
+    out.print("Why each engine differs from the ideal cache, what it logs, what it refuses:", markup=False)
+    render.print_pairs(out, notes)
 
 
 def engine_report_lines(cache, capacity, exact: bool) -> list[tuple[str, str]]:
@@ -321,9 +334,7 @@ def render_engine(results: list[tuple], fmt: OutputFormat, exact: bool, svg: Opt
         out.print(render.rich_table(title, ENGINE_KIND_HEADERS, engine_kind_rows(cache, exact)))
     else:
         out.print(title)
-    width = max(len(k) for k, _ in lines)
-    for key, value in lines:
-        out.print(f"{key:<{width}}  {value}", markup=False, soft_wrap=True)  # log lines stay whole
+    render.print_pairs(out, lines)  # a long log line wraps at spaces, indented under its start
     if svg:
         render.save_svg(out, svg)
 

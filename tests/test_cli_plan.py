@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cli_helpers import run_cli
+from cli_helpers import pair_values, run_cli
 
 REQUIRED = [
     "gpu", "kv_budget_bytes_per_gpu", "weights_bytes_per_gpu", "max_concurrent_sequences", "max_context_tokens",
@@ -152,12 +152,18 @@ def test_model_that_does_not_fit_is_a_result_not_an_error(capsys):
 
 
 def plan_lines(stdout: str, *keys: str) -> dict[str, str]:
-    """The `key   value` lines of an estimate --gpu table, by key."""
+    """The `key   value` lines of an estimate --gpu table, by key (a value wrapped onto indented lines joined)."""
     out = {}
+    current = None
     for line in stdout.splitlines():
+        if current and line.startswith("  ") and line.strip() and not line.lstrip().startswith(("│", "┃")):
+            out[current] += " " + line.strip()
+            continue
+        current = None
         for key in keys:
             if line.startswith(key + "  "):
                 out[key] = line[len(key):].strip()
+                current = key
     return out
 
 
@@ -341,7 +347,7 @@ def test_a_batch_too_large_for_any_context_says_so_not_that_the_weights_leave_no
     r = run_cli(capsys, *args)
     assert r.exit_code == 0, r.stderr
     assert "weights alone" not in r.stdout
-    would = [line[len("would fit"):].strip() for line in r.stdout.splitlines() if line.startswith("would fit  ")]
+    would = pair_values(r.stdout, "would fit")
     assert would == [
         "--batch 55 is the most that fits at 8,192 tokens",
         "100,000 sequences fit at no context: the 55.42 GiB KV budget holds at most 28,372 sequences even of 1 token each",
