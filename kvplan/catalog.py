@@ -262,6 +262,13 @@ def _indexed_shape(name: str, path: Path) -> ModelShape | None:
     return ModelShape(entry["fields"])
 
 
+def broken_link(path: Path) -> str | None:
+    """'is a broken symbolic link to 'TARGET', which does not exist' when `path` is one; else None."""
+    if path.is_symlink() and not path.exists():
+        return f"is a broken symbolic link to {os.readlink(path)!r}, which does not exist"
+    return None
+
+
 def did_you_mean(name: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(name.lower(), choices, n=3, cutoff=0.5)
     if not close:
@@ -279,8 +286,8 @@ def resolve_spec(ref: str, *, fast: bool = False) -> "ModelSpec":
     if not ref.strip():  # Path("") is the current folder: name the empty argument instead
         raise InputError(f"MODEL is empty ({ref!r}); give a catalog name (`kvplan models`), a spec YAML, config.json, model folder, .gguf or cached hub id org/name")
     path = Path(ref).expanduser()
-    if path.is_symlink() and not path.exists():
-        raise InputError(f"{ref}: is a broken symbolic link to {os.readlink(path)!r}, which does not exist; point it at the model's files")
+    if broken_link(path):
+        raise InputError(f"{ref}: {broken_link(path)}; point it at the model's files")
     looks_like_path = ref.endswith((".yaml", ".yml")) or "/" in ref or path.exists()
     own_files = path.suffix.lower() in (".json", ".gguf")  # config.json / GGUF: kvplan.model_source
     if looks_like_path and path.is_file() and not own_files:

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kvplan.catalog import did_you_mean, load_model, read_yaml
+from kvplan.catalog import broken_link, did_you_mean, load_model, read_yaml
 from kvplan.errors import InputError
 from kvplan.units import fmt_bytes, gpu_memory_problem, parse_bytes, parse_gpu_memory
 
@@ -147,6 +147,8 @@ def resolve_gpu(name_or_path: str, catalog_path: Path = GPU_CATALOG_PATH) -> GPU
             return load_gpu_file(path)
         if path.is_dir():
             raise InputError(f"{ref}: is a folder, not a GPU YAML file")
+        if broken_link(path):
+            raise InputError(f"{ref}: {broken_link(path)}; point it at a GPU YAML file")
         raise InputError(f"{ref}: no such GPU file")
     found = _index(Path(catalog_path)).get(ref.lower())
     if found is not None:

@@ -253,3 +253,15 @@ def test_an_empty_model_says_model_is_empty(model, capsys):
     assert r.exit_code == 2
     assert r.stderr == (f"error: MODEL is empty ({model!r}); give a catalog name (`kvplan models`), a spec YAML, config.json, "
                         "model folder, .gguf or cached hub id org/name\n")
+
+
+@pytest.mark.parametrize("flag, fix", [("--gpu", "; point it at a GPU YAML file"), ("--calibration", "")])
+def test_a_broken_symlink_given_to_a_file_flag_is_named_as_one(tmp_path, capsys, flag, fix):
+    from cli_helpers import run_cli
+
+    link = tmp_path / "file.yaml"
+    link.symlink_to("gone.yaml")
+    extra = ("--gpu", "h100-sxm") if flag == "--calibration" else ()
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", flag, str(link), *extra)
+    shown = f"--calibration {link}" if flag == "--calibration" else str(link)
+    assert (r.exit_code, r.stderr) == (2, f"error: {shown}: is a broken symbolic link to 'gone.yaml', which does not exist{fix}\n")
