@@ -32,7 +32,10 @@ def read_calibration(path: str) -> Calibration:
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InputError(f"--calibration {path}: no such file") from None
+        from kvplan.catalog import broken_link
+
+        problem = broken_link(file)
+        raise InputError(f"--calibration {path}: {problem}" if problem else f"--calibration {path}: no such file") from None
     except IsADirectoryError:
         raise InputError(f"--calibration {path}: a folder, not a kvplan measure JSON report") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

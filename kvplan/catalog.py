@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -136,16 +137,42 @@ def read_yaml_text(text: str, where: str) -> tuple[Any, Callable[[tuple], int | 
     return data, line_of
 
 
+def _keys_at(model_cls: Any, loc: tuple) -> list[str]:
+    """The keys a pydantic model accepts at `loc` (a path of field names and list indices); [] when unknown."""
+    import typing
+
+    def models_in(annotation: Any) -> list[Any]:
+        if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+            return [annotation]
+        return [m for arg in typing.get_args(annotation) for m in models_in(arg)]
+
+    current: list[Any] = [model_cls]  # the candidate annotations at this depth
+    for part in loc:
+        if isinstance(part, int):  # a list or tuple entry: the element type is among the args
+            continue
+        found = []
+        for model in (m for a in current for m in models_in(a)):
+            field = model.model_fields.get(part) or next(
+                (f for f in model.model_fields.values() if f.alias == part), None
+            )
+            if field is not None:
+                found.append(field.annotation)
+        current = found
+    return sorted({f.alias or name for m in (m for a in current for m in models_in(a)) for name, f in m.model_fields.items()})
+
+
 def format_validation_error(
-    exc: "ValidationError", where: str, line_of: Callable[[tuple], int | None], field_names: list[str] = ()
+    exc: "ValidationError", where: str, line_of: Callable[[tuple], int | None], field_names: list[str] = (),
+    model_cls: Any = None,
 ) -> str:
-    """One `file:line: field: message` line per pydantic error."""
+    """One `file:line: field: message` line per pydantic error; an unknown key gets a "did you mean"."""
     out = []
     for err in exc.errors():
         loc = tuple(err["loc"])
         message = err["msg"]
         if err["type"] == "extra_forbidden":
-            message = "unknown field"
+            close = difflib.get_close_matches(str(loc[-1]), _keys_at(model_cls, loc[:-1]), n=1, cutoff=0.6) if model_cls and loc else []
+            message = f"unknown field; did you mean {close[0]!r}?" if close else "unknown field"
         elif err["type"] == "missing":
             message = "required field is missing"
         message = message.removeprefix("Value error, ")
@@ -175,7 +202,7 @@ def load_model(model_cls: type[M], path: Path, data: Any = None, line_of=None) -
         return model_cls.model_validate(data)
     except ValidationError as exc:
         raise InputError(
-            format_validation_error(exc, str(path), line_of or (lambda loc: None), list(data))
+            format_validation_error(exc, str(path), line_of or (lambda loc: None), list(data), model_cls)
         ) from None
 
 
@@ -235,6 +262,13 @@ def _indexed_shape(name: str, path: Path) -> ModelShape | None:
     return ModelShape(entry["fields"])
 
 
+def broken_link(path: Path) -> str | None:
+    """'is a broken symbolic link to 'TARGET', which does not exist' when `path` is one; else None."""
+    if path.is_symlink() and not path.exists():
+        return f"is a broken symbolic link to {os.readlink(path)!r}, which does not exist"
+    return None
+
+
 def did_you_mean(name: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(name.lower(), choices, n=3, cutoff=0.5)
     if not close:
@@ -249,7 +283,11 @@ def resolve_spec(ref: str, *, fast: bool = False) -> "ModelSpec":
     (same fields and derived sizes, no pydantic import); callers that need the
     pydantic model (model_dump(mode=...), model_copy) leave it False.
     """
+    if not ref.strip():  # Path("") is the current folder: name the empty argument instead
+        raise InputError(f"MODEL is empty ({ref!r}); give a catalog name (`kvplan models`), a spec YAML, config.json, model folder, .gguf or cached hub id org/name")
     path = Path(ref).expanduser()
+    if broken_link(path):
+        raise InputError(f"{ref}: {broken_link(path)}; point it at the model's files")
     looks_like_path = ref.endswith((".yaml", ".yml")) or "/" in ref or path.exists()
     own_files = path.suffix.lower() in (".json", ".gguf")  # config.json / GGUF: kvplan.model_source
     if looks_like_path and path.is_file() and not own_files:

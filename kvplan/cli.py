@@ -49,11 +49,10 @@ StateDtypeOpt = Annotated[Optional[str], typer.Option("--state-dtype", help="Ele
 
 def parse_int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
     """'1024,8k,1.5k' -> [1024, 8192, 1536]; k = 1024 (kvplan.units.parse_count)."""
-    from kvplan.units import NotWholeError, parse_count
+    from kvplan.units import NotWholeError, parse_count, split_list
 
     values = []
-    for part in str(text).split(","):
-        part = part.strip()
+    for part in split_list(text, flag):
         try:
             value = parse_count(part)
         except NotWholeError as exc:
@@ -63,8 +62,6 @@ def parse_int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
         if value < minimum:
             raise InputError(f"{flag} {text!r}: values must be at least {minimum}")
         values.append(value)
-    if not values:
-        raise InputError(f"{flag} needs at least one value")
     return values
 
 
@@ -84,8 +81,11 @@ def warn_beyond_positions(spec, tokens: int, what_happens: str, flag: str = "--c
         sys.stderr.write(f"warning: {flag} {tokens:,} exceeds {spec.name}'s max_position_embeddings ({limit:,}); {what_happens}\n")
 
 
-def parse_str_list(text: str) -> list[str]:
-    return [p.strip() for p in str(text).split(",") if p.strip()]
+def parse_str_list(text: str, flag: str, choices: tuple[str, ...] = ()) -> list[str]:
+    """'h100-sxm,h200' -> ['h100-sxm', 'h200']; an empty entry is refused (kvplan.units.split_list)."""
+    from kvplan.units import split_list
+
+    return split_list(text, flag, choices)
 
 
 def _print_version(value: bool) -> None:
@@ -222,9 +222,7 @@ def estimate(
 
     if block_size is not None and block_size < 1:
         raise InputError(f"--block-size must be a positive number of tokens, got {block_size}")
-    dtypes = parse_str_list(kv_cache_dtype)
-    if not dtypes:
-        raise InputError("--kv-cache-dtype needs at least one format")
+    dtypes = parse_str_list(kv_cache_dtype, "--kv-cache-dtype")
     formats = [deploy.kv_formats(spec, d, state_dtype) for d in dtypes]  # (K/V pair, state format)
     if engine == "vllm":  # a format vLLM's argparse refuses is bad input there, and here
         for d in dtypes:
@@ -232,22 +230,28 @@ def estimate(
             if problem:
                 raise InputError(problem)
     effective_block = block_size or deploy.default_block_size(spec, engine)
-    gpu_names = parse_str_list(gpu) if gpu else []
+    gpu_names = parse_str_list(gpu, "--gpu") if gpu is not None else []
     plan_flags = any(
         v is not None
         for v in (gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops, requests_per_s, calibration,
                   prompt_tokens, output_tokens, bandwidth_efficiency, compute_efficiency)
     )
+    def cache_layout(pair, state, t: int) -> CacheLayout:
+        """The layout at the block size the engine pages with: vLLM raises it for a hybrid SSM model."""
+        layout = CacheLayout(spec, pair, block_size=effective_block, tp=t, pp=pp, state_format=state)
+        if engine != "vllm" or effective_block == 1:
+            return layout
+        from kvplan.vllm_rules import attention_block_size
+
+        used = attention_block_size(layout, effective_block)
+        return layout if used == effective_block else CacheLayout(spec, pair, block_size=used, tp=t, pp=pp, state_format=state)
+
     if not gpu_names and not plan_flags:
-        layouts = [
-            CacheLayout(spec, pair, block_size=effective_block, tp=t, pp=pp, state_format=state)
-            for pair, state in formats
-            for t in tps
-        ]
+        layouts = [cache_layout(pair, state, t) for pair, state in formats for t in tps]
         results = [layout.at(c, b).to_dict() for layout in layouts for c in contexts for b in batches]
         _render_estimates(results, fmt, exact, svg)
         return
-    from kvplan.gpus import gpu_from_options
+    from kvplan.gpus import gpu_from_options, override_label
     from kvplan.planner import Planner
 
     gpus = [gpu_from_options(g, gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops) for g in (gpu_names or [None])]
@@ -256,7 +260,7 @@ def estimate(
     single = len(gpus) * len(formats) * len(tps) * len(contexts) * len(batches) == 1
     rows = []
     for g in gpus:
-        figures = deploy.gpu_figures(g)
+        figures = deploy.gpu_figures(g, override_label(g, gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops))
         bw_eff = bandwidth_efficiency
         if bw_eff is not None and calibration is not None:
             raise InputError("--calibration and --bandwidth-efficiency both set the decode bandwidth efficiency; give one")
@@ -264,11 +268,11 @@ def estimate(
             bw_eff = deploy.calibrated_efficiency(calibration, g)
         for pair, state in formats:
             for t in tps:
-                layout = CacheLayout(spec, pair, block_size=effective_block, tp=t, pp=pp, state_format=state)
+                layout = cache_layout(pair, state, t)
                 for c in contexts:
                     for b in batches:
                         opts = deploy.plan_options(
-                            spec, context=c, batch=b, tp=t, pp=pp, engine=engine, block_size=effective_block,
+                            spec, context=c, batch=b, tp=t, pp=pp, engine=engine, block_size=layout.block_size,
                             dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                             activation_memory=activation_memory, non_torch_memory=non_torch_memory,
                             max_num_batched_tokens=max_num_batched_tokens, bandwidth_efficiency=bw_eff,
@@ -294,7 +298,7 @@ def _check_svg(svg: str, fmt: OutputFormat, force: bool, model: str, gpu: Option
 
     def inputs():  # read only when --svg names an existing file
         yield from outputs.model_inputs(model, "estimated")
-        yield from outputs.file_inputs(parse_str_list(gpu) if gpu else [], "the --gpu file")
+        yield from outputs.file_inputs(parse_str_list(gpu, "--gpu") if gpu is not None else [], "the --gpu file")
         yield from outputs.file_inputs([calibration], "the --calibration report")
 
     outputs.check_output(svg, "--svg", outputs.SVG, inputs=inputs(), force=force)
@@ -322,9 +326,7 @@ def _render_estimates(results: list[dict], fmt: OutputFormat, exact: bool, svg: 
         if single:
             est = results[0]
             out.print(render.rich_table(render.estimate_header(est), render.KIND_HEADERS, render.estimate_kind_rows(est, exact)))
-            width = max(len(k) for k, _ in render.estimate_summary_lines(est, exact))
-            for key, value in render.estimate_summary_lines(est, exact):
-                out.print(f"{key:<{width}}  {value}")
+            render.print_pairs(out, render.estimate_summary_lines(est, exact))
         else:
             first = results[0]
             title = f"{first['model']} · {len(results)} combinations · {first['block_size']}-token blocks"

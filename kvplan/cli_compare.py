@@ -56,7 +56,7 @@ def engine_options(kv_cache_dtype: str, **flags) -> dict:
 
 
 def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[str], activation: Optional[int],
-                  non_torch: Optional[int]):
+                  non_torch: Optional[int], label: Optional[str] = None):
     """The GPU and what besides the KV cache sits on it, for the engines' budget rules."""
     from kvplan.engines import MemoryInputs
     from kvplan.planner import (
@@ -82,16 +82,16 @@ def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[s
         act, source = activation, "--activation-memory"
     if non_torch is None:
         non_torch = DEFAULT_NON_TORCH_BYTES_TP if tp > 1 else DEFAULT_NON_TORCH_BYTES
-    return MemoryInputs(gpu.name, gpu.memory_bytes, weights, non_torch, act, source, weights_source(spec, weights_dtype))
+    return MemoryInputs(label or gpu.name, gpu.memory_bytes, weights, non_torch, act, source, weights_source(spec, weights_dtype))
 
 
 def planner_capacity(spec, gpu, fmt, state, *, context: int, batch: int, tp: int, weights_dtype, activation,
-                     non_torch, vllm_block_size=None):
+                     non_torch, vllm_block_size=None, label: Optional[str] = None):
     """ideal / vLLM capacity from kvplan.planner, as EngineCapacity."""
     from kvplan.engines import EngineCapacity
     from kvplan.planner import Engine, GPUFigures, Planner, PlanOptions
 
-    figures = GPUFigures(gpu.name, gpu.memory_bytes, gpu.memory_bandwidth_gbps, gpu.bf16_tflops, gpu.fp8_tflops,
+    figures = GPUFigures(label or gpu.name, gpu.memory_bytes, gpu.memory_bandwidth_gbps, gpu.bf16_tflops, gpu.fp8_tflops,
                          gpu.usd_per_hour)
 
     def build(name: str):
@@ -103,7 +103,7 @@ def planner_capacity(spec, gpu, fmt, state, *, context: int, batch: int, tp: int
                        state_format=state).plan()
         rule = ("vLLM determine_available_memory: KV = total x gpu_memory_utilization - weights - activations "
                 "- non-torch")
-        return EngineCapacity(name, gpu.name, gpu.memory_bytes, plan.weights_bytes_per_gpu, rule,
+        return EngineCapacity(name, label or gpu.name, gpu.memory_bytes, plan.weights_bytes_per_gpu, rule,
                               plan.kv_budget_bytes_per_gpu, plan.vllm_kv_cache_tokens, plan.max_concurrent_sequences,
                               plan.fits, tuple(plan.vllm_log), (), tuple(plan.notes),
                               {"gpu_memory_utilization": plan.gpu_memory_utilization, "block_size": plan.block_size})
@@ -149,7 +149,11 @@ def _delta(row, exact: bool) -> str:
 
 COMPARE_HEADERS = ["engine", "KV dtype", "tokens held / seq / layer", "KV bytes", "vs ideal", "why it differs",
                    "the engine logs", "refusals"]
-CAPACITY_HEADERS = ["KV budget/GPU", "max seqs", "fits"]
+CAPACITY_HEADERS = ["KV budget / GPU", "max seqs", "fits"]
+# The terminal table: the figures only; why, logs and refusals are notes under it (compare_notes),
+# so the table reads at 100 columns (Markdown keeps every column: a review page scrolls sideways).
+TABLE_HEADERS = ["engine", "KV dtype", "tokens held / seq / layer", "KV bytes", "vs ideal"]
+TEXT_COLUMNS = (5, 6, 7)  # why, logs, refusals in compare_rows
 
 
 def compare_rows(comparison, exact: bool) -> list[list[str]]:
@@ -169,6 +173,19 @@ def compare_rows(comparison, exact: bool) -> list[list[str]]:
                 row[7] = "\n".join(list(c.refusals) + list(cap.refusals))
         out.append(row)
     return out
+
+
+def compare_table_and_notes(rows: list[list[str]]) -> tuple[list[list[str]], list[tuple[str, str]]]:
+    """compare_rows split for a terminal: the table's rows (figures only), and the notes under it,
+    keyed by engine: why it differs from the ideal cache, each log line, each refusal."""
+    table, notes = [], []
+    for row in rows:
+        why, logs, refusals = (row[i] for i in TEXT_COLUMNS)
+        table.append(row[:5] + row[8:])
+        notes.append((row[0], why))
+        notes += [("", f"log: {line}") for line in logs.splitlines() if logs != "—"]
+        notes += [("", f"refuses: {line}") for line in refusals.splitlines() if refusals != "—"]
+    return table, notes
 
 
 def csv_records(comparison) -> list[dict]:
@@ -208,17 +225,13 @@ def render_comparison(comparison, fmt: OutputFormat, exact: bool) -> None:
         md_rows = [[cell.replace("\n", "<br>") for cell in row] for row in rows]
         render.write(f"**{title}**\n\n" + render.markdown_table(headers, md_rows))
         return
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left", header_style="bold", show_lines=True)
-    for i, h in enumerate(headers):
-        table.add_column(h, justify="right" if h in ("KV bytes", "vs ideal", "max seqs") else "left",
-                         overflow="fold", no_wrap=False)
-    for row in rows:
-        table.add_row(*row)
     out = render.console()
-    out.width = max(out.width or 0, 200)
-    out.print(table)
+    table_rows, notes = compare_table_and_notes(rows)
+    right = ("KV bytes", "vs ideal", "KV budget / GPU", "max seqs")
+    out.print(render.rich_table(title, TABLE_HEADERS + (CAPACITY_HEADERS if comparison.gpu else []), table_rows,
+                                right_from=len(TABLE_HEADERS) + 9, right=right))
+    out.print("Why each engine differs from the ideal cache, what it logs, what it refuses:", markup=False)
+    render.print_pairs(out, notes)
 
 
 def engine_report_lines(cache, capacity, exact: bool) -> list[tuple[str, str]]:
@@ -324,9 +337,7 @@ def render_engine(results: list[tuple], fmt: OutputFormat, exact: bool, svg: Opt
         out.print(render.rich_table(title, ENGINE_KIND_HEADERS, engine_kind_rows(cache, exact)))
     else:
         out.print(title)
-    width = max(len(k) for k, _ in lines)
-    for key, value in lines:
-        out.print(f"{key:<{width}}  {value}", markup=False, soft_wrap=True)  # log lines stay whole
+    render.print_pairs(out, lines)  # a long log line wraps at spaces, indented under its start
     if svg:
         render.save_svg(out, svg)
 
@@ -354,14 +365,12 @@ def estimate_profile(spec, engine: str, *, contexts, batches, tps, kv_cache_dtyp
         state_format = parse_state_format(state_dtype) if state_dtype else None
     except UnknownFormatError as exc:
         raise InputError(f"--state-dtype: {exc}") from None
-    kv_dtypes = parse_str_list(kv_cache_dtype)
-    if not kv_dtypes:
-        raise InputError("--kv-cache-dtype needs at least one format")
+    kv_dtypes = parse_str_list(kv_cache_dtype, "--kv-cache-dtype")
     devices = []
     if gpu is not None or gpu_memory is not None:
-        from kvplan.gpus import gpu_from_options
+        from kvplan.gpus import gpu_from_options, override_label
 
-        names = parse_str_list(gpu) if gpu else [None]
+        names = parse_str_list(gpu, "--gpu") if gpu is not None else [None]
         devices = [gpu_from_options(g, gpu_memory, None if g else 1.0, None, None) for g in names]
     activation = parse_bytes(activation_memory, "--activation-memory") if activation_memory else None
     non_torch = parse_bytes(non_torch_memory, "--non-torch-memory") if non_torch_memory else None
@@ -382,7 +391,8 @@ def estimate_profile(spec, engine: str, *, contexts, batches, tps, kv_cache_dtyp
                         cap = None
                         if device is not None:
                             mem = memory_inputs(spec, device, context=c, tp=tp, weights_dtype=dtype,
-                                                activation=activation, non_torch=non_torch)
+                                                activation=activation, non_torch=non_torch,
+                                                label=override_label(device, gpu_memory, None, None))
                             cap = replace(module.capacity(spec, c, b, eopts, mem, **kwargs), weights_source=mem.weights_source)
                         results.append((cache, cap))
     render_engine(results, fmt, exact, svg)
@@ -455,9 +465,7 @@ def register(app: typer.Typer) -> None:
 
         prompt_tokens = token_flag(prompt_tokens, "--prompt-tokens")
         check_workload(contexts[0], prompt_tokens=prompt_tokens)
-        names = tuple(parse_str_list(engines))
-        if not names:
-            raise InputError(f"--engines {engines!r} names no engine; give a comma list of {', '.join(ALL_ENGINES)}")
+        names = tuple(parse_str_list(engines, "--engines", tuple(ALL_ENGINES)))
         # a name no engine takes ('fp4') is refused here, as estimate refuses it; each engine then accepts
         # or refuses a name it may not have (f16, q8_0) itself
         pair = ideal_format(kv_cache_dtype, spec.dtype)
@@ -480,16 +488,17 @@ def register(app: typer.Typer) -> None:
                               trtllm=opts_by_engine["trtllm"])
         memory = factory = None
         if gpu is not None or gpu_memory is not None:
-            from kvplan.gpus import gpu_from_options
+            from kvplan.gpus import gpu_from_options, override_label
 
             # compare reports memory only: a flag-built GPU needs a bandwidth, which nothing here reads
             device = gpu_from_options(gpu, gpu_memory, None if gpu else 1.0, None, None)
             activation = parse_bytes(activation_memory, "--activation-memory") if activation_memory else None
             non_torch = parse_bytes(non_torch_memory, "--non-torch-memory") if non_torch_memory else None
+            label = override_label(device, gpu_memory, None, None)
             memory = memory_inputs(spec, device, context=contexts[0], tp=tp, weights_dtype=dtype,
-                                   activation=activation, non_torch=non_torch)
+                                   activation=activation, non_torch=non_torch, label=label)
             factory = planner_capacity(spec, device, pair, state, context=contexts[0], batch=batch, tp=tp,
                                        weights_dtype=dtype, activation=activation, non_torch=non_torch,
-                                       vllm_block_size=block_size)
+                                       vllm_block_size=block_size, label=label)
         result = run_compare(spec, opts, pair, state, memory=memory, planner_factory=factory)
         render_comparison(result, fmt, exact)

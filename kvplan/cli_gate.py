@@ -148,48 +148,42 @@ def _render_check(report, fmt: CheckFormat, for_file: bool) -> str:
 
 
 def _check_table(report: CheckReport, plain: bool) -> str:
-    """The rich table as text: one row per deployment, one line per budget (colour only on a terminal).
+    """The rich table as text: one line per budget, a rule between deployments (colour only on a terminal).
 
-    One row per deployment keeps a 50-deployment plan fast to render (rich spends
-    its time per cell) and groups each deployment's budgets.
+    A row per budget, not one per deployment with its budgets as lines of one cell:
+    in a narrow console a wrapped cell would move a value beside another budget.
     """
     from rich.console import Console
-    from rich.table import Table
     from rich.text import Text
 
     from kvplan import report_formats
     from kvplan.gating import format_value
+    from kvplan.render import FittedTable, output_width, print_text
 
     buffer = io.StringIO()
     tty = not plain and sys.stdout.isatty()
-    # Not a terminal (CI logs, files): wide enough that no budget name is cut.
-    out = Console(file=buffer, highlight=False, soft_wrap=False, width=None if tty else 160, force_terminal=tty, no_color=not tty)
-    table = Table(title=f"kvplan check {report.plan}", title_justify="left", header_style="bold", show_lines=True)
-    for i, header in enumerate(report_formats.HEADERS):
-        table.add_column(header, justify="right" if i in (2, 3) else "left")
+    # $COLUMNS, else the terminal's width, else kvplan.render.PIPED_WIDTH (CI logs, files)
+    out = Console(file=buffer, highlight=False, soft_wrap=False, width=output_width(), force_terminal=tty, no_color=not tty)
+    rows, ends = [], set()
     notes = []
     how: dict[str, list[str]] = {}  # how an engine profile's figure was computed -> the figures so computed
     for d in report.deployments:
-        result = Text()
         for j, b in enumerate(d.budgets):
-            result.append(("\n" if j else "") + ("PASS" if b.passed else "FAIL"), style="green" if b.passed else "bold red")
+            result = Text("PASS", style="green") if b.passed else Text("FAIL", style="bold red")
+            rows.append([d.name if j == 0 else "", b.budget, format_value(b.value, b.unit),
+                         f"{b.comparison} {format_value(b.limit, b.unit)}", result])
             if b.value is None:
                 notes.append(f"{d.name}: {b.metric} is absent: {b.note}")
             elif b.note and b.metric not in how.setdefault(b.note, []):  # one line per engine, not per deployment
                 how[b.note].append(b.metric)
-        table.add_row(
-            Text(d.name),
-            Text("\n".join(b.budget for b in d.budgets)),
-            Text("\n".join(format_value(b.value, b.unit) for b in d.budgets)),
-            Text("\n".join(f"{b.comparison} {format_value(b.limit, b.unit)}" for b in d.budgets)),
-            result,
-        )
-    out.print(table)
-    for note in dict.fromkeys(notes):
-        out.print(Text(f"— {note}"))
+        ends.add(len(rows) - 1)
+    justify = ["right" if i in (2, 3) else "left" for i in range(len(report_formats.HEADERS))]
+    out.print(FittedTable(f"kvplan check {report.plan}", report_formats.HEADERS, rows, justify, section_ends=ends))
+    for note in dict.fromkeys(notes):  # wrapped between words, further lines under the first word
+        print_text(out, f"— {note}", indent=2)
     for note, metrics in how.items():
-        out.print(Text(f"— {', '.join(metrics)}: {note}"))
-    out.print(Text(report_formats.summary(report)))
+        print_text(out, f"— {', '.join(metrics)}: {note}", indent=2)
+    print_text(out, report_formats.summary(report))
     return buffer.getvalue()
 
 
@@ -209,7 +203,7 @@ def run_check(path: Path, where: str) -> CheckReport:
     try:
         plan = PlanFile.model_validate(data)
     except ValidationError as exc:
-        raise InputError(_by_line(_plain(format_validation_error(exc, where, line_of, list(data))))) from None
+        raise InputError(_by_line(_plain(format_validation_error(exc, where, line_of, list(data), PlanFile)))) from None
     problems = []
     for i, first, label in duplicate_labels(plan):
         loc = ("deployments", i, "name")
@@ -663,7 +657,7 @@ def _spec_at_revision(path: Path, ref: str, rev: str):
     try:
         return ModelSpec.model_validate(data)
     except ValidationError as exc:
-        raise InputError(format_validation_error(exc, where, line_of, list(data))) from None
+        raise InputError(format_validation_error(exc, where, line_of, list(data), ModelSpec)) from None
 
 
 def _parse_yaml_text(text: str, where: str):

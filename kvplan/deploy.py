@@ -47,11 +47,11 @@ def default_block_size(spec: ModelSpec, engine: Union[str, "Engine"]) -> int:
     return 64 if spec.is_mla else 16
 
 
-def gpu_figures(gpu: GPU) -> GPUFigures:
-    """The planner's view of a catalog, file or flag-built GPU."""
+def gpu_figures(gpu: GPU, label: Optional[str] = None) -> GPUFigures:
+    """The planner's view of a catalog, file or flag-built GPU; `label` names it in results (gpus.override_label)."""
     from kvplan.planner import GPUFigures
 
-    return GPUFigures(gpu.name, gpu.memory_bytes, gpu.memory_bandwidth_gbps, gpu.bf16_tflops, gpu.fp8_tflops, gpu.usd_per_hour)
+    return GPUFigures(label or gpu.name, gpu.memory_bytes, gpu.memory_bandwidth_gbps, gpu.bf16_tflops, gpu.fp8_tflops, gpu.usd_per_hour)
 
 
 def kv_formats(spec: ModelSpec, kv_cache_dtype: str = "auto", state_dtype: Optional[str] = None) -> tuple[KVFormatPair, Optional[KVFormat]]:

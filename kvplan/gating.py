@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Callable, Literal, Optional
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from kvplan.errors import InputError
 from kvplan.formats import UnknownFormatError, parse_format_pair, parse_state_format
@@ -82,7 +82,26 @@ ByteCountOrZero = Annotated[int, BeforeValidator(_bytes), Field(ge=0)]
 Share = Annotated[float, Field(gt=0, le=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
-Text = Annotated[str, Field(min_length=1)]
+# Names and paths in a plan end up in every report: a line break splits a Markdown table row,
+# a C0 control is not allowed in XML 1.0 (JUnit), and a bidi override reorders what a reviewer
+# reads. They are refused where the plan is read, with the line, rather than escaped per format.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _one_line(value: str) -> str:
+    """A plan's text: printable, on one line (no C0/C1 control, line separator or bidi override)."""
+    import unicodedata
+
+    for i, char in enumerate(value):
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp") or char in _BIDI_CONTROLS:
+            raise ValueError(
+                f"{value!r} holds the control character {char!r} (U+{ord(char):04X}) at position {i + 1}; "
+                "reports print this text, so write it on one line of printable characters"
+            )
+    return value
+
+
+Text = Annotated[str, Field(min_length=1), AfterValidator(_one_line)]
 
 
 class Budgets(BaseModel):

@@ -367,10 +367,16 @@ def spec_fields_from_gguf(header: GGUFHeader) -> tuple[dict[str, Any], list[str]
     assert heads_per_layer is not None and kv_per_layer is not None
     attn_heads = {h for h in heads_per_layer if h}
     attn_kv = {kv for h, kv in zip(heads_per_layer, kv_per_layer) if h and kv}
+    if not attn_heads:  # 0 heads in every layer: nothing to size, and not a per-layer difference
+        raw = get("attention.head_count")
+        raise GGUFError(
+            f"{where}: {p}attention.head_count = {raw!r}: no layer has an attention head; "
+            "a GGUF model needs a positive head count (the file's metadata is broken)"
+        )
     if len(attn_heads) != 1 or len(attn_kv) > 1:
         raise GGUFError(
-            f"{where}: attention head counts vary by layer ({p}attention.head_count / head_count_kv); "
-            "kvplan's spec holds one count for every attention layer"
+            f"{where}: attention head counts vary by layer ({p}attention.head_count takes {sorted(attn_heads)}, "
+            f"head_count_kv {sorted(attn_kv)}); kvplan's spec holds one count for every attention layer"
         )
     heads = attn_heads.pop()
     kv_heads = attn_kv.pop() if attn_kv else heads

@@ -20,9 +20,9 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kvplan.catalog import did_you_mean, load_model, read_yaml
+from kvplan.catalog import broken_link, did_you_mean, load_model, read_yaml
 from kvplan.errors import InputError
-from kvplan.units import gpu_memory_problem, parse_bytes, parse_gpu_memory
+from kvplan.units import fmt_bytes, gpu_memory_problem, parse_bytes, parse_gpu_memory
 
 GPU_CATALOG_PATH = Path(__file__).resolve().parent / "data" / "gpus.yaml"
 
@@ -147,6 +147,8 @@ def resolve_gpu(name_or_path: str, catalog_path: Path = GPU_CATALOG_PATH) -> GPU
             return load_gpu_file(path)
         if path.is_dir():
             raise InputError(f"{ref}: is a folder, not a GPU YAML file")
+        if broken_link(path):
+            raise InputError(f"{ref}: {broken_link(path)}; point it at a GPU YAML file")
         raise InputError(f"{ref}: no such GPU file")
     found = _index(Path(catalog_path)).get(ref.lower())
     if found is not None:
@@ -231,6 +233,27 @@ def custom_gpu(
     if bf16_tflops is not None:
         update["bf16_tflops"] = bf16_tflops
     return GPU.model_validate({**base.model_dump(), **update})
+
+
+def override_label(gpu: GPU, gpu_memory: Optional[str], gpu_bandwidth: Optional[float], usd_per_hour: Optional[float],
+                   gpu_bf16_tflops: Optional[float] = None) -> str:
+    """The name a row shows for `gpu` with the flags that changed it: 'h100-sxm (40.00 GiB)'.
+
+    A catalog name alone would claim the catalog's figures; the overridden ones are
+    named beside it. A GPU made from flags only is 'custom', as before.
+    """
+    if gpu.name == "custom":
+        return gpu.name
+    changed = []
+    if gpu_memory is not None:
+        changed.append(fmt_bytes(gpu.memory_bytes))
+    if gpu_bandwidth is not None:
+        changed.append(f"{gpu.memory_bandwidth_gbps:,g} GB/s")
+    if gpu_bf16_tflops is not None:
+        changed.append(f"{gpu.bf16_tflops:,g} bf16 TFLOPS")
+    if usd_per_hour is not None:
+        changed.append(f"${gpu.usd_per_hour:,.2f}/h")
+    return f"{gpu.name} ({', '.join(changed)})" if changed else gpu.name
 
 
 def _check_flag(flag: str, value: Optional[float], allow_zero: bool) -> None:

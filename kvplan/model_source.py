@@ -118,6 +118,10 @@ def _gguf_in(folder: Path) -> Optional[Path]:
 
 def _locate_in_folder(folder: Path, ref: str) -> Located:
     config = folder / "config.json"
+    from kvplan.catalog import broken_link
+
+    if broken_link(config):  # a hub snapshot whose blob was deleted
+        raise InputError(f"{config}: {broken_link(config)}; download the config again")
     if config.is_file():
         return Located("config", config, _default_name(config), _source_for(config))
     gguf = _gguf_in(folder)

@@ -22,7 +22,7 @@ from kvplan.errors import InputError, require_at_least
 from kvplan.formats import FIXED_FORMATS, KVFormatPair
 from kvplan.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
 from kvplan.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS, VllmLayout, build_layout, max_model_len_refusal
-from kvplan.units import counted
+from kvplan.units import counted, fmt_bytes
 
 GIB = 2**30
 MIB = 2**20
@@ -787,11 +787,22 @@ class Planner:
             if n >= opts.batch:
                 out.append(f"--tp {tp} fits {counted(n, 'sequence')} of {opts.context:,} tokens")
                 break
+        if min(self.stage_budgets) <= 0:
+            out.append(f"at --tp {opts.tp} the weights alone leave no room for KV: use a larger GPU, more tp or a quantised --dtype")
+            return out
         ctx, _ = self.max_context(opts.batch)
         if ctx > 0:
             out.append(f"--context {ctx} is the longest that fits {counted(opts.batch, 'sequence')}")
-        else:
-            out.append(f"at --tp {opts.tp} the weights alone leave no room for KV: use a larger GPU, more tp or a quantised --dtype")
+            return out
+        # The budget is there, but the batch is too large for any context: each sequence
+        # holds at least one token (one block when paged), so name the batch that fits.
+        fit_here = self.max_sequences(opts.context)
+        if fit_here >= 1:
+            out.append(f"--batch {fit_here:,} is the most that fits at {opts.context:,} tokens")
+        out.append(
+            f"{counted(opts.batch, 'sequence')} fit at no context: the {fmt_bytes(budget)} KV budget holds at most "
+            f"{counted(self.max_sequences(1), 'sequence')} even of 1 token each"
+        )
         return out
 
     def _weights_assumption(self) -> str:

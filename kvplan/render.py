@@ -52,12 +52,66 @@ def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str
     return "\n".join(lines) + "\n"
 
 
-def console(stderr: bool = False, record: bool = False):
+# Output width. COLUMNS wins (as for `ls` and rich); else a terminal's own width; else, piped
+# to a file or a CI log, PIPED_WIDTH: wider than 80 so tables keep one row per line, narrow
+# enough to read in a laptop's terminal or an editor. Below MIN_WIDTH no table can be laid out.
+PIPED_WIDTH = 120
+MIN_WIDTH = 40
+
+
+def output_width(stream=None) -> int:
+    """Columns to lay text out in: $COLUMNS, else the terminal's width, else PIPED_WIDTH (at least MIN_WIDTH)."""
+    import os
+
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns.isdigit() and int(columns) > 0:
+        return max(int(columns), MIN_WIDTH)
+    stream = stream or sys.stdout
+    try:
+        if stream.isatty():
+            return max(os.get_terminal_size(stream.fileno()).columns, MIN_WIDTH)
+    except (OSError, ValueError, AttributeError):  # a stream without a descriptor (pytest's capture)
+        pass
+    return PIPED_WIDTH
+
+
+def console(stderr: bool = False, record: bool = False, file=None):
     from rich.console import Console
 
-    # Piped output is not squeezed to 80 columns: tables stay one row per line.
-    width = None if sys.stdout.isatty() else 132
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, record=record, width=width)
+    width = output_width(file or (sys.stderr if stderr else sys.stdout))
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, record=record, width=width, file=file)
+
+
+def wrap_pair(key: str, value: str, key_width: int, width: int) -> list[str]:
+    """A `key  value` line laid out in `width` columns: the value wraps at spaces, each further line
+    indented under it, so a wrapped line never reads as a new sentence. Hyphenated names
+    (h100-sxm) are not split; only a word longer than the value column is cut."""
+    import textwrap
+
+    indent = key_width + 2
+    room = max(width - indent, 20)
+    chunks = []
+    for part in value.split("\n"):
+        chunks += textwrap.wrap(part, room, break_on_hyphens=False, break_long_words=True, replace_whitespace=False) or [""]
+    first = f"{key:<{key_width}}  {chunks[0]}".rstrip()
+    return [first] + [(" " * indent + c).rstrip() for c in chunks[1:]]
+
+
+def print_pairs(out, pairs: Sequence[tuple[str, str]], key_width: int | None = None) -> None:
+    """Print `key  value` lines in `out`'s width (wrap_pair); markup in values is printed as is."""
+    key_width = key_width if key_width is not None else max((len(k) for k, _ in pairs), default=0)
+    for key, value in pairs:
+        for line in wrap_pair(key, value, key_width, out.width):
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def print_text(out, text: str, indent: int = 0) -> None:
+    """A paragraph in `out`'s width, wrapped at spaces; further lines indented by `indent`."""
+    import textwrap
+
+    lines = textwrap.wrap(text, max(out.width, 20), subsequent_indent=" " * indent, break_on_hyphens=False) or [""]
+    for line in lines:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def save_svg(out, path: str) -> None:
@@ -68,15 +122,131 @@ def save_svg(out, path: str) -> None:
     sys.stderr.write(f"saved {path}\n")
 
 
-def rich_table(title: str | None, headers: Sequence[str], rows: Iterable[Sequence[Any]], right_from: int = 1):
-    from rich.table import Table
+def rich_table(title: str | None, headers: Sequence[str], rows: Iterable[Sequence[Any]], right_from: int = 1,
+               right: Sequence[str] = (), show_lines: bool = False):
+    """A table whose columns from `right_from` on, and those named in `right`, are right-aligned.
 
-    table = Table(title=title, title_justify="left", header_style="bold")
-    for i, header in enumerate(headers):
-        table.add_column(header, justify="right" if i >= right_from else "left")
-    for row in rows:
-        table.add_row(*(str(c) for c in row))
-    return table
+    Laid out when printed, in the console's width (FittedTable): cells wrap between words.
+    """
+    rows = [[str(c) for c in row] for row in rows]
+    justify = ["right" if i >= right_from or h in right else "left" for i, h in enumerate(headers)]
+    return FittedTable(title, list(headers), rows, justify, show_lines)
+
+
+def column_widths(cells_by_column: Sequence[Sequence[str]], room: int) -> list[int] | None:
+    """Text widths for columns that share `room` characters; None when not even their longest words fit.
+
+    `cells_by_column[i]` is column i's header, then its cells. Each column gets at least its
+    longest word, so no word is cut. The room left goes first to the columns that need least
+    to hold their cells on one line (a "1.00 GiB" is not wrapped to make room for a long
+    reason), shared by need among those it cannot satisfy; what is still left lets headers
+    stand on one line.
+    """
+    longest_word = [max((len(w) for c in cells for w in c.split()), default=1) for cells in cells_by_column]
+    if sum(longest_word) > room:
+        return None
+    cell_lines = [max([len(line) for c in cells[1:] for line in c.splitlines()] + [word])
+                  for cells, word in zip(cells_by_column, longest_word)]
+    all_lines = [max([len(line) for c in cells for line in c.splitlines()] + [word])
+                 for cells, word in zip(cells_by_column, longest_word)]
+    widths = list(longest_word)
+    spare = room - sum(widths)
+    for targets in (cell_lines, all_lines):
+        spare = _grow(widths, targets, spare)
+    return widths
+
+
+def _grow(widths: list[int], targets: Sequence[int], spare: int) -> int:
+    """Widen `widths` toward `targets` with `spare` characters; return what is left.
+
+    Least need first, each in full while the spare lasts; the rest is shared by need
+    among the columns it cannot satisfy (integer shares, the remainder to the neediest).
+    """
+    wants = {i: t - w for i, (w, t) in enumerate(zip(widths, targets)) if t > w}
+    for i in sorted(wants, key=lambda k: wants[k]):
+        if wants[i] > spare:
+            break
+        widths[i] += wants[i]
+        spare -= wants.pop(i)
+    if not wants:
+        return spare
+    total = sum(wants.values())
+    shares = {i: spare * want // total for i, want in wants.items()}
+    remainder = spare - sum(shares.values())
+    for n, i in enumerate(sorted(wants, key=lambda k: wants[k], reverse=True)):
+        widths[i] += shares[i] + (1 if n < remainder else 0)
+    return 0
+
+
+class FittedTable:
+    """A rich table built at print time for the console's width (column_widths)."""
+
+    def __init__(self, title, headers, rows, justify, show_lines=False, section_ends=frozenset()):
+        """`rows` hold str or rich Text cells; a rule follows each row index in `section_ends`."""
+        self.title, self.headers, self.rows, self.justify, self.show_lines = title, headers, rows, justify, show_lines
+        self.section_ends = section_ends
+
+    def table(self, width: int):
+        """The table in `width` columns: ruled; else without rules (a narrow console); else None,
+        when not even the longest words fit side by side."""
+        from rich import box
+        from rich.table import Table
+
+        n = len(self.headers)
+        cells = [[self.headers[i]] + [str(r[i]) for r in self.rows if i < len(r)] for i in range(n)]
+        layouts = (  # (characters besides the text, box): ruled; a rule under the head only; no rules
+            (3 * n + 1, box.HEAVY_HEAD),  # one space each side of a cell, n + 1 rules
+            (3 * n - 3, box.SIMPLE_HEAD),  # n - 1 blank rules, no edges, no space at the edges
+            (2 * n - 2, None),  # two spaces between cells
+        )
+        for overhead, style in layouts:
+            widths = column_widths(cells, width - overhead)
+            if widths is not None:
+                break
+        else:
+            return None
+        ruled = style is box.HEAVY_HEAD
+        # a cell wrapped onto several lines: a blank line (SIMPLE_HEAD's row rule) tells rows apart
+        wrapped = any(len(line) > w for col, w in zip(cells, widths) for c in col[1:] for line in c.splitlines())
+        lines = self.show_lines or (wrapped and style is box.SIMPLE_HEAD)
+        title_width = min(len(self.title), width) if self.title else None  # the title on one line when it fits
+        table = Table(title=self.title, title_justify="left", header_style="bold", min_width=title_width,
+                      show_lines=lines, box=style, pad_edge=ruled, show_edge=ruled)
+        for header, justify, w in zip(self.headers, self.justify, widths):
+            table.add_column(header, justify=justify, width=w)
+        for i, row in enumerate(self.rows):
+            table.add_row(*row, end_section=i in self.section_ends and i != len(self.rows) - 1)
+        return table
+
+    def records(self, width: int):
+        """Too narrow for a table: each row as `header  value` lines (wrap_pair), a blank line between rows."""
+        from rich.text import Text
+
+        import textwrap
+
+        key_width = max(len(h) for h in self.headers)
+        lines = textwrap.wrap(self.title, width, break_on_hyphens=False) if self.title else []
+        above: list[str] = []
+        for i, row in enumerate(self.rows):
+            lines += [""] if i or self.title else []
+            # a blank cell under a value means "the same" in a table (check's deployment): say it again here
+            shown = [str(v) or (above[k] if k < len(above) else "") for k, v in enumerate(row)]
+            above = shown
+            for header, value in zip(self.headers, shown):
+                lines += wrap_pair(header, value.replace("\n", " "), key_width, width)
+        return [Text(line) for line in lines]
+
+    def __rich_console__(self, console, options):
+        table = self.table(options.max_width)
+        if table is not None:
+            yield table
+        else:
+            yield from self.records(options.max_width)
+
+    def __rich_measure__(self, console, options):
+        from rich.measure import Measurement
+
+        return Measurement(1, options.max_width)
 
 
 def write(text: str) -> None:
@@ -130,9 +300,9 @@ def estimate_kind_rows(est: dict, exact: bool) -> list[list[str]]:
 KIND_HEADERS = [
     "layer kind",
     "layers",
-    "KV heads/rank",
+    "KV heads / rank",
     "tokens held",
-    "bytes/token/layer",
+    "bytes / token / layer",
     "per sequence",
     "total (batch, ranks, paged)",
 ]
@@ -172,7 +342,7 @@ def estimate_header(est: dict) -> str:
     return " · ".join(parts)
 
 
-SWEEP_HEADERS = ["context", "batch", "KV dtype", "bytes/token", "per sequence", "total", "per rank"]
+SWEEP_HEADERS = ["context", "batch", "KV dtype", "bytes / token", "per sequence", "total", "per rank"]
 
 
 def sweep_row(est: dict, exact: bool) -> list[str]:
@@ -189,7 +359,7 @@ def sweep_row(est: dict, exact: bool) -> list[str]:
 
 # ------------------------------------------------------------------ plans (estimate --gpu)
 
-GRID_HEADERS = ["GPU", "tp", "pp", "context", "batch", "KV dtype", "KV budget/GPU", "max seqs", "max context", "decode step", "tok/s", "$/1M out"]
+GRID_HEADERS = ["GPU", "tp", "pp", "context", "batch", "KV dtype", "KV budget / GPU", "max seqs", "max context", "decode step", "tok/s", "$/1M out"]
 
 
 def fmt_seconds(s: float | None) -> str:
@@ -357,23 +527,22 @@ def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
 
 def print_plan(out, r: dict, exact: bool) -> None:
     out.print(rich_table(estimate_header(r), KIND_HEADERS, estimate_kind_rows(r, exact)))
-    for key, value in estimate_summary_lines(r, exact):
-        out.print(f"{key:<22}  {value}")
+    print_pairs(out, estimate_summary_lines(r, exact), 22)
     out.print()
-    out.print(f"[bold]Memory per GPU[/bold] ({r['gpu']}, {fmt_bytes(r['gpu_memory_bytes'])})")
-    for i, stage in enumerate(r["stages"]):
-        label = f"stage {i} ({counted(stage['layers'], 'layer')})" if len(r["stages"]) > 1 else "every GPU"
-        out.print(memory_bar(r, stage), f" {label}")
     from rich.text import Text
 
+    out.print(Text.assemble(("Memory per GPU", "bold"), f" ({r['gpu']}, {fmt_bytes(r['gpu_memory_bytes'])})"))
+    for i, stage in enumerate(r["stages"]):
+        label = f"stage {i} ({counted(stage['layers'], 'layer')})" if len(r["stages"]) > 1 else "every GPU"
+        out.print(memory_bar(r, stage, min(60, out.width - len(label) - 12)), f" {label}")
     legend = Text()
-    for label, style, char in MAP_SEGMENTS:
+    for i, (label, style, char) in enumerate(MAP_SEGMENTS):
+        legend.append("  " if i else "")
         legend.append(char * 2, style=style)
-        legend.append(f" {label}  ")
+        legend.append(f" {label}")
     out.print(legend)
     out.print()
-    for key, value in plan_lines(r, exact):
-        out.print(f"{key:<16}  {value}", markup=False)
+    print_pairs(out, plan_lines(r, exact), 16)
     curve = r.get("concurrency_by_context")
     if curve:
         out.print()

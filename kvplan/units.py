@@ -85,6 +85,26 @@ def parse_gpu_memory(text: Union[str, int], flag: str) -> int:
     return nbytes
 
 
+# ----------------------------------------------------------------- comma lists
+
+
+def split_list(text: str, flag: str, choices: tuple[str, ...] = ()) -> list[str]:
+    """'8k, 16k' -> ['8k', '16k']: the one rule for every comma-list flag.
+
+    Spaces around an entry are dropped; an empty entry (`8k,,16k`, `h100-sxm,`,
+    `,`) is refused, never skipped, so a slip cannot silently shorten a sweep.
+    `choices`, when the flag has a fixed set, are named in the message.
+    """
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) == 1 and not parts[0]:
+        of = ", ".join(choices) if choices else "values"
+        raise InputError(f"{flag} {text!r}: is empty; give a value, or a comma list of {of}")
+    for i, part in enumerate(parts):
+        if not part:
+            raise InputError(f"{flag} {text!r}: entry {i + 1} of {len(parts)} is empty; remove the stray comma")
+    return parts
+
+
 # ----------------------------------------------------------------- counts
 
 COUNT_SUFFIX = {"": 1, "k": 1024, "m": 1024 * 1024}

@@ -202,3 +202,19 @@ def build_layout(layout: CacheLayout, stage_kinds: dict[LayerKind, int], block_s
             real = len(range(i, n, num_groups))
             groups.append(VllmGroup(k, real, group_size - real, block_sizes[k], per_kind[k].window))
     return VllmLayout(tuple(groups), page, group_size, False, min(block_sizes.values()))
+
+
+def attention_block_size(layout: CacheLayout, block_size: int) -> int:
+    """Tokens per block vLLM pages attention layers with, given `--block-size`.
+
+    The same as `block_size` except in a hybrid attention + SSM model, where vLLM
+    raises it so one attention page holds a sequence's state (build_layout; Jamba
+    at bf16: 16 -> 80). When the kinds' pages are unified to different block sizes
+    the requested one is kept: no single figure would be true.
+    """
+    sizes = set()
+    for counts in layout.stage_kind_counts:
+        if not any(n for k, n in counts.items() if k not in (LayerKind.SHARED, LayerKind.STATE)):
+            continue  # a stage of state layers only pages no attention
+        sizes |= {g.block_size for g in build_layout(layout, counts, block_size).groups if g.kind is not LayerKind.STATE}
+    return sizes.pop() if len(sizes) == 1 else block_size

@@ -27,3 +27,9 @@ def make_spec(**overrides) -> ModelSpec:
 @pytest.fixture
 def spec_factory():
     return make_spec
+
+
+@pytest.fixture(autouse=True)
+def _no_columns(monkeypatch):
+    """Output width is PIPED_WIDTH under test unless a test sets COLUMNS (kvplan.render.output_width)."""
+    monkeypatch.delenv("COLUMNS", raising=False)

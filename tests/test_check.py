@@ -443,7 +443,12 @@ def test_output_to_a_missing_folder_is_bad_input(tmp_path, capsys):
         ("state_dtype: fp9", "min_concurrent_sequences: 1", "deployments.0.state_dtype: unknown state dtype 'fp9'"),
         ("gpu_memory_utilization: 1.5", "min_concurrent_sequences: 1",
          "deployments.0.gpu_memory_utilization: Input should be less than or equal to 1"),
-        ("", "max_bytes: 3", "deployments.0.budgets.max_bytes: unknown field"),
+        ("", "max_bytes: 3", "deployments.0.budgets.max_bytes: unknown field"),  # nothing close: no guess
+        ("", "min_concurent_sequences: 3",
+         "deployments.0.budgets.min_concurent_sequences: unknown field; did you mean 'min_concurrent_sequences'?"),
+        ("gpuu: h100-sxm", "min_concurrent_sequences: 1", "deployments.0.gpuu: unknown field; did you mean 'gpu'?"),
+        ("kv_cache_dtpye: fp8", "min_concurrent_sequences: 1",
+         "deployments.0.kv_cache_dtpye: unknown field; did you mean 'kv_cache_dtype'?"),
         ("", "max_kv_bytes_per_token: 12 parsecs",
          "deployments.0.budgets.max_kv_bytes_per_token: '12 parsecs' is not a size; write bytes or a number with a unit, e.g. 5GiB or 80GB"),
         ("", "max_kv_bytes_per_token: 1.5", "deployments.0.budgets.max_kv_bytes_per_token: Input should be a valid integer"),
@@ -624,7 +629,7 @@ def test_github_format_annotates_an_invalid_plan(tmp_path, capsys):
         ("deployments:\n  - just a string\n", "plan.yaml:2: deployments.0: expected a mapping of deployment keys (model, gpu, context, budgets, ...)"),
         ("- model: x\n", "plan.yaml: expected a mapping with a `deployments:` list at the top level"),
         ("version: 2\ndeployments: []\n", "plan.yaml:1: version: Input should be 1"),
-        ("deployment: []\n", "plan.yaml:1: deployment: unknown field"),
+        ("deployment: []\n", "plan.yaml:1: deployment: unknown field; did you mean 'deployments'?"),
     ],
 )
 def test_a_malformed_file_is_bad_input(tmp_path, capsys, text, expected):
@@ -746,3 +751,39 @@ def test_a_command_quoted_in_a_plan_error_keeps_its_flags(tmp_path, capsys):
         f"error: {plan}:5: deployments.0.calibration: calibration {tmp_path / 'cpu.json'} was measured on the CPU "
         "(AMD EPYC), not on h100-sxm: run `kvplan measure MODEL --device cuda --json FILE` on that GPU\n"
     )
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "junit", "markdown", "github"])
+@pytest.mark.parametrize(
+    "key, yaml_value, value, char, line",
+    [
+        ("name", '"chat\\nllama"', "chat\nllama", "\n", 3),  # issue #11: a newline split the Markdown report's row
+        ("name", "|\n      chat\n      llama", "chat\nllama\n", "\n", 3),  # a YAML block scalar
+        ("name", '"chat\\rllama"', "chat\rllama", "\r", 3),
+        ("name", '"chat\\x01"', "chat\x01", "\x01", 3),  # not allowed in XML 1.0: the JUnit report would not parse
+        ("name", '"chat\\u2028llama"', "chat\u2028llama", "\u2028", 3),  # LINE SEPARATOR
+        ("name", '"evil\\u202eplan"', "evil\u202eplan", "\u202e", 3),  # RIGHT-TO-LEFT OVERRIDE reorders what is read
+        ("model", '"tiny.yaml\\n"', "tiny.yaml\n", "\n", 4),  # the automatic name is built from the model
+    ],
+)
+def test_control_characters_in_plan_text_are_refused_at_load_in_every_format(tmp_path, capsys, fmt, key, yaml_value,
+                                                                             value, char, line):
+    (tmp_path / "tiny.yaml").write_text(TINY_SPEC)
+    body = {"name": "tiny", "model": "tiny.yaml", key: yaml_value}
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"version: 1\ndeployments:\n  - name: {body['name']}\n    model: {body['model']}\n"
+                    "    gpu: h100-sxm\n    context: 1k\n    budgets:\n      min_concurrent_sequences: 1\n")
+    assert yaml.safe_load(plan.read_text())["deployments"][0][key] == value  # the YAML says what the test means
+    message = (f"{plan}:{line}: deployments.0.{key}: {value!r} holds the control character {char!r} "
+               f"(U+{ord(char):04X}) at position {value.index(char) + 1}; reports print this text, so write it on one "
+               "line of printable characters")
+    report = tmp_path / f"report.{fmt}"
+    r = run_cli(capsys, "check", str(plan), "-f", fmt, "-o", str(report))
+    assert r.exit_code == 2
+    assert f"error: {message}\n" in r.stderr
+    text = report.read_text()  # the invalid-plan report quotes the value, so it stays on one line
+    if fmt == "json":
+        text = json.loads(text)["error"]
+    assert repr(value) in text and value not in text
+    if fmt == "junit":
+        ET.fromstring(text.split("\n", 1)[1])  # well-formed XML

@@ -227,7 +227,9 @@ vocab_size: 100
     "extra, message",
     [
         ("num_key_value_heads: 3\n", "my-model.yaml:6: num_attention_heads (4) must be a multiple of num_key_value_heads (3)"),
-        ("num_kv_heads: 2\n", "my-model.yaml:8: num_kv_heads: unknown field"),
+        ("num_kv_heads: 2\n", "my-model.yaml:8: num_kv_heads: unknown field; did you mean 'num_key_value_heads'?\n"),
+        ("num_hiden_layers: 2\n", "my-model.yaml:8: num_hiden_layers: unknown field; did you mean 'num_hidden_layers'?\n"),
+        ("colour: blue\n", "my-model.yaml:8: colour: unknown field\n"),  # nothing close: no guess
         ("sliding_window: 0\n", "my-model.yaml:8: sliding_window: Input should be greater than 0"),
         ("sliding_window: -5\n", "my-model.yaml:8: sliding_window: Input should be greater than 0"),
         ("layer_types: [full_attention, sliding_attention]\n", "my-model.yaml:8: layer_types has sliding_attention layers but sliding_window is not set"),
@@ -408,3 +410,70 @@ def test_roofline_flags_under_an_engine_profile_are_refused_not_ignored(capsys, 
         f"error: {flag}: `estimate --engine sglang` shows that engine's cache and capacity only; latency, cost and "
         "workload sizing are kvplan's roofline (`--engine vllm` or `ideal`), or `kvplan check` budgets under engine: sglang\n"
     )
+
+
+# One rule for every comma-list flag (kvplan.units.split_list): an empty entry is refused with the flag
+# named, never skipped. Issue #11: `--gpu h100-sxm,` was accepted while `--context 8k,,16k` was refused.
+LIST_FLAGS = [
+    ("estimate", "--context", "8k"),
+    ("estimate", "--batch", "4"),
+    ("estimate", "--tp", "1"),
+    ("estimate", "--kv-cache-dtype", "fp8"),
+    ("estimate", "--gpu", "h100-sxm"),
+    ("compare", "--context", "8k"),
+    ("compare", "--engines", "vllm"),
+    ("measure", "--context", "1k"),
+    ("measure", "--batch", "1"),
+]
+SHOWN_AS = {"--tp": "--tensor-parallel-size"}  # the message names the flag by its long name
+
+
+@pytest.mark.parametrize("command, flag, value", LIST_FLAGS)
+@pytest.mark.parametrize(
+    "template, problem",
+    [
+        ("{v},", "entry 2 of 2 is empty; remove the stray comma"),
+        ("{v},,{v}", "entry 2 of 3 is empty; remove the stray comma"),
+        (",{v}", "entry 1 of 2 is empty; remove the stray comma"),
+        ("{v}, ,{v}", "entry 2 of 3 is empty; remove the stray comma"),
+    ],
+)
+def test_every_list_flag_refuses_an_empty_entry_alike(capsys, command, flag, value, template, problem):
+    text = template.format(v=value)
+    r = run_cli(capsys, command, "llama-3.1-8b", flag, text)
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {SHOWN_AS.get(flag, flag)} {text!r}: {problem}\n")
+
+
+@pytest.mark.parametrize("command, flag, value", LIST_FLAGS)
+def test_every_list_flag_refuses_an_empty_value_alike(capsys, command, flag, value):
+    r = run_cli(capsys, command, "llama-3.1-8b", flag, "")
+    of = "ideal, vllm, hf, llama.cpp, sglang, trtllm" if flag == "--engines" else "values"
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {SHOWN_AS.get(flag, flag)} '': is empty; give a value, or a comma list of {of}\n")
+
+
+def test_spaces_around_list_entries_are_allowed(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--context", " 8k , 16k ", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert [row["context"] for row in json.loads(r.stdout)] == [8192, 16384]
+
+
+@pytest.mark.parametrize("gpu", [(), ("--gpu", "h200")])
+def test_jamba_header_shows_the_block_vllm_pages_attention_with(capsys, gpu):
+    # Issue #11: the header said "16-token blocks" while the note said vLLM raised the block to 80.
+    # By hand (vllm/platforms/interface.py _align_hybrid_block_size): a Jamba state layer holds
+    # (conv 8,192 x 3 + ssm 8,192 x 16) x 2 B = 311,296 B; an attention token-page 8 KV heads x 128
+    # x (K + V) x 2 B = 4,096 B; block = 16 x ceil(311,296 / (16 x 4,096)) = 16 x 5 = 80 tokens.
+    r = run_cli(capsys, "estimate", "jamba-v0.1", *gpu)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.splitlines()[0].split(" · ")[4] == "80-token blocks"
+    assert "16-token" not in r.stdout
+    data = json.loads(run_cli(capsys, "estimate", "jamba-v0.1", *gpu, "-f", "json").stdout)
+    # 8,192 tokens in 80-token blocks: ceil(8192 / 80) = 103 blocks = 8,240 tokens, 48 of them padding,
+    # on 4 attention layers of 4,096 B per token: 48 x 4 x 4,096 = 786,432 B
+    assert (data["block_size"], data["paging_bytes"]) == (80, 786_432)
+
+
+def test_an_explicit_block_size_vllm_keeps_is_shown_as_given(capsys):
+    # 96 >= 80: vLLM keeps it (alignment max(16, 96) = 96; 96 x ceil(311,296 / (96 x 4,096)) = 96)
+    data = json.loads(run_cli(capsys, "estimate", "jamba-v0.1", "--block-size", "96", "-f", "json").stdout)
+    assert data["block_size"] == 96

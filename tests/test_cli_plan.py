@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cli_helpers import run_cli
+from cli_helpers import pair_values, run_cli
 
 REQUIRED = [
     "gpu", "kv_budget_bytes_per_gpu", "weights_bytes_per_gpu", "max_concurrent_sequences", "max_context_tokens",
@@ -152,12 +152,18 @@ def test_model_that_does_not_fit_is_a_result_not_an_error(capsys):
 
 
 def plan_lines(stdout: str, *keys: str) -> dict[str, str]:
-    """The `key   value` lines of an estimate --gpu table, by key."""
+    """The `key   value` lines of an estimate --gpu table, by key (a value wrapped onto indented lines joined)."""
     out = {}
+    current = None
     for line in stdout.splitlines():
+        if current and line.startswith("  ") and line.strip() and not line.lstrip().startswith(("│", "┃")):
+            out[current] += " " + line.strip()
+            continue
+        current = None
         for key in keys:
             if line.startswith(key + "  "):
                 out[key] = line[len(key):].strip()
+                current = key
     return out
 
 
@@ -330,3 +336,47 @@ def test_a_prompt_that_does_not_fit_is_told_the_room_beside_the_output(capsys):
     r = run_cli(capsys, "estimate", "llama-3.1-8b", "-c", "8k", "--gpu", "h100-sxm", "--requests-per-s", "2",
                 "--output-tokens", "1k", "--prompt-tokens", "12k")
     assert r.exit_code == 2 and "give --prompt-tokens 7,168 or less, or a longer --context" in r.stderr
+
+
+def test_a_batch_too_large_for_any_context_says_so_not_that_the_weights_leave_no_room(capsys):
+    # Issue #11: 100,000 sequences at 8k on an H100 said "the weights alone leave no room for KV"
+    # beside a 55.42 GiB KV budget. vLLM's log line gives 453,952 tokens = 28,372 blocks of 16;
+    # a sequence of 8,192 tokens takes 8,192 / 16 = 512 blocks: 28,372 // 512 = 55 fit, and even
+    # at 1 token (one block each) only 28,372 sequences do, so 100,000 fit at no context.
+    args = ("estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--context", "8k", "--batch", "100000")
+    r = run_cli(capsys, *args)
+    assert r.exit_code == 0, r.stderr
+    assert "weights alone" not in r.stdout
+    would = pair_values(r.stdout, "would fit")
+    assert would == [
+        "--batch 55 is the most that fits at 8,192 tokens",
+        "100,000 sequences fit at no context: the 55.42 GiB KV budget holds at most 28,372 sequences even of 1 token each",
+    ]
+    data = json.loads(run_cli(capsys, *args, "-f", "json").stdout)
+    assert data["vllm_kv_cache_tokens"] == 453_952 and data["max_concurrent_sequences"] == 55
+    assert data["suggestions"] == would
+
+
+def test_gpu_overrides_label_every_row_they_change(capsys):
+    # Issue #11: --gpu-memory 40GiB changed both rows but they still read h100-sxm and h200.
+    args = ("estimate", "llama-3.1-70b", "--gpu", "h100-sxm,h200", "--gpu-memory", "40GiB", "--tp", "4")
+    rows = json.loads(run_cli(capsys, *args, "-f", "json").stdout)
+    assert [(r["gpu"], r["gpu_memory_bytes"]) for r in rows] == [
+        ("h100-sxm (40.00 GiB)", 40 * 2**30), ("h200 (40.00 GiB)", 40 * 2**30)]
+    r = run_cli(capsys, *args, "-f", "csv")
+    assert "h100-sxm (40.00 GiB)" in r.stdout and "h200 (40.00 GiB)" in r.stdout
+    md = run_cli(capsys, *args, "-f", "markdown").stdout
+    assert "| h100-sxm (40.00 GiB) |" in md and "| h200 (40.00 GiB) |" in md
+    # the price and bandwidth overrides are named too; an untouched GPU keeps its plain name
+    data = json.loads(run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--gpu-bandwidth", "2000",
+                              "--usd-per-hour", "2", "-f", "json").stdout)
+    assert data["gpu"] == "h100-sxm (2,000 GB/s, $2.00/h)"
+    assert json.loads(run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-f", "json").stdout)["gpu"] == "h100-sxm"
+
+
+@pytest.mark.parametrize("command", [("compare", "llama-3.1-8b"), ("estimate", "llama-3.1-8b", "--engine", "llama.cpp")])
+def test_gpu_memory_override_is_labelled_in_compare_and_engine_profiles(capsys, command):
+    r = run_cli(capsys, *command, "--gpu", "h100-sxm", "--gpu-memory", "40GiB", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    gpus = {line.strip() for line in r.stdout.splitlines() if line.strip().startswith('"gpu":')}
+    assert gpus == {'"gpu": "h100-sxm (40.00 GiB)",'}

@@ -14,7 +14,7 @@ from kvplan.catalog import catalog_names, resolve_spec
 from kvplan.engines import ALL_ENGINES
 from kvplan.engines.compare import CompareOptions, compare, explain, ideal_format
 
-from cli_helpers import run_cli
+from cli_helpers import pair_values, run_cli
 from conftest import make_spec
 
 LLAMA_TOKEN = 131_072  # Llama-3.1-8B: 32 layers x 8 KV heads x (128 + 128) x 2 B
@@ -176,7 +176,7 @@ def test_compare_json_has_one_row_per_engine(capsys):
 def test_compare_table_markdown_csv(capsys):
     r = run_cli(capsys, "compare", "gemma-3-27b", "-c", "8k")
     assert r.exit_code == 0, r.stderr
-    for text in ("llama.cpp", "1,536", "DynamicSlidingWindowLayer", "why it differs"):
+    for text in ("llama.cpp", "1,536", "DynamicSlidingWindowLayer", "Why each engine differs from the ideal cache"):
         assert text in r.stdout
     r = run_cli(capsys, "compare", "gemma-3-27b", "-f", "markdown")
     assert r.exit_code == 0 and r.stdout.startswith("**gemma-3-27b") and "| llama.cpp | f16 |" in r.stdout
@@ -216,8 +216,8 @@ FORMAT_HELP = ("fp32, fp16, bf16, fp8, fp8_e4m3, fp8_e5m2, int8, fp8_per_token_h
         (["--kv-cache-dtype", "fp4"], f"--kv-cache-dtype: unknown KV cache dtype 'fp4'; use one of: {FORMAT_HELP}"),
         (["--kv-cache-dtype", "q8_0/FP4"], f"--kv-cache-dtype: unknown KV cache dtype 'FP4'; use one of: {FORMAT_HELP}"),
         (["--kv-cache-dtype", "q8_0/q4_0/f16"], "--kv-cache-dtype: 'q8_0/q4_0/f16': write one format, or K/V as in q8_0/q4_0"),
-        (["--engines", ""], "--engines '' names no engine; give a comma list of ideal, vllm, hf, llama.cpp, sglang, trtllm"),
-        (["--engines", " , "], "--engines ' , ' names no engine; give a comma list of ideal, vllm, hf, llama.cpp, sglang, trtllm"),
+        (["--engines", ""], "--engines '': is empty; give a value, or a comma list of ideal, vllm, hf, llama.cpp, sglang, trtllm"),
+        (["--engines", " , "], "--engines ' , ': entry 1 of 2 is empty; remove the stray comma"),
     ],
 )
 def test_compare_refuses_what_no_engine_takes_up_front(capsys, args, message):
@@ -253,8 +253,10 @@ def test_compare_one_context_only(capsys):
 def test_estimate_engine_llama_cpp_prints_the_log_line(capsys):
     r = run_cli(capsys, "estimate", "llama-3.1-8b", "--engine", "llama.cpp", "-c", "8192", "--kv-cache-dtype", "q8_0")
     assert r.exit_code == 0, r.stderr
-    assert ("llama_kv_cache: size =  544.00 MiB (  8192 cells,  32 layers,  1/1 seqs), "
-            "K (q8_0):  272.00 MiB, V (q8_0):  272.00 MiB") in r.stdout
+    # a log line longer than the output width wraps between words, indented under its start
+    assert pair_values(r.stdout, "llama.cpp would log")[-1] == (
+        "llama_kv_cache: size =  544.00 MiB (  8192 cells,  32 layers,  1/1 seqs), "
+        "K (q8_0):  272.00 MiB, V (q8_0):  272.00 MiB")
 
 
 @pytest.mark.parametrize(

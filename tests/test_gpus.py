@@ -218,7 +218,8 @@ def test_user_gpu_file_with_integer_bytes(tmp_path):
 @pytest.mark.parametrize(
     "replace,expected",
     [
-        (("vendor: nvidia", "vendor: nvidia\nmemroy_bytes: 1"), ":4: memroy_bytes: unknown field"),
+        (("vendor: nvidia", "vendor: nvidia\nmemroy_bytes: 1"), ":4: memroy_bytes: unknown field; did you mean 'memory_bytes'?"),
+        (("vendor: nvidia", "vendor: nvidia\nbf16_tflop: 1"), ":4: bf16_tflop: unknown field; did you mean 'bf16_tflops'?"),
         (("memory_bytes: 46068MiB", "memory_bytes: lots"), ":4: memory_bytes: 'lots' is not a size"),
         (("memory_bytes: 46068MiB", "memory_bytes: -5"), ":4: memory_bytes: Input should be greater than 0"),
         (("usd_per_hour: 0.75", "usd_per_hour: -1"), ":8: usd_per_hour: Input should be greater than or equal to 0"),

@@ -270,3 +270,26 @@ def test_huge_length_refused_without_reading_the_file(tmp_path, monkeypatch):
         read_gguf(f)
     assert "declares a 1,000,000,000-byte string" in err.value.message
     assert sum(read) < 64  # the fixed header and one length, nothing more
+
+
+def test_a_zero_head_count_is_named_not_called_a_per_layer_difference(tmp_path, capsys):
+    from cli_helpers import run_cli
+
+    path = write_gguf(tmp_path / "m.gguf", llama_metadata(heads=0, kv=0), EMBED)
+    r = run_cli(capsys, "estimate", str(path))
+    assert r.exit_code == 2
+    assert r.stderr == (
+        f"error: {path}: llama.attention.head_count = 0: no layer has an attention head; "
+        "a GGUF model needs a positive head count (the file's metadata is broken)\n"
+    )
+
+
+def test_head_counts_that_do_vary_by_layer_are_shown(tmp_path):
+    meta = [(k, ARRAY, (U32, [8, 8, 4, 8])) if k == "llama.attention.head_count" else (k, t, v) for k, t, v in llama_metadata()]
+    path = write_gguf(tmp_path / "m.gguf", meta, EMBED)
+    with pytest.raises(GGUFError) as err:
+        spec_fields_from_gguf(read_gguf(path))
+    assert err.value.message == (
+        f"{path}: attention head counts vary by layer (llama.attention.head_count takes [4, 8], head_count_kv [2]); "
+        "kvplan's spec holds one count for every attention layer"
+    )

@@ -220,3 +220,48 @@ def test_fixture_folder_copy_round_trip(tmp_path):
     shutil.copy(FIXTURES / "qwen3-8b.json", d / "config.json")
     spec = spec_from_source(str(d))
     assert (spec.name, spec.num_parameters, spec.num_key_value_heads) == ("qwen3-8b", 8_190_735_360, 8)
+
+
+def test_a_broken_symlink_is_named_as_one_not_as_an_unknown_model(tmp_path, monkeypatch, capsys):
+    from cli_helpers import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    for name, target in (("mymodel", "/nonexistent/x"), ("my.gguf", "gone/model.gguf")):
+        (tmp_path / name).symlink_to(target)
+        r = run_cli(capsys, "estimate", name)
+        assert r.exit_code == 2
+        assert r.stderr == f"error: {name}: is a broken symbolic link to '{target}', which does not exist; point it at the model's files\n"
+
+
+def test_a_hub_snapshot_whose_config_blob_is_gone_says_so(tmp_path, capsys):
+    from cli_helpers import run_cli
+
+    snapshot = tmp_path / "snap"
+    snapshot.mkdir()
+    (snapshot / "config.json").symlink_to("../../blobs/abc")
+    r = run_cli(capsys, "estimate", str(snapshot))
+    assert r.exit_code == 2
+    assert r.stderr == (f"error: {snapshot}/config.json: is a broken symbolic link to '../../blobs/abc', which does not exist; "
+                        "download the config again\n")
+
+
+@pytest.mark.parametrize("model", ["", "  "])
+def test_an_empty_model_says_model_is_empty(model, capsys):
+    from cli_helpers import run_cli
+
+    r = run_cli(capsys, "estimate", model)
+    assert r.exit_code == 2
+    assert r.stderr == (f"error: MODEL is empty ({model!r}); give a catalog name (`kvplan models`), a spec YAML, config.json, "
+                        "model folder, .gguf or cached hub id org/name\n")
+
+
+@pytest.mark.parametrize("flag, fix", [("--gpu", "; point it at a GPU YAML file"), ("--calibration", "")])
+def test_a_broken_symlink_given_to_a_file_flag_is_named_as_one(tmp_path, capsys, flag, fix):
+    from cli_helpers import run_cli
+
+    link = tmp_path / "file.yaml"
+    link.symlink_to("gone.yaml")
+    extra = ("--gpu", "h100-sxm") if flag == "--calibration" else ()
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", flag, str(link), *extra)
+    shown = f"--calibration {link}" if flag == "--calibration" else str(link)
+    assert (r.exit_code, r.stderr) == (2, f"error: {shown}: is a broken symbolic link to 'gone.yaml', which does not exist{fix}\n")
