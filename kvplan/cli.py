@@ -487,9 +487,21 @@ def register_commands(argv: list[str]) -> None:
 
 def main() -> None:
     """Console entry: expected errors print one line to stderr; exit 2 for bad input."""
+    from kvplan.interrupts import Interrupted, handled
+
     try:
-        register_commands(sys.argv[1:])
-        app(standalone_mode=False)
+        with handled():
+            register_commands(sys.argv[1:])
+            code = app(standalone_mode=False)
+        # Without standalone mode click *returns* the status of a `typer.Exit(n)` (typer's Exit(130)
+        # for a KeyboardInterrupt among them) instead of exiting with it: exit with it here.
+        if code == 130:
+            sys.stderr.write("interrupted (SIGINT)\n")
+        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+            sys.exit(code)
+    except Interrupted as exc:  # SIGINT or SIGTERM (kvplan.interrupts): 130 or 143, one line, no traceback
+        sys.stderr.write(f"{exc}\n")
+        sys.exit(exc.exit_code)
     except KvplanError as exc:
         if _state["debug"]:
             import traceback
@@ -497,8 +509,8 @@ def main() -> None:
             traceback.print_exc()
         sys.stderr.write(f"error: {exc.message}\n")
         sys.exit(exc.exit_code)  # --debug adds the traceback, never changes the status
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+    except KeyboardInterrupt:  # raised before the handler was in place, or by code that raises it itself
+        sys.stderr.write("interrupted (SIGINT)\n")
         sys.exit(130)
     except Exception as exc:  # usage errors (unknown option, missing argument) and the like
         exceptions = _click_exceptions()
