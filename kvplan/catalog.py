@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from kvplan.errors import InputError
-from kvplan.shape import ModelShape
+from kvplan.shape import ModelShape, holds_stray_boolean
 
 if TYPE_CHECKING:  # yaml and pydantic are imported where used: a catalog estimate needs neither
     import yaml
@@ -232,7 +232,10 @@ def _indexed_shape(name: str, path: Path) -> ModelShape | None:
     entry = _index_cache.get(name)
     if not entry or entry.get("sha256") != _sha256(path):
         return None
-    return ModelShape(entry["fields"])
+    fields = entry.get("fields")
+    if not isinstance(fields, dict) or holds_stray_boolean(fields):  # not what validation writes: validate the YAML
+        return None
+    return ModelShape(fields)
 
 
 def did_you_mean(name: str, choices: list[str]) -> str:

@@ -192,7 +192,19 @@ def read_config(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg} (column {exc.colno})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object at the top level")
+    from kvplan.hf_config import booleans_as_numbers
+    from kvplan.units import boolean_problem
+
+    for keys, value in booleans_as_numbers(data)[:1]:  # the first: one line
+        raise InputError(f"{path}:{_json_line(text, keys[-1], value)}: {'.'.join(keys)}: {boolean_problem(value, yaml=False)}")
     return data
+
+
+def _json_line(text: str, key: str, value: bool) -> int:
+    """The line of the first `"key": true` (or false) in a JSON text; json.loads keeps no lines."""
+    word = str(value).lower()  # the value itself, or inside the key's list of numbers
+    found = re.search(rf'"{re.escape(key)}"\s*:\s*(\[[^\]]*?)?\b{word}\b', text)
+    return text.count("\n", 0, found.start()) + 1 if found else 1
 
 
 def _build(fields: dict[str, Any], where: str) -> ModelSpec:
