@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from kvplan.errors import InputError
+from kvplan.userfiles import loads_json, read_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,13 +31,13 @@ def read_calibration(path: str) -> Calibration:
     """
     file = Path(path)
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = loads_json(read_text(file))
     except FileNotFoundError:
         raise InputError(f"--calibration {path}: no such file") from None
     except IsADirectoryError:
         raise InputError(f"--calibration {path}: a folder, not a kvplan measure JSON report") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"--calibration {path}: not a kvplan measure JSON report ({exc})") from None
+        raise InputError(f"--calibration {path}: not a kvplan measure JSON report ({getattr(exc, 'strerror', None) or exc})") from None
     runs = data.get("runs") if isinstance(data, dict) else None
     values = [
         float(run["achieved_gbps"])

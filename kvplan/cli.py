@@ -509,6 +509,18 @@ def main() -> None:
             traceback.print_exc()
         sys.stderr.write(f"error: {exc.message}\n")
         sys.exit(exc.exit_code)  # --debug adds the traceback, never changes the status
+    except OSError as exc:
+        if exc.filename is None:  # not about a path: an internal error below
+            _internal_error(exc)
+        # The file system refused a path the user gave, or one under it (a Hugging Face cache another
+        # user owns, a FIFO, a file where a folder should be): bad input naming the path, not a bug.
+        # The loaders that read a file say more themselves (kvplan.catalog.read_yaml, read_config …).
+        if _state["debug"]:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"error: {exc.filename}: {exc.strerror or exc}; check the path and that you may read it\n")
+        sys.exit(2)
     except KeyboardInterrupt:  # raised before the handler was in place, or by code that raises it itself
         sys.stderr.write("interrupted (SIGINT)\n")
         sys.exit(130)
@@ -522,14 +534,19 @@ def main() -> None:
         if type(exc).__name__ == "Abort":
             sys.stderr.write("aborted\n")
             sys.exit(1)
-        if _state["debug"]:
-            import traceback
+        _internal_error(exc)
 
-            traceback.print_exc()
-            sys.stderr.write(f"internal error: {type(exc).__name__}: {exc}\n")
-        else:
-            sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)\n")
-        sys.exit(70)
+
+def _internal_error(exc: BaseException) -> None:
+    """A bug: one line (the traceback with --debug), exit 70."""
+    if _state["debug"]:
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc}\n")
+    else:
+        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)\n")
+    sys.exit(70)
 
 
 def _click_exceptions():

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from kvplan.errors import InputError
+from kvplan.userfiles import loads_json, read_text
 
 # The safetensors crate refuses headers above 100 MB (MAX_HEADER_SIZE = 100_000_000
 # in safetensors/src/tensor.rs); a real header is a few hundred KB.
@@ -138,7 +139,7 @@ def _read(path: Path) -> tuple[dict[str, Any], int]:
     except OSError as exc:
         raise _fail(path, f"cannot be read ({exc.strerror or exc})") from None
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = loads_json(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise _fail(path, "header is not UTF-8 text; the file is damaged or not safetensors") from None
     except json.JSONDecodeError as exc:
@@ -219,13 +220,13 @@ def _read_index(path: Path) -> dict[str, Any]:
         size = path.stat().st_size
         if size > MAX_INDEX_BYTES:
             raise _fail(path, f"is {size:,} bytes, above the {MAX_INDEX_BYTES:,}-byte cap for an index")
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except OSError as exc:
         raise _fail(path, f"cannot be read ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise _fail(path, "is not UTF-8 text") from None
     try:
-        index = json.loads(text)
+        index = loads_json(text)
     except json.JSONDecodeError as exc:
         raise _fail(path, f"line {exc.lineno}: malformed JSON: {exc.msg}") from None
     if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
