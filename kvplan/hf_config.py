@@ -310,7 +310,7 @@ def _check_layer_types(c: _Cfg, layers: int) -> Optional[list[str]]:
     if not isinstance(value, list) or len(value) != layers:
         count = len(value) if isinstance(value, list) else 0
         raise ConfigError(f"{c.where}: layer_types has {count} entries but num_hidden_layers is {layers}")
-    bad = sorted({v for v in value if v not in LAYER_TYPE_ALIASES})
+    bad = [v for v in value if not isinstance(v, str) or v not in LAYER_TYPE_ALIASES]  # in file order: any JSON value
     if bad:
         raise ConfigError(f"{c.where}: layer_types has {bad[0]!r}, not one of {sorted(LAYER_TYPE_ALIASES)}")
     return list(value)

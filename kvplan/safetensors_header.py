@@ -13,6 +13,7 @@ A sharded checkpoint names its shards in `model.safetensors.index.json`
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,9 +274,21 @@ def summarize_index(index_path: Path) -> SafetensorsSummary:
         by_dtype=summary.by_dtype,
         tensor_names=summary.tensor_names,
         missing_files=missing,
-        index_total_bytes=int(total_size) if isinstance(total_size, (int, float)) and not isinstance(total_size, bool) else None,
-        index_total_parameters=int(total_params) if isinstance(total_params, int) and not isinstance(total_params, bool) else None,
+        index_total_bytes=_whole(total_size),
+        index_total_parameters=_whole(total_params) if not isinstance(total_params, float) else None,
     )
+
+
+def _whole(value: Any) -> Optional[int]:
+    """An index's count as an integer: an int, or a float with no fraction (transformers writes 1.6e10
+    for some); None for anything else (a boolean, Infinity, NaN, text), as if it were absent."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return None
 
 
 def find_weights(folder: Path) -> Optional[SafetensorsSummary]:
