@@ -9,10 +9,11 @@ command runs before its work; this module only writes.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from kvplan.errors import InputError
+from kvplan.interrupts import pause_for_test
 
 
 def write_text_atomically(path: str | Path, text: str, flag: str) -> Path:
@@ -28,20 +29,20 @@ def write_text_atomically(path: str | Path, text: str, flag: str) -> Path:
     folder = target.parent
     if not folder.is_dir():
         raise InputError(f"{flag} {shown}: folder {os.path.dirname(os.path.abspath(shown))} does not exist")
-    tmp = None
+    # The temporary file's name is chosen before it is created, so a signal at any point (kvplan.interrupts
+    # raises out of wherever it lands) still finds it for the `finally`: the target is then either the
+    # old file untouched or the new one complete, and no temporary file is left behind.
+    tmp = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask: the user's usual mode
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the user's usual mode
+        pause_for_test("atomic-write")
         os.replace(tmp, target)
     except OSError as exc:
         raise InputError(f"{flag} {shown}: cannot be written ({exc.strerror or exc})") from None
     finally:
-        if tmp is not None and os.path.exists(tmp):
-            Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)  # gone already once replaced
     return target

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from kvplan.errors import InputError
+from kvplan.userfiles import loads_json, read_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,7 @@ def read_calibration(path: str) -> Calibration:
     """
     file = Path(path)
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = loads_json(read_text(file))
     except FileNotFoundError:
         from kvplan.catalog import broken_link
 
@@ -39,7 +40,7 @@ def read_calibration(path: str) -> Calibration:
     except IsADirectoryError:
         raise InputError(f"--calibration {path}: a folder, not a kvplan measure JSON report") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"--calibration {path}: not a kvplan measure JSON report ({exc})") from None
+        raise InputError(f"--calibration {path}: not a kvplan measure JSON report ({getattr(exc, 'strerror', None) or exc})") from None
     runs = data.get("runs") if isinstance(data, dict) else None
     values = [
         float(run["achieved_gbps"])

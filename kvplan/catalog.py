@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from kvplan.errors import InputError
-from kvplan.shape import ModelShape
+from kvplan.shape import ModelShape, holds_stray_boolean
 
 if TYPE_CHECKING:  # yaml and pydantic are imported where used: a catalog estimate needs neither
     import yaml
@@ -97,14 +97,16 @@ def _line_index(node: "yaml.Node", where: str) -> dict[tuple, int]:
 
 def read_yaml(path: Path) -> tuple[Any, Callable[[tuple], int | None]]:
     """Parse a YAML file; return the data and a function from a key path to its line."""
+    from kvplan.userfiles import read_text
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise InputError(f"{path}: is a folder, not a YAML file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot be read ({exc})") from None
+        raise InputError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
     return read_yaml_text(text, str(path))
 
 
@@ -115,6 +117,7 @@ def read_yaml_text(text: str, where: str) -> tuple[Any, Callable[[tuple], int | 
     duplicate-key check), then the same loader builds the data from it.
     """
     yaml, loader_cls = _yaml_loader()
+    _refuse_deep_nesting(text, where)
     loader = loader_cls(text)
     try:
         node = loader.get_single_node()
@@ -159,6 +162,44 @@ def _keys_at(model_cls: Any, loc: tuple) -> list[str]:
                 found.append(field.annotation)
         current = found
     return sorted({f.alias or name for m in (m for a in current for m in models_in(a)) for name, f in m.model_fields.items()})
+
+
+# PyYAML's C composer recurses once per nesting level with no limit: `a: [[[[…]]]]` 100,000 deep
+# crashes the interpreter (a segmentation fault, no message at all). Specs, GPU files and plans nest
+# 4 levels; 1,000 is far above any real file and far below the crash.
+MAX_YAML_DEPTH = 1000
+
+
+def _refuse_deep_nesting(text: str, where: str) -> None:
+    """InputError naming the line where collections nest deeper than MAX_YAML_DEPTH.
+
+    Every level of nesting takes one indicator character ([ { - ? :), so a text with fewer of
+    them cannot be too deep and is not scanned; otherwise libyaml's parser (a loop, not a
+    recursion) streams the events and the depth is counted.
+    """
+    if sum(text.count(c) for c in "[{-?:") <= MAX_YAML_DEPTH:
+        return
+    yaml, loader_cls = _yaml_loader()
+    loader = loader_cls(text)
+    depth = 0
+    try:
+        while True:
+            event = loader.get_event()
+            if event is None:
+                return
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise InputError(
+                        f"{where}:{event.start_mark.line + 1}: nested more than {MAX_YAML_DEPTH:,} levels deep; "
+                        "a kvplan file nests a few levels"
+                    )
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # malformed: the parse proper reports it with its line
+    finally:
+        loader.dispose()
 
 
 def format_validation_error(
@@ -259,7 +300,10 @@ def _indexed_shape(name: str, path: Path) -> ModelShape | None:
     entry = _index_cache.get(name)
     if not entry or entry.get("sha256") != _sha256(path):
         return None
-    return ModelShape(entry["fields"])
+    fields = entry.get("fields")
+    if not isinstance(fields, dict) or holds_stray_boolean(fields):  # not what validation writes: validate the YAML
+        return None
+    return ModelShape(fields)
 
 
 def broken_link(path: Path) -> str | None:

@@ -489,9 +489,21 @@ def register_commands(argv: list[str]) -> None:
 
 def main() -> None:
     """Console entry: expected errors print one line to stderr; exit 2 for bad input."""
+    from kvplan.interrupts import Interrupted, handled
+
     try:
-        register_commands(sys.argv[1:])
-        app(standalone_mode=False)
+        with handled():
+            register_commands(sys.argv[1:])
+            code = app(standalone_mode=False)
+        # Without standalone mode click *returns* the status of a `typer.Exit(n)` (typer's Exit(130)
+        # for a KeyboardInterrupt among them) instead of exiting with it: exit with it here.
+        if code == 130:
+            sys.stderr.write("interrupted (SIGINT)\n")
+        if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+            sys.exit(code)
+    except Interrupted as exc:  # SIGINT or SIGTERM (kvplan.interrupts): 130 or 143, one line, no traceback
+        sys.stderr.write(f"{exc}\n")
+        sys.exit(exc.exit_code)
     except KvplanError as exc:
         if _state["debug"]:
             import traceback
@@ -499,8 +511,20 @@ def main() -> None:
             traceback.print_exc()
         sys.stderr.write(f"error: {exc.message}\n")
         sys.exit(exc.exit_code)  # --debug adds the traceback, never changes the status
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+    except OSError as exc:
+        if exc.filename is None:  # not about a path: an internal error below
+            _internal_error(exc)
+        # The file system refused a path the user gave, or one under it (a Hugging Face cache another
+        # user owns, a FIFO, a file where a folder should be): bad input naming the path, not a bug.
+        # The loaders that read a file say more themselves (kvplan.catalog.read_yaml, read_config …).
+        if _state["debug"]:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.write(f"error: {exc.filename}: {exc.strerror or exc}; check the path and that you may read it\n")
+        sys.exit(2)
+    except KeyboardInterrupt:  # raised before the handler was in place, or by code that raises it itself
+        sys.stderr.write("interrupted (SIGINT)\n")
         sys.exit(130)
     except Exception as exc:  # usage errors (unknown option, missing argument) and the like
         exceptions = _click_exceptions()
@@ -512,14 +536,19 @@ def main() -> None:
         if type(exc).__name__ == "Abort":
             sys.stderr.write("aborted\n")
             sys.exit(1)
-        if _state["debug"]:
-            import traceback
+        _internal_error(exc)
 
-            traceback.print_exc()
-            sys.stderr.write(f"internal error: {type(exc).__name__}: {exc}\n")
-        else:
-            sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)\n")
-        sys.exit(70)
+
+def _internal_error(exc: BaseException) -> None:
+    """A bug: one line (the traceback with --debug), exit 70."""
+    if _state["debug"]:
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc}\n")
+    else:
+        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)\n")
+    sys.exit(70)
 
 
 def _click_exceptions():

@@ -35,6 +35,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from kvplan.errors import InputError
 from kvplan.formats import UnknownFormatError, parse_format_pair, parse_state_format
 from kvplan.planner import DEFAULT_GPU_MEMORY_UTILIZATION, WEIGHT_DTYPES
+from kvplan.spec import NotBoolean
 from kvplan.units import fmt_bytes, gpu_memory_problem, parse_bytes
 from kvplan.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS
 
@@ -75,13 +76,16 @@ def _gpu_memory(value: Any) -> Any:
     return nbytes
 
 
-TokenCount = Annotated[int, BeforeValidator(_tokens), Field(ge=1)]
-GpuMemory = Annotated[int, BeforeValidator(_gpu_memory), Field(gt=0)]
-ByteCount = Annotated[int, BeforeValidator(_bytes), Field(gt=0)]
-ByteCountOrZero = Annotated[int, BeforeValidator(_bytes), Field(ge=0)]
-Share = Annotated[float, Field(gt=0, le=1)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-PositiveInt = Annotated[int, Field(ge=1)]
+# Every number refuses a boolean with its own words (NotBoolean; strict mode alone says only "Input
+# should be a valid integer"). Annotated runs the before-validators last to first: NotBoolean first.
+TokenCount = Annotated[int, BeforeValidator(_tokens), NotBoolean, Field(ge=1)]
+GpuMemory = Annotated[int, BeforeValidator(_gpu_memory), NotBoolean, Field(gt=0)]
+ByteCount = Annotated[int, BeforeValidator(_bytes), NotBoolean, Field(gt=0)]
+ByteCountOrZero = Annotated[int, BeforeValidator(_bytes), NotBoolean, Field(ge=0)]
+Share = Annotated[float, NotBoolean, Field(gt=0, le=1)]
+PositiveFloat = Annotated[float, NotBoolean, Field(gt=0)]
+PositiveInt = Annotated[int, NotBoolean, Field(ge=1)]
+
 # Names and paths in a plan end up in every report: a line break splits a Markdown table row,
 # a C0 control is not allowed in XML 1.0 (JUnit), and a bidi override reorders what a reviewer
 # reads. They are refused where the plan is read, with the line, rather than escaped per format.
@@ -111,7 +115,7 @@ class Budgets(BaseModel):
 
     min_concurrent_sequences: Optional[PositiveInt] = None  # sequences of `context` tokens that fit
     max_kv_bytes_per_token: Optional[ByteCount] = None  # all layers, one copy, at kv_cache_dtype
-    min_headroom_pct: Optional[Annotated[float, Field(lt=100)]] = None  # KV budget left at `batch`, %
+    min_headroom_pct: Optional[Annotated[float, NotBoolean, Field(lt=100)]] = None  # KV budget left at `batch`, %
     max_decode_step_ms: Optional[PositiveFloat] = None  # one decode step at `batch`, ms
     max_usd_per_million_output_tokens: Optional[PositiveFloat] = None  # at the largest batch that fits
     max_usd_per_million_input_tokens: Optional[PositiveFloat] = None  # prefill of prompt_tokens
@@ -161,7 +165,7 @@ class DeploymentEntry(BaseModel):
     gpu: Optional[Text] = None  # a catalog GPU or a GPU YAML file
     gpu_memory: Optional[GpuMemory] = None  # at least 1 GiB (kvplan.units.MIN_GPU_MEMORY_BYTES)
     gpu_bandwidth: Optional[PositiveFloat] = None  # GB/s
-    usd_per_hour: Optional[Annotated[float, Field(ge=0)]] = None
+    usd_per_hour: Optional[Annotated[float, NotBoolean, Field(ge=0)]] = None
     gpu_bf16_tflops: Optional[PositiveFloat] = None
     context: TokenCount  # required: every gate is at a stated context
     batch: PositiveInt = 1
@@ -188,7 +192,7 @@ class DeploymentEntry(BaseModel):
     quant_backend: Optional[Text] = None
     nbits: Optional[PositiveInt] = None
     q_group_size: Optional[PositiveInt] = None
-    residual_length: Optional[Annotated[int, Field(ge=0)]] = None
+    residual_length: Optional[Annotated[int, NotBoolean, Field(ge=0)]] = None
     # llama.cpp
     parallel: Optional[PositiveInt] = None
     ctx_size: Optional[TokenCount] = None
@@ -270,7 +274,7 @@ class PlanFile(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
-    version: Literal[1] = 1
+    version: Annotated[Literal[1], NotBoolean] = 1  # `version: true` is not 1
     deployments: tuple[DeploymentEntry, ...] = Field(strict=False)  # YAML gives a list
 
     @field_validator("deployments")

@@ -276,7 +276,7 @@ def _parse(r: _Reader) -> GGUFHeader:
         offset = r.unpack("<Q", f"tensor {name!r} offset")
         tensors.append(TensorInfo(name, shape, ggml_type, offset))
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0:
+    if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0:
         raise r.fail(f"general.alignment {alignment!r} is not a positive integer")
     data_start = -(-r.pos // alignment) * alignment
     for t in tensors:

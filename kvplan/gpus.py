@@ -22,15 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from kvplan.catalog import broken_link, did_you_mean, load_model, read_yaml
 from kvplan.errors import InputError
-from kvplan.units import fmt_bytes, gpu_memory_problem, parse_bytes, parse_gpu_memory
+from kvplan.spec import NonNegativeFloat, NotBoolean, PositiveFloat  # numbers that refuse a boolean
+from kvplan.units import fmt_bytes, gpu_memory_problem, not_a_boolean, parse_bytes, parse_gpu_memory
 
 GPU_CATALOG_PATH = Path(__file__).resolve().parent / "data" / "gpus.yaml"
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, max_length=60)]
 Text = Annotated[str, Field(min_length=1)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 
 class GPU(BaseModel):
@@ -63,8 +62,7 @@ class GPU(BaseModel):
     def _size_string(cls, value: Any) -> Any:
         """Accept '81559MiB' or '80GB' as well as an integer count of bytes; refuse what no GPU has
         (below 1 GiB: a bare `45` is 45 bytes, most likely meant as 45GiB; see kvplan.units)."""
-        if isinstance(value, bool):
-            raise ValueError("must be a number of bytes, not true/false")
+        not_a_boolean(value)
         nbytes = value
         if isinstance(value, str):
             try:
@@ -103,7 +101,7 @@ class _CatalogFile(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = 1
+    schema_version: Annotated[Literal[1], NotBoolean] = 1  # `true` is not 1
     gpus: tuple[GPU, ...]
 
 

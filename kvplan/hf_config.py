@@ -203,6 +203,26 @@ _BOUND_LIKE = {
 }
 
 
+# Every config.json key kvplan reads as a number (or a list of numbers): a JSON `true` there is
+# refused (model_source.read_config), never read as 1.
+NUMBER_KEYS = frozenset(SIZE_LIMITS) | frozenset(_BOUND_LIKE) | frozenset(GENERIC_REQUIRED) | {
+    "mamba_dt_rank", "num_nextn_predict_layers", "mlp_only_layers", "moe_layers", "no_rope_layers",
+}
+
+
+def booleans_as_numbers(raw: Any, path: tuple = ()) -> list[tuple[tuple, bool]]:
+    """(key path, value) of each boolean under a NUMBER_KEYS key, nested configs included (text_config)."""
+    found = []
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if key in NUMBER_KEYS:
+                items = value if isinstance(value, list) else [value]
+                found += [(path + (key,), v) for v in items if isinstance(v, bool)]
+            elif isinstance(value, dict):
+                found += booleans_as_numbers(value, path + (key,))
+    return found
+
+
 class _Cfg:
     """Field access with transformers' defaults, remembering which defaults were used."""
 
@@ -290,7 +310,7 @@ def _check_layer_types(c: _Cfg, layers: int) -> Optional[list[str]]:
     if not isinstance(value, list) or len(value) != layers:
         count = len(value) if isinstance(value, list) else 0
         raise ConfigError(f"{c.where}: layer_types has {count} entries but num_hidden_layers is {layers}")
-    bad = sorted({v for v in value if v not in LAYER_TYPE_ALIASES})
+    bad = [v for v in value if not isinstance(v, str) or v not in LAYER_TYPE_ALIASES]  # in file order: any JSON value
     if bad:
         raise ConfigError(f"{c.where}: layer_types has {bad[0]!r}, not one of {sorted(LAYER_TYPE_ALIASES)}")
     return list(value)

@@ -26,6 +26,7 @@ from typing import Any, Optional
 from pydantic import ValidationError
 
 from kvplan.errors import InputError
+from kvplan.userfiles import loads_json, read_text
 from kvplan.spec import DTYPE_ALIASES, NAME_PATTERN, ModelSpec, slugify
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a config.json is a few KB; Phi-3's rope tables make ~10 KB
@@ -185,18 +186,30 @@ def read_config(path: Path) -> dict[str, Any]:
         size = path.stat().st_size
         if size > MAX_CONFIG_BYTES:
             raise InputError(f"{path}: {size:,} bytes is too large for a config.json (cap {MAX_CONFIG_BYTES:,})")
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except UnicodeDecodeError:
         raise InputError(f"{path}: is not UTF-8 text; expected a config.json") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     try:
-        data = json.loads(text)
+        data = loads_json(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg} (column {exc.colno})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object at the top level")
+    from kvplan.hf_config import booleans_as_numbers
+    from kvplan.units import boolean_problem
+
+    for keys, value in booleans_as_numbers(data)[:1]:  # the first: one line
+        raise InputError(f"{path}:{_json_line(text, keys[-1], value)}: {'.'.join(keys)}: {boolean_problem(value, yaml=False)}")
     return data
+
+
+def _json_line(text: str, key: str, value: bool) -> int:
+    """The line of the first `"key": true` (or false) in a JSON text; json.loads keeps no lines."""
+    word = str(value).lower()  # the value itself, or inside the key's list of numbers
+    found = re.search(rf'"{re.escape(key)}"\s*:\s*(\[[^\]]*?)?\b{word}\b', text)
+    return text.count("\n", 0, found.start()) + 1 if found else 1
 
 
 def _build(fields: dict[str, Any], where: str) -> ModelSpec:

@@ -33,7 +33,6 @@ Nothing here imports pydantic, yaml or torch: `estimate`'s cold start stays lean
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from kvplan.errors import InputError
+from kvplan.userfiles import loads_json
 
 _HEAD_BYTES = 4096  # enough to see an XML declaration, a comment or two and the root element
 _JSON_LIMIT_BYTES = 64 * 2**20  # kvplan's JSON reports are kilobytes; a larger file is not one of them
@@ -75,7 +75,7 @@ def _json_with_keys(*keys: str) -> Callable[[Path], bool]:
         if path.stat().st_size > _JSON_LIMIT_BYTES:
             return False
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = loads_json(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, ValueError):
             return False
         return isinstance(data, dict) and all(k in data for k in keys)

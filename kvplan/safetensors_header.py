@@ -13,12 +13,14 @@ A sharded checkpoint names its shards in `model.safetensors.index.json`
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from kvplan.errors import InputError
+from kvplan.userfiles import loads_json, read_text
 
 # The safetensors crate refuses headers above 100 MB (MAX_HEADER_SIZE = 100_000_000
 # in safetensors/src/tensor.rs); a real header is a few hundred KB.
@@ -139,7 +141,7 @@ def _read(path: Path) -> tuple[dict[str, Any], int]:
     except OSError as exc:
         raise _fail(path, f"cannot be read ({exc.strerror or exc})") from None
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = loads_json(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise _fail(path, "header is not UTF-8 text; the file is damaged or not safetensors") from None
     except json.JSONDecodeError as exc:
@@ -223,13 +225,13 @@ def _read_index(path: Path) -> dict[str, Any]:
         size = path.stat().st_size
         if size > MAX_INDEX_BYTES:
             raise _fail(path, f"is {size:,} bytes, above the {MAX_INDEX_BYTES:,}-byte cap for an index")
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except OSError as exc:
         raise _fail(path, f"cannot be read ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
         raise _fail(path, "is not UTF-8 text") from None
     try:
-        index = json.loads(text)
+        index = loads_json(text)
     except json.JSONDecodeError as exc:
         raise _fail(path, f"line {exc.lineno}: malformed JSON: {exc.msg}") from None
     if not isinstance(index, dict) or not isinstance(index.get("weight_map"), dict):
@@ -277,9 +279,21 @@ def summarize_index(index_path: Path) -> SafetensorsSummary:
         tensor_names=summary.tensor_names,
         tensor_bytes=summary.tensor_bytes,
         missing_files=missing,
-        index_total_bytes=int(total_size) if isinstance(total_size, (int, float)) and not isinstance(total_size, bool) else None,
-        index_total_parameters=int(total_params) if isinstance(total_params, int) and not isinstance(total_params, bool) else None,
+        index_total_bytes=_whole(total_size),
+        index_total_parameters=_whole(total_params) if not isinstance(total_params, float) else None,
     )
+
+
+def _whole(value: Any) -> Optional[int]:
+    """An index's count as an integer: an int, or a float with no fraction (transformers writes 1.6e10
+    for some); None for anything else (a boolean, Infinity, NaN, text), as if it were absent."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return None
 
 
 def find_weights(folder: Path) -> Optional[SafetensorsSummary]:

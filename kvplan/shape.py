@@ -205,6 +205,26 @@ class FileWeights:
     routed_experts: int
 
 
+# The spec fields that hold a boolean; every other field is a number, a string or a list of them.
+# (A test holds this equal to ModelSpec's bool fields.)
+BOOLEAN_FIELDS = frozenset({"tie_word_embeddings"})
+
+
+def holds_stray_boolean(fields: dict[str, Any]) -> bool:
+    """Whether a boolean stands anywhere but in BOOLEAN_FIELDS (nested lists and mappings included):
+    Python would count it as the number 1."""
+    def stray(value: Any) -> bool:
+        if isinstance(value, bool):
+            return True
+        if isinstance(value, dict):
+            return any(stray(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return any(stray(v) for v in value)
+        return False
+
+    return any(stray(v) for k, v in fields.items() if k not in BOOLEAN_FIELDS)
+
+
 class ModelShape(SpecDerived):
     """A spec that was validated earlier, rebuilt from its field values (frozen)."""
 

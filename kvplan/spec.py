@@ -13,12 +13,17 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from kvplan.units import not_a_boolean
 from kvplan.shape import DTYPE_ALIASES, LAYER_TYPE_ALIASES, LayerKind, ModelShape, SpecDerived  # noqa: F401
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
+# Every number field refuses a boolean (kvplan.units.boolean_problem): pydantic's lax mode reads true as 1.
+NotBoolean = BeforeValidator(not_a_boolean)
+PositiveInt = Annotated[int, NotBoolean, Field(gt=0)]
+NonNegativeInt = Annotated[int, NotBoolean, Field(ge=0)]
+PositiveFloat = Annotated[float, NotBoolean, Field(gt=0)]
+NonNegativeFloat = Annotated[float, NotBoolean, Field(ge=0)]
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"
 
@@ -117,13 +122,13 @@ def _one_pattern_entry(entry: dict) -> dict:
 # Checked item by item, so an error names the entry and its line (layer_pattern.1: unknown layer type ...).
 LayerTypeName = Annotated[str, AfterValidator(_layer_type_name)]
 PatternEntry = Annotated[
-    dict[LayerTypeName, Annotated[int, Field(gt=0), AfterValidator(_pattern_count)]], AfterValidator(_one_pattern_entry)
+    dict[LayerTypeName, Annotated[int, NotBoolean, Field(gt=0), AfterValidator(_pattern_count)]], AfterValidator(_one_pattern_entry)
 ]
 
 
 # A file's weight bytes: at most 8 bytes per parameter (fp64) of the largest model allowed.
 MAX_WEIGHT_BYTES = 8 * MAX_PARAMETERS
-WeightBytes = Annotated[int, Field(ge=0, le=MAX_WEIGHT_BYTES)]
+WeightBytes = Annotated[int, NotBoolean, Field(ge=0, le=MAX_WEIGHT_BYTES)]
 
 
 class FileWeightBytes(BaseModel):

@@ -12,6 +12,27 @@ from typing import Optional, Union
 
 from kvplan.errors import InputError
 
+def boolean_problem(value: object, yaml: bool = True) -> Optional[str]:
+    """Why `value` cannot stand where a number is expected, when it is a boolean; else None.
+
+    Python counts True as the integer 1 (`isinstance(True, int)`), and YAML reads `yes`,
+    `on` and `true` all as True: `num_hidden_layers: on` would size a one-layer model.
+    `yaml`: say so (a JSON file's `true` needs no such word).
+    """
+    if not isinstance(value, bool):
+        return None
+    why = " (YAML reads true/false, yes/no and on/off as booleans)" if yaml else ""
+    return f"{str(value).lower()} is a boolean, not a number{why}; write the number"
+
+
+def not_a_boolean(value: object) -> object:
+    """A pydantic before-validator for every number field: a boolean is refused (see boolean_problem)."""
+    problem = boolean_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 _UNITS = {
     "": 1,
     "b": 1,

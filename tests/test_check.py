@@ -429,7 +429,7 @@ def test_output_to_a_missing_folder_is_bad_input(tmp_path, capsys):
         ("context: 1.3k", "min_concurrent_sequences: 1",
          "deployments.0.context: '1.3k' is 1.3 × 1,024 = 1,331.2, not a whole number; write 1331 or 1332"),
         ("tp: '2'", "min_concurrent_sequences: 1", "deployments.0.tp: Input should be a valid integer"),
-        ("tp: true", "min_concurrent_sequences: 1", "deployments.0.tp: Input should be a valid integer"),
+        ("tp: true", "min_concurrent_sequences: 1", "deployments.0.tp: true is a boolean, not a number (YAML reads true/false, yes/no and on/off as booleans); write the number"),
         ("pp: 0", "min_concurrent_sequences: 1", "deployments.0.pp: Input should be greater than or equal to 1"),
         ("engine: mlc", "min_concurrent_sequences: 1",
          "deployments.0.engine: Input should be 'vllm', 'ideal', 'hf', 'llama.cpp', 'sglang' or 'trtllm'"),

@@ -29,6 +29,7 @@ import kvplan
 from kvplan.calc import CacheEstimate, CacheLayout
 from kvplan.errors import InputError, KvplanError
 from kvplan.formats import UnknownFormatError, parse_format, parse_format_pair
+from kvplan.interrupts import raise_if_interrupted
 from kvplan.measure import readings as rd
 from kvplan.measure.allocator import AllocatorDelta, cuda_allocations, glibc_allocations
 from kvplan.measure.cache import (
@@ -240,6 +241,7 @@ def measure(opts: MeasureOptions) -> MeasureReport:
             except ImportError:
                 notes.append("NVML readings skipped: nvidia-ml-py is not installed (pip install nvidia-ml-py)")
             except Exception as exc:  # pynvml.NVMLError and friends: no NVML on this machine
+                raise_if_interrupted(exc)
                 notes.append(f"NVML readings skipped: {exc}")
         device = resolve_device(opts.device)
         if device.type == "cuda":
@@ -250,6 +252,7 @@ def measure(opts: MeasureOptions) -> MeasureReport:
                 try:
                     attached = session.nvml.attach(device)
                 except Exception as exc:  # pynvml.NVMLError: an NVML that answers some queries and not others
+                    raise_if_interrupted(exc)
                     attached = False
                     notes.append(f"NVML readings skipped: {type(exc).__name__}: {exc}")
                 if attached:
@@ -500,6 +503,7 @@ def _run_one(
                 session.graph = _capture_graph(step, device)
                 mode = "cuda-graph"
             except Exception as exc:  # capture is best-effort: time the eager step instead
+                raise_if_interrupted(exc)  # a Ctrl-C during capture surfaces as capture_end's error
                 torch.cuda.synchronize(device)
                 session.graph = None
                 mode = f"eager (graph capture failed: {type(exc).__name__})"
