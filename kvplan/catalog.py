@@ -166,8 +166,9 @@ def _keys_at(model_cls: Any, loc: tuple) -> list[str]:
 
 # PyYAML's C composer recurses once per nesting level with no limit: `a: [[[[…]]]]` 100,000 deep
 # crashes the interpreter (a segmentation fault, no message at all). Specs, GPU files and plans nest
-# 4 levels; 1,000 is far above any real file and far below the crash.
-MAX_YAML_DEPTH = 1000
+# 4 levels; 500 is far above any real file, far below the crash, and below PyYAML 6.0.4's own
+# scanner cap (1,000 flow levels: "exceeded maximum nesting depth"), so every PyYAML says the same.
+MAX_YAML_DEPTH = 500
 
 
 def _refuse_deep_nesting(text: str, where: str) -> None:

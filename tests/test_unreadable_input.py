@@ -57,20 +57,23 @@ def test_a_deeply_nested_yaml_file(tmp_path, capsys):
     spec.write_text("name: x\nlayer_pattern: " + "[" * DEPTH + "]" * DEPTH + "\n")
     r = run_cli(capsys, "estimate", str(spec))
     assert r.exit_code == 2, r.stderr
-    assert r.stderr == f"error: {spec}:2: nested more than 1,000 levels deep; a kvplan file nests a few levels\n"
+    assert r.stderr == f"error: {spec}:2: nested more than 500 levels deep; a kvplan file nests a few levels\n"
     plan = tmp_path / "plan.yaml"
     plan.write_text("version: 1\ndeployments:\n" + "- " * DEPTH + "x\n")  # block sequences nest too
     r = run_cli(capsys, "check", str(plan))
     assert r.exit_code == 2, r.stderr
-    assert r.stderr == f"error: {plan}:3: nested more than 1,000 levels deep; a kvplan file nests a few levels\n"
+    assert r.stderr == f"error: {plan}:3: nested more than 500 levels deep; a kvplan file nests a few levels\n"
 
 
 def test_nesting_at_the_limit_is_parsed(tmp_path, capsys):
     spec = tmp_path / "deep.yaml"
-    spec.write_text("notes: " + "[" * 999 + "]" * 999 + "\n")  # the document mapping + 999 = 1,000 levels
+    spec.write_text("notes: " + "[" * 499 + "]" * 499 + "\n")  # the document mapping + 499 = 500 levels
     r = run_cli(capsys, "estimate", str(spec))
     assert r.exit_code == 2
     assert "nested more than" not in r.stderr and f"{spec}:1: notes: Input should be a valid string" in r.stderr
+    spec.write_text("notes: " + "[" * 500 + "]" * 500 + "\n")  # one level more: 501
+    r = run_cli(capsys, "estimate", str(spec))
+    assert r.stderr == f"error: {spec}:1: nested more than 500 levels deep; a kvplan file nests a few levels\n"
 
 
 def test_a_fifo_is_refused_not_waited_on(tmp_path, capsys):
