@@ -191,16 +191,21 @@ def _refuse_deep_nesting(text: str, where: str) -> None:
             if isinstance(event, yaml.CollectionStartEvent):
                 depth += 1
                 if depth > MAX_YAML_DEPTH:
-                    raise InputError(
-                        f"{where}:{event.start_mark.line + 1}: nested more than {MAX_YAML_DEPTH:,} levels deep; "
-                        "a kvplan file nests a few levels"
-                    )
+                    raise _too_deep(where, event.start_mark.line)
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
-    except yaml.YAMLError:
+    except yaml.YAMLError as exc:
+        # PyYAML >= 6.0.4 stops at 1,000 levels itself, and may find them while looking ahead of a
+        # flow collection, before its events reach MAX_YAML_DEPTH here: the same refusal, its line
+        if "maximum nesting depth" in str(exc) and getattr(exc, "problem_mark", None) is not None:
+            raise _too_deep(where, exc.problem_mark.line) from None
         return  # malformed: the parse proper reports it with its line
     finally:
         loader.dispose()
+
+
+def _too_deep(where: str, line0: int) -> InputError:
+    return InputError(f"{where}:{line0 + 1}: nested more than {MAX_YAML_DEPTH:,} levels deep; a kvplan file nests a few levels")
 
 
 def format_validation_error(
