@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from kvplan.errors import InputError
-from kvplan.spec import LAYER_TYPE_ALIASES, SIZE_LIMITS, size_limit_problem
+from kvplan.shape import LAYER_TYPE_ALIASES
+from kvplan.spec_rules import SIZE_LIMITS, size_limit_problem
 
 _ABSENT = object()
 
@@ -188,7 +189,7 @@ def supported_model_types() -> list[str]:
 
 
 # config.json keys that are not spec fields, mapped to the spec field whose bound
-# (kvplan.spec.SIZE_LIMITS) they share: layer periods and offsets are bounded like
+# (kvplan.spec_rules.SIZE_LIMITS) they share: layer periods and offsets are bounded like
 # layers, so no per-layer loop below ever runs past MAX_LAYERS.
 _BOUND_LIKE = {
     "n_layer": "num_hidden_layers", "n_head": "num_attention_heads", "n_embd": "hidden_size",
