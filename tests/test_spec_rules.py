@@ -322,12 +322,12 @@ def _write_inputs(tmp_path: Path) -> dict[str, tuple[str, dict]]:
 
     gguf = write_gguf(tmp_path / "tiny.gguf", llama_metadata(), EMBED)
     hub = {"HF_HUB_CACHE": str(tmp_path / "hub")}
-    return {"spec_yaml": (str(spec), {}), "config_file": (str(folder / "config.json"), {}), "config_folder": (str(folder), {}),
+    return {"catalog": ("llama-3.1-8b", {}), "spec_yaml": (str(spec), {}), "config_file": (str(folder / "config.json"), {}), "config_folder": (str(folder), {}),
             "hf_cache_id": ("acme/Llama", hub), "gguf": (str(gguf), {}), "safetensors": (str(weights), {})}
 
 
-@pytest.mark.parametrize("kind", ["spec_yaml", "config_file", "config_folder", "hf_cache_id", "gguf", "safetensors"])
-def test_estimate_on_every_input_kind_loads_no_pydantic(tmp_path, kind):
+@pytest.mark.parametrize("kind", ["catalog", "spec_yaml", "config_file", "config_folder", "hf_cache_id", "gguf", "safetensors"])
+def test_estimate_json_on_every_input_kind_loads_no_pydantic_and_no_rich(tmp_path, kind):
     import os
 
     ref, env = _write_inputs(tmp_path)[kind]
@@ -335,7 +335,7 @@ def test_estimate_on_every_input_kind_loads_no_pydantic(tmp_path, kind):
         f"import sys; sys.argv=['kvplan','estimate',{ref!r},'-f','json']\n"
         "from kvplan.cli import main\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "print(sorted(m for m in ('torch', 'pydantic', 'pydantic_core', 'yaml', 'numpy', 'kvplan.spec') if m in sys.modules))\n"
+        "print(sorted(m for m in ('torch', 'pydantic', 'pydantic_core', 'yaml', 'numpy', 'rich', 'kvplan.spec') if m in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
     assert proc.returncode == 0, proc.stderr
