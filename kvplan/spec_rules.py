@@ -321,6 +321,42 @@ def _expert_quantization_problem(spec: SpecDerived, embedding: int) -> Optional[
     return None
 
 
+# ----------------------------------------------------------------- layer kinds as fields
+# (here, not in kvplan.hf_config: the GGUF importer writes them too and need not load the config rules)
+
+
+def layer_fields(kinds: list[str]) -> dict[str, Any]:
+    """`layer_types` / `layer_pattern` fields for a list of per-layer kind names, compactly.
+
+    All full -> nothing (the default); all sliding -> nothing but the window (a spec
+    with `sliding_window` and no pattern slides every layer); a repeating cycle ->
+    `layer_pattern` (e.g. Gemma-3: [{sliding_attention: 5}, {full_attention: 1}]);
+    otherwise the explicit list.
+    """
+    if not kinds or all(k == "full_attention" for k in kinds) or all(k == "sliding_attention" for k in kinds):
+        return {}
+    n = len(kinds)
+    # The shortest period is n minus the longest proper border (a prefix that is also a
+    # suffix): Knuth-Morris-Pratt's prefix function, linear in the layers where trying
+    # each period in turn was quadratic (seconds for 10,000 layers).
+    border = [0] * n
+    for i in range(1, n):
+        b = border[i - 1]
+        while b and kinds[i] != kinds[b]:
+            b = border[b - 1]
+        border[i] = b + (kinds[i] == kinds[b])
+    period = n - border[-1]
+    if period < n:
+        runs: list[dict[str, int]] = []
+        for k in kinds[:period]:
+            if runs and k in runs[-1]:
+                runs[-1][k] += 1
+            else:
+                runs.append({k: 1})
+        return {"layer_pattern": tuple(runs)}
+    return {"layer_types": tuple(kinds)}
+
+
 # ----------------------------------------------------------------- the fast check
 
 
