@@ -5,6 +5,10 @@ A spec holds what sizes a KV cache, with field names taken from Hugging Face
 (KV heads = heads, head_dim = hidden / heads, the layer pattern) are resolved in
 validators; a spec is never mutated after construction.
 
+The rules themselves (size bounds, defaults, cross-field checks) are plain data
+and functions in `kvplan.spec_rules`, which `kvplan estimate` applies without
+pydantic first; the validators here call them, so both refuse the same specs.
+
 Pure: no I/O. `kvplan.catalog` reads YAML files into these models.
 """
 
