@@ -7,7 +7,6 @@ an unknown catalog name gets a "did you mean". Nothing here writes a file.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -253,10 +252,19 @@ def load_model(model_cls: type[M], path: Path, data: Any = None, line_of=None) -
         ) from None
 
 
-def load_spec_file(path: Path) -> "ModelSpec":
+def load_spec_file(path: Path, *, fast: bool = False) -> "ModelSpec":
+    """A spec YAML validated into ModelSpec; `fast`: a ModelShape when kvplan.spec_rules' cheap check
+    accepts it as it stands (no pydantic import), else ModelSpec, which accepts or refuses it as ever."""
+    data, line_of = read_yaml(path)
+    if fast:
+        from kvplan.spec_rules import shape_if_valid
+
+        shape = shape_if_valid(data)
+        if shape is not None:
+            return shape  # type: ignore[return-value]
     from kvplan.spec import ModelSpec
 
-    return load_model(ModelSpec, path)
+    return load_model(ModelSpec, path, data, line_of)
 
 
 # ----------------------------------------------------------------- the fast path
@@ -271,6 +279,8 @@ INDEX_FILE = SPECS_DIR / "_index.json"
 
 
 def _sha256(path: Path) -> str:
+    import hashlib  # here: loading OpenSSL costs milliseconds that a model's own files do not need
+
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -329,9 +339,10 @@ def did_you_mean(name: str, choices: list[str]) -> str:
 def resolve_spec(ref: str, *, fast: bool = False) -> "ModelSpec":
     """A catalog name, a spec YAML, or a model's own files (config.json, folder, .gguf, cached hub id).
 
-    `fast`: a catalog spec may come back as a ModelShape from the validated index
-    (same fields and derived sizes, no pydantic import); callers that need the
-    pydantic model (model_dump(mode=...), model_copy) leave it False.
+    `fast`: the spec may come back as a ModelShape (same fields and derived sizes, no
+    pydantic import): a catalog spec from the validated index, any other from
+    kvplan.spec_rules' cheap check; callers that need the pydantic model
+    (model_dump(mode=...), model_copy) leave it False.
     """
     if not ref.strip():  # Path("") is the current folder: name the empty argument instead
         raise InputError(f"MODEL is empty ({ref!r}); give a catalog name (`kvplan models`), a spec YAML, config.json, model folder, .gguf or cached hub id org/name")
@@ -341,7 +352,7 @@ def resolve_spec(ref: str, *, fast: bool = False) -> "ModelSpec":
     looks_like_path = ref.endswith((".yaml", ".yml")) or "/" in ref or path.exists()
     own_files = path.suffix.lower() in (".json", ".gguf")  # config.json / GGUF: kvplan.model_source
     if looks_like_path and path.is_file() and not own_files:
-        return load_spec_file(path)
+        return load_spec_file(path, fast=fast)
     catalog_file = SPECS_DIR / f"{ref.lower()}.yaml"
     if catalog_file.is_file():
         if fast:
@@ -353,7 +364,7 @@ def resolve_spec(ref: str, *, fast: bool = False) -> "ModelSpec":
         from kvplan import model_source  # imported here: a catalog lookup stays fast
 
         if path.is_file() or path.is_dir() or model_source.looks_like_hub_id(ref):
-            return model_source.spec_from_source(ref)
+            return model_source.spec_from_source(ref, fast=fast)
         raise InputError(f"{ref}: no such file")
     raise InputError(
         f"unknown model {ref!r}{did_you_mean(ref, catalog_names())} "

@@ -22,8 +22,7 @@ from typing import Any, BinaryIO, Optional
 
 from kvplan.errors import InputError
 from kvplan.file_weights import gguf_part, split_weight_bytes
-from kvplan.hf_config import layer_fields
-from kvplan.spec import size_limit_problem
+from kvplan.spec_rules import layer_fields, size_limit_problem
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)  # v1 (Aug 2023) used 32-bit counts; no current tool writes it

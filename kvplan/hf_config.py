@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from kvplan.errors import InputError
-from kvplan.spec import LAYER_TYPE_ALIASES, SIZE_LIMITS, size_limit_problem
+from kvplan.shape import LAYER_TYPE_ALIASES
+from kvplan.spec_rules import SIZE_LIMITS, layer_fields, size_limit_problem
 
 _ABSENT = object()
 
@@ -188,7 +189,7 @@ def supported_model_types() -> list[str]:
 
 
 # config.json keys that are not spec fields, mapped to the spec field whose bound
-# (kvplan.spec.SIZE_LIMITS) they share: layer periods and offsets are bounded like
+# (kvplan.spec_rules.SIZE_LIMITS) they share: layer periods and offsets are bounded like
 # layers, so no per-layer loop below ever runs past MAX_LAYERS.
 _BOUND_LIKE = {
     "n_layer": "num_hidden_layers", "n_head": "num_attention_heads", "n_embd": "hidden_size",
@@ -400,38 +401,6 @@ def _llama_like(
     )
     total, inactive = _decoder_total(h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
     return f, total, inactive
-
-
-def layer_fields(kinds: list[str]) -> dict[str, Any]:
-    """`layer_types` / `layer_pattern` fields for a list of per-layer kind names, compactly.
-
-    All full -> nothing (the default); all sliding -> nothing but the window (a spec
-    with `sliding_window` and no pattern slides every layer); a repeating cycle ->
-    `layer_pattern` (e.g. Gemma-3: [{sliding_attention: 5}, {full_attention: 1}]);
-    otherwise the explicit list.
-    """
-    if not kinds or all(k == "full_attention" for k in kinds) or all(k == "sliding_attention" for k in kinds):
-        return {}
-    n = len(kinds)
-    # The shortest period is n minus the longest proper border (a prefix that is also a
-    # suffix): Knuth-Morris-Pratt's prefix function, linear in the layers where trying
-    # each period in turn was quadratic (seconds for 10,000 layers).
-    border = [0] * n
-    for i in range(1, n):
-        b = border[i - 1]
-        while b and kinds[i] != kinds[b]:
-            b = border[b - 1]
-        border[i] = b + (kinds[i] == kinds[b])
-    period = n - border[-1]
-    if period < n:
-        runs: list[dict[str, int]] = []
-        for k in kinds[:period]:
-            if runs and k in runs[-1]:
-                runs[-1][k] += 1
-            else:
-                runs.append({k: 1})
-        return {"layer_pattern": tuple(runs)}
-    return {"layer_types": tuple(kinds)}
 
 
 def _apply_kinds(fields: dict, layer_types: Optional[list[str]], window: Any, chunk: Any = None) -> None:

@@ -21,13 +21,15 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
-
-from pydantic import ValidationError
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from kvplan.errors import InputError
+from kvplan.shape import DTYPE_ALIASES, ModelShape
+from kvplan.spec_rules import NAME_PATTERN, shape_if_valid, slugify
 from kvplan.userfiles import loads_json, read_text
-from kvplan.spec import DTYPE_ALIASES, NAME_PATTERN, ModelSpec, slugify
+
+if TYPE_CHECKING:  # pydantic is imported only when the cheap check does not accept a spec (kvplan.spec_rules)
+    from kvplan.spec import ModelSpec
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a config.json is a few KB; Phi-3's rope tables make ~10 KB
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?$")
@@ -212,7 +214,16 @@ def _json_line(text: str, key: str, value: bool) -> int:
     return text.count("\n", 0, found.start()) + 1 if found else 1
 
 
-def _build(fields: dict[str, Any], where: str) -> ModelSpec:
+def _build(fields: dict[str, Any], where: str, fast: bool = False) -> Union["ModelSpec", ModelShape]:
+    """The spec `fields` describe; `fast`: a ModelShape when the cheap check accepts them (no pydantic)."""
+    if fast:
+        shape = shape_if_valid(fields)
+        if shape is not None:
+            return shape
+    from pydantic import ValidationError
+
+    from kvplan.spec import ModelSpec
+
     try:
         return ModelSpec.model_validate(fields)
     except ValidationError as exc:
@@ -221,7 +232,7 @@ def _build(fields: dict[str, Any], where: str) -> ModelSpec:
         raise InputError(f"{where}: {loc}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
-def spec_from_config_file(path: Path, name: str, source: str) -> ModelSpec:
+def spec_from_config_file(path: Path, name: str, source: str, fast: bool = False) -> "ModelSpec":
     """A spec from config.json, with parameters from the safetensors headers beside it when present."""
     from kvplan.hf_config import convert_config
     from kvplan.safetensors_header import find_weights
@@ -293,7 +304,7 @@ def spec_from_config_file(path: Path, name: str, source: str) -> ModelSpec:
         fields["num_active_parameters"] = total - conv.inactive_parameters
         notes.append("num_active_parameters = num_parameters minus the experts a token skips (from config.json)")
     fields.update(name=name, source=source, notes="; ".join(notes))
-    return _build(fields, str(path))
+    return _build(fields, str(path), fast)
 
 
 def _safetensors_weight_bytes(weights, fields: dict[str, Any], notes: list[str], mtp_layers: int) -> dict[str, Any]:
@@ -333,7 +344,7 @@ def _safetensors_weight_bytes(weights, fields: dict[str, Any], notes: list[str],
     return {"source": "safetensors", **parts}
 
 
-def spec_from_gguf_file(path: Path, name: str, source: str) -> ModelSpec:
+def spec_from_gguf_file(path: Path, name: str, source: str, fast: bool = False) -> "ModelSpec":
     """A spec from a GGUF header (all split files, when the model is split)."""
     from kvplan.gguf import GGUFHeader, read_gguf, spec_fields_from_gguf
 
@@ -350,15 +361,20 @@ def spec_from_gguf_file(path: Path, name: str, source: str) -> ModelSpec:
         header = GGUFHeader(header.path, header.version, header.metadata, tuple(tensors))
     fields, notes = spec_fields_from_gguf(header)
     fields.update(name=name, source=source, notes="; ".join(notes))
-    return _build(fields, str(path))
+    return _build(fields, str(path), fast)
 
 
-def spec_from_source(ref: str, name: Optional[str] = None) -> ModelSpec:
-    """A ModelSpec from a config.json, model folder, .gguf file or cached hub id."""
+def spec_from_source(ref: str, name: Optional[str] = None, *, fast: bool = False) -> "ModelSpec":
+    """A ModelSpec from a config.json, model folder, .gguf file or cached hub id.
+
+    `fast`: a ModelShape (same fields and derived sizes) when the spec passes kvplan.spec_rules'
+    cheap check, as `kvplan.catalog.resolve_spec(fast=True)` serves it; a spec it does not accept
+    goes through ModelSpec, which accepts it or refuses it with today's message.
+    """
     where = locate(ref)
     spec_name = _name(name) if name else where.default_name
     if name and spec_name != name:
         raise InputError(f"--name {name!r}: use lowercase letters, digits, '.' and '-' (e.g. {spec_name!r})")
     if where.kind == "gguf":
-        return spec_from_gguf_file(where.path, spec_name, where.source)
-    return spec_from_config_file(where.path, spec_name, where.source)
+        return spec_from_gguf_file(where.path, spec_name, where.source, fast)
+    return spec_from_config_file(where.path, spec_name, where.source, fast)

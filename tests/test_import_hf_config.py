@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvplan.hf_config import ConfigError, convert_config, layer_fields
+from kvplan.hf_config import ConfigError, convert_config
+from kvplan.spec_rules import layer_fields
 from kvplan.spec import ModelSpec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
