@@ -559,6 +559,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", type=Path, default=None,
                         help="a previous --json: rerun only the mutants that survived there")
     parser.add_argument("--list", action="store_true", help="list the mutants picked and stop")
+    parser.add_argument("--preload", nargs="*", default=PRELOAD, help="libraries imported once before forking")
     args = parser.parse_args(argv)
 
     root = args.root.resolve()
@@ -592,7 +593,7 @@ def main(argv=None) -> int:
         return 0
 
     files = repo_files(root)
-    for name in PRELOAD:
+    for name in args.preload:
         try:
             __import__(name)
         except ImportError:
