@@ -101,6 +101,9 @@ def test_jamba_attention_block_grows_to_hold_the_mamba_state():
     assert plan.vllm_groups == 1 + 7  # 4 attention layers; 28 Mamba layers in 7 groups of 4
     per_request = math.ceil(8192 / 80) + 7
     assert plan.max_concurrent_sequences == 1_000 // per_request
+    # each of the 7 Mamba groups holds one block per request (MambaSpec, mamba_cache_mode "none"):
+    # 1,000 / (103 + 7) = 9.09x; without those 7 blocks it would read 1,000 / 103 = 9.71x
+    assert plan.vllm_max_concurrency == 9.09
 
 
 def test_ideal_engine_counts_exact_tokens():

@@ -124,6 +124,7 @@ class Mutant:
     mutated_line: str = ""
     stmt_lines: tuple = ()  # the lines of the enclosing statement (for the coverage map)
     id: str = ""
+    top_names: tuple = ()  # the names the enclosing module-level statement binds
     status: str = ""
     tests: int = 0
     seconds: float = 0.0
@@ -159,7 +160,9 @@ class _Finder:
         self.source_lines = source.splitlines()
         self.sites = []  # (span node, replacement source, operator, enclosing statement)
 
-    def walk(self, node, parent=None, stmt=None, skip=False, qual=""):
+    def walk(self, node, parent=None, stmt=None, skip=False, qual="", top=()):
+        if isinstance(parent, ast.Module) and isinstance(node, ast.stmt):
+            top = _bound_names(node)
         if isinstance(node, ast.stmt):
             stmt = node
             if NO_MUTATE in self.source_lines[node.lineno - 1]:
@@ -171,6 +174,7 @@ class _Finder:
         if isinstance(node, ast.Expr) and _is_docstring(node, parent):
             return
         if not skip:
+            self.top = top
             self.visit(node, stmt)
         for field, value in ast.iter_fields(node):
             children = value if isinstance(value, list) else [value]
@@ -184,11 +188,11 @@ class _Finder:
                     child_skip = True
                 if isinstance(node, ast.Call) and _call_name(node) in _LOG_CALLS and field in ("args", "keywords"):
                     child_skip = True
-                self.walk(child, node, stmt, child_skip, qual)
+                self.walk(child, node, stmt, child_skip, qual, top)
 
     def add(self, span, replacement, operator, stmt):
         text = replacement if isinstance(replacement, str) else f"({ast.unparse(replacement)})"
-        self.sites.append((span, text, operator, stmt))
+        self.sites.append((span, text, operator, stmt, self.top))
 
     def visit(self, node, stmt):
         if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
@@ -229,6 +233,29 @@ class _Finder:
             self.add(node, "pass", "raise -> pass", stmt)
 
 
+def _bound_names(stmt) -> tuple:
+    """The names a module-level statement binds: assignment targets, a def's or class's name."""
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return (stmt.name,)
+    targets = stmt.targets if isinstance(stmt, ast.Assign) else [getattr(stmt, "target", None)]
+    return tuple(n.id for t in targets if t is not None for n in ast.walk(t) if isinstance(n, ast.Name))
+
+
+def name_index(root: Path, paths) -> dict:
+    """name -> {module path -> lines where the name is read (as `x` or `mod.x`)}."""
+    index = {}
+    for path in paths:
+        try:
+            tree = ast.parse((root / path).read_text(encoding="utf-8"))
+        except (OSError, SyntaxError):
+            continue
+        for node in ast.walk(tree):
+            name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+            if name is not None:
+                index.setdefault(name, {}).setdefault(path, set()).add(node.lineno)
+    return index
+
+
 def _byte_offsets(source: str) -> list:
     """Byte offset of the start of each line (1-based index), for ast's UTF-8 columns."""
     offsets, total = [0, 0], 0
@@ -254,10 +281,10 @@ def find_mutants(path: str, source: str) -> list:
     finder.walk(tree)
     lines = source.splitlines()
     mutants, seen = [], {}
-    for span, text, operator, stmt in finder.sites:
+    for span, text, operator, stmt, top in finder.sites:
         m = Mutant(path=path, line=span.lineno, operator=operator,
                    start=(span.lineno, span.col_offset), end=(span.end_lineno, span.end_col_offset),
-                   replacement=text)
+                   replacement=text, top_names=top)
         mutated = apply_mutant(source, m)
         try:
             ast.parse(mutated)
@@ -393,7 +420,7 @@ def _seed_args() -> list:
     return ["--hypothesis-seed=0"]
 
 
-def tests_for(m: Mutant, cmap: dict) -> list:
+def tests_for(m: Mutant, cmap: dict, index: dict) -> list:
     """Node ids of the tests that execute the mutant's lines, fastest first."""
     lines = cmap["lines"].get(m.path, {})
     span = set(range(m.start[0], m.end[0] + 1)) | set(m.stmt_lines)
@@ -404,8 +431,16 @@ def tests_for(m: Mutant, cmap: dict) -> list:
                 found.add(ctx)
             else:
                 at_import = True
-    if not found and at_import:  # a module-level line: every test that runs the module
-        found = {ctx for ctxs in lines.values() for ctx in ctxs if ctx}
+    if not found and at_import:
+        # A line run only at import (a module constant, a class body): the tests that run a
+        # line using the name it binds, in any measured module; failing that, every test
+        # that runs the module.
+        for name in m.top_names:
+            for path, used in index.get(name, {}).items():
+                by_line = cmap["lines"].get(path, {})
+                found |= {ctx for n in used for ctx in by_line.get(str(n), []) if ctx}
+        if not found:
+            found = {ctx for ctxs in lines.values() for ctx in ctxs if ctx}
     durations = cmap["durations"]
     return sorted(found, key=lambda t: (durations.get(t, 0.0), t))
 
@@ -432,24 +467,29 @@ def _start(m: Mutant, copy_root: Path, root: Path, tests: list, log: Path) -> in
     return pid
 
 
-def _status_of(code: int) -> str:
+def _status_of(code: int, log: Path) -> str:
     # pytest: 0 passed, 1 a test failed, 2 interrupted (a collection error: the mutant broke
-    # an import), 3 internal error, 4 usage error, 5 no tests collected.
+    # an import), 3 internal error, 4 usage error, 5 no tests collected. A usage error after
+    # a collection error ("found no collectors": the test module failed to import under the
+    # mutant) is a kill too; a usage error alone would be a bad test id, a bug of this tool.
     if code in (1, 2, 3):
         return KILLED
     if code == 0:
         return SURVIVED
+    if code == 4 and log.exists() and "found no collectors" in log.read_text(errors="replace"):
+        return KILLED
     return ERROR
 
 
 def run_mutants(mutants: list, cmap: dict, root: Path, copies: list, timeout: float | None, logdir: Path,
                 progress) -> None:
     durations = cmap["durations"]
+    index = name_index(root, cmap["lines"])
     queue = []
     for m in mutants:
         if m.status:
             continue
-        tests = tests_for(m, cmap)
+        tests = tests_for(m, cmap, index)
         m.tests = len(tests)
         if not tests:
             m.status = NOT_COVERED
@@ -458,6 +498,22 @@ def run_mutants(mutants: list, cmap: dict, root: Path, copies: list, timeout: fl
         queue.append((m, tests, limit))
     free = list(copies)
     running = {}  # pid -> (mutant, copy root, started, limit)
+    done = 0
+    try:
+        _run_queue(queue, running, free, root, logdir, progress)
+    finally:
+        for pid in running:  # interrupted: no child outlives the run
+            try:
+                os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+        for copy_root in copies:
+            for m in {m.path for m in mutants}:
+                shutil.copy2(root / m, copy_root / m)
+
+
+def _run_queue(queue, running, free, root, logdir, progress) -> None:
     done = 0
     while queue or running:
         while queue and free:
@@ -478,7 +534,7 @@ def run_mutants(mutants: list, cmap: dict, root: Path, copies: list, timeout: fl
                 m.status = TIMEOUT
             else:
                 code = os.waitstatus_to_exitcode(status)
-                m.status = _status_of(code) if code >= 0 else KILLED
+                m.status = _status_of(code, logdir / f"{m.id}.log") if code >= 0 else KILLED
             m.seconds = round(elapsed, 2)
             shutil.copy2(root / m.path, copy_root / m.path)  # restore the copy
             if m.status in (KILLED, TIMEOUT):
