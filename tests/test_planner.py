@@ -233,3 +233,112 @@ def test_utilisation_out_of_range(util):
 
     with pytest.raises(InputError, match=r"--gpu-memory-utilization .* must be in \(0, 1\]"):
         planner(LLAMA_31_8B, H100_SXM, context=10, gpu_memory_utilization=util)
+
+
+# ------------------------------------------------------- the compute side of the roofline
+# A tiny dense model on a GPU with all the bandwidth in the world, so every step is compute-bound:
+# 4 layers, hidden 64, 4 heads of 16 (K and V dims 16 + 16 = 32), vocab 256, untied embeddings.
+# body = 1,000,000 - 256 x 64 (embedding) - 256 x 64 (lm_head) = 967,232 parameters (2 FLOPs each per token)
+# logits for one token: 2 x 256 x 64 = 32,768 FLOPs
+TINY_DENSE = dict(num_parameters=1_000_000)
+COMPUTE_GPU = GPUFigures("compute-gpu", 10**12, 10**9, 1.0, 2.0, 1.0)  # 1e18 B/s; 1e12 bf16 and 2e12 fp8 FLOP/s
+EXACT = dict(bandwidth_efficiency=1.0, compute_efficiency=1.0, **NO_OVERHEAD)
+
+
+def test_prefill_is_compute_bound_at_the_bf16_peak():
+    p = planner(TINY_DENSE, COMPUTE_GPU, context=1000, **EXACT)
+    # 100 prompt tokens: 2 x 967,232 x 100 + 32,768 (last token's logits) = 193,479,168 FLOPs;
+    # attention: 4 layers x 2 x 4 heads x 32 x (1 + 2 + ... + 100 = 5,050 keys) = 5,171,200 FLOPs
+    flops = 193_479_168 + 5_171_200
+    assert p.prefill(100) == pytest.approx(flops / 1e12, rel=1e-12)
+    # a cached prefix of 40 tokens: 60 new tokens' matmuls, attention of tokens 41..100 (5,050 - 820 = 4,230 keys)
+    flops = 2 * 967_232 * 60 + 32_768 + 4 * 2 * 4 * 32 * 4_230
+    assert p.prefill(100, cached_prefix=40) == pytest.approx(flops / 1e12, rel=1e-12)
+
+
+def test_fp8_weights_run_at_the_fp8_peak_and_bf16_weights_never_do():
+    flops = 193_479_168 + 5_171_200  # as above
+    fp8 = planner(TINY_DENSE, COMPUTE_GPU, context=1000, weights_dtype="fp8", **EXACT)
+    assert fp8.prefill(100) == pytest.approx(flops / 2e12, rel=1e-12)
+    # a GPU without an FP8 figure: fp8 weights fall back to the bf16 peak
+    no_fp8 = GPUFigures("no-fp8", 10**12, 10**9, 1.0, None, 1.0)
+    assert planner(TINY_DENSE, no_fp8, context=1000, weights_dtype="fp8", **EXACT).prefill(100) == pytest.approx(
+        flops / 1e12, rel=1e-12)
+    # fp32 weights on the same GPU: 4 bytes per weight, the bf16 peak
+    assert planner(TINY_DENSE, COMPUTE_GPU, context=1000, weights_dtype="fp32", **EXACT).prefill(100) == pytest.approx(
+        flops / 1e12, rel=1e-12)
+
+
+def test_a_compute_bound_decode_step():
+    p = planner(TINY_DENSE, COMPUTE_GPU, context=1000, **EXACT)
+    seconds, bound, _, flops = p.decode_step(3, 50)
+    # per token: 2 x 967,232 + 32,768 (logits) + attention over 50 held tokens: 4 x 2 x 4 x 50 x 32 = 51,200
+    assert flops == 3 * (1_934_464 + 32_768 + 51_200) == 6_055_296
+    assert bound == "compute"
+    assert seconds == pytest.approx(6_055_296 / 1e12, rel=1e-12)
+
+
+def test_sliding_layers_attend_to_the_window_only():
+    # 2 sliding (window 20) + 2 full layers
+    arch = dict(TINY_DENSE, sliding_window=20, layer_pattern=[{"sliding_attention": 1}, {"full_attention": 1}])
+    p = planner(arch, COMPUTE_GPU, context=1000, **EXACT)
+    # prefill of 100: full layers 5,050 keys; sliding: 1 + ... + 20 then 80 x 20 = 210 + 1,600 = 1,810 keys
+    attention = 2 * 2 * 4 * 32 * 5_050 + 2 * 2 * 4 * 32 * 1_810
+    assert p.prefill(100) == pytest.approx((193_479_168 + attention) / 1e12, rel=1e-12)
+    # at the window itself (20 tokens) both kinds attend to 1 + ... + 20 = 210 keys
+    assert p.prefill(20) == pytest.approx((2 * 967_232 * 20 + 32_768 + 4 * 2 * 4 * 32 * 210) / 1e12, rel=1e-12)
+    # decode at 50 held: the sliding layers read 20 of them
+    _, _, _, flops = p.decode_step(1, 50)
+    assert flops == 1_934_464 + 32_768 + 2 * 2 * 4 * 32 * 50 + 2 * 2 * 4 * 32 * 20
+
+
+# ------------------------------------------------------- vLLM's groups: chunked attention, the 1.5x boundary
+# make_spec's tiny model: 2 KV heads of 16 dims, bf16: one 16-token page = 16 x 2 x 16 x 2 (K, V) x 2 B = 2,048 B
+TINY_PAGE = 16 * 2 * 16 * 2 * 2
+
+
+@pytest.mark.parametrize("context, chunked_blocks", [
+    # ChunkedLocalAttentionSpec: ceil(min(C + B, max_len) / bs), no +1 (a sliding window would add one):
+    # ceil((1,000 + 8,192) / 16) = ceil(574.5) = 575 blocks
+    (32768, 575),
+    # a context shorter than chunk + batch: ceil(4,096 / 16) = 256
+    (4096, 256),
+])
+def test_chunked_attention_blocks_per_request(context, chunked_blocks):
+    # 8 layers: 6 chunked (chunk 1,000) + 2 full; group_size = 2 (6 >= 1.5 x 2): 1 full + 3 chunked groups
+    arch = dict(num_hidden_layers=8, attention_chunk_size=1000, max_position_embeddings=32768,
+                layer_pattern=[{"chunked_attention": 3}, {"full_attention": 1}])
+    gpu = exact_budget_gpu(2 * 10**10, 100_000 * TINY_PAGE * 2)
+    plan = planner(arch, gpu, context=context, **NO_OVERHEAD).plan()
+    assert (plan.vllm_num_blocks, plan.vllm_groups, plan.vllm_padding_layers) == (100_000, 4, 0)
+    assert plan.vllm_kv_cache_tokens == (100_000 // 4) * 16
+    per_request = context // 16 + 3 * chunked_blocks  # full: 2,048 or 256 blocks
+    assert plan.vllm_max_concurrency == round(100_000 / per_request, 2)
+    assert plan.max_concurrent_sequences == 100_000 // per_request
+
+
+def test_chunked_concurrency_figure():
+    # the same model at 32,768 tokens, written out: 2,048 + 3 x 575 = 3,773 blocks; 100,000 / 3,773 = 26.504 -> 26.5
+    # (with a sliding window's +1 it would be 3,776 blocks and 26.48)
+    arch = dict(num_hidden_layers=8, attention_chunk_size=1000, max_position_embeddings=32768,
+                layer_pattern=[{"chunked_attention": 3}, {"full_attention": 1}])
+    gpu = exact_budget_gpu(2 * 10**10, 100_000 * TINY_PAGE * 2)
+    assert planner(arch, gpu, context=32768, **NO_OVERHEAD).plan().vllm_max_concurrency == 26.5
+
+
+@pytest.mark.parametrize("sliding, full, group_size, groups, padding", [
+    # most = 3 is not below 1.5 x fewest = 3: group_size = the fewest (2); sliding 3 -> 2 groups (2 + 1, 1 pad)
+    (3, 2, 2, 3, 1),
+    # most = 5 < 1.5 x 4 = 6: group_size = the most (5); one group each, the full one padded by 1
+    (5, 4, 5, 2, 1),
+    # most = 6 = 1.5 x 4: group_size = 4; sliding 6 -> 2 groups of 3 (1 pad each)
+    (6, 4, 4, 3, 2),
+])
+def test_vllm_group_size_at_the_one_and_a_half_boundary(sliding, full, group_size, groups, padding):
+    arch = dict(num_hidden_layers=sliding + full, sliding_window=64, max_position_embeddings=4096,
+                layer_pattern=[{"sliding_attention": sliding}, {"full_attention": full}])
+    # a budget of exactly 1,000 block sets of group_size pages
+    gpu = exact_budget_gpu(2 * 10**10, 1_000 * TINY_PAGE * group_size)
+    plan = planner(arch, gpu, context=4096, **NO_OVERHEAD).plan()
+    assert plan.vllm_num_blocks == 1_000  # a wrong group_size gives another count
+    assert (plan.vllm_groups, plan.vllm_padding_layers) == (groups, padding)
