@@ -54,6 +54,7 @@ def test_llama_8b_on_h100_matches_vllm_arithmetic():
     assert plan.kv_budget_bytes_per_gpu == budget == 59_501_803_930
     page_set = 32 * 16 * 8 * 128 * 2 * 2  # 32 layers x one 16-token block: 2 MiB
     assert plan.vllm_num_blocks == budget // page_set == 28372
+    assert (plan.vllm_groups, plan.vllm_padding_layers) == (1, 0)  # one group of all 32 layers, nothing padded
     assert plan.vllm_kv_cache_tokens == 28372 * 16
     assert plan.vllm_max_concurrency == round(28372 / (32768 // 16), 2) == 13.85
     assert plan.max_concurrent_sequences == 13
@@ -342,3 +343,37 @@ def test_vllm_group_size_at_the_one_and_a_half_boundary(sliding, full, group_siz
     plan = planner(arch, gpu, context=4096, **NO_OVERHEAD).plan()
     assert plan.vllm_num_blocks == 1_000  # a wrong group_size gives another count
     assert (plan.vllm_groups, plan.vllm_padding_layers) == (groups, padding)
+
+
+# ------------------------------------------------------- weights one rank holds and reads, per stage
+def test_stage_weights_with_tied_and_untied_embeddings():
+    from kvplan.planner import stage_weight_bytes
+
+    # tiny model (hidden 64, vocab 256: a 16,384-parameter table), 4 layers, bf16
+    tied = make_spec(num_parameters=1_000_000, tie_word_embeddings=True)  # body 1,000,000 - 16,384 = 983,616
+    untied = make_spec(num_parameters=1_000_000)  # body 1,000,000 - 2 x 16,384 = 967,232
+    # held, one stage: everything once (the tied table once, as the embedding)
+    assert stage_weight_bytes(tied, [4], "bf16", 1) == [2_000_000]
+    # read by a decode step of 3 tokens, one stage, tied: the lm_head reads the whole table anyway
+    assert stage_weight_bytes(tied, [4], "bf16", 1, lookup_tokens=3) == [2 * 983_616 + 2 * 16_384] == [2_000_000]
+    # untied: 3 rows of 64 of the embedding (384 B) and the whole lm_head (32,768 B)
+    assert stage_weight_bytes(untied, [4], "bf16", 1, lookup_tokens=3) == [2 * 967_232 + 384 + 32_768]
+    # two stages, tied: stage 0 looks 3 rows up; the last stage keeps its own copy of the table for the lm_head
+    assert stage_weight_bytes(tied, [2, 2], "bf16", 1, lookup_tokens=3) == [983_616 + 384, 983_616 + 32_768]
+    # ... held: the table on both stages; tp 3 rounds each rank's share up: 1,016,384 / 3 = 338,794.7
+    assert stage_weight_bytes(tied, [2, 2], "bf16", 3) == [338_795, 338_795]
+    # untied, two stages, held: the embedding on the first, the lm_head on the last
+    assert stage_weight_bytes(untied, [2, 2], "bf16", 1) == [967_232 + 32_768, 967_232 + 32_768]
+
+
+def test_moe_decode_reads_the_experts_a_batch_touches():
+    from kvplan.planner import decode_weight_fraction
+
+    moe = make_spec(num_parameters=10**9, num_active_parameters=4 * 10**8, num_local_experts=8, num_experts_per_tok=2)
+    # uniform routing, 8 experts, 2 per token: a batch of 2 leaves an expert untouched with (6/8)^2 = 0.5625,
+    # so 0.4375 of them are read; the active parameters hold 2/8 already: (0.4375 - 0.25) / 0.75 = 0.25
+    assert decode_weight_fraction(moe, 2) == pytest.approx(0.25, rel=1e-12)
+    assert decode_weight_fraction(moe, 1) == 0.0  # one token reads only its own experts
+    # 10 tokens: 1 - 0.75^10 = 0.943686...; (0.943686 - 0.25) / 0.75 = 0.924915...
+    assert decode_weight_fraction(moe, 10) == pytest.approx((1 - 0.75**10 - 0.25) / 0.75, rel=1e-12)
+    assert decode_weight_fraction(make_spec(), 10) == 0.0  # dense
