@@ -377,3 +377,18 @@ def test_moe_decode_reads_the_experts_a_batch_touches():
     # 10 tokens: 1 - 0.75^10 = 0.943686...; (0.943686 - 0.25) / 0.75 = 0.924915...
     assert decode_weight_fraction(moe, 10) == pytest.approx((1 - 0.75**10 - 0.25) / 0.75, rel=1e-12)
     assert decode_weight_fraction(make_spec(), 10) == 0.0  # dense
+
+
+@pytest.mark.parametrize("spare, fit", [(0, 7), (-1, 6)])
+def test_ideal_engine_at_the_exact_boundary(spare, fit):
+    # one sequence of 1,000 tokens: 1,000 x 32 layers x 8 heads x 128 x 2 (K, V) x 2 B; a budget of exactly 7 of them
+    per_seq = 1000 * 32 * 8 * 128 * 2 * 2
+    gpu = exact_budget_gpu(weight_bytes(8_030_261_248, "bf16"), 7 * per_seq + spare)
+    plan = planner(LLAMA_31_8B, gpu, context=1000, batch=7, engine=Engine.ideal, **NO_OVERHEAD).plan()
+    assert plan.max_concurrent_sequences == fit
+
+
+def test_the_search_cap_without_max_position_embeddings():
+    p = planner(dict(max_position_embeddings=None), H100_SXM, context=1000)
+    assert p.context_limit() == (2**24, "kvplan's search cap of 16,777,216 tokens (the spec has no max_position_embeddings)")
+    assert p.context_limit()[0] == 16_777_216
