@@ -392,3 +392,19 @@ def test_the_search_cap_without_max_position_embeddings():
     p = planner(dict(max_position_embeddings=None), H100_SXM, context=1000)
     assert p.context_limit() == (2**24, "kvplan's search cap of 16,777,216 tokens (the spec has no max_position_embeddings)")
     assert p.context_limit()[0] == 16_777_216
+
+
+def test_weights_that_leave_no_room_suggest_a_bigger_gpu_not_a_context():
+    # the GPU holds the bf16 weights of make_spec's 10**10 parameters and not one byte more
+    plan = planner({}, exact_budget_gpu(2 * 10**10, 0), context=1000, engine=Engine.ideal, **NO_OVERHEAD).plan()
+    assert plan.max_concurrent_sequences == 0 and not plan.fits
+    assert plan.suggestions[-1] == ("at --tp 1 the weights alone leave no room for KV: use a larger GPU, more tp or "
+                                    "a quantised --dtype")
+    assert not any(s.startswith("--context") for s in plan.suggestions)
+
+
+def test_headroom_at_a_one_byte_budget():
+    # one sequence of 1,000 tokens of make_spec's model: 1,000 x 4 layers x 2 heads x 16 x 2 (K, V) x 2 B = 512,000 B
+    plan = planner({}, exact_budget_gpu(2 * 10**10, 1), context=1000, engine=Engine.ideal, **NO_OVERHEAD).plan()
+    assert plan.headroom_pct == (1 - 512_000) / 1 * 100 == -51_199_900.0
+    assert planner({}, exact_budget_gpu(2 * 10**10, 0), context=1000, engine=Engine.ideal, **NO_OVERHEAD).plan().headroom_pct is None
