@@ -164,6 +164,9 @@ def test_compare_json_has_one_row_per_engine(capsys):
     assert r.exit_code == 0, r.stderr
     data = json.loads(r.stdout)
     assert [row["engine"] for row in data["rows"]] == list(ALL_ENGINES)
+    head = {k: data[k] for k in ("model", "context", "batch", "kv_cache_dtype", "tensor_parallel_size", "gpu")}
+    assert head == {"model": "llama-3.1-8b", "context": 8192, "batch": 2, "kv_cache_dtype": "bf16",
+                    "tensor_parallel_size": 1, "gpu": None}
     by = {row["engine"]: row for row in data["rows"]}
     assert by["llama.cpp"]["cache"]["kv_bytes_total"] == 2 * 2**30
     assert by["llama.cpp"]["cache"]["log_lines"] == [
@@ -327,3 +330,20 @@ def test_estimate_and_compare_leave_torch_out():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_pair_of_engine_only_names_goes_on_to_the_engines():
+    """f16 is llama.cpp's name, not a kvplan format: a K/V pair of engine names is checked part by part,
+    not refused as a kvplan format pair."""
+    from kvplan.engines.compare import check_kv_dtype
+
+    check_kv_dtype("f16/q8_0")
+    check_kv_dtype("bfloat16/f16")
+    with pytest.raises(Exception, match="unknown KV cache dtype 'fp4'"):
+        check_kv_dtype("f16/fp4")
+
+
+def test_a_one_byte_difference_is_signed():
+    from kvplan.engines.compare import _signed
+
+    assert (_signed(1), _signed(-1), _signed(2048)) == ("+1 B", "-1 B", "+2.00 KiB")

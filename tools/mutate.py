@@ -22,7 +22,8 @@ Operators (mutants per site):
 Not mutated, because it is text for people rather than a number a user reads off:
 docstrings, anything inside an f-string, the exception built by a `raise` (the raise
 itself is still deleted), the arguments of `print`/`warnings.warn`/logger calls, type
-annotations, and the `if __name__ == "__main__":` block. A line ending in
+annotations, decorators (`@dataclass(frozen=True, slots=True)`: what the class allows,
+not a number it computes), and the `if __name__ == "__main__":` block. A line ending in
 `# pragma: no mutate` is skipped too.
 
 How a mutant is run, without touching the working tree: the repository's files (`git
@@ -182,7 +183,7 @@ class _Finder:
                 if not isinstance(child, ast.AST):
                     continue
                 child_skip = skip
-                if field in ("annotation", "returns"):
+                if field in ("annotation", "returns", "decorator_list"):
                     child_skip = True
                 if isinstance(node, ast.Raise) and field in ("exc", "cause"):
                     child_skip = True
