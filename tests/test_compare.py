@@ -347,3 +347,17 @@ def test_a_one_byte_difference_is_signed():
     from kvplan.engines.compare import _signed
 
     assert (_signed(1), _signed(-1), _signed(2048)) == ("+1 B", "-1 B", "+2.00 KiB")
+
+
+def test_compare_refuses_an_unknown_engine_itself():
+    with pytest.raises(Exception, match="--engines 'vllm2' is not one of ideal, vllm, hf, llama.cpp, sglang, trtllm"):
+        run_compare(resolve_spec("llama-3.1-8b"), 4096, engines=("ideal", "vllm2"))
+
+
+def test_the_ideal_is_unpaged_at_an_odd_length():
+    from kvplan.engines import ideal_estimate
+    from kvplan.formats import parse_format_pair
+
+    # make_spec's model: 4 layers x 2 KV heads x 16 x 2 (K, V) x 2 B = 512 B per token; 1,001 tokens, not rounded to 1,002
+    spec = make_spec()
+    assert ideal_estimate(spec, parse_format_pair("auto", "bf16"), 1001, 3).kv_bytes_total == 3 * 1001 * 512

@@ -127,6 +127,10 @@ def test_jamba_state_conv_in_model_dtype_ssm_in_float32():
     assert c.kv_bytes_total == attention + 28 * state == 83_623_936
     # the ideal keeps d_conv - 1 columns and the SSM state in bf16: (3 + 16) x d_inner x 2 B per layer
     assert sum(c.overhead_bytes.values()) == 28 * (state - 19 * d_inner * 2)
+    # the state row: no token slots, one state per sequence per layer
+    row = next(r for r in c.by_kind if r.kind == "state")
+    assert (row.layers, row.tokens_per_sequence, row.slots_per_layer, row.bytes_per_slot, row.bytes) == (
+        28, 0, 1, state, 28 * state)
 
 
 # --- QuantizedCache (QuantizedLayer.update): residual = decode steps mod residual_length
