@@ -220,3 +220,10 @@ def test_capacity_divides_the_room_left_after_weights():
     assert cap.kv_budget_bytes == budget
     assert cap.max_concurrent_sequences == budget // GIB == 7
     assert cap.fits
+
+
+def test_the_prefill_chunk_note_is_for_windowed_layers_only():
+    note = ("During a prefill chunk a sliding layer briefly holds W - 1 + chunk tokens (the concatenation "
+            "returned for attention) before trimming.")
+    assert note in run("gemma-3-27b", 4096).notes  # sliding layers, no chunked ones
+    assert note not in run("llama-3.1-8b", 4096).notes
