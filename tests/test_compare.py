@@ -361,3 +361,31 @@ def test_the_ideal_is_unpaged_at_an_odd_length():
     # make_spec's model: 4 layers x 2 KV heads x 16 x 2 (K, V) x 2 B = 512 B per token; 1,001 tokens, not rounded to 1,002
     spec = make_spec()
     assert ideal_estimate(spec, parse_format_pair("auto", "bf16"), 1001, 3).kv_bytes_total == 3 * 1001 * 512
+
+
+def test_vllm_pages_mla_in_64_token_blocks():
+    from kvplan.engines import reference
+    from kvplan.formats import parse_format_pair
+
+    spec = resolve_spec("deepseek-v2-lite")  # 27 MLA layers, latent 512 + rope 64 = 576 values, bf16: 1,152 B per token
+    c = reference.vllm(spec, 1000, 2, parse_format_pair("auto", "bf16"))
+    assert c.settings["block_size"] == 64  # FlashMLA's block
+    row = c.by_kind[0]
+    # ceil(1,000 / 64) = 16 blocks = 1,024 tokens per sequence (16-token blocks would give 1,008)
+    assert (row.tokens_per_sequence, row.slots_per_layer, row.bytes_per_slot) == (1024, 2 * 1024, 1152)
+    assert c.kv_bytes_total == 27 * 2 * 1024 * 1152
+
+
+def test_ideal_rows_per_slot_and_state():
+    from kvplan.engines import reference
+    from kvplan.formats import parse_format_pair
+
+    c = reference.ideal(resolve_spec("llama-3.1-8b"), 1000, 2, parse_format_pair("auto", "bf16"), tp=2)
+    row = c.by_kind[0]
+    # one token of one layer, both ranks: 8 KV heads x 128 x 2 (K, V) x 2 B = 4,096 B
+    assert (row.layers, row.tokens_per_sequence, row.slots_per_layer, row.bytes_per_slot) == (32, 1000, 2000, 4096)
+    assert row.note == "per rank x tp ranks"
+    jamba = reference.ideal(resolve_spec("jamba-v0.1"), 1000, 2, parse_format_pair("auto", "bf16"))
+    state = next(r for r in jamba.by_kind if r.kind == "state")
+    # the ideal state in bf16: (d_conv - 1 + d_state) x d_inner x 2 B = (3 + 16) x 8,192 x 2 = 311,296 B
+    assert (state.layers, state.tokens_per_sequence, state.slots_per_layer, state.bytes_per_slot) == (28, 0, 2, 311_296)

@@ -614,7 +614,7 @@ def main(argv=None) -> int:
     parser.add_argument("--report", type=Path, default=None, help="survivors as Markdown (default docs/mutation-survivors.md)")
     parser.add_argument("--json", type=Path, default=None, help="every result (default .mutation/last-run.json)")
     parser.add_argument("--only", type=Path, default=None,
-                        help="a previous --json: rerun only the mutants that survived there")
+                        help="a previous --json: rerun only the mutants not killed there (its kills are kept)")
     parser.add_argument("--list", action="store_true", help="list the mutants picked and stop")
     parser.add_argument("--preload", nargs="*", default=PRELOAD, help="libraries imported once before forking")
     args = parser.parse_args(argv)
@@ -638,9 +638,12 @@ def main(argv=None) -> int:
             found = sorted(random.Random(f"{args.seed}:{path}").sample(found, args.sample),
                            key=lambda m: (m.start, m.operator))
         picked += found
-    if args.only:
-        again = {r["id"] for r in json.loads(args.only.read_text())["mutants"] if r["status"] in (SURVIVED, NOT_COVERED, ERROR)}
-        picked = [m for m in picked if m.id in again]
+    if args.only:  # the previous run's kills stand (tests were added, not taken away); rerun the rest
+        before = {r["id"]: r for r in json.loads(args.only.read_text())["mutants"]}
+        for m in picked:
+            old = before.get(m.id)
+            if old is not None and old["status"] in (KILLED, TIMEOUT):
+                m.status, m.tests, m.seconds = old["status"], old["tests"], old["seconds"]
     for m in picked:
         if m.id in equivalents:
             m.status = EQUIVALENT
