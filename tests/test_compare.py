@@ -389,3 +389,19 @@ def test_ideal_rows_per_slot_and_state():
     state = next(r for r in jamba.by_kind if r.kind == "state")
     # the ideal state in bf16: (d_conv - 1 + d_state) x d_inner x 2 B = (3 + 16) x 8,192 x 2 = 311,296 B
     assert (state.layers, state.tokens_per_sequence, state.slots_per_layer, state.bytes_per_slot) == (28, 0, 2, 311_296)
+
+
+def test_vllm_names_the_chunk_only_when_the_chunk_is_shorter_than_the_context():
+    from kvplan.engines import reference
+    from kvplan.formats import parse_format_pair
+
+    # 2 full + 6 chunked layers (chunk 1,000), 128 B per token per layer (2 heads x 16 x 2 x 2 B)
+    spec = make_spec(num_hidden_layers=8, attention_chunk_size=1000, max_position_embeddings=32768,
+                     layer_pattern=[{"chunked_attention": 3}, {"full_attention": 1}])
+    short = reference.vllm(spec, 500, 1, parse_format_pair("auto", "bf16"))
+    # 500 tokens in 16-token blocks: 512 slots, 12 spare: x 2 layers x 128 B and x 6 layers x 128 B
+    assert [(d.cause, d.bytes) for d in short.differences] == [
+        ("16-token blocks (full attention)", 12 * 2 * 128), ("16-token blocks (chunked attention)", 12 * 6 * 128)]
+    long = reference.vllm(spec, 1500, 1, parse_format_pair("auto", "bf16"))
+    assert (long.differences[0].cause, long.differences[0].bytes) == ("16-token blocks (full attention)", 4 * 2 * 128)  # 1,504 slots for 1,500
+    assert long.differences[1].cause.startswith("chunked layers: ")
