@@ -137,3 +137,9 @@ def test_capacity_not_enough_memory():
     assert cap.max_concurrent_sequences == 0 and not cap.fits
     assert cap.refusals == ("RuntimeError: Not enough memory. Please try to increase --mem-fraction-static. "
                             "Current value: mem_fraction_static=0.5",)
+
+
+def test_the_ideal_beside_sglang_is_unpaged():
+    # llama-3.1-8b at 1,001 tokens x 2: 2 x 1,001 x 131,072 B exactly (a 2-token page would make it 1,002)
+    c = run("llama-3.1-8b", 1001, batch=2)
+    assert c.ideal_bytes_total == 2 * 1001 * 131_072
