@@ -143,3 +143,8 @@ def test_the_ideal_beside_sglang_is_unpaged():
     # llama-3.1-8b at 1,001 tokens x 2: 2 x 1,001 x 131,072 B exactly (a 2-token page would make it 1,002)
     c = run("llama-3.1-8b", 1001, batch=2)
     assert c.ideal_bytes_total == 2 * 1001 * 131_072
+
+
+def test_rows_say_per_rank_only_under_tensor_parallelism():
+    assert run("llama-3.1-8b", 4096).by_kind[0].note == ""
+    assert run("llama-3.1-8b", 4096, tp=2).by_kind[0].note == "per rank x tp ranks"
