@@ -148,3 +148,11 @@ def test_the_ideal_beside_sglang_is_unpaged():
 def test_rows_say_per_rank_only_under_tensor_parallelism():
     assert run("llama-3.1-8b", 4096).by_kind[0].note == ""
     assert run("llama-3.1-8b", 4096, tp=2).by_kind[0].note == "per rank x tp ranks"
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.5])
+def test_capacity_refuses_a_swa_ratio_outside_zero_to_one(ratio):
+    mem = MemoryInputs("h100", 81559 * MIB, 8_030_261_248 * 2, 0, 0, "n/a")
+    with pytest.raises(Exception, match=rf"--swa-full-tokens-ratio {ratio} must be in \(0, 1\]"):
+        S.capacity(spec("gemma-3-27b"), 8192, 1, S.SGLangOptions(swa_full_tokens_ratio=ratio), mem,
+                   ideal_format=parse_format_pair("auto", "bf16"))

@@ -146,3 +146,28 @@ def test_an_fp8_cache_is_one_byte_per_value():
     # 32 layers x 1,024 tokens (32-token blocks) x 2 (K, V) x 128 x 8 heads x 1 B
     assert c.kv_bytes_total == 32 * 1024 * 2 * 128 * 8
     assert c.kv_cache_dtype == "fp8"
+
+
+def test_the_first_step_is_the_element_size_alone():
+    # llama-3.1-8b at tp 1: 2-byte elements and head_dim x 8 heads per rank are what the ideal counts, so the
+    # only difference is 32-token blocks: 1,024 - 1,000 = 24 tokens x 131,072 B
+    c = run("llama-3.1-8b", 1000)
+    assert c.overhead_bytes == {"32-token blocks": 24 * 131_072}
+    assert c.by_kind[0].note == ""
+
+
+def test_mla_rows_have_no_v_and_state_rows_no_tokens():
+    row = run("deepseek-v2-lite", 1000).by_kind[0]
+    assert (row.kind, row.note) == ("mla", "no V (CacheType SELFKONLY)")
+    state = next(r for r in run("jamba-v0.1", 1000, batch=2).by_kind if r.kind == "state")
+    assert (state.layers, state.tokens_per_sequence, state.slots_per_layer) == (28, 0, 2)
+
+
+def test_context_must_be_positive_and_memory_below_the_peak_gives_no_tokens():
+    with pytest.raises(Exception, match="--context must be at least 1 token, got 0"):
+        run("llama-3.1-8b", 0)
+    # the weights alone exceed the GPU: available is negative, max_tokens floors at 0
+    mem = MemoryInputs("tiny", 8 * GIB, 8_030_261_248 * 2, 0, 0, "given")
+    cap = T.capacity(resolve_spec("llama-3.1-8b"), 8192, 1, T.TrtllmOptions(), mem,
+                     ideal_format=parse_format_pair("auto", "bf16"))
+    assert (cap.max_total_tokens, cap.max_concurrent_sequences, cap.fits) == (0, 0, False)
