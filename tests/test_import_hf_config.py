@@ -379,3 +379,32 @@ def test_layer_fields_is_linear_in_the_layers():
 
     kinds = ["sliding_attention"] * (MAX_LAYERS - 1) + ["full_attention"]
     assert layer_fields(kinds) == {"layer_types": tuple(kinds)}
+
+
+# A config.json that names only its model_type is sized with transformers' class defaults, and most
+# of those defaults describe one published model: the count must be that model's published total
+# (the Hugging Face model card / safetensors total) and its context and KV heads the model's own.
+DEFAULT_IS_A_PUBLISHED_MODEL = [
+    # model_type, the model its defaults describe, parameters, max_position_embeddings, KV heads, head_dim, window
+    ("llama", "LLaMA-7B (2023)", 6_738_415_616, 2048, 32, 128, None),
+    ("mistral", "Mistral-7B-v0.1", 7_241_732_096, 4096 * 32, 8, 128, 4096),
+    ("mixtral", "Mixtral-8x7B-v0.1", 46_702_792_704, 4096 * 32, 8, 128, None),
+    ("gemma", "gemma-7b", 8_537_680_896, 8192, 16, 256, None),
+    ("gemma2", "gemma-2-2b", 2_614_341_888, 8192, 4, 256, 4096),
+    ("deepseek_v3", "DeepSeek-V3 (671B without the MTP layer)", 671_026_419_200, 4096, 128, None, None),
+    ("gpt2", "gpt2 (124M)", 124_439_808, 1024, 12, 64, None),
+    ("gpt_neox", "gpt-neox-20b", 20_554_567_680, 2048, 64, 96, None),
+    ("falcon", "falcon-7b (multi-query: one KV head)", 6_921_720_704, 2048, 1, 64, None),
+    ("phi3", "Phi-3-mini-4k", 3_821_079_552, 4096, 32, 96, None),
+    ("gpt_oss", "gpt-oss-120b", 116_829_156_672, 131072, 8, 64, 128),
+]
+
+
+@pytest.mark.parametrize("model_type, model, total, context, kv_heads, head_dim, window", DEFAULT_IS_A_PUBLISHED_MODEL,
+                         ids=[d[0] for d in DEFAULT_IS_A_PUBLISHED_MODEL])
+def test_a_bare_model_type_is_its_default_model(model_type, model, total, context, kv_heads, head_dim, window):
+    conv = convert_config({"model_type": model_type})
+    assert conv.parameters == total, model
+    f = conv.fields
+    assert (f.get("max_position_embeddings"), f.get("num_key_value_heads"), f.get("head_dim"), f.get("sliding_window")) == (
+        context, kv_heads, head_dim, window), model
