@@ -408,3 +408,24 @@ def test_a_bare_model_type_is_its_default_model(model_type, model, total, contex
     f = conv.fields
     assert (f.get("max_position_embeddings"), f.get("num_key_value_heads"), f.get("head_dim"), f.get("sliding_window")) == (
         context, kv_heads, head_dim, window), model
+
+
+def test_qwen2_moe_defaults_are_qwen15_moe_a27b():
+    """Qwen2MoeConfig's defaults are Qwen1.5-MoE-A2.7B: 14.3B parameters, 2.7B read per token."""
+    conv = convert_config({"model_type": "qwen2_moe"})
+    assert conv.parameters == 14_315_784_192
+    # per token, 56 of the 60 routed experts sit idle in each of 24 layers; one expert = gate, up and
+    # down projections of 2,048 x 1,408: 3 x 2,048 x 1,408 = 8,650,752
+    assert conv.inactive_parameters == 24 * 56 * 8_650_752 == 11_626_610_688
+    assert conv.parameters - conv.inactive_parameters == 2_689_173_504  # "A2.7B"
+
+
+def test_falcon_without_multi_query_has_a_fused_3h_qkv():
+    """modeling_falcon, parallel_attn and not new_decoder_architecture nor multi_query: one input_layernorm
+    (weight + bias), query_key_value h -> 3h, dense h -> h, MLP h -> 4h -> h, no biases; ln_f; tied embedding."""
+    conv = convert_config({"model_type": "falcon", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+                           "vocab_size": 100, "multi_query": False, "new_decoder_architecture": False,
+                           "parallel_attn": True, "bias": False})
+    layer = 64 * 192 + 64 * 64 + 64 * 256 + 256 * 64 + 2 * 64  # 49,280
+    assert conv.parameters == 2 * layer + 100 * 64 + 2 * 64 == 105_088
+    assert conv.fields["num_key_value_heads"] == 4  # every head has its own K and V
