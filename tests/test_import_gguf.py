@@ -327,3 +327,33 @@ def test_an_unknown_ggml_type_has_no_size():
 
     t = TensorInfo("t", (10,), 31, 0)  # 31 is not a ggml type kvplan knows
     assert (t.type_name, t.num_bytes) == ("type31", None)
+
+
+def test_tensor_data_one_byte_short_past_the_alignment_padding(tmp_path):
+    # the data starts at the next multiple of 32 after the header; the file ends 1 byte before the tensor does
+    f = write_gguf(tmp_path / "t.gguf", llama_metadata(), [("w", [1024], GGML_F32)])
+    assert read_gguf(f).tensors[0].num_bytes == 4096
+    f.write_bytes(f.read_bytes()[:-1])
+    with pytest.raises(GGUFError, match="truncated: tensor 'w'"):
+        read_gguf(f)
+
+
+def test_alignment_one_is_allowed_and_zero_refused(tmp_path):
+    f = write_gguf(tmp_path / "a1.gguf", llama_metadata(extra=[("general.alignment", U32, 1)]), [("w", [8], GGML_F32)])
+    assert read_gguf(f).tensors[0].num_bytes == 32
+    f = write_gguf(tmp_path / "a0.gguf", llama_metadata(extra=[("general.alignment", U32, 0)]), [("w", [8], GGML_F32)])
+    with pytest.raises(GGUFError, match="general.alignment 0 is not a positive integer"):
+        read_gguf(f)
+
+
+@pytest.mark.parametrize("item_type, items, item_bytes", [(U8, [7] * 5, 1), (STRING, [""] * 5, 8)])
+def test_an_array_that_exactly_fills_the_file(tmp_path, item_type, items, item_bytes):
+    # the last bytes of the file are the array's 5 items (no padding, no tensors): 5 x 1 B of u8, 5 x 8 B of empty strings
+    body = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + gguf_string("k") + struct.pack("<I", ARRAY)
+    body += gguf_value(ARRAY, (item_type, items))
+    f = tmp_path / "fill.gguf"
+    f.write_bytes(body)
+    assert read_gguf(f).metadata["k"] == items
+    f.write_bytes(body[:-1])  # one byte fewer than the items need
+    with pytest.raises(GGUFError, match="truncated"):
+        read_gguf(f)
