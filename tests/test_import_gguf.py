@@ -357,3 +357,21 @@ def test_an_array_that_exactly_fills_the_file(tmp_path, item_type, items, item_b
     f.write_bytes(body[:-1])  # one byte fewer than the items need
     with pytest.raises(GGUFError, match="truncated"):
         read_gguf(f)
+
+
+@pytest.mark.parametrize("arch, pattern", [
+    # llama.cpp load_hparams: gpt-oss set_swa_pattern(2) -> layers 0, 2 slide; cohere2 set_swa_pattern(4) -> 0, 1, 2
+    ("gpt-oss", ["sliding_attention", "full_attention"] * 2),
+    ("cohere2", ["sliding_attention"] * 3 + ["full_attention"]),
+])
+def test_swa_patterns_llama_cpp_sets_in_code(tmp_path, arch, pattern):
+    meta = llama_metadata(arch, extra=[(f"{arch}.attention.sliding_window", U32, 128)])
+    spec = spec_from(write_gguf(tmp_path / "s.gguf", meta, EMBED))
+    assert kinds(spec) == pattern and spec.sliding_window == 128
+
+
+def test_two_kv_head_counts_are_refused(tmp_path):
+    meta = [m for m in llama_metadata() if m[0] != "llama.attention.head_count_kv"]
+    meta.append(("llama.attention.head_count_kv", ARRAY, (U32, [2, 2, 4, 4])))
+    with pytest.raises(GGUFError, match="attention head counts vary by layer"):
+        spec_from(write_gguf(tmp_path / "kv.gguf", meta, EMBED))
