@@ -408,3 +408,26 @@ def test_headroom_at_a_one_byte_budget():
     plan = planner({}, exact_budget_gpu(2 * 10**10, 1), context=1000, engine=Engine.ideal, **NO_OVERHEAD).plan()
     assert plan.headroom_pct == (1 - 512_000) / 1 * 100 == -51_199_900.0
     assert planner({}, exact_budget_gpu(2 * 10**10, 0), context=1000, engine=Engine.ideal, **NO_OVERHEAD).plan().headroom_pct is None
+
+
+@pytest.mark.parametrize("flag, opts", [
+    ("--bandwidth-efficiency 0.0", dict(bandwidth_efficiency=0.0)),
+    ("--bandwidth-efficiency 1.5", dict(bandwidth_efficiency=1.5)),
+    ("--compute-efficiency 0.0", dict(compute_efficiency=0.0)),
+    ("--gpu-memory-utilization 1.01", dict(gpu_memory_utilization=1.01)),
+])
+def test_efficiencies_outside_zero_to_one_are_refused(flag, opts):
+    with pytest.raises(Exception, match=rf"^{flag} must be in \(0, 1\]$"):
+        planner({}, H100_SXM, context=1000, **opts)
+    # 1 itself is allowed
+    planner({}, H100_SXM, context=1000, **{k: 1.0 for k in opts})
+
+
+def test_an_expert_without_a_width_weighs_nothing():
+    from kvplan.planner import expert_weight_bytes
+
+    assert expert_weight_bytes(make_spec(intermediate_size=None), "bf16") == 0  # no width given at all
+    # gpt-oss-style expert, bf16: gate + up (2 x 32 x 64) and down (64 x 32) weights x 2 B
+    moe = make_spec(num_parameters=10**9, num_active_parameters=10**8, num_local_experts=4, num_experts_per_tok=1,
+                    moe_intermediate_size=32)
+    assert expert_weight_bytes(moe, "bf16") == 3 * 32 * 64 * 2
