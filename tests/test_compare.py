@@ -405,3 +405,16 @@ def test_vllm_names_the_chunk_only_when_the_chunk_is_shorter_than_the_context():
     long = reference.vllm(spec, 1500, 1, parse_format_pair("auto", "bf16"))
     assert (long.differences[0].cause, long.differences[0].bytes) == ("16-token blocks (full attention)", 4 * 2 * 128)  # 1,504 slots for 1,500
     assert long.differences[1].cause.startswith("chunked layers: ")
+
+
+def test_reference_rows_default_to_one_rank():
+    from kvplan.engines import ideal_estimate, reference
+    from kvplan.formats import parse_format_pair
+
+    spec, fmt = resolve_spec("llama-3.1-8b"), parse_format_pair("auto", "bf16")
+    # one rank: 1,000 tokens x 131,072 B, no "per rank" note
+    ideal, vllm = reference.ideal(spec, 1000, 1, fmt), reference.vllm(spec, 1000, 1, fmt)
+    assert (ideal.settings["tp"], vllm.settings["tp"]) == (1, 1)
+    assert ideal.kv_bytes_total == 1000 * 131_072 and vllm.kv_bytes_total == 1008 * 131_072  # 63 blocks of 16
+    assert ideal.by_kind[0].note == "" and vllm.by_kind[0].note == ""
+    assert ideal_estimate(spec, fmt, 1000, 1).kv_bytes_total == 1000 * 131_072
