@@ -555,7 +555,7 @@ def equivalent_ids(doc: Path) -> dict:
     if len(part) < 2:
         return {}
     section = re.split(r"^## ", part[1], maxsplit=1, flags=re.M)[0]
-    return {m.group(1): line.strip() for line in section.splitlines() for m in [re.search(r"`([0-9a-f]{10})`", line)] if m}
+    return {i: line.strip() for line in section.splitlines() for i in re.findall(r"`([0-9a-f]{10})`", line)}
 
 
 # ----------------------------------------------------------------------------- report
