@@ -614,7 +614,7 @@ def main(argv=None) -> int:
     parser.add_argument("--report", type=Path, default=None, help="survivors as Markdown (default docs/mutation-survivors.md)")
     parser.add_argument("--json", type=Path, default=None, help="every result (default .mutation/last-run.json)")
     parser.add_argument("--only", type=Path, default=None,
-                        help="a previous --json: rerun only the mutants not killed there (its kills are kept)")
+                        help="a previous --json: its mutants again (not --sample's), rerunning only those it did not kill")
     parser.add_argument("--list", action="store_true", help="list the mutants picked and stop")
     parser.add_argument("--preload", nargs="*", default=PRELOAD, help="libraries imported once before forking")
     args = parser.parse_args(argv)
@@ -631,15 +631,17 @@ def main(argv=None) -> int:
     json_out = args.json or work / "last-run.json"
     equivalents = equivalent_ids(root / "docs" / "mutation.md")
 
+    before = {r["id"]: r for r in json.loads(args.only.read_text())["mutants"]} if args.only else None
     picked = []
     for path in modules:
         found = find_mutants(path, (root / path).read_text(encoding="utf-8"))
-        if args.sample and len(found) > args.sample:
+        if before is not None:  # the same mutants as that run, whatever the sample
+            found = [m for m in found if m.id in before]
+        elif args.sample and len(found) > args.sample:
             found = sorted(random.Random(f"{args.seed}:{path}").sample(found, args.sample),
                            key=lambda m: (m.start, m.operator))
         picked += found
-    if args.only:  # the previous run's kills stand (tests were added, not taken away); rerun the rest
-        before = {r["id"]: r for r in json.loads(args.only.read_text())["mutants"]}
+    if before is not None:  # the previous run's kills stand (tests were added, not taken away); rerun the rest
         for m in picked:
             old = before.get(m.id)
             if old is not None and old["status"] in (KILLED, TIMEOUT):
