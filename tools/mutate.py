@@ -679,7 +679,7 @@ def main(argv=None) -> int:
             map_file.write_text(json.dumps(cmap))
             (work / "map.tmp.json").unlink(missing_ok=True)
             print(f"  done in {cmap['seconds']:.0f} s", flush=True)
-        logdir = work / "logs"
+        logdir = json_out.with_suffix(".logs")  # one per run: runs side by side do not share it
         shutil.rmtree(logdir, ignore_errors=True)
         logdir.mkdir()
 
