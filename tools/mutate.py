@@ -681,7 +681,7 @@ def main(argv=None) -> int:
             print(f"  done in {cmap['seconds']:.0f} s", flush=True)
         logdir = json_out.with_suffix(".logs")  # one per run: runs side by side do not share it
         shutil.rmtree(logdir, ignore_errors=True)
-        logdir.mkdir()
+        logdir.mkdir(parents=True)
 
         total = len(picked)
 
