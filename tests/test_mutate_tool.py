@@ -79,7 +79,7 @@ def test_the_tool_kills_what_the_tests_catch(tmp_path):
 
     r = subprocess.run(
         [sys.executable, str(TOOL), "tinypkg/mod.py", "--root", str(tmp_path), "--tests", "tests",
-         "--timeout", "3", "--preload", "pytest", "--report", str(tmp_path / "out" / "survivors.md"),
+         "--timeout", "6", "--preload", "pytest", "--report", str(tmp_path / "out" / "survivors.md"),
          "--json", str(tmp_path / "out" / "run.json")],
         capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
