@@ -227,3 +227,14 @@ def test_the_prefill_chunk_note_is_for_windowed_layers_only():
             "returned for attention) before trimming.")
     assert note in run("gemma-3-27b", 4096).notes  # sliding layers, no chunked ones
     assert note not in run("llama-3.1-8b", 4096).notes
+
+
+def test_quantized_bytes_by_hand():
+    # HQQ packs 3-bit values ten to a 32-bit word (hqq BitPack.pack_3bit_32): 100 values -> 10 words = 40 B;
+    # a scale and a zero point per group of 64 (2 groups) in 2 bytes each: 8 B
+    assert hf.quantized_bytes(100, 3, 64, "hqq", 2) == 40 + 8
+    assert hf.quantized_bytes(101, 3, 64, "hqq", 2) == 44 + 8  # 11 words
+    # otherwise nbits per value, rounded up to whole bytes: 101 x 2 bits = 202 bits -> 26 B
+    assert hf.quantized_bytes(101, 2, 64, "quanto", 2) == 26 + 8
+    assert hf.quantized_bytes(100, 3, 64, "quanto", 2) == 38 + 8  # 300 bits -> 38 B: not HQQ's words
+    assert hf.quantized_bytes(0, 4, 64, "quanto", 2) == 0
