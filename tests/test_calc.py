@@ -198,3 +198,16 @@ def test_sweep_layout_is_reused():
     spec = make_spec(**LLAMA_31_8B)
     layout = CacheLayout(spec, parse_format_pair("bf16", "bf16"))
     assert [layout.at(c, 1).kv_bytes_per_sequence for c in (1, 2, 3)] == [131072, 2 * 131072, 3 * 131072]
+
+
+@pytest.mark.parametrize("name, values, expected", [
+    # 4-bit values, 2 per byte; a scale (and a zero point unless _sym) per group in the named float width
+    ("int4_g32_fp16", 64, 2 * (16 + 2 * 2)),  # 2 groups x (16 B data + fp16 scale and zero point)
+    ("int4_g32_bf16_sym", 64, 2 * (16 + 2)),
+    ("int4_g32_fp32", 64, 2 * (16 + 2 * 4)),
+    ("int4_g32_fp32_sym", 65, 3 * (16 + 4)),  # 65 values: a third, padded group
+    ("int4", 128, 2 * (32 + 2 * 2)),  # defaults: groups of 64, fp16, asymmetric
+    ("int2_g16_sym", 16, 4 + 2),  # 16 2-bit values = 4 B
+])
+def test_grouped_int_formats_bytes(name, values, expected):
+    assert parse_format(name).bytes_for(values) == expected

@@ -431,3 +431,21 @@ def test_an_expert_without_a_width_weighs_nothing():
     moe = make_spec(num_parameters=10**9, num_active_parameters=10**8, num_local_experts=4, num_experts_per_tok=1,
                     moe_intermediate_size=32)
     assert expert_weight_bytes(moe, "bf16") == 3 * 32 * 64 * 2
+
+
+@pytest.mark.parametrize("spare, fit", [(0, 3), (-1, 2)])
+def test_ideal_engine_counts_mamba_state_per_sequence(spare, fit):
+    # jamba at 1,000 tokens: 4 attention layers x 1,000 x (8 heads x 128 x 2 x 2 B = 4,096 B) = 16,384,000 B
+    # + 28 Mamba layers x (d_conv - 1 + d_state = 19) x d_inner 8,192 x 2 B (bf16) = 8,716,288 B; 25,100,288 B per sequence
+    per_seq = 4 * 1000 * 4096 + 28 * 19 * 8192 * 2
+    gpu = exact_budget_gpu(2 * 51 * 10**9, 3 * per_seq + spare)
+    plan = planner(JAMBA, gpu, context=1000, batch=3, engine=Engine.ideal, **NO_OVERHEAD).plan()
+    assert plan.max_concurrent_sequences == fit
+
+
+def test_state_layers_hold_no_kv_heads():
+    from kvplan.calc import CacheLayout
+
+    est = CacheLayout(make_spec(**JAMBA), parse_format_pair("auto", "bf16"), block_size=1).at(1000, 1)
+    state = next(k for k in est.by_kind if k.kind == "state")
+    assert (state.layers, state.kv_heads_per_rank, state.tokens_held, state.bytes_per_token_per_layer) == (28, 0, 0, 0)
