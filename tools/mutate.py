@@ -686,6 +686,10 @@ def main(argv=None) -> int:
         total = len(picked)
 
         def progress(done, m):
+            if done % 10 == 0:  # an interrupted run still leaves what it found
+                json_out.parent.mkdir(parents=True, exist_ok=True)
+                json_out.write_text(json.dumps({"command": "(partial) " + " ".join(sys.argv), "seconds": None,
+                                                "mutants": [x.summary() for x in picked if x.status]}, indent=1))
             if m.status in (SURVIVED, ERROR) or done % 25 == 0 or done == total:
                 print(f"[{done}/{total}] {m.status}: {m.path}:{m.line} {m.operator} ({m.tests} tests, {m.seconds} s)",
                       flush=True)
