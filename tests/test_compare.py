@@ -418,3 +418,6 @@ def test_reference_rows_default_to_one_rank():
     assert ideal.kv_bytes_total == 1000 * 131_072 and vllm.kv_bytes_total == 1008 * 131_072  # 63 blocks of 16
     assert ideal.by_kind[0].note == "" and vllm.by_kind[0].note == ""
     assert ideal_estimate(spec, fmt, 1000, 1).kv_bytes_total == 1000 * 131_072
+    # one KV head (MQA): one rank holds it once; two ranks would each hold a copy
+    mqa = make_spec(num_key_value_heads=1)  # 4 layers x 1 head x 16 x 2 (K, V) x 2 B = 256 B per token
+    assert ideal_estimate(mqa, fmt, 1000, 1).kv_bytes_total == 1000 * 256

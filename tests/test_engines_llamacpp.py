@@ -351,3 +351,23 @@ def test_the_swa_note_is_for_windowed_models_only():
             "from the spec's layer types.")
     assert note in run("gemma-3-27b", 4096).notes
     assert note not in run("llama-3.1-8b", 4096).notes
+
+
+@pytest.mark.parametrize("opts, batch, cause", [
+    ({"kv_unified": True}, 4, "sliding layers: pad(1,024 x 4 seqs window + 512 ubatch, 256) = 4,608 cells per stream"),
+    ({}, 4, "sliding layers: pad(1,024 window + 512 ubatch, 256) = 1,536 cells per stream"),
+])
+def test_the_swa_step_names_the_window_per_stream(opts, batch, cause):
+    c = run("gemma-3-27b", 8192, batch=batch, **opts)
+    assert cause in c.overhead_bytes
+
+
+@pytest.mark.parametrize("opts, where, need", [
+    ({"parallel": 2, "ctx_size": 4096}, "each of the 2 slots holds 2,048 cells (-c 4,096)", "8,192"),
+    ({"parallel": 2, "ctx_size": 2048, "kv_unified": True}, "the 2 slots share 2,048 cells (-c 2,048, --kv-unified)", "4,096"),
+])
+def test_a_slot_shorter_than_the_sequence_is_refused_with_its_words(opts, where, need):
+    c = run("llama-3.1-8b", 4096, batch=1, **opts)
+    assert c.kv_bytes_total is None
+    assert any(n.startswith(f"A sequence of 4,096 tokens needs a slot of as many cells, and {where}: "
+                            f"give -c (--ctx-size) of at least {need}.") for n in c.notes), c.notes

@@ -33,7 +33,8 @@ running the whole suite there under `coverage` with one context per test (cached
 written into the copy and a forked child (pytest and the heavy libraries imported once,
 before the fork; kvplan itself is imported fresh in each child) runs only those tests
 with `-x -q -p no:cacheprovider`, fastest first. Module-level lines (run at import, so
-coverage gives them to no test) are run against every test that executes the module.
+coverage gives them to no test) are run against the tests that execute a line using the
+name they bind (or whose own code names it); failing that, every test that runs the module.
 Sampling is seeded: `--sample N --seed S` picks the same N mutants per module on every
 machine while the module's source is unchanged.
 
@@ -257,6 +258,28 @@ def name_index(root: Path, paths) -> dict:
     return index
 
 
+def test_name_index(root: Path, test_paths) -> dict:
+    """name -> node ids ("tests/test_x.py::test_f", "...::Class::test_f") of the test functions that read it."""
+    index = {}
+    files = [p for t in test_paths for p in ([root / t] if (root / t).is_file() else sorted((root / t).rglob("test_*.py")))]
+    for f in files:
+        try:
+            tree = ast.parse(f.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError):
+            continue
+        rel = f.relative_to(root).as_posix()
+        scopes = [(n, f"{rel}::{n.name}") for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        for c in tree.body:
+            if isinstance(c, ast.ClassDef):
+                scopes += [(n, f"{rel}::{c.name}::{n.name}") for n in c.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        for fn, nodeid in scopes:
+            for node in ast.walk(fn):
+                name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+                if name is not None:
+                    index.setdefault(name, set()).add(nodeid)
+    return index
+
+
 def _byte_offsets(source: str) -> list:
     """Byte offset of the start of each line (1-based index), for ast's UTF-8 columns."""
     offsets, total = [0, 0], 0
@@ -421,11 +444,12 @@ def _seed_args() -> list:
     return ["--hypothesis-seed=0"]
 
 
-def tests_for(m: Mutant, cmap: dict, index: dict) -> list:
+def tests_for(m: Mutant, cmap: dict, index: dict, test_index: dict | None = None) -> list:
     """Node ids of the tests that execute the mutant's lines, fastest first."""
     lines = cmap["lines"].get(m.path, {})
     span = set(range(m.start[0], m.end[0] + 1)) | set(m.stmt_lines)
     found, at_import = set(), False
+    test_index = test_index or {}
     for n in span:
         for ctx in lines.get(str(n), []):
             if ctx:
@@ -440,6 +464,8 @@ def tests_for(m: Mutant, cmap: dict, index: dict) -> list:
             for path, used in index.get(name, {}).items():
                 by_line = cmap["lines"].get(path, {})
                 found |= {ctx for n in used for ctx in by_line.get(str(n), []) if ctx}
+            # and the tests whose own code names it (a default argument, a table read by a test)
+            found |= {t for t in cmap["durations"] if t.split("[")[0] in test_index.get(name, ())}
         if not found:
             found = {ctx for ctxs in lines.values() for ctx in ctxs if ctx}
     durations = cmap["durations"]
@@ -483,14 +509,15 @@ def _status_of(code: int, log: Path) -> str:
 
 
 def run_mutants(mutants: list, cmap: dict, root: Path, copies: list, timeout: float | None, logdir: Path,
-                progress) -> None:
+                progress, test_paths=("tests",)) -> None:
     durations = cmap["durations"]
     index = name_index(root, cmap["lines"])
+    test_index = test_name_index(root, test_paths)
     queue = []
     for m in mutants:
         if m.status:
             continue
-        tests = tests_for(m, cmap, index)
+        tests = tests_for(m, cmap, index, test_index)
         m.tests = len(tests)
         if not tests:
             m.status = NOT_COVERED
@@ -694,7 +721,7 @@ def main(argv=None) -> int:
                 print(f"[{done}/{total}] {m.status}: {m.path}:{m.line} {m.operator} ({m.tests} tests, {m.seconds} s)",
                       flush=True)
 
-        run_mutants(picked, cmap, root, copies, args.timeout or None, logdir, progress)
+        run_mutants(picked, cmap, root, copies, args.timeout or None, logdir, progress, args.tests)
 
     seconds = time.monotonic() - started
     rows = score_table(picked, modules)
