@@ -385,6 +385,7 @@ def test_ideal_rows_per_slot_and_state():
     # one token of one layer, both ranks: 8 KV heads x 128 x 2 (K, V) x 2 B = 4,096 B
     assert (row.layers, row.tokens_per_sequence, row.slots_per_layer, row.bytes_per_slot) == (32, 1000, 2000, 4096)
     assert row.note == "per rank x tp ranks"
+    assert type(row.bytes_per_slot) is int  # bytes stay integers (JSON prints 4096, not 4096.0)
     jamba = reference.ideal(resolve_spec("jamba-v0.1"), 1000, 2, parse_format_pair("auto", "bf16"))
     state = next(r for r in jamba.by_kind if r.kind == "state")
     # the ideal state in bf16: (d_conv - 1 + d_state) x d_inner x 2 B = (3 + 16) x 8,192 x 2 = 311,296 B
