@@ -429,3 +429,16 @@ def test_falcon_without_multi_query_has_a_fused_3h_qkv():
     layer = 64 * 192 + 64 * 64 + 64 * 256 + 256 * 64 + 2 * 64  # 49,280
     assert conv.parameters == 2 * layer + 100 * 64 + 2 * 64 == 105_088
     assert conv.fields["num_key_value_heads"] == 4  # every head has its own K and V
+
+
+def test_jamba_defaults_are_jamba_v01():
+    """JambaConfig's defaults are Jamba-v0.1 (Lieber et al. 2024, arXiv 2403.19887, section 3: blocks of
+    l = 8 layers with a:m = 1:7 attention to Mamba, MoE every e = 2 layers, n = 16 experts, K = 2 per token;
+    "12B active of 52B")."""
+    conv = convert_config({"model_type": "jamba"})
+    f = conv.fields
+    assert f["layer_pattern"] == ({"state": 4}, {"full_attention": 1}, {"state": 3})  # attention at 4, 12, 20, 28
+    assert (f["num_local_experts"], f["num_experts_per_tok"], f["expert_layer_period"], f["expert_layer_offset"]) == (16, 2, 2, 1)
+    # 16 MoE layers x 14 idle experts x (gate, up, down: 3 x 4,096 x 14,336 = 176,160,768)
+    assert conv.inactive_parameters == 16 * 14 * 176_160_768 == 39_460_012_032
+    assert conv.parameters - conv.inactive_parameters == 12_110_311_296  # "12B active"
