@@ -211,3 +211,14 @@ def test_sweep_layout_is_reused():
 ])
 def test_grouped_int_formats_bytes(name, values, expected):
     assert parse_format(name).bytes_for(values) == expected
+
+
+@pytest.mark.parametrize("name, values, expected", [
+    ("fp8", 128, 128),  # one byte per value; the per-tensor scale lives outside the cache
+    # NVFP4: 16-value blocks of 4-bit values (8 B) with one FP8 E4M3 scale (1 B) each; vLLM's
+    # nvfp4_kv_cache_full_dim(D) = D / 2 + D / 16 (engine-rules.md §1.1)
+    ("nvfp4", 128, 128 // 2 + 128 // 16),
+    ("nvfp4", 24, 2 * (8 + 1)),  # 24 values: a second, padded block
+])
+def test_fixed_formats_bytes(name, values, expected):
+    assert parse_format(name).bytes_for(values) == expected
