@@ -654,8 +654,9 @@ def main(argv=None) -> int:
     started = time.monotonic()
     work = root / ".mutation"
     work.mkdir(exist_ok=True)
-    report = args.report or root / "docs" / "mutation-survivors.md"
-    json_out = args.json or work / "last-run.json"
+    # absolute: the children run inside the temporary copy, and write their logs beside json_out
+    report = (args.report or root / "docs" / "mutation-survivors.md").resolve()
+    json_out = (args.json or work / "last-run.json").resolve()
     equivalents = equivalent_ids(root / "docs" / "mutation.md")
 
     before = {r["id"]: r for r in json.loads(args.only.read_text())["mutants"]} if args.only else None
