@@ -162,7 +162,7 @@ class _Finder:
         self.source_lines = source.splitlines()
         self.sites = []  # (span node, replacement source, operator, enclosing statement)
 
-    def walk(self, node, parent=None, stmt=None, skip=False, qual="", top=()):
+    def walk(self, node, parent=None, stmt=None, skip=False, qual="", top=(), in_function=False):
         if isinstance(parent, ast.Module) and isinstance(node, ast.stmt):
             top = _bound_names(node)
         if isinstance(node, ast.stmt):
@@ -176,7 +176,7 @@ class _Finder:
         if isinstance(node, ast.Expr) and _is_docstring(node, parent):
             return
         if not skip:
-            self.top = top
+            self.top = top if not in_function else ()
             self.visit(node, stmt)
         for field, value in ast.iter_fields(node):
             children = value if isinstance(value, list) else [value]
@@ -190,7 +190,9 @@ class _Finder:
                     child_skip = True
                 if isinstance(node, ast.Call) and _call_name(node) in _LOG_CALLS and field in ("args", "keywords"):
                     child_skip = True
-                self.walk(child, node, stmt, child_skip, qual, top)
+                inside = in_function or (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+                                         and field == "body")
+                self.walk(child, node, stmt, child_skip, qual, top, inside)
 
     def add(self, span, replacement, operator, stmt):
         text = replacement if isinstance(replacement, str) else f"({ast.unparse(replacement)})"
@@ -456,18 +458,19 @@ def tests_for(m: Mutant, cmap: dict, index: dict, test_index: dict | None = None
                 found.add(ctx)
             else:
                 at_import = True
-    if not found and at_import:
-        # A line run only at import (a module constant, a class body): the tests that run a
-        # line using the name it binds, in any measured module; failing that, every test
-        # that runs the module.
+    if m.top_names:
+        # Code run at import (a module constant, a class body, a default argument): coverage
+        # gives it to whichever test imported the module first, so add the tests that run a
+        # line using the name it binds, in any measured module, and those whose own code names
+        # it; failing that, every test that runs the module.
         for name in m.top_names:
             for path, used in index.get(name, {}).items():
                 by_line = cmap["lines"].get(path, {})
                 found |= {ctx for n in used for ctx in by_line.get(str(n), []) if ctx}
             # and the tests whose own code names it (a default argument, a table read by a test)
             found |= {t for t in cmap["durations"] if t.split("[")[0] in test_index.get(name, ())}
-        if not found:
-            found = {ctx for ctxs in lines.values() for ctx in ctxs if ctx}
+    if not found and (at_import or m.top_names):
+        found = {ctx for ctxs in lines.values() for ctx in ctxs if ctx}
     durations = cmap["durations"]
     return sorted(found, key=lambda t: (durations.get(t, 0.0), t))
 
