@@ -222,3 +222,13 @@ def test_grouped_int_formats_bytes(name, values, expected):
 ])
 def test_fixed_formats_bytes(name, values, expected):
     assert parse_format(name).bytes_for(values) == expected
+
+
+def test_quantisation_overhead_per_token():
+    spec = make_spec(**LLAMA_31_8B)
+    # fp8: 8 bits, one byte per value, nothing beside the values
+    assert parse_format("fp8").bits == 8
+    assert CacheLayout(spec, parse_format_pair("fp8", "bf16")).quantisation_overhead_bytes_per_token == 0
+    # q8_0: an fp16 scale per 32 values; a token holds 32 layers x 8 heads x (128 + 128) values = 2,048 per layer,
+    # 64 groups per layer: 64 x 2 B x 32 layers = 4,096 B beside the values
+    assert CacheLayout(spec, parse_format_pair("q8_0", "bf16")).quantisation_overhead_bytes_per_token == 4096
