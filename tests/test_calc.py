@@ -198,3 +198,37 @@ def test_sweep_layout_is_reused():
     spec = make_spec(**LLAMA_31_8B)
     layout = CacheLayout(spec, parse_format_pair("bf16", "bf16"))
     assert [layout.at(c, 1).kv_bytes_per_sequence for c in (1, 2, 3)] == [131072, 2 * 131072, 3 * 131072]
+
+
+@pytest.mark.parametrize("name, values, expected", [
+    # 4-bit values, 2 per byte; a scale (and a zero point unless _sym) per group in the named float width
+    ("int4_g32_fp16", 64, 2 * (16 + 2 * 2)),  # 2 groups x (16 B data + fp16 scale and zero point)
+    ("int4_g32_bf16_sym", 64, 2 * (16 + 2)),
+    ("int4_g32_fp32", 64, 2 * (16 + 2 * 4)),
+    ("int4_g32_fp32_sym", 65, 3 * (16 + 4)),  # 65 values: a third, padded group
+    ("int4", 128, 2 * (32 + 2 * 2)),  # defaults: groups of 64, fp16, asymmetric
+    ("int2_g16_sym", 16, 4 + 2),  # 16 2-bit values = 4 B
+])
+def test_grouped_int_formats_bytes(name, values, expected):
+    assert parse_format(name).bytes_for(values) == expected
+
+
+@pytest.mark.parametrize("name, values, expected", [
+    ("fp8", 128, 128),  # one byte per value; the per-tensor scale lives outside the cache
+    # NVFP4: 16-value blocks of 4-bit values (8 B) with one FP8 E4M3 scale (1 B) each; vLLM's
+    # nvfp4_kv_cache_full_dim(D) = D / 2 + D / 16 (engine-rules.md §1.1)
+    ("nvfp4", 128, 128 // 2 + 128 // 16),
+    ("nvfp4", 24, 2 * (8 + 1)),  # 24 values: a second, padded block
+])
+def test_fixed_formats_bytes(name, values, expected):
+    assert parse_format(name).bytes_for(values) == expected
+
+
+def test_quantisation_overhead_per_token():
+    spec = make_spec(**LLAMA_31_8B)
+    # fp8: 8 bits, one byte per value, nothing beside the values
+    assert parse_format("fp8").bits == 8
+    assert CacheLayout(spec, parse_format_pair("fp8", "bf16")).quantisation_overhead_bytes_per_token == 0
+    # q8_0: an fp16 scale per 32 values; a token holds 32 layers x 8 heads x (128 + 128) values = 2,048 per layer,
+    # 64 groups per layer: 64 x 2 B x 32 layers = 4,096 B beside the values
+    assert CacheLayout(spec, parse_format_pair("q8_0", "bf16")).quantisation_overhead_bytes_per_token == 4096

@@ -511,3 +511,16 @@ def test_the_max_context_fits_and_one_token_more_does_not(room_mib, batch, engin
         assert fits(best)
     if best < 131072:
         assert not fits(best + 1)
+
+
+def test_option_defaults_are_one_device_one_stage():
+    """key_problems / check_flags / engine_options default to tp 1 and pp 1: no parallel-size problem."""
+    from kvplan.engines import sglang, trtllm
+    from kvplan.engines.options import check_flags, engine_options, key_problems
+
+    for engine in ("hf", "llama.cpp", "sglang", "trtllm"):
+        assert key_problems(engine, []) == []
+        check_flags(engine, [], command="estimate")  # raises nothing
+    assert [p.kind for p in key_problems("hf", [], tp=2, pp=2)] == ["tp", "pp"]
+    assert engine_options("sglang") == sglang.SGLangOptions() and engine_options("sglang").tp == 1
+    assert engine_options("trtllm") == trtllm.TrtllmOptions() and engine_options("trtllm").tp == 1

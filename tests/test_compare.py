@@ -164,6 +164,9 @@ def test_compare_json_has_one_row_per_engine(capsys):
     assert r.exit_code == 0, r.stderr
     data = json.loads(r.stdout)
     assert [row["engine"] for row in data["rows"]] == list(ALL_ENGINES)
+    head = {k: data[k] for k in ("model", "context", "batch", "kv_cache_dtype", "tensor_parallel_size", "gpu")}
+    assert head == {"model": "llama-3.1-8b", "context": 8192, "batch": 2, "kv_cache_dtype": "bf16",
+                    "tensor_parallel_size": 1, "gpu": None}
     by = {row["engine"]: row for row in data["rows"]}
     assert by["llama.cpp"]["cache"]["kv_bytes_total"] == 2 * 2**30
     assert by["llama.cpp"]["cache"]["log_lines"] == [
@@ -329,3 +332,95 @@ def test_estimate_and_compare_leave_torch_out():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_pair_of_engine_only_names_goes_on_to_the_engines():
+    """f16 is llama.cpp's name, not a kvplan format: a K/V pair of engine names is checked part by part,
+    not refused as a kvplan format pair."""
+    from kvplan.engines.compare import check_kv_dtype
+
+    check_kv_dtype("f16/q8_0")
+    check_kv_dtype("bfloat16/f16")
+    with pytest.raises(Exception, match="unknown KV cache dtype 'fp4'"):
+        check_kv_dtype("f16/fp4")
+
+
+def test_a_one_byte_difference_is_signed():
+    from kvplan.engines.compare import _signed
+
+    assert (_signed(1), _signed(-1), _signed(2048)) == ("+1 B", "-1 B", "+2.00 KiB")
+
+
+def test_compare_refuses_an_unknown_engine_itself():
+    with pytest.raises(Exception, match="--engines 'vllm2' is not one of ideal, vllm, hf, llama.cpp, sglang, trtllm"):
+        run_compare(resolve_spec("llama-3.1-8b"), 4096, engines=("ideal", "vllm2"))
+
+
+def test_the_ideal_is_unpaged_at_an_odd_length():
+    from kvplan.engines import ideal_estimate
+    from kvplan.formats import parse_format_pair
+
+    # make_spec's model: 4 layers x 2 KV heads x 16 x 2 (K, V) x 2 B = 512 B per token; 1,001 tokens, not rounded to 1,002
+    spec = make_spec()
+    assert ideal_estimate(spec, parse_format_pair("auto", "bf16"), 1001, 3).kv_bytes_total == 3 * 1001 * 512
+
+
+def test_vllm_pages_mla_in_64_token_blocks():
+    from kvplan.engines import reference
+    from kvplan.formats import parse_format_pair
+
+    spec = resolve_spec("deepseek-v2-lite")  # 27 MLA layers, latent 512 + rope 64 = 576 values, bf16: 1,152 B per token
+    c = reference.vllm(spec, 1000, 2, parse_format_pair("auto", "bf16"))
+    assert c.settings["block_size"] == 64  # FlashMLA's block
+    row = c.by_kind[0]
+    # ceil(1,000 / 64) = 16 blocks = 1,024 tokens per sequence (16-token blocks would give 1,008)
+    assert (row.tokens_per_sequence, row.slots_per_layer, row.bytes_per_slot) == (1024, 2 * 1024, 1152)
+    assert c.kv_bytes_total == 27 * 2 * 1024 * 1152
+
+
+def test_ideal_rows_per_slot_and_state():
+    from kvplan.engines import reference
+    from kvplan.formats import parse_format_pair
+
+    c = reference.ideal(resolve_spec("llama-3.1-8b"), 1000, 2, parse_format_pair("auto", "bf16"), tp=2)
+    row = c.by_kind[0]
+    # one token of one layer, both ranks: 8 KV heads x 128 x 2 (K, V) x 2 B = 4,096 B
+    assert (row.layers, row.tokens_per_sequence, row.slots_per_layer, row.bytes_per_slot) == (32, 1000, 2000, 4096)
+    assert row.note == "per rank x tp ranks"
+    assert type(row.bytes_per_slot) is int  # bytes stay integers (JSON prints 4096, not 4096.0)
+    jamba = reference.ideal(resolve_spec("jamba-v0.1"), 1000, 2, parse_format_pair("auto", "bf16"))
+    state = next(r for r in jamba.by_kind if r.kind == "state")
+    # the ideal state in bf16: (d_conv - 1 + d_state) x d_inner x 2 B = (3 + 16) x 8,192 x 2 = 311,296 B
+    assert (state.layers, state.tokens_per_sequence, state.slots_per_layer, state.bytes_per_slot) == (28, 0, 2, 311_296)
+
+
+def test_vllm_names_the_chunk_only_when_the_chunk_is_shorter_than_the_context():
+    from kvplan.engines import reference
+    from kvplan.formats import parse_format_pair
+
+    # 2 full + 6 chunked layers (chunk 1,000), 128 B per token per layer (2 heads x 16 x 2 x 2 B)
+    spec = make_spec(num_hidden_layers=8, attention_chunk_size=1000, max_position_embeddings=32768,
+                     layer_pattern=[{"chunked_attention": 3}, {"full_attention": 1}])
+    short = reference.vllm(spec, 500, 1, parse_format_pair("auto", "bf16"))
+    # 500 tokens in 16-token blocks: 512 slots, 12 spare: x 2 layers x 128 B and x 6 layers x 128 B
+    assert [(d.cause, d.bytes) for d in short.differences] == [
+        ("16-token blocks (full attention)", 12 * 2 * 128), ("16-token blocks (chunked attention)", 12 * 6 * 128)]
+    long = reference.vllm(spec, 1500, 1, parse_format_pair("auto", "bf16"))
+    assert (long.differences[0].cause, long.differences[0].bytes) == ("16-token blocks (full attention)", 4 * 2 * 128)  # 1,504 slots for 1,500
+    assert long.differences[1].cause.startswith("chunked layers: ")
+
+
+def test_reference_rows_default_to_one_rank():
+    from kvplan.engines import ideal_estimate, reference
+    from kvplan.formats import parse_format_pair
+
+    spec, fmt = resolve_spec("llama-3.1-8b"), parse_format_pair("auto", "bf16")
+    # one rank: 1,000 tokens x 131,072 B, no "per rank" note
+    ideal, vllm = reference.ideal(spec, 1000, 1, fmt), reference.vllm(spec, 1000, 1, fmt)
+    assert (ideal.settings["tp"], vllm.settings["tp"]) == (1, 1)
+    assert ideal.kv_bytes_total == 1000 * 131_072 and vllm.kv_bytes_total == 1008 * 131_072  # 63 blocks of 16
+    assert ideal.by_kind[0].note == "" and vllm.by_kind[0].note == ""
+    assert ideal_estimate(spec, fmt, 1000, 1).kv_bytes_total == 1000 * 131_072
+    # one KV head (MQA): one rank holds it once; two ranks would each hold a copy
+    mqa = make_spec(num_key_value_heads=1)  # 4 layers x 1 head x 16 x 2 (K, V) x 2 B = 256 B per token
+    assert ideal_estimate(mqa, fmt, 1000, 1).kv_bytes_total == 1000 * 256

@@ -127,6 +127,10 @@ def test_jamba_state_conv_in_model_dtype_ssm_in_float32():
     assert c.kv_bytes_total == attention + 28 * state == 83_623_936
     # the ideal keeps d_conv - 1 columns and the SSM state in bf16: (3 + 16) x d_inner x 2 B per layer
     assert sum(c.overhead_bytes.values()) == 28 * (state - 19 * d_inner * 2)
+    # the state row: no token slots, one state per sequence per layer
+    row = next(r for r in c.by_kind if r.kind == "state")
+    assert (row.layers, row.tokens_per_sequence, row.slots_per_layer, row.bytes_per_slot, row.bytes) == (
+        28, 0, 1, state, 28 * state)
 
 
 # --- QuantizedCache (QuantizedLayer.update): residual = decode steps mod residual_length
@@ -216,3 +220,21 @@ def test_capacity_divides_the_room_left_after_weights():
     assert cap.kv_budget_bytes == budget
     assert cap.max_concurrent_sequences == budget // GIB == 7
     assert cap.fits
+
+
+def test_the_prefill_chunk_note_is_for_windowed_layers_only():
+    note = ("During a prefill chunk a sliding layer briefly holds W - 1 + chunk tokens (the concatenation "
+            "returned for attention) before trimming.")
+    assert note in run("gemma-3-27b", 4096).notes  # sliding layers, no chunked ones
+    assert note not in run("llama-3.1-8b", 4096).notes
+
+
+def test_quantized_bytes_by_hand():
+    # HQQ packs 3-bit values ten to a 32-bit word (hqq BitPack.pack_3bit_32): 100 values -> 10 words = 40 B;
+    # a scale and a zero point per group of 64 (2 groups) in 2 bytes each: 8 B
+    assert hf.quantized_bytes(100, 3, 64, "hqq", 2) == 40 + 8
+    assert hf.quantized_bytes(101, 3, 64, "hqq", 2) == 44 + 8  # 11 words
+    # otherwise nbits per value, rounded up to whole bytes: 101 x 2 bits = 202 bits -> 26 B
+    assert hf.quantized_bytes(101, 2, 64, "quanto", 2) == 26 + 8
+    assert hf.quantized_bytes(100, 3, 64, "quanto", 2) == 38 + 8  # 300 bits -> 38 B: not HQQ's words
+    assert hf.quantized_bytes(0, 4, 64, "quanto", 2) == 0

@@ -304,3 +304,70 @@ def test_capacity_refuses_when_the_buffer_does_not_fit():
     assert cap.refusals == (
         "llama_init_from_model: failed to initialize the context: failed to allocate buffer for kv cache",
     )
+
+
+@pytest.mark.parametrize("spare, slots", [(0, 3), (-1, 2), (1, 3)])
+def test_capacity_at_the_exact_size_of_three_slots(spare, slots):
+    # one slot of 8,192 cells: 8,192 x 32 layers x 8 heads x 128 x 2 (K, V) x 2 B (f16) = 1 GiB exactly
+    spec = resolve_spec("llama-3.1-8b")
+    weights = 8_030_261_248 * 2
+    mem = MemoryInputs("exact", weights + 3 * GIB + spare, weights, 0, 0, "none")
+    cap = L.capacity(spec, 8192, 3, L.LlamaCppOptions(), mem, ideal_format=parse_format_pair("auto", "bf16"))
+    assert cap.kv_budget_bytes == 3 * GIB + spare
+    assert (cap.max_concurrent_sequences, cap.fits) == (slots, slots >= 3)
+    assert cap.refusals == (() if slots >= 3 else (
+        "llama_init_from_model: failed to initialize the context: failed to allocate buffer for kv cache",))
+
+
+def test_capacity_with_nothing_left_after_the_weights():
+    spec = resolve_spec("llama-3.1-8b")
+    weights = 8_030_261_248 * 2
+    mem = MemoryInputs("full", weights, weights, 0, 0, "none")
+    cap = L.capacity(spec, 8192, 1, L.LlamaCppOptions(), mem, ideal_format=parse_format_pair("auto", "bf16"))
+    assert (cap.kv_budget_bytes, cap.max_concurrent_sequences, cap.fits) == (0, 0, False)
+
+
+def test_context_and_batch_must_be_positive():
+    with pytest.raises(Exception, match="--context must be at least 1 token, got 0"):
+        run("llama-3.1-8b", 0)
+    with pytest.raises(Exception, match="--batch must be at least 1 sequence, got 0"):
+        run("llama-3.1-8b", 8, batch=0)
+
+
+def test_unified_cells_are_noted_and_per_sequence_cells_shared():
+    # --kv-unified, 3 sequences of 5,000: one stream of pad(15,000, 256) = 15,104 cells; each sequence's share 15,104 // 3
+    row = run("llama-3.1-8b", 5000, batch=3, kv_unified=True).by_kind[0]
+    assert (row.tokens_per_sequence, row.slots_per_layer, row.note) == (5034, 15104, "cells shared by all sequences (unified KV)")
+    # one sequence, unified or not: nothing shared, no note
+    row = run("llama-3.1-8b", 5000, batch=1, kv_unified=True).by_kind[0]
+    assert row.note == ""
+    # per-sequence streams: 3 streams of pad(5,000, 256) = 5,120 cells
+    row = run("llama-3.1-8b", 5000, batch=3).by_kind[0]
+    assert (row.tokens_per_sequence, row.slots_per_layer, row.note) == (5120, 3 * 5120, "")
+
+
+def test_the_swa_note_is_for_windowed_models_only():
+    note = ("llama.cpp windows only the layers its architecture loader marks SWA; kvplan takes them "
+            "from the spec's layer types.")
+    assert note in run("gemma-3-27b", 4096).notes
+    assert note not in run("llama-3.1-8b", 4096).notes
+
+
+@pytest.mark.parametrize("opts, batch, cause", [
+    ({"kv_unified": True}, 4, "sliding layers: pad(1,024 x 4 seqs window + 512 ubatch, 256) = 4,608 cells per stream"),
+    ({}, 4, "sliding layers: pad(1,024 window + 512 ubatch, 256) = 1,536 cells per stream"),
+])
+def test_the_swa_step_names_the_window_per_stream(opts, batch, cause):
+    c = run("gemma-3-27b", 8192, batch=batch, **opts)
+    assert cause in c.overhead_bytes
+
+
+@pytest.mark.parametrize("opts, where, need", [
+    ({"parallel": 2, "ctx_size": 4096}, "each of the 2 slots holds 2,048 cells (-c 4,096)", "8,192"),
+    ({"parallel": 2, "ctx_size": 2048, "kv_unified": True}, "the 2 slots share 2,048 cells (-c 2,048, --kv-unified)", "4,096"),
+])
+def test_a_slot_shorter_than_the_sequence_is_refused_with_its_words(opts, where, need):
+    c = run("llama-3.1-8b", 4096, batch=1, **opts)
+    assert c.kv_bytes_total is None
+    assert any(n.startswith(f"A sequence of 4,096 tokens needs a slot of as many cells, and {where}: "
+                            f"give -c (--ctx-size) of at least {need}.") for n in c.notes), c.notes

@@ -137,3 +137,22 @@ def test_capacity_not_enough_memory():
     assert cap.max_concurrent_sequences == 0 and not cap.fits
     assert cap.refusals == ("RuntimeError: Not enough memory. Please try to increase --mem-fraction-static. "
                             "Current value: mem_fraction_static=0.5",)
+
+
+def test_the_ideal_beside_sglang_is_unpaged():
+    # llama-3.1-8b at 1,001 tokens x 2: 2 x 1,001 x 131,072 B exactly (a 2-token page would make it 1,002)
+    c = run("llama-3.1-8b", 1001, batch=2)
+    assert c.ideal_bytes_total == 2 * 1001 * 131_072
+
+
+def test_rows_say_per_rank_only_under_tensor_parallelism():
+    assert run("llama-3.1-8b", 4096).by_kind[0].note == ""
+    assert run("llama-3.1-8b", 4096, tp=2).by_kind[0].note == "per rank x tp ranks"
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.5])
+def test_capacity_refuses_a_swa_ratio_outside_zero_to_one(ratio):
+    mem = MemoryInputs("h100", 81559 * MIB, 8_030_261_248 * 2, 0, 0, "n/a")
+    with pytest.raises(Exception, match=rf"--swa-full-tokens-ratio {ratio} must be in \(0, 1\]"):
+        S.capacity(spec("gemma-3-27b"), 8192, 1, S.SGLangOptions(swa_full_tokens_ratio=ratio), mem,
+                   ideal_format=parse_format_pair("auto", "bf16"))

@@ -82,3 +82,92 @@ def test_capacity_fraction_of_what_is_left_after_the_peak():
         "calculating max tokens: 55.97 GiB, fraction is set 0.9, kv size is 131072",
         "Estimated max tokens in KV cache : 458513",
     )
+
+
+def _llama_mem():
+    weights = 8_030_261_248 * 2
+    return MemoryInputs("h100", 81559 * MIB, weights, 512 * MIB, 2 * GIB, "given")
+
+
+def test_capacity_with_an_fp8_cache():
+    """fp8: mem_per_token 1, so 1 x 2 x 128 x 8 x 32 = 65,536 B per token, twice the tokens of bf16."""
+    cap = T.capacity(resolve_spec("llama-3.1-8b"), 8192, 1, T.TrtllmOptions(), _llama_mem(), kv_cache_dtype="fp8",
+                     ideal_format=parse_format_pair("fp8", "bf16"))
+    # available = (85,520,809,984 - 18,744,877,056) x 0.9 = 60,098,339,635.2 B; // 65,536 = 917,027 tokens
+    assert cap.max_total_tokens == 917_027
+    assert cap.max_concurrent_sequences == (917_027 // 32) // (8192 // 32) == 111
+    assert cap.log_lines[1] == "Estimated max tokens in KV cache : 917027"
+    assert cap.log_lines[0].endswith("kv size is 65536")
+
+
+def test_capacity_at_the_whole_fraction_and_max_tokens():
+    # fraction 1 is allowed ((0, 1]): 66,775,932,928 B // 131,072 = 509,459 tokens
+    cap = T.capacity(resolve_spec("llama-3.1-8b"), 8192, 1, T.TrtllmOptions(free_gpu_memory_fraction=1.0), _llama_mem(),
+                     ideal_format=parse_format_pair("auto", "bf16"))
+    assert (cap.kv_budget_bytes, cap.max_total_tokens) == (66_775_932_928, 509_459)
+    # KvCacheConfig.max_tokens caps it: 100,000 tokens = 3,125 blocks of 32 = 12 sequences of 256 blocks
+    cap = T.capacity(resolve_spec("llama-3.1-8b"), 8192, 13, T.TrtllmOptions(max_tokens=100_000), _llama_mem(),
+                     ideal_format=parse_format_pair("auto", "bf16"))
+    assert (cap.max_total_tokens, cap.max_concurrent_sequences, cap.fits) == (100_000, 12, False)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.5, -0.1])
+def test_capacity_refuses_a_fraction_outside_zero_to_one(fraction):
+    with pytest.raises(Exception, match=rf"--free-gpu-memory-fraction {fraction} must be in \(0, 1\]"):
+        T.capacity(resolve_spec("llama-3.1-8b"), 8192, 1, T.TrtllmOptions(free_gpu_memory_fraction=fraction),
+                   _llama_mem(), ideal_format=parse_format_pair("auto", "bf16"))
+
+
+def test_capacity_with_a_kv_dtype_trtllm_lacks():
+    cap = T.capacity(resolve_spec("llama-3.1-8b"), 8192, 1, T.TrtllmOptions(), _llama_mem(), kv_cache_dtype="q4_0",
+                     ideal_format=parse_format_pair("auto", "bf16"))
+    assert (cap.max_total_tokens, cap.max_concurrent_sequences, cap.fits) == (None, 0, False)
+    assert cap.refusals[0].startswith("TensorRT-LLM's KV cache dtype is auto or fp8")
+
+
+def test_one_token_blocks_and_rows_at_tp_and_batch():
+    # tokens_per_block 1 is a power of two (2**0): no rounding; 3 sequences of 1,000 tokens on 2 ranks
+    spec = make_spec()  # 4 full layers, 2 KV heads of 16
+    c = run(spec, 1000, batch=3, tokens_per_block=1, tp=2)
+    # per rank per token per layer: 2 B x 2 (K, V) x (16 x 2 // 2) = 64 B
+    row = c.by_kind[0]
+    assert (row.tokens_per_sequence, row.slots_per_layer, row.bytes_per_slot) == (1000, 3 * 1000, 2 * 64)
+    assert row.bytes == 2 * 4 * 64 * 3 * 1000  # tp x layers x per-rank bytes x batch x tokens
+    assert c.kv_bytes_total == 2 * 4 * 64 * 3 * 1000
+    # 32-token blocks: ceil(1,000 / 32) = 32 blocks = 1,024 tokens per sequence
+    c = run(spec, 1000, batch=3, tp=2)
+    assert c.by_kind[0].tokens_per_sequence == 1024 and c.kv_bytes_total == 2 * 4 * 64 * 3 * 1024
+    with pytest.raises(Exception, match="--tokens-per-block 0 must be a power of two"):
+        run(spec, 1000, tokens_per_block=0)
+
+
+def test_an_fp8_cache_is_one_byte_per_value():
+    c = run("llama-3.1-8b", 1000, kv="fp8")
+    # 32 layers x 1,024 tokens (32-token blocks) x 2 (K, V) x 128 x 8 heads x 1 B
+    assert c.kv_bytes_total == 32 * 1024 * 2 * 128 * 8
+    assert c.kv_cache_dtype == "fp8"
+
+
+def test_the_first_step_is_the_element_size_alone():
+    # llama-3.1-8b at tp 1: 2-byte elements and head_dim x 8 heads per rank are what the ideal counts, so the
+    # only difference is 32-token blocks: 1,024 - 1,000 = 24 tokens x 131,072 B
+    c = run("llama-3.1-8b", 1000)
+    assert c.overhead_bytes == {"32-token blocks": 24 * 131_072}
+    assert c.by_kind[0].note == ""
+
+
+def test_mla_rows_have_no_v_and_state_rows_no_tokens():
+    row = run("deepseek-v2-lite", 1000).by_kind[0]
+    assert (row.kind, row.note) == ("mla", "no V (CacheType SELFKONLY)")
+    state = next(r for r in run("jamba-v0.1", 1000, batch=2).by_kind if r.kind == "state")
+    assert (state.layers, state.tokens_per_sequence, state.slots_per_layer) == (28, 0, 2)
+
+
+def test_context_must_be_positive_and_memory_below_the_peak_gives_no_tokens():
+    with pytest.raises(Exception, match="--context must be at least 1 token, got 0"):
+        run("llama-3.1-8b", 0)
+    # the weights alone exceed the GPU: available is negative, max_tokens floors at 0
+    mem = MemoryInputs("tiny", 8 * GIB, 8_030_261_248 * 2, 0, 0, "given")
+    cap = T.capacity(resolve_spec("llama-3.1-8b"), 8192, 1, T.TrtllmOptions(), mem,
+                     ideal_format=parse_format_pair("auto", "bf16"))
+    assert (cap.max_total_tokens, cap.max_concurrent_sequences, cap.fits) == (0, 0, False)

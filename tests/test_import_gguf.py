@@ -293,3 +293,108 @@ def test_head_counts_that_do_vary_by_layer_are_shown(tmp_path):
         f"{path}: attention head counts vary by layer (llama.attention.head_count takes [4, 8], head_count_kv [2]); "
         "kvplan's spec holds one count for every attention layer"
     )
+
+
+# Block layouts from ggml/src/ggml-common.h (ggml-org/llama.cpp; QK_K = 256, K_SCALE_SIZE = 12,
+# ggml_half = 2 bytes): (type id, name, values per block, bytes per block as the struct's fields add up).
+GGML_BLOCKS = [
+    (0, "F32", 1, 4),
+    (1, "F16", 1, 2),
+    (2, "Q4_0", 32, 2 + 32 // 2),  # d, qs[QK4_0 / 2]
+    (3, "Q4_1", 32, 2 + 2 + 32 // 2),  # d, m, qs
+    (6, "Q5_0", 32, 2 + 4 + 32 // 2),  # d, qh[4], qs
+    (7, "Q5_1", 32, 2 + 2 + 4 + 32 // 2),  # d, m, qh[4], qs
+    (8, "Q8_0", 32, 2 + 32),  # d, qs[32] int8
+    (9, "Q8_1", 32, 2 + 2 + 32),  # d, s, qs
+    (10, "Q2_K", 256, 256 // 16 + 256 // 4 + 2 + 2),  # scales, qs, d, dmin
+    (11, "Q3_K", 256, 256 // 8 + 256 // 4 + 12 + 2),  # hmask, qs, scales[12], d
+    (12, "Q4_K", 256, 2 + 2 + 12 + 256 // 2),  # d, dmin, scales[K_SCALE_SIZE], qs
+    (13, "Q5_K", 256, 2 + 2 + 12 + 256 // 8 + 256 // 2),  # d, dmin, scales, qh, qs
+    (14, "Q6_K", 256, 256 // 2 + 256 // 4 + 256 // 16 + 2),  # ql, qh, scales int8, d
+    (15, "Q8_K", 256, 4 + 256 + 2 * (256 // 16)),  # float d, qs, int16 bsums
+    (16, "IQ2_XXS", 256, 2 + 2 * (256 // 8)),  # d, uint16 qs[QK_K / 8]
+    (17, "IQ2_XS", 256, 2 + 2 * (256 // 8) + 256 // 32),  # d, uint16 qs, scales
+    (18, "IQ3_XXS", 256, 2 + 3 * 256 // 8),  # d, qs[3 QK_K / 8]
+    (19, "IQ1_S", 256, 2 + 256 // 8 + 2 * (256 // 32)),  # d, qs, uint16 qh
+    (20, "IQ4_NL", 32, 2 + 32 // 2),  # d, qs
+    (21, "IQ3_S", 256, 2 + 256 // 4 + 256 // 32 + 256 // 8 + 256 // 64),  # d, qs, qh, signs, scales
+    (22, "IQ2_S", 256, 2 + 256 // 4 + 256 // 32 + 256 // 32),  # d, qs, qh, scales
+    (23, "IQ4_XS", 256, 2 + 2 + 256 // 64 + 256 // 2),  # d, scales_h, scales_l, qs
+    (24, "I8", 1, 1),
+    (25, "I16", 1, 2),
+    (26, "I32", 1, 4),
+    (27, "I64", 1, 8),
+    (28, "F64", 1, 8),
+    (29, "IQ1_M", 256, 256 // 8 + 256 // 16 + 256 // 32),  # qs, qh, scales (the scale lives in them)
+    (30, "BF16", 1, 2),
+    (34, "TQ1_0", 256, (256 - 4 * 256 // 64) // 5 + 256 // 64 + 2),  # qs, qh, d
+    (35, "TQ2_0", 256, 256 // 4 + 2),  # qs, d
+    (39, "MXFP4", 32, 1 + 32 // 2),  # e (E8M0), qs
+]
+
+
+@pytest.mark.parametrize("type_id, name, per_block, block_bytes", GGML_BLOCKS, ids=[b[1] for b in GGML_BLOCKS])
+def test_ggml_block_sizes(type_id, name, per_block, block_bytes):
+    from kvplan.gguf import TensorInfo
+
+    # one block and one value more: a partial block is stored whole
+    t = TensorInfo("t", (per_block + 1,), type_id, 0)
+    assert t.type_name == name
+    assert t.num_bytes == 2 * block_bytes if per_block > 1 else (per_block + 1) * block_bytes
+    # rows of 3 x 256 values: whole blocks only (256 is a multiple of every block length)
+    assert TensorInfo("t", (256, 3), type_id, 0).num_bytes == 768 // per_block * block_bytes
+
+
+def test_an_unknown_ggml_type_has_no_size():
+    from kvplan.gguf import TensorInfo
+
+    t = TensorInfo("t", (10,), 31, 0)  # 31 is not a ggml type kvplan knows
+    assert (t.type_name, t.num_bytes) == ("type31", None)
+
+
+def test_tensor_data_one_byte_short_past_the_alignment_padding(tmp_path):
+    # the data starts at the next multiple of 32 after the header; the file ends 1 byte before the tensor does
+    f = write_gguf(tmp_path / "t.gguf", llama_metadata(), [("w", [1024], GGML_F32)])
+    assert read_gguf(f).tensors[0].num_bytes == 4096
+    f.write_bytes(f.read_bytes()[:-1])
+    with pytest.raises(GGUFError, match="truncated: tensor 'w'"):
+        read_gguf(f)
+
+
+def test_alignment_one_is_allowed_and_zero_refused(tmp_path):
+    f = write_gguf(tmp_path / "a1.gguf", llama_metadata(extra=[("general.alignment", U32, 1)]), [("w", [8], GGML_F32)])
+    assert read_gguf(f).tensors[0].num_bytes == 32
+    f = write_gguf(tmp_path / "a0.gguf", llama_metadata(extra=[("general.alignment", U32, 0)]), [("w", [8], GGML_F32)])
+    with pytest.raises(GGUFError, match="general.alignment 0 is not a positive integer"):
+        read_gguf(f)
+
+
+@pytest.mark.parametrize("item_type, items, item_bytes", [(U8, [7] * 5, 1), (STRING, [""] * 5, 8)])
+def test_an_array_that_exactly_fills_the_file(tmp_path, item_type, items, item_bytes):
+    # the last bytes of the file are the array's 5 items (no padding, no tensors): 5 x 1 B of u8, 5 x 8 B of empty strings
+    body = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + gguf_string("k") + struct.pack("<I", ARRAY)
+    body += gguf_value(ARRAY, (item_type, items))
+    f = tmp_path / "fill.gguf"
+    f.write_bytes(body)
+    assert read_gguf(f).metadata["k"] == items
+    f.write_bytes(body[:-1])  # one byte fewer than the items need
+    with pytest.raises(GGUFError, match="truncated"):
+        read_gguf(f)
+
+
+@pytest.mark.parametrize("arch, pattern", [
+    # llama.cpp load_hparams: gpt-oss set_swa_pattern(2) -> layers 0, 2 slide; cohere2 set_swa_pattern(4) -> 0, 1, 2
+    ("gpt-oss", ["sliding_attention", "full_attention"] * 2),
+    ("cohere2", ["sliding_attention"] * 3 + ["full_attention"]),
+])
+def test_swa_patterns_llama_cpp_sets_in_code(tmp_path, arch, pattern):
+    meta = llama_metadata(arch, extra=[(f"{arch}.attention.sliding_window", U32, 128)])
+    spec = spec_from(write_gguf(tmp_path / "s.gguf", meta, EMBED))
+    assert kinds(spec) == pattern and spec.sliding_window == 128
+
+
+def test_two_kv_head_counts_are_refused(tmp_path):
+    meta = [m for m in llama_metadata() if m[0] != "llama.attention.head_count_kv"]
+    meta.append(("llama.attention.head_count_kv", ARRAY, (U32, [2, 2, 4, 4])))
+    with pytest.raises(GGUFError, match="attention head counts vary by layer"):
+        spec_from(write_gguf(tmp_path / "kv.gguf", meta, EMBED))

@@ -380,3 +380,66 @@ def test_layer_fields_is_linear_in_the_layers():
 
     kinds = ["sliding_attention"] * (MAX_LAYERS - 1) + ["full_attention"]
     assert layer_fields(kinds) == {"layer_types": tuple(kinds)}
+
+
+# A config.json that names only its model_type is sized with transformers' class defaults, and most
+# of those defaults describe one published model: the count must be that model's published total
+# (the Hugging Face model card / safetensors total) and its context and KV heads the model's own.
+DEFAULT_IS_A_PUBLISHED_MODEL = [
+    # model_type, the model its defaults describe, parameters, max_position_embeddings, KV heads, head_dim, window
+    ("llama", "LLaMA-7B (2023)", 6_738_415_616, 2048, 32, 128, None),
+    ("mistral", "Mistral-7B-v0.1", 7_241_732_096, 4096 * 32, 8, 128, 4096),
+    ("mixtral", "Mixtral-8x7B-v0.1", 46_702_792_704, 4096 * 32, 8, 128, None),
+    ("gemma", "gemma-7b", 8_537_680_896, 8192, 16, 256, None),
+    ("gemma2", "gemma-2-2b", 2_614_341_888, 8192, 4, 256, 4096),
+    ("deepseek_v3", "DeepSeek-V3 (671B without the MTP layer)", 671_026_419_200, 4096, 128, None, None),
+    ("gpt2", "gpt2 (124M)", 124_439_808, 1024, 12, 64, None),
+    ("gpt_neox", "gpt-neox-20b", 20_554_567_680, 2048, 64, 96, None),
+    ("falcon", "falcon-7b (multi-query: one KV head)", 6_921_720_704, 2048, 1, 64, None),
+    ("phi3", "Phi-3-mini-4k", 3_821_079_552, 4096, 32, 96, None),
+    ("gpt_oss", "gpt-oss-120b", 116_829_156_672, 131072, 8, 64, 128),
+]
+
+
+@pytest.mark.parametrize("model_type, model, total, context, kv_heads, head_dim, window", DEFAULT_IS_A_PUBLISHED_MODEL,
+                         ids=[d[0] for d in DEFAULT_IS_A_PUBLISHED_MODEL])
+def test_a_bare_model_type_is_its_default_model(model_type, model, total, context, kv_heads, head_dim, window):
+    conv = convert_config({"model_type": model_type})
+    assert conv.parameters == total, model
+    f = conv.fields
+    assert (f.get("max_position_embeddings"), f.get("num_key_value_heads"), f.get("head_dim"), f.get("sliding_window")) == (
+        context, kv_heads, head_dim, window), model
+
+
+def test_qwen2_moe_defaults_are_qwen15_moe_a27b():
+    """Qwen2MoeConfig's defaults are Qwen1.5-MoE-A2.7B: 14.3B parameters, 2.7B read per token."""
+    conv = convert_config({"model_type": "qwen2_moe"})
+    assert conv.parameters == 14_315_784_192
+    # per token, 56 of the 60 routed experts sit idle in each of 24 layers; one expert = gate, up and
+    # down projections of 2,048 x 1,408: 3 x 2,048 x 1,408 = 8,650,752
+    assert conv.inactive_parameters == 24 * 56 * 8_650_752 == 11_626_610_688
+    assert conv.parameters - conv.inactive_parameters == 2_689_173_504  # "A2.7B"
+
+
+def test_falcon_without_multi_query_has_a_fused_3h_qkv():
+    """modeling_falcon, parallel_attn and not new_decoder_architecture nor multi_query: one input_layernorm
+    (weight + bias), query_key_value h -> 3h, dense h -> h, MLP h -> 4h -> h, no biases; ln_f; tied embedding."""
+    conv = convert_config({"model_type": "falcon", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+                           "vocab_size": 100, "multi_query": False, "new_decoder_architecture": False,
+                           "parallel_attn": True, "bias": False})
+    layer = 64 * 192 + 64 * 64 + 64 * 256 + 256 * 64 + 2 * 64  # 49,280
+    assert conv.parameters == 2 * layer + 100 * 64 + 2 * 64 == 105_088
+    assert conv.fields["num_key_value_heads"] == 4  # every head has its own K and V
+
+
+def test_jamba_defaults_are_jamba_v01():
+    """JambaConfig's defaults are Jamba-v0.1 (Lieber et al. 2024, arXiv 2403.19887, section 3: blocks of
+    l = 8 layers with a:m = 1:7 attention to Mamba, MoE every e = 2 layers, n = 16 experts, K = 2 per token;
+    "12B active of 52B")."""
+    conv = convert_config({"model_type": "jamba"})
+    f = conv.fields
+    assert f["layer_pattern"] == ({"state": 4}, {"full_attention": 1}, {"state": 3})  # attention at 4, 12, 20, 28
+    assert (f["num_local_experts"], f["num_experts_per_tok"], f["expert_layer_period"], f["expert_layer_offset"]) == (16, 2, 2, 1)
+    # 16 MoE layers x 14 idle experts x (gate, up, down: 3 x 4,096 x 14,336 = 176,160,768)
+    assert conv.inactive_parameters == 16 * 14 * 176_160_768 == 39_460_012_032
+    assert conv.parameters - conv.inactive_parameters == 12_110_311_296  # "12B active"

@@ -200,3 +200,53 @@ def test_index_naming_absent_tensor(tmp_path):
 
 def test_cap_matches_the_safetensors_crate():
     assert st.MAX_HEADER_BYTES == 100_000_000
+
+
+def _np_bits(name):
+    import numpy as np
+
+    return np.dtype(name).itemsize * 8
+
+
+# Bits per element, each from outside kvplan: numpy's item size for the types numpy has, and the
+# sign + exponent + mantissa fields for the float formats it lacks (bfloat16; OCP MX fp8 / fp6 / fp4; E8M0).
+SAFETENSORS_BITS = [
+    ("BOOL", _np_bits("bool")), ("U8", _np_bits("uint8")), ("I8", _np_bits("int8")),
+    ("I16", _np_bits("int16")), ("U16", _np_bits("uint16")), ("F16", _np_bits("float16")),
+    ("I32", _np_bits("int32")), ("U32", _np_bits("uint32")), ("F32", _np_bits("float32")),
+    ("C64", _np_bits("complex64")), ("F64", _np_bits("float64")), ("I64", _np_bits("int64")), ("U64", _np_bits("uint64")),
+    ("BF16", 1 + 8 + 7), ("F8_E5M2", 1 + 5 + 2), ("F8_E4M3", 1 + 4 + 3), ("F8_E8M0", 8),
+    ("F6_E2M3", 1 + 2 + 3), ("F6_E3M2", 1 + 3 + 2), ("F4", 1 + 2 + 1),
+]
+
+
+@pytest.mark.parametrize("dtype, bits", SAFETENSORS_BITS, ids=[d for d, _ in SAFETENSORS_BITS])
+def test_bits_of_every_dtype(tmp_path, dtype, bits):
+    # 8 elements take `bits` bytes; a span one byte off is refused
+    for span, ok in ((bits, True), (bits + 1, False)):
+        header = json.dumps({"t": {"dtype": dtype, "shape": [2, 4], "data_offsets": [0, span]}}).encode()
+        f = tmp_path / f"{span}.safetensors"
+        f.write_bytes(struct.pack("<Q", len(header)) + header + bytes(span))
+        if ok:
+            s = summarize_file(f)
+            assert (s.num_parameters, s.num_bytes) == (8, bits)
+        else:
+            with pytest.raises(SafetensorsError, match=f"needs {bits:g} bytes but data_offsets span {bits + 1}"):
+                summarize_file(f)
+
+
+def test_seven_bytes_are_too_short_for_a_length(tmp_path):
+    f = tmp_path / "seven.safetensors"
+    f.write_bytes(b"1234567")
+    with pytest.raises(SafetensorsError) as err:
+        summarize_file(f)
+    assert err.value.message.endswith("not a safetensors file: 7 bytes, shorter than the 8-byte header length")
+
+
+@pytest.mark.parametrize("index", [{"metadata": {}}, [], {"weight_map": []}])
+def test_an_index_without_a_weight_map_object(tmp_path, index):
+    f = tmp_path / "model.safetensors.index.json"
+    f.write_text(json.dumps(index))
+    with pytest.raises(SafetensorsError) as err:
+        summarize_index(f)
+    assert err.value.message.endswith("has no `weight_map` object")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -287,16 +288,26 @@ def test_import_over_proc_version_with_force(tmp_path, capsys):
     assert r.exit_code == 2 and r.stderr == f"error: -o /proc/version: cannot write in folder /proc ({why})\n"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in a read-only folder")
-def test_a_read_only_folder(work, capsys):
+def test_a_read_only_folder(work):
+    """A folder without write permission, also as root: root writes anywhere while it holds
+    CAP_DAC_OVERRIDE, so the command runs under `setpriv` (util-linux) without that
+    capability (and without CAP_DAC_READ_SEARCH), and the folder's mode bits apply to it too."""
     locked = work / "locked"
     locked.mkdir()
     locked.chmod(0o555)
+    command = [sys.executable, "-m", "kvplan", "check", "plan.yaml", "-o", "locked/r.txt"]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        assert setpriv, "setpriv (util-linux) is needed to test a read-only folder as root"
+        command = [setpriv, "--bounding-set=-dac_override,-dac_read_search", *command]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     try:
-        r = run_cli(capsys, "check", "plan.yaml", "-o", "locked/r.txt")
+        r = subprocess.run(command, capture_output=True, text=True, cwd=work, env=env, timeout=60)
     finally:
         locked.chmod(0o755)
-    assert r.exit_code == 2 and r.stderr == "error: --output locked/r.txt: cannot write in folder " f"{locked} (Permission denied)\n"
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == f"error: --output locked/r.txt: cannot write in folder {locked} (Permission denied)\n"
+    assert os.listdir(locked) == []
 
 
 def test_a_file_where_a_folder_should_be(work, capsys):

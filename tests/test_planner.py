@@ -54,6 +54,7 @@ def test_llama_8b_on_h100_matches_vllm_arithmetic():
     assert plan.kv_budget_bytes_per_gpu == budget == 59_501_803_930
     page_set = 32 * 16 * 8 * 128 * 2 * 2  # 32 layers x one 16-token block: 2 MiB
     assert plan.vllm_num_blocks == budget // page_set == 28372
+    assert (plan.vllm_groups, plan.vllm_padding_layers) == (1, 0)  # one group of all 32 layers, nothing padded
     assert plan.vllm_kv_cache_tokens == 28372 * 16
     assert plan.vllm_max_concurrency == round(28372 / (32768 // 16), 2) == 13.85
     assert plan.max_concurrent_sequences == 13
@@ -101,6 +102,9 @@ def test_jamba_attention_block_grows_to_hold_the_mamba_state():
     assert plan.vllm_groups == 1 + 7  # 4 attention layers; 28 Mamba layers in 7 groups of 4
     per_request = math.ceil(8192 / 80) + 7
     assert plan.max_concurrent_sequences == 1_000 // per_request
+    # each of the 7 Mamba groups holds one block per request (MambaSpec, mamba_cache_mode "none"):
+    # 1,000 / (103 + 7) = 9.09x; without those 7 blocks it would read 1,000 / 103 = 9.71x
+    assert plan.vllm_max_concurrency == 9.09
 
 
 def test_ideal_engine_counts_exact_tokens():
@@ -230,3 +234,218 @@ def test_utilisation_out_of_range(util):
 
     with pytest.raises(InputError, match=r"--gpu-memory-utilization .* must be in \(0, 1\]"):
         planner(LLAMA_31_8B, H100_SXM, context=10, gpu_memory_utilization=util)
+
+
+# ------------------------------------------------------- the compute side of the roofline
+# A tiny dense model on a GPU with all the bandwidth in the world, so every step is compute-bound:
+# 4 layers, hidden 64, 4 heads of 16 (K and V dims 16 + 16 = 32), vocab 256, untied embeddings.
+# body = 1,000,000 - 256 x 64 (embedding) - 256 x 64 (lm_head) = 967,232 parameters (2 FLOPs each per token)
+# logits for one token: 2 x 256 x 64 = 32,768 FLOPs
+TINY_DENSE = dict(num_parameters=1_000_000)
+COMPUTE_GPU = GPUFigures("compute-gpu", 10**12, 10**9, 1.0, 2.0, 1.0)  # 1e18 B/s; 1e12 bf16 and 2e12 fp8 FLOP/s
+EXACT = dict(bandwidth_efficiency=1.0, compute_efficiency=1.0, **NO_OVERHEAD)
+
+
+def test_prefill_is_compute_bound_at_the_bf16_peak():
+    p = planner(TINY_DENSE, COMPUTE_GPU, context=1000, **EXACT)
+    # 100 prompt tokens: 2 x 967,232 x 100 + 32,768 (last token's logits) = 193,479,168 FLOPs;
+    # attention: 4 layers x 2 x 4 heads x 32 x (1 + 2 + ... + 100 = 5,050 keys) = 5,171,200 FLOPs
+    flops = 193_479_168 + 5_171_200
+    assert p.prefill(100) == pytest.approx(flops / 1e12, rel=1e-12)
+    # a cached prefix of 40 tokens: 60 new tokens' matmuls, attention of tokens 41..100 (5,050 - 820 = 4,230 keys)
+    flops = 2 * 967_232 * 60 + 32_768 + 4 * 2 * 4 * 32 * 4_230
+    assert p.prefill(100, cached_prefix=40) == pytest.approx(flops / 1e12, rel=1e-12)
+
+
+def test_fp8_weights_run_at_the_fp8_peak_and_bf16_weights_never_do():
+    flops = 193_479_168 + 5_171_200  # as above
+    fp8 = planner(TINY_DENSE, COMPUTE_GPU, context=1000, weights_dtype="fp8", **EXACT)
+    assert fp8.prefill(100) == pytest.approx(flops / 2e12, rel=1e-12)
+    # a GPU without an FP8 figure: fp8 weights fall back to the bf16 peak
+    no_fp8 = GPUFigures("no-fp8", 10**12, 10**9, 1.0, None, 1.0)
+    assert planner(TINY_DENSE, no_fp8, context=1000, weights_dtype="fp8", **EXACT).prefill(100) == pytest.approx(
+        flops / 1e12, rel=1e-12)
+    # fp32 weights on the same GPU: 4 bytes per weight, the bf16 peak
+    assert planner(TINY_DENSE, COMPUTE_GPU, context=1000, weights_dtype="fp32", **EXACT).prefill(100) == pytest.approx(
+        flops / 1e12, rel=1e-12)
+
+
+def test_a_compute_bound_decode_step():
+    p = planner(TINY_DENSE, COMPUTE_GPU, context=1000, **EXACT)
+    seconds, bound, _, flops = p.decode_step(3, 50)
+    # per token: 2 x 967,232 + 32,768 (logits) + attention over 50 held tokens: 4 x 2 x 4 x 50 x 32 = 51,200
+    assert flops == 3 * (1_934_464 + 32_768 + 51_200) == 6_055_296
+    assert bound == "compute"
+    assert seconds == pytest.approx(6_055_296 / 1e12, rel=1e-12)
+
+
+def test_sliding_layers_attend_to_the_window_only():
+    # 2 sliding (window 20) + 2 full layers
+    arch = dict(TINY_DENSE, sliding_window=20, layer_pattern=[{"sliding_attention": 1}, {"full_attention": 1}])
+    p = planner(arch, COMPUTE_GPU, context=1000, **EXACT)
+    # prefill of 100: full layers 5,050 keys; sliding: 1 + ... + 20 then 80 x 20 = 210 + 1,600 = 1,810 keys
+    attention = 2 * 2 * 4 * 32 * 5_050 + 2 * 2 * 4 * 32 * 1_810
+    assert p.prefill(100) == pytest.approx((193_479_168 + attention) / 1e12, rel=1e-12)
+    # at the window itself (20 tokens) both kinds attend to 1 + ... + 20 = 210 keys
+    assert p.prefill(20) == pytest.approx((2 * 967_232 * 20 + 32_768 + 4 * 2 * 4 * 32 * 210) / 1e12, rel=1e-12)
+    # decode at 50 held: the sliding layers read 20 of them
+    _, _, _, flops = p.decode_step(1, 50)
+    assert flops == 1_934_464 + 32_768 + 2 * 2 * 4 * 32 * 50 + 2 * 2 * 4 * 32 * 20
+
+
+# ------------------------------------------------------- vLLM's groups: chunked attention, the 1.5x boundary
+# make_spec's tiny model: 2 KV heads of 16 dims, bf16: one 16-token page = 16 x 2 x 16 x 2 (K, V) x 2 B = 2,048 B
+TINY_PAGE = 16 * 2 * 16 * 2 * 2
+
+
+@pytest.mark.parametrize("context, chunked_blocks", [
+    # ChunkedLocalAttentionSpec: ceil(min(C + B, max_len) / bs), no +1 (a sliding window would add one):
+    # ceil((1,000 + 8,192) / 16) = ceil(574.5) = 575 blocks
+    (32768, 575),
+    # a context shorter than chunk + batch: ceil(4,096 / 16) = 256
+    (4096, 256),
+])
+def test_chunked_attention_blocks_per_request(context, chunked_blocks):
+    # 8 layers: 6 chunked (chunk 1,000) + 2 full; group_size = 2 (6 >= 1.5 x 2): 1 full + 3 chunked groups
+    arch = dict(num_hidden_layers=8, attention_chunk_size=1000, max_position_embeddings=32768,
+                layer_pattern=[{"chunked_attention": 3}, {"full_attention": 1}])
+    gpu = exact_budget_gpu(2 * 10**10, 100_000 * TINY_PAGE * 2)
+    plan = planner(arch, gpu, context=context, **NO_OVERHEAD).plan()
+    assert (plan.vllm_num_blocks, plan.vllm_groups, plan.vllm_padding_layers) == (100_000, 4, 0)
+    assert plan.vllm_kv_cache_tokens == (100_000 // 4) * 16
+    per_request = context // 16 + 3 * chunked_blocks  # full: 2,048 or 256 blocks
+    assert plan.vllm_max_concurrency == round(100_000 / per_request, 2)
+    assert plan.max_concurrent_sequences == 100_000 // per_request
+
+
+def test_chunked_concurrency_figure():
+    # the same model at 32,768 tokens, written out: 2,048 + 3 x 575 = 3,773 blocks; 100,000 / 3,773 = 26.504 -> 26.5
+    # (with a sliding window's +1 it would be 3,776 blocks and 26.48)
+    arch = dict(num_hidden_layers=8, attention_chunk_size=1000, max_position_embeddings=32768,
+                layer_pattern=[{"chunked_attention": 3}, {"full_attention": 1}])
+    gpu = exact_budget_gpu(2 * 10**10, 100_000 * TINY_PAGE * 2)
+    assert planner(arch, gpu, context=32768, **NO_OVERHEAD).plan().vllm_max_concurrency == 26.5
+
+
+@pytest.mark.parametrize("sliding, full, group_size, groups, padding", [
+    # most = 3 is not below 1.5 x fewest = 3: group_size = the fewest (2); sliding 3 -> 2 groups (2 + 1, 1 pad)
+    (3, 2, 2, 3, 1),
+    # most = 5 < 1.5 x 4 = 6: group_size = the most (5); one group each, the full one padded by 1
+    (5, 4, 5, 2, 1),
+    # most = 6 = 1.5 x 4: group_size = 4; sliding 6 -> 2 groups of 3 (1 pad each)
+    (6, 4, 4, 3, 2),
+])
+def test_vllm_group_size_at_the_one_and_a_half_boundary(sliding, full, group_size, groups, padding):
+    arch = dict(num_hidden_layers=sliding + full, sliding_window=64, max_position_embeddings=4096,
+                layer_pattern=[{"sliding_attention": sliding}, {"full_attention": full}])
+    # a budget of exactly 1,000 block sets of group_size pages
+    gpu = exact_budget_gpu(2 * 10**10, 1_000 * TINY_PAGE * group_size)
+    plan = planner(arch, gpu, context=4096, **NO_OVERHEAD).plan()
+    assert plan.vllm_num_blocks == 1_000  # a wrong group_size gives another count
+    assert (plan.vllm_groups, plan.vllm_padding_layers) == (groups, padding)
+
+
+# ------------------------------------------------------- weights one rank holds and reads, per stage
+def test_stage_weights_with_tied_and_untied_embeddings():
+    from kvplan.planner import stage_weight_bytes
+
+    # tiny model (hidden 64, vocab 256: a 16,384-parameter table), 4 layers, bf16
+    tied = make_spec(num_parameters=1_000_000, tie_word_embeddings=True)  # body 1,000,000 - 16,384 = 983,616
+    untied = make_spec(num_parameters=1_000_000)  # body 1,000,000 - 2 x 16,384 = 967,232
+    # held, one stage: everything once (the tied table once, as the embedding)
+    assert stage_weight_bytes(tied, [4], "bf16", 1) == [2_000_000]
+    # read by a decode step of 3 tokens, one stage, tied: the lm_head reads the whole table anyway
+    assert stage_weight_bytes(tied, [4], "bf16", 1, lookup_tokens=3) == [2 * 983_616 + 2 * 16_384] == [2_000_000]
+    # untied: 3 rows of 64 of the embedding (384 B) and the whole lm_head (32,768 B)
+    assert stage_weight_bytes(untied, [4], "bf16", 1, lookup_tokens=3) == [2 * 967_232 + 384 + 32_768]
+    # two stages, tied: stage 0 looks 3 rows up; the last stage keeps its own copy of the table for the lm_head
+    assert stage_weight_bytes(tied, [2, 2], "bf16", 1, lookup_tokens=3) == [983_616 + 384, 983_616 + 32_768]
+    # ... held: the table on both stages; tp 3 rounds each rank's share up: 1,016,384 / 3 = 338,794.7
+    assert stage_weight_bytes(tied, [2, 2], "bf16", 3) == [338_795, 338_795]
+    # untied, two stages, held: the embedding on the first, the lm_head on the last
+    assert stage_weight_bytes(untied, [2, 2], "bf16", 1) == [967_232 + 32_768, 967_232 + 32_768]
+
+
+def test_moe_decode_reads_the_experts_a_batch_touches():
+    from kvplan.planner import decode_weight_fraction
+
+    moe = make_spec(num_parameters=10**9, num_active_parameters=4 * 10**8, num_local_experts=8, num_experts_per_tok=2)
+    # uniform routing, 8 experts, 2 per token: a batch of 2 leaves an expert untouched with (6/8)^2 = 0.5625,
+    # so 0.4375 of them are read; the active parameters hold 2/8 already: (0.4375 - 0.25) / 0.75 = 0.25
+    assert decode_weight_fraction(moe, 2) == pytest.approx(0.25, rel=1e-12)
+    assert decode_weight_fraction(moe, 1) == 0.0  # one token reads only its own experts
+    # 10 tokens: 1 - 0.75^10 = 0.943686...; (0.943686 - 0.25) / 0.75 = 0.924915...
+    assert decode_weight_fraction(moe, 10) == pytest.approx((1 - 0.75**10 - 0.25) / 0.75, rel=1e-12)
+    assert decode_weight_fraction(make_spec(), 10) == 0.0  # dense
+
+
+@pytest.mark.parametrize("spare, fit", [(0, 7), (-1, 6)])
+def test_ideal_engine_at_the_exact_boundary(spare, fit):
+    # one sequence of 1,000 tokens: 1,000 x 32 layers x 8 heads x 128 x 2 (K, V) x 2 B; a budget of exactly 7 of them
+    per_seq = 1000 * 32 * 8 * 128 * 2 * 2
+    gpu = exact_budget_gpu(weight_bytes(8_030_261_248, "bf16"), 7 * per_seq + spare)
+    plan = planner(LLAMA_31_8B, gpu, context=1000, batch=7, engine=Engine.ideal, **NO_OVERHEAD).plan()
+    assert plan.max_concurrent_sequences == fit
+
+
+def test_the_search_cap_without_max_position_embeddings():
+    p = planner(dict(max_position_embeddings=None), H100_SXM, context=1000)
+    assert p.context_limit() == (2**24, "kvplan's search cap of 16,777,216 tokens (the spec has no max_position_embeddings)")
+    assert p.context_limit()[0] == 16_777_216
+
+
+def test_weights_that_leave_no_room_suggest_a_bigger_gpu_not_a_context():
+    # the GPU holds the bf16 weights of make_spec's 10**10 parameters and not one byte more
+    plan = planner({}, exact_budget_gpu(2 * 10**10, 0), context=1000, engine=Engine.ideal, **NO_OVERHEAD).plan()
+    assert plan.max_concurrent_sequences == 0 and not plan.fits
+    assert plan.suggestions[-1] == ("at --tp 1 the weights alone leave no room for KV: use a larger GPU, more tp or "
+                                    "a quantised --dtype")
+    assert not any(s.startswith("--context") for s in plan.suggestions)
+
+
+def test_headroom_at_a_one_byte_budget():
+    # one sequence of 1,000 tokens of make_spec's model: 1,000 x 4 layers x 2 heads x 16 x 2 (K, V) x 2 B = 512,000 B
+    plan = planner({}, exact_budget_gpu(2 * 10**10, 1), context=1000, engine=Engine.ideal, **NO_OVERHEAD).plan()
+    assert plan.headroom_pct == (1 - 512_000) / 1 * 100 == -51_199_900.0
+    assert planner({}, exact_budget_gpu(2 * 10**10, 0), context=1000, engine=Engine.ideal, **NO_OVERHEAD).plan().headroom_pct is None
+
+
+@pytest.mark.parametrize("flag, opts", [
+    ("--bandwidth-efficiency 0.0", dict(bandwidth_efficiency=0.0)),
+    ("--bandwidth-efficiency 1.5", dict(bandwidth_efficiency=1.5)),
+    ("--compute-efficiency 0.0", dict(compute_efficiency=0.0)),
+    ("--gpu-memory-utilization 1.01", dict(gpu_memory_utilization=1.01)),
+])
+def test_efficiencies_outside_zero_to_one_are_refused(flag, opts):
+    with pytest.raises(Exception, match=rf"^{flag} must be in \(0, 1\]$"):
+        planner({}, H100_SXM, context=1000, **opts)
+    # 1 itself is allowed
+    planner({}, H100_SXM, context=1000, **{k: 1.0 for k in opts})
+
+
+def test_an_expert_without_a_width_weighs_nothing():
+    from kvplan.planner import expert_weight_bytes
+
+    assert expert_weight_bytes(make_spec(intermediate_size=None), "bf16") == 0  # no width given at all
+    # gpt-oss-style expert, bf16: gate + up (2 x 32 x 64) and down (64 x 32) weights x 2 B
+    moe = make_spec(num_parameters=10**9, num_active_parameters=10**8, num_local_experts=4, num_experts_per_tok=1,
+                    moe_intermediate_size=32)
+    assert expert_weight_bytes(moe, "bf16") == 3 * 32 * 64 * 2
+
+
+@pytest.mark.parametrize("spare, fit", [(0, 3), (-1, 2)])
+def test_ideal_engine_counts_mamba_state_per_sequence(spare, fit):
+    # jamba at 1,000 tokens: 4 attention layers x 1,000 x (8 heads x 128 x 2 x 2 B = 4,096 B) = 16,384,000 B
+    # + 28 Mamba layers x (d_conv - 1 + d_state = 19) x d_inner 8,192 x 2 B (bf16) = 8,716,288 B; 25,100,288 B per sequence
+    per_seq = 4 * 1000 * 4096 + 28 * 19 * 8192 * 2
+    gpu = exact_budget_gpu(2 * 51 * 10**9, 3 * per_seq + spare)
+    plan = planner(JAMBA, gpu, context=1000, batch=3, engine=Engine.ideal, **NO_OVERHEAD).plan()
+    assert plan.max_concurrent_sequences == fit
+
+
+def test_state_layers_hold_no_kv_heads():
+    from kvplan.calc import CacheLayout
+
+    est = CacheLayout(make_spec(**JAMBA), parse_format_pair("auto", "bf16"), block_size=1).at(1000, 1)
+    state = next(k for k in est.by_kind if k.kind == "state")
+    assert (state.layers, state.kv_heads_per_rank, state.tokens_held, state.bytes_per_token_per_layer) == (28, 0, 0, 0)

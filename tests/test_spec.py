@@ -165,3 +165,13 @@ def test_the_shipped_specs_are_far_inside_every_bound():
 
 def test_every_bounded_name_is_a_spec_field():
     assert ModelSpec.model_fields.keys() >= SIZE_LIMITS.keys()
+
+
+def test_expert_weight_parameters():
+    from conftest import make_spec
+
+    # gate + up (64 -> 32 each) and down (32 -> 64): 3 x 64 x 32
+    moe = make_spec(num_parameters=10**9, num_active_parameters=10**8, num_local_experts=4, num_experts_per_tok=1,
+                    moe_intermediate_size=32)
+    assert moe.expert_weight_parameters == 3 * 64 * 32 == 6144
+    assert make_spec(intermediate_size=None).expert_weight_parameters == 0  # no width: nothing
