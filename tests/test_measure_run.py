@@ -63,6 +63,7 @@ CPU_READINGS = [
     "measured_decode_step_s",
     "achieved_gbps",
     "bandwidth_utilisation",
+    "read_bandwidth_gbps",
     "copy_bandwidth_gbps",
     "prefill_flops",
     "predicted_prefill_s",
@@ -110,7 +111,23 @@ def test_every_kind_measures_exactly_on_the_cpu(spec_factory, kind):
         assert record[key] is None, key  # CPU: no NVML readings, reported as absent
     assert run.measured_decode_step_s > 0 and run.measured_prefill_s > 0
     assert math.isclose(run.achieved_gbps, run.bytes_read_per_step / run.measured_decode_step_s / 1e9)
-    assert math.isclose(run.predicted_decode_step_s, run.bytes_read_per_step / (report.copy_bandwidth_gbps * 1e9))
+    assert math.isclose(run.predicted_decode_step_s, run.bytes_read_per_step / (report.read_bandwidth_gbps * 1e9))
+    assert [p.name for p in report.probes] == ["read bandwidth", "copy bandwidth", "matmul throughput"]
+
+
+def test_decode_prediction_divides_bytes_read_by_the_read_bandwidth(spec_factory, monkeypatch):
+    from kvplan.measure.readings import ReadBandwidthReading
+
+    monkeypatch.setattr(measure_run.rd, "read_bandwidth", lambda device, nbytes, repeats: ReadBandwidthReading(2.0, nbytes, repeats, "fixed"))
+    report = measure(MeasureOptions(spec=_spec(spec_factory), contexts=(20,), batches=(1,), decode_steps=3, warmup_steps=1, device="cpu"))
+    (run,) = report.runs
+    # TINY, fp32 (4 B): per layer q 64x64 + k,v 2 x 64x32 + o 64x64 + MLP 3 x 64x128 = 36,864 weights + 2 x 64 norms;
+    # 2 layers = 73,984; + final norm 64 + LM head 256 x 64 = 16,384 + 1 embedding row of 64 = 90,496 weights
+    # = 361,984 B; KV: 2 layers x (K + V) x 2 heads x 16 x 4 B = 512 B/token x 23 tokens = 11,776 B
+    assert run.bytes_read_per_step == 361_984 + 11_776
+    assert report.read_bandwidth_gbps == 2.0
+    assert run.predicted_decode_step_s == pytest.approx(373_760 / 2.0e9)  # 186.88 µs
+    assert report.probes[0].method == "fixed"
 
 
 def test_a_context_sweep_reads_each_context(spec_factory):
@@ -192,17 +209,24 @@ def test_cli_table_and_atomic_json(capsys, tmp_path):
     assert "KV cache: malloc in-use Δ" in r.stdout and "KV cache: malloc held Δ" in r.stdout
     assert "context 16 + 3 decode steps = 19 tokens · batch 1" in r.stdout
     assert "decode step (median, eager)" in r.stdout
+    assert "read bandwidth" in r.stdout and "float32 .sum() over a 8.00 MiB buffer, best of 10" in r.stdout
+    assert "copy bandwidth" in r.stdout and "dst.copy_(src) of a 8.00 MiB buffer" in r.stdout
+    assert data_probes(out) == ["read bandwidth", "copy bandwidth", "matmul throughput"]
     assert [p.name for p in out.parent.iterdir()] == ["measure.json"]  # no temp file left behind
     data = json.loads(out.read_text())
     assert data["device"] == "cpu" and data["torch_version"] == torch.__version__
     assert data["driver_version"] is None and data["cuda_context_bytes"] is None
     assert [run["context"] for run in data["runs"]] == [16, 32]
     for run in data["runs"]:
-        for key in ("device", "predicted_kv_bytes", "measured_kv_bytes", "predicted_decode_step_s", "measured_decode_step_s", "copy_bandwidth_gbps", "nvml_used_delta_bytes"):
+        for key in ("device", "predicted_kv_bytes", "measured_kv_bytes", "predicted_decode_step_s", "measured_decode_step_s", "read_bandwidth_gbps", "copy_bandwidth_gbps", "nvml_used_delta_bytes"):
             assert key in run, key
         assert run["nvml_used_delta_bytes"] is None
         # 2 layers x 2 heads x 32 x 4 B = 512 B per token
         assert run["measured_kv_bytes"] == run["predicted_kv_bytes"] == 512 * (run["context"] + 3)
+
+
+def data_probes(path) -> list[str]:
+    return [p["name"] for p in json.loads(path.read_text())["probes"]]
 
 
 def test_cli_json_to_stdout_with_verify(capsys, tmp_path):

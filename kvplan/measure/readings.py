@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from kvplan.measure.allocator import free_blocks
+from kvplan.units import fmt_bytes
 
 
 def sync(device: torch.device) -> None:
@@ -281,6 +282,7 @@ class BandwidthReading:
     gbps: float  # 1e9 bytes per second, read + write counted (as STREAM copy)
     buffer_bytes: int
     repeats: int
+    method: str  # how it was taken, for the report
 
 
 def copy_bandwidth(device: torch.device, buffer_bytes: int, repeats: int) -> BandwidthReading:
@@ -298,7 +300,56 @@ def copy_bandwidth(device: torch.device, buffer_bytes: int, repeats: int) -> Ban
     finally:
         del src, dst
         settle(device, collect=False)
-    return BandwidthReading(2 * buffer_bytes / seconds / 1e9, buffer_bytes, repeats)
+    method = (
+        f"dst.copy_(src) of a {fmt_bytes(buffer_bytes)} buffer, median of {repeats} after 2 warm-up copies; "
+        "(read + write bytes) / time"
+    )
+    return BandwidthReading(2 * buffer_bytes / seconds / 1e9, buffer_bytes, repeats, method)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBandwidthReading:
+    """Device read-streaming bandwidth: what a decode step does to its weights and cache."""
+
+    gbps: float  # 1e9 bytes read per second
+    buffer_bytes: int  # bytes one pass reads
+    repeats: int
+    method: str  # how it was taken, for the report
+
+
+READ_PROBE_WARMUPS = 2
+
+
+def read_bandwidth(
+    device: torch.device, buffer_bytes: int, repeats: int, timer: Callable[[torch.device], StepTimer] = StepTimer
+) -> ReadBandwidthReading:
+    """Best bandwidth of `buf.sum()` over a float32 buffer of `buffer_bytes` (rounded down to
+    whole elements) after READ_PROBE_WARMUPS passes: bytes read / seconds of one pass.
+
+    A reduction reads every byte once and writes a scalar, as STREAM's read-only kernels do;
+    float32 because its sum is vectorised on every CPU (a bf16 sum converts each element).
+    Best rather than median: other work on the machine only ever slows a pass, so the
+    fastest is the closest to what the hardware streams.
+    """
+    elements = buffer_bytes // 4
+    read = elements * 4
+    buf = torch.ones(elements, dtype=torch.float32, device=device)
+    try:
+        for _ in range(READ_PROBE_WARMUPS):
+            buf.sum()
+        sync(device)
+        clock = timer(device)
+        for _ in range(repeats):
+            clock.time(lambda: buf.sum())
+        seconds = min(clock.seconds())
+    finally:
+        del buf
+        settle(device, collect=False)
+    method = (
+        f"float32 .sum() over a {fmt_bytes(read)} buffer, best of {repeats} after {READ_PROBE_WARMUPS} "
+        "warm-up passes; bytes read / time"
+    )
+    return ReadBandwidthReading(read / seconds / 1e9, read, repeats, method)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +358,7 @@ class MatmulReading:
 
     flops_per_s: float
     size: int  # n of the n x n x n product
+    method: str  # how it was taken, for the report
 
 
 def matmul_throughput(device: torch.device, dtype: torch.dtype, max_size: int, target_s: float = 0.02) -> MatmulReading:
@@ -330,4 +382,5 @@ def matmul_throughput(device: torch.device, dtype: torch.dtype, max_size: int, t
     seconds = statistics.median(timer.seconds())
     del a, b
     settle(device, collect=False)
-    return MatmulReading(2 * n**3 / seconds, n)
+    method = f"torch.matmul of two random {n} x {n} {str(dtype).removeprefix('torch.')} matrices, median of {repeats}; 2n³ / time"
+    return MatmulReading(2 * n**3 / seconds, n, method)

@@ -45,6 +45,16 @@ class KindReading:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeReading:
+    """One hardware probe of the run: its figure, its unit, and how it was taken."""
+
+    name: str  # "read bandwidth", "copy bandwidth", "matmul throughput", …
+    value: float
+    unit: str  # "GB/s" (1e9 B/s) or "TFLOP/s"
+    method: str
+
+
+@dataclass(frozen=True, slots=True)
 class RunReading:
     """One (context, batch): the cache, one timed prefill, and the timed decode steps."""
 
@@ -74,13 +84,13 @@ class RunReading:
     weight_bytes_read_per_step: int
     kv_bytes_read_per_step: int
     bytes_read_per_step: int
-    predicted_decode_step_s: float  # bytes_read_per_step / copy bandwidth
+    predicted_decode_step_s: float  # bytes_read_per_step / read bandwidth
     measured_decode_step_s: float  # median
     decode_step_min_s: float
     decode_step_max_s: float
     decode_mode: str  # "cuda-graph" or "eager" (with the reason a graph was not used)
     achieved_gbps: float  # bytes_read_per_step / measured step, 1e9 B/s
-    bandwidth_utilisation: float  # achieved / copy bandwidth
+    bandwidth_utilisation: float  # achieved / read bandwidth
     # prefill
     prefill_flops: int
     predicted_prefill_s: float  # prefill_flops / measured matmul throughput
@@ -116,7 +126,9 @@ class MeasureReport:
     cuda_version: str | None
     torch_version: str
     seed: int
-    copy_bandwidth_gbps: float
+    read_bandwidth_gbps: float  # read-streaming: what the decode prediction divides by
+    read_buffer_bytes: int
+    copy_bandwidth_gbps: float  # read + write, beside it
     copy_buffer_bytes: int
     matmul_tflops: float
     matmul_size: int
@@ -131,13 +143,14 @@ class MeasureReport:
     cuda_context_bytes: int | None  # NVML used after context creation - before - torch reserved
     memory_needed_bytes: int
     memory_available_bytes: int
+    probes: tuple[ProbeReading, ...]  # every probe with its method
     notes: tuple[str, ...]
     runs: tuple[RunReading, ...]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the run's fields, and each run record carrying the device fields too."""
         data = asdict(self)
-        shared = {k: data[k] for k in ("device", "device_name", "driver_version", "torch_version", "model", "layers_run", "dtype", "kv_cache_dtype", "copy_bandwidth_gbps")}
+        shared = {k: data[k] for k in ("device", "device_name", "driver_version", "torch_version", "model", "layers_run", "dtype", "kv_cache_dtype", "read_bandwidth_gbps", "copy_bandwidth_gbps")}
         data["runs"] = [{**shared, **asdict(run), "verify_ok": run.verify_ok} for run in self.runs]
         return data
 
@@ -263,7 +276,7 @@ def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
         size(run.bytes_read_per_step, exact),
         f"{run.achieved_gbps:,.1f} GB/s achieved",
         "",
-        f"{run.bandwidth_utilisation:.1%} of copy",
+        f"{run.bandwidth_utilisation:.1%} of read",
     ])
     rows.append(["  weights read", size(run.weight_bytes_read_per_step, exact), "", "", ""])
     rows.append(["  KV cache read", size(run.kv_bytes_read_per_step, exact), "", "", ""])
@@ -298,8 +311,7 @@ def summary_lines(report: MeasureReport, exact: bool) -> list[tuple[str, str]]:
         ("model", f"{report.model} · {report.layers_run} of {report.layers_total} layers · {report.dtype} weights · KV {report.kv_cache_dtype} · state {report.state_dtype} · seed {report.seed}"),
         ("device", f"{report.device} · {report.device_name}"),
         ("software", f"torch {report.torch_version}" + (f" · CUDA {report.cuda_version}" if report.cuda_version else "") + (f" · driver {report.driver_version}" if report.driver_version else "")),
-        ("copy bandwidth", f"{report.copy_bandwidth_gbps:,.1f} GB/s (read + write, {fmt_bytes(report.copy_buffer_bytes)} buffer, median)"),
-        ("matmul throughput", f"{report.matmul_tflops:,.2f} TFLOP/s {report.dtype} ({report.matmul_size} x {report.matmul_size}, median)"),
+        *((p.name, f"{_probe_value(p)} · {p.method}") for p in report.probes),
         ("weights", f"{fmt_int(report.parameters_run)} parameters · predicted {size(report.predicted_weight_bytes, exact)} · tensor storage {size(report.measured_weight_bytes, exact)}"),
     ]
     cuda = report.device.startswith("cuda")
@@ -316,6 +328,10 @@ def summary_lines(report: MeasureReport, exact: bool) -> list[tuple[str, str]]:
         lines.append(("CUDA context", f"{size(report.cuda_context_bytes, exact)} (NVML, before torch: {size(report.nvml_used_before_torch_bytes or 0, exact)} used)"))
     lines.append(("memory check", f"needs {size(report.memory_needed_bytes, exact)} of {size(report.memory_available_bytes, exact)} available"))
     return lines
+
+
+def _probe_value(probe: ProbeReading) -> str:
+    return f"{probe.value:,.2f} {probe.unit}" if probe.unit == "TFLOP/s" else f"{probe.value:,.1f} {probe.unit}"
 
 
 def report_tables(report: MeasureReport, exact: bool) -> list[Any]:

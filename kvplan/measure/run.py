@@ -5,7 +5,8 @@ Order of one invocation:
    context + decode steps tokens, weights, the memory a run needs;
 2. on CUDA, NVML's used memory before torch touches the device, then the context;
 3. refuse (exit 2) if weights + cache + activation margin exceed free memory;
-4. probes: device copy bandwidth, matmul throughput in the run dtype;
+4. probes: device read-streaming bandwidth (what a decode step's reads run at) and copy
+   bandwidth beside it, matmul throughput in the run dtype;
 5. the decoder with random weights (memory read before and after);
 6. per (context, batch): allocate the cache (memory read before and after), one
    short warm-up prefill, one timed prefill, warm-up decode steps, a CUDA graph of
@@ -54,7 +55,7 @@ from kvplan.measure.predict import (
     truncate_spec,
     weight_count,
 )
-from kvplan.measure.report import KindReading, MeasureReport, RunReading
+from kvplan.measure.report import KindReading, MeasureReport, ProbeReading, RunReading
 from kvplan.spec import ModelSpec
 from kvplan.units import fmt_bytes
 
@@ -62,6 +63,8 @@ from kvplan.units import fmt_bytes
 # server CPU L3 tens of MiB), small beside the free memory.
 COPY_BUFFER_BYTES = {"cuda": 1 << 30, "cpu": 128 << 20}
 COPY_REPEATS = {"cuda": 20, "cpu": 5}
+# Read-streaming passes over the same buffer size; the best is kept (a 128 MiB pass takes ~10 ms on the CPU).
+READ_REPEATS = {"cuda": 20, "cpu": 10}
 MATMUL_MAX_SIZE = {"cuda": 8192, "cpu": 2048}
 WARMUP_PREFILL_TOKENS = 16  # a short prompt first: kernels loaded, cuBLAS handles made
 # --verify: max |cached - recomputed| logit, as a fraction of the largest |logit| (at
@@ -294,8 +297,9 @@ def measure(opts: MeasureOptions) -> MeasureReport:
 
         with torch.no_grad():
             phase = "probing bandwidth"
-            say(f"probing copy bandwidth and {run_dtype} matmul throughput on {device} …")
+            say(f"probing read and copy bandwidth and {run_dtype} matmul throughput on {device} …")
             buffer = min(COPY_BUFFER_BYTES[device.type], max(1 << 20, available // 16))
+            read = rd.read_bandwidth(device, buffer, READ_REPEATS[device.type])
             bandwidth = rd.copy_bandwidth(device, buffer, COPY_REPEATS[device.type])
             matmul = rd.matmul_throughput(device, compute, MATMUL_MAX_SIZE[device.type])
 
@@ -317,7 +321,7 @@ def measure(opts: MeasureOptions) -> MeasureReport:
                     phase = f"running context {context:,}, batch {batch}"
                     say(f"context {context:,} + {opts.decode_steps} decode steps, batch {batch} …")
                     est = layout.at(total, batch)
-                    runs.append(_run_one(opts, session, arch, layout, est, context, batch, device, compute, kv_pair, state_format, bandwidth, matmul, param_bytes, run_dtype))
+                    runs.append(_run_one(opts, session, arch, layout, est, context, batch, device, compute, kv_pair, state_format, read, matmul, param_bytes, run_dtype))
                     session.drop_run()
     except KvplanError:
         raise
@@ -347,6 +351,8 @@ def measure(opts: MeasureOptions) -> MeasureReport:
         cuda_version=torch.version.cuda if device.type == "cuda" else None,
         torch_version=torch.__version__,
         seed=opts.seed,
+        read_bandwidth_gbps=read.gbps,
+        read_buffer_bytes=read.buffer_bytes,
         copy_bandwidth_gbps=bandwidth.gbps,
         copy_buffer_bytes=bandwidth.buffer_bytes,
         matmul_tflops=matmul.flops_per_s / 1e12,
@@ -362,6 +368,11 @@ def measure(opts: MeasureOptions) -> MeasureReport:
         cuda_context_bytes=cuda_context,
         memory_needed_bytes=need.total_bytes,
         memory_available_bytes=available,
+        probes=(
+            ProbeReading("read bandwidth", read.gbps, "GB/s", read.method),
+            ProbeReading("copy bandwidth", bandwidth.gbps, "GB/s", bandwidth.method),
+            ProbeReading("matmul throughput", matmul.flops_per_s / 1e12, "TFLOP/s", matmul.method),
+        ),
         notes=tuple(notes + _run_notes(opts, device)),
         runs=tuple(runs),
     )
@@ -372,7 +383,8 @@ def _run_notes(opts: MeasureOptions, device: torch.device) -> list[str]:
         f"the cache holds context + {opts.decode_steps} decode-step tokens and is predicted at that count; "
         "decode attends over every pre-allocated slot with a mask (static shapes, as CUDA graphs need), "
         "so a step reads the whole cache",
-        "predicted decode step = (weights read + KV read) / measured copy bandwidth; predicted prefill = "
+        "predicted decode step = (weights read + KV read) / measured read bandwidth (a step streams reads; the "
+        "copy figure, read + write, is shown beside it); predicted prefill = "
         "FLOPs / measured matmul throughput (a lower bound: attention and norms run slower than a square matmul)",
         f"decode feeds fixed random token ids (no sampling); median of {opts.decode_steps} steps after "
         f"{opts.warmup_steps} warm-up steps; prefill timed once after a {WARMUP_PREFILL_TOKENS}-token warm-up",
@@ -458,7 +470,7 @@ def _capture_graph(step: Callable[[], torch.Tensor], device: torch.device):
 def _run_one(
     opts: MeasureOptions, session: _Session, arch: RunArch, layout: CacheLayout, est: CacheEstimate,
     context: int, batch: int, device: torch.device, compute: torch.dtype, kv_pair, state_format,
-    bandwidth: rd.BandwidthReading, matmul: rd.MatmulReading, param_bytes: int, run_dtype: str,
+    read: rd.ReadBandwidthReading, matmul: rd.MatmulReading, param_bytes: int, run_dtype: str,
 ) -> RunReading:
     model = session.model
     assert model is not None
@@ -552,13 +564,13 @@ def _run_one(
         weight_bytes_read_per_step=weight_read,
         kv_bytes_read_per_step=kv_read,
         bytes_read_per_step=bytes_read,
-        predicted_decode_step_s=bytes_read / (bandwidth.gbps * 1e9),
+        predicted_decode_step_s=bytes_read / (read.gbps * 1e9),
         measured_decode_step_s=measured_step,
         decode_step_min_s=min(seconds),
         decode_step_max_s=max(seconds),
         decode_mode=mode,
         achieved_gbps=achieved,
-        bandwidth_utilisation=achieved / bandwidth.gbps,
+        bandwidth_utilisation=achieved / read.gbps,
         prefill_flops=flops,
         predicted_prefill_s=flops / matmul.flops_per_s,
         measured_prefill_s=prefill_s,
