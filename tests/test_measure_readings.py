@@ -58,3 +58,28 @@ def test_copy_bandwidth_says_how_it_was_taken():
     reading = rd.copy_bandwidth(CPU, 1 << 20, 3)
     assert reading.method == "dst.copy_(src) of a 1.00 MiB buffer, median of 3 after 2 warm-up copies; (read + write bytes) / time"
     assert reading.gbps > 0
+
+
+def test_linear_throughput_is_flops_over_the_best_product():
+    timer = FakeTimer([3e-6, 1e-6, 2e-6])
+    # 2 x rows 2 x in 8 x out 16 = 512 FLOPs per product; best 1e-6 s -> 5.12e8 FLOP/s
+    reading = rd.linear_throughput(CPU, torch.bfloat16, 2, 8, 16, 3, timer=timer)
+    assert timer.calls == 3
+    assert (reading.rows, reading.in_features, reading.out_features) == (2, 8, 16)
+    assert reading.flops_per_s == pytest.approx(5.12e8)
+    assert reading.method == (
+        "linear: 2 x 8 input, 16 x 8 weight, bfloat16, best of 3 after 2 warm-ups; 2 x rows x in x out / time"
+    )
+
+
+def test_gemm_takes_every_prompt_row_when_few():
+    reading = rd.gemm_throughput(CPU, torch.float32, 64, 8, 16)
+    assert reading.rows == 64  # under GEMM_START_ROWS (128): all of them
+    assert "rows stop" not in reading.method
+
+
+def test_gemm_rows_stop_once_a_product_takes_the_target():
+    # target 0 s: the first size (128 rows) already takes at least that long
+    reading = rd.gemm_throughput(CPU, torch.float32, 1_000, 8, 16, target_s=0.0)
+    assert reading.rows == 128
+    assert reading.method.endswith("(rows stop at 128 of the 1,000 prompt rows: one product took at least 0 ms)")

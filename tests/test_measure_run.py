@@ -59,7 +59,13 @@ CPU_READINGS = [
     "predicted_reserved_delta_bytes",
     "weight_bytes_read_per_step",
     "kv_bytes_read_per_step",
+    "decode_flops_per_step",
+    "predicted_decode_memory_s",
+    "predicted_decode_compute_s",
+    "decode_bound",
     "predicted_decode_step_s",
+    "gemv_tflops",
+    "gemm_tflops",
     "measured_decode_step_s",
     "achieved_gbps",
     "bandwidth_utilisation",
@@ -111,16 +117,19 @@ def test_every_kind_measures_exactly_on_the_cpu(spec_factory, kind):
         assert record[key] is None, key  # CPU: no NVML readings, reported as absent
     assert run.measured_decode_step_s > 0 and run.measured_prefill_s > 0
     assert math.isclose(run.achieved_gbps, run.bytes_read_per_step / run.measured_decode_step_s / 1e9)
-    assert math.isclose(run.predicted_decode_step_s, run.bytes_read_per_step / (report.read_bandwidth_gbps * 1e9))
-    assert [p.name for p in report.probes] == ["read bandwidth", "copy bandwidth", "matmul throughput"]
+    assert math.isclose(run.predicted_decode_memory_s, run.bytes_read_per_step / (report.read_bandwidth_gbps * 1e9))
+    assert run.predicted_decode_step_s == max(run.predicted_decode_memory_s, run.predicted_decode_compute_s)
+    assert [p.name for p in report.probes] == ["read bandwidth", "copy bandwidth", "GEMV, batch 2", "GEMM, 40 prompt rows"]
 
 
 def test_decode_prediction_divides_bytes_read_by_the_read_bandwidth(spec_factory, monkeypatch):
     from kvplan.measure.readings import ReadBandwidthReading
 
     monkeypatch.setattr(measure_run.rd, "read_bandwidth", lambda device, nbytes, repeats: ReadBandwidthReading(2.0, nbytes, repeats, "fixed"))
+    monkeypatch.setattr(measure_run.rd, "linear_throughput", _fixed_linear(1e15))  # compute negligible
     report = measure(MeasureOptions(spec=_spec(spec_factory), contexts=(20,), batches=(1,), decode_steps=3, warmup_steps=1, device="cpu"))
     (run,) = report.runs
+    assert run.decode_bound == "memory"
     # TINY, fp32 (4 B): per layer q 64x64 + k,v 2 x 64x32 + o 64x64 + MLP 3 x 64x128 = 36,864 weights + 2 x 64 norms;
     # 2 layers = 73,984; + final norm 64 + LM head 256 x 64 = 16,384 + 1 embedding row of 64 = 90,496 weights
     # = 361,984 B; KV: 2 layers x (K + V) x 2 heads x 16 x 4 B = 512 B/token x 23 tokens = 11,776 B
@@ -128,6 +137,35 @@ def test_decode_prediction_divides_bytes_read_by_the_read_bandwidth(spec_factory
     assert report.read_bandwidth_gbps == 2.0
     assert run.predicted_decode_step_s == pytest.approx(373_760 / 2.0e9)  # 186.88 µs
     assert report.probes[0].method == "fixed"
+
+
+def _fixed_linear(flops_per_s: float):
+    from kvplan.measure.readings import LinearReading
+
+    def probe(device, dtype, rows, in_features, out_features, repeats, timer=None):
+        return LinearReading(flops_per_s, rows, in_features, out_features, repeats, "fixed")
+
+    return probe
+
+
+def test_decode_step_is_compute_bound_when_the_gemv_is_slow(spec_factory, monkeypatch):
+    from kvplan.measure.readings import ReadBandwidthReading
+
+    monkeypatch.setattr(measure_run.rd, "read_bandwidth", lambda device, nbytes, repeats: ReadBandwidthReading(2.0, nbytes, repeats, "fixed"))
+    monkeypatch.setattr(measure_run.rd, "linear_throughput", _fixed_linear(1e6))
+    report = measure(MeasureOptions(spec=_spec(spec_factory), contexts=(20,), batches=(1,), decode_steps=3, warmup_steps=1, device="cpu"))
+    (run,) = report.runs
+    # TINY at batch 1: projections 73,728 + LM head 256 x 64 = 16,384 -> 2 x 90,112 = 180,224 FLOPs;
+    # attention: 2 layers x 2 x 4 heads x 23 slots x (16 + 16) = 11,776 -> 192,000 FLOPs / 1e6 FLOP/s = 0.192 s,
+    # beside memory 373,760 B / 2e9 B/s = 186.88 µs
+    assert run.decode_flops_per_step == 192_000
+    assert run.predicted_decode_compute_s == pytest.approx(0.192)
+    assert run.predicted_decode_memory_s == pytest.approx(186.88e-6)
+    assert run.decode_bound == "compute"
+    assert run.predicted_decode_step_s == pytest.approx(0.192)
+    # prefill: GEMM probe at 1e6 FLOP/s too
+    assert run.gemm_tflops == pytest.approx(1e-6)
+    assert run.predicted_prefill_s == pytest.approx(run.prefill_flops / 1e6)
 
 
 def test_a_context_sweep_reads_each_context(spec_factory):
@@ -208,10 +246,11 @@ def test_cli_table_and_atomic_json(capsys, tmp_path):
     assert "KV cache: tensor storage" in r.stdout and "KV cache: process RSS Δ" in r.stdout
     assert "KV cache: malloc in-use Δ" in r.stdout and "KV cache: malloc held Δ" in r.stdout
     assert "context 16 + 3 decode steps = 19 tokens · batch 1" in r.stdout
-    assert "decode step (median, eager)" in r.stdout
+    assert "decode step (median, eager), " in r.stdout and "-bound" in r.stdout
+    assert "memory time (bytes / read bandwidth)" in r.stdout and "MFLOP / GEMV" in r.stdout
     assert "read bandwidth" in r.stdout and "float32 .sum() over a 8.00 MiB buffer, best of 10" in r.stdout
     assert "copy bandwidth" in r.stdout and "dst.copy_(src) of a 8.00 MiB buffer" in r.stdout
-    assert data_probes(out) == ["read bandwidth", "copy bandwidth", "matmul throughput"]
+    assert data_probes(out) == ["read bandwidth", "copy bandwidth", "GEMV, batch 1", "GEMM, 16 prompt rows", "GEMM, 32 prompt rows"]
     assert [p.name for p in out.parent.iterdir()] == ["measure.json"]  # no temp file left behind
     data = json.loads(out.read_text())
     assert data["device"] == "cpu" and data["torch_version"] == torch.__version__

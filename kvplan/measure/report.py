@@ -48,7 +48,7 @@ class KindReading:
 class ProbeReading:
     """One hardware probe of the run: its figure, its unit, and how it was taken."""
 
-    name: str  # "read bandwidth", "copy bandwidth", "matmul throughput", …
+    name: str  # "read bandwidth", "copy bandwidth", "GEMV, batch 1", "GEMM, 2,048 prompt rows", …
     value: float
     unit: str  # "GB/s" (1e9 B/s) or "TFLOP/s"
     method: str
@@ -84,7 +84,12 @@ class RunReading:
     weight_bytes_read_per_step: int
     kv_bytes_read_per_step: int
     bytes_read_per_step: int
-    predicted_decode_step_s: float  # bytes_read_per_step / read bandwidth
+    decode_flops_per_step: int  # projections + LM head + attention over the cache (predict.decode_flops)
+    predicted_decode_memory_s: float  # bytes_read_per_step / read bandwidth
+    predicted_decode_compute_s: float  # decode_flops_per_step / GEMV throughput
+    decode_bound: str  # "memory" or "compute": the larger of the two times
+    predicted_decode_step_s: float  # max(memory, compute)
+    gemv_tflops: float  # the GEMV probe at this batch, 1e12 FLOP/s
     measured_decode_step_s: float  # median
     decode_step_min_s: float
     decode_step_max_s: float
@@ -93,7 +98,8 @@ class RunReading:
     bandwidth_utilisation: float  # achieved / read bandwidth
     # prefill
     prefill_flops: int
-    predicted_prefill_s: float  # prefill_flops / measured matmul throughput
+    gemm_tflops: float  # the GEMM probe at this run's prompt rows, 1e12 FLOP/s
+    predicted_prefill_s: float  # prefill_flops / GEMM throughput
     measured_prefill_s: float
     # --verify: cached decode against recomputation without the cache
     verify_max_abs_logit_diff: float | None = None
@@ -130,8 +136,6 @@ class MeasureReport:
     read_buffer_bytes: int
     copy_bandwidth_gbps: float  # read + write, beside it
     copy_buffer_bytes: int
-    matmul_tflops: float
-    matmul_size: int
     parameters_run: int
     predicted_weight_bytes: int
     measured_weight_bytes: int  # parameter storage
@@ -265,7 +269,7 @@ def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
         rows.append(["peak allocated (prefill + decode)", size(run.predicted_peak_bytes, exact) + " (margin)", size(run.peak_allocated_bytes, exact), _signed_bytes(run.peak_allocated_bytes - run.predicted_peak_bytes, exact), _pct(error_pct(run.peak_allocated_bytes, run.predicted_peak_bytes))])
     step_err = run.measured_decode_step_s - run.predicted_decode_step_s
     rows.append([
-        f"decode step (median, {run.decode_mode})",
+        f"decode step (median, {run.decode_mode}), {run.decode_bound}-bound",
         fmt_seconds(run.predicted_decode_step_s),
         fmt_seconds(run.measured_decode_step_s),
         ("+" if step_err > 0 else "-") + fmt_seconds(abs(step_err)),
@@ -280,9 +284,14 @@ def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
     ])
     rows.append(["  weights read", size(run.weight_bytes_read_per_step, exact), "", "", ""])
     rows.append(["  KV cache read", size(run.kv_bytes_read_per_step, exact), "", "", ""])
+    rows.append(["  memory time (bytes / read bandwidth)", fmt_seconds(run.predicted_decode_memory_s), "", "", ""])
+    rows.append([
+        f"  compute time ({fmt_int(run.decode_flops_per_step // 10**6)} MFLOP / GEMV {run.gemv_tflops * 1e3:,.1f} GFLOP/s)",
+        fmt_seconds(run.predicted_decode_compute_s), "", "", "",
+    ])
     prefill_err = run.measured_prefill_s - run.predicted_prefill_s
     rows.append([
-        f"prefill ({fmt_int(run.prefill_flops // 10**9)} GFLOP, compute-bound)",
+        f"prefill ({fmt_int(run.prefill_flops // 10**9)} GFLOP / GEMM {run.gemm_tflops * 1e3:,.1f} GFLOP/s)",
         fmt_seconds(run.predicted_prefill_s),
         fmt_seconds(run.measured_prefill_s),
         ("+" if prefill_err > 0 else "-") + fmt_seconds(abs(prefill_err)),
@@ -331,7 +340,9 @@ def summary_lines(report: MeasureReport, exact: bool) -> list[tuple[str, str]]:
 
 
 def _probe_value(probe: ProbeReading) -> str:
-    return f"{probe.value:,.2f} {probe.unit}" if probe.unit == "TFLOP/s" else f"{probe.value:,.1f} {probe.unit}"
+    if probe.unit == "TFLOP/s":  # a CPU's GEMV reads 0.01 TFLOP/s: below 1, GFLOP/s keeps three figures
+        return f"{probe.value:,.2f} TFLOP/s" if probe.value >= 1 else f"{probe.value * 1e3:,.1f} GFLOP/s"
+    return f"{probe.value:,.1f} {probe.unit}"
 
 
 def report_tables(report: MeasureReport, exact: bool) -> list[Any]:

@@ -6,7 +6,8 @@ Order of one invocation:
 2. on CUDA, NVML's used memory before torch touches the device, then the context;
 3. refuse (exit 2) if weights + cache + activation margin exceed free memory;
 4. probes: device read-streaming bandwidth (what a decode step's reads run at) and copy
-   bandwidth beside it, matmul throughput in the run dtype;
+   bandwidth beside it; the model's widest projection in the run dtype at batch rows (GEMV,
+   decode) and at prompt rows (GEMM, prefill);
 5. the decoder with random weights (memory read before and after);
 6. per (context, batch): allocate the cache (memory read before and after), one
    short warm-up prefill, one timed prefill, warm-up decode steps, a CUDA graph of
@@ -47,6 +48,7 @@ from kvplan.measure.predict import (
     activation_bytes,
     build_arch,
     cache_layout,
+    decode_flops,
     decode_weight_bytes_read,
     kv_bytes_read_per_step,
     largest_fitting_layers,
@@ -54,6 +56,7 @@ from kvplan.measure.predict import (
     prefill_flops,
     truncate_spec,
     weight_count,
+    widest_projection,
 )
 from kvplan.measure.report import KindReading, MeasureReport, ProbeReading, RunReading
 from kvplan.spec import ModelSpec
@@ -65,7 +68,7 @@ COPY_BUFFER_BYTES = {"cuda": 1 << 30, "cpu": 128 << 20}
 COPY_REPEATS = {"cuda": 20, "cpu": 5}
 # Read-streaming passes over the same buffer size; the best is kept (a 128 MiB pass takes ~10 ms on the CPU).
 READ_REPEATS = {"cuda": 20, "cpu": 10}
-MATMUL_MAX_SIZE = {"cuda": 8192, "cpu": 2048}
+GEMV_REPEATS = {"cuda": 20, "cpu": 10}
 WARMUP_PREFILL_TOKENS = 16  # a short prompt first: kernels loaded, cuBLAS handles made
 # --verify: max |cached - recomputed| logit, as a fraction of the largest |logit| (at
 # least 1): fp32 agrees to rounding; bf16/fp16 round K/V and partial sums differently
@@ -297,11 +300,13 @@ def measure(opts: MeasureOptions) -> MeasureReport:
 
         with torch.no_grad():
             phase = "probing bandwidth"
-            say(f"probing read and copy bandwidth and {run_dtype} matmul throughput on {device} …")
+            say(f"probing read and copy bandwidth and {run_dtype} GEMV / GEMM throughput on {device} …")
             buffer = min(COPY_BUFFER_BYTES[device.type], max(1 << 20, available // 16))
             read = rd.read_bandwidth(device, buffer, READ_REPEATS[device.type])
             bandwidth = rd.copy_bandwidth(device, buffer, COPY_REPEATS[device.type])
-            matmul = rd.matmul_throughput(device, compute, MATMUL_MAX_SIZE[device.type])
+            features = widest_projection(arch)
+            gemv = {b: rd.linear_throughput(device, compute, b, *features, GEMV_REPEATS[device.type]) for b in opts.batches}
+            gemm = {b * c: rd.gemm_throughput(device, compute, b * c, *features) for b in opts.batches for c in opts.contexts}
 
             phase = "building the model"
             say(f"building {spec.name}: {arch.spec.num_hidden_layers} of {spec.num_hidden_layers} layers, random {run_dtype} weights …")
@@ -321,7 +326,7 @@ def measure(opts: MeasureOptions) -> MeasureReport:
                     phase = f"running context {context:,}, batch {batch}"
                     say(f"context {context:,} + {opts.decode_steps} decode steps, batch {batch} …")
                     est = layout.at(total, batch)
-                    runs.append(_run_one(opts, session, arch, layout, est, context, batch, device, compute, kv_pair, state_format, read, matmul, param_bytes, run_dtype))
+                    runs.append(_run_one(opts, session, arch, layout, est, context, batch, device, compute, kv_pair, state_format, read, gemv[batch], gemm[batch * context], param_bytes, run_dtype))
                     session.drop_run()
     except KvplanError:
         raise
@@ -355,8 +360,6 @@ def measure(opts: MeasureOptions) -> MeasureReport:
         read_buffer_bytes=read.buffer_bytes,
         copy_bandwidth_gbps=bandwidth.gbps,
         copy_buffer_bytes=bandwidth.buffer_bytes,
-        matmul_tflops=matmul.flops_per_s / 1e12,
-        matmul_size=matmul.size,
         parameters_run=wc.total,
         predicted_weight_bytes=wc.total * param_bytes,
         measured_weight_bytes=measured_weights,
@@ -371,7 +374,8 @@ def measure(opts: MeasureOptions) -> MeasureReport:
         probes=(
             ProbeReading("read bandwidth", read.gbps, "GB/s", read.method),
             ProbeReading("copy bandwidth", bandwidth.gbps, "GB/s", bandwidth.method),
-            ProbeReading("matmul throughput", matmul.flops_per_s / 1e12, "TFLOP/s", matmul.method),
+            *(ProbeReading(f"GEMV, batch {b}", g.flops_per_s / 1e12, "TFLOP/s", g.method) for b, g in gemv.items()),
+            *(ProbeReading(f"GEMM, {rows:,} prompt rows", g.flops_per_s / 1e12, "TFLOP/s", g.method) for rows, g in gemm.items()),
         ),
         notes=tuple(notes + _run_notes(opts, device)),
         runs=tuple(runs),
@@ -383,9 +387,11 @@ def _run_notes(opts: MeasureOptions, device: torch.device) -> list[str]:
         f"the cache holds context + {opts.decode_steps} decode-step tokens and is predicted at that count; "
         "decode attends over every pre-allocated slot with a mask (static shapes, as CUDA graphs need), "
         "so a step reads the whole cache",
-        "predicted decode step = (weights read + KV read) / measured read bandwidth (a step streams reads; the "
-        "copy figure, read + write, is shown beside it); predicted prefill = "
-        "FLOPs / measured matmul throughput (a lower bound: attention and norms run slower than a square matmul)",
+        "predicted decode step = the larger of memory time = (weights read + KV read) / measured read bandwidth "
+        "(a step streams reads; the copy figure, read + write, is shown beside it) and compute time = the step's "
+        "FLOPs / the GEMV throughput measured at the model's widest projection, batch rows, run dtype; predicted "
+        "prefill = FLOPs (projections, causal attention, the last token's LM head) / the GEMM throughput at the "
+        "same projection with prompt rows (a lower bound: attention and norms run slower than a projection)",
         f"decode feeds fixed random token ids (no sampling); median of {opts.decode_steps} steps after "
         f"{opts.warmup_steps} warm-up steps; prefill timed once after a {WARMUP_PREFILL_TOKENS}-token warm-up",
     ]
@@ -470,7 +476,7 @@ def _capture_graph(step: Callable[[], torch.Tensor], device: torch.device):
 def _run_one(
     opts: MeasureOptions, session: _Session, arch: RunArch, layout: CacheLayout, est: CacheEstimate,
     context: int, batch: int, device: torch.device, compute: torch.dtype, kv_pair, state_format,
-    read: rd.ReadBandwidthReading, matmul: rd.MatmulReading, param_bytes: int, run_dtype: str,
+    read: rd.ReadBandwidthReading, gemv: rd.LinearReading, gemm: rd.LinearReading, param_bytes: int, run_dtype: str,
 ) -> RunReading:
     model = session.model
     assert model is not None
@@ -539,6 +545,9 @@ def _run_one(
     measured_step = statistics.median(seconds)
     achieved = bytes_read / measured_step / 1e9
     flops = prefill_flops(arch, context, batch)
+    step_flops = decode_flops(arch, total, batch)
+    memory_s = bytes_read / (read.gbps * 1e9)
+    compute_s = step_flops / gemv.flops_per_s
     nvml_before, nvml_after = before.nvml, after.nvml
     return RunReading(
         context=context,
@@ -564,7 +573,12 @@ def _run_one(
         weight_bytes_read_per_step=weight_read,
         kv_bytes_read_per_step=kv_read,
         bytes_read_per_step=bytes_read,
-        predicted_decode_step_s=bytes_read / (read.gbps * 1e9),
+        decode_flops_per_step=step_flops,
+        predicted_decode_memory_s=memory_s,
+        predicted_decode_compute_s=compute_s,
+        decode_bound="memory" if memory_s >= compute_s else "compute",
+        predicted_decode_step_s=max(memory_s, compute_s),
+        gemv_tflops=gemv.flops_per_s / 1e12,
         measured_decode_step_s=measured_step,
         decode_step_min_s=min(seconds),
         decode_step_max_s=max(seconds),
@@ -572,7 +586,8 @@ def _run_one(
         achieved_gbps=achieved,
         bandwidth_utilisation=achieved / read.gbps,
         prefill_flops=flops,
-        predicted_prefill_s=flops / matmul.flops_per_s,
+        gemm_tflops=gemm.flops_per_s / 1e12,
+        predicted_prefill_s=flops / gemm.flops_per_s,
         measured_prefill_s=prefill_s,
         **verify,
     )
