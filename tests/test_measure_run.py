@@ -67,6 +67,12 @@ CPU_READINGS = [
     "gemv_tflops",
     "gemm_tflops",
     "measured_decode_step_s",
+    "rounds",
+    "stable",
+    "decode_round_medians_s",
+    "prefill_rounds_s",
+    "decode_spread",
+    "prefill_spread",
     "achieved_gbps",
     "bandwidth_utilisation",
     "read_bandwidth_gbps",
@@ -137,6 +143,30 @@ def test_decode_prediction_divides_bytes_read_by_the_read_bandwidth(spec_factory
     assert report.read_bandwidth_gbps == 2.0
     assert run.predicted_decode_step_s == pytest.approx(373_760 / 2.0e9)  # 186.88 µs
     assert report.probes[0].method == "fixed"
+
+
+def test_rounds_report_the_median_of_the_last_three(spec_factory):
+    report = measure(MeasureOptions(spec=_spec(spec_factory), contexts=(20,), batches=(1,), decode_steps=3, warmup_steps=1, device="cpu", max_rounds=4))
+    (run,) = report.runs
+    assert 3 <= run.rounds <= 4 and run.stable in (True, False)
+    assert len(run.decode_round_medians_s) == len(run.prefill_rounds_s) == run.rounds
+    last = run.decode_round_medians_s[-3:]
+    assert run.measured_decode_step_s == sorted(last)[1]  # the middle of three
+    assert run.measured_prefill_s == sorted(run.prefill_rounds_s[-3:])[1]
+    assert run.decode_spread == pytest.approx((max(last) - min(last)) / sorted(last)[1])
+    if run.rounds == 3:  # stopped early: it had settled
+        assert run.stable is True and run.decode_spread <= 0.05
+
+
+def test_one_round_is_not_judged_for_stability(capsys, tmp_path):
+    r = run_cli(capsys, "measure", _yaml(tmp_path), "--context", "16", "--decode-steps", "2", "--max-rounds", "1", "--format", "json", "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
+    (run,) = json.loads(r.stdout)["runs"]
+    assert run["rounds"] == 1 and run["stable"] is None
+    assert run["decode_spread"] == 0.0 and run["prefill_spread"] == 0.0
+    assert run["measured_prefill_s"] == run["prefill_rounds_s"][0]
+    r = run_cli(capsys, "measure", _yaml(tmp_path), "--context", "16", "--decode-steps", "2", "--max-rounds", "1", "--device", "cpu")
+    assert "1 round, stability not judged" in r.stdout
 
 
 def _fixed_linear(flops_per_s: float):
@@ -246,7 +276,8 @@ def test_cli_table_and_atomic_json(capsys, tmp_path):
     assert "KV cache: tensor storage" in r.stdout and "KV cache: process RSS Δ" in r.stdout
     assert "KV cache: malloc in-use Δ" in r.stdout and "KV cache: malloc held Δ" in r.stdout
     assert "context 16 + 3 decode steps = 19 tokens · batch 1" in r.stdout
-    assert "decode step (median, eager), " in r.stdout and "-bound" in r.stdout
+    assert "decode step (median of rounds, eager), " in r.stdout and "-bound" in r.stdout
+    assert " rounds, stable" in r.stdout or "rounds, not stable (machine loaded)" in r.stdout
     assert "memory time (bytes / read bandwidth)" in r.stdout and "MFLOP / GEMV" in r.stdout
     assert "read bandwidth" in r.stdout and "float32 .sum() over a 8.00 MiB buffer, best of 10" in r.stdout
     assert "copy bandwidth" in r.stdout and "dst.copy_(src) of a 8.00 MiB buffer" in r.stdout
@@ -352,6 +383,7 @@ def test_refusal_suggests_fewer_layers(capsys):
         (["--kv-cache-dtype", "nope"], "--kv-cache-dtype: unknown KV cache dtype 'nope'"),
         (["--layers", "3"], "--layers 3: tiny has 2 layers; use 1 to 2"),
         (["--decode-steps", "0"], "--decode-steps must be at least 1, got 0"),
+        (["--max-rounds", "0"], "--max-rounds must be at least 1, got 0"),
         (["--context", "0"], "--context '0': values must be at least 1"),
         (["--tolerance", "-1"], "--tolerance -1.0: give a fraction of 0 or more"),
         (["--json", "/nonexistent-kvplan-dir/m.json"], "--json /nonexistent-kvplan-dir/m.json: folder /nonexistent-kvplan-dir does not exist"),

@@ -90,10 +90,18 @@ class RunReading:
     decode_bound: str  # "memory" or "compute": the larger of the two times
     predicted_decode_step_s: float  # max(memory, compute)
     gemv_tflops: float  # the GEMV probe at this batch, 1e12 FLOP/s
-    measured_decode_step_s: float  # median
-    decode_step_min_s: float
+    measured_decode_step_s: float  # median of the judged rounds' median steps
+    decode_step_min_s: float  # over every step of the judged rounds
     decode_step_max_s: float
     decode_mode: str  # "cuda-graph" or "eager" (with the reason a graph was not used)
+    # rounds of (one prefill, the decode steps), repeated until the last ones agree (stability.py);
+    # measured_decode_step_s and measured_prefill_s are the medians of the judged (last) rounds
+    rounds: int
+    stable: bool | None  # None: one round only (--max-rounds 1), stability not judged
+    decode_round_medians_s: tuple[float, ...]  # every round's median step, in order
+    prefill_rounds_s: tuple[float, ...]  # every round's prefill, in order
+    decode_spread: float  # (max - min) / median of the judged rounds' medians
+    prefill_spread: float
     achieved_gbps: float  # bytes_read_per_step / measured step, 1e9 B/s
     bandwidth_utilisation: float  # achieved / read bandwidth
     # prefill
@@ -217,6 +225,7 @@ def tolerance_failures(report: MeasureReport, tolerance: float) -> list[str]:
             failures.append(
                 f"{where}: decode step {fmt_seconds(run.measured_decode_step_s)} vs "
                 f"{fmt_seconds(run.predicted_decode_step_s)} predicted ({err:+.2%})"
+                + ("; the timings were not stable (machine loaded)" if run.stable is False else "")
             )
     return failures
 
@@ -269,7 +278,7 @@ def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
         rows.append(["peak allocated (prefill + decode)", size(run.predicted_peak_bytes, exact) + " (margin)", size(run.peak_allocated_bytes, exact), _signed_bytes(run.peak_allocated_bytes - run.predicted_peak_bytes, exact), _pct(error_pct(run.peak_allocated_bytes, run.predicted_peak_bytes))])
     step_err = run.measured_decode_step_s - run.predicted_decode_step_s
     rows.append([
-        f"decode step (median, {run.decode_mode}), {run.decode_bound}-bound",
+        f"decode step (median of rounds, {run.decode_mode}), {run.decode_bound}-bound",
         fmt_seconds(run.predicted_decode_step_s),
         fmt_seconds(run.measured_decode_step_s),
         ("+" if step_err > 0 else "-") + fmt_seconds(abs(step_err)),
@@ -289,14 +298,16 @@ def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
         f"  compute time ({fmt_int(run.decode_flops_per_step // 10**6)} MFLOP / GEMV {run.gemv_tflops * 1e3:,.1f} GFLOP/s)",
         fmt_seconds(run.predicted_decode_compute_s), "", "", "",
     ])
+    rows.append(["  rounds", "", stability_text(run), "", f"spread {run.decode_spread:.1%}"])
     prefill_err = run.measured_prefill_s - run.predicted_prefill_s
     rows.append([
-        f"prefill ({fmt_int(run.prefill_flops // 10**9)} GFLOP / GEMM {run.gemm_tflops * 1e3:,.1f} GFLOP/s)",
+        f"prefill, median of rounds ({fmt_int(run.prefill_flops // 10**9)} GFLOP / GEMM {run.gemm_tflops * 1e3:,.1f} GFLOP/s)",
         fmt_seconds(run.predicted_prefill_s),
         fmt_seconds(run.measured_prefill_s),
         ("+" if prefill_err > 0 else "-") + fmt_seconds(abs(prefill_err)),
         _pct(error_pct(run.measured_prefill_s, run.predicted_prefill_s)),
     ])
+    rows.append(["  rounds", "", stability_text(run), "", f"spread {run.prefill_spread:.1%}"])
     if run.verify_max_abs_logit_diff is not None:
         rows.append([
             "cached decode vs recompute",
@@ -306,6 +317,14 @@ def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
             "pass" if run.verify_ok else "FAIL",
         ])
     return rows
+
+
+def stability_text(run: RunReading) -> str:
+    """How many rounds ran and whether the judged ones agreed."""
+    if run.stable is None:
+        return "1 round, stability not judged"
+    verdict = "stable" if run.stable else "not stable (machine loaded)"
+    return f"{run.rounds} round{'s' if run.rounds != 1 else ''}, {verdict}"
 
 
 def run_title(run: RunReading) -> str:

@@ -59,6 +59,7 @@ from kvplan.measure.predict import (
     widest_projection,
 )
 from kvplan.measure.report import KindReading, MeasureReport, ProbeReading, RunReading
+from kvplan.measure.stability import STABLE_ROUNDS, STABLE_TOLERANCE, is_stable, last_rounds, repeat_until_stable, spread
 from kvplan.spec import ModelSpec
 from kvplan.units import fmt_bytes
 
@@ -93,6 +94,7 @@ class MeasureOptions:
     seed: int = 0
     cuda_graphs: bool = True
     verify: bool = False
+    max_rounds: int = 5  # prefill + decode rounds at most, until the last ones agree (stability.py)
     progress: Callable[[str], None] | None = field(default=None, compare=False)
 
 
@@ -223,6 +225,8 @@ def measure(opts: MeasureOptions) -> MeasureReport:
         raise InputError(f"--decode-steps must be at least 1, got {opts.decode_steps}")
     if opts.warmup_steps < 0:
         raise InputError(f"--warmup-steps must be 0 or more, got {opts.warmup_steps}")
+    if opts.max_rounds < 1:
+        raise InputError(f"--max-rounds must be at least 1, got {opts.max_rounds}")
     kv_pair, state_format = _formats(opts, run_dtype)
     spec_run = truncate_spec(spec, opts.layers)
     arch = build_arch(spec_run)
@@ -392,8 +396,11 @@ def _run_notes(opts: MeasureOptions, device: torch.device) -> list[str]:
         "FLOPs / the GEMV throughput measured at the model's widest projection, batch rows, run dtype; predicted "
         "prefill = FLOPs (projections, causal attention, the last token's LM head) / the GEMM throughput at the "
         "same projection with prompt rows (a lower bound: attention and norms run slower than a projection)",
-        f"decode feeds fixed random token ids (no sampling); median of {opts.decode_steps} steps after "
-        f"{opts.warmup_steps} warm-up steps; prefill timed once after a {WARMUP_PREFILL_TOKENS}-token warm-up",
+        f"decode feeds fixed random token ids (no sampling); a round is one prefill (after a "
+        f"{WARMUP_PREFILL_TOKENS}-token warm-up before the first) and {opts.decode_steps} decode steps (after "
+        f"{opts.warmup_steps} warm-up steps before the first); rounds repeat, at most {opts.max_rounds}, until the "
+        f"last {min(STABLE_ROUNDS, opts.max_rounds)} agree within {STABLE_TOLERANCE:.0%} (range / median); the "
+        "measured figures are the medians of those rounds, and the error is judged against them",
     ]
 
 
@@ -502,37 +509,35 @@ def _run_one(
     model.prefill(prompt[:, : min(context, WARMUP_PREFILL_TOKENS)], caches)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    prefill_s = rd.timed_once(device, lambda: model.prefill(prompt, caches))
-
     step_tokens = tokens[:, context : context + 1].clone()  # (B, 1), fixed
     pos = torch.zeros(1, dtype=torch.long, device=device)
 
     def step() -> torch.Tensor:
         return model.decode(step_tokens, pos, caches)
 
-    for i in range(opts.warmup_steps):
-        pos.fill_(context + i % steps)
-        step()
-    mode = "eager"
-    if device.type == "cuda":
-        if opts.cuda_graphs:
-            pos.fill_(context)
-            try:
-                session.graph = _capture_graph(step, device)
-                mode = "cuda-graph"
-            except Exception as exc:  # capture is best-effort: time the eager step instead
-                raise_if_interrupted(exc)  # a Ctrl-C during capture surfaces as capture_end's error
-                torch.cuda.synchronize(device)
-                session.graph = None
-                mode = f"eager (graph capture failed: {type(exc).__name__})"
-        else:
-            mode = "eager (--no-cuda-graphs)"
-    run_step = session.graph.replay if session.graph is not None else step
-    timer = rd.StepTimer(device)
-    for i in range(steps):
-        pos.fill_(context + i)
-        timer.time(run_step)
-    seconds = timer.seconds()
+    # rounds of (one timed prefill, `steps` timed decode steps) until the last rounds agree (stability.py)
+    round_steps: list[list[float]] = []
+    mode: str = "eager"
+    run_step: Callable[[], object] = step
+
+    def run_round(index: int) -> tuple[float, float]:
+        nonlocal mode, run_step
+        prefill_s = rd.timed_once(device, lambda: model.prefill(prompt, caches))
+        if index == 0:  # warm-up steps and the CUDA graph after the first prefill, as before rounds existed
+            mode, run_step = _prepare_decode(opts, session, step, pos, context, device)
+        timer = rd.StepTimer(device)
+        for i in range(steps):
+            pos.fill_(context + i)
+            timer.time(run_step)
+        round_steps.append(timer.seconds())
+        return prefill_s, statistics.median(round_steps[-1])
+
+    prefill_rounds, decode_rounds = repeat_until_stable(run_round, opts.max_rounds)
+    judged = last_rounds(decode_rounds, opts.max_rounds)
+    seconds = [s for r in round_steps[-len(judged):] for s in r]
+    stable = None if opts.max_rounds < 2 else bool(
+        is_stable(decode_rounds, opts.max_rounds) and is_stable(prefill_rounds, opts.max_rounds)
+    )
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
     verify = {}
@@ -542,7 +547,8 @@ def _run_one(
     weight_read = decode_weight_bytes_read(arch, batch, param_bytes)
     kv_read = kv_bytes_read_per_step(arch, est)
     bytes_read = weight_read + kv_read
-    measured_step = statistics.median(seconds)
+    measured_step = statistics.median(judged)  # the median of the judged rounds' medians
+    prefill_s = statistics.median(last_rounds(prefill_rounds, opts.max_rounds))
     achieved = bytes_read / measured_step / 1e9
     flops = prefill_flops(arch, context, batch)
     step_flops = decode_flops(arch, total, batch)
@@ -582,6 +588,12 @@ def _run_one(
         measured_decode_step_s=measured_step,
         decode_step_min_s=min(seconds),
         decode_step_max_s=max(seconds),
+        rounds=len(decode_rounds),
+        stable=stable,
+        decode_round_medians_s=tuple(decode_rounds),
+        prefill_rounds_s=tuple(prefill_rounds),
+        decode_spread=spread(judged),
+        prefill_spread=spread(last_rounds(prefill_rounds, opts.max_rounds)),
         decode_mode=mode,
         achieved_gbps=achieved,
         bandwidth_utilisation=achieved / read.gbps,
@@ -591,6 +603,31 @@ def _run_one(
         measured_prefill_s=prefill_s,
         **verify,
     )
+
+
+def _prepare_decode(
+    opts: MeasureOptions, session: _Session, step: Callable[[], torch.Tensor], pos: torch.Tensor, context: int,
+    device: torch.device,
+) -> tuple[str, Callable[[], object]]:
+    """Untimed warm-up steps, then a CUDA graph of one step where asked; (mode, what to time)."""
+    for i in range(opts.warmup_steps):
+        pos.fill_(context + i % opts.decode_steps)
+        step()
+    mode = "eager"
+    if device.type == "cuda":
+        if opts.cuda_graphs:
+            pos.fill_(context)
+            try:
+                session.graph = _capture_graph(step, device)
+                mode = "cuda-graph"
+            except Exception as exc:  # capture is best-effort: time the eager step instead
+                raise_if_interrupted(exc)  # a Ctrl-C during capture surfaces as capture_end's error
+                torch.cuda.synchronize(device)
+                session.graph = None
+                mode = f"eager (graph capture failed: {type(exc).__name__})"
+        else:
+            mode = "eager (--no-cuda-graphs)"
+    return mode, session.graph.replay if session.graph is not None else step
 
 
 def check_cached_decode(model: Decoder, caches: list, tokens: torch.Tensor, context: int, steps: int) -> tuple[float, float]:
