@@ -295,19 +295,20 @@ def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
     rows.append(["  KV cache read", size(run.kv_bytes_read_per_step, exact), "", "", ""])
     rows.append(["  memory time (bytes / read bandwidth)", fmt_seconds(run.predicted_decode_memory_s), "", "", ""])
     rows.append([
-        f"  compute time ({fmt_int(run.decode_flops_per_step // 10**6)} MFLOP / GEMV {run.gemv_tflops * 1e3:,.1f} GFLOP/s)",
+        f"  compute time ({run.decode_flops_per_step / 1e6:,.1f} MFLOP / GEMV {run.gemv_tflops * 1e3:,.1f} GFLOP/s)",
         fmt_seconds(run.predicted_decode_compute_s), "", "", "",
     ])
-    rows.append(["  rounds", "", stability_text(run), "", f"spread {run.decode_spread:.1%}"])
+    rows.append(["  spread of the judged rounds", "", f"{run.decode_spread:.1%} (range / median)", "", ""])
     prefill_err = run.measured_prefill_s - run.predicted_prefill_s
     rows.append([
-        f"prefill, median of rounds ({fmt_int(run.prefill_flops // 10**9)} GFLOP / GEMM {run.gemm_tflops * 1e3:,.1f} GFLOP/s)",
+        f"prefill, median of rounds ({run.prefill_flops / 1e9:,.1f} GFLOP / GEMM {run.gemm_tflops * 1e3:,.1f} GFLOP/s)",
         fmt_seconds(run.predicted_prefill_s),
         fmt_seconds(run.measured_prefill_s),
         ("+" if prefill_err > 0 else "-") + fmt_seconds(abs(prefill_err)),
         _pct(error_pct(run.measured_prefill_s, run.predicted_prefill_s)),
     ])
-    rows.append(["  rounds", "", stability_text(run), "", f"spread {run.prefill_spread:.1%}"])
+    rows.append(["  spread of the judged rounds", "", f"{run.prefill_spread:.1%} (range / median)", "", ""])
+    rows.append(["timing rounds", "", stability_text(run), "", ""])
     if run.verify_max_abs_logit_diff is not None:
         rows.append([
             "cached decode vs recompute",
