@@ -453,3 +453,19 @@ def test_context_beyond_the_model_warns(capsys, tmp_path):
         "warning: --context + --decode-steps 18 exceeds tiny's max_position_embeddings (16); "
         "run as asked (the random-weight decoder has no position limit)\n"
     )
+
+
+def test_readme_names_every_json_field_of_a_measurement(capsys, tmp_path):
+    """The README's measure section names every key `measure --format json` writes, nested ones too."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    named = set(re.findall(r"`([a-z0-9_]+)`", readme))
+    r = run_cli(capsys, "measure", _yaml(tmp_path), "--context", "8", "--decode-steps", "1", "--max-rounds", "1", "--format", "json", "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    (run,) = data["runs"]
+    keys = set(data) | set(run) | set(data["probes"][0]) | set(run["kv_by_kind"][0])
+    missing = sorted(keys - named)
+    assert missing == [], f"README does not name {missing}"
