@@ -22,6 +22,7 @@ from kvplan.measure.predict import (
     attention_pairs,
     build_arch,
     cache_layout,
+    decode_flops,
     decode_weight_bytes_read,
     kv_bytes_read_per_step,
     largest_fitting_layers,
@@ -30,6 +31,7 @@ from kvplan.measure.predict import (
     prefill_flops,
     truncate_spec,
     weight_count,
+    widest_projection,
 )
 from kvplan.spec import LayerKind
 
@@ -252,6 +254,36 @@ def test_prefill_flops(spec_factory):
     # LM head for the last token: 2 x 2 x 64 x 256 = 65,536
     # attention per layer: 2 x 2 x 4 heads x 55 pairs x (16 + 16) = 28,160; two layers 56,320
     assert prefill_flops(arch, context=10, batch=2) == 2_949_120 + 65_536 + 56_320
+
+
+def test_decode_flops_of_gqa_layers(spec_factory):
+    arch = build_arch(spec_factory(num_hidden_layers=2))
+    # projections + LM head: 2 x batch 2 x (73,728 matmul weights + 256 x 64 = 16,384) = 360,448
+    # attention per layer: 2 x 2 x 4 heads x 10 slots x (16 + 16) = 5,120; two layers 10,240
+    assert decode_flops(arch, total_tokens=10, batch=2) == 360_448 + 10_240
+
+
+def test_decode_flops_attend_over_the_window_only(spec_factory):
+    spec = spec_factory(num_hidden_layers=2, layer_types=("sliding_attention", "full_attention"), sliding_window=8)
+    arch = build_arch(spec)
+    # projections + LM head at batch 1: 2 x (73,728 + 16,384) = 180,224
+    # sliding layer: 8 slots (the window) -> 2 x 4 x 8 x 32 = 2,048; full layer: 10 slots -> 2,560
+    assert decode_flops(arch, total_tokens=10, batch=1) == 180_224 + 2_048 + 2_560
+
+
+def test_decode_flops_of_mla_are_in_the_latent_space(spec_factory):
+    spec = spec_factory(
+        num_hidden_layers=1, num_key_value_heads=None, kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16,
+        v_head_dim=16, q_lora_rank=24,
+    )
+    arch = build_arch(spec)
+    # projections (test_weights_of_an_mla_layer) 14,592 + 24,576 = 39,168 + LM head 16,384 -> 2 x 55,552 = 111,104
+    # attention: 2 x 4 heads x 10 slots x (score 32 + 8 = 40, value 32) = 5,760
+    assert decode_flops(arch, total_tokens=10, batch=1) == 111_104 + 5_760
+
+
+def test_widest_projection_is_hidden_to_the_widest_mlp(spec_factory):
+    assert widest_projection(build_arch(spec_factory(num_hidden_layers=2))) == (64, 128)
 
 
 # ------------------------------------------------------------------ memory

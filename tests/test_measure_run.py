@@ -59,10 +59,23 @@ CPU_READINGS = [
     "predicted_reserved_delta_bytes",
     "weight_bytes_read_per_step",
     "kv_bytes_read_per_step",
+    "decode_flops_per_step",
+    "predicted_decode_memory_s",
+    "predicted_decode_compute_s",
+    "decode_bound",
     "predicted_decode_step_s",
+    "gemv_tflops",
+    "gemm_tflops",
     "measured_decode_step_s",
+    "rounds",
+    "stable",
+    "decode_round_medians_s",
+    "prefill_rounds_s",
+    "decode_spread",
+    "prefill_spread",
     "achieved_gbps",
     "bandwidth_utilisation",
+    "read_bandwidth_gbps",
     "copy_bandwidth_gbps",
     "prefill_flops",
     "predicted_prefill_s",
@@ -110,7 +123,79 @@ def test_every_kind_measures_exactly_on_the_cpu(spec_factory, kind):
         assert record[key] is None, key  # CPU: no NVML readings, reported as absent
     assert run.measured_decode_step_s > 0 and run.measured_prefill_s > 0
     assert math.isclose(run.achieved_gbps, run.bytes_read_per_step / run.measured_decode_step_s / 1e9)
-    assert math.isclose(run.predicted_decode_step_s, run.bytes_read_per_step / (report.copy_bandwidth_gbps * 1e9))
+    assert math.isclose(run.predicted_decode_memory_s, run.bytes_read_per_step / (report.read_bandwidth_gbps * 1e9))
+    assert run.predicted_decode_step_s == max(run.predicted_decode_memory_s, run.predicted_decode_compute_s)
+    assert [p.name for p in report.probes] == ["read bandwidth", "copy bandwidth", "GEMV, batch 2", "GEMM, 40 prompt rows"]
+
+
+def test_decode_prediction_divides_bytes_read_by_the_read_bandwidth(spec_factory, monkeypatch):
+    from kvplan.measure.readings import ReadBandwidthReading
+
+    monkeypatch.setattr(measure_run.rd, "read_bandwidth", lambda device, nbytes, repeats: ReadBandwidthReading(2.0, nbytes, repeats, "fixed"))
+    monkeypatch.setattr(measure_run.rd, "linear_throughput", _fixed_linear(1e15))  # compute negligible
+    report = measure(MeasureOptions(spec=_spec(spec_factory), contexts=(20,), batches=(1,), decode_steps=3, warmup_steps=1, device="cpu"))
+    (run,) = report.runs
+    assert run.decode_bound == "memory"
+    # TINY, fp32 (4 B): per layer q 64x64 + k,v 2 x 64x32 + o 64x64 + MLP 3 x 64x128 = 36,864 weights + 2 x 64 norms;
+    # 2 layers = 73,984; + final norm 64 + LM head 256 x 64 = 16,384 + 1 embedding row of 64 = 90,496 weights
+    # = 361,984 B; KV: 2 layers x (K + V) x 2 heads x 16 x 4 B = 512 B/token x 23 tokens = 11,776 B
+    assert run.bytes_read_per_step == 361_984 + 11_776
+    assert report.read_bandwidth_gbps == 2.0
+    assert run.predicted_decode_step_s == pytest.approx(373_760 / 2.0e9)  # 186.88 µs
+    assert report.probes[0].method == "fixed"
+
+
+def test_rounds_report_the_median_of_the_last_three(spec_factory):
+    report = measure(MeasureOptions(spec=_spec(spec_factory), contexts=(20,), batches=(1,), decode_steps=3, warmup_steps=1, device="cpu", max_rounds=4))
+    (run,) = report.runs
+    assert 3 <= run.rounds <= 4 and run.stable in (True, False)
+    assert len(run.decode_round_medians_s) == len(run.prefill_rounds_s) == run.rounds
+    last = run.decode_round_medians_s[-3:]
+    assert run.measured_decode_step_s == sorted(last)[1]  # the middle of three
+    assert run.measured_prefill_s == sorted(run.prefill_rounds_s[-3:])[1]
+    assert run.decode_spread == pytest.approx((max(last) - min(last)) / sorted(last)[1])
+    if run.rounds == 3:  # stopped early: it had settled
+        assert run.stable is True and run.decode_spread <= 0.05
+
+
+def test_one_round_is_not_judged_for_stability(capsys, tmp_path):
+    r = run_cli(capsys, "measure", _yaml(tmp_path), "--context", "16", "--decode-steps", "2", "--max-rounds", "1", "--format", "json", "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
+    (run,) = json.loads(r.stdout)["runs"]
+    assert run["rounds"] == 1 and run["stable"] is None
+    assert run["decode_spread"] == 0.0 and run["prefill_spread"] == 0.0
+    assert run["measured_prefill_s"] == run["prefill_rounds_s"][0]
+    r = run_cli(capsys, "measure", _yaml(tmp_path), "--context", "16", "--decode-steps", "2", "--max-rounds", "1", "--device", "cpu")
+    assert "1 round," in r.stdout and "judged" in r.stdout  # "1 round, stability not judged", maybe wrapped
+
+
+def _fixed_linear(flops_per_s: float):
+    from kvplan.measure.readings import LinearReading
+
+    def probe(device, dtype, rows, in_features, out_features, repeats, timer=None):
+        return LinearReading(flops_per_s, rows, in_features, out_features, repeats, "fixed")
+
+    return probe
+
+
+def test_decode_step_is_compute_bound_when_the_gemv_is_slow(spec_factory, monkeypatch):
+    from kvplan.measure.readings import ReadBandwidthReading
+
+    monkeypatch.setattr(measure_run.rd, "read_bandwidth", lambda device, nbytes, repeats: ReadBandwidthReading(2.0, nbytes, repeats, "fixed"))
+    monkeypatch.setattr(measure_run.rd, "linear_throughput", _fixed_linear(1e6))
+    report = measure(MeasureOptions(spec=_spec(spec_factory), contexts=(20,), batches=(1,), decode_steps=3, warmup_steps=1, device="cpu"))
+    (run,) = report.runs
+    # TINY at batch 1: projections 73,728 + LM head 256 x 64 = 16,384 -> 2 x 90,112 = 180,224 FLOPs;
+    # attention: 2 layers x 2 x 4 heads x 23 slots x (16 + 16) = 11,776 -> 192,000 FLOPs / 1e6 FLOP/s = 0.192 s,
+    # beside memory 373,760 B / 2e9 B/s = 186.88 µs
+    assert run.decode_flops_per_step == 192_000
+    assert run.predicted_decode_compute_s == pytest.approx(0.192)
+    assert run.predicted_decode_memory_s == pytest.approx(186.88e-6)
+    assert run.decode_bound == "compute"
+    assert run.predicted_decode_step_s == pytest.approx(0.192)
+    # prefill: GEMM probe at 1e6 FLOP/s too
+    assert run.gemm_tflops == pytest.approx(1e-6)
+    assert run.predicted_prefill_s == pytest.approx(run.prefill_flops / 1e6)
 
 
 def test_a_context_sweep_reads_each_context(spec_factory):
@@ -191,18 +276,29 @@ def test_cli_table_and_atomic_json(capsys, tmp_path):
     assert "KV cache: tensor storage" in r.stdout and "KV cache: process RSS Δ" in r.stdout
     assert "KV cache: malloc in-use Δ" in r.stdout and "KV cache: malloc held Δ" in r.stdout
     assert "context 16 + 3 decode steps = 19 tokens · batch 1" in r.stdout
-    assert "decode step (median, eager)" in r.stdout
+    # labels may wrap in the first column: look for words that stay on one line
+    assert "decode step (median of rounds," in r.stdout and "-bound" in r.stdout
+    assert "timing rounds" in r.stdout and "spread of the judged rounds" in r.stdout
+    assert "stable" in r.stdout  # "N rounds, stable" or "N rounds, not stable (machine loaded)"
+    assert "memory time (bytes / read" in r.stdout and "MFLOP / GEMV" in r.stdout
+    assert "read bandwidth" in r.stdout and "float32 .sum() over a 8.00 MiB buffer, best of 10" in r.stdout
+    assert "copy bandwidth" in r.stdout and "dst.copy_(src) of a 8.00 MiB buffer" in r.stdout
+    assert data_probes(out) == ["read bandwidth", "copy bandwidth", "GEMV, batch 1", "GEMM, 16 prompt rows", "GEMM, 32 prompt rows"]
     assert [p.name for p in out.parent.iterdir()] == ["measure.json"]  # no temp file left behind
     data = json.loads(out.read_text())
     assert data["device"] == "cpu" and data["torch_version"] == torch.__version__
     assert data["driver_version"] is None and data["cuda_context_bytes"] is None
     assert [run["context"] for run in data["runs"]] == [16, 32]
     for run in data["runs"]:
-        for key in ("device", "predicted_kv_bytes", "measured_kv_bytes", "predicted_decode_step_s", "measured_decode_step_s", "copy_bandwidth_gbps", "nvml_used_delta_bytes"):
+        for key in ("device", "predicted_kv_bytes", "measured_kv_bytes", "predicted_decode_step_s", "measured_decode_step_s", "read_bandwidth_gbps", "copy_bandwidth_gbps", "nvml_used_delta_bytes"):
             assert key in run, key
         assert run["nvml_used_delta_bytes"] is None
         # 2 layers x 2 heads x 32 x 4 B = 512 B per token
         assert run["measured_kv_bytes"] == run["predicted_kv_bytes"] == 512 * (run["context"] + 3)
+
+
+def data_probes(path) -> list[str]:
+    return [p["name"] for p in json.loads(path.read_text())["probes"]]
 
 
 def test_cli_json_to_stdout_with_verify(capsys, tmp_path):
@@ -289,6 +385,7 @@ def test_refusal_suggests_fewer_layers(capsys):
         (["--kv-cache-dtype", "nope"], "--kv-cache-dtype: unknown KV cache dtype 'nope'"),
         (["--layers", "3"], "--layers 3: tiny has 2 layers; use 1 to 2"),
         (["--decode-steps", "0"], "--decode-steps must be at least 1, got 0"),
+        (["--max-rounds", "0"], "--max-rounds must be at least 1, got 0"),
         (["--context", "0"], "--context '0': values must be at least 1"),
         (["--tolerance", "-1"], "--tolerance -1.0: give a fraction of 0 or more"),
         (["--json", "/nonexistent-kvplan-dir/m.json"], "--json /nonexistent-kvplan-dir/m.json: folder /nonexistent-kvplan-dir does not exist"),
@@ -356,3 +453,19 @@ def test_context_beyond_the_model_warns(capsys, tmp_path):
         "warning: --context + --decode-steps 18 exceeds tiny's max_position_embeddings (16); "
         "run as asked (the random-weight decoder has no position limit)\n"
     )
+
+
+def test_readme_names_every_json_field_of_a_measurement(capsys, tmp_path):
+    """The README's measure section names every key `measure --format json` writes, nested ones too."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    named = set(re.findall(r"`([a-z0-9_]+)`", readme))
+    r = run_cli(capsys, "measure", _yaml(tmp_path), "--context", "8", "--decode-steps", "1", "--max-rounds", "1", "--format", "json", "--device", "cpu")
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    (run,) = data["runs"]
+    keys = set(data) | set(run) | set(data["probes"][0]) | set(run["kv_by_kind"][0])
+    missing = sorted(keys - named)
+    assert missing == [], f"README does not name {missing}"

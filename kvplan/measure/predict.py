@@ -439,6 +439,35 @@ def kv_bytes_read_per_step(arch: RunArch, est: CacheEstimate) -> int:
     return est.kv_bytes_total + extra
 
 
+# ------------------------------------------------------------------ decode FLOPs
+
+
+def decode_flops(arch: RunArch, total_tokens: int, batch: int) -> int:
+    """FLOPs of one decode step: 2 per weight per sequence in the projections and the LM head,
+    QK and PV over every slot of the pre-allocated cache (decode attends over all of them with a
+    mask), a KV-shared layer over its donor's slots. MLA decodes in the latent space (W_UK and
+    W_UV absorbed, model.MLAttention.decode): a score is (kv_lora_rank + rope) long, a value
+    kv_lora_rank. The state layers' elementwise work is left out (not matmul work)."""
+    w = weight_count(arch)
+    flops = 2 * batch * (w.layer_matmul + arch.vocab * arch.hidden)
+    for layer in arch.layers:
+        if layer.attends_as is None:
+            continue
+        if arch.mla is not None:
+            qk, v = arch.mla.latent_dim, arch.mla.kv_lora_rank
+        else:
+            qk, v = arch.head_dim, arch.v_head_dim
+        slots = cache_slots(arch, layer.attends_as, total_tokens)
+        flops += 2 * batch * arch.heads * slots * (qk + v)
+    return flops
+
+
+def widest_projection(arch: RunArch) -> tuple[int, int]:
+    """(in, out) features of the model's widest projection: hidden -> the widest MLP (gate/up),
+    the shape the GEMV and GEMM probes time; most of a layer's weights are in its MLP."""
+    return arch.hidden, max([layer.mlp_width for layer in arch.layers] + [arch.hidden])
+
+
 # ------------------------------------------------------------------ prefill FLOPs
 
 

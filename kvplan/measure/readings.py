@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from kvplan.measure.allocator import free_blocks
+from kvplan.units import fmt_bytes
 
 
 def sync(device: torch.device) -> None:
@@ -281,6 +282,7 @@ class BandwidthReading:
     gbps: float  # 1e9 bytes per second, read + write counted (as STREAM copy)
     buffer_bytes: int
     repeats: int
+    method: str  # how it was taken, for the report
 
 
 def copy_bandwidth(device: torch.device, buffer_bytes: int, repeats: int) -> BandwidthReading:
@@ -298,36 +300,132 @@ def copy_bandwidth(device: torch.device, buffer_bytes: int, repeats: int) -> Ban
     finally:
         del src, dst
         settle(device, collect=False)
-    return BandwidthReading(2 * buffer_bytes / seconds / 1e9, buffer_bytes, repeats)
+    method = (
+        f"dst.copy_(src) of a {fmt_bytes(buffer_bytes)} buffer, median of {repeats} after 2 warm-up copies; "
+        "(read + write bytes) / time"
+    )
+    return BandwidthReading(2 * buffer_bytes / seconds / 1e9, buffer_bytes, repeats, method)
 
 
 @dataclass(frozen=True, slots=True)
-class MatmulReading:
-    """Dense matmul throughput in the run dtype: the compute-bound prediction's rate."""
+class ReadBandwidthReading:
+    """Device read-streaming bandwidth: what a decode step does to its weights and cache."""
 
-    flops_per_s: float
-    size: int  # n of the n x n x n product
+    gbps: float  # 1e9 bytes read per second
+    buffer_bytes: int  # bytes one pass reads
+    repeats: int
+    method: str  # how it was taken, for the report
 
 
-def matmul_throughput(device: torch.device, dtype: torch.dtype, max_size: int, target_s: float = 0.02) -> MatmulReading:
-    """Median FLOP/s of an n x n matmul; n doubles from 256 until one product takes `target_s`
-    (or reaches `max_size`), so a slow dtype (fp16 on many CPUs) does not stall the run."""
-    n = 256
+READ_PROBE_WARMUPS = 2
+
+
+def read_bandwidth(
+    device: torch.device, buffer_bytes: int, repeats: int, timer: Callable[[torch.device], StepTimer] = StepTimer
+) -> ReadBandwidthReading:
+    """Best bandwidth of `buf.sum()` over a float32 buffer of `buffer_bytes` (rounded down to
+    whole elements) after READ_PROBE_WARMUPS passes: bytes read / seconds of one pass.
+
+    A reduction reads every byte once and writes a scalar, as STREAM's read-only kernels do;
+    float32 because its sum is vectorised on every CPU (a bf16 sum converts each element).
+    Best rather than median: other work on the machine only ever slows a pass, so the
+    fastest is the closest to what the hardware streams.
+    """
+    elements = buffer_bytes // 4
+    read = elements * 4
+    buf = torch.ones(elements, dtype=torch.float32, device=device)
+    try:
+        for _ in range(READ_PROBE_WARMUPS):
+            buf.sum()
+        sync(device)
+        clock = timer(device)
+        for _ in range(repeats):
+            clock.time(lambda: buf.sum())
+        seconds = min(clock.seconds())
+    finally:
+        del buf
+        settle(device, collect=False)
+    method = (
+        f"float32 .sum() over a {fmt_bytes(read)} buffer, best of {repeats} after {READ_PROBE_WARMUPS} "
+        "warm-up passes; bytes read / time"
+    )
+    return ReadBandwidthReading(read / seconds / 1e9, read, repeats, method)
+
+
+@dataclass(frozen=True, slots=True)
+class LinearReading:
+    """Throughput of one projection at the model's shape and dtype: `x @ w.T`, x (rows x in), w (out x in).
+
+    rows = the batch: a GEMV-like product, what a decode step runs; rows = prompt tokens: a GEMM,
+    what a prefill runs.
+    """
+
+    flops_per_s: float  # 2 x rows x in x out per product / seconds
+    rows: int
+    in_features: int
+    out_features: int
+    repeats: int
+    method: str  # how it was taken, for the report
+
+
+LINEAR_PROBE_WARMUPS = 2
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def linear_throughput(
+    device: torch.device, dtype: torch.dtype, rows: int, in_features: int, out_features: int, repeats: int,
+    timer: Callable[[torch.device], StepTimer] = StepTimer,
+) -> LinearReading:
+    """Best FLOP/s of `torch.nn.functional.linear(x, w)` on random operands in `dtype`, after
+    LINEAR_PROBE_WARMUPS products; best, as the bandwidth probes, since other work only slows a product.
+    Random operands: constant ones toggle fewer bits, so a GPU draws less power and clocks higher."""
     gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(rows, in_features, dtype=dtype, device=device, generator=gen)
+    w = torch.randn(out_features, in_features, dtype=dtype, device=device, generator=gen)
+    try:
+        for _ in range(LINEAR_PROBE_WARMUPS):
+            torch.nn.functional.linear(x, w)
+        sync(device)
+        clock = timer(device)
+        for _ in range(repeats):
+            clock.time(lambda: torch.nn.functional.linear(x, w))
+        seconds = min(clock.seconds())
+    finally:
+        del x, w
+        settle(device, collect=False)
+    method = (
+        f"linear: {rows:,} x {in_features:,} input, {out_features:,} x {in_features:,} weight, {dtype_name(dtype)}, "
+        f"best of {repeats} after {LINEAR_PROBE_WARMUPS} warm-ups; 2 x rows x in x out / time"
+    )
+    return LinearReading(2 * rows * in_features * out_features / seconds, rows, in_features, out_features, repeats, method)
+
+
+GEMM_START_ROWS = 128
+
+
+def gemm_throughput(
+    device: torch.device, dtype: torch.dtype, max_rows: int, in_features: int, out_features: int, target_s: float = 0.05,
+) -> LinearReading:
+    """`linear_throughput` for a prefill of `max_rows` tokens: rows double from GEMM_START_ROWS until one
+    product takes `target_s` (or reaches `max_rows`), so a long prompt on a slow CPU does not stall the
+    run (a GEMM's rate stops growing with rows well before that)."""
+    rows = min(GEMM_START_ROWS, max_rows)
+    gen = torch.Generator(device=device).manual_seed(0)
+    w = torch.randn(out_features, in_features, dtype=dtype, device=device, generator=gen)
     while True:
-        # random operands: constant ones toggle fewer bits, so a GPU draws less power and clocks higher
-        a = torch.randn(n, n, dtype=dtype, device=device, generator=gen)
-        b = torch.randn(n, n, dtype=dtype, device=device, generator=gen)
-        torch.matmul(a, b)
-        once = timed_once(device, lambda: torch.matmul(a, b))
-        if once >= target_s or n >= max_size:
+        x = torch.randn(rows, in_features, dtype=dtype, device=device, generator=gen)
+        torch.nn.functional.linear(x, w)
+        once = timed_once(device, lambda: torch.nn.functional.linear(x, w))
+        if once >= target_s or rows >= max_rows:
             break
-        n *= 2
-    timer = StepTimer(device)
-    repeats = max(3, min(20, int(0.2 / max(once, 1e-6))))
-    for _ in range(repeats):
-        timer.time(lambda: torch.matmul(a, b))
-    seconds = statistics.median(timer.seconds())
-    del a, b
-    settle(device, collect=False)
-    return MatmulReading(2 * n**3 / seconds, n)
+        rows = min(2 * rows, max_rows)
+    del x, w
+    repeats = max(3, min(10, int(0.3 / max(once, 1e-6))))
+    reading = linear_throughput(device, dtype, rows, in_features, out_features, repeats)
+    if rows < max_rows:
+        method = f"{reading.method} (rows stop at {rows:,} of the {max_rows:,} prompt rows: one product took at least {target_s * 1e3:g} ms)"
+        reading = LinearReading(reading.flops_per_s, rows, in_features, out_features, repeats, method)
+    return reading

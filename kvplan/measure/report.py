@@ -45,6 +45,16 @@ class KindReading:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeReading:
+    """One hardware probe of the run: its figure, its unit, and how it was taken."""
+
+    name: str  # "read bandwidth", "copy bandwidth", "GEMV, batch 1", "GEMM, 2,048 prompt rows", …
+    value: float
+    unit: str  # "GB/s" (1e9 B/s) or "TFLOP/s"
+    method: str
+
+
+@dataclass(frozen=True, slots=True)
 class RunReading:
     """One (context, batch): the cache, one timed prefill, and the timed decode steps."""
 
@@ -74,16 +84,30 @@ class RunReading:
     weight_bytes_read_per_step: int
     kv_bytes_read_per_step: int
     bytes_read_per_step: int
-    predicted_decode_step_s: float  # bytes_read_per_step / copy bandwidth
-    measured_decode_step_s: float  # median
-    decode_step_min_s: float
+    decode_flops_per_step: int  # projections + LM head + attention over the cache (predict.decode_flops)
+    predicted_decode_memory_s: float  # bytes_read_per_step / read bandwidth
+    predicted_decode_compute_s: float  # decode_flops_per_step / GEMV throughput
+    decode_bound: str  # "memory" or "compute": the larger of the two times
+    predicted_decode_step_s: float  # max(memory, compute)
+    gemv_tflops: float  # the GEMV probe at this batch, 1e12 FLOP/s
+    measured_decode_step_s: float  # median of the judged rounds' median steps
+    decode_step_min_s: float  # over every step of the judged rounds
     decode_step_max_s: float
     decode_mode: str  # "cuda-graph" or "eager" (with the reason a graph was not used)
+    # rounds of (one prefill, the decode steps), repeated until the last ones agree (stability.py);
+    # measured_decode_step_s and measured_prefill_s are the medians of the judged (last) rounds
+    rounds: int
+    stable: bool | None  # None: one round only (--max-rounds 1), stability not judged
+    decode_round_medians_s: tuple[float, ...]  # every round's median step, in order
+    prefill_rounds_s: tuple[float, ...]  # every round's prefill, in order
+    decode_spread: float  # (max - min) / median of the judged rounds' medians
+    prefill_spread: float
     achieved_gbps: float  # bytes_read_per_step / measured step, 1e9 B/s
-    bandwidth_utilisation: float  # achieved / copy bandwidth
+    bandwidth_utilisation: float  # achieved / read bandwidth
     # prefill
     prefill_flops: int
-    predicted_prefill_s: float  # prefill_flops / measured matmul throughput
+    gemm_tflops: float  # the GEMM probe at this run's prompt rows, 1e12 FLOP/s
+    predicted_prefill_s: float  # prefill_flops / GEMM throughput
     measured_prefill_s: float
     # --verify: cached decode against recomputation without the cache
     verify_max_abs_logit_diff: float | None = None
@@ -116,10 +140,10 @@ class MeasureReport:
     cuda_version: str | None
     torch_version: str
     seed: int
-    copy_bandwidth_gbps: float
+    read_bandwidth_gbps: float  # read-streaming: what the decode prediction divides by
+    read_buffer_bytes: int
+    copy_bandwidth_gbps: float  # read + write, beside it
     copy_buffer_bytes: int
-    matmul_tflops: float
-    matmul_size: int
     parameters_run: int
     predicted_weight_bytes: int
     measured_weight_bytes: int  # parameter storage
@@ -131,13 +155,14 @@ class MeasureReport:
     cuda_context_bytes: int | None  # NVML used after context creation - before - torch reserved
     memory_needed_bytes: int
     memory_available_bytes: int
+    probes: tuple[ProbeReading, ...]  # every probe with its method
     notes: tuple[str, ...]
     runs: tuple[RunReading, ...]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the run's fields, and each run record carrying the device fields too."""
         data = asdict(self)
-        shared = {k: data[k] for k in ("device", "device_name", "driver_version", "torch_version", "model", "layers_run", "dtype", "kv_cache_dtype", "copy_bandwidth_gbps")}
+        shared = {k: data[k] for k in ("device", "device_name", "driver_version", "torch_version", "model", "layers_run", "dtype", "kv_cache_dtype", "read_bandwidth_gbps", "copy_bandwidth_gbps")}
         data["runs"] = [{**shared, **asdict(run), "verify_ok": run.verify_ok} for run in self.runs]
         return data
 
@@ -200,6 +225,7 @@ def tolerance_failures(report: MeasureReport, tolerance: float) -> list[str]:
             failures.append(
                 f"{where}: decode step {fmt_seconds(run.measured_decode_step_s)} vs "
                 f"{fmt_seconds(run.predicted_decode_step_s)} predicted ({err:+.2%})"
+                + ("; the timings were not stable (machine loaded)" if run.stable is False else "")
             )
     return failures
 
@@ -252,7 +278,7 @@ def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
         rows.append(["peak allocated (prefill + decode)", size(run.predicted_peak_bytes, exact) + " (margin)", size(run.peak_allocated_bytes, exact), _signed_bytes(run.peak_allocated_bytes - run.predicted_peak_bytes, exact), _pct(error_pct(run.peak_allocated_bytes, run.predicted_peak_bytes))])
     step_err = run.measured_decode_step_s - run.predicted_decode_step_s
     rows.append([
-        f"decode step (median, {run.decode_mode})",
+        f"decode step (median of rounds, {run.decode_mode}), {run.decode_bound}-bound",
         fmt_seconds(run.predicted_decode_step_s),
         fmt_seconds(run.measured_decode_step_s),
         ("+" if step_err > 0 else "-") + fmt_seconds(abs(step_err)),
@@ -263,18 +289,26 @@ def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
         size(run.bytes_read_per_step, exact),
         f"{run.achieved_gbps:,.1f} GB/s achieved",
         "",
-        f"{run.bandwidth_utilisation:.1%} of copy",
+        f"{run.bandwidth_utilisation:.1%} of read",
     ])
     rows.append(["  weights read", size(run.weight_bytes_read_per_step, exact), "", "", ""])
     rows.append(["  KV cache read", size(run.kv_bytes_read_per_step, exact), "", "", ""])
+    rows.append(["  memory time (bytes / read bandwidth)", fmt_seconds(run.predicted_decode_memory_s), "", "", ""])
+    rows.append([
+        f"  compute time ({run.decode_flops_per_step / 1e6:,.1f} MFLOP / GEMV {run.gemv_tflops * 1e3:,.1f} GFLOP/s)",
+        fmt_seconds(run.predicted_decode_compute_s), "", "", "",
+    ])
+    rows.append(["  spread of the judged rounds", "", f"{run.decode_spread:.1%} (range / median)", "", ""])
     prefill_err = run.measured_prefill_s - run.predicted_prefill_s
     rows.append([
-        f"prefill ({fmt_int(run.prefill_flops // 10**9)} GFLOP, compute-bound)",
+        f"prefill, median of rounds ({run.prefill_flops / 1e9:,.1f} GFLOP / GEMM {run.gemm_tflops * 1e3:,.1f} GFLOP/s)",
         fmt_seconds(run.predicted_prefill_s),
         fmt_seconds(run.measured_prefill_s),
         ("+" if prefill_err > 0 else "-") + fmt_seconds(abs(prefill_err)),
         _pct(error_pct(run.measured_prefill_s, run.predicted_prefill_s)),
     ])
+    rows.append(["  spread of the judged rounds", "", f"{run.prefill_spread:.1%} (range / median)", "", ""])
+    rows.append(["timing rounds", "", stability_text(run), "", ""])
     if run.verify_max_abs_logit_diff is not None:
         rows.append([
             "cached decode vs recompute",
@@ -284,6 +318,14 @@ def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
             "pass" if run.verify_ok else "FAIL",
         ])
     return rows
+
+
+def stability_text(run: RunReading) -> str:
+    """How many rounds ran and whether the judged ones agreed."""
+    if run.stable is None:
+        return "1 round, stability not judged"
+    verdict = "stable" if run.stable else "not stable (machine loaded)"
+    return f"{run.rounds} round{'s' if run.rounds != 1 else ''}, {verdict}"
 
 
 def run_title(run: RunReading) -> str:
@@ -298,8 +340,7 @@ def summary_lines(report: MeasureReport, exact: bool) -> list[tuple[str, str]]:
         ("model", f"{report.model} · {report.layers_run} of {report.layers_total} layers · {report.dtype} weights · KV {report.kv_cache_dtype} · state {report.state_dtype} · seed {report.seed}"),
         ("device", f"{report.device} · {report.device_name}"),
         ("software", f"torch {report.torch_version}" + (f" · CUDA {report.cuda_version}" if report.cuda_version else "") + (f" · driver {report.driver_version}" if report.driver_version else "")),
-        ("copy bandwidth", f"{report.copy_bandwidth_gbps:,.1f} GB/s (read + write, {fmt_bytes(report.copy_buffer_bytes)} buffer, median)"),
-        ("matmul throughput", f"{report.matmul_tflops:,.2f} TFLOP/s {report.dtype} ({report.matmul_size} x {report.matmul_size}, median)"),
+        *((p.name, f"{_probe_value(p)} · {p.method}") for p in report.probes),
         ("weights", f"{fmt_int(report.parameters_run)} parameters · predicted {size(report.predicted_weight_bytes, exact)} · tensor storage {size(report.measured_weight_bytes, exact)}"),
     ]
     cuda = report.device.startswith("cuda")
@@ -316,6 +357,12 @@ def summary_lines(report: MeasureReport, exact: bool) -> list[tuple[str, str]]:
         lines.append(("CUDA context", f"{size(report.cuda_context_bytes, exact)} (NVML, before torch: {size(report.nvml_used_before_torch_bytes or 0, exact)} used)"))
     lines.append(("memory check", f"needs {size(report.memory_needed_bytes, exact)} of {size(report.memory_available_bytes, exact)} available"))
     return lines
+
+
+def _probe_value(probe: ProbeReading) -> str:
+    if probe.unit == "TFLOP/s":  # a CPU's GEMV reads 0.01 TFLOP/s: below 1, GFLOP/s keeps three figures
+        return f"{probe.value:,.2f} TFLOP/s" if probe.value >= 1 else f"{probe.value * 1e3:,.1f} GFLOP/s"
+    return f"{probe.value:,.1f} {probe.unit}"
 
 
 def report_tables(report: MeasureReport, exact: bool) -> list[Any]:

@@ -5,7 +5,9 @@ Order of one invocation:
    context + decode steps tokens, weights, the memory a run needs;
 2. on CUDA, NVML's used memory before torch touches the device, then the context;
 3. refuse (exit 2) if weights + cache + activation margin exceed free memory;
-4. probes: device copy bandwidth, matmul throughput in the run dtype;
+4. probes: device read-streaming bandwidth (what a decode step's reads run at) and copy
+   bandwidth beside it; the model's widest projection in the run dtype at batch rows (GEMV,
+   decode) and at prompt rows (GEMM, prefill);
 5. the decoder with random weights (memory read before and after);
 6. per (context, batch): allocate the cache (memory read before and after), one
    short warm-up prefill, one timed prefill, warm-up decode steps, a CUDA graph of
@@ -46,6 +48,7 @@ from kvplan.measure.predict import (
     activation_bytes,
     build_arch,
     cache_layout,
+    decode_flops,
     decode_weight_bytes_read,
     kv_bytes_read_per_step,
     largest_fitting_layers,
@@ -53,8 +56,10 @@ from kvplan.measure.predict import (
     prefill_flops,
     truncate_spec,
     weight_count,
+    widest_projection,
 )
-from kvplan.measure.report import KindReading, MeasureReport, RunReading
+from kvplan.measure.report import KindReading, MeasureReport, ProbeReading, RunReading
+from kvplan.measure.stability import STABLE_ROUNDS, STABLE_TOLERANCE, is_stable, last_rounds, repeat_until_stable, spread
 from kvplan.spec import ModelSpec
 from kvplan.units import fmt_bytes
 
@@ -62,7 +67,9 @@ from kvplan.units import fmt_bytes
 # server CPU L3 tens of MiB), small beside the free memory.
 COPY_BUFFER_BYTES = {"cuda": 1 << 30, "cpu": 128 << 20}
 COPY_REPEATS = {"cuda": 20, "cpu": 5}
-MATMUL_MAX_SIZE = {"cuda": 8192, "cpu": 2048}
+# Read-streaming passes over the same buffer size; the best is kept (a 128 MiB pass takes ~10 ms on the CPU).
+READ_REPEATS = {"cuda": 20, "cpu": 10}
+GEMV_REPEATS = {"cuda": 20, "cpu": 10}
 WARMUP_PREFILL_TOKENS = 16  # a short prompt first: kernels loaded, cuBLAS handles made
 # --verify: max |cached - recomputed| logit, as a fraction of the largest |logit| (at
 # least 1): fp32 agrees to rounding; bf16/fp16 round K/V and partial sums differently
@@ -87,6 +94,7 @@ class MeasureOptions:
     seed: int = 0
     cuda_graphs: bool = True
     verify: bool = False
+    max_rounds: int = 5  # prefill + decode rounds at most, until the last ones agree (stability.py)
     progress: Callable[[str], None] | None = field(default=None, compare=False)
 
 
@@ -217,6 +225,8 @@ def measure(opts: MeasureOptions) -> MeasureReport:
         raise InputError(f"--decode-steps must be at least 1, got {opts.decode_steps}")
     if opts.warmup_steps < 0:
         raise InputError(f"--warmup-steps must be 0 or more, got {opts.warmup_steps}")
+    if opts.max_rounds < 1:
+        raise InputError(f"--max-rounds must be at least 1, got {opts.max_rounds}")
     kv_pair, state_format = _formats(opts, run_dtype)
     spec_run = truncate_spec(spec, opts.layers)
     arch = build_arch(spec_run)
@@ -294,10 +304,13 @@ def measure(opts: MeasureOptions) -> MeasureReport:
 
         with torch.no_grad():
             phase = "probing bandwidth"
-            say(f"probing copy bandwidth and {run_dtype} matmul throughput on {device} …")
+            say(f"probing read and copy bandwidth and {run_dtype} GEMV / GEMM throughput on {device} …")
             buffer = min(COPY_BUFFER_BYTES[device.type], max(1 << 20, available // 16))
+            read = rd.read_bandwidth(device, buffer, READ_REPEATS[device.type])
             bandwidth = rd.copy_bandwidth(device, buffer, COPY_REPEATS[device.type])
-            matmul = rd.matmul_throughput(device, compute, MATMUL_MAX_SIZE[device.type])
+            features = widest_projection(arch)
+            gemv = {b: rd.linear_throughput(device, compute, b, *features, GEMV_REPEATS[device.type]) for b in opts.batches}
+            gemm = {b * c: rd.gemm_throughput(device, compute, b * c, *features) for b in opts.batches for c in opts.contexts}
 
             phase = "building the model"
             say(f"building {spec.name}: {arch.spec.num_hidden_layers} of {spec.num_hidden_layers} layers, random {run_dtype} weights …")
@@ -317,7 +330,7 @@ def measure(opts: MeasureOptions) -> MeasureReport:
                     phase = f"running context {context:,}, batch {batch}"
                     say(f"context {context:,} + {opts.decode_steps} decode steps, batch {batch} …")
                     est = layout.at(total, batch)
-                    runs.append(_run_one(opts, session, arch, layout, est, context, batch, device, compute, kv_pair, state_format, bandwidth, matmul, param_bytes, run_dtype))
+                    runs.append(_run_one(opts, session, arch, layout, est, context, batch, device, compute, kv_pair, state_format, read, gemv[batch], gemm[batch * context], param_bytes, run_dtype))
                     session.drop_run()
     except KvplanError:
         raise
@@ -347,10 +360,10 @@ def measure(opts: MeasureOptions) -> MeasureReport:
         cuda_version=torch.version.cuda if device.type == "cuda" else None,
         torch_version=torch.__version__,
         seed=opts.seed,
+        read_bandwidth_gbps=read.gbps,
+        read_buffer_bytes=read.buffer_bytes,
         copy_bandwidth_gbps=bandwidth.gbps,
         copy_buffer_bytes=bandwidth.buffer_bytes,
-        matmul_tflops=matmul.flops_per_s / 1e12,
-        matmul_size=matmul.size,
         parameters_run=wc.total,
         predicted_weight_bytes=wc.total * param_bytes,
         measured_weight_bytes=measured_weights,
@@ -362,6 +375,12 @@ def measure(opts: MeasureOptions) -> MeasureReport:
         cuda_context_bytes=cuda_context,
         memory_needed_bytes=need.total_bytes,
         memory_available_bytes=available,
+        probes=(
+            ProbeReading("read bandwidth", read.gbps, "GB/s", read.method),
+            ProbeReading("copy bandwidth", bandwidth.gbps, "GB/s", bandwidth.method),
+            *(ProbeReading(f"GEMV, batch {b}", g.flops_per_s / 1e12, "TFLOP/s", g.method) for b, g in gemv.items()),
+            *(ProbeReading(f"GEMM, {rows:,} prompt rows", g.flops_per_s / 1e12, "TFLOP/s", g.method) for rows, g in gemm.items()),
+        ),
         notes=tuple(notes + _run_notes(opts, device)),
         runs=tuple(runs),
     )
@@ -372,10 +391,16 @@ def _run_notes(opts: MeasureOptions, device: torch.device) -> list[str]:
         f"the cache holds context + {opts.decode_steps} decode-step tokens and is predicted at that count; "
         "decode attends over every pre-allocated slot with a mask (static shapes, as CUDA graphs need), "
         "so a step reads the whole cache",
-        "predicted decode step = (weights read + KV read) / measured copy bandwidth; predicted prefill = "
-        "FLOPs / measured matmul throughput (a lower bound: attention and norms run slower than a square matmul)",
-        f"decode feeds fixed random token ids (no sampling); median of {opts.decode_steps} steps after "
-        f"{opts.warmup_steps} warm-up steps; prefill timed once after a {WARMUP_PREFILL_TOKENS}-token warm-up",
+        "predicted decode step = the larger of memory time = (weights read + KV read) / measured read bandwidth "
+        "(a step streams reads; the copy figure, read + write, is shown beside it) and compute time = the step's "
+        "FLOPs / the GEMV throughput measured at the model's widest projection, batch rows, run dtype; predicted "
+        "prefill = FLOPs (projections, causal attention, the last token's LM head) / the GEMM throughput at the "
+        "same projection with prompt rows (a lower bound: attention and norms run slower than a projection)",
+        f"decode feeds fixed random token ids (no sampling); a round is one prefill (after a "
+        f"{WARMUP_PREFILL_TOKENS}-token warm-up before the first) and {opts.decode_steps} decode steps (after "
+        f"{opts.warmup_steps} warm-up steps before the first); rounds repeat, at most {opts.max_rounds}, until the "
+        f"last {min(STABLE_ROUNDS, opts.max_rounds)} agree within {STABLE_TOLERANCE:.0%} (range / median); the "
+        "measured figures are the medians of those rounds, and the error is judged against them",
     ]
 
 
@@ -458,7 +483,7 @@ def _capture_graph(step: Callable[[], torch.Tensor], device: torch.device):
 def _run_one(
     opts: MeasureOptions, session: _Session, arch: RunArch, layout: CacheLayout, est: CacheEstimate,
     context: int, batch: int, device: torch.device, compute: torch.dtype, kv_pair, state_format,
-    bandwidth: rd.BandwidthReading, matmul: rd.MatmulReading, param_bytes: int, run_dtype: str,
+    read: rd.ReadBandwidthReading, gemv: rd.LinearReading, gemm: rd.LinearReading, param_bytes: int, run_dtype: str,
 ) -> RunReading:
     model = session.model
     assert model is not None
@@ -484,37 +509,35 @@ def _run_one(
     model.prefill(prompt[:, : min(context, WARMUP_PREFILL_TOKENS)], caches)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    prefill_s = rd.timed_once(device, lambda: model.prefill(prompt, caches))
-
     step_tokens = tokens[:, context : context + 1].clone()  # (B, 1), fixed
     pos = torch.zeros(1, dtype=torch.long, device=device)
 
     def step() -> torch.Tensor:
         return model.decode(step_tokens, pos, caches)
 
-    for i in range(opts.warmup_steps):
-        pos.fill_(context + i % steps)
-        step()
-    mode = "eager"
-    if device.type == "cuda":
-        if opts.cuda_graphs:
-            pos.fill_(context)
-            try:
-                session.graph = _capture_graph(step, device)
-                mode = "cuda-graph"
-            except Exception as exc:  # capture is best-effort: time the eager step instead
-                raise_if_interrupted(exc)  # a Ctrl-C during capture surfaces as capture_end's error
-                torch.cuda.synchronize(device)
-                session.graph = None
-                mode = f"eager (graph capture failed: {type(exc).__name__})"
-        else:
-            mode = "eager (--no-cuda-graphs)"
-    run_step = session.graph.replay if session.graph is not None else step
-    timer = rd.StepTimer(device)
-    for i in range(steps):
-        pos.fill_(context + i)
-        timer.time(run_step)
-    seconds = timer.seconds()
+    # rounds of (one timed prefill, `steps` timed decode steps) until the last rounds agree (stability.py)
+    round_steps: list[list[float]] = []
+    mode: str = "eager"
+    run_step: Callable[[], object] = step
+
+    def run_round(index: int) -> tuple[float, float]:
+        nonlocal mode, run_step
+        prefill_s = rd.timed_once(device, lambda: model.prefill(prompt, caches))
+        if index == 0:  # warm-up steps and the CUDA graph after the first prefill, as before rounds existed
+            mode, run_step = _prepare_decode(opts, session, step, pos, context, device)
+        timer = rd.StepTimer(device)
+        for i in range(steps):
+            pos.fill_(context + i)
+            timer.time(run_step)
+        round_steps.append(timer.seconds())
+        return prefill_s, statistics.median(round_steps[-1])
+
+    prefill_rounds, decode_rounds = repeat_until_stable(run_round, opts.max_rounds)
+    judged = last_rounds(decode_rounds, opts.max_rounds)
+    seconds = [s for r in round_steps[-len(judged):] for s in r]
+    stable = None if opts.max_rounds < 2 else bool(
+        is_stable(decode_rounds, opts.max_rounds) and is_stable(prefill_rounds, opts.max_rounds)
+    )
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
     verify = {}
@@ -524,9 +547,13 @@ def _run_one(
     weight_read = decode_weight_bytes_read(arch, batch, param_bytes)
     kv_read = kv_bytes_read_per_step(arch, est)
     bytes_read = weight_read + kv_read
-    measured_step = statistics.median(seconds)
+    measured_step = statistics.median(judged)  # the median of the judged rounds' medians
+    prefill_s = statistics.median(last_rounds(prefill_rounds, opts.max_rounds))
     achieved = bytes_read / measured_step / 1e9
     flops = prefill_flops(arch, context, batch)
+    step_flops = decode_flops(arch, total, batch)
+    memory_s = bytes_read / (read.gbps * 1e9)
+    compute_s = step_flops / gemv.flops_per_s
     nvml_before, nvml_after = before.nvml, after.nvml
     return RunReading(
         context=context,
@@ -552,18 +579,55 @@ def _run_one(
         weight_bytes_read_per_step=weight_read,
         kv_bytes_read_per_step=kv_read,
         bytes_read_per_step=bytes_read,
-        predicted_decode_step_s=bytes_read / (bandwidth.gbps * 1e9),
+        decode_flops_per_step=step_flops,
+        predicted_decode_memory_s=memory_s,
+        predicted_decode_compute_s=compute_s,
+        decode_bound="memory" if memory_s >= compute_s else "compute",
+        predicted_decode_step_s=max(memory_s, compute_s),
+        gemv_tflops=gemv.flops_per_s / 1e12,
         measured_decode_step_s=measured_step,
         decode_step_min_s=min(seconds),
         decode_step_max_s=max(seconds),
+        rounds=len(decode_rounds),
+        stable=stable,
+        decode_round_medians_s=tuple(decode_rounds),
+        prefill_rounds_s=tuple(prefill_rounds),
+        decode_spread=spread(judged),
+        prefill_spread=spread(last_rounds(prefill_rounds, opts.max_rounds)),
         decode_mode=mode,
         achieved_gbps=achieved,
-        bandwidth_utilisation=achieved / bandwidth.gbps,
+        bandwidth_utilisation=achieved / read.gbps,
         prefill_flops=flops,
-        predicted_prefill_s=flops / matmul.flops_per_s,
+        gemm_tflops=gemm.flops_per_s / 1e12,
+        predicted_prefill_s=flops / gemm.flops_per_s,
         measured_prefill_s=prefill_s,
         **verify,
     )
+
+
+def _prepare_decode(
+    opts: MeasureOptions, session: _Session, step: Callable[[], torch.Tensor], pos: torch.Tensor, context: int,
+    device: torch.device,
+) -> tuple[str, Callable[[], object]]:
+    """Untimed warm-up steps, then a CUDA graph of one step where asked; (mode, what to time)."""
+    for i in range(opts.warmup_steps):
+        pos.fill_(context + i % opts.decode_steps)
+        step()
+    mode = "eager"
+    if device.type == "cuda":
+        if opts.cuda_graphs:
+            pos.fill_(context)
+            try:
+                session.graph = _capture_graph(step, device)
+                mode = "cuda-graph"
+            except Exception as exc:  # capture is best-effort: time the eager step instead
+                raise_if_interrupted(exc)  # a Ctrl-C during capture surfaces as capture_end's error
+                torch.cuda.synchronize(device)
+                session.graph = None
+                mode = f"eager (graph capture failed: {type(exc).__name__})"
+        else:
+            mode = "eager (--no-cuda-graphs)"
+    return mode, session.graph.replay if session.graph is not None else step
 
 
 def check_cached_decode(model: Decoder, caches: list, tokens: torch.Tensor, context: int, steps: int) -> tuple[float, float]:
