@@ -356,3 +356,89 @@ def test_context_beyond_the_model_warns(capsys, tmp_path):
         "warning: --context + --decode-steps 18 exceeds tiny's max_position_embeddings (16); "
         "run as asked (the random-weight decoder has no position limit)\n"
     )
+
+
+# ------------------------------------------------------------------ predictions from given probe readings
+
+
+class _Timer:
+    """StepTimer's interface returning chosen step times (the steps still run)."""
+
+    def __init__(self, device) -> None:
+        pass
+
+    def time(self, fn) -> None:
+        fn()
+
+    def seconds(self) -> list[float]:
+        return [0.003, 0.001, 0.002]  # median 2 ms, min 1 ms, max 3 ms
+
+
+def test_predictions_from_given_probe_readings(spec_factory, monkeypatch):
+    # The probes and clocks are given (2 GB/s copy, 1 GFLOP/s matmul, 2 ms steps, 5 ms prefill) so the
+    # run's arithmetic is checked exactly; the model and cache are real. TINY: hidden 64, 4 heads x 16,
+    # 2 KV heads, MLP 128, vocab 256, 2 layers, fp32; context 20 + 3 decode steps = 23 tokens, batch 2.
+    probes = {}
+
+    def copy_bandwidth(device, buffer_bytes, repeats):
+        probes["copy"] = (buffer_bytes, repeats)
+        return measure_run.rd.BandwidthReading(2.0, buffer_bytes, repeats)
+
+    def matmul_throughput(device, dtype, max_size):
+        probes["matmul"] = (dtype, max_size)
+        return measure_run.rd.MatmulReading(1e9, 256)
+
+    def timed_once(device, fn):
+        fn()
+        return 0.005
+
+    monkeypatch.setattr(measure_run.rd, "copy_bandwidth", copy_bandwidth)
+    monkeypatch.setattr(measure_run.rd, "matmul_throughput", matmul_throughput)
+    monkeypatch.setattr(measure_run.rd, "timed_once", timed_once)
+    monkeypatch.setattr(measure_run.rd, "StepTimer", _Timer)
+    monkeypatch.setattr(measure_run.rd, "mem_available_bytes", lambda: 100 * 2**20)
+    report = measure(MeasureOptions(spec=_spec(spec_factory), contexts=(20,), batches=(2,), decode_steps=3, warmup_steps=2, device="cpu"))
+    # copy buffer: 100 MiB free / 16 = 6,553,600 B, under the (test's) 8 MiB cap; 5 repeats on the CPU
+    assert probes == {"copy": (6_553_600, 5), "matmul": (torch.float32, 2048)}
+    (run,) = report.runs
+    # weights per layer: attention 64x64 (q) + 2 x 64x32 (k, v) + 64x64 (o) = 12,288; MLP 3 x 64 x 128 = 24,576;
+    # 2 norms x 64 = 128: 36,992. Model: 2 layers + embedding 16,384 + final norm 64 + LM head 16,384 = 106,816
+    assert report.parameters_run == 106_816
+    assert report.predicted_weight_bytes == report.measured_weight_bytes == 427_264  # x 4 B
+    # 21 parameter tensors (embedding, 9 per layer, final norm, LM head), each under the mmap threshold: a heap
+    # chunk of the tensor + 8 B in 16 B steps, +16 B each as every size is a multiple of 16 (glibc request2size)
+    assert report.weights_predicted_allocated_delta_bytes == 427_264 + 21 * 16
+    # KV: 2 layers x 23 tokens x 2 sequences x 2 heads x (16 + 16) x 4 B = 23,552 B
+    assert run.predicted_kv_bytes == run.measured_kv_bytes == run.kv_bytes_read_per_step == 23_552
+    # weights read: layers 73,984 + final norm 64 + LM head 16,384 + 2 embedding rows x 64 = 90,560 x 4 B
+    assert run.weight_bytes_read_per_step == 362_240
+    assert run.bytes_read_per_step == 385_792  # 362,240 + 23,552
+    assert run.predicted_decode_step_s == pytest.approx(385_792 / 2e9, rel=1e-12)  # 192.896 µs
+    assert (run.measured_decode_step_s, run.decode_step_min_s, run.decode_step_max_s) == (0.002, 0.001, 0.003)
+    assert run.achieved_gbps == pytest.approx(385_792 / 0.002 / 1e9, rel=1e-12)  # 0.192896 GB/s
+    assert run.bandwidth_utilisation == pytest.approx(0.192896 / 2.0, rel=1e-12)
+    # prefill FLOPs: 2 x 2 x 20 x 73,728 projection weights = 5,898,240; LM head for the last token
+    # 2 x 2 x 64 x 256 = 65,536; attention 2 layers x 2 x 2 x 4 heads x 210 causal pairs (20 x 21 / 2)
+    # x (16 + 16) = 215,040; total 6,178,816
+    assert run.prefill_flops == 6_178_816
+    assert run.predicted_prefill_s == pytest.approx(6_178_816 / 1e9, rel=1e-12)
+    assert run.measured_prefill_s == 0.005
+    assert report.matmul_tflops == pytest.approx(1e-3, rel=1e-12) and report.matmul_size == 256
+    assert (report.copy_bandwidth_gbps, report.copy_buffer_bytes) == (2.0, 6_553_600)
+    # the memory the refusal checks: weights 427,264 + KV 23,552 + activations 2 x 2 x 23 x 4 B x (4 x 64
+    # + the widest layer's 3 x 128 = 384) = 235,520, + 2 x 256 fp32 logits x 4 B = 2,048, + 64 MiB scratch
+    assert report.memory_needed_bytes == run.predicted_peak_bytes == 427_264 + 23_552 + 235_520 + 2_048 + 64 * 2**20
+    assert report.memory_available_bytes == 100 * 2**20
+    assert (run.context, run.decode_steps, run.total_tokens, run.batch, run.decode_mode) == (20, 3, 23, 2, "eager")
+    assert report.notes[-3:] == (
+        "the cache holds context + 3 decode-step tokens and is predicted at that count; decode attends over every "
+        "pre-allocated slot with a mask (static shapes, as CUDA graphs need), so a step reads the whole cache",
+        "predicted decode step = (weights read + KV read) / measured copy bandwidth; predicted prefill = FLOPs / "
+        "measured matmul throughput (a lower bound: attention and norms run slower than a square matmul)",
+        "decode feeds fixed random token ids (no sampling); median of 3 steps after 2 warm-up steps; prefill timed "
+        "once after a 16-token warm-up",
+    )
+    assert report.notes[0] == (
+        "glibc's mmap threshold is pinned at 128 KiB (mallopt), so each cache tensor above it gets fresh pages, "
+        "and the chunk header and page rounding it adds are modelled"
+    )
