@@ -442,3 +442,41 @@ def test_predictions_from_given_probe_readings(spec_factory, monkeypatch):
         "glibc's mmap threshold is pinned at 128 KiB (mallopt), so each cache tensor above it gets fresh pages, "
         "and the chunk header and page rounding it adds are modelled"
     )
+
+
+# Refusals worked by hand for TINY at context 998 + 2 decode steps = 1,000 tokens, batch 8, fp32.
+# One layer: weights (36,992 + embedding 16,384 + norm 64 + LM head 16,384) x 4 B = 279,296 B; two: 427,264 B.
+# KV: 256 B per token, layer and sequence. Activations at batch b: 2 x b x 1,000 x 4 B x (4 x 64 + 384)
+# + b x 256 x 4 B of logits + 64 MiB scratch. So 1 layer needs 67,388,160 + 5,377,024 b bytes:
+# 110,404,352 at b = 8, 83,519,232 at b = 3; 2 layers at b = 8 need 112,600,320 (KV 4,096,000,
+# activations 108,077,056).
+REFUSAL_HEAD = (
+    "kvplan measure tiny (2 of 2 layers) needs 107.38 MiB (weights 417.25 KiB + KV cache 3.91 MiB + "
+    "activations 103.07 MiB) but cpu has {free} free (MemAvailable)"
+)
+
+
+@pytest.mark.parametrize(
+    "available, free, advice",
+    [
+        # one layer fits at batch 8 exactly (the check is need <= free)
+        (110_404_352, "105.29 MiB", "try --layers 1 or a smaller --batch"),
+        # one layer fits at batch 3 exactly, not at 4 (88,896,256)
+        (83_519_232, "79.65 MiB", "try --layers 1 --batch 3"),
+        (83_519_231, "79.65 MiB", "try --layers 1 --batch 2"),
+        # not even batch 1 (72,765,184)
+        (72_765_183, "69.39 MiB", "even --layers 1 at batch 1 does not fit: try a shorter --context"),
+    ],
+)
+def test_refusal_advice_at_its_boundaries(spec_factory, monkeypatch, available, free, advice):
+    monkeypatch.setattr(measure_run.rd, "mem_available_bytes", lambda: available)
+    with pytest.raises(InputError) as info:
+        measure(MeasureOptions(spec=_spec(spec_factory), contexts=(998,), batches=(8,), decode_steps=2, device="cpu"))
+    assert str(info.value) == f"{REFUSAL_HEAD.format(free=free)}; {advice}"
+
+
+def test_refusal_at_batch_1_names_no_batch(spec_factory, monkeypatch):
+    # 2 layers at batch 1 need 73,169,152 B; one byte short, 1 layer (72,765,184) still fits
+    monkeypatch.setattr(measure_run.rd, "mem_available_bytes", lambda: 73_169_151)
+    with pytest.raises(InputError, match=r"; try --layers 1$"):
+        measure(MeasureOptions(spec=_spec(spec_factory), contexts=(998,), decode_steps=2, device="cpu"))
