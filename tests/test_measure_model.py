@@ -227,3 +227,133 @@ def test_a_wrong_cache_is_caught(spec_factory):
         cached = model.decode(tokens[:, 12:13], torch.tensor([12]), caches)
         recomputed = model.prefill(tokens)
     assert (cached - recomputed).abs().max().item() > 1e-2
+
+
+# ------------------------------------------------------------------ the math, against independent references
+# Cached decode is checked against a recomputation by the same model, so a rule wrong in both
+# paths (RoPE's base, the softmax scale, a window off by one) passes that check. These tests hold
+# the building blocks to hand values and to a plain reference written out here.
+
+from kvplan.measure import model as model_module  # noqa: E402
+from kvplan.measure.model import (  # noqa: E402
+    PREFILL_QUERY_BLOCK,
+    _Init,
+    cached_attention,
+    prefill_attention,
+    rms_norm,
+    rope,
+)
+
+
+def test_rope_rotates_pairs_at_theta_10000():
+    # head dim 4: pairs (x0, x2) at frequency 10,000^(-0/2) = 1 and (x1, x3) at 10,000^(-1/2) = 0.01;
+    # rotate-half: (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos) with angle = position x frequency
+    x = torch.tensor([[1.0, 1.0, 0.0, 0.0]])  # (S = 1, D = 4)
+    out = rope(x, torch.tensor([3]))
+    expected = [torch.cos(torch.tensor(3.0)), torch.cos(torch.tensor(0.03)), torch.sin(torch.tensor(3.0)), torch.sin(torch.tensor(0.03))]
+    assert torch.allclose(out[0], torch.stack(expected), atol=1e-6)
+    # position 0: no rotation; an odd head keeps its last element as it is (D = 5: pairs over the first 4)
+    assert torch.equal(rope(x, torch.tensor([0])), x)
+    odd = torch.tensor([[0.0, 1.0, 0.0, 0.0, 7.0]])
+    out = rope(odd, torch.tensor([2]))
+    assert out[0, 4].item() == 7.0
+    assert torch.allclose(out[0, :4], torch.tensor([0.0, float(torch.cos(torch.tensor(0.02))), 0.0, float(torch.sin(torch.tensor(0.02)))]), atol=1e-6)
+    one = torch.tensor([[5.0]])  # a head of 1: nothing to rotate
+    assert torch.equal(rope(one, torch.tensor([9])), one)
+
+
+def test_rms_norm_by_hand():
+    # (3, 4): mean of squares (9 + 16) / 2 = 12.5; x / sqrt(12.5 + 1e-6) x weight (2, 1)
+    out = rms_norm(torch.tensor([[3.0, 4.0]]), torch.tensor([2.0, 1.0]))
+    r = (12.5 + 1e-6) ** -0.5
+    assert torch.allclose(out, torch.tensor([[6.0 * r, 4.0 * r]]), rtol=1e-6)
+
+
+def _reference_attention(q, k, v, allowed, scale):
+    """softmax(q k^T x scale, masked) v, one query and key at a time; K/V heads repeated per group."""
+    B, H, S, _ = q.shape
+    groups = H // k.shape[1]
+    out = torch.zeros(B, H, S, v.shape[-1], dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            kv = h // groups  # head h reads KV head h // groups (repeat_interleave)
+            for i in range(S):
+                keys = [j for j in range(k.shape[2]) if allowed(i, j)]
+                s = torch.stack([(q[b, h, i].double() * k[b, kv, j].double()).sum() * scale for j in keys])
+                w = torch.softmax(s, dim=0)
+                out[b, h, i] = sum(w[n] * v[b, kv, j].double() for n, j in enumerate(keys))
+    return out
+
+
+@pytest.mark.parametrize(
+    "kind, window, allowed",
+    [
+        (LayerKind.FULL, None, lambda i, j: j <= i),
+        (LayerKind.SLIDING, 3, lambda i, j: j <= i and i - j < 3),  # the last 3 tokens, this one included
+        (LayerKind.CHUNKED, 4, lambda i, j: j <= i and j // 4 == i // 4),  # within the query's chunk of 4
+    ],
+)
+def test_prefill_attention_against_a_reference(kind, window, allowed):
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 4, 11, 3, generator=gen)  # 4 query heads over 2 KV heads
+    k = torch.randn(1, 2, 11, 3, generator=gen)
+    v = torch.randn(1, 2, 11, 2, generator=gen)
+    out = prefill_attention(q, k, v, kind, window, scale=0.7)
+    assert torch.allclose(out.double(), _reference_attention(q, k, v, allowed, 0.7), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, window", [(LayerKind.SLIDING, 5), (LayerKind.CHUNKED, 6)])
+def test_prefill_attention_query_blocks_past_the_first(kind, window):
+    # a prompt longer than one query block: queries 512.. see keys of the previous block
+    S = PREFILL_QUERY_BLOCK + 9
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 1, S, 2, generator=gen) for _ in range(3))
+    out = prefill_attention(q, k, v, kind, window, scale=1.0)
+    if kind is LayerKind.SLIDING:
+        allowed = lambda i, j: j <= i and i - j < window  # noqa: E731
+    else:
+        allowed = lambda i, j: j <= i and j // window == i // window  # noqa: E731
+    rows = [0, 4, 5, 6, 510, 511, 512, 513, 515, S - 1]  # block starts and window / chunk edges
+    ref = _reference_attention(q[:, :, rows], k, v, lambda n, j: allowed(rows[n], j), 1.0)
+    assert torch.allclose(out[:, :, rows].double(), ref, atol=1e-5)
+
+
+def test_cached_attention_groups_heads_as_repeat_interleave():
+    # 4 query heads over 2 KV heads: heads 0, 1 read KV head 0 and heads 2, 3 read KV head 1;
+    # 5 cache slots, of which the mask allows slots 0, 1 and 3
+    gen = torch.Generator().manual_seed(2)
+    q = torch.randn(2, 4, 1, 3, generator=gen)
+    k = torch.randn(2, 2, 5, 3, generator=gen)
+    v = torch.randn(2, 2, 5, 4, generator=gen)
+    mask = torch.tensor([True, True, False, True, False])
+    out = cached_attention(q, k, v, mask, scale=0.5)
+    ref = _reference_attention(q, k, v, lambda i, j: bool(mask[j]), 0.5)
+    assert out.shape == (2, 4, 1, 4)
+    assert torch.allclose(out.double(), ref, atol=1e-5)
+
+
+def test_init_uniform_spread_and_repeated_block(monkeypatch):
+    # uniform(mean - a, mean + a) with a = std x sqrt(3) has standard deviation std
+    init = _Init(CPU, torch.float32)
+    torch.manual_seed(0)
+    t = init.uniform(20_000, std=0.5, mean=2.0).detach()
+    a = 0.5 * 3**0.5  # 0.866
+    assert 2.0 - a <= t.min().item() < 2.0 - 0.85 and 2.0 + 0.85 < t.max().item() <= 2.0 + a
+    assert abs(t.std().item() - 0.5) < 0.01
+    assert init.allocated == [80_000]  # 20,000 x 4 B
+    assert torch.equal(init.ones(3).detach(), torch.ones(3)) and init.allocated == [80_000, 12]
+    # above the block size the CPU repeats one random block: 20 elements over a block of 7 = 7 + 7 + 6
+    monkeypatch.setattr(model_module, "CPU_RANDOM_BLOCK", 7)
+    t = _Init(CPU, torch.float32).uniform(4, 5, std=1.0).detach().flatten()
+    assert torch.equal(t[7:14], t[:7]) and torch.equal(t[14:], t[:6])
+    assert len(set(t[:7].tolist())) == 7  # the block itself is random
+    small = _Init(CPU, torch.float32).uniform(7, std=1.0).detach()  # exactly the block: drawn whole
+    assert len(set(small.tolist())) == 7
+
+
+def test_linear_init_std_is_one_over_sqrt_fan_in():
+    torch.manual_seed(0)
+    w = _Init(CPU, torch.float32).linear(400, 100).detach()  # fan_in 100: std 0.1
+    assert w.shape == (400, 100)
+    assert abs(w.std().item() - 0.1) < 0.002
+    assert w.abs().max().item() <= 0.1 * 3**0.5
