@@ -357,3 +357,116 @@ def test_linear_init_std_is_one_over_sqrt_fan_in():
     assert w.shape == (400, 100)
     assert abs(w.std().item() - 0.1) < 0.002
     assert w.abs().max().item() <= 0.1 * 3**0.5
+
+
+# ------------------------------------------------------------------ state layers, one step against a reference
+# A state rule wrong in both the prefill scan and decode (the same `_step`) passes the cached-decode
+# check; these hold one step to mamba_ssm's reference semantics, written out per channel in plain
+# Python floats: causal_conv1d_update (shift the window left, append the input, weighted sum + bias,
+# SiLU), then selective_state_update_ref (dt = softplus(dt + bias), dA = exp(dt x A) with
+# A = -exp(A_log), h = dA h + dt B x, y = C . h + D x).
+
+import math  # noqa: E402
+
+from kvplan.measure.model import StateLayer  # noqa: E402
+
+
+def _silu(v: float) -> float:
+    return v / (1.0 + math.exp(-v))
+
+
+def _softplus(v: float) -> float:
+    return math.log1p(math.exp(v))
+
+
+def _state_layer(spec_factory, **fields):
+    arch = build_arch(spec_factory(num_hidden_layers=2, **fields))
+    layer = StateLayer(arch, arch.layers[0], model_module._Init(CPU, torch.float32))
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in layer.parameters():  # every parameter a different, known value
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return layer, gen
+
+
+def _conv_reference(layer, conv_state, u):
+    """(new conv state, SiLU(conv output)) per channel: causal_conv1d_update."""
+    w, b = layer.conv_weight.tolist(), layer.conv_bias.tolist()
+    new_state, out = [], []
+    for c in range(len(u)):
+        window = conv_state[c] + [u[c]]
+        new_state.append(window[1:])
+        out.append(_silu(sum(x * wk for x, wk in zip(window, w[c])) + b[c]))
+    return new_state, out
+
+
+def test_mamba1_step_against_the_reference(spec_factory):
+    # hidden 64 x expand 1 = d_inner 64, d_state 3, d_conv 3, dt_rank ceil(64 / 16) = 4
+    layer, gen = _state_layer(spec_factory, layer_types=["mamba", "full_attention"], mamba_d_state=3, mamba_d_conv=3, mamba_expand=1)
+    s = layer.s
+    conv = torch.randn(1, s.d_inner, s.d_conv - 1, generator=gen)
+    ssm = torch.randn(1, s.d_inner, s.d_state, generator=gen)
+    u = torch.randn(1, s.d_inner, generator=gen)
+    new, y = layer._step({"conv_state": conv, "ssm_state": ssm}, u, None)
+
+    conv_ref, xc = _conv_reference(layer, conv[0].tolist(), u[0].tolist())
+    x_proj, dt_proj, dt_bias = layer.x_proj.tolist(), layer.dt_proj.tolist(), layer.dt_proj_bias.tolist()
+    A_log, D = layer.A_log.tolist(), layer.D.tolist()
+    dbc = [sum(row[j] * xc[j] for j in range(s.d_inner)) for row in x_proj]  # (dt_rank + 2 N)
+    dt_low, Bv, Cv = dbc[: s.dt_rank], dbc[s.dt_rank : s.dt_rank + s.d_state], dbc[s.dt_rank + s.d_state :]
+    h_ref, y_ref = [], []
+    for c in range(s.d_inner):
+        dt = _softplus(sum(dt_proj[c][r] * dt_low[r] for r in range(s.dt_rank)) + dt_bias[c])
+        h = [math.exp(dt * -math.exp(A_log[c][n])) * ssm[0, c, n].item() + dt * xc[c] * Bv[n] for n in range(s.d_state)]
+        h_ref.append(h)
+        y_ref.append(sum(h[n] * Cv[n] for n in range(s.d_state)) + D[c] * xc[c])
+    assert torch.allclose(new["conv_state"][0], torch.tensor(conv_ref), atol=1e-6)
+    assert torch.allclose(new["ssm_state"][0], torch.tensor(h_ref), atol=1e-5)
+    assert torch.allclose(y[0], torch.tensor(y_ref), atol=1e-5)
+
+
+def test_mamba2_step_against_the_reference(spec_factory):
+    # d_inner 64 in 4 heads of 16, 2 groups (heads 0, 1 read group 0; heads 2, 3 group 1), d_state 2, d_conv 2:
+    # the conv runs over x, B and C: 64 + 2 x 2 x 2 = 72 channels
+    layer, gen = _state_layer(
+        spec_factory, layer_types=["mamba", "full_attention"], mamba_d_state=2, mamba_d_conv=2, mamba_expand=1,
+        mamba_n_heads=4, mamba_n_groups=2,
+    )
+    s = layer.s
+    assert (s.conv_dim, s.head_dim) == (72, 16)
+    conv = torch.randn(1, s.conv_dim, s.d_conv - 1, generator=gen)
+    ssm = torch.randn(1, s.n_heads, s.head_dim, s.d_state, generator=gen)
+    u = torch.randn(1, s.conv_dim, generator=gen)
+    dt_in = torch.randn(1, s.n_heads, generator=gen)
+    new, y = layer._step({"conv_state": conv, "ssm_state": ssm}, u, dt_in)
+
+    conv_ref, xc = _conv_reference(layer, conv[0].tolist(), u[0].tolist())
+    x, Bs, Cs = xc[:64], xc[64:68], xc[68:72]  # B and C: 2 groups x d_state 2 each
+    A_log, D, dt_bias = layer.A_log.tolist(), layer.D.tolist(), layer.dt_bias.tolist()
+    y_ref, h_ref = [], []
+    for head in range(4):
+        g = head // 2
+        B, C = Bs[2 * g : 2 * g + 2], Cs[2 * g : 2 * g + 2]
+        dt = _softplus(dt_in[0, head].item() + dt_bias[head])
+        dA = math.exp(dt * -math.exp(A_log[head]))
+        rows = []
+        for p in range(16):
+            xp = x[16 * head + p]
+            h = [dA * ssm[0, head, p, n].item() + dt * xp * B[n] for n in range(2)]
+            rows.append(h)
+            y_ref.append(sum(h[n] * C[n] for n in range(2)) + D[head] * xp)
+        h_ref.append(rows)
+    assert torch.allclose(new["conv_state"][0], torch.tensor(conv_ref), atol=1e-6)
+    assert torch.allclose(new["ssm_state"][0], torch.tensor(h_ref), atol=1e-5)
+    assert torch.allclose(y[0], torch.tensor(y_ref), atol=1e-5)
+
+
+def test_recurrence_step_by_hand(spec_factory):
+    # new = a x state + (1 - a) x u with a = sigmoid(decay): decay 0 -> a = 1/2, decay ln 3 -> a = 3/4
+    arch = build_arch(spec_factory(num_hidden_layers=2, layer_types=["state", "full_attention"], state_elements_per_layer=2))
+    layer = StateLayer(arch, arch.layers[0], model_module._Init(CPU, torch.float32))
+    with torch.no_grad():
+        layer.decay.copy_(torch.tensor([0.0, math.log(3.0)]))
+    new, y = layer._step({"state": torch.tensor([[1.0, 2.0]])}, torch.tensor([[3.0, 5.0]]), None)
+    # 0.5 x 1 + 0.5 x 3 = 2; 0.75 x 2 + 0.25 x 5 = 2.75
+    assert torch.allclose(new["state"], torch.tensor([[2.0, 2.75]])) and torch.equal(y, new["state"])
