@@ -311,6 +311,52 @@ def test_copy_bandwidth_counts_read_and_write(monkeypatch):
     assert FakeTimer.timed == 3
 
 
+def test_copy_bandwidth_warms_up_twice_then_times_each_repeat(monkeypatch):
+    # two untimed copies first, then one per repeat: 2 + 3 = 5 copies into the destination
+    copies = []
+
+    class CountingDestination:
+        def __init__(self, tensor):
+            self.tensor = tensor
+
+        def copy_(self, src):
+            copies.append(1)
+            return self.tensor.copy_(src)
+
+    empty_like = torch.empty_like
+    monkeypatch.setattr(rd.torch, "empty_like", lambda like: CountingDestination(empty_like(like)))
+    FakeTimer.steps = [0.001]
+    monkeypatch.setattr(rd, "StepTimer", FakeTimer)
+    rd.copy_bandwidth(CPU, 4096, 3)
+    assert len(copies) == 5 and FakeTimer.timed == 3
+
+
+def test_settle_collects_reference_cycles_unless_told_not_to():
+    import gc
+    import weakref
+
+    class Holder:
+        pass
+
+    gc.disable()  # only settle may collect here
+    try:
+        for collect, alive in ((False, True), (True, False)):
+            a = Holder()
+            a.self, a.tensor = a, torch.zeros(4)  # a cycle: refcounting alone never frees it
+            ref = weakref.ref(a)
+            del a
+            rd.settle(CPU, collect=collect)
+            assert (ref() is not None) is alive
+        a = Holder()
+        a.self = a
+        ref = weakref.ref(a)
+        del a
+        rd.settle(CPU)  # collecting is the default
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
 def test_copy_bandwidth_really_copies():
     reading = rd.copy_bandwidth(CPU, 1 << 20, 2)
     assert reading.gbps > 0 and reading.buffer_bytes == 1 << 20 and reading.repeats == 2
@@ -318,12 +364,12 @@ def test_copy_bandwidth_really_copies():
 
 def test_matmul_doubles_n_until_one_product_takes_the_target(monkeypatch):
     # products take 1 ms at n = 256, then 20 ms at n = 512: 20 ms reaches the 20 ms target, so n stays 512;
-    # repeats = int(0.2 / 0.02) = 10 (within 3..20); median step 0.5 s: 2 x 512^3 / 0.5 = 536,870,912 FLOP/s
+    # repeats = int(0.2 / 0.02) = 10 (within 3..20); median step 0.3 s: 2 x 512^3 / 0.3 = 894,784,853.3 FLOP/s
     once = iter([0.001, 0.02])
     monkeypatch.setattr(rd, "timed_once", lambda device, fn: next(once))
-    FakeTimer.steps = [0.4, 0.5, 0.6]
+    FakeTimer.steps = [0.7, 0.3, 0.2]
     monkeypatch.setattr(rd, "StepTimer", FakeTimer)
-    assert rd.matmul_throughput(CPU, torch.float32, max_size=4096) == rd.MatmulReading(536_870_912.0, 512)
+    assert rd.matmul_throughput(CPU, torch.float32, max_size=4096) == rd.MatmulReading(2 * 512**3 / 0.3, 512)
     assert FakeTimer.timed == 10
 
 

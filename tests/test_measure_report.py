@@ -265,6 +265,31 @@ def test_fmt_seconds(seconds, text):
     assert fmt_seconds(seconds) == text
 
 
+@pytest.mark.parametrize(
+    "n, exact, text",
+    [
+        (0, False, "0 B"),  # no sign on zero
+        (1, False, "+1 B"),
+        (-1, False, "-1 B"),
+        (1023, True, "+1,023 B"),  # under 1 KiB: bytes, nothing to add
+        (1024, False, "+1.00 KiB"),
+        (1024, True, "+1.00 KiB (1,024 B)"),
+        (-1024, True, "-1.00 KiB (-1,024 B)"),
+    ],
+)
+def test_signed_differences(n, exact, text):
+    from kvplan.measure.report import _signed_bytes
+
+    assert _signed_bytes(n, exact) == text
+
+
+def test_an_error_against_a_zero_prediction_is_a_dash():
+    run = replace(CPU_RUN, kv_by_kind=(KindReading("full_attention", 2, 0, 512), KindReading("state", 1, 0, 0)))
+    rows = run_rows(run, exact=False, cuda=False)
+    assert rows[1] == ["  full attention (2 layers)", "0 B", "512 B", "+512 B", "—"]
+    assert rows[2] == ["  state (SSM) (1 layer)", "0 B", "0 B", "0 B", "+0.00%"]
+
+
 def test_memory_comparisons_pair_each_reading_with_its_prediction():
     # CUDA: allocated against predicted + rounding; reserved and NVML against the new segments
     assert memory_comparisons(CUDA_RUN, cuda=True) == [
