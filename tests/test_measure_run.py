@@ -70,6 +70,8 @@ CPU_READINGS = [
     "torch_version",
 ]
 CUDA_ONLY = ["nvml_used_delta_bytes", "nvml_used_before_bytes", "peak_allocated_bytes"]
+# the probe sizes as the module sets them, before the fixture below shrinks the CPU's copy buffer
+PROBE_SIZES = (dict(measure_run.COPY_BUFFER_BYTES), dict(measure_run.COPY_REPEATS), dict(measure_run.MATMUL_MAX_SIZE))
 
 
 @pytest.fixture(autouse=True)
@@ -429,6 +431,10 @@ def test_predictions_from_given_probe_readings(spec_factory, monkeypatch):
     # + the widest layer's 3 x 128 = 384) = 235,520, + 2 x 256 fp32 logits x 4 B = 2,048, + 64 MiB scratch
     assert report.memory_needed_bytes == run.predicted_peak_bytes == 427_264 + 23_552 + 235_520 + 2_048 + 64 * 2**20
     assert report.memory_available_bytes == 100 * 2**20
+    # the 4 cache tensors of 5,888 B (23 x 2 x 2 x 16 x 4 B) are far under the 128 KiB mmap threshold: heap
+    # chunks of 5,888 + 8 B rounded up to 16 B = 5,904 B, +16 B each; nothing mmapped
+    assert (run.allocator_rounding_bytes, run.allocator_segments, run.allocator_segment_bytes) == (64, 0, 0)
+    assert run.predicted_allocated_delta_bytes == run.predicted_reserved_delta_bytes == 23_552 + 64
     assert (run.context, run.decode_steps, run.total_tokens, run.batch, run.decode_mode) == (20, 3, 23, 2, "eager")
     assert report.notes[-3:] == (
         "the cache holds context + 3 decode-step tokens and is predicted at that count; decode attends over every "
@@ -480,3 +486,62 @@ def test_refusal_at_batch_1_names_no_batch(spec_factory, monkeypatch):
     monkeypatch.setattr(measure_run.rd, "mem_available_bytes", lambda: 73_169_151)
     with pytest.raises(InputError, match=r"; try --layers 1$"):
         measure(MeasureOptions(spec=_spec(spec_factory), contexts=(998,), decode_steps=2, device="cpu"))
+
+
+def test_probe_sizes_and_the_copy_buffer_cap(spec_factory, monkeypatch):
+    # the copy buffer is free memory / 16, capped past the last-level cache: 1 GiB on CUDA (H100/H200 L2
+    # is 50 MiB), 128 MiB on the CPU; 20 and 5 timed copies; matmuls up to 8,192 and 2,048
+    copy, repeats, matmul = PROBE_SIZES
+    assert (copy, repeats, matmul) == ({"cuda": 2**30, "cpu": 128 * 2**20}, {"cuda": 20, "cpu": 5}, {"cuda": 8192, "cpu": 2048})
+    monkeypatch.setitem(measure_run.COPY_BUFFER_BYTES, "cpu", copy["cpu"])
+    buffers = []
+
+    def copy_bandwidth(device, buffer_bytes, repeats):
+        buffers.append(buffer_bytes)
+        raise KeyboardInterrupt  # enough: the buffer size is what is checked
+
+    monkeypatch.setattr(measure_run.rd, "copy_bandwidth", copy_bandwidth)
+    for available in (4 * 2**30, 2**30):
+        monkeypatch.setattr(measure_run.rd, "mem_available_bytes", lambda: available)
+        with pytest.raises(KeyboardInterrupt):
+            measure(MeasureOptions(spec=_spec(spec_factory), contexts=(8,), decode_steps=1, device="cpu"))
+    assert buffers == [128 * 2**20, 64 * 2**20]  # 4 GiB / 16 = 256 MiB, capped; 1 GiB / 16 = 64 MiB
+
+
+def test_library_defaults_are_the_cli_defaults(spec_factory):
+    # README: --context 1024, --batch 1, --decode-steps 32, --warmup-steps 4, --seed 0, CUDA graphs on,
+    # dtype, KV dtype and device auto, no --verify; the progress callback is not part of what is run
+    spec = _spec(spec_factory)
+    assert MeasureOptions(spec=spec) == MeasureOptions(
+        spec=spec, layers=None, contexts=(1024,), batches=(1,), decode_steps=32, warmup_steps=4, dtype="auto",
+        kv_cache_dtype="auto", device="auto", seed=0, cuda_graphs=True, verify=False, progress=print,
+    )
+
+
+def test_warm_up_steps_stay_inside_the_cache(spec_factory):
+    # more warm-up steps than timed steps: warm-up positions wrap within the context + 1 slot, so a full
+    # cache of 9 slots is never written past its end
+    report = measure(MeasureOptions(spec=_spec(spec_factory), contexts=(8,), decode_steps=1, warmup_steps=3, device="cpu"))
+    assert report.runs[0].total_tokens == 9
+
+
+def test_a_dtype_measure_cannot_run_is_refused(spec_factory):
+    with pytest.raises(InputError, match=r"^--dtype 'fp64': use auto, bf16, fp16 or fp32$"):
+        measure(MeasureOptions(spec=_spec(spec_factory), dtype="fp64", device="cpu"))
+    with pytest.raises(InputError, match=r"^--warmup-steps must be 0 or more, got -1$"):
+        measure(MeasureOptions(spec=_spec(spec_factory), warmup_steps=-1, device="cpu"))
+
+
+@pytest.mark.parametrize(
+    "exc, oom",
+    [
+        (MemoryError(), True),
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1099511627776 bytes"), True),
+        (RuntimeError("CUDA error: out of memory"), True),
+        (RuntimeError("shape mismatch"), False),  # another RuntimeError is a bug, not memory
+        (ValueError("out of memory"), False),  # only torch's RuntimeError carries it as text
+    ],
+)
+def test_what_counts_as_out_of_memory(exc, oom):
+    assert measure_run._is_oom(exc) is oom
