@@ -177,3 +177,25 @@ def test_free_blocks_from_a_snapshot():
     # a 12 MiB cache tensor then takes the 14 MiB block (best fit) and splits it: nothing new reserved
     delta = cuda_allocations([12 * MiB], free_blocks(snapshot, 0, 0))
     assert (delta.allocated_bytes, delta.reserved_bytes) == (12 * MiB, 0)
+
+
+def test_glibc_top_chunk_boundary():
+    # 200 KiB asks _int_malloc for 204,928 B (its 204,816 B chunk + 64 + 32, padded); glibc serves it from the
+    # top chunk only if MINSIZE (32 B) stays spare: a top of exactly 204,960 B does, 204,959 B does not
+    at = glibc_allocations([200 * KiB], mmap_threshold=128 * KiB, heap_top=204_928 + 32)
+    assert (at.segments, at.reserved_bytes, at.allocated_bytes) == (0, 0, 200 * KiB + 16)
+    short = glibc_allocations([200 * KiB], mmap_threshold=128 * KiB, heap_top=204_928 + 31)
+    assert (short.segments, short.reserved_bytes, short.allocated_bytes) == (1, 200 * KiB + 4096, 200 * KiB + 4096)
+    # under the threshold a request is a heap chunk even when the top is empty (the heap grows)
+    small = glibc_allocations([1000], mmap_threshold=128 * KiB, heap_top=0)
+    assert (small.segments, small.reserved_bytes, small.allocated_bytes) == (0, 0, 1008)
+    # a request exactly at the threshold is mmapped (glibc: nb >= mp_.mmap_threshold)
+    exact = glibc_allocations([100], mmap_threshold=224, heap_top=0)  # 100 B asks chunk(112 + 96) = 224 B
+    assert (exact.segments, exact.reserved_bytes) == (1, 4096)
+
+
+def test_free_blocks_without_pool_or_stream_fields():
+    # an older snapshot without segment_pool_id / stream: the default pool, the current stream
+    snapshot = [{"device": 0, "segment_type": "large", "blocks": [{"size": 4 * MiB, "state": "inactive"}]}]
+    assert free_blocks(snapshot, 0, 12345) == [(4 * MiB, False)]
+    assert free_blocks(snapshot, 1, 12345) == []

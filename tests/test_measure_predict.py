@@ -296,13 +296,45 @@ def test_activation_margin(spec_factory):
     assert activation_bytes(arch, 100, 1, 2) == 256_000 + 1_024 + SCRATCH_BYTES
 
 
+def test_activation_margin_of_an_mla_layer(spec_factory):
+    # MLA, 4 heads: q/k 16 + 8 = 24, latent 32 + 8 = 40, V 16. Intermediates: q and k 2 x 4 x 24 = 192,
+    # the latent 40, kv_b_proj's output 4 x (16 + 16) = 128, attention out + o_proj in 2 x 4 x 16 = 128:
+    # 488 > MLP 3 x 128 = 384. 2 x 1 x 100 x 2 B x (4 x 64 + 488) = 297,600
+    spec = spec_factory(num_hidden_layers=2, num_key_value_heads=None, kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16)
+    assert activation_bytes(build_arch(spec), 100, 1, 2) == 297_600 + 1_024 + SCRATCH_BYTES
+
+
+def test_activation_margin_of_a_state_layer(spec_factory):
+    # a recurrence of 100 elements: 4 x (d_inner 100 + conv 100 + heads 0) + 2 x d_state 0 = 800 > 384;
+    # 2 x 1 x 100 x 2 B x (256 + 800) = 422,400
+    spec = spec_factory(num_hidden_layers=2, layer_types=["state", "full_attention"], state_elements_per_layer=100)
+    assert activation_bytes(build_arch(spec), 100, 1, 2) == 422_400 + 1_024 + SCRATCH_BYTES
+
+
+@pytest.mark.parametrize(
+    "context, batch, expected",
+    [
+        # the window (8) is not shorter than the prompt: no blocked scores
+        (8, 2, 2 * 2 * 8 * 2 * 640 + 2 * 1_024),
+        # 20 > 8: one query block of 20 over 20 + 8 keys, fp32, per head: 2 x 4 x 20 x 28 x 4 = 17,920
+        (20, 2, 2 * 2 * 20 * 2 * 640 + 17_920 + 2 * 1_024),
+        # a long prompt: blocks of 512 queries over 512 + 8 keys: 1 x 4 x 512 x 520 x 4 = 4,259,840
+        (1000, 1, 2 * 1 * 1000 * 2 * 640 + 4_259_840 + 1_024),
+    ],
+)
+def test_activation_margin_with_a_window(spec_factory, context, batch, expected):
+    spec = spec_factory(num_hidden_layers=3, layer_types=["sliding_attention", "full_attention", "sliding_attention"], sliding_window=8)
+    assert activation_bytes(build_arch(spec), context, batch, 2) == expected + SCRATCH_BYTES
+
+
 def test_memory_need_takes_the_largest_run(spec_factory):
     arch = build_arch(spec_factory(num_hidden_layers=2))
     need = memory_need(arch, BF16, STATE_BF16, 2, [100, 300], [1, 2])
     # KV per token: 2 layers x 2 heads x 32 x 2 B = 256 B; at 300 tokens x batch 2
     assert need.kv_bytes == 256 * 300 * 2
     assert need.weights_bytes == 2 * 106_816
-    assert need.activation_bytes == activation_bytes(arch, 300, 2, 2)
+    # 2 x batch 2 x 300 tokens x 2 B x (4*64 + 384) = 1,536,000; + logits 2 x 256 x 4 B + scratch
+    assert need.activation_bytes == 1_536_000 + 2_048 + SCRATCH_BYTES
 
 
 def test_largest_fitting_layers(spec_factory):

@@ -83,6 +83,8 @@ CPU_READINGS = [
     "torch_version",
 ]
 CUDA_ONLY = ["nvml_used_delta_bytes", "nvml_used_before_bytes", "peak_allocated_bytes"]
+# the probe sizes as the module sets them, before the fixture below shrinks the CPU's copy buffer
+PROBE_SIZES = (dict(measure_run.COPY_BUFFER_BYTES), dict(measure_run.COPY_REPEATS), dict(measure_run.READ_REPEATS), dict(measure_run.GEMV_REPEATS))
 
 
 @pytest.fixture(autouse=True)
@@ -469,3 +471,213 @@ def test_readme_names_every_json_field_of_a_measurement(capsys, tmp_path):
     keys = set(data) | set(run) | set(data["probes"][0]) | set(run["kv_by_kind"][0])
     missing = sorted(keys - named)
     assert missing == [], f"README does not name {missing}"
+
+
+# ------------------------------------------------------------------ predictions from given probe readings
+
+
+class _Timer:
+    """StepTimer's interface returning chosen step times (the steps still run)."""
+
+    def __init__(self, device) -> None:
+        pass
+
+    def time(self, fn) -> None:
+        fn()
+
+    def seconds(self) -> list[float]:
+        return [0.003, 0.001, 0.002]  # median 2 ms, min 1 ms, max 3 ms
+
+
+def test_predictions_from_given_probe_readings(spec_factory, monkeypatch):
+    # The probes and clocks are given (2 GB/s read, 3 GB/s copy, a GEMV so fast the step is memory-bound,
+    # a 1 GFLOP/s GEMM, 2 ms steps, 5 ms prefill) so the run's arithmetic is checked exactly; the model and
+    # cache are real. TINY: hidden 64, 4 heads x 16, 2 KV heads, MLP 128, vocab 256, 2 layers, fp32;
+    # context 20 + 3 decode steps = 23 tokens, batch 2.
+    from kvplan.measure.readings import BandwidthReading, LinearReading, ReadBandwidthReading
+
+    probes = {}
+
+    def read_bandwidth(device, buffer_bytes, repeats):
+        probes["read"] = (buffer_bytes, repeats)
+        return ReadBandwidthReading(2.0, buffer_bytes, repeats, "given")
+
+    def copy_bandwidth(device, buffer_bytes, repeats):
+        probes["copy"] = (buffer_bytes, repeats)
+        return BandwidthReading(3.0, buffer_bytes, repeats, "given")
+
+    def linear_throughput(device, dtype, rows, in_features, out_features, repeats, timer=None):
+        probes["gemv"] = (dtype, rows, in_features, out_features, repeats)
+        return LinearReading(1e15, rows, in_features, out_features, repeats, "given")
+
+    def gemm_throughput(device, dtype, max_rows, in_features, out_features, target_s=0.05):
+        probes["gemm"] = (dtype, max_rows, in_features, out_features)
+        return LinearReading(1e9, max_rows, in_features, out_features, 1, "given")
+
+    def timed_once(device, fn):
+        fn()
+        return 0.005
+
+    monkeypatch.setattr(measure_run.rd, "read_bandwidth", read_bandwidth)
+    monkeypatch.setattr(measure_run.rd, "copy_bandwidth", copy_bandwidth)
+    monkeypatch.setattr(measure_run.rd, "linear_throughput", linear_throughput)
+    monkeypatch.setattr(measure_run.rd, "gemm_throughput", gemm_throughput)
+    monkeypatch.setattr(measure_run.rd, "timed_once", timed_once)
+    monkeypatch.setattr(measure_run.rd, "StepTimer", _Timer)
+    monkeypatch.setattr(measure_run.rd, "mem_available_bytes", lambda: 100 * 2**20)
+    report = measure(MeasureOptions(spec=_spec(spec_factory), contexts=(20,), batches=(2,), decode_steps=3, warmup_steps=2, device="cpu"))
+    # buffer: 100 MiB free / 16 = 6,553,600 B, under the (test's) 8 MiB cap; 10 read and 5 copy passes on the
+    # CPU; GEMV at the batch (2 rows) and GEMM at batch x context = 40 prompt rows, both over the widest
+    # projection: hidden 64 -> the MLP's width 128 (gate, up)
+    assert probes == {
+        "read": (6_553_600, 10), "copy": (6_553_600, 5),
+        "gemv": (torch.float32, 2, 64, 128, 10), "gemm": (torch.float32, 40, 64, 128),
+    }
+    (run,) = report.runs
+    # weights per layer: attention 64x64 (q) + 2 x 64x32 (k, v) + 64x64 (o) = 12,288; MLP 3 x 64 x 128 = 24,576;
+    # 2 norms x 64 = 128: 36,992. Model: 2 layers + embedding 16,384 + final norm 64 + LM head 16,384 = 106,816
+    assert report.parameters_run == 106_816
+    assert report.predicted_weight_bytes == report.measured_weight_bytes == 427_264  # x 4 B
+    # 21 parameter tensors (embedding, 9 per layer, final norm, LM head), each under the mmap threshold: a heap
+    # chunk of the tensor + 8 B in 16 B steps, +16 B each as every size is a multiple of 16 (glibc request2size)
+    assert report.weights_predicted_allocated_delta_bytes == 427_264 + 21 * 16
+    # KV: 2 layers x 23 tokens x 2 sequences x 2 heads x (16 + 16) x 4 B = 23,552 B
+    assert run.predicted_kv_bytes == run.measured_kv_bytes == run.kv_bytes_read_per_step == 23_552
+    # weights read: layers 73,984 + final norm 64 + LM head 16,384 + 2 embedding rows x 64 = 90,560 x 4 B
+    assert run.weight_bytes_read_per_step == 362_240
+    assert run.bytes_read_per_step == 385_792  # 362,240 + 23,552
+    assert run.predicted_decode_memory_s == pytest.approx(385_792 / 2e9, rel=1e-12)  # 192.896 µs at the read bandwidth
+    assert run.decode_bound == "memory"
+    assert run.predicted_decode_step_s == run.predicted_decode_memory_s
+    assert (run.measured_decode_step_s, run.decode_step_min_s, run.decode_step_max_s) == (0.002, 0.001, 0.003)
+    assert run.achieved_gbps == pytest.approx(385_792 / 0.002 / 1e9, rel=1e-12)  # 0.192896 GB/s
+    assert run.bandwidth_utilisation == pytest.approx(0.192896 / 2.0, rel=1e-12)
+    # prefill FLOPs: 2 x 2 x 20 x 73,728 projection weights = 5,898,240; LM head for the last token
+    # 2 x 2 x 64 x 256 = 65,536; attention 2 layers x 2 x 2 x 4 heads x 210 causal pairs (20 x 21 / 2)
+    # x (16 + 16) = 215,040; total 6,178,816
+    assert run.prefill_flops == 6_178_816
+    assert run.predicted_prefill_s == pytest.approx(6_178_816 / 1e9, rel=1e-12)
+    assert run.measured_prefill_s == 0.005
+    assert run.gemm_tflops == pytest.approx(1e-3, rel=1e-12)
+    assert (report.read_bandwidth_gbps, report.copy_bandwidth_gbps, report.copy_buffer_bytes) == (2.0, 3.0, 6_553_600)
+    # the memory the refusal checks: weights 427,264 + KV 23,552 + activations 2 x 2 x 23 x 4 B x (4 x 64
+    # + the widest layer's 3 x 128 = 384) = 235,520, + 2 x 256 fp32 logits x 4 B = 2,048, + 64 MiB scratch
+    assert report.memory_needed_bytes == run.predicted_peak_bytes == 427_264 + 23_552 + 235_520 + 2_048 + 64 * 2**20
+    assert report.memory_available_bytes == 100 * 2**20
+    # the 4 cache tensors of 5,888 B (23 x 2 x 2 x 16 x 4 B) are far under the 128 KiB mmap threshold: heap
+    # chunks of 5,888 + 8 B rounded up to 16 B = 5,904 B, +16 B each; nothing mmapped
+    assert (run.allocator_rounding_bytes, run.allocator_segments, run.allocator_segment_bytes) == (64, 0, 0)
+    assert run.predicted_allocated_delta_bytes == run.predicted_reserved_delta_bytes == 23_552 + 64
+    assert (run.context, run.decode_steps, run.total_tokens, run.batch, run.decode_mode) == (20, 3, 23, 2, "eager")
+    assert report.notes[-3:] == (
+        "the cache holds context + 3 decode-step tokens and is predicted at that count; decode attends over every "
+        "pre-allocated slot with a mask (static shapes, as CUDA graphs need), so a step reads the whole cache",
+        "predicted decode step = the larger of memory time = (weights read + KV read) / measured read bandwidth "
+        "(a step streams reads; the copy figure, read + write, is shown beside it) and compute time = the step's "
+        "FLOPs / the GEMV throughput measured at the model's widest projection, batch rows, run dtype; predicted "
+        "prefill = FLOPs (projections, causal attention, the last token's LM head) / the GEMM throughput at the "
+        "same projection with prompt rows (a lower bound: attention and norms run slower than a projection)",
+        "decode feeds fixed random token ids (no sampling); a round is one prefill (after a 16-token warm-up "
+        "before the first) and 3 decode steps (after 2 warm-up steps before the first); rounds repeat, at most "
+        "5, until the last 3 agree within 5% (range / median); the measured figures are the medians of those "
+        "rounds, and the error is judged against them",
+    )
+    assert report.notes[0] == (
+        "glibc's mmap threshold is pinned at 128 KiB (mallopt), so each cache tensor above it gets fresh pages, "
+        "and the chunk header and page rounding it adds are modelled"
+    )
+
+
+# Refusals worked by hand for TINY at context 998 + 2 decode steps = 1,000 tokens, batch 8, fp32.
+# One layer: weights (36,992 + embedding 16,384 + norm 64 + LM head 16,384) x 4 B = 279,296 B; two: 427,264 B.
+# KV: 256 B per token, layer and sequence. Activations at batch b: 2 x b x 1,000 x 4 B x (4 x 64 + 384)
+# + b x 256 x 4 B of logits + 64 MiB scratch. So 1 layer needs 67,388,160 + 5,377,024 b bytes:
+# 110,404,352 at b = 8, 83,519,232 at b = 3; 2 layers at b = 8 need 112,600,320 (KV 4,096,000,
+# activations 108,077,056).
+REFUSAL_HEAD = (
+    "kvplan measure tiny (2 of 2 layers) needs 107.38 MiB (weights 417.25 KiB + KV cache 3.91 MiB + "
+    "activations 103.07 MiB) but cpu has {free} free (MemAvailable)"
+)
+
+
+@pytest.mark.parametrize(
+    "available, free, advice",
+    [
+        # one layer fits at batch 8 exactly (the check is need <= free)
+        (110_404_352, "105.29 MiB", "try --layers 1 or a smaller --batch"),
+        # one layer fits at batch 3 exactly, not at 4 (88,896,256)
+        (83_519_232, "79.65 MiB", "try --layers 1 --batch 3"),
+        (83_519_231, "79.65 MiB", "try --layers 1 --batch 2"),
+        # not even batch 1 (72,765,184)
+        (72_765_183, "69.39 MiB", "even --layers 1 at batch 1 does not fit: try a shorter --context"),
+    ],
+)
+def test_refusal_advice_at_its_boundaries(spec_factory, monkeypatch, available, free, advice):
+    monkeypatch.setattr(measure_run.rd, "mem_available_bytes", lambda: available)
+    with pytest.raises(InputError) as info:
+        measure(MeasureOptions(spec=_spec(spec_factory), contexts=(998,), batches=(8,), decode_steps=2, device="cpu"))
+    assert str(info.value) == f"{REFUSAL_HEAD.format(free=free)}; {advice}"
+
+
+def test_refusal_at_batch_1_names_no_batch(spec_factory, monkeypatch):
+    # 2 layers at batch 1 need 73,169,152 B; one byte short, 1 layer (72,765,184) still fits
+    monkeypatch.setattr(measure_run.rd, "mem_available_bytes", lambda: 73_169_151)
+    with pytest.raises(InputError, match=r"; try --layers 1$"):
+        measure(MeasureOptions(spec=_spec(spec_factory), contexts=(998,), decode_steps=2, device="cpu"))
+
+
+def test_probe_sizes_and_the_copy_buffer_cap(spec_factory, monkeypatch):
+    # the copy buffer is free memory / 16, capped past the last-level cache: 1 GiB on CUDA (H100/H200 L2
+    # is 50 MiB), 128 MiB on the CPU; 20 and 5 timed copies; 20 and 10 read passes and GEMVs
+    copy, repeats, reads, gemvs = PROBE_SIZES
+    assert (copy, repeats, reads, gemvs) == ({"cuda": 2**30, "cpu": 128 * 2**20}, {"cuda": 20, "cpu": 5}, {"cuda": 20, "cpu": 10}, {"cuda": 20, "cpu": 10})
+    monkeypatch.setitem(measure_run.COPY_BUFFER_BYTES, "cpu", copy["cpu"])
+    buffers = []
+
+    def copy_bandwidth(device, buffer_bytes, repeats):
+        buffers.append(buffer_bytes)
+        raise KeyboardInterrupt  # enough: the buffer size is what is checked
+
+    monkeypatch.setattr(measure_run.rd, "copy_bandwidth", copy_bandwidth)
+    for available in (4 * 2**30, 2**30):
+        monkeypatch.setattr(measure_run.rd, "mem_available_bytes", lambda: available)
+        with pytest.raises(KeyboardInterrupt):
+            measure(MeasureOptions(spec=_spec(spec_factory), contexts=(8,), decode_steps=1, device="cpu"))
+    assert buffers == [128 * 2**20, 64 * 2**20]  # 4 GiB / 16 = 256 MiB, capped; 1 GiB / 16 = 64 MiB
+
+
+def test_library_defaults_are_the_cli_defaults(spec_factory):
+    # README: --context 1024, --batch 1, --decode-steps 32, --warmup-steps 4, --seed 0, --max-rounds 5, CUDA graphs on,
+    # dtype, KV dtype and device auto, no --verify; the progress callback is not part of what is run
+    spec = _spec(spec_factory)
+    assert MeasureOptions(spec=spec) == MeasureOptions(
+        spec=spec, layers=None, contexts=(1024,), batches=(1,), decode_steps=32, warmup_steps=4, dtype="auto",
+        kv_cache_dtype="auto", device="auto", seed=0, cuda_graphs=True, verify=False, progress=print, max_rounds=5,
+    )
+    # and a run at those defaults (on the CPU) reads them back
+    report = measure(MeasureOptions(spec=spec, device="cpu"))
+    (run,) = report.runs
+    assert (run.context, run.batch, run.decode_steps, report.seed, run.verify_ok) == (1024, 1, 32, 0, None)
+    assert "and 32 decode steps (after 4 warm-up steps before the first); rounds repeat, at most 5," in report.notes[-1]
+
+
+def test_a_dtype_measure_cannot_run_is_refused(spec_factory):
+    with pytest.raises(InputError, match=r"^--dtype 'fp64': use auto, bf16, fp16 or fp32$"):
+        measure(MeasureOptions(spec=_spec(spec_factory), dtype="fp64", device="cpu"))
+    with pytest.raises(InputError, match=r"^--warmup-steps must be 0 or more, got -1$"):
+        measure(MeasureOptions(spec=_spec(spec_factory), warmup_steps=-1, device="cpu"))
+
+
+@pytest.mark.parametrize(
+    "exc, oom",
+    [
+        (MemoryError(), True),
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+        (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1099511627776 bytes"), True),
+        (RuntimeError("CUDA error: out of memory"), True),
+        (RuntimeError("shape mismatch"), False),  # another RuntimeError is a bug, not memory
+        (ValueError("out of memory"), False),  # only torch's RuntimeError carries it as text
+    ],
+)
+def test_what_counts_as_out_of_memory(exc, oom):
+    assert measure_run._is_oom(exc) is oom
