@@ -81,9 +81,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                         num_attention_heads=8, num_key_value_heads=4, head_dim=256, max_position_embeddings=131072,
                         sliding_window=4096, sliding_window_pattern=6, tie_word_embeddings=True,
                         attention_bias=False),
+    # DeepseekV2Config as of transformers 5.25: 32 layers, 64 routed + 2 shared experts (older
+    # releases had 30 layers and no experts by default).
     "deepseek_v2": dict(vocab_size=102400, hidden_size=4096, intermediate_size=11008, moe_intermediate_size=1407,
-                        num_hidden_layers=30, num_attention_heads=32, num_key_value_heads=32, n_shared_experts=None,
-                        n_routed_experts=None, num_experts_per_tok=None, moe_layer_freq=1, first_k_dense_replace=0,
+                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=None, n_shared_experts=2,
+                        n_routed_experts=64, num_experts_per_tok=None, moe_layer_freq=1, first_k_dense_replace=0,
                         kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64, v_head_dim=128,
                         qk_nope_head_dim=128, max_position_embeddings=2048, tie_word_embeddings=False,
                         attention_bias=False),
