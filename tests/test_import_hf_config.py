@@ -542,3 +542,45 @@ def test_falcon_hidden_not_a_multiple_of_heads_is_refused():
         convert_config({"model_type": "falcon", "hidden_size": 100, "num_attention_heads": 3, "num_hidden_layers": 2,
                         "vocab_size": 10})
     assert str(err.value) == "config.json: hidden_size 100 is not a multiple of 3 heads"
+
+
+def test_qwen_moe_sliding_layers_follow_transformers():
+    """transformers 5.25: Qwen2MoeConfig.__post_init__ slides layer i when use_sliding_window and
+    bool((i + 1) % 2) and i < max_window_layers; Qwen3MoeConfig has no layer_types nor max_window_layers
+    and every Qwen3MoeAttention takes sliding_window."""
+    qwen2_moe = dict(BASE, model_type="qwen2_moe", sliding_window=32, use_sliding_window=True, max_window_layers=4,
+                     num_experts=2, num_experts_per_tok=1, moe_intermediate_size=16, shared_expert_intermediate_size=16)
+    assert kinds_list(qwen2_moe) == ["sliding_attention", "full_attention"] * 2 + ["full_attention"] * 2  # 0, 2
+    qwen3_moe = dict(BASE, model_type="qwen3_moe", sliding_window=32, use_sliding_window=True, num_experts=2,
+                     num_experts_per_tok=1, moe_intermediate_size=16)
+    assert kinds_list(qwen3_moe) == ["sliding_attention"] * 6
+    assert kinds_list(dict(qwen3_moe, max_window_layers=28)) == ["sliding_attention"] * 6  # not read
+    assert kinds_list(dict(qwen3_moe, use_sliding_window=False)) == ["full_attention"] * 6
+    assert spec_of({"model_type": "qwen3_moe", "use_sliding_window": True}).sliding_window == 4096  # the default
+
+
+def test_a_bare_gemma3_text_is_gemma3textconfig_defaults():
+    """Gemma3TextConfig (5.25): vocab 262208, hidden 2304, intermediate 9216, 26 layers, 8 heads, 4 KV
+    heads, head_dim 256, window 4096, a full layer every 6th (layers 5, 11, 17, 23), tied embeddings;
+    modeling_gemma3: q_norm and k_norm (head_dim each) and four RMSNorms per layer."""
+    conv = convert_config({"model_type": "gemma3_text"})
+    attention = 2304 * (8 * 256) + 2 * 2304 * (4 * 256) + (8 * 256) * 2304 + 2 * 256  # q, k, v, o, q/k norms
+    layer = attention + 3 * 2304 * 9216 + 4 * 2304  # 77,866,496
+    assert conv.parameters == 26 * layer + 262208 * 2304 + 2304 == 2_628_658_432
+    spec = spec_of({"model_type": "gemma3_text"})
+    assert kinds(spec) == {"sliding_attention": 22, "full_attention": 4}
+    assert [i for i, k in enumerate(spec.layer_kinds) if k.value == "full_attention"] == [5, 11, 17, 23]
+    assert spec.sliding_window == 4096
+
+
+@pytest.mark.parametrize("config, message", [
+    # MistralConfig: a set sliding_window makes every layer slide, so it must be a positive token count
+    ({"model_type": "mistral", "sliding_window": 0}, "sliding layers need a positive sliding_window, not 0"),
+    (dict(BASE, model_type="llama4_text", head_dim=16, intermediate_size_mlp=256, num_local_experts=2,
+          num_experts_per_tok=1, attention_chunk_size=0),
+     "chunked layers need a positive attention_chunk_size, not 0"),
+])
+def test_a_window_or_chunk_that_is_not_positive_is_refused_naming_the_file(config, message):
+    with pytest.raises(ConfigError) as err:
+        convert_config(config, where="model/config.json")
+    assert str(err.value) == f"model/config.json: {message}"
