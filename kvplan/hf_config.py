@@ -346,12 +346,9 @@ def _qwen2_moe_layers(c: _Cfg, layers: int) -> tuple[Optional[list[str]], Option
 
 
 def _qwen3_moe_layers(c: _Cfg, layers: int) -> tuple[Optional[list[str]], Optional[int]]:
-    """Qwen3-MoE (transformers 5.25): no layer_types and no max_window_layers; with use_sliding_window
-    every Qwen3MoeAttention takes config.sliding_window."""
+    """Qwen3-MoE (transformers 5.25): Qwen3MoeConfig has no layer_types and no max_window_layers (a
+    config.json's are not read); with use_sliding_window every Qwen3MoeAttention takes sliding_window."""
     window = c.get("sliding_window") if c.flag("use_sliding_window") else None
-    explicit = _check_layer_types(c, layers)
-    if explicit is not None:
-        return explicit, window
     return (["sliding_attention"] * layers if window is not None else None), window
 
 

@@ -555,6 +555,7 @@ def test_qwen_moe_sliding_layers_follow_transformers():
                      num_experts_per_tok=1, moe_intermediate_size=16)
     assert kinds_list(qwen3_moe) == ["sliding_attention"] * 6
     assert kinds_list(dict(qwen3_moe, max_window_layers=28)) == ["sliding_attention"] * 6  # not read
+    assert kinds_list(dict(qwen3_moe, layer_types=["full_attention"] * 6)) == ["sliding_attention"] * 6  # not read
     assert kinds_list(dict(qwen3_moe, use_sliding_window=False)) == ["full_attention"] * 6
     assert spec_of({"model_type": "qwen3_moe", "use_sliding_window": True}).sliding_window == 4096  # the default
 
@@ -584,3 +585,24 @@ def test_a_window_or_chunk_that_is_not_positive_is_refused_naming_the_file(confi
     with pytest.raises(ConfigError) as err:
         convert_config(config, where="model/config.json")
     assert str(err.value) == f"model/config.json: {message}"
+
+
+def test_a_negative_count_where_zero_is_allowed_is_refused():
+    """max_window_layers may be 0 (every layer slides) but not negative."""
+    cfg = dict(BASE, model_type="qwen2", sliding_window=32, use_sliding_window=True, max_window_layers=-1)
+    with pytest.raises(ConfigError) as err:
+        convert_config(cfg)
+    assert str(err.value) == "config.json: max_window_layers is -1, not a non-negative integer"
+    assert kinds_list(dict(cfg, max_window_layers=0)) == ["sliding_attention"] * 6
+
+
+def test_falcon_new_decoder_architecture_count():
+    """modeling_falcon with new_decoder_architecture: query_key_value h -> (heads + 2 x kv) x head_dim,
+    dense h -> h, MLP h -> 4h -> h (no biases); num_ln_in_parallel_attn None -> 2 (FalconDecoderLayer:
+    ln_attn and ln_mlp, LayerNorms with bias); ln_f; tied embedding."""
+    cfg = {"model_type": "falcon", "hidden_size": 64, "num_attention_heads": 4, "num_kv_heads": 2,
+           "num_hidden_layers": 2, "vocab_size": 100, "new_decoder_architecture": True, "bias": False}
+    layer = 64 * (4 + 2 * 2) * 16 + 64 * 64 + 64 * 256 + 256 * 64 + 2 * (2 * 64)  # 45,312
+    assert convert_config(cfg).parameters == 2 * layer + 100 * 64 + 2 * 64 == 97_152
+    one_norm = 2 * (layer - 2 * 64) + 100 * 64 + 2 * 64  # num_ln_in_parallel_attn 1: input_layernorm only
+    assert convert_config(dict(cfg, num_ln_in_parallel_attn=1)).parameters == one_norm == 96_896
