@@ -606,3 +606,14 @@ def test_falcon_new_decoder_architecture_count():
     assert convert_config(cfg).parameters == 2 * layer + 100 * 64 + 2 * 64 == 97_152
     one_norm = 2 * (layer - 2 * 64) + 100 * 64 + 2 * 64  # num_ln_in_parallel_attn 1: input_layernorm only
     assert convert_config(dict(cfg, num_ln_in_parallel_attn=1)).parameters == one_norm == 96_896
+
+
+def test_jamba_offsets_may_be_zero():
+    """JambaConfig: layer i is attention when i % attn_layer_period == attn_layer_offset and MoE when
+    i % expert_layer_period == expert_layer_offset; an offset of 0 puts layer 0 first in both."""
+    cfg = dict(BASE, model_type="jamba", attn_layer_period=3, attn_layer_offset=0, expert_layer_period=2,
+               expert_layer_offset=0, num_experts=2, num_experts_per_tok=1, mamba_d_state=4, mamba_d_conv=4,
+               mamba_expand=2)
+    assert kinds_list(cfg) == ["full_attention", "state", "state"] * 2
+    f = convert_config(cfg).fields
+    assert (f["expert_layer_period"], f["expert_layer_offset"]) == (2, 0)  # layers 0, 2, 4
