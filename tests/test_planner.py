@@ -471,3 +471,16 @@ def test_state_layers_hold_no_kv_heads():
     est = CacheLayout(make_spec(**JAMBA), parse_format_pair("auto", "bf16"), block_size=1).at(1000, 1)
     state = next(k for k in est.by_kind if k.kind == "state")
     assert (state.layers, state.kv_heads_per_rank, state.tokens_held, state.bytes_per_token_per_layer) == (28, 0, 0, 0)
+
+
+def test_kv_sharing_layers_get_no_vllm_group():
+    """vllm/v1/worker/gpu_model_runner.py get_kv_cache_spec: a layer with kv_sharing_target_layer_name
+    is skipped ("KV cache management logic will act as this layer does not exist"). 2 full + 2 shared
+    layers: one group of the 2 full layers; page = 16 tokens x 8 KV heads x 128 x 2 (K, V) x 2 B."""
+    arch = dict(LLAMA_31_8B, name="shared-kv", num_hidden_layers=4, layer_pattern=None,
+                layer_types=["full_attention", "full_attention", "kv_shared", "kv_shared"])
+    page = 16 * 8 * 128 * 2 * 2  # 65,536
+    gpu = exact_budget_gpu(weight_bytes(8_030_261_248, "bf16"), 1_000 * 2 * page)
+    plan = planner(arch, gpu, context=1024, batch=1, **NO_OVERHEAD).plan()
+    assert (plan.vllm_num_blocks, plan.vllm_groups, plan.vllm_padding_layers) == (1_000, 1, 0)
+    assert plan.vllm_kv_cache_tokens == 1_000 * 16
