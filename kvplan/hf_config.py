@@ -8,7 +8,8 @@ What each type means for the KV cache (read from transformers' configuration_*.p
   in `DEFAULTS`, and named in the spec's notes when used);
 - Mistral / Mixtral / Phi-3: `sliding_window` set -> every layer slides; null -> none;
 - Qwen2 / Qwen3 (+MoE): `use_sliding_window: false` -> no sliding layers at all;
-  true -> layers from `max_window_layers` on slide;
+  true -> Qwen2 / Qwen3: layers from `max_window_layers` on slide; Qwen2-MoE: even layers
+  below `max_window_layers` slide; Qwen3-MoE: every layer slides;
 - Gemma-2: alternating, layer 0 sliding (`bool((i + 1) % 2)`);
 - Gemma-3: `layer_types`, else `sliding_window_pattern` (default 6): layer i slides
   unless (i + 1) % pattern == 0;
@@ -68,7 +69,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                   attention_bias=False),
     "qwen3_moe": dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=24,
                       num_attention_heads=32, num_key_value_heads=4, head_dim=None, max_position_embeddings=32768,
-                      tie_word_embeddings=False, use_sliding_window=False, sliding_window=4096, max_window_layers=28,
+                      tie_word_embeddings=False, use_sliding_window=False, sliding_window=4096,
                       attention_bias=False, decoder_sparse_step=1, moe_intermediate_size=768, num_experts_per_tok=8,
                       num_experts=128, mlp_only_layers=[]),
     "gemma": dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
@@ -81,9 +82,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                         num_attention_heads=8, num_key_value_heads=4, head_dim=256, max_position_embeddings=131072,
                         sliding_window=4096, sliding_window_pattern=6, tie_word_embeddings=True,
                         attention_bias=False),
+    # DeepseekV2Config as of transformers 5.25: 32 layers, 64 routed + 2 shared experts (older
+    # releases had 30 layers and no experts by default).
     "deepseek_v2": dict(vocab_size=102400, hidden_size=4096, intermediate_size=11008, moe_intermediate_size=1407,
-                        num_hidden_layers=30, num_attention_heads=32, num_key_value_heads=32, n_shared_experts=None,
-                        n_routed_experts=None, num_experts_per_tok=None, moe_layer_freq=1, first_k_dense_replace=0,
+                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=None, n_shared_experts=2,
+                        n_routed_experts=64, num_experts_per_tok=None, moe_layer_freq=1, first_k_dense_replace=0,
                         kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64, v_head_dim=128,
                         qk_nope_head_dim=128, max_position_embeddings=2048, tie_word_embeddings=False,
                         attention_bias=False),
@@ -329,6 +332,26 @@ def _qwen_layers(c: _Cfg, layers: int) -> tuple[Optional[list[str]], Optional[in
     return ["sliding_attention" if i >= first else "full_attention" for i in range(layers)], window
 
 
+def _qwen2_moe_layers(c: _Cfg, layers: int) -> tuple[Optional[list[str]], Optional[int]]:
+    """Qwen2-MoE (transformers 5.25 Qwen2MoeConfig.__post_init__): with use_sliding_window, layer i
+    slides when bool((i + 1) % 2) and i < max_window_layers."""
+    window = c.get("sliding_window") if c.flag("use_sliding_window") else None
+    explicit = _check_layer_types(c, layers)
+    if explicit is not None:
+        return explicit, window
+    if window is None:
+        return None, None
+    below = c.int("max_window_layers", zero_ok=True)
+    return ["sliding_attention" if (i + 1) % 2 and i < below else "full_attention" for i in range(layers)], window
+
+
+def _qwen3_moe_layers(c: _Cfg, layers: int) -> tuple[Optional[list[str]], Optional[int]]:
+    """Qwen3-MoE (transformers 5.25): Qwen3MoeConfig has no layer_types and no max_window_layers (a
+    config.json's are not read); with use_sliding_window every Qwen3MoeAttention takes sliding_window."""
+    window = c.get("sliding_window") if c.flag("use_sliding_window") else None
+    return (["sliding_attention"] * layers if window is not None else None), window
+
+
 def _every_layer_slides(c: _Cfg, layers: int) -> tuple[Optional[list[str]], Optional[int]]:
     """Mistral / Mixtral / Phi-3: a set sliding_window applies to every layer; null means none."""
     window = c.get("sliding_window")
@@ -393,7 +416,7 @@ def _llama_like(
     h, L = f["hidden_size"], f["num_hidden_layers"]
     inter = c.int("intermediate_size")
     layer_types, window = kinds(c, L)
-    _apply_kinds(f, layer_types, window)
+    _apply_kinds(f, layer_types, window, None, c.where)
     parts = _Layers(
         attention=_attention(h, f["num_attention_heads"], f["num_key_value_heads"], f["head_dim"], qkv_bias, o_bias),
         norms=norms_per_layer * h + (2 * f["head_dim"] if qk_norm else 0),
@@ -403,17 +426,17 @@ def _llama_like(
     return f, total, inactive
 
 
-def _apply_kinds(fields: dict, layer_types: Optional[list[str]], window: Any, chunk: Any = None) -> None:
+def _apply_kinds(fields: dict, layer_types: Optional[list[str]], window: Any, chunk: Any, where: str) -> None:
     if layer_types is None:
         return
     kinds = [LAYER_TYPE_ALIASES[t].value for t in layer_types]
     if "sliding_attention" in kinds:
         if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-            raise ConfigError(f"sliding layers need a positive sliding_window, not {window!r}")
+            raise ConfigError(f"{where}: sliding layers need a positive sliding_window, not {window!r}")
         fields["sliding_window"] = window
     if "chunked_attention" in kinds:
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-            raise ConfigError(f"chunked layers need a positive attention_chunk_size, not {chunk!r}")
+            raise ConfigError(f"{where}: chunked layers need a positive attention_chunk_size, not {chunk!r}")
         fields["attention_chunk_size"] = chunk
     fields.update(layer_fields(kinds))
 
@@ -432,13 +455,13 @@ def _phi3(c: _Cfg):
     return _llama_like(c, qkv_bias=False, o_bias=False, kinds=_every_layer_slides)
 
 
-def _qwen2(c: _Cfg):
-    return _llama_like(c, qkv_bias=True, o_bias=False, kinds=_qwen_layers)
+def _qwen2(c: _Cfg, kinds=_qwen_layers):
+    return _llama_like(c, qkv_bias=True, o_bias=False, kinds=kinds)
 
 
-def _qwen3(c: _Cfg):
+def _qwen3(c: _Cfg, kinds=_qwen_layers):
     bias = c.flag("attention_bias")
-    return _llama_like(c, qkv_bias=bias, o_bias=bias, qk_norm=True, kinds=_qwen_layers)
+    return _llama_like(c, qkv_bias=bias, o_bias=bias, qk_norm=True, kinds=kinds)
 
 
 def _gemma(c: _Cfg):
@@ -506,7 +529,7 @@ def _mixtral(c: _Cfg):
 
 def _qwen_moe(c: _Cfg, *, shared: bool):
     base = _qwen2 if shared else _qwen3
-    f, _, _ = base(c)
+    f, _, _ = base(c, kinds=_qwen2_moe_layers if shared else _qwen3_moe_layers)
     h, L, hd = f["hidden_size"], f["num_hidden_layers"], f["head_dim"]
     E, k = c.int("num_experts"), c.int("num_experts_per_tok")
     moe_inter, dense_inter = c.int("moe_intermediate_size"), c.int("intermediate_size")
@@ -565,7 +588,7 @@ def _deepseek(c: _Cfg, *, v3: bool):
     E = c.int("n_routed_experts", required=False)
     k = c.int("num_experts_per_tok", required=False)
     first_dense = c.int("first_k_dense_replace", zero_ok=True) if E else 0
-    freq = c.int("moe_layer_freq") if E else 1
+    freq = c.int("moe_layer_freq") if E else None  # read only with experts
     moe_inter = c.int("moe_intermediate_size") if E else 0
     n_shared = c.int("n_shared_experts", required=False, zero_ok=True) or 0
     is_moe = lambda i: bool(E) and i >= first_dense and i % freq == 0  # noqa: E731
@@ -589,6 +612,14 @@ def _deepseek(c: _Cfg, *, v3: bool):
         f["n_shared_experts"] = n_shared
         f["first_k_dense_replace"] = first_dense
     return f, total, inactive
+
+
+def _deepseek_v2(c: _Cfg):
+    return _deepseek(c, v3=False)
+
+
+def _deepseek_v3(c: _Cfg):
+    return _deepseek(c, v3=True)
 
 
 def _gpt2(c: _Cfg):
@@ -703,7 +734,7 @@ def _jamba(c: _Cfg):
     window = c.get("sliding_window")
     attn_kind = "sliding_attention" if window is not None else "full_attention"
     kinds = [attn_kind if is_attn(i) else "mamba" for i in range(L)]
-    _apply_kinds(f, kinds, window)
+    _apply_kinds(f, kinds, window, None, c.where)
     f.update(mamba_d_state=d_state, mamba_d_conv=d_conv, mamba_expand=expand)
     d_inner = expand * h
     # modeling_jamba JambaMambaMixer: in_proj, depthwise conv1d, x_proj, dt_proj, A_log, D,
@@ -743,7 +774,7 @@ def _gpt_oss(c: _Cfg):
     E = c.int("num_local_experts")
     k = c.int("num_experts_per_tok", required=False) or c.int("experts_per_token")
     layer_types, window = _pattern_layers(c, L, 2)
-    _apply_kinds(f, layer_types, window)
+    _apply_kinds(f, layer_types, window, None, c.where)
     bias = c.flag("attention_bias")
     # modeling_gpt_oss: q/k/v/o with biases plus one attention-sink logit per head; router
     # with bias; experts hold gate_up (h -> 2*inter) and down projections, each with a bias.
@@ -782,7 +813,7 @@ def _llama4(c: _Cfg):
         if len(no_rope) < L:
             raise ConfigError(f"{c.where}: no_rope_layers has {len(no_rope)} entries for {L} layers")
         layer_types = ["chunked_attention" if no_rope[i] else "full_attention" for i in range(L)]
-    _apply_kinds(f, layer_types, c.get("sliding_window"), chunk)
+    _apply_kinds(f, layer_types, c.get("sliding_window"), chunk, c.where)
     bias = c.flag("attention_bias")
     # modeling_llama4: experts keep gate_up (h -> 2*inter) and down stacked; a router; one
     # shared expert; dense layers use intermediate_size_mlp. QK-norm is an L2 norm (no weights).
@@ -809,8 +840,8 @@ HANDLERS: dict[str, Callable[[_Cfg], tuple[dict, int, int]]] = {
     "gemma": _gemma,
     "gemma2": _gemma2,
     "gemma3_text": _gemma3,
-    "deepseek_v2": lambda c: _deepseek(c, v3=False),
-    "deepseek_v3": lambda c: _deepseek(c, v3=True),
+    "deepseek_v2": _deepseek_v2,
+    "deepseek_v3": _deepseek_v3,
     "gpt2": _gpt2,
     "gpt_neox": _gpt_neox,
     "falcon": _falcon,
@@ -839,7 +870,7 @@ def _generic(c: _Cfg) -> dict[str, Any]:
     layer_types = _check_layer_types(c, f["num_hidden_layers"])
     if layer_types is None and window is not None:
         layer_types = ["sliding_attention"] * f["num_hidden_layers"]  # HF's DynamicCache rule
-    _apply_kinds(f, layer_types, window, c.raw.get("attention_chunk_size"))
+    _apply_kinds(f, layer_types, window, c.raw.get("attention_chunk_size"), c.where)
     return f
 
 

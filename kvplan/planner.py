@@ -614,7 +614,7 @@ class Planner:
         if self.vllm_stages is not None:
             vl = self.vllm_stages[tight]
             vllm_blocks = min(v.num_blocks(b) for v, b in zip(self.vllm_stages, self.stage_budgets))
-            vllm_tokens = vl.kv_cache_tokens(vllm_blocks)
+            vllm_tokens = vl.kv_cache_tokens(vllm_blocks, context)
             per_req = vl.blocks_per_request(context, opts.max_num_batched_tokens)
             vllm_conc = vllm_blocks / per_req if per_req else None
             vllm_groups, vllm_pad = len(vl.groups), vl.padding_layers
@@ -653,9 +653,10 @@ class Planner:
                     f"vLLM reserves window - 1 + max_num_batched_tokens ({opts.max_num_batched_tokens:,}) tokens "
                     "plus one block per request for each sliding-window group, more than the window itself."
                 )
-            if any(g.kind is LayerKind.STATE for g in vl.groups):
+            attention_blocks = [g.block_size for g in vl.groups if g.kind is not LayerKind.STATE]
+            if attention_blocks and any(g.kind is LayerKind.STATE for g in vl.groups):
                 notes.append(
-                    f"vLLM raised the attention block size to {vl.groups[0].block_size if vl.groups[0].kind is not LayerKind.STATE else vl.min_block_size} "
+                    f"vLLM raised the attention block size to {attention_blocks[0]} "
                     "tokens so an attention page holds one sequence's SSM state (the state page is padded to match)."
                 )
         prompt = opts.prompt_len

@@ -97,7 +97,9 @@ class VllmGroup:
     kind: LayerKind
     layers: int  # real layers in this group
     padding_layers: int  # placeholder layers added so every group has group_size
-    block_size: int  # tokens per block for this group (hybrid pages may scale it)
+    # tokens per block for this group (hybrid pages may scale it); None for a Mamba group, whose
+    # block is max_model_len tokens (see VllmLayout.kv_cache_tokens)
+    block_size: Optional[int]
     window: int | None
 
 
@@ -109,7 +111,6 @@ class VllmLayout:
     page_bytes: int  # one block of one layer (all groups equal after unification)
     group_size: int  # layers per group = tensors sharing the pool
     uniform: bool  # one group of every layer (a plain model)
-    min_block_size: int
 
     @property
     def padding_layers(self) -> int:
@@ -140,9 +141,15 @@ class VllmLayout:
     def num_blocks(self, available_bytes: int) -> int:
         return max(0, available_bytes) // self.bytes_per_block_set
 
-    def kv_cache_tokens(self, num_blocks: int) -> int:
-        """The figure vLLM logs as "GPU KV cache size: N tokens"."""
-        return (num_blocks // len(self.groups)) * self.min_block_size
+    def kv_cache_tokens(self, num_blocks: int, max_model_len: int) -> int:
+        """The figure vLLM logs as "GPU KV cache size: N tokens": (num_blocks // groups) x the
+        smallest block size of any group (kv_cache_utils `_report_kv_cache_config`). A Mamba layer's
+        block is max_model_len tokens: with prefix caching off (mamba_cache_mode "none")
+        `MambaModelConfig` / `HybridAttentionMambaModelConfig.verify_and_update_config`
+        (vllm/model_executor/models/config.py) set cache_config.mamba_block_size = max_model_len,
+        and `MambaBase.get_kv_cache_spec` gives MambaSpec that block_size."""
+        sizes = [max_model_len if g.block_size is None else g.block_size for g in self.groups]
+        return (num_blocks // len(self.groups)) * min(sizes)
 
 
 def build_layout(layout: CacheLayout, stage_kinds: dict[LayerKind, int], block_size: int) -> VllmLayout:
@@ -169,12 +176,14 @@ def build_layout(layout: CacheLayout, stage_kinds: dict[LayerKind, int], block_s
             pages[LayerKind.STATE] = max(pages.values())
         else:
             pages[LayerKind.STATE] = state_page
-        block_sizes[LayerKind.STATE] = block_sizes.get(LayerKind.FULL, block_size) if token_bytes else 1
+        block_sizes[LayerKind.STATE] = None  # max_model_len tokens: kv_cache_tokens
     distinct = set(pages.values())
     if len(distinct) > 1:
         # unify_kv_cache_spec_page_size: scale smaller pages' block size to the largest page
         largest = max(distinct)
         for k, page in list(pages.items()):
+            if page == largest:
+                continue
             if largest % page:
                 raise InputError(
                     f"{layout.spec.name}: vLLM cannot unify KV page sizes {sorted(distinct)} "
@@ -189,7 +198,7 @@ def build_layout(layout: CacheLayout, stage_kinds: dict[LayerKind, int], block_s
         k = kinds[0]
         n = stage_kinds[k]
         group = VllmGroup(k, n, 0, block_sizes[k], per_kind[k].window)
-        return VllmLayout((group,), page, n, True, block_sizes[k])
+        return VllmLayout((group,), page, n, True)
     counts = {k: stage_kinds[k] for k in kinds}
     fewest, most = min(counts.values()), max(counts.values())
     group_size = most if most < 1.5 * fewest else fewest
@@ -201,7 +210,7 @@ def build_layout(layout: CacheLayout, stage_kinds: dict[LayerKind, int], block_s
         for i in range(num_groups):
             real = len(range(i, n, num_groups))
             groups.append(VllmGroup(k, real, group_size - real, block_sizes[k], per_kind[k].window))
-    return VllmLayout(tuple(groups), page, group_size, False, min(block_sizes.values()))
+    return VllmLayout(tuple(groups), page, group_size, False)
 
 
 def attention_block_size(layout: CacheLayout, block_size: int) -> int:

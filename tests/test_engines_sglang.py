@@ -156,3 +156,14 @@ def test_capacity_refuses_a_swa_ratio_outside_zero_to_one(ratio):
     with pytest.raises(Exception, match=rf"--swa-full-tokens-ratio {ratio} must be in \(0, 1\]"):
         S.capacity(spec("gemma-3-27b"), 8192, 1, S.SGLangOptions(swa_full_tokens_ratio=ratio), mem,
                    ideal_format=parse_format_pair("auto", "bf16"))
+
+
+@pytest.mark.parametrize("kv", ["bf16", "bfloat16"])
+def test_bf16_cache_for_an_fp16_model(kv):
+    """SGLang ModelRunner: `elif server_args.kv_cache_dtype in ("bf16", "bfloat16"): kv_cache_dtype =
+    torch.bfloat16`, whatever the model's dtype. Llama-2-7B is float16; its pool: 32 layers x (1,024 + 1
+    slots) x 32 KV heads x 128 x 2 B, for K and for V."""
+    c = run("llama-2-7b", 1024, kv=kv)
+    assert c.kv_bytes_total == 32 * 1025 * 32 * 128 * 2 * 2 == 537_395_200
+    assert c.log_lines == ("KV Cache is allocated. dtype: torch.bfloat16, #tokens: 1024, K size: 0.25 GB, V size: 0.25 GB",)
+    assert run("llama-2-7b", 1024).log_lines[0].startswith("KV Cache is allocated. dtype: torch.float16,")

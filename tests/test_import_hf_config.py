@@ -443,3 +443,177 @@ def test_jamba_defaults_are_jamba_v01():
     # 16 MoE layers x 14 idle experts x (gate, up, down: 3 x 4,096 x 14,336 = 176,160,768)
     assert conv.inactive_parameters == 16 * 14 * 176_160_768 == 39_460_012_032
     assert conv.parameters - conv.inactive_parameters == 12_110_311_296  # "12B active"
+
+
+# Bare configs sized with transformers' class defaults. Every default below is copied from transformers
+# 5.25.0, transformers/models/<type>/configuration_<type>.py (the dataclass fields of <Type>Config), and
+# every count is the modeling file's weights added up by hand.
+
+
+def test_a_bare_qwen3_is_qwen3config_defaults():
+    """Qwen3Config: vocab 151936, hidden 4096, intermediate 22016, 32 layers, 32 heads, 32 KV heads,
+    head_dim 128, untied, no attention bias; modeling_qwen3 adds q_norm and k_norm (head_dim each)."""
+    conv = convert_config({"model_type": "qwen3"})
+    attention = 4 * 4096 * (32 * 128) + 2 * 128  # q, k, v, o projections (4,096 wide each) + q/k norms
+    mlp = 3 * 4096 * 22016  # gate, up, down
+    layer = attention + mlp + 2 * 4096  # + input and post-attention RMSNorms = 337,649,920
+    assert conv.parameters == 32 * layer + 2 * 151936 * 4096 + 4096 == 12_049_461_248
+    f = conv.fields
+    assert (f["vocab_size"], f["num_hidden_layers"], f["num_key_value_heads"], f["head_dim"]) == (151936, 32, 32, 128)
+
+
+def test_a_bare_qwen3_moe_is_qwen3moeconfig_defaults():
+    """Qwen3MoeConfig: vocab 151936, hidden 2048, 24 layers, 32 heads, 4 KV heads, no head_dim field (so
+    hidden / heads = 64), 128 experts of 768, 8 per token, no shared expert, untied."""
+    conv = convert_config({"model_type": "qwen3_moe"})
+    attention = 2048 * 2048 + 2 * 2048 * (4 * 64) + 2048 * 2048 + 2 * 64  # q, k, v, o + q/k norms
+    expert = 3 * 2048 * 768  # 4,718,592
+    layer = attention + 128 * expert + 2048 * 128 + 2 * 2048  # experts + router + norms = 613,683,328
+    assert conv.parameters == 24 * layer + 2 * 151936 * 2048 + 2048 == 15_350_731_776
+    assert conv.inactive_parameters == 24 * (128 - 8) * expert == 13_589_544_960
+    assert (conv.fields["num_key_value_heads"], conv.fields["head_dim"]) == (4, 64)
+
+
+def test_qwen3_moe_sliding_window_default_is_4096():
+    """Qwen3MoeConfig.sliding_window defaults to 4096 and applies when use_sliding_window is true."""
+    spec = spec_of({"model_type": "qwen3_moe", "use_sliding_window": True, "max_window_layers": 0})
+    assert spec.sliding_window == 4096
+    assert kinds(spec) == {"sliding_attention": 24}
+
+
+def test_qwen3_sliding_layers_from_max_window_layers_28():
+    """Qwen3Config.__post_init__: layer i slides when i >= max_window_layers (28) and use_sliding_window."""
+    spec = spec_of({"model_type": "qwen3", "use_sliding_window": True})
+    assert spec.sliding_window == 4096
+    assert [k.value for k in spec.layer_kinds] == ["full_attention"] * 28 + ["sliding_attention"] * 4
+
+
+def test_qwen2_moe_dense_layer_uses_intermediate_size_5632():
+    """Qwen2MoeConfig.intermediate_size = 5632 sizes the layers in mlp_only_layers (modeling_qwen2_moe:
+    a layer in mlp_only_layers gets Qwen2MoeMLP(intermediate_size)). Layer 0 made dense: drop its 60
+    experts (3 x 2,048 x 1,408 each), router (2,048 x 60), shared expert (3 x 2,048 x 5,632) and its gate
+    (2,048 x 1); add a dense MLP of 3 x 2,048 x 5,632."""
+    bare = 14_315_784_192  # test_qwen2_moe_defaults_are_qwen15_moe_a27b
+    conv = convert_config({"model_type": "qwen2_moe", "mlp_only_layers": [0]})
+    moe_mlp = 60 * 3 * 2048 * 1408 + 2048 * 60 + 3 * 2048 * 5632 + 2048
+    assert conv.parameters == bare - moe_mlp + 3 * 2048 * 5632 == 13_796_614_144
+
+
+def test_a_bare_deepseek_v2_is_deepseekv2config_defaults():
+    """DeepseekV2Config (5.25): vocab 102400, hidden 4096, 32 layers, 32 heads (KV heads = heads),
+    q_lora 1536, kv_lora 512, rope 64, nope 128, v 128, 64 routed experts of 1407 and 2 shared, every
+    layer MoE (first_k_dense_replace 0), untied."""
+    conv = convert_config({"model_type": "deepseek_v2"})
+    attention = (4096 * 1536 + 1536 + 1536 * 32 * (128 + 64)  # q_a, q_a norm, q_b
+                 + 4096 * (512 + 64) + 512 + 512 * 32 * (128 + 128)  # kv_a, kv_a norm, kv_b
+                 + 32 * 128 * 4096)  # o_proj = 39,061,504
+    moe = 64 * 3 * 4096 * 1407 + 4096 * 64 + 3 * 4096 * (2 * 1407)  # experts, router, 2 shared
+    layer = attention + moe + 2 * 4096  # 1,180,420,096
+    assert conv.parameters == 32 * layer + 2 * 102400 * 4096 + 4096 == 38_612_307_968
+    f = conv.fields
+    assert (f["num_hidden_layers"], f["num_attention_heads"], f["n_routed_experts"], f["n_shared_experts"]) == (32, 32, 64, 2)
+
+
+def test_a_bare_llama4_text_is_llama4textconfig_defaults():
+    """Llama4TextConfig: vocab 202048, hidden 5120, 48 layers, 40 heads, 8 KV heads, head_dim 128,
+    16 experts (intermediate 8192), 1 per token, MoE in every layer (interleave_moe_layer_step 1), a shared
+    expert per MoE layer, untied: Llama-4-Scout's text model (17B active)."""
+    conv = convert_config({"model_type": "llama4_text"})
+    attention = 2 * 5120 * (40 * 128) + 2 * 5120 * (8 * 128)  # q, o; k, v
+    expert = 5120 * 2 * 8192 + 8192 * 5120  # gate_up, down = 125,829,120
+    layer = attention + 16 * expert + 5120 * 16 + 3 * 5120 * 8192 + 2 * 5120  # + router, shared expert, norms
+    assert conv.parameters == 48 * layer + 2 * 202048 * 5120 + 5120 == 107_769_861_120
+    assert conv.parameters - conv.inactive_parameters == 107_769_861_120 - 48 * 15 * expert == 17_172_894_720
+
+
+def test_llama4_moe_layers_outside_the_model_are_ignored():
+    """modeling_llama4 Llama4TextDecoderLayer: is_moe_layer = layer_idx in config.moe_layers, for
+    layer_idx in range(num_hidden_layers): entries -1 and 6 name no layer and change nothing."""
+    cfg = dict(BASE, model_type="llama4_text", head_dim=16, intermediate_size_mlp=256, num_local_experts=2,
+               num_experts_per_tok=1, attention_chunk_size=32, moe_layers=[-1, 1, 3, 5, 6])
+    f = convert_config(cfg).fields
+    assert (f["expert_layer_period"], f["expert_layer_offset"]) == (2, 1)  # layers 1, 3, 5
+    assert convert_config(dict(cfg, moe_layers=[1, 3, 5])).parameters == convert_config(cfg).parameters
+
+
+def test_falcon_hidden_not_a_multiple_of_heads_is_refused():
+    """modeling_falcon FalconAttention: head_dim = hidden_size // num_heads, and a remainder is a ValueError."""
+    with pytest.raises(ConfigError) as err:
+        convert_config({"model_type": "falcon", "hidden_size": 100, "num_attention_heads": 3, "num_hidden_layers": 2,
+                        "vocab_size": 10})
+    assert str(err.value) == "config.json: hidden_size 100 is not a multiple of 3 heads"
+
+
+def test_qwen_moe_sliding_layers_follow_transformers():
+    """transformers 5.25: Qwen2MoeConfig.__post_init__ slides layer i when use_sliding_window and
+    bool((i + 1) % 2) and i < max_window_layers; Qwen3MoeConfig has no layer_types nor max_window_layers
+    and every Qwen3MoeAttention takes sliding_window."""
+    qwen2_moe = dict(BASE, model_type="qwen2_moe", sliding_window=32, use_sliding_window=True, max_window_layers=4,
+                     num_experts=2, num_experts_per_tok=1, moe_intermediate_size=16, shared_expert_intermediate_size=16)
+    assert kinds_list(qwen2_moe) == ["sliding_attention", "full_attention"] * 2 + ["full_attention"] * 2  # 0, 2
+    qwen3_moe = dict(BASE, model_type="qwen3_moe", sliding_window=32, use_sliding_window=True, num_experts=2,
+                     num_experts_per_tok=1, moe_intermediate_size=16)
+    assert kinds_list(qwen3_moe) == ["sliding_attention"] * 6
+    assert kinds_list(dict(qwen3_moe, max_window_layers=28)) == ["sliding_attention"] * 6  # not read
+    assert kinds_list(dict(qwen3_moe, layer_types=["full_attention"] * 6)) == ["sliding_attention"] * 6  # not read
+    assert kinds_list(dict(qwen3_moe, use_sliding_window=False)) == ["full_attention"] * 6
+    assert spec_of({"model_type": "qwen3_moe", "use_sliding_window": True}).sliding_window == 4096  # the default
+
+
+def test_a_bare_gemma3_text_is_gemma3textconfig_defaults():
+    """Gemma3TextConfig (5.25): vocab 262208, hidden 2304, intermediate 9216, 26 layers, 8 heads, 4 KV
+    heads, head_dim 256, window 4096, a full layer every 6th (layers 5, 11, 17, 23), tied embeddings;
+    modeling_gemma3: q_norm and k_norm (head_dim each) and four RMSNorms per layer."""
+    conv = convert_config({"model_type": "gemma3_text"})
+    attention = 2304 * (8 * 256) + 2 * 2304 * (4 * 256) + (8 * 256) * 2304 + 2 * 256  # q, k, v, o, q/k norms
+    layer = attention + 3 * 2304 * 9216 + 4 * 2304  # 77,866,496
+    assert conv.parameters == 26 * layer + 262208 * 2304 + 2304 == 2_628_658_432
+    spec = spec_of({"model_type": "gemma3_text"})
+    assert kinds(spec) == {"sliding_attention": 22, "full_attention": 4}
+    assert [i for i, k in enumerate(spec.layer_kinds) if k.value == "full_attention"] == [5, 11, 17, 23]
+    assert spec.sliding_window == 4096
+
+
+@pytest.mark.parametrize("config, message", [
+    # MistralConfig: a set sliding_window makes every layer slide, so it must be a positive token count
+    ({"model_type": "mistral", "sliding_window": 0}, "sliding layers need a positive sliding_window, not 0"),
+    (dict(BASE, model_type="llama4_text", head_dim=16, intermediate_size_mlp=256, num_local_experts=2,
+          num_experts_per_tok=1, attention_chunk_size=0),
+     "chunked layers need a positive attention_chunk_size, not 0"),
+])
+def test_a_window_or_chunk_that_is_not_positive_is_refused_naming_the_file(config, message):
+    with pytest.raises(ConfigError) as err:
+        convert_config(config, where="model/config.json")
+    assert str(err.value) == f"model/config.json: {message}"
+
+
+def test_a_negative_count_where_zero_is_allowed_is_refused():
+    """max_window_layers may be 0 (every layer slides) but not negative."""
+    cfg = dict(BASE, model_type="qwen2", sliding_window=32, use_sliding_window=True, max_window_layers=-1)
+    with pytest.raises(ConfigError) as err:
+        convert_config(cfg)
+    assert str(err.value) == "config.json: max_window_layers is -1, not a non-negative integer"
+    assert kinds_list(dict(cfg, max_window_layers=0)) == ["sliding_attention"] * 6
+
+
+def test_falcon_new_decoder_architecture_count():
+    """modeling_falcon with new_decoder_architecture: query_key_value h -> (heads + 2 x kv) x head_dim,
+    dense h -> h, MLP h -> 4h -> h (no biases); num_ln_in_parallel_attn None -> 2 (FalconDecoderLayer:
+    ln_attn and ln_mlp, LayerNorms with bias); ln_f; tied embedding."""
+    cfg = {"model_type": "falcon", "hidden_size": 64, "num_attention_heads": 4, "num_kv_heads": 2,
+           "num_hidden_layers": 2, "vocab_size": 100, "new_decoder_architecture": True, "bias": False}
+    layer = 64 * (4 + 2 * 2) * 16 + 64 * 64 + 64 * 256 + 256 * 64 + 2 * (2 * 64)  # 45,312
+    assert convert_config(cfg).parameters == 2 * layer + 100 * 64 + 2 * 64 == 97_152
+    one_norm = 2 * (layer - 2 * 64) + 100 * 64 + 2 * 64  # num_ln_in_parallel_attn 1: input_layernorm only
+    assert convert_config(dict(cfg, num_ln_in_parallel_attn=1)).parameters == one_norm == 96_896
+
+
+def test_jamba_offsets_may_be_zero():
+    """JambaConfig: layer i is attention when i % attn_layer_period == attn_layer_offset and MoE when
+    i % expert_layer_period == expert_layer_offset; an offset of 0 puts layer 0 first in both."""
+    cfg = dict(BASE, model_type="jamba", attn_layer_period=3, attn_layer_offset=0, expert_layer_period=2,
+               expert_layer_offset=0, num_experts=2, num_experts_per_tok=1, mamba_d_state=4, mamba_d_conv=4,
+               mamba_expand=2)
+    assert kinds_list(cfg) == ["full_attention", "state", "state"] * 2
+    f = convert_config(cfg).fields
+    assert (f["expert_layer_period"], f["expert_layer_offset"]) == (2, 0)  # layers 0, 2, 4

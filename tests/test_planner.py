@@ -105,6 +105,28 @@ def test_jamba_attention_block_grows_to_hold_the_mamba_state():
     # each of the 7 Mamba groups holds one block per request (MambaSpec, mamba_cache_mode "none"):
     # 1,000 / (103 + 7) = 9.09x; without those 7 blocks it would read 1,000 / 103 = 9.71x
     assert plan.vllm_max_concurrency == 9.09
+    # "GPU KV cache size" = (num_blocks // 8 groups) x the smallest group block: the attention block of
+    # 80, the Mamba groups' block being max_model_len = 8,192 (HybridAttentionMambaModelConfig, prefix
+    # caching off: cache_config.mamba_block_size = model_config.max_model_len)
+    assert plan.vllm_kv_cache_tokens == (1_000 // 8) * 80 == 10_000
+    # at a context shorter than the attention block, the Mamba block (64 tokens) is the smallest
+    short = planner(JAMBA, gpu, context=64, batch=1, **NO_OVERHEAD).plan()
+    assert short.vllm_kv_cache_tokens == (1_000 // 8) * 64 == 8_000
+
+
+def test_a_mamba_only_model_pages_one_block_of_max_model_len_tokens_per_request():
+    """vLLM (vllm/model_executor/models/config.py MambaModelConfig.verify_and_update_config, prefix caching
+    off): cache_config.mamba_block_size = max_model_len, which MambaBase.get_kv_cache_spec gives MambaSpec
+    as its block_size; "GPU KV cache size" = num_blocks x that block (one group)."""
+    mamba_only = dict(JAMBA, name="mamba-only", layer_pattern=[{"mamba": 1}])
+    page = (8192 * 3 + 8192 * 16) * 2  # one layer's state: d_inner x (d_conv - 1 + d_state) x 2 B = 311,296
+    gpu = exact_budget_gpu(2 * 51 * 10**9, 1_000 * 32 * page)
+    plan = planner(mamba_only, gpu, context=8192, batch=1, **NO_OVERHEAD).plan()
+    assert (plan.vllm_num_blocks, plan.vllm_groups) == (1_000, 1)
+    assert plan.vllm_kv_cache_tokens == 1_000 * 8192
+    assert "GPU KV cache size: 8,192,000 tokens" in plan.vllm_log
+    assert plan.vllm_max_concurrency == 1_000  # one block per request
+    assert not any("attention block size" in n for n in plan.notes)
 
 
 def test_ideal_engine_counts_exact_tokens():
@@ -449,3 +471,16 @@ def test_state_layers_hold_no_kv_heads():
     est = CacheLayout(make_spec(**JAMBA), parse_format_pair("auto", "bf16"), block_size=1).at(1000, 1)
     state = next(k for k in est.by_kind if k.kind == "state")
     assert (state.layers, state.kv_heads_per_rank, state.tokens_held, state.bytes_per_token_per_layer) == (28, 0, 0, 0)
+
+
+def test_kv_sharing_layers_get_no_vllm_group():
+    """vllm/v1/worker/gpu_model_runner.py get_kv_cache_spec: a layer with kv_sharing_target_layer_name
+    is skipped ("KV cache management logic will act as this layer does not exist"). 2 full + 2 shared
+    layers: one group of the 2 full layers; page = 16 tokens x 8 KV heads x 128 x 2 (K, V) x 2 B."""
+    arch = dict(LLAMA_31_8B, name="shared-kv", num_hidden_layers=4, layer_pattern=None,
+                layer_types=["full_attention", "full_attention", "kv_shared", "kv_shared"])
+    page = 16 * 8 * 128 * 2 * 2  # 65,536
+    gpu = exact_budget_gpu(weight_bytes(8_030_261_248, "bf16"), 1_000 * 2 * page)
+    plan = planner(arch, gpu, context=1024, batch=1, **NO_OVERHEAD).plan()
+    assert (plan.vllm_num_blocks, plan.vllm_groups, plan.vllm_padding_layers) == (1_000, 1, 0)
+    assert plan.vllm_kv_cache_tokens == 1_000 * 16
