@@ -320,29 +320,30 @@ def _check_layer_types(c: _Cfg, layers: int) -> Optional[list[str]]:
     return list(value)
 
 
-def _qwen_layers(c: _Cfg, layers: int) -> tuple[Optional[list[str]], Optional[int]]:
-    """Qwen2/Qwen3: sliding only when use_sliding_window, from layer max_window_layers on."""
+def _windowed_layers(
+    c: _Cfg, layers: int, slides: Callable[[int, int], bool]
+) -> tuple[Optional[list[str]], Optional[int]]:
+    """Qwen-style: with use_sliding_window, layer i slides when slides(i, max_window_layers); an explicit
+    layer_types wins."""
     window = c.get("sliding_window") if c.flag("use_sliding_window") else None
     explicit = _check_layer_types(c, layers)
     if explicit is not None:
         return explicit, window
     if window is None:
         return None, None
-    first = c.int("max_window_layers", zero_ok=True)
-    return ["sliding_attention" if i >= first else "full_attention" for i in range(layers)], window
+    limit = c.int("max_window_layers", zero_ok=True)
+    return ["sliding_attention" if slides(i, limit) else "full_attention" for i in range(layers)], window
+
+
+def _qwen_layers(c: _Cfg, layers: int) -> tuple[Optional[list[str]], Optional[int]]:
+    """Qwen2/Qwen3: sliding only when use_sliding_window, from layer max_window_layers on."""
+    return _windowed_layers(c, layers, lambda i, first: i >= first)
 
 
 def _qwen2_moe_layers(c: _Cfg, layers: int) -> tuple[Optional[list[str]], Optional[int]]:
     """Qwen2-MoE (transformers 5.25 Qwen2MoeConfig.__post_init__): with use_sliding_window, layer i
     slides when bool((i + 1) % 2) and i < max_window_layers."""
-    window = c.get("sliding_window") if c.flag("use_sliding_window") else None
-    explicit = _check_layer_types(c, layers)
-    if explicit is not None:
-        return explicit, window
-    if window is None:
-        return None, None
-    below = c.int("max_window_layers", zero_ok=True)
-    return ["sliding_attention" if (i + 1) % 2 and i < below else "full_attention" for i in range(layers)], window
+    return _windowed_layers(c, layers, lambda i, below: bool((i + 1) % 2) and i < below)
 
 
 def _qwen3_moe_layers(c: _Cfg, layers: int) -> tuple[Optional[list[str]], Optional[int]]:
