@@ -532,7 +532,10 @@ def _qwen_moe(c: _Cfg, *, shared: bool):
     base = _qwen2 if shared else _qwen3
     f, _, _ = base(c, kinds=_qwen2_moe_layers if shared else _qwen3_moe_layers)
     h, L, hd = f["hidden_size"], f["num_hidden_layers"], f["head_dim"]
-    E, k = c.int("num_experts"), c.int("num_experts_per_tok")
+    # transformers 5.x Qwen3MoeConfig.attribute_map {"num_experts": "num_local_experts"}: a config it saves
+    # writes num_local_experts, and reading num_experts alone would take the 128 default silently
+    experts_key = "num_local_experts" if "num_experts" not in c.raw and "num_local_experts" in c.raw else "num_experts"
+    E, k = c.int(experts_key), c.int("num_experts_per_tok")
     moe_inter, dense_inter = c.int("moe_intermediate_size"), c.int("intermediate_size")
     step = c.int("decoder_sparse_step")
     dense_only = set(c.get("mlp_only_layers") or [])

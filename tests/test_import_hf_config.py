@@ -474,6 +474,24 @@ def test_a_bare_qwen3_moe_is_qwen3moeconfig_defaults():
     assert (conv.fields["num_key_value_heads"], conv.fields["head_dim"]) == (4, 64)
 
 
+def test_qwen3_moe_saved_by_transformers_5_names_its_experts_num_local_experts():
+    """transformers 5.25 Qwen3MoeConfig.attribute_map = {"num_experts": "num_local_experts"}, so a config it
+    saves (Qwen3MoeConfig(num_experts=4, ...).to_dict()) holds num_local_experts: 4 and no num_experts; read
+    as num_experts alone it took the 128 default. Tiny: hidden 64, 6 layers, 4 heads x 16, 2 KV heads,
+    vocab 256, 4 experts of 32, 2 per token, untied."""
+    conv = convert_config({
+        "model_type": "qwen3_moe", "hidden_size": 64, "num_hidden_layers": 6, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 256, "intermediate_size": 128,
+        "moe_intermediate_size": 32, "num_local_experts": 4, "num_experts_per_tok": 2,
+    })
+    expert = 3 * 64 * 32  # 6,144
+    # q 64x64, k and v 64x32, o 64x64 = 12,288; q/k norms 2 x 16; 4 experts; router 64 x 4; 2 RMSNorms
+    layer = 12_288 + 32 + 4 * expert + 64 * 4 + 2 * 64  # 37,280
+    assert conv.parameters == 6 * layer + 2 * 256 * 64 + 64 == 256_512
+    assert conv.inactive_parameters == 6 * 2 * expert == 73_728
+    assert conv.fields["num_local_experts"] == 4
+
+
 def test_qwen3_moe_sliding_window_default_is_4096():
     """Qwen3MoeConfig.sliding_window defaults to 4096 and applies when use_sliding_window is true."""
     spec = spec_of({"model_type": "qwen3_moe", "use_sliding_window": True, "max_window_layers": 0})
