@@ -635,3 +635,26 @@ def test_jamba_offsets_may_be_zero():
     assert kinds_list(cfg) == ["full_attention", "state", "state"] * 2
     f = convert_config(cfg).fields
     assert (f["expert_layer_period"], f["expert_layer_offset"]) == (2, 0)  # layers 0, 2, 4
+
+
+def test_a_bare_gpt2_is_gpt2_small_124m():
+    """GPT2Config defaults (n_embd 768, 12 layers, vocab 50257, 1,024 positions, tied): by hand, wte
+    50,257 x 768 = 38,597,376; wpe 1,024 x 768 = 786,432; per block ln_1 and ln_2 (weight + bias) 2 x 1,536,
+    c_attn 768 x 2,304 + 2,304, attn c_proj 768 x 768 + 768, c_fc 768 x 3,072 + 3,072, mlp c_proj
+    3,072 x 768 + 768 = 7,087,872; ln_f 1,536. 124,439,808 is also what the `gpt2` checkpoint's tensors sum to."""
+    conv = convert_config({"model_type": "gpt2"})
+    block = 2 * 1_536 + 768 * 2_304 + 2_304 + 768 * 768 + 768 + 768 * 3_072 + 3_072 + 3_072 * 768 + 768
+    assert block == 7_087_872
+    assert conv.parameters == 38_597_376 + 786_432 + 12 * block + 1_536 == 124_439_808
+
+
+def test_deepseek_q_lora_rank_counts_its_norm():
+    """modeling_deepseek_v3 DeepseekV3Attention with q_lora_rank r: q_a_proj (hidden x r), q_a_layernorm (r),
+    q_b_proj (r x heads x (nope + rope)). Raising r by 8 adds 8 x (hidden + 1 + q_dim) per layer."""
+    base = {"model_type": "deepseek_v3", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4, "v_head_dim": 8, "vocab_size": 256,
+            "intermediate_size": 128, "n_routed_experts": None, "first_k_dense_replace": 2}
+    small = convert_config({**base, "q_lora_rank": 8}).parameters
+    large = convert_config({**base, "q_lora_rank": 16}).parameters
+    q_dim = 4 * (8 + 4)  # 48
+    assert large - small == 2 * 8 * (64 + 1 + q_dim) == 1_808
