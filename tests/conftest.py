@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
 
 from kvplan.spec import ModelSpec
+
+# Property tests draw the same examples on every run (a red CI is a real failure, never a lucky
+# draw) and have no wall-clock deadline on a shared machine. KVPLAN_HYPOTHESIS=explore draws new
+# examples each run, for hunting.
+settings.register_profile("ci", derandomize=True, deadline=None, database=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile(os.environ.get("KVPLAN_HYPOTHESIS", "ci"))
 
 
 def make_spec(**overrides) -> ModelSpec:
