@@ -88,7 +88,7 @@ def median_wall(cmd: list[str]) -> float:
 
 
 def in_process_s(plan: Path) -> float:
-    from kvplan.cli_gate import run_check
+    from kvplan.cli.gate import run_check
 
     run_check(plan, str(plan))  # warm: catalogs read, modules imported
     start = time.perf_counter()
@@ -100,7 +100,7 @@ def in_process_s(plan: Path) -> float:
 
 def torch_imported(plan: Path) -> bool:
     probe = (
-        "import sys; from kvplan.cli import main; sys.argv = ['kvplan', 'check', sys.argv[1], '-f', 'json']\n"
+        "import sys; from kvplan.cli.app import main; sys.argv = ['kvplan', 'check', sys.argv[1], '-f', 'json']\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "sys.stderr.write(str('torch' in sys.modules))"
     )

@@ -60,9 +60,9 @@ def cold_start() -> dict:
 
 
 def sweep_cpu_seconds(points: int = 100_000) -> float:
-    from kvplan.calc import CacheLayout
-    from kvplan.catalog import resolve_spec
-    from kvplan.formats import parse_format_pair
+    from kvplan.model.layout import CacheLayout
+    from kvplan.sources.catalog import resolve_spec
+    from kvplan.model.formats import parse_format_pair
 
     spec = resolve_spec("gemma-3-27b", fast=True)  # a hybrid: two layer kinds per point
     start = time.process_time()

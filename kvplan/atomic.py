@@ -2,7 +2,7 @@
 folder, flushed to disk, then renamed over the target (atomic on POSIX).
 
 Whether the target may be written at all (not an input, not someone else's file, a
-folder that exists and can be written in) is `kvplan.outputs.check_output`, which every
+folder that exists and can be written in) is `kvplan.cli.outputs.check_output`, which every
 command runs before its work; this module only writes.
 """
 

@@ -2,7 +2,7 @@
 
 Python raises KeyboardInterrupt on SIGINT, which typer turns into `Exit(130)` and,
 called with `standalone_mode=False`, *returns* instead of raising; SIGTERM kills the
-process with no word at all. So the console entry (`kvplan.cli.main`) installs one
+process with no word at all. So the console entry (`kvplan.cli.app.main`) installs one
 handler for both that raises `Interrupted`, a BaseException nobody's `except
 Exception` catches and neither click nor typer converts: it unwinds every `finally`
 (the model freed, an atomic write's temporary file removed) to `main`, which prints

@@ -7,7 +7,7 @@
   recursion limit (`[[[[…]]]]` a few thousand deep): malformed input, not a bug. It becomes the
   `json.JSONDecodeError` every caller already reports as malformed JSON naming the file.
 
-(YAML nesting is checked where YAML is parsed: kvplan.catalog.read_yaml_text.)
+(YAML nesting is checked where YAML is parsed: kvplan.sources.catalog.read_yaml_text.)
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ class Result:
 
 
 def run_cli(capsys: pytest.CaptureFixture, *args: str) -> Result:
-    from kvplan.cli import main
+    from kvplan.cli.app import main
 
     old = sys.argv
     sys.argv = ["kvplan", *args]
@@ -32,7 +32,7 @@ def run_cli(capsys: pytest.CaptureFixture, *args: str) -> Result:
 
 
 def pair_values(stdout: str, key: str) -> list[str]:
-    """The values printed as `key  value` lines (kvplan.render.print_pairs), each with the indented
+    """The values printed as `key  value` lines (kvplan.cli.render.print_pairs), each with the indented
     lines it wrapped onto joined back with a space; a blank key continues the previous key's lines."""
     values: list[str] = []
     current = None

@@ -7,7 +7,7 @@ import os
 import pytest
 from hypothesis import settings
 
-from kvplan.spec import ModelSpec
+from kvplan.model.spec import ModelSpec
 
 # Property tests draw the same examples on every run (a red CI is a real failure, never a lucky
 # draw) and have no wall-clock deadline on a shared machine. KVPLAN_HYPOTHESIS=explore draws new
@@ -41,5 +41,5 @@ def spec_factory():
 
 @pytest.fixture(autouse=True)
 def _no_columns(monkeypatch):
-    """Output width is PIPED_WIDTH under test unless a test sets COLUMNS (kvplan.render.output_width)."""
+    """Output width is PIPED_WIDTH under test unless a test sets COLUMNS (kvplan.cli.render.output_width)."""
     monkeypatch.delenv("COLUMNS", raising=False)

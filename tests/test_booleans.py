@@ -113,7 +113,7 @@ def test_a_boolean_config_field_is_still_read(tmp_path, capsys):
 
 def test_the_fast_path_never_serves_a_boolean_as_a_number(monkeypatch):
     # an index entry holding a boolean is not what validation writes: the YAML is validated instead
-    from kvplan import catalog
+    from kvplan.sources import catalog
 
     catalog._indexed_shape("qwen2.5-7b", catalog.SPECS_DIR / "qwen2.5-7b.yaml")  # fills the cache
     entry = dict(catalog._index_cache["qwen2.5-7b"])
@@ -125,8 +125,8 @@ def test_the_fast_path_never_serves_a_boolean_as_a_number(monkeypatch):
 
 
 def test_boolean_fields_list_matches_the_spec_model():
-    from kvplan.shape import BOOLEAN_FIELDS
-    from kvplan.spec import ModelSpec
+    from kvplan.model.shape import BOOLEAN_FIELDS
+    from kvplan.model.spec import ModelSpec
 
     assert BOOLEAN_FIELDS == {k for k, f in ModelSpec.model_fields.items() if f.annotation is bool}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kvplan.calc import CacheLayout, estimate_cache, pp_partition
+from kvplan.model.layout import CacheLayout, estimate_cache, pp_partition
 from kvplan.errors import InputError
-from kvplan.formats import parse_format, parse_format_pair
-from kvplan.spec import LayerKind
+from kvplan.model.formats import parse_format, parse_format_pair
+from kvplan.model.spec import LayerKind
 
 from conftest import make_spec
 

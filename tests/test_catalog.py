@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvplan.calc import CacheLayout
-from kvplan.catalog import SPECS_DIR, catalog_names, load_spec_file, resolve_spec
-from kvplan.formats import parse_format_pair
-from kvplan.spec import LayerKind, ModelSpec
+from kvplan.model.layout import CacheLayout
+from kvplan.sources.catalog import SPECS_DIR, catalog_names, load_spec_file, resolve_spec
+from kvplan.model.formats import parse_format_pair
+from kvplan.model.spec import LayerKind, ModelSpec
 
 FULL = LayerKind.FULL
 SLIDING = LayerKind.SLIDING
@@ -260,7 +260,7 @@ def test_per_sequence_bytes_grow_with_context_and_never_exceed_full_attention(in
     ],
 )
 def test_a_duplicate_key_is_refused_with_both_lines(text, message):
-    from kvplan.catalog import read_yaml_text
+    from kvplan.sources.catalog import read_yaml_text
     from kvplan.errors import InputError
 
     with pytest.raises(InputError) as err:
@@ -269,7 +269,7 @@ def test_a_duplicate_key_is_refused_with_both_lines(text, message):
 
 
 def test_merge_keys_and_distinct_keys_are_not_duplicates():
-    from kvplan.catalog import read_yaml_text
+    from kvplan.sources.catalog import read_yaml_text
 
     data, line_of = read_yaml_text("base: &b {x: 1, y: 2}\nmine:\n  <<: *b\n  x: 3\n1: one\n'1': text\n", "x.yaml")
     assert data == {"base": {"x": 1, "y": 2}, "mine": {"x": 3, "y": 2}, 1: "one", "1": "text"}
@@ -278,7 +278,7 @@ def test_merge_keys_and_distinct_keys_are_not_duplicates():
 
 def test_aliases_are_walked_once():
     # a "billion laughs" document: 10 levels of 10 aliases; the line index must not walk 10**10 nodes
-    from kvplan.catalog import read_yaml_text
+    from kvplan.sources.catalog import read_yaml_text
 
     lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 10)]

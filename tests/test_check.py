@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cli_helpers import run_cli
-from kvplan.gating import BUDGETS, Budgets, Figures, evaluate_budgets
+from kvplan.plan.gating import BUDGETS, Budgets, Figures, evaluate_budgets
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ intermediate_size: 128
 """
 
 # A custom GPU and every assumption pinned, so the planner's figures follow from
-# the formulas in kvplan/planner.py's docstring with nothing estimated.
+# the formulas in kvplan/plan/planner.py's docstring with nothing estimated.
 TINY_DEPLOYMENT = """\
     model: tiny.yaml
     gpu_memory: 1GiB
@@ -651,7 +651,7 @@ def test_a_missing_plan_is_bad_input(tmp_path, capsys):
 def test_check_never_imports_torch(tmp_path):
     plan = write_plan(tmp_path, ALL_BUDGETS)
     probe = (
-        "import sys\nfrom kvplan.cli import main\nsys.argv = ['kvplan', 'check', sys.argv[1], '-f', 'junit']\ncode = 0\n"
+        "import sys\nfrom kvplan.cli.app import main\nsys.argv = ['kvplan', 'check', sys.argv[1], '-f', 'junit']\ncode = 0\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
         "assert code == 0, code\nassert 'torch' not in sys.modules, 'torch imported'\n"
     )

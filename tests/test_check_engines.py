@@ -418,7 +418,7 @@ def test_check_and_diff_under_engines_never_import_torch(tmp_path):
     entry, _ = golden_llamacpp_c8192()
     plan = write_plan(tmp_path, entry)
     probe = (
-        "import sys\nfrom kvplan.cli import main\n"
+        "import sys\nfrom kvplan.cli.app import main\n"
         "for argv in (['check', sys.argv[1], '-f', 'json'], ['diff', 'llama-3.1-8b', 'qwen3-8b', '--engine', 'sglang']):\n"
         "    sys.argv = ['kvplan', *argv]\n"
         "    try:\n        main()\n    except SystemExit as exc:\n        assert exc.code in (0, None), exc.code\n"
@@ -466,7 +466,7 @@ def test_unset_engine_options_are_the_engines_own_defaults():
 @pytest.mark.parametrize("command", ["estimate", "compare"])
 def test_the_flags_shown_defaults_are_the_engines_own(command):
     """estimate's and compare's --help defaults, fed back as values, change no engine's options."""
-    from kvplan import cli, cli_compare
+    from kvplan.cli import app as cli, compare as cli_compare
     from kvplan.engines.options import OPTION_KEYS, engine_options
 
     if command == "estimate":
@@ -488,11 +488,11 @@ def test_the_flags_shown_defaults_are_the_engines_own(command):
 @given(room_mib=st.integers(min_value=1, max_value=40_000), batch=st.integers(min_value=1, max_value=8),
        engine=st.sampled_from(["llama.cpp", "sglang", "trtllm", "hf"]))
 def test_the_max_context_fits_and_one_token_more_does_not(room_mib, batch, engine):
-    from kvplan.catalog import resolve_spec
+    from kvplan.sources.catalog import resolve_spec
     from kvplan.engines import MemoryInputs, engine_module
     from kvplan.engines.options import engine_options
-    from kvplan.formats import parse_format_pair
-    from kvplan.gating import _engine_max_context
+    from kvplan.model.formats import parse_format_pair
+    from kvplan.plan.gating import _engine_max_context
 
     spec = resolve_spec("llama-3.1-8b")
     memory = MemoryInputs("test", WEIGHTS + NON_TORCH + room_mib * MiB, WEIGHTS, NON_TORCH, 0, "test")

@@ -163,7 +163,7 @@ VLLM_CHOICES = "'auto', 'fp8', 'fp8_e4m3', 'fp8_e5m2', 'fp8_per_token_head', 'in
 
 
 def vllm_invalid_choice(name: str) -> str:
-    """vLLM's argparse words (kvplan.vllm_rules.kv_cache_dtype_refusal)."""
+    """vLLM's argparse words (kvplan.engines.vllm_rules.kv_cache_dtype_refusal)."""
     return f"error: argument --kv-cache-dtype: invalid choice: '{name}' (choose from {VLLM_CHOICES})"
 
 
@@ -190,7 +190,7 @@ def test_the_ideal_engine_sizes_any_format(capsys):
 
 
 def test_estimate_and_compare_refuse_the_same_formats_for_vllm(capsys):
-    """compare's vllm row and estimate quote one rule (kvplan.vllm_rules.kv_cache_dtype_refusal)."""
+    """compare's vllm row and estimate quote one rule (kvplan.engines.vllm_rules.kv_cache_dtype_refusal)."""
     for kv in ("q8_0", "fp8", "int8", "nvfp4", "bf16", "auto", "int4_g32_sym"):
         est = run_cli(capsys, "estimate", "llama-3.1-8b", "--kv-cache-dtype", kv)
         cmp = run_cli(capsys, "compare", "llama-3.1-8b", "--kv-cache-dtype", kv, "--engines", "vllm", "-f", "json")
@@ -314,7 +314,7 @@ def test_show_prints_mamba_n_groups_for_mamba_2(capsys, tmp_path):
 
 
 def test_show_derives_what_the_cache_holds_for_every_catalog_model(capsys):
-    from kvplan.catalog import catalog_names
+    from kvplan.sources.catalog import catalog_names
 
     for name in catalog_names():
         data = show_json(capsys, name)
@@ -335,7 +335,7 @@ def test_show_derives_what_the_cache_holds_for_every_catalog_model(capsys):
 def test_estimate_never_imports_torch():
     code = (
         "import sys; sys.argv=['kvplan','estimate','llama-3.1-8b','-f','json'];"
-        "from kvplan.cli import main\n"
+        "from kvplan.cli.app import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert 'numpy' not in sys.modules, 'numpy was imported'\n"

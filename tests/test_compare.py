@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvplan.catalog import catalog_names, resolve_spec
+from kvplan.sources.catalog import catalog_names, resolve_spec
 from kvplan.engines import ALL_ENGINES
 from kvplan.engines.compare import CompareOptions, compare, explain, ideal_format
 
@@ -324,7 +324,7 @@ def test_estimate_and_compare_leave_torch_out():
     import subprocess
     import sys
 
-    code = ("import sys; from kvplan.cli import main; sys.argv=['kvplan','compare','gemma-3-27b','-f','json'];\n"
+    code = ("import sys; from kvplan.cli.app import main; sys.argv=['kvplan','compare','gemma-3-27b','-f','json'];\n"
             "import contextlib, io\n"
             "with contextlib.redirect_stdout(io.StringIO()):\n"
             "    try: main()\n"
@@ -358,7 +358,7 @@ def test_compare_refuses_an_unknown_engine_itself():
 
 def test_the_ideal_is_unpaged_at_an_odd_length():
     from kvplan.engines import ideal_estimate
-    from kvplan.formats import parse_format_pair
+    from kvplan.model.formats import parse_format_pair
 
     # make_spec's model: 4 layers x 2 KV heads x 16 x 2 (K, V) x 2 B = 512 B per token; 1,001 tokens, not rounded to 1,002
     spec = make_spec()
@@ -367,7 +367,7 @@ def test_the_ideal_is_unpaged_at_an_odd_length():
 
 def test_vllm_pages_mla_in_64_token_blocks():
     from kvplan.engines import reference
-    from kvplan.formats import parse_format_pair
+    from kvplan.model.formats import parse_format_pair
 
     spec = resolve_spec("deepseek-v2-lite")  # 27 MLA layers, latent 512 + rope 64 = 576 values, bf16: 1,152 B per token
     c = reference.vllm(spec, 1000, 2, parse_format_pair("auto", "bf16"))
@@ -380,7 +380,7 @@ def test_vllm_pages_mla_in_64_token_blocks():
 
 def test_ideal_rows_per_slot_and_state():
     from kvplan.engines import reference
-    from kvplan.formats import parse_format_pair
+    from kvplan.model.formats import parse_format_pair
 
     c = reference.ideal(resolve_spec("llama-3.1-8b"), 1000, 2, parse_format_pair("auto", "bf16"), tp=2)
     row = c.by_kind[0]
@@ -396,7 +396,7 @@ def test_ideal_rows_per_slot_and_state():
 
 def test_vllm_names_the_chunk_only_when_the_chunk_is_shorter_than_the_context():
     from kvplan.engines import reference
-    from kvplan.formats import parse_format_pair
+    from kvplan.model.formats import parse_format_pair
 
     # 2 full + 6 chunked layers (chunk 1,000), 128 B per token per layer (2 heads x 16 x 2 x 2 B)
     spec = make_spec(num_hidden_layers=8, attention_chunk_size=1000, max_position_embeddings=32768,
@@ -412,7 +412,7 @@ def test_vllm_names_the_chunk_only_when_the_chunk_is_shorter_than_the_context():
 
 def test_reference_rows_default_to_one_rank():
     from kvplan.engines import ideal_estimate, reference
-    from kvplan.formats import parse_format_pair
+    from kvplan.model.formats import parse_format_pair
 
     spec, fmt = resolve_spec("llama-3.1-8b"), parse_format_pair("auto", "bf16")
     # one rank: 1,000 tokens x 131,072 B, no "per rank" note

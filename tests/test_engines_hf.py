@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import pytest
 
-from kvplan.catalog import resolve_spec
+from kvplan.sources.catalog import resolve_spec
 from kvplan.engines import GIB, MIB, MemoryInputs
 from kvplan.engines import hf
-from kvplan.formats import parse_format_pair
+from kvplan.model.formats import parse_format_pair
 
 
 def run(name, context, batch=1, kv="auto", **opts):
@@ -163,7 +163,7 @@ def test_quantized_matches_the_measured_quanto_cache():
     """Measured with transformers 5.24.0 + optimum-quanto 0.2.7: a 2-layer model (2 KV heads x 64, bf16),
     100 prompt tokens, generate(max_new_tokens=301): 400 cached, 356 quantised, 44 residual; one layer's K
     store = 22,784 B packed data + 1,424 B scales + 1,424 B shifts, residual 11,264 B."""
-    from kvplan.formats import parse_format_pair
+    from kvplan.model.formats import parse_format_pair
 
     from conftest import make_spec
 

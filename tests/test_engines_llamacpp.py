@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import pytest
 
-from kvplan.catalog import resolve_spec
+from kvplan.sources.catalog import resolve_spec
 from kvplan.engines import GIB, MIB, MemoryInputs
 from kvplan.engines import llamacpp as L
 from kvplan.errors import InputError
-from kvplan.formats import parse_format_pair
+from kvplan.model.formats import parse_format_pair
 
 from conftest import make_spec
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import pytest
 
-from kvplan.catalog import resolve_spec
+from kvplan.sources.catalog import resolve_spec
 from kvplan.engines import GIB, MIB, MemoryInputs
 from kvplan.engines import sglang as S
-from kvplan.formats import parse_format_pair
+from kvplan.model.formats import parse_format_pair
 
 
 def spec(name):

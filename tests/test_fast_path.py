@@ -8,17 +8,17 @@ import sys
 
 import pytest
 
-from kvplan.calc import CacheLayout
-from kvplan.catalog import INDEX_FILE, SPECS_DIR, _sha256, build_index, catalog_names, load_spec_file, resolve_spec
-from kvplan.formats import parse_format_pair
-from kvplan.planner import stage_weight_bytes
-from kvplan.shape import ModelShape
+from kvplan.model.layout import CacheLayout
+from kvplan.sources.catalog import INDEX_FILE, SPECS_DIR, _sha256, build_index, catalog_names, load_spec_file, resolve_spec
+from kvplan.model.formats import parse_format_pair
+from kvplan.plan.planner import stage_weight_bytes
+from kvplan.model.shape import ModelShape
 
 
 def test_index_is_current():
     shipped = json.loads(INDEX_FILE.read_text())
     assert shipped == json.loads(json.dumps(build_index())), (
-        "model_specs/_index.json is stale: run `python -m kvplan.catalog` after editing a spec"
+        "model_specs/_index.json is stale: run `python -m kvplan.sources.catalog` after editing a spec"
     )
 
 
@@ -41,7 +41,7 @@ def test_shape_from_index_equals_the_validated_spec(name):
 
 
 def test_an_edited_spec_is_validated_again(tmp_path, monkeypatch):
-    import kvplan.catalog as catalog
+    import kvplan.sources.catalog as catalog
 
     (tmp_path / "llama-3.1-8b.yaml").write_text((SPECS_DIR / "llama-3.1-8b.yaml").read_text().replace("num_key_value_heads: 8", "num_key_value_heads: 4"))
     monkeypatch.setattr(catalog, "SPECS_DIR", tmp_path)
@@ -59,7 +59,7 @@ def test_shape_is_frozen():
 def test_estimate_on_a_catalog_model_loads_neither_pydantic_nor_yaml():
     code = (
         "import sys; sys.argv=['kvplan','estimate','gemma-3-27b','-c','32768','-f','json'];"
-        "from kvplan.cli import main\n"
+        "from kvplan.cli.app import main\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
         "heavy = [m for m in ('torch', 'pydantic', 'pydantic_core', 'yaml', 'numpy') if m in sys.modules]\n"
         "assert not heavy, heavy\n"

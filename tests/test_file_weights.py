@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from kvplan.gguf import GGML_TYPES
-from kvplan.model_source import spec_from_source
-from kvplan.planner import stage_weight_bytes
+from kvplan.sources.gguf import GGML_TYPES
+from kvplan.sources.resolve import spec_from_source
+from kvplan.plan.planner import stage_weight_bytes
 
 from cli_helpers import run_cli
 from conftest import make_spec
@@ -485,7 +485,7 @@ def test_a_tied_table_is_copied_to_a_separate_last_stage():
 
 
 def test_catalog_fast_path_rebuilds_the_record():
-    from kvplan.shape import ModelShape
+    from kvplan.model.shape import ModelShape
 
     spec = make_spec(**MOE, file_weight_bytes=FILE)
     shape = ModelShape(spec.model_dump(mode="json"))
@@ -560,7 +560,7 @@ def test_compare_rows_name_the_source(capsys, llama_q4_k_m):
     ("rope_freqs.weight", "body"),
 ])
 def test_gguf_names(name, part):
-    from kvplan.file_weights import gguf_part
+    from kvplan.sources.file_weights import gguf_part
 
     assert gguf_part(name) == part
 
@@ -577,7 +577,7 @@ def test_gguf_names(name, part):
     ("model.layers.0.self_attn.q_proj.qweight", "body"), ("vision_tower.encoder.layers.0.mlp.fc1.weight", "body"),
 ])
 def test_hf_names(name, part):
-    from kvplan.file_weights import hf_part
+    from kvplan.sources.file_weights import hf_part
 
     assert hf_part(name) == part
 

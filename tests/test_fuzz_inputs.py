@@ -129,9 +129,9 @@ SPEC_KEYS = list(SPEC) + ["num_active_parameters", "head_dim", "v_head_dim", "ma
 @FUZZ
 @given(fields=_overrides(SPEC_KEYS))
 def test_spec_yaml_fields(tmp_path, fields):
-    from kvplan.calc import CacheLayout
-    from kvplan.catalog import resolve_spec
-    from kvplan.formats import parse_format_pair
+    from kvplan.model.layout import CacheLayout
+    from kvplan.sources.catalog import resolve_spec
+    from kvplan.model.formats import parse_format_pair
 
     path = tmp_path / "spec.yaml"
     path.write_text(_dump_yaml({**SPEC, **fields}))
@@ -146,9 +146,9 @@ def test_spec_yaml_fields(tmp_path, fields):
 @FUZZ
 @given(text=YAML_TEXT)
 def test_yaml_text_for_every_yaml_loader(tmp_path, text):
-    from kvplan.catalog import load_spec_file
-    from kvplan.cli_gate import run_check
-    from kvplan.gpus import load_gpu_file
+    from kvplan.sources.catalog import load_spec_file
+    from kvplan.cli.gate import run_check
+    from kvplan.plan.gpus import load_gpu_file
 
     path = tmp_path / "any.yaml"
     path.write_text(text)
@@ -195,7 +195,7 @@ CONFIG = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 4, "num
 
 
 def _config_keys() -> list[str]:
-    from kvplan.hf_config import NUMBER_KEYS
+    from kvplan.sources.hf_config import NUMBER_KEYS
 
     return sorted(NUMBER_KEYS) + ["layer_types", "rope_scaling", "quantization_config", "text_config",
                                   "use_sliding_window", "tie_word_embeddings", "architectures", "torch_dtype", "dtype"]
@@ -213,9 +213,9 @@ def _config_fields(base: dict) -> list[str]:
 @given(data=st.data(), base=st.sampled_from(REAL_CONFIGS),
        model_type=st.sampled_from([None, "llama", "mistral", "qwen2_moe", "deepseek_v3", "jamba", "unknown-type"]))
 def test_config_json_fields(tmp_path, data, base, model_type):
-    from kvplan.calc import CacheLayout
-    from kvplan.formats import parse_format_pair
-    from kvplan.model_source import spec_from_source
+    from kvplan.model.layout import CacheLayout
+    from kvplan.model.formats import parse_format_pair
+    from kvplan.sources.resolve import spec_from_source
 
     config = json.loads(base.read_text())
     fields = data.draw(_overrides(_config_fields(config) + _config_keys()))
@@ -238,8 +238,8 @@ def test_config_json_fields(tmp_path, data, base, model_type):
 @FUZZ
 @given(data=VALUES, raw=st.binary(max_size=64))
 def test_json_reports(tmp_path, capsys, data, raw):
-    from kvplan.calibration import read_calibration
-    from kvplan.outputs import MEASURE_JSON, check_output
+    from kvplan.plan.calibration import read_calibration
+    from kvplan.cli.outputs import MEASURE_JSON, check_output
 
     report = tmp_path / "report.json"
     for content in (json.dumps({"kvplan_version": "0", "model": "m", "runs": data}, allow_nan=True).encode(),
@@ -304,7 +304,7 @@ TENSORS = st.lists(st.tuples(st.sampled_from(["token_embd.weight", "output.weigh
 @given(entries=st.lists(gguf_entries(), max_size=4), tensors=TENSORS, cut=st.integers(0, 2000),
        flip=st.tuples(st.integers(0, 2000), st.integers(0, 255)))
 def test_gguf_headers(tmp_path, entries, tensors, cut, flip):
-    from kvplan.model_source import spec_from_source
+    from kvplan.sources.resolve import spec_from_source
 
     metadata = {k: (k, t, v) for k, t, v in llama_metadata()}
     metadata.update({k: (k, t, v) for k, t, v in entries})
@@ -340,7 +340,7 @@ SAFETENSORS_ENTRY = st.fixed_dictionaries({}, optional={
                                                                               "total_parameters": SCALARS}))}),
        )
 def test_safetensors_headers_and_index(tmp_path, header, declared, data, index):
-    from kvplan.safetensors_header import find_weights, summarize_file, summarize_index
+    from kvplan.sources.safetensors_header import find_weights, summarize_file, summarize_index
 
     raw = json.dumps(header, allow_nan=True).encode()
     prefix = struct.pack("<Q", len(raw) if declared is None else declared)
@@ -428,7 +428,7 @@ def test_layer_types_holding_a_non_string(tmp_path, capsys):
 def test_an_index_total_size_of_infinity(tmp_path):
     # `Infinity` is valid to Python's json; int(inf) raised OverflowError (exit 70). An index count that
     # is not a whole number is treated as absent; a float with no fraction is that integer.
-    from kvplan.safetensors_header import summarize_index
+    from kvplan.sources.safetensors_header import summarize_index
 
     raw = json.dumps({"a.weight": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
     (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(8))

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from cli_helpers import run_cli
 from kvplan.errors import InputError
-from kvplan.gpus import GPU, GPU_CATALOG_PATH, custom_gpu, gpu_from_options, load_gpu_catalog, resolve_gpu
+from kvplan.plan.gpus import GPU, GPU_CATALOG_PATH, custom_gpu, gpu_from_options, load_gpu_catalog, resolve_gpu
 
 CATALOG = load_gpu_catalog()
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import run_cli
-from kvplan.catalog import SPECS_DIR, load_spec_file
-from kvplan.model_source import spec_from_source
+from kvplan.sources.catalog import SPECS_DIR, load_spec_file
+from kvplan.sources.resolve import spec_from_source
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
 FIXTURE_NAMES = sorted(p.stem for p in FIXTURES.glob("*.json"))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kvplan.gguf import GGUFError, LargeArray, read_gguf, spec_fields_from_gguf
-from kvplan.spec import ModelSpec
+from kvplan.sources.gguf import GGUFError, LargeArray, read_gguf, spec_fields_from_gguf
+from kvplan.model.spec import ModelSpec
 
 # value type ids (gguf.md)
 U8, I8, U16, I16, U32, I32, F32, BOOL, STRING, ARRAY, U64, I64, F64 = range(13)
@@ -335,7 +335,7 @@ GGML_BLOCKS = [
 
 @pytest.mark.parametrize("type_id, name, per_block, block_bytes", GGML_BLOCKS, ids=[b[1] for b in GGML_BLOCKS])
 def test_ggml_block_sizes(type_id, name, per_block, block_bytes):
-    from kvplan.gguf import TensorInfo
+    from kvplan.sources.gguf import TensorInfo
 
     # one block and one value more: a partial block is stored whole
     t = TensorInfo("t", (per_block + 1,), type_id, 0)
@@ -346,7 +346,7 @@ def test_ggml_block_sizes(type_id, name, per_block, block_bytes):
 
 
 def test_an_unknown_ggml_type_has_no_size():
-    from kvplan.gguf import TensorInfo
+    from kvplan.sources.gguf import TensorInfo
 
     t = TensorInfo("t", (10,), 31, 0)  # 31 is not a ggml type kvplan knows
     assert (t.type_name, t.num_bytes) == ("type31", None)

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvplan.hf_config import ConfigError, convert_config
-from kvplan.spec_rules import layer_fields
-from kvplan.spec import ModelSpec
+from kvplan.sources.hf_config import ConfigError, convert_config
+from kvplan.model.spec_rules import layer_fields
+from kvplan.model.spec import ModelSpec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
 
@@ -143,7 +143,7 @@ def test_mxfp4_quantizes_only_the_experts():
                      num_active_parameters=conv.parameters - conv.inactive_parameters, **conv.fields)
     # 32 experts x 24 layers x (5,760 + 2,880 rows of 90 blocks x 17 B), the other 646,192,704 parameters
     # (attention, sinks, router, norms, expert biases) and both 201,088 x 2880 tables in bf16
-    from kvplan.planner import stage_weight_bytes
+    from kvplan.plan.planner import stage_weight_bytes
 
     assert conv.parameters == 20_914_757_184
     assert stage_weight_bytes(spec, [24], "mxfp4", 1) == [32 * 24 * 8640 * 90 * 17 + 2 * 646_192_704 + 4 * 201_088 * 2880]
@@ -376,7 +376,7 @@ def test_layer_fields_finds_the_shortest_period(kinds):
 def test_layer_fields_is_linear_in_the_layers():
     # one full layer after 9,999 sliding ones has no period: every shorter period fails only at the end,
     # which took seconds when each period was tried in turn
-    from kvplan.spec import MAX_LAYERS
+    from kvplan.model.spec import MAX_LAYERS
 
     kinds = ["sliding_attention"] * (MAX_LAYERS - 1) + ["full_attention"]
     assert layer_fields(kinds) == {"layer_types": tuple(kinds)}
@@ -658,3 +658,14 @@ def test_deepseek_q_lora_rank_counts_its_norm():
     large = convert_config({**base, "q_lora_rank": 16}).parameters
     q_dim = 4 * (8 + 4)  # 48
     assert large - small == 2 * 8 * (64 + 1 + q_dim) == 1_808
+
+
+def test_an_unknown_type_is_read_by_its_architecture_and_the_note_names_the_class_that_matched():
+    conv = convert_config(dict(BASE, model_type="my_llama", architectures=["MyWrapper", "LlamaForCausalLM"]))
+    assert "model_type 'my_llama' read as 'llama', from architectures 'LlamaForCausalLM'" in conv.notes
+
+
+def test_architectures_that_is_not_a_list_is_refused_by_name():
+    with pytest.raises(ConfigError) as err:
+        convert_config(dict(BASE, model_type="my_llama", architectures=5))
+    assert "architectures is 5; expected a list of class names" in err.value.message

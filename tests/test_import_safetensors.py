@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kvplan import safetensors_header as st
-from kvplan.safetensors_header import SafetensorsError, find_weights, summarize_file, summarize_index
+from kvplan.sources import safetensors_header as st
+from kvplan.sources.safetensors_header import SafetensorsError, find_weights, summarize_file, summarize_index
 
 BYTES = {"F32": 4, "BF16": 2, "F16": 2, "I8": 1, "U8": 1, "F8_E4M3": 1, "I64": 8}
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kvplan.catalog import resolve_spec
+from kvplan.sources.catalog import resolve_spec
 from kvplan.errors import InputError
-from kvplan.model_source import hub_cache_dir, looks_like_hub_id, spec_from_source
+from kvplan.sources.resolve import hub_cache_dir, looks_like_hub_id, spec_from_source
 from test_import_gguf import EMBED, U16, llama_metadata, write_gguf
 from test_import_safetensors import write_safetensors
 
@@ -203,7 +203,7 @@ def test_nothing_in_the_model_folder_is_executed(tmp_path):
 def test_estimate_on_a_folder_without_torch(tmp_path):
     d = model_dir(tmp_path, TINY)
     code = (
-        "import sys; from kvplan.cli import main; sys.argv = ['kvplan', 'estimate', %r, '-c', '100', '-f', 'json'];\n"
+        "import sys; from kvplan.cli.app import main; sys.argv = ['kvplan', 'estimate', %r, '-c', '100', '-f', 'json'];\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\nassert 'torch' not in sys.modules, 'torch imported'\n"
     ) % str(d)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -157,7 +157,7 @@ def test_typer_exit_codes_are_not_dropped(capsys, monkeypatch):
     import typer
 
     from cli_helpers import run_cli
-    from kvplan import cli
+    from kvplan.cli import app as cli
 
     @cli.app.command("exit-three", hidden=True)
     def _exit_three() -> None:

@@ -24,7 +24,7 @@ from kvplan.measure.cache import (  # noqa: E402
     storage_bytes,
 )
 from kvplan.measure.predict import build_arch  # noqa: E402
-from kvplan.spec import LayerKind  # noqa: E402
+from kvplan.model.spec import LayerKind  # noqa: E402
 
 CPU = torch.device("cpu")
 

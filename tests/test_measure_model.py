@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kvplan.formats import parse_format, parse_format_pair  # noqa: E402
+from kvplan.model.formats import parse_format, parse_format_pair  # noqa: E402
 from kvplan.measure.cache import (  # noqa: E402
     KVCache,
     LatentCache,
@@ -24,7 +24,7 @@ from kvplan.measure.cache import (  # noqa: E402
 from kvplan.measure.model import Decoder  # noqa: E402
 from kvplan.measure.predict import build_arch, cache_layout, weight_count  # noqa: E402
 from kvplan.measure.run import check_cached_decode  # noqa: E402
-from kvplan.spec import LayerKind  # noqa: E402
+from kvplan.model.spec import LayerKind  # noqa: E402
 
 CPU = torch.device("cpu")
 

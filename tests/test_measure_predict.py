@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvplan.catalog import SPECS_DIR, catalog_names, load_spec_file
+from kvplan.sources.catalog import SPECS_DIR, catalog_names, load_spec_file
 from kvplan.errors import InputError
-from kvplan.formats import parse_format, parse_format_pair
+from kvplan.model.formats import parse_format, parse_format_pair
 from kvplan.measure.predict import (
     SCRATCH_BYTES,
     activation_bytes,
@@ -33,7 +33,7 @@ from kvplan.measure.predict import (
     weight_count,
     widest_projection,
 )
-from kvplan.spec import LayerKind
+from kvplan.model.spec import LayerKind
 
 BF16 = parse_format_pair("bf16", "bf16")
 STATE_BF16 = parse_format("bf16")
@@ -357,6 +357,6 @@ def test_every_catalog_spec_builds_at_one_layer(name):
 
 
 def test_predict_does_not_import_torch():
-    code = "import sys, kvplan.measure.predict, kvplan.measure.report, kvplan.cli_measure; print('torch' in sys.modules)"
+    code = "import sys, kvplan.measure.predict, kvplan.measure.report, kvplan.cli.measure; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -22,12 +22,9 @@ from kvplan.measure.report import (
     error_pct,
     fmt_seconds,
     memory_comparisons,
-    report_tables,
-    run_rows,
-    run_title,
-    summary_lines,
     tolerance_failures,
 )
+from kvplan.cli.measure_report import report_tables, run_rows, run_title, summary_lines
 
 # A 3-layer model (2 sliding-window layers of 8 slots, 1 full layer), fp32, 2 KV heads x 16,
 # context 20 + 3 decode steps = 23 tokens, batch 2. One token of one layer: K and V of
@@ -297,7 +294,7 @@ def test_fmt_seconds(seconds, text):
     ],
 )
 def test_signed_differences(n, exact, text):
-    from kvplan.measure.report import _signed_bytes
+    from kvplan.cli.measure_report import _signed_bytes
 
     assert _signed_bytes(n, exact) == text
 

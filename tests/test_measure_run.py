@@ -19,7 +19,7 @@ import yaml
 torch = pytest.importorskip("torch")
 
 from cli_helpers import run_cli  # noqa: E402
-from kvplan.catalog import SPECS_DIR  # noqa: E402
+from kvplan.sources.catalog import SPECS_DIR  # noqa: E402
 from kvplan.errors import InputError  # noqa: E402
 from kvplan.measure import run as measure_run  # noqa: E402
 from kvplan.measure.model import Decoder  # noqa: E402
@@ -337,7 +337,7 @@ def test_cli_tolerance_gate_exits_1(capsys, tmp_path):
 REFUSAL_CHILD = textwrap.dedent(
     """
     import sys
-    from kvplan.cli import main
+    from kvplan.cli.app import main
     sys.argv = ["kvplan", *sys.argv[1:]]
     try:
         main()

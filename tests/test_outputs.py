@@ -1,5 +1,5 @@
 """Report files: no writer replaces its own inputs or a file the user wrote, and every refusal
-comes before the work (kvplan.outputs). CLI cases assert the exact message, exit 2, and that
+comes before the work (kvplan.cli.outputs). CLI cases assert the exact message, exit 2, and that
 the file in the way is byte-for-byte unchanged."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import run_cli
-from kvplan import outputs
+from kvplan.cli import outputs
 from kvplan.atomic import write_text_atomically
 from kvplan.errors import InputError
 
@@ -450,7 +450,7 @@ def test_what_each_kind_replaces(tmp_path, kind, text, ours):
 
 def test_writers_of_estimate_and_check_never_import_torch(work):
     probe = (
-        "import sys\nfrom kvplan.cli import main\n"
+        "import sys\nfrom kvplan.cli.app import main\n"
         "for argv in (['estimate', 'llama-3.1-8b', '--gpu', 'h100-sxm', '--svg', 'p.svg'],\n"
         "             ['check', 'plan.yaml', '-f', 'junit', '-o', 'r.xml'], ['check', 'plan.yaml', '-o', 'plan.yaml']):\n"
         "    sys.argv = ['kvplan', *argv]\n"
@@ -462,7 +462,7 @@ def test_writers_of_estimate_and_check_never_import_torch(work):
 
 
 def test_a_catalog_models_own_spec_is_an_input(capsys, tmp_path):
-    from kvplan.catalog import SPECS_DIR
+    from kvplan.sources.catalog import SPECS_DIR
 
     spec = SPECS_DIR / "llama-3.1-8b.yaml"
     with unchanged(spec):

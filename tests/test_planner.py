@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvplan.formats import parse_format_pair
-from kvplan.planner import Engine, GPUFigures, Planner, PlanOptions, weight_bytes
+from kvplan.model.formats import parse_format_pair
+from kvplan.plan.planner import Engine, GPUFigures, Planner, PlanOptions, weight_bytes
 
 from conftest import make_spec
 
@@ -214,7 +214,7 @@ def test_at_the_models_length_vllm_starts():
 )
 def test_the_derived_length_prints_as_vllm_prints_it(model_type, derived):
     """A RoPE model's length is multiplied by its scaling factor (a float); Gemma-3 skips that, non-RoPE models have none."""
-    from kvplan.vllm_rules import max_model_len_refusal
+    from kvplan.engines.vllm_rules import max_model_len_refusal
 
     spec = make_spec(max_position_embeddings=4096, model_type=model_type)
     assert max_model_len_refusal(spec, 4096) is None
@@ -369,7 +369,7 @@ def test_vllm_group_size_at_the_one_and_a_half_boundary(sliding, full, group_siz
 
 # ------------------------------------------------------- weights one rank holds and reads, per stage
 def test_stage_weights_with_tied_and_untied_embeddings():
-    from kvplan.planner import stage_weight_bytes
+    from kvplan.plan.planner import stage_weight_bytes
 
     # tiny model (hidden 64, vocab 256: a 16,384-parameter table), 4 layers, bf16
     tied = make_spec(num_parameters=1_000_000, tie_word_embeddings=True)  # body 1,000,000 - 16,384 = 983,616
@@ -389,7 +389,7 @@ def test_stage_weights_with_tied_and_untied_embeddings():
 
 
 def test_moe_decode_reads_the_experts_a_batch_touches():
-    from kvplan.planner import decode_weight_fraction
+    from kvplan.plan.planner import decode_weight_fraction
 
     moe = make_spec(num_parameters=10**9, num_active_parameters=4 * 10**8, num_local_experts=8, num_experts_per_tok=2)
     # uniform routing, 8 experts, 2 per token: a batch of 2 leaves an expert untouched with (6/8)^2 = 0.5625,
@@ -446,7 +446,7 @@ def test_efficiencies_outside_zero_to_one_are_refused(flag, opts):
 
 
 def test_an_expert_without_a_width_weighs_nothing():
-    from kvplan.planner import expert_weight_bytes
+    from kvplan.plan.planner import expert_weight_bytes
 
     assert expert_weight_bytes(make_spec(intermediate_size=None), "bf16") == 0  # no width given at all
     # gpt-oss-style expert, bf16: gate + up (2 x 32 x 64) and down (64 x 32) weights x 2 B
@@ -466,7 +466,7 @@ def test_ideal_engine_counts_mamba_state_per_sequence(spare, fit):
 
 
 def test_state_layers_hold_no_kv_heads():
-    from kvplan.calc import CacheLayout
+    from kvplan.model.layout import CacheLayout
 
     est = CacheLayout(make_spec(**JAMBA), parse_format_pair("auto", "bf16"), block_size=1).at(1000, 1)
     state = next(k for k in est.by_kind if k.kind == "state")

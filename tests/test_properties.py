@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvplan.calc import CacheLayout
-from kvplan.formats import parse_format_pair
+from kvplan.model.layout import CacheLayout
+from kvplan.model.formats import parse_format_pair
 
 from conftest import make_spec
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import run_cli
-from kvplan.render import PIPED_WIDTH, column_widths, output_width, wrap_pair
+from kvplan.cli.render import PIPED_WIDTH, column_widths, output_width, wrap_pair
 
 EXAMPLE_PLAN = str(Path(__file__).parent.parent / "examples" / "plan.yaml")
 COMMANDS = {

@@ -1,4 +1,4 @@
-"""kvplan.spec validation: size bounds, layer patterns, and the messages a spec file gets (exit 2)."""
+"""kvplan.model.spec validation: size bounds, layer patterns, and the messages a spec file gets (exit 2)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pydantic import ValidationError
 
 from cli_helpers import run_cli
 from conftest import make_spec
-from kvplan.shape import LayerKind
-from kvplan.spec import MAX_LAYERS, SIZE_LIMITS, ModelSpec
+from kvplan.model.shape import LayerKind
+from kvplan.model.spec import MAX_LAYERS, SIZE_LIMITS, ModelSpec
 
 LAYERS_WHY = "DeepNet, the deepest transformer trained, has 1,000 layers"
 
@@ -154,7 +154,7 @@ def test_a_bad_spec_file_gets_one_exact_line_and_exit_2(tmp_path, capsys, comman
 
 
 def test_the_shipped_specs_are_far_inside_every_bound():
-    from kvplan.catalog import catalog_names, resolve_spec
+    from kvplan.sources.catalog import catalog_names, resolve_spec
 
     for name in catalog_names():
         spec = resolve_spec(name)

@@ -1,4 +1,4 @@
-"""kvplan.spec_rules: the pydantic-free check accepts only what ModelSpec accepts, with the same values.
+"""kvplan.model.spec_rules: the pydantic-free check accepts only what ModelSpec accepts, with the same values.
 
 The reference is ModelSpec itself (pydantic): every test here compares the cheap path with it, over the
 catalog, the config.json fixtures and generated inputs; and `estimate` on every kind of input loads
@@ -22,16 +22,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cli_helpers import run_cli
-from kvplan import spec_rules
-from kvplan.calc import CacheLayout
-from kvplan.catalog import SPECS_DIR, catalog_names, read_yaml, resolve_spec
+from kvplan.model import spec_rules
+from kvplan.model.layout import CacheLayout
+from kvplan.sources.catalog import SPECS_DIR, catalog_names, read_yaml, resolve_spec
 from kvplan.errors import InputError
-from kvplan.formats import parse_format_pair
-from kvplan.model_source import spec_from_source
-from kvplan.planner import stage_weight_bytes
-from kvplan.shape import BOOLEAN_FIELDS, ModelShape
-from kvplan.spec import FileWeightBytes, ModelSpec
-from kvplan.spec_rules import FILE_WEIGHT_FIELDS, REQUIRED, SPEC_FIELDS, shape_if_valid
+from kvplan.model.formats import parse_format_pair
+from kvplan.sources.resolve import spec_from_source
+from kvplan.plan.planner import stage_weight_bytes
+from kvplan.model.shape import BOOLEAN_FIELDS, ModelShape
+from kvplan.model.spec import FileWeightBytes, ModelSpec
+from kvplan.model.spec_rules import FILE_WEIGHT_FIELDS, REQUIRED, SPEC_FIELDS, shape_if_valid
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_configs"
 CONFIGS = sorted(p.name for p in FIXTURES.glob("*.json"))
@@ -133,10 +133,10 @@ def test_every_config_fixture_gives_the_same_spec_both_ways(config):
 
 
 def _estimate_json(capsys, monkeypatch, ref: str, *, cheap: bool) -> str:
-    import kvplan.model_source
+    import kvplan.sources.resolve
 
     if not cheap:  # the path every file took before the cheap check: ModelSpec validates
-        monkeypatch.setattr(kvplan.model_source, "shape_if_valid", lambda fields: None)
+        monkeypatch.setattr(kvplan.sources.resolve, "shape_if_valid", lambda fields: None)
     r = run_cli(capsys, "estimate", ref, "-c", "4096,131072", "-b", "1,8", "--gpu", "h100-sxm", "-f", "json")
     monkeypatch.undo()
     assert r.exit_code == 0, r.stderr
@@ -333,9 +333,9 @@ def test_estimate_json_on_every_input_kind_loads_no_pydantic_and_no_rich(tmp_pat
     ref, env = _write_inputs(tmp_path)[kind]
     code = (
         f"import sys; sys.argv=['kvplan','estimate',{ref!r},'-f','json']\n"
-        "from kvplan.cli import main\n"
+        "from kvplan.cli.app import main\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "print(sorted(m for m in ('torch', 'pydantic', 'pydantic_core', 'yaml', 'numpy', 'rich', 'kvplan.spec') if m in sys.modules))\n"
+        "print(sorted(m for m in ('torch', 'pydantic', 'pydantic_core', 'yaml', 'numpy', 'rich', 'kvplan.model.spec') if m in sys.modules))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
     assert proc.returncode == 0, proc.stderr

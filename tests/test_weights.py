@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvplan.catalog import resolve_spec
-from kvplan.planner import stage_weight_bytes
+from kvplan.sources.catalog import resolve_spec
+from kvplan.plan.planner import stage_weight_bytes
 
 from cli_helpers import run_cli
 from conftest import make_spec

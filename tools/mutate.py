@@ -63,11 +63,11 @@ import time
 from pathlib import Path
 
 CORE_MODULES = [
-    "kvplan/spec.py",
-    "kvplan/shape.py",
-    "kvplan/calc.py",
-    "kvplan/formats.py",
-    "kvplan/vllm_rules.py",
+    "kvplan/model/spec.py",
+    "kvplan/model/shape.py",
+    "kvplan/model/layout.py",
+    "kvplan/model/formats.py",
+    "kvplan/engines/vllm_rules.py",
     "kvplan/engines/__init__.py",
     "kvplan/engines/compare.py",
     "kvplan/engines/hf.py",
@@ -76,10 +76,10 @@ CORE_MODULES = [
     "kvplan/engines/reference.py",
     "kvplan/engines/sglang.py",
     "kvplan/engines/trtllm.py",
-    "kvplan/planner.py",
-    "kvplan/hf_config.py",
-    "kvplan/safetensors_header.py",
-    "kvplan/gguf.py",
+    "kvplan/plan/planner.py",
+    "kvplan/sources/hf_config.py",
+    "kvplan/sources/safetensors_header.py",
+    "kvplan/sources/gguf.py",
     "kvplan/measure/predict.py",
     "kvplan/measure/cache.py",
     "kvplan/measure/allocator.py",
@@ -116,7 +116,7 @@ _LOG_CALLS = {"print", "warn", "debug", "info", "warning", "error", "exception",
 
 @dataclasses.dataclass
 class Mutant:
-    path: str  # relative to the repository root, e.g. "kvplan/calc.py"
+    path: str  # relative to the repository root, e.g. "kvplan/model/layout.py"
     line: int  # 1-based, where the changed code starts
     operator: str  # e.g. "+ -> -", "const 3 -> 4", "return -> None"
     start: tuple  # (line, col) of the replaced span; col in UTF-8 bytes as ast gives it

@@ -11,7 +11,7 @@ were re-read at the source and which were not).
 
 Every engine returns the same frozen `EngineCache`: tokens held and bytes per
 layer kind, the total, every difference from the ideal cache (exactly the
-tokens a sequence needs, `kvplan.calc`) named by cause, the line the engine
+tokens a sequence needs, `kvplan.model.layout`) named by cause, the line the engine
 itself would log, and the refusals it would make, worded as it words them.
 With a GPU, `EngineCapacity` applies the engine's own memory-budget rule.
 
@@ -24,14 +24,14 @@ import struct
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from kvplan.calc import CacheEstimate, CacheLayout, LayerKind
-from kvplan.formats import FIXED_FORMATS, KVFormat, KVFormatPair
+from kvplan.model.layout import CacheEstimate, CacheLayout, LayerKind
+from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
 
 MIB = 2**20
 GIB = 2**30
 
 # The engines with a profile here, in the order `kvplan compare` shows them
-# (ideal and vllm come first; they live in kvplan.calc / kvplan.vllm_rules).
+# (ideal and vllm come first; they live in kvplan.model.layout / kvplan.engines.vllm_rules).
 ENGINE_NAMES = ("hf", "llama.cpp", "sglang", "trtllm")
 ALL_ENGINES = ("ideal", "vllm") + ENGINE_NAMES
 
@@ -69,7 +69,7 @@ class EngineCache:
     settings: dict  # the engine options that move bytes, resolved (n_ctx, page size, ...)
     by_kind: tuple[KindCache, ...]
     kv_bytes_total: Optional[int]  # None when the engine refuses the configuration
-    ideal_bytes_total: int  # kvplan.calc: exactly the tokens held, same formats, no paging
+    ideal_bytes_total: int  # kvplan.model.layout: exactly the tokens held, same formats, no paging
     differences: tuple[Difference, ...]  # sum == kv_bytes_total - ideal_bytes_total
     log_lines: tuple[str, ...] = ()
     refusals: tuple[str, ...] = ()
@@ -112,7 +112,7 @@ class MemoryInputs:
     non_torch_bytes: int  # CUDA context, cuBLAS workspaces, NCCL buffers
     activation_bytes: int  # peak activations of a forward pass (0 when not given and not estimated)
     activation_source: str
-    weights_source: str = ""  # where weights_bytes came from (kvplan.planner.weights_source)
+    weights_source: str = ""  # where weights_bytes came from (kvplan.plan.planner.weights_source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +166,7 @@ class Ledger:
 
 def ideal_estimate(spec, fmt: KVFormatPair, context: int, batch: int, tp: int = 1,
                    state_format: Optional[KVFormat] = None) -> CacheEstimate:
-    """The ideal cache: exactly the tokens each layer needs, no paging (kvplan.calc)."""
+    """The ideal cache: exactly the tokens each layer needs, no paging (kvplan.model.layout)."""
     return CacheLayout(spec, fmt, block_size=1, tp=tp, state_format=state_format).at(context, batch)
 
 
@@ -180,8 +180,8 @@ def window_of(spec, kind: LayerKind) -> Optional[int]:
 
 
 def kind_counts(spec) -> dict[LayerKind, int]:
-    """Layers of each kind, in kvplan.calc's order."""
-    from kvplan.calc import KIND_ORDER
+    """Layers of each kind, in kvplan.model.layout's order."""
+    from kvplan.model.layout import KIND_ORDER
 
     kinds = spec.layer_kinds
     return {k: kinds.count(k) for k in KIND_ORDER if k in kinds}

@@ -24,7 +24,7 @@ from kvplan.engines import (
     trtllm,
 )
 from kvplan.errors import InputError
-from kvplan.formats import KVFormat, KVFormatPair
+from kvplan.model.formats import KVFormat, KVFormatPair
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +91,13 @@ def engine_only_names() -> frozenset[str]:
 
 
 def check_kv_dtype(kv_cache_dtype: str) -> None:
-    """Raise UnknownFormatError (kvplan.formats' words) unless each part is a kvplan format or some engine's name.
+    """Raise UnknownFormatError (kvplan.model.formats' words) unless each part is a kvplan format or some engine's name.
 
     A name no engine and no kvplan format knows ('fp4') is a typo, refused up front as
     `estimate` refuses it, not passed on for every engine to refuse; a name only some
     engines know (f16, mxfp8) goes on, and the others refuse it in their own words.
     """
-    from kvplan.formats import parse_format, parse_format_pair
+    from kvplan.model.formats import parse_format, parse_format_pair
 
     parts = [p.strip() for p in kv_cache_dtype.split("/")]
     if len(parts) > 2 or not all(parts):
@@ -113,7 +113,7 @@ def ideal_format(kv_cache_dtype: str, model_dtype: str) -> KVFormatPair:
 
     A name no engine takes is bad input: InputError naming --kv-cache-dtype (`check_kv_dtype`).
     """
-    from kvplan.formats import UnknownFormatError, parse_format_pair
+    from kvplan.model.formats import UnknownFormatError, parse_format_pair
 
     try:
         return parse_format_pair(kv_cache_dtype, model_dtype)
@@ -205,7 +205,7 @@ def compare(spec, opts: CompareOptions, fmt: KVFormatPair, state: Optional[KVFor
 
     `fmt` is --kv-cache-dtype resolved to kvplan's formats (the ideal's); with
     `memory` (and `planner_factory`, which returns the ideal / vLLM capacity from
-    kvplan.planner) each row also gets its engine's capacity on that GPU.
+    kvplan.plan.planner) each row also gets its engine's capacity on that GPU.
     """
     unknown = [e for e in opts.engines if e not in ALL_ENGINES]
     if unknown:

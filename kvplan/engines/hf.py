@@ -49,7 +49,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from kvplan.calc import CacheLayout, LayerKind, ceil_div
+from kvplan.model.layout import CacheLayout, LayerKind, ceil_div
 from kvplan.engines import (
     EngineCache,
     EngineCapacity,
@@ -59,7 +59,7 @@ from kvplan.engines import (
     kind_counts,
 )
 from kvplan.errors import InputError, require_at_least
-from kvplan.formats import FIXED_FORMATS, KVFormat, KVFormatPair
+from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
 
 ENGINE = "hf"
 CACHES = ("dynamic", "static", "quantized")

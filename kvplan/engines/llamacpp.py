@@ -26,7 +26,7 @@ llama-cpp-python 0.3.36 (upstream commit 0c1e570, 2026-10-01):
   or size_base with --swa-full ("using full-size SWA cache"). It logs "creating
   non-SWA KV cache, size = %u cells" and "creating     SWA KV cache, size = %u cells".
 - `ggml/src/ggml-common.h` block structs: q8_0 = 34 B per 32 values, q4_0 18,
-  q4_1 20, q5_0 22, q5_1 24, iq4_nl 18 (kvplan.formats holds them);
+  q4_1 20, q5_0 22, q5_1 24, iq4_nl 18 (kvplan.model.formats holds them);
   row bytes = n / block x block bytes.
 - `common/arg.cpp`, `kv_cache_type_from_str`: -ctk/-ctv accept f32, f16, bf16,
   q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1, else "Unsupported cache type: %s".
@@ -70,7 +70,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from kvplan.calc import CacheLayout, LayerKind, ceil_div
+from kvplan.model.layout import CacheLayout, LayerKind, ceil_div
 from kvplan.engines import (
     MIB,
     EngineCache,
@@ -83,7 +83,7 @@ from kvplan.engines import (
     window_of,
 )
 from kvplan.errors import InputError, require_at_least
-from kvplan.formats import FIXED_FORMATS, KVFormat, KVFormatPair
+from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
 
 ENGINE = "llama.cpp"
 

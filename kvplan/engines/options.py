@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Optional
 
 # Each engine's option keys (the snake_case of its flags), in the order its --help lists them.
-from kvplan.engine_keys import OPTION_KEYS  # one list, shared with the CLI
+from kvplan.engines.keys import OPTION_KEYS  # one list, shared with the CLI
 
 # A key whose option field is named otherwise (the flag follows the engine's own CLI).
 _FIELD = {"hf_cache": "cache", "n_batch": "batch_size"}

@@ -1,26 +1,26 @@
 """The ideal cache and vLLM as `EngineCache` rows, so `kvplan compare` can set them beside the others.
 
-ideal: `kvplan.calc` with no paging: exactly the tokens each layer needs.
-vllm: `kvplan.calc` paged in vLLM's blocks (16 tokens on CUDA, 64 for MLA, as
+ideal: `kvplan.model.layout` with no paging: exactly the tokens each layer needs.
+vllm: `kvplan.model.layout` paged in vLLM's blocks (16 tokens on CUDA, 64 for MLA, as
 FlashMLA requires): whole blocks per sequence, and a sliding window that may
 start mid-block holds ceil((W - 1) / bs) + 1 blocks (vllm/v1/kv_cache_interface.py,
-SlidingWindowSpec; see kvplan.vllm_rules for groups, budget and log lines,
-which `kvplan.planner` applies when a GPU is given). Pure: no I/O.
+SlidingWindowSpec; see kvplan.engines.vllm_rules for groups, budget and log lines,
+which `kvplan.plan.planner` applies when a GPU is given). Pure: no I/O.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-from kvplan.calc import CacheEstimate, CacheLayout, LayerKind
+from kvplan.model.layout import CacheEstimate, CacheLayout, LayerKind
 from kvplan.engines import EngineCache, KindCache, Ledger
-from kvplan.formats import KVFormat, KVFormatPair
-from kvplan.vllm_rules import kv_cache_dtype_refusal, max_model_len_refusal
+from kvplan.model.formats import KVFormat, KVFormatPair
+from kvplan.engines.vllm_rules import kv_cache_dtype_refusal, max_model_len_refusal
 
-IDEAL_SOURCES = ("kvplan.calc CacheLayout (no paging): the tokens each layer needs, windows min(context, W)",)
+IDEAL_SOURCES = ("kvplan.model.layout CacheLayout (no paging): the tokens each layer needs, windows min(context, W)",)
 VLLM_SOURCES = (
     "vllm-project/vllm vllm/v1/kv_cache_interface.py AttentionSpec / SlidingWindowSpec / MLAAttentionSpec",
-    "vllm-project/vllm vllm/v1/core/kv_cache_utils.py (groups, blocks; see kvplan.vllm_rules)",
+    "vllm-project/vllm vllm/v1/core/kv_cache_utils.py (groups, blocks; see kvplan.engines.vllm_rules)",
 )
 
 
@@ -58,7 +58,7 @@ def vllm(spec, context: int, batch: int, fmt: KVFormatPair, *, kv_cache_dtype: s
     bs = block_size or default_vllm_block_size(spec)
     base = CacheLayout(spec, fmt, block_size=1, tp=tp, state_format=state_format).at(context, batch)
     settings = {"block_size": bs, "tp": tp}
-    # vLLM's start-up refusals, as `kvplan estimate`, `check` and `diff` apply them (kvplan.vllm_rules)
+    # vLLM's start-up refusals, as `kvplan estimate`, `check` and `diff` apply them (kvplan.engines.vllm_rules)
     refusal = kv_cache_dtype_refusal(spec, kv_cache_dtype) or max_model_len_refusal(spec, context)
     if refusal:
         return EngineCache("vllm", spec.name, context, batch, kv_cache_dtype, settings, (), None,
@@ -79,7 +79,7 @@ def vllm(spec, context: int, batch: int, fmt: KVFormatPair, *, kv_cache_dtype: s
             cause = f"{bs}-token blocks ({k.kind.replace('_', ' ')})"
         ledger.step(cause, running)
     assert ledger.total == est.kv_bytes_total
-    notes = ("With --gpu, vLLM's groups, pool and log lines come from kvplan.planner; without one the "
+    notes = ("With --gpu, vLLM's groups, pool and log lines come from kvplan.plan.planner; without one the "
              "window layers are paged as a running sequence holds them.",)
     return EngineCache("vllm", spec.name, context, batch, fmt.name, settings, _rows(est, True), est.kv_bytes_total,
                        base.kv_bytes_total, ledger.differences, (), (), notes, VLLM_SOURCES)

@@ -48,7 +48,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from kvplan.calc import CacheLayout, LayerKind, ceil_div, kv_heads_per_rank
+from kvplan.model.layout import CacheLayout, LayerKind, ceil_div, kv_heads_per_rank
 from kvplan.engines import (
     GIB,
     EngineCache,
@@ -60,7 +60,7 @@ from kvplan.engines import (
     window_of,
 )
 from kvplan.errors import InputError, require_at_least
-from kvplan.formats import FIXED_FORMATS, KVFormat, KVFormatPair
+from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
 
 ENGINE = "sglang"
 # --kv-cache-dtype choices (sglang 0.5.23, arg_groups/fields/model.py)

@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from kvplan.calc import CacheLayout, LayerKind, ceil_div, kv_heads_per_rank
+from kvplan.model.layout import CacheLayout, LayerKind, ceil_div, kv_heads_per_rank
 from kvplan.engines import (
     GIB,
     EngineCache,
@@ -45,7 +45,7 @@ from kvplan.engines import (
     window_of,
 )
 from kvplan.errors import InputError, require_at_least
-from kvplan.formats import KVFormat, KVFormatPair
+from kvplan.model.formats import KVFormat, KVFormatPair
 
 ENGINE = "trtllm"
 DEFAULT_TOKENS_PER_BLOCK = 32  # KvCacheConfig.tokens_per_block

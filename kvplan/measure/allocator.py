@@ -31,7 +31,7 @@ from bisect import bisect_left, insort
 from dataclasses import dataclass
 from typing import Iterable
 
-from kvplan.calc import ceil_div
+from kvplan.model.layout import ceil_div
 
 MiB = 2**20
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from kvplan.calc import tokens_held
+from kvplan.model.layout import tokens_held
 from kvplan.measure.predict import RunArch
-from kvplan.spec import LayerKind
+from kvplan.model.spec import LayerKind
 
 TORCH_DTYPES = {
     "fp32": torch.float32,

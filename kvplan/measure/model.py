@@ -26,7 +26,7 @@ from torch import nn
 
 from kvplan.measure.cache import KVCache, LatentCache, LayerCache, StateCache
 from kvplan.measure.predict import PREFILL_QUERY_BLOCK, LayerPlan, RunArch
-from kvplan.spec import LayerKind
+from kvplan.model.spec import LayerKind
 
 ROPE_THETA = 10_000.0
 RMS_EPS = 1e-6

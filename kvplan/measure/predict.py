@@ -1,7 +1,7 @@
 """What a `kvplan measure` run should cost, from the spec alone: pure, no torch, no I/O.
 
 The KV-cache bytes are never re-derived here: they come from the calculator
-(`kvplan.calc.CacheLayout`) for the spec cut to the K layers that run. This
+(`kvplan.model.layout.CacheLayout`) for the spec cut to the K layers that run. This
 module adds what the measurement needs beside them:
 
 - `RunArch`: the shapes the torch decoder is built with (attention dims, the MLA
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvplan.calc import CacheEstimate, CacheLayout, tokens_held
+from kvplan.model.layout import CacheEstimate, CacheLayout, tokens_held
 from kvplan.errors import InputError
-from kvplan.formats import KVFormat, KVFormatPair
-from kvplan.spec import LayerKind, ModelSpec
+from kvplan.model.formats import KVFormat, KVFormatPair
+from kvplan.model.spec import LayerKind, ModelSpec
 
 # Layer kind -> the `layer_types` name that rebuilds it in a truncated spec. MLA
 # layers are written `full_attention`: the spec turns them back into MLA because

@@ -28,9 +28,9 @@ from typing import Callable
 import torch
 
 import kvplan
-from kvplan.calc import CacheEstimate, CacheLayout
+from kvplan.model.layout import CacheEstimate, CacheLayout
 from kvplan.errors import InputError, KvplanError
-from kvplan.formats import UnknownFormatError, parse_format, parse_format_pair
+from kvplan.model.formats import UnknownFormatError, parse_format, parse_format_pair
 from kvplan.interrupts import raise_if_interrupted
 from kvplan.measure import readings as rd
 from kvplan.measure.allocator import AllocatorDelta, cuda_allocations, glibc_allocations
@@ -60,7 +60,7 @@ from kvplan.measure.predict import (
 )
 from kvplan.measure.report import KindReading, MeasureReport, ProbeReading, RunReading
 from kvplan.measure.stability import STABLE_ROUNDS, STABLE_TOLERANCE, is_stable, last_rounds, repeat_until_stable, spread
-from kvplan.spec import ModelSpec
+from kvplan.model.spec import ModelSpec
 from kvplan.units import fmt_bytes
 
 # Copy-bandwidth buffer: well past the last-level cache (H100/H200 L2 is 50 MiB,

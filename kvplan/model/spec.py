@@ -6,10 +6,10 @@ A spec holds what sizes a KV cache, with field names taken from Hugging Face
 validators; a spec is never mutated after construction.
 
 The rules themselves (size bounds, defaults, cross-field checks) are plain data
-and functions in `kvplan.spec_rules`, which `kvplan estimate` applies without
+and functions in `kvplan.model.spec_rules`, which `kvplan estimate` applies without
 pydantic first; the validators here call them, so both refuse the same specs.
 
-Pure: no I/O. `kvplan.catalog` reads YAML files into these models.
+Pure: no I/O. `kvplan.sources.catalog` reads YAML files into these models.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Annotated, Any, Literal, Optional
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from kvplan.units import not_a_boolean
-from kvplan.shape import DTYPE_ALIASES, LAYER_TYPE_ALIASES, LayerKind, ModelShape, SpecDerived  # noqa: F401
-from kvplan.spec_rules import (  # noqa: F401  (re-exported: kvplan.spec has always offered them)
+from kvplan.model.shape import DTYPE_ALIASES, LAYER_TYPE_ALIASES, LayerKind, ModelShape, SpecDerived  # noqa: F401
+from kvplan.model.spec_rules import (  # noqa: F401  (re-exported: kvplan.model.spec has always offered them)
     EMPTY_PATTERN_PROBLEM, FILE_WEIGHT_SOURCES, MAX_EXPERTS, MAX_FFN, MAX_HEAD_DIM, MAX_HEADS, MAX_HIDDEN, MAX_LAYERS,
     MAX_MAMBA, MAX_PARAMETERS, MAX_STATE_ELEMENTS, MAX_TOKENS, MAX_VOCAB, MAX_WEIGHT_BYTES, NAME_MAX_LENGTH,
     NAME_PATTERN, PATTERN_ENTRY_PROBLEM, SIZE_LIMITS, WEIGHTS_DTYPES, WEIGHTS_QUANTIZED, layer_type_problem,
@@ -34,7 +34,7 @@ NonNegativeInt = Annotated[int, NotBoolean, Field(ge=0)]
 PositiveFloat = Annotated[float, NotBoolean, Field(gt=0)]
 NonNegativeFloat = Annotated[float, NotBoolean, Field(ge=0)]
 
-# The rules (bounds, defaults, cross-field checks) live in kvplan.spec_rules, without pydantic, so that
+# The rules (bounds, defaults, cross-field checks) live in kvplan.model.spec_rules, without pydantic, so that
 # `kvplan estimate` can check a spec cheaply first (spec_rules.shape_if_valid); this model enforces the same
 # rules and words an error per field.
 
@@ -69,7 +69,7 @@ WeightBytes = Annotated[int, NotBoolean, Field(ge=0, le=MAX_WEIGHT_BYTES)]
 
 class FileWeightBytes(BaseModel):
     """Weight bytes the model's own file headers declare (GGUF tensor types, safetensors dtypes),
-    summed by where the planner places them (kvplan.file_weights). `kvplan import` writes it."""
+    summed by where the planner places them (kvplan.sources.file_weights). `kvplan import` writes it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

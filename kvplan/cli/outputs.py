@@ -179,14 +179,14 @@ def model_inputs(ref: str, doing: str) -> list[Input]:
         if path.suffix.lower() in (".json", ".gguf"):
             found += _beside(path, doing)
         return found
-    from kvplan.catalog import SPECS_DIR
+    from kvplan.sources.catalog import SPECS_DIR
 
     catalog_file = SPECS_DIR / f"{ref.lower()}.yaml"  # a catalog name: its spec, in a checkout of kvplan
     if catalog_file.is_file():
         return [(str(catalog_file), f"the model being {doing}")]
     if not (path.is_dir() or "/" in ref):
         return []
-    from kvplan import model_source  # a folder or hub id: what `resolve_spec` itself would locate
+    from kvplan.sources import resolve as model_source  # a folder or hub id: what `resolve_spec` itself would locate
 
     try:
         located = model_source.locate(ref)

@@ -33,11 +33,11 @@ from typing import Annotated, Any, Callable, Literal, Optional
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from kvplan.errors import InputError
-from kvplan.formats import UnknownFormatError, parse_format_pair, parse_state_format
-from kvplan.planner import DEFAULT_GPU_MEMORY_UTILIZATION, WEIGHT_DTYPES
-from kvplan.spec import NotBoolean
+from kvplan.model.formats import UnknownFormatError, parse_format_pair, parse_state_format
+from kvplan.plan.planner import DEFAULT_GPU_MEMORY_UTILIZATION, WEIGHT_DTYPES
+from kvplan.model.spec import NotBoolean
 from kvplan.units import fmt_bytes, gpu_memory_problem, parse_bytes
-from kvplan.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS
+from kvplan.engines.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS
 
 # ------------------------------------------------------------------ plan file
 
@@ -387,7 +387,7 @@ class Figures:
 
     @classmethod
     def from_plan(cls, plan: Any, kv_bytes_per_token: int) -> "Figures":
-        """From a `kvplan.planner.Plan`."""
+        """From a `kvplan.plan.planner.Plan`."""
         return cls(
             model=plan.model,
             gpu=plan.gpu,
@@ -513,7 +513,7 @@ def engine_figures(spec: Any, engine: str, opts: Any, *, context: int, batch: in
     `opts` is the engine's option object, `kv_format` / `state_format` the
     formats the ideal cache is sized in, `kv_bytes_per_token` the spec's. With a
     GPU, `memory` (`kvplan.engines.MemoryInputs`) feeds the engine's own budget
-    rule and `planner` (a pp-1 `kvplan.planner.Planner`) gives the roofline and the
+    rule and `planner` (a pp-1 `kvplan.plan.planner.Planner`) gives the roofline and the
     context limit. Capacity and headroom are the engine's (`EngineCapacity`);
     decode step and costs are kvplan's roofline with the KV bytes the engine
     allocates (noted on the figure). A configuration the engine refuses makes every

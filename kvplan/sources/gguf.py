@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Optional
 
 from kvplan.errors import InputError
-from kvplan.file_weights import gguf_part, split_weight_bytes
-from kvplan.spec_rules import layer_fields, size_limit_problem
+from kvplan.sources.file_weights import gguf_part, split_weight_bytes
+from kvplan.model.spec_rules import layer_fields, size_limit_problem
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)  # v1 (Aug 2023) used 32-bit counts; no current tool writes it
@@ -515,7 +515,7 @@ def spec_fields_from_gguf(header: GGUFHeader) -> tuple[dict[str, Any], list[str]
 
 
 def weight_bytes_from_gguf(header: GGUFHeader) -> dict[str, int]:
-    """Each tensor's data bytes (whole ggml blocks), summed by part (kvplan.file_weights).
+    """Each tensor's data bytes (whole ggml blocks), summed by part (kvplan.sources.file_weights).
 
     Raises GGUFError naming the tensor and the type id when a tensor's ggml type is one
     kvplan does not know: its bytes cannot be read from the header, and a guess would

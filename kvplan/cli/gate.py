@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 
-from kvplan import cli_compare as _engine_flags  # the engine profiles' flags, shared with estimate and compare
-from kvplan.engine_keys import given_engine_options
+from kvplan.cli import compare as _engine_flags  # the engine profiles' flags, shared with estimate and compare
+from kvplan.engines.keys import given_engine_options
 from kvplan.errors import InputError
 
 if TYPE_CHECKING:
-    from kvplan.gating import CheckReport
+    from kvplan.plan.gating import CheckReport
 
 
 class CheckFormat(str, Enum):
@@ -68,10 +68,10 @@ def check(
     ] = False,
 ) -> None:
     """Check every deployment of PLAN against its budgets: exit 0 all pass, 1 any fails, 2 invalid plan."""
-    from kvplan import report_formats
+    from kvplan.cli import report_formats
 
     if output is not None:  # before any work: a report must never replace the plan, or a file the user wrote
-        from kvplan.outputs import check_output
+        from kvplan.cli.outputs import check_output
 
         check_output(output, "--output", _output_kind(fmt), inputs=_plan_inputs(Path(plan)), force=force)
     try:
@@ -95,8 +95,8 @@ def check(
 
 
 def _output_kind(fmt: CheckFormat):
-    """What an existing --output file must be to be replaced without --force (kvplan.outputs)."""
-    from kvplan import outputs
+    """What an existing --output file must be to be replaced without --force (kvplan.cli.outputs)."""
+    from kvplan.cli import outputs
 
     return {
         CheckFormat.table: outputs.CHECK_TABLE,
@@ -113,11 +113,11 @@ def _plan_inputs(path: Path):
     A generator: `check_output` reads it only when --output names an existing file. Best effort,
     before the plan is validated: what cannot be read here, `run_check` reports.
     """
-    from kvplan.outputs import file_inputs, model_inputs
+    from kvplan.cli.outputs import file_inputs, model_inputs
 
     yield str(path), "the plan being checked"
     try:
-        from kvplan.catalog import read_yaml
+        from kvplan.sources.catalog import read_yaml
 
         data, _ = read_yaml(path)
     except InputError:
@@ -134,7 +134,7 @@ def _plan_inputs(path: Path):
 
 
 def _render_check(report, fmt: CheckFormat, for_file: bool) -> str:
-    from kvplan import report_formats
+    from kvplan.cli import report_formats
 
     if fmt is CheckFormat.json:
         return report_formats.to_json(report) + "\n"
@@ -156,13 +156,13 @@ def _check_table(report: CheckReport, plain: bool) -> str:
     from rich.console import Console
     from rich.text import Text
 
-    from kvplan import report_formats
-    from kvplan.gating import format_value
-    from kvplan.render import FittedTable, output_width, print_text
+    from kvplan.cli import report_formats
+    from kvplan.plan.gating import format_value
+    from kvplan.cli.render import FittedTable, output_width, print_text
 
     buffer = io.StringIO()
     tty = not plain and sys.stdout.isatty()
-    # $COLUMNS, else the terminal's width, else kvplan.render.PIPED_WIDTH (CI logs, files)
+    # $COLUMNS, else the terminal's width, else kvplan.cli.render.PIPED_WIDTH (CI logs, files)
     out = Console(file=buffer, highlight=False, soft_wrap=False, width=output_width(), force_terminal=tty, no_color=not tty)
     rows, ends = [], set()
     notes = []
@@ -194,8 +194,8 @@ def run_check(path: Path, where: str) -> CheckReport:
     """Read, validate and evaluate a plan file; every problem is an InputError naming its line."""
     from pydantic import ValidationError
 
-    from kvplan.catalog import format_validation_error, read_yaml
-    from kvplan.gating import CheckReport, PlanFile, duplicate_labels, engine_key_problems, plan_labels
+    from kvplan.sources.catalog import format_validation_error, read_yaml
+    from kvplan.plan.gating import CheckReport, PlanFile, duplicate_labels, engine_key_problems, plan_labels
 
     data, line_of = read_yaml(path)
     if not isinstance(data, dict):
@@ -272,7 +272,7 @@ _FLAG = re.compile(r"--[a-z][a-z0-9-]*")
 
 def _as_entry_error(message: str, default_keys: tuple = ()) -> _EntryError:
     """Rewrite '--flag' as 'key' and point at the first key the message names."""
-    from kvplan.gating import DeploymentEntry
+    from kvplan.plan.gating import DeploymentEntry
 
     def key(flag: str) -> str:
         return _FLAG_KEYS.get(flag, flag[2:].replace("-", "_"))
@@ -294,10 +294,10 @@ def _rebase(ref: str, base: Path) -> str:
 
 def _evaluate(i: int, entry, name: str, base: Path, line_of: Callable, specs: dict):
     """Resolve one entry, plan it, and compare its figures with its budgets."""
-    from kvplan.catalog import resolve_spec
-    from kvplan.deploy import resolve_deployment, vllm_refusal
-    from kvplan.gating import PROFILE_ENGINES, DeploymentResult, Figures, evaluate_budgets
-    from kvplan.gpus import resolve_gpu
+    from kvplan.sources.catalog import resolve_spec
+    from kvplan.plan.deploy import resolve_deployment, vllm_refusal
+    from kvplan.plan.gating import PROFILE_ENGINES, DeploymentResult, Figures, evaluate_budgets
+    from kvplan.plan.gpus import resolve_gpu
 
     ref = _rebase(entry.model, base)
     if ref not in specs:
@@ -371,7 +371,7 @@ def _shared_settings(entry, base: Path) -> dict:
 
 def _evaluate_profile(i: int, entry, name: str, spec, gpu_ref: Optional[str], base: Path, line_of: Callable):
     """One entry under an engine profile (hf, llama.cpp, sglang, trtllm): the engine's bytes and budget rule."""
-    from kvplan.gating import DeploymentResult, evaluate_budgets
+    from kvplan.plan.gating import DeploymentResult, evaluate_budgets
 
     try:
         figures, _ = profile_figures(
@@ -411,7 +411,7 @@ def profile_figures(spec, engine: str, gpu: Optional[str], values: dict, *, kv_c
                     state_dtype: Optional[str] = None, context: int, batch: int = 1, tp: int = 1,
                     activation_memory=None, non_torch_memory=None, prompt_tokens: Optional[int] = None,
                     before_costs: Optional[Callable] = None, **deployment):
-    """`kvplan.gating.Figures` of SPEC under an engine profile, and the planner-side `Deployment`.
+    """`kvplan.plan.gating.Figures` of SPEC under an engine profile, and the planner-side `Deployment`.
 
     `values` are the engine's option keys (None: the engine's default). The GPU,
     weights, efficiencies and calibration resolve as for `estimate` (an ideal,
@@ -419,11 +419,11 @@ def profile_figures(spec, engine: str, gpu: Optional[str], values: dict, *, kv_c
     cache, budget rule and capacity give the rest (`gating.engine_figures`).
     `before_costs(gpu)` checks the GPU before anything is computed on it.
     """
-    from kvplan.cli_compare import memory_inputs
-    from kvplan.deploy import resolve_deployment
+    from kvplan.cli.compare import memory_inputs
+    from kvplan.plan.deploy import resolve_deployment
     from kvplan.engines.compare import ideal_format
     from kvplan.engines.options import engine_options
-    from kvplan.gating import engine_figures
+    from kvplan.plan.gating import engine_figures
 
     pair = ideal_format(kv_cache_dtype, spec.dtype)  # an engine-only name (f16, bfloat16): the model's dtype here
     resolved = resolve_deployment(
@@ -511,9 +511,9 @@ def diff(
     fmt: Annotated[DiffFormat, typer.Option("--format", "-f", help="Output format.")] = DiffFormat.table,
 ) -> None:
     """KV bytes per token and per sequence, and capacity on --gpu, before and after a spec change."""
-    from kvplan.catalog import resolve_spec
-    from kvplan.deploy import parse_token_count
-    from kvplan.gating import gate_failures, metric_deltas
+    from kvplan.sources.catalog import resolve_spec
+    from kvplan.plan.deploy import parse_token_count
+    from kvplan.plan.gating import gate_failures, metric_deltas
 
     if fail_on_increase is not None and not fail_on_increase >= 0:
         raise InputError(f"--fail-on-increase {fail_on_increase} must be a percentage of 0 or more")
@@ -558,7 +558,7 @@ def diff(
 def _diff_engine_options(engine: str, tp: int, pp: int, given: dict) -> Optional[dict]:
     """The engine flags given, checked against --engine (None: a planner engine, vllm or ideal)."""
     from kvplan.engines.options import check_flags
-    from kvplan.gating import ENGINES, PROFILE_ENGINES
+    from kvplan.plan.gating import ENGINES, PROFILE_ENGINES
 
     if engine not in ENGINES:
         raise InputError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
@@ -573,8 +573,8 @@ def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: 
     Under an engine profile (`options` not None) the bytes per token and per
     sequence stay the spec's; capacity and max context are the engine's.
     """
-    from kvplan.deploy import resolve_deployment
-    from kvplan.vllm_rules import kv_cache_dtype_refusal
+    from kvplan.plan.deploy import resolve_deployment
+    from kvplan.engines.vllm_rules import kv_cache_dtype_refusal
 
     if options is not None:
         s = settings
@@ -615,7 +615,7 @@ def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: 
 
 def _working_tree_path(ref: str) -> Path:
     """The file behind OLD for --base: a path, or a catalog name's shipped YAML."""
-    from kvplan.catalog import SPECS_DIR
+    from kvplan.sources.catalog import SPECS_DIR
 
     path = Path(ref).expanduser()
     if path.is_file():
@@ -639,8 +639,8 @@ def _spec_at_revision(path: Path, ref: str, rev: str):
     """The spec in `path` as of git revision `rev` (`git show REV:./file`, relative to the file's folder)."""
     from pydantic import ValidationError
 
-    from kvplan.catalog import format_validation_error
-    from kvplan.spec import ModelSpec
+    from kvplan.sources.catalog import format_validation_error
+    from kvplan.model.spec import ModelSpec
 
     folder = path.resolve().parent
     if _git(folder, "rev-parse", "--show-toplevel").returncode != 0:
@@ -662,7 +662,7 @@ def _spec_at_revision(path: Path, ref: str, rev: str):
 
 def _parse_yaml_text(text: str, where: str):
     """YAML text (not a file) -> data and a key-path -> line function; errors name `where`."""
-    from kvplan.catalog import read_yaml_text
+    from kvplan.sources.catalog import read_yaml_text
 
     return read_yaml_text(text, where)
 
@@ -687,7 +687,7 @@ DIFF_HEADERS = ["metric", "before", "after", "delta", "%"]
 
 
 def _render_diff(record: dict, deltas, fmt: DiffFormat) -> None:
-    from kvplan import render
+    from kvplan.cli import render
 
     if fmt is DiffFormat.json:
         render.write(render.to_json(record))

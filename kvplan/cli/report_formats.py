@@ -9,8 +9,8 @@ import json
 import re
 import xml.etree.ElementTree as ET
 
-from kvplan.gating import BudgetResult, CheckReport, DeploymentResult, format_value
-from kvplan.render import markdown_table
+from kvplan.plan.gating import BudgetResult, CheckReport, DeploymentResult, format_value
+from kvplan.cli.render import markdown_table
 from kvplan.units import counted
 
 HEADERS = ["deployment", "budget", "value", "limit", "result"]

@@ -1,6 +1,6 @@
 """The rules a model spec obeys, without pydantic: fields, bounds, defaults, cross-field checks.
 
-`kvplan.spec.ModelSpec` (pydantic) enforces these rules and words an error per
+`kvplan.model.spec.ModelSpec` (pydantic) enforces these rules and words an error per
 field; `shape_if_valid` applies the same rules to a plain field dict with no
 pydantic import, so that `kvplan estimate` on a spec YAML, a config.json or a GGUF
 starts as fast as on a catalog name. It accepts only what ModelSpec accepts, with
@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
-from kvplan.shape import DTYPE_ALIASES, LAYER_TYPE_ALIASES, LayerKind, ModelShape, SpecDerived
+from kvplan.model.shape import DTYPE_ALIASES, LAYER_TYPE_ALIASES, LayerKind, ModelShape, SpecDerived
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"
 NAME_MAX_LENGTH = 80
@@ -38,7 +38,7 @@ def slugify(text: str) -> str:
 # slip (num_hidden_layers: 100000000000) is refused naming the field and the bound,
 # instead of exhausting memory or hanging in a per-layer loop. Each reason names the
 # largest real value we know of; the bounds are 10x to 1000x above it. The importers
-# (kvplan.hf_config, kvplan.gguf) check the same bounds before their per-layer loops.
+# (kvplan.sources.hf_config, kvplan.sources.gguf) check the same bounds before their per-layer loops.
 MAX_LAYERS = 10_000  # per-layer lists and loops stay in the milliseconds
 MAX_HEADS = 65_536
 MAX_HEAD_DIM = 2**20  # = MAX_HIDDEN, so head_dim's default (hidden / heads) is always within it
@@ -322,7 +322,7 @@ def _expert_quantization_problem(spec: SpecDerived, embedding: int) -> Optional[
 
 
 # ----------------------------------------------------------------- layer kinds as fields
-# (here, not in kvplan.hf_config: the GGUF importer writes them too and need not load the config rules)
+# (here, not in kvplan.sources.hf_config: the GGUF importer writes them too and need not load the config rules)
 
 
 def layer_fields(kinds: list[str]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def read_calibration(path: str) -> Calibration:
     try:
         data = loads_json(read_text(file))
     except FileNotFoundError:
-        from kvplan.catalog import broken_link
+        from kvplan.sources.catalog import broken_link
 
         problem = broken_link(file)
         raise InputError(f"--calibration {path}: {problem}" if problem else f"--calibration {path}: no such file") from None

@@ -5,7 +5,7 @@ both build a `Deployment` here, so a plan entry and the equivalent command line
 give the same numbers. Errors name the estimate flag (`--kv-cache-dtype`, `--tp`
 ...); `kvplan check` rewrites a flag as its plan key. Resolving reads the spec and
 GPU catalogs (and a `--calibration` report); the arithmetic stays in
-`kvplan.calc` and `kvplan.planner`.
+`kvplan.model.layout` and `kvplan.plan.planner`.
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Union
 
-from kvplan.calc import CacheLayout
+from kvplan.model.layout import CacheLayout
 from kvplan.errors import InputError, require_at_least
-from kvplan.formats import KVFormat, KVFormatPair, UnknownFormatError, parse_format_pair, parse_state_format
-from kvplan.shape import SpecDerived as ModelSpec  # a validated spec, pydantic or not
+from kvplan.model.formats import KVFormat, KVFormatPair, UnknownFormatError, parse_format_pair, parse_state_format
+from kvplan.model.shape import SpecDerived as ModelSpec  # a validated spec, pydantic or not
 from kvplan.units import parse_bytes
 
 if TYPE_CHECKING:  # imported where used: a KV-only estimate needs neither the planner nor the GPU catalog
-    from kvplan.gpus import GPU
-    from kvplan.planner import Engine, GPUFigures, Planner, PlanOptions
+    from kvplan.plan.gpus import GPU
+    from kvplan.plan.planner import Engine, GPUFigures, Planner, PlanOptions
 
-ENGINES = ("vllm", "ideal")  # kvplan.planner.Engine's values
+ENGINES = ("vllm", "ideal")  # kvplan.plan.planner.Engine's values
 
 def parse_token_count(text: Union[str, int], flag: str) -> int:
     """'32k' -> 32768, '1.5k' -> 1536, '131072' -> 131072 (tokens; k = 1024: kvplan.units.parse_count)."""
@@ -49,7 +49,7 @@ def default_block_size(spec: ModelSpec, engine: Union[str, "Engine"]) -> int:
 
 def gpu_figures(gpu: GPU, label: Optional[str] = None) -> GPUFigures:
     """The planner's view of a catalog, file or flag-built GPU; `label` names it in results (gpus.override_label)."""
-    from kvplan.planner import GPUFigures
+    from kvplan.plan.planner import GPUFigures
 
     return GPUFigures(label or gpu.name, gpu.memory_bytes, gpu.memory_bandwidth_gbps, gpu.bf16_tflops, gpu.fp8_tflops, gpu.usd_per_hour)
 
@@ -70,13 +70,13 @@ def kv_formats(spec: ModelSpec, kv_cache_dtype: str = "auto", state_dtype: Optio
 def vllm_kv_dtype_problem(spec: ModelSpec, kv_cache_dtype: str) -> Optional[str]:
     """Why vLLM refuses --kv-cache-dtype, in its words and with the engine that would run it (None: it runs it).
 
-    The rule is `kvplan.vllm_rules.kv_cache_dtype_refusal`, the one `kvplan compare`'s
+    The rule is `kvplan.engines.vllm_rules.kv_cache_dtype_refusal`, the one `kvplan compare`'s
     vllm row applies; `estimate` turns this into bad input (vLLM's argparse exits 2
     too) and `check` into failed budgets.
     """
     if kv_cache_dtype.strip().lower() == "auto":  # the default, every vLLM takes it (and its cold start skips vllm_rules)
         return None
-    from kvplan.vllm_rules import kv_cache_dtype_refusal
+    from kvplan.engines.vllm_rules import kv_cache_dtype_refusal
 
     refusal = kv_cache_dtype_refusal(spec, kv_cache_dtype)
     if refusal is None:
@@ -97,7 +97,7 @@ def vllm_refusal(spec: ModelSpec, kv_cache_dtype: str, context: int) -> Optional
     refusal among the lines vLLM would log (`Planner.plan`); `diff` stops on the
     format only.
     """
-    from kvplan.vllm_rules import kv_cache_dtype_refusal, max_model_len_refusal
+    from kvplan.engines.vllm_rules import kv_cache_dtype_refusal, max_model_len_refusal
 
     return kv_cache_dtype_refusal(spec, kv_cache_dtype) or max_model_len_refusal(spec, context)
 
@@ -187,8 +187,8 @@ def plan_options(
     Sizes take bytes or a string with a unit ('2GiB'). A `--calibration` report
     becomes a bandwidth_efficiency once the GPU is known (`calibrated_efficiency`).
     """
-    from kvplan.planner import DEFAULT_GPU_MEMORY_UTILIZATION, WEIGHT_DTYPES, Engine, PlanOptions
-    from kvplan.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS
+    from kvplan.plan.planner import DEFAULT_GPU_MEMORY_UTILIZATION, WEIGHT_DTYPES, Engine, PlanOptions
+    from kvplan.engines.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS
 
     if gpu_memory_utilization is None:
         gpu_memory_utilization = DEFAULT_GPU_MEMORY_UTILIZATION
@@ -232,7 +232,7 @@ def plan_options(
 def calibrated_efficiency(calibration: str, gpu: GPU) -> float:
     """The bandwidth efficiency a `kvplan measure --json` report implies on `gpu`: achieved / peak
     (InputError when the report was measured elsewhere: see calibration.bandwidth_efficiency)."""
-    from kvplan.calibration import bandwidth_efficiency, read_calibration
+    from kvplan.plan.calibration import bandwidth_efficiency, read_calibration
 
     return bandwidth_efficiency(read_calibration(calibration), gpu.name, gpu.memory_bandwidth_gbps, gpu.nvml_name)
 
@@ -253,7 +253,7 @@ class Deployment:
         return CacheLayout(self.spec, self.kv_format, block_size=o.block_size, tp=o.tp, pp=o.pp, state_format=self.state_format)
 
     def planner(self) -> Planner:
-        from kvplan.planner import Planner
+        from kvplan.plan.planner import Planner
 
         if self.gpu is None:
             raise InputError("--gpu is needed for capacity, latency and cost (or --gpu-memory and --gpu-bandwidth)")
@@ -283,10 +283,10 @@ def resolve_deployment(
     if isinstance(model, ModelSpec):
         spec = model
     else:
-        from kvplan.catalog import resolve_spec
+        from kvplan.sources.catalog import resolve_spec
 
         spec = resolve_spec(model, fast=True)
-    from kvplan.gpus import gpu_from_options
+    from kvplan.plan.gpus import gpu_from_options
 
     memory = str(gpu_memory) if isinstance(gpu_memory, int) and not isinstance(gpu_memory, bool) else gpu_memory
     device = gpu_from_options(gpu, memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops)

@@ -1,7 +1,7 @@
 """A model's shape without pydantic: layer kinds and the sizes derived from spec fields.
 
 `SpecDerived` holds every derived property of a spec (layer kinds, head sizes,
-state size); `ModelSpec` (pydantic, in `kvplan.spec`) validates a YAML file and
+state size); `ModelSpec` (pydantic, in `kvplan.model.spec`) validates a YAML file and
 inherits them, and `ModelShape` rebuilds an already validated spec from plain
 data so that `kvplan estimate` on a catalog model never has to import pydantic
 (its cold start is part of the product). Pure: no I/O.
@@ -196,7 +196,7 @@ class SpecDerived:
 
 @dataclass(frozen=True)
 class FileWeights:
-    """`file_weight_bytes` of a validated spec (kvplan.spec.FileWeightBytes), rebuilt without pydantic."""
+    """`file_weight_bytes` of a validated spec (kvplan.model.spec.FileWeightBytes), rebuilt without pydantic."""
 
     source: str
     embedding: int

@@ -10,9 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from kvplan.engine_keys import given_engine_options
+from kvplan.engines.keys import given_engine_options
 from kvplan.errors import InputError, KvplanError
-from kvplan.render import OutputFormat
+from kvplan.cli.render import OutputFormat
 
 app = typer.Typer(
     name="kvplan",
@@ -69,7 +69,7 @@ def token_flag(value: Optional[str], flag: str) -> Optional[int]:
     """A token count flag that takes k / m like --context ('1.5k' = 1,536); None when not given."""
     if value is None:
         return None
-    from kvplan.deploy import parse_token_count
+    from kvplan.plan.deploy import parse_token_count
 
     return parse_token_count(value, flag)
 
@@ -108,7 +108,7 @@ def _root(
 
 
 EngineOpt = Annotated[str, typer.Option("--engine", help="Whose allocation rules: vllm (blocks, groups, windows as vLLM reserves them), ideal (exactly the tokens held), or hf, llama.cpp, sglang, trtllm (kvplan.engines profiles).")]
-from kvplan import cli_compare as _profiles  # noqa: E402  (engine-profile flags: hf, llama.cpp, sglang, trtllm)
+from kvplan.cli import compare as _profiles  # noqa: E402  (engine-profile flags: hf, llama.cpp, sglang, trtllm)
 GPUOpt = Annotated[Optional[str], typer.Option("--gpu", help="A catalog GPU (`kvplan gpus`) or a GPU YAML file; a comma list compares.")]
 DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Weights dtype: bf16, fp16, fp32, fp8, int8, int4 (+fp16 scale per 128), mxfp4 (default: the model's); "
                   "a quantised dtype covers the body weights the spec's weights_quantized names (all linear, or the routed experts).")]
@@ -173,8 +173,8 @@ def estimate(
     exact: BytesOpt = False,
 ) -> None:
     """Size the KV cache of MODEL; with --gpu, also capacity, latency and cost (comma lists sweep)."""
-    from kvplan.calc import CacheLayout
-    from kvplan.catalog import resolve_spec
+    from kvplan.model.layout import CacheLayout
+    from kvplan.sources.catalog import resolve_spec
 
     if svg is not None:  # before any work: nothing is printed and then refused, nothing the user wrote replaced
         _check_svg(svg, fmt, force, model, gpu, calibration)
@@ -197,7 +197,7 @@ def estimate(
                     f"and workload sizing are kvplan's roofline (`--engine vllm` or `ideal`), or `kvplan check` budgets "
                     f"under engine: {engine}"
                 )
-    from kvplan.deploy import check_workload
+    from kvplan.plan.deploy import check_workload
 
     for c in sorted(contexts):  # the shortest context first: the first a workload may not fit
         check_workload(c, prompt_tokens=prompt_tokens, output_tokens=output_tokens, requests_per_s=requests_per_s,
@@ -218,7 +218,7 @@ def estimate(
             spec, engine, contexts=contexts, batches=batches, tps=tps, kv_cache_dtype=kv_cache_dtype,
             state_dtype=state_dtype, gpu=gpu, gpu_memory=gpu_memory, dtype=dtype, activation_memory=activation_memory,
             non_torch_memory=non_torch_memory, fmt=fmt, exact=exact, prompt_tokens=prompt_tokens, svg=svg, **engine_flags)
-    from kvplan import deploy
+    from kvplan.plan import deploy
 
     if block_size is not None and block_size < 1:
         raise InputError(f"--block-size must be a positive number of tokens, got {block_size}")
@@ -241,7 +241,7 @@ def estimate(
         layout = CacheLayout(spec, pair, block_size=effective_block, tp=t, pp=pp, state_format=state)
         if engine != "vllm" or effective_block == 1:
             return layout
-        from kvplan.vllm_rules import attention_block_size
+        from kvplan.engines.vllm_rules import attention_block_size
 
         used = attention_block_size(layout, effective_block)
         return layout if used == effective_block else CacheLayout(spec, pair, block_size=used, tp=t, pp=pp, state_format=state)
@@ -251,8 +251,8 @@ def estimate(
         results = [layout.at(c, b).to_dict() for layout in layouts for c in contexts for b in batches]
         _render_estimates(results, fmt, exact, svg)
         return
-    from kvplan.gpus import gpu_from_options, override_label
-    from kvplan.planner import Planner
+    from kvplan.plan.gpus import gpu_from_options, override_label
+    from kvplan.plan.planner import Planner
 
     gpus = [gpu_from_options(g, gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops) for g in (gpu_names or [None])]
     if any(g is None for g in gpus):
@@ -291,7 +291,7 @@ def estimate(
 
 def _check_svg(svg: str, fmt: OutputFormat, force: bool, model: str, gpu: Optional[str], calibration: Optional[str]) -> None:
     """--svg saves what the table shows (with or without --gpu); refused where it could not, or must not, write."""
-    from kvplan import outputs
+    from kvplan.cli import outputs
 
     if fmt is not OutputFormat.table:
         raise InputError(f"--svg saves the table; it cannot be used with --format {fmt.value} (drop one of them)")
@@ -305,7 +305,7 @@ def _check_svg(svg: str, fmt: OutputFormat, force: bool, model: str, gpu: Option
 
 
 def _render_estimates(results: list[dict], fmt: OutputFormat, exact: bool, svg: str | None = None) -> None:
-    from kvplan import render
+    from kvplan.cli import render
 
     single = len(results) == 1
     if fmt is OutputFormat.json:
@@ -340,7 +340,7 @@ def fmt_gpus(n: int | None) -> str:
 
 
 def _render_plans(rows: list[dict], fmt: OutputFormat, exact: bool, svg: str | None, workload: bool = False) -> None:
-    from kvplan import render
+    from kvplan.cli import render
 
     if fmt is OutputFormat.json:
         render.write(render.to_json(rows[0] if len(rows) == 1 else rows))
@@ -366,10 +366,10 @@ def _render_plans(rows: list[dict], fmt: OutputFormat, exact: bool, svg: str | N
 @app.command()
 def models(fmt: FormatOpt = OutputFormat.table) -> None:
     """List the shipped model catalog."""
-    from kvplan import render
-    from kvplan.catalog import catalog_names, resolve_spec
-    from kvplan.calc import CacheLayout
-    from kvplan.formats import parse_format_pair
+    from kvplan.cli import render
+    from kvplan.sources.catalog import catalog_names, resolve_spec
+    from kvplan.model.layout import CacheLayout
+    from kvplan.model.formats import parse_format_pair
 
     records = []
     for name in catalog_names():
@@ -408,10 +408,10 @@ def fmt_int_(n: int) -> str:
 @app.command()
 def show(model: ModelArg, fmt: FormatOpt = OutputFormat.table) -> None:
     """Print one spec with its derived sizes."""
-    from kvplan import render
-    from kvplan.catalog import resolve_spec
-    from kvplan.calc import CacheLayout
-    from kvplan.formats import parse_format_pair
+    from kvplan.cli import render
+    from kvplan.sources.catalog import resolve_spec
+    from kvplan.model.layout import CacheLayout
+    from kvplan.model.formats import parse_format_pair
 
     spec = resolve_spec(model, fast=True)
     layout = CacheLayout(spec, parse_format_pair("auto", spec.dtype))
@@ -454,12 +454,12 @@ def _compact(value) -> str:
 # a command's options costs start-up time, so `kvplan estimate` builds only its own.
 # `--help`, no command or an unknown one registers them all (in this order).
 SUBCOMMAND_MODULES = {
-    "gpus": "cli_gpus",
-    "import": "cli_import",
-    "check": "cli_gate",
-    "diff": "cli_gate",
-    "measure": "cli_measure",
-    "compare": "cli_compare",
+    "gpus": "gpus",
+    "import": "import_",
+    "check": "gate",
+    "diff": "gate",
+    "measure": "measure",
+    "compare": "compare",
 }
 _registered: set[str] = set()
 
@@ -468,7 +468,7 @@ def _register(module_name: str) -> None:
     if module_name not in _registered:
         import importlib
 
-        importlib.import_module(f"kvplan.{module_name}").register(app)
+        importlib.import_module(f"kvplan.cli.{module_name}").register(app)
         _registered.add(module_name)
 
 
@@ -516,7 +516,7 @@ def main() -> None:
             _internal_error(exc)
         # The file system refused a path the user gave, or one under it (a Hugging Face cache another
         # user owns, a FIFO, a file where a folder should be): bad input naming the path, not a bug.
-        # The loaders that read a file say more themselves (kvplan.catalog.read_yaml, read_config …).
+        # The loaders that read a file say more themselves (kvplan.sources.catalog.read_yaml, read_config …).
         if _state["debug"]:
             import traceback
 

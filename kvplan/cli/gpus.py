@@ -2,7 +2,7 @@
 
 The override options (`--gpu-memory`, `--gpu-bandwidth`, `--usd-per-hour`,
 `--gpu-bf16-tflops`) are the ones `kvplan estimate --gpu` takes; both pass them to
-`kvplan.gpus.gpu_from_options`, so `kvplan gpus NAME --usd-per-hour 2` shows the
+`kvplan.plan.gpus.gpu_from_options`, so `kvplan gpus NAME --usd-per-hour 2` shows the
 GPU a plan would use.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from kvplan.render import OutputFormat
+from kvplan.cli.render import OutputFormat
 
 # ------------------------------------------------------------ options
 GpuMemoryOpt = Annotated[
@@ -51,7 +51,7 @@ def gpus(
     exact: BytesOpt = False,
 ) -> None:
     """List the GPU catalog; with GPU or override flags, show that one GPU in full."""
-    from kvplan.gpus import gpu_from_options, load_gpu_catalog
+    from kvplan.plan.gpus import gpu_from_options, load_gpu_catalog
 
     chosen = gpu_from_options(gpu, gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops)
     if chosen is None:
@@ -81,7 +81,7 @@ def _number(x: Optional[float]) -> str:
 
 
 def _row(gpu, exact: bool) -> list[str]:
-    from kvplan import render
+    from kvplan.cli import render
 
     return [
         gpu.name,
@@ -95,7 +95,7 @@ def _row(gpu, exact: bool) -> list[str]:
 
 
 def _render_list(gpus: list, fmt: OutputFormat, exact: bool) -> None:
-    from kvplan import render
+    from kvplan.cli import render
 
     if fmt is OutputFormat.json:
         render.write(render.to_json([_record(g) for g in gpus]))
@@ -110,7 +110,7 @@ def _render_list(gpus: list, fmt: OutputFormat, exact: bool) -> None:
 
 def _render_one(gpu, fmt: OutputFormat) -> None:
     """Every field; memory always with exact bytes and MiB."""
-    from kvplan import render
+    from kvplan.cli import render
     from kvplan.units import fmt_int
 
     if fmt is OutputFormat.json:

@@ -27,9 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from kvplan.calc import CacheLayout, ceil_div
+from kvplan.model.layout import CacheLayout, ceil_div
 from kvplan.errors import InputError
-from kvplan.shape import LayerKind
+from kvplan.model.shape import LayerKind
 
 # vLLM's default max_num_batched_tokens for the OpenAI server with chunked prefill
 # on a data-centre GPU (vllm/engine/arg_utils.py, UsageContext.OPENAI_API_SERVER).

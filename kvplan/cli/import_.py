@@ -17,7 +17,7 @@ import typer
 from kvplan.errors import InputError
 
 if TYPE_CHECKING:
-    from kvplan.spec import ModelSpec
+    from kvplan.model.spec import ModelSpec
 
 # Fields always written even at their default, so the file reads on its own.
 _ALWAYS = ("torch_dtype",)
@@ -35,7 +35,7 @@ def spec_yaml(spec: "ModelSpec") -> str:
     """The spec as YAML in ModelSpec field order; defaults left out, flow-style lists."""
     import yaml
 
-    from kvplan.spec import ModelSpec
+    from kvplan.model.spec import ModelSpec
 
     lines = [f"# written by `kvplan import` from {spec.source}"]
     for name, info in ModelSpec.model_fields.items():
@@ -67,8 +67,8 @@ def spec_yaml(spec: "ModelSpec") -> str:
 
 def check_destination(path: Path, source: str, force: bool) -> None:
     """Refuse, before any work, a destination that is a folder, the model's own files, or (without
-    `force`) any existing file; see kvplan.outputs."""
-    from kvplan.outputs import SPEC_YAML, check_output, model_inputs
+    `force`) any existing file; see kvplan.cli.outputs."""
+    from kvplan.cli.outputs import SPEC_YAML, check_output, model_inputs
 
     if path.is_dir():
         raise InputError(f"-o {path}: is a folder; give a file name such as {path / 'model.yaml'}")
@@ -97,8 +97,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write a spec YAML for a model from its own files, offline (nothing in them is run)."""
         from kvplan.atomic import write_text_atomically
-        from kvplan.catalog import load_spec_file
-        from kvplan.model_source import spec_from_source
+        from kvplan.sources.catalog import load_spec_file
+        from kvplan.sources.resolve import spec_from_source
 
         path = None if output == "-" else Path(output).expanduser()
         if path is not None:

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from kvplan.errors import InputError
-from kvplan.render import OutputFormat
+from kvplan.cli.render import OutputFormat
 from kvplan.units import counted
 
 PROFILE_ENGINES = ("hf", "llama.cpp", "sglang", "trtllm")
@@ -59,7 +59,7 @@ def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[s
                   non_torch: Optional[int], label: Optional[str] = None):
     """The GPU and what besides the KV cache sits on it, for the engines' budget rules."""
     from kvplan.engines import MemoryInputs
-    from kvplan.planner import (
+    from kvplan.plan.planner import (
         DEFAULT_NON_TORCH_BYTES,
         DEFAULT_NON_TORCH_BYTES_TP,
         WEIGHT_DTYPES,
@@ -87,9 +87,9 @@ def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[s
 
 def planner_capacity(spec, gpu, fmt, state, *, context: int, batch: int, tp: int, weights_dtype, activation,
                      non_torch, vllm_block_size=None, label: Optional[str] = None):
-    """ideal / vLLM capacity from kvplan.planner, as EngineCapacity."""
+    """ideal / vLLM capacity from kvplan.plan.planner, as EngineCapacity."""
     from kvplan.engines import EngineCapacity
-    from kvplan.planner import Engine, GPUFigures, Planner, PlanOptions
+    from kvplan.plan.planner import Engine, GPUFigures, Planner, PlanOptions
 
     figures = GPUFigures(label or gpu.name, gpu.memory_bytes, gpu.memory_bandwidth_gbps, gpu.bf16_tflops, gpu.fp8_tflops,
                          gpu.usd_per_hour)
@@ -115,7 +115,7 @@ def planner_capacity(spec, gpu, fmt, state, *, context: int, batch: int, tp: int
 
 
 def _size(n: Optional[int], exact: bool) -> str:
-    from kvplan.render import size
+    from kvplan.cli.render import size
 
     return "—" if n is None else size(n, exact)
 
@@ -208,7 +208,7 @@ def csv_records(comparison) -> list[dict]:
 
 
 def render_comparison(comparison, fmt: OutputFormat, exact: bool) -> None:
-    from kvplan import render
+    from kvplan.cli import render
 
     if fmt is OutputFormat.json:
         render.write(render.to_json(comparison.to_dict()))
@@ -240,7 +240,7 @@ def engine_report_lines(cache, capacity, exact: bool) -> list[tuple[str, str]]:
 
     seqs = "1 sequence" if cache.batch == 1 else f"{cache.batch:,} sequences"
     lines = [("KV bytes total", _size(cache.kv_bytes_total, exact) + f" for {seqs} of {cache.context:,} tokens"),
-             ("ideal", _size(cache.ideal_bytes_total, exact) + " (exactly the tokens held, kvplan.calc)")]
+             ("ideal", _size(cache.ideal_bytes_total, exact) + " (exactly the tokens held, kvplan.model.layout)")]
     for why in explain(cache):
         lines.append(("why it differs", why))
     for k, v in cache.settings.items():
@@ -274,7 +274,7 @@ ENGINE_KIND_HEADERS = ["layer kind", "layers", "tokens held / seq", "slots / lay
 
 
 def engine_kind_rows(cache, exact: bool) -> list[list[str]]:
-    from kvplan.render import KIND_LABEL
+    from kvplan.cli.render import KIND_LABEL
 
     rows = []
     for k in cache.by_kind:
@@ -286,7 +286,7 @@ def engine_kind_rows(cache, exact: bool) -> list[list[str]]:
 
 def render_engine(results: list[tuple], fmt: OutputFormat, exact: bool, svg: Optional[str] = None) -> None:
     """`estimate --engine <profile>`: one (cache, capacity) per combination; `svg` saves the table too."""
-    from kvplan import render
+    from kvplan.cli import render
 
     if fmt is OutputFormat.json:
         data = [{**c.to_dict(), "capacity": None if cap is None else cap.to_dict()} for c, cap in results]
@@ -354,10 +354,10 @@ def estimate_profile(spec, engine: str, *, contexts, batches, tps, kv_cache_dtyp
     """
     from dataclasses import replace
 
-    from kvplan.cli import parse_str_list
+    from kvplan.cli.app import parse_str_list
     from kvplan.engines import engine_module
     from kvplan.engines.compare import ideal_format
-    from kvplan.formats import UnknownFormatError, parse_state_format
+    from kvplan.model.formats import UnknownFormatError, parse_state_format
     from kvplan.units import parse_bytes
 
     module = engine_module(engine)  # estimate checked its flags and --tp / --pp (kvplan.engines.options)
@@ -368,7 +368,7 @@ def estimate_profile(spec, engine: str, *, contexts, batches, tps, kv_cache_dtyp
     kv_dtypes = parse_str_list(kv_cache_dtype, "--kv-cache-dtype")
     devices = []
     if gpu is not None or gpu_memory is not None:
-        from kvplan.gpus import gpu_from_options, override_label
+        from kvplan.plan.gpus import gpu_from_options, override_label
 
         names = parse_str_list(gpu, "--gpu") if gpu is not None else [None]
         devices = [gpu_from_options(g, gpu_memory, None if g else 1.0, None, None) for g in names]
@@ -445,11 +445,11 @@ def register(app: typer.Typer) -> None:
         exact: Annotated[bool, typer.Option("--bytes", help="Show exact byte counts beside binary units.")] = False,
     ) -> None:
         """MODEL in every engine side by side: tokens held, KV bytes, why each differs, log lines, refusals."""
-        from kvplan.catalog import resolve_spec
-        from kvplan.cli import parse_int_list, parse_str_list
+        from kvplan.sources.catalog import resolve_spec
+        from kvplan.cli.app import parse_int_list, parse_str_list
         from kvplan.engines import ALL_ENGINES
         from kvplan.engines.compare import CompareOptions, compare as run_compare, ideal_format
-        from kvplan.formats import UnknownFormatError, parse_state_format
+        from kvplan.model.formats import UnknownFormatError, parse_state_format
         from kvplan.units import parse_bytes
 
         spec = resolve_spec(model, fast=True)
@@ -460,8 +460,8 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--batch must be at least 1, got {batch}")
         if tp < 1:
             raise InputError(f"--tensor-parallel-size must be at least 1, got {tp}")
-        from kvplan.cli import token_flag
-        from kvplan.deploy import check_workload
+        from kvplan.cli.app import token_flag
+        from kvplan.plan.deploy import check_workload
 
         prompt_tokens = token_flag(prompt_tokens, "--prompt-tokens")
         check_workload(contexts[0], prompt_tokens=prompt_tokens)
@@ -488,7 +488,7 @@ def register(app: typer.Typer) -> None:
                               trtllm=opts_by_engine["trtllm"])
         memory = factory = None
         if gpu is not None or gpu_memory is not None:
-            from kvplan.gpus import gpu_from_options, override_label
+            from kvplan.plan.gpus import gpu_from_options, override_label
 
             # compare reports memory only: a flag-built GPU needs a bandwidth, which nothing here reads
             device = gpu_from_options(gpu, gpu_memory, None if gpu else 1.0, None, None)

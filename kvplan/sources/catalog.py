@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from kvplan.errors import InputError
-from kvplan.shape import ModelShape, holds_stray_boolean
+from kvplan.model.shape import ModelShape, holds_stray_boolean
 
 if TYPE_CHECKING:  # yaml and pydantic are imported where used: a catalog estimate needs neither
     import yaml
     from pydantic import BaseModel, ValidationError
 
-    from kvplan.spec import ModelSpec
+    from kvplan.model.spec import ModelSpec
 
 M = TypeVar("M", bound="BaseModel")
 
@@ -36,11 +36,11 @@ def _yaml_loader():
 
 def _shipped_dir(name: str) -> Path:
     """The shipped data folder: inside the installed package, or at the repo root."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / name, here.parent / name):
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / name, package.parent / name):
         if candidate.is_dir():
             return candidate
-    return here / name
+    return package / name
 
 
 SPECS_DIR = _shipped_dir("model_specs")
@@ -253,16 +253,16 @@ def load_model(model_cls: type[M], path: Path, data: Any = None, line_of=None) -
 
 
 def load_spec_file(path: Path, *, fast: bool = False) -> "ModelSpec":
-    """A spec YAML validated into ModelSpec; `fast`: a ModelShape when kvplan.spec_rules' cheap check
+    """A spec YAML validated into ModelSpec; `fast`: a ModelShape when kvplan.model.spec_rules' cheap check
     accepts it as it stands (no pydantic import), else ModelSpec, which accepts or refuses it as ever."""
     data, line_of = read_yaml(path)
     if fast:
-        from kvplan.spec_rules import shape_if_valid
+        from kvplan.model.spec_rules import shape_if_valid
 
         shape = shape_if_valid(data)
         if shape is not None:
             return shape  # type: ignore[return-value]
-    from kvplan.spec import ModelSpec
+    from kvplan.model.spec import ModelSpec
 
     return load_model(ModelSpec, path, data, line_of)
 
@@ -273,7 +273,7 @@ def load_spec_file(path: Path, *, fast: bool = False) -> "ModelSpec":
 # the SHA-256 of its YAML text. `kvplan estimate` on a catalog name checks the
 # hash and rebuilds the spec as a `ModelShape` without importing pydantic or
 # PyYAML; an edited file (hash mismatch) goes through full validation instead.
-# `python -m kvplan.catalog` rewrites the index; a test fails while it is stale.
+# `python -m kvplan.sources.catalog` rewrites the index; a test fails while it is stale.
 
 INDEX_FILE = SPECS_DIR / "_index.json"
 
@@ -341,7 +341,7 @@ def resolve_spec(ref: str, *, fast: bool = False) -> "ModelSpec":
 
     `fast`: the spec may come back as a ModelShape (same fields and derived sizes, no
     pydantic import): a catalog spec from the validated index, any other from
-    kvplan.spec_rules' cheap check; callers that need the pydantic model
+    kvplan.model.spec_rules' cheap check; callers that need the pydantic model
     (model_dump(mode=...), model_copy) leave it False.
     """
     if not ref.strip():  # Path("") is the current folder: name the empty argument instead
@@ -350,7 +350,7 @@ def resolve_spec(ref: str, *, fast: bool = False) -> "ModelSpec":
     if broken_link(path):
         raise InputError(f"{ref}: {broken_link(path)}; point it at the model's files")
     looks_like_path = ref.endswith((".yaml", ".yml")) or "/" in ref or path.exists()
-    own_files = path.suffix.lower() in (".json", ".gguf")  # config.json / GGUF: kvplan.model_source
+    own_files = path.suffix.lower() in (".json", ".gguf")  # config.json / GGUF: kvplan.sources.resolve
     if looks_like_path and path.is_file() and not own_files:
         return load_spec_file(path, fast=fast)
     catalog_file = SPECS_DIR / f"{ref.lower()}.yaml"
@@ -361,7 +361,7 @@ def resolve_spec(ref: str, *, fast: bool = False) -> "ModelSpec":
                 return shape  # type: ignore[return-value]
         return load_spec_file(catalog_file)
     if looks_like_path:
-        from kvplan import model_source  # imported here: a catalog lookup stays fast
+        from kvplan.sources import resolve as model_source  # imported here: a catalog lookup stays fast
 
         if path.is_file() or path.is_dir() or model_source.looks_like_hub_id(ref):
             return model_source.spec_from_source(ref, fast=fast)

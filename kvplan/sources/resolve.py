@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from kvplan.errors import InputError
-from kvplan.shape import DTYPE_ALIASES, ModelShape
-from kvplan.spec_rules import NAME_PATTERN, shape_if_valid, slugify
+from kvplan.model.shape import DTYPE_ALIASES, ModelShape
+from kvplan.model.spec_rules import NAME_PATTERN, shape_if_valid, slugify
 from kvplan.userfiles import loads_json, read_text
 
-if TYPE_CHECKING:  # pydantic is imported only when the cheap check does not accept a spec (kvplan.spec_rules)
-    from kvplan.spec import ModelSpec
+if TYPE_CHECKING:  # pydantic is imported only when the cheap check does not accept a spec (kvplan.model.spec_rules)
+    from kvplan.model.spec import ModelSpec
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024  # a config.json is a few KB; Phi-3's rope tables make ~10 KB
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[A-Za-z0-9._/-]+)?$")
@@ -121,7 +121,7 @@ def _gguf_in(folder: Path) -> Optional[Path]:
 
 def _locate_in_folder(folder: Path, ref: str) -> Located:
     config = folder / "config.json"
-    from kvplan.catalog import broken_link
+    from kvplan.sources.catalog import broken_link
 
     if broken_link(config):  # a hub snapshot whose blob was deleted
         raise InputError(f"{config}: {broken_link(config)}; download the config again")
@@ -199,7 +199,7 @@ def read_config(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg} (column {exc.colno})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object at the top level")
-    from kvplan.hf_config import booleans_as_numbers
+    from kvplan.sources.hf_config import booleans_as_numbers
     from kvplan.units import boolean_problem
 
     for keys, value in booleans_as_numbers(data)[:1]:  # the first: one line
@@ -222,7 +222,7 @@ def _build(fields: dict[str, Any], where: str, fast: bool = False) -> Union["Mod
             return shape
     from pydantic import ValidationError
 
-    from kvplan.spec import ModelSpec
+    from kvplan.model.spec import ModelSpec
 
     try:
         return ModelSpec.model_validate(fields)
@@ -234,8 +234,8 @@ def _build(fields: dict[str, Any], where: str, fast: bool = False) -> Union["Mod
 
 def spec_from_config_file(path: Path, name: str, source: str, fast: bool = False) -> "ModelSpec":
     """A spec from config.json, with parameters from the safetensors headers beside it when present."""
-    from kvplan.hf_config import convert_config
-    from kvplan.safetensors_header import find_weights
+    from kvplan.sources.hf_config import convert_config
+    from kvplan.sources.safetensors_header import find_weights
 
     conv = convert_config(read_config(path), str(path))
     fields = dict(conv.fields)
@@ -309,8 +309,8 @@ def spec_from_config_file(path: Path, name: str, source: str, fast: bool = False
 
 def _safetensors_weight_bytes(weights, fields: dict[str, Any], notes: list[str], mtp_layers: int) -> dict[str, Any]:
     """`file_weight_bytes` from the safetensors headers: every tensor the loader puts on the GPU, at its
-    stored size (packed int4 / fp4 and the scale tensors included), by part (kvplan.file_weights)."""
-    from kvplan.file_weights import hf_part, layer_index, split_weight_bytes
+    stored size (packed int4 / fp4 and the scale tensors included), by part (kvplan.sources.file_weights)."""
+    from kvplan.sources.file_weights import hf_part, layer_index, split_weight_bytes
 
     layers = fields["num_hidden_layers"]
     kept = list(zip(weights.tensor_names, weights.tensor_bytes))
@@ -346,7 +346,7 @@ def _safetensors_weight_bytes(weights, fields: dict[str, Any], notes: list[str],
 
 def spec_from_gguf_file(path: Path, name: str, source: str, fast: bool = False) -> "ModelSpec":
     """A spec from a GGUF header (all split files, when the model is split)."""
-    from kvplan.gguf import GGUFHeader, read_gguf, spec_fields_from_gguf
+    from kvplan.sources.gguf import GGUFHeader, read_gguf, spec_fields_from_gguf
 
     header = read_gguf(path)
     split = SPLIT_GGUF.match(path.name)
@@ -367,8 +367,8 @@ def spec_from_gguf_file(path: Path, name: str, source: str, fast: bool = False) 
 def spec_from_source(ref: str, name: Optional[str] = None, *, fast: bool = False) -> "ModelSpec":
     """A ModelSpec from a config.json, model folder, .gguf file or cached hub id.
 
-    `fast`: a ModelShape (same fields and derived sizes) when the spec passes kvplan.spec_rules'
-    cheap check, as `kvplan.catalog.resolve_spec(fast=True)` serves it; a spec it does not accept
+    `fast`: a ModelShape (same fields and derived sizes) when the spec passes kvplan.model.spec_rules'
+    cheap check, as `kvplan.sources.catalog.resolve_spec(fast=True)` serves it; a spec it does not accept
     goes through ModelSpec, which accepts it or refuses it with today's message.
     """
     where = locate(ref)

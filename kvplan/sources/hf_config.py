@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from kvplan.errors import InputError
-from kvplan.shape import LAYER_TYPE_ALIASES
-from kvplan.spec_rules import SIZE_LIMITS, layer_fields, size_limit_problem
+from kvplan.model.shape import LAYER_TYPE_ALIASES
+from kvplan.model.spec_rules import SIZE_LIMITS, layer_fields, size_limit_problem
 
 _ABSENT = object()
 
@@ -192,7 +192,7 @@ def supported_model_types() -> list[str]:
 
 
 # config.json keys that are not spec fields, mapped to the spec field whose bound
-# (kvplan.spec_rules.SIZE_LIMITS) they share: layer periods and offsets are bounded like
+# (kvplan.model.spec_rules.SIZE_LIMITS) they share: layer periods and offsets are bounded like
 # layers, so no per-layer loop below ever runs past MAX_LAYERS.
 _BOUND_LIKE = {
     "n_layer": "num_hidden_layers", "n_head": "num_attention_heads", "n_embd": "hidden_size",
@@ -908,10 +908,12 @@ def convert_config(config: Any, where: str = "config.json") -> Converted:
     resolved = TYPE_ALIASES.get(model_type, model_type)
     if resolved not in HANDLERS:
         archs = raw.get("architectures") or config.get("architectures") or []
-        by_arch = next((ARCHITECTURE_TYPES[a] for a in archs if isinstance(a, str) and a in ARCHITECTURE_TYPES), None)
-        if by_arch is not None:
-            notes.append(f"model_type {model_type!r} read as {by_arch!r}, from architectures {archs[0]!r}")
-            resolved = by_arch
+        if not isinstance(archs, list):
+            raise ConfigError(f"{where}: architectures is {archs!r}; expected a list of class names")
+        arch = next((a for a in archs if isinstance(a, str) and a in ARCHITECTURE_TYPES), None)
+        if arch is not None:
+            notes.append(f"model_type {model_type!r} read as {ARCHITECTURE_TYPES[arch]!r}, from architectures {arch!r}")
+            resolved = ARCHITECTURE_TYPES[arch]
     raw = _normalise(raw, model_type)
 
     quant = raw.get("quantization_config")

@@ -3,8 +3,8 @@
 Memory (vLLM's semantics, `vllm/v1/worker/gpu_worker.py::determine_available_memory`):
     KV budget per GPU = ceil(total x gpu_memory_utilization) - weights per rank
                         - activation peak - non-torch memory
-Capacity: `--engine vllm` counts blocks as vLLM does (`kvplan.vllm_rules`);
-`--engine ideal` counts exactly the tokens held (`kvplan.calc`), paged only when
+Capacity: `--engine vllm` counts blocks as vLLM does (`kvplan.engines.vllm_rules`);
+`--engine ideal` counts exactly the tokens held (`kvplan.model.layout`), paged only when
 `--block-size` > 1.
 Latency (a roofline): a decode step reads the weights (the experts a batch
 touches, for MoE) and every KV byte held, and does 2 x active parameters FLOPs per
@@ -17,11 +17,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
-from kvplan.calc import ATTENTION_KINDS, CacheLayout, ceil_div
+from kvplan.model.layout import ATTENTION_KINDS, CacheLayout, ceil_div
 from kvplan.errors import InputError, require_at_least
-from kvplan.formats import FIXED_FORMATS, KVFormatPair
-from kvplan.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
-from kvplan.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS, VllmLayout, build_layout, max_model_len_refusal
+from kvplan.model.formats import FIXED_FORMATS, KVFormatPair
+from kvplan.model.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
+from kvplan.engines.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS, VllmLayout, build_layout, max_model_len_refusal
 from kvplan.units import counted, fmt_bytes
 
 GIB = 2**30

@@ -20,9 +20,9 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kvplan.catalog import broken_link, did_you_mean, load_model, read_yaml
+from kvplan.sources.catalog import broken_link, did_you_mean, load_model, read_yaml
 from kvplan.errors import InputError
-from kvplan.spec import NonNegativeFloat, NotBoolean, PositiveFloat  # numbers that refuse a boolean
+from kvplan.model.spec import NonNegativeFloat, NotBoolean, PositiveFloat  # numbers that refuse a boolean
 from kvplan.units import fmt_bytes, gpu_memory_problem, not_a_boolean, parse_bytes, parse_gpu_memory
 
 GPU_CATALOG_PATH = Path(__file__).resolve().parent / "data" / "gpus.yaml"

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from kvplan.errors import InputError
-from kvplan.formats import FIXED_FORMATS, KVFormat, KVFormatPair
-from kvplan.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
+from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
+from kvplan.model.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
 
 ATTENTION_KINDS = (LayerKind.FULL, LayerKind.SLIDING, LayerKind.CHUNKED, LayerKind.MLA)
 KIND_ORDER = (

@@ -1,9 +1,9 @@
 """`kvplan measure`: run a spec as a real torch decoder and print predicted beside measured.
 
 torch is imported inside the command only (through `kvplan.measure.run`), so
-importing this module (as `kvplan.cli` does) never loads it. No `from __future__
+importing this module (as `kvplan.cli.app` does) never loads it. No `from __future__
 import annotations` here: the command's options are built inside `register` from
-kvplan.cli's shared aliases, and typer must see them as objects, not strings.
+kvplan.cli.app's shared aliases, and typer must see them as objects, not strings.
 """
 
 import json
@@ -43,7 +43,7 @@ def write_json_atomic(path: Path, data: object) -> None:
 
 def register(app: typer.Typer) -> None:
     """Add the `measure` command to `app`."""
-    from kvplan.cli import BatchOpt, BytesOpt, ContextOpt, ModelArg, parse_int_list, warn_beyond_positions
+    from kvplan.cli.app import BatchOpt, BytesOpt, ContextOpt, ModelArg, parse_int_list, warn_beyond_positions
 
     @app.command()
     def measure(
@@ -67,13 +67,13 @@ def register(app: typer.Typer) -> None:
         exact: BytesOpt = False,
     ) -> None:
         """Build MODEL with random weights, run a real prefill and cached decode, and compare with the prediction."""
-        from kvplan import render
-        from kvplan.catalog import resolve_spec
+        from kvplan.cli import render
+        from kvplan.sources.catalog import resolve_spec
 
         if tolerance is not None and not tolerance >= 0:
             raise InputError(f"--tolerance {tolerance}: give a fraction of 0 or more, e.g. 0.05")
         if json_path is not None:  # before the model is built or run: a refusal after the run would lose it
-            from kvplan.outputs import MEASURE_JSON, check_output, model_inputs
+            from kvplan.cli.outputs import MEASURE_JSON, check_output, model_inputs
 
             check_output(json_path, "--json", MEASURE_JSON, inputs=model_inputs(model, "measured"), force=force)
         spec = resolve_spec(model)
@@ -87,7 +87,8 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"--layers {layers}: {spec.name} has {spec.num_hidden_layers} layers; use 1 to {spec.num_hidden_layers}")
 
         try:
-            from kvplan.measure.report import report_tables, tolerance_failures
+            from kvplan.cli.measure_report import report_tables
+            from kvplan.measure.report import tolerance_failures
             from kvplan.measure.run import MeasureOptions, measure as run_measure
         except ImportError as exc:  # torch missing
             raise InputError(f"kvplan measure needs torch ({exc}); install it with `pip install 'kvplan[measure]'`") from None

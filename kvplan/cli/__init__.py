@@ -1,0 +1,1 @@
+"""The command line: one thin command per verb, options, renderers and output files."""

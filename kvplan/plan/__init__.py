@@ -1,0 +1,1 @@
+"""Deployment on devices: GPU figures, memory budget, capacity, latency, cost and CI gates."""

@@ -1,0 +1,1 @@
+"""Where a model comes from: the shipped catalog, config.json, GGUF and safetensors headers."""
