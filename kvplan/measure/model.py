@@ -259,15 +259,18 @@ class MLAttention(nn.Module):
         m, H = self.m, self.heads
         q_nope, q_rope = self._q(x, pos)  # (B, H, 1, ·)
         cache.update(pos, self._latent(x, pos))
-        latent = cache.latent.to(x.dtype).unsqueeze(1)  # (B, 1, T, r + d_rope)
+        latent = cache.latent.to(x.dtype)  # (B, T, r + d_rope): one latent shared by every head
         c, k_rope = latent[..., : m.kv_lora_rank], latent[..., m.kv_lora_rank :]
         w = self.kv_b_proj.view(H, m.nope_dim + m.v_dim, m.kv_lora_rank)
         w_uk, w_uv = w[:, : m.nope_dim], w[:, m.nope_dim :]  # (H, nope, r), (H, v, r)
         q_latent = torch.einsum("bhsn,hnr->bhsr", q_nope, w_uk)  # absorb W_UK into the query
-        scores = torch.matmul(q_latent, c.transpose(-1, -2)) + torch.matmul(q_rope, k_rope.transpose(-1, -2))
-        scores = scores.float() * self.scale  # (B, H, 1, T)
+        # The heads are the rows of one (H x r) @ (r x T) product per sequence, as MQA over the latent:
+        # a head-broadcast 4-D matmul takes torch's slow batched path on CPU (about 100x slower in bf16).
+        scores = torch.bmm(q_latent.reshape(B, H, -1), c.transpose(1, 2)) + torch.bmm(
+            q_rope.reshape(B, H, -1), k_rope.transpose(1, 2))
+        scores = scores.float() * self.scale  # (B, H, T)
         probs = scores.masked_fill(~cache.mask(pos), float("-inf")).softmax(dim=-1).to(x.dtype)
-        out_latent = torch.matmul(probs, c)  # (B, H, 1, r)
+        out_latent = torch.bmm(probs, c).unsqueeze(2)  # (B, H, 1, r)
         out = torch.einsum("bhsr,hvr->bhsv", out_latent, w_uv)  # W_UV applied after attention
         return F.linear(out.transpose(1, 2).reshape(B, 1, -1), self.o_proj)
 
