@@ -407,7 +407,7 @@ def test_mamba1_step_against_the_reference(spec_factory):
     conv = torch.randn(1, s.d_inner, s.d_conv - 1, generator=gen)
     ssm = torch.randn(1, s.d_inner, s.d_state, generator=gen)
     u = torch.randn(1, s.d_inner, generator=gen)
-    new, y = layer._step({"conv_state": conv, "ssm_state": ssm}, u, None)
+    new, y = layer._step(layer._fp32_params(), {"conv_state": conv, "ssm_state": ssm}, u, None)
 
     conv_ref, xc = _conv_reference(layer, conv[0].tolist(), u[0].tolist())
     x_proj, dt_proj, dt_bias = layer.x_proj.tolist(), layer.dt_proj.tolist(), layer.dt_proj_bias.tolist()
@@ -438,7 +438,7 @@ def test_mamba2_step_against_the_reference(spec_factory):
     ssm = torch.randn(1, s.n_heads, s.head_dim, s.d_state, generator=gen)
     u = torch.randn(1, s.conv_dim, generator=gen)
     dt_in = torch.randn(1, s.n_heads, generator=gen)
-    new, y = layer._step({"conv_state": conv, "ssm_state": ssm}, u, dt_in)
+    new, y = layer._step(layer._fp32_params(), {"conv_state": conv, "ssm_state": ssm}, u, dt_in)
 
     conv_ref, xc = _conv_reference(layer, conv[0].tolist(), u[0].tolist())
     x, Bs, Cs = xc[:64], xc[64:68], xc[68:72]  # B and C: 2 groups x d_state 2 each
@@ -467,6 +467,6 @@ def test_recurrence_step_by_hand(spec_factory):
     layer = StateLayer(arch, arch.layers[0], model_module._Init(CPU, torch.float32))
     with torch.no_grad():
         layer.decay.copy_(torch.tensor([0.0, math.log(3.0)]))
-    new, y = layer._step({"state": torch.tensor([[1.0, 2.0]])}, torch.tensor([[3.0, 5.0]]), None)
+    new, y = layer._step(layer._fp32_params(), {"state": torch.tensor([[1.0, 2.0]])}, torch.tensor([[3.0, 5.0]]), None)
     # 0.5 x 1 + 0.5 x 3 = 2; 0.75 x 2 + 0.25 x 5 = 2.75
     assert torch.allclose(new["state"], torch.tensor([[2.0, 2.75]])) and torch.equal(y, new["state"])

@@ -313,17 +313,29 @@ class StateLayer(nn.Module):
             self.D = init.ones(s.d_inner)
         self.out_proj = init.linear(h, s.d_inner)
 
+    def _fp32_params(self) -> dict[str, torch.Tensor]:
+        """The step's parameters in fp32, converted once per scan, not once per token."""
+        names = ("decay",) if self.s.variant == "recurrence" else (
+            ("conv_weight", "conv_bias", "A_log", "D", "dt_bias") if self.s.variant == "mamba2"
+            else ("conv_weight", "conv_bias", "x_proj", "dt_proj", "dt_proj_bias", "A_log", "D"))
+        p = {n: getattr(self, n).float() for n in names}
+        if "A_log" in p:
+            p["A"] = -torch.exp(p.pop("A_log"))
+        if "decay" in p:
+            p["decay"] = torch.sigmoid(p["decay"])
+        return p
+
     # one token: inputs (B, ·) fp32; state in its cache dtype; returns (new states fp32, y fp32)
     def _step(
-        self, states: dict[str, torch.Tensor], u: torch.Tensor, dt_in: torch.Tensor | None
+        self, p: dict[str, torch.Tensor], states: dict[str, torch.Tensor], u: torch.Tensor, dt_in: torch.Tensor | None
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         s = self.s
         if s.variant == "recurrence":
-            a = torch.sigmoid(self.decay.float())
+            a = p["decay"]
             new = a * states["state"].float() + (1 - a) * u
             return {"state": new}, new
         window = torch.cat([states["conv_state"].float(), u.unsqueeze(-1)], dim=-1)  # (B, conv_dim, d_conv)
-        xc = F.silu((window * self.conv_weight.float()).sum(-1) + self.conv_bias.float())
+        xc = F.silu((window * p["conv_weight"]).sum(-1) + p["conv_bias"])
         new_conv = window[..., 1:]
         h = states["ssm_state"].float()
         if s.variant == "mamba2":
@@ -334,17 +346,17 @@ class StateLayer(nn.Module):
             Cm = Cm.view(B, s.n_groups, s.d_state).repeat_interleave(per_group, dim=1)
             x = x.view(B, s.n_heads, s.head_dim)  # (B, H, P)
             assert dt_in is not None
-            dt = F.softplus(dt_in + self.dt_bias.float())  # (B, H)
-            dA = torch.exp(dt * -torch.exp(self.A_log.float()))
+            dt = F.softplus(dt_in + p["dt_bias"])  # (B, H)
+            dA = torch.exp(dt * p["A"])
             h = dA[..., None, None] * h + (dt[..., None] * x)[..., None] * Bm[:, :, None, :]  # (B, H, P, N)
-            y = (h * Cm[:, :, None, :]).sum(-1) + self.D.float()[:, None] * x
+            y = (h * Cm[:, :, None, :]).sum(-1) + p["D"][:, None] * x
             return {"conv_state": new_conv, "ssm_state": h}, y.reshape(B, -1)
-        dbc = F.linear(xc, self.x_proj.float())
+        dbc = F.linear(xc, p["x_proj"])
         dt, Bm, Cm = dbc.split([s.dt_rank, s.d_state, s.d_state], dim=-1)
-        dt = F.softplus(F.linear(dt, self.dt_proj.float(), self.dt_proj_bias.float()))  # (B, d_inner)
-        dA = torch.exp(dt[..., None] * -torch.exp(self.A_log.float()))  # (B, d_inner, N)
+        dt = F.softplus(F.linear(dt, p["dt_proj"], p["dt_proj_bias"]))  # (B, d_inner)
+        dA = torch.exp(dt[..., None] * p["A"])  # (B, d_inner, N)
         h = dA * h + (dt * xc)[..., None] * Bm[:, None, :]
-        y = (h * Cm[:, None, :]).sum(-1) + self.D.float() * xc
+        y = (h * Cm[:, None, :]).sum(-1) + p["D"] * xc
         return {"conv_state": new_conv, "ssm_state": h}, y
 
     def _split_in(self, x: torch.Tensor):
@@ -363,6 +375,7 @@ class StateLayer(nn.Module):
         """Scan x (B, S, hidden) from `states`; write the final state into `store`."""
         dtypes = {k: v.dtype for k, v in states.items()}
         u_all, z = self._split_in(x)
+        params = self._fp32_params()
         ys = []
         S = x.shape[1]
         for t in range(S):
@@ -370,7 +383,7 @@ class StateLayer(nn.Module):
                 u, dt_in = u_all[0][:, t], u_all[1][:, t]
             else:
                 u, dt_in = u_all[:, t], None
-            new, y = self._step(states, u, dt_in)
+            new, y = self._step(params, states, u, dt_in)
             states = {k: v.to(dtypes[k]) for k, v in new.items()}  # stored in the cache dtype each token
             ys.append(y)
         y = torch.stack(ys, dim=1)
