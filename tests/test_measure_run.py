@@ -126,8 +126,9 @@ def test_every_kind_measures_exactly_on_the_cpu(spec_factory, kind):
     assert run.measured_decode_step_s > 0 and run.measured_prefill_s > 0
     assert math.isclose(run.achieved_gbps, run.bytes_read_per_step / run.measured_decode_step_s / 1e9)
     assert math.isclose(run.predicted_decode_memory_s, run.bytes_read_per_step / (report.read_bandwidth_gbps * 1e9))
-    assert run.predicted_decode_step_s == max(run.predicted_decode_memory_s, run.predicted_decode_compute_s)
-    assert [p.name for p in report.probes] == ["read bandwidth", "copy bandwidth", "GEMV, batch 2", "GEMM, 40 prompt rows"]
+    assert run.predicted_decode_step_s == max(run.predicted_decode_memory_s, run.predicted_decode_compute_s) + run.scan_s_per_token
+    assert [p.name for p in report.probes] == ["read bandwidth", "copy bandwidth", "GEMV, batch 2", "GEMM, 40 prompt rows"] + (
+        ["scan step, batch 2"] if kind == "state" else [])
 
 
 def test_decode_prediction_divides_bytes_read_by_the_read_bandwidth(spec_factory, monkeypatch):
@@ -681,3 +682,31 @@ def test_a_dtype_measure_cannot_run_is_refused(spec_factory):
 )
 def test_what_counts_as_out_of_memory(exc, oom):
     assert measure_run._is_oom(exc) is oom
+
+
+def test_a_state_layer_scan_is_probed_and_added_to_the_predicted_times(spec_factory):
+    # one mamba layer + one full-attention layer (KIND_FIELDS["state"]): one state layer scans per token
+    spec = _spec(spec_factory, **KIND_FIELDS["state"])
+    report = measure(MeasureOptions(spec=spec, contexts=(20,), batches=(2,), decode_steps=3, warmup_steps=1,
+                                    device="cpu", max_rounds=1))
+    (run,) = report.runs
+    scan = [p for p in report.probes if p.name.startswith("scan step")]
+    assert [p.name for p in scan] == ["scan step, batch 2"] and scan[0].unit == "ms" and scan[0].value > 0
+    assert "mamba1" in scan[0].method and "best of 10" in scan[0].method
+    assert run.state_layers == 1
+    assert run.scan_s_per_token == pytest.approx(scan[0].value / 1e3)
+    # the stated rule: decode = max(memory, compute) + scan; prefill = FLOPs / GEMM + context x scan
+    assert run.predicted_decode_step_s == pytest.approx(
+        max(run.predicted_decode_memory_s, run.predicted_decode_compute_s) + run.scan_s_per_token)
+    assert run.predicted_prefill_s == pytest.approx(
+        run.prefill_flops / (run.gemm_tflops * 1e12) + 20 * run.scan_s_per_token)
+    assert any("state layers scan token by token" in n for n in report.notes)
+
+
+def test_a_model_without_state_layers_has_no_scan_probe(spec_factory):
+    report = measure(MeasureOptions(spec=_spec(spec_factory), contexts=(20,), batches=(1,), decode_steps=2,
+                                    warmup_steps=1, device="cpu", max_rounds=1))
+    (run,) = report.runs
+    assert not [p for p in report.probes if p.name.startswith("scan step")]
+    assert (run.state_layers, run.scan_s_per_token) == (0, 0.0)
+    assert run.predicted_decode_step_s == max(run.predicted_decode_memory_s, run.predicted_decode_compute_s)

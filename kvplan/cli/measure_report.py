@@ -65,10 +65,17 @@ def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
         f"  compute time ({run.decode_flops_per_step / 1e6:,.1f} MFLOP / GEMV {run.gemv_tflops * 1e3:,.1f} GFLOP/s)",
         fmt_seconds(run.predicted_decode_compute_s), "", "", "",
     ])
+    if run.state_layers:
+        rows.append([
+            f"  scan time ({run.state_layers} state layer{'s' if run.state_layers != 1 else ''} x "
+            f"{fmt_seconds(run.scan_s_per_token / run.state_layers)} per token)",
+            fmt_seconds(run.scan_s_per_token), "", "", "",
+        ])
     rows.append(["  spread of the judged rounds", "", f"{run.decode_spread:.1%} (range / median)", "", ""])
     prefill_err = run.measured_prefill_s - run.predicted_prefill_s
     rows.append([
-        f"prefill, median of rounds ({run.prefill_flops / 1e9:,.1f} GFLOP / GEMM {run.gemm_tflops * 1e3:,.1f} GFLOP/s)",
+        f"prefill, median of rounds ({run.prefill_flops / 1e9:,.1f} GFLOP / GEMM {run.gemm_tflops * 1e3:,.1f} GFLOP/s"
+        + (f" + {run.context:,} x scan)" if run.state_layers else ")"),
         fmt_seconds(run.predicted_prefill_s),
         fmt_seconds(run.measured_prefill_s),
         ("+" if prefill_err > 0 else "-") + fmt_seconds(abs(prefill_err)),
@@ -129,6 +136,8 @@ def summary_lines(report: MeasureReport, exact: bool) -> list[tuple[str, str]]:
 def _probe_value(probe: ProbeReading) -> str:
     if probe.unit == "TFLOP/s":  # a CPU's GEMV reads 0.01 TFLOP/s: below 1, GFLOP/s keeps three figures
         return f"{probe.value:,.2f} TFLOP/s" if probe.value >= 1 else f"{probe.value * 1e3:,.1f} GFLOP/s"
+    if probe.unit == "ms":  # a scan step: µs on a GPU, a fraction of a ms on a CPU
+        return fmt_seconds(probe.value / 1e3)
     return f"{probe.value:,.1f} {probe.unit}"
 
 

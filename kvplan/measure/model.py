@@ -359,6 +359,23 @@ class StateLayer(nn.Module):
         y = (h * Cm[:, None, :]).sum(-1) + p["D"] * xc
         return {"conv_state": new_conv, "ssm_state": h}, y
 
+    def scan_token(self, params, states, dtypes, u, dt_in):
+        """One token of the scan: the step, then the state stored in the cache dtype, as decode stores
+        it. What `measure` times as its scan probe (a prefill runs it once per prompt token)."""
+        new, y = self._step(params, states, u, dt_in)
+        return {k: v.to(dtypes[k]) for k, v in new.items()}, y
+
+    def scan_inputs(self, batch: int, state_dtype: torch.dtype, device: torch.device):
+        """Zero states in `state_dtype` and random fp32 step inputs for `batch` sequences: the
+        arguments of `scan_token` at this layer's shapes."""
+        s = self.s
+        gen = torch.Generator(device=device).manual_seed(0)
+        states = {k: torch.zeros(batch, *shape, dtype=state_dtype, device=device) for k, shape in s.state_shapes().items()}
+        width = s.d_inner if s.variant != "mamba2" else s.conv_dim
+        u = torch.randn(batch, width, device=device, generator=gen)
+        dt_in = torch.randn(batch, s.n_heads, device=device, generator=gen) if s.variant == "mamba2" else None
+        return self._fp32_params(), states, {k: state_dtype for k in states}, u, dt_in
+
     def _split_in(self, x: torch.Tensor):
         """in_proj output -> (u: the step input, z: the gate or None)."""
         s = self.s
@@ -383,8 +400,7 @@ class StateLayer(nn.Module):
                 u, dt_in = u_all[0][:, t], u_all[1][:, t]
             else:
                 u, dt_in = u_all[:, t], None
-            new, y = self._step(params, states, u, dt_in)
-            states = {k: v.to(dtypes[k]) for k, v in new.items()}  # stored in the cache dtype each token
+            states, y = self.scan_token(params, states, dtypes, u, dt_in)
             ys.append(y)
         y = torch.stack(ys, dim=1)
         if z is not None:

@@ -404,6 +404,29 @@ def linear_throughput(
 
 
 GEMM_START_ROWS = 128
+SCAN_PROBE_WARMUPS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class StepReading:
+    """Seconds of one call of a step the model repeats per token (a state layer's scan step)."""
+
+    seconds: float
+    repeats: int
+    method: str
+
+
+def step_time(device: torch.device, fn: Callable[[], object], repeats: int, what: str) -> StepReading:
+    """Best seconds of `fn()` over `repeats` calls after SCAN_PROBE_WARMUPS; best, as the other probes,
+    since other work only slows a call."""
+    for _ in range(SCAN_PROBE_WARMUPS):
+        fn()
+    sync(device)
+    clock = StepTimer(device)
+    for _ in range(repeats):
+        clock.time(fn)
+    seconds = min(clock.seconds())
+    return StepReading(seconds, repeats, f"{what}, best of {repeats} after {SCAN_PROBE_WARMUPS} warm-ups")
 
 
 def gemm_throughput(

@@ -87,7 +87,7 @@ class RunReading:
     predicted_decode_memory_s: float  # bytes_read_per_step / read bandwidth
     predicted_decode_compute_s: float  # decode_flops_per_step / GEMV throughput
     decode_bound: str  # "memory" or "compute": the larger of the two times
-    predicted_decode_step_s: float  # max(memory, compute)
+    predicted_decode_step_s: float  # max(memory, compute) + scan_s_per_token
     gemv_tflops: float  # the GEMV probe at this batch, 1e12 FLOP/s
     measured_decode_step_s: float  # median of the judged rounds' median steps
     decode_step_min_s: float  # over every step of the judged rounds
@@ -106,8 +106,12 @@ class RunReading:
     # prefill
     prefill_flops: int
     gemm_tflops: float  # the GEMM probe at this run's prompt rows, 1e12 FLOP/s
-    predicted_prefill_s: float  # prefill_flops / GEMM throughput
+    predicted_prefill_s: float  # prefill_flops / GEMM throughput + context x scan_s_per_token
     measured_prefill_s: float
+    # state layers: their scan runs token by token, elementwise (not matmul work): the scan probe's
+    # seconds per token for one layer at this batch, times the state layers; 0 without state layers
+    state_layers: int = 0
+    scan_s_per_token: float = 0.0
     # --verify: cached decode against recomputation without the cache
     verify_max_abs_logit_diff: float | None = None
     verify_logit_scale: float | None = None

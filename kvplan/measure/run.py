@@ -42,7 +42,8 @@ from kvplan.measure.cache import (
     cache_tensors,
     storage_bytes,
 )
-from kvplan.measure.model import Decoder
+from kvplan.measure.model import Decoder, StateLayer
+from kvplan.model.shape import LayerKind
 from kvplan.measure.predict import (
     RunArch,
     activation_bytes,
@@ -322,6 +323,13 @@ def measure(opts: MeasureOptions) -> MeasureReport:
             rd.sync(device)
             after = _memory(device, session)
             measured_weights = storage_bytes(session.model.parameter_tensors())
+            scan = _scan_probes(session.model, opts.batches, cache_dtype(state_format.name), device)
+            if scan:
+                notes.append(
+                    "state layers scan token by token (elementwise work, not in the FLOP counts): the predicted decode "
+                    "step adds state layers x the scan probe's one-token time, and the predicted prefill adds "
+                    "context x that"
+                )
             weights_modelled = _allocator_model(device, allocator_state, list(session.model.allocation_sizes))
 
             runs = []
@@ -330,7 +338,7 @@ def measure(opts: MeasureOptions) -> MeasureReport:
                     phase = f"running context {context:,}, batch {batch}"
                     say(f"context {context:,} + {opts.decode_steps} decode steps, batch {batch} …")
                     est = layout.at(total, batch)
-                    runs.append(_run_one(opts, session, arch, layout, est, context, batch, device, compute, kv_pair, state_format, read, gemv[batch], gemm[batch * context], param_bytes, run_dtype))
+                    runs.append(_run_one(opts, session, arch, layout, est, context, batch, device, compute, kv_pair, state_format, read, gemv[batch], gemm[batch * context], scan.get(batch), param_bytes, run_dtype))
                     session.drop_run()
     except KvplanError:
         raise
@@ -380,10 +388,28 @@ def measure(opts: MeasureOptions) -> MeasureReport:
             ProbeReading("copy bandwidth", bandwidth.gbps, "GB/s", bandwidth.method),
             *(ProbeReading(f"GEMV, batch {b}", g.flops_per_s / 1e12, "TFLOP/s", g.method) for b, g in gemv.items()),
             *(ProbeReading(f"GEMM, {rows:,} prompt rows", g.flops_per_s / 1e12, "TFLOP/s", g.method) for rows, g in gemm.items()),
+            *(ProbeReading(f"scan step, batch {b}", r.seconds * 1e3, "ms", r.method) for b, r in scan.items()),
         ),
         notes=tuple(notes + _run_notes(opts, device)),
         runs=tuple(runs),
     )
+
+
+SCAN_REPEATS = 10
+
+
+def _scan_probes(model: Decoder, batches, state_dtype: torch.dtype, device: torch.device) -> dict[int, rd.StepReading]:
+    """batch -> one state layer's scan step (every state layer has the same shapes), timed on the
+    model's own first state layer; empty without state layers."""
+    layer = next((b.mixer for b in model.layers if isinstance(b.mixer, StateLayer)), None)
+    if layer is None:
+        return {}
+    out = {}
+    for b in batches:
+        args = layer.scan_inputs(b, state_dtype, device)
+        out[b] = rd.step_time(device, lambda: layer.scan_token(*args), SCAN_REPEATS,
+                              f"one token of the first state layer's scan ({layer.s.variant}), batch {b}")
+    return out
 
 
 def _run_notes(opts: MeasureOptions, device: torch.device) -> list[str]:
@@ -483,7 +509,8 @@ def _capture_graph(step: Callable[[], torch.Tensor], device: torch.device):
 def _run_one(
     opts: MeasureOptions, session: _Session, arch: RunArch, layout: CacheLayout, est: CacheEstimate,
     context: int, batch: int, device: torch.device, compute: torch.dtype, kv_pair, state_format,
-    read: rd.ReadBandwidthReading, gemv: rd.LinearReading, gemm: rd.LinearReading, param_bytes: int, run_dtype: str,
+    read: rd.ReadBandwidthReading, gemv: rd.LinearReading, gemm: rd.LinearReading, scan: rd.StepReading | None,
+    param_bytes: int, run_dtype: str,
 ) -> RunReading:
     model = session.model
     assert model is not None
@@ -554,6 +581,8 @@ def _run_one(
     step_flops = decode_flops(arch, total, batch)
     memory_s = bytes_read / (read.gbps * 1e9)
     compute_s = step_flops / gemv.flops_per_s
+    state_layers = sum(1 for layer in arch.layers if layer.kind is LayerKind.STATE)
+    scan_s = state_layers * scan.seconds if scan is not None else 0.0
     nvml_before, nvml_after = before.nvml, after.nvml
     return RunReading(
         context=context,
@@ -583,7 +612,7 @@ def _run_one(
         predicted_decode_memory_s=memory_s,
         predicted_decode_compute_s=compute_s,
         decode_bound="memory" if memory_s >= compute_s else "compute",
-        predicted_decode_step_s=max(memory_s, compute_s),
+        predicted_decode_step_s=max(memory_s, compute_s) + scan_s,
         gemv_tflops=gemv.flops_per_s / 1e12,
         measured_decode_step_s=measured_step,
         decode_step_min_s=min(seconds),
@@ -599,8 +628,10 @@ def _run_one(
         bandwidth_utilisation=achieved / read.gbps,
         prefill_flops=flops,
         gemm_tflops=gemm.flops_per_s / 1e12,
-        predicted_prefill_s=flops / gemm.flops_per_s,
+        predicted_prefill_s=flops / gemm.flops_per_s + context * scan_s,
         measured_prefill_s=prefill_s,
+        state_layers=state_layers,
+        scan_s_per_token=scan_s,
         **verify,
     )
 
