@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from kvplan.model.layout import tokens_held
+from kvplan.model.kinds import KINDS
 from kvplan.measure.predict import RunArch
 from kvplan.model.spec import LayerKind
 
@@ -177,7 +177,7 @@ def allocate_caches(
             caches.append(LatentCache(batch, total_tokens, arch.mla.latent_dim, k_dtype, device))
         else:
             window = arch.window(kind)
-            slots = tokens_held(kind, total_tokens, window)  # the calculator's rule: min(T, W) for windows
+            slots = KINDS[kind].tokens_held(total_tokens, window)  # the calculator's rule: min(T, W) for windows
             caches.append(
                 KVCache(kind, window, batch, arch.kv_heads, slots, arch.head_dim, arch.v_head_dim, k_dtype, v_dtype, device)
             )

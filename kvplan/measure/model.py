@@ -26,6 +26,7 @@ from torch import nn
 
 from kvplan.measure.cache import KVCache, LatentCache, LayerCache, StateCache
 from kvplan.measure.predict import PREFILL_QUERY_BLOCK, LayerPlan, RunArch
+from kvplan.model.kinds import KINDS
 from kvplan.model.spec import LayerKind
 
 ROPE_THETA = 10_000.0
@@ -155,7 +156,7 @@ class Attention(nn.Module):
         super().__init__()
         h, H, Hkv, D, Dv = arch.hidden, arch.heads, arch.kv_heads, arch.head_dim, arch.v_head_dim
         self.heads, self.kv_heads, self.head_dim, self.v_head_dim = H, Hkv, D, Dv
-        self.owns_kv = layer.kind is not LayerKind.SHARED
+        self.owns_kv = KINDS[layer.kind].holds_anything  # a KV-shared layer keeps nothing of its own
         assert layer.attends_as is not None
         self.kind = layer.attends_as
         self.window = arch.window(self.kind)

@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
-from kvplan.model.layout import ATTENTION_KINDS, CacheLayout, ceil_div
+from kvplan.model.kinds import KINDS
+from kvplan.model.layout import CacheLayout, ceil_div
 from kvplan.errors import InputError, require_at_least
 from kvplan.model.formats import FIXED_FORMATS, KVFormatPair
 from kvplan.model.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
@@ -389,11 +390,10 @@ def attention_flops_decode(spec: ModelSpec, kinds: dict[LayerKind, int], layout:
     windows = {g.kind: g.window for g in layout.groups}
     total = 0
     for kind, n in kinds.items():
-        if kind not in ATTENTION_KINDS:
+        rule = KINDS[kind]
+        if not rule.has_kv:
             continue
-        window = windows.get(kind)
-        held = context if window is None else min(context, window)
-        total += n * 2 * heads * held * (dk + dv)
+        total += n * 2 * heads * rule.tokens_held(context, windows.get(kind)) * (dk + dv)
     return total
 
 
@@ -410,7 +410,7 @@ def attention_flops_prefill(spec: ModelSpec, kinds: dict[LayerKind, int], layout
     windows = {g.kind: g.window for g in layout.groups}
     total = 0
     for kind, n in kinds.items():
-        if kind not in ATTENTION_KINDS:
+        if not KINDS[kind].has_kv:
             continue
         total += n * 2 * heads * (dk + dv) * _sum_min(prompt, windows.get(kind))
     return total
