@@ -290,3 +290,27 @@ def test_the_state_split_is_refused_where_it_would_not_sum_back():
     assert KINDS[LayerKind.STATE].tensor_parallel_problem(SPEC, 16) == (
         "--tensor-parallel-size 16 does not divide toy's state of 152 elements per layer"
     )
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("win", [1, 3, 4, 7])
+def test_the_mask_counts_the_prefill_pairs(name, win):
+    # brute force over a causal prompt of 20 tokens: the pairs the kind's mask lets through are
+    # its prefill pairs, and no query sees a key before its first_key
+    rule = REGISTRY[name]
+    if not rule.has_kv:
+        return  # nothing attends: 0 pairs, checked by hand above
+    w = win if rule.windowed else None
+    for context in (1, 5, 20):
+        seen = [(i, j) for i in range(context) for j in range(i + 1) if rule.in_window(i, j, w)]
+        assert len(seen) == rule.prefill_pairs(context, w)
+        assert all(j >= rule.first_key(i, w) for i, j in seen)
+        assert all(rule.in_window(i, rule.first_key(i, w), w) for i in range(context))  # and it sees its first key
+
+
+def test_masks_by_hand():
+    sliding, chunked = KINDS[LayerKind.SLIDING], KINDS[LayerKind.CHUNKED]
+    assert [j for j in range(10) if sliding.in_window(9, j, 4)] == [6, 7, 8, 9]  # the last 4, itself included
+    assert [j for j in range(10) if chunked.in_window(9, j, 4)] == [8, 9]  # chunk 8..11
+    assert sliding.first_key(9, 4) == 6 and sliding.first_key(2, 4) == 0
+    assert chunked.first_key(9, 4) == 8

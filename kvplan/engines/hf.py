@@ -61,7 +61,7 @@ from kvplan.engines import (
     window_of,
 )
 from kvplan.errors import InputError, require_at_least
-from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
+from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair, element_pair
 
 ENGINE = "hf"
 CACHES = ("dynamic", "static", "quantized")
@@ -247,11 +247,8 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
 
     # 2. K and V in the model's dtype (transformers has no separate KV dtype)
     heads = spec.num_key_value_heads
-    for kind in plan.slots:
-        if kind is LayerKind.MLA:
-            plan.slot_bytes[kind] = spec.mla_latent_dim * esz
-        else:
-            plan.slot_bytes[kind] = heads * (spec.k_head_dim + spec.v_head_dim_resolved) * esz
+    for kind in plan.slots:  # the kind's own rule (MLA: the latent), in plain esz-byte elements
+        plan.slot_bytes[kind] = KINDS[kind].bytes_per_token_per_layer(spec, element_pair(esz), KINDS[kind].kv_heads(spec))
     ledger.step(f"K/V stored in the model's dtype ({TORCH_DTYPES[run_dtype]})", plan.total())
 
     # 3. MLA under 4.x: the decompressed per-head K and V, not the latent

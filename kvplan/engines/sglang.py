@@ -61,7 +61,7 @@ from kvplan.engines import (
     window_of,
 )
 from kvplan.errors import InputError, require_at_least
-from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
+from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair, element_pair
 
 ENGINE = "sglang"
 # --kv-cache-dtype choices (sglang 0.5.23, arg_groups/fields/model.py)
@@ -135,14 +135,14 @@ def _page_up(n: int, page: int) -> int:
 
 
 def per_token_layer_bytes(spec, esz: int, tp: int) -> dict[LayerKind, int]:
-    """Bytes one token costs one layer of each kind on one rank (get_cell_size_per_token's terms)."""
+    """Bytes one token costs one layer of each kind on one rank (get_cell_size_per_token's terms):
+    the kind's own rule in plain `esz`-byte elements (the pool keeps no scales)."""
+    fmt = element_pair(esz)
     out = {}
-    heads = kv_heads_per_rank(spec, tp)
     for kind in kind_counts(spec):
-        if kind is LayerKind.MLA:
-            out[kind] = spec.mla_latent_dim * esz
-        elif kind in (LayerKind.FULL, LayerKind.SLIDING, LayerKind.CHUNKED):
-            out[kind] = heads * (spec.k_head_dim + spec.v_head_dim_resolved) * esz
+        rule = KINDS[kind]
+        if rule.has_kv:
+            out[kind] = rule.bytes_per_token_per_layer(spec, fmt, rule.kv_heads_per_rank(spec, tp))
     return out
 
 

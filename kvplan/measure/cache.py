@@ -105,14 +105,13 @@ class KVCache:
         """(slots,) bool: which slots a query at `pos` (1,) may attend to."""
         held = held_positions(pos, self.slots)
         allowed = held >= 0
-        if self.kind is LayerKind.SLIDING:
+        rule = KINDS[self.kind]
+        if rule.windowed:
             assert self.window is not None
-            # the last W tokens, this one included; a ring of min(T, W) slots holds no older
-            # token, so this only states the rule (it matters if slots ever exceed W)
-            allowed = allowed & (pos - held < self.window)
-        elif self.kind is LayerKind.CHUNKED:
-            assert self.window is not None
-            allowed = allowed & (torch.div(held, self.window, rounding_mode="floor") == torch.div(pos, self.window, rounding_mode="floor"))
+            # the kind's window (sliding: the last W tokens; chunked: this chunk). A sliding ring of
+            # min(T, W) slots holds no older token, so there it only states the rule (it matters if
+            # slots ever exceed W); a chunked ring keeps the previous chunk's slots, masked here.
+            allowed = allowed & rule.in_window(pos, held, self.window)
         return allowed
 
     def tensors(self) -> list[torch.Tensor]:

@@ -101,6 +101,15 @@ class Kind:
         """(query, key) pairs a causal prefill of `context` tokens scores in one head (0: no attention)."""
         return 0
 
+    def in_window(self, query, key, window: Optional[int]):
+        """Whether a query at position `query` may see the key at position `key` <= query, beyond
+        causality; ints or torch tensors alike (`kvplan measure` builds its masks with it)."""
+        return True
+
+    def first_key(self, query: int, window: Optional[int]) -> int:
+        """The earliest position a query at `query` may see (where a blocked prefill starts its keys)."""
+        return 0
+
     # -- bytes ------------------------------------------------------------
 
     def kv_heads(self, spec) -> int:
@@ -214,6 +223,13 @@ class SlidingWindow(FullAttention):
         # the first W tokens see 1..W keys, every later one W
         return window * (window + 1) // 2 + (context - window) * window
 
+    def in_window(self, query, key, window: Optional[int]):
+        return query - key < window  # the last W tokens, the query's own included
+
+    def first_key(self, query: int, window: Optional[int]) -> int:
+        assert window is not None
+        return max(0, query - window + 1)
+
 
 class ChunkedAttention(SlidingWindow):
     """K and V of the current `attention_chunk_size` chunk (its peak: a whole chunk)."""
@@ -240,6 +256,13 @@ class ChunkedAttention(SlidingWindow):
         # each whole chunk is a causal triangle; the last partial chunk a smaller one
         full, rest = divmod(context, window)
         return full * window * (window + 1) // 2 + rest * (rest + 1) // 2
+
+    def in_window(self, query, key, window: Optional[int]):
+        return key // window == query // window  # the same chunk (floor division: tensors too)
+
+    def first_key(self, query: int, window: Optional[int]) -> int:
+        assert window is not None
+        return query // window * window
 
 
 class LatentAttention(FullAttention):

@@ -1,24 +1,20 @@
 """The analytic KV-cache calculator: a spec in, exact integer bytes out.
 
-Pure functions, no I/O. Each layer kind's rules live once, in `kvplan.model.kinds`;
-this module sums them over a spec's layers, its ranks and its stages. The rules:
+Pure functions, no I/O. Each layer kind's rules live once, in `kvplan.model.kinds`
+(bytes per token per layer, tokens held per sequence at context L, paged slots,
+fixed state, KV heads per tensor-parallel rank); this module sums them over a
+spec's layers, its tensor-parallel ranks and its pipeline stages:
 
-- bytes per token per layer (one copy): full / sliding / chunked attention
-  = KV heads x (bytes of one K vector + bytes of one V vector); MLA = bytes of one
-  latent vector (kv_lora_rank + qk_rope_head_dim), no separate V and no head
-  factor; state and KV-shared layers = 0.
-- tokens held per sequence at context L: full / MLA = L; sliding = min(L, window);
-  chunked = min(L, chunk) (the peak over a sequence of L tokens: the chunk fills
-  to `attention_chunk_size` before it is dropped); state = none, a fixed
-  `state bytes` per sequence instead.
-- paged blocks of `block_size` tokens round each layer's tokens up per sequence;
-  once a window (or chunk) slides past a block boundary it may straddle one
-  block more: ceil((W - 1) / bs) + 1 blocks, as vLLM's SlidingWindowSpec reserves.
-- tensor parallelism: each rank holds max(1, KV heads // tp) heads (vLLM
-  `ModelConfig.get_num_kv_heads`: replicated when heads < tp); an MLA latent is
-  whole on every rank; state layers split their channels over ranks.
+- paged blocks of `block_size` tokens round each layer's tokens up per sequence
+  (a window that slides past a block boundary may straddle one block more, as
+  vLLM's SlidingWindowSpec reserves: the sliding kind's rule);
+- tensor parallelism: each rank holds its kind's KV heads per rank (vLLM
+  `ModelConfig.get_num_kv_heads`: replicated when heads < tp; an MLA latent is
+  whole on every rank) and its share of a state layer's channels; the total counts
+  every rank, so replicated heads show as `replication_bytes`;
 - pipeline parallelism: layers split over stages as vLLM's `get_pp_indices`
-  does (L // pp each, the remainder one extra to the stages before the last).
+  does (L // pp each, the remainder one extra to the stages before the last);
+  a layer's rule is the same on any stage, and a rank's cache is its largest stage's.
 """
 
 from __future__ import annotations
@@ -69,21 +65,6 @@ def check_tensor_parallel(spec: ModelSpec, tp: int) -> None:
         problem = KINDS[kind].tensor_parallel_problem(spec, tp) if kind in kinds else None
         if problem:
             raise InputError(problem)
-
-
-def bytes_per_token_per_layer(spec: ModelSpec, kind: LayerKind, fmt: KVFormatPair, kv_heads: int) -> int:
-    """Bytes one more token adds to one layer holding `kv_heads` heads (the kind's rule)."""
-    return KINDS[kind].bytes_per_token_per_layer(spec, fmt, kv_heads)
-
-
-def tokens_held(kind: LayerKind, context: int, window: int | None) -> int:
-    """Tokens one layer keeps for one sequence of `context` tokens (the peak, unpaged; the kind's rule)."""
-    return KINDS[kind].tokens_held(context, window)
-
-
-def paged_tokens(kind: LayerKind, context: int, window: int | None, block_size: int) -> int:
-    """Token slots one layer reserves for one sequence in blocks of `block_size` (the kind's rule)."""
-    return KINDS[kind].paged_tokens(context, window, block_size)
 
 
 @dataclass(frozen=True, slots=True)
