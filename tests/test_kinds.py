@@ -21,6 +21,8 @@ from kvplan.model.kinds import (
     FullAttention,
     Kind,
     LayerKind,
+    count_kinds,
+    first_problem,
 )
 
 # A spec with every field some kind reads: Llama-3.1-8B's attention (config.json:
@@ -314,3 +316,16 @@ def test_masks_by_hand():
     assert [j for j in range(10) if chunked.in_window(9, j, 4)] == [8, 9]  # chunk 8..11
     assert sliding.first_key(9, 4) == 6 and sliding.first_key(2, 4) == 0
     assert chunked.first_key(9, 4) == 8
+
+
+def test_kinds_are_counted_and_asked_in_table_order():
+    kinds = (LayerKind.STATE, LayerKind.FULL, LayerKind.STATE, LayerKind.SHARED)
+    assert list(count_kinds(kinds).items()) == [(LayerKind.FULL, 1), (LayerKind.STATE, 2), (LayerKind.SHARED, 1)]
+    # tp 3 splits neither 8 KV heads nor 152 state elements: the full-attention refusal comes first
+    assert first_problem(kinds, lambda rule: rule.tensor_parallel_problem(SPEC, 3)) == (
+        "--tensor-parallel-size 3 does not divide toy's 8 KV heads"
+    )
+    assert first_problem((LayerKind.STATE,), lambda rule: rule.tensor_parallel_problem(SPEC, 3)) == (
+        "--tensor-parallel-size 3 does not divide toy's state of 152 elements per layer"
+    )
+    assert first_problem(kinds, lambda rule: rule.tensor_parallel_problem(SPEC, 2)) is None

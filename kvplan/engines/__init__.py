@@ -24,7 +24,7 @@ import struct
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from kvplan.model.kinds import KIND_ORDER, KINDS, KINDS_BY_NAME, LayerKind
+from kvplan.model.kinds import KINDS, KINDS_BY_NAME, LayerKind, count_kinds
 from kvplan.model.layout import CacheEstimate, CacheLayout
 from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
 
@@ -178,8 +178,7 @@ def window_of(spec, kind: LayerKind) -> Optional[int]:
 
 def kind_counts(spec) -> dict[LayerKind, int]:
     """Layers of each kind, in kvplan.model.kinds' order."""
-    kinds = spec.layer_kinds
-    return {k: kinds.count(k) for k in KIND_ORDER if k in kinds}
+    return count_kinds(spec.layer_kinds)
 
 
 def model_format(spec) -> KVFormat:

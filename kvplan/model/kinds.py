@@ -25,7 +25,7 @@ Adding a kind: a `LayerKind` member, its alias names, a class here and a `KINDS`
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING, ClassVar, Optional
+from typing import TYPE_CHECKING, Callable, ClassVar, Optional
 
 if TYPE_CHECKING:  # annotations only: the fast path imports nothing for them
     from kvplan.model.formats import KVFormat, KVFormatPair
@@ -338,3 +338,17 @@ KINDS: dict[LayerKind, Kind] = {
 KIND_ORDER: tuple[LayerKind, ...] = tuple(KINDS)
 # by the kind's value, as results (`KindBreakdown.kind`, JSON) carry it
 KINDS_BY_NAME: dict[str, Kind] = {k.value: rule for k, rule in KINDS.items()}
+
+
+def first_problem(layer_kinds, ask: Callable[[Kind], Optional[str]]) -> Optional[str]:
+    """The first problem `ask(rule)` names over the kinds present, in KIND_ORDER; None if none does."""
+    for kind in KIND_ORDER:
+        problem = ask(KINDS[kind]) if kind in layer_kinds else None
+        if problem:
+            return problem
+    return None
+
+
+def count_kinds(layer_kinds: tuple[LayerKind, ...] | list[LayerKind]) -> dict[LayerKind, int]:
+    """Layers of each kind present, in KIND_ORDER."""
+    return {k: layer_kinds.count(k) for k in KIND_ORDER if k in layer_kinds}

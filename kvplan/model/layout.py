@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 from kvplan.errors import InputError
 from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
-from kvplan.model.kinds import KIND_ORDER, KINDS, Kind, LayerKind  # noqa: F401  (KIND_ORDER re-exported)
+from kvplan.model.kinds import KINDS, Kind, LayerKind, count_kinds, first_problem
 from kvplan.model.shape import SpecDerived as ModelSpec  # any validated spec (pydantic or not)
 
 
@@ -60,11 +60,10 @@ def check_tensor_parallel(spec: ModelSpec, tp: int) -> None:
             f"--tensor-parallel-size {tp} does not divide {spec.name}'s {heads} attention heads; "
             f"use a divisor of {heads}"
         )
-    kinds = spec.layer_kinds
-    for kind in KIND_ORDER:  # each kind present states its own split (KV heads, state channels)
-        problem = KINDS[kind].tensor_parallel_problem(spec, tp) if kind in kinds else None
-        if problem:
-            raise InputError(problem)
+    # each kind present states its own split (KV heads, state channels)
+    problem = first_problem(spec.layer_kinds, lambda rule: rule.tensor_parallel_problem(spec, tp))
+    if problem:
+        raise InputError(problem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,10 +156,9 @@ class CacheLayout:
         if pp < 1:
             raise InputError(f"--pipeline-parallel-size must be at least 1, got {pp}")
         kinds = spec.layer_kinds
-        for kind in KIND_ORDER:
-            problem = KINDS[kind].format_problem(spec, kv_format) if kind in kinds else None
-            if problem:
-                raise InputError(problem)
+        problem = first_problem(kinds, lambda rule: rule.format_problem(spec, kv_format))  # MLA: one K/V format
+        if problem:
+            raise InputError(problem)
         check_tensor_parallel(spec, tp)
         self.spec = spec
         self.kv_format = kv_format
@@ -180,7 +178,7 @@ class CacheLayout:
                 counts[kind] = counts.get(kind, 0) + 1
             self.stage_kind_counts.append(counts)
             start += n
-        total_counts = {k: kinds.count(k) for k in KIND_ORDER if k in kinds}
+        total_counts = count_kinds(kinds)
         self.groups: list[KindGroup] = []
         for kind, count in total_counts.items():
             rule = KINDS[kind]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
-from kvplan.model.kinds import KIND_ORDER, KINDS
+from kvplan.model.kinds import first_problem
 from kvplan.model.shape import DTYPE_ALIASES, LAYER_TYPE_ALIASES, ModelShape, SpecDerived
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"
@@ -233,10 +233,9 @@ def spec_problem(spec: SpecDerived) -> Optional[str]:
         return f"layer_types has {len(spec.layer_types)} entries but num_hidden_layers is {spec.num_hidden_layers}"
     kinds = spec.layer_kinds
     where = "layer_types" if spec.layer_types is not None else "layer_pattern"
-    for kind in KIND_ORDER:  # each kind present names the field it needs (its window, its state sizes)
-        problem = KINDS[kind].spec_problem(spec, where) if kind in kinds else None
-        if problem:
-            return problem
+    problem = first_problem(kinds, lambda rule: rule.spec_problem(spec, where))  # a window, the state sizes
+    if problem:
+        return problem
     if spec.num_kv_shared_layers >= spec.num_hidden_layers:
         return "num_kv_shared_layers must leave at least one layer that owns its KV"
     embedding = spec.vocab_size * spec.hidden_size * (1 if spec.tie_word_embeddings else 2)
