@@ -397,13 +397,6 @@ def attention_flops_decode(spec: ModelSpec, kinds: dict[LayerKind, int], layout:
     return total
 
 
-def _sum_min(p: int, window: int | None) -> int:
-    """Sum over t = 1..p of min(t, window): keys each prompt token attends to."""
-    if window is None or window >= p:
-        return p * (p + 1) // 2
-    return window * (window + 1) // 2 + (p - window) * window
-
-
 def attention_flops_prefill(spec: ModelSpec, kinds: dict[LayerKind, int], layout: CacheLayout, prompt: int, tp: int) -> int:
     dk, dv = _attention_dims(spec)
     heads = spec.num_attention_heads // tp
@@ -412,7 +405,8 @@ def attention_flops_prefill(spec: ModelSpec, kinds: dict[LayerKind, int], layout
     for kind, n in kinds.items():
         if not KINDS[kind].has_kv:
             continue
-        total += n * 2 * heads * (dk + dv) * _sum_min(prompt, windows.get(kind))
+        # the kind's causal pairs: a sliding token sees its window, a chunked one only its own chunk
+        total += n * 2 * heads * (dk + dv) * KINDS[kind].prefill_pairs(prompt, windows.get(kind))
     return total
 
 
