@@ -484,3 +484,19 @@ def test_kv_sharing_layers_get_no_vllm_group():
     plan = planner(arch, gpu, context=1024, batch=1, **NO_OVERHEAD).plan()
     assert (plan.vllm_num_blocks, plan.vllm_groups, plan.vllm_padding_layers) == (1_000, 1, 0)
     assert plan.vllm_kv_cache_tokens == 1_000 * 16
+
+
+def test_prefill_attention_counts_a_chunk_not_a_window():
+    """A chunked layer's token attends within its own chunk (Llama 4's attention_chunk_size), not over a
+    sliding window of the chunk's size: at 10 prompt tokens and chunk 4 that is 4 + 4 + 2 tokens of
+    causal pairs, 10 + 10 + 3 = 23, against a sliding window's 1 + 2 + 3 + 4 + 6 x 4 = 34."""
+    from kvplan.model.kinds import LayerKind
+    from kvplan.model.layout import CacheLayout
+    from kvplan.plan.planner import attention_flops_prefill
+
+    spec = make_spec(layer_types=["chunked_attention", "full_attention", "sliding_attention", "full_attention"],
+                     attention_chunk_size=4, sliding_window=4)  # head_dim 64 / 4 = 16
+    layout = CacheLayout(spec, parse_format_pair("bf16", "bf16"))
+    counts = {LayerKind.FULL: 2, LayerKind.SLIDING: 1, LayerKind.CHUNKED: 1}
+    # 2 FLOPs x 4 heads x (16 K + 16 V) per pair; pairs: chunked 23, full 55 twice, sliding 34
+    assert attention_flops_prefill(spec, counts, layout, 10, 1) == 2 * 4 * 32 * (23 + 2 * 55 + 34)

@@ -13,6 +13,7 @@ import sys
 from enum import Enum
 from typing import Any, Iterable, Sequence
 
+from kvplan.model.kinds import KINDS_BY_NAME
 from kvplan.units import counted, fmt_bytes, fmt_int
 
 
@@ -262,26 +263,21 @@ def size(n: int, exact: bool) -> str:
 
 # ------------------------------------------------------------------ estimate
 
-KIND_LABEL = {
-    "full_attention": "full attention",
-    "mla": "MLA latent",
-    "sliding_attention": "sliding window",
-    "chunked_attention": "chunked local",
-    "state": "state (SSM)",
-    "kv_shared": "KV shared",
-}
+# each kind's label, by the name results carry (kvplan.model.kinds defines it)
+KIND_LABEL = {name: rule.label for name, rule in KINDS_BY_NAME.items()}
 
 
 def estimate_kind_rows(est: dict, exact: bool) -> list[list[str]]:
     rows = []
     for k in est["by_kind"]:
-        held = fmt_int(k["tokens_held"]) if k["kind"] not in ("state", "kv_shared") else "—"
-        if k["tokens_reserved"] != k["tokens_held"] and k["kind"] not in ("state", "kv_shared"):
+        rule = KINDS_BY_NAME[k["kind"]]
+        held = fmt_int(k["tokens_held"]) if rule.has_kv else "—"
+        if k["tokens_reserved"] != k["tokens_held"] and rule.has_kv:
             held += f" ({fmt_int(k['tokens_reserved'])} paged)"
         per_token = (
-            f"{fmt_int(k['bytes_per_token_per_layer'])} B"
-            if k["kind"] != "state"
-            else f"{fmt_int(k['state_bytes_per_sequence_per_layer'])} B/seq"
+            f"{fmt_int(k['state_bytes_per_sequence_per_layer'])} B/seq"
+            if rule.has_state
+            else f"{fmt_int(k['bytes_per_token_per_layer'])} B"
         )
         rows.append(
             [

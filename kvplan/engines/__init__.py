@@ -24,7 +24,8 @@ import struct
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from kvplan.model.layout import CacheEstimate, CacheLayout, LayerKind
+from kvplan.model.kinds import KINDS, KINDS_BY_NAME, LayerKind, count_kinds
+from kvplan.model.layout import CacheEstimate, CacheLayout
 from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
 
 MIB = 2**20
@@ -83,7 +84,7 @@ class EngineCache:
     @property
     def tokens_held_by_kind(self) -> dict[str, int]:
         """Token slots per sequence per layer, by layer kind (attention kinds only)."""
-        return {k.kind: k.tokens_per_sequence for k in self.by_kind if k.kind != LayerKind.STATE.value}
+        return {k.kind: k.tokens_per_sequence for k in self.by_kind if not KINDS_BY_NAME[k.kind].has_state}
 
     @property
     def bytes_by_kind(self) -> dict[str, int]:
@@ -171,20 +172,13 @@ def ideal_estimate(spec, fmt: KVFormatPair, context: int, batch: int, tp: int = 
 
 
 def window_of(spec, kind: LayerKind) -> Optional[int]:
-    """The window a sliding (sliding_window) or chunked (attention_chunk_size) layer keeps."""
-    if kind is LayerKind.SLIDING:
-        return spec.sliding_window
-    if kind is LayerKind.CHUNKED:
-        return spec.attention_chunk_size
-    return None
+    """The window a sliding (sliding_window) or chunked (attention_chunk_size) layer keeps (the kind's field)."""
+    return KINDS[kind].window(spec)
 
 
 def kind_counts(spec) -> dict[LayerKind, int]:
-    """Layers of each kind, in kvplan.model.layout's order."""
-    from kvplan.model.layout import KIND_ORDER
-
-    kinds = spec.layer_kinds
-    return {k: kinds.count(k) for k in KIND_ORDER if k in kinds}
+    """Layers of each kind, in kvplan.model.kinds' order."""
+    return count_kinds(spec.layer_kinds)
 
 
 def model_format(spec) -> KVFormat:

@@ -49,7 +49,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from kvplan.model.layout import CacheLayout, LayerKind, ceil_div
+from kvplan.model.kinds import KINDS, LayerKind
+from kvplan.model.layout import CacheLayout, ceil_div
 from kvplan.engines import (
     EngineCache,
     EngineCapacity,
@@ -57,9 +58,10 @@ from kvplan.engines import (
     Ledger,
     MemoryInputs,
     kind_counts,
+    window_of,
 )
 from kvplan.errors import InputError, require_at_least
-from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
+from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair, element_pair
 
 ENGINE = "hf"
 CACHES = ("dynamic", "static", "quantized")
@@ -203,7 +205,7 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
                 "at dimension 0."
             )
     if opts.cache == "quantized" and not v4:
-        invalid = sorted({k.value for k in counts if k in (LayerKind.SLIDING, LayerKind.CHUNKED)})
+        invalid = sorted({k.value for k in counts if KINDS[k].windowed})
         if invalid:
             refusals.append(
                 "`QuantizedCache` is only supported for models with only full attention layers. We found the "
@@ -225,16 +227,17 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
     # Start from the ideal: context tokens (windows min(context, W)), the user's formats.
     state_ideal_layer = 0
     for g in CacheLayout(spec, ideal_format, block_size=1, state_format=ideal_state).groups:
-        if g.kind is LayerKind.STATE:
+        if g.rule.has_state:
             state_ideal_layer = g.state_bytes_per_layer
             plan.fixed[g.kind] = batch * g.state_bytes_per_layer
-        elif g.kind is not LayerKind.SHARED:
-            plan.slots[g.kind] = batch * (context if g.window is None else min(context, g.window))
+        elif g.rule.has_kv:
+            plan.slots[g.kind] = batch * g.rule.tokens_held(context, g.window)
             plan.slot_bytes[g.kind] = g.bytes_per_token_per_layer
 
     def tokens(kind: LayerKind, n_tokens: int) -> int:
-        w = {LayerKind.SLIDING: spec.sliding_window, LayerKind.CHUNKED: spec.attention_chunk_size}.get(kind)
-        return n_tokens if w is None else min(n_tokens, w)
+        return KINDS[kind].tokens_held(n_tokens, window_of(spec, kind))
+
+    windowed = [k for k in plan.slots if KINDS[k].windowed]  # sliding, chunked: the kinds HF's caches trim
 
     # 1. generate(): the last sampled token is never fed back, so it is never cached
     if opts.generate:
@@ -244,11 +247,8 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
 
     # 2. K and V in the model's dtype (transformers has no separate KV dtype)
     heads = spec.num_key_value_heads
-    for kind in plan.slots:
-        if kind is LayerKind.MLA:
-            plan.slot_bytes[kind] = spec.mla_latent_dim * esz
-        else:
-            plan.slot_bytes[kind] = heads * (spec.k_head_dim + spec.v_head_dim_resolved) * esz
+    for kind in plan.slots:  # the kind's own rule (MLA: the latent), in plain esz-byte elements
+        plan.slot_bytes[kind] = KINDS[kind].bytes_per_token_per_layer(spec, element_pair(esz), KINDS[kind].kv_heads(spec))
     ledger.step(f"K/V stored in the model's dtype ({TORCH_DTYPES[run_dtype]})", plan.total())
 
     # 3. MLA under 4.x: the decompressed per-head K and V, not the latent
@@ -271,18 +271,19 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
 
     # 4. the cache class's own rule
     if opts.cache == "dynamic":
-        for kind in (LayerKind.SLIDING, LayerKind.CHUNKED):
+        for kind in windowed:
             if kind in plan.slots:
                 plan.slots[kind] = batch * min(held, window - 1)
                 ledger.step(f"DynamicSlidingWindowLayer keeps the last W - 1 = {window - 1:,} tokens", plan.total())
     elif opts.cache == "static":
         max_len = settings["max_cache_len"]
         for kind in plan.slots:
-            if kind in (LayerKind.FULL, LayerKind.MLA):
+            if kind not in windowed:
                 plan.slots[kind] = batch * max_len
         if max_len != held:
             ledger.step(f"StaticCache preallocates max_cache_len = {max_len:,} slots per layer", plan.total())
-        for kind, w in ((LayerKind.SLIDING, spec.sliding_window), (LayerKind.CHUNKED, spec.attention_chunk_size)):
+        for kind in windowed:
+            w = window_of(spec, kind)
             if kind in plan.slots:
                 plan.slots[kind] = batch * min(w, max_len)
                 ledger.step(f"StaticSlidingWindowLayer preallocates min(W, max_cache_len) = {min(w, max_len):,} slots",
@@ -295,7 +296,7 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
         residual = (held - prompt) % period
         quantised = held - residual
         settings.update(prompt_tokens=prompt, residual_tokens=residual, quantised_tokens=quantised)
-        for kind in (LayerKind.SLIDING, LayerKind.CHUNKED):
+        for kind in windowed:
             if kind in plan.slots:
                 plan.slots[kind] = batch * held
                 ledger.step("QuantizedCache keeps every token in sliding layers (no window trimming)", plan.total())
@@ -332,9 +333,9 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
 
     rows = []
     for kind, n in counts.items():
-        if kind is LayerKind.SHARED:
+        if not KINDS[kind].holds_anything:
             continue
-        if kind is LayerKind.STATE:
+        if KINDS[kind].has_state:
             rows.append(KindCache(kind.value, n, 0, batch, state_bytes(spec, esz), n * plan.fixed[kind],
                                   "conv [d_inner, d_conv] + SSM [d_inner, d_state] (float32) per sequence"))
             continue
@@ -345,7 +346,7 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
         rows.append(KindCache(kind.value, n, slots // batch, slots, per_slot, n * layer_bytes, note))
     if LayerKind.SHARED in counts:
         notes.append(f"{counts[LayerKind.SHARED]} KV-shared layers get no cache (num_kv_shared_layers).")
-    if opts.cache == "dynamic" and (LayerKind.SLIDING in counts or LayerKind.CHUNKED in counts):
+    if opts.cache == "dynamic" and windowed:
         notes.append("During a prefill chunk a sliding layer briefly holds W - 1 + chunk tokens (the concatenation "
                      "returned for attention) before trimming.")
     if v4 and opts.cache != "quantized":

@@ -70,7 +70,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from kvplan.model.layout import CacheLayout, LayerKind, ceil_div
+from kvplan.model.kinds import KINDS, KINDS_BY_NAME, LayerKind
+from kvplan.model.layout import CacheLayout, ceil_div
 from kvplan.engines import (
     MIB,
     EngineCache,
@@ -316,7 +317,7 @@ def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, ideal_format
         else:
             continue
         per_slot[kind] = k_row + v_row
-        if kind in (LayerKind.SLIDING, LayerKind.CHUNKED):
+        if KINDS[kind].windowed:
             cells = swa_cells(g, window_of(spec, kind), opts.swa_full)
             swa_size = cells
             swa_k += n * k_row * cells * g.n_stream
@@ -338,16 +339,19 @@ def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, ideal_format
     def attention_total(full_cells: int, sliding_cells: Optional[int]) -> int:
         total = 0
         for kind, n in counts.items():
-            if kind in (LayerKind.FULL, LayerKind.MLA):
+            rule = KINDS[kind]
+            if not rule.has_kv:
+                continue
+            if not rule.windowed:
                 total += n * per_slot[kind] * full_cells
-            elif kind in (LayerKind.SLIDING, LayerKind.CHUNKED):
-                held = sliding_cells if sliding_cells is not None else batch * min(context, window_of(spec, kind))
+            else:
+                held = sliding_cells if sliding_cells is not None else batch * rule.tokens_held(context, window_of(spec, kind))
                 total += n * per_slot[kind] * held
         return total
 
     # 1. the same tokens, in llama.cpp's cache types (f16 unless -ctk/-ctv say otherwise;
     #    rows of n_embd_k_gqa values, so only the row is block-padded)
-    state_ideal = sum(k.bytes_total for k in ideal.by_kind if k.kind == LayerKind.STATE.value)
+    state_ideal = sum(k.bytes_total for k in ideal.by_kind if KINDS_BY_NAME[k.kind].has_state)
     ledger.step(f"cache types K {type_k} / V {type_v}", state_ideal + attention_total(batch * context, None))
     full_cells = g.kv_size * g.n_stream
     if g.n_stream > 1:
@@ -355,13 +359,13 @@ def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, ideal_format
     else:
         shared = f", one stream shared by {g.n_seq_max} sequences" if g.n_seq_max > 1 else ""
         why = f"n_ctx {n_ctx_requested:,} -> {g.kv_size:,} cells (padded to {PAD}){shared}"
-    if any(k in counts for k in (LayerKind.FULL, LayerKind.MLA)):
+    if any(KINDS[k].has_kv and not KINDS[k].windowed for k in counts):
         ledger.step(f"whole context allocated up front: {why}", state_ideal + attention_total(full_cells, None))
     if swa_size is not None:
         if opts.swa_full:
             why = f"--swa-full: sliding layers get the full {swa_size:,} cells"
         else:
-            w = next(window_of(spec, k) for k in counts if k in (LayerKind.SLIDING, LayerKind.CHUNKED))
+            w = next(window_of(spec, k) for k in counts if KINDS[k].windowed)
             seqs = f"{w:,} x {g.n_seq_max} seqs" if g.n_stream == 1 and g.n_seq_max > 1 else f"{w:,}"
             why = f"sliding layers: pad({seqs} window + {g.n_ubatch} ubatch, {PAD}) = {swa_size:,} cells per stream"
         ledger.step(why, state_ideal + attention_total(full_cells, swa_size * g.n_stream))
@@ -399,7 +403,7 @@ def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, ideal_format
     if spec.is_mla:
         notes.append("MLA: one 576-wide K row per cell and no V (current llama_kv_cache); builds from spring "
                      "to autumn 2025 also allocated a 512-wide V, and pre-MLA GGUFs store full per-head K/V.")
-    if LayerKind.SLIDING in counts or LayerKind.CHUNKED in counts:
+    if any(KINDS[k].windowed for k in counts):
         notes.append("llama.cpp windows only the layers its architecture loader marks SWA; kvplan takes them "
                      "from the spec's layer types.")
     settings["swa_cells"] = swa_size

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from kvplan.model.layout import CacheEstimate, CacheLayout, LayerKind
+from kvplan.model.kinds import KINDS_BY_NAME, LayerKind
+from kvplan.model.layout import CacheEstimate, CacheLayout
 from kvplan.engines import EngineCache, KindCache, Ledger
 from kvplan.model.formats import KVFormat, KVFormatPair
 from kvplan.engines.vllm_rules import kv_cache_dtype_refusal, max_model_len_refusal
@@ -32,9 +33,10 @@ def default_vllm_block_size(spec) -> int:
 def _rows(est: CacheEstimate, paged: bool) -> tuple[KindCache, ...]:
     rows = []
     for k in est.by_kind:
-        if k.kind == LayerKind.SHARED.value:
+        rule = KINDS_BY_NAME[k.kind]
+        if not rule.holds_anything:
             continue
-        if k.kind == LayerKind.STATE.value:
+        if rule.has_state:
             rows.append(KindCache(k.kind, k.layers, 0, est.batch, k.state_bytes_per_sequence_per_layer, k.bytes_total))
             continue
         held = k.tokens_reserved if paged else k.tokens_held

@@ -48,7 +48,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from kvplan.model.layout import CacheLayout, LayerKind, ceil_div, kv_heads_per_rank
+from kvplan.model.kinds import KINDS, KINDS_BY_NAME, LayerKind
+from kvplan.model.layout import CacheLayout, ceil_div, kv_heads_per_rank
 from kvplan.engines import (
     GIB,
     EngineCache,
@@ -60,7 +61,7 @@ from kvplan.engines import (
     window_of,
 )
 from kvplan.errors import InputError, require_at_least
-from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
+from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair, element_pair
 
 ENGINE = "sglang"
 # --kv-cache-dtype choices (sglang 0.5.23, arg_groups/fields/model.py)
@@ -134,14 +135,14 @@ def _page_up(n: int, page: int) -> int:
 
 
 def per_token_layer_bytes(spec, esz: int, tp: int) -> dict[LayerKind, int]:
-    """Bytes one token costs one layer of each kind on one rank (get_cell_size_per_token's terms)."""
+    """Bytes one token costs one layer of each kind on one rank (get_cell_size_per_token's terms):
+    the kind's own rule in plain `esz`-byte elements (the pool keeps no scales)."""
+    fmt = element_pair(esz)
     out = {}
-    heads = kv_heads_per_rank(spec, tp)
     for kind in kind_counts(spec):
-        if kind is LayerKind.MLA:
-            out[kind] = spec.mla_latent_dim * esz
-        elif kind in (LayerKind.FULL, LayerKind.SLIDING, LayerKind.CHUNKED):
-            out[kind] = heads * (spec.k_head_dim + spec.v_head_dim_resolved) * esz
+        rule = KINDS[kind]
+        if rule.has_kv:
+            out[kind] = rule.bytes_per_token_per_layer(spec, fmt, rule.kv_heads_per_rank(spec, tp))
     return out
 
 
@@ -152,7 +153,8 @@ def cell_size(spec, esz: int, tp: int) -> int:
 
 
 def _swa_kinds(counts) -> list[LayerKind]:
-    return [k for k in (LayerKind.SLIDING, LayerKind.CHUNKED) if k in counts]
+    """The windowed kinds present (sliding, chunked): SGLang pools them apart."""
+    return [k for k in counts if KINDS[k].windowed]
 
 
 TORCH_DTYPE = {"bf16": "torch.bfloat16", "fp16": "torch.float16", "fp32": "torch.float32",
@@ -208,7 +210,7 @@ def cache(spec, context: int, batch: int, opts: SGLangOptions, *, kv_cache_dtype
     per_layer = per_token_layer_bytes(spec, esz, tp)
     heads = kv_heads_per_rank(spec, tp)
     ledger = Ledger(ideal.kv_bytes_total)
-    state_total = sum(k.bytes_total for k in ideal.by_kind if k.kind == LayerKind.STATE.value)
+    state_total = sum(k.bytes_total for k in ideal.by_kind if KINDS_BY_NAME[k.kind].has_state)
     notes: list[str] = []
 
     def total(full_per_seq: int, window_per_seq, pool_pad: bool) -> int:
@@ -236,7 +238,7 @@ def cache(spec, context: int, batch: int, opts: SGLangOptions, *, kv_cache_dtype
     swa_kinds = _swa_kinds(counts)
     rows = []
     for kind, n in counts.items():
-        if kind is LayerKind.STATE:
+        if KINDS[kind].has_state:
             st = next(k for k in ideal.by_kind if k.kind == kind.value)
             rows.append(KindCache(kind.value, n, 0, batch, st.state_bytes_per_sequence_per_layer, st.bytes_total,
                                   "Mamba state pool not re-read: the ideal state size"))
@@ -250,7 +252,7 @@ def cache(spec, context: int, batch: int, opts: SGLangOptions, *, kv_cache_dtype
                               "per rank x tp ranks" if tp > 1 else ""))
     swa_pool = batch * _page_up(min(context, window_of(spec, swa_kinds[0])), page) if swa_kinds else None
     full_pool = batch * full_seq
-    only_swa = swa_kinds and not any(k in counts for k in (LayerKind.FULL, LayerKind.MLA))
+    only_swa = swa_kinds and not any(KINDS[k].has_kv and not KINDS[k].windowed for k in counts)
     logs = _pool_lines(spec, counts, per_layer, swa_pool if only_swa else full_pool,
                        swa_pool if swa_kinds and not only_swa else None, page, heads, esz, dtype)
     notes.append(f"Pool sized to hold exactly the batch (--max-total-tokens {full_pool:,}); with --gpu the pool "
@@ -299,7 +301,7 @@ def capacity(spec, context: int, batch: int, opts: SGLangOptions, mem: MemoryInp
         tokens = min(tokens, opts.max_total_tokens)
     tokens = tokens // page * page
     swa_kinds = _swa_kinds(counts)
-    full_layers = sum(counts.get(k, 0) for k in (LayerKind.FULL, LayerKind.MLA))
+    full_layers = sum(n for k, n in counts.items() if KINDS[k].has_kv and not KINDS[k].windowed)
     full_tokens, swa_tokens = tokens, None
     logs: list[str] = []
     if swa_kinds:

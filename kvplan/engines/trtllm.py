@@ -33,7 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from kvplan.model.layout import CacheLayout, LayerKind, ceil_div, kv_heads_per_rank
+from kvplan.model.kinds import KINDS, KINDS_BY_NAME, LayerKind
+from kvplan.model.layout import CacheLayout, ceil_div, kv_heads_per_rank
 from kvplan.engines import (
     GIB,
     EngineCache,
@@ -90,8 +91,7 @@ def layer_token_bytes(spec, mem_per_token: int, tp: int) -> int:
 def bytes_per_token(spec, mem_per_token: int, tp: int) -> int:
     """get_cache_size_per_token: every layer of the model (pp = 1), windowed or not."""
     counts = kind_counts(spec)
-    layers = sum(n for k, n in counts.items() if k in (LayerKind.FULL, LayerKind.SLIDING, LayerKind.CHUNKED,
-                                                        LayerKind.MLA))
+    layers = sum(n for k, n in counts.items() if KINDS[k].has_kv)
     return max(layers, 1) * layer_token_bytes(spec, mem_per_token, tp)
 
 
@@ -113,8 +113,8 @@ def cache(spec, context: int, batch: int, opts: TrtllmOptions, *, kv_cache_dtype
     mem_per_token = 1 if dtype == "fp8" else 2
     counts = kind_counts(spec)
     ledger = Ledger(ideal.kv_bytes_total)
-    state_total = sum(k.bytes_total for k in ideal.by_kind if k.kind == LayerKind.STATE.value)
-    attention = [k for k in counts if k in (LayerKind.FULL, LayerKind.SLIDING, LayerKind.CHUNKED, LayerKind.MLA)]
+    state_total = sum(k.bytes_total for k in ideal.by_kind if KINDS_BY_NAME[k.kind].has_state)
+    attention = [k for k in counts if KINDS[k].has_kv]
 
     def total(per_token_fn, tokens_fn) -> int:
         out = state_total
@@ -123,8 +123,7 @@ def cache(spec, context: int, batch: int, opts: TrtllmOptions, *, kv_cache_dtype
         return out
 
     def held(kind):
-        w = window_of(spec, kind)
-        return context if w is None else min(context, w)
+        return KINDS[kind].tokens_held(context, window_of(spec, kind))
 
     def blocks(kind):
         return ceil_div(held(kind), bs) * bs
@@ -146,7 +145,7 @@ def cache(spec, context: int, batch: int, opts: TrtllmOptions, *, kv_cache_dtype
 
     rows = []
     for kind, n in counts.items():
-        if kind is LayerKind.STATE:
+        if KINDS[kind].has_state:
             st = next(k for k in ideal.by_kind if k.kind == kind.value)
             rows.append(KindCache(kind.value, n, 0, batch, st.state_bytes_per_sequence_per_layer, st.bytes_total,
                                   "Mamba state (MambaHybridCacheManager) not re-read: the ideal state size"))
@@ -155,7 +154,7 @@ def cache(spec, context: int, batch: int, opts: TrtllmOptions, *, kv_cache_dtype
             rows.append(KindCache(kind.value, n, blocks(kind), batch * blocks(kind), tp * ours[kind],
                                   tp * n * ours[kind] * batch * blocks(kind), note))
     notes = []
-    if any(k in counts for k in (LayerKind.SLIDING, LayerKind.CHUNKED)):
+    if any(KINDS[k].windowed for k in counts):
         notes.append("Windowed layers get their own pools (docs); kvplan gives them ceil(min(context, W) / "
                      f"{bs}) blocks. The capacity estimator counts them at full cost.")
     settings["bytes_per_token"] = bytes_per_token(spec, mem_per_token, tp)

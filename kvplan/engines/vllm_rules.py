@@ -29,7 +29,7 @@ from typing import Optional
 
 from kvplan.model.layout import CacheLayout, ceil_div
 from kvplan.errors import InputError
-from kvplan.model.shape import LayerKind
+from kvplan.model.kinds import KINDS, LayerKind
 
 # vLLM's default max_num_batched_tokens for the OpenAI server with chunked prefill
 # on a data-centre GPU (vllm/engine/arg_utils.py, UsageContext.OPENAI_API_SERVER).
@@ -126,16 +126,17 @@ class VllmLayout:
         total = 0
         for g in self.groups:
             bs = g.block_size
-            if g.kind in (LayerKind.FULL, LayerKind.MLA):
-                total += ceil_div(max_len, bs)
-            elif g.kind is LayerKind.SLIDING:
+            if g.kind is LayerKind.SLIDING:  # vLLM's difference: the window + a whole step of new tokens
                 assert g.window is not None
                 total += ceil_div(min(g.window - 1 + max_num_batched_tokens, max_len), bs) + 1
-            elif g.kind is LayerKind.CHUNKED:
+            elif g.kind is LayerKind.CHUNKED:  # the same, no block for a mid-block start
                 assert g.window is not None
                 total += ceil_div(min(g.window + max_num_batched_tokens, max_len), bs)
-            elif g.kind is LayerKind.STATE:
+            elif g.kind is LayerKind.STATE:  # MambaSpec: one page per request
                 total += 1
+            else:  # the kind's own paged rule (full attention, MLA: every token in whole blocks)
+                assert bs is not None
+                total += KINDS[g.kind].paged_tokens(max_len, g.window, bs) // bs
         return total
 
     def num_blocks(self, available_bytes: int) -> int:
@@ -155,10 +156,10 @@ class VllmLayout:
 def build_layout(layout: CacheLayout, stage_kinds: dict[LayerKind, int], block_size: int) -> VllmLayout:
     """vLLM's grouping of one pipeline stage's layers on one tensor-parallel rank."""
     per_kind = {g.kind: g for g in layout.groups}
-    kinds = [k for k, n in stage_kinds.items() if n and k is not LayerKind.SHARED]
+    kinds = [k for k, n in stage_kinds.items() if n and KINDS[k].holds_anything]
     if not kinds:
         raise InputError(f"{layout.spec.name} has no layer that holds KV or state on this stage")
-    token_bytes = {k: per_kind[k].bytes_per_token_per_layer_rank for k in kinds if k is not LayerKind.STATE}
+    token_bytes = {k: per_kind[k].bytes_per_token_per_layer_rank for k in kinds if KINDS[k].has_kv}
     block_sizes = {k: block_size for k in token_bytes}
     pages = {k: token_bytes[k] * block_size for k in token_bytes}
     if LayerKind.STATE in kinds:
@@ -223,7 +224,7 @@ def attention_block_size(layout: CacheLayout, block_size: int) -> int:
     """
     sizes = set()
     for counts in layout.stage_kind_counts:
-        if not any(n for k, n in counts.items() if k not in (LayerKind.SHARED, LayerKind.STATE)):
+        if not any(n for k, n in counts.items() if KINDS[k].has_kv):
             continue  # a stage of state layers only pages no attention
         sizes |= {g.block_size for g in build_layout(layout, counts, block_size).groups if g.kind is not LayerKind.STATE}
     return sizes.pop() if len(sizes) == 1 else block_size

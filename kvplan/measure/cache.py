@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from kvplan.model.layout import tokens_held
+from kvplan.model.kinds import KINDS
 from kvplan.measure.predict import RunArch
 from kvplan.model.spec import LayerKind
 
@@ -105,14 +105,13 @@ class KVCache:
         """(slots,) bool: which slots a query at `pos` (1,) may attend to."""
         held = held_positions(pos, self.slots)
         allowed = held >= 0
-        if self.kind is LayerKind.SLIDING:
+        rule = KINDS[self.kind]
+        if rule.windowed:
             assert self.window is not None
-            # the last W tokens, this one included; a ring of min(T, W) slots holds no older
-            # token, so this only states the rule (it matters if slots ever exceed W)
-            allowed = allowed & (pos - held < self.window)
-        elif self.kind is LayerKind.CHUNKED:
-            assert self.window is not None
-            allowed = allowed & (torch.div(held, self.window, rounding_mode="floor") == torch.div(pos, self.window, rounding_mode="floor"))
+            # the kind's window (sliding: the last W tokens; chunked: this chunk). A sliding ring of
+            # min(T, W) slots holds no older token, so there it only states the rule (it matters if
+            # slots ever exceed W); a chunked ring keeps the previous chunk's slots, masked here.
+            allowed = allowed & rule.in_window(pos, held, self.window)
         return allowed
 
     def tensors(self) -> list[torch.Tensor]:
@@ -177,7 +176,7 @@ def allocate_caches(
             caches.append(LatentCache(batch, total_tokens, arch.mla.latent_dim, k_dtype, device))
         else:
             window = arch.window(kind)
-            slots = tokens_held(kind, total_tokens, window)  # the calculator's rule: min(T, W) for windows
+            slots = KINDS[kind].tokens_held(total_tokens, window)  # the calculator's rule: min(T, W) for windows
             caches.append(
                 KVCache(kind, window, batch, arch.kv_heads, slots, arch.head_dim, arch.v_head_dim, k_dtype, v_dtype, device)
             )

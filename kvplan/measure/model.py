@@ -26,6 +26,7 @@ from torch import nn
 
 from kvplan.measure.cache import KVCache, LatentCache, LayerCache, StateCache
 from kvplan.measure.predict import PREFILL_QUERY_BLOCK, LayerPlan, RunArch
+from kvplan.model.kinds import KINDS
 from kvplan.model.spec import LayerKind
 
 ROPE_THETA = 10_000.0
@@ -113,17 +114,14 @@ def prefill_attention(
     S = q.shape[2]
     if window is None or S <= window:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+    rule = KINDS[kind]
     outs = []
     for i0 in range(0, S, PREFILL_QUERY_BLOCK):
         i1 = min(S, i0 + PREFILL_QUERY_BLOCK)
-        lo = max(0, i0 - window + 1) if kind is LayerKind.SLIDING else (i0 // window) * window
+        lo = rule.first_key(i0, window)  # the block's first query sees no key before this
         qi = torch.arange(i0, i1, device=q.device)[:, None]
         kj = torch.arange(lo, i1, device=q.device)[None, :]
-        allowed = kj <= qi
-        if kind is LayerKind.SLIDING:
-            allowed = allowed & (qi - kj < window)
-        else:
-            allowed = allowed & (kj // window == qi // window)
+        allowed = (kj <= qi) & rule.in_window(qi, kj, window)
         outs.append(
             F.scaled_dot_product_attention(q[:, :, i0:i1], k[:, :, lo:i1], v[:, :, lo:i1], attn_mask=allowed, scale=scale)
         )
@@ -155,7 +153,7 @@ class Attention(nn.Module):
         super().__init__()
         h, H, Hkv, D, Dv = arch.hidden, arch.heads, arch.kv_heads, arch.head_dim, arch.v_head_dim
         self.heads, self.kv_heads, self.head_dim, self.v_head_dim = H, Hkv, D, Dv
-        self.owns_kv = layer.kind is not LayerKind.SHARED
+        self.owns_kv = KINDS[layer.kind].holds_anything  # a KV-shared layer keeps nothing of its own
         assert layer.attends_as is not None
         self.kind = layer.attends_as
         self.window = arch.window(self.kind)

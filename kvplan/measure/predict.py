@@ -19,22 +19,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvplan.model.layout import CacheEstimate, CacheLayout, tokens_held
+from kvplan.model.kinds import KINDS
+from kvplan.model.layout import CacheEstimate, CacheLayout
 from kvplan.errors import InputError
 from kvplan.model.formats import KVFormat, KVFormatPair
 from kvplan.model.spec import LayerKind, ModelSpec
 
-# Layer kind -> the `layer_types` name that rebuilds it in a truncated spec. MLA
-# layers are written `full_attention`: the spec turns them back into MLA because
-# kv_lora_rank is set (see ModelSpec.layer_kinds).
-KIND_TO_LAYER_TYPE = {
-    LayerKind.FULL: "full_attention",
-    LayerKind.MLA: "full_attention",
-    LayerKind.SLIDING: "sliding_attention",
-    LayerKind.CHUNKED: "chunked_attention",
-    LayerKind.STATE: "state",
-    LayerKind.SHARED: "kv_shared",
-}
+# Layer kind -> the `layer_types` name that rebuilds it in a truncated spec (each kind's
+# `layer_type`). MLA layers are written `full_attention`: the spec turns them back into
+# MLA because kv_lora_rank is set (see ModelSpec.layer_kinds).
+KIND_TO_LAYER_TYPE = {kind: rule.layer_type for kind, rule in KINDS.items()}
 
 # DeepSeek-V2/V3 and Kimi-K2 all use qk_nope_head_dim = 128 (their config.json);
 # used only when an MLA spec leaves it out (it moves weights and time, not KV bytes).
@@ -164,11 +158,7 @@ class RunArch:
     notes: tuple[str, ...]
 
     def window(self, kind: LayerKind) -> int | None:
-        if kind is LayerKind.SLIDING:
-            return self.spec.sliding_window
-        if kind is LayerKind.CHUNKED:
-            return self.spec.attention_chunk_size
-        return None
+        return KINDS[kind].window(self.spec)
 
 
 def _mlp_widths(spec: ModelSpec) -> tuple[list[int], list[str]]:
@@ -265,7 +255,7 @@ def _donors(spec: ModelSpec) -> list[int | None]:
         if kind is not LayerKind.SHARED:
             donors.append(None)
             continue
-        owning = [j for j in range(i) if kinds[j] not in (LayerKind.SHARED, LayerKind.STATE)]
+        owning = [j for j in range(i) if KINDS[kinds[j]].has_kv]
         same = [j for j in owning if underlying[j] is underlying[i]]
         if not owning:
             raise InputError(f"{spec.name}: layer {i} shares KV but no earlier layer holds any")
@@ -312,7 +302,7 @@ def build_arch(spec: ModelSpec) -> RunArch:
         if kind is LayerKind.SHARED:
             assert donor is not None
             attends_as = spec.layer_kinds[donor]
-        elif kind is not LayerKind.STATE:
+        elif KINDS[kind].has_kv:
             attends_as = kind
         plans.append(LayerPlan(i, kind, attends_as, donor, widths[i]))
     if LayerKind.SHARED in spec.layer_kinds:
@@ -472,14 +462,8 @@ def widest_projection(arch: RunArch) -> tuple[int, int]:
 
 
 def attention_pairs(kind: LayerKind, context: int, window: int | None) -> int:
-    """(query, key) pairs a prefill of `context` tokens scores in one head (causal, windowed)."""
-    s = context
-    if kind is LayerKind.SLIDING and window is not None and s > window:
-        return window * (window + 1) // 2 + (s - window) * window
-    if kind is LayerKind.CHUNKED and window is not None and s > window:
-        full, rest = divmod(s, window)
-        return full * window * (window + 1) // 2 + rest * (rest + 1) // 2
-    return s * (s + 1) // 2
+    """(query, key) pairs a prefill of `context` tokens scores in one head (causal, windowed: the kind's rule)."""
+    return KINDS[kind].prefill_pairs(context, window)
 
 
 def prefill_flops(arch: RunArch, context: int, batch: int) -> int:
@@ -527,7 +511,7 @@ def activation_bytes(arch: RunArch, context: int, batch: int, act_bytes: int) ->
             width = max(width, H * D + Hkv * (D + Dv) + H * (D + Dv) + H * Dv)
         widest = max(widest, width)
     total = 2 * batch * context * act_bytes * (4 * arch.hidden + widest)
-    windows = [arch.window(l.attends_as) for l in arch.layers if l.attends_as in (LayerKind.SLIDING, LayerKind.CHUNKED)]
+    windows = [arch.window(l.attends_as) for l in arch.layers if l.attends_as is not None and KINDS[l.attends_as].windowed]
     windows = [w for w in windows if w is not None and w < context]
     if windows:
         block = min(PREFILL_QUERY_BLOCK, context)
@@ -596,4 +580,4 @@ def largest_fitting_layers(
 
 def cache_slots(arch: RunArch, kind: LayerKind, total_tokens: int) -> int:
     """Token slots one layer's cache holds for `total_tokens`: the calculator's rule."""
-    return tokens_held(kind, total_tokens, arch.window(kind))
+    return KINDS[kind].tokens_held(total_tokens, arch.window(kind))

@@ -159,3 +159,10 @@ def parse_format_pair(text: str, model_dtype: str) -> KVFormatPair:
         raise UnknownFormatError(f"{text!r}: the {missing} missing; write K/V as in q8_0/q4_0")
     formats = [parse_format(model_dtype if p.strip().lower() == "auto" else p) for p in parts]
     return KVFormatPair(formats[0], formats[-1])
+
+
+def element_pair(element_bytes: int) -> KVFormatPair:
+    """K and V as plain elements of `element_bytes` bytes each, no scales: the format of an
+    engine that sizes its cache by element size alone (SGLang's pools, transformers' tensors)."""
+    plain = KVFormat(f"{element_bytes}-byte", 8 * element_bytes)
+    return KVFormatPair(plain, plain)

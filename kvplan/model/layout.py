@@ -1,23 +1,20 @@
 """The analytic KV-cache calculator: a spec in, exact integer bytes out.
 
-Pure functions, no I/O. The rules, per layer kind:
+Pure functions, no I/O. Each layer kind's rules live once, in `kvplan.model.kinds`
+(bytes per token per layer, tokens held per sequence at context L, paged slots,
+fixed state, KV heads per tensor-parallel rank); this module sums them over a
+spec's layers, its tensor-parallel ranks and its pipeline stages:
 
-- bytes per token per layer (one copy): full / sliding / chunked attention
-  = KV heads x (bytes of one K vector + bytes of one V vector); MLA = bytes of one
-  latent vector (kv_lora_rank + qk_rope_head_dim), no separate V and no head
-  factor; state and KV-shared layers = 0.
-- tokens held per sequence at context L: full / MLA = L; sliding = min(L, window);
-  chunked = min(L, chunk) (the peak over a sequence of L tokens: the chunk fills
-  to `attention_chunk_size` before it is dropped); state = none, a fixed
-  `state bytes` per sequence instead.
-- paged blocks of `block_size` tokens round each layer's tokens up per sequence;
-  once a window (or chunk) slides past a block boundary it may straddle one
-  block more: ceil((W - 1) / bs) + 1 blocks, as vLLM's SlidingWindowSpec reserves.
-- tensor parallelism: each rank holds max(1, KV heads // tp) heads (vLLM
-  `ModelConfig.get_num_kv_heads`: replicated when heads < tp); an MLA latent is
-  whole on every rank; state layers split their channels over ranks.
+- paged blocks of `block_size` tokens round each layer's tokens up per sequence
+  (a window that slides past a block boundary may straddle one block more, as
+  vLLM's SlidingWindowSpec reserves: the sliding kind's rule);
+- tensor parallelism: each rank holds its kind's KV heads per rank (vLLM
+  `ModelConfig.get_num_kv_heads`: replicated when heads < tp; an MLA latent is
+  whole on every rank) and its share of a state layer's channels; the total counts
+  every rank, so replicated heads show as `replication_bytes`;
 - pipeline parallelism: layers split over stages as vLLM's `get_pp_indices`
-  does (L // pp each, the remainder one extra to the stages before the last).
+  does (L // pp each, the remainder one extra to the stages before the last);
+  a layer's rule is the same on any stage, and a rank's cache is its largest stage's.
 """
 
 from __future__ import annotations
@@ -27,17 +24,8 @@ from typing import NamedTuple
 
 from kvplan.errors import InputError
 from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
-from kvplan.model.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
-
-ATTENTION_KINDS = (LayerKind.FULL, LayerKind.SLIDING, LayerKind.CHUNKED, LayerKind.MLA)
-KIND_ORDER = (
-    LayerKind.FULL,
-    LayerKind.MLA,
-    LayerKind.SLIDING,
-    LayerKind.CHUNKED,
-    LayerKind.STATE,
-    LayerKind.SHARED,
-)
+from kvplan.model.kinds import KINDS, Kind, LayerKind, count_kinds, first_problem
+from kvplan.model.shape import SpecDerived as ModelSpec  # any validated spec (pydantic or not)
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -57,12 +45,9 @@ def pp_partition(num_layers: int, pp: int) -> list[int]:
 
 
 def kv_heads_per_rank(spec: ModelSpec, tp: int) -> int:
-    """KV heads one tensor-parallel rank holds; at least one (replication when heads < tp)."""
-    if spec.is_mla:
-        return 1  # the latent is not split by heads: every rank holds all of it
-    kv_heads = spec.num_key_value_heads
-    assert kv_heads is not None
-    return max(1, kv_heads // tp)
+    """KV heads one tensor-parallel rank holds in the model's attention layers (its MLA or
+    full-attention kind's rule: at least one, replicated when heads < tp; a latent is whole)."""
+    return KINDS[LayerKind.MLA if spec.is_mla else LayerKind.FULL].kv_heads_per_rank(spec, tp)
 
 
 def check_tensor_parallel(spec: ModelSpec, tp: int) -> None:
@@ -75,66 +60,10 @@ def check_tensor_parallel(spec: ModelSpec, tp: int) -> None:
             f"--tensor-parallel-size {tp} does not divide {spec.name}'s {heads} attention heads; "
             f"use a divisor of {heads}"
         )
-    if spec.is_mla:
-        return
-    kv_heads = spec.num_key_value_heads
-    assert kv_heads is not None
-    if kv_heads >= tp and kv_heads % tp:
-        raise InputError(
-            f"--tensor-parallel-size {tp} does not divide {spec.name}'s {kv_heads} KV heads"
-        )
-    if kv_heads < tp and tp % kv_heads:
-        raise InputError(
-            f"--tensor-parallel-size {tp} is not a multiple of {spec.name}'s {kv_heads} KV heads, "
-            "so they cannot be replicated evenly"
-        )
-    state = spec.state_elements_per_layer_resolved
-    if LayerKind.STATE in spec.layer_kinds and state is not None and state % tp:
-        raise InputError(
-            f"--tensor-parallel-size {tp} does not divide {spec.name}'s state of {state} elements per layer"
-        )
-
-
-def bytes_per_token_per_layer(spec: ModelSpec, kind: LayerKind, fmt: KVFormatPair, kv_heads: int) -> int:
-    """Bytes one more token adds to one layer holding `kv_heads` heads."""
-    if kind is LayerKind.MLA:
-        return fmt.k.bytes_for(spec.mla_latent_dim)
-    if kind in (LayerKind.FULL, LayerKind.SLIDING, LayerKind.CHUNKED):
-        return kv_heads * (fmt.k.bytes_for(spec.k_head_dim) + fmt.v.bytes_for(spec.v_head_dim_resolved))
-    return 0
-
-
-# Module constants: an Enum member looked up on its class costs a descriptor call, and
-# these tests run once per layer kind per point of a sweep.
-_EVERY_TOKEN = frozenset((LayerKind.FULL, LayerKind.MLA))
-_WINDOWED = frozenset((LayerKind.SLIDING, LayerKind.CHUNKED))
-_CHUNKED = LayerKind.CHUNKED
-
-
-def tokens_held(kind: LayerKind, context: int, window: int | None) -> int:
-    """Tokens one layer keeps for one sequence of `context` tokens (the peak, unpaged)."""
-    if kind in _EVERY_TOKEN:
-        return context
-    if kind in _WINDOWED:
-        assert window is not None
-        return min(context, window)
-    return 0
-
-
-def paged_tokens(kind: LayerKind, context: int, window: int | None, block_size: int) -> int:
-    """Token slots one layer reserves for one sequence in blocks of `block_size`."""
-    if kind in _EVERY_TOKEN:
-        return -(-context // block_size) * block_size
-    if kind in _WINDOWED:
-        assert window is not None
-        blocks = -(-context // block_size)
-        if context > window:
-            # a window past the start may begin mid-block: one block more than it fills
-            aligned = kind is _CHUNKED and window % block_size == 0
-            window_blocks = ceil_div(window, block_size) if aligned else ceil_div(window - 1, block_size) + 1
-            blocks = min(blocks, window_blocks)
-        return blocks * block_size
-    return 0
+    # each kind present states its own split (KV heads, state channels)
+    problem = first_problem(spec.layer_kinds, lambda rule: rule.tensor_parallel_problem(spec, tp))
+    if problem:
+        raise InputError(problem)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +71,7 @@ class KindGroup:
     """All layers of one kind: the rules that size them."""
 
     kind: LayerKind
+    rule: Kind  # KINDS[kind]: its tokens-held and bytes rules
     num_layers: int
     window: int | None  # sliding window or chunk size, tokens
     kv_heads: int  # KV heads of one copy (MLA: 1)
@@ -225,11 +155,10 @@ class CacheLayout:
             raise InputError(f"--tensor-parallel-size must be at least 1, got {tp}")
         if pp < 1:
             raise InputError(f"--pipeline-parallel-size must be at least 1, got {pp}")
-        if spec.is_mla and kv_format.k != kv_format.v:
-            raise InputError(
-                f"--kv-cache-dtype {kv_format.name}: {spec.name} uses MLA, which caches one latent "
-                "vector, so K and V cannot take different formats"
-            )
+        kinds = spec.layer_kinds
+        problem = first_problem(kinds, lambda rule: rule.format_problem(spec, kv_format))  # MLA: one K/V format
+        if problem:
+            raise InputError(problem)
         check_tensor_parallel(spec, tp)
         self.spec = spec
         self.kv_format = kv_format
@@ -240,7 +169,6 @@ class CacheLayout:
         self.layers_per_stage = pp_partition(spec.num_hidden_layers, pp)
         self.layers_per_stage_tuple = tuple(self.layers_per_stage)
         self._format_name = kv_format.name
-        kinds = spec.layer_kinds
         # kind counts per stage, in layer order
         self.stage_kind_counts: list[dict[LayerKind, int]] = []
         start = 0
@@ -250,30 +178,23 @@ class CacheLayout:
                 counts[kind] = counts.get(kind, 0) + 1
             self.stage_kind_counts.append(counts)
             start += n
-        total_counts = {k: kinds.count(k) for k in KIND_ORDER if k in kinds}
-        per_rank_heads = kv_heads_per_rank(spec, tp)
-        one_copy_heads = 1 if spec.is_mla else (spec.num_key_value_heads or 0)
-        state_elements = spec.state_elements_per_layer_resolved or 0
+        total_counts = count_kinds(kinds)
         self.groups: list[KindGroup] = []
         for kind, count in total_counts.items():
-            window = None
-            if kind is LayerKind.SLIDING:
-                window = spec.sliding_window
-            elif kind is LayerKind.CHUNKED:
-                window = spec.attention_chunk_size
-            is_state = kind is LayerKind.STATE
-            is_attention = kind in ATTENTION_KINDS
+            rule = KINDS[kind]
+            heads, rank_heads = rule.kv_heads(spec), rule.kv_heads_per_rank(spec, tp)
             self.groups.append(
                 KindGroup(
                     kind=kind,
+                    rule=rule,
                     num_layers=count,
-                    window=window,
-                    kv_heads=one_copy_heads if is_attention else 0,
-                    kv_heads_per_rank=per_rank_heads if is_attention else 0,
-                    bytes_per_token_per_layer=bytes_per_token_per_layer(spec, kind, kv_format, one_copy_heads),
-                    bytes_per_token_per_layer_rank=bytes_per_token_per_layer(spec, kind, kv_format, per_rank_heads),
-                    state_bytes_per_layer=self.state_format.bytes_for(state_elements) if is_state else 0,
-                    state_bytes_per_layer_rank=self.state_format.bytes_for(state_elements // tp) if is_state else 0,
+                    window=rule.window(spec),
+                    kv_heads=heads,
+                    kv_heads_per_rank=rank_heads,
+                    bytes_per_token_per_layer=rule.bytes_per_token_per_layer(spec, kv_format, heads),
+                    bytes_per_token_per_layer_rank=rule.bytes_per_token_per_layer(spec, kv_format, rank_heads),
+                    state_bytes_per_layer=rule.state_bytes_per_layer(spec, self.state_format),
+                    state_bytes_per_layer_rank=rule.state_bytes_per_layer(spec, self.state_format, tp),
                 )
             )
         # per stage: (group index, layers, bytes per token per layer on a rank, state bytes on a rank)
@@ -288,20 +209,15 @@ class CacheLayout:
         self._kind_values = [g.kind.value for g in self.groups]
         self.kv_bytes_per_token = sum(g.num_layers * g.bytes_per_token_per_layer for g in self.groups)
         # scale / zero-point / group padding bytes inside one token's worth, all layers
-        raw_bits = 0
-        for g in self.groups:
-            if g.kind is LayerKind.MLA:
-                raw_bits += g.num_layers * spec.mla_latent_dim * kv_format.k.bits
-            elif g.kind in ATTENTION_KINDS:
-                raw_bits += g.num_layers * g.kv_heads * (
-                    spec.k_head_dim * kv_format.k.bits + spec.v_head_dim_resolved * kv_format.v.bits
-                )
+        raw_bits = sum(
+            g.num_layers * g.rule.raw_bits_per_token_per_layer(spec, kv_format, g.kv_heads) for g in self.groups
+        )
         self.quantisation_overhead_bytes_per_token = self.kv_bytes_per_token - raw_bits // 8
 
     def kv_bytes_per_sequence(self, context: int) -> int:
         """One sequence at `context`, windows and state applied, one copy, unpaged."""
         return sum(
-            g.num_layers * (g.bytes_per_token_per_layer * tokens_held(g.kind, context, g.window) + g.state_bytes_per_layer)
+            g.num_layers * (g.bytes_per_token_per_layer * g.rule.tokens_held(context, g.window) + g.state_bytes_per_layer)
             for g in self.groups
         )
 
@@ -313,9 +229,9 @@ class CacheLayout:
             if not n:
                 continue
             tokens = (
-                paged_tokens(g.kind, context, g.window, self.block_size)
+                g.rule.paged_tokens(context, g.window, self.block_size)
                 if paged
-                else tokens_held(g.kind, context, g.window)
+                else g.rule.tokens_held(context, g.window)
             )
             total += n * (g.bytes_per_token_per_layer_rank * tokens + g.state_bytes_per_layer_rank)
         return total
@@ -327,8 +243,8 @@ class CacheLayout:
             raise InputError(f"--batch must be at least 1 sequence, got {batch}")
         spec, bs, tp = self.spec, self.block_size, self.tp
         # tokens held (unpaged) and reserved (paged) per layer of each kind: once per point
-        held = [tokens_held(g.kind, context, g.window) for g in self.groups]
-        reserved = [paged_tokens(g.kind, context, g.window, bs) for g in self.groups]
+        held = [g.rule.tokens_held(context, g.window) for g in self.groups]
+        reserved = [g.rule.paged_tokens(context, g.window, bs) for g in self.groups]
         rows = []
         per_sequence = total = paging = 0
         for i, g in enumerate(self.groups):

@@ -10,34 +10,11 @@ data so that `kvplan estimate` on a catalog model never has to import pydantic
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from enum import Enum
 from functools import cached_property
 from typing import Any, Optional
 
+from kvplan.model.kinds import LAYER_TYPE_ALIASES, LayerKind  # noqa: F401  (re-exported)
 
-class LayerKind(str, Enum):
-    """How one layer keeps its past: each kind has its own tokens-held and bytes rule."""
-
-    FULL = "full_attention"  # MHA / GQA / MQA: K and V of every token
-    SLIDING = "sliding_attention"  # the last `sliding_window` tokens
-    CHUNKED = "chunked_attention"  # tokens of the current `attention_chunk_size` chunk
-    MLA = "mla"  # one compressed latent + decoupled RoPE key per token
-    STATE = "state"  # Mamba / linear attention: fixed bytes per sequence
-    SHARED = "kv_shared"  # reuses another layer's KV: holds nothing itself
-
-
-# Names accepted in `layer_types` / `layer_pattern`, mapped to a kind. HF configs
-# use the first three; Jamba writes "mamba", Qwen3-Next "linear_attention".
-LAYER_TYPE_ALIASES: dict[str, LayerKind] = {
-    "full_attention": LayerKind.FULL,
-    "attention": LayerKind.FULL,
-    "sliding_attention": LayerKind.SLIDING,
-    "chunked_attention": LayerKind.CHUNKED,
-    "mamba": LayerKind.STATE,
-    "linear_attention": LayerKind.STATE,
-    "state": LayerKind.STATE,
-    "kv_shared": LayerKind.SHARED,
-}
 
 DTYPE_ALIASES = {
     "float32": "fp32",

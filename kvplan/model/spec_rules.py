@@ -18,7 +18,8 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
-from kvplan.model.shape import DTYPE_ALIASES, LAYER_TYPE_ALIASES, LayerKind, ModelShape, SpecDerived
+from kvplan.model.kinds import first_problem
+from kvplan.model.shape import DTYPE_ALIASES, LAYER_TYPE_ALIASES, ModelShape, SpecDerived
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9.\-]*$"
 NAME_MAX_LENGTH = 80
@@ -232,15 +233,9 @@ def spec_problem(spec: SpecDerived) -> Optional[str]:
         return f"layer_types has {len(spec.layer_types)} entries but num_hidden_layers is {spec.num_hidden_layers}"
     kinds = spec.layer_kinds
     where = "layer_types" if spec.layer_types is not None else "layer_pattern"
-    if LayerKind.SLIDING in kinds and spec.sliding_window is None:
-        return f"{where} has sliding_attention layers but sliding_window is not set"
-    if LayerKind.CHUNKED in kinds and spec.attention_chunk_size is None:
-        return f"{where} has chunked_attention layers but attention_chunk_size is not set"
-    if LayerKind.STATE in kinds and spec.state_elements_per_layer_resolved is None:
-        return (
-            f"{where} has state layers but mamba_d_state, mamba_d_conv and mamba_expand "
-            "(or state_elements_per_layer) are not all set"
-        )
+    problem = first_problem(kinds, lambda rule: rule.spec_problem(spec, where))  # a window, the state sizes
+    if problem:
+        return problem
     if spec.num_kv_shared_layers >= spec.num_hidden_layers:
         return "num_kv_shared_layers must leave at least one layer that owns its KV"
     embedding = spec.vocab_size * spec.hidden_size * (1 if spec.tie_word_embeddings else 2)

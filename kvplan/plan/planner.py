@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 
-from kvplan.model.layout import ATTENTION_KINDS, CacheLayout, ceil_div
+from kvplan.model.kinds import KINDS
+from kvplan.model.layout import CacheLayout, ceil_div
 from kvplan.errors import InputError, require_at_least
 from kvplan.model.formats import FIXED_FORMATS, KVFormatPair
 from kvplan.model.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
@@ -389,19 +390,11 @@ def attention_flops_decode(spec: ModelSpec, kinds: dict[LayerKind, int], layout:
     windows = {g.kind: g.window for g in layout.groups}
     total = 0
     for kind, n in kinds.items():
-        if kind not in ATTENTION_KINDS:
+        rule = KINDS[kind]
+        if not rule.has_kv:
             continue
-        window = windows.get(kind)
-        held = context if window is None else min(context, window)
-        total += n * 2 * heads * held * (dk + dv)
+        total += n * 2 * heads * rule.tokens_held(context, windows.get(kind)) * (dk + dv)
     return total
-
-
-def _sum_min(p: int, window: int | None) -> int:
-    """Sum over t = 1..p of min(t, window): keys each prompt token attends to."""
-    if window is None or window >= p:
-        return p * (p + 1) // 2
-    return window * (window + 1) // 2 + (p - window) * window
 
 
 def attention_flops_prefill(spec: ModelSpec, kinds: dict[LayerKind, int], layout: CacheLayout, prompt: int, tp: int) -> int:
@@ -410,9 +403,10 @@ def attention_flops_prefill(spec: ModelSpec, kinds: dict[LayerKind, int], layout
     windows = {g.kind: g.window for g in layout.groups}
     total = 0
     for kind, n in kinds.items():
-        if kind not in ATTENTION_KINDS:
+        if not KINDS[kind].has_kv:
             continue
-        total += n * 2 * heads * (dk + dv) * _sum_min(prompt, windows.get(kind))
+        # the kind's causal pairs: a sliding token sees its window, a chunked one only its own chunk
+        total += n * 2 * heads * (dk + dv) * KINDS[kind].prefill_pairs(prompt, windows.get(kind))
     return total
 
 

@@ -1,0 +1,354 @@
+"""Layer kinds, each defined once: how one layer of that kind keeps its past.
+
+One small frozen class per kind (the house model is vLLM's `kv_cache_interface.py`,
+one spec class per attention kind), in a registry keyed by `LayerKind`. Each kind
+states its ideal rule and nothing about any engine:
+
+- its label, the `layer_types` name that rebuilds it, and the spec field that is its
+  window (`sliding_window`, `attention_chunk_size`; None when it keeps every token);
+- tokens held per sequence at context L, unpaged, and reserved in blocks of B tokens;
+- bytes one more token adds to one layer (K + V heads x head dims; MLA's latent +
+  RoPE key; nothing for state and KV-shared layers), under a KV format whose group
+  scale bytes `KVFormat.bytes_for` counts, and the raw bits beneath them;
+- fixed state bytes per sequence per layer (state layers only), independent of L;
+- its split under tensor parallelism (KV heads per rank, replicated when the heads are
+  fewer than the ranks; an MLA latent whole on every rank; a state split by channels)
+  and what it refuses there. Pipeline parallelism splits layers, not a layer: every
+  kind's per-layer rule holds unchanged on each stage (`layout.pp_partition`).
+
+`kvplan.model.layout` sums these rules over a spec's layers; engines (`kvplan.engines`)
+and `kvplan measure` ask the kind object and state only where they differ from it.
+Adding a kind: a `LayerKind` member, its alias names, a class here and a `KINDS` entry
+(see the README's developer notes). Pure: no I/O, nothing imported but the enum.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TYPE_CHECKING, Callable, ClassVar, Optional
+
+if TYPE_CHECKING:  # annotations only: the fast path imports nothing for them
+    from kvplan.model.formats import KVFormat, KVFormatPair
+
+
+class LayerKind(str, Enum):
+    """How one layer keeps its past: each kind's rules live in its `KINDS` entry."""
+
+    FULL = "full_attention"  # MHA / GQA / MQA: K and V of every token
+    SLIDING = "sliding_attention"  # the last `sliding_window` tokens
+    CHUNKED = "chunked_attention"  # tokens of the current `attention_chunk_size` chunk
+    MLA = "mla"  # one compressed latent + decoupled RoPE key per token
+    STATE = "state"  # Mamba / linear attention: fixed bytes per sequence
+    SHARED = "kv_shared"  # reuses another layer's KV: holds nothing itself
+
+
+# Names accepted in `layer_types` / `layer_pattern`, mapped to a kind. HF configs
+# use the first three; Jamba writes "mamba", Qwen3-Next "linear_attention".
+LAYER_TYPE_ALIASES: dict[str, LayerKind] = {
+    "full_attention": LayerKind.FULL,
+    "attention": LayerKind.FULL,
+    "sliding_attention": LayerKind.SLIDING,
+    "chunked_attention": LayerKind.CHUNKED,
+    "mamba": LayerKind.STATE,
+    "linear_attention": LayerKind.STATE,
+    "state": LayerKind.STATE,
+    "kv_shared": LayerKind.SHARED,
+}
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class Kind:
+    """The rules of one layer kind; the base holds nothing (a kind overrides what it keeps)."""
+
+    kind: ClassVar[LayerKind]
+    label: ClassVar[str]  # how tables name it
+    layer_type: ClassVar[str]  # the layer_types name that rebuilds it in a spec (MLA: full_attention)
+    window_field: ClassVar[Optional[str]] = None  # the spec field that bounds the tokens it keeps
+    has_kv: ClassVar[bool] = False  # caches something per token (K/V or a latent): an attention kind
+    has_state: ClassVar[bool] = False  # keeps fixed bytes per sequence
+
+    @property
+    def holds_anything(self) -> bool:
+        """False for a layer that keeps nothing of its own (KV-shared)."""
+        return self.has_kv or self.has_state
+
+    @property
+    def windowed(self) -> bool:
+        return self.window_field is not None
+
+    def window(self, spec) -> Optional[int]:
+        """Tokens the window (or chunk) keeps, from the spec; None for a kind without one."""
+        return getattr(spec, self.window_field) if self.window_field else None
+
+    def spec_problem(self, spec, where: str) -> Optional[str]:
+        """The spec field this kind needs and the spec lacks, as ModelSpec's message; else None."""
+        return None
+
+    # -- tokens -------------------------------------------------------------
+
+    def tokens_held(self, context: int, window: Optional[int]) -> int:
+        """Tokens one layer keeps for one sequence of `context` tokens (the peak, unpaged)."""
+        return 0
+
+    def paged_tokens(self, context: int, window: Optional[int], block_size: int) -> int:
+        """Token slots one layer reserves for one sequence in blocks of `block_size`."""
+        return 0
+
+    def prefill_pairs(self, context: int, window: Optional[int]) -> int:
+        """(query, key) pairs a causal prefill of `context` tokens scores in one head (0: no attention)."""
+        return 0
+
+    def in_window(self, query, key, window: Optional[int]):
+        """Whether a query at position `query` may see the key at position `key` <= query, beyond
+        causality; ints or torch tensors alike (`kvplan measure` builds its masks with it)."""
+        return True
+
+    def first_key(self, query: int, window: Optional[int]) -> int:
+        """The earliest position a query at `query` may see (where a blocked prefill starts its keys)."""
+        return 0
+
+    # -- bytes ------------------------------------------------------------
+
+    def kv_heads(self, spec) -> int:
+        """KV heads of one copy of one layer (MLA: its one latent)."""
+        return 0
+
+    def kv_heads_per_rank(self, spec, tp: int) -> int:
+        """KV heads one of `tp` tensor-parallel ranks holds."""
+        return 0
+
+    def bytes_per_token_per_layer(self, spec, fmt: KVFormatPair, kv_heads: int) -> int:
+        """Bytes one more token adds to one layer holding `kv_heads` heads, scale bytes included."""
+        return 0
+
+    def raw_bits_per_token_per_layer(self, spec, fmt: KVFormatPair, kv_heads: int) -> int:
+        """The same token's values alone, bits (no scale, zero point or group padding)."""
+        return 0
+
+    def state_bytes_per_layer(self, spec, state_format: KVFormat, tp: int = 1) -> int:
+        """Fixed bytes one sequence keeps in one layer on one of `tp` ranks, at any context."""
+        return 0
+
+    # -- refusals -----------------------------------------------------------
+
+    def tensor_parallel_problem(self, spec, tp: int) -> Optional[str]:
+        """Why this kind's layers cannot split over `tp` ranks (vLLM's rules), else None."""
+        return None
+
+    def format_problem(self, spec, fmt: KVFormatPair) -> Optional[str]:
+        """Why this kind cannot store its cache in `fmt`, else None."""
+        return None
+
+
+class FullAttention(Kind):
+    """K and V of every token, in KV heads of head_dim (K) and v_head_dim (V) elements."""
+
+    kind = LayerKind.FULL
+    label = "full attention"
+    layer_type = "full_attention"
+    has_kv = True
+
+    def tokens_held(self, context: int, window: Optional[int]) -> int:
+        return context
+
+    def paged_tokens(self, context: int, window: Optional[int], block_size: int) -> int:
+        return _ceil_div(context, block_size) * block_size
+
+    def prefill_pairs(self, context: int, window: Optional[int]) -> int:
+        return context * (context + 1) // 2
+
+    def kv_heads(self, spec) -> int:
+        return spec.num_key_value_heads or 0
+
+    def kv_heads_per_rank(self, spec, tp: int) -> int:
+        # vLLM `ModelConfig.get_num_kv_heads`: at least one; replicated when heads < tp
+        kv_heads = spec.num_key_value_heads
+        assert kv_heads is not None
+        return max(1, kv_heads // tp)
+
+    def bytes_per_token_per_layer(self, spec, fmt: KVFormatPair, kv_heads: int) -> int:
+        return kv_heads * (fmt.k.bytes_for(spec.k_head_dim) + fmt.v.bytes_for(spec.v_head_dim_resolved))
+
+    def raw_bits_per_token_per_layer(self, spec, fmt: KVFormatPair, kv_heads: int) -> int:
+        return kv_heads * (spec.k_head_dim * fmt.k.bits + spec.v_head_dim_resolved * fmt.v.bits)
+
+    def tensor_parallel_problem(self, spec, tp: int) -> Optional[str]:
+        kv_heads = spec.num_key_value_heads
+        assert kv_heads is not None
+        if kv_heads >= tp and kv_heads % tp:
+            return f"--tensor-parallel-size {tp} does not divide {spec.name}'s {kv_heads} KV heads"
+        if kv_heads < tp and tp % kv_heads:
+            return (
+                f"--tensor-parallel-size {tp} is not a multiple of {spec.name}'s {kv_heads} KV heads, "
+                "so they cannot be replicated evenly"
+            )
+        return None
+
+
+class SlidingWindow(FullAttention):
+    """K and V of the last `sliding_window` tokens."""
+
+    kind = LayerKind.SLIDING
+    label = "sliding window"
+    layer_type = "sliding_attention"
+    window_field = "sliding_window"
+
+    def spec_problem(self, spec, where: str) -> Optional[str]:
+        if spec.sliding_window is None:
+            return f"{where} has sliding_attention layers but sliding_window is not set"
+        return None
+
+    def tokens_held(self, context: int, window: Optional[int]) -> int:
+        assert window is not None
+        return min(context, window)
+
+    def _window_blocks(self, window: int, block_size: int) -> int:
+        # a window past the start may begin mid-block: one block more than it fills
+        # (vLLM SlidingWindowSpec: ceil((W - 1) / bs) + 1)
+        return _ceil_div(window - 1, block_size) + 1
+
+    def paged_tokens(self, context: int, window: Optional[int], block_size: int) -> int:
+        assert window is not None
+        blocks = _ceil_div(context, block_size)
+        if context > window:
+            blocks = min(blocks, self._window_blocks(window, block_size))
+        return blocks * block_size
+
+    def prefill_pairs(self, context: int, window: Optional[int]) -> int:
+        if window is None or context <= window:
+            return context * (context + 1) // 2
+        # the first W tokens see 1..W keys, every later one W
+        return window * (window + 1) // 2 + (context - window) * window
+
+    def in_window(self, query, key, window: Optional[int]):
+        return query - key < window  # the last W tokens, the query's own included
+
+    def first_key(self, query: int, window: Optional[int]) -> int:
+        assert window is not None
+        return max(0, query - window + 1)
+
+
+class ChunkedAttention(SlidingWindow):
+    """K and V of the current `attention_chunk_size` chunk (its peak: a whole chunk)."""
+
+    kind = LayerKind.CHUNKED
+    label = "chunked local"
+    layer_type = "chunked_attention"
+    window_field = "attention_chunk_size"
+
+    def spec_problem(self, spec, where: str) -> Optional[str]:
+        if spec.attention_chunk_size is None:
+            return f"{where} has chunked_attention layers but attention_chunk_size is not set"
+        return None
+
+    def _window_blocks(self, window: int, block_size: int) -> int:
+        # chunks start at multiples of C: block-aligned when bs divides C, else one block more
+        if window % block_size == 0:
+            return _ceil_div(window, block_size)
+        return _ceil_div(window - 1, block_size) + 1
+
+    def prefill_pairs(self, context: int, window: Optional[int]) -> int:
+        if window is None or context <= window:
+            return context * (context + 1) // 2
+        # each whole chunk is a causal triangle; the last partial chunk a smaller one
+        full, rest = divmod(context, window)
+        return full * window * (window + 1) // 2 + rest * (rest + 1) // 2
+
+    def in_window(self, query, key, window: Optional[int]):
+        return key // window == query // window  # the same chunk (floor division: tensors too)
+
+    def first_key(self, query: int, window: Optional[int]) -> int:
+        assert window is not None
+        return query // window * window
+
+
+class LatentAttention(FullAttention):
+    """MLA: one latent (kv_lora_rank + qk_rope_head_dim) per token, no V, no head factor."""
+
+    kind = LayerKind.MLA
+    label = "MLA latent"
+    layer_type = "full_attention"  # the spec turns it back into MLA because kv_lora_rank is set
+
+    def kv_heads(self, spec) -> int:
+        return 1
+
+    def kv_heads_per_rank(self, spec, tp: int) -> int:
+        return 1  # the latent is not split by heads: every rank holds all of it
+
+    def bytes_per_token_per_layer(self, spec, fmt: KVFormatPair, kv_heads: int) -> int:
+        return fmt.k.bytes_for(spec.mla_latent_dim)
+
+    def raw_bits_per_token_per_layer(self, spec, fmt: KVFormatPair, kv_heads: int) -> int:
+        return spec.mla_latent_dim * fmt.k.bits
+
+    def tensor_parallel_problem(self, spec, tp: int) -> Optional[str]:
+        return None  # replicated: any tp that divides the attention heads
+
+    def format_problem(self, spec, fmt: KVFormatPair) -> Optional[str]:
+        if fmt.k != fmt.v:
+            return (
+                f"--kv-cache-dtype {fmt.name}: {spec.name} uses MLA, which caches one latent "
+                "vector, so K and V cannot take different formats"
+            )
+        return None
+
+
+class State(Kind):
+    """Mamba / linear attention: conv + SSM state of fixed size per sequence, split by channels."""
+
+    kind = LayerKind.STATE
+    label = "state (SSM)"
+    layer_type = "state"
+    has_state = True
+
+    def spec_problem(self, spec, where: str) -> Optional[str]:
+        if spec.state_elements_per_layer_resolved is None:
+            return (
+                f"{where} has state layers but mamba_d_state, mamba_d_conv and mamba_expand "
+                "(or state_elements_per_layer) are not all set"
+            )
+        return None
+
+    def state_bytes_per_layer(self, spec, state_format: KVFormat, tp: int = 1) -> int:
+        return state_format.bytes_for((spec.state_elements_per_layer_resolved or 0) // tp)
+
+    def tensor_parallel_problem(self, spec, tp: int) -> Optional[str]:
+        state = spec.state_elements_per_layer_resolved
+        if state is not None and state % tp:
+            return f"--tensor-parallel-size {tp} does not divide {spec.name}'s state of {state} elements per layer"
+        return None
+
+
+class Shared(Kind):
+    """Reads an earlier layer's KV (num_kv_shared_layers): holds nothing itself."""
+
+    kind = LayerKind.SHARED
+    label = "KV shared"
+    layer_type = "kv_shared"
+
+
+# The registry, in the order tables list kinds.
+KINDS: dict[LayerKind, Kind] = {
+    rule.kind: rule
+    for rule in (FullAttention(), LatentAttention(), SlidingWindow(), ChunkedAttention(), State(), Shared())
+}
+KIND_ORDER: tuple[LayerKind, ...] = tuple(KINDS)
+# by the kind's value, as results (`KindBreakdown.kind`, JSON) carry it
+KINDS_BY_NAME: dict[str, Kind] = {k.value: rule for k, rule in KINDS.items()}
+
+
+def first_problem(layer_kinds, ask: Callable[[Kind], Optional[str]]) -> Optional[str]:
+    """The first problem `ask(rule)` names over the kinds present, in KIND_ORDER; None if none does."""
+    for kind in KIND_ORDER:
+        problem = ask(KINDS[kind]) if kind in layer_kinds else None
+        if problem:
+            return problem
+    return None
+
+
+def count_kinds(layer_kinds: tuple[LayerKind, ...] | list[LayerKind]) -> dict[LayerKind, int]:
+    """Layers of each kind present, in KIND_ORDER."""
+    return {k: layer_kinds.count(k) for k in KIND_ORDER if k in layer_kinds}
