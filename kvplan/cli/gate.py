@@ -419,7 +419,7 @@ def profile_figures(spec, engine: str, gpu: Optional[str], values: dict, *, kv_c
     cache, budget rule and capacity give the rest (`gating.engine_figures`).
     `before_costs(gpu)` checks the GPU before anything is computed on it.
     """
-    from kvplan.cli.compare import memory_inputs
+    from kvplan.plan.pipeline import memory_inputs
     from kvplan.plan.deploy import resolve_deployment
     from kvplan.engines.compare import ideal_format
     from kvplan.engines.options import engine_options

@@ -146,9 +146,8 @@ def _version(value: Any) -> Any:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-# The engine profiles (kvplan.engines.ENGINE_NAMES, restated so a vLLM-only plan does not import them).
-PROFILE_ENGINES = ("hf", "llama.cpp", "sglang", "trtllm")
-ENGINES = ("vllm", "ideal") + PROFILE_ENGINES
+# The engines (kvplan.engines.keys: import-free, so a vLLM-only plan does not import the profiles).
+from kvplan.engines.keys import CHOICES as ENGINES, PROFILES as PROFILE_ENGINES  # noqa: E402
 
 
 class DeploymentEntry(BaseModel):
@@ -519,9 +518,9 @@ def engine_figures(spec: Any, engine: str, opts: Any, *, context: int, batch: in
     allocates (noted on the figure). A configuration the engine refuses makes every
     figure unavailable, with the engine's words.
     """
-    from kvplan.engines import engine_module
+    from kvplan.engines import get
 
-    module = engine_module(engine)
+    module = get(engine)
     kw: dict[str, Any] = {"ideal_format": kv_format, "ideal_state": state_format}
     if engine != "llama.cpp":  # llama.cpp takes its types from -ctk / -ctv (opts)
         kw["kv_cache_dtype"] = kv_cache_dtype

@@ -1,0 +1,304 @@
+"""One pipeline: a model spec, an engine name and one frozen `Settings` in; frozen `Answer`s out.
+
+`kvplan estimate` (every engine), `kvplan compare` (one run per engine), `kvplan check`
+and `kvplan diff` all call `sweep` / `run` here, and `kvplan.estimate()` / `kvplan.compare()`
+are the same calls; `Answer.to_dict()` is what `--format json` prints.
+
+Every engine is a module of `kvplan.engines` (`kvplan.engines.get(name)`) that gives the
+cache it allocates (`EngineCache`). With a GPU, the profiles (hf, llama.cpp, sglang,
+trtllm) apply their own budget rule (`capacity`, on `MemoryInputs`); ideal and vllm are
+sized by `kvplan.plan.planner` (vLLM's budget, blocks, groups, latency and cost), whose
+answer is also given as an `EngineCapacity`. Pure: reads GPU and calibration files only
+through `kvplan.plan.gpus` / `kvplan.plan.deploy`; no printing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Optional, Sequence, Union
+
+from kvplan.errors import InputError
+
+Size = Union[str, int, None]  # bytes, or a size with its unit ('2GiB')
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every deployment and engine setting of one question (None: the engine's or kvplan's stated default).
+
+    The GPU is a catalog name or GPU YAML (`gpu`) with overrides; `engine_options`
+    maps an engine's option keys (`kvplan.engines.keys.OPTION_KEYS`: `hf_cache`,
+    `parallel`, `page_size`, ...) to values, and keys of other engines are skipped.
+    """
+
+    context: int = 8192
+    batch: int = 1
+    kv_cache_dtype: str = "auto"
+    state_dtype: Optional[str] = None
+    tp: int = 1
+    pp: int = 1
+    gpu: Optional[str] = None
+    gpu_memory: Optional[str] = None
+    gpu_bandwidth: Optional[float] = None
+    usd_per_hour: Optional[float] = None
+    gpu_bf16_tflops: Optional[float] = None
+    dtype: Optional[str] = None  # weights
+    block_size: Optional[int] = None  # vllm / ideal
+    gpu_memory_utilization: Optional[float] = None  # vllm / ideal
+    max_num_batched_tokens: Optional[int] = None  # vllm / ideal
+    activation_memory: Size = None
+    non_torch_memory: Size = None
+    bandwidth_efficiency: Optional[float] = None
+    compute_efficiency: Optional[float] = None
+    calibration: Optional[str] = None  # a `kvplan measure --json` report: its bandwidth efficiency
+    prompt_tokens: Optional[int] = None
+    output_tokens: Optional[int] = None
+    requests_per_s: Optional[float] = None
+    shared_prefix_tokens: int = 0
+    engine_options: Mapping[str, Any] = field(default_factory=dict)
+    concurrency_curve: bool = False  # vllm / ideal with a GPU: max sequences at 1k, 2k, 4k, ... (estimate's table)
+
+    @property
+    def has_gpu(self) -> bool:
+        return any(v is not None for v in (self.gpu, self.gpu_memory, self.gpu_bandwidth, self.usd_per_hour,
+                                            self.gpu_bf16_tflops))
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One engine's answer for one (context, batch): its cache and, with a GPU, its capacity.
+
+    ideal and vllm also carry kvplan's layer table (`estimate`, a `CacheEstimate`) and,
+    with a GPU, the planner's `plan` (latency, cost, workload); `cache` is their
+    `EngineCache` row, filled when asked for (`sweep(..., engine_rows=True)`, as compare does).
+    """
+
+    engine: str
+    model: str
+    context: int
+    batch: int
+    cache: Any = None  # kvplan.engines.EngineCache
+    capacity: Any = None  # kvplan.engines.EngineCapacity (with a GPU)
+    estimate: Any = None  # kvplan.model.layout.CacheEstimate (ideal, vllm)
+    plan: Any = None  # kvplan.plan.planner.Plan (ideal, vllm with a GPU)
+    concurrency_by_context: Optional[tuple] = None
+
+    def to_dict(self) -> dict:
+        """What `kvplan estimate --engine <engine> --format json` prints for this one answer."""
+        if self.estimate is not None:
+            record = self.estimate.to_dict()
+            if self.plan is not None:
+                record.update(self.plan.to_dict())
+            if self.concurrency_by_context is not None:
+                record["concurrency_by_context"] = list(self.concurrency_by_context)
+            return record
+        return {**self.cache.to_dict(), "capacity": None if self.capacity is None else self.capacity.to_dict()}
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def device(s: Settings):
+    """(the GPU `s` names, with its overrides, and the label a row shows for it); (None, None) without one."""
+    if not s.has_gpu:  # a KV-only question loads neither the GPU catalog nor pydantic
+        return None, None
+    from kvplan.plan.gpus import gpu_from_options, override_label
+
+    gpu = gpu_from_options(s.gpu, s.gpu_memory, s.gpu_bandwidth, s.usd_per_hour, s.gpu_bf16_tflops)
+    if gpu is None:
+        return None, None
+    return gpu, override_label(gpu, s.gpu_memory, s.gpu_bandwidth, s.usd_per_hour, s.gpu_bf16_tflops)
+
+
+def formats(spec, s: Settings):
+    """(--kv-cache-dtype as kvplan's formats, --state-dtype): an engine-only name (f16) sizes the ideal in the
+    model's dtype and the engine judges the name itself (`kvplan.engines.compare.ideal_format`)."""
+    from kvplan.model.formats import UnknownFormatError, parse_format_pair, parse_state_format
+
+    try:
+        pair = parse_format_pair(s.kv_cache_dtype, spec.dtype)
+    except UnknownFormatError:  # an engine's own name, or a typo (the engines' names are loaded only now)
+        from kvplan.engines.compare import ideal_format
+
+        pair = ideal_format(s.kv_cache_dtype, spec.dtype)
+    try:
+        state = parse_state_format(s.state_dtype) if s.state_dtype else None
+    except UnknownFormatError as exc:
+        raise InputError(f"--state-dtype: {exc}") from None
+    return pair, state
+
+
+def _bytes(value: Size, flag: str) -> Optional[int]:
+    if value is None or isinstance(value, int) and not isinstance(value, bool):
+        return value
+    from kvplan.units import parse_bytes
+
+    return parse_bytes(value, flag)
+
+
+def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[str], activation: Optional[int],
+                  non_torch: Optional[int], label: Optional[str] = None):
+    """The GPU and what besides the KV cache sits on it (per rank), for the profiles' budget rules."""
+    from kvplan.engines import MemoryInputs
+    from kvplan.plan.planner import (
+        DEFAULT_NON_TORCH_BYTES,
+        DEFAULT_NON_TORCH_BYTES_TP,
+        WEIGHT_DTYPES,
+        PlanOptions,
+        activation_estimate,
+        stage_weight_bytes,
+        weights_from_file,
+        weights_source,
+    )
+
+    dtype = weights_dtype or spec.weights_dtype or spec.dtype
+    if dtype not in WEIGHT_DTYPES:
+        raise InputError(f"--dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    weights = stage_weight_bytes(spec, [spec.num_hidden_layers], dtype, tp, from_file=weights_from_file(spec, weights_dtype))[0]
+    if activation is None:
+        act = activation_estimate(spec, PlanOptions(context=context, tp=tp), 4 if dtype == "fp32" else 2, tp)
+        source = ("estimated: one forward pass of 8,192 tokens (kvplan's vLLM profile-run estimate); "
+                  "--activation-memory sets it")
+    else:
+        act, source = activation, "--activation-memory"
+    if non_torch is None:
+        non_torch = DEFAULT_NON_TORCH_BYTES_TP if tp > 1 else DEFAULT_NON_TORCH_BYTES
+    return MemoryInputs(label or gpu.name, gpu.memory_bytes, weights, non_torch, act, source, weights_source(spec, weights_dtype))
+
+
+# vLLM's budget rule, which kvplan's planner applies to ideal and vllm alike
+PLANNED_RULE = "vLLM determine_available_memory: KV = total x gpu_memory_utilization - weights - activations - non-torch"
+
+
+def planned_capacity(plan, gpu, label: str):
+    """The planner's capacity (ideal, vllm) as the `EngineCapacity` every engine gives."""
+    from kvplan.engines import EngineCapacity
+
+    return EngineCapacity(plan.engine, label, gpu.memory_bytes, plan.weights_bytes_per_gpu, PLANNED_RULE,
+                          plan.kv_budget_bytes_per_gpu, plan.vllm_kv_cache_tokens, plan.max_concurrent_sequences,
+                          plan.fits, tuple(plan.vllm_log), (), tuple(plan.notes),
+                          {"gpu_memory_utilization": plan.gpu_memory_utilization, "block_size": plan.block_size},
+                          plan.weights_source)
+
+
+def planned_layout(spec, engine: str, pair, state, s: Settings):
+    """ideal / vllm: the layout at the block size the engine pages with (vLLM raises it for a hybrid SSM model)."""
+    from kvplan.model.layout import CacheLayout
+    from kvplan.plan.deploy import default_block_size
+
+    block = s.block_size or default_block_size(spec, engine)
+    layout = CacheLayout(spec, pair, block_size=block, tp=s.tp, pp=s.pp, state_format=state)
+    if engine != "vllm" or block == 1:
+        return layout
+    from kvplan.engines.vllm_rules import attention_block_size
+
+    used = attention_block_size(layout, block)
+    return layout if used == block else CacheLayout(spec, pair, block_size=used, tp=s.tp, pp=s.pp, state_format=state)
+
+
+# ------------------------------------------------------------------ the pipeline
+
+
+def run(spec, engine: str, settings: Settings, *, engine_rows: bool = True) -> Answer:
+    """ENGINE's answer for SPEC at `settings.context` x `settings.batch`."""
+    return sweep(spec, engine, settings, engine_rows=engine_rows)[0]
+
+
+def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = None,
+          batches: Optional[Sequence[int]] = None, *, engine_rows: bool = False) -> list[Answer]:
+    """ENGINE's answers for every (context, batch) of `contexts` x `batches` (default: the settings' own),
+    the engine's objects built once for them all. `engine_rows`: give ideal and vllm their `EngineCache` too."""
+    from kvplan.engines import NAMES, PLANNED, get
+    from kvplan.engines.options import engine_options
+
+    if engine not in NAMES:
+        raise InputError(f"--engine {engine!r} is not one of {', '.join(NAMES)}")
+    contexts = [s.context] if contexts is None else contexts
+    batches = [s.batch] if batches is None else batches
+    pair, state = formats(spec, s)
+    gpu, label = device(s)
+    if gpu is None and any(v is not None for v in (s.calibration, s.requests_per_s, s.bandwidth_efficiency,
+                                                    s.compute_efficiency)) and engine in PLANNED:
+        raise InputError("--gpu is needed for capacity, latency and cost (or --gpu-memory and --gpu-bandwidth)")
+    module = get(engine)
+    opts = None  # ideal and vllm in a plain estimate need no option object (nor the profiles it imports)
+    if engine_rows or engine not in PLANNED:
+        opts = engine_options(engine, s.kv_cache_dtype, {**s.engine_options, "block_size": s.block_size}, tp=s.tp,
+                              prompt_tokens=s.prompt_tokens)
+    kw = {"kv_cache_dtype": s.kv_cache_dtype, "ideal_format": pair, "ideal_state": state}
+    out = []
+    if engine in PLANNED:
+        layout = planned_layout(spec, engine, pair, state, s)
+        bw_eff = s.bandwidth_efficiency
+        if gpu is not None:
+            from kvplan.plan import deploy
+
+            figures = deploy.gpu_figures(gpu, label)
+            if bw_eff is not None and s.calibration is not None:
+                raise InputError("--calibration and --bandwidth-efficiency both set the decode bandwidth efficiency; give one")
+            if bw_eff is None and s.calibration is not None:
+                bw_eff = deploy.calibrated_efficiency(s.calibration, gpu)
+        for c in contexts:
+            for b in batches:
+                estimate = layout.at(c, b)
+                cache = module.cache(spec, c, b, opts, **kw) if engine_rows else None
+                if gpu is None:
+                    out.append(Answer(engine, spec.name, c, b, cache, None, estimate))
+                    continue
+                from kvplan.plan.planner import Planner
+
+                popts = deploy.plan_options(
+                    spec, context=c, batch=b, tp=s.tp, pp=s.pp, engine=engine, block_size=layout.block_size,
+                    dtype=s.dtype, gpu_memory_utilization=s.gpu_memory_utilization,
+                    activation_memory=s.activation_memory, non_torch_memory=s.non_torch_memory,
+                    max_num_batched_tokens=s.max_num_batched_tokens, bandwidth_efficiency=bw_eff,
+                    compute_efficiency=s.compute_efficiency, prompt_tokens=s.prompt_tokens,
+                    output_tokens=s.output_tokens, requests_per_s=s.requests_per_s,
+                    shared_prefix_tokens=s.shared_prefix_tokens,
+                )
+                planner = Planner(spec, figures, pair, popts, state_format=state)
+                plan = planner.plan()
+                curve = tuple(planner.concurrency_curve()) if s.concurrency_curve else None
+                out.append(Answer(engine, spec.name, c, b, cache, planned_capacity(plan, gpu, label), estimate, plan,
+                                  curve))
+        return out
+    activation = _bytes(s.activation_memory, "--activation-memory")
+    non_torch = _bytes(s.non_torch_memory, "--non-torch-memory")
+    for c in contexts:
+        for b in batches:
+            cache = module.cache(spec, c, b, opts, **kw)
+            cap = None
+            if gpu is not None:
+                mem = memory_inputs(spec, gpu, context=c, tp=s.tp, weights_dtype=s.dtype, activation=activation,
+                                    non_torch=non_torch, label=label)
+                cap = replace(module.capacity(spec, c, b, opts, mem, **kw), weights_source=mem.weights_source)
+            out.append(Answer(engine, spec.name, c, b, cache, cap))
+    return out
+
+
+def compare(spec, settings: Settings, engines: Optional[Sequence[str]] = None):
+    """Every engine of `engines` (default: all, `kvplan.engines.NAMES`) at the settings' context and batch,
+    one `run` each, as `kvplan.engines.compare.Comparison` rows with the reason for each difference."""
+    from kvplan.engines import NAMES
+    from kvplan.engines.compare import CompareRow, Comparison, explain, single_device_problem
+
+    names = tuple(NAMES if engines is None else engines)
+    unknown = [e for e in names if e not in NAMES]
+    if unknown:
+        raise InputError(f"--engines {unknown[0]!r} is not one of {', '.join(NAMES)}")
+    pair, _ = formats(spec, settings)
+    rows = []
+    gpu_label = None
+    for name in names:
+        problem = single_device_problem(name, settings.tp)
+        if problem:
+            raise InputError(problem)
+        answer = run(spec, name, settings)
+        cache, cap = answer.cache, answer.capacity
+        if cap is not None:
+            gpu_label = cap.gpu
+        delta = None if cache.kv_bytes_total is None else cache.kv_bytes_total - cache.ideal_bytes_total
+        rows.append(CompareRow(name, cache, cap, delta, explain(cache)))
+    if settings.has_gpu and gpu_label is None:
+        gpu_label = device(settings)[1]
+    return Comparison(spec.name, settings.context, settings.batch, pair.name, settings.tp, gpu_label, tuple(rows))
