@@ -437,3 +437,32 @@ def test_reference_rows_default_to_one_rank():
     # one KV head (MQA): one rank holds it once; two ranks would each hold a copy
     mqa = make_spec(num_key_value_heads=1)  # 4 layers x 1 head x 16 x 2 (K, V) x 2 B = 256 B per token
     assert ideal_estimate(mqa, fmt, 1000, 1).kv_bytes_total == 1000 * 256
+
+
+# --- compare --gpu: a max-sequences figure that is not budget / bytes says why (the seam issue #12 names)
+
+
+def test_compare_gpu_says_why_max_seqs_is_not_budget_over_bytes(capsys):
+    """Mistral-7B (32 sliding layers, W = 4,096) at 32k x 8 on an H100: vLLM's row holds 257 blocks of 16 = 4,112
+    tokens x 131,072 B per sequence (32 layers x 8 KV heads x 128 x 2 x 2 B), but vLLM reserves
+    window - 1 + max_num_batched_tokens per request (kv_cache_interface.py SlidingWindowSpec), so its max seqs is
+    far below budget / bytes; Llama-3.1-8B (full attention) has no such gap, so its rows say nothing."""
+    r = run_cli(capsys, "compare", "mistral-7b-v0.1", "--gpu", "h100-sxm", "-c", "32k", "-b", "8", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    rows = {row["engine"]: row for row in json.loads(r.stdout)["rows"]}
+    vllm = rows["vllm"]
+    per_sequence = 4112 * 32 * 8 * 128 * 2 * 2
+    assert vllm["cache"]["kv_bytes_total"] == 8 * per_sequence
+    by_bytes = vllm["capacity"]["kv_budget_bytes"] // per_sequence
+    seqs = vllm["capacity"]["max_concurrent_sequences"]
+    assert seqs < by_bytes
+    assert vllm["capacity_why"][0] == (f"max seqs {seqs:,} is vllm's own capacity rule, not KV budget / KV bytes "
+                                       f"per sequence ({by_bytes:,})")
+    assert any("max_num_batched_tokens" in line for line in vllm["capacity_why"][1:])
+    assert rows["ideal"]["capacity_why"] == []  # the ideal's max seqs is budget // bytes by definition
+    table = run_cli(capsys, "compare", "mistral-7b-v0.1", "--gpu", "h100-sxm", "-c", "32k", "-b", "8").stdout
+    assert f"capacity: max seqs {seqs:,} is vllm's own capacity rule" in table
+    plain = run_cli(capsys, "compare", "llama-3.1-8b", "--gpu", "h100-sxm", "-c", "32k", "-b", "8", "-f", "json")
+    assert all(row["capacity_why"] == [] for row in json.loads(plain.stdout)["rows"])
+    md = run_cli(capsys, "compare", "mistral-7b-v0.1", "--gpu", "h100-sxm", "-c", "32k", "-b", "8", "-f", "markdown")
+    assert "| why max seqs |" in md.stdout.splitlines()[2]

@@ -81,6 +81,7 @@ def _delta(row, exact: bool) -> str:
 COMPARE_HEADERS = ["engine", "KV dtype", "tokens held / seq / layer", "KV bytes", "vs ideal", "why it differs",
                    "the engine logs", "refusals"]
 CAPACITY_HEADERS = ["KV budget / GPU", "max seqs", "fits"]
+WHY_CAPACITY_HEADER = "why max seqs"  # Markdown's last column; a terminal shows it as notes (compare_table_and_notes)
 # The terminal table: the figures only; why, logs and refusals are notes under it (compare_notes),
 # so the table reads at 100 columns (Markdown keeps every column: a review page scrolls sideways).
 TABLE_HEADERS = ["engine", "KV dtype", "tokens held / seq / layer", "KV bytes", "vs ideal"]
@@ -97,7 +98,7 @@ def compare_rows(comparison, exact: bool) -> list[list[str]]:
         if comparison.gpu is not None:
             cap = r.capacity
             row += [_size(cap.kv_budget_bytes, exact), f"{cap.max_concurrent_sequences:,}",
-                    "yes" if cap.fits else "no"]
+                    "yes" if cap.fits else "no", "\n".join(r.capacity_why) or "—"]
             if cap.log_lines:  # with a GPU the pool is the engine's own: its lines replace the batch-sized ones
                 row[6] = "\n".join(cap.log_lines)
             if cap.refusals:
@@ -108,14 +109,17 @@ def compare_rows(comparison, exact: bool) -> list[list[str]]:
 
 def compare_table_and_notes(rows: list[list[str]]) -> tuple[list[list[str]], list[tuple[str, str]]]:
     """compare_rows split for a terminal: the table's rows (figures only), and the notes under it,
-    keyed by engine: why it differs from the ideal cache, each log line, each refusal."""
+    keyed by engine: why it differs from the ideal cache, each log line, each refusal, and with a GPU
+    why its max sequences is not budget / bytes."""
     table, notes = [], []
     for row in rows:
         why, logs, refusals = (row[i] for i in TEXT_COLUMNS)
-        table.append(row[:5] + row[8:])
+        table.append(row[:5] + row[8:11])
         notes.append((row[0], why))
         notes += [("", f"log: {line}") for line in logs.splitlines() if logs != "—"]
         notes += [("", f"refuses: {line}") for line in refusals.splitlines() if refusals != "—"]
+        capacity_why = row[11] if len(row) > 11 else "—"
+        notes += [("", f"capacity: {line}") for line in capacity_why.splitlines() if capacity_why != "—"]
     return table, notes
 
 
@@ -133,7 +137,8 @@ def csv_records(comparison) -> list[dict]:
         if r.capacity is not None:
             rec.update(gpu=r.capacity.gpu, kv_budget_bytes=r.capacity.kv_budget_bytes,
                        max_total_tokens=r.capacity.max_total_tokens,
-                       max_concurrent_sequences=r.capacity.max_concurrent_sequences, fits=r.capacity.fits)
+                       max_concurrent_sequences=r.capacity.max_concurrent_sequences, fits=r.capacity.fits,
+                       capacity_why=" | ".join(r.capacity_why))
         records.append(rec)
     return records
 
@@ -147,7 +152,7 @@ def render_comparison(comparison, fmt: OutputFormat, exact: bool) -> None:
     if fmt is OutputFormat.csv:
         render.write(render.to_csv(csv_records(comparison)))
         return
-    headers = COMPARE_HEADERS + (CAPACITY_HEADERS if comparison.gpu else [])
+    headers = COMPARE_HEADERS + (CAPACITY_HEADERS + [WHY_CAPACITY_HEADER] if comparison.gpu else [])
     title = (f"{comparison.model} · context {comparison.context:,} · batch {comparison.batch:,} · "
              f"KV {comparison.kv_cache_dtype} · tp {comparison.tensor_parallel_size}"
              + (f" · {comparison.gpu}" if comparison.gpu else ""))

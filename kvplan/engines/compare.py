@@ -24,15 +24,19 @@ class CompareRow:
     capacity: Optional[EngineCapacity]
     delta_bytes: Optional[int]  # cache.kv_bytes_total - ideal
     why: tuple[str, ...]  # one sentence per difference, with its bytes
+    capacity_why: tuple[str, ...] = ()  # with a GPU: why max sequences is not budget / bytes (explain_capacity)
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "engine": self.engine,
             "delta_bytes": self.delta_bytes,
             "why": list(self.why),
             "cache": self.cache.to_dict(),
             "capacity": None if self.capacity is None else self.capacity.to_dict(),
         }
+        if self.capacity is not None:
+            data["capacity_why"] = list(self.capacity_why)
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +121,24 @@ def explain(cache: EngineCache) -> tuple[str, ...]:
     if not cache.differences:
         return ("same bytes as the ideal cache",)
     return tuple(f"{_signed(d.bytes)}: {d.cause}" for d in cache.differences)
+
+
+def explain_capacity(cache: EngineCache, capacity: Optional[EngineCapacity], tp: int) -> tuple[str, ...]:
+    """Why an engine's max sequences is not its KV budget over the KV bytes a sequence holds (empty when it is).
+
+    The bytes are what `batch` sequences hold at the context (all ranks; the budget is
+    per rank); an engine's pool can reserve more per sequence than that (vLLM: a
+    sliding window's max_num_batched_tokens; SGLang: split pools; TensorRT-LLM:
+    windows at full cost), and then its notes give the reason.
+    """
+    if capacity is None or not cache.kv_bytes_total:
+        return ()
+    by_bytes = max(0, capacity.kv_budget_bytes) * cache.batch * tp // cache.kv_bytes_total
+    if by_bytes == capacity.max_concurrent_sequences:
+        return ()
+    head = (f"max seqs {capacity.max_concurrent_sequences:,} is {cache.engine}'s own capacity rule, not KV budget / "
+            f"KV bytes per sequence ({by_bytes:,})")
+    return (head,) + tuple(capacity.notes) + tuple(cache.notes)
 
 
 def single_device_problem(name: str, tp: int) -> Optional[str]:

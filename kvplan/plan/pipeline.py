@@ -280,7 +280,7 @@ def compare(spec, settings: Settings, engines: Optional[Sequence[str]] = None):
     """Every engine of `engines` (default: all, `kvplan.engines.NAMES`) at the settings' context and batch,
     one `run` each, as `kvplan.engines.compare.Comparison` rows with the reason for each difference."""
     from kvplan.engines import NAMES
-    from kvplan.engines.compare import CompareRow, Comparison, explain, single_device_problem
+    from kvplan.engines.compare import CompareRow, Comparison, explain, explain_capacity, single_device_problem
 
     names = tuple(NAMES if engines is None else engines)
     unknown = [e for e in names if e not in NAMES]
@@ -298,7 +298,7 @@ def compare(spec, settings: Settings, engines: Optional[Sequence[str]] = None):
         if cap is not None:
             gpu_label = cap.gpu
         delta = None if cache.kv_bytes_total is None else cache.kv_bytes_total - cache.ideal_bytes_total
-        rows.append(CompareRow(name, cache, cap, delta, explain(cache)))
+        rows.append(CompareRow(name, cache, cap, delta, explain(cache), explain_capacity(cache, cap, settings.tp)))
     if settings.has_gpu and gpu_label is None:
         gpu_label = device(settings)[1]
     return Comparison(spec.name, settings.context, settings.batch, pair.name, settings.tp, gpu_label, tuple(rows))
