@@ -143,86 +143,50 @@ def estimate(
     tps = parse_int_list(tp, "--tensor-parallel-size")
     prompt_tokens, output_tokens = token_flag(prompt_tokens, "--prompt-tokens"), token_flag(output_tokens, "--output-tokens")
     shared_prefix_tokens = token_flag(shared_prefix_tokens, "--shared-prefix-tokens") or 0
-    from kvplan.engines import NAMES, PROFILES
-
-    if engine in PROFILES:  # before the workload's own checks: under a profile it is not sized at all
-        roofline = {"--bandwidth-efficiency": bandwidth_efficiency, "--compute-efficiency": compute_efficiency,
-                    "--calibration": calibration, "--requests-per-s": requests_per_s, "--output-tokens": output_tokens,
-                    "--shared-prefix-tokens": shared_prefix_tokens or None, "--usd-per-hour": usd_per_hour,
-                    "--gpu-bf16-tflops": gpu_bf16_tflops,
-                    "--prompt-tokens": prompt_tokens if engine != "hf" else None}  # hf: its quantized cache's prefill
-        for flag, value in roofline.items():
-            if value is not None:
-                raise InputError(
-                    f"{flag}: `estimate --engine {engine}` shows that engine's cache and capacity only; latency, cost "
-                    f"and workload sizing are kvplan's roofline (`--engine vllm` or `ideal`), or `kvplan check` budgets "
-                    f"under engine: {engine}"
-                )
-    from kvplan.plan.deploy import check_workload
-
-    for c in sorted(contexts):  # the shortest context first: the first a workload may not fit
-        check_workload(c, prompt_tokens=prompt_tokens, output_tokens=output_tokens, requests_per_s=requests_per_s,
-                       shared_prefix_tokens=shared_prefix_tokens)
-    warn_beyond_positions(spec, max(contexts), "sized as asked (engines refuse it without rope scaling)")
-    if engine not in NAMES:
-        raise InputError(f"--engine {engine!r} is not one of vllm, ideal, hf, llama.cpp, sglang, trtllm")
-    engine_flags = given_engine_options(locals())
-    planner_flags = dict(block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
-                         max_num_batched_tokens=max_num_batched_tokens)
-    given = [k for k, v in {**engine_flags, **planner_flags}.items() if v is not None]
-    if given or engine in PROFILES:  # vllm and ideal with no engine flag: nothing to refuse
-        from kvplan.engines.options import check_flags
-
-        check_flags(engine, given, tp=max(tps), pp=pp, command="estimate")
     from dataclasses import replace
 
-    from kvplan.plan import deploy
-    from kvplan.plan.pipeline import Settings, sweep
+    from kvplan.engines import PROFILES
+    from kvplan.plan.pipeline import Settings, check_estimate, sweep
 
+    engine_flags = given_engine_options(locals())
     dtypes = parse_str_list(kv_cache_dtype, "--kv-cache-dtype")
     gpu_names = parse_str_list(gpu, "--gpu") if gpu is not None else []
-    base = Settings(state_dtype=state_dtype, pp=pp, gpu_memory=gpu_memory, dtype=dtype,
-                    activation_memory=activation_memory, non_torch_memory=non_torch_memory,
-                    engine_options=engine_flags, prompt_tokens=prompt_tokens)
+    given = Settings(state_dtype=state_dtype, pp=pp, gpu_memory=gpu_memory, gpu_bandwidth=gpu_bandwidth,
+                     usd_per_hour=usd_per_hour, gpu_bf16_tflops=gpu_bf16_tflops, dtype=dtype, block_size=block_size,
+                     gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
+                     activation_memory=activation_memory, non_torch_memory=non_torch_memory,
+                     bandwidth_efficiency=bandwidth_efficiency, compute_efficiency=compute_efficiency,
+                     calibration=calibration, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+                     requests_per_s=requests_per_s, shared_prefix_tokens=shared_prefix_tokens,
+                     engine_options=engine_flags)
+    check_estimate(spec, engine, given, contexts=contexts, tps=tps, kv_cache_dtypes=dtypes, warn=warn_beyond_positions)
     if engine in PROFILES:  # the engine's own allocation and budget rules (kvplan.engines)
         # compare's order: each format, each tp, each GPU (a flag-built one needs no bandwidth: nothing reads it)
+        base = Settings(state_dtype=state_dtype, gpu_memory=gpu_memory, dtype=dtype,
+                        activation_memory=activation_memory, non_torch_memory=non_torch_memory,
+                        engine_options=engine_flags, prompt_tokens=prompt_tokens)
         answers = [a for d in dtypes for t in tps for g in (gpu_names or [None])
                    for a in sweep(spec, engine, replace(base, kv_cache_dtype=d, tp=t, gpu=g,
                                                         gpu_bandwidth=1.0 if g is None and gpu_memory else None),
                                   contexts, batches)]
         return _profiles.render_engine([(a.cache, a.capacity) for a in answers], fmt, exact, svg)
-    if block_size is not None and block_size < 1:
-        raise InputError(f"--block-size must be a positive number of tokens, got {block_size}")
-    for d in dtypes:  # (K/V pair, state format): refused up front as bad input
-        deploy.kv_formats(spec, d, state_dtype)
-    if engine == "vllm":  # a format vLLM's argparse refuses is bad input there, and here
-        for d in dtypes:
-            problem = deploy.vllm_kv_dtype_problem(spec, d)
-            if problem:
-                raise InputError(problem)
     plan_flags = any(
         v is not None
         for v in (gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops, requests_per_s, calibration,
                   prompt_tokens, output_tokens, bandwidth_efficiency, compute_efficiency)
     )
-    base = replace(base, block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
-                   max_num_batched_tokens=max_num_batched_tokens, output_tokens=output_tokens,
-                   requests_per_s=requests_per_s, shared_prefix_tokens=shared_prefix_tokens)
     if not gpu_names and not plan_flags:
         answers = [a for d in dtypes for t in tps
-                   for a in sweep(spec, engine, replace(base, kv_cache_dtype=d, tp=t), contexts, batches)]
+                   for a in sweep(spec, engine, replace(given, kv_cache_dtype=d, tp=t), contexts, batches)]
         _render_estimates([a.to_dict() for a in answers], fmt, exact, svg)
         return
     from kvplan.plan.gpus import gpu_from_options
 
-    base = replace(base, gpu_bandwidth=gpu_bandwidth, usd_per_hour=usd_per_hour, gpu_bf16_tflops=gpu_bf16_tflops,
-                   bandwidth_efficiency=bandwidth_efficiency, compute_efficiency=compute_efficiency,
-                   calibration=calibration)
     gpus = [gpu_from_options(g, gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops) for g in (gpu_names or [None])]
     if any(g is None for g in gpus):
         raise InputError("--gpu is needed for capacity, latency and cost (or --gpu-memory and --gpu-bandwidth)")
     single = len(gpus) * len(dtypes) * len(tps) * len(contexts) * len(batches) == 1
-    base = replace(base, concurrency_curve=single and fmt is OutputFormat.table)
+    base = replace(given, concurrency_curve=single and fmt is OutputFormat.table)
     answers = [a for g in (gpu_names or [None]) for d in dtypes for t in tps
                for a in sweep(spec, engine, replace(base, gpu=g, kv_cache_dtype=d, tp=t), contexts, batches)]
     _render_plans([a.to_dict() for a in answers], fmt, exact, svg, workload=requests_per_s is not None)

@@ -329,19 +329,13 @@ def register(app: typer.Typer) -> None:
         from kvplan.cli.parsing import parse_int_list, parse_str_list, token_flag
         from kvplan.engines import NAMES
         from kvplan.engines.keys import given_engine_options
-        from kvplan.plan.deploy import check_workload
         from kvplan.plan.pipeline import Settings, compare as run_compare
 
         spec = resolve_spec(model, fast=True)
         contexts = parse_int_list(context, "--context")
         if len(contexts) > 1:
             raise InputError("--context: compare takes one context (use estimate for sweeps)")
-        if batch < 1:
-            raise InputError(f"--batch must be at least 1, got {batch}")
-        if tp < 1:
-            raise InputError(f"--tensor-parallel-size must be at least 1, got {tp}")
         prompt_tokens = token_flag(prompt_tokens, "--prompt-tokens")
-        check_workload(contexts[0], prompt_tokens=prompt_tokens)
         names = tuple(parse_str_list(engines, "--engines", tuple(NAMES)))
         has_gpu = gpu is not None or gpu_memory is not None
         # compare reports memory only: a flag-built GPU needs a bandwidth, which nothing here reads

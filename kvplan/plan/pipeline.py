@@ -15,7 +15,7 @@ through `kvplan.plan.gpus` / `kvplan.plan.deploy`; no printing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 
 from kvplan.errors import InputError
 
@@ -64,13 +64,13 @@ class Settings:
                                             self.gpu_bf16_tflops))
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     """One engine's answer for one (context, batch): its cache and, with a GPU, its capacity.
 
     ideal and vllm also carry kvplan's layer table (`estimate`, a `CacheEstimate`) and,
     with a GPU, the planner's `plan` (latency, cost, workload); `cache` is their
     `EngineCache` row, filled when asked for (`sweep(..., engine_rows=True)`, as compare does).
+    Immutable; a NamedTuple, not a frozen dataclass, because a 100,000-point sweep builds one per point.
     """
 
     engine: str
@@ -196,6 +196,66 @@ def planned_layout(spec, engine: str, pair, state, s: Settings):
     return layout if used == block else CacheLayout(spec, pair, block_size=used, tp=s.tp, pp=s.pp, state_format=state)
 
 
+# ------------------------------------------------------------------ what estimate refuses
+
+
+def check_estimate(spec, engine: str, s: Settings, *, contexts: Sequence[int], tps: Sequence[int],
+                   kv_cache_dtypes: Sequence[str], warn=None) -> None:
+    """Raise InputError for what `kvplan estimate` (and `kvplan.estimate()`) refuses before sizing anything.
+
+    `s` holds the single-valued settings; `contexts`, `tps` and `kv_cache_dtypes` the
+    values a sweep takes (one each from the Python API). `warn(spec, tokens, what)`
+    is told of a context past the model's max_position_embeddings (the CLI's stderr line).
+    """
+    from kvplan.engines.keys import CHOICES, OPTION_KEYS, PROFILES
+    from kvplan.plan.deploy import check_workload
+
+    if engine in PROFILES:  # before the workload's own checks: under a profile it is not sized at all
+        roofline = {"--bandwidth-efficiency": s.bandwidth_efficiency, "--compute-efficiency": s.compute_efficiency,
+                    "--calibration": s.calibration, "--requests-per-s": s.requests_per_s,
+                    "--output-tokens": s.output_tokens, "--shared-prefix-tokens": s.shared_prefix_tokens or None,
+                    "--usd-per-hour": s.usd_per_hour, "--gpu-bf16-tflops": s.gpu_bf16_tflops,
+                    "--prompt-tokens": s.prompt_tokens if engine != "hf" else None}  # hf: its quantized cache's prefill
+        for flag, value in roofline.items():
+            if value is not None:
+                raise InputError(
+                    f"{flag}: `estimate --engine {engine}` shows that engine's cache and capacity only; latency, cost "
+                    f"and workload sizing are kvplan's roofline (`--engine vllm` or `ideal`), or `kvplan check` budgets "
+                    f"under engine: {engine}"
+                )
+    for c in sorted(contexts):  # the shortest context first: the first a workload may not fit
+        check_workload(c, prompt_tokens=s.prompt_tokens, output_tokens=s.output_tokens,
+                       requests_per_s=s.requests_per_s, shared_prefix_tokens=s.shared_prefix_tokens)
+    if warn is not None:
+        warn(spec, max(contexts), "sized as asked (engines refuse it without rope scaling)")
+    if engine not in CHOICES:
+        raise InputError(f"--engine {engine!r} is not one of {', '.join(CHOICES)}")
+    known = {k for keys in OPTION_KEYS.values() for k in keys}
+    unknown = sorted(k for k in s.engine_options if k not in known)
+    if unknown:
+        raise InputError(f"{unknown[0]!r} is no engine's option (one of {', '.join(sorted(known))})")
+    planner_keys = {"block_size": s.block_size, "gpu_memory_utilization": s.gpu_memory_utilization,
+                    "max_num_batched_tokens": s.max_num_batched_tokens}
+    given = [k for k, v in {**s.engine_options, **planner_keys}.items() if v is not None]
+    if given or engine in PROFILES:  # vllm and ideal with no engine flag: nothing to refuse
+        from kvplan.engines.options import check_flags
+
+        check_flags(engine, given, tp=max(tps), pp=s.pp, command="estimate")
+    if engine in PROFILES:
+        return
+    from kvplan.plan import deploy
+
+    if s.block_size is not None and s.block_size < 1:
+        raise InputError(f"--block-size must be a positive number of tokens, got {s.block_size}")
+    for d in kv_cache_dtypes:  # (K/V pair, state format): refused up front as bad input
+        deploy.kv_formats(spec, d, s.state_dtype)
+    if engine == "vllm":  # a format vLLM's argparse refuses is bad input there, and here
+        for d in kv_cache_dtypes:
+            problem = deploy.vllm_kv_dtype_problem(spec, d)
+            if problem:
+                raise InputError(problem)
+
+
 # ------------------------------------------------------------------ the pipeline
 
 
@@ -229,6 +289,9 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
     out = []
     if engine in PLANNED:
         layout = planned_layout(spec, engine, pair, state, s)
+        if gpu is None and not engine_rows:  # a KV-only sweep (100,000 points in a second or two): the layer tables
+            at, name = layout.at, spec.name
+            return [Answer(engine, name, c, b, None, None, at(c, b)) for c in contexts for b in batches]
         bw_eff = s.bandwidth_efficiency
         if gpu is not None:
             from kvplan.plan import deploy
@@ -282,6 +345,13 @@ def compare(spec, settings: Settings, engines: Optional[Sequence[str]] = None):
     from kvplan.engines import NAMES
     from kvplan.engines.compare import CompareRow, Comparison, explain, explain_capacity, single_device_problem
 
+    from kvplan.plan.deploy import check_workload
+
+    if settings.batch < 1:
+        raise InputError(f"--batch must be at least 1, got {settings.batch}")
+    if settings.tp < 1:
+        raise InputError(f"--tensor-parallel-size must be at least 1, got {settings.tp}")
+    check_workload(settings.context, prompt_tokens=settings.prompt_tokens)
     names = tuple(NAMES if engines is None else engines)
     unknown = [e for e in names if e not in NAMES]
     if unknown:
