@@ -504,16 +504,16 @@ def evaluate_budgets(budgets: Budgets, figures: Figures, line_of: Callable[[str]
 # ------------------------------------------------------------------ engine profiles
 
 
-def engine_figures(spec: Any, engine: str, opts: Any, *, context: int, batch: int, tp: int, kv_cache_dtype: str,
-                   kv_format: Any, state_format: Any, kv_bytes_per_token: int, memory: Any = None,
+def engine_figures(spec: Any, engine: str, opts: Any, answer: Any, *, context: int, batch: int, tp: int,
+                   kv_cache_dtype: str, kv_format: Any, state_format: Any, kv_bytes_per_token: int,
                    planner: Any = None) -> Figures:
     """The budgets' figures under an engine profile (hf, llama.cpp, sglang, trtllm).
 
-    `opts` is the engine's option object, `kv_format` / `state_format` the
-    formats the ideal cache is sized in, `kv_bytes_per_token` the spec's. With a
-    GPU, `memory` (`kvplan.engines.MemoryInputs`) feeds the engine's own budget
-    rule and `planner` (a pp-1 `kvplan.plan.planner.Planner`) gives the roofline and the
-    context limit. Capacity and headroom are the engine's (`EngineCapacity`);
+    `answer` is the engine's (`kvplan.plan.pipeline.run`): its cache and, with a GPU,
+    its capacity by its own budget rule and the `memory` that rule read. `opts` is the
+    engine's option object, `kv_format` / `state_format` the formats the ideal cache
+    is sized in, `kv_bytes_per_token` the spec's; `planner` (a pp-1
+    `kvplan.plan.planner.Planner`) gives the roofline and the context limit. Capacity and headroom are the engine's (`EngineCapacity`);
     decode step and costs are kvplan's roofline with the KV bytes the engine
     allocates (noted on the figure). A configuration the engine refuses makes every
     figure unavailable, with the engine's words.
@@ -521,10 +521,8 @@ def engine_figures(spec: Any, engine: str, opts: Any, *, context: int, batch: in
     from kvplan.engines import get
 
     module = get(engine)
-    kw: dict[str, Any] = {"ideal_format": kv_format, "ideal_state": state_format}
-    if engine != "llama.cpp":  # llama.cpp takes its types from -ctk / -ctv (opts)
-        kw["kv_cache_dtype"] = kv_cache_dtype
-    cache = module.cache(spec, context, batch, opts, **kw)
+    kw: dict[str, Any] = {"ideal_format": kv_format, "ideal_state": state_format, "kv_cache_dtype": kv_cache_dtype}
+    cache, memory = answer.cache, answer.memory
     base = {"model": spec.name, "gpu": None if memory is None else memory.gpu, "kv_cache_dtype": cache.kv_cache_dtype,
             "kv_bytes_per_token": kv_bytes_per_token}
     if cache.kv_bytes_total is None:  # refused, or a pool kvplan does not size (SGLang's block-scaled dtypes)
@@ -532,7 +530,7 @@ def engine_figures(spec: Any, engine: str, opts: Any, *, context: int, batch: in
         return Figures(**base, unavailable=f"{engine} refuses: {why}" if cache.refusals else f"{engine}: {why}")
     if memory is None:
         return Figures(**base)
-    capacity = module.capacity(spec, context, batch, opts, memory, **kw)
+    capacity = answer.capacity
     budget = capacity.kv_budget_bytes  # per rank
     need = cache.kv_bytes_total // tp  # the batch as the engine allocates it, one rank (totals span all ranks)
     headroom = round((budget - need) / budget * 100, 3) if budget > 0 else None  # as Planner.plan rounds it

@@ -42,6 +42,7 @@ class Settings:
     gpu_bandwidth: Optional[float] = None
     usd_per_hour: Optional[float] = None
     gpu_bf16_tflops: Optional[float] = None
+    gpu_label: Optional[str] = None  # the name results give the GPU (None: its name with the overrides named)
     dtype: Optional[str] = None  # weights
     block_size: Optional[int] = None  # vllm / ideal
     gpu_memory_utilization: Optional[float] = None  # vllm / ideal
@@ -82,6 +83,7 @@ class Answer(NamedTuple):
     estimate: Any = None  # kvplan.model.layout.CacheEstimate (ideal, vllm)
     plan: Any = None  # kvplan.plan.planner.Plan (ideal, vllm with a GPU)
     concurrency_by_context: Optional[tuple] = None
+    memory: Any = None  # kvplan.engines.MemoryInputs the profiles' budget rules read (with a GPU)
 
     def to_dict(self) -> dict:
         """What `kvplan estimate --engine <engine> --format json` prints for this one answer."""
@@ -104,10 +106,11 @@ def device(s: Settings):
         return None, None
     from kvplan.plan.gpus import gpu_from_options, override_label
 
-    gpu = gpu_from_options(s.gpu, s.gpu_memory, s.gpu_bandwidth, s.usd_per_hour, s.gpu_bf16_tflops)
+    memory = str(s.gpu_memory) if isinstance(s.gpu_memory, int) and not isinstance(s.gpu_memory, bool) else s.gpu_memory
+    gpu = gpu_from_options(s.gpu, memory, s.gpu_bandwidth, s.usd_per_hour, s.gpu_bf16_tflops)
     if gpu is None:
         return None, None
-    return gpu, override_label(gpu, s.gpu_memory, s.gpu_bandwidth, s.usd_per_hour, s.gpu_bf16_tflops)
+    return gpu, s.gpu_label or override_label(gpu, memory, s.gpu_bandwidth, s.usd_per_hour, s.gpu_bf16_tflops)
 
 
 def formats(spec, s: Settings):
@@ -330,12 +333,13 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
     for c in contexts:
         for b in batches:
             cache = module.cache(spec, c, b, opts, **kw)
-            cap = None
-            if gpu is not None:
-                mem = memory_inputs(spec, gpu, context=c, tp=s.tp, weights_dtype=s.dtype, activation=activation,
-                                    non_torch=non_torch, label=label)
-                cap = replace(module.capacity(spec, c, b, opts, mem, **kw), weights_source=mem.weights_source)
-            out.append(Answer(engine, spec.name, c, b, cache, cap))
+            if gpu is None:
+                out.append(Answer(engine, spec.name, c, b, cache))
+                continue
+            mem = memory_inputs(spec, gpu, context=c, tp=s.tp, weights_dtype=s.dtype, activation=activation,
+                                non_torch=non_torch, label=label)
+            cap = replace(module.capacity(spec, c, b, opts, mem, **kw), weights_source=mem.weights_source)
+            out.append(Answer(engine, spec.name, c, b, cache, cap, memory=mem))
     return out
 
 
