@@ -137,7 +137,8 @@ def csv_records(comparison) -> list[dict]:
         if r.capacity is not None:
             rec.update(gpu=r.capacity.gpu, kv_budget_bytes=r.capacity.kv_budget_bytes,
                        max_total_tokens=r.capacity.max_total_tokens,
-                       max_concurrent_sequences=r.capacity.max_concurrent_sequences, fits=r.capacity.fits,
+                       max_concurrent_sequences=r.capacity.max_concurrent_sequences,
+                       max_context_tokens=r.capacity.max_context_tokens, fits=r.capacity.fits,
                        capacity_why=" | ".join(r.capacity_why))
         records.append(rec)
     return records
@@ -194,6 +195,8 @@ def engine_report_lines(cache, capacity, exact: bool) -> list[tuple[str, str]]:
         if capacity.max_total_tokens is not None:
             lines.append(("pool", f"{capacity.max_total_tokens:,} tokens"))
         lines.append(("max concurrency", f"{counted(capacity.max_concurrent_sequences, 'sequence')} of {cache.context:,} tokens"))
+        if capacity.max_context_tokens is not None:
+            lines.append(("max context", f"{capacity.max_context_tokens:,} tokens at batch {cache.batch:,}"))
         lines.append(("verdict", "fits" if capacity.fits else "does NOT fit"))
         for line in capacity.log_lines:
             lines.append((f"{cache.engine} would log", line))
@@ -237,7 +240,8 @@ def render_engine(results: list[tuple], fmt: OutputFormat, exact: bool, svg: Opt
                    "log": " | ".join(c.log_lines)}
             if cap is not None:
                 rec.update(gpu=cap.gpu, kv_budget_bytes=cap.kv_budget_bytes, max_total_tokens=cap.max_total_tokens,
-                           max_concurrent_sequences=cap.max_concurrent_sequences, fits=cap.fits)
+                           max_concurrent_sequences=cap.max_concurrent_sequences,
+                           max_context_tokens=cap.max_context_tokens, fits=cap.fits)
             recs.append(rec)
         render.write(render.to_csv(recs))
         return

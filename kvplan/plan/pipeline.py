@@ -179,9 +179,9 @@ def planned_capacity(plan, gpu, label: str):
 
     return EngineCapacity(plan.engine, label, gpu.memory_bytes, plan.weights_bytes_per_gpu, PLANNED_RULE,
                           plan.kv_budget_bytes_per_gpu, plan.vllm_kv_cache_tokens, plan.max_concurrent_sequences,
-                          plan.fits, tuple(plan.vllm_log), (), tuple(plan.notes),
+                             plan.fits, tuple(plan.vllm_log), (), tuple(plan.notes),
                           {"gpu_memory_utilization": plan.gpu_memory_utilization, "block_size": plan.block_size},
-                          plan.weights_source)
+                          plan.weights_source, plan.max_context_tokens)
 
 
 def planned_layout(spec, engine: str, pair, state, s: Settings):
@@ -197,6 +197,55 @@ def planned_layout(spec, engine: str, pair, state, s: Settings):
 
     used = attention_block_size(layout, block)
     return layout if used == block else CacheLayout(spec, pair, block_size=used, tp=s.tp, pp=s.pp, state_format=state)
+
+
+def slots_for(engine: str, opts: Any) -> Any:
+    """llama.cpp at another batch: one slot per sequence and -c to match, as llamacpp.capacity counts slots."""
+    if engine == "llama.cpp":
+        from dataclasses import replace
+
+        return replace(opts, parallel=None, ctx_size=None)
+    return opts
+
+
+def engine_max_context(module: Any, spec: Any, engine: str, opts: Any, batch: int, budget: int, memory: Any,
+                        kw: dict, limit: int) -> int:
+    """The longest context (<= `limit`, the model's max_position_embeddings) at which `batch` sequences fit.
+
+    A search, not a division: pages, 256-cell padding and windows make bytes a
+    step function of the context (fit is monotone in it). Fit is the engine's own
+    test: SGLang and TensorRT-LLM divide their token pool (`capacity(...).fits`);
+    hf and llama.cpp have no pool, so their `fits` is the cache bytes <= room,
+    tested here without the slot search their `capacity` also runs.
+    """
+    if engine == "hf" and opts.cache == "static" and opts.max_cache_len is not None:
+        # a StaticCache cannot grow past max_cache_len (generate() leaves one token uncached)
+        limit = min(limit, opts.max_cache_len + (1 if opts.generate else 0))
+    fixed_cells = engine == "llama.cpp" and opts.ctx_size is not None
+
+    def fits(context: int) -> bool:
+        if engine in ("sglang", "trtllm"):
+            return module.capacity(spec, context, batch, opts, memory, **kw).fits
+        cache = module.cache(spec, context, batch, opts, **kw)
+        if cache.kv_bytes_total is None or cache.kv_bytes_total > budget:
+            return False
+        if fixed_cells:  # -c fixes the cells: a sequence gets its slot's (or its share of the unified pool)
+            s = cache.settings
+            return context <= s["kv_size"] if s["n_stream"] > 1 else context * batch <= s["n_ctx"]
+        return True
+
+    if fits(limit):
+        return limit
+    if not fits(1):
+        return 0
+    lo, hi = 1, limit  # fits at lo, not at hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 # ------------------------------------------------------------------ what estimate refuses
@@ -273,6 +322,7 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
     the engine's objects built once for them all. `engine_rows`: give ideal and vllm their `EngineCache` too."""
     from kvplan.engines import NAMES, PLANNED, get
     from kvplan.engines.options import engine_options
+    from kvplan.plan.planner import context_limit
 
     if engine not in NAMES:
         raise InputError(f"--engine {engine!r} is not one of {', '.join(NAMES)}")
@@ -338,7 +388,12 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
                 continue
             mem = memory_inputs(spec, gpu, context=c, tp=s.tp, weights_dtype=s.dtype, activation=activation,
                                 non_torch=non_torch, label=label)
-            cap = replace(module.capacity(spec, c, b, opts, mem, **kw), weights_source=mem.weights_source)
+            cap = module.capacity(spec, c, b, opts, mem, **kw)
+            max_context = None
+            if cache.kv_bytes_total is not None:  # refused, or a pool kvplan does not size: no search
+                max_context = engine_max_context(module, spec, engine, opts, b, cap.kv_budget_bytes, mem, kw,
+                                                 context_limit(spec)[0])
+            cap = replace(cap, weights_source=mem.weights_source, max_context_tokens=max_context)
             out.append(Answer(engine, spec.name, c, b, cache, cap, memory=mem))
     return out
 
