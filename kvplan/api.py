@@ -28,12 +28,10 @@ def load_model(source: Any):
 
 def _settings(context: int, batch: int, options: dict) -> Settings:
     """Settings from keywords: a Settings field by name, or an engine option key (hf_cache, parallel, page_size, ...)."""
-    from dataclasses import fields
-
     from kvplan.engines.keys import ALL_OPTION_KEYS
     from kvplan.errors import InputError
 
-    names = {f.name for f in fields(Settings)} - {"engine_options", "concurrency_curve"}
+    names = set(Settings._fields) - {"engine_options", "concurrency_curve"}
     engine_options = {k: options.pop(k) for k in list(options) if k in ALL_OPTION_KEYS}
     unknown = sorted(set(options) - names)
     if unknown:
@@ -71,7 +69,5 @@ def compare(model: Any, *, context: int = 8192, batch: int = 1, engines: Optiona
     spec = load_model(model)
     settings = _settings(context, batch, dict(options))
     if settings.gpu is None and settings.gpu_memory is not None and settings.gpu_bandwidth is None:
-        from dataclasses import replace
-
-        settings = replace(settings, gpu_bandwidth=1.0)  # as the CLI: compare reports memory only
+        settings = settings._replace(gpu_bandwidth=1.0)  # as the CLI: compare reports memory only
     return run_compare(spec, settings, engines)

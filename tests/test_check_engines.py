@@ -492,7 +492,7 @@ def test_the_max_context_fits_and_one_token_more_does_not(room_mib, batch, engin
     from kvplan.engines import MemoryInputs, get as engine_module
     from kvplan.engines.options import engine_options
     from kvplan.model.formats import parse_format_pair
-    from kvplan.plan.pipeline import engine_max_context as _engine_max_context
+    from kvplan.plan.capacity import engine_max_context as _engine_max_context
 
     spec = resolve_spec("llama-3.1-8b")
     memory = MemoryInputs("test", WEIGHTS + NON_TORCH + room_mib * MiB, WEIGHTS, NON_TORCH, 0, "test")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from kvplan.sources.catalog import catalog_names, resolve_spec
 from kvplan.engines import NAMES as ALL_ENGINES
-from kvplan.engines.compare import explain, ideal_format
+from kvplan.engines.compare import explain
 from kvplan.plan.pipeline import Settings, compare
 
 from cli_helpers import pair_values, run_cli

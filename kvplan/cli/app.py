@@ -143,8 +143,6 @@ def estimate(
     tps = parse_int_list(tp, "--tensor-parallel-size")
     prompt_tokens, output_tokens = token_flag(prompt_tokens, "--prompt-tokens"), token_flag(output_tokens, "--output-tokens")
     shared_prefix_tokens = token_flag(shared_prefix_tokens, "--shared-prefix-tokens") or 0
-    from dataclasses import replace
-
     from kvplan.engines import PROFILES
     from kvplan.plan.pipeline import Settings, check_estimate, sweep
 
@@ -166,7 +164,7 @@ def estimate(
                         activation_memory=activation_memory, non_torch_memory=non_torch_memory,
                         engine_options=engine_flags, prompt_tokens=prompt_tokens)
         answers = [a for d in dtypes for t in tps for g in (gpu_names or [None])
-                   for a in sweep(spec, engine, replace(base, kv_cache_dtype=d, tp=t, gpu=g,
+                   for a in sweep(spec, engine, base._replace(kv_cache_dtype=d, tp=t, gpu=g,
                                                         gpu_bandwidth=1.0 if g is None and gpu_memory else None),
                                   contexts, batches)]
         return _profiles.render_engine([(a.cache, a.capacity) for a in answers], fmt, exact, svg)
@@ -177,7 +175,7 @@ def estimate(
     )
     if not gpu_names and not plan_flags:
         answers = [a for d in dtypes for t in tps
-                   for a in sweep(spec, engine, replace(given, kv_cache_dtype=d, tp=t), contexts, batches)]
+                   for a in sweep(spec, engine, given._replace(kv_cache_dtype=d, tp=t), contexts, batches)]
         _render_estimates([a.to_dict() for a in answers], fmt, exact, svg)
         return
     from kvplan.plan.gpus import gpu_from_options
@@ -186,9 +184,9 @@ def estimate(
     if any(g is None for g in gpus):
         raise InputError("--gpu is needed for capacity, latency and cost (or --gpu-memory and --gpu-bandwidth)")
     single = len(gpus) * len(dtypes) * len(tps) * len(contexts) * len(batches) == 1
-    base = replace(given, concurrency_curve=single and fmt is OutputFormat.table)
+    base = given._replace(concurrency_curve=single and fmt is OutputFormat.table)
     answers = [a for g in (gpu_names or [None]) for d in dtypes for t in tps
-               for a in sweep(spec, engine, replace(base, gpu=g, kv_cache_dtype=d, tp=t), contexts, batches)]
+               for a in sweep(spec, engine, base._replace(gpu=g, kv_cache_dtype=d, tp=t), contexts, batches)]
     _render_plans([a.to_dict() for a in answers], fmt, exact, svg, workload=requests_per_s is not None)
 
 

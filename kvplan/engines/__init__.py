@@ -134,7 +134,7 @@ class EngineCapacity:
     settings: dict = field(default_factory=dict)
     weights_source: str = ""  # where weights_bytes came from: file headers, --dtype, or the parameter formula
     # the longest context (<= max_position_embeddings) at which `batch` sequences fit, by the engine's own test
-    # (kvplan.plan.pipeline.engine_max_context; ideal / vllm: the planner's); None when the engine refuses
+    # (kvplan.plan.capacity.engine_max_context; ideal / vllm: the planner's); None when the engine refuses
     max_context_tokens: Optional[int] = None
 
     def to_dict(self) -> dict:

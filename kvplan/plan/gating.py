@@ -519,7 +519,7 @@ def engine_figures(spec: Any, engine: str, opts: Any, answer: Any, *, context: i
     figure unavailable, with the engine's words.
     """
     from kvplan.engines import get
-    from kvplan.plan.pipeline import slots_for
+    from kvplan.plan.capacity import slots_for
 
     module = get(engine)
     kw: dict[str, Any] = {"ideal_format": kv_format, "ideal_state": state_format, "kv_cache_dtype": kv_cache_dtype}
@@ -535,7 +535,7 @@ def engine_figures(spec: Any, engine: str, opts: Any, answer: Any, *, context: i
     budget = capacity.kv_budget_bytes  # per rank
     need = cache.kv_bytes_total // tp  # the batch as the engine allocates it, one rank (totals span all ranks)
     headroom = round((budget - need) / budget * 100, 3) if budget > 0 else None  # as Planner.plan rounds it
-    max_context = capacity.max_context_tokens  # the engine's own search (kvplan.plan.pipeline.engine_max_context)
+    max_context = capacity.max_context_tokens  # the engine's own search (kvplan.plan.capacity.engine_max_context)
 
     # The roofline reads the batch's KV whole each step: exact for what SGLang, TensorRT-LLM and HF dynamic
     # hold, an upper bound where an engine allocates more than it attends to (llama.cpp's -c beyond the context).

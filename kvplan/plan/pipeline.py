@@ -8,13 +8,13 @@ Every engine is a module of `kvplan.engines` (`kvplan.engines.get(name)`) that g
 cache it allocates (`EngineCache`). With a GPU, the profiles (hf, llama.cpp, sglang,
 trtllm) apply their own budget rule (`capacity`, on `MemoryInputs`); ideal and vllm are
 sized by `kvplan.plan.planner` (vLLM's budget, blocks, groups, latency and cost), whose
-answer is also given as an `EngineCapacity`. Pure: reads GPU and calibration files only
+answer is also given as an `EngineCapacity` (`kvplan.plan.capacity`). Pure: reads GPU and calibration files only
 through `kvplan.plan.gpus` / `kvplan.plan.deploy`; no printing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 
 from kvplan.errors import InputError
@@ -22,9 +22,11 @@ from kvplan.errors import InputError
 Size = Union[str, int, None]  # bytes, or a size with its unit ('2GiB')
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """Every deployment and engine setting of one question (None: the engine's or kvplan's stated default).
+
+    Immutable (`settings._replace(tp=2)` gives another); a NamedTuple rather than a frozen dataclass because
+    `kvplan estimate` builds it on its cold-start path, where a 30-field dataclass costs a millisecond or two.
 
     The GPU is a catalog name or GPU YAML (`gpu`) with overrides; `engine_options`
     maps an engine's option keys (`kvplan.engines.keys.OPTION_KEYS`: `hf_cache`,
@@ -56,7 +58,7 @@ class Settings:
     output_tokens: Optional[int] = None
     requests_per_s: Optional[float] = None
     shared_prefix_tokens: int = 0
-    engine_options: Mapping[str, Any] = field(default_factory=dict)
+    engine_options: Mapping[str, Any] = MappingProxyType({})
     concurrency_curve: bool = False  # vllm / ideal with a GPU: max sequences at 1k, 2k, 4k, ... (estimate's table)
 
     @property
@@ -139,51 +141,6 @@ def _bytes(value: Size, flag: str) -> Optional[int]:
     return parse_bytes(value, flag)
 
 
-def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[str], activation: Optional[int],
-                  non_torch: Optional[int], label: Optional[str] = None):
-    """The GPU and what besides the KV cache sits on it (per rank), for the profiles' budget rules."""
-    from kvplan.engines import MemoryInputs
-    from kvplan.plan.planner import (
-        DEFAULT_NON_TORCH_BYTES,
-        DEFAULT_NON_TORCH_BYTES_TP,
-        WEIGHT_DTYPES,
-        PlanOptions,
-        activation_estimate,
-        stage_weight_bytes,
-        weights_from_file,
-        weights_source,
-    )
-
-    dtype = weights_dtype or spec.weights_dtype or spec.dtype
-    if dtype not in WEIGHT_DTYPES:
-        raise InputError(f"--dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
-    weights = stage_weight_bytes(spec, [spec.num_hidden_layers], dtype, tp, from_file=weights_from_file(spec, weights_dtype))[0]
-    if activation is None:
-        act = activation_estimate(spec, PlanOptions(context=context, tp=tp), 4 if dtype == "fp32" else 2, tp)
-        source = ("estimated: one forward pass of 8,192 tokens (kvplan's vLLM profile-run estimate); "
-                  "--activation-memory sets it")
-    else:
-        act, source = activation, "--activation-memory"
-    if non_torch is None:
-        non_torch = DEFAULT_NON_TORCH_BYTES_TP if tp > 1 else DEFAULT_NON_TORCH_BYTES
-    return MemoryInputs(label or gpu.name, gpu.memory_bytes, weights, non_torch, act, source, weights_source(spec, weights_dtype))
-
-
-# vLLM's budget rule, which kvplan's planner applies to ideal and vllm alike
-PLANNED_RULE = "vLLM determine_available_memory: KV = total x gpu_memory_utilization - weights - activations - non-torch"
-
-
-def planned_capacity(plan, gpu, label: str):
-    """The planner's capacity (ideal, vllm) as the `EngineCapacity` every engine gives."""
-    from kvplan.engines import EngineCapacity
-
-    return EngineCapacity(plan.engine, label, gpu.memory_bytes, plan.weights_bytes_per_gpu, PLANNED_RULE,
-                          plan.kv_budget_bytes_per_gpu, plan.vllm_kv_cache_tokens, plan.max_concurrent_sequences,
-                             plan.fits, tuple(plan.vllm_log), (), tuple(plan.notes),
-                          {"gpu_memory_utilization": plan.gpu_memory_utilization, "block_size": plan.block_size},
-                          plan.weights_source, plan.max_context_tokens)
-
-
 def planned_layout(spec, engine: str, pair, state, s: Settings):
     """ideal / vllm: the layout at the block size the engine pages with (vLLM raises it for a hybrid SSM model)."""
     from kvplan.model.layout import CacheLayout
@@ -197,55 +154,6 @@ def planned_layout(spec, engine: str, pair, state, s: Settings):
 
     used = attention_block_size(layout, block)
     return layout if used == block else CacheLayout(spec, pair, block_size=used, tp=s.tp, pp=s.pp, state_format=state)
-
-
-def slots_for(engine: str, opts: Any) -> Any:
-    """llama.cpp at another batch: one slot per sequence and -c to match, as llamacpp.capacity counts slots."""
-    if engine == "llama.cpp":
-        from dataclasses import replace
-
-        return replace(opts, parallel=None, ctx_size=None)
-    return opts
-
-
-def engine_max_context(module: Any, spec: Any, engine: str, opts: Any, batch: int, budget: int, memory: Any,
-                        kw: dict, limit: int) -> int:
-    """The longest context (<= `limit`, the model's max_position_embeddings) at which `batch` sequences fit.
-
-    A search, not a division: pages, 256-cell padding and windows make bytes a
-    step function of the context (fit is monotone in it). Fit is the engine's own
-    test: SGLang and TensorRT-LLM divide their token pool (`capacity(...).fits`);
-    hf and llama.cpp have no pool, so their `fits` is the cache bytes <= room,
-    tested here without the slot search their `capacity` also runs.
-    """
-    if engine == "hf" and opts.cache == "static" and opts.max_cache_len is not None:
-        # a StaticCache cannot grow past max_cache_len (generate() leaves one token uncached)
-        limit = min(limit, opts.max_cache_len + (1 if opts.generate else 0))
-    fixed_cells = engine == "llama.cpp" and opts.ctx_size is not None
-
-    def fits(context: int) -> bool:
-        if engine in ("sglang", "trtllm"):
-            return module.capacity(spec, context, batch, opts, memory, **kw).fits
-        cache = module.cache(spec, context, batch, opts, **kw)
-        if cache.kv_bytes_total is None or cache.kv_bytes_total > budget:
-            return False
-        if fixed_cells:  # -c fixes the cells: a sequence gets its slot's (or its share of the unified pool)
-            s = cache.settings
-            return context <= s["kv_size"] if s["n_stream"] > 1 else context * batch <= s["n_ctx"]
-        return True
-
-    if fits(limit):
-        return limit
-    if not fits(1):
-        return 0
-    lo, hi = 1, limit  # fits at lo, not at hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 # ------------------------------------------------------------------ what estimate refuses
@@ -321,8 +229,6 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
     """ENGINE's answers for every (context, batch) of `contexts` x `batches` (default: the settings' own),
     the engine's objects built once for them all. `engine_rows`: give ideal and vllm their `EngineCache` too."""
     from kvplan.engines import NAMES, PLANNED, get
-    from kvplan.engines.options import engine_options
-    from kvplan.plan.planner import context_limit
 
     if engine not in NAMES:
         raise InputError(f"--engine {engine!r} is not one of {', '.join(NAMES)}")
@@ -336,6 +242,8 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
     module = get(engine)
     opts = None  # ideal and vllm in a plain estimate need no option object (nor the profiles it imports)
     if engine_rows or engine not in PLANNED:
+        from kvplan.engines.options import engine_options
+
         opts = engine_options(engine, s.kv_cache_dtype, {**s.engine_options, "block_size": s.block_size}, tp=s.tp,
                               prompt_tokens=s.prompt_tokens)
     kw = {"kv_cache_dtype": s.kv_cache_dtype, "ideal_format": pair, "ideal_state": state}
@@ -348,6 +256,8 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
         bw_eff = s.bandwidth_efficiency
         if gpu is not None:
             from kvplan.plan import deploy
+            from kvplan.plan.capacity import planned_capacity
+            from kvplan.plan.planner import Planner
 
             figures = deploy.gpu_figures(gpu, label)
             if bw_eff is not None and s.calibration is not None:
@@ -361,8 +271,6 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
                 if gpu is None:
                     out.append(Answer(engine, spec.name, c, b, cache, None, estimate))
                     continue
-                from kvplan.plan.planner import Planner
-
                 popts = deploy.plan_options(
                     spec, context=c, batch=b, tp=s.tp, pp=s.pp, engine=engine, block_size=layout.block_size,
                     dtype=s.dtype, gpu_memory_utilization=s.gpu_memory_utilization,
@@ -380,6 +288,11 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
         return out
     activation = _bytes(s.activation_memory, "--activation-memory")
     non_torch = _bytes(s.non_torch_memory, "--non-torch-memory")
+    if gpu is not None:
+        from dataclasses import replace
+
+        from kvplan.plan.capacity import engine_max_context, memory_inputs
+        from kvplan.plan.planner import context_limit
     for c in contexts:
         for b in batches:
             cache = module.cache(spec, c, b, opts, **kw)
