@@ -489,10 +489,10 @@ def test_the_flags_shown_defaults_are_the_engines_own(command):
        engine=st.sampled_from(["llama.cpp", "sglang", "trtllm", "hf"]))
 def test_the_max_context_fits_and_one_token_more_does_not(room_mib, batch, engine):
     from kvplan.sources.catalog import resolve_spec
-    from kvplan.engines import MemoryInputs, engine_module
+    from kvplan.engines import MemoryInputs, get as engine_module
     from kvplan.engines.options import engine_options
     from kvplan.model.formats import parse_format_pair
-    from kvplan.plan.gating import _engine_max_context
+    from kvplan.plan.capacity import engine_max_context as _engine_max_context
 
     spec = resolve_spec("llama-3.1-8b")
     memory = MemoryInputs("test", WEIGHTS + NON_TORCH + room_mib * MiB, WEIGHTS, NON_TORCH, 0, "test")

@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvplan.sources.catalog import catalog_names, resolve_spec
-from kvplan.engines import ALL_ENGINES
-from kvplan.engines.compare import CompareOptions, compare, explain, ideal_format
+from kvplan.engines import NAMES as ALL_ENGINES
+from kvplan.engines.compare import explain
+from kvplan.plan.pipeline import Settings, compare
 
 from cli_helpers import pair_values, run_cli
 from conftest import make_spec
@@ -24,9 +25,24 @@ def rows_of(comparison):
     return {r.engine: r for r in comparison.rows}
 
 
-def run_compare(spec, context, batch=1, kv="auto", **opts):
-    return compare(spec, CompareOptions(context=context, batch=batch, kv_cache_dtype=kv, **opts),
-                   ideal_format(kv, spec.dtype))
+def run_compare(spec, context, batch=1, kv="auto", engines=None, hf=None, **settings):
+    """kvplan.plan.pipeline.compare; `hf` an HFOptions, given as the option keys its flags are."""
+    options = {} if hf is None else {"hf_cache": hf.cache, "generate": hf.generate,
+                                     "transformers_version": hf.transformers_version}
+    return compare(spec, Settings(context=context, batch=batch, kv_cache_dtype=kv, engine_options=options, **settings),
+                   engines)
+
+
+def ideal_row(spec, context, batch, fmt, tp=1):
+    from kvplan.engines import ideal
+
+    return ideal.cache(spec, context, batch, ideal.IdealOptions(tp=tp), ideal_format=fmt)
+
+
+def vllm_row(spec, context, batch, fmt, tp=1):
+    from kvplan.engines import vllm
+
+    return vllm.cache(spec, context, batch, vllm.VllmOptions(tp=tp), ideal_format=fmt)
 
 
 # --- where the engines must agree: plain GQA, no window, a length every block size divides
@@ -366,11 +382,10 @@ def test_the_ideal_is_unpaged_at_an_odd_length():
 
 
 def test_vllm_pages_mla_in_64_token_blocks():
-    from kvplan.engines import reference
     from kvplan.model.formats import parse_format_pair
 
     spec = resolve_spec("deepseek-v2-lite")  # 27 MLA layers, latent 512 + rope 64 = 576 values, bf16: 1,152 B per token
-    c = reference.vllm(spec, 1000, 2, parse_format_pair("auto", "bf16"))
+    c = vllm_row(spec, 1000, 2, parse_format_pair("auto", "bf16"))
     assert c.settings["block_size"] == 64  # FlashMLA's block
     row = c.by_kind[0]
     # ceil(1,000 / 64) = 16 blocks = 1,024 tokens per sequence (16-token blocks would give 1,008)
@@ -379,44 +394,42 @@ def test_vllm_pages_mla_in_64_token_blocks():
 
 
 def test_ideal_rows_per_slot_and_state():
-    from kvplan.engines import reference
     from kvplan.model.formats import parse_format_pair
 
-    c = reference.ideal(resolve_spec("llama-3.1-8b"), 1000, 2, parse_format_pair("auto", "bf16"), tp=2)
+    c = ideal_row(resolve_spec("llama-3.1-8b"), 1000, 2, parse_format_pair("auto", "bf16"), tp=2)
     row = c.by_kind[0]
     # one token of one layer, both ranks: 8 KV heads x 128 x 2 (K, V) x 2 B = 4,096 B
     assert (row.layers, row.tokens_per_sequence, row.slots_per_layer, row.bytes_per_slot) == (32, 1000, 2000, 4096)
     assert row.note == "per rank x tp ranks"
     assert type(row.bytes_per_slot) is int  # bytes stay integers (JSON prints 4096, not 4096.0)
-    jamba = reference.ideal(resolve_spec("jamba-v0.1"), 1000, 2, parse_format_pair("auto", "bf16"))
+    jamba = ideal_row(resolve_spec("jamba-v0.1"), 1000, 2, parse_format_pair("auto", "bf16"))
     state = next(r for r in jamba.by_kind if r.kind == "state")
     # the ideal state in bf16: (d_conv - 1 + d_state) x d_inner x 2 B = (3 + 16) x 8,192 x 2 = 311,296 B
     assert (state.layers, state.tokens_per_sequence, state.slots_per_layer, state.bytes_per_slot) == (28, 0, 2, 311_296)
 
 
 def test_vllm_names_the_chunk_only_when_the_chunk_is_shorter_than_the_context():
-    from kvplan.engines import reference
     from kvplan.model.formats import parse_format_pair
 
     # 2 full + 6 chunked layers (chunk 1,000), 128 B per token per layer (2 heads x 16 x 2 x 2 B)
     spec = make_spec(num_hidden_layers=8, attention_chunk_size=1000, max_position_embeddings=32768,
                      layer_pattern=[{"chunked_attention": 3}, {"full_attention": 1}])
-    short = reference.vllm(spec, 500, 1, parse_format_pair("auto", "bf16"))
+    short = vllm_row(spec, 500, 1, parse_format_pair("auto", "bf16"))
     # 500 tokens in 16-token blocks: 512 slots, 12 spare: x 2 layers x 128 B and x 6 layers x 128 B
     assert [(d.cause, d.bytes) for d in short.differences] == [
         ("16-token blocks (full attention)", 12 * 2 * 128), ("16-token blocks (chunked attention)", 12 * 6 * 128)]
-    long = reference.vllm(spec, 1500, 1, parse_format_pair("auto", "bf16"))
+    long = vllm_row(spec, 1500, 1, parse_format_pair("auto", "bf16"))
     assert (long.differences[0].cause, long.differences[0].bytes) == ("16-token blocks (full attention)", 4 * 2 * 128)  # 1,504 slots for 1,500
     assert long.differences[1].cause.startswith("chunked layers: ")
 
 
 def test_reference_rows_default_to_one_rank():
-    from kvplan.engines import ideal_estimate, reference
+    from kvplan.engines import ideal_estimate
     from kvplan.model.formats import parse_format_pair
 
     spec, fmt = resolve_spec("llama-3.1-8b"), parse_format_pair("auto", "bf16")
     # one rank: 1,000 tokens x 131,072 B, no "per rank" note
-    ideal, vllm = reference.ideal(spec, 1000, 1, fmt), reference.vllm(spec, 1000, 1, fmt)
+    ideal, vllm = ideal_row(spec, 1000, 1, fmt), vllm_row(spec, 1000, 1, fmt)
     assert (ideal.settings["tp"], vllm.settings["tp"]) == (1, 1)
     assert ideal.kv_bytes_total == 1000 * 131_072 and vllm.kv_bytes_total == 1008 * 131_072  # 63 blocks of 16
     assert ideal.by_kind[0].note == "" and vllm.by_kind[0].note == ""
@@ -424,3 +437,32 @@ def test_reference_rows_default_to_one_rank():
     # one KV head (MQA): one rank holds it once; two ranks would each hold a copy
     mqa = make_spec(num_key_value_heads=1)  # 4 layers x 1 head x 16 x 2 (K, V) x 2 B = 256 B per token
     assert ideal_estimate(mqa, fmt, 1000, 1).kv_bytes_total == 1000 * 256
+
+
+# --- compare --gpu: a max-sequences figure that is not budget / bytes says why (the seam issue #12 names)
+
+
+def test_compare_gpu_says_why_max_seqs_is_not_budget_over_bytes(capsys):
+    """Mistral-7B (32 sliding layers, W = 4,096) at 32k x 8 on an H100: vLLM's row holds 257 blocks of 16 = 4,112
+    tokens x 131,072 B per sequence (32 layers x 8 KV heads x 128 x 2 x 2 B), but vLLM reserves
+    window - 1 + max_num_batched_tokens per request (kv_cache_interface.py SlidingWindowSpec), so its max seqs is
+    far below budget / bytes; Llama-3.1-8B (full attention) has no such gap, so its rows say nothing."""
+    r = run_cli(capsys, "compare", "mistral-7b-v0.1", "--gpu", "h100-sxm", "-c", "32k", "-b", "8", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    rows = {row["engine"]: row for row in json.loads(r.stdout)["rows"]}
+    vllm = rows["vllm"]
+    per_sequence = 4112 * 32 * 8 * 128 * 2 * 2
+    assert vllm["cache"]["kv_bytes_total"] == 8 * per_sequence
+    by_bytes = vllm["capacity"]["kv_budget_bytes"] // per_sequence
+    seqs = vllm["capacity"]["max_concurrent_sequences"]
+    assert seqs < by_bytes
+    assert vllm["capacity_why"][0] == (f"max seqs {seqs:,} is vllm's own capacity rule, not KV budget / KV bytes "
+                                       f"per sequence ({by_bytes:,})")
+    assert any("max_num_batched_tokens" in line for line in vllm["capacity_why"][1:])
+    assert rows["ideal"]["capacity_why"] == []  # the ideal's max seqs is budget // bytes by definition
+    table = run_cli(capsys, "compare", "mistral-7b-v0.1", "--gpu", "h100-sxm", "-c", "32k", "-b", "8").stdout
+    assert f"capacity: max seqs {seqs:,} is vllm's own capacity rule" in table
+    plain = run_cli(capsys, "compare", "llama-3.1-8b", "--gpu", "h100-sxm", "-c", "32k", "-b", "8", "-f", "json")
+    assert all(row["capacity_why"] == [] for row in json.loads(plain.stdout)["rows"])
+    md = run_cli(capsys, "compare", "mistral-7b-v0.1", "--gpu", "h100-sxm", "-c", "32k", "-b", "8", "-f", "markdown")
+    assert "| why max seqs |" in md.stdout.splitlines()[2]

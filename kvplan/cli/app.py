@@ -12,6 +12,7 @@ import typer
 
 from kvplan.engines.keys import given_engine_options
 from kvplan.errors import InputError, KvplanError
+from kvplan.cli.parsing import parse_int_list, parse_str_list, token_flag, warn_beyond_positions  # noqa: F401 (shared)
 from kvplan.cli.render import OutputFormat
 
 app = typer.Typer(
@@ -45,47 +46,6 @@ PPOpt = Annotated[int, typer.Option("--pipeline-parallel-size", "--pp", help="Pi
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
 BytesOpt = Annotated[bool, typer.Option("--bytes", help="Show exact byte counts beside binary units.")]
 StateDtypeOpt = Annotated[Optional[str], typer.Option("--state-dtype", help="Element format of SSM state (default: the model's dtype).")]
-
-
-def parse_int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
-    """'1024,8k,1.5k' -> [1024, 8192, 1536]; k = 1024 (kvplan.units.parse_count)."""
-    from kvplan.units import NotWholeError, parse_count, split_list
-
-    values = []
-    for part in split_list(text, flag):
-        try:
-            value = parse_count(part)
-        except NotWholeError as exc:
-            raise InputError(f"{flag} {text!r}: {part!r} {exc}") from None
-        except ValueError:
-            raise InputError(f"{flag} {text!r}: {part!r} is not a whole number") from None
-        if value < minimum:
-            raise InputError(f"{flag} {text!r}: values must be at least {minimum}")
-        values.append(value)
-    return values
-
-
-def token_flag(value: Optional[str], flag: str) -> Optional[int]:
-    """A token count flag that takes k / m like --context ('1.5k' = 1,536); None when not given."""
-    if value is None:
-        return None
-    from kvplan.plan.deploy import parse_token_count
-
-    return parse_token_count(value, flag)
-
-
-def warn_beyond_positions(spec, tokens: int, what_happens: str, flag: str = "--context") -> None:
-    """A warning on stderr when `tokens` exceeds the model's max_position_embeddings."""
-    limit = spec.max_position_embeddings
-    if limit and tokens > limit:
-        sys.stderr.write(f"warning: {flag} {tokens:,} exceeds {spec.name}'s max_position_embeddings ({limit:,}); {what_happens}\n")
-
-
-def parse_str_list(text: str, flag: str, choices: tuple[str, ...] = ()) -> list[str]:
-    """'h100-sxm,h200' -> ['h100-sxm', 'h200']; an empty entry is refused (kvplan.units.split_list)."""
-    from kvplan.units import split_list
-
-    return split_list(text, flag, choices)
 
 
 def _print_version(value: bool) -> None:
@@ -173,7 +133,6 @@ def estimate(
     exact: BytesOpt = False,
 ) -> None:
     """Size the KV cache of MODEL; with --gpu, also capacity, latency and cost (comma lists sweep)."""
-    from kvplan.model.layout import CacheLayout
     from kvplan.sources.catalog import resolve_spec
 
     if svg is not None:  # before any work: nothing is printed and then refused, nothing the user wrote replaced
@@ -184,109 +143,51 @@ def estimate(
     tps = parse_int_list(tp, "--tensor-parallel-size")
     prompt_tokens, output_tokens = token_flag(prompt_tokens, "--prompt-tokens"), token_flag(output_tokens, "--output-tokens")
     shared_prefix_tokens = token_flag(shared_prefix_tokens, "--shared-prefix-tokens") or 0
-    if engine in _profiles.PROFILE_ENGINES:  # before the workload's own checks: under a profile it is not sized at all
-        roofline = {"--bandwidth-efficiency": bandwidth_efficiency, "--compute-efficiency": compute_efficiency,
-                    "--calibration": calibration, "--requests-per-s": requests_per_s, "--output-tokens": output_tokens,
-                    "--shared-prefix-tokens": shared_prefix_tokens or None, "--usd-per-hour": usd_per_hour,
-                    "--gpu-bf16-tflops": gpu_bf16_tflops,
-                    "--prompt-tokens": prompt_tokens if engine != "hf" else None}  # hf: its quantized cache's prefill
-        for flag, value in roofline.items():
-            if value is not None:
-                raise InputError(
-                    f"{flag}: `estimate --engine {engine}` shows that engine's cache and capacity only; latency, cost "
-                    f"and workload sizing are kvplan's roofline (`--engine vllm` or `ideal`), or `kvplan check` budgets "
-                    f"under engine: {engine}"
-                )
-    from kvplan.plan.deploy import check_workload
+    from kvplan.engines import PROFILES
+    from kvplan.plan.pipeline import Settings, check_estimate, sweep
 
-    for c in sorted(contexts):  # the shortest context first: the first a workload may not fit
-        check_workload(c, prompt_tokens=prompt_tokens, output_tokens=output_tokens, requests_per_s=requests_per_s,
-                       shared_prefix_tokens=shared_prefix_tokens)
-    warn_beyond_positions(spec, max(contexts), "sized as asked (engines refuse it without rope scaling)")
-    if engine not in ("vllm", "ideal") + _profiles.PROFILE_ENGINES:
-        raise InputError(f"--engine {engine!r} is not one of vllm, ideal, hf, llama.cpp, sglang, trtllm")
     engine_flags = given_engine_options(locals())
-    planner_flags = dict(block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
-                         max_num_batched_tokens=max_num_batched_tokens)
-    given = [k for k, v in {**engine_flags, **planner_flags}.items() if v is not None]
-    if given or engine in _profiles.PROFILE_ENGINES:  # vllm and ideal with no engine flag: nothing to refuse
-        from kvplan.engines.options import check_flags
-
-        check_flags(engine, given, tp=max(tps), pp=pp, command="estimate")
-    if engine in _profiles.PROFILE_ENGINES:  # the engine's own allocation and budget rules (kvplan.engines)
-        return _profiles.estimate_profile(
-            spec, engine, contexts=contexts, batches=batches, tps=tps, kv_cache_dtype=kv_cache_dtype,
-            state_dtype=state_dtype, gpu=gpu, gpu_memory=gpu_memory, dtype=dtype, activation_memory=activation_memory,
-            non_torch_memory=non_torch_memory, fmt=fmt, exact=exact, prompt_tokens=prompt_tokens, svg=svg, **engine_flags)
-    from kvplan.plan import deploy
-
-    if block_size is not None and block_size < 1:
-        raise InputError(f"--block-size must be a positive number of tokens, got {block_size}")
     dtypes = parse_str_list(kv_cache_dtype, "--kv-cache-dtype")
-    formats = [deploy.kv_formats(spec, d, state_dtype) for d in dtypes]  # (K/V pair, state format)
-    if engine == "vllm":  # a format vLLM's argparse refuses is bad input there, and here
-        for d in dtypes:
-            problem = deploy.vllm_kv_dtype_problem(spec, d)
-            if problem:
-                raise InputError(problem)
-    effective_block = block_size or deploy.default_block_size(spec, engine)
     gpu_names = parse_str_list(gpu, "--gpu") if gpu is not None else []
+    given = Settings(state_dtype=state_dtype, pp=pp, gpu_memory=gpu_memory, gpu_bandwidth=gpu_bandwidth,
+                     usd_per_hour=usd_per_hour, gpu_bf16_tflops=gpu_bf16_tflops, dtype=dtype, block_size=block_size,
+                     gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
+                     activation_memory=activation_memory, non_torch_memory=non_torch_memory,
+                     bandwidth_efficiency=bandwidth_efficiency, compute_efficiency=compute_efficiency,
+                     calibration=calibration, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+                     requests_per_s=requests_per_s, shared_prefix_tokens=shared_prefix_tokens,
+                     engine_options=engine_flags)
+    check_estimate(spec, engine, given, contexts=contexts, tps=tps, kv_cache_dtypes=dtypes, warn=warn_beyond_positions)
+    if engine in PROFILES:  # the engine's own allocation and budget rules (kvplan.engines)
+        # compare's order: each format, each tp, each GPU (a flag-built one needs no bandwidth: nothing reads it)
+        base = Settings(state_dtype=state_dtype, gpu_memory=gpu_memory, dtype=dtype,
+                        activation_memory=activation_memory, non_torch_memory=non_torch_memory,
+                        engine_options=engine_flags, prompt_tokens=prompt_tokens)
+        answers = [a for d in dtypes for t in tps for g in (gpu_names or [None])
+                   for a in sweep(spec, engine, base._replace(kv_cache_dtype=d, tp=t, gpu=g,
+                                                        gpu_bandwidth=1.0 if g is None and gpu_memory else None),
+                                  contexts, batches)]
+        return _profiles.render_engine([(a.cache, a.capacity) for a in answers], fmt, exact, svg)
     plan_flags = any(
         v is not None
         for v in (gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops, requests_per_s, calibration,
                   prompt_tokens, output_tokens, bandwidth_efficiency, compute_efficiency)
     )
-    def cache_layout(pair, state, t: int) -> CacheLayout:
-        """The layout at the block size the engine pages with: vLLM raises it for a hybrid SSM model."""
-        layout = CacheLayout(spec, pair, block_size=effective_block, tp=t, pp=pp, state_format=state)
-        if engine != "vllm" or effective_block == 1:
-            return layout
-        from kvplan.engines.vllm_rules import attention_block_size
-
-        used = attention_block_size(layout, effective_block)
-        return layout if used == effective_block else CacheLayout(spec, pair, block_size=used, tp=t, pp=pp, state_format=state)
-
     if not gpu_names and not plan_flags:
-        layouts = [cache_layout(pair, state, t) for pair, state in formats for t in tps]
-        results = [layout.at(c, b).to_dict() for layout in layouts for c in contexts for b in batches]
-        _render_estimates(results, fmt, exact, svg)
+        answers = [a for d in dtypes for t in tps
+                   for a in sweep(spec, engine, given._replace(kv_cache_dtype=d, tp=t), contexts, batches)]
+        _render_estimates([a.to_dict() for a in answers], fmt, exact, svg)
         return
-    from kvplan.plan.gpus import gpu_from_options, override_label
-    from kvplan.plan.planner import Planner
+    from kvplan.plan.gpus import gpu_from_options
 
     gpus = [gpu_from_options(g, gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops) for g in (gpu_names or [None])]
     if any(g is None for g in gpus):
         raise InputError("--gpu is needed for capacity, latency and cost (or --gpu-memory and --gpu-bandwidth)")
-    single = len(gpus) * len(formats) * len(tps) * len(contexts) * len(batches) == 1
-    rows = []
-    for g in gpus:
-        figures = deploy.gpu_figures(g, override_label(g, gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops))
-        bw_eff = bandwidth_efficiency
-        if bw_eff is not None and calibration is not None:
-            raise InputError("--calibration and --bandwidth-efficiency both set the decode bandwidth efficiency; give one")
-        if bw_eff is None and calibration is not None:
-            bw_eff = deploy.calibrated_efficiency(calibration, g)
-        for pair, state in formats:
-            for t in tps:
-                layout = cache_layout(pair, state, t)
-                for c in contexts:
-                    for b in batches:
-                        opts = deploy.plan_options(
-                            spec, context=c, batch=b, tp=t, pp=pp, engine=engine, block_size=layout.block_size,
-                            dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                            activation_memory=activation_memory, non_torch_memory=non_torch_memory,
-                            max_num_batched_tokens=max_num_batched_tokens, bandwidth_efficiency=bw_eff,
-                            compute_efficiency=compute_efficiency, prompt_tokens=prompt_tokens,
-                            output_tokens=output_tokens, requests_per_s=requests_per_s,
-                            shared_prefix_tokens=shared_prefix_tokens,
-                        )
-                        planner = Planner(spec, figures, pair, opts, state_format=state)
-                        record = layout.at(c, b).to_dict()
-                        record.update(planner.plan().to_dict())
-                        if single and fmt is OutputFormat.table:
-                            record["concurrency_by_context"] = planner.concurrency_curve()
-                        rows.append(record)
-    _render_plans(rows, fmt, exact, svg, workload=requests_per_s is not None)
+    single = len(gpus) * len(dtypes) * len(tps) * len(contexts) * len(batches) == 1
+    base = given._replace(concurrency_curve=single and fmt is OutputFormat.table)
+    answers = [a for g in (gpu_names or [None]) for d in dtypes for t in tps
+               for a in sweep(spec, engine, base._replace(gpu=g, kv_cache_dtype=d, tp=t), contexts, batches)]
+    _render_plans([a.to_dict() for a in answers], fmt, exact, svg, workload=requests_per_s is not None)
 
 
 def _check_svg(svg: str, fmt: OutputFormat, force: bool, model: str, gpu: Optional[str], calibration: Optional[str]) -> None:

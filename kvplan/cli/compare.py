@@ -1,6 +1,8 @@
-"""`kvplan compare` and the engine profiles behind `kvplan estimate --engine hf|llama.cpp|sglang|trtllm`.
+"""`kvplan compare`, the engine flags it shares with `estimate`, and the renderers of engine answers
+(`compare`'s table and `estimate --engine hf|llama.cpp|sglang|trtllm`'s).
 
-Parses flags, calls `kvplan.engines`, renders. torch is never imported.
+Parses flags, calls `kvplan.plan.pipeline`, renders. Imports no other command module
+(`kvplan.cli.app` imports this one for the engine flags). torch is never imported.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ import typer
 from kvplan.errors import InputError
 from kvplan.cli.render import OutputFormat
 from kvplan.units import counted
-
-PROFILE_ENGINES = ("hf", "llama.cpp", "sglang", "trtllm")
 
 # ------------------------------------------------------------ engine flags (shared with estimate)
 HFCacheOpt = Annotated[str, typer.Option("--hf-cache", help="hf: dynamic (DynamicCache, generate()'s default), static (StaticCache) or quantized (QuantizedCache).")]
@@ -40,75 +40,6 @@ SwaRatioOpt = Annotated[float, typer.Option("--swa-full-tokens-ratio", help="sgl
 MaxTotalTokensOpt = Annotated[Optional[int], typer.Option("--max-total-tokens", help="sglang: cap on the token pool.")]
 TokensPerBlockOpt = Annotated[int, typer.Option("--tokens-per-block", help="trtllm: tokens per KV block.")]
 FreeFracOpt = Annotated[float, typer.Option("--free-gpu-memory-fraction", help="trtllm: share of the memory left after the profiling peak.")]
-
-
-def engine_options(kv_cache_dtype: str, **flags) -> dict:
-    """The four engines' option objects from flag values (None keeps an engine's own default).
-
-    `flags` are every engine's option flags (`kvplan.engines.options.OPTION_KEYS`)
-    plus `prompt_tokens`; each engine takes its own (`kvplan.engines.options`).
-    """
-    from kvplan.engines import ENGINE_NAMES
-    from kvplan.engines.options import engine_options as options
-
-    prompt_tokens = flags.pop("prompt_tokens", None)
-    return {e: options(e, kv_cache_dtype, flags, prompt_tokens=prompt_tokens) for e in ENGINE_NAMES}
-
-
-def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[str], activation: Optional[int],
-                  non_torch: Optional[int], label: Optional[str] = None):
-    """The GPU and what besides the KV cache sits on it, for the engines' budget rules."""
-    from kvplan.engines import MemoryInputs
-    from kvplan.plan.planner import (
-        DEFAULT_NON_TORCH_BYTES,
-        DEFAULT_NON_TORCH_BYTES_TP,
-        WEIGHT_DTYPES,
-        PlanOptions,
-        activation_estimate,
-        stage_weight_bytes,
-        weights_from_file,
-        weights_source,
-    )
-
-    dtype = weights_dtype or spec.weights_dtype or spec.dtype
-    if dtype not in WEIGHT_DTYPES:
-        raise InputError(f"--dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
-    weights = stage_weight_bytes(spec, [spec.num_hidden_layers], dtype, tp, from_file=weights_from_file(spec, weights_dtype))[0]
-    if activation is None:
-        act = activation_estimate(spec, PlanOptions(context=context, tp=tp), 4 if dtype == "fp32" else 2, tp)
-        source = ("estimated: one forward pass of 8,192 tokens (kvplan's vLLM profile-run estimate); "
-                  "--activation-memory sets it")
-    else:
-        act, source = activation, "--activation-memory"
-    if non_torch is None:
-        non_torch = DEFAULT_NON_TORCH_BYTES_TP if tp > 1 else DEFAULT_NON_TORCH_BYTES
-    return MemoryInputs(label or gpu.name, gpu.memory_bytes, weights, non_torch, act, source, weights_source(spec, weights_dtype))
-
-
-def planner_capacity(spec, gpu, fmt, state, *, context: int, batch: int, tp: int, weights_dtype, activation,
-                     non_torch, vllm_block_size=None, label: Optional[str] = None):
-    """ideal / vLLM capacity from kvplan.plan.planner, as EngineCapacity."""
-    from kvplan.engines import EngineCapacity
-    from kvplan.plan.planner import Engine, GPUFigures, Planner, PlanOptions
-
-    figures = GPUFigures(label or gpu.name, gpu.memory_bytes, gpu.memory_bandwidth_gbps, gpu.bf16_tflops, gpu.fp8_tflops,
-                         gpu.usd_per_hour)
-
-    def build(name: str):
-        engine = Engine(name)
-        block = 1 if engine is Engine.ideal else (vllm_block_size or (64 if spec.is_mla else 16))
-        plan = Planner(spec, figures, fmt, PlanOptions(context=context, batch=batch, tp=tp, engine=engine,
-                                                       block_size=block, weights_dtype=weights_dtype,
-                                                       activation_bytes=activation, non_torch_bytes=non_torch),
-                       state_format=state).plan()
-        rule = ("vLLM determine_available_memory: KV = total x gpu_memory_utilization - weights - activations "
-                "- non-torch")
-        return EngineCapacity(name, label or gpu.name, gpu.memory_bytes, plan.weights_bytes_per_gpu, rule,
-                              plan.kv_budget_bytes_per_gpu, plan.vllm_kv_cache_tokens, plan.max_concurrent_sequences,
-                              plan.fits, tuple(plan.vllm_log), (), tuple(plan.notes),
-                              {"gpu_memory_utilization": plan.gpu_memory_utilization, "block_size": plan.block_size})
-
-    return build
 
 
 # ------------------------------------------------------------------ rendering
@@ -150,6 +81,7 @@ def _delta(row, exact: bool) -> str:
 COMPARE_HEADERS = ["engine", "KV dtype", "tokens held / seq / layer", "KV bytes", "vs ideal", "why it differs",
                    "the engine logs", "refusals"]
 CAPACITY_HEADERS = ["KV budget / GPU", "max seqs", "fits"]
+WHY_CAPACITY_HEADER = "why max seqs"  # Markdown's last column; a terminal shows it as notes (compare_table_and_notes)
 # The terminal table: the figures only; why, logs and refusals are notes under it (compare_notes),
 # so the table reads at 100 columns (Markdown keeps every column: a review page scrolls sideways).
 TABLE_HEADERS = ["engine", "KV dtype", "tokens held / seq / layer", "KV bytes", "vs ideal"]
@@ -166,7 +98,7 @@ def compare_rows(comparison, exact: bool) -> list[list[str]]:
         if comparison.gpu is not None:
             cap = r.capacity
             row += [_size(cap.kv_budget_bytes, exact), f"{cap.max_concurrent_sequences:,}",
-                    "yes" if cap.fits else "no"]
+                    "yes" if cap.fits else "no", "\n".join(r.capacity_why) or "—"]
             if cap.log_lines:  # with a GPU the pool is the engine's own: its lines replace the batch-sized ones
                 row[6] = "\n".join(cap.log_lines)
             if cap.refusals:
@@ -177,14 +109,17 @@ def compare_rows(comparison, exact: bool) -> list[list[str]]:
 
 def compare_table_and_notes(rows: list[list[str]]) -> tuple[list[list[str]], list[tuple[str, str]]]:
     """compare_rows split for a terminal: the table's rows (figures only), and the notes under it,
-    keyed by engine: why it differs from the ideal cache, each log line, each refusal."""
+    keyed by engine: why it differs from the ideal cache, each log line, each refusal, and with a GPU
+    why its max sequences is not budget / bytes."""
     table, notes = [], []
     for row in rows:
         why, logs, refusals = (row[i] for i in TEXT_COLUMNS)
-        table.append(row[:5] + row[8:])
+        table.append(row[:5] + row[8:11])
         notes.append((row[0], why))
         notes += [("", f"log: {line}") for line in logs.splitlines() if logs != "—"]
         notes += [("", f"refuses: {line}") for line in refusals.splitlines() if refusals != "—"]
+        capacity_why = row[11] if len(row) > 11 else "—"
+        notes += [("", f"capacity: {line}") for line in capacity_why.splitlines() if capacity_why != "—"]
     return table, notes
 
 
@@ -202,7 +137,9 @@ def csv_records(comparison) -> list[dict]:
         if r.capacity is not None:
             rec.update(gpu=r.capacity.gpu, kv_budget_bytes=r.capacity.kv_budget_bytes,
                        max_total_tokens=r.capacity.max_total_tokens,
-                       max_concurrent_sequences=r.capacity.max_concurrent_sequences, fits=r.capacity.fits)
+                       max_concurrent_sequences=r.capacity.max_concurrent_sequences,
+                       max_context_tokens=r.capacity.max_context_tokens, fits=r.capacity.fits,
+                       capacity_why=" | ".join(r.capacity_why))
         records.append(rec)
     return records
 
@@ -216,7 +153,7 @@ def render_comparison(comparison, fmt: OutputFormat, exact: bool) -> None:
     if fmt is OutputFormat.csv:
         render.write(render.to_csv(csv_records(comparison)))
         return
-    headers = COMPARE_HEADERS + (CAPACITY_HEADERS if comparison.gpu else [])
+    headers = COMPARE_HEADERS + (CAPACITY_HEADERS + [WHY_CAPACITY_HEADER] if comparison.gpu else [])
     title = (f"{comparison.model} · context {comparison.context:,} · batch {comparison.batch:,} · "
              f"KV {comparison.kv_cache_dtype} · tp {comparison.tensor_parallel_size}"
              + (f" · {comparison.gpu}" if comparison.gpu else ""))
@@ -258,6 +195,8 @@ def engine_report_lines(cache, capacity, exact: bool) -> list[tuple[str, str]]:
         if capacity.max_total_tokens is not None:
             lines.append(("pool", f"{capacity.max_total_tokens:,} tokens"))
         lines.append(("max concurrency", f"{counted(capacity.max_concurrent_sequences, 'sequence')} of {cache.context:,} tokens"))
+        if capacity.max_context_tokens is not None:
+            lines.append(("max context", f"{capacity.max_context_tokens:,} tokens at batch {cache.batch:,}"))
         lines.append(("verdict", "fits" if capacity.fits else "does NOT fit"))
         for line in capacity.log_lines:
             lines.append((f"{cache.engine} would log", line))
@@ -301,7 +240,8 @@ def render_engine(results: list[tuple], fmt: OutputFormat, exact: bool, svg: Opt
                    "log": " | ".join(c.log_lines)}
             if cap is not None:
                 rec.update(gpu=cap.gpu, kv_budget_bytes=cap.kv_budget_bytes, max_total_tokens=cap.max_total_tokens,
-                           max_concurrent_sequences=cap.max_concurrent_sequences, fits=cap.fits)
+                           max_concurrent_sequences=cap.max_concurrent_sequences,
+                           max_context_tokens=cap.max_context_tokens, fits=cap.fits)
             recs.append(rec)
         render.write(render.to_csv(recs))
         return
@@ -340,62 +280,6 @@ def render_engine(results: list[tuple], fmt: OutputFormat, exact: bool, svg: Opt
     render.print_pairs(out, lines)  # a long log line wraps at spaces, indented under its start
     if svg:
         render.save_svg(out, svg)
-
-
-# ------------------------------------------------------------------ estimate --engine <profile>
-
-
-def estimate_profile(spec, engine: str, *, contexts, batches, tps, kv_cache_dtype: str, state_dtype, gpu,
-                     gpu_memory, dtype, activation_memory, non_torch_memory, fmt: OutputFormat, exact: bool,
-                     svg: Optional[str] = None, **engine_flags) -> None:
-    """`kvplan estimate --engine hf|llama.cpp|sglang|trtllm`: the engine's cache (and capacity with --gpu).
-
-    `engine_flags` are the engine options of `engine_options` (--hf-cache, --parallel, --page-size ...).
-    """
-    from dataclasses import replace
-
-    from kvplan.cli.app import parse_str_list
-    from kvplan.engines import engine_module
-    from kvplan.engines.compare import ideal_format
-    from kvplan.model.formats import UnknownFormatError, parse_state_format
-    from kvplan.units import parse_bytes
-
-    module = engine_module(engine)  # estimate checked its flags and --tp / --pp (kvplan.engines.options)
-    try:
-        state_format = parse_state_format(state_dtype) if state_dtype else None
-    except UnknownFormatError as exc:
-        raise InputError(f"--state-dtype: {exc}") from None
-    kv_dtypes = parse_str_list(kv_cache_dtype, "--kv-cache-dtype")
-    devices = []
-    if gpu is not None or gpu_memory is not None:
-        from kvplan.plan.gpus import gpu_from_options, override_label
-
-        names = parse_str_list(gpu, "--gpu") if gpu is not None else [None]
-        devices = [gpu_from_options(g, gpu_memory, None if g else 1.0, None, None) for g in names]
-    activation = parse_bytes(activation_memory, "--activation-memory") if activation_memory else None
-    non_torch = parse_bytes(non_torch_memory, "--non-torch-memory") if non_torch_memory else None
-    results = []
-    for kv in kv_dtypes:
-        pair = ideal_format(kv, spec.dtype)  # an engine-only name (f16): the engine judges it
-        eopts = engine_options(kv, **engine_flags)[engine]
-        for tp in tps:
-            if engine in ("sglang", "trtllm"):
-                eopts = replace(eopts, tp=tp)
-            kwargs = {"ideal_format": pair, "ideal_state": state_format}
-            if engine != "llama.cpp":
-                kwargs["kv_cache_dtype"] = kv
-            for device in devices or [None]:
-                for c in contexts:
-                    for b in batches:
-                        cache = module.cache(spec, c, b, eopts, **kwargs)
-                        cap = None
-                        if device is not None:
-                            mem = memory_inputs(spec, device, context=c, tp=tp, weights_dtype=dtype,
-                                                activation=activation, non_torch=non_torch,
-                                                label=override_label(device, gpu_memory, None, None))
-                            cap = replace(module.capacity(spec, c, b, eopts, mem, **kwargs), weights_source=mem.weights_source)
-                        results.append((cache, cap))
-    render_engine(results, fmt, exact, svg)
 
 
 # ------------------------------------------------------------------ compare
@@ -446,59 +330,24 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """MODEL in every engine side by side: tokens held, KV bytes, why each differs, log lines, refusals."""
         from kvplan.sources.catalog import resolve_spec
-        from kvplan.cli.app import parse_int_list, parse_str_list
-        from kvplan.engines import ALL_ENGINES
-        from kvplan.engines.compare import CompareOptions, compare as run_compare, ideal_format
-        from kvplan.model.formats import UnknownFormatError, parse_state_format
-        from kvplan.units import parse_bytes
+        from kvplan.cli.parsing import parse_int_list, parse_str_list, token_flag
+        from kvplan.engines import NAMES
+        from kvplan.engines.keys import given_engine_options
+        from kvplan.plan.pipeline import Settings, compare as run_compare
 
         spec = resolve_spec(model, fast=True)
         contexts = parse_int_list(context, "--context")
         if len(contexts) > 1:
             raise InputError("--context: compare takes one context (use estimate for sweeps)")
-        if batch < 1:
-            raise InputError(f"--batch must be at least 1, got {batch}")
-        if tp < 1:
-            raise InputError(f"--tensor-parallel-size must be at least 1, got {tp}")
-        from kvplan.cli.app import token_flag
-        from kvplan.plan.deploy import check_workload
-
         prompt_tokens = token_flag(prompt_tokens, "--prompt-tokens")
-        check_workload(contexts[0], prompt_tokens=prompt_tokens)
-        names = tuple(parse_str_list(engines, "--engines", tuple(ALL_ENGINES)))
-        # a name no engine takes ('fp4') is refused here, as estimate refuses it; each engine then accepts
-        # or refuses a name it may not have (f16, q8_0) itself
-        pair = ideal_format(kv_cache_dtype, spec.dtype)
-        try:
-            state = parse_state_format(state_dtype) if state_dtype else None
-        except UnknownFormatError as exc:
-            raise InputError(f"--state-dtype: {exc}") from None
-        opts_by_engine = engine_options(
-            kv_cache_dtype, hf_cache=hf_cache, max_cache_len=max_cache_len, generate=generate,
-            transformers_version=transformers_version, quant_backend=quant_backend, nbits=nbits,
-            q_group_size=q_group_size, residual_length=residual_length, prompt_tokens=prompt_tokens,
-            parallel=parallel, ctx_size=ctx_size, ubatch_size=ubatch_size, n_batch=n_batch, swa_full=swa_full,
-            flash_attn=flash_attn, cache_type_k=cache_type_k, cache_type_v=cache_type_v, kv_unified=kv_unified,
-            mem_fraction_static=mem_fraction_static, page_size=page_size,
-            swa_full_tokens_ratio=swa_full_tokens_ratio, max_total_tokens=max_total_tokens,
-            tokens_per_block=tokens_per_block, free_gpu_memory_fraction=free_gpu_memory_fraction)
-        opts = CompareOptions(context=contexts[0], batch=batch, kv_cache_dtype=kv_cache_dtype, tp=tp, engines=names,
-                              vllm_block_size=block_size, hf=opts_by_engine["hf"],
-                              llamacpp=opts_by_engine["llama.cpp"], sglang=opts_by_engine["sglang"],
-                              trtllm=opts_by_engine["trtllm"])
-        memory = factory = None
-        if gpu is not None or gpu_memory is not None:
-            from kvplan.plan.gpus import gpu_from_options, override_label
-
-            # compare reports memory only: a flag-built GPU needs a bandwidth, which nothing here reads
-            device = gpu_from_options(gpu, gpu_memory, None if gpu else 1.0, None, None)
-            activation = parse_bytes(activation_memory, "--activation-memory") if activation_memory else None
-            non_torch = parse_bytes(non_torch_memory, "--non-torch-memory") if non_torch_memory else None
-            label = override_label(device, gpu_memory, None, None)
-            memory = memory_inputs(spec, device, context=contexts[0], tp=tp, weights_dtype=dtype,
-                                   activation=activation, non_torch=non_torch, label=label)
-            factory = planner_capacity(spec, device, pair, state, context=contexts[0], batch=batch, tp=tp,
-                                       weights_dtype=dtype, activation=activation, non_torch=non_torch,
-                                       vllm_block_size=block_size, label=label)
-        result = run_compare(spec, opts, pair, state, memory=memory, planner_factory=factory)
+        names = tuple(parse_str_list(engines, "--engines", tuple(NAMES)))
+        has_gpu = gpu is not None or gpu_memory is not None
+        # compare reports memory only: a flag-built GPU needs a bandwidth, which nothing here reads
+        settings = Settings(context=contexts[0], batch=batch, kv_cache_dtype=kv_cache_dtype, state_dtype=state_dtype,
+                            tp=tp, gpu=gpu, gpu_memory=gpu_memory,
+                            gpu_bandwidth=1.0 if has_gpu and gpu is None else None, dtype=dtype,
+                            block_size=block_size, activation_memory=activation_memory,
+                            non_torch_memory=non_torch_memory, prompt_tokens=prompt_tokens,
+                            engine_options=given_engine_options(locals()))
+        result = run_compare(spec, settings, names)
         render_comparison(result, fmt, exact)

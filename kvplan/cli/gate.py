@@ -333,8 +333,15 @@ def _evaluate(i: int, entry, name: str, base: Path, line_of: Callable, specs: di
         elif deployment.gpu is None:
             figures = Figures(deployment.spec.name, None, deployment.kv_format.name, layout.kv_bytes_per_token)
         else:
+            from kvplan.plan.pipeline import Settings, run
+
             _check_cost_inputs(entry, deployment.gpu)
-            figures = Figures.from_plan(deployment.planner().plan(), layout.kv_bytes_per_token)
+            settings = Settings(**_shared_settings(entry, base), gpu=gpu_ref, gpu_label=deployment.gpu.name,
+                                pp=entry.pp, block_size=entry.block_size,
+                                gpu_memory_utilization=entry.gpu_memory_utilization,
+                                max_num_batched_tokens=entry.max_num_batched_tokens)
+            plan = run(deployment.spec, entry.engine, settings, engine_rows=False).plan  # the pipeline's planner
+            figures = Figures.from_plan(plan, layout.kv_bytes_per_token)
     except InputError as exc:
         raise _as_entry_error(exc.message) from None
     budgets = evaluate_budgets(entry.budgets, figures, lambda key: line_of(("deployments", i, "budgets", key)))
@@ -419,11 +426,11 @@ def profile_figures(spec, engine: str, gpu: Optional[str], values: dict, *, kv_c
     cache, budget rule and capacity give the rest (`gating.engine_figures`).
     `before_costs(gpu)` checks the GPU before anything is computed on it.
     """
-    from kvplan.cli.compare import memory_inputs
     from kvplan.plan.deploy import resolve_deployment
     from kvplan.engines.compare import ideal_format
     from kvplan.engines.options import engine_options
     from kvplan.plan.gating import engine_figures
+    from kvplan.plan.pipeline import Settings, run
 
     pair = ideal_format(kv_cache_dtype, spec.dtype)  # an engine-only name (f16, bfloat16): the model's dtype here
     resolved = resolve_deployment(
@@ -433,16 +440,22 @@ def profile_figures(spec, engine: str, gpu: Optional[str], values: dict, *, kv_c
     )
     layout = resolved.layout()
     opts = engine_options(engine, kv_cache_dtype, values, tp=tp, prompt_tokens=prompt_tokens)
-    memory = planner = None
+    planner = None
     if resolved.gpu is not None:
         if before_costs is not None:
             before_costs(resolved.gpu)
-        memory = memory_inputs(spec, resolved.gpu, context=context, tp=tp, weights_dtype=deployment.get("dtype"),
-                               activation=resolved.options.activation_bytes, non_torch=resolved.options.non_torch_bytes)
         planner = resolved.planner()
-    figures = engine_figures(spec, engine, opts, context=context, batch=batch, tp=tp, kv_cache_dtype=kv_cache_dtype,
-                             kv_format=resolved.kv_format, state_format=resolved.state_format,
-                             kv_bytes_per_token=layout.kv_bytes_per_token, memory=memory, planner=planner)
+    gpu_flags = {k: deployment.get(k) for k in ("gpu_memory", "gpu_bandwidth", "usd_per_hour", "gpu_bf16_tflops")}
+    settings = Settings(context=context, batch=batch, kv_cache_dtype=kv_cache_dtype, state_dtype=state_dtype, tp=tp,
+                        gpu=gpu, **gpu_flags, gpu_label=None if resolved.gpu is None else resolved.gpu.name,
+                        dtype=deployment.get("dtype"), activation_memory=resolved.options.activation_bytes,
+                        non_torch_memory=resolved.options.non_torch_bytes, prompt_tokens=prompt_tokens,
+                        engine_options={k: v for k, v in values.items() if v is not None})
+    answer = run(spec, engine, settings)  # the engine's cache and, with a GPU, its budget rule and capacity
+    figures = engine_figures(spec, engine, opts, answer, context=context, batch=batch, tp=tp,
+                             kv_cache_dtype=kv_cache_dtype, kv_format=resolved.kv_format,
+                             state_format=resolved.state_format, kv_bytes_per_token=layout.kv_bytes_per_token,
+                             planner=planner)
     return figures, resolved
 
 
@@ -600,9 +613,14 @@ def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: 
     refusal = kv_cache_dtype_refusal(spec, kv_cache_dtype) if settings["engine"] == "vllm" else None
     if refusal:
         raise InputError(f"{label}: vllm refuses: {refusal}")
+    from kvplan.plan.pipeline import Settings, run
+
     layout = deployment.layout()
     estimate = layout.at(settings["context"], settings["batch"])
-    plan = deployment.planner().plan()
+    deployment.planner()  # no GPU: refused in its words
+    s = {k: v for k, v in settings.items() if k != "engine"}
+    plan = run(spec, settings["engine"], Settings(**s, gpu=gpu, gpu_label=deployment.gpu.name,
+                                                  kv_cache_dtype=kv_cache_dtype), engine_rows=False).plan
     figures = {
         "kv_bytes_per_token": layout.kv_bytes_per_token,
         "kv_bytes_per_sequence": estimate.kv_bytes_per_sequence,

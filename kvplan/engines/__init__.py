@@ -31,10 +31,10 @@ from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
 MIB = 2**20
 GIB = 2**30
 
-# The engines with a profile here, in the order `kvplan compare` shows them
-# (ideal and vllm come first; they live in kvplan.model.layout / kvplan.engines.vllm_rules).
-ENGINE_NAMES = ("hf", "llama.cpp", "sglang", "trtllm")
-ALL_ENGINES = ("ideal", "vllm") + ENGINE_NAMES
+# The one registry of engine names (kvplan.engines.keys, import-free for the CLI): NAMES in the
+# order `kvplan compare` shows them; PLANNED (ideal, vllm) are sized on a GPU by kvplan's planner,
+# PROFILES (hf, llama.cpp, sglang, trtllm) by their own budget rules (`capacity` in their modules).
+from kvplan.engines.keys import NAMES, PLANNED, PROFILES  # noqa: E402,F401
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +134,9 @@ class EngineCapacity:
     notes: tuple[str, ...] = ()
     settings: dict = field(default_factory=dict)
     weights_source: str = ""  # where weights_bytes came from: file headers, --dtype, or the parameter formula
+    # the longest context (<= max_position_embeddings) at which `batch` sequences fit, by the engine's own test
+    # (kvplan.plan.capacity.engine_max_context; ideal / vllm: the planner's); None when the engine refuses
+    max_context_tokens: Optional[int] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -191,8 +194,37 @@ def f32(x: float) -> float:
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
-def engine_module(name: str):
-    """The profile module of one engine (hf, llama.cpp, sglang, trtllm)."""
-    from kvplan.engines import hf, llamacpp, sglang, trtllm
+def kind_rows(est: CacheEstimate, paged: bool) -> tuple[KindCache, ...]:
+    """A `kvplan.model.layout` estimate as an engine's rows (ideal: tokens held; vLLM: tokens its blocks reserve)."""
+    rows = []
+    for k in est.by_kind:
+        rule = KINDS_BY_NAME[k.kind]
+        if not rule.holds_anything:
+            continue
+        if rule.has_state:
+            rows.append(KindCache(k.kind, k.layers, 0, est.batch, k.state_bytes_per_sequence_per_layer, k.bytes_total))
+            continue
+        held = k.tokens_reserved if paged else k.tokens_held
+        per_slot = k.bytes_total // (k.layers * held * est.batch) if held else 0  # all tp ranks
+        rows.append(KindCache(k.kind, k.layers, held, est.batch * held, per_slot, k.bytes_total,
+                              "per rank x tp ranks" if est.tensor_parallel_size > 1 else ""))
+    return tuple(rows)
 
-    return {"hf": hf, "llama.cpp": llamacpp, "sglang": sglang, "trtllm": trtllm}[name]
+
+_MODULES = {"ideal": "ideal", "vllm": "vllm", "hf": "hf", "llama.cpp": "llamacpp", "sglang": "sglang",
+            "trtllm": "trtllm"}
+
+
+def get(name: str):
+    """The module of engine `name` (one of NAMES); each answers the same questions:
+
+    - `cache(spec, context, batch, opts, *, kv_cache_dtype, ideal_format, ideal_state) -> EngineCache`
+    - `capacity(spec, context, batch, opts, memory, *, ...) -> EngineCapacity` (the profiles; ideal and
+      vllm are sized by kvplan.plan.planner, which `kvplan.plan.pipeline` turns into an EngineCapacity)
+    - its option object (`kvplan.engines.options.engine_options(name, ...)` builds it).
+
+    KeyError for a name not in NAMES (callers check the name against NAMES with their flag's words).
+    """
+    import importlib
+
+    return importlib.import_module(f"kvplan.engines.{_MODULES[name]}")

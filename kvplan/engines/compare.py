@@ -1,46 +1,20 @@
 """One model, one context and batch, every engine side by side, with the reason for each difference.
 
-`compare()` builds one `EngineCache` per engine (ideal, vllm, hf, llama.cpp,
-sglang, trtllm) from the same --kv-cache-dtype, translated to each engine's own
-name for it (llama.cpp: auto -> f16; SGLang: fp8 -> fp8_e4m3; an engine without
-the format refuses it as that engine would). With a GPU it adds each engine's
-capacity by its own budget rule. Pure: no I/O.
+The rows (`CompareRow`, `Comparison`) and the words: `explain` gives the reason
+for each difference from the ideal cache; --kv-cache-dtype is translated to each
+engine's own name for it (llama.cpp: auto -> f16; an engine without the format
+refuses it as that engine would). `kvplan.plan.pipeline.compare` builds them,
+one `kvplan.plan.pipeline.run` per engine. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from typing import Optional
 
-from kvplan.engines import (
-    ALL_ENGINES,
-    EngineCache,
-    EngineCapacity,
-    MemoryInputs,
-    hf,
-    llamacpp,
-    reference,
-    sglang,
-    trtllm,
-)
+from kvplan.engines import EngineCache, EngineCapacity, hf, llamacpp, sglang, trtllm
 from kvplan.errors import InputError
-from kvplan.model.formats import KVFormat, KVFormatPair
-
-
-@dataclass(frozen=True, slots=True)
-class CompareOptions:
-    """Everything that moves a number in `kvplan compare` (each is a flag)."""
-
-    context: int
-    batch: int = 1
-    kv_cache_dtype: str = "auto"
-    tp: int = 1
-    engines: tuple[str, ...] = ALL_ENGINES
-    vllm_block_size: Optional[int] = None
-    hf: hf.HFOptions = field(default_factory=hf.HFOptions)
-    llamacpp: Optional[llamacpp.LlamaCppOptions] = None  # None: types from kv_cache_dtype
-    sglang: sglang.SGLangOptions = field(default_factory=sglang.SGLangOptions)
-    trtllm: trtllm.TrtllmOptions = field(default_factory=trtllm.TrtllmOptions)
+from kvplan.model.formats import KVFormatPair
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,15 +24,19 @@ class CompareRow:
     capacity: Optional[EngineCapacity]
     delta_bytes: Optional[int]  # cache.kv_bytes_total - ideal
     why: tuple[str, ...]  # one sentence per difference, with its bytes
+    capacity_why: tuple[str, ...] = ()  # with a GPU: why max sequences is not budget / bytes (explain_capacity)
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "engine": self.engine,
             "delta_bytes": self.delta_bytes,
             "why": list(self.why),
             "cache": self.cache.to_dict(),
             "capacity": None if self.capacity is None else self.capacity.to_dict(),
         }
+        if self.capacity is not None:
+            data["capacity_why"] = list(self.capacity_why)
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,80 +123,27 @@ def explain(cache: EngineCache) -> tuple[str, ...]:
     return tuple(f"{_signed(d.bytes)}: {d.cause}" for d in cache.differences)
 
 
-def _cache(name: str, spec, opts: CompareOptions, fmt: KVFormatPair, state: Optional[KVFormat]) -> EngineCache:
-    c, b = opts.context, opts.batch
-    if name == "ideal":
-        return reference.ideal(spec, c, b, fmt, tp=opts.tp, state_format=state)
-    if name == "vllm":
-        return reference.vllm(spec, c, b, fmt, kv_cache_dtype=opts.kv_cache_dtype, tp=opts.tp,
-                              block_size=opts.vllm_block_size, state_format=state)
-    if name == "hf":
-        _single_device(name, opts.tp)
-        return hf.cache(spec, c, b, opts.hf, kv_cache_dtype=opts.kv_cache_dtype, ideal_format=fmt, ideal_state=state)
-    if name == "llama.cpp":
-        _single_device(name, opts.tp)
-        return llamacpp.cache(spec, c, b, _llama_opts(opts), ideal_format=fmt, ideal_state=state)
-    if name == "sglang":
-        return sglang.cache(spec, c, b, replace(opts.sglang, tp=opts.tp), kv_cache_dtype=opts.kv_cache_dtype,
-                            ideal_format=fmt, ideal_state=state)
-    if name == "trtllm":
-        return trtllm.cache(spec, c, b, replace(opts.trtllm, tp=opts.tp), kv_cache_dtype=opts.kv_cache_dtype,
-                            ideal_format=fmt, ideal_state=state)
-    raise InputError(f"--engines {name!r} is not one of {', '.join(ALL_ENGINES)}")
+def explain_capacity(cache: EngineCache, capacity: Optional[EngineCapacity], tp: int) -> tuple[str, ...]:
+    """Why an engine's max sequences is not its KV budget over the KV bytes a sequence holds (empty when it is).
 
-
-def _single_device(name: str, tp: int) -> None:
-    if tp > 1:
-        raise InputError(
-            f"--tp {tp}: kvplan's {name} profile is for one device ({'llama.cpp splits layers, not heads' if name == 'llama.cpp' else 'transformers tp_plan sharding is not modelled'}); "
-            f"drop {name} from --engines or use --tp 1"
-        )
-
-
-def _llama_opts(opts: CompareOptions) -> llamacpp.LlamaCppOptions:
-    if opts.llamacpp is not None:
-        return opts.llamacpp
-    k, v = llamacpp_types(opts.kv_cache_dtype)
-    return llamacpp.LlamaCppOptions(cache_type_k=k, cache_type_v=v)
-
-
-def _capacity(name: str, spec, opts: CompareOptions, fmt: KVFormatPair, state: Optional[KVFormat],
-              mem: MemoryInputs, planner_factory) -> EngineCapacity:
-    c, b = opts.context, opts.batch
-    if name in ("ideal", "vllm"):
-        return planner_factory(name)
-    if name == "hf":
-        return hf.capacity(spec, c, b, opts.hf, mem, kv_cache_dtype=opts.kv_cache_dtype, ideal_format=fmt,
-                           ideal_state=state)
-    if name == "llama.cpp":
-        return llamacpp.capacity(spec, c, b, _llama_opts(opts), mem, ideal_format=fmt, ideal_state=state)
-    if name == "sglang":
-        return sglang.capacity(spec, c, b, replace(opts.sglang, tp=opts.tp), mem,
-                               kv_cache_dtype=opts.kv_cache_dtype, ideal_format=fmt, ideal_state=state)
-    return trtllm.capacity(spec, c, b, replace(opts.trtllm, tp=opts.tp), mem, kv_cache_dtype=opts.kv_cache_dtype,
-                           ideal_format=fmt, ideal_state=state)
-
-
-def compare(spec, opts: CompareOptions, fmt: KVFormatPair, state: Optional[KVFormat] = None, *,
-            memory: Optional[MemoryInputs] = None, planner_factory=None) -> Comparison:
-    """Every engine in `opts.engines` at `opts.context` x `opts.batch`.
-
-    `fmt` is --kv-cache-dtype resolved to kvplan's formats (the ideal's); with
-    `memory` (and `planner_factory`, which returns the ideal / vLLM capacity from
-    kvplan.plan.planner) each row also gets its engine's capacity on that GPU.
+    The bytes are what `batch` sequences hold at the context (all ranks; the budget is
+    per rank); an engine's pool can reserve more per sequence than that (vLLM: a
+    sliding window's max_num_batched_tokens; SGLang: split pools; TensorRT-LLM:
+    windows at full cost), and then its notes give the reason.
     """
-    unknown = [e for e in opts.engines if e not in ALL_ENGINES]
-    if unknown:
-        raise InputError(f"--engines {unknown[0]!r} is not one of {', '.join(ALL_ENGINES)}")
-    rows = []
-    for name in opts.engines:
-        cache = _cache(name, spec, opts, fmt, state)
-        cap = None
-        if memory is not None:
-            cap = _capacity(name, spec, opts, fmt, state, memory, planner_factory)
-            if cap is not None:  # every engine holds the same weights; say where their bytes came from
-                cap = replace(cap, weights_source=memory.weights_source)
-        delta = None if cache.kv_bytes_total is None else cache.kv_bytes_total - cache.ideal_bytes_total
-        rows.append(CompareRow(name, cache, cap, delta, explain(cache)))
-    return Comparison(spec.name, opts.context, opts.batch, fmt.name, opts.tp,
-                      memory.gpu if memory is not None else None, tuple(rows))
+    if capacity is None or not cache.kv_bytes_total:
+        return ()
+    by_bytes = max(0, capacity.kv_budget_bytes) * cache.batch * tp // cache.kv_bytes_total
+    if by_bytes == capacity.max_concurrent_sequences:
+        return ()
+    head = (f"max seqs {capacity.max_concurrent_sequences:,} is {cache.engine}'s own capacity rule, not KV budget / "
+            f"KV bytes per sequence ({by_bytes:,})")
+    return (head,) + tuple(capacity.notes) + tuple(cache.notes)
+
+
+def single_device_problem(name: str, tp: int) -> Optional[str]:
+    """Why a one-device profile (hf, llama.cpp) cannot take --tp `tp` in `compare` (None: it can)."""
+    if tp <= 1 or name not in ("hf", "llama.cpp"):
+        return None
+    why = "llama.cpp splits layers, not heads" if name == "llama.cpp" else "transformers tp_plan sharding is not modelled"
+    return f"--tp {tp}: kvplan's {name} profile is for one device ({why}); drop {name} from --engines or use --tp 1"

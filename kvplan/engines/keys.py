@@ -1,7 +1,16 @@
-"""The option keys of each engine profile (flags and plan keys alike): no imports, so the CLI
-can read them without loading the engines."""
+"""The engines kvplan models and each engine's option keys (flags and plan keys alike): no imports,
+so the CLI can read them without loading the engines."""
 
 from __future__ import annotations
+
+# Every engine, in the order `kvplan compare` shows them: the one registry of engine names
+# (`kvplan.engines.get(name)` gives the module). ideal and vllm are sized by kvplan's planner
+# (kvplan.plan.planner); the others have their own budget rules in their modules.
+NAMES: tuple[str, ...] = ("ideal", "vllm", "hf", "llama.cpp", "sglang", "trtllm")
+PLANNED: tuple[str, ...] = ("ideal", "vllm")
+PROFILES: tuple[str, ...] = tuple(n for n in NAMES if n not in PLANNED)
+# The same names as --engine and a plan's `engine:` list them (vllm, the default, first).
+CHOICES: tuple[str, ...] = ("vllm", "ideal") + PROFILES
 
 OPTION_KEYS: dict[str, tuple[str, ...]] = {
     "hf": ("hf_cache", "max_cache_len", "generate", "transformers_version", "quant_backend", "nbits",

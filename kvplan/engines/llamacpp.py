@@ -252,13 +252,14 @@ def refusals(spec, opts: LlamaCppOptions) -> tuple[list[str], list[str]]:
     return out, logs
 
 
-def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, ideal_format: KVFormatPair,
-          ideal_state: Optional[KVFormat] = None) -> EngineCache:
+def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, kv_cache_dtype: Optional[str] = None,
+          ideal_format: KVFormatPair, ideal_state: Optional[KVFormat] = None) -> EngineCache:
     """The cells and bytes llama.cpp allocates for `batch` sequences of `context` tokens.
 
     `ideal_format` / `ideal_state` are the formats the ideal cache is sized in
     (the user's --kv-cache-dtype), so the differences show what llama.cpp's own
-    types change.
+    types change. `kv_cache_dtype` is taken for the engines' common signature and
+    not read: llama.cpp's types are -ctk / -ctv (`opts`).
     """
     require_at_least("--context", context, 1, "token")
     require_at_least("--batch", batch, 1, "sequence")
@@ -427,7 +428,8 @@ def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, ideal_format
 
 
 def capacity(spec, context: int, batch: int, opts: LlamaCppOptions, mem: MemoryInputs, *,
-             ideal_format: KVFormatPair, ideal_state: Optional[KVFormat] = None) -> EngineCapacity:
+             kv_cache_dtype: Optional[str] = None, ideal_format: KVFormatPair,
+             ideal_state: Optional[KVFormat] = None) -> EngineCapacity:
     """llama.cpp has no KV budget: it allocates the padded -c and fails if the buffer does not fit.
 
     `max_concurrent_sequences` is the largest --parallel whose cache (each slot

@@ -103,17 +103,26 @@ def check_flags(engine: str, given: Iterable[str], *, tp: int = 1, pp: int = 1, 
 
 def engine_options(engine: str, kv_cache_dtype: str = "auto", values: Optional[Mapping[str, Any]] = None, *,
                    tp: int = 1, prompt_tokens: Optional[int] = None):
-    """`engine`'s option object (HFOptions, LlamaCppOptions, SGLangOptions, TrtllmOptions).
+    """`engine`'s option object (IdealOptions, VllmOptions, HFOptions, LlamaCppOptions, SGLangOptions, TrtllmOptions).
 
     `values` maps option keys to values; keys of other engines are skipped (compare
     passes every flag to every engine) and None keeps the engine's default.
     llama.cpp's -ctk / -ctv default to `kv_cache_dtype` as llama.cpp names it
     (auto -> f16); `prompt_tokens` is hf's prefill size for a quantized cache;
-    `tp` is SGLang's and TensorRT-LLM's tensor-parallel size.
+    `tp` is the tensor-parallel size of ideal, vllm, SGLang and TensorRT-LLM;
+    vllm reads `block_size` from `values` (the budget's keys are the planner's).
     """
     from kvplan.engines import hf, llamacpp, sglang, trtllm
     from kvplan.engines.compare import llamacpp_types
 
+    if engine == "ideal":
+        from kvplan.engines.ideal import IdealOptions
+
+        return IdealOptions(tp=tp)
+    if engine == "vllm":
+        from kvplan.engines.vllm import VllmOptions
+
+        return VllmOptions(block_size=(values or {}).get("block_size"), tp=tp)
     given = {_FIELD.get(k, k): v for k, v in (values or {}).items() if k in OPTION_KEYS[engine] and v is not None}
     if engine == "hf":
         if "transformers_version" in given:  # a YAML 4 or a flag "4"

@@ -24,7 +24,10 @@ if TYPE_CHECKING:  # imported where used: a KV-only estimate needs neither the p
     from kvplan.plan.gpus import GPU
     from kvplan.plan.planner import Engine, GPUFigures, Planner, PlanOptions
 
-ENGINES = ("vllm", "ideal")  # kvplan.plan.planner.Engine's values
+from kvplan.engines.keys import CHOICES, PLANNED  # noqa: E402
+
+ENGINES = tuple(e for e in CHOICES if e in PLANNED)  # kvplan.plan.planner.Engine's values, in --engine's order
+
 
 def parse_token_count(text: Union[str, int], flag: str) -> int:
     """'32k' -> 32768, '1.5k' -> 1536, '131072' -> 131072 (tokens; k = 1024: kvplan.units.parse_count)."""

@@ -146,9 +146,8 @@ def _version(value: Any) -> Any:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-# The engine profiles (kvplan.engines.ENGINE_NAMES, restated so a vLLM-only plan does not import them).
-PROFILE_ENGINES = ("hf", "llama.cpp", "sglang", "trtllm")
-ENGINES = ("vllm", "ideal") + PROFILE_ENGINES
+# The engines (kvplan.engines.keys: import-free, so a vLLM-only plan does not import the profiles).
+from kvplan.engines.keys import CHOICES as ENGINES, PROFILES as PROFILE_ENGINES  # noqa: E402
 
 
 class DeploymentEntry(BaseModel):
@@ -505,27 +504,26 @@ def evaluate_budgets(budgets: Budgets, figures: Figures, line_of: Callable[[str]
 # ------------------------------------------------------------------ engine profiles
 
 
-def engine_figures(spec: Any, engine: str, opts: Any, *, context: int, batch: int, tp: int, kv_cache_dtype: str,
-                   kv_format: Any, state_format: Any, kv_bytes_per_token: int, memory: Any = None,
+def engine_figures(spec: Any, engine: str, opts: Any, answer: Any, *, context: int, batch: int, tp: int,
+                   kv_cache_dtype: str, kv_format: Any, state_format: Any, kv_bytes_per_token: int,
                    planner: Any = None) -> Figures:
     """The budgets' figures under an engine profile (hf, llama.cpp, sglang, trtllm).
 
-    `opts` is the engine's option object, `kv_format` / `state_format` the
-    formats the ideal cache is sized in, `kv_bytes_per_token` the spec's. With a
-    GPU, `memory` (`kvplan.engines.MemoryInputs`) feeds the engine's own budget
-    rule and `planner` (a pp-1 `kvplan.plan.planner.Planner`) gives the roofline and the
-    context limit. Capacity and headroom are the engine's (`EngineCapacity`);
+    `answer` is the engine's (`kvplan.plan.pipeline.run`): its cache and, with a GPU,
+    its capacity by its own budget rule and the `memory` that rule read. `opts` is the
+    engine's option object, `kv_format` / `state_format` the formats the ideal cache
+    is sized in, `kv_bytes_per_token` the spec's; `planner` (a pp-1
+    `kvplan.plan.planner.Planner`) gives the roofline and the context limit. Capacity and headroom are the engine's (`EngineCapacity`);
     decode step and costs are kvplan's roofline with the KV bytes the engine
     allocates (noted on the figure). A configuration the engine refuses makes every
     figure unavailable, with the engine's words.
     """
-    from kvplan.engines import engine_module
+    from kvplan.engines import get
+    from kvplan.plan.capacity import slots_for
 
-    module = engine_module(engine)
-    kw: dict[str, Any] = {"ideal_format": kv_format, "ideal_state": state_format}
-    if engine != "llama.cpp":  # llama.cpp takes its types from -ctk / -ctv (opts)
-        kw["kv_cache_dtype"] = kv_cache_dtype
-    cache = module.cache(spec, context, batch, opts, **kw)
+    module = get(engine)
+    kw: dict[str, Any] = {"ideal_format": kv_format, "ideal_state": state_format, "kv_cache_dtype": kv_cache_dtype}
+    cache, memory = answer.cache, answer.memory
     base = {"model": spec.name, "gpu": None if memory is None else memory.gpu, "kv_cache_dtype": cache.kv_cache_dtype,
             "kv_bytes_per_token": kv_bytes_per_token}
     if cache.kv_bytes_total is None:  # refused, or a pool kvplan does not size (SGLang's block-scaled dtypes)
@@ -533,11 +531,11 @@ def engine_figures(spec: Any, engine: str, opts: Any, *, context: int, batch: in
         return Figures(**base, unavailable=f"{engine} refuses: {why}" if cache.refusals else f"{engine}: {why}")
     if memory is None:
         return Figures(**base)
-    capacity = module.capacity(spec, context, batch, opts, memory, **kw)
+    capacity = answer.capacity
     budget = capacity.kv_budget_bytes  # per rank
     need = cache.kv_bytes_total // tp  # the batch as the engine allocates it, one rank (totals span all ranks)
     headroom = round((budget - need) / budget * 100, 3) if budget > 0 else None  # as Planner.plan rounds it
-    max_context = _engine_max_context(module, spec, engine, opts, batch, budget, memory, kw, planner.context_limit()[0])
+    max_context = capacity.max_context_tokens  # the engine's own search (kvplan.plan.capacity.engine_max_context)
 
     # The roofline reads the batch's KV whole each step: exact for what SGLang, TensorRT-LLM and HF dynamic
     # hold, an upper bound where an engine allocates more than it attends to (llama.cpp's -c beyond the context).
@@ -551,7 +549,7 @@ def engine_figures(spec: Any, engine: str, opts: Any, *, context: int, batch: in
     usd_per_hour = planner.gpu.usd_per_hour
     if cost_batch >= 1 and usd_per_hour > 0:  # as Planner.plan: the largest batch that fits, tp GPUs' price
         usd_per_s = usd_per_hour * tp / 3600
-        at_cost = module.cache(spec, context, cost_batch, _slots_for(engine, opts), **kw).kv_bytes_total
+        at_cost = module.cache(spec, context, cost_batch, slots_for(engine, opts), **kw).kv_bytes_total
         if at_cost is not None:
             step_s = planner.decode_step(cost_batch, context, kv_bytes_per_rank=at_cost // tp)[0]
             usd_out = usd_per_s / (cost_batch / step_s) * 1e6
@@ -570,55 +568,6 @@ def engine_figures(spec: Any, engine: str, opts: Any, *, context: int, batch: in
         max_context_tokens=max_context,
         notes=tuple(notes),
     )
-
-
-def _slots_for(engine: str, opts: Any) -> Any:
-    """llama.cpp at another batch: one slot per sequence and -c to match, as llamacpp.capacity counts slots."""
-    if engine == "llama.cpp":
-        from dataclasses import replace
-
-        return replace(opts, parallel=None, ctx_size=None)
-    return opts
-
-
-def _engine_max_context(module: Any, spec: Any, engine: str, opts: Any, batch: int, budget: int, memory: Any,
-                        kw: dict, limit: int) -> int:
-    """The longest context (<= `limit`, the model's max_position_embeddings) at which `batch` sequences fit.
-
-    A search, not a division: pages, 256-cell padding and windows make bytes a
-    step function of the context (fit is monotone in it). Fit is the engine's own
-    test: SGLang and TensorRT-LLM divide their token pool (`capacity(...).fits`);
-    hf and llama.cpp have no pool, so their `fits` is the cache bytes <= room,
-    tested here without the slot search their `capacity` also runs.
-    """
-    if engine == "hf" and opts.cache == "static" and opts.max_cache_len is not None:
-        # a StaticCache cannot grow past max_cache_len (generate() leaves one token uncached)
-        limit = min(limit, opts.max_cache_len + (1 if opts.generate else 0))
-    fixed_cells = engine == "llama.cpp" and opts.ctx_size is not None
-
-    def fits(context: int) -> bool:
-        if engine in ("sglang", "trtllm"):
-            return module.capacity(spec, context, batch, opts, memory, **kw).fits
-        cache = module.cache(spec, context, batch, opts, **kw)
-        if cache.kv_bytes_total is None or cache.kv_bytes_total > budget:
-            return False
-        if fixed_cells:  # -c fixes the cells: a sequence gets its slot's (or its share of the unified pool)
-            s = cache.settings
-            return context <= s["kv_size"] if s["n_stream"] > 1 else context * batch <= s["n_ctx"]
-        return True
-
-    if fits(limit):
-        return limit
-    if not fits(1):
-        return 0
-    lo, hi = 1, limit  # fits at lo, not at hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 def format_value(value: Optional[float], unit: str) -> str:

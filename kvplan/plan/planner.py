@@ -498,9 +498,7 @@ class Planner:
 
     def context_limit(self) -> tuple[int, str]:
         """The longest context the engine accepts: max_position_embeddings, else 2**24."""
-        if self.spec.max_position_embeddings:
-            return self.spec.max_position_embeddings, "the model's max_position_embeddings"
-        return 2**24, "kvplan's search cap of 16,777,216 tokens (the spec has no max_position_embeddings)"
+        return context_limit(self.spec)
 
     def max_context(self, batch: int) -> tuple[int, str]:
         """The longest context at which `batch` sequences fit: a search, not a division."""
@@ -826,6 +824,13 @@ class Planner:
             "compute_efficiency": o.compute_efficiency,
             "weights": self._weights_assumption(),
         }
+
+
+def context_limit(spec: ModelSpec) -> tuple[int, str]:
+    """(the longest context an engine accepts, why): max_position_embeddings, else kvplan's search cap of 2**24."""
+    if spec.max_position_embeddings:
+        return spec.max_position_embeddings, "the model's max_position_embeddings"
+    return 2**24, "kvplan's search cap of 16,777,216 tokens (the spec has no max_position_embeddings)"
 
 
 def _replace(opts: PlanOptions, **changes) -> PlanOptions:

@@ -1,0 +1,71 @@
+"""vLLM as an engine: its blocks for a batch, its start-up refusals (rules in `kvplan.engines.vllm_rules`).
+
+`cache()` pages `kvplan.model.layout` in vLLM's blocks (16 tokens on CUDA, 64 for
+MLA, as FlashMLA requires): whole blocks per sequence, and a sliding window that
+may start mid-block holds ceil((W - 1) / bs) + 1 blocks (vllm/v1/kv_cache_interface.py,
+SlidingWindowSpec). With a GPU, its budget rule, pool, groups and log lines are
+`kvplan.plan.planner`'s (engine vllm), applied by `kvplan.plan.pipeline`. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from kvplan.engines import EngineCache, Ledger, kind_rows
+from kvplan.engines.vllm_rules import kv_cache_dtype_refusal, max_model_len_refusal
+from kvplan.model.formats import KVFormat, KVFormatPair
+from kvplan.model.layout import CacheLayout, LayerKind
+
+NAME = "vllm"
+SOURCES = (
+    "vllm-project/vllm vllm/v1/kv_cache_interface.py AttentionSpec / SlidingWindowSpec / MLAAttentionSpec",
+    "vllm-project/vllm vllm/v1/core/kv_cache_utils.py (groups, blocks; see kvplan.engines.vllm_rules)",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class VllmOptions:
+    """vLLM's settings that move the batch's bytes (the budget's live in kvplan.plan.planner.PlanOptions)."""
+
+    block_size: Optional[int] = None  # None: default_block_size(spec)
+    tp: int = 1
+
+
+def default_block_size(spec) -> int:
+    """16 on CUDA; 64 for MLA (FlashMLA requires it)."""
+    return 64 if spec.is_mla else 16
+
+
+def cache(spec, context: int, batch: int, opts: VllmOptions, *, kv_cache_dtype: str = "auto",
+          ideal_format: KVFormatPair, ideal_state: Optional[KVFormat] = None) -> EngineCache:
+    """vLLM's blocks for `batch` sequences of `context` tokens (per-request, before the pool is sized)."""
+    fmt, state, tp = ideal_format, ideal_state, opts.tp
+    bs = opts.block_size or default_block_size(spec)
+    base = CacheLayout(spec, fmt, block_size=1, tp=tp, state_format=state).at(context, batch)
+    settings = {"block_size": bs, "tp": tp}
+    # vLLM's start-up refusals, as `kvplan estimate`, `check` and `diff` apply them (kvplan.engines.vllm_rules)
+    refusal = kv_cache_dtype_refusal(spec, kv_cache_dtype) or max_model_len_refusal(spec, context)
+    if refusal:
+        return EngineCache(NAME, spec.name, context, batch, kv_cache_dtype, settings, (), None,
+                           base.kv_bytes_total, (), (), (refusal,), (), SOURCES)
+    est = CacheLayout(spec, fmt, block_size=bs, tp=tp, state_format=state).at(context, batch)
+    ledger = Ledger(base.kv_bytes_total)
+    running = base.kv_bytes_total
+    for k in est.by_kind:
+        if not k.paging_bytes:
+            continue
+        running += k.paging_bytes
+        if k.kind == LayerKind.SLIDING.value and k.tokens_held < context:
+            cause = (f"sliding layers: ceil((W - 1) / {bs}) + 1 = {k.tokens_reserved // bs} blocks "
+                     "(a window that starts mid-block)")
+        elif k.kind == LayerKind.CHUNKED.value and k.tokens_held < context:
+            cause = f"chunked layers: {k.tokens_reserved // bs} blocks of {bs}"
+        else:
+            cause = f"{bs}-token blocks ({k.kind.replace('_', ' ')})"
+        ledger.step(cause, running)
+    assert ledger.total == est.kv_bytes_total
+    notes = ("With --gpu, vLLM's groups, pool and log lines come from kvplan.plan.planner; without one the "
+             "window layers are paged as a running sequence holds them.",)
+    return EngineCache(NAME, spec.name, context, batch, fmt.name, settings, kind_rows(est, True), est.kv_bytes_total,
+                       base.kv_bytes_total, ledger.differences, (), (), notes, SOURCES)

@@ -1,0 +1,108 @@
+"""Capacity on a GPU, engine by engine: what sits beside the KV cache, and the answers the pipeline adds.
+
+`memory_inputs` is the GPU and what besides the KV cache sits on it, for the
+profiles' budget rules; `planned_capacity` gives the planner's answer (ideal, vllm)
+as the `EngineCapacity` every engine gives; `engine_max_context` searches the
+longest context at which a batch fits by an engine's own test. Used by
+`kvplan.plan.pipeline` with a GPU only (a KV-only estimate never imports this).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from kvplan.errors import InputError
+
+
+def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[str], activation: Optional[int],
+                  non_torch: Optional[int], label: Optional[str] = None):
+    """The GPU and what besides the KV cache sits on it (per rank), for the profiles' budget rules."""
+    from kvplan.engines import MemoryInputs
+    from kvplan.plan.planner import (
+        DEFAULT_NON_TORCH_BYTES,
+        DEFAULT_NON_TORCH_BYTES_TP,
+        WEIGHT_DTYPES,
+        PlanOptions,
+        activation_estimate,
+        stage_weight_bytes,
+        weights_from_file,
+        weights_source,
+    )
+
+    dtype = weights_dtype or spec.weights_dtype or spec.dtype
+    if dtype not in WEIGHT_DTYPES:
+        raise InputError(f"--dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    weights = stage_weight_bytes(spec, [spec.num_hidden_layers], dtype, tp, from_file=weights_from_file(spec, weights_dtype))[0]
+    if activation is None:
+        act = activation_estimate(spec, PlanOptions(context=context, tp=tp), 4 if dtype == "fp32" else 2, tp)
+        source = ("estimated: one forward pass of 8,192 tokens (kvplan's vLLM profile-run estimate); "
+                  "--activation-memory sets it")
+    else:
+        act, source = activation, "--activation-memory"
+    if non_torch is None:
+        non_torch = DEFAULT_NON_TORCH_BYTES_TP if tp > 1 else DEFAULT_NON_TORCH_BYTES
+    return MemoryInputs(label or gpu.name, gpu.memory_bytes, weights, non_torch, act, source, weights_source(spec, weights_dtype))
+
+
+# vLLM's budget rule, which kvplan's planner applies to ideal and vllm alike
+PLANNED_RULE = "vLLM determine_available_memory: KV = total x gpu_memory_utilization - weights - activations - non-torch"
+
+
+def planned_capacity(plan, gpu, label: str):
+    """The planner's capacity (ideal, vllm) as the `EngineCapacity` every engine gives."""
+    from kvplan.engines import EngineCapacity
+
+    return EngineCapacity(plan.engine, label, gpu.memory_bytes, plan.weights_bytes_per_gpu, PLANNED_RULE,
+                          plan.kv_budget_bytes_per_gpu, plan.vllm_kv_cache_tokens, plan.max_concurrent_sequences,
+                             plan.fits, tuple(plan.vllm_log), (), tuple(plan.notes),
+                          {"gpu_memory_utilization": plan.gpu_memory_utilization, "block_size": plan.block_size},
+                          plan.weights_source, plan.max_context_tokens)
+
+
+def slots_for(engine: str, opts: Any) -> Any:
+    """llama.cpp at another batch: one slot per sequence and -c to match, as llamacpp.capacity counts slots."""
+    if engine == "llama.cpp":
+        from dataclasses import replace
+
+        return replace(opts, parallel=None, ctx_size=None)
+    return opts
+
+
+def engine_max_context(module: Any, spec: Any, engine: str, opts: Any, batch: int, budget: int, memory: Any,
+                        kw: dict, limit: int) -> int:
+    """The longest context (<= `limit`, the model's max_position_embeddings) at which `batch` sequences fit.
+
+    A search, not a division: pages, 256-cell padding and windows make bytes a
+    step function of the context (fit is monotone in it). Fit is the engine's own
+    test: SGLang and TensorRT-LLM divide their token pool (`capacity(...).fits`);
+    hf and llama.cpp have no pool, so their `fits` is the cache bytes <= room,
+    tested here without the slot search their `capacity` also runs.
+    """
+    if engine == "hf" and opts.cache == "static" and opts.max_cache_len is not None:
+        # a StaticCache cannot grow past max_cache_len (generate() leaves one token uncached)
+        limit = min(limit, opts.max_cache_len + (1 if opts.generate else 0))
+    fixed_cells = engine == "llama.cpp" and opts.ctx_size is not None
+
+    def fits(context: int) -> bool:
+        if engine in ("sglang", "trtllm"):
+            return module.capacity(spec, context, batch, opts, memory, **kw).fits
+        cache = module.cache(spec, context, batch, opts, **kw)
+        if cache.kv_bytes_total is None or cache.kv_bytes_total > budget:
+            return False
+        if fixed_cells:  # -c fixes the cells: a sequence gets its slot's (or its share of the unified pool)
+            s = cache.settings
+            return context <= s["kv_size"] if s["n_stream"] > 1 else context * batch <= s["n_ctx"]
+        return True
+
+    if fits(limit):
+        return limit
+    if not fits(1):
+        return 0
+    lo, hi = 1, limit  # fits at lo, not at hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo

@@ -1,0 +1,346 @@
+"""One pipeline: a model spec, an engine name and one frozen `Settings` in; frozen `Answer`s out.
+
+`kvplan estimate` (every engine), `kvplan compare` (one run per engine), `kvplan check`
+and `kvplan diff` all call `sweep` / `run` here, and `kvplan.estimate()` / `kvplan.compare()`
+are the same calls; `Answer.to_dict()` is what `--format json` prints.
+
+Every engine is a module of `kvplan.engines` (`kvplan.engines.get(name)`) that gives the
+cache it allocates (`EngineCache`). With a GPU, the profiles (hf, llama.cpp, sglang,
+trtllm) apply their own budget rule (`capacity`, on `MemoryInputs`); ideal and vllm are
+sized by `kvplan.plan.planner` (vLLM's budget, blocks, groups, latency and cost), whose
+answer is also given as an `EngineCapacity` (`kvplan.plan.capacity`). Pure: reads GPU and calibration files only
+through `kvplan.plan.gpus` / `kvplan.plan.deploy`; no printing.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
+
+from kvplan.errors import InputError
+
+Size = Union[str, int, None]  # bytes, or a size with its unit ('2GiB')
+
+
+class Settings(NamedTuple):
+    """Every deployment and engine setting of one question (None: the engine's or kvplan's stated default).
+
+    Immutable (`settings._replace(tp=2)` gives another); a NamedTuple rather than a frozen dataclass because
+    `kvplan estimate` builds it on its cold-start path, where a 30-field dataclass costs a millisecond or two.
+
+    The GPU is a catalog name or GPU YAML (`gpu`) with overrides; `engine_options`
+    maps an engine's option keys (`kvplan.engines.keys.OPTION_KEYS`: `hf_cache`,
+    `parallel`, `page_size`, ...) to values, and keys of other engines are skipped.
+    """
+
+    context: int = 8192
+    batch: int = 1
+    kv_cache_dtype: str = "auto"
+    state_dtype: Optional[str] = None
+    tp: int = 1
+    pp: int = 1
+    gpu: Optional[str] = None
+    gpu_memory: Optional[str] = None
+    gpu_bandwidth: Optional[float] = None
+    usd_per_hour: Optional[float] = None
+    gpu_bf16_tflops: Optional[float] = None
+    gpu_label: Optional[str] = None  # the name results give the GPU (None: its name with the overrides named)
+    dtype: Optional[str] = None  # weights
+    block_size: Optional[int] = None  # vllm / ideal
+    gpu_memory_utilization: Optional[float] = None  # vllm / ideal
+    max_num_batched_tokens: Optional[int] = None  # vllm / ideal
+    activation_memory: Size = None
+    non_torch_memory: Size = None
+    bandwidth_efficiency: Optional[float] = None
+    compute_efficiency: Optional[float] = None
+    calibration: Optional[str] = None  # a `kvplan measure --json` report: its bandwidth efficiency
+    prompt_tokens: Optional[int] = None
+    output_tokens: Optional[int] = None
+    requests_per_s: Optional[float] = None
+    shared_prefix_tokens: int = 0
+    engine_options: Mapping[str, Any] = MappingProxyType({})
+    concurrency_curve: bool = False  # vllm / ideal with a GPU: max sequences at 1k, 2k, 4k, ... (estimate's table)
+
+    @property
+    def has_gpu(self) -> bool:
+        return any(v is not None for v in (self.gpu, self.gpu_memory, self.gpu_bandwidth, self.usd_per_hour,
+                                            self.gpu_bf16_tflops))
+
+
+class Answer(NamedTuple):
+    """One engine's answer for one (context, batch): its cache and, with a GPU, its capacity.
+
+    ideal and vllm also carry kvplan's layer table (`estimate`, a `CacheEstimate`) and,
+    with a GPU, the planner's `plan` (latency, cost, workload); `cache` is their
+    `EngineCache` row, filled when asked for (`sweep(..., engine_rows=True)`, as compare does).
+    Immutable; a NamedTuple, not a frozen dataclass, because a 100,000-point sweep builds one per point.
+    """
+
+    engine: str
+    model: str
+    context: int
+    batch: int
+    cache: Any = None  # kvplan.engines.EngineCache
+    capacity: Any = None  # kvplan.engines.EngineCapacity (with a GPU)
+    estimate: Any = None  # kvplan.model.layout.CacheEstimate (ideal, vllm)
+    plan: Any = None  # kvplan.plan.planner.Plan (ideal, vllm with a GPU)
+    concurrency_by_context: Optional[tuple] = None
+    memory: Any = None  # kvplan.engines.MemoryInputs the profiles' budget rules read (with a GPU)
+
+    def to_dict(self) -> dict:
+        """What `kvplan estimate --engine <engine> --format json` prints for this one answer."""
+        if self.estimate is not None:
+            record = self.estimate.to_dict()
+            if self.plan is not None:
+                record.update(self.plan.to_dict())
+            if self.concurrency_by_context is not None:
+                record["concurrency_by_context"] = list(self.concurrency_by_context)
+            return record
+        return {**self.cache.to_dict(), "capacity": None if self.capacity is None else self.capacity.to_dict()}
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def device(s: Settings):
+    """(the GPU `s` names, with its overrides, and the label a row shows for it); (None, None) without one."""
+    if not s.has_gpu:  # a KV-only question loads neither the GPU catalog nor pydantic
+        return None, None
+    from kvplan.plan.gpus import gpu_from_options, override_label
+
+    memory = str(s.gpu_memory) if isinstance(s.gpu_memory, int) and not isinstance(s.gpu_memory, bool) else s.gpu_memory
+    gpu = gpu_from_options(s.gpu, memory, s.gpu_bandwidth, s.usd_per_hour, s.gpu_bf16_tflops)
+    if gpu is None:
+        return None, None
+    return gpu, s.gpu_label or override_label(gpu, memory, s.gpu_bandwidth, s.usd_per_hour, s.gpu_bf16_tflops)
+
+
+def formats(spec, s: Settings):
+    """(--kv-cache-dtype as kvplan's formats, --state-dtype): an engine-only name (f16) sizes the ideal in the
+    model's dtype and the engine judges the name itself (`kvplan.engines.compare.ideal_format`)."""
+    from kvplan.model.formats import UnknownFormatError, parse_format_pair, parse_state_format
+
+    try:
+        pair = parse_format_pair(s.kv_cache_dtype, spec.dtype)
+    except UnknownFormatError:  # an engine's own name, or a typo (the engines' names are loaded only now)
+        from kvplan.engines.compare import ideal_format
+
+        pair = ideal_format(s.kv_cache_dtype, spec.dtype)
+    try:
+        state = parse_state_format(s.state_dtype) if s.state_dtype else None
+    except UnknownFormatError as exc:
+        raise InputError(f"--state-dtype: {exc}") from None
+    return pair, state
+
+
+def _bytes(value: Size, flag: str) -> Optional[int]:
+    if value is None or isinstance(value, int) and not isinstance(value, bool):
+        return value
+    from kvplan.units import parse_bytes
+
+    return parse_bytes(value, flag)
+
+
+def planned_layout(spec, engine: str, pair, state, s: Settings):
+    """ideal / vllm: the layout at the block size the engine pages with (vLLM raises it for a hybrid SSM model)."""
+    from kvplan.model.layout import CacheLayout
+    from kvplan.plan.deploy import default_block_size
+
+    block = s.block_size or default_block_size(spec, engine)
+    layout = CacheLayout(spec, pair, block_size=block, tp=s.tp, pp=s.pp, state_format=state)
+    if engine != "vllm" or block == 1:
+        return layout
+    from kvplan.engines.vllm_rules import attention_block_size
+
+    used = attention_block_size(layout, block)
+    return layout if used == block else CacheLayout(spec, pair, block_size=used, tp=s.tp, pp=s.pp, state_format=state)
+
+
+# ------------------------------------------------------------------ what estimate refuses
+
+
+def check_estimate(spec, engine: str, s: Settings, *, contexts: Sequence[int], tps: Sequence[int],
+                   kv_cache_dtypes: Sequence[str], warn=None) -> None:
+    """Raise InputError for what `kvplan estimate` (and `kvplan.estimate()`) refuses before sizing anything.
+
+    `s` holds the single-valued settings; `contexts`, `tps` and `kv_cache_dtypes` the
+    values a sweep takes (one each from the Python API). `warn(spec, tokens, what)`
+    is told of a context past the model's max_position_embeddings (the CLI's stderr line).
+    """
+    from kvplan.engines.keys import CHOICES, OPTION_KEYS, PROFILES
+    from kvplan.plan.deploy import check_workload
+
+    if engine in PROFILES:  # before the workload's own checks: under a profile it is not sized at all
+        roofline = {"--bandwidth-efficiency": s.bandwidth_efficiency, "--compute-efficiency": s.compute_efficiency,
+                    "--calibration": s.calibration, "--requests-per-s": s.requests_per_s,
+                    "--output-tokens": s.output_tokens, "--shared-prefix-tokens": s.shared_prefix_tokens or None,
+                    "--usd-per-hour": s.usd_per_hour, "--gpu-bf16-tflops": s.gpu_bf16_tflops,
+                    "--prompt-tokens": s.prompt_tokens if engine != "hf" else None}  # hf: its quantized cache's prefill
+        for flag, value in roofline.items():
+            if value is not None:
+                raise InputError(
+                    f"{flag}: `estimate --engine {engine}` shows that engine's cache and capacity only; latency, cost "
+                    f"and workload sizing are kvplan's roofline (`--engine vllm` or `ideal`), or `kvplan check` budgets "
+                    f"under engine: {engine}"
+                )
+    for c in sorted(contexts):  # the shortest context first: the first a workload may not fit
+        check_workload(c, prompt_tokens=s.prompt_tokens, output_tokens=s.output_tokens,
+                       requests_per_s=s.requests_per_s, shared_prefix_tokens=s.shared_prefix_tokens)
+    if warn is not None:
+        warn(spec, max(contexts), "sized as asked (engines refuse it without rope scaling)")
+    if engine not in CHOICES:
+        raise InputError(f"--engine {engine!r} is not one of {', '.join(CHOICES)}")
+    known = {k for keys in OPTION_KEYS.values() for k in keys}
+    unknown = sorted(k for k in s.engine_options if k not in known)
+    if unknown:
+        raise InputError(f"{unknown[0]!r} is no engine's option (one of {', '.join(sorted(known))})")
+    planner_keys = {"block_size": s.block_size, "gpu_memory_utilization": s.gpu_memory_utilization,
+                    "max_num_batched_tokens": s.max_num_batched_tokens}
+    given = [k for k, v in {**s.engine_options, **planner_keys}.items() if v is not None]
+    if given or engine in PROFILES:  # vllm and ideal with no engine flag: nothing to refuse
+        from kvplan.engines.options import check_flags
+
+        check_flags(engine, given, tp=max(tps), pp=s.pp, command="estimate")
+    if engine in PROFILES:
+        return
+    from kvplan.plan import deploy
+
+    if s.block_size is not None and s.block_size < 1:
+        raise InputError(f"--block-size must be a positive number of tokens, got {s.block_size}")
+    for d in kv_cache_dtypes:  # (K/V pair, state format): refused up front as bad input
+        deploy.kv_formats(spec, d, s.state_dtype)
+    if engine == "vllm":  # a format vLLM's argparse refuses is bad input there, and here
+        for d in kv_cache_dtypes:
+            problem = deploy.vllm_kv_dtype_problem(spec, d)
+            if problem:
+                raise InputError(problem)
+
+
+# ------------------------------------------------------------------ the pipeline
+
+
+def run(spec, engine: str, settings: Settings, *, engine_rows: bool = True) -> Answer:
+    """ENGINE's answer for SPEC at `settings.context` x `settings.batch`."""
+    return sweep(spec, engine, settings, engine_rows=engine_rows)[0]
+
+
+def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = None,
+          batches: Optional[Sequence[int]] = None, *, engine_rows: bool = False) -> list[Answer]:
+    """ENGINE's answers for every (context, batch) of `contexts` x `batches` (default: the settings' own),
+    the engine's objects built once for them all. `engine_rows`: give ideal and vllm their `EngineCache` too."""
+    from kvplan.engines import NAMES, PLANNED, get
+
+    if engine not in NAMES:
+        raise InputError(f"--engine {engine!r} is not one of {', '.join(NAMES)}")
+    contexts = [s.context] if contexts is None else contexts
+    batches = [s.batch] if batches is None else batches
+    pair, state = formats(spec, s)
+    gpu, label = device(s)
+    if gpu is None and any(v is not None for v in (s.calibration, s.requests_per_s, s.bandwidth_efficiency,
+                                                    s.compute_efficiency)) and engine in PLANNED:
+        raise InputError("--gpu is needed for capacity, latency and cost (or --gpu-memory and --gpu-bandwidth)")
+    module = get(engine)
+    opts = None  # ideal and vllm in a plain estimate need no option object (nor the profiles it imports)
+    if engine_rows or engine not in PLANNED:
+        from kvplan.engines.options import engine_options
+
+        opts = engine_options(engine, s.kv_cache_dtype, {**s.engine_options, "block_size": s.block_size}, tp=s.tp,
+                              prompt_tokens=s.prompt_tokens)
+    kw = {"kv_cache_dtype": s.kv_cache_dtype, "ideal_format": pair, "ideal_state": state}
+    out = []
+    if engine in PLANNED:
+        layout = planned_layout(spec, engine, pair, state, s)
+        if gpu is None and not engine_rows:  # a KV-only sweep (100,000 points in a second or two): the layer tables
+            at, name = layout.at, spec.name
+            return [Answer(engine, name, c, b, None, None, at(c, b)) for c in contexts for b in batches]
+        bw_eff = s.bandwidth_efficiency
+        if gpu is not None:
+            from kvplan.plan import deploy
+            from kvplan.plan.capacity import planned_capacity
+            from kvplan.plan.planner import Planner
+
+            figures = deploy.gpu_figures(gpu, label)
+            if bw_eff is not None and s.calibration is not None:
+                raise InputError("--calibration and --bandwidth-efficiency both set the decode bandwidth efficiency; give one")
+            if bw_eff is None and s.calibration is not None:
+                bw_eff = deploy.calibrated_efficiency(s.calibration, gpu)
+        for c in contexts:
+            for b in batches:
+                estimate = layout.at(c, b)
+                cache = module.cache(spec, c, b, opts, **kw) if engine_rows else None
+                if gpu is None:
+                    out.append(Answer(engine, spec.name, c, b, cache, None, estimate))
+                    continue
+                popts = deploy.plan_options(
+                    spec, context=c, batch=b, tp=s.tp, pp=s.pp, engine=engine, block_size=layout.block_size,
+                    dtype=s.dtype, gpu_memory_utilization=s.gpu_memory_utilization,
+                    activation_memory=s.activation_memory, non_torch_memory=s.non_torch_memory,
+                    max_num_batched_tokens=s.max_num_batched_tokens, bandwidth_efficiency=bw_eff,
+                    compute_efficiency=s.compute_efficiency, prompt_tokens=s.prompt_tokens,
+                    output_tokens=s.output_tokens, requests_per_s=s.requests_per_s,
+                    shared_prefix_tokens=s.shared_prefix_tokens,
+                )
+                planner = Planner(spec, figures, pair, popts, state_format=state)
+                plan = planner.plan()
+                curve = tuple(planner.concurrency_curve()) if s.concurrency_curve else None
+                out.append(Answer(engine, spec.name, c, b, cache, planned_capacity(plan, gpu, label), estimate, plan,
+                                  curve))
+        return out
+    activation = _bytes(s.activation_memory, "--activation-memory")
+    non_torch = _bytes(s.non_torch_memory, "--non-torch-memory")
+    if gpu is not None:
+        from dataclasses import replace
+
+        from kvplan.plan.capacity import engine_max_context, memory_inputs
+        from kvplan.plan.planner import context_limit
+    for c in contexts:
+        for b in batches:
+            cache = module.cache(spec, c, b, opts, **kw)
+            if gpu is None:
+                out.append(Answer(engine, spec.name, c, b, cache))
+                continue
+            mem = memory_inputs(spec, gpu, context=c, tp=s.tp, weights_dtype=s.dtype, activation=activation,
+                                non_torch=non_torch, label=label)
+            cap = module.capacity(spec, c, b, opts, mem, **kw)
+            max_context = None
+            if cache.kv_bytes_total is not None:  # refused, or a pool kvplan does not size: no search
+                max_context = engine_max_context(module, spec, engine, opts, b, cap.kv_budget_bytes, mem, kw,
+                                                 context_limit(spec)[0])
+            cap = replace(cap, weights_source=mem.weights_source, max_context_tokens=max_context)
+            out.append(Answer(engine, spec.name, c, b, cache, cap, memory=mem))
+    return out
+
+
+def compare(spec, settings: Settings, engines: Optional[Sequence[str]] = None):
+    """Every engine of `engines` (default: all, `kvplan.engines.NAMES`) at the settings' context and batch,
+    one `run` each, as `kvplan.engines.compare.Comparison` rows with the reason for each difference."""
+    from kvplan.engines import NAMES
+    from kvplan.engines.compare import CompareRow, Comparison, explain, explain_capacity, single_device_problem
+
+    from kvplan.plan.deploy import check_workload
+
+    if settings.batch < 1:
+        raise InputError(f"--batch must be at least 1, got {settings.batch}")
+    if settings.tp < 1:
+        raise InputError(f"--tensor-parallel-size must be at least 1, got {settings.tp}")
+    check_workload(settings.context, prompt_tokens=settings.prompt_tokens)
+    names = tuple(NAMES if engines is None else engines)
+    unknown = [e for e in names if e not in NAMES]
+    if unknown:
+        raise InputError(f"--engines {unknown[0]!r} is not one of {', '.join(NAMES)}")
+    pair, _ = formats(spec, settings)
+    rows = []
+    gpu_label = None
+    for name in names:
+        problem = single_device_problem(name, settings.tp)
+        if problem:
+            raise InputError(problem)
+        answer = run(spec, name, settings)
+        cache, cap = answer.cache, answer.capacity
+        if cap is not None:
+            gpu_label = cap.gpu
+        delta = None if cache.kv_bytes_total is None else cache.kv_bytes_total - cache.ideal_bytes_total
+        rows.append(CompareRow(name, cache, cap, delta, explain(cache), explain_capacity(cache, cap, settings.tp)))
+    if settings.has_gpu and gpu_label is None:
+        gpu_label = device(settings)[1]
+    return Comparison(spec.name, settings.context, settings.batch, pair.name, settings.tp, gpu_label, tuple(rows))
