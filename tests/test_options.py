@@ -25,6 +25,10 @@ COMMAND_OWN = {
 }
 
 
+# A default that is a command's own: measure runs a short context on this machine; diff needs one GPU.
+DEFAULT_OWN = {("measure", "context"): "1024", ("diff", "gpu"): "h100-sxm"}
+
+
 def _commands():
     import typer
 
@@ -62,6 +66,9 @@ def test_every_commands_flags_come_from_the_table():
             assert tuple(param.opts) == option.flags, (name, param.name)
             assert param.help == option.help, (name, param.name)
             assert param.type.name == _click_type_name(option.kind), (name, param.name, param.type.name)
+            # the table's default, or None: "not given", the engine's own default applies (kvplan.engines.options)
+            if (name, param.name) not in DEFAULT_OWN:
+                assert param.default in (None, option.default), (name, param.name, param.default)
             seen.add(option.key)
     assert {"context", "batch", "tp", "pp", "gpu_memory_utilization", "max_num_batched_tokens",
             "activation_memory", "non_torch_memory", "output", "svg"} <= seen

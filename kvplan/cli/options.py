@@ -41,7 +41,8 @@ def annotated(key: str, choices: Any = None, path: bool = False) -> Any:
 
 def hidden_alias(flag: str, key: str, help: str) -> Any:
     """An old spelling of option `key` kept working, not shown in --help (the table names it in `hidden`)."""
-    assert flag in BY_KEY[key].hidden or flag not in BY_KEY[key].flags, flag
+    if flag not in BY_KEY[key].hidden:
+        raise ValueError(f"{flag} is not an old spelling of {BY_KEY[key].flag} in kvplan.engines.keys.OPTIONS")
     return Annotated[Optional[str], typer.Option(flag, hidden=True, help=help, show_default=False)]
 
 

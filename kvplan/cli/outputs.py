@@ -1,7 +1,7 @@
 """Where kvplan may write a file: one check every writer runs before it does any work.
 
 "Nothing the user wrote is overwritten or lost." A command that writes a report
-(`estimate --svg`, `check --output`, `measure --json`, `import -o`) calls
+(`estimate --svg`, `check --output`, `measure -o`, `import -o`) calls
 `check_output` first, before it reads a model, plans or runs anything, and refuses
 (InputError, exit 2) when the path
 

@@ -160,7 +160,7 @@ OPTIONS: tuple[Option, ...] = (
     _O("free_gpu_memory_fraction", ("--free-gpu-memory-fraction",), "share", "trtllm: share of the memory left "
        "after the profiling peak.", ("trtllm",), default=0.9),
     # ---- output: one convention in every command (README "Output files")
-    _O("format", ("--format", "-f"), "choice", "Output format.", plan=False, param="fmt"),
+    _O("format", ("--format", "-f"), "choice", "Output format.", plan=False, param="fmt", default="table"),
     _O("bytes", ("--bytes",), "bool", "Show exact byte counts beside binary units.", plan=False, param="exact",
        default=False),
     _O("output", ("--output", "-o"), "path", "Also write the report to this file, atomically (check: in the "
@@ -179,8 +179,10 @@ OPTION_KEYS: dict[str, tuple[str, ...]] = {
     e: tuple(o.key for o in OPTIONS if o.engines == (e,)) for e in PROFILES
 }
 ALL_OPTION_KEYS = tuple(k for keys in OPTION_KEYS.values() for k in keys)
-# Keys only kvplan's planner reads that the profiles replace with their own budget rules.
+# Keys only kvplan's planner reads that the profiles replace with their own budget rules (a profile refuses them;
+# the roofline's keys, also the planner's only, are refused by `estimate` itself with its own words).
 PLANNER_KEYS = ("block_size", "gpu_memory_utilization", "max_num_batched_tokens")
+assert all(BY_KEY[k].engines == PLANNER for k in PLANNER_KEYS)
 
 
 def parse_option(key: str, value: Any, flag: Optional[str] = None) -> Any:

@@ -200,7 +200,7 @@ class DeploymentEntry(BaseModel):
     max_num_batched_tokens: TokenCount = DEFAULT_MAX_NUM_BATCHED_TOKENS
     bandwidth_efficiency: Optional[Share] = None
     compute_efficiency: Optional[Share] = None
-    calibration: Optional[Text] = None  # a `kvplan measure --json` report
+    calibration: Optional[Text] = None  # a `kvplan measure -o` JSON report
     prompt_tokens: Optional[TokenCount] = None
     # hf (transformers)
     hf_cache: Optional[Text] = None  # dynamic | static | quantized
