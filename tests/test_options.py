@@ -211,3 +211,72 @@ def test_every_json_document_carries_the_schema_version(capsys, tmp_path):
     out = tmp_path / "report.json"
     r = run_cli(capsys, "check", "examples/plan.yaml", "-f", "json", "-o", str(out))
     assert next(iter(json.loads(out.read_text()).items())) == ("schema_version", 1)
+
+
+# ------------------------------------------------------------------ -o / --output: one convention
+
+
+@pytest.mark.parametrize("args", [
+    ["estimate", "llama-3.1-8b", "-c", "1k,2k"],
+    ["compare", "llama-3.1-8b"],
+    ["diff", "llama-3.1-8b", "qwen3-8b"],
+])
+def test_output_writes_what_stdout_shows(capsys, tmp_path, args):
+    plain = run_cli(capsys, *args, "-f", "json")
+    target = tmp_path / "report.json"
+    r = run_cli(capsys, *args, "-f", "json", "-o", str(target))
+    assert (r.exit_code, r.stdout, r.stderr) == (0, plain.stdout, f"wrote {target}\n")
+    assert target.read_text() == plain.stdout
+    again = run_cli(capsys, *args, "-f", "json", "--output", str(target))  # its own JSON: replaced, no --force
+    assert again.exit_code == 0 and target.read_text() == plain.stdout
+
+
+def test_output_keeps_a_file_that_is_not_its_report(capsys, tmp_path):
+    notes = tmp_path / "notes.md"
+    notes.write_text("my notes\n")
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "-o", str(notes))
+    assert (r.exit_code, r.stdout) == (2, "")
+    assert r.stderr == (f"error: --output {notes} already exists and is not empty (a table, CSV or Markdown report "
+                        "is replaced only with --force); choose another file, or pass --force to replace it\n")
+    assert notes.read_text() == "my notes\n"
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "-o", str(notes), "--force")
+    assert r.exit_code == 0 and notes.read_text() == r.stdout
+
+
+def test_output_never_replaces_the_model_it_reads(capsys, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text((__import__("pathlib").Path("model_specs") / "llama-3.1-8b.yaml").read_text())
+    r = run_cli(capsys, "diff", str(spec), "qwen3-8b", "-o", str(spec), "--force")
+    assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: --output {spec} is the model being compared; choose another file\n")
+
+
+def test_a_failed_diff_gate_still_writes_its_report(capsys, tmp_path):
+    target = tmp_path / "diff.md"
+    r = run_cli(capsys, "diff", "mistral-7b-v0.1", "llama-3.1-8b", "-c", "32k", "--fail-on-increase", "0",
+                "-f", "markdown", "-o", str(target))
+    assert r.exit_code == 1
+    assert target.read_text() == r.stdout and r.stdout.startswith("**mistral-7b-v0.1 → llama-3.1-8b")
+    assert r.stderr.endswith(f"wrote {target}\n")
+
+
+def test_measure_json_is_the_hidden_old_spelling_of_output():
+    from kvplan.engines.keys import BY_KEY
+
+    assert BY_KEY["output"].hidden == ("--json",)
+    commands = _commands()
+    old = next(p for p in commands["measure"].params if p.name == "json_path")
+    assert old.opts == ["--json"] and old.hidden
+
+
+def test_a_gpu_saved_as_json_reads_back_as_a_gpu_file(capsys, tmp_path):
+    """`kvplan gpus NAME -f json > my.json` then `--gpu my.json`: the schema_version is the document's, set aside."""
+    saved = tmp_path / "h100.json"
+    saved.write_text(run_cli(capsys, "gpus", "h100", "-f", "json").stdout)
+    by_name = json.loads(run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-f", "json").stdout)
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", str(saved), "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["kv_budget_bytes_per_gpu"] == by_name["kv_budget_bytes_per_gpu"]
+    saved.write_text(saved.read_text().replace('"schema_version": 1', '"schema_version": 2'))
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", str(saved))
+    assert (r.exit_code, r.stderr) == (2, f"error: {saved}:2: schema_version: 2 is not 1, the version of kvplan's "
+                                          "JSON this kvplan reads\n")

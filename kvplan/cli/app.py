@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from kvplan.cli.options import O
+from kvplan.cli.options import O, tees_output
 from kvplan.engines.keys import given_engine_options, one_value
 from kvplan.errors import InputError, KvplanError
 from kvplan.cli.render import OutputFormat
@@ -86,7 +86,18 @@ def _root(
 from kvplan.cli import compare as _profiles  # noqa: E402  (engine profiles: hf, llama.cpp, sglang, trtllm)
 
 
+def _estimate_inputs(params: dict):
+    """What `estimate` reads, never to be replaced by its -o: the model, --gpu files, the --calibration report."""
+    from kvplan.cli import outputs
+
+    gpu, calibration = params.get("gpu"), params.get("calibration")
+    yield from outputs.model_inputs(params["model"], "estimated")
+    yield from outputs.file_inputs(parse_str_list(gpu, "--gpu") if gpu is not None else [], "the --gpu file")
+    yield from outputs.file_inputs([calibration], "the --calibration report")
+
+
 @app.command()
+@tees_output(_estimate_inputs)
 def estimate(
     model: ModelArg,
     context: O.context = "8192",
@@ -139,6 +150,7 @@ def estimate(
     output_tokens: O.output_tokens = None,
     requests_per_s: O.requests_per_s = None,
     shared_prefix_tokens: O.shared_prefix_tokens = "0",
+    output: O.output = None,
     svg: O.svg = None,
     force: O.force = False,
     fmt: FormatOpt = OutputFormat.table,

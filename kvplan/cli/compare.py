@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from kvplan.cli.options import O
+from kvplan.cli.options import O, tees_output
 from kvplan.errors import InputError
 from kvplan.cli.render import OutputFormat
 from kvplan.units import counted
@@ -387,8 +387,17 @@ def estimate_profile(spec, engine: str, *, contexts, batches, tps, kv_cache_dtyp
 # ------------------------------------------------------------------ compare
 
 
+def _compare_inputs(params: dict):
+    """What `compare` reads, never to be replaced by its -o: the model and a --gpu file."""
+    from kvplan.cli import outputs
+
+    yield from outputs.model_inputs(params["model"], "compared")
+    yield from outputs.file_inputs([params.get("gpu")], "the --gpu file")
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
+    @tees_output(_compare_inputs)
     def compare(
         model: Annotated[str, typer.Argument(help="A catalog name (see `kvplan models`) or a path to a spec YAML.", show_default=False)],
         context: O.context = "8192",
@@ -429,6 +438,8 @@ def register(app: typer.Typer) -> None:
         activation_memory: O.activation_memory = None,
         non_torch_memory: O.non_torch_memory = None,
         max_num_batched_tokens: O.max_num_batched_tokens = None,
+        output: O.output = None,
+        force: O.force = False,
         fmt: O.format(OutputFormat) = OutputFormat.table,
         exact: O.bytes = False,
     ) -> None:

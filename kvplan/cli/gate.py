@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 
-from kvplan.cli.options import O
+from kvplan.cli.options import O, tees_output
 from kvplan.engines.keys import PLANNER_KEYS, given_engine_options, one_value, one_word, parse_option
 from kvplan.errors import InputError
 
@@ -43,10 +43,20 @@ class DiffFormat(str, Enum):
     markdown = "markdown"
 
 
+def _diff_inputs(params: dict):
+    """What `diff` reads, never to be replaced by its -o: both specs and a --gpu file."""
+    from kvplan.cli.outputs import file_inputs, model_inputs
+
+    for ref in (params["old"], params.get("new")):
+        if ref is not None:
+            yield from model_inputs(ref, "compared")
+    yield from file_inputs([params.get("gpu")], "the --gpu file")
+
+
 def register(app: typer.Typer) -> None:
     """Add `check` and `diff` to the kvplan app."""
     app.command(name="check")(check)
-    app.command(name="diff")(diff)
+    app.command(name="diff")(tees_output(_diff_inputs)(diff))
 
 
 # ================================================================== check
@@ -510,6 +520,8 @@ def diff(
         Optional[float],
         typer.Option("--fail-on-increase", metavar="PCT", help="Exit 1 when KV bytes per token or per sequence grow by more than PCT %."),
     ] = None,
+    output: O.output = None,
+    force: O.force = False,
     fmt: O.format(DiffFormat) = DiffFormat.table,
 ) -> None:
     """KV bytes per token and per sequence, and capacity on --gpu, before and after a spec change."""

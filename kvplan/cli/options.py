@@ -9,8 +9,9 @@ own; `kvplan estimate`'s cold start pays for its flags only).
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Callable, Iterable, Optional
 
 import typer
 
@@ -62,3 +63,60 @@ class _Options:
 
 
 O = _Options()
+
+
+def tees_output(inputs: Callable[[dict], Iterable[tuple[str, str]]]) -> Callable:
+    """A command's `-o/--output FILE`: what it prints on stdout, written to FILE as well (atomically).
+
+    The destination is checked before the command does any work (kvplan.cli.outputs.check_output:
+    `inputs(params)` names the files the command reads, never to be replaced); the report is
+    rendered into a buffer, then printed and written, also when the command exits 1 (a failed
+    `diff --fail-on-increase` gate). A command that stops with an error writes nothing. The
+    command keeps its `output` and `force` parameters (typer reads its signature).
+    """
+
+    def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def run(**params: Any) -> Any:
+            output = params.get("output")
+            if output is None:
+                return command(**params)
+            import contextlib
+            import io
+            import sys
+
+            from kvplan.cli import outputs
+
+            fmt = getattr(params.get("fmt"), "value", params.get("fmt"))
+            kind = outputs.KVPLAN_JSON if fmt == "json" else outputs.KVPLAN_TEXT
+            outputs.check_output(output, "--output", kind, inputs=inputs(params), force=params.get("force", False))
+            buffer = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(buffer):
+                    result = command(**params)
+            except SystemExit as exc:
+                if exc.code in (None, 0, 1):  # 1: a failed gate; its report stands, written as printed
+                    _emit(buffer.getvalue(), output)
+                else:
+                    sys.stdout.write(buffer.getvalue())
+                raise
+            except BaseException:  # an error: what was printed is shown, no file is written
+                sys.stdout.write(buffer.getvalue())
+                raise
+            _emit(buffer.getvalue(), output)
+            return result
+
+        return run
+
+    return decorate
+
+
+def _emit(text: str, output: str) -> None:
+    """The buffered report: on stdout, and atomically in `output`."""
+    import sys
+
+    from kvplan.atomic import write_text_atomically
+
+    sys.stdout.write(text)
+    write_text_atomically(output, text, "--output")
+    sys.stderr.write(f"wrote {output}\n")

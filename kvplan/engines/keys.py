@@ -163,9 +163,9 @@ OPTIONS: tuple[Option, ...] = (
     _O("format", ("--format", "-f"), "choice", "Output format.", plan=False, param="fmt", default="table"),
     _O("bytes", ("--bytes",), "bool", "Show exact byte counts beside binary units.", plan=False, param="exact",
        default=False),
-    _O("output", ("--output", "-o"), "path", "Also write the report to this file, atomically (check: in the "
-       "--format asked, the table still on stdout; measure: its JSON readings); see --force.", plan=False,
-       hidden=("--json",)),
+    _O("output", ("--output", "-o"), "path", "Also write the report to this file, atomically: what stdout shows "
+       "(check: the report in --format, the table still on stdout; measure: its JSON readings); see --force.",
+       plan=False, hidden=("--json",)),
     _O("svg", ("--svg",), "path", "Also save what the table shows as an SVG file (an existing file only if it is an "
        "SVG; see --force).", plan=False),
     _O("force", ("--force",), "bool", "Let --output or --svg replace an existing file that is not a report of the "
