@@ -280,3 +280,14 @@ def test_a_gpu_saved_as_json_reads_back_as_a_gpu_file(capsys, tmp_path):
     r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", str(saved))
     assert (r.exit_code, r.stderr) == (2, f"error: {saved}:2: schema_version: 2 is not 1, the version of kvplan's "
                                           "JSON this kvplan reads\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-c", "-5"], "--context must be at least 1 token, got -5"),
+    (["-b", "0"], "--batch must be at least 1 sequence, got 0"),
+    (["--tp", "0"], "--tensor-parallel-size must be at least 1, got 0"),
+])
+def test_one_count_below_one_is_refused_in_the_same_words_in_compare_and_diff(capsys, args, message):
+    for command in (["compare", "llama-3.1-8b"], ["diff", "llama-3.1-8b", "qwen3-8b"]):
+        r = run_cli(capsys, *command, *args)
+        assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {message}\n"), command

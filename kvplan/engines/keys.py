@@ -251,12 +251,18 @@ def one_value(key: str, text: Any, command: str, hint: str = "") -> int:
     flag = BY_KEY[key].flag
     if isinstance(text, int) and not isinstance(text, bool):
         return text
-    if text.strip() and "," not in text:  # one count, worded as a plan's value is (the command checks its bound)
-        return parse_count_value(text, flag)
+    if text.strip() and "," not in text:  # one count, worded as a plan's value is
+        value = parse_count_value(text, flag)
+        if value < 1:  # in the words the planner uses for the same bound (kvplan.plan.deploy.plan_options)
+            raise InputError(f"{flag} must be at least 1{_UNIT.get(key, '')}, got {value}")
+        return value
     values = parse_counts(text, flag)
     if len(values) > 1:
         raise InputError(f"{flag} {text!r}: {command} takes one {_NOUN.get(key, 'value')}, not a list{hint}")
     return values[0]
+
+
+_UNIT = {"context": " token", "batch": " sequence"}
 
 
 _NOUN = {"context": "context", "batch": "batch size", "tp": "tensor-parallel size", "pp": "pipeline-parallel size",
