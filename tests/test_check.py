@@ -298,7 +298,7 @@ def test_json_fields_are_stable(tmp_path, capsys):
     r = run_cli(capsys, "check", str(write_plan(tmp_path, TWO_FAILS)), "-f", "json")
     assert r.exit_code == 1
     data = json.loads(r.stdout)
-    assert set(data) == {"plan", "passed", "summary", "deployments"}
+    assert set(data) == {"schema_version", "plan", "passed", "summary", "deployments"}
     assert data["summary"] == {"deployments": 1, "budgets": 3, "passed": 1, "failed": 2}
     d = data["deployments"][0]
     assert set(d) == {"index", "name", "line", "model", "gpu", "tp", "pp", "context", "batch", "kv_cache_dtype", "engine", "budgets", "passed"}
@@ -428,7 +428,8 @@ def test_output_to_a_missing_folder_is_bad_input(tmp_path, capsys):
          "give the total the runtime reports, e.g. 24GiB"),
         ("context: 1.3k", "min_concurrent_sequences: 1",
          "deployments.0.context: '1.3k' is 1.3 × 1,024 = 1,331.2, not a whole number; write 1331 or 1332"),
-        ("tp: '2'", "min_concurrent_sequences: 1", "deployments.0.tp: Input should be a valid integer"),
+        # tp is a count as on the command line (--tp 2, '2', 1k all read); a word is not
+        ("tp: 'two'", "min_concurrent_sequences: 1", "deployments.0.tp: 'two' is not a whole number (e.g. 8 or 1k)"),
         ("tp: true", "min_concurrent_sequences: 1", "deployments.0.tp: true is a boolean, not a number (YAML reads true/false, yes/no and on/off as booleans); write the number"),
         ("pp: 0", "min_concurrent_sequences: 1", "deployments.0.pp: Input should be greater than or equal to 1"),
         ("engine: mlc", "min_concurrent_sequences: 1",

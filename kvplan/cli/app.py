@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from kvplan.engines.keys import given_engine_options
+from kvplan.cli.options import O, tees_output
+from kvplan.engines.keys import given_engine_options, one_value
 from kvplan.errors import InputError, KvplanError
 from kvplan.cli.parsing import parse_int_list, parse_str_list, token_flag, warn_beyond_positions  # noqa: F401 (shared)
 from kvplan.cli.render import OutputFormat
@@ -28,24 +29,10 @@ app = typer.Typer(
 _state = {"debug": False}
 
 # ------------------------------------------------------------ shared options
+# Every deployment, engine and output flag comes from the one table (kvplan.engines.keys.OPTIONS)
+# through kvplan.cli.options: `O.context` is --context / -c with its help and type, in every command.
 ModelArg = Annotated[str, typer.Argument(help="A catalog name (see `kvplan models`), a spec YAML, a config.json, a model folder, a .gguf file, or a hub id org/name in the local Hugging Face cache.", show_default=False)]
-ContextOpt = Annotated[str, typer.Option("--context", "-c", help="Tokens per sequence; a comma list sweeps.")]
-BatchOpt = Annotated[str, typer.Option("--batch", "-b", help="Concurrent sequences; a comma list sweeps.")]
-KVDtypeOpt = Annotated[
-    str,
-    typer.Option(
-        "--kv-cache-dtype",
-        help="KV element format: auto (the model's dtype), fp16, bf16, fp32, fp8, fp8_e4m3, fp8_e5m2, int8, "
-        "fp8_per_token_head, int8_per_token_head, nvfp4, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, "
-        "int4[_gN][_fp16|_bf16|_fp32][_sym]; K/V differ as q8_0/q4_0; a comma list sweeps.",
-    ),
-]
-BlockOpt = Annotated[int, typer.Option("--block-size", help="Tokens per paged block (16 is vLLM's CUDA default); 1 = no paging.")]
-TPOpt = Annotated[str, typer.Option("--tensor-parallel-size", "--tp", help="Tensor-parallel ranks.")]
-PPOpt = Annotated[int, typer.Option("--pipeline-parallel-size", "--pp", help="Pipeline stages (uneven splits allowed).")]
-FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
-BytesOpt = Annotated[bool, typer.Option("--bytes", help="Show exact byte counts beside binary units.")]
-StateDtypeOpt = Annotated[Optional[str], typer.Option("--state-dtype", help="Element format of SSM state (default: the model's dtype).")]
+FormatOpt = O.format(OutputFormat)
 
 
 def _print_version(value: bool) -> None:
@@ -67,70 +54,78 @@ def _root(
 # ------------------------------------------------------------------ commands
 
 
-EngineOpt = Annotated[str, typer.Option("--engine", help="Whose allocation rules: vllm (blocks, groups, windows as vLLM reserves them), ideal (exactly the tokens held), or hf, llama.cpp, sglang, trtllm (kvplan.engines profiles).")]
-from kvplan.cli import compare as _profiles  # noqa: E402  (engine-profile flags: hf, llama.cpp, sglang, trtllm)
-GPUOpt = Annotated[Optional[str], typer.Option("--gpu", help="A catalog GPU (`kvplan gpus`) or a GPU YAML file; a comma list compares.")]
-DtypeOpt = Annotated[Optional[str], typer.Option("--dtype", help="Weights dtype: bf16, fp16, fp32, fp8, int8, int4 (+fp16 scale per 128), mxfp4 (default: the model's); "
-                  "a quantised dtype covers the body weights the spec's weights_quantized names (all linear, or the routed experts).")]
+from kvplan.cli import compare as _profiles  # noqa: E402  (engine profiles: hf, llama.cpp, sglang, trtllm)
+
+
+def _estimate_inputs(params: dict):
+    """What `estimate` reads, never to be replaced by its -o: the model, --gpu files, the --calibration report."""
+    from kvplan.cli import outputs
+
+    gpu, calibration = params.get("gpu"), params.get("calibration")
+    yield from outputs.model_inputs(params["model"], "estimated")
+    yield from outputs.file_inputs(parse_str_list(gpu, "--gpu") if gpu is not None else [], "the --gpu file")
+    yield from outputs.file_inputs([calibration], "the --calibration report")
 
 
 @app.command()
+@tees_output(_estimate_inputs)
 def estimate(
     model: ModelArg,
-    context: ContextOpt = "8192",
-    batch: BatchOpt = "1",
-    kv_cache_dtype: KVDtypeOpt = "auto",
-    block_size: Annotated[Optional[int], typer.Option("--block-size", help="Tokens per paged block; 1 = no paging. Default: the engine's (vllm: 16, 64 for MLA; ideal: 1).")] = None,
-    tp: TPOpt = "1",
-    pp: PPOpt = 1,
-    state_dtype: StateDtypeOpt = None,
-    engine: EngineOpt = "vllm",
+    context: O.context = "8192",
+    batch: O.batch = "1",
+    kv_cache_dtype: O.kv_cache_dtype = "auto",
+    block_size: O.block_size = None,
+    tp: O.tp = "1",
+    pp: O.pp = "1",
+    state_dtype: O.state_dtype = None,
+    engine: O.engine = "vllm",
     # An engine's own flags default to None, "not given": the engine's default then applies
     # (kvplan.engines.options), and a flag given to another engine is refused, not ignored.
-    hf_cache: _profiles.HFCacheOpt = None,
-    max_cache_len: _profiles.MaxCacheLenOpt = None,
-    generate: _profiles.GenerateOpt = None,
-    transformers_version: _profiles.TfVersionOpt = None,
-    quant_backend: _profiles.QuantBackendOpt = None,
-    nbits: _profiles.NbitsOpt = None,
-    q_group_size: _profiles.QGroupOpt = None,
-    residual_length: _profiles.ResidualOpt = None,
-    parallel: _profiles.ParallelOpt = None,
-    ctx_size: _profiles.CtxSizeOpt = None,
-    ubatch_size: _profiles.UbatchOpt = None,
-    n_batch: _profiles.NBatchOpt = None,
-    swa_full: _profiles.SwaFullOpt = None,
-    flash_attn: _profiles.FlashAttnOpt = None,
-    cache_type_k: _profiles.CacheTypeKOpt = None,
-    cache_type_v: _profiles.CacheTypeVOpt = None,
-    kv_unified: _profiles.KvUnifiedOpt = None,
-    mem_fraction_static: _profiles.MemFracOpt = None,
-    page_size: _profiles.PageSizeOpt = None,
-    swa_full_tokens_ratio: _profiles.SwaRatioOpt = None,
-    max_total_tokens: _profiles.MaxTotalTokensOpt = None,
-    tokens_per_block: _profiles.TokensPerBlockOpt = None,
-    free_gpu_memory_fraction: _profiles.FreeFracOpt = None,
-    gpu: GPUOpt = None,
-    gpu_memory: Annotated[Optional[str], typer.Option("--gpu-memory", help="GPU memory, e.g. 24GiB or 80GB (overrides --gpu's).")] = None,
-    gpu_bandwidth: Annotated[Optional[float], typer.Option("--gpu-bandwidth", help="Peak memory bandwidth, GB/s (overrides --gpu's).")] = None,
-    usd_per_hour: Annotated[Optional[float], typer.Option("--usd-per-hour", help="$ per GPU-hour (overrides --gpu's).")] = None,
-    gpu_bf16_tflops: Annotated[Optional[float], typer.Option("--gpu-bf16-tflops", help="Dense bf16 TFLOPS (overrides --gpu's).")] = None,
-    dtype: DtypeOpt = None,
-    gpu_memory_utilization: Annotated[Optional[float], typer.Option("--gpu-memory-utilization", help="Share of GPU memory vLLM may use (default 0.9, vLLM's).")] = None,
-    activation_memory: Annotated[Optional[str], typer.Option("--activation-memory", help="Peak activation memory per GPU, e.g. 2GiB (default: estimated from max_num_batched_tokens).")] = None,
-    non_torch_memory: Annotated[Optional[str], typer.Option("--non-torch-memory", help="CUDA context, cuBLAS, NCCL per GPU (default 512MiB; 1GiB with tp/pp > 1).")] = None,
-    max_num_batched_tokens: Annotated[Optional[int], typer.Option("--max-num-batched-tokens", help="vLLM's tokens per scheduler step (sliding-window reservation, profile run; default 8192).")] = None,
-    bandwidth_efficiency: Annotated[Optional[float], typer.Option("--bandwidth-efficiency", help="Share of peak bandwidth a decode step reaches (default 0.8).")] = None,
-    compute_efficiency: Annotated[Optional[float], typer.Option("--compute-efficiency", "--mfu", help="Share of peak FLOPS prefill reaches (default 0.5).")] = None,
-    calibration: Annotated[Optional[str], typer.Option("--calibration", help="A `kvplan measure --json` report: use its measured bandwidth efficiency.")] = None,
-    prompt_tokens: Annotated[Optional[str], typer.Option("--prompt-tokens", help="Prompt tokens per request (prefill, cost per input token; default: --context less --output-tokens).")] = None,
-    output_tokens: Annotated[Optional[str], typer.Option("--output-tokens", help="Output tokens per request (workload sizing).")] = None,
-    requests_per_s: Annotated[Optional[float], typer.Option("--requests-per-s", help="Workload: requests per second to size GPUs for.")] = None,
-    shared_prefix_tokens: Annotated[str, typer.Option("--shared-prefix-tokens", help="Prompt tokens every request shares, cached once (prefix caching).")] = "0",
-    svg: Annotated[Optional[str], typer.Option("--svg", help="Also save what the table shows as an SVG file (an existing file only if it is an SVG; see --force).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Let --svg replace an existing file that is not an SVG.")] = False,
+    hf_cache: O.hf_cache = None,
+    max_cache_len: O.max_cache_len = None,
+    generate: O.generate = None,
+    transformers_version: O.transformers_version = None,
+    quant_backend: O.quant_backend = None,
+    nbits: O.nbits = None,
+    q_group_size: O.q_group_size = None,
+    residual_length: O.residual_length = None,
+    parallel: O.parallel = None,
+    ctx_size: O.ctx_size = None,
+    ubatch_size: O.ubatch_size = None,
+    n_batch: O.n_batch = None,
+    swa_full: O.swa_full = None,
+    flash_attn: O.flash_attn = None,
+    cache_type_k: O.cache_type_k = None,
+    cache_type_v: O.cache_type_v = None,
+    kv_unified: O.kv_unified = None,
+    mem_fraction_static: O.mem_fraction_static = None,
+    page_size: O.page_size = None,
+    swa_full_tokens_ratio: O.swa_full_tokens_ratio = None,
+    max_total_tokens: O.max_total_tokens = None,
+    tokens_per_block: O.tokens_per_block = None,
+    free_gpu_memory_fraction: O.free_gpu_memory_fraction = None,
+    gpu: O.gpu = None,
+    gpu_memory: O.gpu_memory = None,
+    gpu_bandwidth: O.gpu_bandwidth = None,
+    usd_per_hour: O.usd_per_hour = None,
+    gpu_bf16_tflops: O.gpu_bf16_tflops = None,
+    dtype: O.dtype = None,
+    gpu_memory_utilization: O.gpu_memory_utilization = None,
+    activation_memory: O.activation_memory = None,
+    non_torch_memory: O.non_torch_memory = None,
+    max_num_batched_tokens: O.max_num_batched_tokens = None,
+    bandwidth_efficiency: O.bandwidth_efficiency = None,
+    compute_efficiency: O.compute_efficiency = None,
+    calibration: O.calibration = None,
+    prompt_tokens: O.prompt_tokens = None,
+    output_tokens: O.output_tokens = None,
+    requests_per_s: O.requests_per_s = None,
+    shared_prefix_tokens: O.shared_prefix_tokens = "0",
+    output: O.output = None,
+    svg: O.svg = None,
+    force: O.force = False,
     fmt: FormatOpt = OutputFormat.table,
-    exact: BytesOpt = False,
+    exact: O.bytes = False,
 ) -> None:
     """Size the KV cache of MODEL; with --gpu, also capacity, latency and cost (comma lists sweep)."""
     from kvplan.sources.catalog import resolve_spec
@@ -141,6 +136,8 @@ def estimate(
     contexts = parse_int_list(context, "--context")
     batches = parse_int_list(batch, "--batch")
     tps = parse_int_list(tp, "--tensor-parallel-size")
+    pp = one_value("pp", pp, "estimate")
+    max_num_batched_tokens = token_flag(max_num_batched_tokens, "--max-num-batched-tokens")
     prompt_tokens, output_tokens = token_flag(prompt_tokens, "--prompt-tokens"), token_flag(output_tokens, "--output-tokens")
     shared_prefix_tokens = token_flag(shared_prefix_tokens, "--shared-prefix-tokens") or 0
     from kvplan.engines import PROFILES

@@ -11,35 +11,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from kvplan.errors import InputError
+from kvplan.cli.options import O, tees_output
 from kvplan.cli.render import OutputFormat
 from kvplan.units import counted
 
-# ------------------------------------------------------------ engine flags (shared with estimate)
-HFCacheOpt = Annotated[str, typer.Option("--hf-cache", help="hf: dynamic (DynamicCache, generate()'s default), static (StaticCache) or quantized (QuantizedCache).")]
-MaxCacheLenOpt = Annotated[Optional[int], typer.Option("--max-cache-len", help="hf static: slots preallocated per layer (default: --context).")]
-GenerateOpt = Annotated[bool, typer.Option("--generate", help="hf: the sequence came from generate(), whose last sampled token is never cached.")]
-TfVersionOpt = Annotated[str, typer.Option("--transformers-version", help="hf: 4 (4.x: MLA cached decompressed; StaticCache fails when V is narrower than K) or 5 (5.x: MLA latent; QuantizedCache full-attention models only).")]
-QuantBackendOpt = Annotated[str, typer.Option("--quant-backend", help="hf quantized: quanto or hqq.")]
-NbitsOpt = Annotated[int, typer.Option("--nbits", help="hf quantized: bits per value (quanto 2, 4; hqq 1, 2, 3, 4, 8).")]
-QGroupOpt = Annotated[int, typer.Option("--q-group-size", help="hf quantized: values per scale / zero-point.")]
-ResidualOpt = Annotated[int, typer.Option("--residual-length", help="hf quantized: recent tokens kept in full precision.")]
-PromptTokensOpt = Annotated[Optional[str], typer.Option("--prompt-tokens", help="Prompt tokens per request (hf quantized: the prefill quantised at once; default: --context).")]
-ParallelOpt = Annotated[Optional[int], typer.Option("--parallel", help="llama.cpp -np: sequence slots (default: --batch).")]
-CtxSizeOpt = Annotated[Optional[int], typer.Option("--ctx-size", help="llama.cpp -c: cells of all slots together (default: --context x --parallel).")]
-UbatchOpt = Annotated[int, typer.Option("--ubatch-size", help="llama.cpp -ub: micro-batch; sliding layers get window + ubatch cells.")]
-NBatchOpt = Annotated[int, typer.Option("--n-batch", help="llama.cpp -b: logical batch (caps the micro-batch).")]
-SwaFullOpt = Annotated[bool, typer.Option("--swa-full", help="llama.cpp: sliding layers get the full context.")]
-FlashAttnOpt = Annotated[str, typer.Option("--flash-attn", help="llama.cpp -fa: on, off or auto (a quantized V cache needs it on).")]
-CacheTypeKOpt = Annotated[Optional[str], typer.Option("--cache-type-k", help="llama.cpp -ctk: f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1 (default: from --kv-cache-dtype, auto = f16).")]
-CacheTypeVOpt = Annotated[Optional[str], typer.Option("--cache-type-v", help="llama.cpp -ctv (default: from --kv-cache-dtype, auto = f16).")]
-KvUnifiedOpt = Annotated[bool, typer.Option("--kv-unified", help="llama.cpp: one cell pool shared by all slots.")]
-MemFracOpt = Annotated[Optional[float], typer.Option("--mem-fraction-static", help="sglang: share of free memory for weights + KV (default: the tp table of SGLang <= 0.4: 0.88, 0.87 at tp>=2, 0.85 at >=4, 0.81 at >=8, 0.79 at >=16; 0.5.x derives it from GPU memory and logs it).")]
-PageSizeOpt = Annotated[int, typer.Option("--page-size", help="sglang: tokens per page.")]
-SwaRatioOpt = Annotated[float, typer.Option("--swa-full-tokens-ratio", help="sglang: SWA pool tokens / full pool tokens.")]
-MaxTotalTokensOpt = Annotated[Optional[int], typer.Option("--max-total-tokens", help="sglang: cap on the token pool.")]
-TokensPerBlockOpt = Annotated[int, typer.Option("--tokens-per-block", help="trtllm: tokens per KV block.")]
-FreeFracOpt = Annotated[float, typer.Option("--free-gpu-memory-fraction", help="trtllm: share of the memory left after the profiling peak.")]
 
 
 # ------------------------------------------------------------------ rendering
@@ -285,68 +260,86 @@ def render_engine(results: list[tuple], fmt: OutputFormat, exact: bool, svg: Opt
 # ------------------------------------------------------------------ compare
 
 
+def _compare_inputs(params: dict):
+    """What `compare` reads, never to be replaced by its -o: the model and a --gpu file."""
+    from kvplan.cli import outputs
+
+    yield from outputs.model_inputs(params["model"], "compared")
+    yield from outputs.file_inputs([params.get("gpu")], "the --gpu file")
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
+    @tees_output(_compare_inputs)
     def compare(
         model: Annotated[str, typer.Argument(help="A catalog name (see `kvplan models`) or a path to a spec YAML.", show_default=False)],
-        context: Annotated[str, typer.Option("--context", "-c", help="Tokens per sequence (8k = 8192).")] = "8192",
-        batch: Annotated[int, typer.Option("--batch", "-b", help="Concurrent sequences.")] = 1,
-        kv_cache_dtype: Annotated[str, typer.Option("--kv-cache-dtype", help="KV format for every engine (auto = the model's dtype; llama.cpp: f16); an engine without it refuses. K/V differ as q8_0/q4_0.")] = "auto",
-        tp: Annotated[int, typer.Option("--tensor-parallel-size", "--tp", help="Tensor-parallel ranks (vllm, sglang, trtllm; hf and llama.cpp need 1).")] = 1,
+        context: O.context = "8192",
+        batch: O.batch = "1",
+        kv_cache_dtype: O.kv_cache_dtype = "auto",
+        tp: O.tp = "1",
         engines: Annotated[str, typer.Option("--engines", help="Comma list of rows: ideal, vllm, hf, llama.cpp, sglang, trtllm.")] = "ideal,vllm,hf,llama.cpp,sglang,trtllm",
-        state_dtype: Annotated[Optional[str], typer.Option("--state-dtype", help="Ideal / vLLM SSM state format (default: the model's dtype).")] = None,
-        block_size: Annotated[Optional[int], typer.Option("--block-size", help="vllm: tokens per block (default 16; 64 for MLA).")] = None,
-        hf_cache: HFCacheOpt = "dynamic",
-        max_cache_len: MaxCacheLenOpt = None,
-        generate: GenerateOpt = False,
-        transformers_version: TfVersionOpt = "5",
-        quant_backend: QuantBackendOpt = "quanto",
-        nbits: NbitsOpt = 4,
-        q_group_size: QGroupOpt = 64,
-        residual_length: ResidualOpt = 128,
-        prompt_tokens: PromptTokensOpt = None,
-        parallel: ParallelOpt = None,
-        ctx_size: CtxSizeOpt = None,
-        ubatch_size: UbatchOpt = 512,
-        n_batch: NBatchOpt = 2048,
-        swa_full: SwaFullOpt = False,
-        flash_attn: FlashAttnOpt = "auto",
-        cache_type_k: CacheTypeKOpt = None,
-        cache_type_v: CacheTypeVOpt = None,
-        kv_unified: KvUnifiedOpt = False,
-        mem_fraction_static: MemFracOpt = None,
-        page_size: PageSizeOpt = 1,
-        swa_full_tokens_ratio: SwaRatioOpt = 0.8,
-        max_total_tokens: MaxTotalTokensOpt = None,
-        tokens_per_block: TokensPerBlockOpt = 32,
-        free_gpu_memory_fraction: FreeFracOpt = 0.9,
-        gpu: Annotated[Optional[str], typer.Option("--gpu", help="A catalog GPU or GPU YAML: adds each engine's KV budget and capacity.")] = None,
-        gpu_memory: Annotated[Optional[str], typer.Option("--gpu-memory", help="GPU memory, e.g. 24GiB (overrides --gpu's).")] = None,
-        dtype: Annotated[Optional[str], typer.Option("--dtype", help="Weights dtype (default: the model's).")] = None,
-        activation_memory: Annotated[Optional[str], typer.Option("--activation-memory", help="Peak activations per GPU, e.g. 2GiB (default: estimated).")] = None,
-        non_torch_memory: Annotated[Optional[str], typer.Option("--non-torch-memory", help="CUDA context etc. per GPU (default 512MiB; 1GiB at tp > 1).")] = None,
-        fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")] = OutputFormat.table,
-        exact: Annotated[bool, typer.Option("--bytes", help="Show exact byte counts beside binary units.")] = False,
+        state_dtype: O.state_dtype = None,
+        block_size: O.block_size = None,
+        hf_cache: O.hf_cache = "dynamic",
+        max_cache_len: O.max_cache_len = None,
+        generate: O.generate = False,
+        transformers_version: O.transformers_version = "5",
+        quant_backend: O.quant_backend = "quanto",
+        nbits: O.nbits = 4,
+        q_group_size: O.q_group_size = 64,
+        residual_length: O.residual_length = 128,
+        prompt_tokens: O.prompt_tokens = None,
+        parallel: O.parallel = None,
+        ctx_size: O.ctx_size = None,
+        ubatch_size: O.ubatch_size = 512,
+        n_batch: O.n_batch = 2048,
+        swa_full: O.swa_full = False,
+        flash_attn: O.flash_attn = "auto",
+        cache_type_k: O.cache_type_k = None,
+        cache_type_v: O.cache_type_v = None,
+        kv_unified: O.kv_unified = False,
+        mem_fraction_static: O.mem_fraction_static = None,
+        page_size: O.page_size = 1,
+        swa_full_tokens_ratio: O.swa_full_tokens_ratio = 0.8,
+        max_total_tokens: O.max_total_tokens = None,
+        tokens_per_block: O.tokens_per_block = 32,
+        free_gpu_memory_fraction: O.free_gpu_memory_fraction = 0.9,
+        gpu: O.gpu = None,
+        gpu_memory: O.gpu_memory = None,
+        dtype: O.dtype = None,
+        gpu_memory_utilization: O.gpu_memory_utilization = None,
+        activation_memory: O.activation_memory = None,
+        non_torch_memory: O.non_torch_memory = None,
+        max_num_batched_tokens: O.max_num_batched_tokens = None,
+        output: O.output = None,
+        force: O.force = False,
+        fmt: O.format(OutputFormat) = OutputFormat.table,
+        exact: O.bytes = False,
     ) -> None:
         """MODEL in every engine side by side: tokens held, KV bytes, why each differs, log lines, refusals."""
         from kvplan.sources.catalog import resolve_spec
-        from kvplan.cli.parsing import parse_int_list, parse_str_list, token_flag
+        from kvplan.cli.parsing import parse_str_list, token_flag
         from kvplan.engines import NAMES
-        from kvplan.engines.keys import given_engine_options
+        from kvplan.engines.keys import given_engine_options, one_value, one_word
         from kvplan.plan.pipeline import Settings, compare as run_compare
 
         spec = resolve_spec(model, fast=True)
-        contexts = parse_int_list(context, "--context")
-        if len(contexts) > 1:
-            raise InputError("--context: compare takes one context (use estimate for sweeps)")
+        hint = " (`kvplan estimate` sweeps a comma list)"
+        context = one_value("context", context, "compare", hint)
+        batch = one_value("batch", batch, "compare", hint)
+        tp = one_value("tp", tp, "compare", hint)
+        gpu = one_word("gpu", gpu, "compare", hint)
+        kv_cache_dtype = one_word("kv_cache_dtype", kv_cache_dtype, "compare", hint)
         prompt_tokens = token_flag(prompt_tokens, "--prompt-tokens")
+        max_num_batched_tokens = token_flag(max_num_batched_tokens, "--max-num-batched-tokens")
         names = tuple(parse_str_list(engines, "--engines", tuple(NAMES)))
         has_gpu = gpu is not None or gpu_memory is not None
         # compare reports memory only: a flag-built GPU needs a bandwidth, which nothing here reads
-        settings = Settings(context=contexts[0], batch=batch, kv_cache_dtype=kv_cache_dtype, state_dtype=state_dtype,
+        settings = Settings(context=context, batch=batch, kv_cache_dtype=kv_cache_dtype, state_dtype=state_dtype,
                             tp=tp, gpu=gpu, gpu_memory=gpu_memory,
                             gpu_bandwidth=1.0 if has_gpu and gpu is None else None, dtype=dtype,
-                            block_size=block_size, activation_memory=activation_memory,
+                            block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
+                            max_num_batched_tokens=max_num_batched_tokens, activation_memory=activation_memory,
                             non_torch_memory=non_torch_memory, prompt_tokens=prompt_tokens,
                             engine_options=given_engine_options(locals()))
         result = run_compare(spec, settings, names)

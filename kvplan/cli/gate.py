@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 
-from kvplan.cli import compare as _engine_flags  # the engine profiles' flags, shared with estimate and compare
-from kvplan.engines.keys import given_engine_options
+from kvplan.cli.options import O, tees_output
+from kvplan.engines.keys import PLANNER_KEYS, given_engine_options, one_value, one_word, parse_option
 from kvplan.errors import InputError
 
 if TYPE_CHECKING:
@@ -43,10 +43,20 @@ class DiffFormat(str, Enum):
     markdown = "markdown"
 
 
+def _diff_inputs(params: dict):
+    """What `diff` reads, never to be replaced by its -o: both specs and a --gpu file."""
+    from kvplan.cli.outputs import file_inputs, model_inputs
+
+    for ref in (params["old"], params.get("new")):
+        if ref is not None:
+            yield from model_inputs(ref, "compared")
+    yield from file_inputs([params.get("gpu")], "the --gpu file")
+
+
 def register(app: typer.Typer) -> None:
     """Add `check` and `diff` to the kvplan app."""
     app.command(name="check")(check)
-    app.command(name="diff")(diff)
+    app.command(name="diff")(tees_output(_diff_inputs)(diff))
 
 
 # ================================================================== check
@@ -58,14 +68,8 @@ def check(
         CheckFormat,
         typer.Option("--format", "-f", help="table; json; junit (JUnit XML); markdown (a review comment); github (workflow annotations)."),
     ] = CheckFormat.table,
-    output: Annotated[
-        Optional[str],
-        typer.Option("--output", "-o", metavar="FILE", help="Write the --format report to FILE (atomically); the table still goes to stdout. "
-                     "An existing FILE is replaced only if it is a report of the same format (see --force)."),
-    ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Let --output replace an existing file that is not a report of this --format.")
-    ] = False,
+    output: O.output = None,
+    force: O.force = False,
 ) -> None:
     """Check every deployment of PLAN against its budgets: exit 0 all pass, 1 any fails, 2 invalid plan."""
     from kvplan.cli import report_formats
@@ -486,46 +490,55 @@ def diff(
     old: Annotated[str, typer.Argument(metavar="OLD", help="A spec YAML or catalog name; with --base, the spec to compare with its own past.", show_default=False)],
     new: Annotated[Optional[str], typer.Argument(metavar="[NEW]", help="A spec YAML or catalog name (omit with --base).", show_default=False)] = None,
     base: Annotated[Optional[str], typer.Option("--base", metavar="REV", help="Compare OLD as of git revision REV (git show REV:path) with the working tree.")] = None,
-    gpu: Annotated[str, typer.Option("--gpu", metavar="GPU", help="A catalog GPU or a GPU YAML file, for capacity.")] = "h100-sxm",
-    context: Annotated[str, typer.Option("--context", "-c", help="Tokens per sequence (32k = 32768).")] = "8192",
-    batch: Annotated[int, typer.Option("--batch", "-b", help="Concurrent sequences (for max context).")] = 1,
-    kv_cache_dtype: Annotated[str, typer.Option("--kv-cache-dtype", help="KV element format; auto = each model's own dtype.")] = "auto",
-    tp: Annotated[int, typer.Option("--tensor-parallel-size", "--tp", help="Tensor-parallel ranks.")] = 1,
-    pp: Annotated[int, typer.Option("--pipeline-parallel-size", "--pp", help="Pipeline stages.")] = 1,
-    engine: Annotated[str, typer.Option("--engine", help="vllm or ideal (kvplan's planner), or hf, llama.cpp, sglang, trtllm: capacity and max context by that engine's rules and flags.")] = "vllm",
-    dtype: Annotated[Optional[str], typer.Option("--dtype", help="Weights dtype (default: each model's).")] = None,
-    hf_cache: _engine_flags.HFCacheOpt = None,
-    max_cache_len: _engine_flags.MaxCacheLenOpt = None,
-    generate: _engine_flags.GenerateOpt = None,
-    transformers_version: _engine_flags.TfVersionOpt = None,
-    quant_backend: _engine_flags.QuantBackendOpt = None,
-    nbits: _engine_flags.NbitsOpt = None,
-    q_group_size: _engine_flags.QGroupOpt = None,
-    residual_length: _engine_flags.ResidualOpt = None,
-    parallel: _engine_flags.ParallelOpt = None,
-    ctx_size: _engine_flags.CtxSizeOpt = None,
-    ubatch_size: _engine_flags.UbatchOpt = None,
-    n_batch: _engine_flags.NBatchOpt = None,
-    swa_full: _engine_flags.SwaFullOpt = None,
-    flash_attn: _engine_flags.FlashAttnOpt = None,
-    cache_type_k: _engine_flags.CacheTypeKOpt = None,
-    cache_type_v: _engine_flags.CacheTypeVOpt = None,
-    kv_unified: _engine_flags.KvUnifiedOpt = None,
-    mem_fraction_static: _engine_flags.MemFracOpt = None,
-    page_size: _engine_flags.PageSizeOpt = None,
-    swa_full_tokens_ratio: _engine_flags.SwaRatioOpt = None,
-    max_total_tokens: _engine_flags.MaxTotalTokensOpt = None,
-    tokens_per_block: _engine_flags.TokensPerBlockOpt = None,
-    free_gpu_memory_fraction: _engine_flags.FreeFracOpt = None,
+    gpu: O.gpu = "h100-sxm",
+    context: O.context = "8192",
+    batch: O.batch = "1",
+    kv_cache_dtype: O.kv_cache_dtype = "auto",
+    tp: O.tp = "1",
+    pp: O.pp = "1",
+    engine: O.engine = "vllm",
+    dtype: O.dtype = None,
+    state_dtype: O.state_dtype = None,
+    block_size: O.block_size = None,
+    gpu_memory: O.gpu_memory = None,
+    gpu_memory_utilization: O.gpu_memory_utilization = None,
+    activation_memory: O.activation_memory = None,
+    non_torch_memory: O.non_torch_memory = None,
+    max_num_batched_tokens: O.max_num_batched_tokens = None,
+    prompt_tokens: O.prompt_tokens = None,
+    hf_cache: O.hf_cache = None,
+    max_cache_len: O.max_cache_len = None,
+    generate: O.generate = None,
+    transformers_version: O.transformers_version = None,
+    quant_backend: O.quant_backend = None,
+    nbits: O.nbits = None,
+    q_group_size: O.q_group_size = None,
+    residual_length: O.residual_length = None,
+    parallel: O.parallel = None,
+    ctx_size: O.ctx_size = None,
+    ubatch_size: O.ubatch_size = None,
+    n_batch: O.n_batch = None,
+    swa_full: O.swa_full = None,
+    flash_attn: O.flash_attn = None,
+    cache_type_k: O.cache_type_k = None,
+    cache_type_v: O.cache_type_v = None,
+    kv_unified: O.kv_unified = None,
+    mem_fraction_static: O.mem_fraction_static = None,
+    page_size: O.page_size = None,
+    swa_full_tokens_ratio: O.swa_full_tokens_ratio = None,
+    max_total_tokens: O.max_total_tokens = None,
+    tokens_per_block: O.tokens_per_block = None,
+    free_gpu_memory_fraction: O.free_gpu_memory_fraction = None,
     fail_on_increase: Annotated[
         Optional[float],
         typer.Option("--fail-on-increase", metavar="PCT", help="Exit 1 when KV bytes per token or per sequence grow by more than PCT %."),
     ] = None,
-    fmt: Annotated[DiffFormat, typer.Option("--format", "-f", help="Output format.")] = DiffFormat.table,
+    output: O.output = None,
+    force: O.force = False,
+    fmt: O.format(DiffFormat) = DiffFormat.table,
 ) -> None:
     """KV bytes per token and per sequence, and capacity on --gpu, before and after a spec change."""
     from kvplan.sources.catalog import resolve_spec
-    from kvplan.plan.deploy import parse_token_count
     from kvplan.plan.gating import gate_failures, metric_deltas
 
     if fail_on_increase is not None and not fail_on_increase >= 0:
@@ -541,20 +554,33 @@ def diff(
             raise InputError("diff needs OLD and NEW specs, or one spec and --base REV (e.g. --base origin/main)")
         before_spec, before_label = resolve_spec(old, fast=True), old
         after_spec, after_label = resolve_spec(new, fast=True), new
+    hint = " (diff compares two specs at one setting)"
+    gpu = one_word("gpu", gpu, "diff", hint)
+    kv_cache_dtype = one_word("kv_cache_dtype", kv_cache_dtype, "diff", hint)
+    tp, pp = one_value("tp", tp, "diff", hint), one_value("pp", pp, "diff", hint)
     settings = dict(
-        context=parse_token_count(context, "--context"), batch=batch, tp=tp, pp=pp, engine=engine, dtype=dtype
+        context=one_value("context", context, "diff", hint), batch=one_value("batch", batch, "diff", hint),
+        tp=tp, pp=pp, engine=engine, dtype=dtype,
     )
+    # the planner's and the memory settings, as estimate takes them; in the JSON record when given
+    extra = dict(state_dtype=state_dtype, block_size=block_size, gpu_memory=gpu_memory,
+                 gpu_memory_utilization=gpu_memory_utilization, activation_memory=activation_memory,
+                 non_torch_memory=non_torch_memory,
+                 max_num_batched_tokens=parse_option("max_num_batched_tokens", max_num_batched_tokens),
+                 prompt_tokens=parse_option("prompt_tokens", prompt_tokens))
+    extra = {k: v for k, v in extra.items() if v is not None}
     flags = given_engine_options(locals())
     given = {k: v for k, v in flags.items() if v is not None}  # None: not given, the engine's default
-    options = _diff_engine_options(engine, tp, pp, given)
-    before, before_side = _diff_figures(before_spec, gpu, kv_cache_dtype, settings, options, before_label)
-    after, after_side = _diff_figures(after_spec, gpu, kv_cache_dtype, settings, options, after_label)
+    options = _diff_engine_options(engine, tp, pp, given, [k for k in PLANNER_KEYS if k in extra])
+    before, before_side = _diff_figures(before_spec, gpu, kv_cache_dtype, settings, options, before_label, extra)
+    after, after_side = _diff_figures(after_spec, gpu, kv_cache_dtype, settings, options, after_label, extra)
     deltas = metric_deltas(before, after)
     failures = gate_failures(deltas, fail_on_increase) if fail_on_increase is not None else []
     record = {
         "old": {"ref": before_label, **before_side},
         "new": {"ref": after_label, **after_side},
         **settings,
+        **extra,
         **({"engine_options": options} if options is not None else {}),
         "metrics": {d.metric: d.to_dict() for d in deltas},
         "fail_on_increase_pct": fail_on_increase,
@@ -568,19 +594,22 @@ def diff(
         sys.exit(1)
 
 
-def _diff_engine_options(engine: str, tp: int, pp: int, given: dict) -> Optional[dict]:
-    """The engine flags given, checked against --engine (None: a planner engine, vllm or ideal)."""
+def _diff_engine_options(engine: str, tp: int, pp: int, given: dict, planner: list) -> Optional[dict]:
+    """The engine flags given, checked against --engine (None: a planner engine, vllm or ideal).
+
+    `planner` are the planner's keys given (--block-size ...): a profile refuses them, as in estimate.
+    """
     from kvplan.engines.options import check_flags
     from kvplan.plan.gating import ENGINES, PROFILE_ENGINES
 
     if engine not in ENGINES:
         raise InputError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
-    check_flags(engine, given, tp=tp, pp=pp, command="diff")
+    check_flags(engine, [*given, *planner], tp=tp, pp=pp, command="diff")
     return given if engine in PROFILE_ENGINES else None
 
 
 def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: Optional[dict],
-                  label: str) -> tuple[dict, dict]:
+                  label: str, extra: Optional[dict] = None) -> tuple[dict, dict]:
     """The DIFF_METRICS of one spec, and what describes its side (model, GPU, formats).
 
     Under an engine profile (`options` not None) the bytes per token and per
@@ -592,7 +621,8 @@ def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: 
     if options is not None:
         s = settings
         figures, resolved = profile_figures(spec, s["engine"], gpu, options, kv_cache_dtype=kv_cache_dtype,
-                                            context=s["context"], batch=s["batch"], tp=s["tp"], dtype=s["dtype"])
+                                            context=s["context"], batch=s["batch"], tp=s["tp"], dtype=s["dtype"],
+                                            **(extra or {}))
         if figures.unavailable:
             raise InputError(f"{label}: {figures.unavailable}")
         per_sequence = resolved.layout().at(s["context"], s["batch"]).kv_bytes_per_sequence
@@ -606,7 +636,7 @@ def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: 
             {"model": spec.name, "gpu": figures.gpu, "kv_cache_dtype": figures.kv_cache_dtype,
              "weights_dtype": resolved.planner().weights_dtype},
         )
-    deployment = resolve_deployment(spec, gpu, kv_cache_dtype=kv_cache_dtype, **settings)
+    deployment = resolve_deployment(spec, gpu, kv_cache_dtype=kv_cache_dtype, **settings, **(extra or {}))
     # a format vLLM lacks stops diff, as an engine profile's refusal does; a --context past a spec's
     # max_position_embeddings does not (diff compares specs at one reference context, and CI diffs every
     # changed spec at the same one): its max context is capped at the spec's limit

@@ -12,22 +12,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from kvplan.cli.options import O
 from kvplan.cli.render import OutputFormat
 
 # ------------------------------------------------------------ options
-GpuMemoryOpt = Annotated[
-    Optional[str],
-    typer.Option("--gpu-memory", help="Device memory as the runtime reports it: bytes or a size (81559MiB, 80GB)."),
-]
-GpuBandwidthOpt = Annotated[
-    Optional[float], typer.Option("--gpu-bandwidth", help="Peak memory bandwidth in GB/s (1e9 B/s).")
-]
-UsdPerHourOpt = Annotated[Optional[float], typer.Option("--usd-per-hour", help="Price per device-hour in US dollars.")]
-GpuTflopsOpt = Annotated[
-    Optional[float], typer.Option("--gpu-bf16-tflops", help="Dense BF16 tensor peak in TFLOPS.")
-]
-FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Output format.")]
-BytesOpt = Annotated[bool, typer.Option("--bytes", help="Show exact byte counts beside binary units.")]
+FormatOpt = O.format(OutputFormat)
+
 
 # The list is a summary: `kvplan gpus NAME` shows every field with its sources.
 LIST_HEADERS = ["name", "memory", "GB/s", "bf16 TF", "fp8 TF", "$/h", "conf"]
@@ -43,12 +33,12 @@ def gpus(
         Optional[str],
         typer.Argument(metavar="GPU", help="Show one GPU: a catalog name, alias, NVML name or GPU YAML path.", show_default=False),
     ] = None,
-    gpu_memory: GpuMemoryOpt = None,
-    gpu_bandwidth: GpuBandwidthOpt = None,
-    usd_per_hour: UsdPerHourOpt = None,
-    gpu_bf16_tflops: GpuTflopsOpt = None,
+    gpu_memory: O.gpu_memory = None,
+    gpu_bandwidth: O.gpu_bandwidth = None,
+    usd_per_hour: O.usd_per_hour = None,
+    gpu_bf16_tflops: O.gpu_bf16_tflops = None,
     fmt: FormatOpt = OutputFormat.table,
-    exact: BytesOpt = False,
+    exact: O.bytes = False,
 ) -> None:
     """List the GPU catalog; with GPU or override flags, show that one GPU in full."""
     from kvplan.plan.gpus import gpu_from_options, load_gpu_catalog

@@ -3,7 +3,7 @@
 torch is imported inside the command only (through `kvplan.measure.run`), so
 importing this module (as `kvplan.cli.app` does) never loads it. No `from __future__
 import annotations` here: the command's options are built inside `register` from
-kvplan.cli.app's shared aliases, and typer must see them as objects, not strings.
+kvplan.cli.options' table, and typer must see them as objects, not strings.
 """
 
 import json
@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from kvplan.cli.options import O, hidden_alias
 from kvplan.errors import InputError, KvplanError
 
 
@@ -34,23 +35,29 @@ class MeasureFormat(str, Enum):
     json = "json"
 
 
-def write_json_atomic(path: Path, data: object) -> None:
+def write_json_atomic(path: Path, data: object, flag: str = "--output") -> None:
     """Write the JSON report atomically (see kvplan.atomic): a reader never sees half a file."""
     from kvplan.atomic import write_text_atomically
 
-    write_text_atomically(path, json.dumps(data, indent=2) + "\n", "--json")
+    from kvplan.schema import stamped
+
+    write_text_atomically(path, json.dumps(stamped(data), indent=2) + "\n", flag)
+
+
+# `--json PATH`, measure's flag for its report file before -o/--output was every command's: kept, hidden.
+OldJsonOpt = hidden_alias("--json", "output", "The old spelling of --output.")
 
 
 def register(app: typer.Typer) -> None:
     """Add the `measure` command to `app`."""
-    from kvplan.cli.app import BatchOpt, BytesOpt, ContextOpt, ModelArg, parse_int_list, warn_beyond_positions
+    from kvplan.cli.app import ModelArg, parse_int_list, warn_beyond_positions
 
     @app.command()
     def measure(
         model: ModelArg,
         layers: Annotated[Optional[int], typer.Option("--layers", help="Run only the first K layers (the prediction is for the same K); default all.", show_default=False)] = None,
-        context: ContextOpt = "1024",
-        batch: BatchOpt = "1",
+        context: O.context = "1024",
+        batch: O.batch = "1",
         decode_steps: Annotated[int, typer.Option("--decode-steps", help="Timed cached decode steps after the prefill.")] = 32,
         warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Untimed decode steps before timing.")] = 4,
         max_rounds: Annotated[int, typer.Option("--max-rounds", help="Repeat the timed prefill + decode steps, at most this many rounds, until the last 3 agree within 5%; 1 = one round, stability not judged.")] = 5,
@@ -60,11 +67,12 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option("--seed", help="Seed of the random weights and tokens.")] = 0,
         cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs/--no-cuda-graphs", help="Time decode steps as a replayed CUDA graph (GPU only; falls back to eager if capture fails).")] = True,
         verify: Annotated[bool, typer.Option("--verify", help="Also check cached decode logits against recomputation without the cache (exit 1 if they differ beyond the dtype's tolerance).")] = False,
-        json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write every reading to this JSON file (atomically); an existing file only if it is a kvplan measure report (see --force).", show_default=False)] = None,
-        force: Annotated[bool, typer.Option("--force", help="Let --json replace an existing file that is not a kvplan measure report.")] = False,
+        output: O.output = None,
+        json_path: OldJsonOpt = None,
+        force: O.force = False,
         tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Exit 1 when a gated memory reading or the decode step is off by more than this fraction (0.05 = 5%).", show_default=False)] = None,
-        fmt: Annotated[MeasureFormat, typer.Option("--format", "-f", help="Output format on stdout.")] = MeasureFormat.table,
-        exact: BytesOpt = False,
+        fmt: O.format(MeasureFormat) = MeasureFormat.table,
+        exact: O.bytes = False,
     ) -> None:
         """Build MODEL with random weights, run a real prefill and cached decode, and compare with the prediction."""
         from kvplan.cli import render
@@ -72,10 +80,14 @@ def register(app: typer.Typer) -> None:
 
         if tolerance is not None and not tolerance >= 0:
             raise InputError(f"--tolerance {tolerance}: give a fraction of 0 or more, e.g. 0.05")
-        if json_path is not None:  # before the model is built or run: a refusal after the run would lose it
+        if json_path is not None and output is not None:
+            raise InputError("--json is the old spelling of --output; give one of them")
+        out_flag = "--json" if json_path is not None else "--output"  # errors name the flag the user typed
+        out_path = Path(json_path or output) if (json_path or output) is not None else None
+        if out_path is not None:  # before the model is built or run: a refusal after the run would lose it
             from kvplan.cli.outputs import MEASURE_JSON, check_output, model_inputs
 
-            check_output(json_path, "--json", MEASURE_JSON, inputs=model_inputs(model, "measured"), force=force)
+            check_output(out_path, out_flag, MEASURE_JSON, inputs=model_inputs(model, "measured"), force=force)
         spec = resolve_spec(model)
         contexts = tuple(parse_int_list(context, "--context"))
         batches = tuple(parse_int_list(batch, "--batch"))
@@ -113,8 +125,8 @@ def register(app: typer.Typer) -> None:
             )
         )
         data = report.to_dict()
-        if json_path is not None:
-            write_json_atomic(json_path, data)
+        if out_path is not None:
+            write_json_atomic(out_path, data, out_flag)
         if fmt is MeasureFormat.json:
             render.write(render.to_json(data))
         else:

@@ -1,7 +1,7 @@
 """Where kvplan may write a file: one check every writer runs before it does any work.
 
 "Nothing the user wrote is overwritten or lost." A command that writes a report
-(`estimate --svg`, `check --output`, `measure --json`, `import -o`) calls
+(`estimate --svg`, `estimate`/`compare`/`diff`/`check -o`, `measure -o`, `import -o`) calls
 `check_output` first, before it reads a model, plans or runs anything, and refuses
 (InputError, exit 2) when the path
 
@@ -26,7 +26,9 @@ The rule per kind (what an existing file must look like to be replaced):
 - check-markdown: its first line starts `### ` and names `kvplan check`;
 - check-github: every non-blank line is a workflow command (starts with `::`);
 - check-table: its first line starts `kvplan check ` (the table's title);
-- spec-yaml (`import`): never; an existing file needs `--force` (import's rule).
+- spec-yaml (`import`): never; an existing file needs `--force` (import's rule);
+- kvplan-json (`estimate`, `compare`, `diff -o` with `--format json`): a JSON object, or an array of
+  objects, carrying `schema_version`; kvplan-text (their other formats): only an empty file.
 
 Nothing here imports pydantic, yaml or torch: `estimate`'s cold start stays lean.
 """
@@ -113,6 +115,24 @@ CHECK_GITHUB = ReportKind("a file of GitHub workflow annotations", _is_github_an
 CHECK_TABLE = ReportKind("a kvplan check table", _is_check_table)
 MEASURE_JSON = ReportKind("a kvplan measure JSON report", _json_with_keys("kvplan_version", "model", "runs"))
 SPEC_YAML = ReportKind("a spec", None)
+
+
+def _is_kvplan_json(path: Path) -> bool:
+    """Any JSON document kvplan printed: an object with "schema_version", or an array of them."""
+    if path.stat().st_size > _JSON_LIMIT_BYTES:
+        return False
+    try:
+        data = loads_json(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    first = data[0] if isinstance(data, list) and data else data
+    return isinstance(first, dict) and "schema_version" in first
+
+
+# `estimate`, `compare`, `diff -o`: their JSON is recognised by its schema_version; a table, CSV or
+# Markdown report carries no mark of its own, so an existing one is replaced only when empty or with --force.
+KVPLAN_JSON = ReportKind('a kvplan JSON report (an object with "schema_version")', _is_kvplan_json)
+KVPLAN_TEXT = ReportKind("empty (a table, CSV or Markdown report is replaced only with --force)", lambda path: False)
 
 
 Input = tuple[str, str]  # (a path the command reads, what it is: "the plan being checked")

@@ -8,25 +8,13 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-from kvplan.errors import InputError
 
 
 def parse_int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
-    """'1024,8k,1.5k' -> [1024, 8192, 1536]; k = 1024 (kvplan.units.parse_count)."""
-    from kvplan.units import NotWholeError, parse_count, split_list
+    """'1024,8k,1.5k' -> [1024, 8192, 1536]; k = 1024 (kvplan.engines.keys.parse_counts)."""
+    from kvplan.engines.keys import parse_counts
 
-    values = []
-    for part in split_list(text, flag):
-        try:
-            value = parse_count(part)
-        except NotWholeError as exc:
-            raise InputError(f"{flag} {text!r}: {part!r} {exc}") from None
-        except ValueError:
-            raise InputError(f"{flag} {text!r}: {part!r} is not a whole number") from None
-        if value < minimum:
-            raise InputError(f"{flag} {text!r}: values must be at least {minimum}")
-        values.append(value)
-    return values
+    return parse_counts(text, flag, minimum)
 
 
 def token_flag(value: Optional[str], flag: str) -> Optional[int]:

@@ -25,7 +25,10 @@ class OutputFormat(str, Enum):
 
 
 def to_json(data: Any) -> str:
-    return json.dumps(data, indent=2, default=str)
+    """kvplan's JSON on stdout: each object carries "schema_version" first (kvplan.schema)."""
+    from kvplan.schema import stamped
+
+    return json.dumps(stamped(data), indent=2, default=str)
 
 
 def scalar_fields(record: dict) -> dict:

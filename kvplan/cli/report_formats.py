@@ -30,7 +30,9 @@ def summary(report: CheckReport) -> str:
 
 
 def to_json(report: CheckReport) -> str:
-    return json.dumps(report.to_dict(), indent=2)
+    from kvplan.schema import stamped
+
+    return json.dumps(stamped(report.to_dict()), indent=2)
 
 
 def to_markdown(report: CheckReport) -> str:
@@ -124,8 +126,10 @@ def invalid_plan_report(fmt: str, plan: str, message: str) -> str:
     """The --output report of a plan that could not be checked, in `fmt` (json, junit, markdown,
     github, table): it replaces an earlier report, so no stale verdict is left behind."""
     if fmt == "json":
+        from kvplan.schema import stamped
+
         data = {"plan": plan, "passed": False, "summary": "invalid plan", "error": message, "deployments": []}
-        return json.dumps(data, indent=2) + "\n"
+        return json.dumps(stamped(data), indent=2) + "\n"
     if fmt == "junit":
         suites = ET.Element("testsuites", name="kvplan check", tests="1", failures="0", errors="1")
         suite = ET.SubElement(suites, "testsuite", name=f"kvplan check {plan}", tests="1", failures="0", errors="1",

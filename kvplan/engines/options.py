@@ -14,13 +14,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Optional
 
 # Each engine's option keys (the snake_case of its flags), in the order its --help lists them.
-from kvplan.engines.keys import OPTION_KEYS  # one list, shared with the CLI
+from kvplan.engines.keys import OPTION_KEYS, PLANNER_KEYS  # the option table's (kvplan.engines.keys.OPTIONS)
 
 # A key whose option field is named otherwise (the flag follows the engine's own CLI).
 _FIELD = {"hf_cache": "cache", "n_batch": "batch_size"}
 
-# Keys only kvplan's planner reads (engines vllm and ideal): the profiles have their own budget rules.
-PLANNER_KEYS = ("block_size", "gpu_memory_utilization", "max_num_batched_tokens")
 # Profiles that run on one device (llama.cpp splits layers, not heads; transformers' tp_plan is not modelled).
 SINGLE_DEVICE = ("hf", "llama.cpp")
 

@@ -14,7 +14,7 @@ from kvplan.userfiles import loads_json, read_text
 
 @dataclass(frozen=True, slots=True)
 class Calibration:
-    """What a `kvplan measure --json` report says about decode bandwidth."""
+    """What a `kvplan measure -o` JSON report says about decode bandwidth."""
 
     path: str
     achieved_gbps: float  # median over the report's runs, 1e9 B/s
@@ -23,7 +23,7 @@ class Calibration:
 
 
 def read_calibration(path: str) -> Calibration:
-    """The median achieved decode bandwidth and the device of a `kvplan measure --json` report.
+    """The median achieved decode bandwidth and the device of a `kvplan measure -o` JSON report.
 
     Each run of the report carries `achieved_gbps`: the bytes a decode step read
     (weights + KV) over its measured median time. The planner divides it by the
@@ -50,7 +50,7 @@ def read_calibration(path: str) -> Calibration:
     if not values:
         raise InputError(
             f"--calibration {path}: no run with 'achieved_gbps' found; "
-            "pass a report written by `kvplan measure --json FILE`"
+            "pass a report written by `kvplan measure -o FILE`"
         )
     assert isinstance(data, dict)
     device = str(data.get("device") or "")

@@ -233,7 +233,7 @@ def plan_options(
 
 
 def calibrated_efficiency(calibration: str, gpu: GPU) -> float:
-    """The bandwidth efficiency a `kvplan measure --json` report implies on `gpu`: achieved / peak
+    """The bandwidth efficiency a `kvplan measure -o` JSON report implies on `gpu`: achieved / peak
     (InputError when the report was measured elsewhere: see calibration.bandwidth_efficiency)."""
     from kvplan.plan.calibration import bandwidth_efficiency, read_calibration
 

@@ -56,6 +56,20 @@ def _tokens(value: Any) -> Any:
     return value
 
 
+def _count(value: Any) -> Any:
+    """'1k' -> 1024 for a count that is not tokens (batch, tp, pp), as on the command line; ints pass through."""
+    if isinstance(value, str):
+        from kvplan.units import NotWholeError, parse_count
+
+        try:
+            return parse_count(value)
+        except NotWholeError as exc:
+            raise ValueError(f"{value!r} {exc}") from None
+        except ValueError:
+            raise ValueError(f"{value!r} is not a whole number (e.g. 8 or 1k)") from None
+    return value
+
+
 def _bytes(value: Any) -> Any:
     """'128KiB' -> 131072, '80GB' -> 80000000000; integers pass through (bytes are integers)."""
     if isinstance(value, str):
@@ -79,6 +93,7 @@ def _gpu_memory(value: Any) -> Any:
 # Every number refuses a boolean with its own words (NotBoolean; strict mode alone says only "Input
 # should be a valid integer"). Annotated runs the before-validators last to first: NotBoolean first.
 TokenCount = Annotated[int, BeforeValidator(_tokens), NotBoolean, Field(ge=1)]
+Count = Annotated[int, BeforeValidator(_count), NotBoolean, Field(ge=1)]
 GpuMemory = Annotated[int, BeforeValidator(_gpu_memory), NotBoolean, Field(gt=0)]
 ByteCount = Annotated[int, BeforeValidator(_bytes), NotBoolean, Field(gt=0)]
 ByteCountOrZero = Annotated[int, BeforeValidator(_bytes), NotBoolean, Field(ge=0)]
@@ -153,6 +168,9 @@ from kvplan.engines.keys import CHOICES as ENGINES, PROFILES as PROFILE_ENGINES 
 class DeploymentEntry(BaseModel):
     """One deployment: estimate's flags as keys, plus `name` and `budgets`.
 
+    The keys are the plan keys of the option table (`kvplan.engines.keys.OPTIONS`, `plan=True`),
+    each read as its flag is (`1k`, `2GiB`); tests/test_options.py checks that the two agree.
+
     The engine options (hf_cache ... free_gpu_memory_fraction) default to None:
     unset, the engine's own default applies (`kvplan.engines.options`).
     """
@@ -167,9 +185,9 @@ class DeploymentEntry(BaseModel):
     usd_per_hour: Optional[Annotated[float, NotBoolean, Field(ge=0)]] = None
     gpu_bf16_tflops: Optional[PositiveFloat] = None
     context: TokenCount  # required: every gate is at a stated context
-    batch: PositiveInt = 1
-    tp: PositiveInt = 1
-    pp: PositiveInt = 1
+    batch: Count = 1
+    tp: Count = 1
+    pp: Count = 1
     engine: Literal[ENGINES] = "vllm"  # type: ignore[valid-type]  # before kv_cache_dtype: its check reads it
     kv_cache_dtype: Text = "auto"
     state_dtype: Optional[Text] = None
@@ -178,10 +196,10 @@ class DeploymentEntry(BaseModel):
     gpu_memory_utilization: Share = DEFAULT_GPU_MEMORY_UTILIZATION
     activation_memory: Optional[ByteCountOrZero] = None
     non_torch_memory: Optional[ByteCountOrZero] = None
-    max_num_batched_tokens: PositiveInt = DEFAULT_MAX_NUM_BATCHED_TOKENS
+    max_num_batched_tokens: TokenCount = DEFAULT_MAX_NUM_BATCHED_TOKENS
     bandwidth_efficiency: Optional[Share] = None
     compute_efficiency: Optional[Share] = None
-    calibration: Optional[Text] = None  # a `kvplan measure --json` report
+    calibration: Optional[Text] = None  # a `kvplan measure -o` JSON report
     prompt_tokens: Optional[TokenCount] = None
     # hf (transformers)
     hf_cache: Optional[Text] = None  # dynamic | static | quantized
@@ -195,8 +213,8 @@ class DeploymentEntry(BaseModel):
     # llama.cpp
     parallel: Optional[PositiveInt] = None
     ctx_size: Optional[TokenCount] = None
-    ubatch_size: Optional[PositiveInt] = None
-    n_batch: Optional[PositiveInt] = None
+    ubatch_size: Optional[TokenCount] = None
+    n_batch: Optional[TokenCount] = None
     swa_full: Optional[bool] = None
     flash_attn: Optional[Annotated[Text, BeforeValidator(_on_off)]] = None
     cache_type_k: Optional[Text] = None

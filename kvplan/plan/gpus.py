@@ -132,8 +132,21 @@ def _index(path: Path) -> dict[str, GPU]:
 
 
 def load_gpu_file(path: Path) -> GPU:
-    """A user's GPU: one mapping of GPU fields at the top level of a YAML file."""
-    return load_model(GPU, path)
+    """A user's GPU: one mapping of GPU fields at the top level of a YAML file.
+
+    `kvplan gpus NAME -f json` saved as a file reads back: its "schema_version" (kvplan.schema)
+    is the document's, not a GPU field, and is checked, then set aside.
+    """
+    from kvplan.schema import SCHEMA_VERSION
+
+    data, line_of = read_yaml(path)
+    if isinstance(data, dict) and "schema_version" in data:
+        version = data["schema_version"]
+        if version != SCHEMA_VERSION or isinstance(version, bool):
+            raise InputError(f"{path}:{line_of(('schema_version',))}: schema_version: {version!r} is not "
+                             f"{SCHEMA_VERSION}, the version of kvplan's JSON this kvplan reads")
+        data = {k: v for k, v in data.items() if k != "schema_version"}
+    return load_model(GPU, path, data, line_of)
 
 
 def resolve_gpu(name_or_path: str, catalog_path: Path = GPU_CATALOG_PATH) -> GPU:

@@ -39,7 +39,7 @@ DEFAULT_MAX_NUM_SEQS = 256  # vLLM SchedulerConfig.max_num_seqs (sampler logits 
 # 87% (A100), 77% (H100) of peak (kvplan/data/gpus.yaml achieved_copy_gbps). Calibrate with measure.
 DEFAULT_BANDWIDTH_EFFICIENCY = 0.8
 # Prefill model-FLOPs utilisation: an assumption (dense bf16 GEMMs at large token counts
-# typically reach 40-60% of datasheet peak). Calibrate with `kvplan measure --json`.
+# typically reach 40-60% of datasheet peak). Calibrate with `kvplan measure -o report.json`.
 DEFAULT_COMPUTE_EFFICIENCY = 0.5
 # Weights that stay 16-bit under fp8/int8/int4 checkpoints: embeddings and lm_head
 # (vLLM's quantised linear methods skip them by default).
