@@ -649,7 +649,7 @@ def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: 
     estimate = layout.at(settings["context"], settings["batch"])
     deployment.planner()  # no GPU: refused in its words
     s = {k: v for k, v in settings.items() if k != "engine"}
-    plan = run(spec, settings["engine"], Settings(**s, gpu=gpu, gpu_label=deployment.gpu.name,
+    plan = run(spec, settings["engine"], Settings(**s, **(extra or {}), gpu=gpu, gpu_label=deployment.gpu.name,
                                                   kv_cache_dtype=kv_cache_dtype), engine_rows=False).plan
     figures = {
         "kv_bytes_per_token": layout.kv_bytes_per_token,
