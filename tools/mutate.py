@@ -35,6 +35,11 @@ before the fork; kvplan itself is imported fresh in each child) runs only those 
 with `-x -q -p no:cacheprovider`, fastest first. Module-level lines (run at import, so
 coverage gives them to no test) are run against the tests that execute a line using the
 name they bind (or whose own code names it); failing that, every test that runs the module.
+A default argument (`def f(x, page=4096)`, a method's or a module-level function's) is also
+run against every test that executes the function's body, wherever that test calls it from
+(the CLI, another module): the default is read there. A lambda's body and each line of a
+multi-line statement (a `raise` whose message spans lines) map to the tests that run any of
+its lines.
 Sampling is seeded: `--sample N --seed S` picks the same N mutants per module on every
 machine while the module's source is unchanged.
 
@@ -64,26 +69,32 @@ from pathlib import Path
 
 CORE_MODULES = [
     "kvplan/model/spec.py",
+    "kvplan/model/spec_rules.py",
     "kvplan/model/shape.py",
     "kvplan/model/layout.py",
     "kvplan/model/formats.py",
+    "kvplan/sources/catalog.py",
+    "kvplan/sources/resolve.py",
+    "kvplan/sources/hf_config.py",
+    "kvplan/sources/safetensors_header.py",
+    "kvplan/sources/gguf.py",
+    "kvplan/sources/file_weights.py",
     "kvplan/engines/vllm_rules.py",
     "kvplan/engines/__init__.py",
     "kvplan/engines/compare.py",
     "kvplan/engines/hf.py",
+    "kvplan/engines/keys.py",
     "kvplan/engines/llamacpp.py",
     "kvplan/engines/options.py",
     "kvplan/engines/reference.py",
     "kvplan/engines/sglang.py",
     "kvplan/engines/trtllm.py",
     "kvplan/plan/planner.py",
-    "kvplan/sources/hf_config.py",
-    "kvplan/sources/safetensors_header.py",
-    "kvplan/sources/gguf.py",
     "kvplan/measure/predict.py",
     "kvplan/measure/cache.py",
     "kvplan/measure/allocator.py",
     "kvplan/measure/readings.py",
+    "kvplan/measure/stability.py",
     "kvplan/measure/report.py",
     "kvplan/measure/run.py",
     "kvplan/measure/model.py",
@@ -127,6 +138,7 @@ class Mutant:
     stmt_lines: tuple = ()  # the lines of the enclosing statement (for the coverage map)
     id: str = ""
     top_names: tuple = ()  # the names the enclosing module-level statement binds
+    body_lines: tuple = ()  # for a default argument: the lines of the function body that reads it
     status: str = ""
     tests: int = 0
     seconds: float = 0.0
@@ -160,9 +172,10 @@ class _Finder:
 
     def __init__(self, source: str):
         self.source_lines = source.splitlines()
-        self.sites = []  # (span node, replacement source, operator, enclosing statement)
+        self.sites = []  # (span node, replacement source, operator, enclosing statement, top names, body lines)
+        self.body = ()
 
-    def walk(self, node, parent=None, stmt=None, skip=False, qual="", top=(), in_function=False):
+    def walk(self, node, parent=None, stmt=None, skip=False, qual="", top=(), in_function=False, body=()):
         if isinstance(parent, ast.Module) and isinstance(node, ast.stmt):
             top = _bound_names(node)
         if isinstance(node, ast.stmt):
@@ -177,6 +190,7 @@ class _Finder:
             return
         if not skip:
             self.top = top if not in_function else ()
+            self.body = body
             self.visit(node, stmt)
         for field, value in ast.iter_fields(node):
             children = value if isinstance(value, list) else [value]
@@ -190,13 +204,20 @@ class _Finder:
                     child_skip = True
                 if isinstance(node, ast.Call) and _call_name(node) in _LOG_CALLS and field in ("args", "keywords"):
                     child_skip = True
-                inside = in_function or (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-                                         and field == "body")
-                self.walk(child, node, stmt, child_skip, qual, top, inside)
+                is_function = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+                inside = in_function or (is_function and field == "body")
+                # A default argument is evaluated once, where the function is defined, but read
+                # each time its body runs without that argument: its tests are the body's.
+                child_body = body
+                if is_function and field == "args":
+                    child_body = tuple(range(_first_body_line(node), node.end_lineno + 1))
+                elif is_function and field == "body":
+                    child_body = ()
+                self.walk(child, node, stmt, child_skip, qual, top, inside, child_body)
 
     def add(self, span, replacement, operator, stmt):
         text = replacement if isinstance(replacement, str) else f"({ast.unparse(replacement)})"
-        self.sites.append((span, text, operator, stmt, self.top))
+        self.sites.append((span, text, operator, stmt, self.top, self.body))
 
     def visit(self, node, stmt):
         if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
@@ -235,6 +256,14 @@ class _Finder:
                 self.add(node, "return None", "return -> None", stmt)
         elif isinstance(node, ast.Raise):
             self.add(node, "pass", "raise -> pass", stmt)
+
+
+def _first_body_line(node) -> int:
+    """The first line of a function's (or lambda's) body, past a docstring."""
+    if isinstance(node, ast.Lambda):
+        return node.body.lineno
+    body = node.body[1:] if len(node.body) > 1 and _is_docstring(node.body[0], node) else node.body
+    return body[0].lineno
 
 
 def _bound_names(stmt) -> tuple:
@@ -307,10 +336,10 @@ def find_mutants(path: str, source: str) -> list:
     finder.walk(tree)
     lines = source.splitlines()
     mutants, seen = [], {}
-    for span, text, operator, stmt, top in finder.sites:
+    for span, text, operator, stmt, top, body in finder.sites:
         m = Mutant(path=path, line=span.lineno, operator=operator,
                    start=(span.lineno, span.col_offset), end=(span.end_lineno, span.end_col_offset),
-                   replacement=text, top_names=top)
+                   replacement=text, top_names=top, body_lines=body)
         mutated = apply_mutant(source, m)
         try:
             ast.parse(mutated)
@@ -458,6 +487,8 @@ def tests_for(m: Mutant, cmap: dict, index: dict, test_index: dict | None = None
                 found.add(ctx)
             else:
                 at_import = True
+    for n in m.body_lines:  # a default argument: every test that runs the body reading it
+        found |= {ctx for ctx in lines.get(str(n), []) if ctx}
     if m.top_names:
         # Code run at import (a module constant, a class body, a default argument): coverage
         # gives it to whichever test imported the module first, so add the tests that run a
