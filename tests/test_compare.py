@@ -424,3 +424,12 @@ def test_reference_rows_default_to_one_rank():
     # one KV head (MQA): one rank holds it once; two ranks would each hold a copy
     mqa = make_spec(num_key_value_heads=1)  # 4 layers x 1 head x 16 x 2 (K, V) x 2 B = 256 B per token
     assert ideal_estimate(mqa, fmt, 1000, 1).kv_bytes_total == 1000 * 256
+
+
+def test_options_without_a_batch_compare_one_sequence():
+    # CompareOptions' batch defaults to one sequence, as the CLI's --batch does: llama-3.1-8b at 8,192
+    # tokens keeps 32 layers x 8 KV heads x (128 + 128) x 2 B = 131,072 B per token, 1 GiB in all
+    spec = resolve_spec("llama-3.1-8b")
+    c = compare(spec, CompareOptions(context=8192, engines=("ideal",)), ideal_format("auto", spec.dtype))
+    assert c.batch == 1
+    assert [r.cache.kv_bytes_total for r in c.rows] == [8192 * 131_072] == [2**30]

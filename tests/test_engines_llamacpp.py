@@ -327,6 +327,17 @@ def test_capacity_with_nothing_left_after_the_weights():
     assert (cap.kv_budget_bytes, cap.max_concurrent_sequences, cap.fits) == (0, 0, False)
 
 
+def test_capacity_of_a_refused_cache_is_no_sequence():
+    # -c 4096 for one slot, a sequence of 8,192 tokens: llama-server refuses the request whatever the GPU
+    # holds, so no sequence runs (not one, as if the slot could be used in part)
+    spec = resolve_spec("llama-3.1-8b")
+    weights = 8_030_261_248 * 2
+    mem = MemoryInputs("24g", 24 * GIB, weights, 0, 0, "none")
+    cap = L.capacity(spec, 8192, 1, L.LlamaCppOptions(ctx_size=4096), mem, ideal_format=parse_format_pair("auto", "bf16"))
+    assert (cap.max_concurrent_sequences, cap.fits) == (0, False)
+    assert cap.refusals == ("request (8192 tokens) exceeds the available context size (4096 tokens), try increasing it",)
+
+
 def test_context_and_batch_must_be_positive():
     with pytest.raises(Exception, match="--context must be at least 1 token, got 0"):
         run("llama-3.1-8b", 0)

@@ -130,6 +130,21 @@ def test_capacity_gemma_3_splits_full_and_swa_pools_by_ratio():
     assert cap.log_lines[0] == "Use sliding window memory pool. full_layer_tokens=47127, swa_layer_tokens=37701"
 
 
+def test_capacity_of_a_model_whose_every_layer_slides():
+    """Mistral-7B-v0.1 slides every layer (window 4,096): _resolve_hybrid_swa_tokens gives the full pool
+    nothing and the SWA pool every token; a sequence of 8,192 tokens keeps its last 4,096."""
+    weights = 7_241_732_096 * 2
+    mem = MemoryInputs("h100", H100, weights, 512 * MIB, 0, "n/a")
+    cap = S.capacity(spec("mistral-7b-v0.1"), 8192, 1, S.SGLangOptions(), mem,
+                     ideal_format=parse_format_pair("auto", "bf16"))
+    # free_at_start 84,983,939,072 B, after weights 70,500,474,880 B: rest = 65.6584... - 79.1474... x 0.12
+    # = 56.16098846435547 GiB -> 60,302,402,191 B; a cell of 32 layers x 8 heads x (128 + 128) x 2 B = 131,072 B
+    assert cap.max_total_tokens == 60_302_402_191 // 131_072 == 460_070
+    assert (cap.settings["full_layer_tokens"], cap.settings["swa_layer_tokens"]) == (0, 460_070)
+    assert cap.log_lines[0] == "Use sliding window memory pool. full_layer_tokens=0, swa_layer_tokens=460070"
+    assert cap.max_concurrent_sequences == 460_070 // 4096 == 112
+
+
 def test_capacity_not_enough_memory():
     mem = MemoryInputs("small", 20 * GIB, 8_030_261_248 * 2, 0, 0, "n/a")
     cap = S.capacity(spec("llama-3.1-8b"), 8192, 1, S.SGLangOptions(mem_fraction_static=0.5), mem,

@@ -73,8 +73,10 @@ def test_the_tool_kills_what_the_tests_catch(tmp_path):
     (tmp_path / "tests" / "test_mod.py").write_text(TESTS)
     (tmp_path / "docs").mkdir()
     equivalent = mutant_id("> -> >=", "if x > 3:", "if (x >= 3):")
+    gpu = mutant_id("const 2 -> 3", "return x * 2", "return x * (3)")
     (tmp_path / "docs" / "mutation.md").write_text(
-        f"# Mutation\n\n## Equivalent mutants\n\n- `{equivalent}` judged equivalent here for the test\n\n## After\n")
+        f"# Mutation\n\n## Equivalent mutants\n\n- `{equivalent}` judged equivalent here for the test\n\n"
+        f"## Needs a GPU\n\n- `{gpu}` as if `doubled` ran only on CUDA\n\n## After\n")
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
 
     r = subprocess.run(
@@ -101,16 +103,17 @@ def test_the_tool_kills_what_the_tests_catch(tmp_path):
         # line 21 carries `# pragma: no mutate`; line 25 runs in no test
         (25, "return -> None", "not covered"),
         (25, "* -> //", "not covered"),
-        (25, "const 2 -> 3", "not covered"),
+        (25, "const 2 -> 3", "needs a GPU"),  # listed so: no test here runs it, not scored
         (25, "const 2 -> 1", "not covered"),
     ]
-    # 14 counted (15 less the equivalent one), 8 killed (7 killed + 1 timeout)
-    assert got["modules"] == [{"module": "tinypkg/mod.py", "killed": 8, "total": 14, "percent": 57.1,
-                               "not_covered": 4, "timeouts": 1, "equivalent": 1, "errors": 0}]
+    # 13 counted (15 less the equivalent one and the GPU one), 8 killed (7 killed + 1 timeout)
+    assert got["modules"] == [{"module": "tinypkg/mod.py", "killed": 8, "total": 13, "percent": 61.5,
+                               "not_covered": 3, "timeouts": 1, "equivalent": 1, "needs_gpu": 1, "errors": 0}]
     report = (tmp_path / "out" / "survivors.md").read_text()
-    assert "| tinypkg/mod.py | 8 | 14 | 57.1 | 4 | 1 |" in report
+    assert "| tinypkg/mod.py | 8 | 13 | 61.5 | 3 | 1 | 1 |" in report
+    assert "| 25 | const 2 -> 3 | needs a GPU | `return x * (3)` |" in report
     assert "| 9 | const 3 -> 4 | survived | `if x > (4):` |" in report
-    assert "tinypkg/mod.py                                 8     14   57.1            4" in r.stdout
+    assert "tinypkg/mod.py                                 8     13   61.5            3" in r.stdout
     # the project itself is untouched: every mutant was written into a temporary copy
     after = {p: p.read_bytes() for p in tmp_path.rglob("*")
              if p.is_file() and p.relative_to(tmp_path).parts[0] not in ("out", ".mutation")}

@@ -45,7 +45,10 @@ machine while the module's source is unchanged.
 
 Mutants judged equivalent (no test could tell them from the original) are listed in
 docs/mutation.md under "Equivalent mutants" by their id (the 10 hex digits the report
-shows) with the reason; they are left out of the score.
+shows) with the reason; they are left out of the score. Mutants of code that runs only on
+a GPU (the CUDA branches of `measure`) are listed under "Needs a GPU": where no test runs
+them (a machine without CUDA) they are reported as "needs a GPU" and left out of the score;
+where a test runs them (a GPU machine) they are run and scored like any other.
 """
 
 from __future__ import annotations
@@ -101,8 +104,8 @@ CORE_MODULES = [
 ]
 # Imported once in the parent so that each forked child starts without paying for them.
 PRELOAD = ["pytest", "hypothesis", "pydantic", "typer", "click", "rich", "yaml", "coverage", "numpy", "torch"]
-KILLED, TIMEOUT, SURVIVED, NOT_COVERED, EQUIVALENT, ERROR = (
-    "killed", "timeout", "survived", "not covered", "equivalent", "error")
+KILLED, TIMEOUT, SURVIVED, NOT_COVERED, EQUIVALENT, ERROR, NEEDS_GPU = (
+    "killed", "timeout", "survived", "not covered", "equivalent", "error", "needs a GPU")
 NO_MUTATE = "pragma: no mutate"
 
 # ----------------------------------------------------------------------------- mutants
@@ -607,12 +610,12 @@ def _run_queue(queue, running, free, root, logdir, progress) -> None:
             progress(done, m)
 
 
-def equivalent_ids(doc: Path) -> dict:
-    """Ids listed under "## Equivalent mutants" in docs/mutation.md, with their reasons."""
+def equivalent_ids(doc: Path, heading: str = "Equivalent mutants") -> dict:
+    """Ids listed under "## Equivalent mutants" (or another `heading`) in docs/mutation.md, with their reasons."""
     if not doc.exists():
         return {}
     text = doc.read_text(encoding="utf-8")
-    part = re.split(r"^## Equivalent mutants.*$", text, maxsplit=1, flags=re.M)
+    part = re.split(rf"^## {re.escape(heading)}.*$", text, maxsplit=1, flags=re.M)
     if len(part) < 2:
         return {}
     section = re.split(r"^## ", part[1], maxsplit=1, flags=re.M)[0]
@@ -625,7 +628,7 @@ def score_table(mutants: list, modules: list) -> list:
     rows = []
     for path in modules:
         ms = [m for m in mutants if m.path == path]
-        counted = [m for m in ms if m.status not in (EQUIVALENT, ERROR)]
+        counted = [m for m in ms if m.status not in (EQUIVALENT, ERROR, NEEDS_GPU)]
         killed = sum(m.status in (KILLED, TIMEOUT) for m in counted)
         rows.append({
             "module": path, "killed": killed, "total": len(counted),
@@ -633,6 +636,7 @@ def score_table(mutants: list, modules: list) -> list:
             "not_covered": sum(m.status == NOT_COVERED for m in ms),
             "timeouts": sum(m.status == TIMEOUT for m in ms),
             "equivalent": sum(m.status == EQUIVALENT for m in ms),
+            "needs_gpu": sum(m.status == NEEDS_GPU for m in ms),
             "errors": sum(m.status == ERROR for m in ms),
         })
     return rows
@@ -644,13 +648,14 @@ def write_report(path: Path, mutants: list, rows: list, command: str, seconds: f
         "",
         f"Written by `{command}` in {seconds:.0f} s. The score and what it means: docs/mutation.md.",
         "",
-        "| module | killed | total | % | not covered | equivalent |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| module | killed | total | % | not covered | equivalent | needs a GPU |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        out.append(f"| {r['module']} | {r['killed']} | {r['total']} | {r['percent']} | {r['not_covered']} | {r['equivalent']} |")
+        out.append(f"| {r['module']} | {r['killed']} | {r['total']} | {r['percent']} | {r['not_covered']} "
+                   f"| {r['equivalent']} | {r['needs_gpu']} |")
     for module in dict.fromkeys(m.path for m in mutants):
-        left = [m for m in mutants if m.path == module and m.status in (SURVIVED, NOT_COVERED, ERROR)]
+        left = [m for m in mutants if m.path == module and m.status in (SURVIVED, NOT_COVERED, ERROR, NEEDS_GPU)]
         if not left:
             continue
         out += ["", f"## {module}", "", "| id | line | operator | status | mutated line |", "|---|---:|---|---|---|"]
@@ -692,6 +697,7 @@ def main(argv=None) -> int:
     report = (args.report or root / "docs" / "mutation-survivors.md").resolve()
     json_out = (args.json or work / "last-run.json").resolve()
     equivalents = equivalent_ids(root / "docs" / "mutation.md")
+    gpu_only = equivalent_ids(root / "docs" / "mutation.md", "Needs a GPU")
 
     before = {r["id"]: r for r in json.loads(args.only.read_text())["mutants"]} if args.only else None
     picked = []
@@ -757,6 +763,9 @@ def main(argv=None) -> int:
                       flush=True)
 
         run_mutants(picked, cmap, root, copies, args.timeout or None, logdir, progress, args.tests)
+    for m in picked:  # code only a GPU runs, on a machine without one: listed, not scored
+        if m.status == NOT_COVERED and m.id in gpu_only:
+            m.status = NEEDS_GPU
 
     seconds = time.monotonic() - started
     rows = score_table(picked, modules)
