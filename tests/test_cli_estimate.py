@@ -487,3 +487,9 @@ def test_a_block_size_under_the_alignment_is_raised_in_steps_of_16(capsys):
     # _align_hybrid_block_size); aligned to the 8 given (or any other step) it would not be 80 (15: 90)
     data = json.loads(run_cli(capsys, "estimate", "jamba-v0.1", "--block-size", "8", "-f", "json").stdout)
     assert data["block_size"] == 80
+
+
+def test_one_batched_token_per_step_is_allowed(capsys):
+    # --max-num-batched-tokens must be at least 1, and 1 itself is a valid scheduler budget
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--max-num-batched-tokens", "1", "-f", "json")
+    assert r.exit_code == 0, r.stderr

@@ -201,6 +201,13 @@ def test_quantized_refusals(opts, refusal):
     assert c.refusals == (refusal,) and c.kv_bytes_total is None
 
 
+@pytest.mark.parametrize("backend, nbits", [("quanto", 2), ("quanto", 4), ("hqq", 1), ("hqq", 3), ("hqq", 8)])
+def test_quantized_nbits_each_backend_takes(backend, nbits):
+    # QuantizedCache.__init__ refuses only nbits outside the backend's own list (quanto 2, 4; HQQ 1, 2, 3, 4, 8)
+    c = run("llama-3.1-8b", 1024, cache="quantized", quant_backend=backend, nbits=nbits)
+    assert c.refusals == () and c.kv_bytes_total is not None
+
+
 def test_no_fp8_kv_dtype_in_transformers():
     c = run("llama-3.1-8b", 1024, kv="fp8")
     assert c.refused and "no fp8 KV cache" in c.refusals[0]

@@ -605,6 +605,8 @@ REFUSAL_HEAD = (
     [
         # one layer fits at batch 8 exactly (the check is need <= free)
         (110_404_352, "105.29 MiB", "try --layers 1 or a smaller --batch"),
+        # one layer fits at batch 7 exactly (67,388,160 + 7 x 5,377,024), the largest batch under the 8 asked
+        (105_027_328, "100.16 MiB", "try --layers 1 --batch 7"),
         # one layer fits at batch 3 exactly, not at 4 (88,896,256)
         (83_519_232, "79.65 MiB", "try --layers 1 --batch 3"),
         (83_519_231, "79.65 MiB", "try --layers 1 --batch 2"),
