@@ -279,6 +279,29 @@ def test_prefill_is_compute_bound_at_the_bf16_peak():
     assert p.prefill(100, cached_prefix=40) == pytest.approx(flops / 1e12, rel=1e-12)
 
 
+def test_a_one_token_prefill_is_bound_by_reading_the_weights():
+    # a GPU of 1 GB/s and 1e18 FLOP/s: one prompt token's ~2 MFLOP take 2e-12 s, but every weight is still read
+    # once: 1,000,000 parameters x 2 B (bf16) / 1e9 B/s = 2 ms, the larger of the two
+    gpu = GPUFigures("memory-gpu", 10**12, 1.0, 10**6, None, 1.0)
+    p = planner(TINY_DENSE, gpu, context=1000, **EXACT)
+    assert p.prefill(1) == pytest.approx(2_000_000 / 1e9, rel=1e-12)
+
+
+def test_a_gpu_without_a_price_is_named_in_the_notes():
+    plan = planner(TINY_DENSE, exact_budget_gpu(2_000_000, 10**9, usd=0.0), context=1000, **NO_OVERHEAD).plan()
+    assert plan.max_concurrent_sequences > 0
+    assert "no price for this GPU: give --usd-per-hour for costs" in plan.notes
+
+
+def test_the_longest_context_when_the_batch_just_fits_at_one_token():
+    # a batch of exactly as many sequences as fit at one token each still has a context (>= 1), not 0
+    p = planner(TINY_DENSE, exact_budget_gpu(2_000_000, 4 * 2**20), context=1000, **NO_OVERHEAD)
+    n = p.max_sequences(1)
+    context, why = p.max_context(n)
+    assert context >= 1 and p.max_sequences(context) >= n and p.max_sequences(context + 1) < n
+    assert p.max_context(n + 1)[0] == 0
+
+
 def test_fp8_weights_run_at_the_fp8_peak_and_bf16_weights_never_do():
     flops = 193_479_168 + 5_171_200  # as above
     fp8 = planner(TINY_DENSE, COMPUTE_GPU, context=1000, weights_dtype="fp8", **EXACT)
