@@ -302,6 +302,17 @@ def test_the_longest_context_when_the_batch_just_fits_at_one_token():
     assert p.max_context(n + 1)[0] == 0
 
 
+def test_a_shared_prefix_larger_than_the_pool_leaves_no_sequence():
+    # make_spec: 4 layers x 2 KV heads x (16 + 16) x 2 B = 512 B per token; a 16-token block set 8,192 B.
+    # A KV budget of exactly 10 block sets (vLLM's num_blocks = budget // 8,192 = 10).
+    p = planner(TINY_DENSE, exact_budget_gpu(2_000_000, 10 * 8192), context=1000, **NO_OVERHEAD)
+    assert p.plan().vllm_num_blocks == 10
+    # a 144-token shared prefix takes 9 blocks; each request adds 16 tokens = 1 block of its own: (10 - 9) // 1
+    assert p.max_sequences(160, 144) == 1
+    # a 320-token prefix needs 20 blocks, more than the pool: no request fits, not one
+    assert p.max_sequences(336, 320) == 0
+
+
 def test_fp8_weights_run_at_the_fp8_peak_and_bf16_weights_never_do():
     flops = 193_479_168 + 5_171_200  # as above
     fp8 = planner(TINY_DENSE, COMPUTE_GPU, context=1000, weights_dtype="fp8", **EXACT)
