@@ -232,3 +232,15 @@ def test_quantisation_overhead_per_token():
     # q8_0: an fp16 scale per 32 values; a token holds 32 layers x 8 heads x (128 + 128) values = 2,048 per layer,
     # 64 groups per layer: 64 x 2 B x 32 layers = 4,096 B beside the values
     assert CacheLayout(spec, parse_format_pair("q8_0", "bf16")).quantisation_overhead_bytes_per_token == 4096
+
+
+@pytest.mark.parametrize("context, batch, message", [
+    (0, 1, "--context must be at least 1 token, got 0"),
+    (1, 0, "--batch must be at least 1 sequence, got 0"),
+])
+def test_a_layout_refuses_an_empty_point(context, batch, message):
+    layout = CacheLayout(make_spec(), parse_format_pair("bf16", "bf16"))
+    with pytest.raises(InputError) as exc:
+        layout.at(context, batch)
+    assert exc.value.message == message
+    assert layout.at(1, 1).kv_bytes_total == 4 * 2 * 16 * 2 * 2  # 4 layers x 2 heads x (16 + 16) x 2 B

@@ -129,6 +129,8 @@ def test_a_flag_the_engine_does_not_read_exits_2(capsys, args, message):
          "--kv-cache-dtype: 'int4_g3': 3 4-bit values do not fill whole bytes; use a group size that is a multiple of 2"),
         (["--kv-cache-dtype", "fp8/"], "--kv-cache-dtype: 'fp8/': the V half is missing; write K/V as in q8_0/q4_0"),
         (["--kv-cache-dtype", "/fp8"], "--kv-cache-dtype: '/fp8': the K half is missing; write K/V as in q8_0/q4_0"),
+        # vLLM's scheduler takes at least one token per step
+        (["--gpu", "h100-sxm", "--max-num-batched-tokens", "0"], "--max-num-batched-tokens must be at least 1"),
         (["--state-dtype", "bogus"],
          "--state-dtype: unknown state dtype 'bogus'; use one of: fp32, fp16, bf16, fp8, fp8_e4m3, fp8_e5m2, int8, "
          "fp8_per_token_head, int8_per_token_head, nvfp4, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, "
@@ -477,3 +479,17 @@ def test_an_explicit_block_size_vllm_keeps_is_shown_as_given(capsys):
     # 96 >= 80: vLLM keeps it (alignment max(16, 96) = 96; 96 x ceil(311,296 / (96 x 4,096)) = 96)
     data = json.loads(run_cli(capsys, "estimate", "jamba-v0.1", "--block-size", "96", "-f", "json").stdout)
     assert data["block_size"] == 96
+
+
+def test_a_block_size_under_the_alignment_is_raised_in_steps_of_16(capsys):
+    # --block-size 8 < 16: the alignment is still 16 (max(16, 8)), so vLLM raises the attention block to
+    # 16 x ceil(311,296 / (16 x 4,096)) = 80 tokens, as at the default (vllm/platforms/interface.py
+    # _align_hybrid_block_size); aligned to the 8 given (or any other step) it would not be 80 (15: 90)
+    data = json.loads(run_cli(capsys, "estimate", "jamba-v0.1", "--block-size", "8", "-f", "json").stdout)
+    assert data["block_size"] == 80
+
+
+def test_one_batched_token_per_step_is_allowed(capsys):
+    # --max-num-batched-tokens must be at least 1, and 1 itself is a valid scheduler budget
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--max-num-batched-tokens", "1", "-f", "json")
+    assert r.exit_code == 0, r.stderr

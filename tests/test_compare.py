@@ -466,3 +466,12 @@ def test_compare_gpu_says_why_max_seqs_is_not_budget_over_bytes(capsys):
     assert all(row["capacity_why"] == [] for row in json.loads(plain.stdout)["rows"])
     md = run_cli(capsys, "compare", "mistral-7b-v0.1", "--gpu", "h100-sxm", "-c", "32k", "-b", "8", "-f", "markdown")
     assert "| why max seqs |" in md.stdout.splitlines()[2]
+
+
+def test_options_without_a_batch_compare_one_sequence():
+    # Settings' batch defaults to one sequence, as the CLI's --batch does: llama-3.1-8b at 8,192
+    # tokens keeps 32 layers x 8 KV heads x (128 + 128) x 2 B = 131,072 B per token, 1 GiB in all
+    spec = resolve_spec("llama-3.1-8b")
+    c = compare(spec, Settings(context=8192), ("ideal",))
+    assert c.batch == 1
+    assert [r.cache.kv_bytes_total for r in c.rows] == [8192 * 131_072] == [2**30]

@@ -201,6 +201,13 @@ def test_quantized_refusals(opts, refusal):
     assert c.refusals == (refusal,) and c.kv_bytes_total is None
 
 
+@pytest.mark.parametrize("backend, nbits", [("quanto", 2), ("quanto", 4), ("hqq", 1), ("hqq", 3), ("hqq", 8)])
+def test_quantized_nbits_each_backend_takes(backend, nbits):
+    # QuantizedCache.__init__ refuses only nbits outside the backend's own list (quanto 2, 4; HQQ 1, 2, 3, 4, 8)
+    c = run("llama-3.1-8b", 1024, cache="quantized", quant_backend=backend, nbits=nbits)
+    assert c.refusals == () and c.kv_bytes_total is not None
+
+
 def test_no_fp8_kv_dtype_in_transformers():
     c = run("llama-3.1-8b", 1024, kv="fp8")
     assert c.refused and "no fp8 KV cache" in c.refusals[0]
@@ -238,3 +245,28 @@ def test_quantized_bytes_by_hand():
     assert hf.quantized_bytes(101, 2, 64, "quanto", 2) == 26 + 8
     assert hf.quantized_bytes(100, 3, 64, "quanto", 2) == 38 + 8  # 300 bits -> 38 B: not HQQ's words
     assert hf.quantized_bytes(0, 4, 64, "quanto", 2) == 0
+
+
+def _mamba2(make_spec, **fields):
+    # hidden 64, mamba_expand 2: d_inner 128 = 8 heads x 16; d_state 16, d_conv 4; 2 Mamba-2 + 2 attention layers
+    return make_spec(
+        torch_dtype="bfloat16", layer_types=["mamba", "full_attention", "mamba", "full_attention"],
+        mamba_expand=2, mamba_d_state=16, mamba_d_conv=4, mamba_n_heads=8, **fields,
+    )
+
+
+def test_mamba_2_conv_state_holds_x_b_and_c(spec_factory):
+    """transformers' Mamba-2 hybrid caches (models/bamba/modeling_bamba.py, models/nemotron_h:
+    HybridMambaAttentionDynamicCache) keep a conv state of (mamba_expand x hidden + 2 x n_groups x
+    d_state) channels x d_conv columns: x, B and C go through the conv. So one more group adds
+    2 x 16 channels x 4 columns x 2 B = 256 B per sequence per Mamba layer, whatever the SSM state's dtype."""
+    ideal = parse_format_pair("auto", "bf16")
+
+    def state_total(spec):
+        c = hf.cache(spec, 8, 1, hf.HFOptions(), ideal_format=ideal)
+        return next(r for r in c.by_kind if r.kind == "state").bytes
+
+    one, two = state_total(_mamba2(spec_factory, mamba_n_groups=1)), state_total(_mamba2(spec_factory, mamba_n_groups=2))
+    assert two - one == 2 * 256  # 2 Mamba layers
+    # the SSM state's head_dim defaults to d_inner / n_heads = 16, as given explicitly
+    assert state_total(_mamba2(spec_factory, mamba_n_groups=2, mamba_head_dim=16)) == two

@@ -95,6 +95,16 @@ def test_padding_difference_is_named():
 
 # --- llama_kv_cache_iswa: size_swa = GGML_PAD(min(size_base, n_swa x (unified ? n_seq_max : 1) + n_ubatch), 256)
 
+
+def test_a_model_whose_every_layer_slides_allocates_no_full_context():
+    # Mistral-7B-v0.1 as its spec gives it, every layer windowed at 4,096: no layer takes the whole padded
+    # n_ctx, so the only difference from the ideal (32 layers x 4,096 tokens x 4,096 B) is the SWA cache's
+    # pad(4,096 + 512 ubatch, 256) = 4,608 cells: 512 cells x 32 layers x 4,096 B = 64 MiB
+    c = run("mistral-7b-v0.1", 8192)
+    assert c.ideal_bytes_total == 32 * 4096 * 4096 == 512 * MIB
+    assert [d.bytes for d in c.differences] == [512 * 32 * 4096] == [64 * MIB]
+    assert c.kv_bytes_total == 32 * 4608 * 4096
+
 GEMMA_CELL = 16 * 128 * 2 * 2  # 16 KV heads x 128 x f16, K + V: 8192 B per cell per layer
 
 
@@ -104,6 +114,8 @@ GEMMA_CELL = 16 * 128 * 2 * 2  # 16 KV heads x 128 x f16, K + V: 8192 B per cell
         ({}, 1, 1536),  # pad(1024 + 512, 256) = 1536, not the 1024-token window
         ({"ubatch_size": 256}, 1, 1280),  # pad(1024 + 256) = 1280
         ({"ubatch_size": 100}, 1, 1280),  # pad(1124) = 1280
+        # -ub above -b: n_ubatch = min(n_batch 2048, 4096) (llama_context), so pad(1024 + 2048) = 3072
+        ({"ubatch_size": 4096}, 1, 3072),
         ({"swa_full": True}, 1, 8192),  # --swa-full: the base size
         ({}, 4, 1536),  # per stream: the window counts once per stream
         ({"kv_unified": True}, 4, 4608),  # unified: pad(1024 x 4 + 512) = 4608
@@ -258,6 +270,8 @@ def test_a_sequence_that_fills_its_slot_exactly_is_sized(context, opts):
                           "slot per --batch sequence)"),
         ({"ctx_size": 0}, "--ctx-size 0 must be at least 1 (llama.cpp's -c 0, the training context, is not modelled: "
                           "give the cells, or leave it out for --context x --parallel)"),
+        # 256 cells over 512 slots: n_ctx_seq = pad(256 // 512) = 0, which llama_context refuses
+        ({"ctx_size": 256, "parallel": 512}, "llama.cpp: n_ctx_seq == 0 (the context is smaller than one cell per sequence)"),
     ],
 )
 def test_no_slot_or_no_cell_is_bad_input(opts, message):
@@ -319,12 +333,32 @@ def test_capacity_at_the_exact_size_of_three_slots(spare, slots):
         "llama_init_from_model: failed to initialize the context: failed to allocate buffer for kv cache",))
 
 
+def test_capacity_when_one_slot_does_not_fit():
+    # 512 MiB left after the weights, a slot of 8,192 cells needs 1 GiB: no sequence, not one
+    spec = resolve_spec("llama-3.1-8b")
+    weights = 8_030_261_248 * 2
+    mem = MemoryInputs("half", weights + 512 * MIB, weights, 0, 0, "none")
+    cap = L.capacity(spec, 8192, 1, L.LlamaCppOptions(), mem, ideal_format=parse_format_pair("auto", "bf16"))
+    assert (cap.kv_budget_bytes, cap.max_concurrent_sequences, cap.fits) == (512 * MIB, 0, False)
+
+
 def test_capacity_with_nothing_left_after_the_weights():
     spec = resolve_spec("llama-3.1-8b")
     weights = 8_030_261_248 * 2
     mem = MemoryInputs("full", weights, weights, 0, 0, "none")
     cap = L.capacity(spec, 8192, 1, L.LlamaCppOptions(), mem, ideal_format=parse_format_pair("auto", "bf16"))
     assert (cap.kv_budget_bytes, cap.max_concurrent_sequences, cap.fits) == (0, 0, False)
+
+
+def test_capacity_of_a_refused_cache_is_no_sequence():
+    # -c 4096 for one slot, a sequence of 8,192 tokens: llama-server refuses the request whatever the GPU
+    # holds, so no sequence runs (not one, as if the slot could be used in part)
+    spec = resolve_spec("llama-3.1-8b")
+    weights = 8_030_261_248 * 2
+    mem = MemoryInputs("24g", 24 * GIB, weights, 0, 0, "none")
+    cap = L.capacity(spec, 8192, 1, L.LlamaCppOptions(ctx_size=4096), mem, ideal_format=parse_format_pair("auto", "bf16"))
+    assert (cap.max_concurrent_sequences, cap.fits) == (0, False)
+    assert cap.refusals == ("request (8192 tokens) exceeds the available context size (4096 tokens), try increasing it",)
 
 
 def test_context_and_batch_must_be_positive():

@@ -130,11 +130,46 @@ def test_capacity_gemma_3_splits_full_and_swa_pools_by_ratio():
     assert cap.log_lines[0] == "Use sliding window memory pool. full_layer_tokens=47127, swa_layer_tokens=37701"
 
 
+def test_capacity_of_a_model_whose_every_layer_slides():
+    """Mistral-7B-v0.1 slides every layer (window 4,096): _resolve_hybrid_swa_tokens gives the full pool
+    nothing and the SWA pool every token; a sequence of 8,192 tokens keeps its last 4,096."""
+    weights = 7_241_732_096 * 2
+    mem = MemoryInputs("h100", H100, weights, 512 * MIB, 0, "n/a")
+    cap = S.capacity(spec("mistral-7b-v0.1"), 8192, 1, S.SGLangOptions(), mem,
+                     ideal_format=parse_format_pair("auto", "bf16"))
+    # free_at_start 84,983,939,072 B, after weights 70,500,474,880 B: rest = 65.6584... - 79.1474... x 0.12
+    # = 56.16098846435547 GiB -> 60,302,402,191 B; a cell of 32 layers x 8 heads x (128 + 128) x 2 B = 131,072 B
+    assert cap.max_total_tokens == 60_302_402_191 // 131_072 == 460_070
+    assert (cap.settings["full_layer_tokens"], cap.settings["swa_layer_tokens"]) == (0, 460_070)
+    assert cap.log_lines[0] == "Use sliding window memory pool. full_layer_tokens=0, swa_layer_tokens=460070"
+    assert cap.max_concurrent_sequences == 460_070 // 4096 == 112
+    # the one pool is the SWA pool, sized at every token: (460,070 + 1 padding page) x 32 layers x 8 heads x
+    # 128 x 2 B = 30,151,213,056 B for K (and V) = 28.08 GiB, which SGLang prints as "GB" (GB = 1024 ** 3)
+    assert cap.log_lines[1:] == ("KV Cache is allocated. dtype: torch.bfloat16, #tokens: 460070, K size: 28.08 GB, "
+                                 "V size: 28.08 GB",)
+
+
+def test_capacity_with_large_pages_pads_the_pool_by_one_page():
+    """MHATokenToKVPool._create_buffers allocates size + page_size slots (slot 0 is the padding page)."""
+    weights = 8_030_261_248 * 2
+    mem = MemoryInputs("h100", H100, weights, 512 * MIB, 0, "n/a")
+    cap = S.capacity(spec("llama-3.1-8b"), 8192, 1, S.SGLangOptions(page_size=4096), mem,
+                     ideal_format=parse_format_pair("auto", "bf16"))
+    # 448,038 tokens (test_capacity_llama_on_h100) rounded down to whole 4,096-token pages: 109 pages
+    assert cap.max_total_tokens == 109 * 4096 == 446_464
+    # K: 32 layers x (446,464 + 4,096) x 8 heads x 128 x 2 B = 29,527,900,160 B = 27.50 GiB
+    assert cap.log_lines == ("KV Cache is allocated. dtype: torch.bfloat16, #tokens: 446464, K size: 27.50 GB, "
+                             "V size: 27.50 GB",)
+    assert cap.max_concurrent_sequences == 446_464 // 8192 == 54
+
+
 def test_capacity_not_enough_memory():
     mem = MemoryInputs("small", 20 * GIB, 8_030_261_248 * 2, 0, 0, "n/a")
     cap = S.capacity(spec("llama-3.1-8b"), 8192, 1, S.SGLangOptions(mem_fraction_static=0.5), mem,
                      ideal_format=parse_format_pair("auto", "bf16"))
     assert cap.max_concurrent_sequences == 0 and not cap.fits
+    # rest = 4.67... GiB - 10 GiB < 0: no token at all, not a negative count
+    assert cap.kv_budget_bytes < 0 and cap.max_total_tokens == 0
     assert cap.refusals == ("RuntimeError: Not enough memory. Please try to increase --mem-fraction-static. "
                             "Current value: mem_fraction_static=0.5",)
 
@@ -167,3 +202,10 @@ def test_bf16_cache_for_an_fp16_model(kv):
     assert c.kv_bytes_total == 32 * 1025 * 32 * 128 * 2 * 2 == 537_395_200
     assert c.log_lines == ("KV Cache is allocated. dtype: torch.bfloat16, #tokens: 1024, K size: 0.25 GB, V size: 0.25 GB",)
     assert run("llama-2-7b", 1024).log_lines[0].startswith("KV Cache is allocated. dtype: torch.float16,")
+
+
+def test_the_mla_rank_note_only_under_tensor_parallelism():
+    # one rank holds the whole latent anyway; the note speaks of ranks only when there are several
+    note = "MLA latent whole on every tensor-parallel rank (no head split)."
+    assert note not in run("deepseek-v3", 1024).notes
+    assert note in run("deepseek-v3", 1024, tp=8).notes

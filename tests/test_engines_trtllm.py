@@ -37,6 +37,11 @@ def test_get_cache_size_per_token(model, esz, tp, per_token):
     assert T.bytes_per_token(resolve_spec(model), esz, tp) == per_token
 
 
+def test_a_one_layer_model_counts_its_one_layer():
+    # make_spec: 2 KV heads x head_dim 16 (64 / 4 heads); fp16 (2 B) x kv_factor 2 x 16 x 2 x 1 layer = 128 B
+    assert T.bytes_per_token(make_spec(num_hidden_layers=1), 2, 1) == 2 * 2 * 16 * 2 * 1 == 128
+
+
 def test_no_replication_floor_when_heads_are_fewer_than_ranks():
     """head_dim x H_kv // tp: 2 KV heads of 64 over 4 ranks -> 32 values per rank (vLLM keeps one head: 64)."""
     spec = make_spec(hidden_size=256, num_attention_heads=4, num_key_value_heads=2, head_dim=64)

@@ -168,7 +168,9 @@ def test_kv_shared_layers_read_their_donor(spec_factory):
     # sliding holds 8 tokens (1,024 B), full 20 (2,560 B); shared layers read them again
     est = cache_layout(arch, BF16, STATE_BF16).at(20, 1)
     assert est.kv_bytes_total == 1_024 + 2_560
-    assert kv_bytes_read_per_step(arch, est) == 2 * (1_024 + 2_560)
+    read = kv_bytes_read_per_step(arch, est)
+    assert read == 2 * (1_024 + 2_560)
+    assert type(read) is int  # bytes stay integers until rendering (a per-layer share of an int is an int)
 
 
 def test_moe_runs_the_active_experts_width(spec_factory):
@@ -360,3 +362,14 @@ def test_predict_does_not_import_torch():
     code = "import sys, kvplan.measure.predict, kvplan.measure.report, kvplan.cli.measure; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_kv_shared_layers_on_an_mla_model_are_refused():
+    # measure's decoder shares K and V between layers only for standard attention; an MLA model that
+    # names KV-shared layers is refused by name rather than run with a layer that caches nothing
+    from conftest import make_spec
+
+    spec = make_spec(num_hidden_layers=3, num_key_value_heads=None, kv_lora_rank=32, qk_rope_head_dim=8,
+                     qk_nope_head_dim=16, v_head_dim=16, num_kv_shared_layers=1)
+    with pytest.raises(InputError, match="^tiny: KV-shared layers on an MLA model are not supported by kvplan measure$"):
+        build_arch(spec)

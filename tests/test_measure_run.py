@@ -606,6 +606,8 @@ REFUSAL_HEAD = (
     [
         # one layer fits at batch 8 exactly (the check is need <= free)
         (110_404_352, "105.29 MiB", "try --layers 1 or a smaller --batch"),
+        # one layer fits at batch 7 exactly (67,388,160 + 7 x 5,377,024), the largest batch under the 8 asked
+        (105_027_328, "100.16 MiB", "try --layers 1 --batch 7"),
         # one layer fits at batch 3 exactly, not at 4 (88,896,256)
         (83_519_232, "79.65 MiB", "try --layers 1 --batch 3"),
         (83_519_231, "79.65 MiB", "try --layers 1 --batch 2"),
@@ -710,3 +712,31 @@ def test_a_model_without_state_layers_has_no_scan_probe(spec_factory):
     assert not [p for p in report.probes if p.name.startswith("scan step")]
     assert (run.state_layers, run.scan_s_per_token) == (0, 0.0)
     assert run.predicted_decode_step_s == max(run.predicted_decode_memory_s, run.predicted_decode_compute_s)
+
+
+def test_cuda_reserved_prediction_is_the_new_segments_shifted_by_a_storage_miss(spec_factory):
+    """The CUDA branch of the reserved-memory prediction is arithmetic on readings, so it is checked
+    here without a GPU (`measure` takes it only on CUDA; `_predicted_reserved` is its one caller's
+    helper, tested directly for that reason). TINY, fp32, 23 tokens x batch 2: 4 cache tensors (K and
+    V of 2 layers) of 23 x 2 x 2 heads x 16 x 4 B = 5,888 B, 23,552 B in all."""
+    from kvplan.measure.allocator import cuda_allocations
+    from kvplan.measure.predict import build_arch, cache_layout
+    from kvplan.model.formats import parse_format, parse_format_pair
+
+    arch = build_arch(_spec(spec_factory))
+    est = cache_layout(arch, parse_format_pair("fp32", "fp32"), parse_format("fp32")).at(23, 2)
+    assert est.kv_bytes_total == 23_552
+    cuda = torch.device("cuda", 0)  # a device name only: nothing runs on it
+    # The caching allocator rounds 5,888 B up to 6,144 B (512 B steps), a small-pool block: the first
+    # has no free block and cudaMallocs a 2 MiB segment, split; the other three take its rest.
+    # c10/cuda/CUDACachingAllocator.cpp round_size, get_allocation_size (kSmallBuffer), should_split.
+    segments = cuda_allocations([5_888] * 4)
+    assert (segments.reserved_bytes, segments.segments) == (2 * 2**20, 1)
+    # storage as calculated: the prediction is the segment itself
+    assert measure_run._predicted_reserved(cuda, est, 23_552, segments) == 2_097_152
+    # tensors 512 B larger in all than calculated: the modelled segments came from the measured
+    # sizes, so the prediction is put back on the calculator's bytes, 512 B lower
+    assert measure_run._predicted_reserved(cuda, est, 24_064, segments) == 2_097_152 - 512
+    # the CPU's rule is different: every chunk counts, the calculator's bytes + the rounding
+    assert measure_run._predicted_reserved(torch.device("cpu"), est, 24_064, segments) == 23_552 + (6_144 * 4 - 23_552)
+    assert measure_run._predicted_reserved(cuda, est, 23_552, None) is None  # allocator settings: not modelled

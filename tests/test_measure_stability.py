@@ -72,3 +72,14 @@ def test_one_round_when_capped_at_one():
     run_round, calls = _rounds([1.0, 2.0], [1.0, 2.0])
     repeat_until_stable(run_round, max_rounds=1)
     assert calls == [0]
+
+
+def test_spread_with_a_median_of_exactly_one():
+    # (2.0 - 0.5) / 1.0: the zero-median guard must be for 0 only
+    assert spread([0.5, 1.0, 2.0]) == 1.5
+
+
+def test_a_spread_equal_to_the_tolerance_is_stable():
+    # (1.5 - 1.0) / 1.0 = 0.5 exactly in binary floating point: "within" includes the boundary
+    assert is_stable([1.0, 1.0, 1.5], max_rounds=5, tolerance=0.5) is True
+    assert is_stable([1.0, 1.0, 1.5], max_rounds=5, tolerance=0.25) is False

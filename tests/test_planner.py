@@ -279,6 +279,40 @@ def test_prefill_is_compute_bound_at_the_bf16_peak():
     assert p.prefill(100, cached_prefix=40) == pytest.approx(flops / 1e12, rel=1e-12)
 
 
+def test_a_one_token_prefill_is_bound_by_reading_the_weights():
+    # a GPU of 1 GB/s and 1e18 FLOP/s: one prompt token's ~2 MFLOP take 2e-12 s, but every weight is still read
+    # once: 1,000,000 parameters x 2 B (bf16) / 1e9 B/s = 2 ms, the larger of the two
+    gpu = GPUFigures("memory-gpu", 10**12, 1.0, 10**6, None, 1.0)
+    p = planner(TINY_DENSE, gpu, context=1000, **EXACT)
+    assert p.prefill(1) == pytest.approx(2_000_000 / 1e9, rel=1e-12)
+
+
+def test_a_gpu_without_a_price_is_named_in_the_notes():
+    plan = planner(TINY_DENSE, exact_budget_gpu(2_000_000, 10**9, usd=0.0), context=1000, **NO_OVERHEAD).plan()
+    assert plan.max_concurrent_sequences > 0
+    assert "no price for this GPU: give --usd-per-hour for costs" in plan.notes
+
+
+def test_the_longest_context_when_the_batch_just_fits_at_one_token():
+    # a batch of exactly as many sequences as fit at one token each still has a context (>= 1), not 0
+    p = planner(TINY_DENSE, exact_budget_gpu(2_000_000, 4 * 2**20), context=1000, **NO_OVERHEAD)
+    n = p.max_sequences(1)
+    context, why = p.max_context(n)
+    assert context >= 1 and p.max_sequences(context) >= n and p.max_sequences(context + 1) < n
+    assert p.max_context(n + 1)[0] == 0
+
+
+def test_a_shared_prefix_larger_than_the_pool_leaves_no_sequence():
+    # make_spec: 4 layers x 2 KV heads x (16 + 16) x 2 B = 512 B per token; a 16-token block set 8,192 B.
+    # A KV budget of exactly 10 block sets (vLLM's num_blocks = budget // 8,192 = 10).
+    p = planner(TINY_DENSE, exact_budget_gpu(2_000_000, 10 * 8192), context=1000, **NO_OVERHEAD)
+    assert p.plan().vllm_num_blocks == 10
+    # a 144-token shared prefix takes 9 blocks; each request adds 16 tokens = 1 block of its own: (10 - 9) // 1
+    assert p.max_sequences(160, 144) == 1
+    # a 320-token prefix needs 20 blocks, more than the pool: no request fits, not one
+    assert p.max_sequences(336, 320) == 0
+
+
 def test_fp8_weights_run_at_the_fp8_peak_and_bf16_weights_never_do():
     flops = 193_479_168 + 5_171_200  # as above
     fp8 = planner(TINY_DENSE, COMPUTE_GPU, context=1000, weights_dtype="fp8", **EXACT)

@@ -35,12 +35,20 @@ before the fork; kvplan itself is imported fresh in each child) runs only those 
 with `-x -q -p no:cacheprovider`, fastest first. Module-level lines (run at import, so
 coverage gives them to no test) are run against the tests that execute a line using the
 name they bind (or whose own code names it); failing that, every test that runs the module.
+A default argument (`def f(x, page=4096)`, a method's or a module-level function's) is also
+run against every test that executes the function's body, wherever that test calls it from
+(the CLI, another module): the default is read there. A lambda's body and each line of a
+multi-line statement (a `raise` whose message spans lines) map to the tests that run any of
+its lines.
 Sampling is seeded: `--sample N --seed S` picks the same N mutants per module on every
 machine while the module's source is unchanged.
 
 Mutants judged equivalent (no test could tell them from the original) are listed in
 docs/mutation.md under "Equivalent mutants" by their id (the 10 hex digits the report
-shows) with the reason; they are left out of the score.
+shows) with the reason; they are left out of the score. Mutants of code that runs only on
+a GPU (the CUDA branches of `measure`) are listed under "Needs a GPU": where no test runs
+them (a machine without CUDA) they are reported as "needs a GPU" and left out of the score;
+where a test runs them (a GPU machine) they are run and scored like any other.
 """
 
 from __future__ import annotations
@@ -64,14 +72,22 @@ from pathlib import Path
 
 CORE_MODULES = [
     "kvplan/model/spec.py",
+    "kvplan/model/spec_rules.py",
     "kvplan/model/shape.py",
     "kvplan/model/layout.py",
     "kvplan/model/formats.py",
+    "kvplan/sources/catalog.py",
+    "kvplan/sources/resolve.py",
+    "kvplan/sources/hf_config.py",
+    "kvplan/sources/safetensors_header.py",
+    "kvplan/sources/gguf.py",
+    "kvplan/sources/file_weights.py",
     "kvplan/engines/vllm_rules.py",
     "kvplan/engines/__init__.py",
     "kvplan/engines/compare.py",
     "kvplan/engines/hf.py",
     "kvplan/engines/ideal.py",
+    "kvplan/engines/keys.py",
     "kvplan/engines/llamacpp.py",
     "kvplan/engines/options.py",
     "kvplan/engines/vllm.py",
@@ -79,21 +95,21 @@ CORE_MODULES = [
     "kvplan/engines/trtllm.py",
     "kvplan/plan/planner.py",
     "kvplan/plan/pipeline.py",
-    "kvplan/sources/hf_config.py",
-    "kvplan/sources/safetensors_header.py",
-    "kvplan/sources/gguf.py",
+    "kvplan/plan/capacity.py",
+    "kvplan/model/kinds.py",
     "kvplan/measure/predict.py",
     "kvplan/measure/cache.py",
     "kvplan/measure/allocator.py",
     "kvplan/measure/readings.py",
+    "kvplan/measure/stability.py",
     "kvplan/measure/report.py",
     "kvplan/measure/run.py",
     "kvplan/measure/model.py",
 ]
 # Imported once in the parent so that each forked child starts without paying for them.
 PRELOAD = ["pytest", "hypothesis", "pydantic", "typer", "click", "rich", "yaml", "coverage", "numpy", "torch"]
-KILLED, TIMEOUT, SURVIVED, NOT_COVERED, EQUIVALENT, ERROR = (
-    "killed", "timeout", "survived", "not covered", "equivalent", "error")
+KILLED, TIMEOUT, SURVIVED, NOT_COVERED, EQUIVALENT, ERROR, NEEDS_GPU = (
+    "killed", "timeout", "survived", "not covered", "equivalent", "error", "needs a GPU")
 NO_MUTATE = "pragma: no mutate"
 
 # ----------------------------------------------------------------------------- mutants
@@ -129,6 +145,7 @@ class Mutant:
     stmt_lines: tuple = ()  # the lines of the enclosing statement (for the coverage map)
     id: str = ""
     top_names: tuple = ()  # the names the enclosing module-level statement binds
+    body_lines: tuple = ()  # for a default argument: the lines of the function body that reads it
     status: str = ""
     tests: int = 0
     seconds: float = 0.0
@@ -162,9 +179,10 @@ class _Finder:
 
     def __init__(self, source: str):
         self.source_lines = source.splitlines()
-        self.sites = []  # (span node, replacement source, operator, enclosing statement)
+        self.sites = []  # (span node, replacement source, operator, enclosing statement, top names, body lines)
+        self.body = ()
 
-    def walk(self, node, parent=None, stmt=None, skip=False, qual="", top=(), in_function=False):
+    def walk(self, node, parent=None, stmt=None, skip=False, qual="", top=(), in_function=False, body=()):
         if isinstance(parent, ast.Module) and isinstance(node, ast.stmt):
             top = _bound_names(node)
         if isinstance(node, ast.stmt):
@@ -179,6 +197,7 @@ class _Finder:
             return
         if not skip:
             self.top = top if not in_function else ()
+            self.body = body
             self.visit(node, stmt)
         for field, value in ast.iter_fields(node):
             children = value if isinstance(value, list) else [value]
@@ -192,13 +211,20 @@ class _Finder:
                     child_skip = True
                 if isinstance(node, ast.Call) and _call_name(node) in _LOG_CALLS and field in ("args", "keywords"):
                     child_skip = True
-                inside = in_function or (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-                                         and field == "body")
-                self.walk(child, node, stmt, child_skip, qual, top, inside)
+                is_function = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+                inside = in_function or (is_function and field == "body")
+                # A default argument is evaluated once, where the function is defined, but read
+                # each time its body runs without that argument: its tests are the body's.
+                child_body = body
+                if is_function and field == "args":
+                    child_body = tuple(range(_first_body_line(node), node.end_lineno + 1))
+                elif is_function and field == "body":
+                    child_body = ()
+                self.walk(child, node, stmt, child_skip, qual, top, inside, child_body)
 
     def add(self, span, replacement, operator, stmt):
         text = replacement if isinstance(replacement, str) else f"({ast.unparse(replacement)})"
-        self.sites.append((span, text, operator, stmt, self.top))
+        self.sites.append((span, text, operator, stmt, self.top, self.body))
 
     def visit(self, node, stmt):
         if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
@@ -237,6 +263,14 @@ class _Finder:
                 self.add(node, "return None", "return -> None", stmt)
         elif isinstance(node, ast.Raise):
             self.add(node, "pass", "raise -> pass", stmt)
+
+
+def _first_body_line(node) -> int:
+    """The first line of a function's (or lambda's) body, past a docstring."""
+    if isinstance(node, ast.Lambda):
+        return node.body.lineno
+    body = node.body[1:] if len(node.body) > 1 and _is_docstring(node.body[0], node) else node.body
+    return body[0].lineno
 
 
 def _bound_names(stmt) -> tuple:
@@ -309,10 +343,10 @@ def find_mutants(path: str, source: str) -> list:
     finder.walk(tree)
     lines = source.splitlines()
     mutants, seen = [], {}
-    for span, text, operator, stmt, top in finder.sites:
+    for span, text, operator, stmt, top, body in finder.sites:
         m = Mutant(path=path, line=span.lineno, operator=operator,
                    start=(span.lineno, span.col_offset), end=(span.end_lineno, span.end_col_offset),
-                   replacement=text, top_names=top)
+                   replacement=text, top_names=top, body_lines=body)
         mutated = apply_mutant(source, m)
         try:
             ast.parse(mutated)
@@ -460,6 +494,8 @@ def tests_for(m: Mutant, cmap: dict, index: dict, test_index: dict | None = None
                 found.add(ctx)
             else:
                 at_import = True
+    for n in m.body_lines:  # a default argument: every test that runs the body reading it
+        found |= {ctx for ctx in lines.get(str(n), []) if ctx}
     if m.top_names:
         # Code run at import (a module constant, a class body, a default argument): coverage
         # gives it to whichever test imported the module first, so add the tests that run a
@@ -578,12 +614,12 @@ def _run_queue(queue, running, free, root, logdir, progress) -> None:
             progress(done, m)
 
 
-def equivalent_ids(doc: Path) -> dict:
-    """Ids listed under "## Equivalent mutants" in docs/mutation.md, with their reasons."""
+def equivalent_ids(doc: Path, heading: str = "Equivalent mutants") -> dict:
+    """Ids listed under "## Equivalent mutants" (or another `heading`) in docs/mutation.md, with their reasons."""
     if not doc.exists():
         return {}
     text = doc.read_text(encoding="utf-8")
-    part = re.split(r"^## Equivalent mutants.*$", text, maxsplit=1, flags=re.M)
+    part = re.split(rf"^## {re.escape(heading)}.*$", text, maxsplit=1, flags=re.M)
     if len(part) < 2:
         return {}
     section = re.split(r"^## ", part[1], maxsplit=1, flags=re.M)[0]
@@ -596,7 +632,7 @@ def score_table(mutants: list, modules: list) -> list:
     rows = []
     for path in modules:
         ms = [m for m in mutants if m.path == path]
-        counted = [m for m in ms if m.status not in (EQUIVALENT, ERROR)]
+        counted = [m for m in ms if m.status not in (EQUIVALENT, ERROR, NEEDS_GPU)]
         killed = sum(m.status in (KILLED, TIMEOUT) for m in counted)
         rows.append({
             "module": path, "killed": killed, "total": len(counted),
@@ -604,6 +640,7 @@ def score_table(mutants: list, modules: list) -> list:
             "not_covered": sum(m.status == NOT_COVERED for m in ms),
             "timeouts": sum(m.status == TIMEOUT for m in ms),
             "equivalent": sum(m.status == EQUIVALENT for m in ms),
+            "needs_gpu": sum(m.status == NEEDS_GPU for m in ms),
             "errors": sum(m.status == ERROR for m in ms),
         })
     return rows
@@ -615,13 +652,14 @@ def write_report(path: Path, mutants: list, rows: list, command: str, seconds: f
         "",
         f"Written by `{command}` in {seconds:.0f} s. The score and what it means: docs/mutation.md.",
         "",
-        "| module | killed | total | % | not covered | equivalent |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| module | killed | total | % | not covered | equivalent | needs a GPU |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        out.append(f"| {r['module']} | {r['killed']} | {r['total']} | {r['percent']} | {r['not_covered']} | {r['equivalent']} |")
+        out.append(f"| {r['module']} | {r['killed']} | {r['total']} | {r['percent']} | {r['not_covered']} "
+                   f"| {r['equivalent']} | {r['needs_gpu']} |")
     for module in dict.fromkeys(m.path for m in mutants):
-        left = [m for m in mutants if m.path == module and m.status in (SURVIVED, NOT_COVERED, ERROR)]
+        left = [m for m in mutants if m.path == module and m.status in (SURVIVED, NOT_COVERED, ERROR, NEEDS_GPU)]
         if not left:
             continue
         out += ["", f"## {module}", "", "| id | line | operator | status | mutated line |", "|---|---:|---|---|---|"]
@@ -663,6 +701,7 @@ def main(argv=None) -> int:
     report = (args.report or root / "docs" / "mutation-survivors.md").resolve()
     json_out = (args.json or work / "last-run.json").resolve()
     equivalents = equivalent_ids(root / "docs" / "mutation.md")
+    gpu_only = equivalent_ids(root / "docs" / "mutation.md", "Needs a GPU")
 
     before = {r["id"]: r for r in json.loads(args.only.read_text())["mutants"]} if args.only else None
     picked = []
@@ -728,6 +767,9 @@ def main(argv=None) -> int:
                       flush=True)
 
         run_mutants(picked, cmap, root, copies, args.timeout or None, logdir, progress, args.tests)
+    for m in picked:  # code only a GPU runs, on a machine without one: listed, not scored
+        if m.status == NOT_COVERED and m.id in gpu_only:
+            m.status = NEEDS_GPU
 
     seconds = time.monotonic() - started
     rows = score_table(picked, modules)
