@@ -185,6 +185,14 @@ def fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
+def fmt_flops(n: float) -> str:
+    """'715.0 GFLOP', '892.2 MFLOP', '38.4 kFLOP', '512 FLOP': one decimal in the largest unit that is at least 1."""
+    for scale, unit in ((1e12, "TFLOP"), (1e9, "GFLOP"), (1e6, "MFLOP"), (1e3, "kFLOP")):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,.0f} FLOP"
+
+
 def counted(n: int, singular: str, plural: str | None = None) -> str:
     """'1 sequence', '13 sequences', '1,024 GPUs': the count and the word in the number it takes."""
     return f"{n:,} {singular if n == 1 else (plural or singular + 's')}"

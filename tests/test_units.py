@@ -108,3 +108,12 @@ def test_gpu_memory_is_refused_exactly_outside_1_gib_to_1_pib(nbytes):
 @given(n=st.integers(1, 1023))
 def test_a_bare_gib_count_gets_the_gib_hint(n):
     assert gpu_memory_problem(str(n), n).endswith(f"did you mean {n}GiB?")
+
+
+def test_fmt_flops_picks_the_largest_unit_that_is_at_least_one():
+    from kvplan.units import fmt_flops
+
+    # 715.0e9 (deepseek-v2-lite's 2-layer prefill), 892.2e6 (its decode step), a tiny model's 38,400, 512
+    assert [fmt_flops(715.0e9), fmt_flops(892.2e6), fmt_flops(38_400), fmt_flops(512), fmt_flops(2.5e12)] == [
+        "715.0 GFLOP", "892.2 MFLOP", "38.4 kFLOP", "512 FLOP", "2.5 TFLOP"]
+    assert fmt_flops(999) == "999 FLOP" and fmt_flops(1000) == "1.0 kFLOP"

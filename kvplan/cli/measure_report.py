@@ -6,7 +6,7 @@ from typing import Any
 
 from kvplan.cli.render import KIND_LABEL, rich_table, size
 from kvplan.measure.report import ALLOCATOR_NOTE, MeasureReport, ProbeReading, RSS_NOTE, RunReading, error_pct, fmt_seconds, memory_comparisons
-from kvplan.units import fmt_bytes, fmt_int
+from kvplan.units import fmt_bytes, fmt_flops, fmt_int
 
 def _signed_bytes(n: int, exact: bool) -> str:
     text = fmt_bytes(n) if abs(n) >= 1024 else f"{n:,} B"
@@ -62,7 +62,7 @@ def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
     rows.append(["  KV cache read", size(run.kv_bytes_read_per_step, exact), "", "", ""])
     rows.append(["  memory time (bytes / read bandwidth)", fmt_seconds(run.predicted_decode_memory_s), "", "", ""])
     rows.append([
-        f"  compute time ({run.decode_flops_per_step / 1e6:,.1f} MFLOP / GEMV {run.gemv_tflops * 1e3:,.1f} GFLOP/s)",
+        f"  compute time ({fmt_flops(run.decode_flops_per_step)} / GEMV {run.gemv_tflops * 1e3:,.1f} GFLOP/s)",
         fmt_seconds(run.predicted_decode_compute_s), "", "", "",
     ])
     if run.state_layers:
@@ -74,7 +74,7 @@ def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
     rows.append(["  spread of the judged rounds", "", f"{run.decode_spread:.1%} (range / median)", "", ""])
     prefill_err = run.measured_prefill_s - run.predicted_prefill_s
     rows.append([
-        f"prefill, median of rounds ({run.prefill_flops / 1e9:,.1f} GFLOP / GEMM {run.gemm_tflops * 1e3:,.1f} GFLOP/s"
+        f"prefill, median of rounds ({fmt_flops(run.prefill_flops)} / GEMM {run.gemm_tflops * 1e3:,.1f} GFLOP/s"
         + (f" + {run.context:,} x scan)" if run.state_layers else ")"),
         fmt_seconds(run.predicted_prefill_s),
         fmt_seconds(run.measured_prefill_s),

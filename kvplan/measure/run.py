@@ -62,7 +62,7 @@ from kvplan.measure.predict import (
 from kvplan.measure.report import KindReading, MeasureReport, ProbeReading, RunReading
 from kvplan.measure.stability import STABLE_ROUNDS, STABLE_TOLERANCE, is_stable, last_rounds, repeat_until_stable, spread
 from kvplan.model.spec import ModelSpec
-from kvplan.units import fmt_bytes
+from kvplan.units import counted, fmt_bytes
 
 # Copy-bandwidth buffer: well past the last-level cache (H100/H200 L2 is 50 MiB,
 # server CPU L3 tens of MiB), small beside the free memory.
@@ -423,10 +423,12 @@ def _run_notes(opts: MeasureOptions, device: torch.device) -> list[str]:
         "prefill = FLOPs (projections, causal attention, the last token's LM head) / the GEMM throughput at the "
         "same projection with prompt rows (a lower bound: attention and norms run slower than a projection)",
         f"decode feeds fixed random token ids (no sampling); a round is one prefill (after a "
-        f"{WARMUP_PREFILL_TOKENS}-token warm-up before the first) and {opts.decode_steps} decode steps (after "
-        f"{opts.warmup_steps} warm-up steps before the first); rounds repeat, at most {opts.max_rounds}, until the "
-        f"last {min(STABLE_ROUNDS, opts.max_rounds)} agree within {STABLE_TOLERANCE:.0%} (range / median); the "
-        "measured figures are the medians of those rounds, and the error is judged against them",
+        f"{WARMUP_PREFILL_TOKENS}-token warm-up before the first) and {counted(opts.decode_steps, 'decode step')} "
+        f"(after {counted(opts.warmup_steps, 'warm-up step')} before the first); "
+        + (f"rounds repeat, at most {opts.max_rounds}, until the last {min(STABLE_ROUNDS, opts.max_rounds)} agree "
+           f"within {STABLE_TOLERANCE:.0%} (range / median); the measured figures are the medians of those rounds, "
+           "and the error is judged against them" if opts.max_rounds > 1 else
+           "one round only (--max-rounds 1): its figures are the measured ones, and their stability is not judged"),
     ]
 
 
