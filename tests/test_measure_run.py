@@ -283,7 +283,7 @@ def test_cli_table_and_atomic_json(capsys, tmp_path):
     assert "decode step (median of rounds," in r.stdout and "-bound" in r.stdout
     assert "timing rounds" in r.stdout and "spread of the judged rounds" in r.stdout
     assert "stable" in r.stdout  # "N rounds, stable" or "N rounds, not stable (machine loaded)"
-    assert "memory time (bytes / read" in r.stdout and "MFLOP / GEMV" in r.stdout
+    assert "memory time (bytes / read" in r.stdout and "FLOP / GEMV" in r.stdout
     assert "read bandwidth" in r.stdout and "float32 .sum() over a 8.00 MiB buffer, best of 10" in r.stdout
     assert "copy bandwidth" in r.stdout and "dst.copy_(src) of a 8.00 MiB buffer" in r.stdout
     assert data_probes(out) == ["read bandwidth", "copy bandwidth", "GEMV, batch 1", "GEMM, 16 prompt rows", "GEMM, 32 prompt rows"]
