@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from kvplan.model.kinds import KINDS, LayerKind
-from kvplan.model.layout import CacheLayout, ceil_div
+from kvplan.model.layout import CacheLayout, ceil_div, last_fitting
 from kvplan.engines import (
     EngineCache,
     EngineCapacity,
@@ -379,13 +379,7 @@ def capacity(spec, context: int, batch: int, opts: HFOptions, mem: MemoryInputs,
         lo, hi = 1, max(2, budget // one + 1)
         while fits(hi):
             lo, hi = hi, hi * 2
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if fits(mid):
-                lo = mid
-            else:
-                hi = mid
-        best = lo
+        best = last_fitting(fits, lo, hi)
     ok = this.kv_bytes_total <= budget
     refusals = () if ok else ("torch.OutOfMemoryError: CUDA out of memory.",)
     notes = (f"activations: {mem.activation_source}",)

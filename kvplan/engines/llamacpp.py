@@ -71,7 +71,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from kvplan.model.kinds import KINDS, KINDS_BY_NAME, LayerKind
-from kvplan.model.layout import CacheLayout, ceil_div
+from kvplan.model.layout import CacheLayout, ceil_div, last_fitting
 from kvplan.engines import (
     MIB,
     EngineCache,
@@ -456,13 +456,7 @@ def capacity(spec, context: int, batch: int, opts: LlamaCppOptions, mem: MemoryI
         lo, hi = 1, 2
         while (need(hi) or 0) <= budget and hi < 2**20:
             lo, hi = hi, hi * 2
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if (need(mid) or 0) <= budget:
-                lo = mid
-            else:
-                hi = mid
-        best = lo
+        best = last_fitting(lambda n: (need(n) or 0) <= budget, lo, hi)
     fits = here <= budget
     # llama_kv_cache throws "failed to allocate buffer for kv cache"; llama_init_from_model reports it
     refusals = () if fits else (
