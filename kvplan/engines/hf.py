@@ -51,15 +51,7 @@ from typing import Optional
 
 from kvplan.model.kinds import KINDS, LayerKind
 from kvplan.model.layout import CacheLayout, ceil_div, last_fitting
-from kvplan.engines import (
-    EngineCache,
-    EngineCapacity,
-    KindCache,
-    Ledger,
-    MemoryInputs,
-    kind_counts,
-    window_of,
-)
+from kvplan.engines import EngineCache, EngineCapacity, KindCache, Ledger, MemoryInputs, kind_counts, window_of
 from kvplan.errors import InputError, require_at_least
 from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair, element_pair
 

@@ -72,17 +72,8 @@ from typing import Optional
 
 from kvplan.model.kinds import KINDS, KINDS_BY_NAME, LayerKind
 from kvplan.model.layout import CacheLayout, ceil_div, last_fitting
-from kvplan.engines import (
-    MIB,
-    EngineCache,
-    EngineCapacity,
-    KindCache,
-    Ledger,
-    MemoryInputs,
-    f32,
-    kind_counts,
-    window_of,
-)
+from kvplan.engines import (MIB, EngineCache, EngineCapacity, KindCache, Ledger, MemoryInputs, f32, kind_counts,
+                            window_of)
 from kvplan.errors import InputError, require_at_least
 from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
 

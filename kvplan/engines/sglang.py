@@ -50,18 +50,8 @@ from typing import Optional
 
 from kvplan.model.kinds import KINDS, KINDS_BY_NAME, LayerKind
 from kvplan.model.layout import ceil_div, kv_heads_per_rank
-from kvplan.engines import (
-    GIB,
-    EngineCache,
-    EngineCapacity,
-    KindCache,
-    Ledger,
-    MemoryInputs,
-    ideal_estimate,
-    ideal_state_row,
-    kind_counts,
-    window_of,
-)
+from kvplan.engines import (GIB, EngineCache, EngineCapacity, KindCache, Ledger, MemoryInputs, ideal_estimate,
+                            ideal_state_row, kind_counts, window_of)
 from kvplan.errors import InputError, require_at_least
 from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair, element_pair
 
