@@ -51,7 +51,8 @@ from typing import Optional
 
 from kvplan.model.kinds import KINDS, LayerKind
 from kvplan.model.layout import CacheLayout, ceil_div, last_fitting
-from kvplan.engines import EngineCache, EngineCapacity, KindCache, Ledger, MemoryInputs, kind_counts, window_of
+from kvplan.engines import (EngineCache, EngineCapacity, KindCache, Ledger, MemoryInputs, ideal_estimate, kind_counts,
+                            window_of)
 from kvplan.errors import InputError, require_at_least
 from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair, element_pair
 
@@ -159,7 +160,7 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
         raise InputError(f"--hf-cache {opts.cache!r} is not one of {', '.join(CACHES)}")
     if opts.transformers_version not in VERSIONS:
         raise InputError(f"--transformers-version {opts.transformers_version!r} is not one of 4, 5")
-    ideal = CacheLayout(spec, ideal_format, block_size=1, state_format=ideal_state).at(context, batch)
+    ideal = ideal_estimate(spec, ideal_format, context, batch, state_format=ideal_state)
     run_dtype, refusal = cache_dtype(spec, kv_cache_dtype)
     held = context - 1 if opts.generate else context
     settings = {"cache": opts.cache, "transformers_version": opts.transformers_version, "generate": opts.generate,
