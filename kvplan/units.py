@@ -171,6 +171,17 @@ def parse_count(text: Union[str, int]) -> int:
     return int(value)
 
 
+def parse_count_as(text: Union[str, int], not_a: str) -> int:
+    """parse_count with both refusals worded after the quoted value, for a flag or a plan key to prefix:
+    "'1.3k' is 1,331.2, not a whole number; ..." or "'x' is not " + not_a (e.g. "a whole number (e.g. 8 or 1k)")."""
+    try:
+        return parse_count(text)
+    except NotWholeError as exc:
+        raise ValueError(f"{text!r} {exc}") from None
+    except ValueError:
+        raise ValueError(f"{text!r} is not {not_a}") from None
+
+
 def fmt_bytes(n: int | float) -> str:
     """Binary units with the unit named: 1536 -> '1.50 KiB'."""
     sign = "-" if n < 0 else ""

@@ -41,7 +41,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from kvplan.errors import InputError
 from kvplan.userfiles import loads_json
@@ -72,14 +72,19 @@ def _is_junit(path: Path) -> bool:
     return _JUNIT_ROOT.match(_head(path)) is not None
 
 
+def _json_of(path: Path) -> Any:
+    """The JSON document in `path`, or None where it is too large to be ours or is not JSON."""
+    if path.stat().st_size > _JSON_LIMIT_BYTES:
+        return None
+    try:
+        return loads_json(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
 def _json_with_keys(*keys: str) -> Callable[[Path], bool]:
     def check(path: Path) -> bool:
-        if path.stat().st_size > _JSON_LIMIT_BYTES:
-            return False
-        try:
-            data = loads_json(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            return False
+        data = _json_of(path)
         return isinstance(data, dict) and all(k in data for k in keys)
 
     return check
@@ -119,12 +124,7 @@ SPEC_YAML = ReportKind("a spec", None)
 
 def _is_kvplan_json(path: Path) -> bool:
     """Any JSON document kvplan printed: an object with "schema_version", or an array of them."""
-    if path.stat().st_size > _JSON_LIMIT_BYTES:
-        return False
-    try:
-        data = loads_json(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return False
+    data = _json_of(path)
     first = data[0] if isinstance(data, list) and data else data
     return isinstance(first, dict) and "schema_version" in first
 

@@ -194,6 +194,13 @@ def f32(x: float) -> float:
     return struct.unpack("f", struct.pack("f", x))[0]
 
 
+def ideal_state_row(ideal: CacheEstimate, kind: LayerKind, layers: int, note: str) -> KindCache:
+    """The row of a state (SSM) kind taken from the ideal estimate, for an engine whose state pool kvplan does not
+    re-read: `note` names that pool."""
+    st = next(k for k in ideal.by_kind if k.kind == kind.value)
+    return KindCache(kind.value, layers, 0, ideal.batch, st.state_bytes_per_sequence_per_layer, st.bytes_total, note)
+
+
 def kind_rows(est: CacheEstimate, paged: bool) -> tuple[KindCache, ...]:
     """A `kvplan.model.layout` estimate as an engine's rows (ideal: tokens held; vLLM: tokens its blocks reserve)."""
     rows = []

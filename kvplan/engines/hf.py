@@ -50,16 +50,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from kvplan.model.kinds import KINDS, LayerKind
-from kvplan.model.layout import CacheLayout, ceil_div
-from kvplan.engines import (
-    EngineCache,
-    EngineCapacity,
-    KindCache,
-    Ledger,
-    MemoryInputs,
-    kind_counts,
-    window_of,
-)
+from kvplan.model.layout import CacheLayout, ceil_div, last_fitting
+from kvplan.engines import (EngineCache, EngineCapacity, KindCache, Ledger, MemoryInputs, ideal_estimate, kind_counts,
+                            window_of)
 from kvplan.errors import InputError, require_at_least
 from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair, element_pair
 
@@ -167,7 +160,7 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
         raise InputError(f"--hf-cache {opts.cache!r} is not one of {', '.join(CACHES)}")
     if opts.transformers_version not in VERSIONS:
         raise InputError(f"--transformers-version {opts.transformers_version!r} is not one of 4, 5")
-    ideal = CacheLayout(spec, ideal_format, block_size=1, state_format=ideal_state).at(context, batch)
+    ideal = ideal_estimate(spec, ideal_format, context, batch, state_format=ideal_state)
     run_dtype, refusal = cache_dtype(spec, kv_cache_dtype)
     held = context - 1 if opts.generate else context
     settings = {"cache": opts.cache, "transformers_version": opts.transformers_version, "generate": opts.generate,
@@ -379,13 +372,7 @@ def capacity(spec, context: int, batch: int, opts: HFOptions, mem: MemoryInputs,
         lo, hi = 1, max(2, budget // one + 1)
         while fits(hi):
             lo, hi = hi, hi * 2
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if fits(mid):
-                lo = mid
-            else:
-                hi = mid
-        best = lo
+        best = last_fitting(fits, lo, hi)
     ok = this.kv_bytes_total <= budget
     refusals = () if ok else ("torch.OutOfMemoryError: CUDA out of memory.",)
     notes = (f"activations: {mem.activation_source}",)

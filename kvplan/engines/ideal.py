@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from kvplan.engines import EngineCache, kind_rows
+from kvplan.engines import EngineCache, ideal_estimate, kind_rows
 from kvplan.model.formats import KVFormat, KVFormatPair
-from kvplan.model.layout import CacheLayout
 
 NAME = "ideal"
 SOURCES = ("kvplan.model.layout CacheLayout (no paging): the tokens each layer needs, windows min(context, W)",)
@@ -29,6 +28,6 @@ class IdealOptions:
 def cache(spec, context: int, batch: int, opts: IdealOptions, *, kv_cache_dtype: str = "auto",
           ideal_format: KVFormatPair, ideal_state: Optional[KVFormat] = None) -> EngineCache:
     """The ideal cache as an engine row (no differences by definition)."""
-    est = CacheLayout(spec, ideal_format, block_size=1, tp=opts.tp, state_format=ideal_state).at(context, batch)
+    est = ideal_estimate(spec, ideal_format, context, batch, opts.tp, ideal_state)
     return EngineCache(NAME, spec.name, context, batch, ideal_format.name, {"tp": opts.tp}, kind_rows(est, False),
                        est.kv_bytes_total, est.kv_bytes_total, (), (), (), (), SOURCES)

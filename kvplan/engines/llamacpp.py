@@ -71,18 +71,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from kvplan.model.kinds import KINDS, KINDS_BY_NAME, LayerKind
-from kvplan.model.layout import CacheLayout, ceil_div
-from kvplan.engines import (
-    MIB,
-    EngineCache,
-    EngineCapacity,
-    KindCache,
-    Ledger,
-    MemoryInputs,
-    f32,
-    kind_counts,
-    window_of,
-)
+from kvplan.model.layout import ceil_div, last_fitting
+from kvplan.engines import (MIB, EngineCache, EngineCapacity, KindCache, Ledger, MemoryInputs, f32, ideal_estimate,
+                            kind_counts, window_of)
 from kvplan.errors import InputError, require_at_least
 from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
 
@@ -274,7 +265,7 @@ def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, kv_cache_dty
         # llama.cpp's -c 0 means the model's training context, which kvplan does not take from a GGUF here
         raise InputError(f"--ctx-size {n_ctx_requested} must be at least 1 (llama.cpp's -c 0, the training "
                          "context, is not modelled: give the cells, or leave it out for --context x --parallel)")
-    ideal = CacheLayout(spec, ideal_format, block_size=1, state_format=ideal_state).at(context, batch)
+    ideal = ideal_estimate(spec, ideal_format, context, batch, state_format=ideal_state)
     type_k, type_v = opts.cache_type_k, opts.cache_type_v
     kv_name = type_k if type_k == type_v else f"{type_k}/{type_v}"
     settings = {
@@ -456,13 +447,7 @@ def capacity(spec, context: int, batch: int, opts: LlamaCppOptions, mem: MemoryI
         lo, hi = 1, 2
         while (need(hi) or 0) <= budget and hi < 2**20:
             lo, hi = hi, hi * 2
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if (need(mid) or 0) <= budget:
-                lo = mid
-            else:
-                hi = mid
-        best = lo
+        best = last_fitting(lambda n: (need(n) or 0) <= budget, lo, hi)
     fits = here <= budget
     # llama_kv_cache throws "failed to allocate buffer for kv cache"; llama_init_from_model reports it
     refusals = () if fits else (

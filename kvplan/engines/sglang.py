@@ -49,17 +49,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from kvplan.model.kinds import KINDS, KINDS_BY_NAME, LayerKind
-from kvplan.model.layout import CacheLayout, ceil_div, kv_heads_per_rank
-from kvplan.engines import (
-    GIB,
-    EngineCache,
-    EngineCapacity,
-    KindCache,
-    Ledger,
-    MemoryInputs,
-    kind_counts,
-    window_of,
-)
+from kvplan.model.layout import ceil_div, kv_heads_per_rank
+from kvplan.engines import (GIB, EngineCache, EngineCapacity, KindCache, Ledger, MemoryInputs, ideal_estimate,
+                            ideal_state_row, kind_counts, window_of)
 from kvplan.errors import InputError, require_at_least
 from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair, element_pair
 
@@ -195,7 +187,7 @@ def cache(spec, context: int, batch: int, opts: SGLangOptions, *, kv_cache_dtype
     if opts.page_size < 1:
         raise InputError(f"--page-size must be at least 1, got {opts.page_size}")
     tp = opts.tp
-    ideal = CacheLayout(spec, ideal_format, block_size=1, tp=tp, state_format=ideal_state).at(context, batch)
+    ideal = ideal_estimate(spec, ideal_format, context, batch, tp, ideal_state)
     dtype, refusal = kv_dtype(spec, kv_cache_dtype)
     page = opts.page_size
     settings = {"kv_cache_dtype": dtype, "page_size": page, "tp": tp}
@@ -239,9 +231,7 @@ def cache(spec, context: int, batch: int, opts: SGLangOptions, *, kv_cache_dtype
     rows = []
     for kind, n in counts.items():
         if KINDS[kind].has_state:
-            st = next(k for k in ideal.by_kind if k.kind == kind.value)
-            rows.append(KindCache(kind.value, n, 0, batch, st.state_bytes_per_sequence_per_layer, st.bytes_total,
-                                  "Mamba state pool not re-read: the ideal state size"))
+            rows.append(ideal_state_row(ideal, kind, n, "Mamba state pool not re-read: the ideal state size"))
             continue
         if kind not in per_layer:
             continue

@@ -34,17 +34,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 from kvplan.model.kinds import KINDS, KINDS_BY_NAME, LayerKind
-from kvplan.model.layout import CacheLayout, ceil_div, kv_heads_per_rank
-from kvplan.engines import (
-    GIB,
-    EngineCache,
-    EngineCapacity,
-    KindCache,
-    Ledger,
-    MemoryInputs,
-    kind_counts,
-    window_of,
-)
+from kvplan.model.layout import ceil_div, kv_heads_per_rank
+from kvplan.engines import (GIB, EngineCache, EngineCapacity, KindCache, Ledger, MemoryInputs, ideal_estimate,
+                            ideal_state_row, kind_counts, window_of)
 from kvplan.errors import InputError, require_at_least
 from kvplan.model.formats import KVFormat, KVFormatPair
 
@@ -104,7 +96,7 @@ def cache(spec, context: int, batch: int, opts: TrtllmOptions, *, kv_cache_dtype
     if bs < 1 or bs & (bs - 1):
         raise InputError(f"--tokens-per-block {bs} must be a power of two")
     tp = opts.tp
-    ideal = CacheLayout(spec, ideal_format, block_size=1, tp=tp, state_format=ideal_state).at(context, batch)
+    ideal = ideal_estimate(spec, ideal_format, context, batch, tp, ideal_state)
     dtype, refusal = kv_dtype(kv_cache_dtype, spec.dtype)
     settings = {"kv_cache_dtype": dtype, "tokens_per_block": bs, "tp": tp}
     if refusal:
@@ -146,9 +138,7 @@ def cache(spec, context: int, batch: int, opts: TrtllmOptions, *, kv_cache_dtype
     rows = []
     for kind, n in counts.items():
         if KINDS[kind].has_state:
-            st = next(k for k in ideal.by_kind if k.kind == kind.value)
-            rows.append(KindCache(kind.value, n, 0, batch, st.state_bytes_per_sequence_per_layer, st.bytes_total,
-                                  "Mamba state (MambaHybridCacheManager) not re-read: the ideal state size"))
+            rows.append(ideal_state_row(ideal, kind, n, "Mamba state (MambaHybridCacheManager) not re-read: the ideal state size"))
         elif kind in attention:
             note = "no V (CacheType SELFKONLY)" if kind is LayerKind.MLA else ""
             rows.append(KindCache(kind.value, n, blocks(kind), batch * blocks(kind), tp * ours[kind],

@@ -197,8 +197,8 @@ class SlidingWindow(FullAttention):
     window_field = "sliding_window"
 
     def spec_problem(self, spec, where: str) -> Optional[str]:
-        if spec.sliding_window is None:
-            return f"{where} has sliding_attention layers but sliding_window is not set"
+        if self.window(spec) is None:
+            return f"{where} has {self.layer_type} layers but {self.window_field} is not set"
         return None
 
     def tokens_held(self, context: int, window: Optional[int]) -> int:
@@ -238,11 +238,6 @@ class ChunkedAttention(SlidingWindow):
     label = "chunked local"
     layer_type = "chunked_attention"
     window_field = "attention_chunk_size"
-
-    def spec_problem(self, spec, where: str) -> Optional[str]:
-        if spec.attention_chunk_size is None:
-            return f"{where} has chunked_attention layers but attention_chunk_size is not set"
-        return None
 
     def _window_blocks(self, window: int, block_size: int) -> int:
         # chunks start at multiples of C: block-aligned when bs divides C, else one block more

@@ -20,7 +20,7 @@ spec's layers, its tensor-parallel ranks and its pipeline stages:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from kvplan.errors import InputError
 from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
@@ -30,6 +30,18 @@ from kvplan.model.shape import SpecDerived as ModelSpec  # any validated spec (p
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def last_fitting(fits: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The largest n in [lo, hi) with fits(n), by bisection: fits holds at lo, fails at hi and is monotone
+    between (bytes are a step function of context or batch, so a search, not a division)."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def pp_partition(num_layers: int, pp: int) -> list[int]:

@@ -104,8 +104,13 @@ def size_limit_problem(field: str, value: Any) -> Optional[str]:
     """Why `value` is too large for `field` (its bound, and why), or None."""
     limit, why = SIZE_LIMITS[field]
     if isinstance(value, int) and value > limit:
-        return f"{value:,} is more than {limit:,}, kvplan's limit, far above any real model ({why}); check the value"
+        return _over_limit(f"{value:,}", limit, why)
     return None
+
+
+def _over_limit(shown: str, limit: int, why: str) -> str:
+    """The one wording of a size above kvplan's sanity limit: the value, the limit, the largest real model."""
+    return f"{shown} is more than {limit:,}, kvplan's limit, far above any real model ({why}); check the value"
 
 
 def layer_type_problem(name: str) -> Optional[str]:
@@ -118,7 +123,7 @@ def layer_type_problem(name: str) -> Optional[str]:
 def pattern_count_problem(count: int) -> Optional[str]:
     """Why a layer_pattern count is too large, or None."""
     if count > MAX_LAYERS:
-        return f"{count:,} layers is more than {MAX_LAYERS:,}, kvplan's limit, far above any real model ({_LAYERS_WHY}); check the value"
+        return _over_limit(f"{count:,} layers", MAX_LAYERS, _LAYERS_WHY)
     return None
 
 

@@ -78,6 +78,8 @@ def engine_max_context(module: Any, spec: Any, engine: str, opts: Any, batch: in
     hf and llama.cpp have no pool, so their `fits` is the cache bytes <= room,
     tested here without the slot search their `capacity` also runs.
     """
+    from kvplan.model.layout import last_fitting
+
     if engine == "hf" and opts.cache == "static" and opts.max_cache_len is not None:
         # a StaticCache cannot grow past max_cache_len (generate() leaves one token uncached)
         limit = min(limit, opts.max_cache_len + (1 if opts.generate else 0))
@@ -98,11 +100,4 @@ def engine_max_context(module: Any, spec: Any, engine: str, opts: Any, batch: in
         return limit
     if not fits(1):
         return 0
-    lo, hi = 1, limit  # fits at lo, not at hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    return last_fitting(fits, 1, limit)  # fits at 1, not at limit

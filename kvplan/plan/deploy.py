@@ -18,7 +18,7 @@ from kvplan.model.layout import CacheLayout
 from kvplan.errors import InputError, require_at_least
 from kvplan.model.formats import KVFormat, KVFormatPair, UnknownFormatError, parse_format_pair, parse_state_format
 from kvplan.model.shape import SpecDerived as ModelSpec  # a validated spec, pydantic or not
-from kvplan.units import parse_bytes
+from kvplan.units import parse_bytes, parse_count_as
 
 if TYPE_CHECKING:  # imported where used: a KV-only estimate needs neither the planner nor the GPU catalog
     from kvplan.plan.gpus import GPU
@@ -31,16 +31,12 @@ ENGINES = tuple(e for e in CHOICES if e in PLANNED)  # kvplan.plan.planner.Engin
 
 def parse_token_count(text: Union[str, int], flag: str) -> int:
     """'32k' -> 32768, '1.5k' -> 1536, '131072' -> 131072 (tokens; k = 1024: kvplan.units.parse_count)."""
-    from kvplan.units import NotWholeError, parse_count
-
     if isinstance(text, bool):
         raise InputError(f"{flag} {text!r} is not a number of tokens")
     try:
-        return parse_count(text)
-    except NotWholeError as exc:
-        raise InputError(f"{flag} {text!r} {exc}") from None
-    except ValueError:
-        raise InputError(f"{flag} {text!r} is not a whole number of tokens (e.g. 32768 or 32k)") from None
+        return parse_count_as(text, "a whole number of tokens (e.g. 32768 or 32k)")
+    except ValueError as exc:
+        raise InputError(f"{flag} {exc}") from None
 
 
 def default_block_size(spec: ModelSpec, engine: Union[str, "Engine"]) -> int:

@@ -36,7 +36,7 @@ from kvplan.errors import InputError
 from kvplan.model.formats import UnknownFormatError, parse_format_pair, parse_state_format
 from kvplan.plan.planner import DEFAULT_GPU_MEMORY_UTILIZATION, WEIGHT_DTYPES
 from kvplan.model.spec import NotBoolean
-from kvplan.units import fmt_bytes, gpu_memory_problem, parse_bytes
+from kvplan.units import fmt_bytes, gpu_memory_problem, parse_bytes, parse_count_as
 from kvplan.engines.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS
 
 # ------------------------------------------------------------------ plan file
@@ -45,28 +45,14 @@ from kvplan.engines.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS
 def _tokens(value: Any) -> Any:
     """'32k' -> 32768, '1.5k' -> 1536 (k = 1024, m = 1024**2); integers pass through to the strict int check."""
     if isinstance(value, str):
-        from kvplan.units import NotWholeError, parse_count
-
-        try:
-            return parse_count(value)
-        except NotWholeError as exc:
-            raise ValueError(f"{value!r} {exc}") from None
-        except ValueError:
-            raise ValueError(f"{value!r} is not a whole number of tokens (e.g. 32768 or 32k)") from None
+        return parse_count_as(value, "a whole number of tokens (e.g. 32768 or 32k)")
     return value
 
 
 def _count(value: Any) -> Any:
     """'1k' -> 1024 for a count that is not tokens (batch, tp, pp), as on the command line; ints pass through."""
     if isinstance(value, str):
-        from kvplan.units import NotWholeError, parse_count
-
-        try:
-            return parse_count(value)
-        except NotWholeError as exc:
-            raise ValueError(f"{value!r} {exc}") from None
-        except ValueError:
-            raise ValueError(f"{value!r} is not a whole number (e.g. 8 or 1k)") from None
+        return parse_count_as(value, "a whole number (e.g. 8 or 1k)")
     return value
 
 

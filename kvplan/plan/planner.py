@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from typing import Callable, Optional
 
-from kvplan.model.kinds import KINDS
-from kvplan.model.layout import CacheLayout, ceil_div
+from kvplan.model.kinds import KINDS, Kind
+from kvplan.model.layout import CacheLayout, ceil_div, last_fitting
 from kvplan.errors import InputError, require_at_least
 from kvplan.model.formats import FIXED_FORMATS, KVFormatPair
 from kvplan.model.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
@@ -383,34 +384,24 @@ def _attention_dims(spec: ModelSpec) -> tuple[int, int]:
     return spec.k_head_dim, spec.v_head_dim_resolved
 
 
-def attention_flops_decode(spec: ModelSpec, kinds: dict[LayerKind, int], layout: CacheLayout, context: int, tp: int) -> int:
-    """FLOPs of attention for one new token attending to the tokens held (per rank)."""
+def _attention_flops(spec: ModelSpec, kinds: dict[LayerKind, int], layout: CacheLayout, tp: int,
+                     pairs: Callable[[Kind, Optional[int]], int]) -> int:
+    """2 x heads x (d_k + d_v) FLOPs per query-key pair, over the `pairs(rule, window)` of every KV kind (per rank)."""
     dk, dv = _attention_dims(spec)
     heads = spec.num_attention_heads // tp
     windows = {g.kind: g.window for g in layout.groups}
-    total = 0
-    for kind, n in kinds.items():
-        rule = KINDS[kind]
-        if not rule.has_kv:
-            continue
-        total += n * 2 * heads * rule.tokens_held(context, windows.get(kind)) * (dk + dv)
-    return total
+    return sum(n * 2 * heads * (dk + dv) * pairs(KINDS[kind], windows.get(kind))
+               for kind, n in kinds.items() if KINDS[kind].has_kv)
+
+
+def attention_flops_decode(spec: ModelSpec, kinds: dict[LayerKind, int], layout: CacheLayout, context: int, tp: int) -> int:
+    """FLOPs of attention for one new token attending to the tokens held (per rank)."""
+    return _attention_flops(spec, kinds, layout, tp, lambda rule, window: rule.tokens_held(context, window))
 
 
 def attention_flops_prefill(spec: ModelSpec, kinds: dict[LayerKind, int], layout: CacheLayout, prompt: int, tp: int) -> int:
-    dk, dv = _attention_dims(spec)
-    heads = spec.num_attention_heads // tp
-    windows = {g.kind: g.window for g in layout.groups}
-    total = 0
-    for kind, n in kinds.items():
-        if not KINDS[kind].has_kv:
-            continue
-        # the kind's causal pairs: a sliding token sees its window, a chunked one only its own chunk
-        total += n * 2 * heads * (dk + dv) * KINDS[kind].prefill_pairs(prompt, windows.get(kind))
-    return total
-
-
-# ----------------------------------------------------------------- the plan
+    # the kind's causal pairs: a sliding token sees its window, a chunked one only its own chunk
+    return _attention_flops(spec, kinds, layout, tp, lambda rule, window: rule.prefill_pairs(prompt, window))
 
 
 class Planner:
@@ -507,14 +498,7 @@ class Planner:
             return limit, why
         if self.max_sequences(1) < batch:
             return 0, "memory: not even one token per sequence fits"
-        lo, hi = 1, limit  # fits at lo, not at hi
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if self.max_sequences(mid) >= batch:
-                lo = mid
-            else:
-                hi = mid
-        return lo, "KV memory"
+        return last_fitting(lambda context: self.max_sequences(context) >= batch, 1, limit), "KV memory"
 
     # -- latency ---------------------------------------------------------
 
