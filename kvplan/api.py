@@ -28,7 +28,7 @@ def load_model(source: Any):
 
 def _settings(context: int, batch: int, options: dict) -> Settings:
     """Settings from keywords: a Settings field by name, or an engine option key (hf_cache, parallel, page_size, ...)."""
-    from kvplan.engines.keys import ALL_OPTION_KEYS
+    from kvplan.options import ALL_OPTION_KEYS
     from kvplan.errors import InputError
 
     names = set(Settings._fields) - {"engine_options", "concurrency_curve"}

@@ -1,4 +1,4 @@
-"""The one option table (kvplan.engines.keys.OPTIONS): every command's flags and the plan schema come from it.
+"""The one option table (kvplan.options.OPTIONS): every command's flags and the plan schema come from it.
 
 Expected figures are computed by hand here from the catalog's numbers (gpus.yaml, the spec's
 config.json) and vLLM's budget rule (kvplan.plan.planner's docstring: KV budget =
@@ -46,7 +46,7 @@ def _click_type_name(kind: str) -> str:
 
 def test_every_commands_flags_come_from_the_table():
     """Each option's flags, hidden spellings, help and type are the table's; the rest are named above."""
-    from kvplan.engines.keys import OPTIONS
+    from kvplan.options import OPTIONS
 
     by_param = {o.name: o for o in OPTIONS}
     seen = set()
@@ -61,7 +61,7 @@ def test_every_commands_flags_come_from_the_table():
             if param.hidden:  # an old spelling: it must be one the table lists for its option
                 assert any(flag in o.hidden or flag in o.flags for o in OPTIONS for flag in param.opts), (name, param.opts)
                 continue
-            assert param.name in by_param, f"{name} {param.opts}: not in kvplan.engines.keys.OPTIONS"
+            assert param.name in by_param, f"{name} {param.opts}: not in kvplan.options.OPTIONS"
             option = by_param[param.name]
             assert tuple(param.opts) == option.flags, (name, param.name)
             assert param.help == option.help, (name, param.name)
@@ -76,14 +76,14 @@ def test_every_commands_flags_come_from_the_table():
 
 def test_the_same_flag_is_the_same_option_in_every_command():
     """No flag means two things: one table entry per flag, across all commands (measure's own run flags aside)."""
-    from kvplan.engines.keys import OPTIONS
+    from kvplan.options import OPTIONS
 
     flags = [f for o in OPTIONS for f in o.flags + o.hidden]
     assert len(flags) == len(set(flags))
 
 
 def test_the_plan_schema_holds_the_tables_plan_keys():
-    from kvplan.engines.keys import OPTIONS
+    from kvplan.options import OPTIONS
     from kvplan.plan.gating import DeploymentEntry
 
     plan_only = {"name", "model", "budgets"}  # a deployment's label, what it runs, its limits
@@ -107,7 +107,7 @@ def test_the_plan_schema_holds_the_tables_plan_keys():
     ("gpu_memory", "80GB", 80 * 10**9),
 ])
 def test_a_value_reads_the_same_on_the_command_line_and_in_a_plan(key, text, expected):
-    from kvplan.engines.keys import parse_option
+    from kvplan.options import parse_option
     from kvplan.plan.gating import DeploymentEntry
 
     cli = parse_option(key, text)
@@ -260,7 +260,7 @@ def test_a_failed_diff_gate_still_writes_its_report(capsys, tmp_path):
 
 
 def test_measure_json_is_the_hidden_old_spelling_of_output():
-    from kvplan.engines.keys import BY_KEY
+    from kvplan.options import BY_KEY
 
     assert BY_KEY["output"].hidden == ("--json",)
     commands = _commands()

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from kvplan.cli.options import O, tees_output
-from kvplan.engines.keys import given_engine_options, one_value
+from kvplan.options import given_engine_options, one_value
 from kvplan.errors import InputError, KvplanError
 from kvplan.cli.parsing import parse_int_list, parse_str_list, token_flag, warn_beyond_positions  # noqa: F401 (shared)
 from kvplan.cli.render import OutputFormat
@@ -29,7 +29,7 @@ app = typer.Typer(
 _state = {"debug": False}
 
 # ------------------------------------------------------------ shared options
-# Every deployment, engine and output flag comes from the one table (kvplan.engines.keys.OPTIONS)
+# Every deployment, engine and output flag comes from the one table (kvplan.options.OPTIONS)
 # through kvplan.cli.options: `O.context` is --context / -c with its help and type, in every command.
 ModelArg = Annotated[str, typer.Argument(help="A catalog name (see `kvplan models`), a spec YAML, a config.json, a model folder, a .gguf file, or a hub id org/name in the local Hugging Face cache.", show_default=False)]
 FormatOpt = O.format(OutputFormat)
@@ -52,9 +52,6 @@ def _root(
 
 
 # ------------------------------------------------------------------ commands
-
-
-from kvplan.cli import compare as _profiles  # noqa: E402  (engine profiles: hf, llama.cpp, sglang, trtllm)
 
 
 def _estimate_inputs(params: dict):
@@ -140,7 +137,7 @@ def estimate(
     max_num_batched_tokens = token_flag(max_num_batched_tokens, "--max-num-batched-tokens")
     prompt_tokens, output_tokens = token_flag(prompt_tokens, "--prompt-tokens"), token_flag(output_tokens, "--output-tokens")
     shared_prefix_tokens = token_flag(shared_prefix_tokens, "--shared-prefix-tokens") or 0
-    from kvplan.engines import PROFILES
+    from kvplan.options import PROFILES
     from kvplan.plan.pipeline import Settings, check_estimate, sweep
 
     engine_flags = given_engine_options(locals())
@@ -164,7 +161,9 @@ def estimate(
                    for a in sweep(spec, engine, base._replace(kv_cache_dtype=d, tp=t, gpu=g,
                                                         gpu_bandwidth=1.0 if g is None and gpu_memory else None),
                                   contexts, batches)]
-        return _profiles.render_engine([(a.cache, a.capacity) for a in answers], fmt, exact, svg)
+        from kvplan.cli.compare import render_engine  # the engine profiles' table (hf, llama.cpp, sglang, trtllm)
+
+        return render_engine([(a.cache, a.capacity) for a in answers], fmt, exact, svg)
     plan_flags = any(
         v is not None
         for v in (gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops, requests_per_s, calibration,

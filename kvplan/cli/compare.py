@@ -320,7 +320,7 @@ def register(app: typer.Typer) -> None:
         from kvplan.sources.catalog import resolve_spec
         from kvplan.cli.parsing import parse_str_list, token_flag
         from kvplan.engines import NAMES
-        from kvplan.engines.keys import given_engine_options, one_value, one_word
+        from kvplan.options import given_engine_options, one_value, one_word
         from kvplan.plan.pipeline import Settings, compare as run_compare
 
         spec = resolve_spec(model, fast=True)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 import typer
 
 from kvplan.cli.options import O, tees_output
-from kvplan.engines.keys import PLANNER_KEYS, given_engine_options, one_value, one_word, parse_option
+from kvplan.options import PLANNER_KEYS, given_engine_options, one_value, one_word, parse_option
 from kvplan.errors import InputError
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""typer parameters built from the one option table (`kvplan.engines.keys.OPTIONS`).
+"""typer parameters built from the one option table (`kvplan.options.OPTIONS`).
 
 A command declares `context: O.context = "8192"`: the flags, the help and the
 typer type come from the table, so a flag is spelled, typed and explained the
@@ -15,10 +15,10 @@ from typing import Annotated, Any, Callable, Iterable, Optional
 
 import typer
 
-from kvplan.engines.keys import BY_KEY, Option
+from kvplan.options import BY_KEY, Option
 
 # The typer type of each kind: counts, token counts and sizes are text, read by
-# kvplan.engines.keys.parse_option (k / m suffixes, units, comma lists) in every command alike.
+# kvplan.options.parse_option (k / m suffixes, units, comma lists) in every command alike.
 _TYPES = {"counts": str, "tokens": str, "int": int, "bytes": str, "share": float, "float": float, "str": str,
           "str_list": str, "bool": bool, "path": str}
 
@@ -43,7 +43,7 @@ def annotated(key: str, choices: Any = None, path: bool = False) -> Any:
 def hidden_alias(flag: str, key: str, help: str) -> Any:
     """An old spelling of option `key` kept working, not shown in --help (the table names it in `hidden`)."""
     if flag not in BY_KEY[key].hidden:
-        raise ValueError(f"{flag} is not an old spelling of {BY_KEY[key].flag} in kvplan.engines.keys.OPTIONS")
+        raise ValueError(f"{flag} is not an old spelling of {BY_KEY[key].flag} in kvplan.options.OPTIONS")
     return Annotated[Optional[str], typer.Option(flag, hidden=True, help=help, show_default=False)]
 
 

@@ -11,8 +11,8 @@ from typing import Optional
 
 
 def parse_int_list(text: str, flag: str, minimum: int = 1) -> list[int]:
-    """'1024,8k,1.5k' -> [1024, 8192, 1536]; k = 1024 (kvplan.engines.keys.parse_counts)."""
-    from kvplan.engines.keys import parse_counts
+    """'1024,8k,1.5k' -> [1024, 8192, 1536]; k = 1024 (kvplan.options.parse_counts)."""
+    from kvplan.options import parse_counts
 
     return parse_counts(text, flag, minimum)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Optional
 
 # Each engine's option keys (the snake_case of its flags), in the order its --help lists them.
-from kvplan.engines.keys import OPTION_KEYS, PLANNER_KEYS  # the option table's (kvplan.engines.keys.OPTIONS)
+from kvplan.options import OPTION_KEYS, PLANNER_KEYS  # the option table's (kvplan.options.OPTIONS)
 
 # A key whose option field is named otherwise (the flag follows the engine's own CLI).
 _FIELD = {"hf_cache": "cache", "n_batch": "batch_size"}

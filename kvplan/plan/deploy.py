@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # imported where used: a KV-only estimate needs neither the p
     from kvplan.plan.gpus import GPU
     from kvplan.plan.planner import Engine, GPUFigures, Planner, PlanOptions
 
-from kvplan.engines.keys import CHOICES, PLANNED  # noqa: E402
+from kvplan.options import CHOICES, PLANNED  # noqa: E402
 
 ENGINES = tuple(e for e in CHOICES if e in PLANNED)  # kvplan.plan.planner.Engine's values, in --engine's order
 

@@ -147,14 +147,14 @@ def _version(value: Any) -> Any:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-# The engines (kvplan.engines.keys: import-free, so a vLLM-only plan does not import the profiles).
-from kvplan.engines.keys import CHOICES as ENGINES, PROFILES as PROFILE_ENGINES  # noqa: E402
+# The engines (kvplan.options: import-free, so a vLLM-only plan does not import the profiles).
+from kvplan.options import CHOICES as ENGINES, PROFILES as PROFILE_ENGINES  # noqa: E402
 
 
 class DeploymentEntry(BaseModel):
     """One deployment: estimate's flags as keys, plus `name` and `budgets`.
 
-    The keys are the plan keys of the option table (`kvplan.engines.keys.OPTIONS`, `plan=True`),
+    The keys are the plan keys of the option table (`kvplan.options.OPTIONS`, `plan=True`),
     each read as its flag is (`1k`, `2GiB`); tests/test_options.py checks that the two agree.
 
     The engine options (hf_cache ... free_gpu_memory_fraction) default to None:

@@ -29,7 +29,7 @@ class Settings(NamedTuple):
     `kvplan estimate` builds it on its cold-start path, where a 30-field dataclass costs a millisecond or two.
 
     The GPU is a catalog name or GPU YAML (`gpu`) with overrides; `engine_options`
-    maps an engine's option keys (`kvplan.engines.keys.OPTION_KEYS`: `hf_cache`,
+    maps an engine's option keys (`kvplan.options.OPTION_KEYS`: `hf_cache`,
     `parallel`, `page_size`, ...) to values, and keys of other engines are skipped.
     """
 
@@ -167,7 +167,7 @@ def check_estimate(spec, engine: str, s: Settings, *, contexts: Sequence[int], t
     values a sweep takes (one each from the Python API). `warn(spec, tokens, what)`
     is told of a context past the model's max_position_embeddings (the CLI's stderr line).
     """
-    from kvplan.engines.keys import CHOICES, OPTION_KEYS, PROFILES
+    from kvplan.options import CHOICES, OPTION_KEYS, PROFILES
     from kvplan.plan.deploy import check_workload
 
     if engine in PROFILES:  # before the workload's own checks: under a profile it is not sized at all
@@ -228,7 +228,7 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
           batches: Optional[Sequence[int]] = None, *, engine_rows: bool = False) -> list[Answer]:
     """ENGINE's answers for every (context, batch) of `contexts` x `batches` (default: the settings' own),
     the engine's objects built once for them all. `engine_rows`: give ideal and vllm their `EngineCache` too."""
-    from kvplan.engines import NAMES, PLANNED, get
+    from kvplan.options import NAMES, PLANNED
 
     if engine not in NAMES:
         raise InputError(f"--engine {engine!r} is not one of {', '.join(NAMES)}")
@@ -239,11 +239,12 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
     if gpu is None and any(v is not None for v in (s.calibration, s.requests_per_s, s.bandwidth_efficiency,
                                                     s.compute_efficiency)) and engine in PLANNED:
         raise InputError("--gpu is needed for capacity, latency and cost (or --gpu-memory and --gpu-bandwidth)")
-    module = get(engine)
-    opts = None  # ideal and vllm in a plain estimate need no option object (nor the profiles it imports)
+    module = opts = None  # ideal and vllm in a plain estimate need no engine module or option object
     if engine_rows or engine not in PLANNED:
+        from kvplan.engines import get
         from kvplan.engines.options import engine_options
 
+        module = get(engine)
         opts = engine_options(engine, s.kv_cache_dtype, {**s.engine_options, "block_size": s.block_size}, tp=s.tp,
                               prompt_tokens=s.prompt_tokens)
     kw = {"kv_cache_dtype": s.kv_cache_dtype, "ideal_format": pair, "ideal_state": state}
@@ -314,7 +315,7 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
 def compare(spec, settings: Settings, engines: Optional[Sequence[str]] = None):
     """Every engine of `engines` (default: all, `kvplan.engines.NAMES`) at the settings' context and batch,
     one `run` each, as `kvplan.engines.compare.Comparison` rows with the reason for each difference."""
-    from kvplan.engines import NAMES
+    from kvplan.options import NAMES
     from kvplan.engines.compare import CompareRow, Comparison, explain, explain_capacity, single_device_problem
 
     from kvplan.plan.deploy import check_workload
