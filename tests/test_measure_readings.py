@@ -83,3 +83,18 @@ def test_gemm_rows_stop_once_a_product_takes_the_target():
     reading = rd.gemm_throughput(CPU, torch.float32, 1_000, 8, 16, target_s=0.0)
     assert reading.rows == 128
     assert reading.method.endswith("(rows stop at 128 of the 1,000 prompt rows: one product took at least 0 ms)")
+
+
+def test_the_gemv_probe_cycles_through_weight_copies_past_the_cache():
+    import torch
+
+    from kvplan.measure.readings import linear_throughput
+
+    cpu = torch.device("cpu")
+    # a 64 x 32 fp32 weight is 8,192 B: 40,000 B of rotation take ceil(40,000 / 8,192) = 5 copies
+    r = linear_throughput(cpu, torch.float32, 1, 32, 64, 3, rotate_bytes=40_000)
+    assert "cycling through 5 copies of the weight" in r.method and "after 5 warm-ups" in r.method
+    assert r.flops_per_s > 0 and (r.rows, r.in_features, r.out_features) == (1, 32, 64)
+    # no rotation asked, or a weight already as large as it: one weight, as before
+    assert "cycling" not in linear_throughput(cpu, torch.float32, 1, 32, 64, 3).method
+    assert "cycling" not in linear_throughput(cpu, torch.float32, 1, 32, 64, 3, rotate_bytes=8_192).method

@@ -175,7 +175,7 @@ def test_one_round_is_not_judged_for_stability(capsys, tmp_path):
 def _fixed_linear(flops_per_s: float):
     from kvplan.measure.readings import LinearReading
 
-    def probe(device, dtype, rows, in_features, out_features, repeats, timer=None):
+    def probe(device, dtype, rows, in_features, out_features, repeats, timer=None, rotate_bytes=0):
         return LinearReading(flops_per_s, rows, in_features, out_features, repeats, "fixed")
 
     return probe
@@ -507,7 +507,7 @@ def test_predictions_from_given_probe_readings(spec_factory, monkeypatch):
         probes["copy"] = (buffer_bytes, repeats)
         return BandwidthReading(3.0, buffer_bytes, repeats, "given")
 
-    def linear_throughput(device, dtype, rows, in_features, out_features, repeats, timer=None):
+    def linear_throughput(device, dtype, rows, in_features, out_features, repeats, timer=None, rotate_bytes=0):
         probes["gemv"] = (dtype, rows, in_features, out_features, repeats)
         return LinearReading(1e15, rows, in_features, out_features, repeats, "given")
 

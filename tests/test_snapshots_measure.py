@@ -76,7 +76,7 @@ def _given_clock(monkeypatch, gemv_seconds: float) -> None:
     def read_bandwidth(device, buffer_bytes, repeats):
         return real_read(device, buffer_bytes, repeats, timer=_Clock)
 
-    def linear_throughput(device, dtype, rows, in_features, out_features, repeats):
+    def linear_throughput(device, dtype, rows, in_features, out_features, repeats, **_):
         return real_linear(device, dtype, rows, in_features, out_features, repeats, timer=GemvClock)
 
     def timed_once(device, fn):

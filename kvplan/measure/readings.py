@@ -377,28 +377,39 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def linear_throughput(
     device: torch.device, dtype: torch.dtype, rows: int, in_features: int, out_features: int, repeats: int,
-    timer: Callable[[torch.device], StepTimer] = StepTimer,
+    timer: Callable[[torch.device], StepTimer] = StepTimer, rotate_bytes: int = 0,
 ) -> LinearReading:
     """Best FLOP/s of `torch.nn.functional.linear(x, w)` on random operands in `dtype`, after
     LINEAR_PROBE_WARMUPS products; best, as the bandwidth probes, since other work only slows a product.
-    Random operands: constant ones toggle fewer bits, so a GPU draws less power and clocks higher."""
+    Random operands: constant ones toggle fewer bits, so a GPU draws less power and clocks higher.
+
+    `rotate_bytes`: cycle through as many copies of the weight as it takes to hold that many bytes, so
+    each product reads its weight from memory, as a decode step reads each of its weights once; a
+    weight smaller than the last-level cache, multiplied again and again, would be read from the cache."""
     gen = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(rows, in_features, dtype=dtype, device=device, generator=gen)
-    w = torch.randn(out_features, in_features, dtype=dtype, device=device, generator=gen)
+    weight_bytes = out_features * in_features * torch.empty((), dtype=dtype).element_size()
+    copies = max(1, -(-rotate_bytes // weight_bytes))
+    # one allocation for every copy (each ws[i] a contiguous view): many small weights freed one by one
+    # would leave holes in the heap that the cache allocated next falls into (CPU malloc readings)
+    ws = torch.randn(copies, out_features, in_features, dtype=dtype, device=device, generator=gen)
+    turn = iter(range(1 << 62))
     try:
-        for _ in range(LINEAR_PROBE_WARMUPS):
-            torch.nn.functional.linear(x, w)
+        for i in range(max(LINEAR_PROBE_WARMUPS, copies)):
+            torch.nn.functional.linear(x, ws[i % copies])
         sync(device)
         clock = timer(device)
         for _ in range(repeats):
-            clock.time(lambda: torch.nn.functional.linear(x, w))
+            clock.time(lambda: torch.nn.functional.linear(x, ws[next(turn) % copies]))
         seconds = min(clock.seconds())
     finally:
-        del x, w
+        del x, ws
         settle(device, collect=False)
+    rotation = (f", cycling through {copies} copies of the weight ({copies * weight_bytes / 2**20:,.0f} MiB, each "
+                "read from memory as a decode step reads it)" if copies > 1 else "")
     method = (
         f"linear: {rows:,} x {in_features:,} input, {out_features:,} x {in_features:,} weight, {dtype_name(dtype)}, "
-        f"best of {repeats} after {LINEAR_PROBE_WARMUPS} warm-ups; 2 x rows x in x out / time"
+        f"best of {repeats} after {max(LINEAR_PROBE_WARMUPS, copies)} warm-ups{rotation}; 2 x rows x in x out / time"
     )
     return LinearReading(2 * rows * in_features * out_features / seconds, rows, in_features, out_features, repeats, method)
 

@@ -310,7 +310,10 @@ def measure(opts: MeasureOptions) -> MeasureReport:
             read = rd.read_bandwidth(device, buffer, READ_REPEATS[device.type])
             bandwidth = rd.copy_bandwidth(device, buffer, COPY_REPEATS[device.type])
             features = widest_projection(arch)
-            gemv = {b: rd.linear_throughput(device, compute, b, *features, GEMV_REPEATS[device.type]) for b in opts.batches}
+            # a decode step reads each weight once: the GEMV probe cycles through copies of its weight that
+            # together fill the read probe's buffer (past the last-level cache), so none is read from the cache
+            gemv = {b: rd.linear_throughput(device, compute, b, *features, GEMV_REPEATS[device.type], rotate_bytes=buffer)
+                    for b in opts.batches}
             gemm = {b * c: rd.gemm_throughput(device, compute, b * c, *features) for b in opts.batches for c in opts.contexts}
 
             phase = "building the model"
