@@ -127,7 +127,8 @@ def test_every_kind_measures_exactly_on_the_cpu(spec_factory, kind):
     assert math.isclose(run.achieved_gbps, run.bytes_read_per_step / run.measured_decode_step_s / 1e9)
     assert math.isclose(run.predicted_decode_memory_s, run.bytes_read_per_step / (report.read_bandwidth_gbps * 1e9))
     assert run.predicted_decode_step_s == max(run.predicted_decode_memory_s, run.predicted_decode_compute_s) + run.scan_s_per_token
-    assert [p.name for p in report.probes] == ["read bandwidth", "copy bandwidth", "GEMV, batch 2", "GEMM, 40 prompt rows"] + (
+    assert [p.name for p in report.probes] == ["read bandwidth", "copy bandwidth", "GEMV, batch 2", "GEMM, 40 prompt rows",
+                                               "attention, batch 2, 20 tokens"] + (
         ["scan step, batch 2"] if kind == "state" else [])
 
 
@@ -186,6 +187,8 @@ def test_decode_step_is_compute_bound_when_the_gemv_is_slow(spec_factory, monkey
 
     monkeypatch.setattr(measure_run.rd, "read_bandwidth", lambda device, nbytes, repeats: ReadBandwidthReading(2.0, nbytes, repeats, "fixed"))
     monkeypatch.setattr(measure_run.rd, "linear_throughput", _fixed_linear(1e6))
+    monkeypatch.setattr(measure_run.rd, "attention_throughput",
+                        lambda device, dtype, b, h, t, qk, v, vk: measure_run.rd.AttentionReading(1e5, t, "fixed"))
     report = measure(MeasureOptions(spec=_spec(spec_factory), contexts=(20,), batches=(1,), decode_steps=3, warmup_steps=1, device="cpu"))
     (run,) = report.runs
     # TINY at batch 1: projections 73,728 + LM head 256 x 64 = 16,384 -> 2 x 90,112 = 180,224 FLOPs;
@@ -196,9 +199,12 @@ def test_decode_step_is_compute_bound_when_the_gemv_is_slow(spec_factory, monkey
     assert run.predicted_decode_memory_s == pytest.approx(186.88e-6)
     assert run.decode_bound == "compute"
     assert run.predicted_decode_step_s == pytest.approx(0.192)
-    # prefill: GEMM probe at 1e6 FLOP/s too
-    assert run.gemm_tflops == pytest.approx(1e-6)
-    assert run.predicted_prefill_s == pytest.approx(run.prefill_flops / 1e6)
+    # prefill: the projections 2 x 20 tokens x 73,728 = 2,949,120 and the last token's LM head 32,768 at the
+    # GEMM probe's 1e6 FLOP/s (2.981888 s), the causal attention 2 layers x 2 x 4 heads x 210 pairs x
+    # (16 + 16) = 107,520 FLOPs at the attention probe's 1e5 FLOP/s (1.0752 s)
+    assert run.gemm_tflops == pytest.approx(1e-6) and run.attention_tflops == pytest.approx(1e-7)
+    assert run.prefill_attention_flops == 107_520 and run.prefill_flops == 2_949_120 + 32_768 + 107_520
+    assert run.predicted_prefill_s == pytest.approx(2.981888 + 1.0752)
 
 
 def test_a_context_sweep_reads_each_context(spec_factory):
@@ -286,7 +292,8 @@ def test_cli_table_and_atomic_json(capsys, tmp_path):
     assert "memory time (bytes / read" in r.stdout and "FLOP / GEMV" in r.stdout
     assert "read bandwidth" in r.stdout and "float32 .sum() over a 8.00 MiB buffer, best of 10" in r.stdout
     assert "copy bandwidth" in r.stdout and "dst.copy_(src) of a 8.00 MiB buffer" in r.stdout
-    assert data_probes(out) == ["read bandwidth", "copy bandwidth", "GEMV, batch 1", "GEMM, 16 prompt rows", "GEMM, 32 prompt rows"]
+    assert data_probes(out) == ["read bandwidth", "copy bandwidth", "GEMV, batch 1", "GEMM, 16 prompt rows", "GEMM, 32 prompt rows",
+                                "attention, batch 1, 16 tokens", "attention, batch 1, 32 tokens"]
     assert [p.name for p in out.parent.iterdir()] == ["measure.json"]  # no temp file left behind
     data = json.loads(out.read_text())
     assert data["device"] == "cpu" and data["torch_version"] == torch.__version__
@@ -519,6 +526,11 @@ def test_predictions_from_given_probe_readings(spec_factory, monkeypatch):
         fn()
         return 0.005
 
+    def attention_throughput(device, dtype, batch, heads, tokens, qk, v, v_kernel):
+        probes["attention"] = (dtype, batch, heads, tokens, qk, v, v_kernel)
+        return measure_run.rd.AttentionReading(1e8, tokens, "given")
+
+    monkeypatch.setattr(measure_run.rd, "attention_throughput", attention_throughput)
     monkeypatch.setattr(measure_run.rd, "read_bandwidth", read_bandwidth)
     monkeypatch.setattr(measure_run.rd, "copy_bandwidth", copy_bandwidth)
     monkeypatch.setattr(measure_run.rd, "linear_throughput", linear_throughput)
@@ -533,6 +545,7 @@ def test_predictions_from_given_probe_readings(spec_factory, monkeypatch):
     assert probes == {
         "read": (6_553_600, 10), "copy": (6_553_600, 5),
         "gemv": (torch.float32, 2, 64, 128, 10), "gemm": (torch.float32, 40, 64, 128),
+        "attention": (torch.float32, 2, 4, 20, 16, 16, 16),  # batch 2 x 4 heads over the 20-token prompt
     }
     (run,) = report.runs
     # weights per layer: attention 64x64 (q) + 2 x 64x32 (k, v) + 64x64 (o) = 12,288; MLP 3 x 64 x 128 = 24,576;
@@ -556,8 +569,9 @@ def test_predictions_from_given_probe_readings(spec_factory, monkeypatch):
     # prefill FLOPs: 2 x 2 x 20 x 73,728 projection weights = 5,898,240; LM head for the last token
     # 2 x 2 x 64 x 256 = 65,536; attention 2 layers x 2 x 2 x 4 heads x 210 causal pairs (20 x 21 / 2)
     # x (16 + 16) = 215,040; total 6,178,816
-    assert run.prefill_flops == 6_178_816
-    assert run.predicted_prefill_s == pytest.approx(6_178_816 / 1e9, rel=1e-12)
+    assert run.prefill_flops == 6_178_816 and run.prefill_attention_flops == 215_040
+    # the projections and LM head at the 1 GFLOP/s GEMM, the attention at the given 0.1 GFLOP/s
+    assert run.predicted_prefill_s == pytest.approx((6_178_816 - 215_040) / 1e9 + 215_040 / 1e8, rel=1e-12)
     assert run.measured_prefill_s == 0.005
     assert run.gemm_tflops == pytest.approx(1e-3, rel=1e-12)
     assert (report.read_bandwidth_gbps, report.copy_bandwidth_gbps, report.copy_buffer_bytes) == (2.0, 3.0, 6_553_600)
@@ -576,8 +590,10 @@ def test_predictions_from_given_probe_readings(spec_factory, monkeypatch):
         "predicted decode step = the larger of memory time = (weights read + KV read) / measured read bandwidth "
         "(a step streams reads; the copy figure, read + write, is shown beside it) and compute time = the step's "
         "FLOPs / the GEMV throughput measured at the model's widest projection, batch rows, run dtype; predicted "
-        "prefill = FLOPs (projections, causal attention, the last token's LM head) / the GEMM throughput at the "
-        "same projection with prompt rows (a lower bound: attention and norms run slower than a projection)",
+        "prefill = the projections' and the last token's LM head FLOPs / the GEMM throughput at the same "
+        "projection with prompt rows, plus the causal attention's FLOPs / the attention probe's throughput "
+        "(scaled_dot_product_attention at the model's heads and head sizes over the prompt; windowed layers "
+        "are counted at their pairs but timed at the full causal rate); norms and activations are left out",
         "decode feeds fixed random token ids (no sampling); a round is one prefill (after a 16-token warm-up "
         "before the first) and 3 decode steps (after 2 warm-up steps before the first); rounds repeat, at most "
         "5, until the last 3 agree within 5% (range / median); the measured figures are the medians of those "
@@ -695,13 +711,17 @@ def test_a_state_layer_scan_is_probed_and_added_to_the_predicted_times(spec_fact
     scan = [p for p in report.probes if p.name.startswith("scan step")]
     assert [p.name for p in scan] == ["scan step, batch 2"] and scan[0].unit == "ms" and scan[0].value > 0
     assert "mamba1" in scan[0].method and "best of 10" in scan[0].method
+    # the full-attention layer's prefill pairs over 20 tokens: 20 x 21 / 2 = 210, x 2 sequences x 4 heads
+    # x (16 + 16) x 2 FLOPs = 107,520 (head size 64 / 4 heads = 16)
+    assert run.prefill_attention_flops == 2 * 2 * 4 * 210 * (16 + 16)
     assert run.state_layers == 1
     assert run.scan_s_per_token == pytest.approx(scan[0].value / 1e3)
     # the stated rule: decode = max(memory, compute) + scan; prefill = FLOPs / GEMM + context x scan
     assert run.predicted_decode_step_s == pytest.approx(
         max(run.predicted_decode_memory_s, run.predicted_decode_compute_s) + run.scan_s_per_token)
+    attention = run.prefill_attention_flops / (run.attention_tflops * 1e12)
     assert run.predicted_prefill_s == pytest.approx(
-        run.prefill_flops / (run.gemm_tflops * 1e12) + 20 * run.scan_s_per_token)
+        (run.prefill_flops - run.prefill_attention_flops) / (run.gemm_tflops * 1e12) + attention + 20 * run.scan_s_per_token)
     assert any("state layers scan token by token" in n for n in report.notes)
 
 

@@ -74,7 +74,10 @@ def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
     rows.append(["  spread of the judged rounds", "", f"{run.decode_spread:.1%} (range / median)", "", ""])
     prefill_err = run.measured_prefill_s - run.predicted_prefill_s
     rows.append([
-        f"prefill, median of rounds ({fmt_flops(run.prefill_flops)} / GEMM {run.gemm_tflops * 1e3:,.1f} GFLOP/s"
+        f"prefill, median of rounds ({fmt_flops(run.prefill_flops - run.prefill_attention_flops)} / GEMM "
+        f"{run.gemm_tflops * 1e3:,.1f} GFLOP/s"
+        + (f" + attention {fmt_flops(run.prefill_attention_flops)} / {fmt_flops(run.attention_tflops * 1e12)}/s"
+           if run.attention_tflops else "")
         + (f" + {run.context:,} x scan)" if run.state_layers else ")"),
         fmt_seconds(run.predicted_prefill_s),
         fmt_seconds(run.measured_prefill_s),
@@ -135,7 +138,7 @@ def summary_lines(report: MeasureReport, exact: bool) -> list[tuple[str, str]]:
 
 def _probe_value(probe: ProbeReading) -> str:
     if probe.unit == "TFLOP/s":  # a CPU's GEMV reads 0.01 TFLOP/s: below 1, GFLOP/s keeps three figures
-        return f"{probe.value:,.2f} TFLOP/s" if probe.value >= 1 else f"{probe.value * 1e3:,.1f} GFLOP/s"
+        return f"{probe.value:,.2f} TFLOP/s" if probe.value >= 1 else f"{fmt_flops(probe.value * 1e12)}/s"
     if probe.unit == "ms":  # a scan step: µs on a GPU, a fraction of a ms on a CPU
         return fmt_seconds(probe.value / 1e3)
     return f"{probe.value:,.1f} {probe.unit}"

@@ -466,22 +466,34 @@ def attention_pairs(kind: LayerKind, context: int, window: int | None) -> int:
     return KINDS[kind].prefill_pairs(context, window)
 
 
+def prefill_attention_dims(arch: RunArch) -> tuple[int, int, int]:
+    """(QK head size, V head size, V head size the kernel runs) of a prefill's attention: MLA attends
+    decompressed, nope + rope long, with V padded to the QK size for SDPA (model.MLAttention.prefill)."""
+    if arch.mla is not None:
+        qk = arch.mla.nope_dim + arch.mla.rope_dim
+        return qk, arch.mla.v_dim, max(qk, arch.mla.v_dim)
+    return arch.head_dim, arch.v_head_dim, arch.v_head_dim
+
+
+def prefill_attention_flops(arch: RunArch, context: int, batch: int) -> int:
+    """QK and PV FLOPs of a prefill over the causal (windowed) pairs each attending layer scores."""
+    qk, v, _ = prefill_attention_dims(arch)
+    flops = 0
+    for layer in arch.layers:
+        if layer.attends_as is None:
+            continue
+        pairs = attention_pairs(layer.attends_as, context, arch.window(layer.attends_as))
+        flops += 2 * batch * arch.heads * pairs * (qk + v)
+    return flops
+
+
 def prefill_flops(arch: RunArch, context: int, batch: int) -> int:
     """FLOPs of a prefill: 2 per weight per token in the projections, QK and PV over the
     causal (windowed) pairs, and the LM head for the last token only. The state scans'
     elementwise work is left out (not matmul work)."""
     w = weight_count(arch)
-    flops = 2 * batch * context * w.layer_matmul + 2 * batch * arch.hidden * arch.vocab
-    for layer in arch.layers:
-        if layer.attends_as is None:
-            continue
-        if arch.mla is not None:
-            qk, v = arch.mla.nope_dim + arch.mla.rope_dim, arch.mla.v_dim
-        else:
-            qk, v = arch.head_dim, arch.v_head_dim
-        pairs = attention_pairs(layer.attends_as, context, arch.window(layer.attends_as))
-        flops += 2 * batch * arch.heads * pairs * (qk + v)
-    return flops
+    return 2 * batch * context * w.layer_matmul + 2 * batch * arch.hidden * arch.vocab + prefill_attention_flops(
+        arch, context, batch)
 
 
 # ------------------------------------------------------------------ memory

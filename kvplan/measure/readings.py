@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import math
 import os
 import statistics
 import time
@@ -415,6 +416,50 @@ def linear_throughput(
 
 
 GEMM_START_ROWS = 128
+ATTENTION_PROBE_MAX_TOKENS = 4096  # the probe's prompt stops here: its cost grows with the square
+# ... and where batch x heads x tokens^2 fp32 scores would pass this, should the kernel materialise them
+ATTENTION_PROBE_SCORE_BYTES = 256 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionReading:
+    """Throughput of a prefill's causal attention at the model's shape: useful QK + PV FLOPs per second."""
+
+    flops_per_s: float
+    tokens: int
+    method: str
+
+
+def attention_throughput(
+    device: torch.device, dtype: torch.dtype, batch: int, heads: int, tokens: int, qk: int, v: int, v_kernel: int,
+    repeats: int = 3,
+) -> AttentionReading:
+    """Best FLOP/s of `scaled_dot_product_attention(q, k, v, is_causal=True)` over `tokens` (at most
+    ATTENTION_PROBE_MAX_TOKENS) on random operands, counted as 2 x batch x heads x the causal pairs
+    x (qk + v): the FLOPs `measure.predict.prefill_attention_flops` counts, so a kernel that pads V
+    (MLA) shows as a lower rate. The prompt is cut to ATTENTION_PROBE_MAX_TOKENS, and to the length whose
+    fp32 scores fit ATTENTION_PROBE_SCORE_BYTES (a kernel without a fused path materialises them)."""
+    tokens = min(tokens, ATTENTION_PROBE_MAX_TOKENS, math.isqrt(ATTENTION_PROBE_SCORE_BYTES // (4 * batch * heads)))
+    gen = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(batch, heads, tokens, qk, dtype=dtype, device=device, generator=gen)
+    k = torch.randn(batch, heads, tokens, qk, dtype=dtype, device=device, generator=gen)
+    vv = torch.randn(batch, heads, tokens, v_kernel, dtype=dtype, device=device, generator=gen)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    try:
+        sdpa(q, k, vv, is_causal=True)
+        sync(device)
+        clock = StepTimer(device)
+        for _ in range(repeats):
+            clock.time(lambda: sdpa(q, k, vv, is_causal=True))
+        seconds = min(clock.seconds())
+    finally:
+        del q, k, vv
+        settle(device, collect=False)
+    flops = 2 * batch * heads * (tokens * (tokens + 1) // 2) * (qk + v)
+    padded = f" (V padded to {v_kernel} for the kernel)" if v_kernel != v else ""
+    method = (f"scaled_dot_product_attention, causal: {batch} x {heads} heads x {tokens:,} tokens, QK {qk}, V {v}{padded}, "
+              f"{dtype_name(dtype)}, best of {repeats} after 1 warm-up; 2 x heads x causal pairs x (QK + V) / time")
+    return AttentionReading(flops / seconds, tokens, method)
 SCAN_PROBE_WARMUPS = 2
 
 

@@ -106,12 +106,18 @@ class RunReading:
     # prefill
     prefill_flops: int
     gemm_tflops: float  # the GEMM probe at this run's prompt rows, 1e12 FLOP/s
-    predicted_prefill_s: float  # prefill_flops / GEMM throughput + context x scan_s_per_token
+    # (prefill_flops - prefill_attention_flops) / GEMM throughput + prefill_attention_flops / attention
+    # throughput + context x scan_s_per_token
+    predicted_prefill_s: float
     measured_prefill_s: float
     # state layers: their scan runs token by token, elementwise (not matmul work): the scan probe's
     # seconds per token for one layer at this batch, times the state layers; 0 without state layers
     state_layers: int = 0
     scan_s_per_token: float = 0.0
+    # the prefill's causal attention, timed apart from the projections: its QK + PV FLOPs (inside
+    # prefill_flops) and the attention probe at this run's batch and prompt (None without attention)
+    prefill_attention_flops: int = 0
+    attention_tflops: float | None = None
     # --verify: cached decode against recomputation without the cache
     verify_max_abs_logit_diff: float | None = None
     verify_logit_scale: float | None = None

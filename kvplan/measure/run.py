@@ -54,6 +54,8 @@ from kvplan.measure.predict import (
     kv_bytes_read_per_step,
     largest_fitting_layers,
     memory_need,
+    prefill_attention_dims,
+    prefill_attention_flops,
     prefill_flops,
     truncate_spec,
     weight_count,
@@ -315,6 +317,11 @@ def measure(opts: MeasureOptions) -> MeasureReport:
             gemv = {b: rd.linear_throughput(device, compute, b, *features, GEMV_REPEATS[device.type], rotate_bytes=buffer)
                     for b in opts.batches}
             gemm = {b * c: rd.gemm_throughput(device, compute, b * c, *features) for b in opts.batches for c in opts.contexts}
+            attention = {}  # (batch, context) -> the prefill attention probe, for models with attending layers
+            if any(layer.attends_as is not None for layer in arch.layers):
+                qk, v, v_kernel = prefill_attention_dims(arch)
+                attention = {(b, c): rd.attention_throughput(device, compute, b, arch.heads, c, qk, v, v_kernel)
+                             for b in opts.batches for c in opts.contexts}
 
             phase = "building the model"
             say(f"building {spec.name}: {arch.spec.num_hidden_layers} of {spec.num_hidden_layers} layers, random {run_dtype} weights …")
@@ -341,7 +348,7 @@ def measure(opts: MeasureOptions) -> MeasureReport:
                     phase = f"running context {context:,}, batch {batch}"
                     say(f"context {context:,} + {opts.decode_steps} decode steps, batch {batch} …")
                     est = layout.at(total, batch)
-                    runs.append(_run_one(opts, session, arch, layout, est, context, batch, device, compute, kv_pair, state_format, read, gemv[batch], gemm[batch * context], scan.get(batch), param_bytes, run_dtype))
+                    runs.append(_run_one(opts, session, arch, layout, est, context, batch, device, compute, kv_pair, state_format, read, gemv[batch], gemm[batch * context], scan.get(batch), attention.get((batch, context)), param_bytes, run_dtype))
                     session.drop_run()
     except KvplanError:
         raise
@@ -391,6 +398,8 @@ def measure(opts: MeasureOptions) -> MeasureReport:
             ProbeReading("copy bandwidth", bandwidth.gbps, "GB/s", bandwidth.method),
             *(ProbeReading(f"GEMV, batch {b}", g.flops_per_s / 1e12, "TFLOP/s", g.method) for b, g in gemv.items()),
             *(ProbeReading(f"GEMM, {rows:,} prompt rows", g.flops_per_s / 1e12, "TFLOP/s", g.method) for rows, g in gemm.items()),
+            *(ProbeReading(f"attention, batch {b}, {a.tokens:,} tokens", a.flops_per_s / 1e12, "TFLOP/s", a.method)
+              for (b, _), a in attention.items()),
             *(ProbeReading(f"scan step, batch {b}", r.seconds * 1e3, "ms", r.method) for b, r in scan.items()),
         ),
         notes=tuple(notes + _run_notes(opts, device)),
@@ -423,8 +432,10 @@ def _run_notes(opts: MeasureOptions, device: torch.device) -> list[str]:
         "predicted decode step = the larger of memory time = (weights read + KV read) / measured read bandwidth "
         "(a step streams reads; the copy figure, read + write, is shown beside it) and compute time = the step's "
         "FLOPs / the GEMV throughput measured at the model's widest projection, batch rows, run dtype; predicted "
-        "prefill = FLOPs (projections, causal attention, the last token's LM head) / the GEMM throughput at the "
-        "same projection with prompt rows (a lower bound: attention and norms run slower than a projection)",
+        "prefill = the projections' and the last token's LM head FLOPs / the GEMM throughput at the same "
+        "projection with prompt rows, plus the causal attention's FLOPs / the attention probe's throughput "
+        "(scaled_dot_product_attention at the model's heads and head sizes over the prompt; windowed layers "
+        "are counted at their pairs but timed at the full causal rate); norms and activations are left out",
         f"decode feeds fixed random token ids (no sampling); a round is one prefill (after a "
         f"{WARMUP_PREFILL_TOKENS}-token warm-up before the first) and {counted(opts.decode_steps, 'decode step')} "
         f"(after {counted(opts.warmup_steps, 'warm-up step')} before the first); "
@@ -515,7 +526,7 @@ def _run_one(
     opts: MeasureOptions, session: _Session, arch: RunArch, layout: CacheLayout, est: CacheEstimate,
     context: int, batch: int, device: torch.device, compute: torch.dtype, kv_pair, state_format,
     read: rd.ReadBandwidthReading, gemv: rd.LinearReading, gemm: rd.LinearReading, scan: rd.StepReading | None,
-    param_bytes: int, run_dtype: str,
+    attention: rd.AttentionReading | None, param_bytes: int, run_dtype: str,
 ) -> RunReading:
     model = session.model
     assert model is not None
@@ -583,6 +594,8 @@ def _run_one(
     prefill_s = statistics.median(last_rounds(prefill_rounds, opts.max_rounds))
     achieved = bytes_read / measured_step / 1e9
     flops = prefill_flops(arch, context, batch)
+    attention_flops = prefill_attention_flops(arch, context, batch) if attention is not None else 0
+    attention_s = attention_flops / attention.flops_per_s if attention is not None else 0.0
     step_flops = decode_flops(arch, total, batch)
     memory_s = bytes_read / (read.gbps * 1e9)
     compute_s = step_flops / gemv.flops_per_s
@@ -633,7 +646,9 @@ def _run_one(
         bandwidth_utilisation=achieved / read.gbps,
         prefill_flops=flops,
         gemm_tflops=gemm.flops_per_s / 1e12,
-        predicted_prefill_s=flops / gemm.flops_per_s + context * scan_s,
+        predicted_prefill_s=(flops - attention_flops) / gemm.flops_per_s + attention_s + context * scan_s,
+        prefill_attention_flops=attention_flops,
+        attention_tflops=attention.flops_per_s / 1e12 if attention is not None else None,
         measured_prefill_s=prefill_s,
         state_layers=state_layers,
         scan_s_per_token=scan_s,
