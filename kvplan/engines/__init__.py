@@ -20,7 +20,10 @@ Pure: no I/O, no printing, no torch.
 
 # The package's names load on first use (`kvplan.engines.base` holds them): importing one engine
 # module, e.g. vLLM's rules on `kvplan estimate`'s cold-start path, does not pay for the others.
-from kvplan.options import NAMES, PLANNED, PROFILES  # noqa: F401  (the one list of engine names)
+# The one registry of engine names (kvplan.options, import-free for the CLI): NAMES in the order
+# `kvplan compare` shows them; PLANNED (ideal, vllm) are sized on a GPU by kvplan's planner,
+# PROFILES (hf, llama.cpp, sglang, trtllm) by their own budget rules (`capacity` in their modules).
+from kvplan.options import NAMES, PLANNED, PROFILES  # noqa: F401
 
 
 def __getattr__(name: str):

@@ -9,15 +9,10 @@ from typing import Optional
 
 from kvplan.model.kinds import KINDS, KINDS_BY_NAME, LayerKind, count_kinds
 from kvplan.model.layout import CacheEstimate, CacheLayout
-from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
+from kvplan.model.formats import KVFormat, KVFormatPair
 
 MIB = 2**20
 GIB = 2**30
-
-# The one registry of engine names (kvplan.options, import-free for the CLI): NAMES in the
-# order `kvplan compare` shows them; PLANNED (ideal, vllm) are sized on a GPU by kvplan's planner,
-# PROFILES (hf, llama.cpp, sglang, trtllm) by their own budget rules (`capacity` in their modules).
-from kvplan.options import NAMES, PLANNED, PROFILES  # noqa: E402,F401
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,11 +160,6 @@ def window_of(spec, kind: LayerKind) -> Optional[int]:
 def kind_counts(spec) -> dict[LayerKind, int]:
     """Layers of each kind, in kvplan.model.kinds' order."""
     return count_kinds(spec.layer_kinds)
-
-
-def model_format(spec) -> KVFormat:
-    """The element format of the model's own dtype (bf16, fp16, fp32)."""
-    return FIXED_FORMATS[spec.dtype]
 
 
 def f32(x: float) -> float:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from kvplan.engines import EngineCache, Ledger, kind_rows
-from kvplan.engines.vllm_rules import kv_cache_dtype_refusal, max_model_len_refusal
+from kvplan.engines.vllm_rules import default_block_size, kv_cache_dtype_refusal, max_model_len_refusal
 from kvplan.model.formats import KVFormat, KVFormatPair
 from kvplan.model.layout import CacheLayout, LayerKind
 
@@ -30,11 +30,6 @@ class VllmOptions:
 
     block_size: Optional[int] = None  # None: default_block_size(spec)
     tp: int = 1
-
-
-def default_block_size(spec) -> int:
-    """16 on CUDA; 64 for MLA (FlashMLA requires it)."""
-    return 64 if spec.is_mla else 16
 
 
 def cache(spec, context: int, batch: int, opts: VllmOptions, *, kv_cache_dtype: str = "auto",

@@ -31,6 +31,11 @@ from kvplan.model.layout import CacheLayout, ceil_div
 from kvplan.errors import InputError
 from kvplan.model.kinds import KINDS, LayerKind
 
+
+def default_block_size(spec) -> int:
+    """vLLM's tokens per block when --block-size is not given: 16 on CUDA; 64 for MLA (FlashMLA requires it)."""
+    return 64 if spec.is_mla else 16
+
 # vLLM's default max_num_batched_tokens for the OpenAI server with chunked prefill
 # on a data-centre GPU (vllm/engine/arg_utils.py, UsageContext.OPENAI_API_SERVER).
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192

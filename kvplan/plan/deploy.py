@@ -10,7 +10,6 @@ GPU catalogs (and a `--calibration` report); the arithmetic stays in
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Union
 
@@ -43,7 +42,9 @@ def default_block_size(spec: ModelSpec, engine: Union[str, "Engine"]) -> int:
     """vLLM: 16 on CUDA, 64 for MLA (FlashMLA requires it); ideal: 1 (no paging)."""
     if engine == "ideal":  # Engine is a str Enum: Engine.ideal == "ideal"
         return 1
-    return 64 if spec.is_mla else 16
+    from kvplan.engines.vllm_rules import default_block_size as vllm_default
+
+    return vllm_default(spec)
 
 
 def gpu_figures(gpu: GPU, label: Optional[str] = None) -> GPUFigures:

@@ -418,10 +418,9 @@ class Planner:
         if opts.max_num_batched_tokens < 1:
             raise InputError("--max-num-batched-tokens must be at least 1")
         self.spec, self.gpu, self.kv_format, self.opts = spec, gpu, kv_format, opts
-        default_block = 64 if spec.is_mla else 16  # vLLM: 16 on CUDA; FlashMLA requires 64
-        if opts.engine is Engine.ideal:
-            default_block = 1
-        self.block_size = opts.block_size or default_block
+        from kvplan.plan.deploy import default_block_size
+
+        self.block_size = opts.block_size or default_block_size(spec, opts.engine)
         self.layout = CacheLayout(spec, kv_format, block_size=self.block_size, tp=opts.tp, pp=opts.pp, state_format=state_format)
         self.weights_dtype = opts.weights_dtype or spec.weights_dtype or spec.dtype
         self.dtype_bytes = 4 if self.weights_dtype == "fp32" else 2
