@@ -291,3 +291,11 @@ def test_one_count_below_one_is_refused_in_the_same_words_in_compare_and_diff(ca
     for command in (["compare", "llama-3.1-8b"], ["diff", "llama-3.1-8b", "qwen3-8b"]):
         r = run_cli(capsys, *command, *args)
         assert (r.exit_code, r.stdout, r.stderr) == (2, "", f"error: {message}\n"), command
+
+
+@pytest.mark.parametrize("command", ["estimate", "compare"])
+def test_gpu_memory_utilization_without_a_gpu_is_refused_not_ignored(capsys, command):
+    # it splits a GPU's memory: with no GPU it would change nothing, so it is refused by name
+    r = run_cli(capsys, command, "llama-3.1-8b", "--gpu-memory-utilization", "0.5")
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: --gpu-memory-utilization needs a GPU: --gpu is needed")

@@ -236,9 +236,13 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
     batches = [s.batch] if batches is None else batches
     pair, state = formats(spec, s)
     gpu, label = device(s)
-    if gpu is None and any(v is not None for v in (s.calibration, s.requests_per_s, s.bandwidth_efficiency,
-                                                    s.compute_efficiency)) and engine in PLANNED:
-        raise InputError("--gpu is needed for capacity, latency and cost (or --gpu-memory and --gpu-bandwidth)")
+    needs_gpu = {"--calibration": s.calibration, "--requests-per-s": s.requests_per_s,
+                 "--bandwidth-efficiency": s.bandwidth_efficiency, "--compute-efficiency": s.compute_efficiency,
+                 "--gpu-memory-utilization": s.gpu_memory_utilization}
+    given = [flag for flag, value in needs_gpu.items() if value is not None]
+    if gpu is None and given and engine in PLANNED:  # never ignored in silence: it would change nothing
+        raise InputError(f"{given[0]} needs a GPU: --gpu is needed for capacity, latency and cost "
+                         "(or --gpu-memory and --gpu-bandwidth)")
     module = opts = None  # ideal and vllm in a plain estimate need no engine module or option object
     if engine_rows or engine not in PLANNED:
         from kvplan.engines import get
