@@ -1,0 +1,104 @@
+"""Real transformers, as a test oracle: build a tiny random-weight model from a config class
+and read back the bytes its cache holds (kvplan's `--engine hf` is checked against these).
+
+transformers (pinned in the `test` extra) and torch run on CPU; nothing is downloaded. The
+walk counts every tensor a cache layer holds (keys, values, conv and recurrent states, ...),
+each storage once, and lists bookkeeping tensors (0-d counters such as a linear-attention
+layer's `cumulative_length_linear`) apart, so a test states which of them an engine rule counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class CacheTensor:
+    layer: int
+    layer_class: str
+    name: str  # attribute path inside the layer, e.g. "keys", "conv_states[0]"
+    shape: tuple
+    dtype: str
+    nbytes: int
+
+
+@dataclass
+class CacheBytes:
+    """What one transformers cache holds after a run."""
+
+    cache_class: str
+    tensors: list[CacheTensor] = field(default_factory=list)  # every non-scalar tensor
+    bookkeeping: list[CacheTensor] = field(default_factory=list)  # 0-d tensors (counters)
+
+    @property
+    def total(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def per_layer(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for t in self.tensors:
+            out[t.layer] = out.get(t.layer, 0) + t.nbytes
+        return out
+
+
+def _walk(value, path: str, out: list, seen: set) -> None:
+    if isinstance(value, torch.Tensor):
+        key = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        if key not in seen:
+            seen.add(key)
+            out.append((path, value))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _walk(v, f"{path}[{k!r}]", out, seen)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _walk(v, f"{path}[{i}]", out, seen)
+
+
+def cache_bytes(cache) -> CacheBytes:
+    """Every tensor each layer of a transformers `Cache` holds, with its bytes."""
+    result = CacheBytes(type(cache).__name__)
+    seen: set = set()
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise TypeError(f"{type(cache).__name__} has no .layers: not a transformers >= 5 Cache")
+    for i, layer in enumerate(layers):
+        found: list = []
+        for name, value in vars(layer).items():
+            _walk(value, name, found, seen)
+        for path, t in found:
+            row = CacheTensor(i, type(layer).__name__, path, tuple(t.shape), str(t.dtype).replace("torch.", ""),
+                              t.numel() * t.element_size())
+            (result.bookkeeping if t.dim() == 0 else result.tensors).append(row)
+    return result
+
+
+def tiny_model(config, dtype=torch.bfloat16, seed: int = 0):
+    """A random-weight causal LM built from `config` (a transformers config object), in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+
+
+def prompt(config, batch: int, tokens: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, config.vocab_size, (batch, tokens), generator=g)
+
+
+def forward_cache(model, ids: torch.Tensor) -> CacheBytes:
+    """The DynamicCache one forward pass over `ids` leaves (prefill)."""
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+    return cache_bytes(out.past_key_values)
+
+
+def generate_cache(model, ids: torch.Tensor, new_tokens: int, cache_implementation=None) -> CacheBytes:
+    """The cache `generate()` leaves after `new_tokens` greedy tokens (None: its default cache)."""
+    kw = {"cache_implementation": cache_implementation} if cache_implementation else {}
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             return_dict_in_generate=True, pad_token_id=0, **kw)
+    return cache_bytes(out.past_key_values)
