@@ -91,9 +91,9 @@ OPTIONS: tuple[Option, ...] = (
     _O("gpu", ("--gpu",), "str_list", "A catalog GPU (`kvplan gpus`) or a GPU YAML file: KV budget and capacity "
        "(estimate: latency and cost too; a comma list compares there)."),
     _O("gpu_memory", ("--gpu-memory",), "bytes", "GPU memory: bytes or a size (24GiB, 80GB, 81559MiB as the runtime reports it); overrides the named GPU's."),
-    _O("gpu_bandwidth", ("--gpu-bandwidth",), "float", "Peak memory bandwidth, GB/s (1e9 B/s); overrides the named GPU's.", PLANNER),
-    _O("usd_per_hour", ("--usd-per-hour",), "float", "US dollars per GPU-hour; overrides the named GPU's.", PLANNER),
-    _O("gpu_bf16_tflops", ("--gpu-bf16-tflops",), "float", "Dense bf16 tensor peak, TFLOPS; overrides the named GPU's.", PLANNER),
+    _O("gpu_bandwidth", ("--gpu-bandwidth",), "float", "Peak memory bandwidth, GB/s (1e9 B/s); overrides the named GPU's."),
+    _O("usd_per_hour", ("--usd-per-hour",), "float", "US dollars per GPU-hour; overrides the named GPU's."),
+    _O("gpu_bf16_tflops", ("--gpu-bf16-tflops",), "float", "Dense bf16 tensor peak, TFLOPS; overrides the named GPU's."),
     _O("gpu_memory_utilization", ("--gpu-memory-utilization",), "share", "Share of GPU memory vLLM may use "
        "(default 0.9, vLLM's).", PLANNER),
     _O("activation_memory", ("--activation-memory",), "bytes", "Peak activation memory per GPU, e.g. 2GiB "
@@ -102,19 +102,17 @@ OPTIONS: tuple[Option, ...] = (
        "1GiB with tp/pp > 1)."),
     _O("max_num_batched_tokens", ("--max-num-batched-tokens",), "tokens", "vLLM's tokens per scheduler step "
        "(sliding-window reservation, profile run; default 8192).", PLANNER),
-    # ---- kvplan's roofline: latency, cost, workload (engines vllm and ideal)
+    # ---- kvplan's roofline: latency, cost, workload (every engine, over the KV bytes that engine reads)
     _O("bandwidth_efficiency", ("--bandwidth-efficiency",), "share", "Share of peak bandwidth a decode step "
-       "reaches (default 0.8).", PLANNER),
+       "reaches (default 0.8)."),
     _O("compute_efficiency", ("--compute-efficiency", "--mfu"), "share", "Share of peak FLOPS prefill reaches "
-       "(default 0.5).", PLANNER),
+       "(default 0.5)."),
     _O("calibration", ("--calibration",), "str", "A `kvplan measure --output` JSON report: use its measured "
-       "bandwidth efficiency.", PLANNER),
+       "bandwidth efficiency."),
     _O("prompt_tokens", ("--prompt-tokens",), "tokens", "Prompt tokens per request (prefill, cost per input token; "
-       "hf quantized: the prefill quantised at once; default: --context less --output-tokens).",
-       PLANNER + ("hf",)),
-    _O("output_tokens", ("--output-tokens",), "tokens", "Output tokens per request (workload sizing).", PLANNER,
-       plan=False),
-    _O("requests_per_s", ("--requests-per-s",), "float", "Workload: requests per second to size GPUs for.", PLANNER,
+       "hf quantized: the prefill quantised at once; default: --context less --output-tokens)."),
+    _O("output_tokens", ("--output-tokens",), "tokens", "Output tokens per request (workload sizing).", plan=False),
+    _O("requests_per_s", ("--requests-per-s",), "float", "Workload: requests per second to size GPUs for.",
        plan=False),
     _O("shared_prefix_tokens", ("--shared-prefix-tokens",), "tokens", "Prompt tokens every request shares, cached "
        "once (prefix caching).", PLANNER, default="0", plan=False),

@@ -154,16 +154,14 @@ def estimate(
     check_estimate(spec, engine, given, contexts=contexts, tps=tps, kv_cache_dtypes=dtypes, warn=warn_beyond_positions)
     if engine in PROFILES:  # the engine's own allocation and budget rules (kvplan.engines)
         # compare's order: each format, each tp, each GPU (a flag-built one needs no bandwidth: nothing reads it)
-        base = Settings(state_dtype=state_dtype, gpu_memory=gpu_memory, dtype=dtype,
-                        activation_memory=activation_memory, non_torch_memory=non_torch_memory,
-                        engine_options=engine_flags, prompt_tokens=prompt_tokens)
+        # a GPU given by --gpu-memory alone has no bandwidth: its capacity, no latency (nothing to time a step with)
+        no_bandwidth = not gpu_names and gpu_memory is not None and gpu_bandwidth is None
+        base = given._replace(gpu_bandwidth=1.0 if no_bandwidth else gpu_bandwidth, roofline=not no_bandwidth)
         answers = [a for d in dtypes for t in tps for g in (gpu_names or [None])
-                   for a in sweep(spec, engine, base._replace(kv_cache_dtype=d, tp=t, gpu=g,
-                                                        gpu_bandwidth=1.0 if g is None and gpu_memory else None),
-                                  contexts, batches)]
+                   for a in sweep(spec, engine, base._replace(kv_cache_dtype=d, tp=t, gpu=g), contexts, batches)]
         from kvplan.cli.compare import render_engine  # the engine profiles' table (hf, llama.cpp, sglang, trtllm)
 
-        return render_engine([(a.cache, a.capacity) for a in answers], fmt, exact, svg)
+        return render_engine(answers, fmt, exact, svg)
     plan_flags = any(
         v is not None
         for v in (gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops, requests_per_s, calibration,

@@ -146,8 +146,9 @@ def render_comparison(comparison, fmt: OutputFormat, exact: bool) -> None:
     render.print_pairs(out, notes)
 
 
-def engine_report_lines(cache, capacity, exact: bool) -> list[tuple[str, str]]:
-    """Summary lines under the per-kind table of `estimate --engine <profile>`."""
+def engine_report_lines(cache, capacity, exact: bool, roofline=None) -> list[tuple[str, str]]:
+    """Summary lines under the per-kind table of `estimate --engine <profile>`; with a GPU, its capacity and
+    kvplan's roofline over the engine's bytes (`kvplan.plan.planner.Roofline`), as `estimate --engine vllm` shows it."""
     from kvplan.engines.compare import explain
 
     seqs = "1 sequence" if cache.batch == 1 else f"{cache.batch:,} sequences"
@@ -177,6 +178,15 @@ def engine_report_lines(cache, capacity, exact: bool) -> list[tuple[str, str]]:
             lines.append((f"{cache.engine} would log", line))
         for r in capacity.refusals:
             lines.append((f"{cache.engine} refuses", r))
+        if roofline is not None:
+            from kvplan.cli.render import roofline_lines
+
+            n = capacity.max_concurrent_sequences
+            stopped = None if n >= 1 else f"not one sequence of {cache.context:,} tokens fits"
+            lines += roofline_lines(roofline.to_dict(), exact, batch=cache.batch, fits=capacity.fits, max_seqs=n,
+                                    stopped=stopped)
+            lines.append(("KV read", roofline.assumptions["kv_read"]))
+            lines += [("note", n) for n in roofline.notes]
         for n in capacity.notes:
             lines.append(("note", n))
     for n in cache.notes:
@@ -198,17 +208,19 @@ def engine_kind_rows(cache, exact: bool) -> list[list[str]]:
     return rows
 
 
-def render_engine(results: list[tuple], fmt: OutputFormat, exact: bool, svg: Optional[str] = None) -> None:
-    """`estimate --engine <profile>`: one (cache, capacity) per combination; `svg` saves the table too."""
+def render_engine(answers: list, fmt: OutputFormat, exact: bool, svg: Optional[str] = None) -> None:
+    """`estimate --engine <profile>`: one `kvplan.plan.pipeline.Answer` per combination (its cache, and with a GPU
+    its capacity and roofline); `svg` saves the table too."""
     from kvplan.cli import render
 
     if fmt is OutputFormat.json:
-        data = [{**c.to_dict(), "capacity": None if cap is None else cap.to_dict()} for c, cap in results]
+        data = [a.to_dict() for a in answers]
         render.write(render.to_json(data[0] if len(data) == 1 else data))
         return
     if fmt is OutputFormat.csv:
         recs = []
-        for c, cap in results:
+        for a in answers:
+            c, cap, roof = a.cache, a.capacity, a.roofline
             rec = {"model": c.model, "engine": c.engine, "context": c.context, "batch": c.batch,
                    "kv_cache_dtype": c.kv_cache_dtype, "kv_bytes_total": c.kv_bytes_total,
                    "ideal_bytes_total": c.ideal_bytes_total, "refusals": " | ".join(c.refusals),
@@ -217,9 +229,12 @@ def render_engine(results: list[tuple], fmt: OutputFormat, exact: bool, svg: Opt
                 rec.update(gpu=cap.gpu, kv_budget_bytes=cap.kv_budget_bytes, max_total_tokens=cap.max_total_tokens,
                            max_concurrent_sequences=cap.max_concurrent_sequences,
                            max_context_tokens=cap.max_context_tokens, fits=cap.fits)
+            if roof is not None:
+                rec.update(roof.fields())
             recs.append(rec)
         render.write(render.to_csv(recs))
         return
+    results = [(a.cache, a.capacity) for a in answers]
     if len(results) > 1:
         headers = ["context", "batch", "KV dtype", "KV bytes", "ideal", "refusals"] + (
             ["max seqs", "fits"] if results[0][1] is not None else [])
@@ -241,7 +256,7 @@ def render_engine(results: list[tuple], fmt: OutputFormat, exact: bool, svg: Opt
         return
     cache, capacity = results[0]
     title = f"{cache.model} · {cache.engine} · context {cache.context:,} · batch {cache.batch:,} · KV {cache.kv_cache_dtype}"
-    lines = engine_report_lines(cache, capacity, exact)
+    lines = engine_report_lines(cache, capacity, exact, answers[0].roofline)
     if fmt is OutputFormat.markdown:
         text = f"**{title}**\n\n" + render.markdown_table(ENGINE_KIND_HEADERS, engine_kind_rows(cache, exact))
         text += "\n" + render.markdown_table(["", "value"], lines)

@@ -300,8 +300,9 @@ def _evaluate(i: int, entry, name: str, base: Path, line_of: Callable, specs: di
     """Resolve one entry, plan it, and compare its figures with its budgets."""
     from kvplan.sources.catalog import resolve_spec
     from kvplan.plan.deploy import resolve_deployment, vllm_refusal
-    from kvplan.plan.gating import PROFILE_ENGINES, DeploymentResult, Figures, evaluate_budgets
+    from kvplan.plan.gating import PROFILE_ENGINES, DeploymentResult, answer_figures, evaluate_budgets
     from kvplan.plan.gpus import resolve_gpu
+    from kvplan.plan.pipeline import Settings, run
 
     ref = _rebase(entry.model, base)
     if ref not in specs:
@@ -330,22 +331,17 @@ def _evaluate(i: int, entry, name: str, base: Path, line_of: Callable, specs: di
         )
         layout = deployment.layout()
         refusal = vllm_refusal(deployment.spec, entry.kv_cache_dtype, entry.context) if entry.engine == "vllm" else None
-        if refusal:  # as under the engine profiles: every budget fails with the engine's words
-            gpu_name = deployment.gpu.name if deployment.gpu is not None else None
-            figures = Figures(deployment.spec.name, gpu_name, deployment.kv_format.name, layout.kv_bytes_per_token,
-                              unavailable=f"vllm refuses: {refusal}")
-        elif deployment.gpu is None:
-            figures = Figures(deployment.spec.name, None, deployment.kv_format.name, layout.kv_bytes_per_token)
+        if deployment.gpu is None or refusal:  # nothing of a GPU is read (a refusal fails every budget in its words)
+            settings = Settings(**{**_shared_settings(entry, base), **dict.fromkeys(_GPU_KEYS)}, pp=entry.pp,
+                                block_size=entry.block_size, max_num_batched_tokens=entry.max_num_batched_tokens)
         else:
-            from kvplan.plan.pipeline import Settings, run
-
             _check_cost_inputs(entry, deployment.gpu)
             settings = Settings(**_shared_settings(entry, base), gpu=gpu_ref, gpu_label=deployment.gpu.name,
                                 pp=entry.pp, block_size=entry.block_size,
                                 gpu_memory_utilization=entry.gpu_memory_utilization,
                                 max_num_batched_tokens=entry.max_num_batched_tokens)
-            plan = run(deployment.spec, entry.engine, settings, engine_rows=False).plan  # the pipeline's planner
-            figures = Figures.from_plan(plan, layout.kv_bytes_per_token)
+        answer = run(deployment.spec, entry.engine, settings)  # the pipeline, as for every engine
+        figures = answer_figures(answer, tp=entry.tp, kv_bytes_per_token=layout.kv_bytes_per_token)
     except InputError as exc:
         raise _as_entry_error(exc.message) from None
     budgets = evaluate_budgets(entry.budgets, figures, lambda key: line_of(("deployments", i, "budgets", key)))
@@ -371,6 +367,11 @@ _SHARED_KEYS = (
     "context", "batch", "tp", "dtype", "activation_memory", "non_torch_memory", "bandwidth_efficiency",
     "compute_efficiency", "prompt_tokens",
 )
+
+
+# What describes the GPU and the roofline on it: not read without one.
+_GPU_KEYS = ("gpu_memory", "gpu_bandwidth", "usd_per_hour", "gpu_bf16_tflops", "bandwidth_efficiency",
+             "compute_efficiency", "calibration")
 
 
 def _shared_settings(entry, base: Path) -> dict:
@@ -425,15 +426,14 @@ def profile_figures(spec, engine: str, gpu: Optional[str], values: dict, *, kv_c
     """`kvplan.plan.gating.Figures` of SPEC under an engine profile, and the planner-side `Deployment`.
 
     `values` are the engine's option keys (None: the engine's default). The GPU,
-    weights, efficiencies and calibration resolve as for `estimate` (an ideal,
-    pp-1 deployment: the roofline and the context limit); the engine's own
-    cache, budget rule and capacity give the rest (`gating.engine_figures`).
+    weights and formats resolve as for `estimate` (an ideal, pp-1 deployment, which
+    also checks the settings); the pipeline's answer (the engine's cache, budget rule,
+    capacity and roofline) gives the figures (`gating.answer_figures`, as for vllm).
     `before_costs(gpu)` checks the GPU before anything is computed on it.
     """
     from kvplan.plan.deploy import resolve_deployment
     from kvplan.engines.compare import ideal_format
-    from kvplan.engines.options import engine_options
-    from kvplan.plan.gating import engine_figures
+    from kvplan.plan.gating import answer_figures
     from kvplan.plan.pipeline import Settings, run
 
     pair = ideal_format(kv_cache_dtype, spec.dtype)  # an engine-only name (f16, bfloat16): the model's dtype here
@@ -443,24 +443,20 @@ def profile_figures(spec, engine: str, gpu: Optional[str], values: dict, *, kv_c
         prompt_tokens=prompt_tokens, **deployment,
     )
     layout = resolved.layout()
-    opts = engine_options(engine, kv_cache_dtype, values, tp=tp, prompt_tokens=prompt_tokens)
-    planner = None
-    if resolved.gpu is not None:
-        if before_costs is not None:
-            before_costs(resolved.gpu)
-        planner = resolved.planner()
-    gpu_flags = {k: deployment.get(k) for k in ("gpu_memory", "gpu_bandwidth", "usd_per_hour", "gpu_bf16_tflops")}
+    if resolved.gpu is not None and before_costs is not None:
+        before_costs(resolved.gpu)
+    gpu_flags = {k: deployment.get(k) for k in ("gpu_memory", "gpu_bandwidth", "usd_per_hour", "gpu_bf16_tflops",
+                                                "bandwidth_efficiency", "compute_efficiency", "calibration")}
+    if resolved.gpu is None:  # no GPU: the engine's cache only (what a GPU would be given by is not read)
+        gpu_flags = dict.fromkeys(gpu_flags)
     settings = Settings(context=context, batch=batch, kv_cache_dtype=kv_cache_dtype, state_dtype=state_dtype, tp=tp,
-                        gpu=gpu, **gpu_flags, gpu_label=None if resolved.gpu is None else resolved.gpu.name,
+                        gpu=gpu if resolved.gpu is not None else None, **gpu_flags,
+                        gpu_label=None if resolved.gpu is None else resolved.gpu.name,
                         dtype=deployment.get("dtype"), activation_memory=resolved.options.activation_bytes,
                         non_torch_memory=resolved.options.non_torch_bytes, prompt_tokens=prompt_tokens,
                         engine_options={k: v for k, v in values.items() if v is not None})
-    answer = run(spec, engine, settings)  # the engine's cache and, with a GPU, its budget rule and capacity
-    figures = engine_figures(spec, engine, opts, answer, context=context, batch=batch, tp=tp,
-                             kv_cache_dtype=kv_cache_dtype, kv_format=resolved.kv_format,
-                             state_format=resolved.state_format, kv_bytes_per_token=layout.kv_bytes_per_token,
-                             planner=planner)
-    return figures, resolved
+    answer = run(spec, engine, settings)  # the engine's cache and, with a GPU, its budget rule, capacity, roofline
+    return answer_figures(answer, tp=tp, kv_bytes_per_token=layout.kv_bytes_per_token), resolved
 
 
 def _check_cost_inputs(entry, gpu) -> None:

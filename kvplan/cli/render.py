@@ -494,19 +494,36 @@ def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
     lines.append(("max context", f"{fmt_int(r['max_context_tokens'])} tokens at batch {fmt_int(r['batch'])} (limited by {r['max_context_limited_by']})"))
     for line in r["vllm_log"]:
         lines.append(("vLLM would log", line))
-    if stopped:  # no step runs: no time to print as if one did
+    what = None
+    if stopped:
         what = "the model does not fit on this GPU" if r["kv_budget_bytes_per_gpu"] <= 0 else stopped
-        lines.append(("decode step", f"— ({what}: nothing runs)"))
+    lines += roofline_lines(r, exact, batch=r["batch"], fits=r["fits"], max_seqs=r["max_concurrent_sequences"],
+                            stopped=what)
+    for s in r["suggestions"]:
+        lines.append(("would fit", s))
+    for n in r["notes"]:
+        lines.append(("note", n))
+    return lines
+
+
+def roofline_lines(r: dict, exact: bool, *, batch: int, fits: bool, max_seqs: int, stopped: str | None) -> list[tuple[str, str]]:
+    """Decode step, prefill, throughput, cost and workload: a `Plan`'s or a profile's `Roofline` (as dicts).
+
+    `stopped` says why nothing runs (None: it runs); a batch that does not fit is timed all the same, said beside it.
+    """
+    a = r["assumptions"]
+    lines = []
+    if stopped:  # no step runs: no time to print as if one did
+        lines.append(("decode step", f"— ({stopped}: nothing runs)"))
         lines.append(("prefill", "—"))
         lines.append(("throughput", "—"))
     else:
-        # a --batch that does not fit is timed all the same: say so beside its figures
-        if_fitted = "" if r["fits"] else f" — if batch {fmt_int(r['batch'])} fitted; {counted(r['max_concurrent_sequences'], 'sequence')} do"
-        lines.append(("decode step", f"{fmt_seconds(r['decode_step_s'])} at batch {fmt_int(r['batch'])} ({r['decode_bound']}-bound: "
+        if_fitted = "" if fits else f" — if batch {fmt_int(batch)} fitted; {counted(max_seqs, 'sequence')} do"
+        lines.append(("decode step", f"{fmt_seconds(r['decode_step_s'])} at batch {fmt_int(batch)} ({r['decode_bound']}-bound: "
                       f"{size(r['decode_bytes_per_step'], exact)} read per step, bandwidth × {a['bandwidth_efficiency']:.3g}){if_fitted}"))
         lines.append(("prefill", f"{fmt_seconds(r['prefill_s'])} for {fmt_int(r['prefill_tokens'])} prompt tokens (peak × {a['compute_efficiency']:.3g})"))
-        lines.append(("throughput", f"{r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_gpu']:,.0f} per GPU) at batch {fmt_int(r['batch'])}"
-                      + ("" if r["fits"] else " — if it fitted")))
+        lines.append(("throughput", f"{r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_gpu']:,.0f} per GPU) at batch {fmt_int(batch)}"
+                      + ("" if fits else " — if it fitted")))
     if r["cost_batch"] and not r["usd_per_hour"]:
         lines.append(("cost", f"— (no price: give --usd-per-hour); {r['tokens_per_s_at_cost_batch']:,.0f} tok/s at batch {fmt_int(r['cost_batch'])}"))
     elif r["cost_batch"]:
@@ -517,10 +534,6 @@ def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
         if r["gpus_needed_without_prefix_sharing"] not in (None, r["gpus_needed"]):
             text += f" ({fmt_int(r['gpus_needed_without_prefix_sharing'])} without the shared prefix)"
         lines.append(("workload", text))
-    for s in r["suggestions"]:
-        lines.append(("would fit", s))
-    for n in r["notes"]:
-        lines.append(("note", n))
     return lines
 
 

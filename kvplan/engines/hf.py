@@ -378,3 +378,9 @@ def capacity(spec, context: int, batch: int, opts: HFOptions, mem: MemoryInputs,
     notes = (f"activations: {mem.activation_source}",)
     return EngineCapacity(ENGINE, mem.gpu, mem.gpu_memory_bytes, mem.weights_bytes, rule, budget, None, best, ok,
                           (), refusals, notes, {"kv_bytes": this.kv_bytes_total})
+
+
+# What a decode step reads of this cache (kvplan's roofline, `kvplan.plan.capacity.engine_roofline`).
+KV_READ = ("the cache as transformers holds it, read whole each step: DynamicCache's tokens, StaticCache's "
+           "max_cache_len slots (attention runs over all of them, masked), QuantizedCache's packed values and "
+           "residual (dequantising is not counted)")

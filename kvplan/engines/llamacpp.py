@@ -455,3 +455,9 @@ def capacity(spec, context: int, batch: int, opts: LlamaCppOptions, mem: MemoryI
     notes = (f"activations / compute buffer: {mem.activation_source}",)
     return EngineCapacity(ENGINE, mem.gpu, mem.gpu_memory_bytes, mem.weights_bytes, rule, budget, None, best, fits,
                           (), refusals, notes, {"kv_bytes": here})
+
+
+# What a decode step reads of this cache (kvplan's roofline, `kvplan.plan.capacity.engine_roofline`).
+KV_READ = ("every cell llama.cpp allocates, read each step: llama.cpp attends to the cells up to the highest one in "
+           "use, padded to 256 (llama-kv-cache.cpp get_n_kv), so this is exact for a slot filled to its context and "
+           "an upper bound where --ctx-size holds more")

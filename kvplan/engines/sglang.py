@@ -329,3 +329,8 @@ def capacity(spec, context: int, batch: int, opts: SGLangOptions, mem: MemoryInp
     notes = ("Activations are not subtracted: SGLang leaves them the (1 - mem_fraction_static) share.",)
     return EngineCapacity(ENGINE, mem.gpu, mem.gpu_memory_bytes, mem.weights_bytes, rule, budget, tokens, seqs,
                           seqs >= batch, tuple(logs), refusals, notes, settings)
+
+
+# What a decode step reads of this cache (kvplan's roofline, `kvplan.plan.capacity.engine_roofline`).
+KV_READ = ("the batch's slots in SGLang's token pool (one per token) and the padding page, read each step; the "
+           "pool's free slots are not read")

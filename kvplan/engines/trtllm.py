@@ -187,3 +187,7 @@ def capacity(spec, context: int, batch: int, opts: TrtllmOptions, mem: MemoryInp
     settings.update(bytes_per_token=per_token, max_tokens=max_tokens, blocks=max_tokens // bs)
     return EngineCapacity(ENGINE, mem.gpu, mem.gpu_memory_bytes, mem.weights_bytes, rule, int(available),
                           max_tokens, seqs, seqs >= batch, logs, (), notes, settings)
+
+
+# What a decode step reads of this cache (kvplan's roofline, `kvplan.plan.capacity.engine_roofline`).
+KV_READ = "the batch's blocks, read whole each step (the last block of a sequence too); the pool's free blocks are not"

@@ -101,3 +101,29 @@ def engine_max_context(module: Any, spec: Any, engine: str, opts: Any, batch: in
     if not fits(1):
         return 0
     return last_fitting(fits, 1, limit)  # fits at 1, not at limit
+
+
+def engine_roofline(module: Any, spec: Any, engine: str, opts: Any, cache: Any, capacity: Any, memory: Any, kw: dict,
+                    figures: Any, kv_format: Any, state_format: Any, plan_opts: Any):
+    """The planner's roofline (`Planner.roofline`: latency, cost, workload) on an engine profile's answer.
+
+    A decode step reads the weights and the KV bytes the engine allocates for the batch (per rank,
+    `cache(...).kv_bytes_total // tp`; the module's `KV_READ` says how far that is what its kernels
+    read); the batches it runs at are the engine's own capacity (`capacity` at this context, the
+    engine's `capacity()` at a workload's). One pipeline stage, as every profile models.
+    """
+    from kvplan.plan.planner import Planner
+
+    planner = Planner(spec, figures, kv_format, plan_opts, state_format=state_format)
+    tp, context, batch = plan_opts.tp, plan_opts.context, plan_opts.batch
+    other = slots_for(engine, opts)  # another batch: llama.cpp's slots follow it
+
+    def kv(sequences: int, at: int) -> Optional[int]:
+        this = (sequences, at) == (batch, context)  # the answer's own cache (`cache`), else the engine's at that point
+        nbytes = (cache if this else module.cache(spec, at, sequences, other, **kw)).kv_bytes_total
+        return None if nbytes is None else nbytes // tp
+
+    def seqs_at(at: int) -> int:
+        return module.capacity(spec, at, 1, other, memory, **kw).max_concurrent_sequences
+
+    return planner.roofline(batch, context, capacity.max_concurrent_sequences, kv, seqs_at, module.KV_READ)

@@ -21,8 +21,8 @@ errors that name their key path, which the loader turns into `file:line` lines.
 `engine: hf|llama.cpp|sglang|trtllm` sizes the deployment with that engine's
 profile (`kvplan.engines`) and takes that engine's own keys (`ubatch_size`,
 `mem_fraction_static`, ...; `kvplan.engines.options.OPTION_KEYS`); a key of
-another engine is an error (`engine_key_problems`). `engine_figures` turns the
-engine's cache and capacity into the budgets' figures.
+another engine is an error (`engine_key_problems`). `answer_figures` turns any
+engine's answer (cache, capacity, roofline) into the budgets' figures.
 """
 
 from __future__ import annotations
@@ -388,21 +388,6 @@ class Figures:
     notes: tuple[tuple[str, str], ...] = ()  # (metric, how it was computed), shown beside its value
     unavailable: Optional[str] = None  # the engine refuses the deployment: every budget fails with this
 
-    @classmethod
-    def from_plan(cls, plan: Any, kv_bytes_per_token: int) -> "Figures":
-        """From a `kvplan.plan.planner.Plan`."""
-        return cls(
-            model=plan.model,
-            gpu=plan.gpu,
-            kv_cache_dtype=plan.kv_cache_dtype,
-            kv_bytes_per_token=kv_bytes_per_token,
-            max_concurrent_sequences=plan.max_concurrent_sequences,
-            headroom_pct=plan.headroom_pct,
-            decode_step_ms=None if plan.decode_step_s is None else plan.decode_step_s * 1000,
-            usd_per_million_output_tokens=plan.usd_per_million_output_tokens,
-            usd_per_million_input_tokens=plan.usd_per_million_input_tokens,
-            max_context_tokens=plan.max_context_tokens,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,71 +490,45 @@ def evaluate_budgets(budgets: Budgets, figures: Figures, line_of: Callable[[str]
     return tuple(out)
 
 
-# ------------------------------------------------------------------ engine profiles
+# ------------------------------------------------------------------ figures of an answer
 
 
-def engine_figures(spec: Any, engine: str, opts: Any, answer: Any, *, context: int, batch: int, tp: int,
-                   kv_cache_dtype: str, kv_format: Any, state_format: Any, kv_bytes_per_token: int,
-                   planner: Any = None) -> Figures:
-    """The budgets' figures under an engine profile (hf, llama.cpp, sglang, trtllm).
+def answer_figures(answer: Any, *, tp: int, kv_bytes_per_token: int) -> Figures:
+    """The budgets' figures of one engine's answer (`kvplan.plan.pipeline.run`), every engine alike.
 
-    `answer` is the engine's (`kvplan.plan.pipeline.run`): its cache and, with a GPU,
-    its capacity by its own budget rule and the `memory` that rule read. `opts` is the
-    engine's option object, `kv_format` / `state_format` the formats the ideal cache
-    is sized in, `kv_bytes_per_token` the spec's; `planner` (a pp-1
-    `kvplan.plan.planner.Planner`) gives the roofline and the context limit. Capacity and headroom are the engine's (`EngineCapacity`);
-    decode step and costs are kvplan's roofline with the KV bytes the engine
-    allocates (noted on the figure). A configuration the engine refuses makes every
-    figure unavailable, with the engine's words.
+    Capacity and max context are the engine's (`EngineCapacity`); headroom is its KV budget
+    less what the batch takes on one rank (vLLM's blocks on the tightest stage, a profile's
+    cache / tp); decode step and costs are kvplan's roofline (`answer.plan` for ideal and vllm,
+    `answer.roofline` for a profile, with the KV bytes the engine allocates: noted on the
+    figure). A configuration the engine refuses makes every figure unavailable, in its words.
     """
-    from kvplan.engines import get
-    from kvplan.plan.capacity import slots_for
-
-    module = get(engine)
-    kw: dict[str, Any] = {"ideal_format": kv_format, "ideal_state": state_format, "kv_cache_dtype": kv_cache_dtype}
-    cache, memory = answer.cache, answer.memory
-    base = {"model": spec.name, "gpu": None if memory is None else memory.gpu, "kv_cache_dtype": cache.kv_cache_dtype,
+    cache, capacity, plan = answer.cache, answer.capacity, answer.plan
+    fmt = plan.kv_cache_dtype if plan is not None else cache.kv_cache_dtype if cache is not None else None
+    base = {"model": answer.model, "gpu": None if capacity is None else capacity.gpu, "kv_cache_dtype": fmt,
             "kv_bytes_per_token": kv_bytes_per_token}
-    if cache.kv_bytes_total is None:  # refused, or a pool kvplan does not size (SGLang's block-scaled dtypes)
+    if cache is not None and cache.kv_bytes_total is None:  # refused, or a pool kvplan does not size
         why = "; ".join(cache.refusals) or (cache.notes[0] if cache.notes else "no bytes")
-        return Figures(**base, unavailable=f"{engine} refuses: {why}" if cache.refusals else f"{engine}: {why}")
-    if memory is None:
+        return Figures(**base, unavailable=f"{answer.engine} refuses: {why}" if cache.refusals else f"{answer.engine}: {why}")
+    if capacity is None:
         return Figures(**base)
-    capacity = answer.capacity
+    roof = plan if plan is not None else answer.roofline
     budget = capacity.kv_budget_bytes  # per rank
-    need = cache.kv_bytes_total // tp  # the batch as the engine allocates it, one rank (totals span all ranks)
+    need = plan.kv_bytes_per_gpu_at_batch if plan is not None else cache.kv_bytes_total // tp
     headroom = round((budget - need) / budget * 100, 3) if budget > 0 else None  # as Planner.plan rounds it
-    max_context = capacity.max_context_tokens  # the engine's own search (kvplan.plan.capacity.engine_max_context)
-
-    # The roofline reads the batch's KV whole each step: exact for what SGLang, TensorRT-LLM and HF dynamic
-    # hold, an upper bound where an engine allocates more than it attends to (llama.cpp's -c beyond the context).
-    roofline = f"kvplan's roofline with the KV bytes {engine} allocates (its kernels are not modelled)"
-    decode_ms = planner.decode_step(batch, context, kv_bytes_per_rank=need)[0] * 1000
-    notes = [("decode_step_ms", roofline)]
-    if capacity.max_concurrent_sequences < 1:  # as Planner.plan: nothing runs, so no step time
-        decode_ms, notes = None, []
-    usd_out = usd_in = None
-    cost_batch = capacity.max_concurrent_sequences
-    usd_per_hour = planner.gpu.usd_per_hour
-    if cost_batch >= 1 and usd_per_hour > 0:  # as Planner.plan: the largest batch that fits, tp GPUs' price
-        usd_per_s = usd_per_hour * tp / 3600
-        at_cost = module.cache(spec, context, cost_batch, slots_for(engine, opts), **kw).kv_bytes_total
-        if at_cost is not None:
-            step_s = planner.decode_step(cost_batch, context, kv_bytes_per_rank=at_cost // tp)[0]
-            usd_out = usd_per_s / (cost_batch / step_s) * 1e6
-            notes.append(("usd_per_million_output_tokens", roofline))
-        prompt = planner.opts.prompt_len
-        prefill_s = planner.prefill(prompt)
-        if prefill_s is not None:  # prefill has no KV term: the same roofline as for vllm
-            usd_in = usd_per_s * prefill_s / prompt * 1e6
+    notes = []
+    if plan is None:  # a profile: the roofline reads the KV bytes the engine allocates, its kernels are not modelled
+        roofline = f"kvplan's roofline with the KV bytes {answer.engine} allocates (its kernels are not modelled)"
+        notes = [(k, roofline) for k, v in (("decode_step_ms", roof.decode_step_s),
+                                            ("usd_per_million_output_tokens", roof.usd_per_million_output_tokens))
+                 if v is not None]
     return Figures(
         **base,
         max_concurrent_sequences=capacity.max_concurrent_sequences,
         headroom_pct=headroom,
-        decode_step_ms=decode_ms,
-        usd_per_million_output_tokens=usd_out,
-        usd_per_million_input_tokens=usd_in,
-        max_context_tokens=max_context,
+        decode_step_ms=None if roof.decode_step_s is None else roof.decode_step_s * 1000,
+        usd_per_million_output_tokens=roof.usd_per_million_output_tokens,
+        usd_per_million_input_tokens=roof.usd_per_million_input_tokens,
+        max_context_tokens=capacity.max_context_tokens,
         notes=tuple(notes),
     )
 

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 
 from kvplan.errors import InputError
+from kvplan.options import PLANNED as PLANNED_NAMES
 
 Size = Union[str, int, None]  # bytes, or a size with its unit ('2GiB')
 
@@ -60,6 +61,7 @@ class Settings(NamedTuple):
     shared_prefix_tokens: int = 0
     engine_options: Mapping[str, Any] = MappingProxyType({})
     concurrency_curve: bool = False  # vllm / ideal with a GPU: max sequences at 1k, 2k, 4k, ... (estimate's table)
+    roofline: bool = True  # False: a profile's capacity only (a GPU given by its memory alone has no bandwidth)
 
     @property
     def has_gpu(self) -> bool:
@@ -86,6 +88,7 @@ class Answer(NamedTuple):
     plan: Any = None  # kvplan.plan.planner.Plan (ideal, vllm with a GPU)
     concurrency_by_context: Optional[tuple] = None
     memory: Any = None  # kvplan.engines.MemoryInputs the profiles' budget rules read (with a GPU)
+    roofline: Any = None  # kvplan.plan.planner.Roofline of a profile (with a GPU; ideal and vllm: in `plan`)
 
     def to_dict(self) -> dict:
         """What `kvplan estimate --engine <engine> --format json` prints for this one answer."""
@@ -96,7 +99,10 @@ class Answer(NamedTuple):
             if self.concurrency_by_context is not None:
                 record["concurrency_by_context"] = list(self.concurrency_by_context)
             return record
-        return {**self.cache.to_dict(), "capacity": None if self.capacity is None else self.capacity.to_dict()}
+        record = {**self.cache.to_dict(), "capacity": None if self.capacity is None else self.capacity.to_dict()}
+        if self.roofline is not None:
+            record["latency"] = self.roofline.to_dict()
+        return record
 
 
 # ------------------------------------------------------------------ inputs
@@ -170,19 +176,11 @@ def check_estimate(spec, engine: str, s: Settings, *, contexts: Sequence[int], t
     from kvplan.options import CHOICES, OPTION_KEYS, PROFILES
     from kvplan.plan.deploy import check_workload
 
-    if engine in PROFILES:  # before the workload's own checks: under a profile it is not sized at all
-        roofline = {"--bandwidth-efficiency": s.bandwidth_efficiency, "--compute-efficiency": s.compute_efficiency,
-                    "--calibration": s.calibration, "--requests-per-s": s.requests_per_s,
-                    "--output-tokens": s.output_tokens, "--shared-prefix-tokens": s.shared_prefix_tokens or None,
-                    "--usd-per-hour": s.usd_per_hour, "--gpu-bf16-tflops": s.gpu_bf16_tflops,
-                    "--prompt-tokens": s.prompt_tokens if engine != "hf" else None}  # hf: its quantized cache's prefill
-        for flag, value in roofline.items():
-            if value is not None:
-                raise InputError(
-                    f"{flag}: `estimate --engine {engine}` shows that engine's cache and capacity only; latency, cost "
-                    f"and workload sizing are kvplan's roofline (`--engine vllm` or `ideal`), or `kvplan check` budgets "
-                    f"under engine: {engine}"
-                )
+    if engine in PROFILES and s.shared_prefix_tokens:  # before the workload's own checks: it is not sized here
+        raise InputError(
+            f"--shared-prefix-tokens: prefix caching is modelled in vLLM's blocks only (`--engine vllm` or `ideal`); "
+            f"--engine {engine} sizes every request's prompt whole"
+        )
     for c in sorted(contexts):  # the shortest context first: the first a workload may not fit
         check_workload(c, prompt_tokens=s.prompt_tokens, output_tokens=s.output_tokens,
                        requests_per_s=s.requests_per_s, shared_prefix_tokens=s.shared_prefix_tokens)
@@ -238,9 +236,10 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
     gpu, label = device(s)
     needs_gpu = {"--calibration": s.calibration, "--requests-per-s": s.requests_per_s,
                  "--bandwidth-efficiency": s.bandwidth_efficiency, "--compute-efficiency": s.compute_efficiency,
-                 "--gpu-memory-utilization": s.gpu_memory_utilization}
+                 "--gpu-memory-utilization": s.gpu_memory_utilization,
+                 "--output-tokens": None if engine in PLANNED else s.output_tokens}
     given = [flag for flag, value in needs_gpu.items() if value is not None]
-    if gpu is None and given and engine in PLANNED:  # never ignored in silence: it would change nothing
+    if gpu is None and given:  # never ignored in silence: it would change nothing
         raise InputError(f"{given[0]} needs a GPU: --gpu is needed for capacity, latency and cost "
                          "(or --gpu-memory and --gpu-bandwidth)")
     module = opts = None  # ideal and vllm in a plain estimate need no engine module or option object
@@ -258,17 +257,11 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
         if gpu is None and not engine_rows:  # a KV-only sweep (100,000 points in a second or two): the layer tables
             at, name = layout.at, spec.name
             return [Answer(engine, name, c, b, None, None, at(c, b)) for c in contexts for b in batches]
-        bw_eff = s.bandwidth_efficiency
         if gpu is not None:
-            from kvplan.plan import deploy
             from kvplan.plan.capacity import planned_capacity
             from kvplan.plan.planner import Planner
 
-            figures = deploy.gpu_figures(gpu, label)
-            if bw_eff is not None and s.calibration is not None:
-                raise InputError("--calibration and --bandwidth-efficiency both set the decode bandwidth efficiency; give one")
-            if bw_eff is None and s.calibration is not None:
-                bw_eff = deploy.calibrated_efficiency(s.calibration, gpu)
+            figures, bw_eff = roofline_inputs(gpu, label, s)
         for c in contexts:
             for b in batches:
                 estimate = layout.at(c, b)
@@ -276,16 +269,8 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
                 if gpu is None:
                     out.append(Answer(engine, spec.name, c, b, cache, None, estimate))
                     continue
-                popts = deploy.plan_options(
-                    spec, context=c, batch=b, tp=s.tp, pp=s.pp, engine=engine, block_size=layout.block_size,
-                    dtype=s.dtype, gpu_memory_utilization=s.gpu_memory_utilization,
-                    activation_memory=s.activation_memory, non_torch_memory=s.non_torch_memory,
-                    max_num_batched_tokens=s.max_num_batched_tokens, bandwidth_efficiency=bw_eff,
-                    compute_efficiency=s.compute_efficiency, prompt_tokens=s.prompt_tokens,
-                    output_tokens=s.output_tokens, requests_per_s=s.requests_per_s,
-                    shared_prefix_tokens=s.shared_prefix_tokens,
-                )
-                planner = Planner(spec, figures, pair, popts, state_format=state)
+                planner = Planner(spec, figures, pair, plan_options(spec, engine, s, c, b, layout.block_size, bw_eff),
+                                  state_format=state)
                 plan = planner.plan()
                 curve = tuple(planner.concurrency_curve()) if s.concurrency_curve else None
                 out.append(Answer(engine, spec.name, c, b, cache, planned_capacity(plan, gpu, label), estimate, plan,
@@ -296,8 +281,10 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
     if gpu is not None:
         from dataclasses import replace
 
-        from kvplan.plan.capacity import engine_max_context, memory_inputs
+        from kvplan.plan.capacity import engine_max_context, engine_roofline, memory_inputs
         from kvplan.plan.planner import context_limit
+
+        figures, bw_eff = roofline_inputs(gpu, label, s)
     for c in contexts:
         for b in batches:
             cache = module.cache(spec, c, b, opts, **kw)
@@ -307,13 +294,44 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
             mem = memory_inputs(spec, gpu, context=c, tp=s.tp, weights_dtype=s.dtype, activation=activation,
                                 non_torch=non_torch, label=label)
             cap = module.capacity(spec, c, b, opts, mem, **kw)
-            max_context = None
-            if cache.kv_bytes_total is not None:  # refused, or a pool kvplan does not size: no search
+            max_context = roof = None
+            if cache.kv_bytes_total is not None:  # refused, or a pool kvplan does not size: no search, no roofline
                 max_context = engine_max_context(module, spec, engine, opts, b, cap.kv_budget_bytes, mem, kw,
                                                  context_limit(spec)[0])
+                if s.roofline:
+                    popts = plan_options(spec, "ideal", s, c, b, 1, bw_eff)
+                    roof = engine_roofline(module, spec, engine, opts, cache, cap, mem, kw, figures, pair, state, popts)
             cap = replace(cap, weights_source=mem.weights_source, max_context_tokens=max_context)
-            out.append(Answer(engine, spec.name, c, b, cache, cap, memory=mem))
+            out.append(Answer(engine, spec.name, c, b, cache, cap, memory=mem, roofline=roof))
     return out
+
+
+def roofline_inputs(gpu, label: Optional[str], s: Settings):
+    """(the planner's figures of the GPU, the decode bandwidth efficiency: --bandwidth-efficiency or --calibration's)."""
+    from kvplan.plan import deploy
+
+    bw_eff = s.bandwidth_efficiency
+    if bw_eff is not None and s.calibration is not None:
+        raise InputError("--calibration and --bandwidth-efficiency both set the decode bandwidth efficiency; give one")
+    if bw_eff is None and s.calibration is not None:
+        bw_eff = deploy.calibrated_efficiency(s.calibration, gpu)
+    return deploy.gpu_figures(gpu, label), bw_eff
+
+
+def plan_options(spec, engine: str, s: Settings, context: int, batch: int, block_size: int, bw_eff):
+    """The planner's options for one point (an engine profile: ideal's, one stage; only its roofline is read)."""
+    from kvplan.plan import deploy
+
+    planned = engine in PLANNED_NAMES
+    return deploy.plan_options(
+        spec, context=context, batch=batch, tp=s.tp, pp=s.pp if planned else 1, engine=engine if planned else "ideal",
+        block_size=block_size, dtype=s.dtype, gpu_memory_utilization=s.gpu_memory_utilization if planned else None,
+        activation_memory=s.activation_memory, non_torch_memory=s.non_torch_memory,
+        max_num_batched_tokens=s.max_num_batched_tokens if planned else None, bandwidth_efficiency=bw_eff,
+        compute_efficiency=s.compute_efficiency, prompt_tokens=s.prompt_tokens,
+        output_tokens=s.output_tokens, requests_per_s=s.requests_per_s,
+        shared_prefix_tokens=s.shared_prefix_tokens,
+    )
 
 
 def compare(spec, settings: Settings, engines: Optional[Sequence[str]] = None):

@@ -189,6 +189,43 @@ class Plan:
         return asdict(self)
 
 
+@dataclass(frozen=True, slots=True)
+class Roofline:
+    """Latency, cost and workload of one deployment at one (context, batch): kvplan's roofline over the weights and
+    the KV bytes its engine reads per decode step (`Planner.roofline`). None where nothing runs (not one sequence
+    fits) or a figure has no input (no price, no bf16 peak)."""
+
+    decode_step_s: float | None
+    decode_bound: str | None
+    decode_bytes_per_step: int
+    decode_flops_per_step: int
+    prefill_tokens: int
+    prefill_s: float | None
+    tokens_per_s: float | None  # output tokens per second for the deployment at --batch
+    tokens_per_s_per_gpu: float | None
+    cost_batch: int  # the batch the costs are computed at (the largest that fits)
+    tokens_per_s_at_cost_batch: float
+    usd_per_hour: float | None  # None: no price for this GPU (--usd-per-hour)
+    usd_per_million_output_tokens: float | None
+    usd_per_million_input_tokens: float | None
+    gpus_needed: int | None
+    gpus_needed_without_prefix_sharing: int | None
+    notes: tuple[str, ...] = ()
+    assumptions: dict = field(default_factory=dict)  # the efficiencies, and what a step reads of the KV cache
+
+    def fields(self) -> dict:
+        """The figures, as `Plan` carries them (its notes and assumptions are its own)."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("notes", "assumptions")}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# How a decode step reads an engine's KV cache: `kv(sequences, context)` -> bytes per rank (None: the engine
+# refuses that batch); None for the planner's own layout (the tokens held, unpaged).
+KVRead = Optional[Callable[[int, int], Optional[int]]]
+
+
 # ----------------------------------------------------------------- weights
 
 
@@ -634,35 +671,11 @@ class Planner:
                     f"vLLM raised the attention block size to {attention_blocks[0]} "
                     "tokens so an attention page holds one sequence's SSM state (the state page is padded to match)."
                 )
-        prompt = opts.prompt_len
-        decode_s, bound, step_bytes, step_flops = self.decode_step(batch, context)
-        prefill_s = self.prefill(prompt)
-        tokens_per_s = batch / decode_s
-        refused = refusal is not None
-        runs = max_seqs >= 1 and not refused  # vLLM refusing the context runs nothing either
-        if not runs:  # nothing runs: no step, prefill or throughput to report (the bytes a step would read stay)
-            decode_s = bound = prefill_s = tokens_per_s = None
-        cost_batch = max_seqs if runs else 0
-        usd_per_s = gpu.usd_per_hour * n_gpus / 3600
-        cost_tps = 0.0
-        usd_out = usd_in = None
-        if cost_batch and gpu.usd_per_hour <= 0:
-            notes.append("no price for this GPU: give --usd-per-hour for costs")
-        if cost_batch:
-            cost_tps = cost_batch / self.decode_step(cost_batch, context)[0]
-        if cost_batch and gpu.usd_per_hour > 0:
-            usd_out = usd_per_s / cost_tps * 1e6
-            usd_in = usd_per_s * prefill_s / prompt * 1e6 if prefill_s is not None else None
-        gpus_needed = gpus_no_prefix = None
-        if opts.requests_per_s is not None and prefill_s is None and runs:
-            notes.append("no bf16 peak for this GPU: give --gpu-bf16-tflops to size the workload (prefill is compute-bound)")
-        if opts.requests_per_s is not None and runs:
-            gpus_needed = self.gpus_for_workload(opts.shared_prefix_tokens)
-            gpus_no_prefix = self.gpus_for_workload(0) if opts.shared_prefix_tokens else gpus_needed
-        if opts.requests_per_s is not None and not runs:
-            notes.append("no workload figure: nothing runs on this GPU at these settings")
+        runs = max_seqs >= 1 and refusal is None  # vLLM refusing the context runs nothing either
+        roof = self.roofline(batch, context, max_seqs if runs else 0)
+        notes += roof.notes
         suggestions = [] if fits else self.suggestions(need, budget)
-        if refused:
+        if refusal is not None:
             # vLLM will not start at this context at all: only a shorter context helps
             suggestions = [s for s in suggestions if s.startswith("--context")]
         return Plan(
@@ -700,47 +713,92 @@ class Planner:
             vllm_groups=vllm_groups,
             vllm_padding_layers=vllm_pad,
             vllm_log=log,
-            vllm_starts=None if self.vllm_stages is None else not (refused or max_seqs < 1),
-            decode_step_s=decode_s,
-            decode_bound=bound,
-            decode_bytes_per_step=step_bytes,
-            decode_flops_per_step=step_flops,
-            prefill_tokens=prompt,
-            prefill_s=prefill_s,
-            tokens_per_s=tokens_per_s,
-            tokens_per_s_per_gpu=None if tokens_per_s is None else tokens_per_s / n_gpus,
-            cost_batch=cost_batch,
-            tokens_per_s_at_cost_batch=cost_tps,
-            usd_per_hour=gpu.usd_per_hour * n_gpus or None,
-            usd_per_million_output_tokens=usd_out,
-            usd_per_million_input_tokens=usd_in,
-            gpus_needed=gpus_needed,
-            gpus_needed_without_prefix_sharing=gpus_no_prefix,
+            vllm_starts=None if self.vllm_stages is None else not (refusal is not None or max_seqs < 1),
+            **roof.fields(),
             stages=stages,
             suggestions=suggestions,
             assumptions=self.assumptions(),
             notes=notes,
         )
 
-    def gpus_for_workload(self, prefix: int) -> int | None:
+    def gpus_for_workload(self, prefix: int, kv: KVRead = None, seqs_at: Optional[Callable[[int], int]] = None) -> int | None:
         """GPUs for --requests-per-s of --prompt-tokens + --output-tokens, at the largest batch that fits.
 
         One replica (tp x pp GPUs) spends, per request, its prefill time plus
         output_tokens decode steps shared by the batch: requests/s per replica =
-        1 / (prefill_s + output_tokens x step_s / batch).
+        1 / (prefill_s + output_tokens x step_s / batch). `kv` and `seqs_at` give another
+        engine's KV read and max sequences at a context (no prefix sharing: `prefix` is 0).
         """
         opts = self.opts
         prompt = opts.prompt_len
         output = opts.output_tokens or 0
         context = prompt + output
-        batch = self.max_sequences(context, prefix=min(prefix, prompt))
+        batch = self.max_sequences(context, prefix=min(prefix, prompt)) if seqs_at is None else seqs_at(context)
         prefill_s = self.prefill(prompt, cached_prefix=min(prefix, prompt))
         if batch < 1 or prefill_s is None:  # no replica runs, or no peak FLOPS to time the prefill with
             return None
-        step = self.decode_step(batch, context)[0] if output else 0.0
-        per_request = prefill_s + output * step / batch
+        step = self._step(batch, context, kv) if output else (0.0,)
+        if step is None:  # the engine refuses that batch
+            return None
+        per_request = prefill_s + output * step[0] / batch
         replicas = max(1, ceil_div(int(opts.requests_per_s * per_request * 10**6), 10**6))
         return replicas * opts.tp * opts.pp
+
+    def _step(self, batch: int, context: int, kv: KVRead) -> tuple[float, str, int, int] | None:
+        """decode_step with the KV bytes `kv` says (None: the engine refuses that batch)."""
+        if kv is None:
+            return self.decode_step(batch, context)
+        nbytes = kv(batch, context)
+        return None if nbytes is None else self.decode_step(batch, context, kv_bytes_per_rank=nbytes)
+
+    def roofline(self, batch: int, context: int, max_seqs: int, kv: KVRead = None,
+                 seqs_at: Optional[Callable[[int], int]] = None, kv_read: str = "") -> Roofline:
+        """Decode step, prefill, throughput, cost and workload of `batch` sequences of `context` tokens.
+
+        One path for every engine: `max_seqs` is the engine's own capacity (0: nothing
+        runs, so no step, prefill or throughput is given; the bytes a step would read
+        stay); `kv` and `seqs_at` are the engine's KV read and capacity at another batch
+        or context (None: this planner's own, the tokens held). Costs are at the largest
+        batch that fits; `kv_read` says what a step reads of the engine's cache.
+        """
+        opts, gpu = self.opts, self.gpu
+        n_gpus = opts.tp * opts.pp
+        notes: list[str] = []
+        prompt = opts.prompt_len
+        decode_s, bound, step_bytes, step_flops = self._step(batch, context, kv)  # the caller's batch is not refused
+        prefill_s = self.prefill(prompt)
+        tokens_per_s = batch / decode_s
+        runs = max_seqs >= 1
+        if not runs:  # nothing runs: no step, prefill or throughput to report (the bytes a step would read stay)
+            decode_s = bound = prefill_s = tokens_per_s = None
+        cost_batch = max_seqs if runs else 0
+        usd_per_s = gpu.usd_per_hour * n_gpus / 3600
+        cost_tps = 0.0
+        usd_out = usd_in = None
+        if cost_batch and gpu.usd_per_hour <= 0:
+            notes.append("no price for this GPU: give --usd-per-hour for costs")
+        if cost_batch:
+            at_cost = self._step(cost_batch, context, kv)
+            cost_tps = 0.0 if at_cost is None else cost_batch / at_cost[0]
+        if cost_batch and gpu.usd_per_hour > 0:
+            usd_out = usd_per_s / cost_tps * 1e6 if cost_tps else None
+            usd_in = usd_per_s * prefill_s / prompt * 1e6 if prefill_s is not None else None
+        gpus_needed = gpus_no_prefix = None
+        if opts.requests_per_s is not None and prefill_s is None and runs:
+            notes.append("no bf16 peak for this GPU: give --gpu-bf16-tflops to size the workload (prefill is compute-bound)")
+        if opts.requests_per_s is not None and runs:
+            gpus_needed = self.gpus_for_workload(opts.shared_prefix_tokens, kv, seqs_at)
+            gpus_no_prefix = self.gpus_for_workload(0, kv, seqs_at) if opts.shared_prefix_tokens else gpus_needed
+        if opts.requests_per_s is not None and not runs:
+            notes.append("no workload figure: nothing runs on this GPU at these settings")
+        assumptions = {"bandwidth_efficiency": opts.bandwidth_efficiency,
+                       "compute_efficiency": opts.compute_efficiency}
+        if kv_read:
+            assumptions["kv_read"] = kv_read
+        return Roofline(decode_s, bound, step_bytes, step_flops, prompt, prefill_s, tokens_per_s,
+                        None if tokens_per_s is None else tokens_per_s / n_gpus, cost_batch, cost_tps,
+                        gpu.usd_per_hour * n_gpus or None, usd_out, usd_in, gpus_needed, gpus_no_prefix,
+                        tuple(notes), assumptions)
 
     def suggestions(self, need: int, budget: int) -> list[str]:
         """What would fit instead: fp8 KV, more tensor parallelism, a shorter context."""
