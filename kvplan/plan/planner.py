@@ -14,7 +14,8 @@ and FLOPs / (peak x efficiency). Pipeline stages run one after another.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, make_dataclass
+from dataclasses import fields as dataclass_fields
 from enum import Enum
 from typing import Callable, Optional
 
@@ -189,41 +190,39 @@ class Plan:
         return asdict(self)
 
 
-@dataclass(frozen=True, slots=True)
-class Roofline:
-    """Latency, cost and workload of one deployment at one (context, batch): kvplan's roofline over the weights and
-    the KV bytes its engine reads per decode step (`Planner.roofline`). None where nothing runs (not one sequence
-    fits) or a figure has no input (no price, no bf16 peak)."""
+# How a decode step reads an engine's KV cache: `kv(sequences, context)` -> bytes per rank (None: the engine
+# refuses that batch); None for the planner's own layout (the tokens held, unpaged).
+KVRead = Optional[Callable[[int, int], Optional[int]]]
 
-    decode_step_s: float | None
-    decode_bound: str | None
-    decode_bytes_per_step: int
-    decode_flops_per_step: int
-    prefill_tokens: int
-    prefill_s: float | None
-    tokens_per_s: float | None  # output tokens per second for the deployment at --batch
-    tokens_per_s_per_gpu: float | None
-    cost_batch: int  # the batch the costs are computed at (the largest that fits)
-    tokens_per_s_at_cost_batch: float
-    usd_per_hour: float | None  # None: no price for this GPU (--usd-per-hour)
-    usd_per_million_output_tokens: float | None
-    usd_per_million_input_tokens: float | None
-    gpus_needed: int | None
-    gpus_needed_without_prefix_sharing: int | None
-    notes: tuple[str, ...] = ()
-    assumptions: dict = field(default_factory=dict)  # the efficiencies, and what a step reads of the KV cache
+
+class _RooflineMethods:
+    __slots__ = ()
 
     def fields(self) -> dict:
         """The figures, as `Plan` carries them (its notes and assumptions are its own)."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("notes", "assumptions")}
+        return {k: getattr(self, k) for k in ROOFLINE_FIELDS}
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-# How a decode step reads an engine's KV cache: `kv(sequences, context)` -> bytes per rank (None: the engine
-# refuses that batch); None for the planner's own layout (the tokens held, unpaged).
-KVRead = Optional[Callable[[int, int], Optional[int]]]
+# Plan's latency, cost and workload fields, in its order (their types and comments are Plan's).
+ROOFLINE_FIELDS = ("decode_step_s", "decode_bound", "decode_bytes_per_step", "decode_flops_per_step", "prefill_tokens",
+                   "prefill_s", "tokens_per_s", "tokens_per_s_per_gpu", "cost_batch", "tokens_per_s_at_cost_batch",
+                   "usd_per_hour", "usd_per_million_output_tokens", "usd_per_million_input_tokens", "gpus_needed",
+                   "gpus_needed_without_prefix_sharing")
+# Latency, cost and workload of one deployment at one (context, batch): kvplan's roofline over the weights and the
+# KV bytes its engine reads per decode step (`Planner.roofline`), Plan's fields plus its notes and assumptions (the
+# efficiencies, and `kv_read`: what a step reads of a profile's cache). None where nothing runs or a figure has no
+# input (no price, no bf16 peak).
+Roofline = make_dataclass(
+    "Roofline",
+    [(f.name, f.type) for f in dataclass_fields(Plan) if f.name in ROOFLINE_FIELDS]
+    + [("notes", "tuple[str, ...]", field(default=())), ("assumptions", "dict", field(default_factory=dict))],
+    bases=(_RooflineMethods,), frozen=True, slots=True,
+)
+Roofline.__module__ = __name__
+assert tuple(f.name for f in dataclass_fields(Roofline))[:-2] == ROOFLINE_FIELDS
 
 
 # ----------------------------------------------------------------- weights
