@@ -31,7 +31,7 @@ def _settings(context: int, batch: int, options: dict) -> Settings:
     from kvplan.options import ALL_OPTION_KEYS
     from kvplan.errors import InputError
 
-    names = set(Settings._fields) - {"engine_options", "concurrency_curve"}
+    names = set(Settings._fields) - {"engine_options", "concurrency_curve", "roofline"}
     engine_options = {k: options.pop(k) for k in list(options) if k in ALL_OPTION_KEYS}
     unknown = sorted(set(options) - names)
     if unknown:
@@ -47,7 +47,8 @@ def estimate(model: Any, *, context: int = 8192, batch: int = 1, engine: str = "
 
     `.to_dict()` equals `json.loads` of `kvplan estimate ... --format json`; ideal and vllm answers carry
     `.estimate` (the layer table) and, with a GPU, `.plan` (capacity, latency, cost); every engine's
-    `.cache` / `.capacity` are its `EngineCache` / `EngineCapacity` where it has them.
+    `.cache` / `.capacity` are its `EngineCache` / `EngineCapacity` where it has them, and a profile's
+    `.roofline` (with a GPU) its latency, cost and workload (`kvplan.plan.planner.Roofline`).
     """
     from kvplan.plan.pipeline import check_estimate, run
 
@@ -62,12 +63,12 @@ def compare(model: Any, *, context: int = 8192, batch: int = 1, engines: Optiona
             **options):
     """`kvplan compare MODEL`: every engine (or `engines`) side by side; `.to_dict()` equals its `--format json`.
 
-    `options` as for `estimate` (kv_cache_dtype, tp, gpu, gpu_memory, dtype, block_size, the engines' own keys).
+    `options` as for `estimate` (kv_cache_dtype, tp, pp, gpu, gpu_memory, dtype, block_size, the engines' own keys).
     """
     from kvplan.plan.pipeline import compare as run_compare
 
     spec = load_model(model)
-    settings = _settings(context, batch, dict(options))
+    settings = _settings(context, batch, dict(options))._replace(roofline=False)  # compare reports memory only
     if settings.gpu is None and settings.gpu_memory is not None and settings.gpu_bandwidth is None:
         settings = settings._replace(gpu_bandwidth=1.0)  # as the CLI: compare reports memory only
     return run_compare(spec, settings, engines)

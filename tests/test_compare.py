@@ -475,3 +475,31 @@ def test_options_without_a_batch_compare_one_sequence():
     c = compare(spec, Settings(context=8192), ("ideal",))
     assert c.batch == 1
     assert [r.cache.kv_bytes_total for r in c.rows] == [8192 * 131_072] == [2**30]
+
+
+def test_compare_takes_pp_as_estimate_does(capsys):
+    """--pp moves the ideal and vllm rows as it moves `estimate` (one pipeline stage holds half the layers)."""
+    import json
+
+    def rows(*flags):
+        r = run_cli(capsys, "compare", "deepseek-v2-lite", "--engines", "ideal,vllm", "--gpu", "h100-sxm", "-c", "8k",
+                    "-f", "json", *flags)
+        assert r.exit_code == 0, r.stderr
+        return json.loads(r.stdout)
+
+    one, two = rows(), rows("--pp", "2")
+    assert "pipeline_parallel_size" not in one and two["pipeline_parallel_size"] == 2
+    for engine in ("ideal", "vllm"):
+        r = run_cli(capsys, "estimate", "deepseek-v2-lite", "--engine", engine, "--gpu", "h100-sxm", "-c", "8k",
+                    "--pp", "2", "-f", "json")
+        want = json.loads(r.stdout)["max_concurrent_sequences"]
+        got = next(row for row in two["rows"] if row["engine"] == engine)["capacity"]["max_concurrent_sequences"]
+        assert got == want
+    assert two["rows"][0]["capacity"]["max_concurrent_sequences"] != one["rows"][0]["capacity"]["max_concurrent_sequences"]
+
+
+def test_compare_refuses_pp_for_a_profile_by_name(capsys):
+    r = run_cli(capsys, "compare", "llama-3.1-8b", "--pp", "2", "--engines", "ideal,sglang")
+    assert (r.exit_code, r.stdout) == (2, "")
+    assert r.stderr == ("error: --pp 2: kvplan's sglang profile models one pipeline stage; drop sglang from --engines "
+                        "or use --pp 1\n")

@@ -131,6 +131,7 @@ def render_comparison(comparison, fmt: OutputFormat, exact: bool) -> None:
     headers = COMPARE_HEADERS + (CAPACITY_HEADERS + [WHY_CAPACITY_HEADER] if comparison.gpu else [])
     title = (f"{comparison.model} · context {comparison.context:,} · batch {comparison.batch:,} · "
              f"KV {comparison.kv_cache_dtype} · tp {comparison.tensor_parallel_size}"
+             + (f" · pp {comparison.pipeline_parallel_size}" if comparison.pipeline_parallel_size > 1 else "")
              + (f" · {comparison.gpu}" if comparison.gpu else ""))
     rows = compare_rows(comparison, exact)
     if fmt is OutputFormat.markdown:
@@ -292,6 +293,7 @@ def register(app: typer.Typer) -> None:
         batch: O.batch = "1",
         kv_cache_dtype: O.kv_cache_dtype = "auto",
         tp: O.tp = "1",
+        pp: O.pp = "1",
         engines: Annotated[str, typer.Option("--engines", help="Comma list of rows: ideal, vllm, hf, llama.cpp, sglang, trtllm.")] = "ideal,vllm,hf,llama.cpp,sglang,trtllm",
         state_dtype: O.state_dtype = None,
         block_size: O.block_size = None,
@@ -343,6 +345,7 @@ def register(app: typer.Typer) -> None:
         context = one_value("context", context, "compare", hint)
         batch = one_value("batch", batch, "compare", hint)
         tp = one_value("tp", tp, "compare", hint)
+        pp = one_value("pp", pp, "compare", hint)
         gpu = one_word("gpu", gpu, "compare", hint)
         kv_cache_dtype = one_word("kv_cache_dtype", kv_cache_dtype, "compare", hint)
         prompt_tokens = token_flag(prompt_tokens, "--prompt-tokens")
@@ -351,7 +354,7 @@ def register(app: typer.Typer) -> None:
         has_gpu = gpu is not None or gpu_memory is not None
         # compare reports memory only: a flag-built GPU needs a bandwidth, which nothing here reads
         settings = Settings(context=context, batch=batch, kv_cache_dtype=kv_cache_dtype, state_dtype=state_dtype,
-                            tp=tp, gpu=gpu, gpu_memory=gpu_memory,
+                            tp=tp, pp=pp, gpu=gpu, gpu_memory=gpu_memory, roofline=False,
                             gpu_bandwidth=1.0 if has_gpu and gpu is None else None, dtype=dtype,
                             block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
                             max_num_batched_tokens=max_num_batched_tokens, activation_memory=activation_memory,

@@ -48,9 +48,14 @@ class Comparison:
     tensor_parallel_size: int
     gpu: Optional[str]
     rows: tuple[CompareRow, ...]
+    pipeline_parallel_size: int = 1  # ideal and vllm rows only (every profile models one stage)
 
     def to_dict(self) -> dict:
-        data = {k: v for k, v in asdict(self).items() if k != "rows"}
+        """The record `compare --format json` prints; `pipeline_parallel_size` only when above 1 (after tp)."""
+        data = {k: v for k, v in asdict(self).items() if k not in ("rows", "pipeline_parallel_size")}
+        if self.pipeline_parallel_size > 1:
+            data = {**{k: v for k, v in data.items() if k != "gpu"}, "pipeline_parallel_size": self.pipeline_parallel_size,
+                    "gpu": self.gpu}
         data["rows"] = [r.to_dict() for r in self.rows]
         return data
 
@@ -141,8 +146,12 @@ def explain_capacity(cache: EngineCache, capacity: Optional[EngineCapacity], tp:
     return (head,) + tuple(capacity.notes) + tuple(cache.notes)
 
 
-def single_device_problem(name: str, tp: int) -> Optional[str]:
-    """Why a one-device profile (hf, llama.cpp) cannot take --tp `tp` in `compare` (None: it can)."""
+def single_device_problem(name: str, tp: int, pp: int = 1) -> Optional[str]:
+    """Why a profile cannot take --tp `tp` / --pp `pp` in `compare` (None: it can): hf and llama.cpp run on one
+    device, and every profile models one pipeline stage."""
+    if pp > 1 and name not in ("ideal", "vllm"):
+        return (f"--pp {pp}: kvplan's {name} profile models one pipeline stage; drop {name} from --engines "
+                "or use --pp 1")
     if tp <= 1 or name not in ("hf", "llama.cpp"):
         return None
     why = "llama.cpp splits layers, not heads" if name == "llama.cpp" else "transformers tp_plan sharding is not modelled"

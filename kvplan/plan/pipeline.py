@@ -354,8 +354,10 @@ def compare(spec, settings: Settings, engines: Optional[Sequence[str]] = None):
     pair, _ = formats(spec, settings)
     rows = []
     gpu_label = None
+    if settings.pp < 1:
+        raise InputError(f"--pipeline-parallel-size must be at least 1, got {settings.pp}")
     for name in names:
-        problem = single_device_problem(name, settings.tp)
+        problem = single_device_problem(name, settings.tp, settings.pp)
         if problem:
             raise InputError(problem)
         answer = run(spec, name, settings)
@@ -363,7 +365,9 @@ def compare(spec, settings: Settings, engines: Optional[Sequence[str]] = None):
         if cap is not None:
             gpu_label = cap.gpu
         delta = None if cache.kv_bytes_total is None else cache.kv_bytes_total - cache.ideal_bytes_total
-        rows.append(CompareRow(name, cache, cap, delta, explain(cache), explain_capacity(cache, cap, settings.tp)))
+        ranks = settings.tp * settings.pp  # the budget is per rank; the bytes are all ranks'
+        rows.append(CompareRow(name, cache, cap, delta, explain(cache), explain_capacity(cache, cap, ranks)))
     if settings.has_gpu and gpu_label is None:
         gpu_label = device(settings)[1]
-    return Comparison(spec.name, settings.context, settings.batch, pair.name, settings.tp, gpu_label, tuple(rows))
+    return Comparison(spec.name, settings.context, settings.batch, pair.name, settings.tp, gpu_label, tuple(rows),
+                      settings.pp)
