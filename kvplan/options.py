@@ -289,4 +289,4 @@ def one_word(key: str, text: Optional[str], command: str, hint: str = "") -> Opt
 
 def given_engine_options(values: dict) -> dict:
     """Every engine option key of `values` (a command's parameters), in OPTION_KEYS order, read by kind."""
-    return {k: parse_option(k, values[k]) for k in ALL_OPTION_KEYS}
+    return {k: parse_option(k, values.get(k)) for k in ALL_OPTION_KEYS}

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from kvplan.cli.options import O, tees_output
+from kvplan.cli.options import O, engine_flags, tees_output
 from kvplan.options import given_engine_options, one_value
 from kvplan.errors import InputError, KvplanError
 from kvplan.cli.parsing import parse_int_list, parse_str_list, token_flag, warn_beyond_positions  # noqa: F401 (shared)
@@ -66,6 +66,9 @@ def _estimate_inputs(params: dict):
 
 @app.command()
 @tees_output(_estimate_inputs)
+# An engine's own flags default to None, "not given": the engine's default then applies
+# (kvplan.engines.options), and a flag given to another engine is refused, not ignored.
+@engine_flags(after="engine")
 def estimate(
     model: ModelArg,
     context: O.context = "8192",
@@ -76,31 +79,6 @@ def estimate(
     pp: O.pp = "1",
     state_dtype: O.state_dtype = None,
     engine: O.engine = "vllm",
-    # An engine's own flags default to None, "not given": the engine's default then applies
-    # (kvplan.engines.options), and a flag given to another engine is refused, not ignored.
-    hf_cache: O.hf_cache = None,
-    max_cache_len: O.max_cache_len = None,
-    generate: O.generate = None,
-    transformers_version: O.transformers_version = None,
-    quant_backend: O.quant_backend = None,
-    nbits: O.nbits = None,
-    q_group_size: O.q_group_size = None,
-    residual_length: O.residual_length = None,
-    parallel: O.parallel = None,
-    ctx_size: O.ctx_size = None,
-    ubatch_size: O.ubatch_size = None,
-    n_batch: O.n_batch = None,
-    swa_full: O.swa_full = None,
-    flash_attn: O.flash_attn = None,
-    cache_type_k: O.cache_type_k = None,
-    cache_type_v: O.cache_type_v = None,
-    kv_unified: O.kv_unified = None,
-    mem_fraction_static: O.mem_fraction_static = None,
-    page_size: O.page_size = None,
-    swa_full_tokens_ratio: O.swa_full_tokens_ratio = None,
-    max_total_tokens: O.max_total_tokens = None,
-    tokens_per_block: O.tokens_per_block = None,
-    free_gpu_memory_fraction: O.free_gpu_memory_fraction = None,
     gpu: O.gpu = None,
     gpu_memory: O.gpu_memory = None,
     gpu_bandwidth: O.gpu_bandwidth = None,
@@ -123,6 +101,7 @@ def estimate(
     force: O.force = False,
     fmt: FormatOpt = OutputFormat.table,
     exact: O.bytes = False,
+    **engine_options: object,
 ) -> None:
     """Size the KV cache of MODEL; with --gpu, also capacity, latency and cost (comma lists sweep)."""
     from kvplan.sources.catalog import resolve_spec
@@ -140,7 +119,7 @@ def estimate(
     from kvplan.options import PROFILES
     from kvplan.plan.pipeline import Settings, check_estimate, sweep
 
-    engine_flags = given_engine_options(locals())
+    engine_flags = given_engine_options(engine_options)
     dtypes = parse_str_list(kv_cache_dtype, "--kv-cache-dtype")
     gpu_names = parse_str_list(gpu, "--gpu") if gpu is not None else []
     given = Settings(state_dtype=state_dtype, pp=pp, gpu_memory=gpu_memory, gpu_bandwidth=gpu_bandwidth,

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from kvplan.cli.options import O, tees_output
+from kvplan.cli.options import O, engine_flags, tees_output
 from kvplan.cli.render import OutputFormat
 from kvplan.units import counted
 
@@ -287,6 +287,8 @@ def _compare_inputs(params: dict):
 def register(app: typer.Typer) -> None:
     @app.command()
     @tees_output(_compare_inputs)
+    @engine_flags(after="prompt_tokens", engines=("llama.cpp", "sglang", "trtllm"), table_defaults=True)
+    @engine_flags(after="block_size", engines=("hf",), table_defaults=True)  # each row takes its own engine's
     def compare(
         model: Annotated[str, typer.Argument(help="A catalog name (see `kvplan models`) or a path to a spec YAML.", show_default=False)],
         context: O.context = "8192",
@@ -297,30 +299,7 @@ def register(app: typer.Typer) -> None:
         engines: Annotated[str, typer.Option("--engines", help="Comma list of rows: ideal, vllm, hf, llama.cpp, sglang, trtllm.")] = "ideal,vllm,hf,llama.cpp,sglang,trtllm",
         state_dtype: O.state_dtype = None,
         block_size: O.block_size = None,
-        hf_cache: O.hf_cache = "dynamic",
-        max_cache_len: O.max_cache_len = None,
-        generate: O.generate = False,
-        transformers_version: O.transformers_version = "5",
-        quant_backend: O.quant_backend = "quanto",
-        nbits: O.nbits = 4,
-        q_group_size: O.q_group_size = 64,
-        residual_length: O.residual_length = 128,
         prompt_tokens: O.prompt_tokens = None,
-        parallel: O.parallel = None,
-        ctx_size: O.ctx_size = None,
-        ubatch_size: O.ubatch_size = 512,
-        n_batch: O.n_batch = 2048,
-        swa_full: O.swa_full = False,
-        flash_attn: O.flash_attn = "auto",
-        cache_type_k: O.cache_type_k = None,
-        cache_type_v: O.cache_type_v = None,
-        kv_unified: O.kv_unified = False,
-        mem_fraction_static: O.mem_fraction_static = None,
-        page_size: O.page_size = 1,
-        swa_full_tokens_ratio: O.swa_full_tokens_ratio = 0.8,
-        max_total_tokens: O.max_total_tokens = None,
-        tokens_per_block: O.tokens_per_block = 32,
-        free_gpu_memory_fraction: O.free_gpu_memory_fraction = 0.9,
         gpu: O.gpu = None,
         gpu_memory: O.gpu_memory = None,
         dtype: O.dtype = None,
@@ -332,6 +311,7 @@ def register(app: typer.Typer) -> None:
         force: O.force = False,
         fmt: O.format(OutputFormat) = OutputFormat.table,
         exact: O.bytes = False,
+        **engine_options: object,
     ) -> None:
         """MODEL in every engine side by side: tokens held, KV bytes, why each differs, log lines, refusals."""
         from kvplan.sources.catalog import resolve_spec
@@ -359,6 +339,6 @@ def register(app: typer.Typer) -> None:
                             block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
                             max_num_batched_tokens=max_num_batched_tokens, activation_memory=activation_memory,
                             non_torch_memory=non_torch_memory, prompt_tokens=prompt_tokens,
-                            engine_options=given_engine_options(locals()))
+                            engine_options=given_engine_options(engine_options))
         result = run_compare(spec, settings, names)
         render_comparison(result, fmt, exact)

@@ -6,7 +6,7 @@ line per problem). diff: KV bytes and capacity of two specs (or one spec at a gi
 revision against the working tree) with deltas; `--fail-on-increase PCT` gates.
 Both take `engine: hf|llama.cpp|sglang|trtllm` (`--engine` for diff) with that
 engine's own options: capacity, headroom and max context then follow the
-engine's rules (`gating.engine_figures`). torch is never imported.
+engine's rules (`gating.answer_figures`, as for vllm). torch is never imported.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 
-from kvplan.cli.options import O, tees_output
+from kvplan.cli.options import O, engine_flags, tees_output
 from kvplan.options import PLANNER_KEYS, given_engine_options, one_value, one_word, parse_option
 from kvplan.errors import InputError
 
@@ -482,6 +482,7 @@ def _write_atomically(target: str, text: str) -> None:
 # ================================================================== diff
 
 
+@engine_flags(after="prompt_tokens")
 def diff(
     old: Annotated[str, typer.Argument(metavar="OLD", help="A spec YAML or catalog name; with --base, the spec to compare with its own past.", show_default=False)],
     new: Annotated[Optional[str], typer.Argument(metavar="[NEW]", help="A spec YAML or catalog name (omit with --base).", show_default=False)] = None,
@@ -502,29 +503,6 @@ def diff(
     non_torch_memory: O.non_torch_memory = None,
     max_num_batched_tokens: O.max_num_batched_tokens = None,
     prompt_tokens: O.prompt_tokens = None,
-    hf_cache: O.hf_cache = None,
-    max_cache_len: O.max_cache_len = None,
-    generate: O.generate = None,
-    transformers_version: O.transformers_version = None,
-    quant_backend: O.quant_backend = None,
-    nbits: O.nbits = None,
-    q_group_size: O.q_group_size = None,
-    residual_length: O.residual_length = None,
-    parallel: O.parallel = None,
-    ctx_size: O.ctx_size = None,
-    ubatch_size: O.ubatch_size = None,
-    n_batch: O.n_batch = None,
-    swa_full: O.swa_full = None,
-    flash_attn: O.flash_attn = None,
-    cache_type_k: O.cache_type_k = None,
-    cache_type_v: O.cache_type_v = None,
-    kv_unified: O.kv_unified = None,
-    mem_fraction_static: O.mem_fraction_static = None,
-    page_size: O.page_size = None,
-    swa_full_tokens_ratio: O.swa_full_tokens_ratio = None,
-    max_total_tokens: O.max_total_tokens = None,
-    tokens_per_block: O.tokens_per_block = None,
-    free_gpu_memory_fraction: O.free_gpu_memory_fraction = None,
     fail_on_increase: Annotated[
         Optional[float],
         typer.Option("--fail-on-increase", metavar="PCT", help="Exit 1 when KV bytes per token or per sequence grow by more than PCT %."),
@@ -532,6 +510,7 @@ def diff(
     output: O.output = None,
     force: O.force = False,
     fmt: O.format(DiffFormat) = DiffFormat.table,
+    **engine_options: object,
 ) -> None:
     """KV bytes per token and per sequence, and capacity on --gpu, before and after a spec change."""
     from kvplan.sources.catalog import resolve_spec
@@ -565,7 +544,7 @@ def diff(
                  max_num_batched_tokens=parse_option("max_num_batched_tokens", max_num_batched_tokens),
                  prompt_tokens=parse_option("prompt_tokens", prompt_tokens))
     extra = {k: v for k, v in extra.items() if v is not None}
-    flags = given_engine_options(locals())
+    flags = given_engine_options(engine_options)
     given = {k: v for k, v in flags.items() if v is not None}  # None: not given, the engine's default
     options = _diff_engine_options(engine, tp, pp, given, [k for k in PLANNER_KEYS if k in extra])
     before, before_side = _diff_figures(before_spec, gpu, kv_cache_dtype, settings, options, before_label, extra)

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable, Iterable, Optional
 
 import typer
 
-from kvplan.options import BY_KEY, Option
+from kvplan.options import BY_KEY, OPTION_KEYS, PROFILES, Option
 
 # The typer type of each kind: counts, token counts and sizes are text, read by
 # kvplan.options.parse_option (k / m suffixes, units, comma lists) in every command alike.
@@ -63,6 +63,30 @@ class _Options:
 
 
 O = _Options()
+
+
+def engine_flags(after: str, *, engines: Iterable[str] = PROFILES, table_defaults: bool = False) -> Callable:
+    """Every engine profile's own flags (`kvplan.options.OPTION_KEYS`, in the table's order; those of `engines`) as
+    parameters of a command, placed after its parameter `after`; the command takes them as `**engine_options`.
+
+    typer reads a command's parameters from `inspect.signature`, so this sets `__signature__`: the
+    command's own parameters (annotations evaluated) with the table's inserted. Each defaults to None,
+    "not given" (the engine's own default applies, and a flag given to another engine is refused), or
+    with `table_defaults` to the table's default.
+    """
+    import inspect
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        at = [p.name for p in own].index(after) + 1
+        added = [inspect.Parameter(key, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotated(key),
+                                   default=BY_KEY[key].default if table_defaults else None)
+                 for engine in engines for key in OPTION_KEYS[engine]]
+        command.__signature__ = signature.replace(parameters=own[:at] + added + own[at:])
+        return command
+
+    return decorate
 
 
 def tees_output(inputs: Callable[[dict], Iterable[tuple[str, str]]]) -> Callable:
