@@ -92,6 +92,7 @@ class MemoryInputs:
     activation_bytes: int  # peak activations of a forward pass (0 when not given and not estimated)
     activation_source: str
     weights_source: str = ""  # where weights_bytes came from (kvplan.plan.planner.weights_source)
+    stage_weights_bytes: tuple[int, ...] = ()  # per pipeline stage (ideal, vllm at pp > 1); () : weights_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,8 +200,8 @@ def get(name: str):
     """The module of engine `name` (one of NAMES); each answers the same questions:
 
     - `cache(spec, context, batch, opts, *, kv_cache_dtype, ideal_format, ideal_state) -> EngineCache`
-    - `capacity(spec, context, batch, opts, memory, *, ...) -> EngineCapacity` (the profiles; ideal and
-      vllm are sized by kvplan.plan.planner, which `kvplan.plan.pipeline` turns into an EngineCapacity)
+    - `capacity(spec, context, batch, opts, memory, *, ...) -> EngineCapacity`: its budget rule on `memory`
+      (`MemoryInputs`; ideal and vllm: vLLM's, `kvplan.engines.vllm_rules.pool_capacity`)
     - its option object (`kvplan.engines.options.engine_options(name, ...)` builds it).
 
     KeyError for a name not in NAMES (callers check the name against NAMES with their flag's words).

@@ -100,7 +100,7 @@ def check_flags(engine: str, given: Iterable[str], *, tp: int = 1, pp: int = 1, 
 
 
 def engine_options(engine: str, kv_cache_dtype: str = "auto", values: Optional[Mapping[str, Any]] = None, *,
-                   tp: int = 1, prompt_tokens: Optional[int] = None):
+                   tp: int = 1, pp: int = 1, prompt_tokens: Optional[int] = None):
     """`engine`'s option object (IdealOptions, VllmOptions, HFOptions, LlamaCppOptions, SGLangOptions, TrtllmOptions).
 
     `values` maps option keys to values; keys of other engines are skipped (compare
@@ -108,19 +108,19 @@ def engine_options(engine: str, kv_cache_dtype: str = "auto", values: Optional[M
     llama.cpp's -ctk / -ctv default to `kv_cache_dtype` as llama.cpp names it
     (auto -> f16); `prompt_tokens` is hf's prefill size for a quantized cache;
     `tp` is the tensor-parallel size of ideal, vllm, SGLang and TensorRT-LLM;
-    vllm reads `block_size` from `values` (the budget's keys are the planner's).
+    ideal and vllm read the planner's keys (`block_size`, `gpu_memory_utilization`,
+    `max_num_batched_tokens`) from `values` and `pp`.
     """
+    import importlib
+
     from kvplan.engines import hf, llamacpp, sglang, trtllm
     from kvplan.engines.compare import llamacpp_types
 
-    if engine == "ideal":
-        from kvplan.engines.ideal import IdealOptions
-
-        return IdealOptions(tp=tp)
-    if engine == "vllm":
-        from kvplan.engines.vllm import VllmOptions
-
-        return VllmOptions(block_size=(values or {}).get("block_size"), tp=tp)
+    if engine in ("ideal", "vllm"):  # the planner's keys (block_size, gpu_memory_utilization, ...) and the sizes
+        module = importlib.import_module(f"kvplan.engines.{engine}")
+        cls = module.IdealOptions if engine == "ideal" else module.VllmOptions
+        planned = {k: v for k, v in (values or {}).items() if k in PLANNER_KEYS and v is not None}
+        return replace(cls(), tp=tp, pp=pp, **planned)
     given = {_FIELD.get(k, k): v for k, v in (values or {}).items() if k in OPTION_KEYS[engine] and v is not None}
     if engine == "hf":
         if "transformers_version" in given:  # a YAML 4 or a flag "4"

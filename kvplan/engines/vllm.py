@@ -3,8 +3,8 @@
 `cache()` pages `kvplan.model.layout` in vLLM's blocks (16 tokens on CUDA, 64 for
 MLA, as FlashMLA requires): whole blocks per sequence, and a sliding window that
 may start mid-block holds ceil((W - 1) / bs) + 1 blocks (vllm/v1/kv_cache_interface.py,
-SlidingWindowSpec). With a GPU, its budget rule, pool, groups and log lines are
-`kvplan.plan.planner`'s (engine vllm), applied by `kvplan.plan.pipeline`. Pure: no I/O.
+SlidingWindowSpec). `capacity()` applies its budget rule on a GPU: pool, groups and
+log lines (`kvplan.engines.vllm_rules.Pool`, which the planner's searches use too). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from kvplan.engines import EngineCache, Ledger, kind_rows
-from kvplan.engines.vllm_rules import default_block_size, kv_cache_dtype_refusal, max_model_len_refusal
+from kvplan.engines.vllm_rules import (DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NUM_BATCHED_TOKENS,
+                                       default_block_size, kv_cache_dtype_refusal, max_model_len_refusal, pool_capacity)
 from kvplan.model.formats import KVFormat, KVFormatPair
 from kvplan.model.layout import CacheLayout, LayerKind
 
@@ -26,10 +27,13 @@ SOURCES = (
 
 @dataclass(frozen=True, slots=True)
 class VllmOptions:
-    """vLLM's settings that move the batch's bytes (the budget's live in kvplan.plan.planner.PlanOptions)."""
+    """vLLM's settings that move the batch's bytes and its budget on a GPU."""
 
     block_size: Optional[int] = None  # None: default_block_size(spec)
     tp: int = 1
+    pp: int = 1
+    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
 
 
 def cache(spec, context: int, batch: int, opts: VllmOptions, *, kv_cache_dtype: str = "auto",
@@ -64,3 +68,10 @@ def cache(spec, context: int, batch: int, opts: VllmOptions, *, kv_cache_dtype: 
              "window layers are paged as a running sequence holds them.",)
     return EngineCache(NAME, spec.name, context, batch, fmt.name, settings, kind_rows(est, True), est.kv_bytes_total,
                        base.kv_bytes_total, ledger.differences, (), (), notes, SOURCES)
+
+
+def capacity(spec, context: int, batch: int, opts: VllmOptions, memory, *, kv_cache_dtype: str = "auto",
+             ideal_format: KVFormatPair, ideal_state: Optional[KVFormat] = None):
+    """vLLM on a GPU: its budget (determine_available_memory) over every stage's weights, its blocks, groups and
+    pool, the lines it would log (`kvplan.engines.vllm_rules.Pool`)."""
+    return pool_capacity(NAME, spec, context, batch, opts, memory, ideal_format, ideal_state)

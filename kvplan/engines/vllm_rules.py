@@ -25,7 +25,7 @@ Pure: no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from kvplan.model.layout import CacheLayout, ceil_div
 from kvplan.errors import InputError
@@ -233,3 +233,193 @@ def attention_block_size(layout: CacheLayout, block_size: int) -> int:
             continue  # a stage of state layers only pages no attention
         sizes |= {g.block_size for g in build_layout(layout, counts, block_size).groups if g.kind is not LayerKind.STATE}
     return sizes.pop() if len(sizes) == 1 else block_size
+
+
+# ------------------------------------------------------------------ budget and pool (ideal and vllm on a GPU)
+
+GIB = 2**30
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM CacheConfig.gpu_memory_utilization
+# vLLM's budget rule, which kvplan applies to ideal and vllm alike
+BUDGET_RULE = "vLLM determine_available_memory: KV = total x gpu_memory_utilization - weights - activations - non-torch"
+
+
+def stage_budgets(gpu_memory_bytes: int, gpu_memory_utilization: float, stage_weights: Sequence[int],
+                  activation_bytes: int, non_torch_bytes: int) -> list[int]:
+    """KV bytes one rank of each pipeline stage may hold (vllm/v1/worker/gpu_worker.py determine_available_memory):
+    ceil(total x gpu_memory_utilization) - the stage's weights per rank - the activation peak - non-torch memory."""
+    usable = usable_bytes(gpu_memory_bytes, gpu_memory_utilization)
+    return [usable - w - activation_bytes - non_torch_bytes for w in stage_weights]
+
+
+def usable_bytes(gpu_memory_bytes: int, gpu_memory_utilization: float) -> int:
+    """ceil(total x gpu_memory_utilization), as vLLM requests it (the share read to six digits)."""
+    return -(-gpu_memory_bytes * round(gpu_memory_utilization * 10**6) // 10**6)
+
+
+def context_limit(spec) -> tuple[int, str]:
+    """(the longest context an engine accepts, why): max_position_embeddings, else kvplan's search cap of 2**24."""
+    if spec.max_position_embeddings:
+        return spec.max_position_embeddings, "the model's max_position_embeddings"
+    return 2**24, "kvplan's search cap of 16,777,216 tokens (the spec has no max_position_embeddings)"
+
+
+def paged_layout(spec, fmt, state_format, block_size: int, tp: int, pp: int, vllm: bool) -> CacheLayout:
+    """The layout at the block size the engine pages with: vLLM raises it for a hybrid SSM model
+    (`attention_block_size`); ideal pages in `block_size` as given (1: no paging)."""
+    layout = CacheLayout(spec, fmt, block_size=block_size, tp=tp, pp=pp, state_format=state_format)
+    if not vllm or block_size == 1:
+        return layout
+    used = attention_block_size(layout, block_size)
+    return layout if used == block_size else CacheLayout(spec, fmt, block_size=used, tp=tp, pp=pp,
+                                                         state_format=state_format)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolReport:
+    """What vLLM would say of its pool at one context (all None / empty for ideal)."""
+
+    num_blocks: Optional[int] = None
+    kv_cache_tokens: Optional[int] = None
+    max_concurrency: Optional[float] = None
+    groups: Optional[int] = None
+    padding_layers: Optional[int] = None
+    log: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    refusal: Optional[str] = None  # vLLM stops at start-up (max_model_len_refusal)
+
+
+class Pool:
+    """The sequences each pipeline stage's KV budget holds, for one layout: vLLM's blocks and groups
+    (`vllm`), or the ideal's tokens held (paged when the layout's block size is above 1). The tightest
+    stage decides. One rule for `kvplan.engines.vllm.capacity`, `kvplan.engines.ideal.capacity` and
+    the planner's searches (suggestions, the concurrency curve, workloads)."""
+
+    def __init__(self, layout: CacheLayout, budgets: Sequence[int], *, vllm: bool, max_num_batched_tokens: int):
+        self.layout, self.budgets, self.max_num_batched_tokens = layout, list(budgets), max_num_batched_tokens
+        self.stages: Optional[list[VllmLayout]] = None
+        if vllm:
+            self.stages = [build_layout(layout, counts, layout.block_size) for counts in layout.stage_kind_counts]
+        self.tight = min(range(len(self.budgets)), key=lambda i: self.budgets[i])
+
+    def _ideal_seq_bytes(self, counts: dict[LayerKind, int], context: int) -> int:
+        return self.layout.stage_rank_bytes(counts, context, paged=self.layout.block_size > 1)
+
+    def max_sequences(self, context: int, prefix: int = 0) -> int:
+        """Concurrent sequences of `context` tokens that fit (the tightest stage); `prefix` tokens shared by all."""
+        best = None
+        mnbt = self.max_num_batched_tokens
+        for i, counts in enumerate(self.layout.stage_kind_counts):
+            budget = self.budgets[i]
+            if budget <= 0:
+                return 0
+            if self.stages is not None:
+                vl = self.stages[i]
+                blocks = vl.num_blocks(budget)
+                own = vl.blocks_per_request(context - prefix, mnbt) if context > prefix else 0
+                shared = vl.blocks_per_request(prefix, mnbt) if prefix else 0
+                n = 10**9 if own == 0 else max(0, blocks - shared) // own
+            else:
+                own = self._ideal_seq_bytes(counts, context) - (self._ideal_seq_bytes(counts, prefix) if prefix else 0)
+                shared = self._ideal_seq_bytes(counts, prefix) if prefix else 0
+                n = max(0, budget - shared) // own if own else 10**9
+            best = n if best is None else min(best, n)
+        return best or 0
+
+    def reserved_bytes(self, stage: int, context: int, batch: int) -> int:
+        """Bytes `batch` sequences of `context` tokens reserve on one rank of `stage`, as the engine counts."""
+        if self.stages is not None:
+            vl = self.stages[stage]
+            return batch * vl.blocks_per_request(context, self.max_num_batched_tokens) * vl.bytes_per_block_set
+        return batch * self._ideal_seq_bytes(self.layout.stage_kind_counts[stage], context)
+
+    def max_context(self, batch: int) -> tuple[int, str]:
+        """The longest context at which `batch` sequences fit: a search, not a division."""
+        from kvplan.model.layout import last_fitting
+
+        limit, why = context_limit(self.layout.spec)
+        if self.max_sequences(limit) >= batch:
+            return limit, why
+        if self.max_sequences(1) < batch:
+            return 0, "memory: not even one token per sequence fits"
+        return last_fitting(lambda context: self.max_sequences(context) >= batch, 1, limit), "KV memory"
+
+    def report(self, context: int, max_seqs: int) -> PoolReport:
+        """vLLM's pool at `context`: its blocks, the lines it would log, why its figures read as they do."""
+        if self.stages is None:
+            return PoolReport()
+        spec, mnbt = self.layout.spec, self.max_num_batched_tokens
+        budget = self.budgets[self.tight]
+        vl = self.stages[self.tight]
+        blocks = min(v.num_blocks(b) for v, b in zip(self.stages, self.budgets))
+        tokens = vl.kv_cache_tokens(blocks, context)
+        per_req = vl.blocks_per_request(context, mnbt)
+        conc = blocks / per_req if per_req else None
+        log: list[str] = []
+        notes: list[str] = []
+        refusal = max_model_len_refusal(spec, context)
+        if refusal:  # vLLM stops at config time, before profiling memory: this is all it would log
+            log.append(refusal)
+            notes.append(
+                f"vLLM refuses --context {context:,} at start-up: it exceeds {spec.name}'s max_position_embeddings "
+                f"({spec.max_position_embeddings:,}) and VLLM_ALLOW_LONG_MAX_MODEL_LEN is not set; the pool, "
+                "concurrency and max context here are what the memory would hold."
+            )
+        else:
+            log.append(f"Available KV cache memory: {max(budget, 0) / GIB:.2f} GiB")
+            log.append(f"GPU KV cache size: {tokens:,} tokens")
+            if conc is not None:
+                log.append(f"Maximum concurrency for {context:,} tokens per request: {conc:.2f}x")
+            if vl.padding_layers:
+                waste = vl.padding_layers / (vl.group_size * len(vl.groups)) * 100
+                log.append(f"Add {vl.padding_layers} padding layers, may waste at most {waste:.2f}% KV cache memory")
+            if max_seqs < 1:
+                needed_gib = per_req * vl.page_bytes * vl.group_size / GIB
+                log.append(
+                    f"ValueError: To serve at least one request with the models's max seq len ({context}), "
+                    f"({needed_gib:.2f} GiB KV cache is needed, which is larger than the available KV cache "
+                    f"memory ({max(budget, 0) / GIB:.2f} GiB). Based on the available memory, the estimated "
+                    f"maximum model length is {self.max_context(1)[0]}. Try increasing `gpu_memory_utilization` "
+                    "or decreasing `max_model_len` when initializing the engine."
+                )
+        if not vl.uniform:
+            notes.append(
+                f"vLLM splits this model's layers into {len(vl.groups)} KV-cache groups of {vl.group_size} "
+                f"layers sharing one block pool; its \"GPU KV cache size\" divides the pool by the number of "
+                "groups, so it is not the tokens one full-attention layer could hold."
+            )
+        if any(g.kind is LayerKind.SLIDING for g in vl.groups):
+            notes.append(
+                f"vLLM reserves window - 1 + max_num_batched_tokens ({mnbt:,}) tokens "
+                "plus one block per request for each sliding-window group, more than the window itself."
+            )
+        attention_blocks = [g.block_size for g in vl.groups if g.kind is not LayerKind.STATE]
+        if attention_blocks and any(g.kind is LayerKind.STATE for g in vl.groups):
+            notes.append(
+                f"vLLM raised the attention block size to {attention_blocks[0]} "
+                "tokens so an attention page holds one sequence's SSM state (the state page is padded to match)."
+            )
+        return PoolReport(blocks, tokens, None if conc is None else round(conc, 2), len(vl.groups), vl.padding_layers,
+                          tuple(log), tuple(notes), refusal)
+
+
+def pool_capacity(engine: str, spec, context: int, batch: int, opts, memory, fmt, state_format):
+    """ideal's and vllm's `capacity()`: vLLM's budget rule on `memory` (every stage's weights), the pool
+    (`Pool`) at the block size the engine pages with, as the `EngineCapacity` every engine gives."""
+    from kvplan.engines.base import EngineCapacity
+
+    vllm = engine == "vllm"
+    block = opts.block_size or (default_block_size(spec) if vllm else 1)
+    layout = paged_layout(spec, fmt, state_format, block, opts.tp, opts.pp, vllm)
+    weights = memory.stage_weights_bytes or (memory.weights_bytes,)
+    if len(weights) != opts.pp:
+        raise ValueError(f"{opts.pp} pipeline stages need the weights of each (MemoryInputs.stage_weights_bytes)")
+    budgets = stage_budgets(memory.gpu_memory_bytes, opts.gpu_memory_utilization, weights, memory.activation_bytes,
+                            memory.non_torch_bytes)
+    pool = Pool(layout, budgets, vllm=vllm, max_num_batched_tokens=opts.max_num_batched_tokens)
+    max_seqs = pool.max_sequences(context)
+    report = pool.report(context, max_seqs)
+    return EngineCapacity(engine, memory.gpu, memory.gpu_memory_bytes, weights[pool.tight], BUDGET_RULE,
+                          budgets[pool.tight], report.kv_cache_tokens, max_seqs, max_seqs >= batch, report.log, (),
+                          report.notes, {"gpu_memory_utilization": opts.gpu_memory_utilization,
+                                         "block_size": layout.block_size},
+                          memory.weights_source, pool.max_context(batch)[0])

@@ -1,9 +1,11 @@
 """Capacity on a GPU, engine by engine: what sits beside the KV cache, and the answers the pipeline adds.
 
 `memory_inputs` is the GPU and what besides the KV cache sits on it, for the
-profiles' budget rules; `planned_capacity` gives the planner's answer (ideal, vllm)
-as the `EngineCapacity` every engine gives; `engine_max_context` searches the
-longest context at which a batch fits by an engine's own test. Used by
+profiles' budget rules (ideal and vllm: `Planner.memory_inputs`, every stage's
+weights); every engine's capacity is its module's `capacity()`. `engine_max_context`
+searches the longest context at which a profile's batch fits by its own test
+(ideal and vllm search their pool, `kvplan.engines.vllm_rules.Pool.max_context`);
+`engine_roofline` is the planner's latency and cost on a profile's answer. Used by
 `kvplan.plan.pipeline` with a GPU only (a KV-only estimate never imports this).
 """
 
@@ -42,21 +44,6 @@ def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[s
     if non_torch is None:
         non_torch = DEFAULT_NON_TORCH_BYTES_TP if tp > 1 else DEFAULT_NON_TORCH_BYTES
     return MemoryInputs(label or gpu.name, gpu.memory_bytes, weights, non_torch, act, source, weights_source(spec, weights_dtype))
-
-
-# vLLM's budget rule, which kvplan's planner applies to ideal and vllm alike
-PLANNED_RULE = "vLLM determine_available_memory: KV = total x gpu_memory_utilization - weights - activations - non-torch"
-
-
-def planned_capacity(plan, gpu, label: str):
-    """The planner's capacity (ideal, vllm) as the `EngineCapacity` every engine gives."""
-    from kvplan.engines import EngineCapacity
-
-    return EngineCapacity(plan.engine, label, gpu.memory_bytes, plan.weights_bytes_per_gpu, PLANNED_RULE,
-                          plan.kv_budget_bytes_per_gpu, plan.vllm_kv_cache_tokens, plan.max_concurrent_sequences,
-                             plan.fits, tuple(plan.vllm_log), (), tuple(plan.notes),
-                          {"gpu_memory_utilization": plan.gpu_memory_utilization, "block_size": plan.block_size},
-                          plan.weights_source, plan.max_context_tokens)
 
 
 def slots_for(engine: str, opts: Any) -> Any:

@@ -5,10 +5,11 @@ and `kvplan diff` all call `sweep` / `run` here, and `kvplan.estimate()` / `kvpl
 are the same calls; `Answer.to_dict()` is what `--format json` prints.
 
 Every engine is a module of `kvplan.engines` (`kvplan.engines.get(name)`) that gives the
-cache it allocates (`EngineCache`). With a GPU, the profiles (hf, llama.cpp, sglang,
-trtllm) apply their own budget rule (`capacity`, on `MemoryInputs`); ideal and vllm are
-sized by `kvplan.plan.planner` (vLLM's budget, blocks, groups, latency and cost), whose
-answer is also given as an `EngineCapacity` (`kvplan.plan.capacity`). Pure: reads GPU and calibration files only
+cache it allocates (`EngineCache`) and, with a GPU, its capacity by its own budget rule
+(`capacity`, on `MemoryInputs`: `kvplan.plan.capacity.memory_inputs` for the profiles, the
+planner's weights per stage for ideal and vllm). The planner (`kvplan.plan.planner`) adds
+latency, cost and workload for every engine: ideal and vllm as its `Plan`, the profiles
+as a `Roofline` over the KV bytes they allocate. Pure: reads GPU and calibration files only
 through `kvplan.plan.gpus` / `kvplan.plan.deploy`; no printing.
 """
 
@@ -149,17 +150,16 @@ def _bytes(value: Size, flag: str) -> Optional[int]:
 
 def planned_layout(spec, engine: str, pair, state, s: Settings):
     """ideal / vllm: the layout at the block size the engine pages with (vLLM raises it for a hybrid SSM model)."""
-    from kvplan.model.layout import CacheLayout
     from kvplan.plan.deploy import default_block_size
 
-    block = s.block_size or default_block_size(spec, engine)
-    layout = CacheLayout(spec, pair, block_size=block, tp=s.tp, pp=s.pp, state_format=state)
-    if engine != "vllm" or block == 1:
-        return layout
-    from kvplan.engines.vllm_rules import attention_block_size
+    if engine == "ideal" and (s.block_size or 1) == 1:  # a KV-only estimate's path: no vLLM rules to load
+        from kvplan.model.layout import CacheLayout
 
-    used = attention_block_size(layout, block)
-    return layout if used == block else CacheLayout(spec, pair, block_size=used, tp=s.tp, pp=s.pp, state_format=state)
+        return CacheLayout(spec, pair, block_size=1, tp=s.tp, pp=s.pp, state_format=state)
+    from kvplan.engines.vllm_rules import paged_layout
+
+    return paged_layout(spec, pair, state, s.block_size or default_block_size(spec, engine), s.tp, s.pp,
+                        engine == "vllm")
 
 
 # ------------------------------------------------------------------ what estimate refuses
@@ -243,12 +243,14 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
         raise InputError(f"{given[0]} needs a GPU: --gpu is needed for capacity, latency and cost "
                          "(or --gpu-memory and --gpu-bandwidth)")
     module = opts = None  # ideal and vllm in a plain estimate need no engine module or option object
-    if engine_rows or engine not in PLANNED:
+    if engine_rows or gpu is not None or engine not in PLANNED:
         from kvplan.engines import get
         from kvplan.engines.options import engine_options
 
         module = get(engine)
-        opts = engine_options(engine, s.kv_cache_dtype, {**s.engine_options, "block_size": s.block_size}, tp=s.tp,
+        planner_keys = {"block_size": s.block_size, "gpu_memory_utilization": s.gpu_memory_utilization,
+                        "max_num_batched_tokens": s.max_num_batched_tokens}
+        opts = engine_options(engine, s.kv_cache_dtype, {**s.engine_options, **planner_keys}, tp=s.tp, pp=s.pp,
                               prompt_tokens=s.prompt_tokens)
     kw = {"kv_cache_dtype": s.kv_cache_dtype, "ideal_format": pair, "ideal_state": state}
     out = []
@@ -258,7 +260,6 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
             at, name = layout.at, spec.name
             return [Answer(engine, name, c, b, None, None, at(c, b)) for c in contexts for b in batches]
         if gpu is not None:
-            from kvplan.plan.capacity import planned_capacity
             from kvplan.plan.planner import Planner
 
             figures, bw_eff = roofline_inputs(gpu, label, s)
@@ -273,8 +274,9 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
                                   state_format=state)
                 plan = planner.plan()
                 curve = tuple(planner.concurrency_curve()) if s.concurrency_curve else None
-                out.append(Answer(engine, spec.name, c, b, cache, planned_capacity(plan, gpu, label), estimate, plan,
-                                  curve))
+                mem = planner.memory_inputs(label or gpu.name)
+                cap = module.capacity(spec, c, b, opts, mem, **kw)  # the engine's own, as for every engine
+                out.append(Answer(engine, spec.name, c, b, cache, cap, estimate, plan, curve, mem))
         return out
     activation = _bytes(s.activation_memory, "--activation-memory")
     non_torch = _bytes(s.non_torch_memory, "--non-torch-memory")
@@ -282,7 +284,7 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
         from dataclasses import replace
 
         from kvplan.plan.capacity import engine_max_context, engine_roofline, memory_inputs
-        from kvplan.plan.planner import context_limit
+        from kvplan.engines.vllm_rules import context_limit
 
         figures, bw_eff = roofline_inputs(gpu, label, s)
     for c in contexts:

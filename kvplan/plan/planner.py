@@ -20,18 +20,18 @@ from enum import Enum
 from typing import Callable, Optional
 
 from kvplan.model.kinds import KINDS, Kind
-from kvplan.model.layout import CacheLayout, ceil_div, last_fitting
+from kvplan.model.layout import CacheLayout, ceil_div
 from kvplan.errors import InputError, require_at_least
 from kvplan.model.formats import FIXED_FORMATS, KVFormatPair
 from kvplan.model.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
-from kvplan.engines.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS, VllmLayout, build_layout, max_model_len_refusal
+from kvplan.engines.vllm_rules import (DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NUM_BATCHED_TOKENS, Pool,
+                                       context_limit, stage_budgets, usable_bytes)
 from kvplan.units import counted, fmt_bytes
 
 GIB = 2**30
 MIB = 2**20
 
 # Defaults, each with its reason (all are flags).
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM CacheConfig.gpu_memory_utilization
 # CUDA context + cuBLAS/cuDNN workspaces that torch does not count; vLLM logs
 # "non-torch memory" of roughly 0.3-0.6 GiB on one H100; NCCL buffers add more at tp > 1.
 DEFAULT_NON_TORCH_BYTES = 512 * MIB
@@ -462,7 +462,7 @@ class Planner:
         self.dtype_bytes = 4 if self.weights_dtype == "fp32" else 2
         self.weights_from_file = weights_from_file(spec, opts.weights_dtype)
         self.stage_weights = self._stage_weights()
-        self.usable = -(-gpu.memory_bytes * round(opts.gpu_memory_utilization * 10**6) // 10**6)  # ceil, as vLLM
+        self.usable = usable_bytes(gpu.memory_bytes, opts.gpu_memory_utilization)  # ceil, as vLLM
         self.activation_estimated = opts.activation_bytes is None
         self.activation = (
             activation_estimate(spec, opts, self.dtype_bytes, opts.tp) if opts.activation_bytes is None else opts.activation_bytes
@@ -471,10 +471,12 @@ class Planner:
             self.non_torch = opts.non_torch_bytes
         else:
             self.non_torch = DEFAULT_NON_TORCH_BYTES_TP if opts.tp * opts.pp > 1 else DEFAULT_NON_TORCH_BYTES
-        self.stage_budgets = [self.usable - w - self.activation - self.non_torch for w in self.stage_weights]
-        self.vllm_stages: list[VllmLayout] | None = None
-        if opts.engine is Engine.vllm:
-            self.vllm_stages = [build_layout(self.layout, counts, self.block_size) for counts in self.layout.stage_kind_counts]
+        self.stage_budgets = stage_budgets(gpu.memory_bytes, opts.gpu_memory_utilization, self.stage_weights,
+                                           self.activation, self.non_torch)
+        # the capacity rule ideal's and vllm's `capacity()` apply (kvplan.engines.vllm_rules.Pool)
+        self.pool = Pool(self.layout, self.stage_budgets, vllm=opts.engine is Engine.vllm,
+                         max_num_batched_tokens=opts.max_num_batched_tokens)
+        self.vllm_stages = self.pool.stages
 
     def _stage_weights(self, *, active: bool = False, lookup_tokens: int | None = None) -> list[int]:
         """Weight bytes per rank of each stage: from the file's headers, or the formula in weights_dtype."""
@@ -483,38 +485,13 @@ class Planner:
 
     # -- capacity ---------------------------------------------------------
 
-    def _ideal_seq_bytes(self, counts: dict[LayerKind, int], context: int) -> int:
-        return self.layout.stage_rank_bytes(counts, context, paged=self.block_size > 1)
-
     def max_sequences(self, context: int, prefix: int = 0) -> int:
-        """Concurrent sequences of `context` tokens that fit (the tightest stage)."""
-        best = None
-        for i, counts in enumerate(self.layout.stage_kind_counts):
-            budget = self.stage_budgets[i]
-            if budget <= 0:
-                return 0
-            if self.vllm_stages is not None:
-                vl = self.vllm_stages[i]
-                blocks = vl.num_blocks(budget)
-                own = vl.blocks_per_request(context - prefix, self.opts.max_num_batched_tokens) if context > prefix else 0
-                shared = vl.blocks_per_request(prefix, self.opts.max_num_batched_tokens) if prefix else 0
-                if own == 0:
-                    n = 10**9
-                else:
-                    n = max(0, blocks - shared) // own
-            else:
-                own = self._ideal_seq_bytes(counts, context) - (self._ideal_seq_bytes(counts, prefix) if prefix else 0)
-                shared = self._ideal_seq_bytes(counts, prefix) if prefix else 0
-                n = max(0, budget - shared) // own if own else 10**9
-            best = n if best is None else min(best, n)
-        return best or 0
+        """Concurrent sequences of `context` tokens that fit (the tightest stage; `Pool.max_sequences`)."""
+        return self.pool.max_sequences(context, prefix)
 
     def reserved_bytes(self, stage: int, context: int, batch: int) -> int:
         """Bytes `batch` sequences of `context` tokens reserve on one rank of `stage`, as the engine counts."""
-        if self.vllm_stages is not None:
-            vl = self.vllm_stages[stage]
-            return batch * vl.blocks_per_request(context, self.opts.max_num_batched_tokens) * vl.bytes_per_block_set
-        return batch * self._ideal_seq_bytes(self.layout.stage_kind_counts[stage], context)
+        return self.pool.reserved_bytes(stage, context, batch)
 
     def concurrency_curve(self) -> list[dict]:
         """Max concurrent sequences at contexts 1k, 2k, 4k, ... up to the model's limit (and --context)."""
@@ -527,13 +504,17 @@ class Planner:
         return context_limit(self.spec)
 
     def max_context(self, batch: int) -> tuple[int, str]:
-        """The longest context at which `batch` sequences fit: a search, not a division."""
-        limit, why = self.context_limit()
-        if self.max_sequences(limit) >= batch:
-            return limit, why
-        if self.max_sequences(1) < batch:
-            return 0, "memory: not even one token per sequence fits"
-        return last_fitting(lambda context: self.max_sequences(context) >= batch, 1, limit), "KV memory"
+        """The longest context at which `batch` sequences fit: a search, not a division (`Pool.max_context`)."""
+        return self.pool.max_context(batch)
+
+    def memory_inputs(self, label: str, activation_source: str = ""):
+        """What sits on each GPU besides the KV cache, as an engine's `capacity()` reads it (`MemoryInputs`)."""
+        from kvplan.engines.base import MemoryInputs
+
+        tight = self.pool.tight
+        return MemoryInputs(label, self.gpu.memory_bytes, self.stage_weights[tight], self.non_torch, self.activation,
+                            activation_source, weights_source(self.spec, self.opts.weights_dtype),
+                            tuple(self.stage_weights))
 
     # -- latency ---------------------------------------------------------
 
@@ -617,59 +598,9 @@ class Planner:
         headroom = (budget - need) / budget * 100 if budget > 0 else None
         shortfall = max(0, need - budget)  # memory missing per GPU: more than the KV when the weights leave none
 
-        vllm_blocks = vllm_tokens = vllm_conc = vllm_groups = vllm_pad = None
-        log: list[str] = []
-        notes: list[str] = []
-        # vLLM's start-up refusal of a context past the model (None: it starts, or the engine is ideal)
-        refusal = max_model_len_refusal(spec, context) if self.vllm_stages is not None else None
-        if self.vllm_stages is not None:
-            vl = self.vllm_stages[tight]
-            vllm_blocks = min(v.num_blocks(b) for v, b in zip(self.vllm_stages, self.stage_budgets))
-            vllm_tokens = vl.kv_cache_tokens(vllm_blocks, context)
-            per_req = vl.blocks_per_request(context, opts.max_num_batched_tokens)
-            vllm_conc = vllm_blocks / per_req if per_req else None
-            vllm_groups, vllm_pad = len(vl.groups), vl.padding_layers
-            if refusal:  # vLLM stops at config time, before profiling memory: this is all it would log
-                log.append(refusal)
-                notes.append(
-                    f"vLLM refuses --context {context:,} at start-up: it exceeds {spec.name}'s max_position_embeddings "
-                    f"({spec.max_position_embeddings:,}) and VLLM_ALLOW_LONG_MAX_MODEL_LEN is not set; the pool, "
-                    "concurrency and max context here are what the memory would hold."
-                )
-            else:
-                log.append(f"Available KV cache memory: {max(budget, 0) / GIB:.2f} GiB")
-                log.append(f"GPU KV cache size: {vllm_tokens:,} tokens")
-                if vllm_conc is not None:
-                    log.append(f"Maximum concurrency for {context:,} tokens per request: {vllm_conc:.2f}x")
-                if vllm_pad:
-                    waste = vllm_pad / (vl.group_size * len(vl.groups)) * 100
-                    log.append(f"Add {vllm_pad} padding layers, may waste at most {waste:.2f}% KV cache memory")
-                if max_seqs < 1:
-                    needed_gib = per_req * vl.page_bytes * vl.group_size / GIB
-                    log.append(
-                        f"ValueError: To serve at least one request with the models's max seq len ({context}), "
-                        f"({needed_gib:.2f} GiB KV cache is needed, which is larger than the available KV cache "
-                        f"memory ({max(budget, 0) / GIB:.2f} GiB). Based on the available memory, the estimated "
-                        f"maximum model length is {self.max_context(1)[0]}. Try increasing `gpu_memory_utilization` "
-                        "or decreasing `max_model_len` when initializing the engine."
-                    )
-            if not vl.uniform:
-                notes.append(
-                    f"vLLM splits this model's layers into {len(vl.groups)} KV-cache groups of {vl.group_size} "
-                    f"layers sharing one block pool; its \"GPU KV cache size\" divides the pool by the number of "
-                    "groups, so it is not the tokens one full-attention layer could hold."
-                )
-            if any(g.kind is LayerKind.SLIDING for g in vl.groups):
-                notes.append(
-                    f"vLLM reserves window - 1 + max_num_batched_tokens ({opts.max_num_batched_tokens:,}) tokens "
-                    "plus one block per request for each sliding-window group, more than the window itself."
-                )
-            attention_blocks = [g.block_size for g in vl.groups if g.kind is not LayerKind.STATE]
-            if attention_blocks and any(g.kind is LayerKind.STATE for g in vl.groups):
-                notes.append(
-                    f"vLLM raised the attention block size to {attention_blocks[0]} "
-                    "tokens so an attention page holds one sequence's SSM state (the state page is padded to match)."
-                )
+        pool = self.pool.report(context, max_seqs)  # vLLM's blocks, log lines and notes (ideal: none)
+        refusal = pool.refusal
+        notes: list[str] = list(pool.notes)
         runs = max_seqs >= 1 and refusal is None  # vLLM refusing the context runs nothing either
         roof = self.roofline(batch, context, max_seqs if runs else 0)
         notes += roof.notes
@@ -706,12 +637,12 @@ class Planner:
             max_concurrent_sequences=max_seqs,
             max_context_tokens=max_ctx,
             max_context_limited_by=ctx_why,
-            vllm_num_blocks=vllm_blocks,
-            vllm_kv_cache_tokens=vllm_tokens,
-            vllm_max_concurrency=None if vllm_conc is None else round(vllm_conc, 2),
-            vllm_groups=vllm_groups,
-            vllm_padding_layers=vllm_pad,
-            vllm_log=log,
+            vllm_num_blocks=pool.num_blocks,
+            vllm_kv_cache_tokens=pool.kv_cache_tokens,
+            vllm_max_concurrency=pool.max_concurrency,
+            vllm_groups=pool.groups,
+            vllm_padding_layers=pool.padding_layers,
+            vllm_log=list(pool.log),
             vllm_starts=None if self.vllm_stages is None else not (refusal is not None or max_seqs < 1),
             **roof.fields(),
             stages=stages,
@@ -864,13 +795,6 @@ class Planner:
             "compute_efficiency": o.compute_efficiency,
             "weights": self._weights_assumption(),
         }
-
-
-def context_limit(spec: ModelSpec) -> tuple[int, str]:
-    """(the longest context an engine accepts, why): max_position_embeddings, else kvplan's search cap of 2**24."""
-    if spec.max_position_embeddings:
-        return spec.max_position_embeddings, "the model's max_position_embeddings"
-    return 2**24, "kvplan's search cap of 16,777,216 tokens (the spec has no max_position_embeddings)"
 
 
 def _replace(opts: PlanOptions, **changes) -> PlanOptions:

@@ -1,0 +1,66 @@
+"""ideal's and vllm's `capacity()` (kvplan.engines.ideal / vllm, the rule in kvplan.engines.vllm_rules.Pool),
+worked by hand from vLLM's rules.
+
+llama-3.1-8b: 32 layers x 8 KV heads x 128 head_dim x 2 (K, V) x 2 B (bf16) = 4,096 B per token per layer.
+Budget (vllm/v1/worker/gpu_worker.py determine_available_memory): ceil(total x 0.9) - weights - activations -
+non-torch. vLLM's page: 16 tokens of one layer = 65,536 B; a block id spans every layer of the group
+(vllm/v1/core/kv_cache_utils.py: one group of 32 layers), 2 MiB.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from kvplan.engines import MemoryInputs, get
+from kvplan.engines.options import engine_options
+from kvplan.model.formats import parse_format_pair
+from kvplan.sources.catalog import resolve_spec
+
+GiB, MiB = 2**30, 2**20
+USABLE = 85899345920 * 9 // 10  # 80 GiB x 0.9 = 77,309,411,328 B (exact)
+BUDGET = USABLE - 16 * GiB - 1 * GiB - 512 * MiB  # 58,518,929,408 B
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return resolve_spec("llama-3.1-8b")
+
+
+def capacity(spec, engine, context, batch=1, memory=None, **values):
+    pp = values.pop("pp", 1)
+    memory = memory or MemoryInputs("test-gpu", 80 * GiB, 16 * GiB, 512 * MiB, 1 * GiB, "given", "given")
+    opts = engine_options(engine, "auto", values, pp=pp)
+    return get(engine).capacity(spec, context, batch, opts, memory, ideal_format=parse_format_pair("auto", spec.dtype))
+
+
+def test_vllm_counts_blocks_of_16_tokens_in_its_budget(spec):
+    cap = capacity(spec, "vllm", 100)
+    assert cap.kv_budget_bytes == BUDGET == 58_518_929_408
+    blocks = BUDGET // (16 * 4096 * 32)  # 27,904 block ids of 2 MiB
+    assert blocks == 27_904
+    assert cap.max_concurrent_sequences == blocks // 7 == 3_986  # ceil(100 / 16) = 7 blocks a request
+    assert cap.max_total_tokens == blocks * 16 == 446_464
+    assert "GPU KV cache size: 446,464 tokens" in cap.log_lines
+    assert cap.max_context_tokens == 131_072  # 8,192 blocks at max_position_embeddings: it fits
+    assert cap.settings == {"gpu_memory_utilization": 0.9, "block_size": 16} and cap.fits
+
+
+def test_ideal_counts_exactly_the_tokens_held(spec):
+    cap = capacity(spec, "ideal", 100)
+    assert cap.kv_budget_bytes == BUDGET
+    assert cap.max_concurrent_sequences == BUDGET // (100 * 4096 * 32) == 4_464
+    assert cap.max_total_tokens is None and cap.log_lines == ()
+
+
+def test_the_tightest_pipeline_stage_decides(spec):
+    memory = MemoryInputs("test-gpu", 80 * GiB, 10 * GiB, 512 * MiB, 1 * GiB, "given", "given",
+                          stage_weights_bytes=(10 * GiB, 6 * GiB))
+    cap = capacity(spec, "vllm", 100, memory=memory, pp=2)
+    stage0 = USABLE - 10 * GiB - 1 * GiB - 512 * MiB  # 16 layers a stage: a block id is 1 MiB
+    assert cap.kv_budget_bytes == stage0 and cap.weights_bytes == 10 * GiB
+    assert cap.max_concurrent_sequences == (stage0 // (16 * 4096 * 16)) // 7 == 8_850
+
+
+def test_gpu_memory_utilization_is_read(spec):
+    cap = capacity(spec, "vllm", 100, gpu_memory_utilization=0.5)
+    assert cap.kv_budget_bytes == 80 * GiB // 2 - 16 * GiB - 1 * GiB - 512 * MiB
