@@ -197,3 +197,18 @@ def test_a_config_without_dtype_is_sized_in_float32(tmp_path):
     answer = kvplan.estimate(path, engine="hf", batch=BATCH, context=PROMPT).to_dict()
     assert answer["kv_cache_dtype"] == "torch.float32"
     assert answer["kv_bytes_total"] == real.total == 2 * 2 * BATCH * 2 * PROMPT * 16 * 4
+
+
+def test_generate_static_keeps_the_largest_cache_a_model_has_used(tmp_path):
+    """_prepare_static_cache sizes the cache max(max_cache_len, the model's _previous_max_cache_length): after
+    generate(10 + 8 tokens) -> 17 slots, generate(4 + 2 tokens) on the same model gets 17 slots again, not 5.
+    kvplan sizes one call on a fresh model and says so in a note."""
+    config, _ = _build("llama")
+    model = tiny_model(config)
+    first = generate_cache(model, prompt(config, 1, 10), 8, cache_implementation="static")
+    second = generate_cache(model, prompt(config, 1, 4), 2, cache_implementation="static")
+    assert {t.shape for t in first.tensors} == {t.shape for t in second.tensors} == {(1, 2, 17, 16)}
+    answer = kvplan.estimate(_config_file(tmp_path, config), engine="hf", context=6, generate=True,
+                             hf_cache="static").to_dict()
+    assert answer["settings"]["max_cache_len"] == 5
+    assert any("_previous_max_cache_length" in note for note in answer["notes"])

@@ -437,6 +437,9 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
         layer_bytes = plan.fixed[kind] if kind in plan.fixed else slots * plan.slot_bytes[kind]
         note = f"K {mla_k} + V {mla_v} values per token" if kind is LayerKind.MLA else ""
         rows.append(KindCache(kind.value, n, slots // batch, slots, per_slot, n * layer_bytes, note))
+    if opts.cache == "static" and opts.generate:
+        notes.append("generate() keeps the largest max_cache_len the model has used (_previous_max_cache_length): "
+                     "after a longer call, a shorter one still gets the longer cache.")
     if LayerKind.SHARED in counts:
         notes.append(f"{counts[LayerKind.SHARED]} KV-shared layers get no cache (num_kv_shared_layers).")
     if opts.cache == "dynamic" and windowed:
