@@ -120,13 +120,15 @@ OPTIONS: tuple[Option, ...] = (
     _O("hf_cache", ("--hf-cache",), "str", "hf: dynamic (DynamicCache, generate()'s default), static (StaticCache) "
        "or quantized (QuantizedCache).", ("hf",), default="dynamic"),
     _O("max_cache_len", ("--max-cache-len",), "tokens", "hf static: slots preallocated per layer (default: "
-       "--context).", ("hf",)),
+       "--context; with --generate, generate()'s max_length - 1 = --context - 1, raised to this when given).",
+       ("hf",)),
     _O("generate", ("--generate",), "bool", "hf: the sequence came from generate(), whose last sampled token is "
        "never cached.", ("hf",), default=False),
     _O("transformers_version", ("--transformers-version",), "str", "hf: 4 (4.x: MLA cached decompressed; "
        "StaticCache fails when V is narrower than K) or 5 (5.x: MLA latent; QuantizedCache full-attention models "
        "only).", ("hf",), default="5"),
-    _O("quant_backend", ("--quant-backend",), "str", "hf quantized: quanto or hqq.", ("hf",), default="quanto"),
+    _O("quant_backend", ("--quant-backend",), "str", "hf quantized: quanto, hqq or fp8 (5.x; per-tensor, "
+       "no residual).", ("hf",), default="quanto"),
     _O("nbits", ("--nbits",), "int", "hf quantized: bits per value (quanto 2, 4; hqq 1, 2, 3, 4, 8).", ("hf",),
        default=4),
     _O("q_group_size", ("--q-group-size",), "int", "hf quantized: values per scale / zero-point.", ("hf",),

@@ -102,3 +102,57 @@ def generate_cache(model, ids: torch.Tensor, new_tokens: int, cache_implementati
         out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                              return_dict_in_generate=True, pad_token_id=0, **kw)
     return cache_bytes(out.past_key_values)
+
+
+def _leaves(value, path: str, out: list, seen: set) -> None:
+    """Plain tensors under `value`, a wrapper tensor (optimum-quanto's packed data, scale and shift) opened by
+    `__tensor_flatten__`, hqq's (packed tensor, meta dict) pairs walked as containers."""
+    if isinstance(value, torch.Tensor) and hasattr(value, "__tensor_flatten__") and type(value) is not torch.Tensor:
+        names, _ = value.__tensor_flatten__()
+        for name in names:
+            _leaves(getattr(value, name), f"{path}.{name}", out, seen)
+    elif isinstance(value, torch.Tensor):
+        _walk(value, path, out, seen)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _leaves(v, f"{path}[{k!r}]", out, seen)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _leaves(v, f"{path}[{i}]", out, seen)
+
+
+def quantized_cache_bytes(cache) -> CacheBytes:
+    """As `cache_bytes`, for a `QuantizedCache`: the bytes its backend's tensors really hold (quanto's packed
+    uint8 data, scales and shifts; hqq's packed words, scales and zeros; fp8's values and scale), not the
+    logical shape a wrapper tensor reports, plus the full-precision residual `keys` / `values`."""
+    result = CacheBytes(type(cache).__name__)
+    seen: set = set()
+    for i, layer in enumerate(cache.layers):
+        found: list = []
+        for name, value in vars(layer).items():
+            if name in ("keys", "values", "_quantized_keys", "_quantized_values"):
+                _leaves(value, name, found, seen)
+        for path, t in found:
+            row = CacheTensor(i, type(layer).__name__, path, tuple(t.shape), str(t.dtype).replace("torch.", ""),
+                              t.numel() * t.element_size())
+            (result.bookkeeping if t.dim() == 0 else result.tensors).append(row)
+    return result
+
+
+def quantized_generate_cache(model, ids: torch.Tensor, new_tokens: int, **cache_config) -> CacheBytes:
+    """The `QuantizedCache` `generate(cache_implementation="quantized", cache_config=...)` leaves."""
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             return_dict_in_generate=True, pad_token_id=0, cache_implementation="quantized",
+                             cache_config=cache_config)
+    return quantized_cache_bytes(out.past_key_values)
+
+
+def static_cache(model, ids: torch.Tensor, max_cache_len: int) -> CacheBytes:
+    """The StaticCache(config, max_cache_len) you build yourself, after one forward pass over `ids`."""
+    from transformers import StaticCache
+
+    cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
+    with torch.no_grad():
+        out = model(ids, cache=cache, use_cache=True)
+    return cache_bytes(out.past_key_values)

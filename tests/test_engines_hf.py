@@ -137,16 +137,21 @@ def test_jamba_state_conv_in_model_dtype_ssm_in_float32():
 
 
 @pytest.mark.parametrize(
-    "prompt, residual_length, residual",
+    "prompt, residual_length, version, residual",
     [
-        (4096, 128, 0),  # all prefilled: quantised whole, empty residual
-        (4096 - 300, 128, 44),  # 300 one-token steps: 300 mod 128
-        (4096 - 256, 128, 0),  # the 256th step re-quantises everything
-        (4096 - 5, 1, 1),  # residual_length 1 still cycles through one residual token
+        (4096, 128, "5", 0),  # all prefilled: quantised whole, empty residual
+        (4096 - 300, 128, "5", 44),  # 300 one-token steps: 300 mod 128
+        (4096 - 256, 128, "5", 0),  # the 256th step re-quantises everything
+        # 5.x: `residual + 1 >= 1` flushes at every step (measured, 5.25 + optimum-quanto 0.2.7)
+        (4096 - 5, 1, "5", 0),
+        # 4.x: the step after a flush finds the emptied 1-d residual (`self.keys.dim() == 4` false) and appends,
+        # so residual_length 1 still cycles through one residual token: 5 mod 2
+        (4096 - 5, 1, "4", 1),
     ],
 )
-def test_quantized_residual_count(prompt, residual_length, residual):
-    c = run("llama-3.1-8b", 4096, cache="quantized", prompt_tokens=prompt, residual_length=residual_length)
+def test_quantized_residual_count(prompt, residual_length, version, residual):
+    c = run("llama-3.1-8b", 4096, cache="quantized", prompt_tokens=prompt, residual_length=residual_length,
+            transformers_version=version)
     assert c.settings["residual_tokens"] == residual
     assert c.settings["quantised_tokens"] == 4096 - residual
 
@@ -237,10 +242,16 @@ def test_the_prefill_chunk_note_is_for_windowed_layers_only():
 
 
 def test_quantized_bytes_by_hand():
-    # HQQ packs 3-bit values ten to a 32-bit word (hqq BitPack.pack_3bit_32): 100 values -> 10 words = 40 B;
-    # a scale and a zero point per group of 64 (2 groups) in 2 bytes each: 8 B
-    assert hf.quantized_bytes(100, 3, 64, "hqq", 2) == 40 + 8
-    assert hf.quantized_bytes(101, 3, 64, "hqq", 2) == 44 + 8  # 11 words
+    # HQQ cuts the tensor into 64-row columns (Quantizer.quantize: W.reshape([group_size, -1])) and packs each
+    # column's 3-bit values ten to an int32 row, the 64 rows padded to 70 (BitPack.pack_3bit_32): 7 words per
+    # column. 640 values -> 10 columns x 7 x 4 B = 280 B (not 64 words = 256 B, ten values a word across the
+    # tensor), and a scale and a zero point per column in 2 bytes each: 40 B. Measured (hqq 0.2.8.post1):
+    # 896 values, group 64 -> int32 (7, 14) = 392 B.
+    assert hf.quantized_bytes(640, 3, 64, "hqq", 2) == 280 + 40
+    assert hf.quantized_bytes(896, 3, 64, "hqq", 2) == 392 + 14 * 4
+    assert hf.quantized_bytes(896, 4, 64, "hqq", 2) == 448 + 14 * 4  # uint8 (32, 14): two values a byte
+    # fp8 (5.x): one byte per value and one float32 scale per tensor (Fp8QuantizedLayer._quantize)
+    assert hf.quantized_bytes(896, 8, 64, "fp8", 2) == 896 + 4
     # otherwise nbits per value, rounded up to whole bytes: 101 x 2 bits = 202 bits -> 26 B
     assert hf.quantized_bytes(101, 2, 64, "quanto", 2) == 26 + 8
     assert hf.quantized_bytes(100, 3, 64, "quanto", 2) == 38 + 8  # 300 bits -> 38 B: not HQQ's words
@@ -270,3 +281,91 @@ def test_mamba_2_conv_state_holds_x_b_and_c(spec_factory):
     assert two - one == 2 * 256  # 2 Mamba layers
     # the SSM state's head_dim defaults to d_inner / n_heads = 16, as given explicitly
     assert state_total(_mamba2(spec_factory, mamba_n_groups=2, mamba_head_dim=16)) == two
+
+
+# --- transformers 5.25, measured on tiny models (tests/test_hf_real_kinds.py builds the same ones)
+
+
+def _tiny(**fields):
+    """2 layers, 2 KV heads x 16 (hidden 64, 4 heads), bf16: transformers' LlamaConfig in test_hf_real_kinds."""
+    from conftest import make_spec
+
+    return make_spec(num_hidden_layers=2, torch_dtype="bfloat16", **fields)
+
+
+def _tiny_cache(spec, context, batch=2, **opts):
+    return hf.cache(spec, context, batch, hf.HFOptions(**opts), ideal_format=parse_format_pair("auto", spec.dtype))
+
+
+@pytest.mark.parametrize(
+    "opts, slots",
+    [
+        # generate(cache_implementation="static"): max_cache_len = generation_config.max_length - 1 (generation/
+        # utils.py generate, step 7), and max_length = prompt + new tokens = --context: 13 - 1 = 12
+        ({"cache": "static", "generate": True}, 12),
+        # generation_config.max_cache_len raises it (_prepare_cache_for_generation: max of the two)
+        ({"cache": "static", "generate": True, "max_cache_len": 20}, 20),
+        # a StaticCache you build yourself: its max_cache_len, default --context
+        ({"cache": "static"}, 13),
+        ({"cache": "static", "max_cache_len": 16}, 16),
+    ],
+)
+def test_static_cache_slots(opts, slots):
+    c = _tiny_cache(_tiny(), 13, **opts)
+    assert c.settings["max_cache_len"] == slots
+    assert c.kv_bytes_total == 2 * 2 * 2 * 2 * slots * 16 * 2  # layers x (K, V) x batch x heads x slots x 16 x 2 B
+
+
+def test_quantized_quanto_and_hqq_as_measured():
+    """Measured with transformers 5.25 + optimum-quanto 0.2.7 / hqq 0.2.8.post1 (tests/hf_real.py
+    quantized_generate_cache): batch 2, prompt 10, generate(max_new_tokens=7), residual_length 4: 16 tokens cached,
+    the prefill and 4 steps quantised (14 tokens: 2 x 2 heads x 14 x 16 = 896 values per K or V per layer), 2 in the
+    bf16 residual (2 x 2 x 2 x 16 x 2 B = 256 B)."""
+    spec = _tiny()
+    common = dict(cache="quantized", generate=True, prompt_tokens=10, residual_length=4)
+    residual = 256
+    # quanto int4: uint8 (7, 64) = 448 B, a bf16 scale and shift per 64 values: (14, 1) x 2 B each
+    quanto = _tiny_cache(spec, 17, **common)
+    assert (quanto.settings["quantised_tokens"], quanto.settings["residual_tokens"]) == (14, 2)
+    assert quanto.kv_bytes_total == 2 * 2 * (448 + 28 + 28 + residual) == 3040
+    # hqq 3-bit: int32 (7, 14): 14 columns of 64 values, 7 words each; scale and zero (1, 14) bf16
+    hqq = _tiny_cache(spec, 17, quant_backend="hqq", nbits=3, **common)
+    assert hqq.kv_bytes_total == 2 * 2 * (392 + 28 + 28 + residual) == 2816
+
+
+@pytest.mark.parametrize(
+    "backend, prompt, context, group, refusal",
+    [
+        # the flush after 3 steps quantises 13 tokens: per batch row 2 heads x 13 x 16 = 416 values, not 64k
+        ("quanto", 10, 14, 64, "ValueError: Group size (64) must be a divisor of (416)"),
+        # the prefill: 2 x 2 x 9 x 16 = 576 values in all, not a multiple of 128 (hqq's assert)
+        ("hqq", 9, 13, 128, "AssertionError: group_size should be divisble by the total tensor dimensions. shape: "
+                            "torch.Size([2, 2, 9, 16]), group_size: 128"),
+        ("quanto", 10, 14, 32, None),  # 32 divides 2 x 16 x every token count
+    ],
+)
+def test_a_group_size_that_does_not_divide_is_refused_as_the_backend_refuses_it(backend, prompt, context, group,
+                                                                                refusal):
+    c = _tiny_cache(_tiny(), context, cache="quantized", generate=True, prompt_tokens=prompt, residual_length=3,
+                    quant_backend=backend, q_group_size=group)
+    assert c.refusals == ((refusal,) if refusal else ())
+
+
+def test_fp8_quantized_cache():
+    """Fp8QuantizedLayer (5.x): every token in float8_e4m3fn, no residual, a float32 scale per K and V per layer."""
+    c = _tiny_cache(_tiny(), 17, cache="quantized", generate=True, prompt_tokens=10, quant_backend="fp8")
+    assert c.kv_bytes_total == 2 * 2 * (2 * 2 * 16 * 16 * 1 + 4) == 4112
+    assert c.settings == {"cache": "quantized", "transformers_version": "5", "generate": True, "tokens_cached": 16,
+                          "dtype": "torch.bfloat16", "backend": "fp8", "prompt_tokens": 10, "quantised_tokens": 16}
+    assert _tiny_cache(_tiny(), 17, cache="quantized", quant_backend="fp8", nbits=2).refusals == (
+        "The `fp8` backend quantizes per-tensor and does not support ['nbits']. Use the `quanto` or `hqq` backend "
+        "to quantize group-wise.",)
+    four = _tiny_cache(_tiny(), 17, cache="quantized", quant_backend="fp8", transformers_version="4")
+    assert four.refusals == ("Unknown quantization backend `fp8`",)
+
+
+def test_quantized_cache_5x_refuses_mamba_layers():
+    # JambaConfig.layer_types names its Mamba layers "linear_attention" (measured, 5.25)
+    c = run("jamba-v0.1", 1024, cache="quantized")
+    assert c.refusals == ("`QuantizedCache` is only supported for models with only full attention layers. We found "
+                          "the following invalid layer types: {'linear_attention'}",)

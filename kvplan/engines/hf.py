@@ -1,9 +1,11 @@
 """Hugging Face transformers: per-layer cache objects that grow, preallocate or quantise.
 
 Rules, read at huggingface/transformers `src/transformers/cache_utils.py`
-(commit 004999d, the v4.56-era layered cache) and then measured on tiny random
-models on CPU with transformers 4.57.1 and 5.24.0 (torch 2.13, PyTorch Mamba
-path, optimum-quanto 0.2.7) — "measured" below:
+(commit 004999d, the v4.56-era layered cache; then 5.25.0's) and then measured on tiny random
+models on CPU with transformers 4.57.1, 5.24.0 and 5.25.0 (torch 2.13, PyTorch Mamba
+path, optimum-quanto 0.2.7, hqq 0.2.8.post1) — "measured" below. Every model type
+kvplan reads from a config.json is checked against transformers 5.25 to the byte by
+tests/test_hf_real_kinds.py (dynamic, generate(), static, generate static, fp8 quantized):
 
 - `DynamicLayer.update`: K and V are `torch.cat`-grown `[B, H_kv, T, D]`; no
   padding, no preallocation.
@@ -16,20 +18,29 @@ path, optimum-quanto 0.2.7) — "measured" below:
   leave 24 cached (measured).
 - `StaticLayer`: zeros `[B, H, max_cache_len, D]` for K and V; `StaticSlidingWindowLayer`
   min(sliding_window, max_cache_len) slots — W, not W - 1 (measured: 8 and 32).
+  generate(cache_implementation="static") builds its StaticCache with max_cache_len =
+  max_length - 1 (generation/utils.py `generate`: `max_cache_length = generation_config.max_length
+  - 1`), raised to generation_config.max_cache_len when set: `static_max_cache_len`.
   In 4.x the V buffer takes the *key* head dim, so a model whose V is narrower
   than K (MLA) fails at the first update with torch's index_copy_ error (measured,
   4.57.1, sdpa); 5.x sizes V by its own head dim (measured, 5.24.0).
 - `QuantizedLayer.update` (quanto / hqq): the prefill is quantised whole; later
   one-token updates go to a full-precision residual which is re-quantised into the
   store when it would reach `residual_length`, so after n decode steps it holds
-  n mod max(residual_length, 2) tokens (measured: 100 prompt + 300 steps -> 44).
-  quanto int4 stores nbits / 8 bytes per value plus a scale and a shift in the
-  model's dtype per `q_group_size` values (measured: 356 tokens x 2 heads x 64 ->
-  22,784 + 1,424 + 1,424 B); hqq is assumed alike (ten 3-bit values per 32-bit
-  word) and was not measured. `QuantizedCache` quantises every one of
-  `num_hidden_layers` in 4.x (no window trimming); 5.x refuses models with any
+  n mod max(residual_length, 1) tokens in 5.x, n mod max(residual_length, 2) in 4.x
+  (`residual_period`; measured: 100 prompt + 300 steps -> 44; 5.25, residual_length 1 -> 0).
+  quanto stores nbits / 8 bytes per value plus a scale and a shift in the model's
+  dtype per `q_group_size` values (measured: 356 tokens x 2 heads x 64 -> 22,784 +
+  1,424 + 1,424 B); hqq packs each `q_group_size`-value column alone, 3-bit ten to
+  an int32 with the column padded to a multiple of ten (`quantized_bytes`, measured
+  5.25 + hqq 0.2.8.post1). A group size that does not divide a tensor quantised at
+  the prefill or a flush fails in the backend (`_group_refusal`, measured). The fp8
+  backend (5.25: `Fp8QuantizedLayer`) appends every token in float8_e4m3fn with one
+  float32 scale per tensor, no residual (measured). `QuantizedCache` quantises every
+  one of `num_hidden_layers` in 4.x (no window trimming); 5.x refuses models with any
   layer type but full attention ("`QuantizedCache` is only supported for models
-  with only full attention layers ...", read in 5.24.0's cache_utils).
+  with only full attention layers ...", measured in 5.25 for sliding, chunked and
+  Jamba's Mamba layers, which its config names "linear_attention").
 - MLA (DeepSeek-V2/V3): 4.x `DeepseekV3Attention.forward`
   (models/deepseek_v3/modeling_deepseek_v3.py, read at f5a9ec5) caches the
   decompressed per-head K [H, qk_nope + qk_rope] and V [H, v_head_dim]; 5.x
@@ -59,7 +70,13 @@ from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair, element_
 ENGINE = "hf"
 CACHES = ("dynamic", "static", "quantized")
 VERSIONS = ("4", "5")
-BACKENDS = ("quanto", "hqq")
+BACKENDS = ("quanto", "hqq", "fp8")  # QuantizedCache.__init__ (5.25; 4.x: quanto, hqq)
+FP8_SCALE_BYTES = 4  # Fp8QuantizedLayer._quantize: one float32 scale per tensor, frozen at the first update
+GROUP_WISE_DEFAULTS = {"nbits": 4, "q_group_size": 64, "residual_length": 128}  # QuantizedLayer.__init__
+# transformers 5.x's names for the layer types QuantizedCache refuses (get_layer_types_and_kwargs; a
+# Jamba config's Mamba layers read "linear_attention" in JambaConfig.layer_types, measured 5.25)
+HF_LAYER_TYPES = {LayerKind.SLIDING: "sliding_attention", LayerKind.CHUNKED: "chunked_attention",
+                  LayerKind.STATE: "linear_attention", LayerKind.SHARED: "dummy"}
 TORCH_DTYPES = {"bf16": "torch.bfloat16", "fp16": "torch.float16", "fp32": "torch.float32"}
 # torch's and llama.cpp's names for them, as --kv-cache-dtype may spell them
 DTYPE_ALIASES = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32", "f16": "fp16", "f32": "fp32"}
@@ -70,6 +87,7 @@ SOURCES = (
     "huggingface/transformers src/transformers/cache_utils.py DynamicLayer / DynamicSlidingWindowLayer.update",
     "huggingface/transformers src/transformers/cache_utils.py StaticLayer.lazy_initialization / StaticSlidingWindowLayer",
     "huggingface/transformers src/transformers/cache_utils.py DynamicCache.__init__ / StaticCache.__init__ / QuantizedCache",
+    "huggingface/transformers src/transformers/generation/utils.py generate / _prepare_cache_for_generation",
     "huggingface/transformers src/transformers/models/deepseek_v3/modeling_deepseek_v3.py DeepseekV3Attention.forward",
     "huggingface/transformers src/transformers/models/jamba/modular_jamba.py HybridMambaAttentionDynamicCache",
 )
@@ -104,6 +122,20 @@ def cache_dtype(spec, kv_cache_dtype: str) -> tuple[Optional[str], Optional[str]
     )
 
 
+def static_max_cache_len(context: int, opts: HFOptions) -> int:
+    """The slots a StaticCache gives each full-attention layer.
+
+    A StaticCache you build yourself: its `max_cache_len` (--max-cache-len, default --context).
+    generate(cache_implementation="static") builds it with `max_cache_len = generation_config.max_length - 1`
+    (generation/utils.py `generate`, step 7: the last sampled token is never fed back), raised to
+    `generation_config.max_cache_len` when that is set (`_prepare_cache_for_generation`, transformers 5.25);
+    with --generate, --context is max_length (prompt + new tokens), so context - 1 slots (measured, 5.25).
+    """
+    if opts.generate:
+        return max(context - 1, opts.max_cache_len or 0)
+    return opts.max_cache_len or context
+
+
 def _window(spec) -> Optional[int]:
     """DynamicCache's one window: sliding_window, else attention_chunk_size."""
     return spec.sliding_window or spec.attention_chunk_size
@@ -122,14 +154,60 @@ def state_bytes(spec, esz: int) -> int:
 
 
 def quantized_bytes(values: int, nbits: int, group: int, backend: str, scale_bytes: int) -> int:
-    """Bytes of `values` quantised values: packed data + a scale and zero-point per group (see module doc)."""
+    """Bytes of one quantised K or V tensor of `values` values: packed data + a scale and zero-point per group.
+
+    quanto: nbits / 8 bytes per value (WeightQBitsTensor's PackedTensor: two int4 or four int2 per uint8), a
+    scale and a shift per `group` values in the model's dtype. hqq: the tensor is cut into `group`-row columns
+    (Quantizer.quantize, `W.reshape([group_size, -1])`) and each column packed alone (BitPack.pack_*): 8, 4, 2,
+    1 bits into uint8 rows, 3 bits ten to an int32 row with the column padded to a multiple of 10 rows
+    (pack_3bit_32), and a scale and a zero per column in the model's dtype. fp8 (5.x): one byte per value
+    (float8_e4m3fn) and one float32 scale for the whole tensor. quanto and hqq refuse a `values` count the
+    group does not divide (see `_group_refusal`); all measured with transformers 5.25, optimum-quanto 0.2.7,
+    hqq 0.2.8.post1.
+    """
     if values == 0:
         return 0
+    if backend == "fp8":
+        return values + FP8_SCALE_BYTES
+    groups = ceil_div(values, group)
     if backend == "hqq" and nbits == 3:
-        data = ceil_div(values, 10) * 4  # ten 3-bit values per 32-bit word
+        data = groups * ceil_div(group, 10) * 4  # a 64-value column: 7 int32 words, not 6.4
     else:
         data = ceil_div(values * nbits, 8)
-    return data + ceil_div(values, group) * 2 * scale_bytes
+    return data + groups * 2 * scale_bytes
+
+
+def residual_period(residual_length: int, v4: bool) -> int:
+    """One-token decode steps from one re-quantisation of the whole cache to the next (`QuantizedLayer.update`).
+
+    5.x flushes when `residual + new >= residual_length`, an emptied residual (a 1-d tensor) counting 0: every
+    max(R, 1) steps. 4.x flushes when `self.keys.dim() == 4 and self.keys.shape[-2] + 1 >= residual_length`: the
+    step right after a flush finds the 1-d tensor and appends, so every max(R, 2) steps.
+    """
+    return max(residual_length, 2 if v4 else 1)
+
+
+def _group_refusal(backend: str, group: int, batch: int, heads: int, width: int, prompt: int, held: int,
+                   period: int) -> Optional[str]:
+    """The error quanto or hqq raises when `group` does not divide a tensor the cache quantises, else None.
+
+    The cache quantises [batch, heads, T, width] at the prefill (T = prompt) and at every flush (T = prompt +
+    k x period). quanto groups within each batch row (optimum/quanto/tensor/grouped.py `group`, axis 0: axis_numel
+    = heads x T x width); hqq over the whole tensor (hqq/core/quantize.py Quantizer.quantize's assert). If the
+    prefill and the first flush divide, every later one does (T grows by `period` each time), so two are checked.
+    """
+    counts = [prompt] + ([prompt + period] if prompt + period <= held else [])
+    for t in counts:
+        if t == 0:
+            continue
+        if backend == "quanto":
+            axis_numel = heads * t * width
+            if group > axis_numel or axis_numel % group:
+                return f"ValueError: Group size ({group}) must be a divisor of ({axis_numel})"
+        elif backend == "hqq" and (batch * heads * t * width) % group:
+            return ("AssertionError: group_size should be divisble by the total tensor dimensions. shape: "
+                    f"torch.Size([{batch}, {heads}, {t}, {width}]), group_size: {group}")
+    return None
 
 
 class _Plan:
@@ -169,21 +247,30 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
     if refusal:
         refusals.append(refusal)
     if opts.cache == "static":
-        max_len = opts.max_cache_len or context
+        max_len = static_max_cache_len(context, opts)
         settings["max_cache_len"] = max_len
         if max_len < held:
             raise InputError(f"--max-cache-len {max_len} is smaller than the {held} tokens the cache must hold")
     if opts.cache == "quantized":
-        if opts.quant_backend not in BACKENDS:
+        if opts.quant_backend not in BACKENDS or (opts.quant_backend == "fp8" and opts.transformers_version == "4"):
             refusals.append(f"Unknown quantization backend `{opts.quant_backend}`")  # QuantizedCache.__init__
+        elif opts.quant_backend == "fp8":
+            # kvplan's defaults stand for "not given"; any other value is one transformers refuses by name
+            given = [k for k, v in GROUP_WISE_DEFAULTS.items() if getattr(opts, k) != v]
+            if given:
+                refusals.append(f"The `fp8` backend quantizes per-tensor and does not support {given}. Use the "
+                                "`quanto` or `hqq` backend to quantize group-wise.")
         elif opts.quant_backend == "quanto" and opts.nbits not in QUANTO_NBITS:
             refusals.append(f"`nbits` for `quanto` backend has to be one of [`2`, `4`] but got {opts.nbits}")
         elif opts.quant_backend == "hqq" and opts.nbits not in HQQ_NBITS:
             refusals.append(f"`nbits` for `HQQ` backend has to be one of [`1`, `2`, `3`, `4`, `8`] but got {opts.nbits}")
         require_at_least("--q-group-size", opts.q_group_size)
         require_at_least("--residual-length", opts.residual_length, 0)
-        settings.update(backend=opts.quant_backend, nbits=opts.nbits, q_group_size=opts.q_group_size,
-                        residual_length=opts.residual_length)
+        if opts.quant_backend == "fp8":
+            settings.update(backend="fp8")
+        else:
+            settings.update(backend=opts.quant_backend, nbits=opts.nbits, q_group_size=opts.q_group_size,
+                            residual_length=opts.residual_length)
     counts = kind_counts(spec)
     v4 = opts.transformers_version == "4"
     if opts.cache == "static" and v4 and run_dtype is not None:
@@ -197,15 +284,17 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
                 f"slice shape: {batch} {h} {k_width} at dimension 2 and source slice shape: {batch} {h} {v_width} "
                 "at dimension 0."
             )
-    if opts.cache == "quantized" and not v4:
-        invalid = sorted({k.value for k in counts if KINDS[k].windowed})
+    if opts.cache == "quantized" and not v4:  # QuantizedCache.__init__: every layer type but full_attention
+        invalid = sorted({HF_LAYER_TYPES.get(k, k.value) for k in counts if k not in (LayerKind.FULL, LayerKind.MLA)})
         if invalid:
             refusals.append(
                 "`QuantizedCache` is only supported for models with only full attention layers. We found the "
                 "following invalid layer types: {" + ", ".join(f"'{t}'" for t in invalid) + "}"
             )
     name = TORCH_DTYPES.get(run_dtype or "", kv_cache_dtype)
-    if opts.cache == "quantized":
+    if opts.cache == "quantized" and opts.quant_backend == "fp8":
+        name = "fp8 e4m3 (per-tensor float32 scale)"
+    elif opts.cache == "quantized":
         name = f"{opts.quant_backend} int{opts.nbits} (residual {name})"
     if refusals:
         return EngineCache(ENGINE, spec.name, context, batch, name, settings, (), None, ideal.kv_bytes_total,
@@ -284,11 +373,16 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
         if spec.is_mla:
             plan.slot_bytes[LayerKind.MLA] = (mla_k + mla_v) * esz
     else:  # quantized: every layer, every token, quantised past the residual
-        period = max(opts.residual_length, 2)
+        fp8 = opts.quant_backend == "fp8"
+        period = residual_period(opts.residual_length, v4)
         prompt = held if opts.prompt_tokens is None else min(opts.prompt_tokens, held)
-        residual = (held - prompt) % period
+        # fp8 appends each step's tokens quantised with the frozen scale: no residual (Fp8QuantizedLayer.update)
+        residual = 0 if fp8 else (held - prompt) % period
         quantised = held - residual
-        settings.update(prompt_tokens=prompt, residual_tokens=residual, quantised_tokens=quantised)
+        if fp8:
+            settings.update(prompt_tokens=prompt, quantised_tokens=quantised)
+        else:
+            settings.update(prompt_tokens=prompt, residual_tokens=residual, quantised_tokens=quantised)
         for kind in windowed:
             if kind in plan.slots:
                 plan.slots[kind] = batch * held
@@ -300,18 +394,24 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
                 k_width, v_width, kv_heads = spec.k_head_dim, spec.v_head_dim_resolved, heads
             per_layer = 0
             for width in (k_width, v_width):
+                problem = None if fp8 else _group_refusal(opts.quant_backend, opts.q_group_size, batch, kv_heads,
+                                                          width, prompt, held, period)
+                if problem:
+                    return EngineCache(ENGINE, spec.name, context, batch, name, settings, (), None,
+                                       ideal.kv_bytes_total, (), (), (problem,), (), SOURCES)
                 per_layer += quantized_bytes(batch * kv_heads * quantised * width, opts.nbits, opts.q_group_size,
                                              opts.quant_backend, esz)
                 per_layer += batch * kv_heads * residual * width * esz
             plan.fixed[kind] = per_layer
-        ledger.step(
-            f"{opts.quant_backend} {opts.nbits}-bit store for {quantised:,} tokens (scale + zero-point per "
-            f"{opts.q_group_size} values) and {residual:,} residual tokens in full precision",
-            plan.total(),
-        )
-        if opts.quant_backend == "hqq":
-            notes.append("hqq storage is assumed to pack like quanto (not measured); the residual count follows "
-                         "QuantizedLayer.update.")
+        if fp8:
+            ledger.step(f"fp8 store for all {quantised:,} tokens (1 byte per value, a float32 scale per tensor)",
+                        plan.total())
+        else:
+            ledger.step(
+                f"{opts.quant_backend} {opts.nbits}-bit store for {quantised:,} tokens (scale + zero-point per "
+                f"{opts.q_group_size} values) and {residual:,} residual tokens in full precision",
+                plan.total(),
+            )
 
     # 5. Mamba state as HF keeps it: all d_conv columns in the model's dtype, the SSM state in float32
     if LayerKind.STATE in counts:
@@ -337,6 +437,9 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
         layer_bytes = plan.fixed[kind] if kind in plan.fixed else slots * plan.slot_bytes[kind]
         note = f"K {mla_k} + V {mla_v} values per token" if kind is LayerKind.MLA else ""
         rows.append(KindCache(kind.value, n, slots // batch, slots, per_slot, n * layer_bytes, note))
+    if opts.cache == "static" and opts.generate:
+        notes.append("generate() keeps the largest max_cache_len the model has used (_previous_max_cache_length): "
+                     "after a longer call, a shorter one still gets the longer cache.")
     if LayerKind.SHARED in counts:
         notes.append(f"{counts[LayerKind.SHARED]} KV-shared layers get no cache (num_kv_shared_layers).")
     if opts.cache == "dynamic" and windowed:
