@@ -76,6 +76,8 @@ CPU_RUN = RunReading(
     decode_mode="eager",
     achieved_gbps=6.7998,  # 1,019,968 B / 150 µs
     bandwidth_utilisation=0.67998,
+    read_gbps=10.0,
+    probe_rounds=0,
     prefill_flops=2_500_000_000,
     gemm_tflops=0.2,  # 2.5 GFLOP / 0.2 TFLOP/s = 12.5 ms
     predicted_prefill_s=0.0125,
@@ -104,7 +106,7 @@ CPU_ROWS = [
     ["decode bytes read per step", "996.06 KiB", "6.8 GB/s achieved", "", "68.0% of read"],
     ["  weights read", "976.56 KiB", "", "", ""],  # 1,000,000 / 1,024 = 976.5625
     ["  KV cache read", "19.50 KiB", "", "", ""],
-    ["  memory time (bytes / read bandwidth)", "102.0 µs", "", "", ""],  # 1,019,968 B / 10 GB/s
+    ["  memory time (bytes / read 10.0 GB/s)", "102.0 µs", "", "", ""],  # 1,019,968 B / 10 GB/s
     # 2,000,000 FLOPs = 2.0 MFLOP; 1 TFLOP/s = 1,000.0 GFLOP/s; 2e6 / 1e12 = 2.0 µs
     ["  compute time (2.0 MFLOP / GEMV 1,000.0 GFLOP/s)", "2.0 µs", "", "", ""],
     ["  spread of the judged rounds", "", "3.3% (range / median)", "", ""],  # (153 - 148) / 150
@@ -156,6 +158,13 @@ def _report(run: RunReading, **fields) -> MeasureReport:
 
 def test_cpu_run_rows():
     assert run_rows(CPU_RUN, exact=False, cuda=False) == CPU_ROWS
+
+
+def test_a_run_predicted_from_probes_between_rounds_says_so():
+    rows = run_rows(replace(CPU_RUN, read_gbps=12.5, probe_rounds=3), exact=False, cuda=False)
+    assert ["  memory time (bytes / read 12.5 GB/s, median of the probes after its 3 judged rounds)", "102.0 µs", "", "", ""] in rows
+    rows = run_rows(replace(CPU_RUN, read_gbps=12.5, probe_rounds=1), exact=False, cuda=False)
+    assert ["  memory time (bytes / read 12.5 GB/s, probed after its round)", "102.0 µs", "", "", ""] in rows
 
 
 def test_cpu_run_rows_with_exact_bytes():

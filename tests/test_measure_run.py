@@ -125,7 +125,9 @@ def test_every_kind_measures_exactly_on_the_cpu(spec_factory, kind):
         assert record[key] is None, key  # CPU: no NVML readings, reported as absent
     assert run.measured_decode_step_s > 0 and run.measured_prefill_s > 0
     assert math.isclose(run.achieved_gbps, run.bytes_read_per_step / run.measured_decode_step_s / 1e9)
-    assert math.isclose(run.predicted_decode_memory_s, run.bytes_read_per_step / (report.read_bandwidth_gbps * 1e9))
+    assert math.isclose(run.predicted_decode_memory_s, run.bytes_read_per_step / (run.read_gbps * 1e9))
+    # on the CPU each judged round (the last 3, stability.STABLE_ROUNDS) probed again after its decode steps
+    assert run.probe_rounds == min(run.rounds, 3)
     assert run.predicted_decode_step_s == max(run.predicted_decode_memory_s, run.predicted_decode_compute_s) + run.scan_s_per_token
     assert [p.name for p in report.probes] == ["read bandwidth", "copy bandwidth", "GEMV, batch 2", "GEMM, 40 prompt rows",
                                                "attention, batch 2, 20 tokens"] + (
@@ -504,22 +506,23 @@ def test_predictions_from_given_probe_readings(spec_factory, monkeypatch):
     # context 20 + 3 decode steps = 23 tokens, batch 2.
     from kvplan.measure.readings import BandwidthReading, LinearReading, ReadBandwidthReading
 
-    probes = {}
+    probes: dict[str, list] = {}  # every call of each probe, in order
 
     def read_bandwidth(device, buffer_bytes, repeats):
-        probes["read"] = (buffer_bytes, repeats)
+        probes.setdefault("read", []).append((buffer_bytes, repeats))
         return ReadBandwidthReading(2.0, buffer_bytes, repeats, "given")
 
     def copy_bandwidth(device, buffer_bytes, repeats):
-        probes["copy"] = (buffer_bytes, repeats)
+        probes.setdefault("copy", []).append((buffer_bytes, repeats))
         return BandwidthReading(3.0, buffer_bytes, repeats, "given")
 
     def linear_throughput(device, dtype, rows, in_features, out_features, repeats, timer=None, rotate_bytes=0):
-        probes["gemv"] = (dtype, rows, in_features, out_features, repeats)
-        return LinearReading(1e15, rows, in_features, out_features, repeats, "given")
+        probes.setdefault("gemv", []).append((dtype, rows, in_features, out_features, repeats))
+        # the GEMV at the batch's 2 rows; the GEMM probed again between rounds at its 40 rows
+        return LinearReading(1e15 if rows == 2 else 1e9, rows, in_features, out_features, repeats, "given")
 
     def gemm_throughput(device, dtype, max_rows, in_features, out_features, target_s=0.05):
-        probes["gemm"] = (dtype, max_rows, in_features, out_features)
+        probes.setdefault("gemm", []).append((dtype, max_rows, in_features, out_features))
         return LinearReading(1e9, max_rows, in_features, out_features, 1, "given")
 
     def timed_once(device, fn):
@@ -527,7 +530,7 @@ def test_predictions_from_given_probe_readings(spec_factory, monkeypatch):
         return 0.005
 
     def attention_throughput(device, dtype, batch, heads, tokens, qk, v, v_kernel):
-        probes["attention"] = (dtype, batch, heads, tokens, qk, v, v_kernel)
+        probes.setdefault("attention", []).append((dtype, batch, heads, tokens, qk, v, v_kernel))
         return measure_run.rd.AttentionReading(1e8, tokens, "given")
 
     monkeypatch.setattr(measure_run.rd, "attention_throughput", attention_throughput)
@@ -542,12 +545,18 @@ def test_predictions_from_given_probe_readings(spec_factory, monkeypatch):
     # buffer: 100 MiB free / 16 = 6,553,600 B, under the (test's) 8 MiB cap; 10 read and 5 copy passes on the
     # CPU; GEMV at the batch (2 rows) and GEMM at batch x context = 40 prompt rows, both over the widest
     # projection: hidden 64 -> the MLP's width 128 (gate, up)
-    assert probes == {
+    assert {key: calls[0] for key, calls in probes.items()} == {
         "read": (6_553_600, 10), "copy": (6_553_600, 5),
         "gemv": (torch.float32, 2, 64, 128, 10), "gemm": (torch.float32, 40, 64, 128),
         "attention": (torch.float32, 2, 4, 20, 16, 16, 16),  # batch 2 x 4 heads over the 20-token prompt
     }
     (run,) = report.runs
+    # the given clock makes 3 rounds agree; after each one's decode steps the CPU probes again at the same
+    # shapes: read, GEMV at the batch and the GEMM at the first probe's 40 rows (its 1 repeat), attention
+    assert (run.rounds, run.probe_rounds) == (3, 3)
+    assert probes["read"] == [(6_553_600, 10)] * 4 and probes["copy"] == [(6_553_600, 5)]
+    assert probes["gemv"] == [(torch.float32, 2, 64, 128, 10)] + [(torch.float32, 2, 64, 128, 10), (torch.float32, 40, 64, 128, 1)] * 3
+    assert probes["gemm"] == [(torch.float32, 40, 64, 128)] and len(probes["attention"]) == 4
     # weights per layer: attention 64x64 (q) + 2 x 64x32 (k, v) + 64x64 (o) = 12,288; MLP 3 x 64 x 128 = 24,576;
     # 2 norms x 64 = 128: 36,992. Model: 2 layers + embedding 16,384 + final norm 64 + LM head 16,384 = 106,816
     assert report.parameters_run == 106_816
@@ -584,7 +593,7 @@ def test_predictions_from_given_probe_readings(spec_factory, monkeypatch):
     assert (run.allocator_rounding_bytes, run.allocator_segments, run.allocator_segment_bytes) == (64, 0, 0)
     assert run.predicted_allocated_delta_bytes == run.predicted_reserved_delta_bytes == 23_552 + 64
     assert (run.context, run.decode_steps, run.total_tokens, run.batch, run.decode_mode) == (20, 3, 23, 2, "eager")
-    assert report.notes[-3:] == (
+    assert report.notes[-4:] == (
         "the cache holds context + 3 decode-step tokens and is predicted at that count; decode attends over every "
         "pre-allocated slot with a mask (static shapes, as CUDA graphs need), so a step reads the whole cache",
         "predicted decode step = the larger of memory time = (weights read + KV read) / measured read bandwidth "
@@ -594,6 +603,9 @@ def test_predictions_from_given_probe_readings(spec_factory, monkeypatch):
         "projection with prompt rows, plus the causal attention's FLOPs / the attention probe's throughput "
         "(scaled_dot_product_attention at the model's heads and head sizes over the prompt; windowed layers "
         "are counted at their pairs but timed at the full causal rate); norms and activations are left out",
+        "the probes run again after each round's decode steps, and each run is predicted from the medians of its "
+        "judged rounds' probes (a shared CPU's speed moves over minutes); the probe table shows the probes taken "
+        "before the runs",
         "decode feeds fixed random token ids (no sampling); a round is one prefill (after a 16-token warm-up "
         "before the first) and 3 decode steps (after 2 warm-up steps before the first); rounds repeat, at most "
         "5, until the last 3 agree within 5% (range / median); the measured figures are the medians of those "
@@ -715,7 +727,9 @@ def test_a_state_layer_scan_is_probed_and_added_to_the_predicted_times(spec_fact
     # x (16 + 16) x 2 FLOPs = 107,520 (head size 64 / 4 heads = 16)
     assert run.prefill_attention_flops == 2 * 2 * 4 * 210 * (16 + 16)
     assert run.state_layers == 1
-    assert run.scan_s_per_token == pytest.approx(scan[0].value / 1e3)
+    # one round (--max-rounds 1), probed again after it on the CPU: the scan figure is that probe's, not the
+    # table's probe before the run
+    assert run.probe_rounds == 1 and run.scan_s_per_token > 0
     # the stated rule: decode = max(memory, compute) + scan; prefill = FLOPs / GEMM + context x scan
     assert run.predicted_decode_step_s == pytest.approx(
         max(run.predicted_decode_memory_s, run.predicted_decode_compute_s) + run.scan_s_per_token)

@@ -60,7 +60,8 @@ def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
     ])
     rows.append(["  weights read", size(run.weight_bytes_read_per_step, exact), "", "", ""])
     rows.append(["  KV cache read", size(run.kv_bytes_read_per_step, exact), "", "", ""])
-    rows.append(["  memory time (bytes / read bandwidth)", fmt_seconds(run.predicted_decode_memory_s), "", "", ""])
+    rows.append([f"  memory time (bytes / read {run.read_gbps:,.1f} GB/s{probe_source(run)})",
+                 fmt_seconds(run.predicted_decode_memory_s), "", "", ""])
     rows.append([
         f"  compute time ({fmt_flops(run.decode_flops_per_step)} / GEMV {run.gemv_tflops * 1e3:,.1f} GFLOP/s)",
         fmt_seconds(run.predicted_decode_compute_s), "", "", "",
@@ -95,6 +96,13 @@ def run_rows(run: RunReading, exact: bool, cuda: bool) -> list[list[str]]:
             "pass" if run.verify_ok else "FAIL",
         ])
     return rows
+
+
+def probe_source(run: RunReading) -> str:
+    """Where the run's probe figures come from, when not from the probes before the runs."""
+    if run.probe_rounds == 1:
+        return ", probed after its round"
+    return f", median of the probes after its {run.probe_rounds} judged rounds" if run.probe_rounds else ""
 
 
 def stability_text(run: RunReading) -> str:

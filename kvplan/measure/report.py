@@ -103,6 +103,10 @@ class RunReading:
     prefill_spread: float
     achieved_gbps: float  # bytes_read_per_step / measured step, 1e9 B/s
     bandwidth_utilisation: float  # achieved / read bandwidth
+    # the read bandwidth this run's prediction divides by; on the CPU the median of the probes taken after
+    # each judged round's decode steps (probe_rounds of them), else the probe before the runs (probe_rounds 0)
+    read_gbps: float
+    probe_rounds: int
     # prefill
     prefill_flops: int
     gemm_tflops: float  # the GEMM probe at this run's prompt rows, 1e12 FLOP/s

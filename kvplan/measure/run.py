@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import torch
@@ -73,12 +73,37 @@ COPY_REPEATS = {"cuda": 20, "cpu": 5}
 # Read-streaming passes over the same buffer size; the best is kept (a 128 MiB pass takes ~10 ms on the CPU).
 READ_REPEATS = {"cuda": 20, "cpu": 10}
 GEMV_REPEATS = {"cuda": 20, "cpu": 10}
+# On the CPU the probes run again after each round's decode steps, and a run's prediction takes the
+# median of the probes of its judged rounds: a shared CPU's speed moves over minutes (other tenants),
+# so probes taken minutes before a run predict it from another machine. A GPU is the run's alone, and
+# its 1 GiB probe buffer would sit beside the cache: there the probes before the runs stand.
+PROBE_EVERY_ROUND = {"cuda": False, "cpu": True}
 WARMUP_PREFILL_TOKENS = 16  # a short prompt first: kernels loaded, cuBLAS handles made
 # --verify: max |cached - recomputed| logit, as a fraction of the largest |logit| (at
 # least 1): fp32 agrees to rounding; bf16/fp16 round K/V and partial sums differently
 # in the cached and the recomputed paths (fp16/bf16 machine epsilon 2^-11 / 2^-8).
 VERIFY_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 5e-2}
 VERIFY_STEPS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class _RunProbes:
+    """The probes one run's prediction divides by: read bandwidth, GEMV at its batch, GEMM at its prompt
+    rows, one state layer's scan step (None without state layers), the prefill attention (None without
+    attending layers)."""
+
+    read_gbps: float
+    gemv_flops_per_s: float
+    gemm_flops_per_s: float
+    scan_s: float | None
+    attention_flops_per_s: float | None
+
+    @classmethod
+    def median_of(cls, rounds: "list[_RunProbes]") -> "_RunProbes":
+        """Each figure's median over `rounds` (each figure apart: a round's probes are not one reading)."""
+        def med(values):
+            return statistics.median(values) if values and values[0] is not None else None
+        return cls(*(med([getattr(r, f) for r in rounds]) for f in (x.name for x in fields(cls))))
 
 
 @dataclass(frozen=True)
@@ -318,6 +343,7 @@ def measure(opts: MeasureOptions) -> MeasureReport:
                     for b in opts.batches}
             gemm = {b * c: rd.gemm_throughput(device, compute, b * c, *features) for b in opts.batches for c in opts.contexts}
             attention = {}  # (batch, context) -> the prefill attention probe, for models with attending layers
+            qk = v = v_kernel = 0
             if any(layer.attends_as is not None for layer in arch.layers):
                 qk, v, v_kernel = prefill_attention_dims(arch)
                 attention = {(b, c): rd.attention_throughput(device, compute, b, arch.heads, c, qk, v, v_kernel)
@@ -342,13 +368,40 @@ def measure(opts: MeasureOptions) -> MeasureReport:
                 )
             weights_modelled = _allocator_model(device, allocator_state, list(session.model.allocation_sizes))
 
+            scan_layer = _first_state_layer(session.model)
+
+            def probes_now(batch: int, context: int) -> _RunProbes:
+                """The run's probes again, at the shapes of the probes before it (the same GEMM rows)."""
+                g = gemm[batch * context]
+                a = attention.get((batch, context))
+                scan_s = None
+                if scan_layer is not None:
+                    args = scan_layer.scan_inputs(batch, cache_dtype(state_format.name), device)
+                    scan_s = rd.step_time(device, lambda: scan_layer.scan_token(*args), SCAN_REPEATS, "scan").seconds
+                return _RunProbes(
+                    rd.read_bandwidth(device, buffer, READ_REPEATS[device.type]).gbps,
+                    rd.linear_throughput(device, compute, batch, *features, GEMV_REPEATS[device.type],
+                                         rotate_bytes=buffer).flops_per_s,
+                    rd.linear_throughput(device, compute, g.rows, *features, g.repeats).flops_per_s,
+                    scan_s,
+                    rd.attention_throughput(device, compute, batch, arch.heads, context, qk, v, v_kernel).flops_per_s
+                    if a is not None else None,
+                )
+
             runs = []
             for context, total in zip(opts.contexts, totals):
                 for batch in opts.batches:
                     phase = f"running context {context:,}, batch {batch}"
                     say(f"context {context:,} + {opts.decode_steps} decode steps, batch {batch} …")
                     est = layout.at(total, batch)
-                    runs.append(_run_one(opts, session, arch, layout, est, context, batch, device, compute, kv_pair, state_format, read, gemv[batch], gemm[batch * context], scan.get(batch), attention.get((batch, context)), param_bytes, run_dtype))
+                    before_run = _RunProbes(
+                        read.gbps, gemv[batch].flops_per_s, gemm[batch * context].flops_per_s,
+                        scan[batch].seconds if batch in scan else None,
+                        attention[(batch, context)].flops_per_s if (batch, context) in attention else None,
+                    )
+                    reprobe = (lambda b=batch, c=context: probes_now(b, c)) if PROBE_EVERY_ROUND[device.type] else None
+                    runs.append(_run_one(opts, session, arch, layout, est, context, batch, device, compute, kv_pair,
+                                         state_format, before_run, reprobe, param_bytes, run_dtype))
                     session.drop_run()
     except KvplanError:
         raise
@@ -410,10 +463,14 @@ def measure(opts: MeasureOptions) -> MeasureReport:
 SCAN_REPEATS = 10
 
 
+def _first_state_layer(model: Decoder) -> StateLayer | None:
+    return next((b.mixer for b in model.layers if isinstance(b.mixer, StateLayer)), None)
+
+
 def _scan_probes(model: Decoder, batches, state_dtype: torch.dtype, device: torch.device) -> dict[int, rd.StepReading]:
     """batch -> one state layer's scan step (every state layer has the same shapes), timed on the
     model's own first state layer; empty without state layers."""
-    layer = next((b.mixer for b in model.layers if isinstance(b.mixer, StateLayer)), None)
+    layer = _first_state_layer(model)
     if layer is None:
         return {}
     out = {}
@@ -436,6 +493,10 @@ def _run_notes(opts: MeasureOptions, device: torch.device) -> list[str]:
         "projection with prompt rows, plus the causal attention's FLOPs / the attention probe's throughput "
         "(scaled_dot_product_attention at the model's heads and head sizes over the prompt; windowed layers "
         "are counted at their pairs but timed at the full causal rate); norms and activations are left out",
+        ("the probes run again after each round's decode steps, and each run is predicted from the medians of "
+         "its judged rounds' probes (a shared CPU's speed moves over minutes); the probe table shows the probes "
+         "taken before the runs" if PROBE_EVERY_ROUND[device.type] else
+         "the probes run once, before the runs (the GPU is the run's alone)"),
         f"decode feeds fixed random token ids (no sampling); a round is one prefill (after a "
         f"{WARMUP_PREFILL_TOKENS}-token warm-up before the first) and {counted(opts.decode_steps, 'decode step')} "
         f"(after {counted(opts.warmup_steps, 'warm-up step')} before the first); "
@@ -525,9 +586,11 @@ def _capture_graph(step: Callable[[], torch.Tensor], device: torch.device):
 def _run_one(
     opts: MeasureOptions, session: _Session, arch: RunArch, layout: CacheLayout, est: CacheEstimate,
     context: int, batch: int, device: torch.device, compute: torch.dtype, kv_pair, state_format,
-    read: rd.ReadBandwidthReading, gemv: rd.LinearReading, gemm: rd.LinearReading, scan: rd.StepReading | None,
-    attention: rd.AttentionReading | None, param_bytes: int, run_dtype: str,
+    before_run: _RunProbes, reprobe: Callable[[], _RunProbes] | None, param_bytes: int, run_dtype: str,
 ) -> RunReading:
+    """One (context, batch): allocate its cache, run rounds until stable, predict from the probes
+    (`reprobe`, where given, probes again after each round's decode steps: the judged rounds' medians
+    are used; else `before_run`, the probes taken before every run)."""
     model = session.model
     assert model is not None
     steps = opts.decode_steps
@@ -560,6 +623,7 @@ def _run_one(
 
     # rounds of (one timed prefill, `steps` timed decode steps) until the last rounds agree (stability.py)
     round_steps: list[list[float]] = []
+    round_probes: list[_RunProbes] = []
     mode: str = "eager"
     run_step: Callable[[], object] = step
 
@@ -573,6 +637,8 @@ def _run_one(
             pos.fill_(context + i)
             timer.time(run_step)
         round_steps.append(timer.seconds())
+        if reprobe is not None:
+            round_probes.append(reprobe())
         return prefill_s, statistics.median(round_steps[-1])
 
     prefill_rounds, decode_rounds = repeat_until_stable(run_round, opts.max_rounds)
@@ -587,6 +653,7 @@ def _run_one(
     if opts.verify:
         verify = _verify(model, caches, tokens, context, min(steps, VERIFY_STEPS), run_dtype)
 
+    probes = _RunProbes.median_of(round_probes[-len(judged):]) if round_probes else before_run
     weight_read = decode_weight_bytes_read(arch, batch, param_bytes)
     kv_read = kv_bytes_read_per_step(arch, est)
     bytes_read = weight_read + kv_read
@@ -594,13 +661,14 @@ def _run_one(
     prefill_s = statistics.median(last_rounds(prefill_rounds, opts.max_rounds))
     achieved = bytes_read / measured_step / 1e9
     flops = prefill_flops(arch, context, batch)
-    attention_flops = prefill_attention_flops(arch, context, batch) if attention is not None else 0
-    attention_s = attention_flops / attention.flops_per_s if attention is not None else 0.0
+    attends = probes.attention_flops_per_s is not None
+    attention_flops = prefill_attention_flops(arch, context, batch) if attends else 0
+    attention_s = attention_flops / probes.attention_flops_per_s if attends else 0.0
     step_flops = decode_flops(arch, total, batch)
-    memory_s = bytes_read / (read.gbps * 1e9)
-    compute_s = step_flops / gemv.flops_per_s
+    memory_s = bytes_read / (probes.read_gbps * 1e9)
+    compute_s = step_flops / probes.gemv_flops_per_s
     state_layers = sum(1 for layer in arch.layers if layer.kind is LayerKind.STATE)
-    scan_s = state_layers * scan.seconds if scan is not None else 0.0
+    scan_s = state_layers * probes.scan_s if probes.scan_s is not None else 0.0
     nvml_before, nvml_after = before.nvml, after.nvml
     return RunReading(
         context=context,
@@ -631,7 +699,7 @@ def _run_one(
         predicted_decode_compute_s=compute_s,
         decode_bound="memory" if memory_s >= compute_s else "compute",
         predicted_decode_step_s=max(memory_s, compute_s) + scan_s,
-        gemv_tflops=gemv.flops_per_s / 1e12,
+        gemv_tflops=probes.gemv_flops_per_s / 1e12,
         measured_decode_step_s=measured_step,
         decode_step_min_s=min(seconds),
         decode_step_max_s=max(seconds),
@@ -643,12 +711,14 @@ def _run_one(
         prefill_spread=spread(last_rounds(prefill_rounds, opts.max_rounds)),
         decode_mode=mode,
         achieved_gbps=achieved,
-        bandwidth_utilisation=achieved / read.gbps,
+        bandwidth_utilisation=achieved / probes.read_gbps,
+        read_gbps=probes.read_gbps,
+        probe_rounds=len(round_probes[-len(judged):]) if round_probes else 0,
         prefill_flops=flops,
-        gemm_tflops=gemm.flops_per_s / 1e12,
-        predicted_prefill_s=(flops - attention_flops) / gemm.flops_per_s + attention_s + context * scan_s,
+        gemm_tflops=probes.gemm_flops_per_s / 1e12,
+        predicted_prefill_s=(flops - attention_flops) / probes.gemm_flops_per_s + attention_s + context * scan_s,
         prefill_attention_flops=attention_flops,
-        attention_tflops=attention.flops_per_s / 1e12 if attention is not None else None,
+        attention_tflops=probes.attention_flops_per_s / 1e12 if attends else None,
         measured_prefill_s=prefill_s,
         state_layers=state_layers,
         scan_s_per_token=scan_s,
