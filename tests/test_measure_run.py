@@ -278,7 +278,9 @@ def test_out_of_memory_anyway_is_caught(spec_factory, monkeypatch):
 # ------------------------------------------------------------------ the CLI
 
 
-def test_cli_table_and_atomic_json(capsys, tmp_path):
+def test_cli_table_and_atomic_json(capsys, tmp_path, monkeypatch):
+    # wide enough that no label wraps: the columns' widths follow the measured figures, which vary run to run
+    monkeypatch.setenv("COLUMNS", "400")
     spec = _yaml(tmp_path)
     out = tmp_path / "reports" / "measure.json"
     out.parent.mkdir()
