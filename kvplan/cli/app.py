@@ -107,6 +107,7 @@ def estimate(
     usd_per_hour: O.usd_per_hour = None,
     gpu_bf16_tflops: O.gpu_bf16_tflops = None,
     dtype: O.dtype = None,
+    weights_bytes: O.weights_bytes = None,
     gpu_memory_utilization: O.gpu_memory_utilization = None,
     activation_memory: O.activation_memory = None,
     non_torch_memory: O.non_torch_memory = None,
@@ -144,7 +145,8 @@ def estimate(
     dtypes = parse_str_list(kv_cache_dtype, "--kv-cache-dtype")
     gpu_names = parse_str_list(gpu, "--gpu") if gpu is not None else []
     given = Settings(state_dtype=state_dtype, pp=pp, gpu_memory=gpu_memory, gpu_bandwidth=gpu_bandwidth,
-                     usd_per_hour=usd_per_hour, gpu_bf16_tflops=gpu_bf16_tflops, dtype=dtype, block_size=block_size,
+                     usd_per_hour=usd_per_hour, gpu_bf16_tflops=gpu_bf16_tflops, dtype=dtype, weights_bytes=weights_bytes,
+                     block_size=block_size,
                      gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
                      activation_memory=activation_memory, non_torch_memory=non_torch_memory,
                      bandwidth_efficiency=bandwidth_efficiency, compute_efficiency=compute_efficiency,
@@ -154,7 +156,7 @@ def estimate(
     check_estimate(spec, engine, given, contexts=contexts, tps=tps, kv_cache_dtypes=dtypes, warn=warn_beyond_positions)
     if engine in PROFILES:  # the engine's own allocation and budget rules (kvplan.engines)
         # compare's order: each format, each tp, each GPU (a flag-built one needs no bandwidth: nothing reads it)
-        base = Settings(state_dtype=state_dtype, gpu_memory=gpu_memory, dtype=dtype,
+        base = Settings(state_dtype=state_dtype, gpu_memory=gpu_memory, dtype=dtype, weights_bytes=weights_bytes,
                         activation_memory=activation_memory, non_torch_memory=non_torch_memory,
                         engine_options=engine_flags, prompt_tokens=prompt_tokens)
         answers = [a for d in dtypes for t in tps for g in (gpu_names or [None])
@@ -289,7 +291,7 @@ def models(fmt: FormatOpt = OutputFormat.table) -> None:
     else:
         headers = ["model", "layer kinds", "layers", "parameters", "KV bytes/token (bf16)"]
         rows = [
-            [r["name"], r["attention"], r["layers"], f"{r['parameters'] / 1e9:,.2f} B", fmt_int_(r["kv_bytes_per_token_bf16"])]
+            [r["name"], r["attention"], r["layers"], "unknown" if r["parameters"] is None else f"{r['parameters'] / 1e9:,.2f} B", fmt_int_(r["kv_bytes_per_token_bf16"])]
             for r in records
         ]
         if fmt is OutputFormat.markdown:

@@ -368,7 +368,7 @@ def _evaluate(i: int, entry, name: str, base: Path, line_of: Callable, specs: di
 
 _SHARED_KEYS = (
     "gpu_memory", "gpu_bandwidth", "usd_per_hour", "gpu_bf16_tflops", "kv_cache_dtype", "state_dtype",
-    "context", "batch", "tp", "dtype", "activation_memory", "non_torch_memory", "bandwidth_efficiency",
+    "context", "batch", "tp", "dtype", "weights_bytes", "activation_memory", "non_torch_memory", "bandwidth_efficiency",
     "compute_efficiency", "prompt_tokens",
 )
 
@@ -452,7 +452,8 @@ def profile_figures(spec, engine: str, gpu: Optional[str], values: dict, *, kv_c
     gpu_flags = {k: deployment.get(k) for k in ("gpu_memory", "gpu_bandwidth", "usd_per_hour", "gpu_bf16_tflops")}
     settings = Settings(context=context, batch=batch, kv_cache_dtype=kv_cache_dtype, state_dtype=state_dtype, tp=tp,
                         gpu=gpu, **gpu_flags, gpu_label=None if resolved.gpu is None else resolved.gpu.name,
-                        dtype=deployment.get("dtype"), activation_memory=resolved.options.activation_bytes,
+                        dtype=deployment.get("dtype"), weights_bytes=deployment.get("weights_bytes"),
+                        activation_memory=resolved.options.activation_bytes,
                         non_torch_memory=resolved.options.non_torch_bytes, prompt_tokens=prompt_tokens,
                         engine_options={k: v for k, v in values.items() if v is not None})
     answer = run(spec, engine, settings)  # the engine's cache and, with a GPU, its budget rule and capacity
@@ -498,6 +499,7 @@ def diff(
     pp: O.pp = "1",
     engine: O.engine = "vllm",
     dtype: O.dtype = None,
+    weights_bytes: O.weights_bytes = None,
     state_dtype: O.state_dtype = None,
     block_size: O.block_size = None,
     gpu_memory: O.gpu_memory = None,
@@ -563,7 +565,7 @@ def diff(
         tp=tp, pp=pp, engine=engine, dtype=dtype,
     )
     # the planner's and the memory settings, as estimate takes them; in the JSON record when given
-    extra = dict(state_dtype=state_dtype, block_size=block_size, gpu_memory=gpu_memory,
+    extra = dict(state_dtype=state_dtype, block_size=block_size, gpu_memory=gpu_memory, weights_bytes=weights_bytes,
                  gpu_memory_utilization=gpu_memory_utilization, activation_memory=activation_memory,
                  non_torch_memory=non_torch_memory,
                  max_num_batched_tokens=parse_option("max_num_batched_tokens", max_num_batched_tokens),

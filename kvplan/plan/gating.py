@@ -178,6 +178,7 @@ class DeploymentEntry(BaseModel):
     kv_cache_dtype: Text = "auto"
     state_dtype: Optional[Text] = None
     dtype: Optional[Literal[WEIGHT_DTYPES]] = None  # type: ignore[valid-type]
+    weights_bytes: Optional[ByteCount] = None  # the weights' total bytes when kvplan cannot size them
     block_size: Optional[PositiveInt] = None
     gpu_memory_utilization: Share = DEFAULT_GPU_MEMORY_UTILIZATION
     activation_memory: Optional[ByteCountOrZero] = None
