@@ -93,3 +93,16 @@ def test_check_plan_key(capsys, config, tmp_path):
                     "    budgets:\n      min_concurrent_sequences: 4\n")
     r = run_cli(capsys, "check", str(plan))
     assert r.exit_code == 2 and "weights_bytes" in r.stderr
+
+
+def test_diff_answers_the_kv_figures_and_says_why_capacity_is_not_sized(capsys, config):
+    r = run_cli(capsys, "diff", "llama-3.1-8b", config, "--format", "json", "--fail-on-increase", "0")
+    assert r.exit_code == 0, r.stderr
+    metrics = json.loads(r.stdout)["metrics"]
+    # llama-3.1-8b caches what CONFIG does: 32 layers x 8 KV heads x 128 x 2 x 2 B
+    assert metrics["kv_bytes_per_token"] == {"before": KV_PER_TOKEN, "after": KV_PER_TOKEN, "delta": 0, "delta_pct": 0.0}
+    assert metrics["max_concurrent_sequences"]["after"] is None and metrics["max_concurrent_sequences"]["delta"] is None
+    assert r.stderr.count("\n") == 1 and "not sized" in r.stderr and "--weights-bytes" in r.stderr
+    r = run_cli(capsys, "diff", "llama-3.1-8b", config, "--format", "json", "--weights-bytes", "16GB")
+    assert r.exit_code == 0 and r.stderr == ""
+    assert json.loads(r.stdout)["metrics"]["max_concurrent_sequences"]["after"] >= 1

@@ -620,6 +620,8 @@ def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: 
     from kvplan.plan.deploy import resolve_deployment
     from kvplan.engines.vllm_rules import kv_cache_dtype_refusal
 
+    if _weights_unknown(spec, extra):  # the KV figures stand; capacity waits for the weights (--weights-bytes)
+        return _kv_only_figures(spec, gpu, kv_cache_dtype, settings, options, label, extra)
     if options is not None:
         s = settings
         figures, resolved = profile_figures(spec, s["engine"], gpu, options, kv_cache_dtype=kv_cache_dtype,
@@ -723,7 +725,41 @@ def _pct(value: Optional[float]) -> str:
     return "0.00%" if value == 0 else f"{value:+.2f}%"
 
 
-def _diff_cell(metric: str, value: int, signed: bool = False) -> str:
+def _weights_unknown(spec, extra: Optional[dict]) -> bool:
+    """No weights to place on the GPU: no num_parameters, no file_weight_bytes, no --weights-bytes."""
+    return (spec.num_parameters is None and getattr(spec, "file_weight_bytes", None) is None
+            and (extra or {}).get("weights_bytes") is None)
+
+
+def _kv_only_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: Optional[dict], label: str,
+                     extra: Optional[dict]) -> tuple[dict, dict]:
+    """diff's KV figures of a spec whose weights are unknown; its capacity figures are None (said on stderr)."""
+    from kvplan.engines.compare import ideal_format
+    from kvplan.plan.deploy import resolve_deployment
+    from kvplan.plan.planner import missing_weights_problem
+
+    name = ideal_format(kv_cache_dtype, spec.dtype).name if options is not None else kv_cache_dtype
+    s = dict(settings, engine="ideal" if options is not None else settings["engine"])
+    if options is not None:
+        s["pp"] = 1
+    deployment = resolve_deployment(spec, gpu, kv_cache_dtype=name, **s, **(extra or {}))
+    layout = deployment.layout()
+    sys.stderr.write(f"note: {label}: max_concurrent_sequences and max_context_tokens not sized: "
+                     f"{missing_weights_problem(spec).split(': ', 1)[1]}\n")
+    figures = {
+        "kv_bytes_per_token": layout.kv_bytes_per_token,
+        "kv_bytes_per_sequence": layout.at(settings["context"], settings["batch"]).kv_bytes_per_sequence,
+        "max_concurrent_sequences": None,
+        "max_context_tokens": None,
+    }
+    gpu_name = deployment.gpu.name if deployment.gpu is not None else gpu
+    return figures, {"model": spec.name, "gpu": gpu_name, "kv_cache_dtype": deployment.kv_format.name,
+                     "weights_dtype": None}
+
+
+def _diff_cell(metric: str, value: Optional[int], signed: bool = False) -> str:
+    if value is None:
+        return "—"
     sign = "+" if signed and value > 0 else ""
     if metric.startswith("kv_bytes"):
         from kvplan.units import fmt_bytes
