@@ -89,6 +89,7 @@ GOLDEN = [
     ("glm-4.7-flash", 47 * (512 + 64) * 2, {MLA: 47}),
     ("minimax-m2.7", 62 * 8 * 128 * 2 * 2, {FULL: 62}),
     ("santacoder", 24 * 1 * 128 * 2 * 2, {FULL: 24}),  # multi-query: one KV head
+    ("smollm3-3b", 36 * 4 * 128 * 2 * 2, {FULL: 36}),  # NoPE layers cache K and V too
 ]
 
 

@@ -51,6 +51,15 @@ UNCHANGED = {
     ("qwen2-7b-instruct", "use_sliding_window", "alter"): "max_window_layers 28 = num_hidden_layers",
     ("qwen3-8b", "use_sliding_window", "alter"): "max_window_layers 36 = num_hidden_layers",
     ("qwen3-30b-a3b", "use_sliding_window", "alter"): "sliding_window is null",
+    # SmolLM3Config (5.25): no_rope_layers (and the interval that builds its default) choose RoPE or NoPE, and
+    # a NoPE layer caches K and V all the same; layer_types' default is all full attention without
+    # use_sliding_window and a window; max_window_layers is no SmolLM3Config field
+    **{("smollm3-3b", key, op): "NoPE changes the rotation, not the cache"
+       for key in ("no_rope_layers", "no_rope_layer_interval") for op in ("remove", "alter")},
+    ("smollm3-3b", "layer_types", "remove"): "the default: every layer full attention (use_sliding_window false)",
+    **{("smollm3-3b", "max_window_layers", op): "not a SmolLM3Config field" for op in ("remove", "alter")},
+    ("smollm3-3b", "sliding_window", "alter"): "use_sliding_window is false",
+    ("smollm3-3b", "use_sliding_window", "alter"): "sliding_window is null, and layer_types lists no sliding layer",
 }
 
 

@@ -39,6 +39,8 @@ PUBLISHED = [
     ("glm-4.7-flash", 47 * (512 + 64) * 2),
     # Kimi-K2: DeepSeek-V3's MLA, 61 layers x (512 + 64) x 2 B
     ("kimi-k2-instruct", 61 * (512 + 64) * 2),
+    # SmolLM3-3B (T-S3): 36 layers, NoPE ones included, x 4 KV heads x 2048 / 16 = 128 x 2 B
+    ("smollm3-3b", 36 * 2 * 4 * 128 * 2),
 ]
 
 
@@ -87,6 +89,13 @@ def test_glm_47_flash_parameters_match_the_safetensors_less_the_mtp_layer():
     layer = attention + moe + 2 * h
     mtp = layer + 2 * h * h + 3 * h + 2 * vocab * h
     assert convert_config(load("glm-4.7-flash")).parameters == 31_221_488_576 - mtp == 29_943_393_920
+
+
+def test_smollm3_parameters():
+    # modeling_smollm3: tied embedding 128256 x 2048; per layer q, o 2048 x 2048, k, v 2048 x 512, MLP 3 x 2048 x
+    # 11008, two RMSNorms; the final norm. HuggingFaceTB/SmolLM3-3B's model card: "3B".
+    layer = 2 * 2048 * 2048 + 2 * 2048 * 512 + 3 * 2048 * 11008 + 2 * 2048
+    assert convert_config(load("smollm3-3b")).parameters == 36 * layer + 128256 * 2048 + 2048 == 3_075_098_624
 
 
 def test_kimi_k2_is_read_as_deepseek_v3():
@@ -196,7 +205,7 @@ def test_hf_engine_matches_transformers(tmp_path, name, batch, tokens):
 # ------------------------------------------------------------------ the catalog entries
 
 CATALOG = [("kimi-k2-instruct", "kimi-k2"), ("glm-4.7-flash", "glm-4.7-flash"), ("minimax-m2.7", "minimax-m2.7"),
-           ("gpt-bigcode-santacoder", "santacoder")]
+           ("gpt-bigcode-santacoder", "santacoder"), ("smollm3-3b", "smollm3-3b")]
 
 
 @pytest.mark.parametrize("fixture, name", CATALOG, ids=[c[1] for c in CATALOG])

@@ -843,7 +843,10 @@ def _smollm3(c: _Cfg):
         no_rope = [int((i + 1) % c.int("no_rope_layer_interval") != 0) for i in range(L)]
     elif not isinstance(no_rope, list) or len(no_rope) != L or any(v not in (0, 1) for v in no_rope):
         raise ConfigError(f"{c.where}: no_rope_layers is {shown(no_rope)}, not {L} entries of 0 or 1")
-    c.declare("no_rope_layer_interval")
+    # no_rope_layer_interval builds the default above; max_window_layers is no SmolLM3Config field (HuggingFaceTB/
+    # SmolLM3-3B's config.json carries 28 from Qwen2's template; transformers and vLLM's transformers backend
+    # never read it)
+    c.declare("no_rope_layer_interval", "max_window_layers")
     use_window = c.flag("use_sliding_window")
     window = c.get("sliding_window") if use_window else None
     explicit = _check_layer_types(c, L)
