@@ -206,3 +206,13 @@ def test_the_list_names_each_field_once():
         assert why_cache_relevant(name), name
     for name in ("hidden_act", "rope_theta", "vocab_size", "num_experts", "intermediate_size", "tie_word_embeddings"):
         assert why_cache_relevant(name) is None, name
+
+
+def test_refinedweb_names_are_read_as_falcon_does():
+    """Falcon-40B's RefinedWeb config names its KV heads n_head_kv (FalconConfig maps it to num_kv_heads); a
+    config with both, disagreeing, is refused rather than one silently preferred."""
+    old = {"model_type": "RefinedWeb", "hidden_size": 8192, "n_layer": 60, "n_head": 128, "n_head_kv": 8,
+           "vocab_size": 65024, "parallel_attn": True, "bias": False}
+    assert convert_config(old).fields["num_key_value_heads"] == 8
+    with pytest.raises(InputError, match="n_head_kv is 8, a field that can change the KV cache"):
+        convert_config(dict(old, num_kv_heads=16))

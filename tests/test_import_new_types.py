@@ -219,3 +219,21 @@ def test_import_of_the_published_config_equals_its_catalog_entry(tmp_path, fixtu
     imported = spec_from_source(str(folder), name).model_dump(exclude={"source", "notes"})
     shipped = load_spec_file(SPECS_DIR / f"{name}.yaml").model_dump(exclude={"source", "notes"})
     assert imported == shipped
+
+
+@pytest.mark.parametrize("name", ["cohere2", "smollm3", "gpt_bigcode", "gpt_bigcode_mha", "minimax_m2", "glm4_moe",
+                                  "glm4_moe_lite"])
+def test_parameter_formula_counts_what_transformers_builds(name):
+    """The formula against the model transformers builds from the same config: every tensor of its state dict
+    (persistent buffers such as e_score_correction_bias included, a tied weight once)."""
+    from hf_real import tiny_model
+
+    config = _transformers_configs()[name]
+    model = tiny_model(config)
+    seen, total = set(), 0
+    for tensor in model.state_dict().values():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            total += tensor.numel()
+    assert convert_config(json.loads(config.to_json_string())).parameters == total

@@ -106,3 +106,21 @@ def test_diff_answers_the_kv_figures_and_says_why_capacity_is_not_sized(capsys, 
     r = run_cli(capsys, "diff", "llama-3.1-8b", config, "--format", "json", "--weights-bytes", "16GB")
     assert r.exit_code == 0 and r.stderr == ""
     assert json.loads(r.stdout)["metrics"]["max_concurrent_sequences"]["after"] >= 1
+
+
+def test_the_api_and_the_fast_path_take_a_spec_without_parameters(config):
+    import kvplan
+    from kvplan.model.spec import ModelSpec
+    from kvplan.model.spec_rules import shape_if_valid
+
+    d = kvplan.estimate(config, gpu="h100-sxm", weights_bytes=16 * 10**9).to_dict()
+    assert d["weights_bytes_per_gpu"] == 16 * 10**9 and d["weights_source"] == "--weights-bytes"
+    fields = dict(name="no-params", source="https://huggingface.co/x/y/blob/main/config.json", hidden_size=4096,
+                  num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, vocab_size=128256)
+    shape = shape_if_valid(fields)  # the catalog's and config.json's fast path, no pydantic
+    assert shape is not None and shape.num_parameters is None
+    assert ModelSpec(**fields).num_parameters is None
+    # a count of active parameters means nothing without the total: both refuse it alike
+    assert shape_if_valid(dict(fields, num_active_parameters=10**9)) is None
+    with pytest.raises(ValueError, match="num_active_parameters needs num_parameters"):
+        ModelSpec(**fields, num_active_parameters=10**9)

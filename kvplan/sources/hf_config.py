@@ -309,6 +309,10 @@ class _Cfg:
     def flag(self, key: str) -> bool:
         return bool(self.get(key, False))
 
+    def peek(self, key: str) -> Any:
+        """config.json's value of `key` (None when absent) without counting it as read."""
+        return dict.get(self.raw, key)
+
     def declare(self, *keys: str) -> None:
         """Mark `keys` as weighed by the handler without being looked up (e.g. max_window_layers when
         use_sliding_window is false: it then means nothing)."""
@@ -938,6 +942,8 @@ def _falcon(c: _Cfg):
     L, vocab = c.int("num_hidden_layers"), c.int("vocab_size")
     new_arch = c.flag("new_decoder_architecture")
     multi_query = c.flag("multi_query")
+    if c.peek("n_head_kv") == c.peek("num_kv_heads"):  # RefinedWeb's name, copied by _normalise (or agreeing)
+        c.declare("n_head_kv")
     if h % heads:
         raise ConfigError(f"{c.where}: hidden_size {h} is not a multiple of {heads} heads")
     hd = h // heads
