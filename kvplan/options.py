@@ -85,6 +85,9 @@ OPTIONS: tuple[Option, ...] = (
     _O("dtype", ("--dtype",), "str", "Weights dtype: bf16, fp16, fp32, fp8, int8, int4 (+fp16 scale per 128), "
        "mxfp4 (default: the model's); a quantised dtype covers the body weights the spec's weights_quantized "
        "names (all linear, or the routed experts)."),
+    _O("weights_bytes", ("--weights-bytes",), "bytes", "The weights' total bytes (160GB, 80GiB), for a model whose "
+       "weights kvplan cannot size: no safetensors or GGUF headers and no parameter formula for its model_type; "
+       "split evenly per layer (only capacity, latency and cost read it)."),
     _O("block_size", ("--block-size",), "int", "Tokens per paged block; 1 = no paging. Default: the engine's "
        "(vllm: 16, 64 for MLA; ideal: 1).", PLANNER),
     # ---- the GPU and what sits on it besides the KV cache

@@ -85,6 +85,11 @@ GOLDEN = [
     ("gpt-oss-20b", 24 * 8 * 64 * 2 * 2, {SLIDING: 12, FULL: 12}),
     ("gpt-oss-120b", 36 * 8 * 64 * 2 * 2, {SLIDING: 18, FULL: 18}),
     ("llama-4-scout", 48 * 8 * 128 * 2 * 2, {CHUNKED: 36, FULL: 12}),
+    ("kimi-k2", 61 * (512 + 64) * 2, {MLA: 61}),
+    ("glm-4.7-flash", 47 * (512 + 64) * 2, {MLA: 47}),
+    ("minimax-m2.7", 62 * 8 * 128 * 2 * 2, {FULL: 62}),
+    ("santacoder", 24 * 1 * 128 * 2 * 2, {FULL: 24}),  # multi-query: one KV head
+    ("smollm3-3b", 36 * 4 * 128 * 2 * 2, {FULL: 36}),  # NoPE layers cache K and V too
 ]
 
 
@@ -173,6 +178,7 @@ HEAD_DIM_NOT_HIDDEN_OVER_HEADS = {
     "qwen3-235b-a22b": 128,  # 4096 / 64 = 64
     "gpt-oss-20b": 64,  # 2880 / 64 = 45
     "gpt-oss-120b": 64,
+    "minimax-m2.7": 128,  # 3072 / 48 = 64
 }
 
 CATALOG = [(p.stem, load_spec_file(p)) for p in SPEC_PATHS]

@@ -85,6 +85,7 @@ def estimate(
     usd_per_hour: O.usd_per_hour = None,
     gpu_bf16_tflops: O.gpu_bf16_tflops = None,
     dtype: O.dtype = None,
+    weights_bytes: O.weights_bytes = None,
     gpu_memory_utilization: O.gpu_memory_utilization = None,
     activation_memory: O.activation_memory = None,
     non_torch_memory: O.non_torch_memory = None,
@@ -123,7 +124,8 @@ def estimate(
     dtypes = parse_str_list(kv_cache_dtype, "--kv-cache-dtype")
     gpu_names = parse_str_list(gpu, "--gpu") if gpu is not None else []
     given = Settings(state_dtype=state_dtype, pp=pp, gpu_memory=gpu_memory, gpu_bandwidth=gpu_bandwidth,
-                     usd_per_hour=usd_per_hour, gpu_bf16_tflops=gpu_bf16_tflops, dtype=dtype, block_size=block_size,
+                     usd_per_hour=usd_per_hour, gpu_bf16_tflops=gpu_bf16_tflops, dtype=dtype, weights_bytes=weights_bytes,
+                     block_size=block_size,
                      gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
                      activation_memory=activation_memory, non_torch_memory=non_torch_memory,
                      bandwidth_efficiency=bandwidth_efficiency, compute_efficiency=compute_efficiency,
@@ -266,7 +268,7 @@ def models(fmt: FormatOpt = OutputFormat.table) -> None:
     else:
         headers = ["model", "layer kinds", "layers", "parameters", "KV bytes/token (bf16)"]
         rows = [
-            [r["name"], r["attention"], r["layers"], f"{r['parameters'] / 1e9:,.2f} B", fmt_int_(r["kv_bytes_per_token_bf16"])]
+            [r["name"], r["attention"], r["layers"], "unknown" if r["parameters"] is None else f"{r['parameters'] / 1e9:,.2f} B", fmt_int_(r["kv_bytes_per_token_bf16"])]
             for r in records
         ]
         if fmt is OutputFormat.markdown:

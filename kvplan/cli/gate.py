@@ -364,7 +364,7 @@ def _evaluate(i: int, entry, name: str, base: Path, line_of: Callable, specs: di
 
 _SHARED_KEYS = (
     "gpu_memory", "gpu_bandwidth", "usd_per_hour", "gpu_bf16_tflops", "kv_cache_dtype", "state_dtype",
-    "context", "batch", "tp", "dtype", "activation_memory", "non_torch_memory", "bandwidth_efficiency",
+    "context", "batch", "tp", "dtype", "weights_bytes", "activation_memory", "non_torch_memory", "bandwidth_efficiency",
     "compute_efficiency", "prompt_tokens",
 )
 
@@ -452,7 +452,8 @@ def profile_figures(spec, engine: str, gpu: Optional[str], values: dict, *, kv_c
     settings = Settings(context=context, batch=batch, kv_cache_dtype=kv_cache_dtype, state_dtype=state_dtype, tp=tp,
                         gpu=gpu if resolved.gpu is not None else None, **gpu_flags,
                         gpu_label=None if resolved.gpu is None else resolved.gpu.name,
-                        dtype=deployment.get("dtype"), activation_memory=resolved.options.activation_bytes,
+                        dtype=deployment.get("dtype"), weights_bytes=deployment.get("weights_bytes"),
+                        activation_memory=resolved.options.activation_bytes,
                         non_torch_memory=resolved.options.non_torch_bytes, prompt_tokens=prompt_tokens,
                         engine_options={k: v for k, v in values.items() if v is not None})
     answer = run(spec, engine, settings)  # the engine's cache and, with a GPU, its budget rule, capacity, roofline
@@ -495,6 +496,7 @@ def diff(
     pp: O.pp = "1",
     engine: O.engine = "vllm",
     dtype: O.dtype = None,
+    weights_bytes: O.weights_bytes = None,
     state_dtype: O.state_dtype = None,
     block_size: O.block_size = None,
     gpu_memory: O.gpu_memory = None,
@@ -538,7 +540,7 @@ def diff(
         tp=tp, pp=pp, engine=engine, dtype=dtype,
     )
     # the planner's and the memory settings, as estimate takes them; in the JSON record when given
-    extra = dict(state_dtype=state_dtype, block_size=block_size, gpu_memory=gpu_memory,
+    extra = dict(state_dtype=state_dtype, block_size=block_size, gpu_memory=gpu_memory, weights_bytes=weights_bytes,
                  gpu_memory_utilization=gpu_memory_utilization, activation_memory=activation_memory,
                  non_torch_memory=non_torch_memory,
                  max_num_batched_tokens=parse_option("max_num_batched_tokens", max_num_batched_tokens),
@@ -593,6 +595,8 @@ def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: 
     from kvplan.plan.deploy import resolve_deployment
     from kvplan.engines.vllm_rules import kv_cache_dtype_refusal
 
+    if _weights_unknown(spec, extra):  # the KV figures stand; capacity waits for the weights (--weights-bytes)
+        return _kv_only_figures(spec, gpu, kv_cache_dtype, settings, options, label, extra)
     if options is not None:
         s = settings
         figures, resolved = profile_figures(spec, s["engine"], gpu, options, kv_cache_dtype=kv_cache_dtype,
@@ -696,7 +700,41 @@ def _pct(value: Optional[float]) -> str:
     return "0.00%" if value == 0 else f"{value:+.2f}%"
 
 
-def _diff_cell(metric: str, value: int, signed: bool = False) -> str:
+def _weights_unknown(spec, extra: Optional[dict]) -> bool:
+    """No weights to place on the GPU: no num_parameters, no file_weight_bytes, no --weights-bytes."""
+    return (spec.num_parameters is None and getattr(spec, "file_weight_bytes", None) is None
+            and (extra or {}).get("weights_bytes") is None)
+
+
+def _kv_only_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: Optional[dict], label: str,
+                     extra: Optional[dict]) -> tuple[dict, dict]:
+    """diff's KV figures of a spec whose weights are unknown; its capacity figures are None (said on stderr)."""
+    from kvplan.engines.compare import ideal_format
+    from kvplan.plan.deploy import resolve_deployment
+    from kvplan.plan.planner import missing_weights_problem
+
+    name = ideal_format(kv_cache_dtype, spec.dtype).name if options is not None else kv_cache_dtype
+    s = dict(settings, engine="ideal" if options is not None else settings["engine"])
+    if options is not None:
+        s["pp"] = 1
+    deployment = resolve_deployment(spec, gpu, kv_cache_dtype=name, **s, **(extra or {}))
+    layout = deployment.layout()
+    sys.stderr.write(f"note: {label}: max_concurrent_sequences and max_context_tokens not sized: "
+                     f"{missing_weights_problem(spec).split(': ', 1)[1]}\n")
+    figures = {
+        "kv_bytes_per_token": layout.kv_bytes_per_token,
+        "kv_bytes_per_sequence": layout.at(settings["context"], settings["batch"]).kv_bytes_per_sequence,
+        "max_concurrent_sequences": None,
+        "max_context_tokens": None,
+    }
+    gpu_name = deployment.gpu.name if deployment.gpu is not None else gpu
+    return figures, {"model": spec.name, "gpu": gpu_name, "kv_cache_dtype": deployment.kv_format.name,
+                     "weights_dtype": None}
+
+
+def _diff_cell(metric: str, value: Optional[int], signed: bool = False) -> str:
+    if value is None:
+        return "—"
     sign = "+" if signed and value > 0 else ""
     if metric.startswith("kv_bytes"):
         from kvplan.units import fmt_bytes

@@ -113,5 +113,6 @@ def register(app: typer.Typer) -> None:
         if again != spec:
             raise InputError(f"{path}: written, but it does not read back as the same spec (please report this)")
         sys.stderr.write(
-            f"wrote {path}: {spec.name}, {spec.num_hidden_layers} layers, {spec.num_parameters:,} parameters\n"
+            f"wrote {path}: {spec.name}, {spec.num_hidden_layers} layers, "
+            f"{'unknown' if spec.num_parameters is None else format(spec.num_parameters, ',')} parameters\n"
         )

@@ -458,6 +458,8 @@ def weights_text(r: dict) -> str:
     """The weights line's source: `from the file headers (GGUF tensor types); --dtype casts`,
     `bf16, --dtype` (given), or `bf16, --dtype; parameter formula` (the spec's dtype)."""
     source = r.get("weights_source", "")
+    if source == "--weights-bytes":
+        return "from --weights-bytes"
     if source.startswith("file headers"):
         return f"from the {source}; --dtype casts"
     if source.startswith("parameter formula"):

@@ -91,7 +91,10 @@ class ModelSpec(BaseModel, SpecDerived):
     model_type: Optional[str] = None
 
     # Sizes (HF config.json names)
-    num_parameters: PositiveInt  # total, every MoE expert counted
+    # Total, every MoE expert counted. None: unknown (a config.json whose model_type has no parameter formula and
+    # no weights beside it); the KV cache never needs it, capacity and latency on a GPU then refuse unless the
+    # weights' bytes come from the files' headers or --weights-bytes.
+    num_parameters: Optional[PositiveInt] = None
     num_active_parameters: Optional[PositiveInt] = None  # per token, MoE only
     hidden_size: PositiveInt
     num_hidden_layers: PositiveInt

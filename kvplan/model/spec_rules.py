@@ -147,7 +147,7 @@ SPEC_FIELDS: dict[str, tuple[Any, Any]] = {
     "source": ("source", REQUIRED),
     "notes": ("str", None),
     "model_type": ("str", None),
-    "num_parameters": ("positive", REQUIRED),
+    "num_parameters": ("positive", None),
     "num_active_parameters": ("positive", None),
     "hidden_size": ("positive", REQUIRED),
     "num_hidden_layers": ("positive", REQUIRED),
@@ -244,12 +244,17 @@ def spec_problem(spec: SpecDerived) -> Optional[str]:
     if spec.num_kv_shared_layers >= spec.num_hidden_layers:
         return "num_kv_shared_layers must leave at least one layer that owns its KV"
     embedding = spec.vocab_size * spec.hidden_size * (1 if spec.tie_word_embeddings else 2)
-    if spec.num_parameters < embedding:
+    if spec.num_parameters is None:
+        if spec.num_active_parameters is not None:
+            return "num_active_parameters needs num_parameters (the total, every expert counted)"
+        if spec.weights_quantized == "experts":
+            return "weights_quantized 'experts' needs num_parameters (the total, every expert counted)"
+    elif spec.num_parameters < embedding:
         return (
             f"num_parameters ({spec.num_parameters:,}) is smaller than the embedding and lm_head alone "
             f"(vocab_size x hidden_size{' x 2' if not spec.tie_word_embeddings else ''} = {embedding:,})"
         )
-    if spec.num_active_parameters is not None and spec.num_active_parameters > spec.num_parameters:
+    if spec.num_parameters is not None and spec.num_active_parameters is not None and spec.num_active_parameters > spec.num_parameters:
         return "num_active_parameters cannot exceed num_parameters"
     if spec.expert_layer_period is not None or spec.expert_layer_offset is not None:
         if not spec.num_routed_experts:

@@ -17,7 +17,7 @@ from kvplan.errors import InputError
 
 
 def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[str], activation: Optional[int],
-                  non_torch: Optional[int], label: Optional[str] = None):
+                  non_torch: Optional[int], label: Optional[str] = None, weights_bytes: Optional[int] = None):
     """The GPU and what besides the KV cache sits on it (per rank), for the profiles' budget rules."""
     from kvplan.engines import MemoryInputs
     from kvplan.plan.planner import (
@@ -34,7 +34,10 @@ def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[s
     dtype = weights_dtype or spec.weights_dtype or spec.dtype
     if dtype not in WEIGHT_DTYPES:
         raise InputError(f"--dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
-    weights = stage_weight_bytes(spec, [spec.num_hidden_layers], dtype, tp, from_file=weights_from_file(spec, weights_dtype))[0]
+    if weights_bytes is not None and weights_dtype is not None:
+        raise InputError("--weights-bytes gives the weights' bytes and --dtype casts them; give one of the two")
+    weights = stage_weight_bytes(spec, [spec.num_hidden_layers], dtype, tp, from_file=weights_from_file(spec, weights_dtype),
+                                 given_bytes=weights_bytes)[0]
     if activation is None:
         act = activation_estimate(spec, PlanOptions(context=context, tp=tp), 4 if dtype == "fp32" else 2, tp)
         source = ("estimated: one forward pass of 8,192 tokens (kvplan's vLLM profile-run estimate); "
@@ -43,7 +46,8 @@ def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[s
         act, source = activation, "--activation-memory"
     if non_torch is None:
         non_torch = DEFAULT_NON_TORCH_BYTES_TP if tp > 1 else DEFAULT_NON_TORCH_BYTES
-    return MemoryInputs(label or gpu.name, gpu.memory_bytes, weights, non_torch, act, source, weights_source(spec, weights_dtype))
+    return MemoryInputs(label or gpu.name, gpu.memory_bytes, weights, non_torch, act, source,
+                        weights_source(spec, weights_dtype, weights_bytes))
 
 
 def slots_for(engine: str, opts: Any) -> Any:

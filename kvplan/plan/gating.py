@@ -178,6 +178,7 @@ class DeploymentEntry(BaseModel):
     kv_cache_dtype: Text = "auto"
     state_dtype: Optional[Text] = None
     dtype: Optional[Literal[WEIGHT_DTYPES]] = None  # type: ignore[valid-type]
+    weights_bytes: Optional[ByteCount] = None  # the weights' total bytes when kvplan cannot size them
     block_size: Optional[PositiveInt] = None
     gpu_memory_utilization: Share = DEFAULT_GPU_MEMORY_UTILIZATION
     activation_memory: Optional[ByteCountOrZero] = None
@@ -563,21 +564,21 @@ class MetricDelta:
     """One figure before and after a spec change."""
 
     metric: str
-    before: int
-    after: int
+    before: Optional[int]  # None: not sized (a capacity figure of a spec whose weights are unknown)
+    after: Optional[int]
 
     @property
-    def delta(self) -> int:
-        return self.after - self.before
+    def delta(self) -> Optional[int]:
+        return None if self.before is None or self.after is None else self.after - self.before
 
     @property
     def delta_pct(self) -> Optional[float]:
-        """The change in % of `before`; None when before is 0."""
-        return None if self.before == 0 else self.delta / self.before * 100
+        """The change in % of `before`; None when before is 0 or a side is not sized."""
+        return None if self.delta is None or self.before == 0 else self.delta / self.before * 100
 
     def increase_exceeds(self, pct: float) -> bool:
         """True when the figure grew by more than `pct` % (any growth from 0 counts)."""
-        if self.delta <= 0:
+        if self.delta is None or self.delta <= 0:
             return False
         return self.before == 0 or self.delta * 100 > pct * self.before
 

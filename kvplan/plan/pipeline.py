@@ -48,6 +48,7 @@ class Settings(NamedTuple):
     gpu_bf16_tflops: Optional[float] = None
     gpu_label: Optional[str] = None  # the name results give the GPU (None: its name with the overrides named)
     dtype: Optional[str] = None  # weights
+    weights_bytes: Size = None  # --weights-bytes: the weights' total bytes, for a model kvplan cannot size them for
     block_size: Optional[int] = None  # vllm / ideal
     gpu_memory_utilization: Optional[float] = None  # vllm / ideal
     max_num_batched_tokens: Optional[int] = None  # vllm / ideal
@@ -236,7 +237,7 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
     gpu, label = device(s)
     needs_gpu = {"--calibration": s.calibration, "--requests-per-s": s.requests_per_s,
                  "--bandwidth-efficiency": s.bandwidth_efficiency, "--compute-efficiency": s.compute_efficiency,
-                 "--gpu-memory-utilization": s.gpu_memory_utilization,
+                 "--gpu-memory-utilization": s.gpu_memory_utilization, "--weights-bytes": s.weights_bytes,
                  "--output-tokens": None if engine in PLANNED else s.output_tokens}
     given = [flag for flag, value in needs_gpu.items() if value is not None]
     if gpu is None and given:  # never ignored in silence: it would change nothing
@@ -280,6 +281,9 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
         return out
     activation = _bytes(s.activation_memory, "--activation-memory")
     non_torch = _bytes(s.non_torch_memory, "--non-torch-memory")
+    weights_bytes = _bytes(s.weights_bytes, "--weights-bytes")
+    if gpu is None and weights_bytes is not None:  # never ignored in silence: it would change nothing
+        raise InputError("--weights-bytes needs a GPU: --gpu is needed for capacity (or --gpu-memory)")
     if gpu is not None:
         from dataclasses import replace
 
@@ -294,7 +298,7 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
                 out.append(Answer(engine, spec.name, c, b, cache))
                 continue
             mem = memory_inputs(spec, gpu, context=c, tp=s.tp, weights_dtype=s.dtype, activation=activation,
-                                non_torch=non_torch, label=label)
+                                non_torch=non_torch, label=label, weights_bytes=weights_bytes)
             cap = module.capacity(spec, c, b, opts, mem, **kw)
             max_context = roof = None
             if cache.kv_bytes_total is not None:  # refused, or a pool kvplan does not size: no search, no roofline
@@ -327,7 +331,7 @@ def plan_options(spec, engine: str, s: Settings, context: int, batch: int, block
     planned = engine in PLANNED_NAMES
     return deploy.plan_options(
         spec, context=context, batch=batch, tp=s.tp, pp=s.pp if planned else 1, engine=engine if planned else "ideal",
-        block_size=block_size, dtype=s.dtype, gpu_memory_utilization=s.gpu_memory_utilization if planned else None,
+        block_size=block_size, dtype=s.dtype, weights_bytes=s.weights_bytes, gpu_memory_utilization=s.gpu_memory_utilization if planned else None,
         activation_memory=s.activation_memory, non_torch_memory=s.non_torch_memory,
         max_num_batched_tokens=s.max_num_batched_tokens if planned else None, bandwidth_efficiency=bw_eff,
         compute_efficiency=s.compute_efficiency, prompt_tokens=s.prompt_tokens,

@@ -94,6 +94,7 @@ class PlanOptions:
     engine: Engine = Engine.vllm
     block_size: int | None = None  # None: the engine's default
     weights_dtype: str | None = None  # None: the model's dtype
+    weights_bytes: int | None = None  # --weights-bytes: the weights' total bytes, given (None: from the files or formula)
     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
     activation_bytes: int | None = None  # None: estimated (see activation_estimate)
     non_torch_bytes: int | None = None  # None: DEFAULT_NON_TORCH_BYTES(_TP)
@@ -252,11 +253,43 @@ def expert_weight_bytes(spec: ModelSpec, dtype: str) -> int:
     return 2 * width * weight_bytes(hidden, dtype) + hidden * weight_bytes(width, dtype)
 
 
-def body_parameters(spec: ModelSpec, *, active: bool) -> int:
+def body_parameters(spec: ModelSpec, *, active: bool, total: int | None = None) -> int:
     """Parameters of the layers, without the input embedding and the lm_head: the matmul
-    work of every token (the embedding is a lookup; the lm_head runs only where logits are wanted)."""
+    work of every token (the embedding is a lookup; the lm_head runs only where logits are wanted).
+    `total`: the parameters when the spec does not know them (flop_parameters)."""
     embed, head = _embedding_params(spec)
+    if spec.num_parameters is None:
+        assert total is not None
+        return max(0, total - embed - head)
     return max(0, (spec.active_parameters if active else spec.num_parameters) - embed - head)
+
+
+# Bytes a weight takes per dtype, to count parameters from given bytes (FLOPs only; the bytes stay exact).
+_BYTES_PER_WEIGHT = {"bf16": 2, "fp16": 2, "fp32": 4, "fp8": 1, "int8": 1, "int4": 0.5, "mxfp4": 0.5}
+
+
+def flop_parameters(spec: ModelSpec, dtype: str, given_bytes: int | None) -> tuple[int | None, str]:
+    """(parameters for the FLOP count, how they were had): the spec's own, else the weights' bytes
+    (--weights-bytes, or the files' headers) over the bytes per weight of `dtype`."""
+    if spec.num_parameters is not None:
+        return spec.num_parameters, ""
+    fw = getattr(spec, "file_weight_bytes", None)
+    total_bytes = given_bytes if given_bytes is not None else (
+        fw.embedding + fw.lm_head + fw.body + fw.routed_experts if fw is not None else None)
+    if total_bytes is None:
+        return None, ""
+    per = _BYTES_PER_WEIGHT.get(dtype, 2)
+    return int(total_bytes / per), f"FLOPs count weight bytes / {per:g} B per {dtype} weight as parameters (num_parameters unknown)"
+
+
+def missing_weights_problem(spec: ModelSpec) -> str:
+    """The refusal when a GPU question needs the weights and none of the three ways gives them."""
+    return (
+        f"{spec.name}: capacity on a GPU needs the weights' size, and kvplan has none (num_parameters unknown: "
+        f"model_type {spec.model_type or 'unknown'!r} has no parameter formula in kvplan); "
+        "put the weights' safetensors or GGUF headers beside config.json, give num_parameters in a spec YAML, "
+        "or pass --weights-bytes (e.g. --weights-bytes 160GB)"
+    )
 
 
 def lm_head_flops(spec: ModelSpec) -> int:
@@ -273,8 +306,10 @@ def weights_from_file(spec: ModelSpec, dtype_flag: str | None) -> bool:
     return dtype_flag is None and getattr(spec, "file_weight_bytes", None) is not None
 
 
-def weights_source(spec: ModelSpec, dtype_flag: str | None) -> str:
-    """Where the weight bytes come from: the file's headers, --dtype, or the parameter formula in the spec's dtype."""
+def weights_source(spec: ModelSpec, dtype_flag: str | None, given_bytes: int | None = None) -> str:
+    """Where the weight bytes come from: --weights-bytes, the file's headers, --dtype, or the parameter formula."""
+    if given_bytes is not None:
+        return "--weights-bytes"
     if dtype_flag is not None:
         return f"--dtype {dtype_flag}"
     if weights_from_file(spec, None):
@@ -318,13 +353,29 @@ def file_stage_weight_bytes(
     return out
 
 
+def given_stage_weight_bytes(spec: ModelSpec, layers_per_stage: list[int], given_bytes: int, tp: int, *,
+                             active: bool = False) -> list[int]:
+    """stage_weight_bytes from --weights-bytes: the given total split evenly per layer, each stage sharded over tp.
+
+    Nothing says where its embedding or experts lie, so it is placed as a body; `active` reads the share
+    num_active_parameters / num_parameters of it when the spec knows both (MoE), else all of it.
+    """
+    total = given_bytes
+    if active and spec.num_parameters and spec.num_active_parameters:
+        total = given_bytes * spec.num_active_parameters // spec.num_parameters
+    layers = spec.num_hidden_layers
+    return [ceil_div(total * n // layers, tp) for n in layers_per_stage]
+
+
 def stage_weight_bytes(
     spec: ModelSpec, layers_per_stage: list[int], dtype: str, tp: int, *, active: bool = False, lookup_tokens: int | None = None,
-    from_file: bool = False,
+    from_file: bool = False, given_bytes: int | None = None,
 ) -> list[int]:
     """Weight bytes one tensor-parallel rank of each stage holds (or reads, `active`).
 
-    `from_file`: the bytes the file's headers declare (file_stage_weight_bytes); `dtype` is then unused.
+    `given_bytes`: --weights-bytes (given_stage_weight_bytes); `from_file`: the bytes the file's headers
+    declare (file_stage_weight_bytes); `dtype` is then unused. Neither, and no num_parameters: refused
+    (missing_weights_problem).
 
     `lookup_tokens`: what a forward pass of that many tokens reads of the input
     embedding: one row per token, not the table (a tied table on a single stage is
@@ -337,8 +388,12 @@ def stage_weight_bytes(
     lm_head on the last; both are vocab-sharded over tp and stay 16-bit when the body
     is quantised. MoE: all experts are held (`active` counts the routed ones a token uses).
     """
+    if given_bytes is not None:
+        return given_stage_weight_bytes(spec, layers_per_stage, given_bytes, tp, active=active)
     if from_file:
         return file_stage_weight_bytes(spec, layers_per_stage, tp, active=active, lookup_tokens=lookup_tokens)
+    if spec.num_parameters is None:
+        raise InputError(missing_weights_problem(spec))
     total = spec.active_parameters if active else spec.num_parameters
     embed, head = _embedding_params(spec)
     body = max(0, total - embed - head)
@@ -460,9 +515,12 @@ class Planner:
         self.layout = CacheLayout(spec, kv_format, block_size=self.block_size, tp=opts.tp, pp=opts.pp, state_format=state_format)
         self.weights_dtype = opts.weights_dtype or spec.weights_dtype or spec.dtype
         self.dtype_bytes = 4 if self.weights_dtype == "fp32" else 2
+        if opts.weights_bytes is not None and opts.weights_dtype is not None:
+            raise InputError("--weights-bytes gives the weights' bytes and --dtype casts them; give one of the two")
         self.weights_from_file = weights_from_file(spec, opts.weights_dtype)
         self.stage_weights = self._stage_weights()
         self.usable = usable_bytes(gpu.memory_bytes, opts.gpu_memory_utilization)  # ceil, as vLLM
+        self.flop_parameters, self.flop_parameters_note = flop_parameters(spec, self.weights_dtype, opts.weights_bytes)
         self.activation_estimated = opts.activation_bytes is None
         self.activation = (
             activation_estimate(spec, opts, self.dtype_bytes, opts.tp) if opts.activation_bytes is None else opts.activation_bytes
@@ -481,7 +539,8 @@ class Planner:
     def _stage_weights(self, *, active: bool = False, lookup_tokens: int | None = None) -> list[int]:
         """Weight bytes per rank of each stage: from the file's headers, or the formula in weights_dtype."""
         return stage_weight_bytes(self.spec, self.layout.layers_per_stage, self.weights_dtype, self.opts.tp, active=active,
-                                  lookup_tokens=lookup_tokens, from_file=self.weights_from_file)
+                                  lookup_tokens=lookup_tokens, from_file=self.weights_from_file,
+                                  given_bytes=self.opts.weights_bytes)
 
     # -- capacity ---------------------------------------------------------
 
@@ -513,7 +572,7 @@ class Planner:
 
         tight = self.pool.tight
         return MemoryInputs(label, self.gpu.memory_bytes, self.stage_weights[tight], self.non_torch, self.activation,
-                            activation_source, weights_source(self.spec, self.opts.weights_dtype),
+                            activation_source, weights_source(self.spec, self.opts.weights_dtype, self.opts.weights_bytes),
                             tuple(self.stage_weights))
 
     # -- latency ---------------------------------------------------------
@@ -539,7 +598,7 @@ class Planner:
             read_weights = active_weights[i] + int((held_weights[i] - active_weights[i]) * share)
             kv = batch * self.layout.stage_rank_bytes(counts, context, paged=False) if kv_bytes_per_rank is None else kv_bytes_per_rank
             step_bytes = read_weights + kv
-            body_stage = body_parameters(spec, active=True) * self.layout.layers_per_stage[i] // layers
+            body_stage = body_parameters(spec, active=True, total=self.flop_parameters) * self.layout.layers_per_stage[i] // layers
             logits = lm_head_flops(spec) if i == len(self.layout.layers_per_stage) - 1 else 0
             flops = batch * ((2 * body_stage + logits) // tp + attention_flops_decode(spec, counts, self.layout, context, tp))
             t_mem, t_compute = step_bytes / bandwidth, (flops / peak if peak else 0.0)
@@ -566,7 +625,7 @@ class Planner:
         weights = self.stage_weights
         seconds = 0.0
         for i, counts in enumerate(self.layout.stage_kind_counts):
-            params = body_parameters(spec, active=True) * self.layout.layers_per_stage[i] // spec.num_hidden_layers
+            params = body_parameters(spec, active=True, total=self.flop_parameters) * self.layout.layers_per_stage[i] // spec.num_hidden_layers
             attn = attention_flops_prefill(spec, counts, self.layout, prompt, tp) - attention_flops_prefill(
                 spec, counts, self.layout, cached_prefix, tp
             ) if cached_prefix else attention_flops_prefill(spec, counts, self.layout, prompt, tp)
@@ -620,7 +679,7 @@ class Planner:
             kv_cache_dtype=self.kv_format.name,
             weights_dtype=self.weights_dtype,
             weights_quantized=spec.weights_quantized,
-            weights_source=weights_source(spec, opts.weights_dtype),
+            weights_source=weights_source(spec, opts.weights_dtype, opts.weights_bytes),
             block_size=self.block_size,
             gpu_memory_bytes=gpu.memory_bytes,
             gpu_memory_utilization=opts.gpu_memory_utilization,
@@ -771,6 +830,13 @@ class Planner:
 
     def _weights_assumption(self) -> str:
         where = "embeddings on the first stage, lm_head on the last, vocab-sharded over tp"
+        if self.opts.weights_bytes is not None:
+            moe = self.spec.num_parameters and self.spec.num_active_parameters
+            return ("--weights-bytes split evenly per layer over the stages, sharded over tp"
+                    + ("; a decode step reads num_active_parameters / num_parameters of it" if moe else "")
+                    + (f"; {self.flop_parameters_note}" if self.flop_parameters_note else ""))
+        if self.flop_parameters_note:
+            return f"bytes as the file's headers declare them; {where}; {self.flop_parameters_note}"
         if self.weights_from_file:
             return (f"bytes as the file's headers declare them; body split evenly per layer, routed experts by the "
                     f"MoE layers each stage holds; {where}")

@@ -20,10 +20,22 @@ What each type means for the KV cache (read from transformers' configuration_*.p
 - DeepSeek-V2/V3: MLA (`kv_lora_rank` + `qk_rope_head_dim` cached per token);
 - Falcon: `new_decoder_architecture` -> `num_kv_heads`; else `multi_query` -> 1 KV head;
 - GPT-2: `n_layer` / `n_head` / `n_embd` / `n_positions`;
-- multimodal configs: the nested `text_config` is sized (the vision tower is not).
+- multimodal configs: the nested `text_config` is sized (the vision tower is not);
+- gpt_bigcode (StarCoder, SantaCoder): GPT-2's names, `multi_query` (default true) -> 1 KV head;
+- MiniMax-M2: every layer full attention (`attn_type_list` must list 1 for each);
+- Cohere2: `layer_types`, else sliding unless (i + 1) % `sliding_window_pattern` == 0 (default 4),
+  head_dim always hidden / heads;
+- SmolLM3: `no_rope_layers` changes only the rotation (NoPE layers cache K and V); a layer slides only
+  with `use_sliding_window` and a window;
+- GLM-4.5/4.6 (`glm4_moe`): GQA, DeepSeek-style MoE; GLM-4.7-Flash (`glm4_moe_lite`): DeepSeek-V3's MLA.
+
+Fail closed: a field that can change the cache (kvplan.sources.cache_fields) that the type's handler did
+not read is refused, naming it, for known and unknown types alike; a handler declares what it reads by
+reading it through `_Cfg` (or `c.declare` for a field it weighs without looking up).
 
 `num_parameters` needs weights; `Converted.parameters` is the analytic count of the
-(text) model from config.json, for when no safetensors headers are at hand.
+(text) model from config.json, for when no safetensors headers are at hand (None for a type without a
+formula: the KV cache does not need it).
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from kvplan.errors import InputError
+from kvplan.sources.cache_fields import ReadRecorder, shown, unread_cache_fields
 from kvplan.model.shape import LAYER_TYPE_ALIASES
 from kvplan.model.spec_rules import SIZE_LIMITS, layer_fields, size_limit_problem
 
@@ -98,6 +111,29 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                         attention_bias=False, num_nextn_predict_layers=0),
     "gpt2": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
                  tie_word_embeddings=True),
+    # GPTBigCodeConfig (5.25): multi_query defaults to true (StarCoder, SantaCoder).
+    "gpt_bigcode": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
+                        multi_query=True, tie_word_embeddings=True),
+    "minimax_m2": dict(vocab_size=200064, hidden_size=3072, intermediate_size=1536, num_hidden_layers=62,
+                       num_attention_heads=48, num_key_value_heads=8, head_dim=128, max_position_embeddings=196608,
+                       tie_word_embeddings=False, num_experts_per_tok=8, num_local_experts=256),
+    "cohere2": dict(vocab_size=256000, hidden_size=8192, intermediate_size=22528, num_hidden_layers=40,
+                    num_attention_heads=64, num_key_value_heads=None, max_position_embeddings=8192,
+                    tie_word_embeddings=True, attention_bias=False, sliding_window=4096, sliding_window_pattern=4),
+    "smollm3": dict(vocab_size=128256, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                    num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=32768,
+                    use_sliding_window=False, sliding_window=None, no_rope_layers=None, no_rope_layer_interval=4,
+                    attention_bias=False, mlp_bias=False, tie_word_embeddings=True),
+    "glm4_moe": dict(vocab_size=151552, hidden_size=4096, intermediate_size=10944, num_hidden_layers=46,
+                     num_attention_heads=96, num_key_value_heads=8, max_position_embeddings=131072,
+                     tie_word_embeddings=False, attention_bias=False, moe_intermediate_size=1408,
+                     num_experts_per_tok=8, n_shared_experts=1, n_routed_experts=128, first_k_dense_replace=1,
+                     use_qk_norm=False),
+    "glm4_moe_lite": dict(vocab_size=154880, hidden_size=2048, intermediate_size=10240, moe_intermediate_size=1536,
+                          num_hidden_layers=47, num_attention_heads=20, num_key_value_heads=20, n_shared_experts=1,
+                          n_routed_experts=64, kv_lora_rank=512, q_lora_rank=768, qk_rope_head_dim=64,
+                          v_head_dim=256, qk_nope_head_dim=192, num_experts_per_tok=4,
+                          max_position_embeddings=202752, tie_word_embeddings=False, attention_bias=False),
     "gpt_neox": dict(vocab_size=50432, hidden_size=6144, num_hidden_layers=44, num_attention_heads=64,
                      intermediate_size=24576, max_position_embeddings=2048, tie_word_embeddings=False,
                      attention_bias=True),
@@ -124,6 +160,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                         num_local_experts=16, moe_layers=None, interleave_moe_layer_step=1, no_rope_layers=None,
                         no_rope_layer_interval=4, attention_chunk_size=8192, attention_bias=False),
 }
+
+# transformers' config class names the title-cased model_type does not spell.
+_CONFIG_CLASSES = {"gpt_bigcode": "GPTBigCode", "smollm3": "SmolLM3", "minimax_m2": "MiniMaxM2"}
 
 # Old or wrapper `model_type`s that read as a known one.
 TYPE_ALIASES = {
@@ -157,6 +196,12 @@ ARCHITECTURE_TYPES = {
     "Gemma3ForCausalLM": "gemma3_text",
     "DeepseekV2ForCausalLM": "deepseek_v2",
     "DeepseekV3ForCausalLM": "deepseek_v3",
+    "GPTBigCodeForCausalLM": "gpt_bigcode",
+    "MiniMaxM2ForCausalLM": "minimax_m2",
+    "Cohere2ForCausalLM": "cohere2",
+    "SmolLM3ForCausalLM": "smollm3",
+    "Glm4MoeForCausalLM": "glm4_moe",
+    "Glm4MoeLiteForCausalLM": "glm4_moe_lite",
     "GPT2LMHeadModel": "gpt2",
     "GPTNeoXForCausalLM": "gpt_neox",
     "FalconForCausalLM": "falcon",
@@ -231,7 +276,9 @@ class _Cfg:
     """Field access with transformers' defaults, remembering which defaults were used."""
 
     def __init__(self, raw: dict[str, Any], defaults: dict[str, Any], where: str):
-        self.raw, self.defaults, self.where = raw, defaults, where
+        # every key a handler looks up is recorded: what it reads is what it declares it understands
+        # (kvplan.sources.cache_fields refuses a cache-relevant field it left unread)
+        self.raw, self.defaults, self.where = ReadRecorder(raw), defaults, where
         self.defaulted: list[str] = []
         self.notes: list[str] = []  # what a converter could not say in spec fields
 
@@ -261,6 +308,24 @@ class _Cfg:
 
     def flag(self, key: str) -> bool:
         return bool(self.get(key, False))
+
+    def peek(self, key: str) -> Any:
+        """config.json's value of `key` (None when absent) without counting it as read."""
+        return dict.get(self.raw, key)
+
+    def declare(self, *keys: str) -> None:
+        """Mark `keys` as weighed by the handler without being looked up (e.g. max_window_layers when
+        use_sliding_window is false: it then means nothing)."""
+        self.raw.read.update(keys)
+
+    def refuse_unread(self, model_type: str) -> None:
+        """Refuse the first cache-relevant field of config.json the handler did not read (fail closed)."""
+        for key, value, why in unread_cache_fields(self.raw, self.raw.read)[:1]:
+            raise ConfigError(
+                f"{self.where}: {key} is {shown(value)}, a field that can change the KV cache ({why}), and kvplan "
+                f"does not read it for model_type {model_type!r}; refused rather than guessed (write a spec YAML "
+                "that states the layers as the model runs them)"
+            )
 
 
 # ------------------------------------------------------------------ parameter pieces
@@ -330,6 +395,7 @@ def _windowed_layers(
     if explicit is not None:
         return explicit, window
     if window is None:
+        c.declare("sliding_window", "max_window_layers")  # use_sliding_window false: neither means anything
         return None, None
     limit = c.int("max_window_layers", zero_ok=True)
     return ["sliding_attention" if slides(i, limit) else "full_attention" for i in range(layers)], window
@@ -350,6 +416,8 @@ def _qwen3_moe_layers(c: _Cfg, layers: int) -> tuple[Optional[list[str]], Option
     """Qwen3-MoE (transformers 5.25): Qwen3MoeConfig has no layer_types and no max_window_layers (a
     config.json's are not read); with use_sliding_window every Qwen3MoeAttention takes sliding_window."""
     window = c.get("sliding_window") if c.flag("use_sliding_window") else None
+    # Qwen3MoeConfig has no layer_types nor max_window_layers, and vLLM 0.32's qwen3_moe.py reads neither
+    c.declare("sliding_window", "max_window_layers", "layer_types")
     return (["sliding_attention"] * layers if window is not None else None), window
 
 
@@ -471,6 +539,9 @@ def _gemma(c: _Cfg):
 
 
 def _gemma2(c: _Cfg):
+    # Gemma2Config (5.25) has no sliding_window_size, an older name google/gemma-2-* configs still carry beside
+    # sliding_window (the same 4096); transformers and vLLM (models/gemma2.py) read sliding_window only.
+    c.declare("sliding_window_size")
     bias = c.flag("attention_bias")
     return _llama_like(c, qkv_bias=bias, o_bias=bias, norms_per_layer=4, kinds=lambda c, n: _pattern_layers(c, n, 2))
 
@@ -655,6 +726,201 @@ def _gpt2(c: _Cfg):
     return f, total + positions * n, inactive
 
 
+def _gpt_bigcode(c: _Cfg):
+    """StarCoder / SantaCoder (transformers 5.25 modeling_gpt_bigcode): GPT-2's field names; multi_query
+    (default true) caches one KV head, else n_head (GPTBigCodeAttention.__init__: kv_heads = 1 if multi_query)."""
+    n = c.int("n_embd")
+    L, heads, vocab = c.int("n_layer"), c.int("n_head"), c.int("vocab_size")
+    positions = c.int("n_positions")
+    inner = c.int("n_inner", required=False) or 4 * n
+    if n % heads:
+        raise ConfigError(f"{c.where}: n_embd {n} is not a multiple of n_head {heads}")
+    hd = n // heads
+    kv = 1 if c.flag("multi_query") else heads
+    c.declare("num_key_value_heads")  # GPTBigCodeConfig.__post_init__ derives it from multi_query, as here
+    f = {
+        "hidden_size": n,
+        "num_hidden_layers": L,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "head_dim": hd,
+        "intermediate_size": inner,
+        "vocab_size": vocab,
+        "max_position_embeddings": positions,
+        "tie_word_embeddings": bool(c.get("tie_word_embeddings", True)),
+    }
+    # modeling_gpt_bigcode: wte + wpe; per block ln_1, c_attn (n -> n + 2 x kv x head_dim, bias), c_proj
+    # (bias), ln_2, c_fc and c_proj (biases); LayerNorms with biases; ln_f; lm_head tied.
+    parts = _Layers(
+        attention=_linear(n, n + 2 * kv * hd, True) + _linear(n, n, True),
+        norms=2 * (2 * n),
+        mlp=lambda i: _linear(n, inner, True) + _linear(inner, n, True),
+    )
+    total, inactive = _decoder_total(n, L, vocab, f["tie_word_embeddings"], parts, 2 * n)
+    return f, total + positions * n, inactive
+
+
+def _minimax_m2(c: _Cfg):
+    """MiniMax-M2.x: every layer full attention (transformers 5.25 modeling_minimax_m2: "No sliding window";
+    vLLM 0.32 minimax_m2.py passes no window). attn_type_list is MiniMax-Text-01's per-layer switch (0 = linear
+    "lightning" attention, 1 = softmax attention): M2 lists 1 for every layer; any 0 is refused, as neither
+    engine would run it for this model_type."""
+    f = _common(c)
+    h, L, hd = f["hidden_size"], f["num_hidden_layers"], f["head_dim"]
+    heads, kv = f["num_attention_heads"], f["num_key_value_heads"]
+    types = c.get("attn_type_list")
+    if types is not None:
+        if not isinstance(types, list) or len(types) != L:
+            count = len(types) if isinstance(types, list) else 0
+            raise ConfigError(f"{c.where}: attn_type_list has {count} entries but num_hidden_layers is {L}")
+        other = next((t for t in types if t != 1 or isinstance(t, bool)), None)
+        if other is not None:
+            raise ConfigError(
+                f"{c.where}: attn_type_list has {other!r}: MiniMax-M2 runs every layer as full attention (1); "
+                "0 is MiniMax-Text-01's linear attention, which neither transformers nor vLLM runs for minimax_m2"
+            )
+    inter = c.int("intermediate_size")
+    E, k = c.int("num_local_experts"), c.int("num_experts_per_tok")
+    expert = _gated_mlp(h, inter)
+    # modeling_minimax_m2: q/k/v/o without bias, q_norm over heads x head_dim and k_norm over kv x head_dim
+    # (RMSNorm weights), a router (E x h) and its e_score_correction_bias (E, a stored buffer), E experts.
+    parts = _Layers(
+        attention=_attention(h, heads, kv, hd, False, False) + heads * hd + kv * hd,
+        norms=2 * h,
+        mlp=lambda i: E * expert + _linear(h, E) + E,
+        inactive=lambda i: (E - k) * expert,
+    )
+    total, inactive = _decoder_total(h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
+    _moe_fields(f, E, k, None)
+    return f, total, inactive
+
+
+def _cohere2(c: _Cfg):
+    """Command R7B / A (transformers 5.25 Cohere2Config.__post_init__): head_dim is always hidden / heads;
+    layer_types, else sliding unless (i + 1) % sliding_window_pattern == 0 (default 4).
+
+    vLLM 0.32 (commandr.py) gives a sliding layer sliding_window + 1 tokens ("cohere swa layer sees [pos -
+    sliding_window, pos]"); kvplan sizes the window transformers gives (a note says so)."""
+    c.declare("head_dim")  # Cohere2Config overwrites it with hidden_size // num_attention_heads
+    h, heads = c.int("hidden_size"), c.int("num_attention_heads")
+    if h % heads:
+        raise ConfigError(f"{c.where}: hidden_size {h} is not a multiple of num_attention_heads {heads}")
+    f = _common(c)
+    f["head_dim"] = h // heads
+    L = f["num_hidden_layers"]
+    inter = c.int("intermediate_size")
+    explicit = _check_layer_types(c, L)
+    window = c.get("sliding_window")
+    if explicit is not None:
+        layer_types = explicit
+        c.declare("sliding_window_pattern")  # layer_types wins (Cohere2Config)
+    else:
+        period = c.int("sliding_window_pattern")
+        layer_types = ["sliding_attention" if (i + 1) % period else "full_attention" for i in range(L)]
+    if window is None:  # a null window: no layer slides (Cohere2Attention: sliding_window None)
+        layer_types = ["full_attention"] * L
+    _apply_kinds(f, layer_types, window, None, c.where)
+    if "sliding_attention" in layer_types:
+        c.notes.append(
+            f"sliding layers hold {window:,} tokens, as transformers' Cohere2 runs them; vLLM 0.32 (commandr.py) "
+            f"gives them sliding_window + 1 = {window + 1:,}"
+        )
+    bias = c.flag("attention_bias")
+    # modeling_cohere2: one LayerNorm (weight only) per layer before the parallel attention and MLP.
+    parts = _Layers(
+        attention=_attention(h, heads, f["num_key_value_heads"], f["head_dim"], bias, bias),
+        norms=h,
+        mlp=lambda i: _gated_mlp(h, inter),
+    )
+    total, inactive = _decoder_total(h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
+    return f, total, inactive
+
+
+def _smollm3(c: _Cfg):
+    """SmolLM3 (transformers 5.25 SmolLM3Config): no_rope_layers (1 = RoPE, default a NoPE layer every
+    no_rope_layer_interval-th) changes only the rotation: NoPE layers still cache K and V. A layer slides only
+    when use_sliding_window and sliding_window are set (SmolLM3Attention), in layer_types or, by default, on
+    NoPE layers."""
+    L = c.int("num_hidden_layers")
+    no_rope = c.get("no_rope_layers")
+    if no_rope is None:
+        no_rope = [int((i + 1) % c.int("no_rope_layer_interval") != 0) for i in range(L)]
+    elif not isinstance(no_rope, list) or len(no_rope) != L or any(v not in (0, 1) for v in no_rope):
+        raise ConfigError(f"{c.where}: no_rope_layers is {shown(no_rope)}, not {L} entries of 0 or 1")
+    # no_rope_layer_interval builds the default above; max_window_layers is no SmolLM3Config field (HuggingFaceTB/
+    # SmolLM3-3B's config.json carries 28 from Qwen2's template; transformers and vLLM's transformers backend
+    # never read it)
+    c.declare("no_rope_layer_interval", "max_window_layers")
+    use_window = c.flag("use_sliding_window")
+    window = c.get("sliding_window") if use_window else None
+    explicit = _check_layer_types(c, L)
+    if not use_window or window is None:
+        if explicit is not None and "sliding_attention" in explicit:
+            raise ConfigError(
+                f"{c.where}: layer_types names sliding layers but use_sliding_window is false or sliding_window "
+                "null: transformers runs them as full attention, vLLM's transformers backend may slide them; "
+                "refused rather than guessed"
+            )
+        c.declare("sliding_window")
+        layer_types = None
+    else:
+        layer_types = explicit or ["full_attention" if no_rope[i] else "sliding_attention" for i in range(L)]
+
+    def kinds(c, n):
+        return layer_types, window
+
+    bias = c.flag("attention_bias")
+    return _llama_like(c, qkv_bias=bias, o_bias=bias, mlp_bias=c.flag("mlp_bias"), kinds=kinds)
+
+
+def _glm4_moe(c: _Cfg):
+    """GLM-4.5 / 4.6 / 4.7 (transformers 5.25 modeling_glm4_moe; vLLM 0.32 glm4_moe.py): grouped-query
+    attention (head_dim from config.json, else hidden / heads), DeepSeek-style MoE from layer
+    first_k_dense_replace on; the multi-token-prediction layers (num_nextn_predict_layers) are not counted."""
+    f = _common(c)
+    h, L, hd = f["hidden_size"], f["num_hidden_layers"], f["head_dim"]
+    heads, kv = f["num_attention_heads"], f["num_key_value_heads"]
+    inter, moe_inter = c.int("intermediate_size"), c.int("moe_intermediate_size")
+    E, k = c.int("n_routed_experts"), c.int("num_experts_per_tok")
+    n_shared = c.int("n_shared_experts", zero_ok=True)
+    first_dense = c.int("first_k_dense_replace", zero_ok=True)
+    bias = c.flag("attention_bias")
+    expert = _gated_mlp(h, moe_inter)
+    # Glm4MoeAttention: q/k/v with attention_bias, o_proj without; q_norm / k_norm (head_dim each) when
+    # use_qk_norm. Glm4MoeMoE: router (E x h) + e_score_correction_bias (E), E experts, shared experts of
+    # moe_intermediate_size x n_shared_experts.
+    attention = _attention(h, heads, kv, hd, bias, False) + (2 * hd if c.flag("use_qk_norm") else 0)
+    shared = _gated_mlp(h, moe_inter * n_shared) if n_shared else 0
+    parts = _Layers(
+        attention=attention,
+        norms=2 * h,
+        mlp=lambda i: (E * expert + _linear(h, E) + E + shared) if i >= first_dense else _gated_mlp(h, inter),
+        inactive=lambda i: (E - k) * expert if i >= first_dense else 0,
+    )
+    total, inactive = _decoder_total(h, L, f["vocab_size"], f["tie_word_embeddings"], parts, h)
+    f.update(n_routed_experts=E, num_experts_per_tok=k, moe_intermediate_size=moe_inter,
+             n_shared_experts=n_shared, first_k_dense_replace=first_dense)
+    return f, total, inactive
+
+
+def _glm4_moe_lite(c: _Cfg):
+    """GLM-4.7-Flash: DeepSeek-V3's MLA and MoE (vLLM 0.32 glm4_moe_lite.py builds DeepseekV2 attention; MoE
+    where layer_idx >= first_k_dense_replace and layer_idx % moe_layer_freq == 0, moe_layer_freq default 1).
+    transformers 5.25 places the MoE by mlp_layer_types (default: layer 0 dense, the rest sparse) instead."""
+    L = c.int("num_hidden_layers")
+    types = c.get("mlp_layer_types")
+    if types is not None:
+        dense = next((i for i, t in enumerate(types) if t != "dense"), len(types)) if isinstance(types, list) else 0
+        if not isinstance(types, list) or len(types) != L or any(t != "sparse" for t in types[dense:]):
+            raise ConfigError(f"{c.where}: mlp_layer_types is {shown(types)}: kvplan counts only dense layers "
+                              f"first, then sparse ones, over {L} layers")
+        c.raw.setdefault("first_k_dense_replace", dense)
+    c.raw.setdefault("first_k_dense_replace", 1)  # Glm4MoeLiteConfig's default mlp_layer_types: one dense layer
+    c.raw.setdefault("moe_layer_freq", 1)  # vLLM's getattr default; transformers has no such field
+    c.declare("qk_head_dim")  # Glm4MoeLiteConfig.__post_init__ derives it: qk_nope_head_dim + qk_rope_head_dim
+    return _deepseek(c, v3=True)
+
+
 def _gpt_neox(c: _Cfg):
     f = _common(c)
     h, L = f["hidden_size"], f["num_hidden_layers"]
@@ -676,6 +942,8 @@ def _falcon(c: _Cfg):
     L, vocab = c.int("num_hidden_layers"), c.int("vocab_size")
     new_arch = c.flag("new_decoder_architecture")
     multi_query = c.flag("multi_query")
+    if c.peek("n_head_kv") == c.peek("num_kv_heads"):  # RefinedWeb's name, copied by _normalise (or agreeing)
+        c.declare("n_head_kv")
     if h % heads:
         raise ConfigError(f"{c.where}: hidden_size {h} is not a multiple of {heads} heads")
     hd = h // heads
@@ -685,6 +953,7 @@ def _falcon(c: _Cfg):
         kv = c.int("num_kv_heads", required=False) or heads
     else:
         kv = 1
+        c.declare("num_kv_heads")  # multi_query, old architecture: FalconAttention caches one KV head whatever it says
     if new_arch:
         qkv_out = (heads + 2 * kv) * hd
     elif multi_query:
@@ -848,6 +1117,12 @@ HANDLERS: dict[str, Callable[[_Cfg], tuple[dict, int, int]]] = {
     "deepseek_v3": _deepseek_v3,
     "gpt2": _gpt2,
     "gpt_neox": _gpt_neox,
+    "gpt_bigcode": _gpt_bigcode,
+    "minimax_m2": _minimax_m2,
+    "cohere2": _cohere2,
+    "smollm3": _smollm3,
+    "glm4_moe": _glm4_moe,
+    "glm4_moe_lite": _glm4_moe_lite,
     "falcon": _falcon,
     "phi3": _phi3,
     "jamba": _jamba,
@@ -871,6 +1146,8 @@ def _generic(c: _Cfg) -> dict[str, Any]:
         f["kv_lora_rank"] = c.int("kv_lora_rank")
         f["qk_rope_head_dim"] = c.int("qk_rope_head_dim")
     window = c.raw.get("sliding_window") if c.raw.get("use_sliding_window", True) else None
+    if window is None:
+        c.declare("sliding_window", "max_window_layers")  # use_sliding_window false: no layer slides
     layer_types = _check_layer_types(c, f["num_hidden_layers"])
     if layer_types is None and window is not None:
         layer_types = ["sliding_attention"] * f["num_hidden_layers"]  # HF's DynamicCache rule
@@ -923,11 +1200,12 @@ def convert_config(config: Any, where: str = "config.json") -> Converted:
         weights_dtype = _weights_dtype(quant, quant_method)
         if weights_dtype is None:
             notes.append(f"weights quantized with {quant_method!r}, a method kvplan does not size; weights_dtype left unset")
-    mtp = raw.get("num_nextn_predict_layers") if resolved.startswith("deepseek") else 0
+    mtp = raw.get("num_nextn_predict_layers") if resolved.startswith(("deepseek", "glm4_moe")) else 0
 
     if resolved not in HANDLERS:
         c = _Cfg(raw, {}, where)
         fields = _generic(c)
+        c.refuse_unread(model_type)
         fields["model_type"] = outer_type if multimodal and isinstance(outer_type, str) else model_type
         if _dtype(raw):
             fields["torch_dtype"] = _dtype(raw)
@@ -937,12 +1215,13 @@ def convert_config(config: Any, where: str = "config.json") -> Converted:
 
     c = _Cfg(raw, DEFAULTS.get(resolved, {}), where)
     fields, total, inactive = HANDLERS[resolved](c)
+    c.refuse_unread(model_type)
     fields["model_type"] = outer_type if multimodal and isinstance(outer_type, str) else model_type
     if _dtype(raw):
         fields["torch_dtype"] = _dtype(raw)
     notes.extend(c.notes)
     if c.defaulted:
-        cls = resolved.title().replace("_", "")
+        cls = _CONFIG_CLASSES.get(resolved) or resolved.title().replace("_", "")
         notes.append(f"transformers' {cls}Config defaults used for {', '.join(c.defaulted)} (absent from config.json)")
     weights_dtype, scope = _quantized_fields(fields, quant, quant_method, weights_dtype, notes)
     return Converted(

@@ -11,7 +11,7 @@ A reference is one of:
 Nothing in a model folder is executed or imported: only JSON and binary headers
 are read. `num_parameters` comes from the safetensors headers when they are all
 there (exact), else from the index's `total_parameters`, else is computed from
-config.json (and the spec's notes say so).
+config.json (and the spec's notes say so), else stays unknown: the KV cache does not need it.
 """
 
 from __future__ import annotations
@@ -289,18 +289,21 @@ def spec_from_config_file(path: Path, name: str, source: str, fast: bool = False
             "so packed elements may hold several parameters"
         )
     if total is None:
-        raise InputError(
-            f"{path}: model_type {conv.model_type!r} has no parameter formula in kvplan and no complete "
-            f"*.safetensors beside config.json; missing: num_parameters (add the weights' headers, or write a spec)"
+        # The KV cache does not depend on the weights: every KV answer stands; capacity and latency on a GPU
+        # refuse until the weights' bytes are known (kvplan.plan.planner.missing_weights_problem).
+        notes.append(
+            f"num_parameters unknown: model_type {conv.model_type!r} has no parameter formula in kvplan and no "
+            "complete *.safetensors sit beside config.json"
         )
-    fields["num_parameters"] = total
+    else:
+        fields["num_parameters"] = total
     if weights is not None and weights.complete and weights.num_tensors:
         fields["file_weight_bytes"] = _safetensors_weight_bytes(weights, fields, notes, conv.mtp_layers)
     elif weights is not None:
         notes.append(
             f"weight bytes from the parameter formula: safetensors shards missing ({', '.join(weights.missing_files[:3])})"
         )
-    if conv.inactive_parameters and total > conv.inactive_parameters:
+    if conv.inactive_parameters and total is not None and total > conv.inactive_parameters:
         fields["num_active_parameters"] = total - conv.inactive_parameters
         notes.append("num_active_parameters = num_parameters minus the experts a token skips (from config.json)")
     fields.update(name=name, source=source, notes="; ".join(notes))
