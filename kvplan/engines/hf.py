@@ -123,9 +123,16 @@ def state_tensors(spec, esz: int) -> tuple[tuple[str, tuple[int, ...], int], ...
     if spec.state_elements_per_layer is not None:
         n = spec.state_elements_per_layer
         return (("state", (n,), n * esz),)
-    kernel = spec.linear_conv_kernel_dim if spec.linear_num_value_heads is not None else spec.mamba_d_conv
-    return tuple((t.name, t.shape, t.elements * (esz if t.role == "conv" else 4))
-                 for t in rule.tensors(spec, columns=kernel))
+    gdn = spec.linear_num_value_heads is not None
+    kernel = spec.linear_conv_kernel_dim if gdn else spec.mamba_d_conv
+    out = []
+    for t in rule.tensors(spec, columns=kernel):
+        # transformers keeps the Gated DeltaNet state as (B, Hv, dk, dv) (modeling_qwen3_next
+        # torch_chunk_gated_delta_rule's recurrent_state_shape, read back by tests/test_hf_real_state.py);
+        # vLLM as (Hv, dv, dk): the same bytes
+        shape = (t.shape[0], t.shape[2], t.shape[1]) if gdn and t.role == "ssm" else t.shape
+        out.append((t.name, shape, t.elements * (esz if t.role == "conv" else 4)))
+    return tuple(out)
 
 
 def state_bytes(spec, esz: int) -> int:
