@@ -90,6 +90,12 @@ GOLDEN = [
     ("minimax-m2.7", 62 * 8 * 128 * 2 * 2, {FULL: 62}),
     ("santacoder", 24 * 1 * 128 * 2 * 2, {FULL: 24}),  # multi-query: one KV head
     ("smollm3-3b", 36 * 4 * 128 * 2 * 2, {FULL: 36}),  # NoPE layers cache K and V too
+    # every 4th layer full attention (full_attention_interval 4), the rest Gated DeltaNet (state)
+    ("qwen3-next-80b-a3b", 12 * 2 * 256 * 2 * 2, {FULL: 12, STATE: 36}),
+    ("qwen3.6-27b", 16 * 4 * 256 * 2 * 2, {FULL: 16, STATE: 48}),
+    ("qwen3.5-397b-a17b", 15 * 2 * 256 * 2 * 2, {FULL: 15, STATE: 45}),
+    # hybrid_override_pattern: 6 '*', 23 'M', 23 'E' (MoE blocks hold nothing)
+    ("nemotron-3-nano-30b-a3b", 6 * 2 * 128 * 2 * 2, {FULL: 6, STATE: 23, LayerKind.MLP: 23}),
 ]
 
 
@@ -179,6 +185,10 @@ HEAD_DIM_NOT_HIDDEN_OVER_HEADS = {
     "gpt-oss-20b": 64,  # 2880 / 64 = 45
     "gpt-oss-120b": 64,
     "minimax-m2.7": 128,  # 3072 / 48 = 64
+    "qwen3-next-80b-a3b": 256,  # 2048 / 16 = 128
+    "qwen3.6-27b": 256,  # 5120 / 24 = 213.3
+    "qwen3.5-397b-a17b": 256,  # 4096 / 32 = 128
+    "nemotron-3-nano-30b-a3b": 128,  # 2688 / 32 = 84
 }
 
 CATALOG = [(p.stem, load_spec_file(p)) for p in SPEC_PATHS]
@@ -229,7 +239,7 @@ def test_moe_fields_agree(name, spec):
 @pytest.mark.parametrize("name, spec", CATALOG, ids=CATALOG_IDS)
 def test_state_fields_only_where_layers_hold_state(name, spec):
     has_state = STATE in spec.layer_kinds
-    assert (spec.mamba_d_state is not None) == has_state
+    assert (spec.mamba_d_state is not None or spec.linear_num_value_heads is not None) == has_state
     assert (spec.state_elements_per_layer_resolved is not None) == has_state
 
 

@@ -37,6 +37,7 @@ SPEC = SimpleNamespace(
     v_head_dim_resolved=128,
     mla_latent_dim=576,
     state_elements_per_layer_resolved=152,
+    state_elements_per_layer=152,  # one opaque state tensor (State.tensors reads the geometry fields)
     sliding_window=4096,
     attention_chunk_size=8192,
     index_head_dim=128,
@@ -84,10 +85,10 @@ def window(rule: Kind) -> Optional[int]:
 def test_every_layer_kind_has_one_rule_in_order():
     assert set(KINDS) == set(LayerKind)
     assert KIND_ORDER == (LayerKind.FULL, LayerKind.MLA, LayerKind.SLIDING, LayerKind.CHUNKED,
-                          LayerKind.STATE, LayerKind.SHARED)
+                          LayerKind.STATE, LayerKind.SHARED, LayerKind.MLP)
     assert all(rule.kind is kind for kind, rule in KINDS.items())
     assert set(KINDS_BY_NAME) == {"full_attention", "mla", "sliding_attention", "chunked_attention", "state",
-                                  "kv_shared"}
+                                  "kv_shared", "mlp"}
 
 
 def test_labels_are_the_tables_names():
@@ -98,6 +99,7 @@ def test_labels_are_the_tables_names():
         "chunked_attention": "chunked local",
         "state": "state (SSM)",
         "kv_shared": "KV shared",
+        "mlp": "MLP / MoE only",
     }
 
 

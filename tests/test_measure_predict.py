@@ -352,6 +352,11 @@ def test_largest_fitting_layers(spec_factory):
 def test_every_catalog_spec_builds_at_one_layer(name):
     spec = load_spec_file(SPECS_DIR / f"{name}.yaml")
     cut = truncate_spec(spec, 1)
+    if spec.linear_num_value_heads is not None or spec.mamba_d_inner is not None:
+        # Gated DeltaNet and Nemotron-H's Mamba width are not built yet: refused by name, never run wrong
+        with pytest.raises(InputError, match="kvplan measure (cannot build|builds Mamba layers mamba_expand)"):
+            build_arch(cut)
+        return
     arch = build_arch(cut)
     assert len(arch.layers) == 1 and arch.layers[0].kind is spec.layer_kinds[0]
     need = memory_need(arch, parse_format_pair("bf16", "bf16"), STATE_BF16, 2, [1024], [1])

@@ -303,7 +303,7 @@ def show(model: ModelArg, fmt: FormatOpt = OutputFormat.table) -> None:
         derived.update(k_head_dim=spec.k_head_dim, v_head_dim=spec.v_head_dim_resolved)
     derived["active_parameters"] = spec.active_parameters
     if spec.state_elements_per_layer_resolved:
-        derived["state_bytes_per_sequence_per_layer"] = layout.state_format.bytes_for(spec.state_elements_per_layer_resolved)
+        derived["state_bytes_per_sequence_per_layer"] = sum(t.bytes_per_sequence_per_layer for t in layout.state_tensors)
     if fmt is OutputFormat.json:
         render.write(render.to_json({"spec": fields, "derived": derived}))
         return

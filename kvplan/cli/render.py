@@ -322,6 +322,10 @@ def estimate_summary_lines(est: dict, exact: bool) -> list[tuple[str, str]]:
         lines.append(
             ("quantisation overhead", f"{fmt_int(est['quantisation_overhead_bytes_per_token'])} B per token (scales, zero-points, group padding)")
         )
+    for t in est.get("state_tensors") or ():  # each tensor of a state layer, its dtype and bytes
+        shape = " x ".join(fmt_int(n) for n in t["shape"])
+        lines.append((f"state: {t['name']}", f"{fmt_int(t['bytes_per_sequence_per_layer'])} B per sequence per layer "
+                                             f"({t['dtype']}, {shape})"))
     return lines
 
 

@@ -141,16 +141,44 @@ def _window(spec) -> Optional[int]:
     return spec.sliding_window or spec.attention_chunk_size
 
 
-def state_bytes(spec, esz: int) -> int:
-    """Bytes of one sequence's Mamba state in one layer: conv (all d_conv columns) in the model's dtype, SSM in fp32."""
+def state_tensors(spec, esz: int) -> tuple[tuple[str, tuple[int, ...], int], ...]:
+    """(name, shape, bytes) of each tensor one sequence's state holds in one layer, as transformers 5.25's
+    `LinearAttentionLayer` keeps them (cache_utils.py): the conv state with all K kernel columns (prefill
+    pads to K: `lazy_initialization` allocates `(*conv_states.shape[:-1], conv_kernel_size)`) in the
+    model's dtype, the SSM / recurrent state as the scan returns it: float32 (the reference paths compute
+    it in float32: modeling_mamba2 `A = -torch.exp(A_log.float())`, modeling_qwen3_next
+    `torch_chunk_gated_delta_rule` casts to float32; `torch.zeros_like` keeps that dtype). A state the
+    spec gives as one count is taken in the model's dtype."""
+    from kvplan.model.kinds import KINDS
+
+    rule = KINDS[LayerKind.STATE]
     if spec.state_elements_per_layer is not None:
-        return spec.state_elements_per_layer * esz  # a state the spec gives as one count: the model's dtype
-    d_inner = spec.mamba_expand * spec.hidden_size
-    if spec.mamba_n_heads is not None:  # Mamba-2 by analogy (no HF Mamba-2 class was measured)
-        head_dim = spec.mamba_head_dim or d_inner // spec.mamba_n_heads
-        conv_dim = d_inner + 2 * spec.mamba_n_groups * spec.mamba_d_state
-        return conv_dim * spec.mamba_d_conv * esz + spec.mamba_n_heads * head_dim * spec.mamba_d_state * 4
-    return d_inner * spec.mamba_d_conv * esz + d_inner * spec.mamba_d_state * 4
+        n = spec.state_elements_per_layer
+        return (("state", (n,), n * esz),)
+    gdn = spec.linear_num_value_heads is not None
+    kernel = spec.linear_conv_kernel_dim if gdn else spec.mamba_d_conv
+    out = []
+    for t in rule.tensors(spec, columns=kernel):
+        # transformers keeps the Gated DeltaNet state as (B, Hv, dk, dv) (modeling_qwen3_next
+        # torch_chunk_gated_delta_rule's recurrent_state_shape, read back by tests/test_hf_real_state.py);
+        # vLLM as (Hv, dv, dk): the same bytes
+        shape = (t.shape[0], t.shape[2], t.shape[1]) if gdn and t.role == "ssm" else t.shape
+        out.append((t.name, shape, t.elements * (esz if t.role == "conv" else 4)))
+    return tuple(out)
+
+
+def state_bytes(spec, esz: int) -> int:
+    """Bytes of one sequence's state in one layer (`state_tensors`, summed)."""
+    return sum(b for _, _, b in state_tensors(spec, esz))
+
+
+def _state_note(spec, esz: int, run_dtype: str) -> str:
+    """The state row's note: each tensor's shape and dtype (conv: the model's; SSM / recurrent: float32)."""
+    parts = []
+    for name, shape, _ in state_tensors(spec, esz):
+        dtype = run_dtype if name in ("conv", "state") else "torch.float32"
+        parts.append(f"{name} [{', '.join(map(str, shape))}] {dtype}")
+    return " + ".join(parts) + " per sequence"
 
 
 def quantized_bytes(values: int, nbits: int, group: int, backend: str, scale_bytes: int) -> int:
@@ -413,12 +441,13 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
                 plan.total(),
             )
 
-    # 5. Mamba state as HF keeps it: all d_conv columns in the model's dtype, the SSM state in float32
+    # 5. the state as HF keeps it: all K conv columns in the model's dtype, the SSM / recurrent state in float32
     if LayerKind.STATE in counts:
         plan.fixed[LayerKind.STATE] = batch * state_bytes(spec, esz)
         if plan.fixed[LayerKind.STATE] != batch * state_ideal_layer:
             ledger.step(
-                f"Mamba state: conv keeps all d_conv columns ({TORCH_DTYPES[run_dtype]}), SSM state in float32",
+                f"state layers: conv keeps all K kernel columns ({TORCH_DTYPES[run_dtype]}), SSM / recurrent "
+                "state in float32",
                 plan.total(),
             )
     total = plan.total()
@@ -430,7 +459,7 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
             continue
         if KINDS[kind].has_state:
             rows.append(KindCache(kind.value, n, 0, batch, state_bytes(spec, esz), n * plan.fixed[kind],
-                                  "conv [d_inner, d_conv] + SSM [d_inner, d_state] (float32) per sequence"))
+                                  _state_note(spec, esz, TORCH_DTYPES[run_dtype])))
             continue
         slots = plan.slots[kind] if kind in plan.slots else batch * held
         per_slot = None if kind in plan.fixed else plan.slot_bytes[kind]

@@ -190,15 +190,22 @@ def size_line(total_k: int, total_v: int, cells: int, layers: int, g: Geometry, 
     )
 
 
+def recurrent_elements(spec) -> tuple[int, int]:
+    """(n_embd_r, n_embd_s): one cell's conv (R) and SSM / recurrent (S) elements in one layer
+    (src/llama-hparams.cpp `n_embd_r` = (ssm_d_conv - 1) x (ssm_d_inner + 2 ssm_n_group ssm_d_state),
+    `n_embd_s` = ssm_d_state x ssm_d_inner: the K - 1 column geometry of kvplan.model.kinds.State, which
+    for Gated DeltaNet is convert_hf_to_gguf's mapping ssm_d_inner = Hv x dv, ssm_d_state = dk,
+    ssm_n_group = Hk); a state given as one count stays whole in R."""
+    from kvplan.model.kinds import KINDS
+
+    tensors = KINDS[LayerKind.STATE].tensors(spec)
+    r = sum(t.elements for t in tensors if t.role == "conv")
+    return r, sum(t.elements for t in tensors if t.role == "ssm")
+
+
 def recurrent_line(spec, layers: int, mem_size: int, n_seq_max: int) -> str:
     """llama_memory_recurrent's summary line: R (conv) and S (SSM) in f32, every model layer counted."""
-    d_inner = (spec.mamba_expand or 0) * spec.hidden_size
-    if spec.mamba_d_state is not None and spec.mamba_d_conv is not None and d_inner:
-        n_embd_r = (spec.mamba_d_conv - 1) * (d_inner + 2 * (spec.mamba_n_groups if spec.mamba_n_heads else 0)
-                                               * spec.mamba_d_state)
-        n_embd_s = spec.mamba_d_state * d_inner
-    else:  # a state given as one count: kvplan cannot split it into R and S
-        n_embd_r, n_embd_s = spec.state_elements_per_layer_resolved or 0, 0
+    n_embd_r, n_embd_s = recurrent_elements(spec)
     r = layers * n_embd_r * 4 * mem_size
     s = layers * n_embd_s * 4 * mem_size
     return (

@@ -179,6 +179,19 @@ def _pool_lines(spec, counts, per_layer: dict[LayerKind, int], full_tokens: int,
     return lines
 
 
+def state_formats() -> "StateFormats":
+    """SGLang's state dtypes: the conv state always bf16 (`CONV_DTYPE = torch.bfloat16`), the SSM / recurrent
+    state --mamba-ssm-dtype, default "float32" (server_args.py `mamba_ssm_dtype`; `mamba2_state_dtype` reads it
+    back from SGLANG_MAMBA_SSM_DTYPE). Shapes as vLLM's (`Mamba2StateShape.create`: conv (conv_dim / tp,
+    K - 1), temporal (H / tp, head_dim, state), groups replicated to tp). Read in copies of
+    python/sglang/srt/configs/mamba_utils.py (stored-file ids 114456752, 90950305, 38422068647), not at
+    sgl-project/sglang; the pool's slot count (max_mamba_cache_size) is not modelled."""
+    from kvplan.model.formats import FIXED_FORMATS
+    from kvplan.model.kinds import StateFormats
+
+    return StateFormats(FIXED_FORMATS["bf16"], FIXED_FORMATS["fp32"])
+
+
 def cache(spec, context: int, batch: int, opts: SGLangOptions, *, kv_cache_dtype: str = "auto",
           ideal_format: KVFormatPair, ideal_state: Optional[KVFormat] = None) -> EngineCache:
     """The token slots SGLang gives `batch` sequences of `context` tokens, in a pool sized to hold them."""
@@ -203,6 +216,16 @@ def cache(spec, context: int, batch: int, opts: SGLangOptions, *, kv_cache_dtype
     heads = kv_heads_per_rank(spec, tp)
     ledger = Ledger(ideal.kv_bytes_total)
     state_total = sum(k.bytes_total for k in ideal.by_kind if KINDS_BY_NAME[k.kind].has_state)
+    state_layer = 0  # one sequence, one state layer, one rank, in SGLang's dtypes
+    # SGLang's Mamba2CacheParams (Mamba-2 and Gated DeltaNet); a Mamba-1 state keeps the ideal size (not re-read)
+    sglang_rule = spec.mamba_n_heads is not None or spec.linear_num_value_heads is not None
+    if LayerKind.STATE in counts and sglang_rule:
+        state_layer = KINDS[LayerKind.STATE].state_bytes_per_layer(spec, state_formats(), tp)
+        sglang_state = tp * counts[LayerKind.STATE] * batch * state_layer
+        if sglang_state != state_total:
+            ledger.step("state: conv bf16, SSM / recurrent fp32 (SGLang's MambaPool dtypes)",
+                        ledger.total - state_total + sglang_state)
+        state_total = sglang_state
     notes: list[str] = []
 
     def total(full_per_seq: int, window_per_seq, pool_pad: bool) -> int:
@@ -230,8 +253,12 @@ def cache(spec, context: int, batch: int, opts: SGLangOptions, *, kv_cache_dtype
     swa_kinds = _swa_kinds(counts)
     rows = []
     for kind, n in counts.items():
-        if KINDS[kind].has_state:
+        if KINDS[kind].has_state and not sglang_rule:
             rows.append(ideal_state_row(ideal, kind, n, "Mamba state pool not re-read: the ideal state size"))
+            continue
+        if KINDS[kind].has_state:
+            rows.append(KindCache(kind.value, n, 0, batch, tp * state_layer, tp * n * batch * state_layer,
+                                  "MambaPool: conv bf16, SSM / recurrent fp32 (--mamba-ssm-dtype default)"))
             continue
         if kind not in per_layer:
             continue

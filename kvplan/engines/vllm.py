@@ -14,7 +14,8 @@ from typing import Optional
 
 from kvplan.engines import EngineCache, Ledger, kind_rows
 from kvplan.engines.vllm_rules import (DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NUM_BATCHED_TOKENS,
-                                       default_block_size, kv_cache_dtype_refusal, max_model_len_refusal, pool_capacity)
+                                       default_block_size, kv_cache_dtype_refusal, max_model_len_refusal, pool_capacity,
+                                       state_formats)
 from kvplan.model.formats import KVFormat, KVFormatPair
 from kvplan.model.layout import CacheLayout, LayerKind
 
@@ -48,9 +49,14 @@ def cache(spec, context: int, batch: int, opts: VllmOptions, *, kv_cache_dtype: 
     if refusal:
         return EngineCache(NAME, spec.name, context, batch, kv_cache_dtype, settings, (), None,
                            base.kv_bytes_total, (), (), (refusal,), (), SOURCES)
-    est = CacheLayout(spec, fmt, block_size=bs, tp=tp, state_format=state).at(context, batch)
+    vstate = state_formats(spec, state)
+    est = CacheLayout(spec, fmt, block_size=bs, tp=tp, state_format=vstate).at(context, batch)
     ledger = Ledger(base.kv_bytes_total)
     running = base.kv_bytes_total
+    if est.state_dtype != base.state_dtype:  # a model hook's SSM dtype (NemotronH, Qwen3.5) where the ideal has none
+        running = CacheLayout(spec, fmt, block_size=1, tp=tp, state_format=vstate).at(context, batch).kv_bytes_total
+        ledger.step(f"state dtypes {vstate.name} (conv/ssm: --mamba-cache-dtype, --mamba-ssm-cache-dtype as vLLM "
+                    "resolves them for this model)", running)
     for k in est.by_kind:
         if not k.paging_bytes:
             continue

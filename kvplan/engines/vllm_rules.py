@@ -29,7 +29,39 @@ from typing import Optional, Sequence
 
 from kvplan.model.layout import CacheLayout, ceil_div
 from kvplan.errors import InputError
-from kvplan.model.kinds import KINDS, LayerKind
+from kvplan.model.formats import FIXED_FORMATS
+from kvplan.model.kinds import KINDS, LayerKind, StateFormats, as_state_formats
+from kvplan.model.shape import DTYPE_ALIASES
+
+# model_types whose vLLM config hook turns --mamba-ssm-cache-dtype "auto" into the config's SSM dtype
+# (vllm 0.32 model_executor/models/config.py MODELS_CONFIG_MAP): NemotronHForCausalLMConfig reads
+# `mamba_ssm_cache_dtype`, default "float32" ("Only `float32` is known to have no accuracy issues by
+# default"); Qwen3_5ForConditionalGenerationConfig / Qwen3_5ForCausalLMConfig read `mamba_ssm_dtype`
+# (kvplan's spec holds either as mamba_ssm_cache_dtype). Qwen3-Next, Mamba-2, Falcon-H1,
+# GraniteMoeHybrid, Bamba and Jamba have no such hook: "auto" stays the conv state's dtype.
+SSM_DTYPE_HOOKS: dict[str, Optional[str]] = {
+    "nemotron_h": "fp32", "qwen3_5": None, "qwen3_5_text": None, "qwen3_5_moe": None, "qwen3_5_moe_text": None,
+}
+
+
+def state_formats(spec, given=None) -> StateFormats:
+    """The dtypes vLLM gives a state layer's tensors (vllm 0.32 mamba_utils.py `_mamba_state_dtype`):
+    the conv state `--mamba-cache-dtype` ("auto": the model's dtype), the SSM / recurrent state
+    `--mamba-ssm-cache-dtype`, whose "auto" is the model's config hook (SSM_DTYPE_HOOKS) or else the
+    conv state's dtype. `given` (kvplan's --state-dtype, one dtype or conv/ssm) sets both flags.
+
+    On the CPU platform with AVX512-BF16 vLLM resets an SSM dtype other than float32 to float32 for
+    every backend but its accelerated GDN (platforms/cpu.py): kvplan models the GPU platforms;
+    `--state-dtype bf16/fp32` reproduces the CPU figure."""
+    if given is not None:
+        return as_state_formats(given)
+    conv = FIXED_FORMATS[spec.dtype]
+    ssm = conv
+    if (spec.model_type or "") in SSM_DTYPE_HOOKS:
+        named = spec.mamba_ssm_cache_dtype
+        dtype = DTYPE_ALIASES[named] if named else SSM_DTYPE_HOOKS[spec.model_type]
+        ssm = FIXED_FORMATS[dtype] if dtype else conv
+    return StateFormats(conv, ssm)
 
 
 def default_block_size(spec) -> int:

@@ -289,7 +289,22 @@ def build_arch(spec: ModelSpec) -> RunArch:
         head_dim = spec.k_head_dim
         v_head_dim = spec.v_head_dim_resolved
     state = None
+    if LayerKind.MLP in spec.layer_kinds:
+        raise InputError(
+            f"{spec.name}: kvplan measure cannot build MLP / MoE-only layers (Nemotron-H's '-' and 'E' blocks) yet; "
+            "size it with `kvplan estimate`"
+        )
     if LayerKind.STATE in spec.layer_kinds:
+        if spec.linear_num_value_heads is not None:
+            raise InputError(
+                f"{spec.name}: kvplan measure cannot build Gated DeltaNet (linear_attention) state layers yet; "
+                "size it with `kvplan estimate`"
+            )
+        if spec.mamba_d_inner is not None:
+            raise InputError(
+                f"{spec.name}: kvplan measure builds Mamba layers mamba_expand x hidden_size wide, not "
+                f"mamba_d_inner ({spec.mamba_d_inner}); size it with `kvplan estimate`"
+            )
         state, note = _state_dims(spec)
         notes.append(note)
     widths, mlp_notes = _mlp_widths(spec)

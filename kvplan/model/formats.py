@@ -132,9 +132,17 @@ def parse_format(text: str, what: str = "KV cache dtype", names: str = FORMAT_HE
     raise UnknownFormatError(f"unknown {what} {text!r}; use one of: {names}")
 
 
-def parse_state_format(text: str) -> KVFormat:
-    """--state-dtype / state_dtype: one format for SSM state (no K/V pair, no 'auto')."""
-    return parse_format(text, "state dtype", STATE_FORMAT_HELP)
+def parse_state_format(text: str):
+    """--state-dtype / state_dtype: one format for every state tensor (no 'auto'), or 'conv/ssm' (bf16/fp32:
+    the conv state, then the SSM / recurrent state) as `kvplan.model.kinds.StateFormats`."""
+    parts = text.split("/")
+    if len(parts) == 1:
+        return parse_format(text, "state dtype", STATE_FORMAT_HELP)
+    if len(parts) > 2 or not all(p.strip() for p in parts):
+        raise UnknownFormatError(f"{text!r}: write one state dtype, or conv/ssm as in bf16/fp32")
+    from kvplan.model.kinds import StateFormats
+
+    return StateFormats(*(parse_format(p.strip(), "state dtype", STATE_FORMAT_HELP) for p in parts))
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ Adding a kind: a `LayerKind` member, its alias names, a class here and a `KINDS`
 from __future__ import annotations
 
 from enum import Enum
-from typing import TYPE_CHECKING, Callable, ClassVar, Optional
+from typing import TYPE_CHECKING, Callable, ClassVar, NamedTuple, Optional
 
 if TYPE_CHECKING:  # annotations only: the fast path imports nothing for them
     from kvplan.model.formats import KVFormat, KVFormatPair
@@ -40,6 +40,7 @@ class LayerKind(str, Enum):
     MLA = "mla"  # one compressed latent + decoupled RoPE key per token
     STATE = "state"  # Mamba / linear attention: fixed bytes per sequence
     SHARED = "kv_shared"  # reuses another layer's KV: holds nothing itself
+    MLP = "mlp"  # a block with no token mixer (Nemotron-H's MLP and MoE blocks): holds nothing
 
 
 # Names accepted in `layer_types` / `layer_pattern`, mapped to a kind. HF configs
@@ -53,6 +54,8 @@ LAYER_TYPE_ALIASES: dict[str, LayerKind] = {
     "linear_attention": LayerKind.STATE,
     "state": LayerKind.STATE,
     "kv_shared": LayerKind.SHARED,
+    "mlp": LayerKind.MLP,  # Nemotron-H `-` (transformers 5 layers_block_type "mlp")
+    "moe": LayerKind.MLP,  # Nemotron-H `E`
 }
 
 
@@ -291,8 +294,36 @@ class LatentAttention(FullAttention):
         return None
 
 
+class StateTensor(NamedTuple):
+    """One tensor a state layer keeps per sequence: `elements` on one tensor-parallel rank.
+
+    `role` names the dtype knob that sets it: "conv" (vLLM `--mamba-cache-dtype`, the
+    model's dtype by default) or "ssm" (vLLM `--mamba-ssm-cache-dtype`: the SSM / recurrent
+    state); `shape` is (channels, columns) or (heads, head dim, state) for the tables."""
+
+    name: str  # conv, ssm (Mamba), recurrent (Gated DeltaNet), state (one opaque count)
+    role: str  # conv | ssm: which of StateFormats it takes
+    elements: int
+    shape: tuple[int, ...]
+
+
 class State(Kind):
-    """Mamba / linear attention: conv + SSM state of fixed size per sequence, split by channels."""
+    """Mamba / linear attention: a few tensors of fixed size per sequence, split by channels.
+
+    A state layer is a small tuple of named tensors (`tensors`), each with its element count
+    per sequence and its own dtype (`StateFormats`: conv and SSM apart). The geometries, as
+    vLLM's `MambaStateShapeCalculator` (vllm 0.32 model_executor/layers/mamba/mamba_utils.py)
+    states them, with `columns` = the conv kernel's K - 1 columns unless an engine keeps all K
+    (transformers' `LinearAttentionLayer` does):
+
+    - Mamba-1 (`mamba1_state_shape`): conv (d_inner / tp, K - 1), ssm (d_inner / tp, d_state);
+    - Mamba-2 (`mamba2_state_shape`, set when mamba_n_heads is): groups G replicated to tp when
+      G % tp (`extra_groups_for_head_shards`: tp - G more), conv ((d_inner + 2 G' N) / tp, K - 1),
+      ssm (H / tp, head_dim, N);
+    - Gated DeltaNet (`gated_delta_net_state_shape`, set when linear_num_value_heads is): conv
+      ((2 Hk dk + Hv dv) / tp, K - 1), recurrent (Hv / tp, dv, dk);
+    - `state_elements_per_layer`: one opaque tensor in the conv (model) dtype, split by tp.
+    """
 
     kind = LayerKind.STATE
     label = "state (SSM)"
@@ -303,18 +334,85 @@ class State(Kind):
         if spec.state_elements_per_layer_resolved is None:
             return (
                 f"{where} has state layers but mamba_d_state, mamba_d_conv and mamba_expand "
-                "(or state_elements_per_layer) are not all set"
+                "(or state_elements_per_layer, or the linear_* Gated DeltaNet sizes) are not all set"
             )
         return None
 
-    def state_bytes_per_layer(self, spec, state_format: KVFormat, tp: int = 1) -> int:
-        return state_format.bytes_for((spec.state_elements_per_layer_resolved or 0) // tp)
+    def tensors(self, spec, tp: int = 1, columns: Optional[int] = None) -> tuple[StateTensor, ...]:
+        """The tensors one sequence keeps in one state layer on one of `tp` ranks. `columns`: conv
+        columns kept (default the kernel's K - 1, as vLLM and llama.cpp keep; transformers keeps K)."""
+        if spec.state_elements_per_layer is not None:
+            n = spec.state_elements_per_layer // tp
+            return (StateTensor("state", "conv", n, (n,)),)
+        if spec.linear_num_value_heads is not None:  # Gated DeltaNet
+            hk, hv = spec.linear_num_key_heads, spec.linear_num_value_heads
+            dk, dv = spec.linear_key_head_dim, spec.linear_value_head_dim
+            cols = spec.linear_conv_kernel_dim - 1 if columns is None else columns
+            conv_dim = (2 * hk * dk + hv * dv) // tp
+            return (
+                StateTensor("conv", "conv", conv_dim * cols, (conv_dim, cols)),
+                StateTensor("recurrent", "ssm", hv // tp * dv * dk, (hv // tp, dv, dk)),
+            )
+        d_inner = spec.mamba_d_inner_resolved
+        n_state = spec.mamba_d_state
+        cols = spec.mamba_d_conv - 1 if columns is None else columns
+        if spec.mamba_n_heads is not None:  # Mamba-2
+            groups = spec.mamba_n_groups
+            groups += 0 if groups % tp == 0 else tp - groups  # extra_groups_for_head_shards
+            conv_dim = (d_inner + 2 * groups * n_state) // tp
+            heads = spec.mamba_n_heads // tp
+            head_dim = spec.mamba_head_dim or d_inner // spec.mamba_n_heads
+            return (
+                StateTensor("conv", "conv", conv_dim * cols, (conv_dim, cols)),
+                StateTensor("ssm", "ssm", heads * head_dim * n_state, (heads, head_dim, n_state)),
+            )
+        width = d_inner // tp  # Mamba-1
+        return (
+            StateTensor("conv", "conv", width * cols, (width, cols)),
+            StateTensor("ssm", "ssm", width * n_state, (width, n_state)),
+        )
+
+    def state_bytes_per_layer(self, spec, state_format, tp: int = 1) -> int:
+        formats = as_state_formats(state_format)
+        return sum(formats.of(t.role).bytes_for(t.elements) for t in self.tensors(spec, tp))
 
     def tensor_parallel_problem(self, spec, tp: int) -> Optional[str]:
+        if getattr(spec, "state_elements_per_layer", None) is None and spec.linear_num_value_heads is not None:
+            for field in ("linear_num_value_heads", "linear_num_key_heads"):
+                heads = getattr(spec, field)
+                if heads % tp:
+                    return f"--tensor-parallel-size {tp} does not divide {spec.name}'s {field} {heads}"
+            return None
+        if getattr(spec, "state_elements_per_layer", None) is None and spec.mamba_n_heads is not None:
+            if spec.mamba_n_heads % tp:
+                return f"--tensor-parallel-size {tp} does not divide {spec.name}'s {spec.mamba_n_heads} Mamba heads"
+            if spec.mamba_d_inner_resolved % tp:
+                return f"--tensor-parallel-size {tp} does not divide {spec.name}'s Mamba width {spec.mamba_d_inner_resolved}"
+            return None
         state = spec.state_elements_per_layer_resolved
         if state is not None and state % tp:
             return f"--tensor-parallel-size {tp} does not divide {spec.name}'s state of {state} elements per layer"
         return None
+
+
+class StateFormats(NamedTuple):
+    """The formats of a state layer's tensors: `conv` (conv state, opaque state) and `ssm`
+    (the SSM / recurrent state). Named as one dtype when both agree, else "conv/ssm"."""
+
+    conv: "KVFormat"
+    ssm: "KVFormat"
+
+    @property
+    def name(self) -> str:
+        return self.conv.name if self.conv.name == self.ssm.name else f"{self.conv.name}/{self.ssm.name}"
+
+    def of(self, role: str) -> "KVFormat":
+        return self.ssm if role == "ssm" else self.conv
+
+
+def as_state_formats(fmt) -> StateFormats:
+    """One format for every state tensor (`--state-dtype bf16`), or the pair as given."""
+    return fmt if isinstance(fmt, StateFormats) else StateFormats(fmt, fmt)
 
 
 class Shared(Kind):
@@ -325,10 +423,18 @@ class Shared(Kind):
     layer_type = "kv_shared"
 
 
+class MlpOnly(Kind):
+    """A layer with no attention and no state (Nemotron-H's `-` MLP and `E` MoE blocks): holds nothing."""
+
+    kind = LayerKind.MLP
+    label = "MLP / MoE only"
+    layer_type = "mlp"
+
+
 # The registry, in the order tables list kinds.
 KINDS: dict[LayerKind, Kind] = {
     rule.kind: rule
-    for rule in (FullAttention(), LatentAttention(), SlidingWindow(), ChunkedAttention(), State(), Shared())
+    for rule in (FullAttention(), LatentAttention(), SlidingWindow(), ChunkedAttention(), State(), Shared(), MlpOnly())
 }
 KIND_ORDER: tuple[LayerKind, ...] = tuple(KINDS)
 # by the kind's value, as results (`KindBreakdown.kind`, JSON) carry it

@@ -24,7 +24,8 @@ from typing import Callable, NamedTuple
 
 from kvplan.errors import InputError
 from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
-from kvplan.model.kinds import KINDS, Kind, LayerKind, count_kinds, first_problem
+from kvplan.model.kinds import KINDS, Kind, LayerKind, StateFormats, as_state_formats, count_kinds, first_problem
+from kvplan.model.shape import DTYPE_ALIASES
 from kvplan.model.shape import SpecDerived as ModelSpec  # any validated spec (pydantic or not)
 
 
@@ -54,6 +55,19 @@ def pp_partition(num_layers: int, pp: int) -> list[int]:
     for i in range(2, num_layers % pp + 2):  # the remainder goes to the stages before the last
         per_stage[-i] += 1
     return per_stage
+
+
+def default_state_formats(spec: ModelSpec) -> StateFormats:
+    """A state layer's formats when no flag sets them: the conv state in the model's dtype, the SSM /
+    recurrent state in the dtype the config asks for (mamba_ssm_cache_dtype), else the model's too."""
+    model = FIXED_FORMATS[spec.dtype]
+    ssm = spec.mamba_ssm_cache_dtype
+    return StateFormats(model, FIXED_FORMATS[DTYPE_ALIASES[ssm]] if ssm else model)
+
+
+def state_formats(spec: ModelSpec, fmt: "KVFormat | StateFormats | None") -> StateFormats:
+    """`fmt` as a state layer's formats: None -> the defaults; one format (--state-dtype) -> every tensor."""
+    return default_state_formats(spec) if fmt is None else as_state_formats(fmt)
 
 
 def kv_heads_per_rank(spec: ModelSpec, tp: int) -> int:
@@ -113,6 +127,15 @@ class KindBreakdown(NamedTuple):
     paging_bytes: int  # of bytes_total: lost to rounding up to whole blocks
 
 
+class StateTensorRow(NamedTuple):
+    """One tensor of one state layer, one sequence, one copy (all tensor-parallel ranks' share together)."""
+
+    name: str  # conv, ssm, recurrent, state
+    dtype: str
+    shape: tuple[int, ...]  # (channels, columns) or (heads, head dim, state)
+    bytes_per_sequence_per_layer: int
+
+
 class CacheEstimate(NamedTuple):
     """The KV cache of `batch` sequences of `context` tokens: exact bytes."""
 
@@ -135,12 +158,18 @@ class CacheEstimate(NamedTuple):
     quantisation_overhead_bytes_per_token: int
     layers_per_stage: tuple[int, ...]
     by_kind: tuple[KindBreakdown, ...] = ()
+    state_tensors: tuple[StateTensorRow, ...] = ()  # a state layer's tensors (none without state layers)
 
     def to_dict(self) -> dict:
-        """Plain data for JSON/CSV (hand-built: dataclasses.asdict is ~10x slower in sweeps)."""
+        """Plain data for JSON/CSV (hand-built: dataclasses.asdict is ~10x slower in sweeps); `state_tensors`
+        only where the model has state layers."""
         out = self._asdict()
         out["layers_per_stage"] = list(self.layers_per_stage)
         out["by_kind"] = [row._asdict() for row in self.by_kind]
+        if self.state_tensors:
+            out["state_tensors"] = [dict(row._asdict(), shape=list(row.shape)) for row in self.state_tensors]
+        else:
+            del out["state_tensors"]
         return out
 
 
@@ -159,7 +188,7 @@ class CacheLayout:
         block_size: int = 1,
         tp: int = 1,
         pp: int = 1,
-        state_format: KVFormat | None = None,
+        state_format: KVFormat | StateFormats | None = None,
     ) -> None:
         if block_size < 1:
             raise InputError(f"--block-size must be a positive number of tokens, got {block_size}")
@@ -174,7 +203,7 @@ class CacheLayout:
         check_tensor_parallel(spec, tp)
         self.spec = spec
         self.kv_format = kv_format
-        self.state_format = state_format or FIXED_FORMATS[spec.dtype]
+        self.state_format = state_formats(spec, state_format)
         self.block_size = block_size
         self.tp = tp
         self.pp = pp
@@ -219,6 +248,13 @@ class CacheLayout:
             for counts in self.stage_kind_counts
         ]
         self._kind_values = [g.kind.value for g in self.groups]
+        self.state_tensors: tuple[StateTensorRow, ...] = ()
+        if LayerKind.STATE in total_counts:
+            fmts = self.state_format
+            self.state_tensors = tuple(
+                StateTensorRow(t.name, fmts.of(t.role).name, t.shape, fmts.of(t.role).bytes_for(t.elements))
+                for t in KINDS[LayerKind.STATE].tensors(spec)
+            )
         self.kv_bytes_per_token = sum(g.num_layers * g.bytes_per_token_per_layer for g in self.groups)
         # scale / zero-point / group padding bytes inside one token's worth, all layers
         raw_bits = sum(
@@ -301,6 +337,7 @@ class CacheLayout:
             quantisation_overhead_bytes_per_token=self.quantisation_overhead_bytes_per_token,
             layers_per_stage=self.layers_per_stage_tuple,
             by_kind=tuple(rows),
+            state_tensors=self.state_tensors,
         )
 
 
@@ -313,7 +350,7 @@ def estimate_cache(
     block_size: int = 1,
     tp: int = 1,
     pp: int = 1,
-    state_format: KVFormat | None = None,
+    state_format: KVFormat | StateFormats | None = None,
 ) -> CacheEstimate:
     """The cache of `batch` sequences of `context` tokens (see the module docstring for the rules)."""
     layout = CacheLayout(spec, kv_format, block_size=block_size, tp=tp, pp=pp, state_format=state_format)

@@ -120,20 +120,29 @@ class SpecDerived:
         return self.active_routed_experts * layers * self.expert_weight_parameters
 
     @property
+    def mamba_d_inner_resolved(self) -> Optional[int]:
+        """The Mamba width: mamba_d_inner where the config names it (Nemotron-H: heads x head_dim;
+        Falcon-H1: mamba_d_ssm), else mamba_expand x hidden_size (Jamba, Mamba-2, Granite-4.0-H)."""
+        if self.mamba_d_inner is not None:
+            return self.mamba_d_inner
+        return self.mamba_expand * self.hidden_size if self.mamba_expand is not None else None
+
+    @property
     def state_elements_per_layer_resolved(self) -> Optional[int]:
-        """Elements of one sequence's fixed-size state in one state layer (conv + SSM)."""
+        """Elements of one sequence's fixed-size state in one state layer, every tensor (conv with
+        K - 1 columns + SSM / recurrent), as `kvplan.model.kinds.State.tensors` lists them."""
         if self.state_elements_per_layer is not None:
             return self.state_elements_per_layer
-        if self.mamba_d_state is None or self.mamba_d_conv is None or self.mamba_expand is None:
+        if self.linear_num_value_heads is not None:
+            gdn = (self.linear_num_key_heads, self.linear_key_head_dim, self.linear_value_head_dim,
+                   self.linear_conv_kernel_dim)
+            if any(v is None for v in gdn):
+                return None
+        elif self.mamba_d_state is None or self.mamba_d_conv is None or self.mamba_d_inner_resolved is None:
             return None
-        d_inner = self.mamba_expand * self.hidden_size
-        if self.mamba_n_heads is not None:
-            # Mamba-2: conv over x, B and C; SSM state per head is head_dim x d_state.
-            head_dim = self.mamba_head_dim or d_inner // self.mamba_n_heads
-            conv_dim = d_inner + 2 * self.mamba_n_groups * self.mamba_d_state
-            return conv_dim * (self.mamba_d_conv - 1) + self.mamba_n_heads * head_dim * self.mamba_d_state
-        # Mamba-1: conv state d_inner x (d_conv - 1), SSM state d_inner x d_state.
-        return d_inner * (self.mamba_d_conv - 1) + d_inner * self.mamba_d_state
+        from kvplan.model.kinds import KINDS
+
+        return sum(t.elements for t in KINDS[LayerKind.STATE].tensors(self))
 
     def fields_that_apply(self, fields: dict[str, Any]) -> dict[str, Any]:
         """`fields` (a model_dump) without defaults that describe something this model lacks:

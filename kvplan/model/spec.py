@@ -141,6 +141,16 @@ class ModelSpec(BaseModel, SpecDerived):
     mamba_n_groups: PositiveInt = 1
     mamba_n_heads: Optional[PositiveInt] = None
     mamba_head_dim: Optional[PositiveInt] = None
+    mamba_d_inner: Optional[PositiveInt] = None  # the Mamba width when it is not mamba_expand x hidden_size
+    # The SSM / recurrent state's dtype the config asks for (Nemotron-H `mamba_ssm_cache_dtype`,
+    # Qwen3.5 `mamba_ssm_dtype`); None: the model's dtype. Engines apply it by their own rules.
+    mamba_ssm_cache_dtype: Optional[str] = None
+    # Gated DeltaNet (linear attention: Qwen3-Next, Qwen3.5): conv over q, k, v + a recurrent state per value head
+    linear_num_key_heads: Optional[PositiveInt] = None
+    linear_num_value_heads: Optional[PositiveInt] = None
+    linear_key_head_dim: Optional[PositiveInt] = None
+    linear_value_head_dim: Optional[PositiveInt] = None
+    linear_conv_kernel_dim: Optional[PositiveInt] = None
     state_elements_per_layer: Optional[PositiveInt] = None  # any other fixed-size state
 
     # MoE: decode reads, the activation estimate, and with `weights_quantized: experts`

@@ -89,6 +89,12 @@ SIZE_LIMITS: dict[str, tuple[int, str]] = {
     "mamba_n_groups": (MAX_MAMBA, _MAMBA_WHY),
     "mamba_n_heads": (MAX_MAMBA, _MAMBA_WHY),
     "mamba_head_dim": (MAX_MAMBA, _MAMBA_WHY),
+    "mamba_d_inner": (MAX_FFN, _FFN_WHY),
+    "linear_num_key_heads": (MAX_HEADS, "Qwen3.5-397B's 64 linear-attention value heads are the most released"),
+    "linear_num_value_heads": (MAX_HEADS, "Qwen3.5-397B's 64 linear-attention value heads are the most released"),
+    "linear_key_head_dim": (MAX_HEAD_DIM, _DIM_WHY),
+    "linear_value_head_dim": (MAX_HEAD_DIM, _DIM_WHY),
+    "linear_conv_kernel_dim": (MAX_MAMBA, _MAMBA_WHY),
     "state_elements_per_layer": (MAX_STATE_ELEMENTS, "a large Mamba-2 layer keeps about 10 million state elements per sequence"),
     "num_local_experts": (MAX_EXPERTS, _EXPERTS_WHY),
     "n_routed_experts": (MAX_EXPERTS, _EXPERTS_WHY),
@@ -178,6 +184,13 @@ SPEC_FIELDS: dict[str, tuple[Any, Any]] = {
     "mamba_n_groups": ("positive", 1),
     "mamba_n_heads": ("positive", None),
     "mamba_head_dim": ("positive", None),
+    "mamba_d_inner": ("positive", None),
+    "mamba_ssm_cache_dtype": ("str", None),
+    "linear_num_key_heads": ("positive", None),
+    "linear_num_value_heads": ("positive", None),
+    "linear_key_head_dim": ("positive", None),
+    "linear_value_head_dim": ("positive", None),
+    "linear_conv_kernel_dim": ("positive", None),
     "state_elements_per_layer": ("positive", None),
     "num_local_experts": ("positive", None),
     "n_routed_experts": ("positive", None),
@@ -220,6 +233,9 @@ def spec_problem(spec: SpecDerived) -> Optional[str]:
     """The first cross-field rule a spec with valid fields breaks (ModelSpec's message), or None."""
     if spec.torch_dtype not in DTYPE_ALIASES:
         return f"torch_dtype {spec.torch_dtype!r} is not one of {sorted(set(DTYPE_ALIASES))}"
+    ssm_dtype = spec.mamba_ssm_cache_dtype
+    if ssm_dtype is not None and ssm_dtype not in DTYPE_ALIASES:
+        return f"mamba_ssm_cache_dtype {ssm_dtype!r} is not one of {sorted(set(DTYPE_ALIASES))}"
     heads, kv_heads = spec.num_attention_heads, spec.num_key_value_heads
     assert kv_heads is not None
     if heads % kv_heads:

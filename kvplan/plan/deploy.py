@@ -11,7 +11,7 @@ GPU catalogs (and a `--calibration` report); the arithmetic stays in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from kvplan.model.layout import CacheLayout
 from kvplan.errors import InputError, require_at_least
@@ -246,7 +246,7 @@ class Deployment:
     spec: ModelSpec
     gpu: Optional[GPU]
     kv_format: KVFormatPair
-    state_format: Optional[KVFormat]
+    state_format: Any  # Optional[KVFormat | StateFormats]: None = the spec's defaults
     options: PlanOptions
 
     def layout(self) -> CacheLayout:
@@ -299,4 +299,9 @@ def resolve_deployment(
         if device is None:
             raise InputError("--calibration needs --gpu: the efficiency is the measured bandwidth over that GPU's peak")
         options["bandwidth_efficiency"] = calibrated_efficiency(calibration, device)
-    return Deployment(spec, device, pair, state, plan_options(spec, **options))
+    popts = plan_options(spec, **options)
+    if str(getattr(popts.engine, "value", popts.engine)) == "vllm" and any(k.value == "state" for k in spec.layer_kinds):
+        from kvplan.engines.vllm_rules import state_formats
+
+        state = state_formats(spec, state)  # vLLM's own state dtypes (its per-model SSM hooks)
+    return Deployment(spec, device, pair, state, popts)

@@ -149,6 +149,13 @@ def _bytes(value: Size, flag: str) -> Optional[int]:
     return parse_bytes(value, flag)
 
 
+def has_state_layers(spec) -> bool:
+    """Whether the model has state layers (whose dtypes an engine may set apart)."""
+    from kvplan.model.kinds import LayerKind
+
+    return LayerKind.STATE in spec.layer_kinds
+
+
 def planned_layout(spec, engine: str, pair, state, s: Settings):
     """ideal / vllm: the layout at the block size the engine pages with (vLLM raises it for a hybrid SSM model)."""
     from kvplan.plan.deploy import default_block_size
@@ -234,6 +241,11 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
     contexts = [s.context] if contexts is None else contexts
     batches = [s.batch] if batches is None else batches
     pair, state = formats(spec, s)
+    ideal_state = state
+    if engine == "vllm" and has_state_layers(spec):
+        from kvplan.engines.vllm_rules import state_formats
+
+        state = state_formats(spec, state)  # vLLM's own state dtypes (its per-model SSM hooks)
     gpu, label = device(s)
     needs_gpu = {"--calibration": s.calibration, "--requests-per-s": s.requests_per_s,
                  "--bandwidth-efficiency": s.bandwidth_efficiency, "--compute-efficiency": s.compute_efficiency,
@@ -253,7 +265,7 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
                         "max_num_batched_tokens": s.max_num_batched_tokens}
         opts = engine_options(engine, s.kv_cache_dtype, {**s.engine_options, **planner_keys}, tp=s.tp, pp=s.pp,
                               prompt_tokens=s.prompt_tokens)
-    kw = {"kv_cache_dtype": s.kv_cache_dtype, "ideal_format": pair, "ideal_state": state}
+    kw = {"kv_cache_dtype": s.kv_cache_dtype, "ideal_format": pair, "ideal_state": ideal_state}
     out = []
     if engine in PLANNED:
         layout = planned_layout(spec, engine, pair, state, s)

@@ -159,6 +159,40 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                         max_position_embeddings=131072, tie_word_embeddings=False, num_experts_per_tok=1,
                         num_local_experts=16, moe_layers=None, interleave_moe_layer_step=1, no_rope_layers=None,
                         no_rope_layer_interval=4, attention_chunk_size=8192, attention_bias=False),
+    # issue #13's state models (transformers 5.25 configuration_*.py defaults)
+    "qwen3_next": dict(vocab_size=151936, hidden_size=2048, intermediate_size=5632, num_hidden_layers=48,
+                       num_attention_heads=16, num_key_value_heads=2, head_dim=256, max_position_embeddings=32768,
+                       tie_word_embeddings=False, attention_bias=False, linear_conv_kernel_dim=4,
+                       linear_key_head_dim=128, linear_value_head_dim=128, linear_num_key_heads=16,
+                       linear_num_value_heads=32, full_attention_interval=4, moe_intermediate_size=512,
+                       shared_expert_intermediate_size=512, num_experts=512, num_experts_per_tok=10,
+                       decoder_sparse_step=1, mlp_only_layers=[]),
+    "qwen3_5_text": dict(vocab_size=248320, hidden_size=4096, intermediate_size=12288, num_hidden_layers=32,
+                         num_attention_heads=16, num_key_value_heads=4, head_dim=256, max_position_embeddings=32768,
+                         tie_word_embeddings=False, attention_bias=False, linear_conv_kernel_dim=4,
+                         linear_key_head_dim=128, linear_value_head_dim=128, linear_num_key_heads=16,
+                         linear_num_value_heads=32, full_attention_interval=4),
+    "qwen3_5_moe_text": dict(vocab_size=248320, hidden_size=2048, num_hidden_layers=40, num_attention_heads=16,
+                             num_key_value_heads=2, head_dim=256, max_position_embeddings=32768,
+                             tie_word_embeddings=False, attention_bias=False, linear_conv_kernel_dim=4,
+                             linear_key_head_dim=128, linear_value_head_dim=128, linear_num_key_heads=16,
+                             linear_num_value_heads=32, full_attention_interval=4, moe_intermediate_size=512,
+                             shared_expert_intermediate_size=512, num_experts=256, num_experts_per_tok=8),
+    "nemotron_h": dict(vocab_size=131072, hidden_size=4096, intermediate_size=21504, num_attention_heads=32,
+                       num_key_value_heads=8, head_dim=128, max_position_embeddings=4096, tie_word_embeddings=False,
+                       attention_bias=False, mlp_bias=False, ssm_state_size=128, mamba_num_heads=128,
+                       mamba_head_dim=64, n_groups=8, conv_kernel=4, use_conv_bias=True, mamba_proj_bias=False,
+                       mamba_ssm_cache_dtype="float32", moe_intermediate_size=7688,
+                       moe_shared_expert_intermediate_size=7688, n_routed_experts=8, num_experts_per_tok=2),
+    "mamba2": dict(vocab_size=32768, hidden_size=4096, num_hidden_layers=64, num_heads=128, head_dim=64,
+                   state_size=128, n_groups=8, conv_kernel=4, expand=2, use_conv_bias=True, use_bias=False,
+                   tie_word_embeddings=False),
+    "granitemoehybrid": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                             num_attention_heads=32, num_key_value_heads=None, max_position_embeddings=2048,
+                             tie_word_embeddings=False, attention_bias=False, mamba_n_heads=128, mamba_n_groups=1,
+                             mamba_d_state=256, mamba_d_head="auto", mamba_d_conv=4, mamba_expand=2,
+                             mamba_conv_bias=True, mamba_proj_bias=False, shared_intermediate_size=1024,
+                             num_local_experts=8, num_experts_per_tok=2),
 }
 
 # transformers' config class names the title-cased model_type does not spell.
@@ -179,6 +213,8 @@ TEXT_CONFIG_TYPES = {
     "llava": "llama",
     "llava_next": "llama",
     "mistral3": "mistral",
+    "qwen3_5": "qwen3_5_text",
+    "qwen3_5_moe": "qwen3_5_moe_text",
 }
 
 # When config.json has a model_type kvplan does not know, its `architectures` class
@@ -209,6 +245,10 @@ ARCHITECTURE_TYPES = {
     "JambaForCausalLM": "jamba",
     "GptOssForCausalLM": "gpt_oss",
     "Llama4ForCausalLM": "llama4_text",
+    "Qwen3NextForCausalLM": "qwen3_next",
+    "NemotronHForCausalLM": "nemotron_h",
+    "Mamba2ForCausalLM": "mamba2",
+    "GraniteMoeHybridForCausalLM": "granitemoehybrid",
 }
 
 # Fields an unknown model_type must carry to be sized (generic HF names only).
@@ -249,6 +289,10 @@ _BOUND_LIKE = {
     "interleave_moe_layer_step": "num_hidden_layers", "max_window_layers": "num_hidden_layers",
     "moe_layer_freq": "num_hidden_layers", "no_rope_layer_interval": "num_hidden_layers",
     "sliding_window_pattern": "num_hidden_layers", "num_ln_in_parallel_attn": "num_hidden_layers",
+    "full_attention_interval": "num_hidden_layers", "ssm_state_size": "mamba_d_state", "state_size": "mamba_d_state",
+    "conv_kernel": "mamba_d_conv", "expand": "mamba_expand", "n_groups": "mamba_n_groups",
+    "mamba_num_heads": "mamba_n_heads", "num_heads": "mamba_n_heads", "mamba_d_head": "mamba_head_dim",
+    "moe_shared_expert_intermediate_size": "intermediate_size", "shared_intermediate_size": "intermediate_size",
 }
 
 
@@ -1102,6 +1146,262 @@ def _llama4(c: _Cfg):
     return f, total, inactive
 
 
+# ------------------------------------------------------------------ state layers (issue #13)
+# Mamba-2 and Gated DeltaNet layers keep a conv state and an SSM / recurrent state per sequence
+# (kvplan.model.kinds.State); the handlers below read their sizes and which layer has which.
+
+
+def _refuse_set(c: _Cfg, *keys: str, why: str) -> None:
+    """Fail closed: a key that would change the cache in a way kvplan does not model is refused by name."""
+    for key in keys:
+        value = c.raw.get(key)
+        if value not in (None, False, [], 0):
+            raise ConfigError(f"{c.where}: {key} is {value!r}; {why}")
+
+
+def _ssm_dtype(c: _Cfg, key: str) -> Optional[str]:
+    """The config's SSM / recurrent state dtype (`mamba_ssm_cache_dtype`, Qwen3.5's `mamba_ssm_dtype`), checked."""
+    value = c.get(key)
+    if value is None:
+        return None
+    if value not in ("float32", "float16", "bfloat16", "fp32", "fp16", "bf16"):
+        raise ConfigError(f"{c.where}: {key} is {value!r}, not one of float32, float16, bfloat16")
+    return value
+
+
+def _gdn_layer_types(c: _Cfg, layers: int) -> list[str]:
+    """Qwen3-Next / Qwen3.5 (transformers 5.25 Qwen3NextConfig / Qwen3_5TextConfig.__post_init__): an explicit
+    layer_types wins, else "linear_attention" if (i + 1) % full_attention_interval else "full_attention"."""
+    explicit = _check_layer_types(c, layers)
+    if explicit is not None:
+        return explicit
+    interval = c.int("full_attention_interval")
+    return ["linear_attention" if (i + 1) % interval else "full_attention" for i in range(layers)]
+
+
+def _gated_delta_net(c: _Cfg, *, moe: bool, ssm_key: str):
+    """Qwen3-Next (`qwen3_next`) and Qwen3.5 (`qwen3_5_text`, `qwen3_5_moe_text`): Gated DeltaNet layers
+    (`linear_attention`) beside gated full attention. Parameters from modeling_qwen3_next /
+    modeling_qwen3_5 (transformers 5.25): attention q_proj is doubled for the output gate (hidden ->
+    2 x heads x head_dim) with q_norm / k_norm; a GDN layer has in-projections to q, k, v (conv_dim),
+    z (value_dim), b and a (Hv each), a depthwise conv1d (conv_dim x K, no bias), dt_bias and A_log
+    (Hv each), a norm (dv) and out_proj; the MoE MLP has a router, experts, a shared expert and its
+    one-output gate (every layer, decoder_sparse_step 1 and no mlp_only_layers)."""
+    f = _common(c)
+    h, L, hd = f["hidden_size"], f["num_hidden_layers"], f["head_dim"]
+    _refuse_set(c, "use_sliding_window", why="kvplan sizes Qwen3-Next / Qwen3.5 attention without a sliding "
+                "window; remove the key or write a spec")
+    kinds = _gdn_layer_types(c, L)
+    _apply_kinds(f, kinds, None, None, c.where)
+    hk, hv = c.int("linear_num_key_heads"), c.int("linear_num_value_heads")
+    dk, dv, K = c.int("linear_key_head_dim"), c.int("linear_value_head_dim"), c.int("linear_conv_kernel_dim")
+    f.update(linear_num_key_heads=hk, linear_num_value_heads=hv, linear_key_head_dim=dk,
+             linear_value_head_dim=dv, linear_conv_kernel_dim=K)
+    ssm = _ssm_dtype(c, ssm_key)
+    if ssm:
+        f["mamba_ssm_cache_dtype"] = ssm
+    key_dim, value_dim = hk * dk, hv * dv
+    conv_dim = 2 * key_dim + value_dim
+    bias = c.flag("attention_bias")
+    attention = (_linear(h, 2 * f["num_attention_heads"] * hd, bias) + 2 * _linear(h, f["num_key_value_heads"] * hd, bias)
+                 + _linear(f["num_attention_heads"] * hd, h, bias) + 2 * hd)
+    gdn = _linear(h, conv_dim) + _linear(h, value_dim) + 2 * _linear(h, hv) + conv_dim * K + 2 * hv + dv + _linear(value_dim, h)
+    if moe:
+        E, k = c.int("num_experts"), c.int("num_experts_per_tok")
+        moe_inter, shared_inter = c.int("moe_intermediate_size"), c.int("shared_expert_intermediate_size")
+        _refuse_set(c, "mlp_only_layers", why="kvplan's parameter count puts experts in every layer")
+        step = c.int("decoder_sparse_step", required=False) or 1
+        if step != 1:
+            raise ConfigError(f"{c.where}: decoder_sparse_step is {step}; kvplan's parameter count puts experts in every layer")
+        expert = _gated_mlp(h, moe_inter)
+        mlp = E * expert + _linear(h, E) + _gated_mlp(h, shared_inter) + _linear(h, 1)
+        inactive_per_layer = (E - k) * expert
+        _moe_fields(f, E, k, moe_inter)
+    else:
+        mlp = _gated_mlp(h, c.int("intermediate_size"))
+        inactive_per_layer = 0
+    total = f["vocab_size"] * h * (1 if f["tie_word_embeddings"] else 2) + h
+    for kind in kinds:
+        total += (gdn if kind == "linear_attention" else attention) + mlp + 2 * h
+    mtp = c.get("mtp_num_hidden_layers")
+    if mtp:
+        c.notes.append(f"{mtp} multi-token-prediction layer(s) (mtp_num_hidden_layers) not counted: weights and "
+                       "cache exist only with speculative decoding")
+    return f, total, L * inactive_per_layer
+
+
+def _mamba2_fields(f: dict, *, d_state: int, d_conv: int, heads: int, head_dim: int, groups: int, d_inner: int,
+                   expand: Optional[int] = None) -> None:
+    f.update(mamba_d_state=d_state, mamba_d_conv=d_conv, mamba_n_heads=heads, mamba_head_dim=head_dim,
+             mamba_n_groups=groups)
+    if expand is not None and expand * f["hidden_size"] == d_inner:
+        f["mamba_expand"] = expand
+    else:
+        f["mamba_d_inner"] = d_inner
+
+
+def _mamba2_mixer(h: int, d_inner: int, groups: int, d_state: int, heads: int, d_conv: int, conv_bias: bool,
+                  proj_bias: bool) -> int:
+    """Mamba-2 mixer parameters (modeling_mamba2 Mamba2Mixer, NemotronHMamba2Mixer, GraniteMoeHybridMambaLayer):
+    in_proj hidden -> 2 d_inner + 2 G N + H, depthwise conv1d over d_inner + 2 G N channels, dt_bias, A_log, D
+    (H each), the gated RMSNorm (d_inner) and out_proj."""
+    conv_dim = d_inner + 2 * groups * d_state
+    return (_linear(h, 2 * d_inner + 2 * groups * d_state + heads, proj_bias) + conv_dim * d_conv
+            + (conv_dim if conv_bias else 0) + 3 * heads + d_inner + _linear(d_inner, h, proj_bias))
+
+
+def _nemotron_h(c: _Cfg):
+    """Nemotron-H (`nemotron_h`): `hybrid_override_pattern` M = Mamba-2, * = attention, - = MLP, E = MoE
+    (transformers 5.25 NemotronHConfig._pattern_to_list; `layers_block_type` names them linear_attention,
+    full_attention, mlp, moe), the layer count is the pattern's length; d_inner = mamba_num_heads x
+    mamba_head_dim (NemotronHMamba2Mixer.intermediate_size), not expand x hidden_size."""
+    pattern = c.raw.get("hybrid_override_pattern")
+    listed = c.raw.get("layers_block_type", c.raw.get("layer_types"))
+    if isinstance(pattern, str) and pattern:
+        mapping = {"M": "mamba", "*": "full_attention", "-": "mlp", "E": "moe"}
+        bad = sorted(set(pattern) - set(mapping))
+        if bad:
+            raise ConfigError(f"{c.where}: hybrid_override_pattern has {bad[0]!r}, not one of M, *, -, E")
+        kinds = [mapping[ch] for ch in pattern]
+    elif isinstance(listed, list) and listed:
+        known = {"linear_attention": "mamba", "mamba": "mamba", "full_attention": "full_attention",
+                 "attention": "full_attention", "mlp": "mlp", "moe": "moe"}
+        bad = [t for t in listed if t not in known]
+        if bad:
+            raise ConfigError(f"{c.where}: layers_block_type has {bad[0]!r}, not one of {sorted(known)}")
+        kinds = [known[t] for t in listed]
+    else:
+        raise ConfigError(f"{c.where}: neither hybrid_override_pattern nor layers_block_type says which layer is which")
+    _refuse_set(c, "sliding_window", why="kvplan sizes Nemotron-H attention without a sliding window")
+    raw = dict(c.raw, num_hidden_layers=len(kinds))
+    c2 = _Cfg(raw, c.defaults, c.where)
+    f = _common(c2)
+    c.defaulted.extend(k for k in c2.defaulted if k not in c.defaulted)
+    if c.raw.get("num_hidden_layers") not in (None, len(kinds)):
+        c.notes.append(f"num_hidden_layers {c.raw['num_hidden_layers']} ignored: the layer pattern has {len(kinds)} "
+                       "layers (NemotronHConfig.num_hidden_layers is its length)")
+    h = f["hidden_size"]
+    _apply_kinds(f, kinds, None, None, c.where)
+    heads, head_dim = c.int("mamba_num_heads"), c.int("mamba_head_dim")
+    d_state, d_conv, groups = c.int("ssm_state_size"), c.int("conv_kernel"), c.int("n_groups")
+    d_inner = heads * head_dim
+    _mamba2_fields(f, d_state=d_state, d_conv=d_conv, heads=heads, head_dim=head_dim, groups=groups, d_inner=d_inner)
+    f["mamba_ssm_cache_dtype"] = _ssm_dtype(c, "mamba_ssm_cache_dtype")
+    bias, mlp_bias = c.flag("attention_bias"), c.flag("mlp_bias")
+    mamba = _mamba2_mixer(h, d_inner, groups, d_state, heads, d_conv, c.flag("use_conv_bias"), c.flag("mamba_proj_bias"))
+    attention = _attention(h, f["num_attention_heads"], f["num_key_value_heads"], f["head_dim"], bias, bias)
+    total = f["vocab_size"] * h * (1 if f["tie_word_embeddings"] else 2) + h
+    inactive = 0
+    moe_layers = [i for i, k in enumerate(kinds) if k == "moe"]
+    if "mlp" in kinds:
+        inter = c.int("intermediate_size")
+    if moe_layers:
+        E, k = c.int("n_routed_experts"), c.int("num_experts_per_tok")
+        moe_inter, shared_inter = c.int("moe_intermediate_size"), c.int("moe_shared_expert_intermediate_size")
+        n_shared = c.int("n_shared_experts", required=False, zero_ok=True)
+        n_shared = 1 if n_shared is None else n_shared
+        expert = 2 * h * moe_inter  # up and down, no gate (relu2)
+        # NemotronHMoE: experts, the router (+ e_score_correction_bias, a buffer the checkpoint holds), shared expert
+        moe = E * expert + _linear(h, E) + E + (2 * h * shared_inter if n_shared else 0)
+    for kind in kinds:
+        total += h  # the block's norm
+        if kind == "mamba":
+            total += mamba
+        elif kind == "full_attention":
+            total += attention
+        elif kind == "mlp":
+            total += _linear(h, inter, mlp_bias) + _linear(inter, h, mlp_bias)
+        else:
+            total += moe
+            inactive += (E - k) * expert
+    if moe_layers:
+        f["n_routed_experts"], f["num_experts_per_tok"], f["moe_intermediate_size"] = E, k, moe_inter
+        f["n_shared_experts"] = n_shared
+    if c.raw.get("num_nextn_predict_layers"):
+        c.notes.append("multi-token-prediction layers (num_nextn_predict_layers) not counted")
+    if f["mamba_ssm_cache_dtype"] is None:
+        del f["mamba_ssm_cache_dtype"]
+    return f, total, inactive
+
+
+def _mamba2(c: _Cfg):
+    """Mamba-2 (`mamba2`): every layer a Mamba-2 mixer (modeling_mamba2 Mamba2Block), d_inner = expand x hidden,
+    no attention; the heads are `num_heads` of `head_dim`, the state `state_size`."""
+    h, L = c.int("hidden_size"), c.int("num_hidden_layers")
+    expand, heads, head_dim = c.int("expand"), c.int("num_heads"), c.int("head_dim")
+    d_state, d_conv, groups = c.int("state_size"), c.int("conv_kernel"), c.int("n_groups")
+    d_inner = int(expand * h)
+    f: dict[str, Any] = {"hidden_size": h, "num_hidden_layers": L, "num_attention_heads": heads,
+                         "num_key_value_heads": heads, "head_dim": head_dim, "vocab_size": c.int("vocab_size"),
+                         "tie_word_embeddings": bool(c.get("tie_word_embeddings", False))}
+    f.update(layer_fields(["mamba"] * L))
+    _mamba2_fields(f, d_state=d_state, d_conv=d_conv, heads=heads, head_dim=head_dim, groups=groups,
+                   d_inner=d_inner, expand=expand)
+    mixer = _mamba2_mixer(h, d_inner, groups, d_state, heads, d_conv, c.flag("use_conv_bias"), c.flag("use_bias"))
+    total = f["vocab_size"] * h * (1 if f["tie_word_embeddings"] else 2) + h + L * (mixer + h)
+    c.notes.append("num_attention_heads / head_dim mirror the Mamba heads (a Mamba-2 model has no attention)")
+    return f, total, 0
+
+
+def _granitemoehybrid(c: _Cfg):
+    """Granite-4.0-H (`granitemoehybrid`): `layer_types` of mamba / attention (transformers 5.25
+    GraniteMoeHybridConfig; default every layer Mamba-2), d_inner = mamba_expand x hidden, mamba_d_head
+    "auto" = d_inner / mamba_n_heads; each layer has a shared MLP and, with num_local_experts > 0, experts."""
+    f = _common(c)
+    h, L = f["hidden_size"], f["num_hidden_layers"]
+    raw_types = c.raw.get("layer_types", c.raw.get("layers_block_type"))
+    if raw_types is None:
+        kinds = ["mamba"] * L
+    else:
+        if not isinstance(raw_types, list) or len(raw_types) != L:
+            raise ConfigError(f"{c.where}: layer_types must list num_hidden_layers ({L}) entries")
+        known = {"mamba": "mamba", "linear_attention": "mamba", "attention": "full_attention",
+                 "full_attention": "full_attention"}
+        bad = [t for t in raw_types if t not in known]
+        if bad:
+            raise ConfigError(f"{c.where}: layer_types has {bad[0]!r}, not one of {sorted(known)}")
+        kinds = [known[t] for t in raw_types]
+    _refuse_set(c, "sliding_window", why="kvplan sizes Granite-4.0-H attention without a sliding window")
+    _apply_kinds(f, kinds, None, None, c.where)
+    expand, heads = c.int("mamba_expand"), c.int("mamba_n_heads")
+    d_inner = expand * h
+    head_dim = c.get("mamba_d_head")
+    if head_dim == "auto":
+        head_dim = d_inner // heads
+    elif not isinstance(head_dim, int) or isinstance(head_dim, bool) or head_dim < 1:
+        raise ConfigError(f"{c.where}: mamba_d_head is {head_dim!r}, not 'auto' or a positive integer")
+    if head_dim * heads != d_inner:
+        raise ConfigError(f"{c.where}: mamba_d_head {head_dim} x mamba_n_heads {heads} is not mamba_expand x "
+                          f"hidden_size ({d_inner})")
+    d_state, d_conv, groups = c.int("mamba_d_state"), c.int("mamba_d_conv"), c.int("mamba_n_groups")
+    _mamba2_fields(f, d_state=d_state, d_conv=d_conv, heads=heads, head_dim=head_dim, groups=groups,
+                   d_inner=d_inner, expand=expand)
+    bias = c.flag("attention_bias")
+    mamba = _mamba2_mixer(h, d_inner, groups, d_state, heads, d_conv, c.flag("mamba_conv_bias"), c.flag("mamba_proj_bias"))
+    attention = _attention(h, f["num_attention_heads"], f["num_key_value_heads"], f["head_dim"], bias, bias)
+    shared_inter = c.int("shared_intermediate_size")
+    E = c.int("num_local_experts", required=False, zero_ok=True) or 0
+    k = c.int("num_experts_per_tok") if E else 0
+    inter = c.int("intermediate_size") if E else 0
+    expert = 3 * h * inter  # GraniteMoeHybridParallelExperts: input_linear (2 x inter) and output_linear
+    mlp = _linear(h, 2 * shared_inter) + _linear(shared_inter, h) + (E * expert + _linear(h, E) if E else 0)
+    total = f["vocab_size"] * h * (1 if f["tie_word_embeddings"] else 2) + h
+    for kind in kinds:
+        total += (mamba if kind == "mamba" else attention) + mlp + 2 * h
+    if E:
+        _moe_fields(f, E, k, None)
+    return f, total, L * (E - k) * expert if E else 0
+
+
+def _not_yet(why: str) -> Callable[[_Cfg], tuple[dict, int, int]]:
+    """A type whose cache kvplan cannot state yet: refused by name, never sized by the generic path (which
+    would read it as attention only and drop its state)."""
+    def refuse(c: _Cfg) -> tuple[dict, int, int]:
+        raise ConfigError(f"{c.where}: model_type {c.raw.get('model_type')!r} {why}; kvplan refuses it rather "
+                          "than size it as attention alone")
+    return refuse
+
+
 HANDLERS: dict[str, Callable[[_Cfg], tuple[dict, int, int]]] = {
     "llama": _llama,
     "mistral": _mistral,
@@ -1128,6 +1428,16 @@ HANDLERS: dict[str, Callable[[_Cfg], tuple[dict, int, int]]] = {
     "jamba": _jamba,
     "gpt_oss": _gpt_oss,
     "llama4_text": _llama4,
+    "qwen3_next": lambda c: _gated_delta_net(c, moe=True, ssm_key="mamba_ssm_dtype"),
+    "qwen3_5_text": lambda c: _gated_delta_net(c, moe=False, ssm_key="mamba_ssm_dtype"),
+    "qwen3_5_moe_text": lambda c: _gated_delta_net(c, moe=True, ssm_key="mamba_ssm_dtype"),
+    "nemotron_h": _nemotron_h,
+    "mamba2": _mamba2,
+    "granitemoehybrid": _granitemoehybrid,
+    # transformers 5.25 FalconH1DecoderLayer builds `self.mamba` and `self.self_attn` in every layer
+    "falcon_h1": _not_yet("keeps attention K/V and a Mamba-2 state side by side in every layer, which a "
+                          "kvplan spec (one kind per layer) cannot state yet"),
+    "bamba": _not_yet("(Mamba-2 with attention at attn_layer_indices) has no rule in kvplan yet"),
 }
 
 
