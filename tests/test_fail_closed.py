@@ -34,6 +34,14 @@ UNCHANGED = {
     ("falcon-7b-instruct", "num_kv_heads", "alter"): "multi_query, old architecture: FalconAttention caches 1 KV head",
     ("gemma-2-9b", "sliding_window_size", "remove"): "Gemma2Config and vLLM gemma2.py read sliding_window only",
     ("gemma-2-9b", "sliding_window_size", "alter"): "Gemma2Config and vLLM gemma2.py read sliding_window only",
+    ("qwen3-next-80b-a3b-instruct", "use_sliding_window", "remove"): "Qwen3NextConfig has no such field (the published "
+    "false is a leftover); a true one is refused by name",
+    ("qwen3-next-80b-a3b-thinking", "use_sliding_window", "remove"): "Qwen3NextConfig has no such field (the published "
+    "false is a leftover); a true one is refused by name",
+    ("qwen3.6-27b", "layer_types", "remove"): "the published layer_types is what full_attention_interval 4 derives "
+    "(Qwen3_5TextConfig.__post_init__); an interval that disagrees with layer_types is refused",
+    ("qwen3.5-397b-a17b", "layer_types", "remove"): "the published layer_types is what full_attention_interval 4 "
+    "derives (Qwen3_5MoeTextConfig.__post_init__); an interval that disagrees with layer_types is refused",
     ("minimax-m2.7", "attn_type_list", "remove"): "MiniMaxM2Config has no such field: every layer is full attention",
     # JambaMambaMixer: biases and dt_proj's rank are weights; the conv and SSM states (d_inner x d_conv,
     # d_inner x d_state) do not hold them
@@ -172,12 +180,13 @@ def test_removing_or_altering_a_cache_field_is_never_silent(path, key):
 
 def test_an_unknown_type_refuses_what_it_does_not_read():
     """Qwen3-Next with its weights' headers beside it used to be sized by the generic path (+234% at 8k):
-    now its first unread cache field is named, whatever the model_type says."""
+    now its first unread cache field is named under any model_type whose rules do not read it (qwen3_next's do)."""
     config = json.loads((Path(__file__).parent / "fixtures" / "hf_configs_next" / "qwen3-next-80b-a3b-instruct.json").read_text())
-    for model_type in ("qwen3_next", "brand_new", "llama"):
+    for model_type in ("brand_new", "llama"):
         with pytest.raises(InputError, match=r"full_attention_interval is 4, a field that can change the KV cache "
                                              r"\(which layers are full attention among linear-attention layers\)"):
-            convert_config(dict(config, model_type=model_type))
+            # architectures dropped: Qwen3NextForCausalLM would read an unknown model_type as qwen3_next
+            convert_config(dict(config, model_type=model_type, architectures=["BrandNewForCausalLM"]))
 
 
 @pytest.mark.parametrize("key, value", [

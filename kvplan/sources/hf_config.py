@@ -1173,10 +1173,14 @@ def _gdn_layer_types(c: _Cfg, layers: int) -> list[str]:
     """Qwen3-Next / Qwen3.5 (transformers 5.25 Qwen3NextConfig / Qwen3_5TextConfig.__post_init__): an explicit
     layer_types wins, else "linear_attention" if (i + 1) % full_attention_interval else "full_attention"."""
     explicit = _check_layer_types(c, layers)
-    if explicit is not None:
-        return explicit
-    interval = c.int("full_attention_interval")
-    return ["linear_attention" if (i + 1) % interval else "full_attention" for i in range(layers)]
+    interval = c.int("full_attention_interval", required=explicit is None)
+    if explicit is None:
+        return ["linear_attention" if (i + 1) % interval else "full_attention" for i in range(layers)]
+    # layer_types wins in transformers; an interval that says otherwise is refused, never chosen between
+    if interval and explicit != ["linear_attention" if (i + 1) % interval else "full_attention" for i in range(layers)]:
+        raise ConfigError(f"{c.where}: layer_types and full_attention_interval {interval} name different full-attention "
+                          "layers; transformers follows layer_types, other engines may not: refused rather than guessed")
+    return explicit
 
 
 def _gated_delta_net(c: _Cfg, *, moe: bool, ssm_key: str):
