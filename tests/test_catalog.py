@@ -46,7 +46,8 @@ def kv_bytes_per_sequence(name: str, context: int) -> int:
 
 def test_catalog_has_at_least_24_specs():
     assert len(SPEC_PATHS) >= 24
-    assert catalog_names() == [p.stem for p in SPEC_PATHS]
+    # by name: sorting the paths puts "deepseek-v3.2.yaml" before "deepseek-v3.yaml" ('.' < 'y')
+    assert catalog_names() == sorted(p.stem for p in SPEC_PATHS)
 
 
 @pytest.mark.parametrize("path", SPEC_PATHS, ids=lambda p: p.stem)
@@ -85,6 +86,12 @@ GOLDEN = [
     ("gpt-oss-20b", 24 * 8 * 64 * 2 * 2, {SLIDING: 12, FULL: 12}),
     ("gpt-oss-120b", 36 * 8 * 64 * 2 * 2, {SLIDING: 18, FULL: 18}),
     ("llama-4-scout", 48 * 8 * 128 * 2 * 2, {CHUNKED: 36, FULL: 12}),
+    # DeepSeek sparse attention: + one indexer key per layer, 128 fp8 values + one fp32 scale (vLLM's Indexer)
+    ("deepseek-v3.2", 61 * ((512 + 64) * 2 + 128 + 4), {MLA: 61}),
+    # 35 layers, the last 15 KV-shared: 20 hold KV (16 sliding, 4 full), 2 KV heads x 256
+    ("gemma-3n-e4b", 20 * 2 * 256 * 2 * 2, {SLIDING: 16, FULL: 4, LayerKind.SHARED: 15}),
+    # sliding layers 16 KV heads x 256, full layers 4 x global_head_dim 512
+    ("gemma-4-31b", 50 * 16 * 256 * 2 * 2 + 10 * 4 * 512 * 2 * 2, {SLIDING: 50, FULL: 10}),
 ]
 
 
@@ -173,6 +180,7 @@ HEAD_DIM_NOT_HIDDEN_OVER_HEADS = {
     "qwen3-235b-a22b": 128,  # 4096 / 64 = 64
     "gpt-oss-20b": 64,  # 2880 / 64 = 45
     "gpt-oss-120b": 64,
+    "gemma-4-31b": 256,  # 5376 / 32 = 168 (sliding layers; full layers global_head_dim 512)
 }
 
 CATALOG = [(p.stem, load_spec_file(p)) for p in SPEC_PATHS]

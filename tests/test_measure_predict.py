@@ -352,6 +352,12 @@ def test_largest_fitting_layers(spec_factory):
 def test_every_catalog_spec_builds_at_one_layer(name):
     spec = load_spec_file(SPECS_DIR / f"{name}.yaml")
     cut = truncate_spec(spec, 1)
+    # issue #13's per-layer attention that measure's decoder does not build yet is refused by the field's name
+    unbuilt = "index_head_dim" if spec.index_head_dim else "global_head_dim" if spec.has_layer_geometry else None
+    if unbuilt:
+        with pytest.raises(InputError, match=unbuilt):
+            build_arch(cut)
+        return
     arch = build_arch(cut)
     assert len(arch.layers) == 1 and arch.layers[0].kind is spec.layer_kinds[0]
     need = memory_need(arch, parse_format_pair("bf16", "bf16"), STATE_BF16, 2, [1024], [1])
