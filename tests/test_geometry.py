@@ -289,3 +289,36 @@ def test_measure_refuses_what_it_cannot_build():
     for name, field in (("gemma-4-31b-it", "global_head_dim"), ("deepseek-v3.2", "index_head_dim")):
         with pytest.raises(InputError, match=field):
             build_arch(_spec(_config(name)))
+
+
+# ------------------------------------------------------------------ the planner's attention FLOPs
+
+
+def _flops(name: str, context: int, decode: bool) -> int:
+    from kvplan.model.formats import parse_format_pair
+    from kvplan.model.kinds import count_kinds
+    from kvplan.model.layout import CacheLayout
+    from kvplan.plan.planner import attention_flops_decode, attention_flops_prefill
+
+    spec = _spec(_config(name))
+    layout = CacheLayout(spec, parse_format_pair("auto", "bf16"))
+    counts = count_kinds(spec.layer_kinds)
+    fn = attention_flops_decode if decode else attention_flops_prefill
+    return fn(spec, counts, layout, context, 1)
+
+
+def test_gemma4_attention_flops_use_each_kind_s_head_size():
+    # 2 x 32 query heads x (d_k + d_v) per query-key pair: full layers 512 + 512 over every token, sliding
+    # layers 256 + 256 over the last 1,024
+    assert _flops("gemma-4-31b-it", K8, True) == 10 * 2 * 32 * 1024 * K8 + 50 * 2 * 32 * 512 * 1024
+
+
+def test_sparse_attention_flops_attend_index_topk_latents():
+    # MLA absorbed: 128 heads x (576 + 512) per pair, over min(context, 2,048) selected latents, plus the
+    # indexer: 64 heads x 128 x 2 per key over every key, in each of 61 layers
+    mla, indexer = 2 * 128 * (576 + 512), 2 * 64 * 128
+    assert _flops("deepseek-v3.2", K8, True) == 61 * (mla * 2048 + indexer * K8)
+    # prefill of 4,096: query i attends min(i, 2,048) latents (2,048 x 2,049 / 2 + 2,048 x 2,048 pairs); the
+    # indexer scores the causal triangle 4,096 x 4,097 / 2
+    pairs = 2048 * 2049 // 2 + (4096 - 2048) * 2048
+    assert _flops("deepseek-v3.2", 4096, False) == 61 * (mla * pairs + indexer * (4096 * 4097 // 2))
