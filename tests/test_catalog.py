@@ -46,7 +46,8 @@ def kv_bytes_per_sequence(name: str, context: int) -> int:
 
 def test_catalog_has_at_least_24_specs():
     assert len(SPEC_PATHS) >= 24
-    assert catalog_names() == [p.stem for p in SPEC_PATHS]
+    # by name: sorting the paths puts "deepseek-v3.2.yaml" before "deepseek-v3.yaml" ('.' < 'y')
+    assert catalog_names() == sorted(p.stem for p in SPEC_PATHS)
 
 
 @pytest.mark.parametrize("path", SPEC_PATHS, ids=lambda p: p.stem)
@@ -96,6 +97,12 @@ GOLDEN = [
     ("qwen3.5-397b-a17b", 15 * 2 * 256 * 2 * 2, {FULL: 15, STATE: 45}),
     # hybrid_override_pattern: 6 '*', 23 'M', 23 'E' (MoE blocks hold nothing)
     ("nemotron-3-nano-30b-a3b", 6 * 2 * 128 * 2 * 2, {FULL: 6, STATE: 23, LayerKind.MLP: 23}),
+    # DeepSeek sparse attention: + one indexer key per layer, 128 fp8 values + one fp32 scale (vLLM's Indexer)
+    ("deepseek-v3.2", 61 * ((512 + 64) * 2 + 128 + 4), {MLA: 61}),
+    # 35 layers, the last 15 KV-shared: 20 hold KV (16 sliding, 4 full), 2 KV heads x 256
+    ("gemma-3n-e4b", 20 * 2 * 256 * 2 * 2, {SLIDING: 16, FULL: 4, LayerKind.SHARED: 15}),
+    # sliding layers 16 KV heads x 256, full layers 4 x global_head_dim 512
+    ("gemma-4-31b", 50 * 16 * 256 * 2 * 2 + 10 * 4 * 512 * 2 * 2, {SLIDING: 50, FULL: 10}),
 ]
 
 
@@ -189,6 +196,7 @@ HEAD_DIM_NOT_HIDDEN_OVER_HEADS = {
     "qwen3.6-27b": 256,  # 5120 / 24 = 213.3
     "qwen3.5-397b-a17b": 256,  # 4096 / 32 = 128
     "nemotron-3-nano-30b-a3b": 128,  # 2688 / 32 = 84
+    "gemma-4-31b": 256,  # 5376 / 32 = 168 (sliding layers; full layers global_head_dim 512)
 }
 
 CATALOG = [(p.stem, load_spec_file(p)) for p in SPEC_PATHS]

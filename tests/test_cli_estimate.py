@@ -325,13 +325,21 @@ def test_show_derives_what_the_cache_holds_for_every_catalog_model(capsys):
         width = 2 if spec["torch_dtype"] in ("bfloat16", "float16") else 4
         if "mla_latent_dim" in derived:
             assert derived["mla_latent_dim"] == spec["kv_lora_rank"] + spec["qk_rope_head_dim"], name
-            assert per_layer["mla"] == derived["mla_latent_dim"] * width, name
+            # + DeepSeek sparse attention's indexer key: 128 fp8 values + one fp32 scale (vLLM's Indexer)
+            index = spec["index_head_dim"] + spec["index_head_dim"] // 128 * 4 if "index_head_dim" in spec else 0
+            assert derived.get("index_key_bytes", 0) == index, name
+            assert per_layer["mla"] == derived["mla_latent_dim"] * width + index, name
         else:
             assert derived["v_head_dim"] == spec.get("v_head_dim", derived["k_head_dim"]), name
             for kind in ("full_attention", "sliding_attention", "chunked_attention"):
                 if kind in per_layer:
-                    kv = spec["num_key_value_heads"] * (derived["k_head_dim"] + derived["v_head_dim"]) * width
-                    assert per_layer[kind] == kv, (name, kind)
+                    heads, dims = spec["num_key_value_heads"], derived["k_head_dim"] + derived["v_head_dim"]
+                    if kind == "full_attention" and "global_head_dim" in spec:  # Gemma 4's full layers
+                        heads = spec.get("num_global_key_value_heads", heads)
+                        dims = 2 * spec["global_head_dim"]
+                        assert derived["full_attention_kv_heads"] == heads, name
+                        assert derived["full_attention_head_dim"] == spec["global_head_dim"], name
+                    assert per_layer[kind] == heads * dims * width, (name, kind)
 
 
 def test_estimate_never_imports_torch():

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from kvplan.sources.catalog import catalog_names, resolve_spec
 from kvplan.engines import NAMES as ALL_ENGINES
+from kvplan.engines.base import unread_geometry_refusal
 from kvplan.engines.compare import explain
 from kvplan.plan.pipeline import Settings, compare
 
@@ -116,6 +117,12 @@ def test_every_catalog_model_compares(name):
     rows = rows_of(run_compare(spec, context, batch=2))
     assert set(rows) == set(ALL_ENGINES)
     for r in rows.values():
+        # SGLang and TensorRT-LLM refuse, by name, the per-layer attention of issue #13 whose rules kvplan has
+        # not built for them (KV sharing, Gemma 4's global layers, DeepSeek's indexer); every other row sizes
+        unmodelled = unread_geometry_refusal(spec, {"sglang": "SGLang", "trtllm": "TensorRT-LLM"}.get(r.engine, ""))
+        if r.engine in ("sglang", "trtllm") and unmodelled:
+            assert r.cache.kv_bytes_total is None and r.cache.refusals == (unmodelled,), r.engine
+            continue
         assert r.cache.kv_bytes_total is not None and r.cache.kv_bytes_total > 0, r.engine
 
 

@@ -151,8 +151,10 @@ def test_a_chunk_that_is_not_block_aligned_takes_one_block_more():
         (LayerKind.CHUNKED, BF16, 2, 1024, 2 * 256 * 16),
         # q8_0 K: 4 blocks of 32 x (32 + 2 B fp16 d) = 136 B; q4_0 V: 4 x (16 + 2) = 72 B (ggml-common.h)
         (LayerKind.FULL, Q8_Q4, 8, 8 * (136 + 72), 8 * (128 * 8 + 128 * 4)),
-        # one latent of 512 + 64 values x 2 B, whatever the heads
-        (LayerKind.MLA, BF16, 1, 1152, 576 * 16),
+        # one latent of 512 + 64 values x 2 B, whatever the heads, and (SPEC has index_head_dim 128: a
+        # DeepSeek-V3.2 layer) the indexer key in fp8 + one fp32 scale per 128 values = 132 B
+        # (vLLM 0.32 deepseek_v2.py Indexer: head_dim + head_dim // 128 * 4, uint8)
+        (LayerKind.MLA, BF16, 1, 1152 + 132, 576 * 16 + 128 * 8),
         (LayerKind.STATE, BF16, 8, 0, 0),
         (LayerKind.SHARED, BF16, 8, 0, 0),
     ],

@@ -352,9 +352,15 @@ def test_largest_fitting_layers(spec_factory):
 def test_every_catalog_spec_builds_at_one_layer(name):
     spec = load_spec_file(SPECS_DIR / f"{name}.yaml")
     cut = truncate_spec(spec, 1)
+    # issue #13's layers measure's decoder does not build yet are refused by name, never run wrong: Gated DeltaNet
+    # and Nemotron-H's Mamba width (S), per-layer attention geometry and the indexer by the field's name (G)
+    unbuilt = "index_head_dim" if spec.index_head_dim else "global_head_dim" if spec.has_layer_geometry else None
     if spec.linear_num_value_heads is not None or spec.mamba_d_inner is not None:
-        # Gated DeltaNet and Nemotron-H's Mamba width are not built yet: refused by name, never run wrong
         with pytest.raises(InputError, match="kvplan measure (cannot build|builds Mamba layers mamba_expand)"):
+            build_arch(cut)
+        return
+    if unbuilt:
+        with pytest.raises(InputError, match=unbuilt):
             build_arch(cut)
         return
     arch = build_arch(cut)

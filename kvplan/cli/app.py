@@ -299,8 +299,18 @@ def show(model: ModelArg, fmt: FormatOpt = OutputFormat.table) -> None:
     }
     if spec.is_mla:  # one latent per token and layer, no per-head K or V (v_head_dim is the attention's, not cached)
         derived["mla_latent_dim"] = spec.mla_latent_dim
+        if spec.index_head_dim:  # DeepSeek sparse attention: one indexer key beside the latent (kinds.index_key_bytes)
+            from kvplan.model.kinds import index_key_bytes
+
+            derived["index_key_bytes"] = index_key_bytes(spec.index_head_dim)
     else:  # the K and V vector cached per KV head
         derived.update(k_head_dim=spec.k_head_dim, v_head_dim=spec.v_head_dim_resolved)
+        if spec.has_layer_geometry:  # Gemma 4: the full-attention layers' own sizes
+            from kvplan.model.kinds import KINDS, LayerKind
+
+            full = KINDS[LayerKind.FULL]
+            k_dim, v_dim = full.head_dims(spec)  # equal: K and V both global_head_dim wide
+            derived.update(full_attention_kv_heads=full.kv_heads(spec), full_attention_head_dim=k_dim)
     derived["active_parameters"] = spec.active_parameters
     if spec.state_elements_per_layer_resolved:
         derived["state_bytes_per_sequence_per_layer"] = sum(t.bytes_per_sequence_per_layer for t in layout.state_tensors)

@@ -209,3 +209,21 @@ def get(name: str):
     import importlib
 
     return importlib.import_module(f"kvplan.engines.{_MODULES[name]}")
+
+
+def unread_geometry_refusal(spec, engine: str) -> Optional[str]:
+    """kvplan's refusal for an engine whose rules for issue #13's per-layer attention were not read at its source:
+    KV-shared layers (num_kv_shared_layers), full layers with their own head size or KV heads (Gemma 4), the
+    DeepSeek sparse-attention indexer (index_head_dim). None when the spec has none of them."""
+    what = []
+    if getattr(spec, "num_kv_shared_layers", 0):
+        what.append(f"KV-shared layers (num_kv_shared_layers {spec.num_kv_shared_layers})")
+    if getattr(spec, "has_layer_geometry", False):
+        what.append("full-attention layers with their own head size or KV heads (global_head_dim / "
+                    "num_global_key_value_heads)")
+    if getattr(spec, "index_head_dim", None):
+        what.append(f"a sparse-attention indexer key cache (index_head_dim {spec.index_head_dim})")
+    if not what:
+        return None
+    return (f"kvplan does not model how {engine} allocates {' and '.join(what)} (its rules for them are not "
+            f"built into kvplan yet), so it does not size {spec.name} for {engine} (use --engine vllm, hf, llama.cpp or ideal)")

@@ -15,7 +15,14 @@ tests/test_hf_real_kinds.py (dynamic, generate(), static, generate static, fp8 q
   is `sliding_window or attention_chunk_size`; sliding and chunked layers both get
   `DynamicSlidingWindowLayer`; `num_kv_shared_layers` layers get no cache.
 - `generate()` never feeds the last sampled token back: 20 prompt + 5 new tokens
-  leave 24 cached (measured).
+  leave 24 cached (measured). `generate(cache_implementation="static")` builds its
+  StaticCache for max_length - 1 slots, the tokens it caches (5.25 generation/utils.py;
+  measured in tests/test_hf_real_geometry.py).
+- Gemma 4 / Gemma-3n (5.25): each cache layer takes its own layer's head size and KV
+  heads (full layers `global_head_dim`); KV-shared layers ("reuse" in `kv_sharing_modes`)
+  get a dummy layer that holds nothing. DeepSeek-V3.2 (`indexed_attention`):
+  `DynamicIndexedLayer` / `StaticIndexedLayer` add indexer keys [B, T, index_head_dim]
+  in the model's dtype beside the MLA latents (measured, tests/test_hf_real_geometry.py).
 - `StaticLayer`: zeros `[B, H, max_cache_len, D]` for K and V; `StaticSlidingWindowLayer`
   min(sliding_window, max_cache_len) slots — W, not W - 1 (measured: 8 and 32).
   generate(cache_implementation="static") builds its StaticCache with max_cache_len =
@@ -301,6 +308,16 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
                             residual_length=opts.residual_length)
     counts = kind_counts(spec)
     v4 = opts.transformers_version == "4"
+    index_dim = getattr(spec, "index_head_dim", None)
+    if v4 and (index_dim or getattr(spec, "has_layer_geometry", False)):
+        # DeepseekV32 / Gemma4 configuration classes exist from transformers 5 on (models/deepseek_v32, models/gemma4)
+        what = "DeepSeek sparse attention (deepseek_v32)" if index_dim else "per-layer head sizes (Gemma 4)"
+        refusals.append(f"transformers 4.x has no model with {what}; use --transformers-version 5")
+    if opts.cache == "quantized" and index_dim and not refusals:
+        refusals.append(
+            "kvplan does not size QuantizedCache for DeepSeek sparse attention: its layers are 'indexed_attention' "
+            "(DynamicIndexedLayer), which QuantizedCache does not build"
+        )
     if opts.cache == "static" and v4 and run_dtype is not None:
         k_width = spec.qk_nope_head_dim + spec.qk_rope_head_dim if spec.is_mla else spec.k_head_dim
         v_width = (spec.v_head_dim or spec.qk_nope_head_dim) if spec.is_mla else spec.v_head_dim_resolved
@@ -360,6 +377,12 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
     for kind in plan.slots:  # the kind's own rule (MLA: the latent), in plain esz-byte elements
         plan.slot_bytes[kind] = KINDS[kind].bytes_per_token_per_layer(spec, element_pair(esz), KINDS[kind].kv_heads(spec))
     ledger.step(f"K/V stored in the model's dtype ({TORCH_DTYPES[run_dtype]})", plan.total())
+    if index_dim and LayerKind.MLA in plan.slots:
+        # cache_utils DynamicIndexedLayer / StaticIndexedLayer: indexer keys [B, T, index_head_dim] in the dtype
+        # DeepseekV32Indexer computes them in (the model's), not vLLM's fp8 + fp32 scales
+        plan.slot_bytes[LayerKind.MLA] = (spec.mla_latent_dim + index_dim) * esz
+        ledger.step(f"indexer keys of {index_dim} values in {TORCH_DTYPES[run_dtype]} (DynamicIndexedLayer), "
+                    "not fp8 + one fp32 scale per 128", plan.total())
 
     # 3. MLA under 4.x: the decompressed per-head K and V, not the latent
     mla_k = mla_v = None
@@ -399,7 +422,7 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
                 ledger.step(f"StaticSlidingWindowLayer preallocates min(W, max_cache_len) = {min(w, max_len):,} slots",
                             plan.total())
         if spec.is_mla:
-            plan.slot_bytes[LayerKind.MLA] = (mla_k + mla_v) * esz
+            plan.slot_bytes[LayerKind.MLA] = (mla_k + mla_v + (index_dim or 0)) * esz  # StaticIndexedLayer too
     else:  # quantized: every layer, every token, quantised past the residual
         fp8 = opts.quant_backend == "fp8"
         period = residual_period(opts.residual_length, v4)
@@ -465,6 +488,8 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
         per_slot = None if kind in plan.fixed else plan.slot_bytes[kind]
         layer_bytes = plan.fixed[kind] if kind in plan.fixed else slots * plan.slot_bytes[kind]
         note = f"K {mla_k} + V {mla_v} values per token" if kind is LayerKind.MLA else ""
+        if kind is LayerKind.MLA and index_dim:
+            note += f" + {index_dim} indexer-key values"
         rows.append(KindCache(kind.value, n, slots // batch, slots, per_slot, n * layer_bytes, note))
     if opts.cache == "static" and opts.generate:
         notes.append("generate() keeps the largest max_cache_len the model has used (_previous_max_cache_length): "

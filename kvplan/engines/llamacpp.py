@@ -238,16 +238,34 @@ def refusals(spec, opts: LlamaCppOptions) -> tuple[list[str], list[str]]:
             out.append("llama_init_from_model: quantized V cache requires flash_attn to be enabled")
             return out, logs
     if fa != "off":
-        head_k = spec.mla_latent_dim if spec.is_mla else spec.k_head_dim
-        head_v = spec.kv_lora_rank if spec.is_mla else spec.v_head_dim_resolved
-        for side, t, dim in (("K", opts.cache_type_k, head_k), ("V", opts.cache_type_v, head_v)):
-            block = type_format(t).group_size
-            if is_quantized(t) and dim % block:
-                which = "n_embd_head_k" if side == "K" else "n_embd_head_v"
-                out.append(
-                    f"llama_init_from_model: {side} cache type {t} with block size {block} does not divide {which}={dim}"
-                )
+        if spec.is_mla:
+            dims = [(spec.mla_latent_dim, spec.kv_lora_rank)]
+        else:  # each attention kind's own head sizes (Gemma 4: n_embd_head_k_swa on sliding layers)
+            dims = sorted({KINDS[k].head_dims(spec) for k in kind_counts(spec) if KINDS[k].has_kv})
+        for head_k, head_v in dims:
+            for side, t, dim in (("K", opts.cache_type_k, head_k), ("V", opts.cache_type_v, head_v)):
+                block = type_format(t).group_size
+                if is_quantized(t) and dim % block:
+                    which = "n_embd_head_k" if side == "K" else "n_embd_head_v"
+                    out.append(
+                        f"llama_init_from_model: {side} cache type {t} with block size {block} does not divide {which}={dim}"
+                    )
+            if out:
+                break
+    shared = getattr(spec, "num_kv_shared_layers", 0)
+    if shared and spec.model_type in GEMMA3N_TYPES and spec.num_hidden_layers - shared != GEMMA3N_KV_LAYERS:
+        out.append(
+            f"kvplan: llama.cpp's gemma3n loader fixes n_layer_kv_from_start = {GEMMA3N_KV_LAYERS} "
+            f"(src/models/gemma3n.cpp), but {spec.name} keeps KV in its first {spec.num_hidden_layers - shared} layers; "
+            "kvplan does not size that mismatch"
+        )
     return out, logs
+
+
+# llama.cpp src/models/gemma3n.cpp `load_arch_hparams`: hparams.n_layer_kv_from_start = 20 whatever the GGUF says
+# (gemma4.cpp takes n_layer - shared_kv_layers from the GGUF instead); layers from it on have no KV (`has_kv`).
+GEMMA3N_KV_LAYERS = 20
+GEMMA3N_TYPES = ("gemma3n", "gemma3n_text")
 
 
 def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, kv_cache_dtype: Optional[str] = None,
@@ -308,11 +326,19 @@ def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, kv_cache_dty
     per_slot: dict[LayerKind, int] = {}
     for kind, n in counts.items():
         if kind in (LayerKind.FULL, LayerKind.SLIDING, LayerKind.CHUNKED):
-            heads = spec.num_key_value_heads
-            k_row = row_bytes(type_k, heads * spec.k_head_dim)
-            v_row = row_bytes(type_v, heads * spec.v_head_dim_resolved)
+            # the kind's own geometry: llama_hparams n_embd_k_gqa(il) per layer (Gemma 4: n_embd_head_k_swa and
+            # n_head_kv(il) on sliding layers, the full-attention sizes elsewhere)
+            heads = KINDS[kind].kv_heads(spec)
+            head_k, head_v = KINDS[kind].head_dims(spec)
+            k_row = row_bytes(type_k, heads * head_k)
+            v_row = row_bytes(type_v, heads * head_v)
         elif kind is LayerKind.MLA:
             k_row, v_row = row_bytes(type_k, spec.mla_latent_dim), 0  # one KV head of 576; has_v = !is_mla
+            index_dim = getattr(spec, "index_head_dim", None)
+            if index_dim:
+                # src/llama-kv-cache-dsa.cpp: the indexer keys are a second llama_kv_cache of one K head of
+                # indexer_head_size in type_k, the same cells, every layer whose indexer is "full" (DeepSeek-V3.2: all)
+                k_row += row_bytes(type_k, index_dim)
         else:
             continue
         per_slot[kind] = k_row + v_row
@@ -331,6 +357,8 @@ def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, kv_cache_dty
         note = "cells shared by all sequences (unified KV)" if g.n_stream == 1 and g.n_seq_max > 1 else ""
         if kind is LayerKind.MLA:
             note = "no V cache: V is read from the latent in K (has_v = !is_mla)"
+            if getattr(spec, "index_head_dim", None):
+                note += f"; + indexer keys of {spec.index_head_dim} values in {type_k} (llama_kv_cache_dsa)"
         rows.append(KindCache(kind.value, n, per_seq, cells * g.n_stream, k_row + v_row,
                               n * (k_row + v_row) * cells * g.n_stream, note))
 

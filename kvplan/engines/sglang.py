@@ -52,6 +52,7 @@ from kvplan.model.kinds import KINDS, KINDS_BY_NAME, LayerKind
 from kvplan.model.layout import ceil_div, kv_heads_per_rank
 from kvplan.engines import (GIB, EngineCache, EngineCapacity, KindCache, Ledger, MemoryInputs, ideal_estimate,
                             ideal_state_row, kind_counts, window_of)
+from kvplan.engines.base import unread_geometry_refusal
 from kvplan.errors import InputError, require_at_least
 from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair, element_pair
 
@@ -202,6 +203,7 @@ def cache(spec, context: int, batch: int, opts: SGLangOptions, *, kv_cache_dtype
     tp = opts.tp
     ideal = ideal_estimate(spec, ideal_format, context, batch, tp, ideal_state)
     dtype, refusal = kv_dtype(spec, kv_cache_dtype)
+    refusal = refusal or unread_geometry_refusal(spec, "SGLang")
     page = opts.page_size
     settings = {"kv_cache_dtype": dtype, "page_size": page, "tp": tp}
     if refusal:
@@ -299,6 +301,7 @@ def capacity(spec, context: int, batch: int, opts: SGLangOptions, mem: MemoryInp
     rule = ("SGLang profile_max_num_token: KV = free_after_weights - free_at_start x (1 - mem_fraction_static), "
             "free_at_start = GPU memory - non-torch; activations live in the (1 - fraction) left over")
     dtype, refusal = kv_dtype(spec, kv_cache_dtype)
+    refusal = refusal or unread_geometry_refusal(spec, "SGLang")
     pre = mem.gpu_memory_bytes - mem.non_torch_bytes  # free when the distributed group starts, before weights
     post = pre - mem.weights_bytes
     rest_gib = post / GIB - pre / GIB * (1 - fraction)  # GiB floats, as get_available_gpu_memory returns them

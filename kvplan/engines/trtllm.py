@@ -37,6 +37,7 @@ from kvplan.model.kinds import KINDS, KINDS_BY_NAME, LayerKind
 from kvplan.model.layout import ceil_div, kv_heads_per_rank
 from kvplan.engines import (GIB, EngineCache, EngineCapacity, KindCache, Ledger, MemoryInputs, ideal_estimate,
                             ideal_state_row, kind_counts, window_of)
+from kvplan.engines.base import unread_geometry_refusal
 from kvplan.errors import InputError, require_at_least
 from kvplan.model.formats import KVFormat, KVFormatPair
 
@@ -98,6 +99,7 @@ def cache(spec, context: int, batch: int, opts: TrtllmOptions, *, kv_cache_dtype
     tp = opts.tp
     ideal = ideal_estimate(spec, ideal_format, context, batch, tp, ideal_state)
     dtype, refusal = kv_dtype(kv_cache_dtype, spec.dtype)
+    refusal = refusal or unread_geometry_refusal(spec, "TensorRT-LLM")
     settings = {"kv_cache_dtype": dtype, "tokens_per_block": bs, "tp": tp}
     if refusal:
         return EngineCache(ENGINE, spec.name, context, batch, kv_cache_dtype, settings, (), None,
@@ -163,6 +165,7 @@ def capacity(spec, context: int, batch: int, opts: TrtllmOptions, mem: MemoryInp
     rule = ("TensorRT-LLM cal_max_tokens: KV = (GPU memory - peak of the profiling run) x "
             "free_gpu_memory_fraction; peak = weights + activations + non-torch")
     dtype, refusal = kv_dtype(kv_cache_dtype, spec.dtype)
+    refusal = refusal or unread_geometry_refusal(spec, "TensorRT-LLM")
     peak = mem.weights_bytes + mem.activation_bytes + mem.non_torch_bytes
     available = (mem.gpu_memory_bytes - peak) * fraction
     settings = {"free_gpu_memory_fraction": fraction, "peak_memory_bytes": peak}

@@ -88,10 +88,25 @@ def kv_cache_dtype_refusal(spec, kv_cache_dtype: str) -> Optional[str]:
     row, `kvplan estimate`, `check` and `diff` under engine vllm all ask here.
     """
     name = kv_cache_dtype.strip().lower()
+    if getattr(spec, "index_head_dim", None) and name not in ("auto", "bf16", "bfloat16"):
+        return sparse_mla_kv_dtype_refusal(kv_cache_dtype)
     if name in VLLM_KV_DTYPES or name == spec.dtype or name in _MODEL_DTYPE_NAMES:
         return None
     choices = ", ".join(f"'{c}'" for c in VLLM_KV_DTYPES)
     return f"error: argument --kv-cache-dtype: invalid choice: '{kv_cache_dtype}' (choose from {choices})"
+
+
+def sparse_mla_kv_dtype_refusal(kv_cache_dtype: str) -> str:
+    """vLLM 0.32 runs DeepSeek sparse attention (index_head_dim) on FlashMLASparseBackend, whose
+    supported_kv_cache_dtypes are auto, bfloat16, fp8_ds_mla, fp8 ("alias for fp8_ds_mla") and nvfp4_ds_mla
+    (v1/attention/backends/mla/flashmla_sparse.py); DeepseekV32ForCausalLM's config hook maps bfloat16 to auto
+    (model_executor/models/config.py). fp8_ds_mla keeps 656 bytes per token (512 fp8 + 4 fp32 scales + 64 bf16
+    RoPE values), a layout kvplan has no format for, so it refuses rather than size it as 576 plain fp8 bytes."""
+    return (
+        f"kvplan: vLLM runs DeepSeek sparse attention's latent in auto/bfloat16 or as fp8_ds_mla (656 bytes per "
+        f"token for --kv-cache-dtype fp8), a layout kvplan does not size; --kv-cache-dtype {kv_cache_dtype} is "
+        "refused (use auto)"
+    )
 
 
 # Model types whose config has no RoPE parameters (gpt2: learned absolute positions; jamba: none at all).

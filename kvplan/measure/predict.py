@@ -268,6 +268,16 @@ def build_arch(spec: ModelSpec) -> RunArch:
     notes: list[str] = []
     mla = None
     head_dim = v_head_dim = 0
+    # issue #13's per-layer attention that the torch decoder does not build yet: refused by the field's name
+    if spec.has_layer_geometry:
+        raise InputError(
+            f"{spec.name}: full-attention layers with their own head size or KV heads (global_head_dim / "
+            "num_global_key_value_heads) are not built by kvplan measure yet"
+        )
+    if spec.index_head_dim is not None:
+        raise InputError(
+            f"{spec.name}: the DeepSeek sparse-attention indexer (index_head_dim) is not built by kvplan measure yet"
+        )
     if spec.is_mla:
         assert spec.kv_lora_rank is not None and spec.qk_rope_head_dim is not None
         nope = spec.qk_nope_head_dim

@@ -7,9 +7,11 @@ states its ideal rule and nothing about any engine:
 - its label, the `layer_types` name that rebuilds it, and the spec field that is its
   window (`sliding_window`, `attention_chunk_size`; None when it keeps every token);
 - tokens held per sequence at context L, unpaged, and reserved in blocks of B tokens;
-- bytes one more token adds to one layer (K + V heads x head dims; MLA's latent +
-  RoPE key; nothing for state and KV-shared layers), under a KV format whose group
-  scale bytes `KVFormat.bytes_for` counts, and the raw bits beneath them;
+- bytes one more token adds to one layer (K + V heads x head dims, the kind's own:
+  Gemma 4's full layers `global_head_dim` x `num_global_key_value_heads`, its sliding
+  layers the base sizes; MLA's latent + RoPE key, plus DeepSeek sparse attention's
+  indexer key in its own fp8 format; nothing for state and KV-shared layers), under a
+  KV format whose group scale bytes `KVFormat.bytes_for` counts, and the raw bits beneath them;
 - fixed state bytes per sequence per layer (state layers only), independent of L;
 - its split under tensor parallelism (KV heads per rank, replicated when the heads are
   fewer than the ranks; an MLA latent whole on every rank; a state split by channels)
@@ -163,29 +165,50 @@ class FullAttention(Kind):
     def prefill_pairs(self, context: int, window: Optional[int]) -> int:
         return context * (context + 1) // 2
 
+    # -- geometry: a full-attention layer may have its own head size and KV heads (Gemma 4's
+    # global_head_dim and num_global_key_value_heads); the windowed kinds keep the spec's base ones.
+
+    def head_dims(self, spec) -> tuple[int, int]:
+        """(K, V) elements per KV head of one layer of this kind.
+
+        Gemma 4 (transformers 5.25 `Gemma4TextConfig.__post_init__`: per_layer_config gives every
+        full_attention layer head_dim = global_head_dim; vLLM 0.32 `Gemma4DecoderLayer` the same):
+        K and V both global_head_dim wide on full layers."""
+        global_dim = getattr(spec, "global_head_dim", None)  # any spec-like object: absent = None
+        if global_dim is not None:
+            return global_dim, global_dim
+        return spec.k_head_dim, spec.v_head_dim_resolved
+
     def kv_heads(self, spec) -> int:
-        return spec.num_key_value_heads or 0
+        # Gemma 4: num_global_key_value_heads on full layers (the importer sets it only where
+        # attention_k_eq_v gates it in, as Gemma4TextConfig does)
+        return getattr(spec, "num_global_key_value_heads", None) or spec.num_key_value_heads or 0
 
     def kv_heads_per_rank(self, spec, tp: int) -> int:
         # vLLM `ModelConfig.get_num_kv_heads`: at least one; replicated when heads < tp
-        kv_heads = spec.num_key_value_heads
-        assert kv_heads is not None
+        # (vLLM 0.32 Gemma4Attention: max(1, total_num_kv_heads // tp_size) per layer)
+        kv_heads = self.kv_heads(spec)
+        assert kv_heads
         return max(1, kv_heads // tp)
 
     def bytes_per_token_per_layer(self, spec, fmt: KVFormatPair, kv_heads: int) -> int:
-        return kv_heads * (fmt.k.bytes_for(spec.k_head_dim) + fmt.v.bytes_for(spec.v_head_dim_resolved))
+        k_dim, v_dim = self.head_dims(spec)
+        return kv_heads * (fmt.k.bytes_for(k_dim) + fmt.v.bytes_for(v_dim))
 
     def raw_bits_per_token_per_layer(self, spec, fmt: KVFormatPair, kv_heads: int) -> int:
-        return kv_heads * (spec.k_head_dim * fmt.k.bits + spec.v_head_dim_resolved * fmt.v.bits)
+        k_dim, v_dim = self.head_dims(spec)
+        return kv_heads * (k_dim * fmt.k.bits + v_dim * fmt.v.bits)
 
     def tensor_parallel_problem(self, spec, tp: int) -> Optional[str]:
-        kv_heads = spec.num_key_value_heads
-        assert kv_heads is not None
+        kv_heads = self.kv_heads(spec)
+        assert kv_heads
+        # a model whose layers differ in KV heads names the layers the refusal is about
+        which = f" KV heads ({self.label} layers)" if getattr(spec, "has_layer_geometry", False) else " KV heads"
         if kv_heads >= tp and kv_heads % tp:
-            return f"--tensor-parallel-size {tp} does not divide {spec.name}'s {kv_heads} KV heads"
+            return f"--tensor-parallel-size {tp} does not divide {spec.name}'s {kv_heads}{which}"
         if kv_heads < tp and tp % kv_heads:
             return (
-                f"--tensor-parallel-size {tp} is not a multiple of {spec.name}'s {kv_heads} KV heads, "
+                f"--tensor-parallel-size {tp} is not a multiple of {spec.name}'s {kv_heads}{which}, "
                 "so they cannot be replicated evenly"
             )
         return None
@@ -233,6 +256,12 @@ class SlidingWindow(FullAttention):
         assert window is not None
         return max(0, query - window + 1)
 
+    def head_dims(self, spec) -> tuple[int, int]:
+        return spec.k_head_dim, spec.v_head_dim_resolved  # a window layer keeps the base geometry (Gemma 4)
+
+    def kv_heads(self, spec) -> int:
+        return spec.num_key_value_heads or 0
+
 
 class ChunkedAttention(SlidingWindow):
     """K and V of the current `attention_chunk_size` chunk (its peak: a whole chunk)."""
@@ -263,8 +292,24 @@ class ChunkedAttention(SlidingWindow):
         return query // window * window
 
 
+def index_key_bytes(index_head_dim: int) -> int:
+    """Bytes of one DeepSeek sparse-attention indexer key: fp8 values plus one fp32 scale per 128.
+
+    vLLM 0.32 model_executor/models/deepseek_v2.py `Indexer.__init__` ("we use fp8 naive cache, where we
+    store value in fp8 and scale in fp32 per self.quant_block_size element", quant_block_size = 128):
+    `DeepseekV32IndexerCache(head_dim=index_head_dim + index_head_dim // 128 * 4, dtype=torch.uint8)`;
+    SGLang's `NSATokenToKVPool` the same (docs/architectures.md section 3). 128 values -> 132 bytes.
+    """
+    return index_head_dim + index_head_dim // INDEX_QUANT_BLOCK * 4
+
+
+INDEX_QUANT_BLOCK = 128  # values per fp32 scale in the indexer's fp8 key cache (vLLM Indexer.quant_block_size)
+
+
 class LatentAttention(FullAttention):
-    """MLA: one latent (kv_lora_rank + qk_rope_head_dim) per token, no V, no head factor."""
+    """MLA: one latent (kv_lora_rank + qk_rope_head_dim) per token, no V, no head factor; with DeepSeek
+    sparse attention (index_head_dim) also one indexer key per token, in its own fp8 format
+    (`index_key_bytes`), whatever the latent's format."""
 
     kind = LayerKind.MLA
     label = "MLA latent"
@@ -277,10 +322,16 @@ class LatentAttention(FullAttention):
         return 1  # the latent is not split by heads: every rank holds all of it
 
     def bytes_per_token_per_layer(self, spec, fmt: KVFormatPair, kv_heads: int) -> int:
-        return fmt.k.bytes_for(spec.mla_latent_dim)
+        return fmt.k.bytes_for(spec.mla_latent_dim) + self.index_bytes_per_token_per_layer(spec)
 
     def raw_bits_per_token_per_layer(self, spec, fmt: KVFormatPair, kv_heads: int) -> int:
-        return spec.mla_latent_dim * fmt.k.bits
+        # the indexer key's values are 8-bit; its fp32 scales count as scale bytes
+        return spec.mla_latent_dim * fmt.k.bits + (getattr(spec, "index_head_dim", None) or 0) * 8
+
+    def index_bytes_per_token_per_layer(self, spec) -> int:
+        """The sparse-attention indexer key one more token adds to one layer (0 without an indexer)."""
+        index_dim = getattr(spec, "index_head_dim", None)
+        return index_key_bytes(index_dim) if index_dim else 0
 
     def tensor_parallel_problem(self, spec, tp: int) -> Optional[str]:
         return None  # replicated: any tp that divides the attention heads

@@ -63,6 +63,11 @@ class SpecDerived:
         return self.kv_lora_rank + self.qk_rope_head_dim
 
     @property
+    def has_layer_geometry(self) -> bool:
+        """Whether full-attention layers have their own head size or KV heads (Gemma 4)."""
+        return self.global_head_dim is not None or self.num_global_key_value_heads is not None
+
+    @property
     def active_parameters(self) -> int:
         """Parameters read per token (all of them for a dense model)."""
         return self.num_active_parameters or self.num_parameters

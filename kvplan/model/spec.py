@@ -126,7 +126,18 @@ class ModelSpec(BaseModel, SpecDerived):
     layer_pattern: Optional[tuple[PatternEntry, ...]] = None
     sliding_window: Optional[PositiveInt] = None
     attention_chunk_size: Optional[PositiveInt] = None
-    num_kv_shared_layers: NonNegativeInt = 0  # Gemma-3n: the last N layers reuse earlier KV
+    num_kv_shared_layers: NonNegativeInt = 0  # Gemma-3n / Gemma 4: the last N layers reuse earlier KV
+    # Per-layer geometry (Gemma 4): full_attention layers' own head size and KV heads; None = head_dim /
+    # num_key_value_heads. Sliding layers keep the base ones (kvplan.model.kinds FullAttention.head_dims).
+    global_head_dim: Optional[PositiveInt] = None
+    num_global_key_value_heads: Optional[PositiveInt] = None
+
+    # DeepSeek sparse attention (deepseek_v32): each MLA layer also caches one indexer key of
+    # index_head_dim values per token (kinds.index_key_bytes); index_n_heads score it, and each query
+    # attends to index_topk latents only.
+    index_head_dim: Optional[PositiveInt] = None
+    index_n_heads: Optional[PositiveInt] = None
+    index_topk: Optional[PositiveInt] = None
 
     # MLA (DeepSeek-V2/V3)
     kv_lora_rank: Optional[PositiveInt] = None

@@ -83,6 +83,11 @@ SIZE_LIMITS: dict[str, tuple[int, str]] = {
     "sliding_window": (MAX_TOKENS, _TOKENS_WHY),
     "attention_chunk_size": (MAX_TOKENS, _TOKENS_WHY),
     "num_kv_shared_layers": (MAX_LAYERS, _LAYERS_WHY),
+    "global_head_dim": (MAX_HEAD_DIM, _DIM_WHY),
+    "num_global_key_value_heads": (MAX_HEADS, "DeepSeek-V3's 128 KV heads are the most released"),
+    "index_head_dim": (MAX_HEAD_DIM, _DIM_WHY),
+    "index_n_heads": (MAX_HEADS, "Llama-3.1-405B's and DeepSeek-V3's 128 heads are the most released"),
+    "index_topk": (MAX_TOKENS, _TOKENS_WHY),
     "mamba_d_state": (MAX_MAMBA, _MAMBA_WHY),
     "mamba_d_conv": (MAX_MAMBA, _MAMBA_WHY),
     "mamba_expand": (MAX_MAMBA, _MAMBA_WHY),
@@ -174,6 +179,11 @@ SPEC_FIELDS: dict[str, tuple[Any, Any]] = {
     "sliding_window": ("positive", None),
     "attention_chunk_size": ("positive", None),
     "num_kv_shared_layers": ("non_negative", 0),
+    "global_head_dim": ("positive", None),
+    "num_global_key_value_heads": ("positive", None),
+    "index_head_dim": ("positive", None),
+    "index_n_heads": ("positive", None),
+    "index_topk": ("positive", None),
     "kv_lora_rank": ("positive", None),
     "q_lora_rank": ("positive", None),
     "qk_rope_head_dim": ("positive", None),
@@ -248,6 +258,9 @@ def spec_problem(spec: SpecDerived) -> Optional[str]:
             f"head_dim is missing and hidden_size ({spec.hidden_size}) is not a multiple "
             f"of num_attention_heads ({heads})"
         )
+    problem = _geometry_problem(spec)
+    if problem:
+        return problem
     if spec.layer_types is not None and spec.layer_pattern is not None:
         return "give layer_types or layer_pattern, not both"
     if spec.layer_types is not None and len(spec.layer_types) != spec.num_hidden_layers:
@@ -284,6 +297,32 @@ def spec_problem(spec: SpecDerived) -> Optional[str]:
             return problem
     if spec.file_weight_bytes is not None:
         return _file_weight_bytes_problem(spec)
+    return None
+
+
+def _geometry_problem(spec: SpecDerived) -> Optional[str]:
+    """Per-layer geometry belongs to full-attention heads, the indexer to MLA layers."""
+    if spec.has_layer_geometry:
+        if spec.is_mla:
+            return "global_head_dim / num_global_key_value_heads size attention heads; an MLA model (kv_lora_rank) has none"
+        if spec.v_head_dim is not None and spec.global_head_dim is not None:
+            return "give v_head_dim or global_head_dim, not both (no model kvplan knows has both)"
+        global_kv = spec.num_global_key_value_heads
+        if global_kv is not None and spec.num_attention_heads % global_kv:
+            return (
+                f"num_attention_heads ({spec.num_attention_heads}) must be a multiple of "
+                f"num_global_key_value_heads ({global_kv})"
+            )
+    if spec.index_head_dim is not None:
+        if not spec.is_mla:
+            return "index_head_dim is the DeepSeek sparse-attention indexer of MLA layers; set kv_lora_rank too"
+        if spec.index_head_dim % 128:
+            return (
+                f"index_head_dim ({spec.index_head_dim}) must be a multiple of 128: the indexer's fp8 key cache "
+                "keeps one fp32 scale per 128 values (vLLM Indexer.quant_block_size)"
+            )
+    elif spec.index_n_heads is not None or spec.index_topk is not None:
+        return "index_n_heads / index_topk describe the sparse-attention indexer; set index_head_dim too"
     return None
 
 

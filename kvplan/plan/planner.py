@@ -475,24 +475,70 @@ def _attention_dims(spec: ModelSpec) -> tuple[int, int]:
     return spec.k_head_dim, spec.v_head_dim_resolved
 
 
+def _kind_attention_dims(spec: ModelSpec, kind: LayerKind) -> tuple[int, int]:
+    """(score dim, value dim) per head of one kind: MLA absorbed, else the kind's own head sizes (Gemma 4's
+    full layers global_head_dim, its sliding layers head_dim)."""
+    if spec.is_mla:
+        return _attention_dims(spec)
+    return KINDS[kind].head_dims(spec)
+
+
 def _attention_flops(spec: ModelSpec, kinds: dict[LayerKind, int], layout: CacheLayout, tp: int,
                      pairs: Callable[[Kind, Optional[int]], int]) -> int:
     """2 x heads x (d_k + d_v) FLOPs per query-key pair, over the `pairs(rule, window)` of every KV kind (per rank)."""
-    dk, dv = _attention_dims(spec)
     heads = spec.num_attention_heads // tp
     windows = {g.kind: g.window for g in layout.groups}
-    return sum(n * 2 * heads * (dk + dv) * pairs(KINDS[kind], windows.get(kind))
+    return sum(n * 2 * heads * sum(_kind_attention_dims(spec, kind)) * pairs(KINDS[kind], windows.get(kind))
                for kind, n in kinds.items() if KINDS[kind].has_kv)
 
 
+# DeepSeek sparse attention (deepseek_v32, index_topk set): each query's indexer scores every earlier key
+# (index_n_heads dot products of index_head_dim: 2 x heads x dim FLOPs per pair, the indexer's heads whole on
+# every rank: vLLM 0.32 Indexer's wq_b / weights_proj are ReplicatedLinear), then MLA attends to
+# min(keys, index_topk) selected latents only (transformers 5.25 DeepseekV32Indexer: topk = min(index_topk, keys)).
+
+
+def _sparse_pairs(spec: ModelSpec, keys: int) -> int:
+    """Latents one query attends to when `keys` are visible: all of them, or index_topk under sparse attention."""
+    return min(keys, spec.index_topk) if spec.index_topk else keys
+
+
+def _indexer_flops(spec: ModelSpec, kinds: dict[LayerKind, int], pairs: int) -> int:
+    if not spec.index_topk or LayerKind.MLA not in kinds:
+        return 0
+    assert spec.index_n_heads is not None and spec.index_head_dim is not None
+    return kinds[LayerKind.MLA] * 2 * spec.index_n_heads * spec.index_head_dim * pairs
+
+
 def attention_flops_decode(spec: ModelSpec, kinds: dict[LayerKind, int], layout: CacheLayout, context: int, tp: int) -> int:
-    """FLOPs of attention for one new token attending to the tokens held (per rank)."""
-    return _attention_flops(spec, kinds, layout, tp, lambda rule, window: rule.tokens_held(context, window))
+    """FLOPs of attention for one new token attending to the tokens held (per rank); under DeepSeek sparse
+    attention, index_topk latents plus the indexer's scores over every key."""
+    dense = _attention_flops(spec, kinds, layout, tp,
+                             lambda rule, window: _sparse_pairs(spec, rule.tokens_held(context, window)))
+    return dense + _indexer_flops(spec, kinds, context)
 
 
 def attention_flops_prefill(spec: ModelSpec, kinds: dict[LayerKind, int], layout: CacheLayout, prompt: int, tp: int) -> int:
     # the kind's causal pairs: a sliding token sees its window, a chunked one only its own chunk
+    if spec.index_topk:
+        k = spec.index_topk  # query i (1-based) attends min(i, k) latents: a triangle up to k, then k each
+        sparse = prompt * (prompt + 1) // 2 if prompt <= k else k * (k + 1) // 2 + (prompt - k) * k
+        attn = _attention_flops(spec, kinds, layout, tp,
+                                lambda rule, window: sparse if rule.kind is LayerKind.MLA else rule.prefill_pairs(prompt, window))
+        return attn + _indexer_flops(spec, kinds, prompt * (prompt + 1) // 2)
     return _attention_flops(spec, kinds, layout, tp, lambda rule, window: rule.prefill_pairs(prompt, window))
+
+
+def sparse_kv_read_bytes(layout: CacheLayout, counts: dict[LayerKind, int], context: int) -> int:
+    """Bytes of one sequence's cache a decode step on one rank of one stage does NOT read under DeepSeek sparse
+    attention: the latents beyond the index_topk selected ones (every indexer key is still read)."""
+    spec = layout.spec
+    n = counts.get(LayerKind.MLA, 0)
+    if not spec.index_topk or not n:
+        return 0
+    group = next(g for g in layout.groups if g.kind is LayerKind.MLA)
+    latent = group.bytes_per_token_per_layer_rank - KINDS[LayerKind.MLA].index_bytes_per_token_per_layer(spec)
+    return n * latent * max(0, context - spec.index_topk)
 
 
 class Planner:
@@ -596,7 +642,11 @@ class Planner:
         layers = spec.num_hidden_layers
         for i, counts in enumerate(self.layout.stage_kind_counts):
             read_weights = active_weights[i] + int((held_weights[i] - active_weights[i]) * share)
-            kv = batch * self.layout.stage_rank_bytes(counts, context, paged=False) if kv_bytes_per_rank is None else kv_bytes_per_rank
+            if kv_bytes_per_rank is None:  # sparse attention reads index_topk latents, not every one it holds
+                held_bytes = self.layout.stage_rank_bytes(counts, context, paged=False)
+                kv = batch * (held_bytes - sparse_kv_read_bytes(self.layout, counts, context))
+            else:
+                kv = kv_bytes_per_rank
             step_bytes = read_weights + kv
             body_stage = body_parameters(spec, active=True, total=self.flop_parameters) * self.layout.layers_per_stage[i] // layers
             logits = lm_head_flops(spec) if i == len(self.layout.layers_per_stage) - 1 else 0
@@ -660,6 +710,12 @@ class Planner:
         pool = self.pool.report(context, max_seqs)  # vLLM's blocks, log lines and notes (ideal: none)
         refusal = pool.refusal
         notes: list[str] = list(pool.notes)
+        if spec.index_topk:
+            notes.append(
+                f"DeepSeek sparse attention: a decode step reads every indexer key but only index_topk = "
+                f"{spec.index_topk:,} latents per layer, and attends to those alone (prefill: min(position, "
+                f"{spec.index_topk:,}) per query); the cache still holds every latent"
+            )
         runs = max_seqs >= 1 and refusal is None  # vLLM refusing the context runs nothing either
         roof = self.roofline(batch, context, max_seqs if runs else 0)
         notes += roof.notes

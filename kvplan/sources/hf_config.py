@@ -109,6 +109,25 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                         kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64, v_head_dim=128,
                         qk_nope_head_dim=128, max_position_embeddings=4096, tie_word_embeddings=False,
                         attention_bias=False, num_nextn_predict_layers=0),
+    # DeepseekV32Config (transformers 5.25 models/deepseek_v32/configuration_deepseek_v32.py): V3's sizes plus
+    # the sparse-attention indexer (index_head_dim 128, index_n_heads 64, index_topk 2048).
+    "deepseek_v32": dict(vocab_size=129280, hidden_size=7168, intermediate_size=18432, moe_intermediate_size=2048,
+                         num_hidden_layers=61, num_attention_heads=128, num_key_value_heads=128, n_shared_experts=1,
+                         n_routed_experts=256, num_experts_per_tok=8, moe_layer_freq=1, first_k_dense_replace=3,
+                         kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64, v_head_dim=128,
+                         qk_nope_head_dim=128, max_position_embeddings=163840, tie_word_embeddings=False,
+                         attention_bias=False, num_nextn_predict_layers=0, index_head_dim=128, index_n_heads=64,
+                         index_topk=2048),
+    # Gemma3nTextConfig (transformers 5.25 models/gemma3n/configuration_gemma3n.py): the E4B sizes.
+    "gemma3n_text": dict(vocab_size=262400, hidden_size=2048, num_hidden_layers=35, num_attention_heads=8,
+                         num_key_value_heads=2, head_dim=256, max_position_embeddings=32768, sliding_window=512,
+                         tie_word_embeddings=True, num_kv_shared_layers=15),
+    # Gemma4TextConfig (transformers 5.25 models/gemma4/configuration_gemma4.py); global_head_dim is popped
+    # from the kwargs with default 512 in __post_init__, num_global_key_value_heads with default None.
+    "gemma4_text": dict(vocab_size=262144, hidden_size=2304, num_hidden_layers=30, num_attention_heads=8,
+                        num_key_value_heads=4, head_dim=256, max_position_embeddings=131072, sliding_window=512,
+                        tie_word_embeddings=True, attention_k_eq_v=False, num_kv_shared_layers=0,
+                        global_head_dim=512, num_global_key_value_heads=None, use_bidirectional_attention=None),
     "gpt2": dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
                  tie_word_embeddings=True),
     # GPTBigCodeConfig (5.25): multi_query defaults to true (StarCoder, SantaCoder).
@@ -204,11 +223,15 @@ TYPE_ALIASES = {
     "RefinedWeb": "falcon",  # Falcon-40B before the port (new decoder architecture)
     "gemma3": "gemma3_text",
     "llama4": "llama4_text",
+    "gemma3n": "gemma3n_text",
+    "gemma4": "gemma4_text",
 }
 
 # Multimodal wrappers: the `model_type` their `text_config` has when it names none.
 TEXT_CONFIG_TYPES = {
     "gemma3": "gemma3_text",
+    "gemma3n": "gemma3n_text",
+    "gemma4": "gemma4_text",
     "llama4": "llama4_text",
     "llava": "llama",
     "llava_next": "llama",
@@ -238,6 +261,9 @@ ARCHITECTURE_TYPES = {
     "SmolLM3ForCausalLM": "smollm3",
     "Glm4MoeForCausalLM": "glm4_moe",
     "Glm4MoeLiteForCausalLM": "glm4_moe_lite",
+    "DeepseekV32ForCausalLM": "deepseek_v32",
+    "Gemma3nForCausalLM": "gemma3n_text",
+    "Gemma4ForCausalLM": "gemma4_text",
     "GPT2LMHeadModel": "gpt2",
     "GPTNeoXForCausalLM": "gpt_neox",
     "FalconForCausalLM": "falcon",
@@ -293,6 +319,7 @@ _BOUND_LIKE = {
     "conv_kernel": "mamba_d_conv", "expand": "mamba_expand", "n_groups": "mamba_n_groups",
     "mamba_num_heads": "mamba_n_heads", "num_heads": "mamba_n_heads", "mamba_d_head": "mamba_head_dim",
     "moe_shared_expert_intermediate_size": "intermediate_size", "shared_intermediate_size": "intermediate_size",
+    "index_topk_freq": "num_hidden_layers", "index_skip_topk_offset": "num_hidden_layers",
 }
 
 
@@ -735,6 +762,190 @@ def _deepseek(c: _Cfg, *, v3: bool):
 
 def _deepseek_v2(c: _Cfg):
     return _deepseek(c, v3=False)
+
+
+def _deepseek_v32(c: _Cfg):
+    """DeepSeek-V3.2: V3 plus the sparse-attention indexer on every layer.
+
+    transformers 5.25 models/deepseek_v32: `DeepseekV32Config.__post_init__` makes every layer
+    "indexed_attention" (a `DynamicIndexedLayer`: the MLA latent plus a [B, T, index_head_dim] indexer key
+    cache); `DeepseekV32Indexer` holds wq_b (q_lora_rank -> index_n_heads x index_head_dim), wk (hidden ->
+    index_head_dim), k_norm (a LayerNorm: weight and bias) and weights_proj (hidden -> index_n_heads).
+    """
+    layer_types = c.raw.get("layer_types")
+    if layer_types is not None and (
+        not isinstance(layer_types, list) or any(t != "indexed_attention" for t in layer_types)
+    ):
+        bad = next((t for t in layer_types if t != "indexed_attention"), layer_types) if isinstance(layer_types, list) else layer_types
+        raise ConfigError(
+            f"{c.where}: layer_types has {bad!r}; kvplan sizes deepseek_v32 only with every layer "
+            "'indexed_attention' (DeepseekV32Config's default)"
+        )
+    f, total, inactive = _deepseek(c, v3=True)
+    index_dim, index_heads, topk = c.int("index_head_dim"), c.int("index_n_heads"), c.int("index_topk")
+    q_lora = c.int("q_lora_rank")  # the indexer's queries come from the q_lora latent
+    hidden, L = f["hidden_size"], f["num_hidden_layers"]
+    indexer = _linear(q_lora, index_heads * index_dim) + _linear(hidden, index_dim) + 2 * index_dim + _linear(hidden, index_heads)
+    f.update(index_head_dim=index_dim, index_n_heads=index_heads, index_topk=topk)
+    return f, total + L * indexer, inactive
+
+
+def _gemma_shared_kv(c: _Cfg, layer_types: list[str], shared: int) -> None:
+    """Refuse a KV-sharing layout transformers refuses: every layer type among the last `shared` layers
+    must have a layer of its type before them to read (Gemma3nTextConfig / Gemma4TextConfig
+    `kv_sharing_modes`: "The set of layer types producing a cache is different than the set of layer
+    types using them"); note where vLLM's Gemma-3n reads another layer than transformers does."""
+    L = len(layer_types)
+    if shared >= L:
+        raise ConfigError(
+            f"{c.where}: num_kv_shared_layers is {shared} of {L} layers; at least one layer must keep its own KV"
+        )
+    first = L - shared
+    owners = layer_types[:first]
+    missing = sorted(set(layer_types[first:]) - set(owners))
+    if missing:
+        raise ConfigError(
+            f"{c.where}: num_kv_shared_layers {shared} leaves no {missing[0]} layer before layer {first} for the "
+            "shared layers of that type to read (transformers refuses this config)"
+        )
+
+
+def _gemma_layer_types(c: _Cfg, L: int, period: int) -> list[str]:
+    """layer_types as given, else layer i full when (i + 1) % period == 0 (Gemma3nTextConfig: 5,
+    Gemma4TextConfig: 6)."""
+    explicit = _check_layer_types(c, L)
+    kinds = explicit if explicit is not None else [
+        "full_attention" if (i + 1) % period == 0 else "sliding_attention" for i in range(L)
+    ]
+    bad = [t for t in kinds if t not in ("full_attention", "sliding_attention")]
+    if bad:
+        raise ConfigError(f"{c.where}: layer_types has {bad[0]!r}; Gemma layers are full_attention or sliding_attention")
+    return list(kinds)
+
+
+def _gemma_kv_fields(c: _Cfg, period: int) -> tuple[dict[str, Any], list[str]]:
+    """The cache fields Gemma-3n and Gemma 4 share: sizes, layer types, window, KV sharing."""
+    hidden, heads, L = c.int("hidden_size"), c.int("num_attention_heads"), c.int("num_hidden_layers")
+    kv = c.int("num_key_value_heads")
+    f: dict[str, Any] = {
+        "hidden_size": hidden,
+        "num_hidden_layers": L,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "head_dim": c.int("head_dim"),
+        "vocab_size": c.int("vocab_size"),
+        "tie_word_embeddings": bool(c.get("tie_word_embeddings", True)),
+    }
+    max_pos = c.int("max_position_embeddings", required=False)
+    if max_pos:
+        f["max_position_embeddings"] = max_pos
+    inter = c.get("intermediate_size")
+    if isinstance(inter, int) and not isinstance(inter, bool) and inter > 0:
+        f["intermediate_size"] = c.int("intermediate_size")  # Gemma-3n may list one per layer: weights only
+    layer_types = _gemma_layer_types(c, L, period)
+    shared = c.int("num_kv_shared_layers", zero_ok=True)
+    return f | {"num_kv_shared_layers": shared} if shared else f, layer_types
+
+
+def _gemma3n(c: _Cfg):
+    """Gemma-3n (transformers 5.25 models/gemma3n): Gemma-3-style sliding/full layers (one full in five by
+    default) whose last num_kv_shared_layers layers compute no K/V of their own and get no cache layer
+    (cache_utils: a "reuse" layer of `kv_sharing_modes` becomes a dummy layer). No parameter formula
+    (AltUp, LAuReL and per-layer embeddings): the count comes from the weights' headers."""
+    f, layer_types = _gemma_kv_fields(c, 5)
+    shared = f.get("num_kv_shared_layers", 0)
+    if shared:
+        _gemma_shared_kv(c, layer_types, shared)
+        first = len(layer_types) - shared
+        # transformers: the last owning layer of the same type; vLLM 0.32 gemma3n.py: first - 2 for sliding,
+        # first - 1 for full layers (and llama.cpp the same offsets). The bytes agree; the layer read may not.
+        for kind, offset in (("sliding_attention", 2), ("full_attention", 1)):
+            if kind in layer_types[first:]:
+                hf_target = first - 1 - layer_types[:first][::-1].index(kind)
+                if hf_target != first - offset:
+                    c.notes.append(
+                        f"shared {kind} layers read layer {hf_target} in transformers but layer {first - offset} in "
+                        "vLLM and llama.cpp (fixed offsets); the cache bytes are the same"
+                    )
+    _apply_kinds(f, layer_types, c.get("sliding_window"), None, c.where)
+    return f, None, 0
+
+
+def _gemma4(c: _Cfg):
+    """Gemma 4 (transformers 5.25 models/gemma4): sliding layers of head_dim and num_key_value_heads; full
+    layers of global_head_dim and, when attention_k_eq_v, num_global_key_value_heads; KV sharing as Gemma-3n.
+
+    `Gemma4TextConfig.__post_init__`: layer i full when (i + 1) % 6 == 0, the last layer forced to
+    full_attention; per_layer_config {head_dim: global_head_dim, num_key_value_heads: num_global_key_value_heads
+    if attention_k_eq_v} on every full layer. attention_k_eq_v does not halve the cache: V is the pre-norm key
+    projection, but K then gets k_norm and RoPE and V v_norm, so both are cached
+    (`Gemma4TextAttention.forward`; vLLM 0.32 gemma4.py loads K's weights into both slots).
+    No parameter formula (MoE blocks, per-layer inputs): the count comes from the weights' headers.
+    """
+    bidirectional = c.get("use_bidirectional_attention")
+    if bidirectional not in (None, "vision"):
+        raise ConfigError(
+            f"{c.where}: use_bidirectional_attention is {bidirectional!r}; a non-causal Gemma 4 (its sliding window "
+            "becomes W // 2 + 1 both ways) is not a decoder kvplan sizes"
+        )
+    f, layer_types = _gemma_kv_fields(c, 6)
+    if layer_types[-1] != "full_attention":
+        layer_types[-1] = "full_attention"
+        c.notes.append("layer_types' last layer made full_attention, as Gemma4TextConfig forces it")
+    per_layer = c.raw.get("per_layer_config")
+    if per_layer is not None:
+        global_dim, global_kv = _gemma4_per_layer(c, per_layer, layer_types, f)
+    else:
+        global_dim = c.int("global_head_dim")
+        global_kv = c.int("num_global_key_value_heads", required=False) if c.flag("attention_k_eq_v") else None
+        if c.raw.get("num_global_key_value_heads") is not None and not c.flag("attention_k_eq_v"):
+            c.notes.append("num_global_key_value_heads not used: attention_k_eq_v is false (Gemma4TextConfig gates it)")
+    if global_dim != f["head_dim"]:
+        f["global_head_dim"] = global_dim
+    if global_kv is not None and global_kv != f["num_key_value_heads"]:
+        f["num_global_key_value_heads"] = global_kv
+    shared = f.get("num_kv_shared_layers", 0)
+    if shared:
+        _gemma_shared_kv(c, layer_types, shared)
+    _apply_kinds(f, layer_types, c.get("sliding_window"), None, c.where)
+    if "full_attention" not in layer_types[: len(layer_types) - shared]:
+        f.pop("global_head_dim", None)
+        f.pop("num_global_key_value_heads", None)
+    return f, None, 0
+
+
+def _gemma4_per_layer(c: _Cfg, per_layer: Any, layer_types: list[str], f: dict) -> tuple[int, Optional[int]]:
+    """(global head size, global KV heads) from a per_layer_config (how transformers 5.25 saves a Gemma 4
+    config: {"05": {"head_dim": 512, "num_key_value_heads": 2}, ...}); refused unless every full layer, and
+    only they, carry the same override of those two fields."""
+    where = f"{c.where}: per_layer_config"
+    if not isinstance(per_layer, dict):
+        raise ConfigError(f"{where} is {per_layer!r}, not a mapping of layer index to fields")
+    overrides: dict[int, dict] = {}
+    for key, value in per_layer.items():
+        try:
+            index = int(key)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where} has key {key!r}, not a layer index") from None
+        if not isinstance(value, dict) or not set(value) <= {"head_dim", "num_key_value_heads"} or not (0 <= index < len(layer_types)):
+            raise ConfigError(
+                f"{where}.{key} is {value!r}; kvplan reads only head_dim and num_key_value_heads overrides of existing layers"
+            )
+        overrides[index] = value
+    full = [i for i, t in enumerate(layer_types) if t == "full_attention"]
+    distinct = {tuple(sorted(v.items())) for v in overrides.values()}
+    if sorted(overrides) != full or len(distinct) > 1:
+        raise ConfigError(
+            f"{where} overrides layers {sorted(overrides)} (full_attention layers: {full}); kvplan sizes only one "
+            "override shared by every full_attention layer"
+        )
+    override = overrides[full[0]] if full else {}
+    dim = override.get("head_dim", f["head_dim"])
+    kv = override.get("num_key_value_heads")
+    for name, value in (("head_dim", dim), ("num_key_value_heads", kv)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"{where}: {name} is {value!r}, not a positive integer")
+    return dim, kv
 
 
 def _deepseek_v3(c: _Cfg):
@@ -1419,6 +1630,9 @@ HANDLERS: dict[str, Callable[[_Cfg], tuple[dict, int, int]]] = {
     "gemma3_text": _gemma3,
     "deepseek_v2": _deepseek_v2,
     "deepseek_v3": _deepseek_v3,
+    "deepseek_v32": _deepseek_v32,
+    "gemma3n_text": _gemma3n,
+    "gemma4_text": _gemma4,
     "gpt2": _gpt2,
     "gpt_neox": _gpt_neox,
     "gpt_bigcode": _gpt_bigcode,
@@ -1469,6 +1683,33 @@ def _generic(c: _Cfg) -> dict[str, Any]:
     return f
 
 
+# config.json keys that make attention differ by layer (issue #13), and the handlers that read them. Any other
+# type (known or not) carrying one with a value that changes the cache is refused by the key's name: read as
+# a plain config it would be sized silently wrong (Gemma 4's global layers at the sliding head size, +44% at 8k).
+GEOMETRY_KEYS = ("num_kv_shared_layers", "global_head_dim", "num_global_key_value_heads", "attention_k_eq_v",
+                 "per_layer_config", "index_head_dim", "index_n_heads", "index_topk", "indexer_types",
+                 "index_topk_pattern", "index_topk_freq")
+GEOMETRY_READERS = {
+    "gemma3n_text": {"num_kv_shared_layers"},
+    "gemma4_text": {"num_kv_shared_layers", "global_head_dim", "num_global_key_value_heads", "attention_k_eq_v",
+                    "per_layer_config"},
+    "deepseek_v32": {"index_head_dim", "index_n_heads", "index_topk"},
+}
+
+
+def _refuse_unread_geometry(raw: dict[str, Any], handler: Optional[str], where: str) -> None:
+    read = GEOMETRY_READERS.get(handler or "", set())
+    for key in GEOMETRY_KEYS:
+        value = raw.get(key)
+        if key in read or value is None or value is False or value == 0 or value == {} or value == []:
+            continue  # absent, null, false, 0 or empty: the default, which changes nothing
+        kind = f"model_type {raw.get('model_type')!r}"
+        raise ConfigError(
+            f"{where}: {key} is {value!r}, which makes attention differ by layer, and kvplan does not read it for "
+            f"{kind} (it does for gemma3n, gemma4 and deepseek_v32); refusing rather than sizing every layer alike"
+        )
+
+
 def _dtype(config: dict[str, Any]) -> Optional[str]:
     value = config.get("torch_dtype", config.get("dtype"))  # transformers >= 4.56 writes `dtype`
     return value if isinstance(value, str) else None
@@ -1516,6 +1757,7 @@ def convert_config(config: Any, where: str = "config.json") -> Converted:
             notes.append(f"weights quantized with {quant_method!r}, a method kvplan does not size; weights_dtype left unset")
     mtp = raw.get("num_nextn_predict_layers") if resolved.startswith(("deepseek", "glm4_moe")) else 0
 
+    _refuse_unread_geometry(raw, resolved if resolved in HANDLERS else None, where)
     if resolved not in HANDLERS:
         c = _Cfg(raw, {}, where)
         fields = _generic(c)
