@@ -42,6 +42,14 @@ UNCHANGED = {
     "(Qwen3_5TextConfig.__post_init__); an interval that disagrees with layer_types is refused",
     ("qwen3.5-397b-a17b", "layer_types", "remove"): "the published layer_types is what full_attention_interval 4 "
     "derives (Qwen3_5MoeTextConfig.__post_init__); an interval that disagrees with layer_types is refused",
+    ("gemma-3n-e4b", "layer_types", "remove"): "the fixture's layer_types is what Gemma3nTextConfig derives "
+    "(4 sliding, then full)",
+    ("gemma-4-31b-it", "layer_types", "remove"): "the published layer_types is what Gemma4TextConfig derives "
+    "((i + 1) % 6 == 0 full, the last layer full)",
+    ("nemotron-3-nano-30b-a3b", "expand", "alter"): "NemotronHMamba2Mixer's width is mamba_num_heads x "
+    "mamba_head_dim; NemotronHConfig keeps expand unused",
+    ("nemotron-3-nano-30b-a3b", "expand", "remove"): "NemotronHMamba2Mixer's width is mamba_num_heads x "
+    "mamba_head_dim; NemotronHConfig keeps expand unused",
     ("minimax-m2.7", "attn_type_list", "remove"): "MiniMaxM2Config has no such field: every layer is full attention",
     # JambaMambaMixer: biases and dt_proj's rank are weights; the conv and SSM states (d_inner x d_conv,
     # d_inner x d_state) do not hold them
@@ -196,7 +204,9 @@ def test_an_unknown_type_refuses_what_it_does_not_read():
 ])
 def test_a_known_type_refuses_a_field_its_handler_does_not_read(key, value):
     llama = json.loads((Path(__file__).parent / "fixtures" / "hf_configs" / "llama-3.1-8b-instruct.json").read_text())
-    with pytest.raises(InputError, match=rf"^config\.json: {key} is .*, a field that can change the KV cache"):
+    # the per-layer attention fields are caught first by their own check (hf_config), in its words
+    with pytest.raises(InputError, match=rf"^config\.json: {key} is .*, (a field that can change the KV cache|which "
+                                         "makes attention differ by layer)"):
         convert_config(dict(llama, **{key: value}))
 
 

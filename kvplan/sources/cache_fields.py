@@ -62,12 +62,22 @@ CACHE_FIELDS: tuple[tuple[str, str], ...] = (
     ("n_groups", "a state-space layer's state"),
 )
 
+# Names the patterns above would catch that shape weights or compute, never what a sequence keeps (checked
+# first): biases, activations, the scan's chunk length, dt initialisation, norms and multipliers
+# (transformers 5.25 NemotronHConfig, GraniteMoeHybridConfig, JambaConfig, FalconH1Config, BambaConfig, Lfm2Config).
+NOT_CACHE_FIELDS: tuple[str, ...] = (
+    "*_bias", "mamba_hidden_act", "mamba_chunk_size", "mamba_dt_*", "mamba_norm_before_gate", "mamba_rms_norm",
+    "ssm_*multiplier*",
+)
+
 # Values that set nothing (a field present as null, false, 0 or empty).
 _INERT = (None, False, 0, [], {}, "")
 
 
 def why_cache_relevant(key: str) -> Optional[str]:
     """What `key` can change in a KV cache (CACHE_FIELDS' reason), or None when it is not on the list."""
+    if any(fnmatchcase(key, pattern) for pattern in NOT_CACHE_FIELDS):
+        return None
     for pattern, why in CACHE_FIELDS:
         if key == pattern or fnmatchcase(key, pattern):
             return why

@@ -453,6 +453,9 @@ def _check_layer_types(c: _Cfg, layers: int) -> Optional[list[str]]:
     bad = [v for v in value if not isinstance(v, str) or v not in LAYER_TYPE_ALIASES]  # in file order: any JSON value
     if bad:
         raise ConfigError(f"{c.where}: layer_types has {bad[0]!r}, not one of {sorted(LAYER_TYPE_ALIASES)}")
+    # transformers 5 config classes build layer_types from these in __post_init__ and save both; the modeling
+    # files then read layer_types alone (Qwen2/Qwen3 max_window_layers, Gemma-3's _sliding_window_pattern)
+    c.declare("max_window_layers", "_sliding_window_pattern", "sliding_window_pattern")
     return list(value)
 
 
@@ -703,6 +706,10 @@ def _deepseek(c: _Cfg, *, v3: bool):
     nope, v_dim = c.int("qk_nope_head_dim"), c.int("v_head_dim")
     q_lora = c.int("q_lora_rank", required=False)
     bias = c.flag("attention_bias")
+    if c.peek("head_dim") == rope:  # DeepseekV2/V3/V32Config.head_dim = qk_rope_head_dim: RoPE's width, not a cache
+        c.declare("head_dim")
+    if c.peek("qk_head_dim") == nope + rope:  # the configs' qk_head_dim = nope + rope: the query's width, derived
+        c.declare("qk_head_dim")
     f: dict[str, Any] = {
         "hidden_size": hidden,
         "num_hidden_layers": L,
@@ -894,6 +901,8 @@ def _gemma4(c: _Cfg):
         c.notes.append("layer_types' last layer made full_attention, as Gemma4TextConfig forces it")
     per_layer = c.raw.get("per_layer_config")
     if per_layer is not None:
+        # per_layer_config holds each full layer's resolved head size and KV heads (attention_k_eq_v applied)
+        c.declare("attention_k_eq_v")
         global_dim, global_kv = _gemma4_per_layer(c, per_layer, layer_types, f)
     else:
         global_dim = c.int("global_head_dim")
@@ -1209,6 +1218,8 @@ def _falcon(c: _Cfg):
     else:
         kv = 1
         c.declare("num_kv_heads")  # multi_query, old architecture: FalconAttention caches one KV head whatever it says
+    if c.peek("num_key_value_heads") == kv:  # FalconConfig.num_key_value_heads: the KV heads resolved as above
+        c.declare("num_key_value_heads")
     if new_arch:
         qkv_out = (heads + 2 * kv) * hd
     elif multi_query:
@@ -1330,11 +1341,14 @@ def _llama4(c: _Cfg):
     explicit = _check_layer_types(c, L)
     if explicit is not None:
         layer_types = explicit
+        c.declare("no_rope_layers", "no_rope_layer_interval")  # Llama4TextConfig derives layer_types from them
     elif chunk is None:
         layer_types = None
     else:
         # Llama4TextConfig: no_rope_layers[i] == 1 -> RoPE layer with chunked attention; an
         # empty or absent list means a NoPE global layer every no_rope_layer_interval layers.
+        if c.peek("no_rope_layers"):
+            c.declare("no_rope_layer_interval")  # Llama4TextConfig uses the interval only without the list
         no_rope = c.get("no_rope_layers") or [
             int((i + 1) % c.int("no_rope_layer_interval") != 0) for i in range(L)
         ]
@@ -1470,6 +1484,7 @@ def _nemotron_h(c: _Cfg):
     (transformers 5.25 NemotronHConfig._pattern_to_list; `layers_block_type` names them linear_attention,
     full_attention, mlp, moe), the layer count is the pattern's length; d_inner = mamba_num_heads x
     mamba_head_dim (NemotronHMamba2Mixer.intermediate_size), not expand x hidden_size."""
+    c.declare("expand")  # NemotronHConfig keeps it, but the mixer's width is mamba_num_heads x mamba_head_dim
     pattern = c.raw.get("hybrid_override_pattern")
     listed = c.raw.get("layers_block_type", c.raw.get("layer_types"))
     if isinstance(pattern, str) and pattern:
@@ -1491,6 +1506,7 @@ def _nemotron_h(c: _Cfg):
     raw = dict(c.raw, num_hidden_layers=len(kinds))
     c2 = _Cfg(raw, c.defaults, c.where)
     f = _common(c2)
+    c.declare(*c2.raw.read)  # what _common read through the copy was read
     c.defaulted.extend(k for k in c2.defaulted if k not in c.defaulted)
     if c.raw.get("num_hidden_layers") not in (None, len(kinds)):
         c.notes.append(f"num_hidden_layers {c.raw['num_hidden_layers']} ignored: the layer pattern has {len(kinds)} "
