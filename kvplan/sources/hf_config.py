@@ -961,38 +961,10 @@ def _deepseek_v3(c: _Cfg):
     return _deepseek(c, v3=True)
 
 
-def _gpt2(c: _Cfg):
-    n = c.int("n_embd")
-    L, heads, vocab = c.int("n_layer"), c.int("n_head"), c.int("vocab_size")
-    positions = c.int("n_positions")
-    inner = c.int("n_inner", required=False) or 4 * n
-    if n % heads:
-        raise ConfigError(f"{c.where}: n_embd {n} is not a multiple of n_head {heads}")
-    f = {
-        "hidden_size": n,
-        "num_hidden_layers": L,
-        "num_attention_heads": heads,
-        "num_key_value_heads": heads,
-        "head_dim": n // heads,
-        "intermediate_size": inner,
-        "vocab_size": vocab,
-        "max_position_embeddings": positions,
-        "tie_word_embeddings": bool(c.get("tie_word_embeddings", True)),
-    }
-    # modeling_gpt2: wte + wpe; per block ln_1, c_attn (n -> 3n), c_proj, ln_2, c_fc, mlp c_proj
-    # (Conv1D with biases, LayerNorms with biases); ln_f.
-    parts = _Layers(
-        attention=_linear(n, 3 * n, True) + _linear(n, n, True),
-        norms=2 * (2 * n),
-        mlp=lambda i: _linear(n, inner, True) + _linear(inner, n, True),
-    )
-    total, inactive = _decoder_total(n, L, vocab, f["tie_word_embeddings"], parts, 2 * n)
-    return f, total + positions * n, inactive
-
-
-def _gpt_bigcode(c: _Cfg):
-    """StarCoder / SantaCoder (transformers 5.25 modeling_gpt_bigcode): GPT-2's field names; multi_query
-    (default true) caches one KV head, else n_head (GPTBigCodeAttention.__init__: kv_heads = 1 if multi_query)."""
+def _gpt2(c: _Cfg, kv_heads: Optional[Callable[[int], int]] = None):
+    """GPT-2's field names and layout (modeling_gpt2): wte + wpe; per block ln_1, c_attn (n -> n + 2 x kv x
+    head_dim), c_proj, ln_2, c_fc, mlp c_proj (Conv1D with biases, LayerNorms with biases); ln_f. `kv_heads`
+    maps n_head to the KV heads cached (GPT-2: every head)."""
     n = c.int("n_embd")
     L, heads, vocab = c.int("n_layer"), c.int("n_head"), c.int("vocab_size")
     positions = c.int("n_positions")
@@ -1000,8 +972,7 @@ def _gpt_bigcode(c: _Cfg):
     if n % heads:
         raise ConfigError(f"{c.where}: n_embd {n} is not a multiple of n_head {heads}")
     hd = n // heads
-    kv = 1 if c.flag("multi_query") else heads
-    c.declare("num_key_value_heads")  # GPTBigCodeConfig.__post_init__ derives it from multi_query, as here
+    kv = kv_heads(heads) if kv_heads else heads
     f = {
         "hidden_size": n,
         "num_hidden_layers": L,
@@ -1013,8 +984,6 @@ def _gpt_bigcode(c: _Cfg):
         "max_position_embeddings": positions,
         "tie_word_embeddings": bool(c.get("tie_word_embeddings", True)),
     }
-    # modeling_gpt_bigcode: wte + wpe; per block ln_1, c_attn (n -> n + 2 x kv x head_dim, bias), c_proj
-    # (bias), ln_2, c_fc and c_proj (biases); LayerNorms with biases; ln_f; lm_head tied.
     parts = _Layers(
         attention=_linear(n, n + 2 * kv * hd, True) + _linear(n, n, True),
         norms=2 * (2 * n),
@@ -1022,6 +991,15 @@ def _gpt_bigcode(c: _Cfg):
     )
     total, inactive = _decoder_total(n, L, vocab, f["tie_word_embeddings"], parts, 2 * n)
     return f, total + positions * n, inactive
+
+
+def _gpt_bigcode(c: _Cfg):
+    """StarCoder / SantaCoder (transformers 5.25 modeling_gpt_bigcode): GPT-2's field names and layout;
+    multi_query (default true) caches one KV head, else n_head (GPTBigCodeAttention.__init__: kv_heads = 1
+    if multi_query), so c_attn is n -> n + 2 x kv x head_dim; lm_head tied."""
+    multi_query = c.flag("multi_query")
+    c.declare("num_key_value_heads")  # GPTBigCodeConfig.__post_init__ derives it from multi_query, as here
+    return _gpt2(c, lambda heads: 1 if multi_query else heads)
 
 
 def _minimax_m2(c: _Cfg):
