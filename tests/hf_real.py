@@ -44,7 +44,13 @@ class CacheBytes:
 
 
 def _walk(value, path: str, out: list, seen: set) -> None:
-    if isinstance(value, torch.Tensor):
+    """Plain tensors under `value`, each storage once; a wrapper tensor (optimum-quanto's packed data, scale and
+    shift) opened by `__tensor_flatten__`, hqq's (packed tensor, meta dict) pairs walked as containers."""
+    if isinstance(value, torch.Tensor) and hasattr(value, "__tensor_flatten__") and type(value) is not torch.Tensor:
+        names, _ = value.__tensor_flatten__()
+        for name in names:
+            _walk(getattr(value, name), f"{path}.{name}", out, seen)
+    elif isinstance(value, torch.Tensor):
         key = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
         if key not in seen:
             seen.add(key)
@@ -104,23 +110,6 @@ def generate_cache(model, ids: torch.Tensor, new_tokens: int, cache_implementati
     return cache_bytes(out.past_key_values)
 
 
-def _leaves(value, path: str, out: list, seen: set) -> None:
-    """Plain tensors under `value`, a wrapper tensor (optimum-quanto's packed data, scale and shift) opened by
-    `__tensor_flatten__`, hqq's (packed tensor, meta dict) pairs walked as containers."""
-    if isinstance(value, torch.Tensor) and hasattr(value, "__tensor_flatten__") and type(value) is not torch.Tensor:
-        names, _ = value.__tensor_flatten__()
-        for name in names:
-            _leaves(getattr(value, name), f"{path}.{name}", out, seen)
-    elif isinstance(value, torch.Tensor):
-        _walk(value, path, out, seen)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _leaves(v, f"{path}[{k!r}]", out, seen)
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _leaves(v, f"{path}[{i}]", out, seen)
-
-
 def quantized_cache_bytes(cache) -> CacheBytes:
     """As `cache_bytes`, for a `QuantizedCache`: the bytes its backend's tensors really hold (quanto's packed
     uint8 data, scales and shifts; hqq's packed words, scales and zeros; fp8's values and scale), not the
@@ -131,7 +120,7 @@ def quantized_cache_bytes(cache) -> CacheBytes:
         found: list = []
         for name, value in vars(layer).items():
             if name in ("keys", "values", "_quantized_keys", "_quantized_values"):
-                _leaves(value, name, found, seen)
+                _walk(value, name, found, seen)
         for path, t in found:
             row = CacheTensor(i, type(layer).__name__, path, tuple(t.shape), str(t.dtype).replace("torch.", ""),
                               t.numel() * t.element_size())
