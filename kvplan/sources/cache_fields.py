@@ -74,9 +74,23 @@ NOT_CACHE_FIELDS: tuple[str, ...] = (
 _INERT = (None, False, 0, [], {}, "")
 
 
+_MATCHERS: list = []  # (any NOT_CACHE_FIELDS pattern, any CACHE_FIELDS pattern): one regex each, built on first use
+
+
+def _matchers():
+    if not _MATCHERS:  # one compiled alternation instead of one fnmatch pattern compiled per name (start-up time)
+        import re
+        from fnmatch import translate
+
+        _MATCHERS.extend(re.compile("|".join(translate(p) for p in patterns))
+                         for patterns in (NOT_CACHE_FIELDS, [p for p, _ in CACHE_FIELDS]))
+    return _MATCHERS
+
+
 def why_cache_relevant(key: str) -> Optional[str]:
     """What `key` can change in a KV cache (CACHE_FIELDS' reason), or None when it is not on the list."""
-    if any(fnmatchcase(key, pattern) for pattern in NOT_CACHE_FIELDS):
+    not_cache, cache = _matchers()
+    if not_cache.match(key) or not cache.match(key):
         return None
     for pattern, why in CACHE_FIELDS:
         if key == pattern or fnmatchcase(key, pattern):
