@@ -53,3 +53,20 @@ def test_full_attention_generate_matches_transformers(tmp_path):
     assert real.cache_class == "DynamicCache"
     answer = kvplan.estimate(_config_file(tmp_path, config), engine="hf", context=13, batch=2, generate=True)
     assert answer.to_dict()["kv_bytes_total"] == real.total == 2 * 2 * 2 * 2 * 12 * 16 * 2
+
+
+def test_starcoder2_by_the_generic_field_names_matches_transformers(tmp_path):
+    # starcoder2 has no handler: HF's generic names size it, and a sliding_window with no layer_types slides
+    # every layer (DynamicSlidingWindowLayer keeps the last W tokens; W = 4 bites at a 10-token prompt)
+    from transformers import Starcoder2Config
+
+    config = Starcoder2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                              intermediate_size=128, vocab_size=128, sliding_window=4, dtype="bfloat16")
+    path = _config_file(tmp_path, config)
+    model, ids = tiny_model(config), prompt(config, 2, 10)
+    real = forward_cache(model, ids).total
+    assert kvplan.estimate(path, engine="hf", context=10, batch=2).to_dict()["kv_bytes_total"] == real
+    assert real < 2 * 2 * 2 * 2 * 10 * 16 * 2  # the window bit: fewer than every token's K and V
+    static = generate_cache(model, ids, 3, "static").total
+    assert kvplan.estimate(path, engine="hf", context=13, batch=2, generate=True, hf_cache="static").to_dict()[
+        "kv_bytes_total"] == static
