@@ -725,6 +725,11 @@ def test_a_state_layer_scan_is_probed_and_added_to_the_predicted_times(spec_fact
     scan = [p for p in report.probes if p.name.startswith("scan step")]
     assert [p.name for p in scan] == ["scan step, batch 2"] and scan[0].unit == "ms" and scan[0].value > 0
     assert "mamba1" in scan[0].method and "best of 10" in scan[0].method
+    # the probe cycles through SCAN_COPIES_MAX = 16 copies of the step's fp32 parameters (its buffer holds far
+    # more): d_inner 128 (expand 2 x hidden 64), dt_rank ceil(64 / 16) = 4, d_state 8, d_conv 4: conv 128 x 4 +
+    # bias 128, x_proj (4 + 2 x 8) x 128, dt_proj 128 x 4 + bias 128, A 128 x 8, D 128 = 4,992 floats = 19,968 B;
+    # x 16 = 319,488 B = 312.00 KiB
+    assert "cycling through 16 copies of its fp32 step parameters (312.00 KiB in all)" in scan[0].method
     # the full-attention layer's prefill pairs over 20 tokens: 20 x 21 / 2 = 210, x 2 sequences x 4 heads
     # x (16 + 16) x 2 FLOPs = 107,520 (head size 64 / 4 heads = 16)
     assert run.prefill_attention_flops == 2 * 2 * 4 * 210 * (16 + 16)
