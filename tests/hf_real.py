@@ -63,8 +63,9 @@ def _walk(value, path: str, out: list, seen: set) -> None:
             _walk(v, f"{path}[{i}]", out, seen)
 
 
-def cache_bytes(cache) -> CacheBytes:
-    """Every tensor each layer of a transformers `Cache` holds, with its bytes."""
+def cache_bytes(cache, attributes=None) -> CacheBytes:
+    """Every tensor each layer of a transformers `Cache` holds, with its bytes (only the layers' `attributes`,
+    when given)."""
     result = CacheBytes(type(cache).__name__)
     seen: set = set()
     layers = getattr(cache, "layers", None)
@@ -73,7 +74,8 @@ def cache_bytes(cache) -> CacheBytes:
     for i, layer in enumerate(layers):
         found: list = []
         for name, value in vars(layer).items():
-            _walk(value, name, found, seen)
+            if attributes is None or name in attributes:
+                _walk(value, name, found, seen)
         for path, t in found:
             row = CacheTensor(i, type(layer).__name__, path, tuple(t.shape), str(t.dtype).replace("torch.", ""),
                               t.numel() * t.element_size())
@@ -114,18 +116,7 @@ def quantized_cache_bytes(cache) -> CacheBytes:
     """As `cache_bytes`, for a `QuantizedCache`: the bytes its backend's tensors really hold (quanto's packed
     uint8 data, scales and shifts; hqq's packed words, scales and zeros; fp8's values and scale), not the
     logical shape a wrapper tensor reports, plus the full-precision residual `keys` / `values`."""
-    result = CacheBytes(type(cache).__name__)
-    seen: set = set()
-    for i, layer in enumerate(cache.layers):
-        found: list = []
-        for name, value in vars(layer).items():
-            if name in ("keys", "values", "_quantized_keys", "_quantized_values"):
-                _walk(value, name, found, seen)
-        for path, t in found:
-            row = CacheTensor(i, type(layer).__name__, path, tuple(t.shape), str(t.dtype).replace("torch.", ""),
-                              t.numel() * t.element_size())
-            (result.bookkeeping if t.dim() == 0 else result.tensors).append(row)
-    return result
+    return cache_bytes(cache, ("keys", "values", "_quantized_keys", "_quantized_values"))
 
 
 def quantized_generate_cache(model, ids: torch.Tensor, new_tokens: int, **cache_config) -> CacheBytes:
