@@ -235,3 +235,13 @@ def test_refinedweb_names_are_read_as_falcon_does():
     assert convert_config(old).fields["num_key_value_heads"] == 8
     with pytest.raises(InputError, match="n_head_kv is 8, a field that can change the KV cache"):
         convert_config(dict(old, num_kv_heads=16))
+
+
+def test_a_refusal_quotes_a_long_value_cut_to_60_characters():
+    from kvplan.sources.cache_fields import shown
+
+    # repr of a 58-character string is 60 characters with its quotes: quoted whole
+    assert shown("x" * 58) == "'" + "x" * 58 + "'"
+    # one more character: cut to 57 characters of the repr and "...", 60 in all
+    assert shown("x" * 59) == "'" + "x" * 56 + "..."
+    assert len(shown(list(range(100)))) == 60 and shown(list(range(100))).endswith("...")

@@ -480,9 +480,9 @@ def _scan_step(layer: StateLayer, batch: int, state_dtype: torch.dtype, device: 
     sets = [params] + [{k: v.clone() for k, v in params.items()} for _ in range(copies - 1)]
     turn = iter(range(1 << 62))
     try:
-        rotation = (f", cycling through {copies} copies of its fp32 step parameters ({fmt_bytes(copies * per_copy)} "
-                    "in all), as a prefill's loop reads them past the prompt's activations" if copies > 1 else "")
-        return rd.step_time(device, lambda: layer.scan_token(sets[next(turn) % copies], states, dtypes, u, dt_in),
+        rotation = (f", cycling through {len(sets)} copies of its fp32 step parameters ({fmt_bytes(len(sets) * per_copy)} "
+                    "in all), as a prefill's loop reads them past the prompt's activations" if len(sets) > 1 else "")
+        return rd.step_time(device, lambda: layer.scan_token(sets[next(turn) % len(sets)], states, dtypes, u, dt_in),
                             SCAN_REPEATS, f"one token of the first state layer's scan ({layer.s.variant}), batch "
                             f"{batch}{rotation}")
     finally:
