@@ -104,7 +104,11 @@ OPTIONS: tuple[Option, ...] = (
     _O("non_torch_memory", ("--non-torch-memory",), "bytes", "CUDA context, cuBLAS, NCCL per GPU (default 512MiB; "
        "1GiB with tp/pp > 1)."),
     _O("max_num_batched_tokens", ("--max-num-batched-tokens",), "tokens", "vLLM's tokens per scheduler step "
-       "(sliding-window reservation, profile run; default 8192).", PLANNER),
+       "(sliding-window reservation, profile run; default: vLLM's for the GPU, 8192 on an H100, 2048 on an A100 "
+       "or a card under 70 GiB, 16384 from 160 GiB).", PLANNER),
+    _O("max_num_seqs", ("--max-num-seqs",), "int", "vLLM's sequences per scheduler step: caps the batch throughput "
+       "and cost run at (default: vLLM's for the GPU, 1024 on an H100 or larger, 256 on an A100 or a card under "
+       "70 GiB).", PLANNER),
     # ---- kvplan's roofline: latency, cost, workload (every engine, over the KV bytes that engine reads)
     _O("bandwidth_efficiency", ("--bandwidth-efficiency",), "share", "Share of peak bandwidth a decode step "
        "reaches (default 0.8)."),
@@ -191,7 +195,7 @@ OPTION_KEYS: dict[str, tuple[str, ...]] = {
 ALL_OPTION_KEYS = tuple(k for keys in OPTION_KEYS.values() for k in keys)
 # Keys only kvplan's planner reads that the profiles replace with their own budget rules (a profile refuses them;
 # the roofline's keys, also the planner's only, are refused by `estimate` itself with its own words).
-PLANNER_KEYS = ("block_size", "gpu_memory_utilization", "max_num_batched_tokens")
+PLANNER_KEYS = ("block_size", "gpu_memory_utilization", "max_num_batched_tokens", "max_num_seqs")
 assert all(BY_KEY[k].engines == PLANNER for k in PLANNER_KEYS)
 
 

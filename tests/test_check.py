@@ -81,7 +81,9 @@ def hand_figures() -> dict:
         "max_concurrent_sequences": max_seqs,
         "headroom_pct": round((budget - 4 * per_seq) / budget * 100, 3),
         "decode_step_ms": step_s(4) * 1000,
-        "usd_per_million_output_tokens": usd_per_s / (max_seqs / step_s(max_seqs)) * 1e6,
+        # at batch 256, not 972: vLLM runs at most max_num_seqs a step, 256 by default on a card under 70 GiB
+        # (vllm 0.32 arg_utils.py get_batch_defaults)
+        "usd_per_million_output_tokens": usd_per_s / (256 / step_s(256)) * 1e6,
         "usd_per_million_input_tokens": usd_per_s * prefill_s / 1024 * 1e6,
         "max_context_tokens": budget // (4 * kv_per_token),  # no max_position_embeddings: only memory caps it
     }

@@ -41,26 +41,30 @@ def exact_budget_gpu(weights: int, kv_budget: int, bandwidth=1000.0, tflops=1e9,
     return GPUFigures("test-gpu", weights + kv_budget, bandwidth, tflops, None, usd)
 
 
-NO_OVERHEAD = dict(gpu_memory_utilization=1.0, activation_bytes=0, non_torch_bytes=0)
+# B = max_num_batched_tokens = 8192 given: the worked window examples below take it (vLLM's default on an H100; a test
+# GPU's own default would follow its memory, vllm_flags.batch_defaults)
+NO_OVERHEAD = dict(gpu_memory_utilization=1.0, activation_bytes=0, non_torch_bytes=0, max_num_batched_tokens=8192)
 
 
 def test_llama_8b_on_h100_matches_vllm_arithmetic():
     plan = planner(LLAMA_31_8B, H100_SXM, context=32768, batch=16).plan()
     usable = math.ceil(81559 * 2**20 * 9 / 10)  # 76,968,728,986
     weights = 8_030_261_248 * 2
-    # profile-run estimate: 8192 tokens x (2 x 14336 + 4 x 4096) x 2 B + 256 x 128256 x 4 B logits
-    activations = 8192 * (2 * 14336 + 4 * 4096) * 2 + 256 * 128256 * 4
+    # profile-run estimate: 8192 tokens x (2 x 14336 + 4 x 4096) x 2 B + 1024 x 128256 x 4 B logits
+    # (vLLM 0.32 arg_utils.py get_batch_defaults, vllm serve on a >= 70 GiB card that is not an A100:
+    # max_num_batched_tokens 8192, max_num_seqs 1024)
+    activations = 8192 * (2 * 14336 + 4 * 4096) * 2 + 1024 * 128256 * 4
     budget = usable - weights - activations - 512 * 2**20
-    assert plan.kv_budget_bytes_per_gpu == budget == 59_501_803_930
+    assert plan.kv_budget_bytes_per_gpu == budget == 59_107_801_498
     page_set = 32 * 16 * 8 * 128 * 2 * 2  # 32 layers x one 16-token block: 2 MiB
-    assert plan.vllm_num_blocks == budget // page_set == 28372
+    assert plan.vllm_num_blocks == budget // page_set == 28184
     assert (plan.vllm_groups, plan.vllm_padding_layers) == (1, 0)  # one group of all 32 layers, nothing padded
-    assert plan.vllm_kv_cache_tokens == 28372 * 16
-    assert plan.vllm_max_concurrency == round(28372 / (32768 // 16), 2) == 13.85
+    assert plan.vllm_kv_cache_tokens == 28184 * 16
+    assert plan.vllm_max_concurrency == round(28184 / (32768 // 16), 2) == 13.76
     assert plan.max_concurrent_sequences == 13
     assert not plan.fits and plan.shortfall_bytes == 16 * 2048 * page_set - budget
-    assert "GPU KV cache size: 453,952 tokens" in plan.vllm_log
-    assert "Maximum concurrency for 32,768 tokens per request: 13.85x" in plan.vllm_log
+    assert "GPU KV cache size: 450,944 tokens" in plan.vllm_log
+    assert "Maximum concurrency for 32,768 tokens per request: 13.76x" in plan.vllm_log
 
 
 def test_gemma3_hybrid_groups_and_padding():
@@ -86,7 +90,7 @@ def test_gpt_oss_two_groups(batched, sliding_blocks):
     # 18 sliding + 18 full; page = 16 x 8 heads x 64 x 2 x 2 = 32,768 B; group_size 18 (equal counts)
     page = 16 * 8 * 64 * 2 * 2
     gpu = exact_budget_gpu(2 * 117 * 10**9, 10_000 * page * 18)
-    plan = planner(GPT_OSS_120B, gpu, context=8192, batch=1, max_num_batched_tokens=batched, **NO_OVERHEAD).plan()
+    plan = planner(GPT_OSS_120B, gpu, context=8192, batch=1, **{**NO_OVERHEAD, "max_num_batched_tokens": batched}).plan()
     assert plan.vllm_num_blocks == 10_000 and plan.vllm_groups == 2 and plan.vllm_padding_layers == 0
     assert plan.vllm_kv_cache_tokens == 5_000 * 16
     assert plan.max_concurrent_sequences == 10_000 // (8192 // 16 + sliding_blocks)
@@ -195,9 +199,9 @@ def test_vllm_refuses_a_context_past_the_model_before_profiling_memory():
     plan = planner(LLAMA_31_8B, H100_SXM, context=1048576).plan()
     assert plan.vllm_log == [vllm_too_long(1048576, "131072.0")]  # x RoPE scaling factor 1.0: a float
     assert any(n.startswith("vLLM refuses --context 1,048,576 at start-up") for n in plan.notes)
-    # the memory-based figures stay, separately: the pool still holds 453,952 tokens; one sequence of the
-    # model's whole 131,072-token window fits
-    assert plan.vllm_kv_cache_tokens == 453_952 and plan.max_context_tokens == 131072
+    # the memory-based figures stay, separately: the pool still holds 28,184 x 16 = 450,944 tokens (the blocks of
+    # test_llama_8b_on_h100_matches_vllm_arithmetic); one sequence of the model's whole 131,072-token window fits
+    assert plan.vllm_kv_cache_tokens == 450_944 and plan.max_context_tokens == 131072
     assert plan.suggestions == ["--context 131072 is the longest that fits 1 sequence"]  # no "--tp 4 fits ..."
 
 

@@ -308,6 +308,7 @@ def register(app: typer.Typer) -> None:
         activation_memory: O.activation_memory = None,
         non_torch_memory: O.non_torch_memory = None,
         max_num_batched_tokens: O.max_num_batched_tokens = None,
+        max_num_seqs: O.max_num_seqs = None,
         output: O.output = None,
         force: O.force = False,
         fmt: O.format(OutputFormat) = OutputFormat.table,
@@ -339,7 +340,8 @@ def register(app: typer.Typer) -> None:
                             gpu_bandwidth=1.0 if has_gpu and gpu is None else None, dtype=dtype,
                             weights_bytes=weights_bytes,
                             block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
-                            max_num_batched_tokens=max_num_batched_tokens, activation_memory=activation_memory,
+                            max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+                            activation_memory=activation_memory,
                             non_torch_memory=non_torch_memory, prompt_tokens=prompt_tokens,
                             engine_options=given_engine_options(engine_options))
         result = run_compare(spec, settings, names)

@@ -328,18 +328,21 @@ def _evaluate(i: int, entry, name: str, base: Path, line_of: Callable, specs: di
             block_size=entry.block_size,
             gpu_memory_utilization=entry.gpu_memory_utilization,
             max_num_batched_tokens=entry.max_num_batched_tokens,
+            max_num_seqs=entry.max_num_seqs,
         )
         layout = deployment.layout()
         refusal = vllm_refusal(deployment.spec, entry.kv_cache_dtype, entry.context) if entry.engine == "vllm" else None
         if deployment.gpu is None or refusal:  # nothing of a GPU is read (a refusal fails every budget in its words)
             settings = Settings(**{**_shared_settings(entry, base), **dict.fromkeys(_GPU_KEYS)}, pp=entry.pp,
-                                block_size=entry.block_size, max_num_batched_tokens=entry.max_num_batched_tokens)
+                                block_size=entry.block_size, max_num_batched_tokens=entry.max_num_batched_tokens,
+                                max_num_seqs=entry.max_num_seqs)
         else:
             _check_cost_inputs(entry, deployment.gpu)
             settings = Settings(**_shared_settings(entry, base), gpu=gpu_ref, gpu_label=deployment.gpu.name,
                                 pp=entry.pp, block_size=entry.block_size,
                                 gpu_memory_utilization=entry.gpu_memory_utilization,
-                                max_num_batched_tokens=entry.max_num_batched_tokens)
+                                max_num_batched_tokens=entry.max_num_batched_tokens,
+                                max_num_seqs=entry.max_num_seqs)
         answer = run(deployment.spec, entry.engine, settings)  # the pipeline, as for every engine
         figures = answer_figures(answer, tp=entry.tp, kv_bytes_per_token=layout.kv_bytes_per_token)
     except InputError as exc:
@@ -504,6 +507,7 @@ def diff(
     activation_memory: O.activation_memory = None,
     non_torch_memory: O.non_torch_memory = None,
     max_num_batched_tokens: O.max_num_batched_tokens = None,
+    max_num_seqs: O.max_num_seqs = None,
     prompt_tokens: O.prompt_tokens = None,
     fail_on_increase: Annotated[
         Optional[float],
@@ -544,6 +548,7 @@ def diff(
                  gpu_memory_utilization=gpu_memory_utilization, activation_memory=activation_memory,
                  non_torch_memory=non_torch_memory,
                  max_num_batched_tokens=parse_option("max_num_batched_tokens", max_num_batched_tokens),
+                 max_num_seqs=max_num_seqs,
                  prompt_tokens=parse_option("prompt_tokens", prompt_tokens))
     extra = {k: v for k, v in extra.items() if v is not None}
     flags = given_engine_options(engine_options)

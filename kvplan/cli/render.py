@@ -496,14 +496,16 @@ def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
     if r.get("vllm_starts") is False and r["fits"]:  # memory holds it, but vLLM stops at start-up
         detail = f"vLLM refuses to start (its words below); the memory alone would fit: {detail.removeprefix('fits: ')}"
     lines.append(("verdict", detail))
-    lines.append(("max concurrency", f"{counted(r['max_concurrent_sequences'], 'sequence')} of {fmt_int(r['context'])} tokens"))
+    lines.append(("max concurrency", f"{counted(r['max_concurrent_sequences'], 'sequence')} of {fmt_int(r['context'])} tokens "
+                  f"(KV memory); max_num_seqs {fmt_int(r['max_num_seqs'])} run a step at most"))
     lines.append(("max context", f"{fmt_int(r['max_context_tokens'])} tokens at batch {fmt_int(r['batch'])} (limited by {r['max_context_limited_by']})"))
     for line in r["vllm_log"]:
         lines.append(("vLLM would log", line))
     what = None
     if stopped:
         what = "the model does not fit on this GPU" if r["kv_budget_bytes_per_gpu"] <= 0 else stopped
-    lines += roofline_lines(r, exact, batch=r["batch"], fits=r["fits"], max_seqs=r["max_concurrent_sequences"],
+    lines += roofline_lines(r, exact, batch=min(r["batch"], r["max_num_seqs"]), fits=r["fits"],
+                            max_seqs=r["max_concurrent_sequences"],
                             stopped=what)
     for s in r["suggestions"]:
         lines.append(("would fit", s))

@@ -27,7 +27,8 @@ class IdealOptions:
     block_size: Optional[int] = None  # on a GPU: pages of this many tokens (None, 1: no paging)
     pp: int = 1
     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
-    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS  # on a GPU the pipeline gives vLLM's for it
+    max_num_seqs: Optional[int] = None  # None: vLLM's default for the GPU (the planner's throughput cap)
 
 
 def cache(spec, context: int, batch: int, opts: IdealOptions, *, kv_cache_dtype: str = "auto",

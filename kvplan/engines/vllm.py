@@ -34,7 +34,8 @@ class VllmOptions:
     tp: int = 1
     pp: int = 1
     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
-    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS  # on a GPU the pipeline gives vLLM's for it
+    max_num_seqs: Optional[int] = None  # None: vLLM's default for the GPU (the planner's throughput cap)
 
 
 def cache(spec, context: int, batch: int, opts: VllmOptions, *, kv_cache_dtype: str = "auto",

@@ -24,7 +24,7 @@ def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[s
         DEFAULT_NON_TORCH_BYTES,
         DEFAULT_NON_TORCH_BYTES_TP,
         WEIGHT_DTYPES,
-        PlanOptions,
+        DEFAULT_MAX_NUM_SEQS,
         activation_estimate,
         stage_weight_bytes,
         weights_from_file,
@@ -39,7 +39,9 @@ def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[s
     weights = stage_weight_bytes(spec, [spec.num_hidden_layers], dtype, tp, from_file=weights_from_file(spec, weights_dtype),
                                  given_bytes=weights_bytes)[0]
     if activation is None:
-        act = activation_estimate(spec, PlanOptions(context=context, tp=tp), 4 if dtype == "fp32" else 2, tp)
+        from kvplan.engines.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS
+
+        act = activation_estimate(spec, DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_SEQS, 4 if dtype == "fp32" else 2, tp)
         source = ("estimated: one forward pass of 8,192 tokens (kvplan's vLLM profile-run estimate); "
                   "--activation-memory sets it")
     else:

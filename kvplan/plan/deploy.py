@@ -51,7 +51,8 @@ def gpu_figures(gpu: GPU, label: Optional[str] = None) -> GPUFigures:
     """The planner's view of a catalog, file or flag-built GPU; `label` names it in results (gpus.override_label)."""
     from kvplan.plan.planner import GPUFigures
 
-    return GPUFigures(label or gpu.name, gpu.memory_bytes, gpu.memory_bandwidth_gbps, gpu.bf16_tflops, gpu.fp8_tflops, gpu.usd_per_hour)
+    return GPUFigures(label or gpu.name, gpu.memory_bytes, gpu.memory_bandwidth_gbps, gpu.bf16_tflops, gpu.fp8_tflops,
+                      gpu.usd_per_hour, getattr(gpu, "nvml_name", None) or gpu.name)
 
 
 def kv_formats(spec: ModelSpec, kv_cache_dtype: str = "auto", state_dtype: Optional[str] = None) -> tuple[KVFormatPair, Optional[KVFormat]]:
@@ -176,6 +177,7 @@ def plan_options(
     activation_memory: Union[str, int, None] = None,
     non_torch_memory: Union[str, int, None] = None,
     max_num_batched_tokens: Optional[int] = None,
+    max_num_seqs: Optional[int] = None,
     bandwidth_efficiency: Optional[float] = None,
     compute_efficiency: Optional[float] = None,
     prompt_tokens: Optional[int] = None,
@@ -189,12 +191,13 @@ def plan_options(
     becomes a bandwidth_efficiency once the GPU is known (`calibrated_efficiency`).
     """
     from kvplan.plan.planner import DEFAULT_GPU_MEMORY_UTILIZATION, WEIGHT_DTYPES, Engine, PlanOptions
-    from kvplan.engines.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS
 
     if gpu_memory_utilization is None:
         gpu_memory_utilization = DEFAULT_GPU_MEMORY_UTILIZATION
-    if max_num_batched_tokens is None:
-        max_num_batched_tokens = DEFAULT_MAX_NUM_BATCHED_TOKENS
+    # max_num_batched_tokens, max_num_seqs: None is vLLM's default for the GPU (the Planner settles it)
+    for flag, value in (("--max-num-batched-tokens", max_num_batched_tokens), ("--max-num-seqs", max_num_seqs)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be at least 1")
     if isinstance(engine, str) and not isinstance(engine, Engine):
         if engine not in ENGINES:
             raise InputError(f"--engine {engine!r} is not one of {', '.join(ENGINES)}")
@@ -223,6 +226,7 @@ def plan_options(
         activation_bytes=_size(activation_memory, "--activation-memory"),
         non_torch_bytes=_size(non_torch_memory, "--non-torch-memory"),
         max_num_batched_tokens=max_num_batched_tokens,
+        max_num_seqs=max_num_seqs,
         prompt_tokens=prompt_tokens,
         output_tokens=output_tokens,
         requests_per_s=requests_per_s,

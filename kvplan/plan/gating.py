@@ -37,7 +37,6 @@ from kvplan.model.formats import UnknownFormatError, parse_format_pair, parse_st
 from kvplan.plan.planner import DEFAULT_GPU_MEMORY_UTILIZATION, WEIGHT_DTYPES
 from kvplan.model.spec import NotBoolean
 from kvplan.units import fmt_bytes, gpu_memory_problem, parse_bytes, parse_count_as
-from kvplan.engines.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS
 
 # ------------------------------------------------------------------ plan file
 
@@ -183,7 +182,8 @@ class DeploymentEntry(BaseModel):
     gpu_memory_utilization: Share = DEFAULT_GPU_MEMORY_UTILIZATION
     activation_memory: Optional[ByteCountOrZero] = None
     non_torch_memory: Optional[ByteCountOrZero] = None
-    max_num_batched_tokens: TokenCount = DEFAULT_MAX_NUM_BATCHED_TOKENS
+    max_num_batched_tokens: Optional[TokenCount] = None  # None: vLLM's default for the GPU
+    max_num_seqs: Optional[PositiveInt] = None  # None: vLLM's default for the GPU
     bandwidth_efficiency: Optional[Share] = None
     compute_efficiency: Optional[Share] = None
     calibration: Optional[Text] = None  # a `kvplan measure -o` JSON report

@@ -51,7 +51,8 @@ class Settings(NamedTuple):
     weights_bytes: Size = None  # --weights-bytes: the weights' total bytes, for a model kvplan cannot size them for
     block_size: Optional[int] = None  # vllm / ideal
     gpu_memory_utilization: Optional[float] = None  # vllm / ideal
-    max_num_batched_tokens: Optional[int] = None  # vllm / ideal
+    max_num_batched_tokens: Optional[int] = None  # vllm / ideal (None: vLLM's default for the GPU)
+    max_num_seqs: Optional[int] = None  # vllm / ideal (None: vLLM's default for the GPU)
     activation_memory: Size = None
     non_torch_memory: Size = None
     bandwidth_efficiency: Optional[float] = None
@@ -201,7 +202,7 @@ def check_estimate(spec, engine: str, s: Settings, *, contexts: Sequence[int], t
     if unknown:
         raise InputError(f"{unknown[0]!r} is no engine's option (one of {', '.join(sorted(known))})")
     planner_keys = {"block_size": s.block_size, "gpu_memory_utilization": s.gpu_memory_utilization,
-                    "max_num_batched_tokens": s.max_num_batched_tokens}
+                    "max_num_batched_tokens": s.max_num_batched_tokens, "max_num_seqs": s.max_num_seqs}
     given = [k for k, v in {**s.engine_options, **planner_keys}.items() if v is not None]
     if given or engine in PROFILES:  # vllm and ideal with no engine flag: nothing to refuse
         from kvplan.engines.options import check_flags
@@ -250,6 +251,7 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
     needs_gpu = {"--calibration": s.calibration, "--requests-per-s": s.requests_per_s,
                  "--bandwidth-efficiency": s.bandwidth_efficiency, "--compute-efficiency": s.compute_efficiency,
                  "--gpu-memory-utilization": s.gpu_memory_utilization, "--weights-bytes": s.weights_bytes,
+                 "--max-num-seqs": s.max_num_seqs,
                  "--output-tokens": None if engine in PLANNED else s.output_tokens}
     given = [flag for flag, value in needs_gpu.items() if value is not None]
     if gpu is None and given:  # never ignored in silence: it would change nothing
@@ -262,7 +264,7 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
 
         module = get(engine)
         planner_keys = {"block_size": s.block_size, "gpu_memory_utilization": s.gpu_memory_utilization,
-                        "max_num_batched_tokens": s.max_num_batched_tokens}
+                        "max_num_batched_tokens": s.max_num_batched_tokens, "max_num_seqs": s.max_num_seqs}
         opts = engine_options(engine, s.kv_cache_dtype, {**s.engine_options, **planner_keys}, tp=s.tp, pp=s.pp,
                               prompt_tokens=s.prompt_tokens)
     kw = {"kv_cache_dtype": s.kv_cache_dtype, "ideal_format": pair, "ideal_state": ideal_state}
@@ -273,6 +275,8 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
             at, name = layout.at, spec.name
             return [Answer(engine, name, c, b, None, None, at(c, b)) for c in contexts for b in batches]
         if gpu is not None:
+            from dataclasses import replace
+
             from kvplan.plan.planner import Planner
 
             figures, bw_eff = roofline_inputs(gpu, label, s)
@@ -288,7 +292,10 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
                 plan = planner.plan()
                 curve = tuple(planner.concurrency_curve()) if s.concurrency_curve else None
                 mem = planner.memory_inputs(label or gpu.name)
-                cap = module.capacity(spec, c, b, opts, mem, **kw)  # the engine's own, as for every engine
+                # the engine's own, as for every engine, at the scheduler limits the planner settled for this GPU
+                settled = replace(opts, max_num_batched_tokens=planner.max_num_batched_tokens,
+                                  max_num_seqs=planner.max_num_seqs)
+                cap = module.capacity(spec, c, b, settled, mem, **kw)
                 out.append(Answer(engine, spec.name, c, b, cache, cap, estimate, plan, curve, mem))
         return out
     activation = _bytes(s.activation_memory, "--activation-memory")
@@ -345,7 +352,8 @@ def plan_options(spec, engine: str, s: Settings, context: int, batch: int, block
         spec, context=context, batch=batch, tp=s.tp, pp=s.pp if planned else 1, engine=engine if planned else "ideal",
         block_size=block_size, dtype=s.dtype, weights_bytes=s.weights_bytes, gpu_memory_utilization=s.gpu_memory_utilization if planned else None,
         activation_memory=s.activation_memory, non_torch_memory=s.non_torch_memory,
-        max_num_batched_tokens=s.max_num_batched_tokens if planned else None, bandwidth_efficiency=bw_eff,
+        max_num_batched_tokens=s.max_num_batched_tokens if planned else None,
+        max_num_seqs=s.max_num_seqs if planned else None, bandwidth_efficiency=bw_eff,
         compute_efficiency=s.compute_efficiency, prompt_tokens=s.prompt_tokens,
         output_tokens=s.output_tokens, requests_per_s=s.requests_per_s,
         shared_prefix_tokens=s.shared_prefix_tokens,

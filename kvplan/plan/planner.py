@@ -26,6 +26,7 @@ from kvplan.model.formats import FIXED_FORMATS, KVFormatPair
 from kvplan.model.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
 from kvplan.engines.vllm_rules import (DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NUM_BATCHED_TOKENS, Pool,
                                        context_limit, stage_budgets, usable_bytes)
+from kvplan.engines.vllm_flags import scheduler_limits, vllm_version
 from kvplan.units import counted, fmt_bytes
 
 GIB = 2**30
@@ -36,7 +37,10 @@ MIB = 2**20
 # "non-torch memory" of roughly 0.3-0.6 GiB on one H100; NCCL buffers add more at tp > 1.
 DEFAULT_NON_TORCH_BYTES = 512 * MIB
 DEFAULT_NON_TORCH_BYTES_TP = 1 * GIB
-DEFAULT_MAX_NUM_SEQS = 256  # vLLM SchedulerConfig.max_num_seqs (sampler logits in the profile run)
+# The engine profiles' activation estimate (kvplan.plan.capacity.memory_inputs) is not a vLLM deployment: it keeps
+# one fixed profile run of 8,192 tokens and 256 sequences' logits. ideal and vllm take vLLM's defaults for the GPU
+# (kvplan.engines.vllm_flags.scheduler_limits).
+DEFAULT_MAX_NUM_SEQS = 256
 # Decode reaches ~80% of peak DRAM bandwidth: large device copies measure 83% (V100),
 # 87% (A100), 77% (H100) of peak (kvplan/data/gpus.yaml achieved_copy_gbps). Calibrate with measure.
 DEFAULT_BANDWIDTH_EFFICIENCY = 0.8
@@ -81,6 +85,7 @@ class GPUFigures:
     bf16_tflops: float
     fp8_tflops: float | None
     usd_per_hour: float
+    device_name: str = ""  # the name the runtime reports (nvml_name); vLLM's batch defaults read it (A100 or not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +103,8 @@ class PlanOptions:
     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
     activation_bytes: int | None = None  # None: estimated (see activation_estimate)
     non_torch_bytes: int | None = None  # None: DEFAULT_NON_TORCH_BYTES(_TP)
-    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
-    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
+    max_num_batched_tokens: int | None = None  # None: vLLM's default for the GPU (vllm_flags.scheduler_limits)
+    max_num_seqs: int | None = None  # None: vLLM's default for the GPU; caps the batch throughput and cost run at
     bandwidth_efficiency: float = DEFAULT_BANDWIDTH_EFFICIENCY
     compute_efficiency: float = DEFAULT_COMPUTE_EFFICIENCY
     prompt_tokens: int | None = None  # None: what the context leaves beside the output tokens
@@ -156,6 +161,7 @@ class Plan:
     headroom_pct: float | None
     shortfall_bytes: int
     max_concurrent_sequences: int
+    max_num_seqs: int  # vLLM's --max-num-seqs (given, or its default for this GPU): the most sequences one step runs
     max_context_tokens: int
     max_context_limited_by: str
     # vLLM's own log figures
@@ -449,18 +455,17 @@ def decode_weight_fraction(spec: ModelSpec, batch: int) -> float:
 # ----------------------------------------------------------------- activations
 
 
-def activation_estimate(spec: ModelSpec, opts: PlanOptions, dtype_bytes: int, tp: int) -> int:
+def activation_estimate(spec: ModelSpec, tokens: int, seqs: int, dtype_bytes: int, tp: int) -> int:
     """Peak activation bytes of vLLM's profile run (a stated estimate; override with a flag).
 
     The profile run is one forward pass of max_num_batched_tokens tokens: the
     largest live tensors are the MLP's gate+up output and a few hidden-size
-    buffers per token, plus the sampler's fp32 logits for max_num_seqs sequences.
+    buffers per token, plus the sampler's fp32 logits for max_num_seqs sequences (`tokens`, `seqs`).
     """
-    tokens = opts.max_num_batched_tokens
     width = spec.moe_intermediate_size if (spec.moe_intermediate_size and moe_experts(spec)) else spec.intermediate_size
     width = width or 4 * spec.hidden_size
     per_token = (2 * width // tp + 4 * spec.hidden_size) * dtype_bytes
-    logits = opts.max_num_seqs * ceil_div(spec.vocab_size, tp) * 4
+    logits = seqs * ceil_div(spec.vocab_size, tp) * 4
     return tokens * per_token + logits
 
 
@@ -552,9 +557,15 @@ class Planner:
         for flag, value in (("--bandwidth-efficiency", opts.bandwidth_efficiency), ("--compute-efficiency", opts.compute_efficiency)):
             if not 0 < value <= 1:
                 raise InputError(f"{flag} {value} must be in (0, 1]")
-        if opts.max_num_batched_tokens < 1:
-            raise InputError("--max-num-batched-tokens must be at least 1")
+        for flag, given in (("--max-num-batched-tokens", opts.max_num_batched_tokens), ("--max-num-seqs", opts.max_num_seqs)):
+            if given is not None and given < 1:
+                raise InputError(f"{flag} must be at least 1")
         self.spec, self.gpu, self.kv_format, self.opts = spec, gpu, kv_format, opts
+        # vLLM's scheduler limits: as given, else its defaults for this GPU and --context (max_model_len)
+        self.vllm_version = vllm_version(opts)
+        self.max_num_batched_tokens, self.max_num_seqs = scheduler_limits(
+            gpu.memory_bytes, gpu.device_name or gpu.name, opts.context, max_num_batched_tokens=opts.max_num_batched_tokens,
+            max_num_seqs=opts.max_num_seqs, version=self.vllm_version)
         from kvplan.plan.deploy import default_block_size
 
         self.block_size = opts.block_size or default_block_size(spec, opts.engine)
@@ -569,7 +580,8 @@ class Planner:
         self.flop_parameters, self.flop_parameters_note = flop_parameters(spec, self.weights_dtype, opts.weights_bytes)
         self.activation_estimated = opts.activation_bytes is None
         self.activation = (
-            activation_estimate(spec, opts, self.dtype_bytes, opts.tp) if opts.activation_bytes is None else opts.activation_bytes
+            activation_estimate(spec, self.max_num_batched_tokens, self.max_num_seqs, self.dtype_bytes, opts.tp)
+            if opts.activation_bytes is None else opts.activation_bytes
         )
         if opts.non_torch_bytes is not None:
             self.non_torch = opts.non_torch_bytes
@@ -579,7 +591,7 @@ class Planner:
                                            self.activation, self.non_torch)
         # the capacity rule ideal's and vllm's `capacity()` apply (kvplan.engines.vllm_rules.Pool)
         self.pool = Pool(self.layout, self.stage_budgets, vllm=opts.engine is Engine.vllm,
-                         max_num_batched_tokens=opts.max_num_batched_tokens)
+                         max_num_batched_tokens=self.max_num_batched_tokens)
         self.vllm_stages = self.pool.stages
 
     def _stage_weights(self, *, active: bool = False, lookup_tokens: int | None = None) -> list[int]:
@@ -717,7 +729,10 @@ class Planner:
                 f"{spec.index_topk:,}) per query); the cache still holds every latent"
             )
         runs = max_seqs >= 1 and refusal is None  # vLLM refusing the context runs nothing either
-        roof = self.roofline(batch, context, max_seqs if runs else 0)
+        # vLLM's scheduler runs at most max_num_seqs sequences a step: throughput and cost are at no more
+        mns = self.max_num_seqs
+        roof = self.roofline(min(batch, mns), context, min(max_seqs, mns) if runs else 0)
+        notes += self._max_num_seqs_notes(batch, max_seqs if runs else 0)
         notes += roof.notes
         suggestions = [] if fits else self.suggestions(need, budget)
         if refusal is not None:
@@ -750,6 +765,7 @@ class Planner:
             headroom_pct=None if headroom is None else round(headroom, 3),
             shortfall_bytes=shortfall,
             max_concurrent_sequences=max_seqs,
+            max_num_seqs=mns,
             max_context_tokens=max_ctx,
             max_context_limited_by=ctx_why,
             vllm_num_blocks=pool.num_blocks,
@@ -778,7 +794,10 @@ class Planner:
         prompt = opts.prompt_len
         output = opts.output_tokens or 0
         context = prompt + output
-        batch = self.max_sequences(context, prefix=min(prefix, prompt)) if seqs_at is None else seqs_at(context)
+        if seqs_at is None:  # ideal's and vllm's own pool, run max_num_seqs at a time at most
+            batch = min(self.max_sequences(context, prefix=min(prefix, prompt)), self.max_num_seqs)
+        else:
+            batch = seqs_at(context)
         prefill_s = self.prefill(prompt, cached_prefix=min(prefix, prompt))
         if batch < 1 or prefill_s is None:  # no replica runs, or no peak FLOPS to time the prefill with
             return None
@@ -844,6 +863,30 @@ class Planner:
                         None if tokens_per_s is None else tokens_per_s / n_gpus, cost_batch, cost_tps,
                         gpu.usd_per_hour * n_gpus or None, usd_out, usd_in, gpus_needed, gpus_no_prefix,
                         tuple(notes), assumptions)
+
+    def _limits_source(self) -> str:
+        """Where max_num_batched_tokens and max_num_seqs come from: the flags, or vLLM's defaults for the GPU."""
+        from kvplan.engines.vllm_flags import defaults_rule
+
+        o = self.opts
+        if o.max_num_batched_tokens is not None and o.max_num_seqs is not None:
+            return "--max-num-batched-tokens, --max-num-seqs"
+        given = [f for f, v in (("--max-num-batched-tokens", o.max_num_batched_tokens),
+                                ("--max-num-seqs", o.max_num_seqs)) if v is not None]
+        rule = f"vLLM {self.vllm_version} " + defaults_rule(self.vllm_version).removeprefix("vLLM ")
+        return rule + (f"; {given[0]} given" if given else "")
+
+    def _max_num_seqs_notes(self, batch: int, kv_seqs: int) -> list[str]:
+        """What max_num_seqs changes: a --batch above it queues, a pool holding more runs no more at once."""
+        mns = self.max_num_seqs
+        whose = "--max-num-seqs" if self.opts.max_num_seqs is not None else "vLLM's default on this GPU"
+        if batch > mns:
+            return [f"--batch {batch:,} is more than max_num_seqs {mns:,} ({whose}): vLLM runs at most {mns:,} "
+                    f"sequences a step and queues the rest: throughput is at batch {mns:,}"]
+        if kv_seqs > mns:
+            return [f"KV memory holds {kv_seqs:,} sequences, but max_num_seqs {mns:,} ({whose}) runs at most "
+                    f"{mns:,} a step: costs are at batch {mns:,} (--max-num-seqs raises it)"]
+        return []
 
     def suggestions(self, need: int, budget: int) -> list[str]:
         """What would fit instead: fp8 KV, more tensor parallelism, a shorter context."""
@@ -911,7 +954,9 @@ class Planner:
             if self.activation_estimated
             else "--activation-memory",
             "non_torch_bytes": self.non_torch,
-            "max_num_batched_tokens": o.max_num_batched_tokens,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "max_num_seqs": self.max_num_seqs,
+            "scheduler_limits": self._limits_source(),
             "block_size": self.block_size,
             "bandwidth_efficiency": o.bandwidth_efficiency,
             "compute_efficiency": o.compute_efficiency,

@@ -1,0 +1,122 @@
+"""vLLM's serving flags (kvplan.engines.vllm_flags): batch defaults by GPU and version, --max-num-seqs's cap.
+
+Expected values are read from vLLM's source by hand: vllm 0.32 `vllm/engine/arg_utils.py`
+`EngineArgs.get_batch_defaults` (OPENAI_API_SERVER column) and
+`_set_default_max_num_seqs_and_batched_tokens_args`; 0.10: PRs #17073 and #17885 (no >= 160 GiB row).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli_helpers import run_cli
+from kvplan.engines.vllm_flags import batch_defaults, scheduler_limits, weights_dtype
+
+GIB = 2**30
+MIB = 2**20
+
+
+@pytest.mark.parametrize("memory, name, version, expected", [
+    # H100 SXM: NVML 81,559 MiB = 79.65 GiB >= 70, no "a100": 8192 tokens, 1024 sequences
+    (81559 * MIB, "NVIDIA H100 80GB HBM3", "0.32", (8192, 1024)),
+    # exactly 70 GiB is in (>=), one byte less is not
+    (70 * GIB, "x", "0.32", (8192, 1024)),
+    (70 * GIB - 1, "x", "0.32", (2048, 256)),
+    # A100 80GB: 81,920 MiB >= 70 GiB, but its name holds "a100" (PR #17885): the small row
+    (81920 * MIB, "NVIDIA A100-SXM4-80GB", "0.32", (2048, 256)),
+    # the name test is case-blind (vLLM lowers it)
+    (81920 * MIB, "nvidia a100 80gb pcie", "0.32", (2048, 256)),
+    # L40S: 46,068 MiB < 70 GiB
+    (46068 * MIB, "NVIDIA L40S", "0.32", (2048, 256)),
+    # H200: 143,771 MiB = 140.4 GiB: >= 70, < 160
+    (143771 * MIB, "NVIDIA H200", "0.32", (8192, 1024)),
+    # B200: 183,359 MiB = 179.06 GiB >= 160: 16384 / 1024 in 0.32, 8192 / 1024 in 0.10
+    (183359 * MIB, "NVIDIA B200", "0.32", (16384, 1024)),
+    (183359 * MIB, "NVIDIA B200", "0.10", (8192, 1024)),
+    (160 * GIB, "x", "0.32", (16384, 1024)),
+    (160 * GIB - 1, "x", "0.32", (8192, 1024)),
+    # an A100 of >= 160 GiB does not exist, but the 160 row comes before the name test in 0.32
+    (160 * GIB, "a100", "0.32", (16384, 1024)),
+])
+def test_batch_defaults(memory, name, version, expected):
+    assert batch_defaults(memory, name, version) == expected
+
+
+def test_scheduler_limits_cap_the_defaults_by_each_other():
+    h100 = 81559 * MIB
+    # a defaulted token budget is at most max_num_seqs x max_model_len: 1024 x 4 = 4096 < 8192
+    assert scheduler_limits(h100, "h100", 4) == (4096, 1024)
+    # 1024 x 8 = 8192: no cap
+    assert scheduler_limits(h100, "h100", 8) == (8192, 1024)
+    # a given token budget below the default max_num_seqs caps the defaulted max_num_seqs: min(1024, 512)
+    assert scheduler_limits(h100, "h100", 8192, max_num_batched_tokens=512) == (512, 512)
+    # a given max_num_seqs caps the defaulted token budget: min(16 x 100, 8192) = 1600
+    assert scheduler_limits(h100, "h100", 100, max_num_seqs=16) == (1600, 16)
+    # both given: kept as given
+    assert scheduler_limits(h100, "h100", 4, max_num_batched_tokens=100, max_num_seqs=300) == (100, 300)
+
+
+def test_vllm_dtype_spellings():
+    assert [weights_dtype(w) for w in ("auto", "half", "float16", "bfloat16", "float", "float32", "bf16", None)] == [
+        None, "fp16", "fp16", "bf16", "fp32", "fp32", "bf16", None]
+
+
+def test_estimate_prices_at_max_num_seqs_not_at_what_memory_holds(capsys):
+    """Issue #14: `estimate llama-3.1-8b --gpu h100-sxm -c 256` priced at batch 1,773."""
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-c", "256", "-f", "json")
+    data = json.loads(r.stdout)
+    assert data["max_num_seqs"] == 1024 and data["cost_batch"] == 1024
+    assert data["max_concurrent_sequences"] > 1024
+    assert data["assumptions"]["max_num_seqs"] == 1024 and data["assumptions"]["max_num_batched_tokens"] == 8192
+    assert any(n.startswith(f"KV memory holds {data['max_concurrent_sequences']:,} sequences, but max_num_seqs 1,024 "
+                            "(vLLM's default on this GPU)") for n in data["notes"])
+    text = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-c", "256").stdout
+    assert f"max_num_seqs 1,024 run a step at most" in " ".join(text.split())
+
+
+def test_a_given_max_num_seqs_caps_and_sizes_the_profile_run(capsys):
+    args = ("estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-c", "256", "-f", "json")
+    small = json.loads(run_cli(capsys, *args, "--max-num-seqs", "64").stdout)
+    default = json.loads(run_cli(capsys, *args).stdout)
+    assert small["max_num_seqs"] == 64 and small["cost_batch"] == 64
+    # the sampler's fp32 logits in the profile run: (1024 - 64) x 128,256 vocab x 4 B fewer activation bytes
+    assert default["activation_bytes_per_gpu"] - small["activation_bytes_per_gpu"] == (1024 - 64) * 128256 * 4
+    assert small["assumptions"]["scheduler_limits"].endswith("; --max-num-seqs given")
+
+
+def test_a_batch_above_max_num_seqs_runs_at_max_num_seqs_and_says_so(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-c", "256", "-b", "100",
+                "--max-num-seqs", "10", "-f", "json")
+    data = json.loads(r.stdout)
+    assert data["cost_batch"] == 10 and data["fits"] is True
+    one = json.loads(run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-c", "256", "-b", "10",
+                             "--max-num-seqs", "10", "-f", "json").stdout)
+    assert data["tokens_per_s"] == one["tokens_per_s"]  # batch 100 runs as 10
+    assert ("--batch 100 is more than max_num_seqs 10 (--max-num-seqs): vLLM runs at most 10 sequences a step and "
+            "queues the rest: throughput is at batch 10") in data["notes"]
+
+
+def test_the_defaults_follow_the_gpu(capsys):
+    a100 = json.loads(run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "a100-80gb-sxm", "-f", "json").stdout)
+    assert (a100["assumptions"]["max_num_batched_tokens"], a100["max_num_seqs"]) == (2048, 256)
+    b200 = json.loads(run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "b200", "-f", "json").stdout)
+    assert (b200["assumptions"]["max_num_batched_tokens"], b200["max_num_seqs"]) == (16384, 1024)
+
+
+def test_max_num_seqs_is_refused_where_nothing_reads_it(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--engine", "sglang", "--max-num-seqs", "8")
+    assert r.exit_code == 2 and r.stderr.startswith("error: --max-num-seqs is only for --engine vllm and ideal")
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--max-num-seqs", "8")
+    assert r.exit_code == 2 and r.stderr.startswith("error: --max-num-seqs needs a GPU")
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--max-num-seqs", "0")
+    assert (r.exit_code, r.stderr) == (2, "error: --max-num-seqs must be at least 1\n")
+
+
+def test_a_plan_file_takes_max_num_seqs(tmp_path, capsys):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("version: 1\ndeployments:\n  - name: a\n    model: llama-3.1-8b\n    gpu: h100-sxm\n"
+                    "    context: 256\n    max_num_seqs: 64\n    budgets:\n      min_concurrent_sequences: 1\n")
+    r = run_cli(capsys, "check", str(plan), "-f", "json")
+    assert r.exit_code == 0, r.stdout + r.stderr
