@@ -70,7 +70,7 @@ OPTIONS: tuple[Option, ...] = (
     _O("batch", ("--batch", "-b"), "counts", "Concurrent sequences; a comma list sweeps where the command sweeps.",
        default="1"),
     _O("kv_cache_dtype", ("--kv-cache-dtype",), "str_list",
-       "KV element format: auto (the model's dtype), fp16, bf16, fp32, fp8, fp8_e4m3, fp8_e5m2, int8, "
+       "KV element format: auto (the model's dtype, or --dtype's float cast), fp16, bf16, fp32, float16, bfloat16, fp8, fp8_e4m3, fp8_e5m2, int8, "
        "fp8_per_token_head, int8_per_token_head, nvfp4, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, "
        "int4[_gN][_fp16|_bf16|_fp32][_sym]; K/V differ as q8_0/q4_0; an engine that lacks it refuses; "
        "a comma list sweeps in estimate.", default="auto"),
@@ -83,7 +83,8 @@ OPTIONS: tuple[Option, ...] = (
        default="vllm"),
     _O("state_dtype", ("--state-dtype",), "str", "Element format of SSM state (default: the model's dtype)."),
     _O("dtype", ("--dtype",), "str", "Weights dtype: bf16, fp16, fp32, fp8, int8, int4 (+fp16 scale per 128), "
-       "mxfp4 (default: the model's); a quantised dtype covers the body weights the spec's weights_quantized "
+       "mxfp4, or vLLM's auto, half, float16, bfloat16, float, float32 (default: the model's; a float cast moves "
+       "--kv-cache-dtype auto with it); a quantised dtype covers the body weights the spec's weights_quantized "
        "names (all linear, or the routed experts)."),
     _O("weights_bytes", ("--weights-bytes",), "bytes", "The weights' total bytes (160GB, 80GiB), for a model whose "
        "weights kvplan cannot size: no safetensors or GGUF headers and no parameter formula for its model_type; "

@@ -120,3 +120,60 @@ def test_a_plan_file_takes_max_num_seqs(tmp_path, capsys):
                     "    context: 256\n    max_num_seqs: 64\n    budgets:\n      min_concurrent_sequences: 1\n")
     r = run_cli(capsys, "check", str(plan), "-f", "json")
     assert r.exit_code == 0, r.stdout + r.stderr
+
+
+# ------------------------------------------------------------------ dtype spellings (vllm/config/model.py ModelDType)
+
+
+@pytest.mark.parametrize("word, ours", [("bfloat16", "bf16"), ("half", "fp16"), ("float16", "fp16"),
+                                        ("float", "fp32"), ("float32", "fp32")])
+def test_dtype_takes_vllms_words(capsys, word, ours):
+    args = ("estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-c", "1k", "-f", "json")
+    theirs = json.loads(run_cli(capsys, *args, "--dtype", word).stdout)
+    mine = json.loads(run_cli(capsys, *args, "--dtype", ours).stdout)
+    assert theirs["weights_bytes_per_gpu"] == mine["weights_bytes_per_gpu"] and theirs["weights_dtype"] == ours
+    assert theirs["weights_source"] == f"--dtype {ours}"
+
+
+def test_dtype_auto_is_the_models_own(capsys):
+    args = ("estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-c", "1k", "-f", "json")
+    assert json.loads(run_cli(capsys, *args, "--dtype", "auto").stdout) == json.loads(run_cli(capsys, *args).stdout)
+
+
+def test_kv_cache_dtype_auto_follows_a_float_dtype_cast(capsys):
+    # llama-3.1-8b: 32 layers x 8 KV heads x 128 x (K + V) = 65,536 values a token: 4 B each in fp32
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "-c", "1k", "--dtype", "float32", "-f", "json")
+    assert (json.loads(r.stdout)["kv_cache_dtype"], json.loads(r.stdout)["kv_bytes_per_token"]) == ("fp32", 65536 * 4)
+    # a quantised dtype stores the weights; the activations, and auto, stay the model's bf16: 2 B a value
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "-c", "1k", "--dtype", "fp8", "-f", "json")
+    assert (json.loads(r.stdout)["kv_cache_dtype"], json.loads(r.stdout)["kv_bytes_per_token"]) == ("bf16", 65536 * 2)
+
+
+def test_a_plan_file_dtype_takes_vllms_words(tmp_path, capsys):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("version: 1\ndeployments:\n  - name: a\n    model: llama-3.1-8b\n    gpu: h100-sxm\n"
+                    "    context: 1k\n    dtype: float32\n    budgets:\n      max_kv_bytes_per_token: 262144\n")
+    r = run_cli(capsys, "check", str(plan), "-f", "json")
+    assert r.exit_code == 0, r.stdout + r.stderr  # 65,536 values x 4 B: auto followed the fp32 cast
+
+
+# ------------------------------------------------------------------ --kv-cache-dtype: vLLM 0.32's CacheDType
+
+
+@pytest.mark.parametrize("word, ours", [("bfloat16", "bf16"), ("float16", "fp16")])
+def test_vllm_kv_cache_dtype_words(capsys, word, ours):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "-c", "1k", "--kv-cache-dtype", word, "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert (json.loads(r.stdout)["kv_cache_dtype"], json.loads(r.stdout)["kv_bytes_per_token"]) == (ours, 65536 * 2)
+
+
+def test_vllm_has_no_float32_kv_cache_dtype(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "-c", "1k", "--kv-cache-dtype", "fp32")
+    assert r.exit_code == 2 and "vllm refuses: error: argument --kv-cache-dtype: invalid choice: 'fp32'" in r.stderr
+
+
+def test_a_vllm_value_kvplan_cannot_size_is_refused_as_such(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "-c", "1k", "--kv-cache-dtype", "turboquant_k8v4")
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: --kv-cache-dtype turboquant_k8v4: vllm refuses: kvplan: vLLM takes "
+                               "--kv-cache-dtype turboquant_k8v4, a layout kvplan has no format for")

@@ -96,6 +96,18 @@ def weights_dtype(text: Optional[str]) -> Optional[str]:
     return DTYPE_SPELLINGS[word] if word in DTYPE_SPELLINGS else text
 
 
+DTYPE_WORDS = "bf16, fp16, fp32, fp8, int8, int4, mxfp4, or vLLM's auto, half, float16, bfloat16, float, float32"
+
+
+def auto_kv_dtype(spec_dtype: str, dtype_flag: Optional[str]) -> str:
+    """The dtype --kv-cache-dtype auto means: the model's dtype as it runs (vllm/config/cache.py CacheDType:
+    "If "auto", will use model data type"), so a float --dtype cast (bf16, fp16, fp32) moves it; a
+    quantised --dtype (fp8, int4, mxfp4: the weights' storage) leaves the activations, and so auto, in the
+    model's own dtype."""
+    cast = weights_dtype(dtype_flag)
+    return cast if cast in ("bf16", "fp16", "fp32") else spec_dtype
+
+
 # --kv-cache-dtype: vLLM 0.32's CacheDType, every value argparse accepts, in its order (vllm/config/cache.py).
 CACHE_DTYPES_032 = (
     "auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_inc", "fp8_ds_mla", "nvfp4_ds_mla",

@@ -76,9 +76,11 @@ MAMBA_HYBRID_BLOCK_ALIGNMENT = 16
 
 # vLLM's --kv-cache-dtype values that kvplan has formats for (`CacheConfig.cache_dtype`, the
 # `CacheDType` Literal in vllm/config/cache.py; argparse offers exactly the Literal's values).
-VLLM_KV_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_per_token_head", "int8_per_token_head", "nvfp4")
-# Names kvplan reads as the model's own 16/32-bit dtype, which vLLM runs as "auto".
-_MODEL_DTYPE_NAMES = ("bf16", "fp16", "fp32", "bfloat16", "float16", "float32")
+# vLLM 0.32's full list is kvplan.engines.vllm_flags.CACHE_DTYPES_032: float32 is not among them.
+VLLM_KV_DTYPES = ("auto", "float16", "bfloat16", "fp8", "fp8_e4m3", "fp8_e5m2", "fp8_per_token_head",
+                  "int8_per_token_head", "nvfp4")
+# kvplan's spellings of vLLM's float16 / bfloat16 (and of auto on a float32 model: fp32, float32).
+_MODEL_DTYPE_NAMES = ("bf16", "fp16")
 
 
 def kv_cache_dtype_refusal(spec, kv_cache_dtype: str) -> Optional[str]:
@@ -87,12 +89,19 @@ def kv_cache_dtype_refusal(spec, kv_cache_dtype: str) -> Optional[str]:
     The one place kvplan decides which formats vLLM runs: `kvplan compare`'s vllm
     row, `kvplan estimate`, `check` and `diff` under engine vllm all ask here.
     """
+    from kvplan.engines.vllm_flags import CACHE_DTYPES_032
+
     name = kv_cache_dtype.strip().lower()
     if getattr(spec, "index_head_dim", None) and name not in ("auto", "bf16", "bfloat16"):
         return sparse_mla_kv_dtype_refusal(kv_cache_dtype)
-    if name in VLLM_KV_DTYPES or name == spec.dtype or name in _MODEL_DTYPE_NAMES:
+    if name in VLLM_KV_DTYPES or name in _MODEL_DTYPE_NAMES:
         return None
-    choices = ", ".join(f"'{c}'" for c in VLLM_KV_DTYPES)
+    if name in ("fp32", "float32") and spec.dtype == "fp32":  # the model's own dtype: what auto runs
+        return None
+    if name in CACHE_DTYPES_032:  # vLLM takes it; kvplan has no format to size it with
+        return (f"kvplan: vLLM takes --kv-cache-dtype {kv_cache_dtype}, a layout kvplan has no format for; "
+                f"kvplan sizes {', '.join(VLLM_KV_DTYPES)} under vLLM")
+    choices = ", ".join(f"'{c}'" for c in CACHE_DTYPES_032)  # argparse offers exactly the CacheDType Literal
     return f"error: argument --kv-cache-dtype: invalid choice: '{kv_cache_dtype}' (choose from {choices})"
 
 

@@ -105,9 +105,14 @@ class UnknownFormatError(ValueError):
     pass
 
 
+# torch's (and vLLM's --kv-cache-dtype, vllm/config/cache.py CacheDType) names of the plain formats
+TORCH_NAMES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+
+
 def parse_format(text: str, what: str = "KV cache dtype", names: str = FORMAT_HELP) -> KVFormat:
     """One format by name; raises UnknownFormatError naming `what` and the accepted `names`."""
     key = text.strip().lower()
+    key = TORCH_NAMES.get(key, key)
     if key in FIXED_FORMATS:
         return FIXED_FORMATS[key]
     match = _GROUPED.match(key)

@@ -31,9 +31,12 @@ def memory_inputs(spec, gpu, *, context: int, tp: int, weights_dtype: Optional[s
         weights_source,
     )
 
+    from kvplan.engines.vllm_flags import DTYPE_WORDS, weights_dtype as read_dtype
+
+    given_dtype, weights_dtype = weights_dtype, read_dtype(weights_dtype)  # vLLM's spellings (bfloat16, half, auto)
     dtype = weights_dtype or spec.weights_dtype or spec.dtype
     if dtype not in WEIGHT_DTYPES:
-        raise InputError(f"--dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+        raise InputError(f"--dtype {given_dtype or dtype!r} is not one of {DTYPE_WORDS}")
     if weights_bytes is not None and weights_dtype is not None:
         raise InputError("--weights-bytes gives the weights' bytes and --dtype casts them; give one of the two")
     weights = stage_weight_bytes(spec, [spec.num_hidden_layers], dtype, tp, from_file=weights_from_file(spec, weights_dtype),

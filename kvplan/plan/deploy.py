@@ -55,10 +55,14 @@ def gpu_figures(gpu: GPU, label: Optional[str] = None) -> GPUFigures:
                       gpu.usd_per_hour, getattr(gpu, "nvml_name", None) or gpu.name)
 
 
-def kv_formats(spec: ModelSpec, kv_cache_dtype: str = "auto", state_dtype: Optional[str] = None) -> tuple[KVFormatPair, Optional[KVFormat]]:
-    """The KV element formats ('auto' = the model's dtype) and the SSM state format (None: the model's)."""
+def kv_formats(spec: ModelSpec, kv_cache_dtype: str = "auto", state_dtype: Optional[str] = None,
+               dtype: Optional[str] = None) -> tuple[KVFormatPair, Optional[KVFormat]]:
+    """The KV element formats ('auto' = the model's dtype as it runs: a float --dtype `dtype` moves it) and the
+    SSM state format (None: the model's)."""
+    from kvplan.engines.vllm_flags import auto_kv_dtype
+
     try:
-        pair = parse_format_pair(kv_cache_dtype, spec.dtype)
+        pair = parse_format_pair(kv_cache_dtype, auto_kv_dtype(spec.dtype, dtype))
     except UnknownFormatError as exc:
         raise InputError(f"--kv-cache-dtype: {exc}") from None
     try:
@@ -204,8 +208,11 @@ def plan_options(
         engine = Engine(engine)
     if block_size is not None and block_size < 1:
         raise InputError(f"--block-size must be a positive number of tokens, got {block_size}")
+    from kvplan.engines.vllm_flags import DTYPE_WORDS, weights_dtype
+
+    given_dtype, dtype = dtype, weights_dtype(dtype)  # vLLM's spellings: bfloat16 -> bf16, auto -> the model's
     if dtype is not None and dtype not in WEIGHT_DTYPES:
-        raise InputError(f"--dtype {dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+        raise InputError(f"--dtype {given_dtype!r} is not one of {DTYPE_WORDS}")
     require_at_least("--context", context, 1, "token")
     require_at_least("--batch", batch, 1, "sequence")
     require_at_least("--tensor-parallel-size", tp)
@@ -296,7 +303,7 @@ def resolve_deployment(
 
     memory = str(gpu_memory) if isinstance(gpu_memory, int) and not isinstance(gpu_memory, bool) else gpu_memory
     device = gpu_from_options(gpu, memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops)
-    pair, state = kv_formats(spec, kv_cache_dtype, state_dtype)
+    pair, state = kv_formats(spec, kv_cache_dtype, state_dtype, options.get("dtype"))
     if calibration is not None and options.get("bandwidth_efficiency") is not None:
         raise InputError("--calibration and --bandwidth-efficiency both set the decode bandwidth efficiency; give one")
     if calibration is not None:

@@ -77,6 +77,13 @@ def _gpu_memory(value: Any) -> Any:
 
 # Every number refuses a boolean with its own words (NotBoolean; strict mode alone says only "Input
 # should be a valid integer"). Annotated runs the before-validators last to first: NotBoolean first.
+def _dtype_spelling(value: Any) -> Any:
+    """A plan's `dtype` in vLLM's words (bfloat16, half, float32) as kvplan's (bf16, fp16, fp32)."""
+    from kvplan.engines.vllm_flags import weights_dtype
+
+    return weights_dtype(value) if isinstance(value, str) else value  # auto: None, the model's own
+
+
 TokenCount = Annotated[int, BeforeValidator(_tokens), NotBoolean, Field(ge=1)]
 Count = Annotated[int, BeforeValidator(_count), NotBoolean, Field(ge=1)]
 GpuMemory = Annotated[int, BeforeValidator(_gpu_memory), NotBoolean, Field(gt=0)]
@@ -176,7 +183,8 @@ class DeploymentEntry(BaseModel):
     engine: Literal[ENGINES] = "vllm"  # type: ignore[valid-type]  # before kv_cache_dtype: its check reads it
     kv_cache_dtype: Text = "auto"
     state_dtype: Optional[Text] = None
-    dtype: Optional[Literal[WEIGHT_DTYPES]] = None  # type: ignore[valid-type]
+    # kvplan's names or vLLM's spellings (bfloat16, half, float32, auto: kvplan.engines.vllm_flags.weights_dtype)
+    dtype: Annotated[Optional[Literal[WEIGHT_DTYPES]], BeforeValidator(_dtype_spelling)] = None  # type: ignore[valid-type]
     weights_bytes: Optional[ByteCount] = None  # the weights' total bytes when kvplan cannot size them
     block_size: Optional[PositiveInt] = None
     gpu_memory_utilization: Share = DEFAULT_GPU_MEMORY_UTILIZATION

@@ -127,14 +127,16 @@ def device(s: Settings):
 def formats(spec, s: Settings):
     """(--kv-cache-dtype as kvplan's formats, --state-dtype): an engine-only name (f16) sizes the ideal in the
     model's dtype and the engine judges the name itself (`kvplan.engines.compare.ideal_format`)."""
+    from kvplan.engines.vllm_flags import auto_kv_dtype
     from kvplan.model.formats import UnknownFormatError, parse_format_pair, parse_state_format
 
+    model_dtype = auto_kv_dtype(spec.dtype, s.dtype)  # auto: the model's dtype as it runs (a float --dtype moves it)
     try:
-        pair = parse_format_pair(s.kv_cache_dtype, spec.dtype)
+        pair = parse_format_pair(s.kv_cache_dtype, model_dtype)
     except UnknownFormatError:  # an engine's own name, or a typo (the engines' names are loaded only now)
         from kvplan.engines.compare import ideal_format
 
-        pair = ideal_format(s.kv_cache_dtype, spec.dtype)
+        pair = ideal_format(s.kv_cache_dtype, model_dtype)
     try:
         state = parse_state_format(s.state_dtype) if s.state_dtype else None
     except UnknownFormatError as exc:
@@ -214,8 +216,12 @@ def check_estimate(spec, engine: str, s: Settings, *, contexts: Sequence[int], t
 
     if s.block_size is not None and s.block_size < 1:
         raise InputError(f"--block-size must be a positive number of tokens, got {s.block_size}")
+    from kvplan.engines.vllm_flags import CACHE_DTYPES_032
+
     for d in kv_cache_dtypes:  # (K/V pair, state format): refused up front as bad input
-        deploy.kv_formats(spec, d, s.state_dtype)
+        if engine == "vllm" and d.strip().lower() in CACHE_DTYPES_032:
+            continue  # one of vLLM's own values: judged below, in vLLM's terms (turboquant_k8v4: not sized)
+        deploy.kv_formats(spec, d, s.state_dtype, s.dtype)
     if engine == "vllm":  # a format vLLM's argparse refuses is bad input there, and here
         for d in kv_cache_dtypes:
             problem = deploy.vllm_kv_dtype_problem(spec, d)
