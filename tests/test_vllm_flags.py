@@ -177,3 +177,43 @@ def test_a_vllm_value_kvplan_cannot_size_is_refused_as_such(capsys):
     assert r.exit_code == 2
     assert r.stderr.startswith("error: --kv-cache-dtype turboquant_k8v4: vllm refuses: kvplan: vLLM takes "
                                "--kv-cache-dtype turboquant_k8v4, a layout kvplan has no format for")
+
+
+# ------------------------------------------------------------------ the budget's total (--cuda-total-memory)
+
+
+def test_the_budget_starts_from_cudas_total_when_given(capsys):
+    """vllm 0.32 v1/worker/utils.py request_memory: ceil(total x util), total from torch's mem_get_info."""
+    args = ("estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-c", "32k", "-b", "16", "-f", "json")
+    d = json.loads(run_cli(capsys, *args, "--cuda-total-memory", "81090MiB").stdout)
+    total = 81090 * MIB  # torch's total on an H100 SXM (shared/reference/gpus.yaml), 85,029,027,840 B
+    usable = -(-total * 9 // 10)  # 76,526,125,056
+    weights = 8_030_261_248 * 2
+    activations = 8192 * (2 * 14336 + 4 * 4096) * 2 + 1024 * 128256 * 4  # 8192 tokens, 1024 sequences' logits
+    assert d["cuda_total_memory_bytes"] == total and d["gpu_memory_bytes"] == 81559 * MIB
+    assert d["usable_bytes_per_gpu"] == usable == 76_526_125_056
+    assert d["kv_budget_bytes_per_gpu"] == usable - weights - activations - 512 * MIB == 58_665_197_568
+    # 2 MiB a 16-token block of 32 layers: 27,973 blocks
+    assert d["vllm_num_blocks"] == 58_665_197_568 // (32 * 16 * 8 * 128 * 2 * 2) == 27973
+    default = json.loads(run_cli(capsys, *args).stdout)
+    assert default["cuda_total_memory_bytes"] == default["gpu_memory_bytes"]  # NVML's, unless given
+
+
+def test_compare_and_check_take_the_same_total(tmp_path, capsys):
+    row = json.loads(run_cli(capsys, "compare", "llama-3.1-8b", "--gpu", "h100-sxm", "-c", "32k", "--engines", "vllm",
+                             "--cuda-total-memory", "81090MiB", "-f", "json").stdout)["rows"][0]
+    assert row["capacity"]["kv_budget_bytes"] == 58_665_197_568
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("version: 1\ndeployments:\n  - name: a\n    model: llama-3.1-8b\n    gpu: h100-sxm\n"
+                    "    context: 32k\n    cuda_total_memory: 81090MiB\n    budgets:\n"
+                    "      min_concurrent_sequences: 13\n")
+    r = run_cli(capsys, "check", str(plan), "-f", "json")
+    assert r.exit_code == 0, r.stdout + r.stderr  # 27,973 blocks // 2,048 per sequence = 13
+
+
+def test_cuda_total_memory_is_refused_where_it_cannot_hold(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--cuda-total-memory", "90GiB")
+    assert (r.exit_code, r.stderr) == (2, "error: --cuda-total-memory 96,636,764,160 B is more than the GPU's memory "
+                                          "(85,520,809,984 B, NVML's total); CUDA reports at most that\n")
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--engine", "hf", "--cuda-total-memory", "79GiB")
+    assert r.exit_code == 2 and r.stderr.startswith("error: --cuda-total-memory is only for --engine vllm and ideal")

@@ -309,6 +309,7 @@ def register(app: typer.Typer) -> None:
         non_torch_memory: O.non_torch_memory = None,
         max_num_batched_tokens: O.max_num_batched_tokens = None,
         max_num_seqs: O.max_num_seqs = None,
+        cuda_total_memory: O.cuda_total_memory = None,
         output: O.output = None,
         force: O.force = False,
         fmt: O.format(OutputFormat) = OutputFormat.table,
@@ -341,7 +342,7 @@ def register(app: typer.Typer) -> None:
                             weights_bytes=weights_bytes,
                             block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
                             max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
-                            activation_memory=activation_memory,
+                            cuda_total_memory=cuda_total_memory, activation_memory=activation_memory,
                             non_torch_memory=non_torch_memory, prompt_tokens=prompt_tokens,
                             engine_options=given_engine_options(engine_options))
         result = run_compare(spec, settings, names)

@@ -329,20 +329,21 @@ def _evaluate(i: int, entry, name: str, base: Path, line_of: Callable, specs: di
             gpu_memory_utilization=entry.gpu_memory_utilization,
             max_num_batched_tokens=entry.max_num_batched_tokens,
             max_num_seqs=entry.max_num_seqs,
+            cuda_total_memory=entry.cuda_total_memory,
         )
         layout = deployment.layout()
         refusal = vllm_refusal(deployment.spec, entry.kv_cache_dtype, entry.context) if entry.engine == "vllm" else None
         if deployment.gpu is None or refusal:  # nothing of a GPU is read (a refusal fails every budget in its words)
             settings = Settings(**{**_shared_settings(entry, base), **dict.fromkeys(_GPU_KEYS)}, pp=entry.pp,
                                 block_size=entry.block_size, max_num_batched_tokens=entry.max_num_batched_tokens,
-                                max_num_seqs=entry.max_num_seqs)
+                                max_num_seqs=entry.max_num_seqs)  # no GPU: no budget to start from
         else:
             _check_cost_inputs(entry, deployment.gpu)
             settings = Settings(**_shared_settings(entry, base), gpu=gpu_ref, gpu_label=deployment.gpu.name,
                                 pp=entry.pp, block_size=entry.block_size,
                                 gpu_memory_utilization=entry.gpu_memory_utilization,
                                 max_num_batched_tokens=entry.max_num_batched_tokens,
-                                max_num_seqs=entry.max_num_seqs)
+                                max_num_seqs=entry.max_num_seqs, cuda_total_memory=entry.cuda_total_memory)
         answer = run(deployment.spec, entry.engine, settings)  # the pipeline, as for every engine
         figures = answer_figures(answer, tp=entry.tp, kv_bytes_per_token=layout.kv_bytes_per_token)
     except InputError as exc:
@@ -508,6 +509,7 @@ def diff(
     non_torch_memory: O.non_torch_memory = None,
     max_num_batched_tokens: O.max_num_batched_tokens = None,
     max_num_seqs: O.max_num_seqs = None,
+    cuda_total_memory: O.cuda_total_memory = None,
     prompt_tokens: O.prompt_tokens = None,
     fail_on_increase: Annotated[
         Optional[float],
@@ -548,7 +550,7 @@ def diff(
                  gpu_memory_utilization=gpu_memory_utilization, activation_memory=activation_memory,
                  non_torch_memory=non_torch_memory,
                  max_num_batched_tokens=parse_option("max_num_batched_tokens", max_num_batched_tokens),
-                 max_num_seqs=max_num_seqs,
+                 max_num_seqs=max_num_seqs, cuda_total_memory=parse_option("cuda_total_memory", cuda_total_memory),
                  prompt_tokens=parse_option("prompt_tokens", prompt_tokens))
     extra = {k: v for k, v in extra.items() if v is not None}
     flags = given_engine_options(engine_options)

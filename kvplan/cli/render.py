@@ -476,7 +476,10 @@ def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
     lines = [
         ("GPU", f"{r['gpu']} × {r['gpus']} (tp {r['tensor_parallel_size']}, pp {r['pipeline_parallel_size']}), "
          f"{size(r['gpu_memory_bytes'], exact)} each, engine {r['engine']}, {r['block_size']}-token blocks"),
-        ("usable", f"{size(r['usable_bytes_per_gpu'], exact)} = total × {r['gpu_memory_utilization']} (--gpu-memory-utilization)"),
+        ("usable", f"{size(r['usable_bytes_per_gpu'], exact)} = total × {r['gpu_memory_utilization']} (--gpu-memory-utilization)"
+         if r["cuda_total_memory_bytes"] == r["gpu_memory_bytes"] else
+         f"{size(r['usable_bytes_per_gpu'], exact)} = CUDA's total {size(r['cuda_total_memory_bytes'], exact)} "
+         f"(--cuda-total-memory) × {r['gpu_memory_utilization']} (--gpu-memory-utilization)"),
         ("weights", f"{size(r['weights_bytes_per_gpu'], exact)} per GPU ({weights_text(r)})"),
         ("activations", f"{size(r['activation_bytes_per_gpu'], exact)} ({'estimated; --activation-memory' if r['activation_estimated'] else '--activation-memory'})"),
         ("non-torch", f"{size(r['non_torch_bytes_per_gpu'], exact)} (--non-torch-memory)"),

