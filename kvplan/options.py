@@ -117,6 +117,17 @@ OPTIONS: tuple[Option, ...] = (
     _O("output_tokens", ("--output-tokens",), "tokens", "Output tokens per request (workload sizing).", plan=False),
     _O("requests_per_s", ("--requests-per-s",), "float", "Workload: requests per second to size GPUs for.",
        plan=False),
+    _O("max_num_seqs", ("--max-num-seqs",), "counts", "vLLM's --max-num-seqs: the most sequences its scheduler "
+       "runs at once (caps the batch costs and the workload are figured at; the profile run's sampler logits); "
+       "search: the values to try, a comma list (default: 1 to 512).", PLANNER, plan=False),
+    # ---- kvplan search: the targets and the workload a deployment must meet
+    _O("ttft_ms", ("--ttft-ms",), "float", "search: time to first token a deployment must meet, ms (the "
+       "prefill of the p99 prompt).", PLANNER, plan=False),
+    _O("tpot_ms", ("--tpot-ms",), "float", "search: time per output token a deployment must meet, ms (a decode "
+       "step with every running sequence at the longest context).", PLANNER, plan=False),
+    _O("workload", ("--workload",), "str", "search: a JSONL file of requests, one {\"prompt_tokens\": P, "
+       "\"output_tokens\": O} object a line (a trace), with \"count\": N for a histogram's bin.", PLANNER,
+       plan=False),
     _O("shared_prefix_tokens", ("--shared-prefix-tokens",), "tokens", "Prompt tokens every request shares, cached "
        "once (prefix caching).", PLANNER, default="0", plan=False),
     # ---- hf (transformers)

@@ -90,6 +90,7 @@ def estimate(
     activation_memory: O.activation_memory = None,
     non_torch_memory: O.non_torch_memory = None,
     max_num_batched_tokens: O.max_num_batched_tokens = None,
+    max_num_seqs: O.max_num_seqs = None,
     bandwidth_efficiency: O.bandwidth_efficiency = None,
     compute_efficiency: O.compute_efficiency = None,
     calibration: O.calibration = None,
@@ -115,6 +116,7 @@ def estimate(
     tps = parse_int_list(tp, "--tensor-parallel-size")
     pp = one_value("pp", pp, "estimate")
     max_num_batched_tokens = token_flag(max_num_batched_tokens, "--max-num-batched-tokens")
+    max_num_seqs = None if max_num_seqs is None else one_value("max_num_seqs", max_num_seqs, "estimate")
     prompt_tokens, output_tokens = token_flag(prompt_tokens, "--prompt-tokens"), token_flag(output_tokens, "--output-tokens")
     shared_prefix_tokens = token_flag(shared_prefix_tokens, "--shared-prefix-tokens") or 0
     from kvplan.options import PROFILES
@@ -127,7 +129,7 @@ def estimate(
                      usd_per_hour=usd_per_hour, gpu_bf16_tflops=gpu_bf16_tflops, dtype=dtype, weights_bytes=weights_bytes,
                      block_size=block_size,
                      gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
-                     activation_memory=activation_memory, non_torch_memory=non_torch_memory,
+                     max_num_seqs=max_num_seqs, activation_memory=activation_memory, non_torch_memory=non_torch_memory,
                      bandwidth_efficiency=bandwidth_efficiency, compute_efficiency=compute_efficiency,
                      calibration=calibration, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
                      requests_per_s=requests_per_s, shared_prefix_tokens=shared_prefix_tokens,
@@ -346,6 +348,7 @@ SUBCOMMAND_MODULES = {
     "diff": "gate",
     "measure": "measure",
     "compare": "compare",
+    "search": "search",
 }
 _registered: set[str] = set()
 

@@ -176,6 +176,7 @@ def plan_options(
     activation_memory: Union[str, int, None] = None,
     non_torch_memory: Union[str, int, None] = None,
     max_num_batched_tokens: Optional[int] = None,
+    max_num_seqs: Optional[int] = None,
     bandwidth_efficiency: Optional[float] = None,
     compute_efficiency: Optional[float] = None,
     prompt_tokens: Optional[int] = None,
@@ -210,6 +211,9 @@ def plan_options(
     check_workload(context, prompt_tokens=prompt_tokens, output_tokens=output_tokens, requests_per_s=requests_per_s,
                    shared_prefix_tokens=shared_prefix_tokens)
     optional = {"bandwidth_efficiency": bandwidth_efficiency, "compute_efficiency": compute_efficiency}
+    if max_num_seqs is not None:  # vLLM's scheduler cap (and its profile run's sampler logits)
+        require_at_least("--max-num-seqs", max_num_seqs, 1, "sequence")
+        optional.update(max_num_seqs=max_num_seqs, caps_batch=True)
     return PlanOptions(
         context=context,
         batch=batch,

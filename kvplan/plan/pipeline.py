@@ -52,6 +52,7 @@ class Settings(NamedTuple):
     block_size: Optional[int] = None  # vllm / ideal
     gpu_memory_utilization: Optional[float] = None  # vllm / ideal
     max_num_batched_tokens: Optional[int] = None  # vllm / ideal
+    max_num_seqs: Optional[int] = None  # vllm / ideal: the scheduler's cap on running sequences
     activation_memory: Size = None
     non_torch_memory: Size = None
     bandwidth_efficiency: Optional[float] = None
@@ -184,6 +185,10 @@ def check_estimate(spec, engine: str, s: Settings, *, contexts: Sequence[int], t
     from kvplan.options import CHOICES, OPTION_KEYS, PROFILES
     from kvplan.plan.deploy import check_workload
 
+    if engine in PROFILES and s.max_num_seqs is not None:  # the profiles' own capacity rules have no such cap
+        from kvplan.engines.options import KeyProblem
+
+        raise InputError(KeyProblem("max_num_seqs", "planner").message(engine, "estimate"))
     if engine in PROFILES and s.shared_prefix_tokens:  # before the workload's own checks: it is not sized here
         raise InputError(
             f"--shared-prefix-tokens: prefix caching is modelled in vLLM's blocks only (`--engine vllm` or `ideal`); "
@@ -250,6 +255,7 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
     needs_gpu = {"--calibration": s.calibration, "--requests-per-s": s.requests_per_s,
                  "--bandwidth-efficiency": s.bandwidth_efficiency, "--compute-efficiency": s.compute_efficiency,
                  "--gpu-memory-utilization": s.gpu_memory_utilization, "--weights-bytes": s.weights_bytes,
+                 "--max-num-seqs": s.max_num_seqs,
                  "--output-tokens": None if engine in PLANNED else s.output_tokens}
     given = [flag for flag, value in needs_gpu.items() if value is not None]
     if gpu is None and given:  # never ignored in silence: it would change nothing
@@ -345,7 +351,8 @@ def plan_options(spec, engine: str, s: Settings, context: int, batch: int, block
         spec, context=context, batch=batch, tp=s.tp, pp=s.pp if planned else 1, engine=engine if planned else "ideal",
         block_size=block_size, dtype=s.dtype, weights_bytes=s.weights_bytes, gpu_memory_utilization=s.gpu_memory_utilization if planned else None,
         activation_memory=s.activation_memory, non_torch_memory=s.non_torch_memory,
-        max_num_batched_tokens=s.max_num_batched_tokens if planned else None, bandwidth_efficiency=bw_eff,
+        max_num_batched_tokens=s.max_num_batched_tokens if planned else None,
+        max_num_seqs=s.max_num_seqs if planned else None, bandwidth_efficiency=bw_eff,
         compute_efficiency=s.compute_efficiency, prompt_tokens=s.prompt_tokens,
         output_tokens=s.output_tokens, requests_per_s=s.requests_per_s,
         shared_prefix_tokens=s.shared_prefix_tokens,

@@ -100,6 +100,10 @@ class PlanOptions:
     non_torch_bytes: int | None = None  # None: DEFAULT_NON_TORCH_BYTES(_TP)
     max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS
+    # --max-num-seqs given: vLLM's scheduler runs at most max_num_seqs sequences at once, so the costs and the
+    # workload are figured at min(capacity, max_num_seqs); not given, at the capacity (kvplan's figures before the
+    # flag, which leave vLLM's default of 256 aside)
+    caps_batch: bool = False
     bandwidth_efficiency: float = DEFAULT_BANDWIDTH_EFFICIENCY
     compute_efficiency: float = DEFAULT_COMPUTE_EFFICIENCY
     prompt_tokens: int | None = None  # None: what the context leaves beside the output tokens
@@ -594,6 +598,10 @@ class Planner:
         """Concurrent sequences of `context` tokens that fit (the tightest stage; `Pool.max_sequences`)."""
         return self.pool.max_sequences(context, prefix)
 
+    def running_batch(self, max_seqs: int) -> int:
+        """The most sequences that run at once: the capacity, capped at --max-num-seqs when it was given."""
+        return min(max_seqs, self.opts.max_num_seqs) if self.opts.caps_batch else max_seqs
+
     def reserved_bytes(self, stage: int, context: int, batch: int) -> int:
         """Bytes `batch` sequences of `context` tokens reserve on one rank of `stage`, as the engine counts."""
         return self.pool.reserved_bytes(stage, context, batch)
@@ -778,7 +786,8 @@ class Planner:
         prompt = opts.prompt_len
         output = opts.output_tokens or 0
         context = prompt + output
-        batch = self.max_sequences(context, prefix=min(prefix, prompt)) if seqs_at is None else seqs_at(context)
+        batch = self.running_batch(self.max_sequences(context, prefix=min(prefix, prompt)) if seqs_at is None
+                                   else seqs_at(context))
         prefill_s = self.prefill(prompt, cached_prefix=min(prefix, prompt))
         if batch < 1 or prefill_s is None:  # no replica runs, or no peak FLOPS to time the prefill with
             return None
@@ -816,7 +825,7 @@ class Planner:
         runs = max_seqs >= 1
         if not runs:  # nothing runs: no step, prefill or throughput to report (the bytes a step would read stay)
             decode_s = bound = prefill_s = tokens_per_s = None
-        cost_batch = max_seqs if runs else 0
+        cost_batch = self.running_batch(max_seqs) if runs else 0
         usd_per_s = gpu.usd_per_hour * n_gpus / 3600
         cost_tps = 0.0
         usd_out = usd_in = None
@@ -912,6 +921,7 @@ class Planner:
             else "--activation-memory",
             "non_torch_bytes": self.non_torch,
             "max_num_batched_tokens": o.max_num_batched_tokens,
+            **({"max_num_seqs": o.max_num_seqs} if o.caps_batch else {}),
             "block_size": self.block_size,
             "bandwidth_efficiency": o.bandwidth_efficiency,
             "compute_efficiency": o.compute_efficiency,
