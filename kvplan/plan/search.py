@@ -328,10 +328,13 @@ def _family(ctx: _Context, label: str, gpu, tp: int, pp: int, dtype: str, seqs) 
     batch = np.minimum(S, capacity(ctx.mean_len))
     runs = starts & (batch >= 1)
     if not runs.any():
-        cap1 = int(capacity(ctx.longest)[0])
-        why = ("the weights leave no KV budget" if planner.stage_budgets[planner.pool.tight] <= 0
-               else f"not one request of {ctx.longest:,} tokens fits the KV budget")
-        return _Screened(key, _NO_FIT, f"{why} ({cap1} fit)")
+        tight = planner.pool.tight
+        if planner.stage_budgets[tight] <= 0:
+            why = (f"the weights ({planner.stage_weights[tight] / 2**30:,.1f} GiB a GPU) leave no KV budget of the "
+                   f"{planner.usable / 2**30:,.1f} GiB vLLM may use")
+        else:
+            why = f"not one request of {ctx.longest:,} tokens fits the KV budget"
+        return _Screened(key, _NO_FIT, why)
     ttft = planner.prefill(ctx.p99_prompt)
     prefill_mean = planner.prefill(ctx.prompt)
     b = np.maximum(batch, 1)
@@ -550,8 +553,9 @@ def _confirm(ctx: _Context, f: _Screened, col: int, space: Space) -> Optional[Ro
                                          requests_per_s=None), engine_rows=False).plan
     if longest.max_concurrent_sequences < 1 or longest.vllm_starts is False:
         return None
+    # the p99 prompt's prefill (a prefill does not depend on the context; the longest request holds that prompt)
     ttft = plan.prefill_s if ctx.p99_prompt == ctx.prompt else pipeline.run(
-        ctx.spec, ctx.engine, s._replace(context=ctx.mean_len, batch=batch, prompt_tokens=ctx.p99_prompt,
+        ctx.spec, ctx.engine, s._replace(context=ctx.longest, batch=1, prompt_tokens=ctx.p99_prompt,
                                          output_tokens=None, requests_per_s=None), engine_rows=False).plan.prefill_s
     if t.ttft_s is not None and ttft > t.ttft_s:
         return None
