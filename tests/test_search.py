@@ -252,6 +252,16 @@ def test_a_jsonl_histogram_gives_means_p99_and_the_kv_in_use(tmp_path):
     assert row.kv_bytes_per_gpu_avg == int(3 * mean)
     assert row.kv_bytes_per_gpu_p99 == min(3 * 63 * block, int(3 * mean + 2.3263478740408408 * math.sqrt(3) * sd))
     assert row.kv_bytes_per_gpu_worst == 3 * 63 * block  # ceil(1,002 / 16) = 63 blocks each
+    # estimate at the mean request (109 + 4 tokens) gives its TPOT and GPUs; the p99 prompt's prefill its TTFT
+    from kvplan.plan.pipeline import run
+
+    mean = run(spec, "vllm", Settings(context=113, batch=3, gpu="h100-sxm", max_num_seqs=3, prompt_tokens=109,
+                                      output_tokens=4, requests_per_s=2.0), engine_rows=False).plan
+    assert (mean.decode_step_s, mean.gpus_needed) == (row.tpot_s, row.gpus)
+    p99 = run(spec, "vllm", Settings(context=1002, gpu="h100-sxm", max_num_seqs=3, prompt_tokens=100),
+              engine_rows=False).plan
+    assert p99.prefill_s == row.ttft_s
+    assert result.workload["max_model_len"] == 1002 and result.workload["prompt_tokens_p99"] == 100
 
 
 # ------------------------------------------------------------------ bad input
