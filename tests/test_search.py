@@ -307,6 +307,32 @@ def test_a_bad_workload_file_names_the_file_and_line(capsys, tmp_path, text, lin
     assert r.stderr.count("\n") == 1
 
 
+def test_each_dimension_says_why_none_of_its_candidates_is_feasible(capsys):
+    """A KV dtype vLLM refuses gives vLLM's words; a GPU whose weights never fit names the family nearest to fitting
+    (the largest tp); a tp past the KV heads says the heads are replicated."""
+    from kvplan.plan.pipeline import Settings, run
+    from kvplan.sources.catalog import resolve_spec
+
+    r = run_cli(capsys, "search", "deepseek-v3.2", "--requests-per-s", "1", "--prompt-tokens", "4k", "--output-tokens",
+                "512", "--ttft-ms", "3000", "--tpot-ms", "100", "--gpu", "b300,h100-sxm", "--tp", "4,8",
+                "--kv-cache-dtype", "auto,fp8", "--max-num-seqs", "1,8,64", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    why = {(f["dimension"], f["value"]): f for f in json.loads(r.stdout)["families"]}
+    assert why["kv_cache_dtype", "fp8"]["feasible"] == 0
+    assert why["kv_cache_dtype", "fp8"]["reason"].startswith(
+        "--kv-cache-dtype fp8: vllm refuses: kvplan: vLLM runs DeepSeek sparse attention's latent in auto/bfloat16")
+    spec = resolve_spec("deepseek-v3.2", fast=True)
+    tp8 = run(spec, "vllm", Settings(context=4608, gpu="h100-sxm", tp=8), engine_rows=False).plan
+    assert tp8.kv_budget_bytes_per_gpu <= 0  # even at tp 8 the weights leave nothing
+    assert why["gpu", "h100-sxm"]["reason"] == (
+        f"the weights ({tp8.weights_bytes_per_gpu / 2**30:,.1f} GiB a GPU) leave no KV budget of the "
+        f"{tp8.usable_bytes_per_gpu / 2**30:,.1f} GiB vLLM may use (tp 8, KV auto)")
+    r = run_cli(capsys, "search", "llama-3.1-8b", "--requests-per-s", "1", "--prompt-tokens", "1k", "--output-tokens",
+                "100", "--tpot-ms", "50", "--gpu", "h100-sxm", "--tp", "8,16", "--max-num-seqs", "1", "-f", "json")
+    notes = {f["value"]: f["note"] for f in json.loads(r.stdout)["families"] if f["dimension"] == "tp"}
+    assert notes == {"8": "", "16": "8 KV heads: each replicated on 2 ranks, no KV saved per GPU"}
+
+
 def test_no_target_and_a_missing_workload_are_refused(capsys):
     r = run_cli(capsys, "search", "llama-3.1-8b", "--requests-per-s", "1", "--prompt-tokens", "1k",
                 "--output-tokens", "100")

@@ -329,12 +329,14 @@ def _family(ctx: _Context, label: str, gpu, tp: int, pp: int, dtype: str, seqs) 
     runs = starts & (batch >= 1)
     if not runs.any():
         tight = planner.pool.tight
+        # how close: the weights over the memory vLLM may use (the family nearest to fitting names the reason)
+        closeness = planner.stage_weights[tight] / planner.usable
         if planner.stage_budgets[tight] <= 0:
             why = (f"the weights ({planner.stage_weights[tight] / 2**30:,.1f} GiB a GPU) leave no KV budget of the "
                    f"{planner.usable / 2**30:,.1f} GiB vLLM may use")
         else:
             why = f"not one request of {ctx.longest:,} tokens fits the KV budget"
-        return _Screened(key, _NO_FIT, why)
+        return _Screened(key, _NO_FIT, why, closeness)
     ttft = planner.prefill(ctx.p99_prompt)
     prefill_mean = planner.prefill(ctx.prompt)
     b = np.maximum(batch, 1)
@@ -651,9 +653,10 @@ def _summaries(spec, families: Sequence[_Screened], space: Space) -> list[Family
             reason = ""
             if not ok:
                 best = max(mine, key=lambda f: (f.level, -f.closeness))
-                where = [f"{best.key[0]}"] + ([f"tp {best.key[1]}"] if name != "tp" else []) + \
-                    ([f"KV {best.key[3]}"] if name != "kv_cache_dtype" else [])
-                reason = f"{best.reason} ({', '.join(where)})" if name != "gpu" else best.reason
+                where = ([f"{best.key[0]}"] if name != "gpu" else []) + ([f"tp {best.key[1]}"] if name != "tp" else [])
+                where += [f"pp {best.key[2]}"] if name != "pp" and best.key[2] > 1 else []
+                where += [f"KV {best.key[3]}"] if name != "kv_cache_dtype" else []
+                reason = f"{best.reason} ({', '.join(where)})"
             note = ""
             kv_heads = spec.num_key_value_heads
             if name == "tp" and not spec.is_mla and kv_heads and v > kv_heads:
