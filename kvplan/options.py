@@ -111,9 +111,9 @@ OPTIONS: tuple[Option, ...] = (
     _O("max_num_batched_tokens", ("--max-num-batched-tokens",), "tokens", "vLLM's tokens per scheduler step "
        "(sliding-window reservation, profile run; default: vLLM's for the GPU, 8192 on an H100, 2048 on an A100 "
        "or a card under 70 GiB, 16384 from 160 GiB).", PLANNER),
-    _O("max_num_seqs", ("--max-num-seqs",), "int", "vLLM's sequences per scheduler step: caps the batch throughput "
-       "and cost run at (default: vLLM's for the GPU, 1024 on an H100 or larger, 256 on an A100 or a card under "
-       "70 GiB).", PLANNER),
+    _O("max_num_seqs", ("--max-num-seqs",), "counts", "vLLM's sequences per scheduler step: caps the batch "
+       "throughput and cost run at (default: vLLM's for the GPU, 1024 on an H100 or larger, 256 on an A100 or a "
+       "card under 70 GiB); search: the values to try, a comma list (default: 1 to 512).", PLANNER),
     # ---- kvplan's roofline: latency, cost, workload (every engine, over the KV bytes that engine reads)
     _O("bandwidth_efficiency", ("--bandwidth-efficiency",), "share", "Share of peak bandwidth a decode step "
        "reaches (default 0.8)."),
@@ -125,6 +125,14 @@ OPTIONS: tuple[Option, ...] = (
        "hf quantized: the prefill quantised at once; default: --context less --output-tokens)."),
     _O("output_tokens", ("--output-tokens",), "tokens", "Output tokens per request (workload sizing).", plan=False),
     _O("requests_per_s", ("--requests-per-s",), "float", "Workload: requests per second to size GPUs for.",
+       plan=False),
+    # ---- kvplan search: the targets and the workload a deployment must meet
+    _O("ttft_ms", ("--ttft-ms",), "float", "search: time to first token a deployment must meet, ms (the "
+       "prefill of the p99 prompt).", PLANNER, plan=False),
+    _O("tpot_ms", ("--tpot-ms",), "float", "search: time per output token a deployment must meet, ms (a decode "
+       "step with every running sequence at the longest context).", PLANNER, plan=False),
+    _O("workload", ("--workload",), "str", "search: a JSONL file of requests, one {\"prompt_tokens\": P, "
+       "\"output_tokens\": O} object a line (a trace), with \"count\": N for a histogram's bin.", PLANNER,
        plan=False),
     _O("shared_prefix_tokens", ("--shared-prefix-tokens",), "tokens", "Prompt tokens every request shares, cached "
        "once (prefix caching).", PLANNER, default="0", plan=False),

@@ -22,11 +22,13 @@ COMMAND_OWN = {
     # a run on this machine: torch dtypes and run controls, not a deployment's (kvplan.measure)
     "measure": {"layers", "decode_steps", "warmup_steps", "max_rounds", "dtype", "kv_cache_dtype", "device", "seed",
                 "cuda_graphs", "verify", "tolerance"},
+    "search": {"limit"},  # how many rows of the front to print
 }
 
 
 # A default that is a command's own: measure runs a short context on this machine; diff needs one GPU.
-DEFAULT_OWN = {("measure", "context"): "1024", ("diff", "gpu"): "h100-sxm"}
+DEFAULT_OWN = {("measure", "context"): "1024", ("diff", "gpu"): "h100-sxm",
+               ("search", "tp"): "1,2,4,8"}  # search enumerates the usual tensor-parallel sizes
 
 
 def _commands():

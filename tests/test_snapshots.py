@@ -66,6 +66,11 @@ CASES = {
     "compare-gemma3-json": "compare gemma-3-27b --gpu h100-sxm --context 32k --format json",
     "compare-jamba": "compare jamba-v0.1 --context 16k --batch 2",
     "compare-deepseek-v2-lite-csv": "compare deepseek-v2-lite --context 8k --format csv",
+    # search
+    "search-llama70b": ("search llama-3.1-70b --requests-per-s 10 --prompt-tokens 2k --output-tokens 256"
+                        " --ttft-ms 500 --tpot-ms 50 --gpu h100-sxm,h200,mi300x --limit 3"),
+    "search-llama70b-markdown": ("search llama-3.1-70b --requests-per-s 10 --prompt-tokens 2k --output-tokens 256"
+                                 " --ttft-ms 500 --tpot-ms 50 --gpu h100-sxm,l4 --tp 1,2,4,16 --limit 2 -f markdown"),
     # check and diff
     "check-plan": "check examples/plan.yaml",
     "check-plan-json": "check examples/plan.yaml --format json",

@@ -111,7 +111,7 @@ def test_max_num_seqs_is_refused_where_nothing_reads_it(capsys):
     r = run_cli(capsys, "estimate", "llama-3.1-8b", "--max-num-seqs", "8")
     assert r.exit_code == 2 and r.stderr.startswith("error: --max-num-seqs needs a GPU")
     r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--max-num-seqs", "0")
-    assert (r.exit_code, r.stderr) == (2, "error: --max-num-seqs must be at least 1\n")
+    assert (r.exit_code, r.stderr) == (2, "error: --max-num-seqs must be at least 1, got 0\n")
 
 
 def test_a_plan_file_takes_max_num_seqs(tmp_path, capsys):

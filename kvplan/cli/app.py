@@ -117,6 +117,7 @@ def estimate(
     tps = parse_int_list(tp, "--tensor-parallel-size")
     pp = one_value("pp", pp, "estimate")
     max_num_batched_tokens = token_flag(max_num_batched_tokens, "--max-num-batched-tokens")
+    max_num_seqs = None if max_num_seqs is None else one_value("max_num_seqs", max_num_seqs, "estimate")
     prompt_tokens, output_tokens = token_flag(prompt_tokens, "--prompt-tokens"), token_flag(output_tokens, "--output-tokens")
     shared_prefix_tokens = token_flag(shared_prefix_tokens, "--shared-prefix-tokens") or 0
     from kvplan.options import PROFILES
@@ -348,6 +349,7 @@ SUBCOMMAND_MODULES = {
     "diff": "gate",
     "measure": "measure",
     "compare": "compare",
+    "search": "search",
 }
 _registered: set[str] = set()
 

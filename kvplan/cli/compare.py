@@ -341,7 +341,8 @@ def register(app: typer.Typer) -> None:
                             gpu_bandwidth=1.0 if has_gpu and gpu is None else None, dtype=dtype,
                             weights_bytes=weights_bytes,
                             block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
-                            max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+                            max_num_batched_tokens=max_num_batched_tokens,
+                            max_num_seqs=None if max_num_seqs is None else one_value("max_num_seqs", max_num_seqs, "compare"),
                             cuda_total_memory=cuda_total_memory, activation_memory=activation_memory,
                             non_torch_memory=non_torch_memory, prompt_tokens=prompt_tokens,
                             engine_options=given_engine_options(engine_options))

@@ -550,7 +550,8 @@ def diff(
                  gpu_memory_utilization=gpu_memory_utilization, activation_memory=activation_memory,
                  non_torch_memory=non_torch_memory,
                  max_num_batched_tokens=parse_option("max_num_batched_tokens", max_num_batched_tokens),
-                 max_num_seqs=max_num_seqs, cuda_total_memory=parse_option("cuda_total_memory", cuda_total_memory),
+                 max_num_seqs=None if max_num_seqs is None else one_value("max_num_seqs", max_num_seqs, "diff"),
+                 cuda_total_memory=parse_option("cuda_total_memory", cuda_total_memory),
                  prompt_tokens=parse_option("prompt_tokens", prompt_tokens))
     extra = {k: v for k, v in extra.items() if v is not None}
     flags = given_engine_options(engine_options)

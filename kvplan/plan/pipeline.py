@@ -188,6 +188,10 @@ def check_estimate(spec, engine: str, s: Settings, *, contexts: Sequence[int], t
     from kvplan.options import CHOICES, OPTION_KEYS, PROFILES
     from kvplan.plan.deploy import check_workload
 
+    if engine in PROFILES and s.max_num_seqs is not None:  # the profiles' own capacity rules have no such cap
+        from kvplan.engines.options import KeyProblem
+
+        raise InputError(KeyProblem("max_num_seqs", "planner").message(engine, "estimate"))
     if engine in PROFILES and s.shared_prefix_tokens:  # before the workload's own checks: it is not sized here
         raise InputError(
             f"--shared-prefix-tokens: prefix caching is modelled in vLLM's blocks only (`--engine vllm` or `ideal`); "
