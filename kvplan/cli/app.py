@@ -346,6 +346,7 @@ SUBCOMMAND_MODULES = {
     "diff": "gate",
     "measure": "measure",
     "compare": "compare",
+    "explain": "explain",
 }
 _registered: set[str] = set()
 
