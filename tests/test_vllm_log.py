@@ -157,6 +157,23 @@ def test_cpu_mamba2_pool_matches_the_real_engine_to_the_last_digit():
     assert result.settings["state_dtype"] == "bf16/fp32"
 
 
+def test_cpu_0_32_attention_log_from_the_real_engine():
+    log = parsed("vllm-0.32.0-cpu-tiny-llama.log")
+    # non-default args: {... 'max_model_len': 1000, 'block_size': 32, 'max_num_seqs': 4 ...}
+    assert (log.block_size, log.max_num_seqs, log.max_model_len) == (32, 4, 1000)
+    # "CPU KV cache size: 2,048,000 tokens, Maximum concurrency for 1,000 tokens per request: 2048.00x"
+    assert (log.kv_cache_tokens, log.max_concurrency) == (2_048_000, 2048.0)
+    result = explain(log, resolve_spec(str(LOGS / "tiny-llama" / "config.json")))
+    terms = {t.term: t for t in result.terms}
+    # a block: 32 tokens x 2 layers x 2 KV heads x 32 x 2 (K, V) x 2 B = 16,384 B; 2**30 / 16,384 = 65,536 blocks;
+    # a 1,000-token request takes ceil(1000 / 32) = 32 of them: 65,536 / 32 = 2048.00x, as vLLM logged
+    assert terms["blocks"].kvplan == 65_536
+    assert terms["maximum concurrency"].kvplan == terms["maximum concurrency"].logged == 2048.0
+    # vLLM 0.32 logs int(2048.00 x 1000) = 2,048,000 tokens (kv_cache_utils.get_kv_cache_capacity), not
+    # 65,536 x 32: the note names the rule
+    assert any("max concurrency x max_model_len (2048.00 x 1,000" in n for n in result.notes)
+
+
 def test_without_a_model_only_the_log_is_shown():
     result = explain(parsed("vllm-v1-qwen3-14b.log"), None)
     assert all(t.kvplan is None for t in result.terms)

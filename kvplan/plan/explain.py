@@ -208,8 +208,18 @@ def explain(log, spec=None, *, gpu: Optional[str] = None, gpu_memory=None, conte
                      "(mamba_cache_mode none: one state page per request)")
     if log.device == "cpu" and spec is not None:
         notes.append("vLLM's CPU backend sets the KV budget itself (VLLM_CPU_KVCACHE_SPACE or "
-                     "--kv-cache-memory-bytes); kvplan's pool is shown on that budget. On CPUs with AVX512-BF16 it "
-                     "keeps SSM state in float32 (platforms/cpu.py; the log's 'Reset SSM cache type' line, which kvplan follows)")
+                     "--kv-cache-memory-bytes); kvplan's pool is shown on that budget" + (
+                         ". On CPUs with AVX512-BF16 it keeps SSM state in float32 (platforms/cpu.py; the log's "
+                         "'Reset SSM cache type' line, which kvplan follows)" if _has_state(spec) else ""))
+    tokens = next((t for t in terms if t.term == "KV cache tokens"), None)
+    length = settings["max_model_len"]
+    if (tokens is not None and tokens.difference and log.max_concurrency is not None and length
+            and log.kv_cache_tokens is not None
+            and abs(log.kv_cache_tokens - log.max_concurrency * length) <= 0.005 * length):
+        # vllm 0.32 v1/core/kv_cache_utils.py get_kv_cache_capacity: int(max_concurrency * max_model_len)
+        notes.append(f"this vLLM logs \"KV cache size\" as max concurrency x max_model_len ({log.max_concurrency:.2f} x "
+                     f"{length:,}; vllm 0.32 kv_cache_utils.get_kv_cache_capacity), not as blocks x block size, the "
+                     "rule of the releases kvplan's figure follows (<= 0.10)")
     return Explanation(None if spec is None else spec.name, settings, tuple(terms), tuple(notes))
 
 
