@@ -186,6 +186,9 @@ OPTIONS: tuple[Option, ...] = (
     _O("tokens_per_block", ("--tokens-per-block",), "int", "trtllm: tokens per KV block.", ("trtllm",), default=32),
     _O("free_gpu_memory_fraction", ("--free-gpu-memory-fraction",), "share", "trtllm: share of the memory left "
        "after the profiling peak.", ("trtllm",), default=0.9),
+    _O("emit", ("--emit",), "str", "Print the launch command that realises the plan instead of the report: vllm "
+       "(vllm serve), sglang (python -m sglang.launch_server) or llama.cpp (llama-server), the --engine planned; "
+       "one value per setting.", plan=False),
     # ---- output: one convention in every command (README "Output files")
     _O("format", ("--format", "-f"), "choice", "Output format.", plan=False, param="fmt", default="table"),
     _O("bytes", ("--bytes",), "bool", "Show exact byte counts beside binary units.", plan=False, param="exact",

@@ -19,6 +19,7 @@ COMMAND_OWN = {
     "diff": {"base", "fail_on_increase"},  # a git revision; the gate
     "check": {"fmt"},  # its own formats (junit, github), each explained in the help
     "import": {"output", "name", "force"},  # -o is the product (required), not a copy of stdout; '-' prints it
+    "explain": {"save_calibration"},  # the measured terms of the log (kvplan.plan.explain.calibration)
     # a run on this machine: torch dtypes and run controls, not a deployment's (kvplan.measure)
     "measure": {"layers", "decode_steps", "warmup_steps", "max_rounds", "dtype", "kv_cache_dtype", "device", "seed",
                 "cuda_graphs", "verify", "tolerance"},

@@ -99,6 +99,7 @@ def estimate(
     output_tokens: O.output_tokens = None,
     requests_per_s: O.requests_per_s = None,
     shared_prefix_tokens: O.shared_prefix_tokens = "0",
+    emit: O.emit = None,
     output: O.output = None,
     svg: O.svg = None,
     force: O.force = False,
@@ -136,6 +137,8 @@ def estimate(
                      requests_per_s=requests_per_s, shared_prefix_tokens=shared_prefix_tokens,
                      engine_options=engine_flags)
     check_estimate(spec, engine, given, contexts=contexts, tps=tps, kv_cache_dtypes=dtypes, warn=warn_beyond_positions)
+    if emit is not None:  # the engine's launch command, not the report (kvplan.plan.emit)
+        return _emit(model, spec, engine, emit, given, contexts, batches, tps, dtypes, gpu_names, svg)
     if engine in PROFILES:  # the engine's own allocation and budget rules (kvplan.engines)
         # compare's order: each format, each tp, each GPU (a flag-built one needs no bandwidth: nothing reads it)
         # a GPU given by --gpu-memory alone has no bandwidth: its capacity, no latency (nothing to time a step with)
@@ -166,6 +169,38 @@ def estimate(
     answers = [a for g in (gpu_names or [None]) for d in dtypes for t in tps
                for a in sweep(spec, engine, base._replace(gpu=g, kv_cache_dtype=d, tp=t), contexts, batches)]
     _render_plans([a.to_dict() for a in answers], fmt, exact, svg, workload=requests_per_s is not None)
+
+
+def _emit(model: str, spec, engine: str, target: str, given, contexts, batches, tps, dtypes, gpu_names, svg) -> None:
+    """`estimate --emit ENGINE`: one plan's launch command on stdout (a sweep has one command per point: refused)."""
+    from kvplan.plan.emit import EMIT_ENGINES, emit, plan_settings
+    from kvplan.plan.pipeline import run
+
+    if target not in EMIT_ENGINES:
+        raise InputError(f"--emit {target!r} is not one of {', '.join(EMIT_ENGINES)}")
+    if target != engine:
+        raise InputError(f"--emit {target} writes the command of an --engine {target} plan; this plan's engine is "
+                         f"{engine}: add --engine {target}")
+    if svg is not None:
+        raise InputError("--emit prints a command line, not the table --svg saves; give one of them")
+    for flag, values in (("--context", contexts), ("--batch", batches), ("--tensor-parallel-size", tps),
+                         ("--kv-cache-dtype", dtypes), ("--gpu", gpu_names)):
+        if len(values) > 1:
+            raise InputError(f"{flag}: --emit writes one plan's command, not a sweep's; give one value")
+    s = given._replace(context=contexts[0], batch=batches[0], tp=tps[0], kv_cache_dtype=dtypes[0])
+    refusals = run(spec, engine, s._replace(gpu=None, gpu_memory=None, gpu_bandwidth=None, usd_per_hour=None,
+                                            gpu_bf16_tflops=None, calibration=None, requests_per_s=None,
+                                            bandwidth_efficiency=None, compute_efficiency=None, weights_bytes=None,
+                                            gpu_memory_utilization=None, output_tokens=None, max_num_seqs=None,
+                                            cuda_total_memory=None)).cache.refusals
+    if refusals:
+        raise InputError(f"--emit {target}: {engine} would refuse this plan: {refusals[0]}")
+    settings = plan_settings(context=s.context, batch=s.batch, kv_cache_dtype=s.kv_cache_dtype, tp=s.tp, pp=s.pp,
+                             block_size=s.block_size, state_dtype=s.state_dtype, dtype=s.dtype,
+                             gpu_memory_utilization=s.gpu_memory_utilization,
+                             max_num_batched_tokens=s.max_num_batched_tokens, engine_options=s.engine_options,
+                             others={"cuda_total_memory": s.cuda_total_memory}, max_num_seqs=s.max_num_seqs)
+    sys.stdout.write(emit(target, spec, model, settings) + "\n")
 
 
 def _check_svg(svg: str, fmt: OutputFormat, force: bool, model: str, gpu: Optional[str], calibration: Optional[str]) -> None:
@@ -350,6 +385,7 @@ SUBCOMMAND_MODULES = {
     "measure": "measure",
     "compare": "compare",
     "search": "search",
+    "explain": "explain",
 }
 _registered: set[str] = set()
 

@@ -58,6 +58,33 @@ def read_calibration(path: str) -> Calibration:
     return Calibration(path, statistics.median(values), device, name)
 
 
+@dataclass(frozen=True, slots=True)
+class LogCalibration:
+    """What a `kvplan explain LOG --save-calibration FILE` file says: vLLM's measured budget terms (bytes)."""
+
+    path: str
+    activation_bytes: int
+    non_torch_bytes: int
+
+
+def read_log_calibration(path: str) -> Optional[LogCalibration]:
+    """The activation peak and non-torch memory of an `explain --save-calibration` file; None for any other file
+    (a `kvplan measure` report is read by `read_calibration`, which also words every unreadable file)."""
+    try:
+        data = loads_json(read_text(Path(path)))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    from kvplan.plan.explain import CALIBRATION_KIND
+
+    if not isinstance(data, dict) or data.get("kind") != CALIBRATION_KIND:
+        return None
+    values = [data.get("activation_bytes"), data.get("non_torch_bytes")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise InputError(f"--calibration {path}: 'activation_bytes' and 'non_torch_bytes' must be whole bytes >= 0; "
+                         "write it again with `kvplan explain LOG --save-calibration FILE`")
+    return LogCalibration(path, values[0], values[1])
+
+
 def bandwidth_efficiency(calibration: Calibration, gpu_name: str, peak_gbps: float, nvml_name: Optional[str]) -> float:
     """Achieved / peak on the GPU the report was measured on; InputError where the report
     cannot speak for `gpu_name`: measured on the CPU, on another GPU, or faster than its peak."""

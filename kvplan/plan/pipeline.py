@@ -253,6 +253,7 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
         raise InputError(f"--engine {engine!r} is not one of {', '.join(NAMES)}")
     contexts = [s.context] if contexts is None else contexts
     batches = [s.batch] if batches is None else batches
+    s = with_log_calibration(s)
     pair, state = formats(spec, s)
     ideal_state = state
     if engine == "vllm" and has_state_layers(spec):
@@ -342,6 +343,25 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
             cap = replace(cap, weights_source=mem.weights_source, max_context_tokens=max_context)
             out.append(Answer(engine, spec.name, c, b, cache, cap, memory=mem, roofline=roof))
     return out
+
+
+def with_log_calibration(s: Settings) -> Settings:
+    """`s` with an `explain --save-calibration` file's activation peak and non-torch memory in place of
+    --calibration (a `kvplan measure` report stays --calibration: its bandwidth efficiency)."""
+    if s.calibration is None:
+        return s
+    from kvplan.plan.calibration import read_log_calibration
+
+    measured = read_log_calibration(s.calibration)
+    if measured is None:
+        return s
+    for flag, value in (("--activation-memory", s.activation_memory), ("--non-torch-memory", s.non_torch_memory)):
+        if value is not None:
+            raise InputError(f"--calibration {s.calibration} and {flag} both set {flag[2:].replace('-', ' ')}; give one")
+    if s.has_gpu:
+        return s._replace(calibration=None, activation_memory=measured.activation_bytes,
+                          non_torch_memory=measured.non_torch_bytes)
+    return s  # no GPU: refused below as every --calibration is
 
 
 def roofline_inputs(gpu, label: Optional[str], s: Settings):
