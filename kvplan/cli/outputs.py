@@ -209,7 +209,7 @@ def model_inputs(ref: str, doing: str) -> list[Input]:
     from kvplan.sources import resolve as model_source  # a folder or hub id: what `resolve_spec` itself would locate
 
     try:
-        located = model_source.locate(ref)
+        located = model_source.locate(ref, network=False)  # what is on disk now: no fetch here
     except (InputError, OSError):
         return []
     return [(str(located.path), f"the model being {doing}"), *_beside(located.path, doing)]

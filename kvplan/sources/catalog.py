@@ -346,6 +346,10 @@ def resolve_spec(ref: str, *, fast: bool = False) -> "ModelSpec":
     """
     if not ref.strip():  # Path("") is the current folder: name the empty argument instead
         raise InputError(f"MODEL is empty ({ref!r}); give a catalog name (`kvplan models`), a spec YAML, config.json, model folder, .gguf or cached hub id org/name")
+    if ref.startswith(("ollama:", "lmstudio:")):  # a local runner's GGUF (kvplan.sources.runners)
+        from kvplan.sources import resolve as model_source
+
+        return model_source.spec_from_source(ref, fast=fast)
     path = Path(ref).expanduser()
     if broken_link(path):
         raise InputError(f"{ref}: {broken_link(path)}; point it at the model's files")
