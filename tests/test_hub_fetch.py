@@ -211,6 +211,11 @@ def hub(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hfhome"))  # no saved token from the machine
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    import huggingface_hub.constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: another test may have imported it (transformers does)
+    # under conftest's HF_HUB_OFFLINE=1. A kvplan process imports it only after deciding to fetch.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     yield fake
     fake.close()
 

@@ -260,7 +260,7 @@ def test_an_empty_model_says_model_is_empty(model, capsys):
     r = run_cli(capsys, "estimate", model)
     assert r.exit_code == 2
     assert r.stderr == (f"error: MODEL is empty ({model!r}); give a catalog name (`kvplan models`), a spec YAML, config.json, "
-                        "model folder, .gguf or cached hub id org/name\n")
+                        "model folder, .gguf, hub id org/name or ollama:NAME\n")
 
 
 @pytest.mark.parametrize("flag, fix", [("--gpu", "; point it at a GPU YAML file"), ("--calibration", "")])

@@ -114,6 +114,15 @@ def _default_name(path: Path) -> str:
     return _name(path.absolute().parent.name)
 
 
+def _gguf_magic(path: Path) -> bool:
+    """True when the file starts with GGUF's magic (gguf.md: the 4 bytes 'GGUF')."""
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
 def _gguf_in(folder: Path) -> Optional[Path]:
     """The one GGUF model in a folder (first file of a split set); projector files are skipped."""
     files = sorted(p for p in folder.glob("*.gguf") if p.is_file() and not p.name.lower().startswith("mmproj"))
@@ -186,7 +195,7 @@ def locate(ref: str, *, network: bool = True) -> Located:
         return locate_runner_model(ref)
     path = Path(ref).expanduser()
     if path.is_file():
-        if path.suffix.lower() == ".gguf":
+        if path.suffix.lower() == ".gguf" or _gguf_magic(path):  # Ollama's blobs/sha256-… have no suffix
             return Located("gguf", path, _default_name(path), _source_for(path))
         return Located("config", path, _default_name(path), _source_for(path))
     if path.is_dir():

@@ -102,7 +102,7 @@ def _locate_ollama(ref: str, name: str):
     blob = _blob(store, manifest_path, models[0])
     params = [l for l in layers if isinstance(l, dict) and l.get("mediaType") == PARAMS_MEDIA_TYPE]
     num_ctx = _num_ctx(store, manifest_path, params[0]) if params else None
-    notes = ollama_notes(num_ctx)
+    notes = ollama_notes(num_ctx, _train_ctx(blob))
     display = f"{model}:{tag}" if namespace == OLLAMA_NAMESPACE and host == OLLAMA_HOST else name
     return Located("gguf", blob, _name(display.replace(":", "-")), f"ollama:{display} ({blob})", notes)
 
@@ -128,6 +128,15 @@ def _num_ctx(store: Path, manifest_path: Path, layer: dict) -> Optional[int]:
     return value
 
 
+def _train_ctx(blob: Path) -> Optional[int]:
+    """The GGUF's `{arch}.context_length` (Ollama's trainCtx), None when it names none."""
+    from kvplan.sources.gguf import read_gguf
+
+    meta = read_gguf(blob).metadata
+    value = meta.get(f"{meta.get('general.architecture')}.context_length")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def _env_count(var: str) -> Optional[int]:
     raw = os.environ.get(var, "").strip()
     if not raw:
@@ -137,7 +146,7 @@ def _env_count(var: str) -> Optional[int]:
     return int(raw)
 
 
-def ollama_notes(num_ctx: Optional[int]) -> str:
+def ollama_notes(num_ctx: Optional[int], train_ctx: Optional[int] = None) -> str:
     """Where Ollama's num_ctx and parallel slots come from, and the llama.cpp flags they are."""
     env_ctx = _env_count("OLLAMA_CONTEXT_LENGTH")
     parallel = _env_count("OLLAMA_NUM_PARALLEL") or 1  # envconfig.NumParallel default 1 (0 also means 1)
@@ -148,6 +157,10 @@ def ollama_notes(num_ctx: Optional[int]) -> str:
     else:
         ctx, where = None, ""
     slots = f"OLLAMA_NUM_PARALLEL {parallel}"
+    if ctx is not None and train_ctx is not None and ctx > train_ctx:
+        # llm/server.go: `if opts.NumCtx > int(trainCtx) && trainCtx > 0 { opts.NumCtx = int(trainCtx) }`
+        where += f", {ctx} cut to the GGUF's context_length"
+        ctx = train_ctx
     if ctx is None:
         return (
             f"Ollama: no num_ctx in the model's params and OLLAMA_CONTEXT_LENGTH unset (Ollama picks one), {slots}: "
@@ -155,7 +168,7 @@ def ollama_notes(num_ctx: Optional[int]) -> str:
             f"numParallel); size it with `--engine llama.cpp --context NUM_CTX --parallel {parallel}`"
         )
     return (
-        f"Ollama: num_ctx {ctx} ({where}; cut to the GGUF's context_length), {slots}: llama.cpp --ctx-size "
+        f"Ollama: num_ctx {ctx} ({where}), {slots}: llama.cpp --ctx-size "
         f"{ctx * parallel} --parallel {parallel} (ollama llm/server.go KvSize = NumCtx * numParallel); size it with "
         f"`--engine llama.cpp --context {ctx} --parallel {parallel}`"
     )
