@@ -124,6 +124,12 @@ class FakeHub:
             def log_message(self, *args):
                 pass
 
+            def handle(self):
+                try:
+                    super().handle()
+                except (BrokenPipeError, ConnectionResetError):  # the client closed a stream it had read enough of
+                    pass
+
             def do_HEAD(self):
                 hub.handle(self, head=True)
 
@@ -168,6 +174,10 @@ class FakeHub:
             info = {"id": m.group(1), "sha": commit, "gated": "manual" if repo.get("gated") else False,
                     "siblings": [{"rfilename": n} for n in repo["files"]]}
             return self._reply(h, 200, json.dumps(info).encode(), [("Content-Type", "application/json")], head)
+        cdn = re.match(r"^/cdn/([^/]+/[^/]+)/(.+)$", h.path)
+        if cdn:
+            repo = self.repos[cdn.group(1)]
+            return self.serve(h, repo, repo["files"][cdn.group(2)], [("ETag", '"x"')], head)
         m = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", h.path)
         repo = self.repos.get(m.group(1)) if m else None
         if repo is None:
@@ -184,8 +194,14 @@ class FakeHub:
         if blob is None:
             return self._reply(h, 404, b"", [("X-Error-Code", "EntryNotFound"), ("X-Repo-Commit", commit)], head)
         common = [("X-Repo-Commit", commit), ("ETag", f'"{blob.etag}"'), ("Accept-Ranges", "bytes")]
+        if m.group(3).endswith(".safetensors") and not head and repo.get("cdn"):
+            # the hub answers an LFS file with a redirect to its storage (the client keeps the Range header)
+            return self._reply(h, 302, b"", [*common, ("Location", f"/cdn/{m.group(1)}/{m.group(3)}")])
+        return self.serve(h, repo, blob, common, head)
+
+    def serve(self, h, repo, blob, common, head=False):
         rng = re.match(r"^bytes=(\d+)-(\d+)$", h.headers.get("Range", ""))
-        if head or not rng:
+        if head or not rng or repo.get("no_ranges"):
             return self._reply(h, 200, b"" if head else blob.read(0, blob.size), common, head, blob.size)
         start, end = int(rng.group(1)), min(int(rng.group(2)) + 1, blob.size)
         body = blob.read(start, end)
@@ -286,6 +302,14 @@ def test_a_revision_is_pinned_and_recorded_as_a_ref(hub, tmp_path):
     assert (tmp_path / "hub" / "models--acme--m" / "refs" / "v1.0").read_text() == COMMIT
     assert all("/resolve/" + COMMIT + "/" in r for r in hub.requests if "/resolve/" in r)
     assert any(r.startswith("GET /api/models/acme/m/revision/v1.0") for r in hub.requests)
+
+
+def test_storage_redirects_and_a_server_that_ignores_ranges(hub):
+    hub.repos["acme/cdn"] = sharded_repo(cdn=True)
+    assert spec_from_source("acme/cdn").num_parameters == PARAMS
+    assert any(r.startswith("GET /cdn/acme/cdn/model-00001-of-00002.safetensors bytes=0-7") for r in hub.requests)
+    hub.repos["acme/plain"] = sharded_repo(no_ranges=True)  # HTTP 200 and the whole file to every request
+    assert spec_from_source("acme/plain").num_parameters == PARAMS
 
 
 def test_a_single_file_checkpoint(hub):

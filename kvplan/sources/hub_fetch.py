@@ -8,7 +8,8 @@ the hub (`$HF_ENDPOINT`, else https://huggingface.co) for:
 2. `model.safetensors.index.json` when the checkpoint is sharded (its `weight_map` names the shards);
 3. each safetensors file's header: two HTTP range requests, `bytes=0-7` (the header length N, and the
    file's size from `Content-Range`), then `bytes=8-(8+N-1)` (the header). A server that ignores the
-   range is read no further than the bytes asked for: the response is streamed and closed;
+   range (HTTP 200, the whole file from byte 0) is streamed and closed as soon as byte 8 + N has
+   arrived;
 4. config.json, last, so that a run cut short leaves no snapshot kvplan would take for complete.
 
 All of it is stored in the Hugging Face cache layout (`$HF_HUB_CACHE`, `$HF_HOME/hub`, ...) by
@@ -185,13 +186,15 @@ def _range(url: str, start: int, length: int) -> tuple[bytes, int]:
             hf_raise_for_status(response)
         if response.status_code == 206:
             size = _total_from_content_range(response.headers.get("Content-Range"))
-        elif response.status_code == 200:  # the range ignored: the whole file comes, read only what is needed
+        elif response.status_code == 200:  # the range ignored (a plain mirror): the whole file comes from byte 0
             size = _int(response.headers.get("Content-Length"))
-            if start:
-                raise HubError(f"{url}: the server ignores HTTP range requests; kvplan reads headers only, never the weights")
         else:
             raise HubError(f"{url}: unexpected HTTP {response.status_code} to a range request")
+        skip = start if response.status_code == 200 else 0  # then read bytes 0..start+length and close: still the header only
         for chunk in response.iter_raw():
+            if skip:
+                dropped = min(skip, len(chunk))
+                chunk, skip = chunk[dropped:], skip - dropped
             got += chunk[: length - len(got)]
             if len(got) >= length:
                 break
