@@ -280,6 +280,23 @@ def test_a_sharded_model_is_sized_from_its_headers_alone_then_offline(hub, capsy
     assert len(hub.requests) == before  # the cache answers: no request, offline or not
 
 
+def test_once_cached_no_run_imports_huggingface_hub(hub, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    hub.repos["acme/Shard-7B"] = sharded_repo()
+    spec_from_source("acme/Shard-7B")
+    code = (
+        "import sys\nfrom kvplan.sources.resolve import spec_from_source\n"
+        "print(spec_from_source('acme/Shard-7B').num_parameters, 'huggingface_hub' in sys.modules)\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub")}
+    env.pop("HF_HUB_OFFLINE", None)  # the network allowed: the cache answers all the same
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out == f"{PARAMS} False\n"
+
+
 def test_the_fetched_headers_give_what_the_files_themselves_give(hub, tmp_path):
     hub.repos["acme/Shard-7B"] = sharded_repo()
     fetched = spec_from_source("acme/Shard-7B")
