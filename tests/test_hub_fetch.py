@@ -319,6 +319,19 @@ def test_a_revision_is_pinned_and_recorded_as_a_ref(hub, tmp_path):
     assert (tmp_path / "hub" / "models--acme--m" / "refs" / "v1.0").read_text() == COMMIT
     assert all("/resolve/" + COMMIT + "/" in r for r in hub.requests if "/resolve/" in r)
     assert any(r.startswith("GET /api/models/acme/m/revision/v1.0") for r in hub.requests)
+    assert spec_from_source("acme/m@" + COMMIT).num_parameters == PARAMS  # a commit: the cache has it, no ref
+    assert sorted(p.name for p in (tmp_path / "hub" / "models--acme--m" / "refs").iterdir()) == ["v1.0"]
+
+
+def test_a_damaged_header_on_the_hub_is_named_not_taken_for_a_network_error(hub, tmp_path):
+    repo = sharded_repo()
+    bad = b"{not json" + b" " * 7
+    repo["files"]["model-00002-of-00002.safetensors"] = Blob(struct.pack("<Q", len(bad)) + bad, 10_000)
+    hub.repos["acme/bad"] = repo
+    assert _error("acme/bad") == (
+        "acme/bad/model-00002-of-00002.safetensors: header is not valid JSON (Expecting property name enclosed in "
+        "double quotes at byte 1)")
+    assert not (tmp_path / "hub" / "models--acme--bad" / "snapshots" / COMMIT / "config.json").exists()
 
 
 def test_storage_redirects_and_a_server_that_ignores_ranges(hub):
@@ -425,3 +438,12 @@ def test_cli_exit_code_and_one_line(hub, capsys):
     assert result.exit_code == 2
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_cache_that_cannot_be_written_is_named(hub, tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "a-file" / "hub"))  # a folder under a file: ENOTDIR
+    hub.repos["acme/m"] = sharded_repo()
+    message = _error("acme/m")
+    assert message.startswith("acme/m: what was fetched cannot be stored in the Hugging Face cache (")
+    assert message.endswith("); point HF_HUB_CACHE at a folder you can write")

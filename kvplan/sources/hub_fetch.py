@@ -104,7 +104,7 @@ def fetch_to_cache(repo: str, revision: Optional[str], cache: Path) -> str:
         step = CONFIG_NAME
         _download(repo, commit, CONFIG_NAME, cache, hub)  # last: its presence marks the snapshot complete
         _write_ref(cache / _repo_folder(repo), revision or "main", commit)
-    except HubError:
+    except InputError:  # kvplan's own one-line refusals: a bad header (SafetensorsError), the cache not writable
         raise
     except Exception as exc:  # noqa: BLE001  every failure of the hub or the connection, as one line
         raise _as_input_error(exc, shown, step, hub) from None
@@ -289,6 +289,12 @@ def _as_input_error(exc: Exception, shown: str, step: str, hub: str) -> HubError
     if isinstance(exc, errors.OfflineModeIsEnabled):
         return HubError(f"{shown}: HF_HUB_OFFLINE forbids the network; unset it to fetch the config and headers")
     reason = _reason(exc)
+    if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, errors.LocalEntryNotFoundError):
+        # a file system error (a read-only or full cache); the network's errors carry no errno here
+        return HubError(
+            f"{shown}: what was fetched cannot be stored in the Hugging Face cache ({reason}); "
+            "point HF_HUB_CACHE at a folder you can write"
+        )
     return HubError(
         f"{shown}: the connection to {hub} failed while fetching {step} ({reason}); nothing was stored as "
         "complete: check the network and run again, or set HF_HUB_OFFLINE=1 to stay offline"
