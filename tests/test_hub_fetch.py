@@ -269,6 +269,11 @@ def test_a_sharded_model_is_sized_from_its_headers_alone_then_offline(hub, capsy
         blob = hub.repos["acme/Shard-7B"]["files"][shard]
         assert sidecar["files"][shard] == {"size": blob.size, "header": blob.prefix[8:].decode()}
 
+    from huggingface_hub import scan_cache_dir
+
+    scanned = scan_cache_dir(tmp_path / "hub")  # huggingface_hub reads the cache kvplan wrote, sidecar and all
+    assert scanned.warnings == [] and [r.repo_id for r in scanned.repos] == ["acme/Shard-7B"]
+
     before = len(hub.requests)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     offline = run_cli(capsys, "estimate", "acme/Shard-7B", "--context", "4096", "--format", "json")

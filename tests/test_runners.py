@@ -146,3 +146,12 @@ def test_the_older_lmstudio_folder_and_a_missing_model(lmstudio, tmp_path):
     assert err.value.message == (
         f"lmstudio:pub/none: no folder pub/none in LM Studio's models ({lmstudio} or "
         f"{tmp_path / '.cache' / 'lm-studio' / 'models'}); `lms ls` lists the models LM Studio holds")
+
+
+def test_an_output_may_not_replace_the_ollama_blob(store, capsys):
+    ollama_store(store)
+    blob = next(p for p in (store / "blobs").iterdir() if p.read_bytes()[:4] == b"GGUF")
+    before = blob.read_bytes()
+    result = run_cli(capsys, "estimate", "ollama:tiny", "-c", "1024", "-f", "json", "-o", str(blob), "--force")
+    assert result.exit_code == 2 and str(blob) in result.stderr and "the model being" in result.stderr
+    assert blob.read_bytes() == before
