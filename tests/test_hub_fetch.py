@@ -452,3 +452,19 @@ def test_a_cache_that_cannot_be_written_is_named(hub, tmp_path, monkeypatch):
     message = _error("acme/m")
     assert message.startswith("acme/m: what was fetched cannot be stored in the Hugging Face cache (")
     assert message.endswith("); point HF_HUB_CACHE at a folder you can write")
+
+
+@pytest.mark.parametrize(("hf_hub_offline", "transformers_offline", "expected"), [
+    (None, None, False), ("1", None, True), ("yes", None, True), ("0", None, False), (None, "1", True),
+    ("0", "1", False),  # HF_HUB_OFFLINE set wins, as in huggingface_hub's constants.py
+    ("", "TRUE", True), ("2", None, False),
+])
+def test_offline_reads_the_variables_as_huggingface_hub_does(monkeypatch, hf_hub_offline, transformers_offline, expected):
+    from kvplan.sources.hub_fetch import offline
+
+    for var, value in (("HF_HUB_OFFLINE", hf_hub_offline), ("TRANSFORMERS_OFFLINE", transformers_offline)):
+        if value is None:
+            monkeypatch.delenv(var, raising=False)
+        else:
+            monkeypatch.setenv(var, value)
+    assert offline() is expected

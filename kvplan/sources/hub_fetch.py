@@ -56,8 +56,10 @@ _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
 def offline() -> bool:
-    """True when HF_HUB_OFFLINE (or the older TRANSFORMERS_OFFLINE) forbids the network, as huggingface_hub reads it."""
-    return any(os.environ.get(var, "").upper() in _TRUE for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    """True when HF_HUB_OFFLINE forbids the network, read as huggingface_hub reads it (constants.py:
+    `_is_true(os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE"))`)."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
+    return (value or "").upper() in _TRUE
 
 
 def endpoint() -> str:
@@ -92,6 +94,7 @@ def fetch_to_cache(repo: str, revision: Optional[str], cache: Path) -> str:
                 "and pass the file" if ggufs else ""
             )
             raise HubError(f"{shown}: the repository has no config.json at commit {commit[:12]}{hint}")
+        step = INDEX_NAME if INDEX_NAME in files else "the file list"
         names = _checkpoint_names(repo, commit, files, cache, hub)
         headers: dict[str, dict[str, Any]] = {}
         for name in names:
