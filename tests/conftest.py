@@ -43,3 +43,10 @@ def spec_factory():
 def _no_columns(monkeypatch):
     """Output width is PIPED_WIDTH under test unless a test sets COLUMNS (kvplan.cli.render.output_width)."""
     monkeypatch.delenv("COLUMNS", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _hub_offline(monkeypatch):
+    """No test reaches the network: a hub id missing from the cache is refused, not fetched from huggingface.co
+    (kvplan.sources.hub_fetch). tests/test_hub_fetch.py lifts it against its own fake hub on 127.0.0.1."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")

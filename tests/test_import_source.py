@@ -127,14 +127,15 @@ def test_default_hub_cache_location(monkeypatch, tmp_path):
     assert hub_cache_dir() == tmp_path / ".cache" / "huggingface" / "hub"
 
 
-def test_not_cached_gives_the_download_command(tmp_path, monkeypatch):
+def test_not_cached_and_offline_gives_the_download_command(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # online, kvplan fetches it: tests/test_hub_fetch.py
     with pytest.raises(InputError) as err:
         spec_from_source("acme/absent")
     assert err.value.message == (
-        f"acme/absent is not in the Hugging Face cache ({tmp_path}) and kvplan reads no network; "
-        "download just its config with `hf download acme/absent config.json` "
-        "(older huggingface_hub: `huggingface-cli download acme/absent config.json`)"
+        f"acme/absent is not in the Hugging Face cache ({tmp_path}) and HF_HUB_OFFLINE is set; unset it to let "
+        "kvplan fetch config.json and the safetensors headers (a few KB), or download the config with "
+        "`hf download acme/absent config.json`"
     )
 
 
@@ -259,7 +260,7 @@ def test_an_empty_model_says_model_is_empty(model, capsys):
     r = run_cli(capsys, "estimate", model)
     assert r.exit_code == 2
     assert r.stderr == (f"error: MODEL is empty ({model!r}); give a catalog name (`kvplan models`), a spec YAML, config.json, "
-                        "model folder, .gguf or cached hub id org/name\n")
+                        "model folder, .gguf, hub id org/name or ollama:NAME\n")
 
 
 @pytest.mark.parametrize("flag, fix", [("--gpu", "; point it at a GPU YAML file"), ("--calibration", "")])

@@ -204,12 +204,12 @@ def model_inputs(ref: str, doing: str) -> list[Input]:
     catalog_file = SPECS_DIR / f"{ref.lower()}.yaml"  # a catalog name: its spec, in a checkout of kvplan
     if catalog_file.is_file():
         return [(str(catalog_file), f"the model being {doing}")]
-    if not (path.is_dir() or "/" in ref):
+    if not (path.is_dir() or "/" in ref or ref.startswith(("ollama:", "lmstudio:"))):  # the last: a runner's GGUF
         return []
     from kvplan.sources import resolve as model_source  # a folder or hub id: what `resolve_spec` itself would locate
 
     try:
-        located = model_source.locate(ref)
+        located = model_source.locate(ref, network=False)  # what is on disk now: no fetch here
     except (InputError, OSError):
         return []
     return [(str(located.path), f"the model being {doing}"), *_beside(located.path, doing)]

@@ -337,7 +337,7 @@ def did_you_mean(name: str, choices: list[str]) -> str:
 
 
 def resolve_spec(ref: str, *, fast: bool = False) -> "ModelSpec":
-    """A catalog name, a spec YAML, or a model's own files (config.json, folder, .gguf, cached hub id).
+    """A catalog name, a spec YAML, or a model's own files (config.json, folder, .gguf, hub id, ollama:/lmstudio:).
 
     `fast`: the spec may come back as a ModelShape (same fields and derived sizes, no
     pydantic import): a catalog spec from the validated index, any other from
@@ -345,12 +345,20 @@ def resolve_spec(ref: str, *, fast: bool = False) -> "ModelSpec":
     (model_dump(mode=...), model_copy) leave it False.
     """
     if not ref.strip():  # Path("") is the current folder: name the empty argument instead
-        raise InputError(f"MODEL is empty ({ref!r}); give a catalog name (`kvplan models`), a spec YAML, config.json, model folder, .gguf or cached hub id org/name")
+        raise InputError(f"MODEL is empty ({ref!r}); give a catalog name (`kvplan models`), a spec YAML, config.json, model folder, .gguf, hub id org/name or ollama:NAME")
+    if ref.startswith(("ollama:", "lmstudio:")):  # a local runner's GGUF (kvplan.sources.runners)
+        from kvplan.sources import resolve as model_source
+
+        return model_source.spec_from_source(ref, fast=fast)
     path = Path(ref).expanduser()
     if broken_link(path):
         raise InputError(f"{ref}: {broken_link(path)}; point it at the model's files")
     looks_like_path = ref.endswith((".yaml", ".yml")) or "/" in ref or path.exists()
     own_files = path.suffix.lower() in (".json", ".gguf")  # config.json / GGUF: kvplan.sources.resolve
+    if looks_like_path and path.is_file() and not own_files:
+        from kvplan.sources.resolve import _gguf_magic
+
+        own_files = _gguf_magic(path)  # a GGUF without the suffix: Ollama's blobs/sha256-…
     if looks_like_path and path.is_file() and not own_files:
         return load_spec_file(path, fast=fast)
     catalog_file = SPECS_DIR / f"{ref.lower()}.yaml"
@@ -368,8 +376,8 @@ def resolve_spec(ref: str, *, fast: bool = False) -> "ModelSpec":
         raise InputError(f"{ref}: no such file")
     raise InputError(
         f"unknown model {ref!r}{did_you_mean(ref, catalog_names())} "
-        "(`kvplan models` lists the catalog; a spec YAML, config.json, model folder, .gguf or "
-        "cached hub id org/name also works)"
+        "(`kvplan models` lists the catalog; a spec YAML, config.json, model folder, .gguf, "
+        "hub id org/name or ollama:NAME also works)"
     )
 
 

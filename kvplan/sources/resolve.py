@@ -6,7 +6,11 @@ A reference is one of:
 - a hub id `org/name` (optionally `org/name@revision`) found in the local Hugging
   Face cache: `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else
   `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`, laid out as
-  `models--org--name/snapshots/<commit>/config.json`.
+  `models--org--name/snapshots/<commit>/config.json`. A hub id not in the cache is
+  fetched into it (config.json and the safetensors headers only: kvplan.sources.hub_fetch)
+  unless `HF_HUB_OFFLINE=1`;
+- `ollama:NAME[:TAG]`, `lmstudio:PUBLISHER/MODEL[/FILE.gguf]`: a local runner's GGUF
+  (kvplan.sources.runners).
 
 Nothing in a model folder is executed or imported: only JSON and binary headers
 are read. `num_parameters` comes from the safetensors headers when they are all
@@ -47,6 +51,7 @@ class Located:
     path: Path
     default_name: str
     source: str  # a hub URL when the file is in the HF cache, else the absolute path
+    notes: str = ""  # what the place itself says about serving it (an Ollama model's num_ctx), added to the spec's notes
 
 
 def hub_cache_dir() -> Path:
@@ -109,6 +114,15 @@ def _default_name(path: Path) -> str:
     return _name(path.absolute().parent.name)
 
 
+def _gguf_magic(path: Path) -> bool:
+    """True when the file starts with GGUF's magic (gguf.md: the 4 bytes 'GGUF')."""
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
 def _gguf_in(folder: Path) -> Optional[Path]:
     """The one GGUF model in a folder (first file of a split set); projector files are skipped."""
     files = sorted(p for p in folder.glob("*.gguf") if p.is_file() and not p.name.lower().startswith("mmproj"))
@@ -135,6 +149,10 @@ def _locate_in_folder(folder: Path, ref: str) -> Located:
     raise InputError(f"{ref}: no config.json and no .gguf file in this folder")
 
 
+class NotCached(InputError):
+    """A hub id the cache does not hold (or holds without its config): fetched when the network is allowed."""
+
+
 def _locate_in_repo_cache(repo_dir: Path, repo: str, revision: Optional[str]) -> Located:
     snapshots = repo_dir / "snapshots"
     ref_name = revision or "main"
@@ -149,18 +167,35 @@ def _locate_in_repo_cache(repo_dir: Path, repo: str, revision: Optional[str]) ->
         commit = candidates[-1].name if candidates else None
     if not commit or not (snapshots / commit).is_dir():
         wanted = f"revision {revision!r}" if revision else "a snapshot"
-        raise InputError(
+        raise NotCached(
             f"{repo}: the Hugging Face cache ({repo_dir}) has no {wanted}; download its config with "
             f"`hf download {repo} config.json`"
         )
-    return _locate_in_folder(snapshots / commit, repo)
+    snapshot = snapshots / commit
+    from kvplan.sources.catalog import broken_link
+
+    if not ((snapshot / "config.json").is_file() or broken_link(snapshot / "config.json") or _gguf_in(snapshot)):
+        # a snapshot holding other files only (a fetch cut short, a README downloaded alone)
+        raise NotCached(
+            f"{repo}: the Hugging Face cache's snapshot {snapshot} has no config.json; download it with "
+            f"`hf download {repo} config.json`"
+        )
+    return _locate_in_folder(snapshot, repo)
 
 
-def locate(ref: str) -> Located:
-    """Where a model reference points; raises InputError with the fix when it points nowhere."""
+def locate(ref: str, *, network: bool = True) -> Located:
+    """Where a model reference points; raises InputError with the fix when it points nowhere.
+
+    `network`: a hub id missing from the cache is fetched into it (unless HF_HUB_OFFLINE=1);
+    False looks in the cache only (kvplan.cli.outputs, listing the files an output must not replace).
+    """
+    from kvplan.sources.runners import RUNNER_PREFIXES, locate_runner_model
+
+    if ref.startswith(RUNNER_PREFIXES):
+        return locate_runner_model(ref)
     path = Path(ref).expanduser()
     if path.is_file():
-        if path.suffix.lower() == ".gguf":
+        if path.suffix.lower() == ".gguf" or _gguf_magic(path):  # Ollama's blobs/sha256-… have no suffix
             return Located("gguf", path, _default_name(path), _source_for(path))
         return Located("config", path, _default_name(path), _source_for(path))
     if path.is_dir():
@@ -168,15 +203,30 @@ def locate(ref: str) -> Located:
     if looks_like_hub_id(ref):
         repo, _, revision = ref.partition("@")
         cache = hub_cache_dir()
-        repo_dir = cache / ("models--" + repo.replace("/", "--"))
-        if not repo_dir.is_dir():
-            raise InputError(
-                f"{repo} is not in the Hugging Face cache ({cache}) and kvplan reads no network; "
-                f"download just its config with `hf download {repo} config.json` "
-                f"(older huggingface_hub: `huggingface-cli download {repo} config.json`)"
+        try:
+            return _locate_hub_id(cache, repo, revision or None)
+        except NotCached as exc:
+            if not network:
+                raise
+            missing = exc.message.split(";")[0]
+        from kvplan.sources import hub_fetch
+
+        if hub_fetch.offline():
+            raise NotCached(
+                f"{missing} and HF_HUB_OFFLINE is set; unset it to let kvplan fetch config.json and the safetensors "
+                f"headers (a few KB), or download the config with `hf download {repo} config.json`"
             )
-        return _locate_in_repo_cache(repo_dir, repo, revision or None)
+        hub_fetch.fetch_to_cache(repo, revision or None, cache)  # outside the except: its errors stand alone
+        return _locate_hub_id(cache, repo, revision or None)
     raise InputError(f"{ref}: no such file or folder")
+
+
+def _locate_hub_id(cache: Path, repo: str, revision: Optional[str]) -> Located:
+    repo_dir = cache / ("models--" + repo.replace("/", "--"))
+    if not repo_dir.is_dir():
+        raise NotCached(f"{repo} is not in the Hugging Face cache ({cache}); download just its config with "
+                        f"`hf download {repo} config.json`")
+    return _locate_in_repo_cache(repo_dir, repo, revision)
 
 
 # ------------------------------------------------------------------ reading
@@ -347,7 +397,7 @@ def _safetensors_weight_bytes(weights, fields: dict[str, Any], notes: list[str],
     return {"source": "safetensors", **parts}
 
 
-def spec_from_gguf_file(path: Path, name: str, source: str, fast: bool = False) -> "ModelSpec":
+def spec_from_gguf_file(path: Path, name: str, source: str, fast: bool = False, extra_notes: str = "") -> "ModelSpec":
     """A spec from a GGUF header (all split files, when the model is split)."""
     from kvplan.sources.gguf import GGUFHeader, read_gguf, spec_fields_from_gguf
 
@@ -363,12 +413,13 @@ def spec_from_gguf_file(path: Path, name: str, source: str, fast: bool = False) 
             tensors.extend(read_gguf(part).tensors)
         header = GGUFHeader(header.path, header.version, header.metadata, tuple(tensors))
     fields, notes = spec_fields_from_gguf(header)
-    fields.update(name=name, source=source, notes="; ".join(notes))
+    fields.update(name=name, source=source, notes="; ".join([*notes, *([extra_notes] if extra_notes else [])]))
     return _build(fields, str(path), fast)
 
 
 def spec_from_source(ref: str, name: Optional[str] = None, *, fast: bool = False) -> "ModelSpec":
-    """A ModelSpec from a config.json, model folder, .gguf file or cached hub id.
+    """A ModelSpec from a config.json, model folder, .gguf file, hub id (fetched when not cached), or a
+    local runner's model (`ollama:NAME[:TAG]`, `lmstudio:PUBLISHER/MODEL[/FILE.gguf]`).
 
     `fast`: a ModelShape (same fields and derived sizes) when the spec passes kvplan.model.spec_rules'
     cheap check, as `kvplan.sources.catalog.resolve_spec(fast=True)` serves it; a spec it does not accept
@@ -379,5 +430,5 @@ def spec_from_source(ref: str, name: Optional[str] = None, *, fast: bool = False
     if name and spec_name != name:
         raise InputError(f"--name {name!r}: use lowercase letters, digits, '.' and '-' (e.g. {spec_name!r})")
     if where.kind == "gguf":
-        return spec_from_gguf_file(where.path, spec_name, where.source, fast)
+        return spec_from_gguf_file(where.path, spec_name, where.source, fast, where.notes)
     return spec_from_config_file(where.path, spec_name, where.source, fast)

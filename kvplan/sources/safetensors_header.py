@@ -8,6 +8,11 @@ truncated file gets one clear error instead of a huge read.
 
 A sharded checkpoint names its shards in `model.safetensors.index.json`
 (`weight_map: {tensor: shard file}`); each shard's header is read the same way.
+
+A hub snapshot that kvplan fetched without the weights (kvplan.sources.hub_fetch)
+holds the headers in a sidecar, `.kvplan-safetensors-headers.json`: per file, its
+size and its header text, exactly as the first 8 + N bytes of the file served them.
+A file on disk is read in preference to its stored header; the checks are the same.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ MAX_HEADER_BYTES = 100_000_000
 MAX_INDEX_BYTES = 64 * 1024 * 1024
 
 INDEX_NAME = "model.safetensors.index.json"
+# The headers kvplan fetched from the hub, beside config.json in the snapshot (kvplan.sources.hub_fetch).
+SIDECAR_NAME = ".kvplan-safetensors-headers.json"
+SIDECAR_FORMAT = "kvplan safetensors headers 1"
 
 # Bits per element of each safetensors dtype (safetensors `Dtype`; F4 / F6 are
 # packed sub-byte MX formats, F8_E8M0 is the MX scale type).
@@ -104,7 +112,7 @@ class _Tensor:
     num_bytes: int
 
 
-def _fail(path: Path, message: str) -> SafetensorsError:
+def _fail(path: Any, message: str) -> SafetensorsError:
     return SafetensorsError(f"{path}: {message}")
 
 
@@ -122,17 +130,7 @@ def _read(path: Path) -> tuple[dict[str, Any], int]:
             if len(prefix) < 8:
                 raise _fail(path, f"not a safetensors file: {size} bytes, shorter than the 8-byte header length")
             (declared,) = struct.unpack("<Q", prefix)
-            if declared > MAX_HEADER_BYTES:
-                raise _fail(
-                    path,
-                    f"declares a {declared:,}-byte header, above the {MAX_HEADER_BYTES:,}-byte cap "
-                    "safetensors itself enforces; the file is damaged or not safetensors",
-                )
-            if 8 + declared > size:
-                raise _fail(
-                    path,
-                    f"truncated: declares a {declared:,}-byte header but the file holds {size:,} bytes",
-                )
+            check_header_length(path, declared, size)
             raw = f.read(declared)
     except FileNotFoundError:
         raise _fail(path, "no such file") from None
@@ -140,6 +138,11 @@ def _read(path: Path) -> tuple[dict[str, Any], int]:
         raise _fail(path, "is a folder, not a safetensors file") from None
     except OSError as exc:
         raise _fail(path, f"cannot be read ({exc.strerror or exc})") from None
+    return parse_header(path, raw), size - 8 - declared
+
+
+def parse_header(path: Any, raw: bytes) -> dict[str, Any]:
+    """The header object from its N bytes of JSON; `path` names the file in errors."""
     try:
         header = loads_json(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -148,10 +151,22 @@ def _read(path: Path) -> tuple[dict[str, Any], int]:
         raise _fail(path, f"header is not valid JSON ({exc.msg} at byte {exc.pos})") from None
     if not isinstance(header, dict):
         raise _fail(path, "header is not a JSON object")
-    return header, size - 8 - declared
+    return header
 
 
-def _tensors(path: Path, header: dict[str, Any], data_bytes: int) -> list[_Tensor]:
+def check_header_length(path: Any, declared: int, size: int) -> None:
+    """Refuse a declared header length above the cap or past the end of a `size`-byte file."""
+    if declared > MAX_HEADER_BYTES:
+        raise _fail(
+            path,
+            f"declares a {declared:,}-byte header, above the {MAX_HEADER_BYTES:,}-byte cap "
+            "safetensors itself enforces; the file is damaged or not safetensors",
+        )
+    if 8 + declared > size:
+        raise _fail(path, f"truncated: declares a {declared:,}-byte header but the file holds {size:,} bytes")
+
+
+def _tensors(path: Any, header: dict[str, Any], data_bytes: int) -> list[_Tensor]:
     tensors = []
     for name, entry in header.items():
         if name == "__metadata__":
@@ -191,13 +206,50 @@ def _tensors(path: Path, header: dict[str, Any], data_bytes: int) -> list[_Tenso
     return tensors
 
 
-def _summarize(files: Iterable[Path]) -> SafetensorsSummary:
+@dataclass(frozen=True)
+class StoredHeader:
+    """One file's header as the hub served it (the sidecar's entry): its N bytes of JSON and the file's size."""
+
+    name: str
+    raw: bytes
+    size: int
+    where: str  # the sidecar and the file's name, for errors
+
+    def read(self) -> tuple[dict[str, Any], int]:
+        check_header_length(self.where, len(self.raw), self.size)
+        return parse_header(self.where, self.raw), self.size - 8 - len(self.raw)
+
+
+def read_sidecar(folder: Path) -> dict[str, StoredHeader]:
+    """The headers kvplan stored in `folder` (a hub snapshot), by file name; {} when it holds none."""
+    path = Path(folder) / SIDECAR_NAME
+    if not path.is_file():
+        return {}
+    try:
+        data = loads_json(read_text(path))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(path, f"cannot be read ({exc}); delete it and run again to fetch the headers anew") from None
+    files = data.get("files") if isinstance(data, dict) and data.get("format") == SIDECAR_FORMAT else None
+    if not isinstance(files, dict):
+        raise _fail(path, f"is not a {SIDECAR_FORMAT!r} file; delete it and run again to fetch the headers anew")
+    out = {}
+    for name, entry in files.items():
+        ok = isinstance(entry, dict) and isinstance(entry.get("header"), str)
+        size = entry.get("size") if ok else None
+        if not ok or not isinstance(size, int) or isinstance(size, bool) or Path(name).name != name:
+            raise _fail(path, f"entry {name!r} is not {{size, header}} for a file in this folder; delete the file and run again")
+        out[name] = StoredHeader(name, entry["header"].encode("utf-8"), size, f"{path} [{name}]")
+    return out
+
+
+def _summarize(files: Iterable["Path | StoredHeader"]) -> SafetensorsSummary:
     names: list[str] = []
     sizes: list[int] = []
     by_dtype: dict[str, list[int]] = {}
     read = []
     for path in files:
-        for t in _tensors(path, *_read(path)):
+        stored = isinstance(path, StoredHeader)
+        for t in _tensors(path.where if stored else path, *(path.read() if stored else _read(path))):
             names.append(t.name)
             sizes.append(t.num_bytes)
             acc = by_dtype.setdefault(t.dtype, [0, 0])
@@ -239,9 +291,11 @@ def _read_index(path: Path) -> dict[str, Any]:
     return index
 
 
-def summarize_index(index_path: Path) -> SafetensorsSummary:
-    """Counts over the shards an index names; shards not present are listed, not guessed."""
+def summarize_index(index_path: Path, stored: Optional[dict[str, StoredHeader]] = None) -> SafetensorsSummary:
+    """Counts over the shards an index names; shards not present (on disk or as a stored header) are
+    listed, not guessed."""
     index_path = Path(index_path)
+    stored = stored or {}
     index = _read_index(index_path)
     shards: list[str] = []
     for tensor, shard in index["weight_map"].items():
@@ -255,8 +309,9 @@ def summarize_index(index_path: Path) -> SafetensorsSummary:
             raise _fail(index_path, f"weight_map[{tensor!r}]: {shard!r} is not a shard file name in this folder")
         if shard not in shards:
             shards.append(shard)
-    present = [index_path.parent / s for s in shards if (index_path.parent / s).is_file()]
-    missing = tuple(s for s in shards if not (index_path.parent / s).is_file())
+    present = [_on_disk_or_stored(index_path.parent, s, stored) for s in shards]
+    missing = tuple(s for s, found in zip(shards, present) if found is None)
+    present = [p for p in present if p is not None]
     summary = _summarize(present)
     if not missing:
         declared = set(index["weight_map"])
@@ -304,14 +359,30 @@ def find_weights(folder: Path) -> Optional[SafetensorsSummary]:
     it is the only safetensors file there.
     """
     folder = Path(folder)
+    stored = read_sidecar(folder)
     index = folder / INDEX_NAME
     if index.is_file():
-        return summarize_index(index)
-    single = folder / "model.safetensors"
-    if single.is_file():
-        return summarize_file(single)
-    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file() and not p.name.startswith("."))
-    if not files:
+        return summarize_index(index, stored)
+    single = _on_disk_or_stored(folder, "model.safetensors", stored)
+    if single is not None:
+        return _summarize([single])
+    on_disk = {p.name for p in folder.glob("*.safetensors") if p.is_file()}
+    names = checkpoint_files(sorted(on_disk | set(stored)))
+    if not names:
         return None
-    hf_files = [p for p in files if not p.name.startswith("consolidated")]
-    return _summarize(hf_files or files)
+    return _summarize([_on_disk_or_stored(folder, n, stored) for n in names])
+
+
+def checkpoint_files(names: Iterable[str]) -> list[str]:
+    """The *.safetensors files of a folder without an index or model.safetensors that hold the checkpoint:
+    all of them but hidden ones, and Mistral's `consolidated*` only when nothing else is there."""
+    files = sorted(n for n in names if n.endswith(".safetensors") and not n.startswith("."))
+    return [n for n in files if not n.startswith("consolidated")] or files
+
+
+def _on_disk_or_stored(folder: Path, name: str, stored: dict[str, StoredHeader]) -> "Path | StoredHeader | None":
+    """The file itself when it is in `folder`, else its stored header, else None."""
+    path = folder / name
+    if path.is_file():
+        return path
+    return stored.get(name)
