@@ -99,6 +99,7 @@ def estimate(
     shared_prefix_tokens: O.shared_prefix_tokens = "0",
     output: O.output = None,
     svg: O.svg = None,
+    plot: O.plot = None,
     force: O.force = False,
     fmt: FormatOpt = OutputFormat.table,
     exact: O.bytes = False,
@@ -109,6 +110,10 @@ def estimate(
 
     if svg is not None:  # before any work: nothing is printed and then refused, nothing the user wrote replaced
         _check_svg(svg, fmt, force, model, gpu, calibration)
+    if plot is not None:
+        from kvplan.cli.plot import check_plot
+
+        check_plot(plot, inputs=_estimate_inputs({"model": model, "gpu": gpu, "calibration": calibration}), force=force)
     spec = resolve_spec(model, fast=True)
     contexts = parse_int_list(context, "--context")
     batches = parse_int_list(batch, "--batch")
@@ -142,7 +147,10 @@ def estimate(
                    for a in sweep(spec, engine, base._replace(kv_cache_dtype=d, tp=t, gpu=g), contexts, batches)]
         from kvplan.cli.compare import render_engine  # the engine profiles' table (hf, llama.cpp, sglang, trtllm)
 
-        return render_engine(answers, fmt, exact, svg)
+        render_engine(answers, fmt, exact, svg)
+        if plot is not None:
+            _plot_estimate(plot, spec, engine, base, answers, dtypes, tps, gpu_names, contexts, batches)
+        return
     plan_flags = any(
         v is not None
         for v in (gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops, requests_per_s, calibration,
@@ -152,6 +160,8 @@ def estimate(
         answers = [a for d in dtypes for t in tps
                    for a in sweep(spec, engine, given._replace(kv_cache_dtype=d, tp=t), contexts, batches)]
         _render_estimates([a.to_dict() for a in answers], fmt, exact, svg)
+        if plot is not None:
+            _plot_estimate(plot, spec, engine, given, answers, dtypes, tps, gpu_names, contexts, batches)
         return
     from kvplan.plan.gpus import gpu_from_options
 
@@ -163,6 +173,21 @@ def estimate(
     answers = [a for g in (gpu_names or [None]) for d in dtypes for t in tps
                for a in sweep(spec, engine, base._replace(gpu=g, kv_cache_dtype=d, tp=t), contexts, batches)]
     _render_plans([a.to_dict() for a in answers], fmt, exact, svg, workload=requests_per_s is not None)
+    if plot is not None:
+        _plot_estimate(plot, spec, engine, base, answers, dtypes, tps, gpu_names, contexts, batches)
+
+
+def _plot_estimate(path: str, spec, engine: str, base, answers: list, dtypes, tps, gpu_names, contexts, batches) -> None:
+    """--plot: the charts of this estimate (kvplan.plan.charts), drawn into `path` (kvplan.cli.plot)."""
+    from kvplan.cli.plot import save_plot
+    from kvplan.plan.charts import MAX_BARS, estimate_charts
+
+    if any(a.capacity is not None for a in answers) and len(answers) > MAX_BARS:
+        raise InputError(f"--plot draws one memory bar per deployment, at most {MAX_BARS}; this sweep has "
+                         f"{len(answers):,} (give fewer --context, --batch, --gpu, --kv-cache-dtype or --tp values)")
+    charts = estimate_charts(spec, engine, base, answers, dtypes=dtypes, tps=tps, gpus=gpu_names or [None],
+                             contexts=contexts, batches=batches)
+    save_plot(path, charts)
 
 
 def _check_svg(svg: str, fmt: OutputFormat, force: bool, model: str, gpu: Optional[str], calibration: Optional[str]) -> None:
