@@ -156,6 +156,18 @@ def test_pipeline_stages_get_a_bar_each():
     assert [b.label for b in charts.answer_bars(answer, "vllm", 1)] == ["vllm · stage 0", "vllm · stage 1"]
 
 
+def test_an_estimate_under_pp_names_it_in_every_title(capsys, tmp_path):
+    from kvplan.plan.pipeline import sweep
+
+    spec, base = _spec("llama-3.1-70b"), Settings(gpu="h100", pp=2)
+    answers = sweep(spec, "vllm", base, [8192], [1])
+    made = charts.estimate_charts(spec, "vllm", base, answers, dtypes=["auto"], tps=[1], gpus=["h100"],
+                                  contexts=[8192], batches=[1])
+    assert [c.kind for c in made] == ["memory", "concurrency", "kv"]
+    assert all(c.title.endswith("· pp 2") for c in made)
+    assert made[2].y_label == "KV bytes per sequence, all ranks"
+
+
 # ------------------------------------------------------------------ labels: what varies
 
 

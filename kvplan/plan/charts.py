@@ -231,7 +231,7 @@ def _kv_chart(spec, series: list[Series], kv_dtype: str, points: Sequence[int], 
     if reference is not None:
         series = series + [reference]
     return Chart("kv", f"KV cache of one sequence vs context · {subtitle}", "context, tokens",
-                 "KV bytes per sequence", tuple(series), marks=curve_marks(spec, marks))
+                 "KV bytes per sequence, all ranks", tuple(series), marks=curve_marks(spec, marks))
 
 
 def estimate_charts(spec, engine: str, base, answers: Sequence, *, dtypes: Sequence[str], tps: Sequence[int],
@@ -250,6 +250,8 @@ def estimate_charts(spec, engine: str, base, answers: Sequence, *, dtypes: Seque
                                 label_of(parts, varying, engine)))
     kv_shared = [("model", spec.name), ("engine", engine)] + ([("dtype", dtype_text(spec, dtypes[0]))] if len(dtypes) == 1 else [])
     kv_shared += [("tp", f"tp {tps[0]}")] if len(tps) == 1 else []
+    pp = [("pp", f"pp {base.pp}")] if base.pp > 1 else []  # one value: in every title
+    kv_shared += pp
     if has_gpu:
         gpu_label: dict = {}  # each --gpu as its answers name it (with any override)
         bars = []
@@ -261,7 +263,7 @@ def estimate_charts(spec, engine: str, base, answers: Sequence, *, dtypes: Seque
         shared = [("model", spec.name), ("engine", engine)] + [
             (dim, text) for dim, text in (("gpu", answers[0].capacity.gpu), ("dtype", dtype_text(spec, dtypes[0])),
                                           ("tp", f"tp {tps[0]}"), ("context", f"context {contexts[0]:,}"),
-                                          ("batch", f"batch {batches[0]:,}")) if dim not in varying]
+                                          ("batch", f"batch {batches[0]:,}")) if dim not in varying] + pp
         charts.append(memory_chart(bars, "Memory per GPU · " + " · ".join(text for _, text in shared)))
         conc = []
         cv = varying & {"gpu", "dtype", "tp"}
@@ -273,7 +275,7 @@ def estimate_charts(spec, engine: str, base, answers: Sequence, *, dtypes: Seque
                                                    label_of(parts, cv, engine)))
         cshared = [("model", spec.name), ("engine", engine)] + [
             (dim, text) for dim, text in (("gpu", answers[0].capacity.gpu), ("dtype", dtype_text(spec, dtypes[0])),
-                                          ("tp", f"tp {tps[0]}")) if dim not in cv]
+                                          ("tp", f"tp {tps[0]}")) if dim not in cv] + pp
         charts.append(Chart("concurrency", "Max concurrent sequences vs context · " + " · ".join(t for _, t in cshared),
                             "context, tokens", "max concurrent sequences", tuple(conc),
                             marks=curve_marks(spec, contexts)))
