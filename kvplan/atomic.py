@@ -22,6 +22,11 @@ def write_text_atomically(path: str | Path, text: str, flag: str) -> Path:
     A link is followed: the file it names is replaced and the link kept. Any OSError
     (a full disk, a folder made read-only since the check) is an InputError naming the flag.
     """
+    return write_bytes_atomically(path, text.encode("utf-8"), flag)
+
+
+def write_bytes_atomically(path: str | Path, data: bytes, flag: str) -> Path:
+    """Write `data` to `path` atomically (a PNG from `--plot`, or encoded text), as `write_text_atomically`."""
     shown = os.fspath(path)
     target = Path(os.path.realpath(os.path.expanduser(shown)))
     if target.is_dir():
@@ -35,8 +40,8 @@ def write_text_atomically(path: str | Path, text: str, flag: str) -> Path:
     tmp = folder / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask: the user's usual mode
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         pause_for_test("atomic-write")

@@ -198,7 +198,9 @@ OPTIONS: tuple[Option, ...] = (
        plan=False, hidden=("--json",)),
     _O("svg", ("--svg",), "path", "Also save what the table shows as an SVG file (an existing file only if it is an "
        "SVG; see --force).", plan=False),
-    _O("force", ("--force",), "bool", "Let --output or --svg replace an existing file that is not a report of the "
+    _O("plot", ("--plot",), "path", "Also draw charts into this .png, .svg or .html file: the memory map per GPU, max "
+       "concurrency and KV bytes against context (needs the extra kvplan[plot]).", plan=False),
+    _O("force", ("--force",), "bool", "Let --output, --svg or --plot replace an existing file that is not a report of the "
        "kind being written.", plan=False, default=False),
 )
 BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}

@@ -61,7 +61,7 @@ def test_estimate_on_a_catalog_model_loads_neither_pydantic_nor_yaml():
         "import sys; sys.argv=['kvplan','estimate','gemma-3-27b','-c','32768','-f','json'];"
         "from kvplan.cli.app import main\n"
         "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "heavy = [m for m in ('torch', 'pydantic', 'pydantic_core', 'yaml', 'numpy') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'pydantic', 'pydantic_core', 'yaml', 'numpy', 'matplotlib') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

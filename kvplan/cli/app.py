@@ -20,7 +20,7 @@ app = typer.Typer(
     name="kvplan",
     help="Size the KV cache of LLMs exactly, plan GPUs for it, and check it on hardware.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # typer's --install-completion / --show-completion (README "Installing as a tool")
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     suggest_commands=False,  # click itself already says "Did you mean ...?"; typer's would repeat it
@@ -102,6 +102,7 @@ def estimate(
     emit: O.emit = None,
     output: O.output = None,
     svg: O.svg = None,
+    plot: O.plot = None,
     force: O.force = False,
     fmt: FormatOpt = OutputFormat.table,
     exact: O.bytes = False,
@@ -112,6 +113,10 @@ def estimate(
 
     if svg is not None:  # before any work: nothing is printed and then refused, nothing the user wrote replaced
         _check_svg(svg, fmt, force, model, gpu, calibration)
+    if plot is not None:
+        from kvplan.cli.plot import check_plot
+
+        check_plot(plot, inputs=_estimate_inputs({"model": model, "gpu": gpu, "calibration": calibration}), force=force)
     spec = resolve_spec(model, fast=True)
     contexts = parse_int_list(context, "--context")
     batches = parse_int_list(batch, "--batch")
@@ -148,7 +153,10 @@ def estimate(
                    for a in sweep(spec, engine, base._replace(kv_cache_dtype=d, tp=t, gpu=g), contexts, batches)]
         from kvplan.cli.compare import render_engine  # the engine profiles' table (hf, llama.cpp, sglang, trtllm)
 
-        return render_engine(answers, fmt, exact, svg)
+        render_engine(answers, fmt, exact, svg)
+        if plot is not None:
+            _plot_estimate(plot, spec, engine, base, answers, dtypes, tps, gpu_names, contexts, batches)
+        return
     plan_flags = any(
         v is not None
         for v in (gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops, requests_per_s, calibration,
@@ -158,6 +166,8 @@ def estimate(
         answers = [a for d in dtypes for t in tps
                    for a in sweep(spec, engine, given._replace(kv_cache_dtype=d, tp=t), contexts, batches)]
         _render_estimates([a.to_dict() for a in answers], fmt, exact, svg)
+        if plot is not None:
+            _plot_estimate(plot, spec, engine, given, answers, dtypes, tps, gpu_names, contexts, batches)
         return
     from kvplan.plan.gpus import gpu_from_options
 
@@ -169,6 +179,21 @@ def estimate(
     answers = [a for g in (gpu_names or [None]) for d in dtypes for t in tps
                for a in sweep(spec, engine, base._replace(gpu=g, kv_cache_dtype=d, tp=t), contexts, batches)]
     _render_plans([a.to_dict() for a in answers], fmt, exact, svg, workload=requests_per_s is not None)
+    if plot is not None:
+        _plot_estimate(plot, spec, engine, base, answers, dtypes, tps, gpu_names, contexts, batches)
+
+
+def _plot_estimate(path: str, spec, engine: str, base, answers: list, dtypes, tps, gpu_names, contexts, batches) -> None:
+    """--plot: the charts of this estimate (kvplan.plan.charts), drawn into `path` (kvplan.cli.plot)."""
+    from kvplan.cli.plot import save_plot
+    from kvplan.plan.charts import MAX_BARS, estimate_charts
+
+    if any(a.capacity is not None for a in answers) and len(answers) > MAX_BARS:
+        raise InputError(f"--plot draws one memory bar per deployment, at most {MAX_BARS}; this sweep has "
+                         f"{len(answers):,} (give fewer --context, --batch, --gpu, --kv-cache-dtype or --tp values)")
+    charts = estimate_charts(spec, engine, base, answers, dtypes=dtypes, tps=tps, gpus=gpu_names or [None],
+                             contexts=contexts, batches=batches)
+    save_plot(path, charts)
 
 
 def _emit(model: str, spec, engine: str, target: str, given, contexts, batches, tps, dtypes, gpu_names, svg) -> None:

@@ -311,6 +311,7 @@ def register(app: typer.Typer) -> None:
         max_num_seqs: O.max_num_seqs = None,
         cuda_total_memory: O.cuda_total_memory = None,
         output: O.output = None,
+        plot: O.plot = None,
         force: O.force = False,
         fmt: O.format(OutputFormat) = OutputFormat.table,
         exact: O.bytes = False,
@@ -323,6 +324,10 @@ def register(app: typer.Typer) -> None:
         from kvplan.options import given_engine_options, one_value, one_word
         from kvplan.plan.pipeline import Settings, compare as run_compare
 
+        if plot is not None:  # before any work
+            from kvplan.cli.plot import check_plot
+
+            check_plot(plot, inputs=_compare_inputs({"model": model, "gpu": gpu}), force=force)
         spec = resolve_spec(model, fast=True)
         hint = " (`kvplan estimate` sweeps a comma list)"
         context = one_value("context", context, "compare", hint)
@@ -348,3 +353,8 @@ def register(app: typer.Typer) -> None:
                             engine_options=given_engine_options(engine_options))
         result = run_compare(spec, settings, names)
         render_comparison(result, fmt, exact)
+        if plot is not None:
+            from kvplan.cli.plot import save_plot
+            from kvplan.plan.charts import compare_charts
+
+            save_plot(plot, compare_charts(spec, settings, names))

@@ -18,7 +18,9 @@
 The rule per kind (what an existing file must look like to be replaced):
 
 - svg: its text starts with `<svg`, or with an XML declaration followed by `<svg`
-  in its first 4 KiB (rich's export, or any SVG image);
+  in its first 4 KiB (rich's export, or any SVG image; `--plot x.svg` too);
+- png (`--plot x.png`): the PNG signature; html (`--plot x.html`): kvplan's mark
+  `<!-- kvplan plot -->` in its first 4 KiB;
 - junit: XML whose root element is `<testsuites` (JUnit XML; kvplan's own writes
   exactly that root);
 - check-json / measure-json: a JSON object carrying kvplan's own top-level keys
@@ -120,6 +122,16 @@ CHECK_GITHUB = ReportKind("a file of GitHub workflow annotations", _is_github_an
 CHECK_TABLE = ReportKind("a kvplan check table", _is_check_table)
 MEASURE_JSON = ReportKind("a kvplan measure JSON report", _json_with_keys("kvplan_version", "model", "runs"))
 SPEC_YAML = ReportKind("a spec", None)
+
+
+def _is_png(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+PLOT_HTML_MARK = "<!-- kvplan plot -->"  # the second line of every HTML file `--plot` writes
+PLOT_PNG = ReportKind("a PNG image", _is_png)
+PLOT_HTML = ReportKind("a kvplan plot (HTML)", lambda path: PLOT_HTML_MARK in _head(path))
 
 
 def _is_kvplan_json(path: Path) -> bool:

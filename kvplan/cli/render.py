@@ -417,21 +417,10 @@ MAP_SEGMENTS = [  # (label, style, char)
 
 
 def memory_segments(r: dict, stage: dict) -> list[tuple[str, int]]:
-    """Bytes of each memory-map segment for one rank of one stage."""
-    total = r["gpu_memory_bytes"]
-    budget = stage["kv_budget_bytes"]
-    used = min(stage["kv_bytes_at_batch"], max(budget, 0))
-    over = max(0, stage["kv_bytes_at_batch"] - max(budget, 0)) + max(0, -budget)
-    reserved = max(0, total - r["usable_bytes_per_gpu"])
-    return [
-        ("weights", stage["weights_bytes"]),
-        ("KV in use", used),
-        ("KV free", max(0, budget - used)),
-        ("activations", r["activation_bytes_per_gpu"]),
-        ("non-torch", r["non_torch_bytes_per_gpu"]),
-        ("reserved", reserved),
-        ("over", over),
-    ]
+    """Bytes of each memory-map segment for one rank of one stage (the one rule `--plot` draws too)."""
+    from kvplan.plan.charts import memory_segments
+
+    return memory_segments(r, stage)
 
 
 def memory_bar(r: dict, stage: dict, width: int = 60):
