@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -437,9 +436,10 @@ def markdown_table(fixtures: list[dict]) -> str:
             if eng["starts"]:
                 got = f"{eng['block_size']}, {eng['num_blocks']}, {eng['kv_cache_tokens']:,}, {eng['max_concurrency']}x"
             else:
-                got = "refused: " + (eng["refusal"] or "")[:110].replace("|", "/") + ("…" if len(eng["refusal"] or "") > 110 else "")
-                if eng["log_line"]:
-                    got += f" (after logging {eng['log_line'].split(',  ')[0]})"
+                words = eng["refusal"] or ""
+                got = "refused: " + words[:110].replace("|", "/") + ("…" if len(words) > 110 else "")
+                if eng["log_line"]:  # a refusal after the pool was sized (block 16 on the CPU)
+                    got += f" (after logging {eng['log_line'].split(', Maximum')[0]})"
             shown = "; ".join(f"{f} {k if f != 'refusal' else (k or '')[:60]!s}" for f, (e, k) in diff.items()
                               if f != "log_line") or ("log line only" if diff else "= engine")
             rows.append(f"| `{rec['id']}` | {settings} | {got} | {shown} |")
@@ -455,7 +455,7 @@ def compare(args) -> int:
         print(f"== {fx['model']}: {fx['kind']} (vLLM {fx['vllm_version']}, {fx['device']})")
         for rec in fx["records"]:
             total += 1
-            eng, kvp = engine_figures(rec), kvplan_figures(rec, fx["config"])
+            eng = engine_figures(rec)
             diff = differences(fx, rec)
             bad += bool(diff)
             mark = "ok  " if not diff else "DIFF"
