@@ -152,3 +152,25 @@ def test_a_killed_rank_ends_the_command_within_its_timeout_naming_the_rank(tmp_p
 def test_a_model_that_cannot_shard_is_refused_before_any_rank_starts():
     with pytest.raises(InputError, match="--tensor-parallel-size 3 does not divide tiny's 4 attention heads"):
         run(GQA, 3)
+
+
+def test_under_torchrun_each_process_is_one_rank_and_rank_0_prints(tmp_path):
+    """torchrun sets RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT: kvplan joins by env:// instead of spawning;
+    rank 0 prints every rank's readings (one JSON document), the other rank nothing."""
+    spec = tmp_path / "tiny.yaml"
+    write_spec(str(spec), GQA)
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2", "--master-addr",
+         "127.0.0.1", "--master-port", str(port), "-m", "kvplan", "measure", str(spec), "--tp", "2", "--context", "8",
+         "--decode-steps", "2", "--warmup-steps", "0", "--device", "cpu", "--format", "json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(proc.stdout)
+    assert data["launch"] == "torchrun" and data["ranks"] == 2
+    assert [(r["rank"], r["measured_kv_bytes"]) for r in data["runs"]] == [(0, 2 * kv_layer(1, 16)), (1, 2 * kv_layer(1, 16))]

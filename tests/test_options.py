@@ -21,7 +21,7 @@ COMMAND_OWN = {
     "import": {"output", "name", "force"},  # -o is the product (required), not a copy of stdout; '-' prints it
     # a run on this machine: torch dtypes and run controls, not a deployment's (kvplan.measure)
     "measure": {"layers", "decode_steps", "warmup_steps", "max_rounds", "dtype", "kv_cache_dtype", "device", "seed",
-                "cuda_graphs", "verify", "tolerance"},
+                "cuda_graphs", "verify", "tolerance", "timeout"},  # --timeout: how long the --tp/--pp ranks may run
 }
 
 

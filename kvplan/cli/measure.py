@@ -50,7 +50,7 @@ OldJsonOpt = hidden_alias("--json", "output", "The old spelling of --output.")
 
 def register(app: typer.Typer) -> None:
     """Add the `measure` command to `app`."""
-    from kvplan.cli.app import ModelArg, parse_int_list, warn_beyond_positions
+    from kvplan.cli.app import ModelArg, one_value, parse_int_list, warn_beyond_positions
 
     @app.command()
     def measure(
@@ -73,8 +73,8 @@ def register(app: typer.Typer) -> None:
         tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Exit 1 when a gated memory reading or the decode step is off by more than this fraction (0.05 = 5%).", show_default=False)] = None,
         fmt: O.format(MeasureFormat) = MeasureFormat.table,
         exact: O.bytes = False,
-        tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel ranks: run N processes under torch.distributed (gloo on the CPU, NCCL on CUDA), each with its shard and its cache; under torchrun this process is one rank.")] = 1,
-        pp: Annotated[int, typer.Option("--pp", help="Pipeline stages: the layers split over M stages as vLLM's get_pp_indices (tp x pp ranks in all).")] = 1,
+        tp: O.tp = "1",
+        pp: O.pp = "1",
         timeout: Annotated[float, typer.Option("--timeout", help="With --tp/--pp: seconds before a run that has not finished is stopped, every rank torn down, and the rank named (exit 1).")] = 600.0,
     ) -> None:
         """Build MODEL with random weights, run a real prefill and cached decode, and compare with the prediction."""
@@ -109,6 +109,7 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"kvplan measure needs torch ({exc}); install it with `pip install 'kvplan[measure]'`") from None
 
         err = render.console(stderr=True)
+        tp, pp = one_value("tp", tp, "measure"), one_value("pp", pp, "measure")
         if tp != 1 or pp != 1:
             _measure_parallel(spec, layers, contexts, batches, decode_steps, warmup_steps, dtype.value, kv_cache_dtype,
                               device.value, seed, verify, tp, pp, timeout, out_path, out_flag, fmt, exact, tolerance, err)

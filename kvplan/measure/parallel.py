@@ -123,10 +123,13 @@ def rank_arch(arch: RunArch, tp: int, layers: range) -> RunArch:
     )
 
 
-def _rank_groups(s: StateDims, tp: int) -> tuple[int, int]:
-    """Mamba-2 (first group, groups) one rank holds of rank r = 0: groups split when n_groups % tp == 0,
-    else replicated to tp (vLLM extra_groups_for_head_shards), one a rank."""
-    return (s.n_groups // tp, s.n_groups // tp) if s.n_groups % tp == 0 else (0, 1)
+def _rank_groups(s: StateDims, tp: int, r: int = 0) -> tuple[int, int]:
+    """Mamba-2: (first group, groups) rank r holds: split when n_groups % tp == 0, else replicated to tp
+    (vLLM extra_groups_for_head_shards), one a rank: rank r's heads lie in group r x n_groups // tp."""
+    if s.n_groups % tp == 0:
+        per = s.n_groups // tp
+        return r * per, per
+    return r * s.n_groups // tp, 1
 
 
 def _rank_state(s: StateDims, tp: int) -> StateDims:
@@ -196,8 +199,7 @@ def _shard_state(m: StateLayer, arch: RunArch, tp: int, r: int, reduce: Callable
         m.reduce = reduce
     else:  # mamba2: in_proj = [z (d_inner), x (d_inner), B (G N), C (G N), dt (H)]; conv over [x, B, C]
         N, G, H = s.d_state, s.n_groups, s.n_heads
-        g_first_of_rank, groups = _rank_groups(s, tp)
-        g0 = r * g_first_of_rank if G % tp == 0 else r * G // tp
+        g0, groups = _rank_groups(s, tp, r)
         hr = H // tp
         h0 = r * hr
         di = s.d_inner
@@ -954,7 +956,8 @@ def measure_parallel(opts, par: ParallelOptions) -> ParallelReport | None:
         "--pipeline-parallel-size) for one rank of the rank's stage, at context + decode steps tokens",
         "all-reduce time per decode step: each all-reduce synchronised and timed on its own; predicted = "
         "the ring model (2(N-1) x latency + 2(N-1)/N x message / bandwidth) with latency and bandwidth fitted "
-        f"from a {PROBE_SMALL_BYTES}-byte and a {PROBE_LARGE_BYTES >> 20} MiB all-reduce on the same group",
+        f"from a {PROBE_SMALL_BYTES}-byte and a {PROBE_LARGE_BYTES >> 20} MiB all-reduce on the same group; the "
+        "LM head's all-gather of the logits (vocab-parallel) is not counted among them",
     )
     return assemble(conf, results, layout, one_copy, act_bytes, kv_pair.name, mode, notes,
                     VERIFY_TOLERANCE[run_dtype] if opts.verify else None)

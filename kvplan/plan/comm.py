@@ -9,7 +9,7 @@ The model (the same in the planner and in `kvplan measure --tp`):
 - the message of one all-reduce is the tokens x hidden activations in the model's dtype;
 - a ring all-reduce sends and receives 2(N - 1)/N x the message per rank in 2(N - 1) steps (a
   reduce-scatter, then an all-gather: Patarasuk & Yuan 2009, the algorithm NCCL's ring uses), so it
-  takes 2(N - 1) x latency + 2(N - 1)/N x message / link bandwidth;
+  takes NCCL's base latency + 2(N - 1) x latency per step + 2(N - 1)/N x message / link bandwidth;
 - a pipeline stage hands its hidden states (tokens x hidden x dtype) to the next over the same
   link: latency + bytes / bandwidth per boundary;
 - pipeline bubbles: with pp stages and one micro-batch in flight (a decode step, a single prompt),
@@ -32,11 +32,16 @@ def ring_allreduce_wire_bytes(message_bytes: int, ranks: int) -> int:
     return -(-2 * (ranks - 1) * message_bytes // ranks)
 
 
-def ring_allreduce_seconds(message_bytes: int, ranks: int, link_gbps: float, latency_s: float) -> float:
-    """One ring all-reduce: 2(N-1) steps of latency plus the wire bytes over the link (GB/s = 1e9 B/s)."""
+# NCCL's fixed cost of launching one ring all-reduce, before its steps (src/graph/tuning.cc baseLat, Ring / LL,
+# the protocol it picks for the small messages of decode): the planner adds it; `measure` fits its own latency.
+NCCL_BASE_LATENCY_S = 3.6e-6
+
+
+def ring_allreduce_seconds(message_bytes: int, ranks: int, link_gbps: float, latency_s: float, base_s: float = 0.0) -> float:
+    """One ring all-reduce: `base_s` once, 2(N-1) steps of latency, and the wire bytes over the link (GB/s = 1e9 B/s)."""
     if ranks <= 1:
         return 0.0
-    return 2 * (ranks - 1) * latency_s + ring_allreduce_wire_bytes(message_bytes, ranks) / (link_gbps * 1e9)
+    return base_s + 2 * (ranks - 1) * latency_s + ring_allreduce_wire_bytes(message_bytes, ranks) / (link_gbps * 1e9)
 
 
 def send_seconds(message_bytes: int, link_gbps: float, latency_s: float) -> float:
