@@ -84,3 +84,30 @@ def test_a_gpu_without_a_link_figure_says_so(capsys):
     d = json.loads(r.stdout)
     assert d["decode_comm_s"] is None
     assert any("no interconnect figure for this GPU; give --link-gbps" in n for n in d["notes"])
+
+
+def test_expert_parallel_swaps_the_moe_layers_all_reduce_for_two_all_to_alls(capsys):
+    """DeepSeek-V3 (config.json: 61 layers, first_k_dense_replace 3 -> 58 MoE layers, hidden 7,168, 8 of 256
+    routed experts a token) at tp 8 on an H200 (NVLink 4: 450 GB/s, 0.4 us a step). A decode step at batch 1:
+    without --expert-parallel 2 x 61 + 1 = 123 all-reduces of 7,168 x 2 B; with it 123 - 58 all-reduces and
+    2 x 58 all-to-alls of 8 x 7,168 x 2 B, each (N-1) = 7 steps and 7/8 of the message on the wire."""
+    def run(*flags):
+        r = run_cli(capsys, "estimate", "deepseek-v3", "--gpu", "h200", "--tp", "8", "--context", "8192", "-f", "json", *flags)
+        assert r.exit_code == 0, r.stderr
+        return json.loads(r.stdout)
+
+    message = 7168 * 2
+    ring = 3.6e-6 + 14 * 0.4e-6 + (2 * 7 * message // 8) / 450e9
+    a2a = 3.6e-6 + 7 * 0.4e-6 + (7 * 8 * message // 8) / 450e9
+    tp, ep = run(), run("--expert-parallel")
+    assert tp["decode_comm_s"] == pytest.approx(123 * ring, rel=1e-9)
+    assert ep["decode_comm_s"] == pytest.approx(65 * ring + 116 * a2a, rel=1e-9)
+    assert ep["weights_bytes_per_gpu"] == tp["weights_bytes_per_gpu"]  # 256 experts / 8 whole = 1/8 of each
+    assert "expert_parallel" in ep["assumptions"]
+
+
+def test_expert_parallel_refusals(capsys):
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h200", "--tp", "2", "--expert-parallel")
+    assert r.exit_code == 2 and "--expert-parallel: llama-3.1-8b has no routed experts; drop the flag" in r.stderr
+    r = run_cli(capsys, "estimate", "deepseek-v3", "--gpu", "h200", "--tp", "3", "--expert-parallel")
+    assert r.exit_code == 2

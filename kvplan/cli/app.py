@@ -96,6 +96,7 @@ def estimate(
     link_gbps: O.link_gbps = None,
     link_latency_us: O.link_latency_us = None,
     no_communication: O.no_communication = False,
+    expert_parallel: O.expert_parallel = False,
     prompt_tokens: O.prompt_tokens = None,
     output_tokens: O.output_tokens = None,
     requests_per_s: O.requests_per_s = None,
@@ -134,7 +135,7 @@ def estimate(
                      bandwidth_efficiency=bandwidth_efficiency, compute_efficiency=compute_efficiency,
                      calibration=calibration, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
                      requests_per_s=requests_per_s, shared_prefix_tokens=shared_prefix_tokens,
-                     link_gbps=link_gbps, link_latency_us=link_latency_us, communication=not no_communication,
+                     link_gbps=link_gbps, link_latency_us=link_latency_us, communication=not no_communication, expert_parallel=expert_parallel,
                      engine_options=engine_flags)
     check_estimate(spec, engine, given, contexts=contexts, tps=tps, kv_cache_dtypes=dtypes, warn=warn_beyond_positions)
     if engine in PROFILES:  # the engine's own allocation and budget rules (kvplan.engines)

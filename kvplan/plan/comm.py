@@ -44,6 +44,21 @@ def ring_allreduce_seconds(message_bytes: int, ranks: int, link_gbps: float, lat
     return base_s + 2 * (ranks - 1) * latency_s + ring_allreduce_wire_bytes(message_bytes, ranks) / (link_gbps * 1e9)
 
 
+def all_to_all_wire_bytes(message_bytes: int, ranks: int) -> int:
+    """Bytes one rank sends in an all-to-all of `message_bytes` (its tokens' rows, scattered evenly): the
+    (N-1)/N of them bound for the other ranks, rounded up to a whole byte."""
+    if ranks <= 1:
+        return 0
+    return -(-(ranks - 1) * message_bytes // ranks)
+
+
+def all_to_all_seconds(message_bytes: int, ranks: int, link_gbps: float, latency_s: float, base_s: float = 0.0) -> float:
+    """One pairwise all-to-all (N-1 exchange steps): `base_s` + (N-1) x latency + its wire bytes over the link."""
+    if ranks <= 1:
+        return 0.0
+    return base_s + (ranks - 1) * latency_s + all_to_all_wire_bytes(message_bytes, ranks) / (link_gbps * 1e9)
+
+
 def send_seconds(message_bytes: int, link_gbps: float, latency_s: float) -> float:
     """One point-to-point transfer between pipeline stages."""
     return latency_s + message_bytes / (link_gbps * 1e9)

@@ -186,6 +186,7 @@ def plan_options(
     link_gbps: Optional[float] = None,
     link_latency_us: Optional[float] = None,
     communication: bool = True,
+    expert_parallel: bool = False,
 ) -> PlanOptions:
     """estimate's flags (single values) -> PlanOptions; None keeps the planner's stated default.
 
@@ -234,6 +235,7 @@ def plan_options(
         link_gbps=link_gbps,
         link_latency_us=link_latency_us,
         communication=communication,
+        expert_parallel=expert_parallel,
         **{k: v for k, v in optional.items() if v is not None},
     )
 

@@ -26,7 +26,7 @@ from kvplan.model.formats import FIXED_FORMATS, KVFormatPair
 from kvplan.model.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
 from kvplan.engines.vllm_rules import (DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NUM_BATCHED_TOKENS, Pool,
                                        context_limit, stage_budgets, usable_bytes)
-from kvplan.plan.comm import NCCL_BASE_LATENCY_S, allreduces_per_stage, ring_allreduce_seconds, send_seconds
+from kvplan.plan.comm import NCCL_BASE_LATENCY_S, all_to_all_seconds, allreduces_per_stage, ring_allreduce_seconds, send_seconds
 from kvplan.units import counted, fmt_bytes
 
 GIB = 2**30
@@ -113,6 +113,7 @@ class PlanOptions:
     link_gbps: float | None = None  # --link-gbps: overrides the GPU catalog's interconnect bandwidth
     link_latency_us: float | None = None  # --link-latency-us: overrides its latency per ring step
     communication: bool = True  # --no-communication: leave the all-reduces and stage hand-offs out of the times
+    expert_parallel: bool = False  # --expert-parallel: MoE experts whole, E / tp a rank; all-to-all instead of all-reduce
 
     @property
     def prompt_len(self) -> int:
@@ -565,6 +566,17 @@ class Planner:
         if opts.max_num_batched_tokens < 1:
             raise InputError("--max-num-batched-tokens must be at least 1")
         self.spec, self.gpu, self.kv_format, self.opts = spec, gpu, kv_format, opts
+        if opts.expert_parallel:
+            experts = spec.num_routed_experts
+            if not experts:
+                raise InputError(f"--expert-parallel: {spec.name} has no routed experts; drop the flag")
+            if opts.tp < 2:
+                raise InputError("--expert-parallel spreads the experts over the tensor-parallel ranks: give --tp 2 or more")
+            if experts % opts.tp:
+                raise InputError(
+                    f"--expert-parallel over {opts.tp} ranks does not divide {spec.name}'s {experts} routed experts "
+                    "(kvplan sizes an even split only); use a --tp that divides them"
+                )
         from kvplan.plan.deploy import default_block_size
 
         self.block_size = opts.block_size or default_block_size(spec, opts.engine)
@@ -721,7 +733,15 @@ class Planner:
         gbps, latency = link
         message = tokens * self.spec.hidden_size * self.dtype_bytes
         count = allreduces_per_stage(self.layout.layers_per_stage[stage], 0, stage == 0)
-        seconds = count.hidden_messages * ring_allreduce_seconds(message, opts.tp, gbps, latency, NCCL_BASE_LATENCY_S)
+        allreduces = count.hidden_messages
+        seconds = 0.0
+        if opts.expert_parallel:  # a MoE layer's MLP: dispatch + combine all-to-alls of top_k rows a token, no all-reduce
+            start = sum(self.layout.layers_per_stage[:stage])
+            moe = self.spec.moe_layers_between(start, start + self.layout.layers_per_stage[stage])
+            allreduces -= moe
+            routed = message * (self.spec.num_experts_per_tok or 1)
+            seconds += 2 * moe * all_to_all_seconds(routed, opts.tp, gbps, latency, NCCL_BASE_LATENCY_S)
+        seconds += allreduces * ring_allreduce_seconds(message, opts.tp, gbps, latency, NCCL_BASE_LATENCY_S)
         if stage < opts.pp - 1:
             seconds += send_seconds(message, gbps, latency)
         return seconds
@@ -968,6 +988,10 @@ class Planner:
     def assumptions(self) -> dict:
         o = self.opts
         link = self.link() if o.tp * o.pp > 1 else None
+        ep = {} if not o.expert_parallel else {
+            "expert_parallel": "experts whole, routed experts / tp a rank (the same weight bytes per rank as tp's "
+                               "1/tp of each); a MoE layer's MLP all-reduce becomes 2 all-to-alls of tokens x top_k x hidden",
+        }
         comm = {} if link is None else {
             "link_gbps": link[0], "link_latency_us": link[1] * 1e6,
             "link": self.gpu.interconnect if o.link_gbps is None and self.gpu.interconnect else "--link-gbps",
@@ -987,6 +1011,7 @@ class Planner:
             "compute_efficiency": o.compute_efficiency,
             "weights": self._weights_assumption(),
             **comm,
+            **ep,
         }
 
 
