@@ -119,6 +119,15 @@ OPTIONS: tuple[Option, ...] = (
        "reaches (default 0.8)."),
     _O("compute_efficiency", ("--compute-efficiency", "--mfu"), "share", "Share of peak FLOPS prefill reaches "
        "(default 0.5)."),
+    _O("link_gbps", ("--link-gbps",), "float", "GPU-to-GPU bandwidth per direction, GB/s, that tp all-reduces and pp "
+       "hand-offs run at (default: the GPU catalog's interconnect: NVLink, PCIe, Infinity Fabric).", plan=False),
+    _O("link_latency_us", ("--link-latency-us",), "float", "Latency of one ring all-reduce step, µs (default: the "
+       "catalog's, from NCCL's tuning table).", plan=False),
+    _O("expert_parallel", ("--expert-parallel",), "bool", "MoE: experts whole, spread over the tp ranks (E / tp "
+       "each), dispatched and combined by all-to-alls instead of the MLP's all-reduce (vLLM --enable-expert-parallel).",
+       default=False, plan=False),
+    _O("no_communication", ("--no-communication",), "bool", "Leave tp all-reduces and pp hand-offs out of decode and "
+       "prefill times (the pre-communication roofline).", default=False, plan=False),
     _O("calibration", ("--calibration",), "str", "A `kvplan measure --output` JSON report: use its measured "
        "bandwidth efficiency."),
     _O("prompt_tokens", ("--prompt-tokens",), "tokens", "Prompt tokens per request (prefill, cost per input token; "

@@ -22,7 +22,7 @@ COMMAND_OWN = {
     "explain": {"save_calibration"},  # the measured terms of the log (kvplan.plan.explain.calibration)
     # a run on this machine: torch dtypes and run controls, not a deployment's (kvplan.measure)
     "measure": {"layers", "decode_steps", "warmup_steps", "max_rounds", "dtype", "kv_cache_dtype", "device", "seed",
-                "cuda_graphs", "verify", "tolerance"},
+                "cuda_graphs", "verify", "tolerance", "timeout"},  # --timeout: how long the --tp/--pp ranks may run
     "search": {"limit"},  # how many rows of the front to print
 }
 

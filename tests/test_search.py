@@ -29,6 +29,19 @@ H100_BYTES, H100_GBPS, H100_TFLOPS, H100_USD = 81_559 * 2**20, 3350, 989, 2.99
 RPS, PROMPT, OUTPUT, TTFT, TPOT = 10, 2048, 256, 0.5, 0.05
 
 
+# h100-sxm's NVLink (gpus.yaml): 900 GB/s both ways = 450 GB/s a direction, 0.4 us a ring step (NCCL tuning.cc
+# hwLat Ring/LL) and NCCL's 3.6 us base latency an all-reduce (tuning.cc baseLat)
+LINK_BYTES_PER_S, STEP_LATENCY_S, NCCL_BASE_S = 450e9, 0.4e-6, 3.6e-6
+
+
+def comm(tp: int, tokens: int) -> float:
+    """One forward's all-reduces over the tp ranks: 2 a layer + 1 for the vocab-parallel embedding, each a ring
+    (Patarasuk & Yuan 2009): base + 2(tp - 1) steps + 2(tp - 1)/tp x the tokens x hidden bf16 message on the link."""
+    message = tokens * HIDDEN * 2
+    ring = NCCL_BASE_S + 2 * (tp - 1) * STEP_LATENCY_S + -(-2 * (tp - 1) * message // tp) / LINK_BYTES_PER_S
+    return (2 * LAYERS + 1) * ring
+
+
 def hand_candidate(tp: int, max_num_seqs: int) -> dict:
     """One vllm deployment of llama-3.1-70b on h100-sxm at bf16, worked from the rules above."""
     context = PROMPT + OUTPUT  # 2,304: the request is one sequence
@@ -46,11 +59,11 @@ def hand_candidate(tp: int, max_num_seqs: int) -> dict:
     # decode step: the weights (the embedding only its looked-up rows) + every KV byte held, or the FLOPs
     read = -(-(2 * BODY + 2 * batch * HIDDEN + 2 * EMBED) // tp) + batch * LAYERS * kv_token_layer * context
     flops = batch * ((2 * BODY + 2 * VOCAB * HIDDEN) // tp + LAYERS * 2 * (HEADS // tp) * 2 * HEAD_DIM * context)
-    step = max(read / bandwidth, flops / peak)
+    step = max(read / bandwidth, flops / peak) + comm(tp, batch)
     # prefill: 2 x body x prompt + one row of logits, + causal attention pairs; at least the weights' read
     pflops = (2 * BODY * PROMPT + 2 * VOCAB * HIDDEN) // tp + LAYERS * 2 * (HEADS // tp) * 2 * HEAD_DIM * (
         PROMPT * (PROMPT + 1) // 2)
-    prefill = max(pflops / peak, weights / bandwidth)
+    prefill = max(pflops / peak, weights / bandwidth) + comm(tp, PROMPT)
     replicas = max(1, -(-int(RPS * (prefill + OUTPUT * step / batch) * 10**6) // 10**6))
     gpus = replicas * tp
     cost = gpus * H100_USD / (RPS * 3600 * (PROMPT + OUTPUT)) * 1e6
@@ -62,11 +75,12 @@ def test_llama_70b_at_10_requests_a_second_by_hand(capsys):
     seqs = (16, 32, 64, 128, 256)
     hand = [hand_candidate(tp, s) for tp in (4, 8) for s in seqs]
     chosen = min((c for c in hand if c["ok"]), key=lambda c: (c["cost"], c["latency"]))
-    # worked out: one replica serves 10 req/s only at a batch of 128 or more (tp 4: 8.3 requests a second per
-    # replica at batch 64, so 3 replicas of 4 GPUs); the fewest GPUs is 8: tp 4 at 128 or 256 and tp 8 at 128 or
-    # 256, of which tp 8 at --max-num-seqs 128 decodes fastest (TPOT 10.99 ms, latency 72.3 ms + 256 steps = 2.89 s)
-    assert (chosen["tp"], chosen["seqs"], chosen["batch"], chosen["gpus"]) == (8, 128, 128, 8)
-    assert round(chosen["step"] * 1000, 2) == 10.99
+    # worked out (communication included): at tp 4 a replica decodes 32 sequences in 16.47 ms and prefills 2k tokens
+    # in 163.5 ms, so 10 req/s need ceil(10 x (0.1635 + 256 x 0.01647 / 32)) = 3 replicas of 4 GPUs = 12; more
+    # sequences (64, 128, 210 fit) also need 12 and cost the same, but decode slower; tp 8 needs 16 GPUs at any
+    # batch of 32 or more (its 161 all-reduces of a 2k-token prefill take 21 ms on NVLink), 24 at 16
+    assert (chosen["tp"], chosen["seqs"], chosen["batch"], chosen["gpus"]) == (4, 32, 32, 12)
+    assert round(chosen["step"] * 1000, 2) == 16.47
     r = run_cli(capsys, "search", "llama-3.1-70b", "--requests-per-s", "10", "--prompt-tokens", "2k",
                 "--output-tokens", "256", "--ttft-ms", "500", "--tpot-ms", "50", "--gpu", "h100-sxm",
                 "--kv-cache-dtype", "auto", "--tp", "4,8", "--max-num-seqs", ",".join(map(str, seqs)), "-f", "json")
@@ -77,8 +91,8 @@ def test_llama_70b_at_10_requests_a_second_by_hand(capsys):
     assert row["usd_per_million_tokens"] == pytest.approx(chosen["cost"], rel=1e-12)
     assert row["tpot_s"] == pytest.approx(chosen["step"], rel=1e-12)
     assert row["ttft_s"] == pytest.approx(chosen["prefill"], rel=1e-12)
-    # 8 GPUs at $2.99 for 10 x 2,304 tokens a second: $0.28838 per million tokens
-    assert row["usd_per_million_tokens"] == pytest.approx(8 * 2.99 / (10 * 3600 * 2304) * 1e6, rel=1e-12)
+    # 12 GPUs at $2.99 for 10 x 2,304 tokens a second: $0.43258 per million tokens
+    assert row["usd_per_million_tokens"] == pytest.approx(12 * 2.99 / (10 * 3600 * 2304) * 1e6, rel=1e-12)
 
 
 def test_the_hand_worked_front_is_the_pareto_front_of_the_hand_candidates(capsys):

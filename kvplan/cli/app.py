@@ -95,6 +95,10 @@ def estimate(
     bandwidth_efficiency: O.bandwidth_efficiency = None,
     compute_efficiency: O.compute_efficiency = None,
     calibration: O.calibration = None,
+    link_gbps: O.link_gbps = None,
+    link_latency_us: O.link_latency_us = None,
+    no_communication: O.no_communication = False,
+    expert_parallel: O.expert_parallel = False,
     prompt_tokens: O.prompt_tokens = None,
     output_tokens: O.output_tokens = None,
     requests_per_s: O.requests_per_s = None,
@@ -140,6 +144,7 @@ def estimate(
                      bandwidth_efficiency=bandwidth_efficiency, compute_efficiency=compute_efficiency,
                      calibration=calibration, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
                      requests_per_s=requests_per_s, shared_prefix_tokens=shared_prefix_tokens,
+                     link_gbps=link_gbps, link_latency_us=link_latency_us, communication=not no_communication, expert_parallel=expert_parallel,
                      engine_options=engine_flags)
     check_estimate(spec, engine, given, contexts=contexts, tps=tps, kv_cache_dtypes=dtypes, warn=warn_beyond_positions)
     if emit is not None:  # the engine's launch command, not the report (kvplan.plan.emit)

@@ -50,7 +50,7 @@ OldJsonOpt = hidden_alias("--json", "output", "The old spelling of --output.")
 
 def register(app: typer.Typer) -> None:
     """Add the `measure` command to `app`."""
-    from kvplan.cli.app import ModelArg, parse_int_list, warn_beyond_positions
+    from kvplan.cli.app import ModelArg, one_value, parse_int_list, warn_beyond_positions
 
     @app.command()
     def measure(
@@ -73,6 +73,9 @@ def register(app: typer.Typer) -> None:
         tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Exit 1 when a gated memory reading or the decode step is off by more than this fraction (0.05 = 5%).", show_default=False)] = None,
         fmt: O.format(MeasureFormat) = MeasureFormat.table,
         exact: O.bytes = False,
+        tp: O.tp = "1",
+        pp: O.pp = "1",
+        timeout: Annotated[float, typer.Option("--timeout", help="With --tp/--pp: seconds before a run that has not finished is stopped, every rank torn down, and the rank named (exit 1).")] = 600.0,
     ) -> None:
         """Build MODEL with random weights, run a real prefill and cached decode, and compare with the prediction."""
         from kvplan.cli import render
@@ -106,6 +109,11 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"kvplan measure needs torch ({exc}); install it with `pip install 'kvplan[measure]'`") from None
 
         err = render.console(stderr=True)
+        tp, pp = one_value("tp", tp, "measure"), one_value("pp", pp, "measure")
+        if tp != 1 or pp != 1:
+            _measure_parallel(spec, layers, contexts, batches, decode_steps, warmup_steps, dtype.value, kv_cache_dtype,
+                              device.value, seed, verify, tp, pp, timeout, out_path, out_flag, fmt, exact, tolerance, err)
+            return
         report = run_measure(
             MeasureOptions(
                 spec=spec,
@@ -146,3 +154,47 @@ def register(app: typer.Typer) -> None:
         if failures:
             limit = f" beyond --tolerance {tolerance:g}" if tolerance is not None else ""
             raise KvplanError(f"{len(failures)} reading(s){limit}: " + "; ".join(failures), exit_code=1)
+
+
+def _measure_parallel(spec, layers, contexts, batches, decode_steps, warmup_steps, dtype, kv_cache_dtype, device, seed,
+                      verify, tp, pp, timeout, out_path, out_flag, fmt, exact, tolerance, err) -> None:
+    """`measure --tp/--pp`: launch the ranks (or join torchrun), render on rank 0; exit 1 when a rank's cache
+    bytes differ from the prediction or --verify fails."""
+    from kvplan.cli import render
+
+    if tolerance is not None:
+        raise InputError("--tolerance gates the one-process run; with --tp/--pp every rank's cache bytes must equal the prediction exactly")
+    try:
+        from kvplan.cli.measure_parallel import parallel_tables
+        from kvplan.measure.parallel import ParallelOptions, measure_parallel
+        from kvplan.measure.run import MeasureOptions
+    except ImportError as exc:  # torch missing
+        raise InputError(f"kvplan measure needs torch ({exc}); install it with `pip install 'kvplan[measure]'`") from None
+    report = measure_parallel(
+        MeasureOptions(spec=spec, layers=layers, contexts=contexts, batches=batches, decode_steps=decode_steps,
+                       warmup_steps=warmup_steps, dtype=dtype, kv_cache_dtype=kv_cache_dtype, device=device, seed=seed,
+                       verify=verify, progress=lambda message: err.print(message)),
+        ParallelOptions(tp=tp, pp=pp, timeout_s=timeout),
+    )
+    if report is None:  # a torchrun rank other than 0: rank 0 prints
+        return
+    data = report.to_dict()
+    if out_path is not None:
+        write_json_atomic(out_path, data, out_flag)
+    if fmt is MeasureFormat.json:
+        render.write(render.to_json(data))
+    else:
+        out = render.console()
+        for item in parallel_tables(report, exact):
+            out.print(item)
+    failures = [
+        f"rank {r.rank} (context {r.context:,}, batch {r.batch}): cache {r.measured_kv_bytes:,} B, predicted {r.predicted_kv_bytes:,} B"
+        for r in report.runs if r.measured_kv_bytes != r.predicted_kv_bytes
+    ]
+    if report.verify_ok is False:
+        failures.append(
+            f"rank {report.checker_rank}: cached decode differs from recomputation by {report.verify_max_abs_logit_diff:.3g} "
+            f"(sharded vs one-process {report.one_process_max_abs_logit_diff:.3g})"
+        )
+    if failures:
+        raise KvplanError(f"{len(failures)} reading(s) off: " + "; ".join(failures), exit_code=1)

@@ -281,6 +281,8 @@ class StateLayer(nn.Module):
     the two agree to rounding.
     """
 
+    reduce = None  # tensor-parallel: the sum over ranks of x_proj's partial products (kvplan.measure.parallel)
+
     def __init__(self, arch: RunArch, layer: LayerPlan, init: _Init) -> None:
         super().__init__()
         s = arch.state
@@ -350,6 +352,8 @@ class StateLayer(nn.Module):
             y = (h * Cm[:, :, None, :]).sum(-1) + p["D"][:, None] * x
             return {"conv_state": new_conv, "ssm_state": h}, y.reshape(B, -1)
         dbc = F.linear(xc, p["x_proj"])
+        if self.reduce is not None:  # tensor-parallel: x_proj is row-parallel (vLLM MambaMixer), summed over ranks
+            dbc = self.reduce(dbc)
         dt, Bm, Cm = dbc.split([s.dt_rank, s.d_state, s.d_state], dim=-1)
         dt = F.softplus(F.linear(dt, p["dt_proj"], p["dt_proj_bias"]))  # (B, d_inner)
         dA = torch.exp(dt[..., None] * p["A"])  # (B, d_inner, N)
@@ -421,6 +425,10 @@ class StateLayer(nn.Module):
 
 
 class Block(nn.Module):
+    # tensor-parallel: the sum over ranks of the row-parallel outputs (o_proj / out_proj, down_proj), set by
+    # kvplan.measure.parallel; None in one process
+    reduce = None
+
     def __init__(self, arch: RunArch, layer: LayerPlan, init: _Init) -> None:
         super().__init__()
         h = arch.hidden
@@ -437,16 +445,19 @@ class Block(nn.Module):
         self.up_proj = init.linear(layer.mlp_width, h)
         self.down_proj = init.linear(h, layer.mlp_width)
 
+    def _sum(self, x):
+        return x if self.reduce is None else self.reduce(x)
+
     def _mlp(self, x):
         y = rms_norm(x, self.post_attention_layernorm)
-        return x + F.linear(F.silu(F.linear(y, self.gate_proj)) * F.linear(y, self.up_proj), self.down_proj)
+        return x + self._sum(F.linear(F.silu(F.linear(y, self.gate_proj)) * F.linear(y, self.up_proj), self.down_proj))
 
     def prefill(self, x, positions, cache, shared):
         out, kv = self.mixer.prefill(rms_norm(x, self.input_layernorm), positions, cache, shared)
-        return self._mlp(x + out), kv
+        return self._mlp(x + self._sum(out)), kv
 
     def decode(self, x, pos, cache):
-        return self._mlp(x + self.mixer.decode(rms_norm(x, self.input_layernorm), pos, cache))
+        return self._mlp(x + self._sum(self.mixer.decode(rms_norm(x, self.input_layernorm), pos, cache)))
 
 
 class Decoder(nn.Module):

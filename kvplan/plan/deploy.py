@@ -52,7 +52,8 @@ def gpu_figures(gpu: GPU, label: Optional[str] = None) -> GPUFigures:
     from kvplan.plan.planner import GPUFigures
 
     return GPUFigures(label or gpu.name, gpu.memory_bytes, gpu.memory_bandwidth_gbps, gpu.bf16_tflops, gpu.fp8_tflops,
-                      gpu.usd_per_hour, getattr(gpu, "nvml_name", None) or gpu.name)
+                      gpu.usd_per_hour, getattr(gpu, "nvml_name", None) or gpu.name, gpu.link_gbps, gpu.link_latency_us,
+                      gpu.interconnect)
 
 
 def kv_formats(spec: ModelSpec, kv_cache_dtype: str = "auto", state_dtype: Optional[str] = None,
@@ -189,6 +190,10 @@ def plan_options(
     output_tokens: Optional[int] = None,
     requests_per_s: Optional[float] = None,
     shared_prefix_tokens: int = 0,
+    link_gbps: Optional[float] = None,
+    link_latency_us: Optional[float] = None,
+    communication: bool = True,
+    expert_parallel: bool = False,
 ) -> PlanOptions:
     """estimate's flags (single values) -> PlanOptions; None keeps the planner's stated default.
 
@@ -240,6 +245,10 @@ def plan_options(
         output_tokens=output_tokens,
         requests_per_s=requests_per_s,
         shared_prefix_tokens=shared_prefix_tokens,
+        link_gbps=link_gbps,
+        link_latency_us=link_latency_us,
+        communication=communication,
+        expert_parallel=expert_parallel,
         **{k: v for k, v in optional.items() if v is not None},
     )
 

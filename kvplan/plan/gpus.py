@@ -56,6 +56,10 @@ class GPU(BaseModel):
     usd_per_hour_source: Optional[str] = None
     achieved_copy_gbps: Optional[PositiveFloat] = None  # measured large device-local copy, read + write bytes
     achieved_copy_source: Optional[str] = None
+    interconnect: Optional[str] = None  # NVLink / NVSwitch, PCIe, Infinity Fabric
+    link_gbps: Optional[PositiveFloat] = None  # GPU-to-GPU, per direction, GB/s
+    link_latency_us: Optional[NonNegativeFloat] = None  # one ring step
+    link_source: Optional[str] = None
 
     @field_validator("memory_bytes", mode="before")
     @classmethod
@@ -79,6 +83,8 @@ class GPU(BaseModel):
     def _consistent(self) -> "GPU":
         if self.name in self.aliases:
             raise ValueError(f"aliases: {self.name!r} repeats the name")
+        if self.link_gbps is not None and self.link_source is None:
+            raise ValueError("link_source: say where link_gbps comes from")
         if self.achieved_copy_gbps is not None:
             if self.achieved_copy_source is None:
                 raise ValueError("achieved_copy_source: say where achieved_copy_gbps was measured")

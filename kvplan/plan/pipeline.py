@@ -63,6 +63,10 @@ class Settings(NamedTuple):
     output_tokens: Optional[int] = None
     requests_per_s: Optional[float] = None
     shared_prefix_tokens: int = 0
+    link_gbps: Optional[float] = None  # --link-gbps (None: the GPU catalog's interconnect)
+    link_latency_us: Optional[float] = None
+    communication: bool = True
+    expert_parallel: bool = False
     engine_options: Mapping[str, Any] = MappingProxyType({})
     concurrency_curve: bool = False  # vllm / ideal with a GPU: max sequences at 1k, 2k, 4k, ... (estimate's table)
     roofline: bool = True  # False: a profile's capacity only (a GPU given by its memory alone has no bandwidth)
@@ -390,7 +394,8 @@ def plan_options(spec, engine: str, s: Settings, context: int, batch: int, block
         cuda_total_memory=s.cuda_total_memory if planned else None, bandwidth_efficiency=bw_eff,
         compute_efficiency=s.compute_efficiency, prompt_tokens=s.prompt_tokens,
         output_tokens=s.output_tokens, requests_per_s=s.requests_per_s,
-        shared_prefix_tokens=s.shared_prefix_tokens,
+        shared_prefix_tokens=s.shared_prefix_tokens, link_gbps=s.link_gbps, link_latency_us=s.link_latency_us,
+        communication=s.communication, expert_parallel=s.expert_parallel,
     )
 
 

@@ -27,6 +27,7 @@ from kvplan.model.shape import LayerKind, SpecDerived as ModelSpec  # any valida
 from kvplan.engines.vllm_rules import (DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NUM_BATCHED_TOKENS, Pool,
                                        context_limit, stage_budgets, usable_bytes)
 from kvplan.engines.vllm_flags import scheduler_limits, vllm_version
+from kvplan.plan.comm import NCCL_BASE_LATENCY_S, all_to_all_seconds, allreduces_per_stage, ring_allreduce_seconds, send_seconds
 from kvplan.units import counted, fmt_bytes
 
 GIB = 2**30
@@ -86,6 +87,9 @@ class GPUFigures:
     fp8_tflops: float | None
     usd_per_hour: float
     device_name: str = ""  # the name the runtime reports (nvml_name); vLLM's batch defaults read it (A100 or not)
+    link_gbps: float | None = None  # GPU-to-GPU bandwidth per direction (NVLink, PCIe, Infinity Fabric), GB/s; None: unknown
+    link_latency_us: float | None = None  # per ring step, µs
+    interconnect: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +116,10 @@ class PlanOptions:
     output_tokens: int | None = None
     requests_per_s: float | None = None
     shared_prefix_tokens: int = 0
+    link_gbps: float | None = None  # --link-gbps: overrides the GPU catalog's interconnect bandwidth
+    link_latency_us: float | None = None  # --link-latency-us: overrides its latency per ring step
+    communication: bool = True  # --no-communication: leave the all-reduces and stage hand-offs out of the times
+    expert_parallel: bool = False  # --expert-parallel: MoE experts whole, E / tp a rank; all-to-all instead of all-reduce
 
     @property
     def prompt_len(self) -> int:
@@ -190,6 +198,9 @@ class Plan:
     usd_per_million_input_tokens: float | None
     gpus_needed: int | None
     gpus_needed_without_prefix_sharing: int | None
+    # communication (tp / pp > 1), seconds included in decode_step_s / prefill_s; None: not modelled (no link figure)
+    decode_comm_s: float | None
+    prefill_comm_s: float | None
     stages: list[StageMemory] = field(default_factory=list)
     suggestions: list[str] = field(default_factory=list)
     assumptions: dict = field(default_factory=dict)
@@ -219,7 +230,7 @@ class _RooflineMethods:
 ROOFLINE_FIELDS = ("decode_step_s", "decode_bound", "decode_bytes_per_step", "decode_flops_per_step", "prefill_tokens",
                    "prefill_s", "tokens_per_s", "tokens_per_s_per_gpu", "cost_batch", "tokens_per_s_at_cost_batch",
                    "usd_per_hour", "usd_per_million_output_tokens", "usd_per_million_input_tokens", "gpus_needed",
-                   "gpus_needed_without_prefix_sharing")
+                   "gpus_needed_without_prefix_sharing", "decode_comm_s", "prefill_comm_s")
 # Latency, cost and workload of one deployment at one (context, batch): kvplan's roofline over the weights and the
 # KV bytes its engine reads per decode step (`Planner.roofline`), Plan's fields plus its notes and assumptions (the
 # efficiencies, and `kv_read`: what a step reads of a profile's cache). None where nothing runs or a figure has no
@@ -568,6 +579,17 @@ class Planner:
         self.max_num_batched_tokens, self.max_num_seqs = scheduler_limits(
             gpu.memory_bytes, gpu.device_name or gpu.name, opts.context, max_num_batched_tokens=opts.max_num_batched_tokens,
             max_num_seqs=opts.max_num_seqs, version=self.vllm_version)
+        if opts.expert_parallel:
+            experts = spec.num_routed_experts
+            if not experts:
+                raise InputError(f"--expert-parallel: {spec.name} has no routed experts; drop the flag")
+            if opts.tp < 2:
+                raise InputError("--expert-parallel spreads the experts over the tensor-parallel ranks: give --tp 2 or more")
+            if experts % opts.tp:
+                raise InputError(
+                    f"--expert-parallel over {opts.tp} ranks does not divide {spec.name}'s {experts} routed experts "
+                    "(kvplan sizes an even split only); use a --tp that divides them"
+                )
         from kvplan.plan.deploy import default_block_size
 
         self.block_size = opts.block_size or default_block_size(spec, opts.engine)
@@ -673,7 +695,7 @@ class Planner:
             flops = batch * ((2 * body_stage + logits) // tp + attention_flops_decode(spec, counts, self.layout, context, tp))
             t_mem, t_compute = step_bytes / bandwidth, (flops / peak if peak else 0.0)
             bounds.add("memory" if t_mem >= t_compute else "compute")
-            seconds += max(t_mem, t_compute)
+            seconds += max(t_mem, t_compute) + (self.stage_comm_s(i, batch) or 0.0)
             total_bytes += step_bytes
             total_flops += flops
         bound = bounds.pop() if len(bounds) == 1 else "mixed"
@@ -702,8 +724,52 @@ class Planner:
             # logits for the prompt's last token only (engines prune the others before the lm_head)
             logits = lm_head_flops(spec) if i == len(self.layout.layers_per_stage) - 1 else 0
             flops = (2 * params * new + logits) // tp + attn
-            seconds += max(flops / peak, weights[i] / bandwidth)
+            seconds += max(flops / peak, weights[i] / bandwidth) + (self.stage_comm_s(i, new) or 0.0)
         return seconds
+
+    # -- communication -----------------------------------------------------
+
+    def link(self) -> tuple[float, float] | None:
+        """(GB/s per direction, latency s per ring step) between this replica's GPUs: the flags, else the GPU
+        catalog's interconnect; None where neither gives a bandwidth or --no-communication."""
+        opts, gpu = self.opts, self.gpu
+        gbps = opts.link_gbps if opts.link_gbps is not None else gpu.link_gbps
+        latency_us = opts.link_latency_us if opts.link_latency_us is not None else gpu.link_latency_us
+        if not opts.communication or not gbps:
+            return None
+        return gbps, (latency_us or 0.0) * 1e-6
+
+    def stage_comm_s(self, stage: int, tokens: int) -> float | None:
+        """Seconds one forward of `tokens` tokens (all sequences together) spends communicating on one rank of
+        `stage` (kvplan.plan.comm): 2 ring all-reduces per layer (+1 on the first stage, the vocab-parallel
+        embedding) of tokens x hidden activations, and on every stage but the last the hand-off of the same
+        activations to the next stage. 0 at tp = pp = 1; None: not modelled (no link figure)."""
+        opts = self.opts
+        if opts.tp * opts.pp == 1:
+            return 0.0
+        link = self.link()
+        if link is None:
+            return None
+        gbps, latency = link
+        message = tokens * self.spec.hidden_size * self.dtype_bytes
+        count = allreduces_per_stage(self.layout.layers_per_stage[stage], 0, stage == 0)
+        allreduces = count.hidden_messages
+        seconds = 0.0
+        if opts.expert_parallel:  # a MoE layer's MLP: dispatch + combine all-to-alls of top_k rows a token, no all-reduce
+            start = sum(self.layout.layers_per_stage[:stage])
+            moe = self.spec.moe_layers_between(start, start + self.layout.layers_per_stage[stage])
+            allreduces -= moe
+            routed = message * (self.spec.num_experts_per_tok or 1)
+            seconds += 2 * moe * all_to_all_seconds(routed, opts.tp, gbps, latency, NCCL_BASE_LATENCY_S)
+        seconds += allreduces * ring_allreduce_seconds(message, opts.tp, gbps, latency, NCCL_BASE_LATENCY_S)
+        if stage < opts.pp - 1:
+            seconds += send_seconds(message, gbps, latency)
+        return seconds
+
+    def comm_s(self, tokens: int) -> float | None:
+        """All stages' communication for one forward of `tokens` tokens (None: not modelled)."""
+        parts = [self.stage_comm_s(i, tokens) for i in range(self.opts.pp)]
+        return None if None in parts else sum(parts)
 
     # -- everything -------------------------------------------------------
 
@@ -866,12 +932,29 @@ class Planner:
             notes.append("no workload figure: nothing runs on this GPU at these settings")
         assumptions = {"bandwidth_efficiency": opts.bandwidth_efficiency,
                        "compute_efficiency": opts.compute_efficiency}
+        decode_comm = prefill_comm = 0.0 if runs else None
+        if n_gpus > 1 and runs:
+            link = self.link()
+            decode_comm, prefill_comm = self.comm_s(batch), self.comm_s(prompt)
+            if link is None:
+                notes.append("communication left out: " + ("--no-communication" if not opts.communication else
+                             "no interconnect figure for this GPU; give --link-gbps (and --link-latency-us)"))
+            else:
+                assumptions["link_gbps"], assumptions["link_latency_us"] = link[0], link[1] * 1e6
+                notes.append(f"communication: {fmt_seconds_short(decode_comm)} of the decode step and "
+                             f"{fmt_seconds_short(prefill_comm)} of the prefill are tp all-reduces"
+                             + (" and pp hand-offs" if opts.pp > 1 else "")
+                             + f" over {link[0]:g} GB/s, {link[1] * 1e6:g} µs a ring step")
+                if opts.pp > 1:
+                    notes.append(
+                        f"pipeline: one micro-batch passes the {opts.pp} stages in turn, so a step is the sum of the "
+                        f"stages and each GPU idles about {(opts.pp - 1) / opts.pp:.0%} of it (the bubble)")
         if kv_read:
             assumptions["kv_read"] = kv_read
         return Roofline(decode_s, bound, step_bytes, step_flops, prompt, prefill_s, tokens_per_s,
                         None if tokens_per_s is None else tokens_per_s / n_gpus, cost_batch, cost_tps,
                         gpu.usd_per_hour * n_gpus or None, usd_out, usd_in, gpus_needed, gpus_no_prefix,
-                        tuple(notes), assumptions)
+                        decode_comm, prefill_comm, tuple(notes), assumptions)
 
     def _limits_source(self) -> str:
         """Where max_num_batched_tokens and max_num_seqs come from: the flags, or vLLM's defaults for the GPU."""
@@ -956,6 +1039,17 @@ class Planner:
 
     def assumptions(self) -> dict:
         o = self.opts
+        link = self.link() if o.tp * o.pp > 1 else None
+        ep = {} if not o.expert_parallel else {
+            "expert_parallel": "experts whole, routed experts / tp a rank (the same weight bytes per rank as tp's "
+                               "1/tp of each); a MoE layer's MLP all-reduce becomes 2 all-to-alls of tokens x top_k x hidden",
+        }
+        comm = {} if link is None else {
+            "link_gbps": link[0], "link_latency_us": link[1] * 1e6,
+            "link": self.gpu.interconnect if o.link_gbps is None and self.gpu.interconnect else "--link-gbps",
+            "communication": "ring all-reduce: NCCL base 3.6 us + 2(tp-1) x latency + 2(tp-1)/tp x message / link, "
+                             "2 per layer + 1 (embedding), message = tokens x hidden x activation bytes; pp: one hand-off per stage boundary",
+        }
         return {
             "gpu_memory_utilization": o.gpu_memory_utilization,
             "activation_bytes": self.activation,
@@ -970,7 +1064,13 @@ class Planner:
             "bandwidth_efficiency": o.bandwidth_efficiency,
             "compute_efficiency": o.compute_efficiency,
             "weights": self._weights_assumption(),
+            **comm,
+            **ep,
         }
+
+
+def fmt_seconds_short(s: float) -> str:
+    return f"{s * 1e6:,.1f} µs" if s < 1e-3 else f"{s * 1e3:,.3f} ms"
 
 
 def _replace(opts: PlanOptions, **changes) -> PlanOptions:

@@ -384,6 +384,7 @@ def _decode_seconds(planner, batch, context: int):
     (`decode_weight_fraction`) + batch x one sequence's KV held (less the latents sparse attention skips);
     the input embedding's looked-up rows grow by one per sequence (read from the planner at 1 and 2 rows).
     FLOPs = batch x the step's FLOPs for one sequence (`decode_step` at batch 1).
+    Plus each stage's all-reduces and hand-off (`Planner.stage_comm_s`), linear in the batch's tokens.
     """
     import numpy as np
 
@@ -415,7 +416,9 @@ def _decode_seconds(planner, batch, context: int):
         flops = batch * one[i]
         t_mem = step_bytes / bandwidth
         t_compute = flops / peak if peak else np.zeros(len(batch))
-        seconds += np.maximum(t_mem, t_compute)
+        # the stage's communication (Planner.stage_comm_s: linear in the tokens of the step, read at 1 and 2)
+        c1, c2 = planner.stage_comm_s(i, 1) or 0.0, planner.stage_comm_s(i, 2) or 0.0
+        seconds += np.maximum(t_mem, t_compute) + c1 + (batch - 1) * (c2 - c1)
     return seconds
 
 
