@@ -38,13 +38,13 @@ def parse_token_count(text: Union[str, int], flag: str) -> int:
         raise InputError(f"{flag} {exc}") from None
 
 
-def default_block_size(spec: ModelSpec, engine: Union[str, "Engine"]) -> int:
-    """vLLM: 16 on CUDA, 64 for MLA (FlashMLA requires it); ideal: 1 (no paging)."""
+def default_block_size(spec: ModelSpec, engine: Union[str, "Engine"], rules=None) -> int:
+    """vLLM: 16 on CUDA, 64 for MLA (FlashMLA requires it), 128 on its CPU backend (`rules`); ideal: 1 (no paging)."""
     if engine == "ideal":  # Engine is a str Enum: Engine.ideal == "ideal"
         return 1
     from kvplan.engines.vllm_rules import default_block_size as vllm_default
 
-    return vllm_default(spec)
+    return vllm_default(spec, rules)
 
 
 def gpu_figures(gpu: GPU, label: Optional[str] = None) -> GPUFigures:
@@ -182,6 +182,7 @@ def plan_options(
     output_tokens: Optional[int] = None,
     requests_per_s: Optional[float] = None,
     shared_prefix_tokens: int = 0,
+    vllm_rules=None,
 ) -> PlanOptions:
     """estimate's flags (single values) -> PlanOptions; None keeps the planner's stated default.
 
@@ -216,7 +217,7 @@ def plan_options(
         tp=tp,
         pp=pp,
         engine=engine,
-        block_size=block_size or default_block_size(spec, engine),
+        block_size=block_size or default_block_size(spec, engine, vllm_rules),
         weights_dtype=dtype,
         weights_bytes=_size(weights_bytes, "--weights-bytes"),
         gpu_memory_utilization=gpu_memory_utilization,
@@ -227,6 +228,7 @@ def plan_options(
         output_tokens=output_tokens,
         requests_per_s=requests_per_s,
         shared_prefix_tokens=shared_prefix_tokens,
+        vllm_rules=vllm_rules if engine == "vllm" else None,
         **{k: v for k, v in optional.items() if v is not None},
     )
 

@@ -166,8 +166,19 @@ def planned_layout(spec, engine: str, pair, state, s: Settings):
         return CacheLayout(spec, pair, block_size=1, tp=s.tp, pp=s.pp, state_format=state)
     from kvplan.engines.vllm_rules import paged_layout
 
-    return paged_layout(spec, pair, state, s.block_size or default_block_size(spec, engine), s.tp, s.pp,
-                        engine == "vllm")
+    rules = vllm_rules_of(s) if engine == "vllm" else None
+    from kvplan.engines.vllm_rules import block_size_override
+
+    block = block_size_override(spec, rules) or s.block_size or default_block_size(spec, engine, rules)
+    return paged_layout(spec, pair, state, block, s.tp, s.pp,
+                        engine == "vllm", rules)
+
+
+def vllm_rules_of(s: Settings):
+    """The vLLM version and flags of `s.engine_options` (`kvplan.engines.options.vllm_rules`)."""
+    from kvplan.engines.options import vllm_rules
+
+    return vllm_rules(s.engine_options)
 
 
 # ------------------------------------------------------------------ what estimate refuses
@@ -215,6 +226,16 @@ def check_estimate(spec, engine: str, s: Settings, *, contexts: Sequence[int], t
         raise InputError(f"--block-size must be a positive number of tokens, got {s.block_size}")
     for d in kv_cache_dtypes:  # (K/V pair, state format): refused up front as bad input
         deploy.kv_formats(spec, d, s.state_dtype)
+    if engine == "vllm":
+        rules = vllm_rules_of(s)  # refuses a --vllm-version, --device, --mamba-cache-mode vLLM does not have
+        from kvplan.engines.vllm_rules import block_size_refusal
+
+        problem = block_size_refusal(s.block_size, rules, spec)
+        if problem:
+            raise InputError(problem)
+        if rules.max_model_len is not None and max(contexts) > rules.max_model_len:
+            raise InputError(f"--context {max(contexts):,} is longer than --max-model-len {rules.max_model_len:,}: "
+                             "vLLM refuses a request past its max_model_len (raise --max-model-len)")
     if engine == "vllm":  # a format vLLM's argparse refuses is bad input there, and here
         for d in kv_cache_dtypes:
             problem = deploy.vllm_kv_dtype_problem(spec, d)
@@ -250,7 +271,9 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
     needs_gpu = {"--calibration": s.calibration, "--requests-per-s": s.requests_per_s,
                  "--bandwidth-efficiency": s.bandwidth_efficiency, "--compute-efficiency": s.compute_efficiency,
                  "--gpu-memory-utilization": s.gpu_memory_utilization, "--weights-bytes": s.weights_bytes,
-                 "--output-tokens": None if engine in PLANNED else s.output_tokens}
+                 "--output-tokens": None if engine in PLANNED else s.output_tokens,
+                 "--kv-cache-memory-bytes": s.engine_options.get("kv_cache_memory_bytes"),
+                 "--num-gpu-blocks-override": s.engine_options.get("num_gpu_blocks_override")}
     given = [flag for flag, value in needs_gpu.items() if value is not None]
     if gpu is None and given:  # never ignored in silence: it would change nothing
         raise InputError(f"{given[0]} needs a GPU: --gpu is needed for capacity, latency and cost "
@@ -348,7 +371,7 @@ def plan_options(spec, engine: str, s: Settings, context: int, batch: int, block
         max_num_batched_tokens=s.max_num_batched_tokens if planned else None, bandwidth_efficiency=bw_eff,
         compute_efficiency=s.compute_efficiency, prompt_tokens=s.prompt_tokens,
         output_tokens=s.output_tokens, requests_per_s=s.requests_per_s,
-        shared_prefix_tokens=s.shared_prefix_tokens,
+        shared_prefix_tokens=s.shared_prefix_tokens, vllm_rules=vllm_rules_of(s) if engine == "vllm" else None,
     )
 
 
