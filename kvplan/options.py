@@ -145,6 +145,26 @@ OPTIONS: tuple[Option, ...] = (
        plan=False),
     _O("shared_prefix_tokens", ("--shared-prefix-tokens",), "tokens", "Prompt tokens every request shares, cached "
        "once (prefix caching).", PLANNER, default="0", plan=False),
+    # ---- vllm (vLLM's own flags, its names and values; kvplan.engines.vllm_rules.VllmRules)
+    _O("vllm_version", ("--vllm-version",), "str", "vllm: the release whose rules apply: 0.32 (default) or 0.10 "
+       "(the logged token figure, hybrid block sizes, Mamba cache modes, window reservations, refusals).",
+       ("vllm",)),
+    _O("vllm_device", ("--device",), "str", "vllm: cuda (default) or cpu (vLLM's CPU backend: 128-token blocks, 16 for "
+       "MLA; no async scheduling; the budget is --kv-cache-memory-bytes, as VLLM_CPU_KVCACHE_SPACE GiB sets it).",
+       ("vllm",)),
+    _O("max_model_len", ("--max-model-len",), "tokens", "vllm: max_model_len, the length its log's concurrency and "
+       "its start-up checks are at (default: --context; --context may not exceed it).", ("vllm",)),
+    _O("enable_prefix_caching", ("--enable-prefix-caching/--no-enable-prefix-caching",), "bool", "vllm: prefix "
+       "caching (default: on, off for an attention-free model); on, a Mamba hybrid keeps 2 state pages per request "
+       "(mamba_cache_mode align).", ("vllm",)),
+    _O("mamba_cache_mode", ("--mamba-cache-mode",), "str", "vllm 0.32: none or align (vLLM turns it to align "
+       "with prefix caching on, to none with it off).", ("vllm",)),
+    _O("disable_hybrid_kv_cache_manager", ("--disable-hybrid-kv-cache-manager",), "bool", "vllm: page sliding and "
+       "chunked layers as full attention (one group) when the model has full-attention layers.", ("vllm",)),
+    _O("num_gpu_blocks_override", ("--num-gpu-blocks-override",), "int", "vllm: the number of KV blocks, "
+       "whatever the memory holds.", ("vllm",)),
+    _O("kv_cache_memory_bytes", ("--kv-cache-memory-bytes",), "bytes", "vllm: KV cache bytes per rank (4GiB, "
+       "4294967296), replacing the gpu_memory_utilization budget rule.", ("vllm",)),
     # ---- hf (transformers)
     _O("hf_cache", ("--hf-cache",), "str", "hf: dynamic (DynamicCache, generate()'s default), static (StaticCache) "
        "or quantized (QuantizedCache).", ("hf",), default="dynamic"),
@@ -216,8 +236,9 @@ BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 _TOKEN_FLAGS = frozenset(o.flag for o in OPTIONS if o.key == "context" or o.kind == "tokens")
 
 # Each engine profile's own option keys (flags and plan keys alike), in the table's order.
+# vllm's own keys (its flags beyond the planner's) come first, as the engines' order has it.
 OPTION_KEYS: dict[str, tuple[str, ...]] = {
-    e: tuple(o.key for o in OPTIONS if o.engines == (e,)) for e in PROFILES
+    e: tuple(o.key for o in OPTIONS if o.engines == (e,)) for e in ("vllm",) + PROFILES
 }
 ALL_OPTION_KEYS = tuple(k for keys in OPTION_KEYS.values() for k in keys)
 # Keys only kvplan's planner reads that the profiles replace with their own budget rules (a profile refuses them;

@@ -269,7 +269,7 @@ def test_malformed_yaml_names_file_and_line(capsys, tmp_path):
 
 def test_spec_path_works(capsys, tmp_path):
     path = spec_file(tmp_path, BASE)
-    r = run_cli(capsys, "estimate", str(path), "-c", "10", "-f", "json", "--block-size", "1")
+    r = run_cli(capsys, "estimate", str(path), "-c", "10", "-f", "json", "--engine", "ideal", "--block-size", "1")
     assert json.loads(r.stdout)["kv_bytes_total"] == 10 * 2 * 4 * 16 * 2 * 2
 
 

@@ -345,9 +345,10 @@ def test_a_prompt_that_does_not_fit_is_told_the_room_beside_the_output(capsys):
 
 def test_a_batch_too_large_for_any_context_says_so_not_that_the_weights_leave_no_room(capsys):
     # Issue #11: 100,000 sequences at 8k on an H100 said "the weights alone leave no room for KV"
-    # beside a 55.05 GiB KV budget. vLLM's log line gives 450,944 tokens = 28,184 blocks of 16;
-    # a sequence of 8,192 tokens takes 8,192 / 16 = 512 blocks: 28,184 // 512 = 55 fit, and even
-    # at 1 token (one block each) only 28,184 sequences do, so 100,000 fit at no context.
+    # beside a 55.05 GiB KV budget: 28,184 blocks of 16 (vLLM 0.32 logs int(28,184 / 512 x 8,192) =
+    # 450,944 tokens); a sequence of 8,192 tokens takes 8,192 / 16 = 512 blocks: 28,184 // 512 = 55 fit,
+    # and even at 1 token (one block each) only 28,183 sequences do (vLLM 0.32 holds the null block back),
+    # so 100,000 fit at no context.
     args = ("estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--context", "8k", "--batch", "100000")
     r = run_cli(capsys, *args)
     assert r.exit_code == 0, r.stderr
@@ -355,7 +356,7 @@ def test_a_batch_too_large_for_any_context_says_so_not_that_the_weights_leave_no
     would = pair_values(r.stdout, "would fit")
     assert would == [
         "--batch 55 is the most that fits at 8,192 tokens",
-        "100,000 sequences fit at no context: the 55.05 GiB KV budget holds at most 28,184 sequences even of 1 token each",
+        "100,000 sequences fit at no context: the 55.05 GiB KV budget holds at most 28,183 sequences even of 1 token each",
     ]
     data = json.loads(run_cli(capsys, *args, "-f", "json").stdout)
     assert data["vllm_kv_cache_tokens"] == 450_944 and data["max_concurrent_sequences"] == 55

@@ -38,11 +38,17 @@ def test_vllm_counts_blocks_of_16_tokens_in_its_budget(spec):
     assert cap.kv_budget_bytes == BUDGET == 58_518_929_408
     blocks = BUDGET // (16 * 4096 * 32)  # 27,904 block ids of 2 MiB
     assert blocks == 27_904
-    assert cap.max_concurrent_sequences == blocks // 7 == 3_986  # ceil(100 / 16) = 7 blocks a request
-    assert cap.max_total_tokens == blocks * 16 == 446_464
-    assert "GPU KV cache size: 446,464 tokens" in cap.log_lines
+    # ceil(100 / 16) = 7 blocks a request, from the blocks less vLLM 0.32's null block
+    assert cap.max_concurrent_sequences == (blocks - 1) // 7 == 3_986
+    # vLLM 0.32 get_kv_cache_capacity: int(27,904 / 7 x 100) = int(398,628.57...)
+    assert cap.max_total_tokens == 398_628
+    assert ("GPU KV cache size: 398,628 tokens, Maximum concurrency for 100 tokens per request: 3986.29x"
+            in cap.log_lines)
     assert cap.max_context_tokens == 131_072  # 8,192 blocks at max_position_embeddings: it fits
-    assert cap.settings == {"gpu_memory_utilization": 0.9, "block_size": 16} and cap.fits
+    assert cap.settings == {"gpu_memory_utilization": 0.9, "block_size": 16, "vllm_version": "0.32",
+                            "vllm_block_size": 16, "vllm_num_blocks": 27_904, "vllm_kv_cache_tokens": 398_628,
+                            "vllm_max_concurrency": 3986.29, "vllm_starts": True, "vllm_refusal": None,
+                            "vllm_estimated_max_model_len": None} and cap.fits
 
 
 def test_ideal_counts_exactly_the_tokens_held(spec):

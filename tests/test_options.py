@@ -66,7 +66,10 @@ def test_every_commands_flags_come_from_the_table():
                 continue
             assert param.name in by_param, f"{name} {param.opts}: not in kvplan.options.OPTIONS"
             option = by_param[param.name]
-            assert tuple(param.opts) == option.flags, (name, param.name)
+            opts = tuple(param.opts)
+            if param.secondary_opts:  # an on/off pair, as vLLM spells it: --enable-prefix-caching/--no-...
+                opts = tuple(f"{a}/{b}" for a, b in zip(param.opts, param.secondary_opts))
+            assert opts == option.flags, (name, param.name)
             assert param.help == option.help, (name, param.name)
             assert param.type.name == _click_type_name(option.kind), (name, param.name, param.type.name)
             # the table's default, or None: "not given", the engine's own default applies (kvplan.engines.options)

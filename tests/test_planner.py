@@ -32,6 +32,11 @@ JAMBA = dict(name="jamba-v0.1", num_parameters=51 * 10**9, hidden_size=4096, num
 
 
 def planner(arch, gpu, **opts):
+    """The planner under vLLM 0.10's pool rules, which these tests work by hand (engine-rules.md §1; 0.32's
+    are tests/test_vllm_versions.py's)."""
+    from kvplan.engines.vllm_rules import VllmRules
+
+    opts.setdefault("vllm_rules", VllmRules(version="0.10"))
     spec = make_spec(**arch)
     return Planner(spec, gpu, parse_format_pair(opts.pop("dtype", "bf16"), spec.dtype), PlanOptions(**opts))
 

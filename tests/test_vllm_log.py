@@ -170,8 +170,10 @@ def test_cpu_0_32_attention_log_from_the_real_engine():
     assert terms["blocks"].kvplan == 65_536
     assert terms["maximum concurrency"].kvplan == terms["maximum concurrency"].logged == 2048.0
     # vLLM 0.32 logs int(2048.00 x 1000) = 2,048,000 tokens (kv_cache_utils.get_kv_cache_capacity), not
-    # 65,536 x 32: the note names the rule
-    assert any("max concurrency x max_model_len (2048.00 x 1,000" in n for n in result.notes)
+    # 65,536 x 32 = 2,097,152: kvplan's 0.32 rules give the same figure, so no note is needed
+    assert terms["KV cache tokens"].kvplan == terms["KV cache tokens"].logged == 2_048_000
+    assert not any("max concurrency x max_model_len" in n for n in result.notes)
+    assert "kvplan's pool follows vLLM 0.32's rules on its CPU platform" in result.notes
 
 
 def test_without_a_model_only_the_log_is_shown():

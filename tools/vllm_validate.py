@@ -299,24 +299,26 @@ _WEIGHTS = 2**30
 
 
 def kvplan_options(record: dict, config: dict) -> dict:
-    """THE adapter: the engine start's settings as kvplan's options (`kvplan.estimate(model, **options)`).
-
-    kvplan has no --device cpu and no --kv-cache-memory-bytes yet (helper V1a adds both, with
-    --max-model-len and the prefix-caching flags): until then the KV budget is a GPU of budget + 1 GiB whose
-    weights take the 1 GiB, used whole (utilization 1, no activations, no non-torch memory), and what the
-    CPU platform decides for the user (its default block size, max_num_batched_tokens and the float32 SSM
-    state it forces on an AVX512-BF16 CPU) is passed explicitly. Prefix caching has no kvplan flag: kvplan
-    models it off (mamba_cache_mode "none"). At merge, switch this one function to the new flags."""
+    """THE adapter: the engine start's settings as kvplan's options (`kvplan.estimate(model, **options)`), in
+    vLLM's own flags: --device cpu, --kv-cache-memory-bytes (the budget vLLM was given), --max-model-len, the
+    prefix-caching switch, --block-size when the start named one (else the CPU platform's default, which
+    kvplan's --device cpu applies). A GPU is still named for capacity (its memory is not read: the KV budget is
+    given). The max_num_batched_tokens the engine resolved is passed as given (the CPU platform's default,
+    and MLA's max(max_model_len, 2048), are not kvplan's GPU defaults), and the float32 SSM state the CPU
+    platform forces on an AVX512-BF16 CPU is given as --state-dtype bf16/fp32."""
     s, resolved = record["settings"], record.get("resolved") or {}
     mla = bool(config.get("kv_lora_rank"))
     mml = s["max_model_len"]
-    block = CPU_MLA_BLOCK_SIZE if mla else (s.get("block_size") or CPU_DEFAULT_BLOCK_SIZE)
     batched = resolved.get("max_num_batched_tokens") or (
         max(mml, CPU_MLA_MIN_BATCHED_TOKENS) if mla else CPU_MAX_NUM_BATCHED_TOKENS)
     opts: dict[str, Any] = dict(
-        context=mml, batch=1, block_size=block, kv_cache_dtype=s.get("kv_cache_dtype", "auto"),
-        gpu_memory=str(s["kv_cache_memory_bytes"] + _WEIGHTS), gpu_bandwidth=100, gpu_memory_utilization=1,
-        activation_memory="0", non_torch_memory="0", weights_bytes=str(_WEIGHTS), max_num_batched_tokens=batched)
+        context=mml, batch=1, kv_cache_dtype=s.get("kv_cache_dtype", "auto"), vllm_device="cpu",
+        kv_cache_memory_bytes=str(s["kv_cache_memory_bytes"]), max_model_len=mml,
+        gpu_memory=str(80 * 2**30), gpu_bandwidth=100, weights_bytes=str(_WEIGHTS), max_num_batched_tokens=batched)
+    if s.get("block_size"):
+        opts["block_size"] = s["block_size"]
+    if "enable_prefix_caching" in s:
+        opts["enable_prefix_caching"] = bool(s["enable_prefix_caching"])
     if _has_state(config):
         # conv: --mamba-cache-dtype auto = the model's bf16; SSM: float32 (platforms/cpu.py: "Reset SSM cache
         # type to float32 for accelerated GDN mamba backend ...", on a CPU with AVX512-BF16)
@@ -376,22 +378,16 @@ def kvplan_figures(record: dict, config: dict) -> dict:
             out = kvplan.estimate(str(Path(d) / "config.json"), **kvplan_options(record, config)).to_dict()
         except InputError as e:  # kvplan refuses the settings outright (exit 2 on the CLI)
             return {"starts": False, "block_size": None, "num_blocks": None, "kv_cache_tokens": None,
-                    "max_concurrency": None, "log_line": None, "refusal": f"kvplan: {e}",
+                    "max_concurrency": None, "log_line": None, "refusal": _refusal_text(str(e)),
                     "estimated_max_model_len": None}
     log = out.get("vllm_log") or []
     starts = bool(out.get("vllm_starts"))
-    size = next((l for l in log if "KV cache size" in l), None)
-    conc_line = next((l for l in log if l.startswith("Maximum concurrency")), None)
-    line = None
-    if size and conc_line:
-        # vLLM 0.32 logs one line, "<device> KV cache size: N tokens, Maximum concurrency ...", where kvplan prints
-        # the two lines of earlier releases with the device GPU: joined here, device CPU (the --device gap)
-        line = f"{size}, {conc_line}".replace("GPU KV cache size", "CPU KV cache size")
+    line = next((l for l in log if "KV cache size" in l), None)  # 0.32: one line, "CPU KV cache size: ..., Maximum ..."
     conc = out.get("vllm_max_concurrency")
     refusal = None if starts else (_refusal_text(log[-1]) if log else None)
     return {
         "starts": starts,
-        "block_size": out.get("block_size") if starts else None,
+        "block_size": (out.get("vllm_block_size") or out.get("block_size")) if starts else None,
         "num_blocks": out.get("vllm_num_blocks") if starts else None,
         "kv_cache_tokens": out.get("vllm_kv_cache_tokens") if starts else None,
         "max_concurrency": None if conc is None or not starts else f"{conc:.2f}",

@@ -289,6 +289,7 @@ def register(app: typer.Typer) -> None:
     @tees_output(_compare_inputs)
     @engine_flags(after="prompt_tokens", engines=("llama.cpp", "sglang", "trtllm"), table_defaults=True)
     @engine_flags(after="block_size", engines=("hf",), table_defaults=True)  # each row takes its own engine's
+    @engine_flags(after="max_num_batched_tokens", engines=("vllm",))  # None: vLLM's own defaults
     def compare(
         model: Annotated[str, typer.Argument(help="A catalog name (see `kvplan models`) or a path to a spec YAML.", show_default=False)],
         context: O.context = "8192",

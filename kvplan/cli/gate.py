@@ -333,17 +333,30 @@ def _evaluate(i: int, entry, name: str, base: Path, line_of: Callable, specs: di
         )
         layout = deployment.layout()
         refusal = vllm_refusal(deployment.spec, entry.kv_cache_dtype, entry.context) if entry.engine == "vllm" else None
+        own = {k: v for k in _option_keys("vllm") if (v := getattr(entry, k)) is not None}
+        if entry.engine == "vllm":
+            from kvplan.engines.options import vllm_rules
+            from kvplan.engines.vllm_rules import block_size_refusal
+
+            rules = vllm_rules(own)  # a value vLLM does not take is this entry's error
+            problem = block_size_refusal(entry.block_size, rules, specs[ref])
+            if problem:
+                raise InputError(problem)
+            if rules.max_model_len is not None and entry.context > rules.max_model_len:
+                raise InputError(f"context {entry.context:,} is longer than max_model_len {rules.max_model_len:,}: "
+                                 "vLLM refuses a request past its max_model_len")
         if deployment.gpu is None or refusal:  # nothing of a GPU is read (a refusal fails every budget in its words)
             settings = Settings(**{**_shared_settings(entry, base), **dict.fromkeys(_GPU_KEYS)}, pp=entry.pp,
                                 block_size=entry.block_size, max_num_batched_tokens=entry.max_num_batched_tokens,
-                                max_num_seqs=entry.max_num_seqs)  # no GPU: no budget to start from
+                                max_num_seqs=entry.max_num_seqs, engine_options=own)  # no GPU: no budget to start from
         else:
             _check_cost_inputs(entry, deployment.gpu)
             settings = Settings(**_shared_settings(entry, base), gpu=gpu_ref, gpu_label=deployment.gpu.name,
                                 pp=entry.pp, block_size=entry.block_size,
                                 gpu_memory_utilization=entry.gpu_memory_utilization,
                                 max_num_batched_tokens=entry.max_num_batched_tokens,
-                                max_num_seqs=entry.max_num_seqs, cuda_total_memory=entry.cuda_total_memory)
+                                max_num_seqs=entry.max_num_seqs, cuda_total_memory=entry.cuda_total_memory,
+                                engine_options=own)
         answer = run(deployment.spec, entry.engine, settings)  # the pipeline, as for every engine
         figures = answer_figures(answer, tp=entry.tp, kv_bytes_per_token=layout.kv_bytes_per_token)
     except InputError as exc:
@@ -557,8 +570,21 @@ def diff(
     flags = given_engine_options(engine_options)
     given = {k: v for k, v in flags.items() if v is not None}  # None: not given, the engine's default
     options = _diff_engine_options(engine, tp, pp, given, [k for k in PLANNER_KEYS if k in extra])
-    before, before_side = _diff_figures(before_spec, gpu, kv_cache_dtype, settings, options, before_label, extra)
-    after, after_side = _diff_figures(after_spec, gpu, kv_cache_dtype, settings, options, after_label, extra)
+    # vLLM's own flags (--vllm-version, --kv-cache-memory-bytes, ...) for the planner's engine
+    own = {k: v for k, v in given.items() if k in _option_keys("vllm")} if engine == "vllm" else {}
+    if own or (engine == "vllm" and block_size is not None):
+        from kvplan.engines.options import vllm_rules
+        from kvplan.engines.vllm_rules import block_size_refusal
+
+        rules = vllm_rules(own)
+        problem = block_size_refusal(block_size, rules, before_spec)
+        if problem:
+            raise InputError(problem)
+        if rules.max_model_len is not None and settings["context"] > rules.max_model_len:
+            raise InputError(f"--context {settings['context']:,} is longer than --max-model-len "
+                             f"{rules.max_model_len:,}: vLLM refuses a request past its max_model_len")
+    before, before_side = _diff_figures(before_spec, gpu, kv_cache_dtype, settings, options, before_label, extra, own)
+    after, after_side = _diff_figures(after_spec, gpu, kv_cache_dtype, settings, options, after_label, extra, own)
     deltas = metric_deltas(before, after)
     failures = gate_failures(deltas, fail_on_increase) if fail_on_increase is not None else []
     record = {
@@ -567,6 +593,7 @@ def diff(
         **settings,
         **extra,
         **({"engine_options": options} if options is not None else {}),
+        **({"vllm_options": own} if own else {}),
         "metrics": {d.metric: d.to_dict() for d in deltas},
         "fail_on_increase_pct": fail_on_increase,
         "failed": [d.metric for d in failures],
@@ -594,7 +621,7 @@ def _diff_engine_options(engine: str, tp: int, pp: int, given: dict, planner: li
 
 
 def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: Optional[dict],
-                  label: str, extra: Optional[dict] = None) -> tuple[dict, dict]:
+                  label: str, extra: Optional[dict] = None, vllm_options: Optional[dict] = None) -> tuple[dict, dict]:
     """The DIFF_METRICS of one spec, and what describes its side (model, GPU, formats).
 
     Under an engine profile (`options` not None) the bytes per token and per
@@ -637,7 +664,8 @@ def _diff_figures(spec, gpu: str, kv_cache_dtype: str, settings: dict, options: 
     deployment.planner()  # no GPU: refused in its words
     s = {k: v for k, v in settings.items() if k != "engine"}
     plan = run(spec, settings["engine"], Settings(**s, **(extra or {}), gpu=gpu, gpu_label=deployment.gpu.name,
-                                                  kv_cache_dtype=kv_cache_dtype), engine_rows=False).plan
+                                                  kv_cache_dtype=kv_cache_dtype, engine_options=vllm_options or {}),
+               engine_rows=False).plan
     figures = {
         "kv_bytes_per_token": layout.kv_bytes_per_token,
         "kv_bytes_per_sequence": estimate.kv_bytes_per_sequence,

@@ -65,7 +65,7 @@ class _Options:
 O = _Options()
 
 
-def engine_flags(after: str, *, engines: Iterable[str] = PROFILES, table_defaults: bool = False) -> Callable:
+def engine_flags(after: str, *, engines: Iterable[str] = ("vllm",) + PROFILES, table_defaults: bool = False) -> Callable:
     """Every engine profile's own flags (`kvplan.options.OPTION_KEYS`, in the table's order; those of `engines`) as
     parameters of a command, placed after its parameter `after`; the command takes them as `**engine_options`.
 

@@ -82,7 +82,7 @@ def key_problems(engine: str, keys: Iterable[str], *, tp: int = 1, pp: int = 1) 
     """
     keys = list(keys)
     out = [KeyProblem(k, "engine", owner) for k, owner in misplaced(engine, keys)]
-    if engine in OPTION_KEYS:
+    if engine in OPTION_KEYS and engine != "vllm":
         out += [KeyProblem(k, "planner") for k in keys if k in PLANNER_KEYS]
         if tp > 1 and engine in SINGLE_DEVICE:
             out.append(KeyProblem("tp", "tp", value=tp))
@@ -120,6 +120,8 @@ def engine_options(engine: str, kv_cache_dtype: str = "auto", values: Optional[M
         module = importlib.import_module(f"kvplan.engines.{engine}")
         cls = module.IdealOptions if engine == "ideal" else module.VllmOptions
         planned = {k: v for k, v in (values or {}).items() if k in PLANNER_KEYS and v is not None}
+        if engine == "vllm":
+            planned["rules"] = vllm_rules(values)
         return replace(cls(), tp=tp, pp=pp, **planned)
     given = {_FIELD.get(k, k): v for k, v in (values or {}).items() if k in OPTION_KEYS[engine] and v is not None}
     if engine == "hf":
@@ -138,3 +140,46 @@ def engine_options(engine: str, kv_cache_dtype: str = "auto", values: Optional[M
     if engine == "trtllm":
         return replace(trtllm.TrtllmOptions(), tp=tp, **given)
     raise ValueError(f"no engine profile {engine!r}; one of {', '.join(OPTION_KEYS)}")
+
+
+def vllm_rules(values: Optional[Mapping[str, Any]] = None):
+    """vLLM's version and the flags of its own that move the pool (`kvplan.engines.vllm_rules.VllmRules`), from
+    option keys; a value vLLM does not accept is refused in its terms (InputError naming the flag)."""
+    from kvplan.engines.vllm_rules import MAMBA_CACHE_MODES, VLLM_DEVICES, VLLM_VERSIONS, VllmRules
+    from kvplan.errors import InputError
+
+    given = {k: v for k, v in (values or {}).items() if k in OPTION_KEYS["vllm"] and v is not None}
+    version = str(given.pop("vllm_version", VLLM_VERSIONS[0]))
+    if version not in VLLM_VERSIONS:
+        raise InputError(f"--vllm-version {version!r}: kvplan has vLLM's rules for {', '.join(VLLM_VERSIONS)}")
+    device = str(given.pop("vllm_device", "cuda")).lower()
+    if device not in VLLM_DEVICES:
+        raise InputError(f"--device {device!r}: one of {', '.join(VLLM_DEVICES)} (vLLM's CUDA or CPU platform)")
+    mode = given.get("mamba_cache_mode")
+    if mode is not None:
+        if version == "0.10":
+            raise InputError("--mamba-cache-mode is a flag of vLLM 0.32 (vLLM 0.10 has one Mamba cache mode); "
+                             "drop it or use --vllm-version 0.32")
+        if mode not in MAMBA_CACHE_MODES:
+            choices = ", ".join(f"'{c}'" for c in MAMBA_CACHE_MODES)
+            raise InputError(f"argument --mamba-cache-mode: invalid choice: '{mode}' (choose from {choices})")
+    for key, flag in (("num_gpu_blocks_override", "--num-gpu-blocks-override"),
+                      ("kv_cache_memory_bytes", "--kv-cache-memory-bytes"), ("max_model_len", "--max-model-len")):
+        if isinstance(given.get(key), str):  # a flag's or a plan's text ("4GiB", "32k"), as the API may pass it
+            from kvplan.options import parse_option
+
+            given[key] = parse_option(key, given[key])
+        if key in given and given[key] < 1:
+            raise InputError(f"{flag} must be at least 1, got {given[key]}")
+    if version == "0.10":
+        later = [f for k, f in (("kv_cache_memory_bytes", "--kv-cache-memory-bytes"),
+                                ("num_gpu_blocks_override", "--num-gpu-blocks-override"),
+                                ("max_model_len", "--max-model-len"),
+                                ("disable_hybrid_kv_cache_manager", "--disable-hybrid-kv-cache-manager"))
+                 if k in given and given[k] not in (False, "cuda")]
+        if device != "cuda":
+            later.insert(0, "--device")
+        if later:
+            raise InputError(f"{later[0]}: kvplan models it under --vllm-version 0.32 only (0.10 keeps the rules as "
+                             "transcribed then); use --vllm-version 0.32")
+    return VllmRules(version=version, device=device, **given)

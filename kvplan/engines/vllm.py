@@ -14,8 +14,8 @@ from typing import Optional
 
 from kvplan.engines import EngineCache, Ledger, kind_rows
 from kvplan.engines.vllm_rules import (DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NUM_BATCHED_TOKENS,
-                                       default_block_size, kv_cache_dtype_refusal, max_model_len_refusal, pool_capacity,
-                                       state_formats)
+                                       block_size_override, default_block_size, kv_cache_dtype_refusal, max_model_len_refusal, pool_capacity,
+                                       state_formats, VllmRules)
 from kvplan.model.formats import KVFormat, KVFormatPair
 from kvplan.model.layout import CacheLayout, LayerKind
 
@@ -37,17 +37,23 @@ class VllmOptions:
     max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS  # on a GPU the pipeline gives vLLM's for it
     max_num_seqs: Optional[int] = None  # None: vLLM's default for the GPU (the planner's throughput cap)
     cuda_total_memory: Optional[int] = None  # --cuda-total-memory: the planner's MemoryInputs carry it
+    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
+    rules: VllmRules = VllmRules()  # the version and vLLM's own flags that move the pool
 
 
 def cache(spec, context: int, batch: int, opts: VllmOptions, *, kv_cache_dtype: str = "auto",
           ideal_format: KVFormatPair, ideal_state: Optional[KVFormat] = None) -> EngineCache:
     """vLLM's blocks for `batch` sequences of `context` tokens (per-request, before the pool is sized)."""
     fmt, state, tp = ideal_format, ideal_state, opts.tp
-    bs = opts.block_size or default_block_size(spec)
+    bs = block_size_override(spec, opts.rules) or opts.block_size or default_block_size(spec, opts.rules)
     base = CacheLayout(spec, fmt, block_size=1, tp=tp, state_format=state).at(context, batch)
     settings = {"block_size": bs, "tp": tp}
     # vLLM's start-up refusals, as `kvplan estimate`, `check` and `diff` apply them (kvplan.engines.vllm_rules)
-    refusal = kv_cache_dtype_refusal(spec, kv_cache_dtype) or max_model_len_refusal(spec, context)
+    mml = opts.rules.max_model_len
+    refusal = kv_cache_dtype_refusal(spec, kv_cache_dtype) or max_model_len_refusal(spec, max(context, mml or 0))
+    if not refusal and mml is not None and context > mml:  # vLLM refuses such a request
+        refusal = (f"kvplan: --context {context:,} is longer than --max-model-len {mml:,}: vLLM refuses a request "
+                   "past its max_model_len")
     if refusal:
         return EngineCache(NAME, spec.name, context, batch, kv_cache_dtype, settings, (), None,
                            base.kv_bytes_total, (), (), (refusal,), (), SOURCES)

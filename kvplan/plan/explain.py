@@ -120,6 +120,22 @@ def log_settings(log, *, context: Optional[int] = None, kv_cache_dtype: Optional
     }
 
 
+def log_rules(settings: dict):
+    """The vLLM rules of the log's release and platform (`VllmRules`): 0.10's for a release before 0.11 (the
+    rules kvplan transcribed around 0.10), else 0.32's; the log's device and its prefix-caching switch."""
+    from kvplan.engines.vllm_rules import VLLM_DEVICES, VllmRules
+
+    version = "0.32"
+    named = settings.get("vllm_version") or ""
+    parts = named.split(".")
+    if len(parts) >= 2 and parts[0] == "0" and parts[1].isdigit() and int(parts[1]) <= 10:
+        version = "0.10"
+    device = settings.get("device") or "cuda"
+    if version == "0.10" or device not in VLLM_DEVICES:
+        return VllmRules(version=version)
+    return VllmRules(version=version, device=device, enable_prefix_caching=settings.get("enable_prefix_caching"))
+
+
 def _pool(spec, settings: dict, budget: int, state_dtype: Optional[str]):
     """vLLM's pool as kvplan builds it for `settings` on a KV budget of `budget` bytes per rank (every stage)."""
     from kvplan.engines.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS, Pool, default_block_size, paged_layout
@@ -135,7 +151,8 @@ def _pool(spec, settings: dict, budget: int, state_dtype: Optional[str]):
     layout = paged_layout(spec, pair, state, block, settings["tensor_parallel_size"],
                           settings["pipeline_parallel_size"], True)
     pool = Pool(layout, [budget] * settings["pipeline_parallel_size"], vllm=True,
-                max_num_batched_tokens=settings["max_num_batched_tokens"] or DEFAULT_MAX_NUM_BATCHED_TOKENS)
+                max_num_batched_tokens=settings["max_num_batched_tokens"] or DEFAULT_MAX_NUM_BATCHED_TOKENS,
+                rules=log_rules(settings))
     context = settings["max_model_len"]
     return pool.report(context, pool.max_sequences(context)), layout.block_size
 
@@ -203,9 +220,9 @@ def explain(log, spec=None, *, gpu: Optional[str] = None, gpu_memory=None, conte
         ]
     if log.refusal:
         notes.append(f"vLLM refused to start: {log.refusal}")
-    if log.enable_prefix_caching and spec is not None and _has_state(spec):
-        notes.append("the log has prefix caching on; kvplan pages Mamba state as vLLM does with it off "
-                     "(mamba_cache_mode none: one state page per request)")
+    rules = log_rules(settings)
+    notes.append(f"kvplan's pool follows vLLM {rules.version}'s rules" + (
+        f" on its {rules.device.upper()} platform" if rules.version != "0.10" else " (the log's release is older)"))
     if log.device == "cpu" and spec is not None:
         notes.append("vLLM's CPU backend sets the KV budget itself (VLLM_CPU_KVCACHE_SPACE or "
                      "--kv-cache-memory-bytes); kvplan's pool is shown on that budget" + (

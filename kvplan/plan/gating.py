@@ -153,6 +153,13 @@ def _version(value: Any) -> Any:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+def _vllm_version(value: Any) -> Any:
+    """`vllm_version: 0.32` (a YAML float; 0.10 reads as 0.1) or "0.32"."""
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return value
+
+
 # The engines (kvplan.options: import-free, so a vLLM-only plan does not import the profiles).
 from kvplan.options import CHOICES as ENGINES, PROFILES as PROFILE_ENGINES  # noqa: E402
 
@@ -197,6 +204,15 @@ class DeploymentEntry(BaseModel):
     compute_efficiency: Optional[Share] = None
     calibration: Optional[Text] = None  # a `kvplan measure -o` JSON report
     prompt_tokens: Optional[TokenCount] = None
+    # vllm (its own flags; kvplan.engines.options.vllm_rules checks their values)
+    vllm_version: Optional[Annotated[Text, BeforeValidator(_vllm_version)]] = None
+    vllm_device: Optional[Text] = None  # --device: cuda or cpu
+    max_model_len: Optional[TokenCount] = None
+    enable_prefix_caching: Optional[bool] = None
+    mamba_cache_mode: Optional[Text] = None
+    disable_hybrid_kv_cache_manager: Optional[bool] = None
+    num_gpu_blocks_override: Optional[PositiveInt] = None
+    kv_cache_memory_bytes: Optional[ByteCount] = None
     # hf (transformers)
     hf_cache: Optional[Text] = None  # dynamic | static | quantized
     max_cache_len: Optional[TokenCount] = None

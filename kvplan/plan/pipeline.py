@@ -174,8 +174,19 @@ def planned_layout(spec, engine: str, pair, state, s: Settings):
         return CacheLayout(spec, pair, block_size=1, tp=s.tp, pp=s.pp, state_format=state)
     from kvplan.engines.vllm_rules import paged_layout
 
-    return paged_layout(spec, pair, state, s.block_size or default_block_size(spec, engine), s.tp, s.pp,
-                        engine == "vllm")
+    rules = vllm_rules_of(s) if engine == "vllm" else None
+    from kvplan.engines.vllm_rules import block_size_override
+
+    block = block_size_override(spec, rules) or s.block_size or default_block_size(spec, engine, rules)
+    return paged_layout(spec, pair, state, block, s.tp, s.pp,
+                        engine == "vllm", rules)
+
+
+def vllm_rules_of(s: Settings):
+    """The vLLM version and flags of `s.engine_options` (`kvplan.engines.options.vllm_rules`)."""
+    from kvplan.engines.options import vllm_rules
+
+    return vllm_rules(s.engine_options)
 
 
 # ------------------------------------------------------------------ what estimate refuses
@@ -232,6 +243,16 @@ def check_estimate(spec, engine: str, s: Settings, *, contexts: Sequence[int], t
         if engine == "vllm" and d.strip().lower() in CACHE_DTYPES_032:
             continue  # one of vLLM's own values: judged below, in vLLM's terms (turboquant_k8v4: not sized)
         deploy.kv_formats(spec, d, s.state_dtype, s.dtype)
+    if engine == "vllm":
+        rules = vllm_rules_of(s)  # refuses a --vllm-version, --device, --mamba-cache-mode vLLM does not have
+        from kvplan.engines.vllm_rules import block_size_refusal
+
+        problem = block_size_refusal(s.block_size, rules, spec)
+        if problem:
+            raise InputError(problem)
+        if rules.max_model_len is not None and max(contexts) > rules.max_model_len:
+            raise InputError(f"--context {max(contexts):,} is longer than --max-model-len {rules.max_model_len:,}: "
+                             "vLLM refuses a request past its max_model_len (raise --max-model-len)")
     if engine == "vllm":  # a format vLLM's argparse refuses is bad input there, and here
         for d in kv_cache_dtypes:
             problem = deploy.vllm_kv_dtype_problem(spec, d)
@@ -269,7 +290,9 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
                  "--bandwidth-efficiency": s.bandwidth_efficiency, "--compute-efficiency": s.compute_efficiency,
                  "--gpu-memory-utilization": s.gpu_memory_utilization, "--weights-bytes": s.weights_bytes,
                  "--max-num-seqs": s.max_num_seqs, "--cuda-total-memory": s.cuda_total_memory,
-                 "--output-tokens": None if engine in PLANNED else s.output_tokens}
+                 "--output-tokens": None if engine in PLANNED else s.output_tokens,
+                 "--kv-cache-memory-bytes": s.engine_options.get("kv_cache_memory_bytes"),
+                 "--num-gpu-blocks-override": s.engine_options.get("num_gpu_blocks_override")}
     given = [flag for flag, value in needs_gpu.items() if value is not None]
     if gpu is None and given:  # never ignored in silence: it would change nothing
         raise InputError(f"{given[0]} needs a GPU: --gpu is needed for capacity, latency and cost "
@@ -396,6 +419,7 @@ def plan_options(spec, engine: str, s: Settings, context: int, batch: int, block
         output_tokens=s.output_tokens, requests_per_s=s.requests_per_s,
         shared_prefix_tokens=s.shared_prefix_tokens, link_gbps=s.link_gbps, link_latency_us=s.link_latency_us,
         communication=s.communication, expert_parallel=s.expert_parallel,
+        vllm_rules=vllm_rules_of(s) if engine == "vllm" else None,
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, make_dataclass
 from dataclasses import fields as dataclass_fields
 from enum import Enum
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from kvplan.model.kinds import KINDS, Kind
 from kvplan.model.layout import CacheLayout, ceil_div
@@ -120,6 +120,7 @@ class PlanOptions:
     link_latency_us: float | None = None  # --link-latency-us: overrides its latency per ring step
     communication: bool = True  # --no-communication: leave the all-reduces and stage hand-offs out of the times
     expert_parallel: bool = False  # --expert-parallel: MoE experts whole, E / tp a rank; all-to-all instead of all-reduce
+    vllm_rules: Any = None  # kvplan.engines.vllm_rules.VllmRules (engine vllm; None: its defaults)
 
     @property
     def prompt_len(self) -> int:
@@ -182,6 +183,9 @@ class Plan:
     vllm_padding_layers: int | None
     vllm_log: list[str]
     vllm_starts: bool | None  # False when vLLM refuses these settings at start-up (its words end vllm_log); None: engine ideal
+    vllm_block_size: int | None  # the attention block size vLLM pages with, after any hybrid adjustment
+    vllm_refusal: str | None  # vLLM's message when it refuses to start, in its words (None: it starts)
+    vllm_estimated_max_model_len: int | None  # the "estimated maximum model length" of a memory refusal
     # latency and cost; None when not one sequence fits (the model does not run on this GPU)
     decode_step_s: float | None
     decode_bound: str | None
@@ -577,7 +581,8 @@ class Planner:
         # vLLM's scheduler limits: as given, else its defaults for this GPU and --context (max_model_len)
         self.vllm_version = vllm_version(opts)
         self.max_num_batched_tokens, self.max_num_seqs = scheduler_limits(
-            gpu.memory_bytes, gpu.device_name or gpu.name, opts.context, max_num_batched_tokens=opts.max_num_batched_tokens,
+            gpu.memory_bytes, gpu.device_name or gpu.name,
+            getattr(opts.vllm_rules, "max_model_len", None) or opts.context, max_num_batched_tokens=opts.max_num_batched_tokens,
             max_num_seqs=opts.max_num_seqs, version=self.vllm_version)
         if opts.expert_parallel:
             experts = spec.num_routed_experts
@@ -592,7 +597,7 @@ class Planner:
                 )
         from kvplan.plan.deploy import default_block_size
 
-        self.block_size = opts.block_size or default_block_size(spec, opts.engine)
+        self.block_size = opts.block_size or default_block_size(spec, opts.engine, opts.vllm_rules)
         self.layout = CacheLayout(spec, kv_format, block_size=self.block_size, tp=opts.tp, pp=opts.pp, state_format=state_format)
         self.weights_dtype = opts.weights_dtype or spec.weights_dtype or spec.dtype
         self.dtype_bytes = 4 if self.weights_dtype == "fp32" else 2
@@ -621,7 +626,8 @@ class Planner:
                                            self.activation, self.non_torch)
         # the capacity rule ideal's and vllm's `capacity()` apply (kvplan.engines.vllm_rules.Pool)
         self.pool = Pool(self.layout, self.stage_budgets, vllm=opts.engine is Engine.vllm,
-                         max_num_batched_tokens=self.max_num_batched_tokens)
+                         max_num_batched_tokens=self.max_num_batched_tokens, rules=opts.vllm_rules)
+        self.stage_budgets = self.pool.budgets  # --kv-cache-memory-bytes replaces the budget rule
         self.vllm_stages = self.pool.stages
 
     def _stage_weights(self, *, active: bool = False, lookup_tokens: int | None = None) -> list[int]:
@@ -802,7 +808,7 @@ class Planner:
                 f"{spec.index_topk:,} latents per layer, and attends to those alone (prefill: min(position, "
                 f"{spec.index_topk:,}) per query); the cache still holds every latent"
             )
-        runs = max_seqs >= 1 and refusal is None  # vLLM refusing the context runs nothing either
+        runs = max_seqs >= 1 and refusal is None and pool.memory_refusal is None  # a refusing vLLM runs nothing
         # vLLM's scheduler runs at most max_num_seqs sequences a step: throughput and cost are at no more
         mns = self.max_num_seqs
         roof = self.roofline(min(batch, mns), context, min(max_seqs, mns) if runs else 0)
@@ -849,7 +855,11 @@ class Planner:
             vllm_groups=pool.groups,
             vllm_padding_layers=pool.padding_layers,
             vllm_log=list(pool.log),
-            vllm_starts=None if self.vllm_stages is None else not (refusal is not None or max_seqs < 1),
+            vllm_starts=None if self.vllm_stages is None else not (refusal is not None or max_seqs < 1
+                                                                   or pool.memory_refusal is not None),
+            vllm_block_size=pool.block_size,
+            vllm_refusal=refusal or pool.memory_refusal,
+            vllm_estimated_max_model_len=pool.estimated_max_model_len,
             **roof.fields(),
             stages=stages,
             suggestions=suggestions,
