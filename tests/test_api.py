@@ -98,14 +98,14 @@ def test_the_package_is_typed():
     assert (Path(kvplan.__file__).parent / "py.typed").is_file()  # PEP 561; hatch ships every file of the package
 
 
-def test_the_readme_example_gives_the_output_it_shows():
-    """The README's Python API example, run as a doctest: every output line it shows is what kvplan prints."""
+def test_the_docs_api_example_gives_the_output_it_shows():
+    """The docs' Python API example (docs/api.md), run as a doctest: every output line it shows is what kvplan prints."""
     import doctest
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
     section = readme.split("## Python API", 1)[1]
     example = section.split("```python\n", 1)[1].split("```", 1)[0]
-    test = doctest.DocTestParser().get_doctest(example, {}, "README Python API", "README.md", 0)
+    test = doctest.DocTestParser().get_doctest(example, {}, "docs Python API", "docs/api.md", 0)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
     runner.run(test)
     assert runner.summarize(verbose=False).failed == 0

@@ -253,17 +253,19 @@ def test_context_beyond_the_model_is_sized_with_a_warning(capsys):
     assert r.stderr.startswith("warning: --context 262,144 exceeds llama-3.1-8b's max_position_embeddings (131,072)")
 
 
-def test_readme_names_every_json_field_of_a_plan(capsys):
-    """The README's field table and list name every key `estimate --gpu -f json` writes."""
+def test_the_docs_name_every_json_field_of_a_plan(capsys):
+    """The docs' field tables and lists (docs/estimate.md, capacity.md, vllm.md) name every key
+    `estimate --gpu -f json` writes."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    readme = "".join((docs / page).read_text() for page in ("estimate.md", "capacity.md", "vllm.md"))
     named = set(re.findall(r"`([a-z0-9_]+)`", readme))
     r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-f", "json")
     assert r.exit_code == 0
     missing = sorted(set(json.loads(r.stdout)) - named)
-    assert missing == [], f"README does not name {missing}"
+    assert missing == [], f"the docs do not name {missing}"
 
 
 def test_a_context_vllm_refuses_is_not_a_plain_fit(capsys):
