@@ -132,15 +132,7 @@ def register(app: typer.Typer) -> None:
                 progress=lambda message: err.print(message),
             )
         )
-        data = report.to_dict()
-        if out_path is not None:
-            write_json_atomic(out_path, data, out_flag)
-        if fmt is MeasureFormat.json:
-            render.write(render.to_json(data))
-        else:
-            out = render.console()
-            for item in report_tables(report, exact):
-                out.print(item)
+        _show(report.to_dict(), out_path, out_flag, fmt, lambda: report_tables(report, exact))
         failures = []
         if verify:
             failures += [
@@ -156,12 +148,24 @@ def register(app: typer.Typer) -> None:
             raise KvplanError(f"{len(failures)} reading(s){limit}: " + "; ".join(failures), exit_code=1)
 
 
+def _show(data: dict, out_path, out_flag, fmt, tables) -> None:
+    """A measure report: its JSON written to -o atomically, then stdout as --format asks (`tables()`: the table)."""
+    from kvplan.cli import render
+
+    if out_path is not None:
+        write_json_atomic(out_path, data, out_flag)
+    if fmt is MeasureFormat.json:
+        render.write(render.to_json(data))
+    else:
+        out = render.console()
+        for item in tables():
+            out.print(item)
+
+
 def _measure_parallel(spec, layers, contexts, batches, decode_steps, warmup_steps, dtype, kv_cache_dtype, device, seed,
                       verify, tp, pp, timeout, out_path, out_flag, fmt, exact, tolerance, err) -> None:
     """`measure --tp/--pp`: launch the ranks (or join torchrun), render on rank 0; exit 1 when a rank's cache
     bytes differ from the prediction or --verify fails."""
-    from kvplan.cli import render
-
     if tolerance is not None:
         raise InputError("--tolerance gates the one-process run; with --tp/--pp every rank's cache bytes must equal the prediction exactly")
     try:
@@ -178,15 +182,7 @@ def _measure_parallel(spec, layers, contexts, batches, decode_steps, warmup_step
     )
     if report is None:  # a torchrun rank other than 0: rank 0 prints
         return
-    data = report.to_dict()
-    if out_path is not None:
-        write_json_atomic(out_path, data, out_flag)
-    if fmt is MeasureFormat.json:
-        render.write(render.to_json(data))
-    else:
-        out = render.console()
-        for item in parallel_tables(report, exact):
-            out.print(item)
+    _show(report.to_dict(), out_path, out_flag, fmt, lambda: parallel_tables(report, exact))
     failures = [
         f"rank {r.rank} (context {r.context:,}, batch {r.batch}): cache {r.measured_kv_bytes:,} B, predicted {r.predicted_kv_bytes:,} B"
         for r in report.runs if r.measured_kv_bytes != r.predicted_kv_bytes

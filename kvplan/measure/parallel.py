@@ -897,17 +897,11 @@ def assemble(conf: RankConfig, results: list[dict], layout: CacheLayout, one_cop
 def measure_parallel(opts, par: ParallelOptions) -> ParallelReport | None:
     """`kvplan measure --tp/--pp`: check the flags, predict, launch (or join torchrun), assemble.
     None on a torchrun rank other than 0 (rank 0 prints for all)."""
-    from kvplan.measure.run import TORCH_DTYPES, VERIFY_TOLERANCE, _formats  # one module's rules, not copied
+    from kvplan.measure.run import TORCH_DTYPES, VERIFY_TOLERANCE, _formats, run_dtype_of  # one module's rules, not copied
 
     say = opts.progress or (lambda message: None)
     spec = opts.spec
-    run_dtype = spec.dtype if opts.dtype == "auto" else opts.dtype
-    if run_dtype not in TORCH_DTYPES:
-        raise InputError(f"--dtype {opts.dtype!r}: use auto, bf16, fp16 or fp32")
-    if opts.decode_steps < 1:
-        raise InputError(f"--decode-steps must be at least 1, got {opts.decode_steps}")
-    if opts.warmup_steps < 0:
-        raise InputError(f"--warmup-steps must be 0 or more, got {opts.warmup_steps}")
+    run_dtype = run_dtype_of(opts)
     if par.tp < 1 or par.pp < 1:
         raise InputError(f"--tp and --pp must be at least 1, got --tp {par.tp} --pp {par.pp}")
     if not par.timeout_s > 0:

@@ -242,17 +242,23 @@ class _Session:
             self.nvml = None
 
 
-def measure(opts: MeasureOptions) -> MeasureReport:
-    """Run the measurement described by `opts`; InputError (exit 2) when it cannot run or fit."""
-    say = opts.progress or (lambda message: None)
-    spec = opts.spec
-    run_dtype = spec.dtype if opts.dtype == "auto" else opts.dtype
+def run_dtype_of(opts: MeasureOptions) -> str:
+    """The dtype the run uses (auto: the spec's), after the checks every measure run shares (InputError, exit 2)."""
+    run_dtype = opts.spec.dtype if opts.dtype == "auto" else opts.dtype
     if run_dtype not in TORCH_DTYPES:
         raise InputError(f"--dtype {opts.dtype!r}: use auto, bf16, fp16 or fp32")
     if opts.decode_steps < 1:
         raise InputError(f"--decode-steps must be at least 1, got {opts.decode_steps}")
     if opts.warmup_steps < 0:
         raise InputError(f"--warmup-steps must be 0 or more, got {opts.warmup_steps}")
+    return run_dtype
+
+
+def measure(opts: MeasureOptions) -> MeasureReport:
+    """Run the measurement described by `opts`; InputError (exit 2) when it cannot run or fit."""
+    say = opts.progress or (lambda message: None)
+    spec = opts.spec
+    run_dtype = run_dtype_of(opts)
     if opts.max_rounds < 1:
         raise InputError(f"--max-rounds must be at least 1, got {opts.max_rounds}")
     kv_pair, state_format = _formats(opts, run_dtype)
