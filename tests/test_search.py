@@ -387,3 +387,24 @@ def test_estimate_max_num_seqs_caps_the_cost_batch_and_profiles_refuse_it(capsys
     r = run_cli(capsys, "estimate", "llama-3.1-8b", "--engine", "sglang", "--gpu", "h100-sxm", "--max-num-seqs", "4")
     assert (r.exit_code, r.stderr) == (2, "error: --max-num-seqs is only for --engine vllm and ideal (kvplan's "
                                           "planner); --engine sglang has its own budget rule\n")
+
+
+def test_emit_prints_the_launch_command_of_row_1(capsys):
+    """--emit vllm: `vllm serve` for the cheapest row, in vLLM's flags: max_model_len the longest request
+    (2,048 + 256), and the row's tp, KV dtype, --max-num-seqs and the --max-num-batched-tokens its estimate states."""
+    args = ("search", "llama-3.1-70b", "--requests-per-s", "10", "--prompt-tokens", "2k", "--output-tokens", "256",
+            "--ttft-ms", "500", "--tpot-ms", "50", "--gpu", "h100-sxm")
+    row = json.loads(run_cli(capsys, *args, "-f", "json").stdout)["rows"][0]
+    given = row["estimate_args"]
+    tokens = given[given.index("--max-num-batched-tokens") + 1]
+    r = run_cli(capsys, *args, "--emit", "vllm")
+    assert r.exit_code == 0, r.stderr
+    words = ["vllm", "serve", "meta-llama/Llama-3.1-70B", "--max-model-len", "2304"]
+    if row["kv_cache_dtype"] != "auto":
+        words += ["--kv-cache-dtype", row["kv_cache_dtype"]]
+    if row["tensor_parallel_size"] > 1:
+        words += ["--tensor-parallel-size", str(row["tensor_parallel_size"])]
+    words += ["--max-num-batched-tokens", tokens, "--max-num-seqs", str(row["max_num_seqs"])]
+    assert r.stdout == " ".join(words) + "\n"
+    r = run_cli(capsys, *args, "--engine", "ideal", "--emit", "vllm")
+    assert r.exit_code == 2 and "ideal" in r.stderr and "Traceback" not in r.stderr

@@ -8,6 +8,7 @@ CSV or Markdown. The first row's `estimate_args` is the hook an `--emit` of the 
 from __future__ import annotations
 
 import math
+import sys
 from typing import Annotated, Optional
 
 import typer
@@ -63,6 +64,7 @@ def search(
     bandwidth_efficiency: O.bandwidth_efficiency = None,
     compute_efficiency: O.compute_efficiency = None,
     limit: LimitOpt = None,
+    emit: O.emit = None,
     output: O.output = None,
     force: O.force = False,
     fmt: FormatOpt = OutputFormat.table,
@@ -111,8 +113,33 @@ def search(
         bandwidth_efficiency=bandwidth_efficiency, compute_efficiency=compute_efficiency,
         prompt_tokens=load.prompt_mean, output_tokens=load.output_mean, requests_per_s=requests_per_s)
     targets = core.Targets(None if ttft_ms is None else ttft_ms / 1000, None if tpot_ms is None else tpot_ms / 1000)
+    if emit is not None and emit != engine:
+        raise InputError(f"--emit {emit}: search plans under --engine {engine}; only --emit vllm launches what it "
+                         "finds" if engine == "vllm" else f"--emit {emit}: --engine {engine} is kvplan's ideal "
+                         "cache, which no engine launches; search with --engine vllm to --emit vllm")
     result = core.search(spec, engine, load, targets, space, settings, limit=limit)
+    if emit is not None:  # row 1's launch command instead of the report (kvplan.plan.emit, as estimate --emit)
+        sys.stdout.write(_emit_row(result, spec, model, settings) + "\n")
+        return
     _render(result, fmt, exact, model)
+
+
+def _emit_row(result, spec, model: str, settings) -> str:
+    """`vllm serve` for the cheapest row: max_model_len the longest request, its tp, pp, KV dtype, --max-num-seqs
+    and the --max-num-batched-tokens the search fixed (its estimate command states the same)."""
+    from kvplan.plan.emit import emit, plan_settings
+
+    if not result.rows:
+        raise InputError("--emit: no deployment meets the targets, so there is no command to print")
+    row = result.rows[0]
+    args = list(row.estimate_args)
+    tokens = int(args[args.index("--max-num-batched-tokens") + 1])
+    words = plan_settings(context=result.workload["max_model_len"], batch=row.batch, kv_cache_dtype=row.kv_cache_dtype,
+                          tp=row.tensor_parallel_size, pp=row.pipeline_parallel_size, block_size=settings.block_size,
+                          state_dtype=settings.state_dtype, dtype=settings.dtype,
+                          gpu_memory_utilization=settings.gpu_memory_utilization, max_num_batched_tokens=tokens,
+                          engine_options={}, others={}, max_num_seqs=row.max_num_seqs)
+    return emit("vllm", spec, model, words)
 
 
 def _space(spec, engine: str, gpu: Optional[str], tp: str, pp: str, kv_cache_dtype: Optional[str],
