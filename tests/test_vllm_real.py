@@ -35,8 +35,6 @@ CPU_BLOCK = ("block 16 on the CPU: its attention backend takes multiples of 32 o
              "prints no KV cache size line")
 CPU_BLOCK_RAISED = ("block 16 on the CPU for a model with sliding-window layers: the engine starts with 32-token "
                     "blocks (groups[].block_size 32; where 0.32 raises it was not traced); kvplan keeps 16")
-MAMBA2_LEN = ("kvplan's Mamba-2 spec drops the config's max_position_embeddings (4096), so it does not refuse "
-              "max_model_len 8192 as vllm/config/model.py _get_and_verify_max_len does")
 LEN_FLOAT = ("the max_model_len refusal: 0.32 prints max_position_embeddings=4096.0 for Gemma-3, Gemma-3n and Jamba "
              "too (vllm/config/model.py _get_and_verify_max_len, from model_arch_config's derived length: not the "
              "RoPE scaling step, which 0.32 skips for gemma3 and which Jamba has none of); kvplan prints the int "
@@ -55,7 +53,6 @@ KNOWN_DIFFERENCES: dict[str, dict[str, str]] = {
     "llama-gqa/bs16": {"log_line": CPU_BLOCK},
     "llama-mha/bs16": {"log_line": CPU_BLOCK},
     "llama4-chunked/bs16": {"log_line": CPU_BLOCK},
-    "mamba2/len8192-refused": {"starts": MAMBA2_LEN, "log_line": MAMBA2_LEN, "refusal": MAMBA2_LEN},
 }
 
 

@@ -1543,6 +1543,9 @@ def _mamba2(c: _Cfg):
     f: dict[str, Any] = {"hidden_size": h, "num_hidden_layers": L, "num_attention_heads": heads,
                          "num_key_value_heads": heads, "head_dim": head_dim, "vocab_size": c.int("vocab_size"),
                          "tie_word_embeddings": bool(c.get("tie_word_embeddings", False))}
+    max_pos = c.int("max_position_embeddings", required=False)  # vLLM's max_model_len limit when the config has it
+    if max_pos:
+        f["max_position_embeddings"] = max_pos
     f.update(layer_fields(["mamba"] * L))
     _mamba2_fields(f, d_state=d_state, d_conv=d_conv, heads=heads, head_dim=head_dim, groups=groups,
                    d_inner=d_inner, expand=expand)
