@@ -14,17 +14,16 @@ import re
 import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from cli_helpers import run_cli
+from test_import_safetensors import safetensors_prefix
 from kvplan.errors import InputError
 from kvplan.sources.resolve import spec_from_source
 
 COMMIT = "a1b2c3d4" * 5
 TOKEN = "hf_goodtoken"
-ELEM = {"BF16": 2, "F32": 4}
 
 CONFIG = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 512, "num_attention_heads": 8,
@@ -56,18 +55,8 @@ assert PARAMS == 37_227_008  # 32,768,000 + 2 x 2,229,248 + 512
 
 def safetensors_header(tensors: dict[str, tuple[str, list[int]]]) -> tuple[bytes, int]:
     """(the first 8 + N bytes, the file's size) of a safetensors file holding `tensors` (zeros)."""
-    header, offset = {}, 0
-    for name, (dtype, shape) in tensors.items():
-        n = ELEM[dtype]
-        for d in shape:
-            n *= d
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
-        offset += n
-    header["__metadata__"] = {"format": "pt"}
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    prefix = struct.pack("<Q", len(raw)) + raw
-    return prefix, len(prefix) + offset
+    prefix, data = safetensors_prefix(tensors)
+    return prefix, len(prefix) + data
 
 
 class Blob:

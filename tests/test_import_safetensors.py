@@ -14,8 +14,9 @@ from kvplan.sources.safetensors_header import SafetensorsError, find_weights, su
 BYTES = {"F32": 4, "BF16": 2, "F16": 2, "I8": 1, "U8": 1, "F8_E4M3": 1, "I64": 8}
 
 
-def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]], *, pad_data: int = 0) -> Path:
-    """A real safetensors file: header JSON then zero-filled tensor bytes, laid out back to back."""
+def safetensors_prefix(tensors: dict[str, tuple[str, list[int]]]) -> tuple[bytes, int]:
+    """(the file's first 8 + N bytes: the header's length and JSON, padded to 8 bytes as the format asks;
+    the bytes of tensor data after it, the tensors laid out back to back)."""
     header, offset = {}, 0
     for name, (dtype, shape) in tensors.items():
         n = BYTES[dtype]
@@ -26,7 +27,13 @@ def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]], *, 
     header["__metadata__"] = {"format": "pt"}
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)  # the format pads the header to 8 bytes
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(offset + pad_data))
+    return struct.pack("<Q", len(raw)) + raw, offset
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]], *, pad_data: int = 0) -> Path:
+    """A real safetensors file: header JSON then zero-filled tensor bytes, laid out back to back."""
+    prefix, data = safetensors_prefix(tensors)
+    path.write_bytes(prefix + bytes(data + pad_data))
     return path
 
 

@@ -501,6 +501,13 @@ def paged_layout(spec, fmt, state_format, block_size: int, tp: int, pp: int, vll
                                                          state_format=state_format)
 
 
+def _too_long_note(spec, length: str) -> str:
+    """Why the report stops at vLLM's max_model_len refusal (`length`: the flag and value it refuses)."""
+    return (f"vLLM refuses {length} at start-up: it exceeds {spec.name}'s max_position_embeddings "
+            f"({spec.max_position_embeddings:,}) and VLLM_ALLOW_LONG_MAX_MODEL_LEN is not set; the pool, "
+            "concurrency and max context here are what the memory would hold.")
+
+
 @dataclass(frozen=True, slots=True)
 class PoolReport:
     """What vLLM would say of its pool at one context (all None / empty for ideal)."""
@@ -665,11 +672,7 @@ class Pool:
         refusal = max_model_len_refusal(spec, context)
         if refusal:  # vLLM stops at config time, before profiling memory: this is all it would log
             log.append(refusal)
-            notes.append(
-                f"vLLM refuses --context {context:,} at start-up: it exceeds {spec.name}'s max_position_embeddings "
-                f"({spec.max_position_embeddings:,}) and VLLM_ALLOW_LONG_MAX_MODEL_LEN is not set; the pool, "
-                "concurrency and max context here are what the memory would hold."
-            )
+            notes.append(_too_long_note(spec, f"--context {context:,}"))
         else:
             log.append(f"Available KV cache memory: {max(budget, 0) / GIB:.2f} GiB")
             log.append(f"GPU KV cache size: {tokens:,} tokens")
@@ -744,11 +747,7 @@ class Pool:
         refusal = max_model_len_refusal(spec, mml)
         if refusal:  # vLLM stops at config time, before profiling memory: this is all it would log
             log.append(refusal)
-            notes.append(
-                f"vLLM refuses max_model_len {mml:,} at start-up: it exceeds {spec.name}'s max_position_embeddings "
-                f"({spec.max_position_embeddings:,}) and VLLM_ALLOW_LONG_MAX_MODEL_LEN is not set; the pool, "
-                "concurrency and max context here are what the memory would hold."
-            )
+            notes.append(_too_long_note(spec, f"max_model_len {mml:,}"))
         else:
             if r.kv_cache_memory_bytes is None:
                 log.append(f"Available KV cache memory: {format_gib(self.budgets[self.tight])} GiB")
