@@ -241,6 +241,11 @@ OPTION_KEYS: dict[str, tuple[str, ...]] = {
     e: tuple(o.key for o in OPTIONS if o.engines == (e,)) for e in ("vllm",) + PROFILES
 }
 ALL_OPTION_KEYS = tuple(k for keys in OPTION_KEYS.values() for k in keys)
+# Groups of options several commands take alike, in --help's order; a command takes a group as one parameter
+# (kvplan.cli.options.flag_group) and reads it with `read_group`, so each flag reads the same in every command.
+GPU_FIGURES = ("gpu_memory", "gpu_bandwidth", "usd_per_hour", "gpu_bf16_tflops")  # overrides of --gpu's figures
+BUDGET = ("gpu_memory_utilization", "activation_memory", "non_torch_memory", "max_num_batched_tokens", "max_num_seqs",
+          "cuda_total_memory")  # the planner's memory budget: what sits beside the KV cache, vLLM's scheduler limits
 # Keys only kvplan's planner reads that the profiles replace with their own budget rules (a profile refuses them;
 # the roofline's keys, also the planner's only, are refused by `estimate` itself with its own words).
 PLANNER_KEYS = ("block_size", "gpu_memory_utilization", "max_num_batched_tokens", "max_num_seqs", "cuda_total_memory")
@@ -342,6 +347,13 @@ def one_word(key: str, text: Optional[str], command: str, hint: str = "") -> Opt
     if len(words) > 1:
         raise InputError(f"{BY_KEY[key].flag} {text!r}: {command} takes one {_NOUN.get(key, 'value')}, not a list{hint}")
     return words[0]
+
+
+def read_group(values: dict, command: str) -> dict:
+    """A flag group's values (key -> text) read by kind: sizes in bytes, token counts with k / m, and a `counts`
+    option (--max-num-seqs) as the one value a deployment takes (`one_value`); None stays None (not given)."""
+    return {k: None if v is None else one_value(k, v, command) if BY_KEY[k].kind == "counts" else parse_option(k, v)
+            for k, v in values.items()}
 
 
 def given_engine_options(values: dict) -> dict:

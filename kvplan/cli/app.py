@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from kvplan.cli.options import O, engine_flags, tees_output
-from kvplan.options import given_engine_options, one_value
+from kvplan.cli.options import O, engine_flags, flag_group, tees_output
+from kvplan.options import BUDGET, GPU_FIGURES, given_engine_options, one_value, read_group
 from kvplan.errors import InputError, KvplanError
 from kvplan.cli.parsing import parse_int_list, parse_str_list, token_flag, warn_beyond_positions  # noqa: F401 (shared)
 from kvplan.cli.render import OutputFormat
@@ -69,6 +69,8 @@ def _estimate_inputs(params: dict):
 # An engine's own flags default to None, "not given": the engine's default then applies
 # (kvplan.engines.options), and a flag given to another engine is refused, not ignored.
 @engine_flags(after="engine")
+@flag_group("budget", BUDGET, after="weights_bytes")
+@flag_group("gpu_figures", GPU_FIGURES, after="gpu")
 def estimate(
     model: ModelArg,
     context: O.context = "8192",
@@ -80,18 +82,10 @@ def estimate(
     state_dtype: O.state_dtype = None,
     engine: O.engine = "vllm",
     gpu: O.gpu = None,
-    gpu_memory: O.gpu_memory = None,
-    gpu_bandwidth: O.gpu_bandwidth = None,
-    usd_per_hour: O.usd_per_hour = None,
-    gpu_bf16_tflops: O.gpu_bf16_tflops = None,
+    gpu_figures: dict = None,  # GPU_FIGURES: --gpu-memory, --gpu-bandwidth, --usd-per-hour, --gpu-bf16-tflops
     dtype: O.dtype = None,
     weights_bytes: O.weights_bytes = None,
-    gpu_memory_utilization: O.gpu_memory_utilization = None,
-    activation_memory: O.activation_memory = None,
-    non_torch_memory: O.non_torch_memory = None,
-    max_num_batched_tokens: O.max_num_batched_tokens = None,
-    max_num_seqs: O.max_num_seqs = None,
-    cuda_total_memory: O.cuda_total_memory = None,
+    budget: dict = None,  # BUDGET: --gpu-memory-utilization ... --cuda-total-memory
     bandwidth_efficiency: O.bandwidth_efficiency = None,
     compute_efficiency: O.compute_efficiency = None,
     calibration: O.calibration = None,
@@ -126,8 +120,7 @@ def estimate(
     batches = parse_int_list(batch, "--batch")
     tps = parse_int_list(tp, "--tensor-parallel-size")
     pp = one_value("pp", pp, "estimate")
-    max_num_batched_tokens = token_flag(max_num_batched_tokens, "--max-num-batched-tokens")
-    max_num_seqs = None if max_num_seqs is None else one_value("max_num_seqs", max_num_seqs, "estimate")
+    budget = read_group(budget, "estimate")
     prompt_tokens, output_tokens = token_flag(prompt_tokens, "--prompt-tokens"), token_flag(output_tokens, "--output-tokens")
     shared_prefix_tokens = token_flag(shared_prefix_tokens, "--shared-prefix-tokens") or 0
     from kvplan.options import PROFILES
@@ -136,11 +129,8 @@ def estimate(
     engine_flags = given_engine_options(engine_options)
     dtypes = parse_str_list(kv_cache_dtype, "--kv-cache-dtype")
     gpu_names = parse_str_list(gpu, "--gpu") if gpu is not None else []
-    given = Settings(state_dtype=state_dtype, pp=pp, gpu_memory=gpu_memory, gpu_bandwidth=gpu_bandwidth,
-                     usd_per_hour=usd_per_hour, gpu_bf16_tflops=gpu_bf16_tflops, dtype=dtype, weights_bytes=weights_bytes,
-                     block_size=block_size,
-                     gpu_memory_utilization=gpu_memory_utilization, max_num_batched_tokens=max_num_batched_tokens,
-                     max_num_seqs=max_num_seqs, cuda_total_memory=cuda_total_memory, activation_memory=activation_memory, non_torch_memory=non_torch_memory,
+    given = Settings(state_dtype=state_dtype, pp=pp, **gpu_figures, dtype=dtype, weights_bytes=weights_bytes,
+                     block_size=block_size, **budget,
                      bandwidth_efficiency=bandwidth_efficiency, compute_efficiency=compute_efficiency,
                      calibration=calibration, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
                      requests_per_s=requests_per_s, shared_prefix_tokens=shared_prefix_tokens,
@@ -152,8 +142,8 @@ def estimate(
     if engine in PROFILES:  # the engine's own allocation and budget rules (kvplan.engines)
         # compare's order: each format, each tp, each GPU (a flag-built one needs no bandwidth: nothing reads it)
         # a GPU given by --gpu-memory alone has no bandwidth: its capacity, no latency (nothing to time a step with)
-        no_bandwidth = not gpu_names and gpu_memory is not None and gpu_bandwidth is None
-        base = given._replace(gpu_bandwidth=1.0 if no_bandwidth else gpu_bandwidth, roofline=not no_bandwidth)
+        no_bandwidth = not gpu_names and given.gpu_memory is not None and given.gpu_bandwidth is None
+        base = given._replace(gpu_bandwidth=1.0 if no_bandwidth else given.gpu_bandwidth, roofline=not no_bandwidth)
         answers = [a for d in dtypes for t in tps for g in (gpu_names or [None])
                    for a in sweep(spec, engine, base._replace(kv_cache_dtype=d, tp=t, gpu=g), contexts, batches)]
         from kvplan.cli.compare import render_engine  # the engine profiles' table (hf, llama.cpp, sglang, trtllm)
@@ -164,7 +154,7 @@ def estimate(
         return
     plan_flags = any(
         v is not None
-        for v in (gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops, requests_per_s, calibration,
+        for v in (*gpu_figures.values(), requests_per_s, calibration,
                   prompt_tokens, output_tokens, bandwidth_efficiency, compute_efficiency)
     )
     if not gpu_names and not plan_flags:
@@ -176,7 +166,7 @@ def estimate(
         return
     from kvplan.plan.gpus import gpu_from_options
 
-    gpus = [gpu_from_options(g, gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops) for g in (gpu_names or [None])]
+    gpus = [gpu_from_options(g, **gpu_figures) for g in (gpu_names or [None])]
     if any(g is None for g in gpus):
         raise InputError("--gpu is needed for capacity, latency and cost (or --gpu-memory and --gpu-bandwidth)")
     single = len(gpus) * len(dtypes) * len(tps) * len(contexts) * len(batches) == 1

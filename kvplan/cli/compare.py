@@ -11,8 +11,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from kvplan.cli.options import O, engine_flags, tees_output
+from kvplan.cli.options import O, engine_flags, flag_group, tees_output
 from kvplan.cli.render import OutputFormat
+from kvplan.options import BUDGET
 from kvplan.units import counted
 
 
@@ -290,6 +291,7 @@ def register(app: typer.Typer) -> None:
     @engine_flags(after="prompt_tokens", engines=("llama.cpp", "sglang", "trtllm"), table_defaults=True)
     @engine_flags(after="block_size", engines=("hf",), table_defaults=True)  # each row takes its own engine's
     @engine_flags(after="max_num_batched_tokens", engines=("vllm",))  # None: vLLM's own defaults
+    @flag_group("budget", BUDGET, after="weights_bytes")
     def compare(
         model: Annotated[str, typer.Argument(help="A catalog name (see `kvplan models`) or a path to a spec YAML.", show_default=False)],
         context: O.context = "8192",
@@ -305,12 +307,7 @@ def register(app: typer.Typer) -> None:
         gpu_memory: O.gpu_memory = None,
         dtype: O.dtype = None,
         weights_bytes: O.weights_bytes = None,
-        gpu_memory_utilization: O.gpu_memory_utilization = None,
-        activation_memory: O.activation_memory = None,
-        non_torch_memory: O.non_torch_memory = None,
-        max_num_batched_tokens: O.max_num_batched_tokens = None,
-        max_num_seqs: O.max_num_seqs = None,
-        cuda_total_memory: O.cuda_total_memory = None,
+        budget: dict = None,  # BUDGET: --gpu-memory-utilization ... --cuda-total-memory
         output: O.output = None,
         plot: O.plot = None,
         force: O.force = False,
@@ -322,7 +319,7 @@ def register(app: typer.Typer) -> None:
         from kvplan.sources.catalog import resolve_spec
         from kvplan.cli.parsing import parse_str_list, token_flag
         from kvplan.engines import NAMES
-        from kvplan.options import given_engine_options, one_value, one_word
+        from kvplan.options import given_engine_options, one_value, one_word, read_group
         from kvplan.plan.pipeline import Settings, compare as run_compare
 
         if plot is not None:  # before any work
@@ -338,7 +335,6 @@ def register(app: typer.Typer) -> None:
         gpu = one_word("gpu", gpu, "compare", hint)
         kv_cache_dtype = one_word("kv_cache_dtype", kv_cache_dtype, "compare", hint)
         prompt_tokens = token_flag(prompt_tokens, "--prompt-tokens")
-        max_num_batched_tokens = token_flag(max_num_batched_tokens, "--max-num-batched-tokens")
         names = tuple(parse_str_list(engines, "--engines", tuple(NAMES)))
         has_gpu = gpu is not None or gpu_memory is not None
         # compare reports memory only: a flag-built GPU needs a bandwidth, which nothing here reads
@@ -346,11 +342,7 @@ def register(app: typer.Typer) -> None:
                             tp=tp, pp=pp, gpu=gpu, gpu_memory=gpu_memory, roofline=False,
                             gpu_bandwidth=1.0 if has_gpu and gpu is None else None, dtype=dtype,
                             weights_bytes=weights_bytes,
-                            block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
-                            max_num_batched_tokens=max_num_batched_tokens,
-                            max_num_seqs=None if max_num_seqs is None else one_value("max_num_seqs", max_num_seqs, "compare"),
-                            cuda_total_memory=cuda_total_memory, activation_memory=activation_memory,
-                            non_torch_memory=non_torch_memory, prompt_tokens=prompt_tokens,
+                            block_size=block_size, **read_group(budget, "compare"), prompt_tokens=prompt_tokens,
                             engine_options=given_engine_options(engine_options))
         result = run_compare(spec, settings, names)
         render_comparison(result, fmt, exact)

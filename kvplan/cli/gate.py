@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 
-from kvplan.cli.options import O, engine_flags, tees_output
-from kvplan.options import PLANNER_KEYS, given_engine_options, one_value, one_word, parse_option
+from kvplan.cli.options import O, engine_flags, flag_group, tees_output
+from kvplan.options import BUDGET, PLANNER_KEYS, given_engine_options, one_value, one_word, parse_option, read_group
 from kvplan.errors import InputError
 
 if TYPE_CHECKING:
@@ -501,6 +501,7 @@ def _write_atomically(target: str, text: str) -> None:
 
 
 @engine_flags(after="prompt_tokens")
+@flag_group("budget", BUDGET, after="gpu_memory")
 def diff(
     old: Annotated[str, typer.Argument(metavar="OLD", help="A spec YAML or catalog name; with --base, the spec to compare with its own past.", show_default=False)],
     new: Annotated[Optional[str], typer.Argument(metavar="[NEW]", help="A spec YAML or catalog name (omit with --base).", show_default=False)] = None,
@@ -517,12 +518,7 @@ def diff(
     state_dtype: O.state_dtype = None,
     block_size: O.block_size = None,
     gpu_memory: O.gpu_memory = None,
-    gpu_memory_utilization: O.gpu_memory_utilization = None,
-    activation_memory: O.activation_memory = None,
-    non_torch_memory: O.non_torch_memory = None,
-    max_num_batched_tokens: O.max_num_batched_tokens = None,
-    max_num_seqs: O.max_num_seqs = None,
-    cuda_total_memory: O.cuda_total_memory = None,
+    budget: dict = None,  # BUDGET: --gpu-memory-utilization ... --cuda-total-memory
     prompt_tokens: O.prompt_tokens = None,
     fail_on_increase: Annotated[
         Optional[float],
@@ -560,11 +556,7 @@ def diff(
     )
     # the planner's and the memory settings, as estimate takes them; in the JSON record when given
     extra = dict(state_dtype=state_dtype, block_size=block_size, gpu_memory=gpu_memory, weights_bytes=weights_bytes,
-                 gpu_memory_utilization=gpu_memory_utilization, activation_memory=activation_memory,
-                 non_torch_memory=non_torch_memory,
-                 max_num_batched_tokens=parse_option("max_num_batched_tokens", max_num_batched_tokens),
-                 max_num_seqs=None if max_num_seqs is None else one_value("max_num_seqs", max_num_seqs, "diff"),
-                 cuda_total_memory=parse_option("cuda_total_memory", cuda_total_memory),
+                 **read_group(budget, "diff"),
                  prompt_tokens=parse_option("prompt_tokens", prompt_tokens))
     extra = {k: v for k, v in extra.items() if v is not None}
     flags = given_engine_options(engine_options)

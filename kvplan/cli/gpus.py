@@ -12,8 +12,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from kvplan.cli.options import O
+from kvplan.cli.options import O, flag_group
 from kvplan.cli.render import OutputFormat
+from kvplan.options import GPU_FIGURES
 
 # ------------------------------------------------------------ options
 FormatOpt = O.format(OutputFormat)
@@ -28,22 +29,20 @@ def register(app: typer.Typer) -> None:
     app.command(name="gpus")(gpus)
 
 
+@flag_group("gpu_figures", GPU_FIGURES, after="gpu")
 def gpus(
     gpu: Annotated[
         Optional[str],
         typer.Argument(metavar="GPU", help="Show one GPU: a catalog name, alias, NVML name or GPU YAML path.", show_default=False),
     ] = None,
-    gpu_memory: O.gpu_memory = None,
-    gpu_bandwidth: O.gpu_bandwidth = None,
-    usd_per_hour: O.usd_per_hour = None,
-    gpu_bf16_tflops: O.gpu_bf16_tflops = None,
+    gpu_figures: dict = None,  # GPU_FIGURES: --gpu-memory, --gpu-bandwidth, --usd-per-hour, --gpu-bf16-tflops
     fmt: FormatOpt = OutputFormat.table,
     exact: O.bytes = False,
 ) -> None:
     """List the GPU catalog; with GPU or override flags, show that one GPU in full."""
     from kvplan.plan.gpus import gpu_from_options, load_gpu_catalog
 
-    chosen = gpu_from_options(gpu, gpu_memory, gpu_bandwidth, usd_per_hour, gpu_bf16_tflops)
+    chosen = gpu_from_options(gpu, **gpu_figures)
     if chosen is None:
         _render_list(list(load_gpu_catalog().values()), fmt, exact)
     else:

@@ -89,6 +89,35 @@ def engine_flags(after: str, *, engines: Iterable[str] = ("vllm",) + PROFILES, t
     return decorate
 
 
+def flag_group(name: str, keys: Iterable[str], *, after: str) -> Callable:
+    """The table's options `keys` (a group of kvplan.options: GPU_FIGURES, BUDGET) as parameters of a command,
+    placed after its parameter `after`, in the group's order; the command receives them as one dict, its
+    parameter `name` (key -> the text given, None: not given), so a group is declared once for every command.
+
+    Each defaults to the table's default. Like `engine_flags`, this sets the `__signature__` typer reads.
+    """
+    import inspect
+
+    keys = tuple(keys)
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)
+        own = [p for p in signature.parameters.values() if p.name != name]
+        at = [p.name for p in own].index(after) + 1
+        added = [inspect.Parameter(key, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotated(key),
+                                   default=BY_KEY[key].default) for key in keys]
+
+        @functools.wraps(command)
+        def run(**params: Any) -> Any:
+            params[name] = {key: params.pop(key) for key in keys}
+            return command(**params)
+
+        run.__signature__ = signature.replace(parameters=own[:at] + added + own[at:])
+        return run
+
+    return decorate
+
+
 def tees_output(inputs: Callable[[dict], Iterable[tuple[str, str]]]) -> Callable:
     """A command's `-o/--output FILE`: what it prints on stdout, written to FILE as well (atomically).
 
