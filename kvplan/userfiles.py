@@ -39,6 +39,21 @@ def read_text(path: str | os.PathLike) -> str:
             os.close(fd)
     return data.decode("utf-8")
 
+def read_user_text(path: str | os.PathLike, what: str, hint: str = "") -> str:
+    """`read_text` for a file the user named, its failures as one-line InputErrors naming the file:
+    `PATH: no such file{hint}`, `PATH: is a folder, not {what}`, `PATH: cannot be read (why)` (exit 2)."""
+    from kvplan.errors import InputError
+
+    try:
+        return read_text(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file{hint}") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, not {what}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+
+
 _BRACKETS = re.compile(r"[\[\]{}]")
 DEEP = 1000  # where the message points: the first bracket this deep (no real config nests beyond ~5)
 

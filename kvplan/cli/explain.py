@@ -43,21 +43,14 @@ def explain(
     from kvplan.plan.explain import calibration
     from kvplan.plan.explain import explain as reconstruct
     from kvplan.sources.vllm_log import read_vllm_log
-    from kvplan.userfiles import read_text
+    from kvplan.userfiles import read_user_text
 
     if save_calibration is not None:
         from kvplan.cli import outputs
 
         outputs.check_output(save_calibration, "--save-calibration", outputs.KVPLAN_JSON,
                              inputs=outputs.file_inputs([log], "the vLLM log being explained"), force=force)
-    try:
-        text = read_text(log)
-    except FileNotFoundError:
-        raise InputError(f"{log}: no such file; pass the vLLM log to explain") from None
-    except IsADirectoryError:
-        raise InputError(f"{log}: a folder, not a vLLM log") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{log}: not a readable text log ({getattr(exc, 'strerror', None) or exc})") from None
+    text = read_user_text(log, "a vLLM log", "; pass the vLLM log to explain")
     parsed = read_vllm_log(text, log)
     spec = _spec(model, parsed.model)
     from kvplan.options import one_value, one_word

@@ -96,17 +96,9 @@ def _line_index(node: "yaml.Node", where: str) -> dict[tuple, int]:
 
 def read_yaml(path: Path) -> tuple[Any, Callable[[tuple], int | None]]:
     """Parse a YAML file; return the data and a function from a key path to its line."""
-    from kvplan.userfiles import read_text
+    from kvplan.userfiles import read_user_text
 
-    try:
-        text = read_text(path)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, not a YAML file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
-    return read_yaml_text(text, str(path))
+    return read_yaml_text(read_user_text(path, "a YAML file"), str(path))
 
 
 def read_yaml_text(text: str, where: str) -> tuple[Any, Callable[[tuple], int | None]]:
