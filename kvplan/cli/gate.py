@@ -323,13 +323,8 @@ def _evaluate(i: int, entry, name: str, base: Path, line_of: Callable, specs: di
             specs[ref],
             gpu_ref,
             **_shared_settings(entry, base),
-            pp=entry.pp,
+            **_planner_settings(entry),
             engine=entry.engine,
-            block_size=entry.block_size,
-            gpu_memory_utilization=entry.gpu_memory_utilization,
-            max_num_batched_tokens=entry.max_num_batched_tokens,
-            max_num_seqs=entry.max_num_seqs,
-            cuda_total_memory=entry.cuda_total_memory,
         )
         layout = deployment.layout()
         refusal = vllm_refusal(deployment.spec, entry.kv_cache_dtype, entry.context) if entry.engine == "vllm" else None
@@ -346,17 +341,12 @@ def _evaluate(i: int, entry, name: str, base: Path, line_of: Callable, specs: di
                 raise InputError(f"context {entry.context:,} is longer than max_model_len {rules.max_model_len:,}: "
                                  "vLLM refuses a request past its max_model_len")
         if deployment.gpu is None or refusal:  # nothing of a GPU is read (a refusal fails every budget in its words)
-            settings = Settings(**{**_shared_settings(entry, base), **dict.fromkeys(_GPU_KEYS)}, pp=entry.pp,
-                                block_size=entry.block_size, max_num_batched_tokens=entry.max_num_batched_tokens,
-                                max_num_seqs=entry.max_num_seqs, engine_options=own)  # no GPU: no budget to start from
+            settings = Settings(**{**_shared_settings(entry, base), **_planner_settings(entry), **dict.fromkeys(_GPU_KEYS)},
+                                engine_options=own)  # no GPU: no budget to start from
         else:
             _check_cost_inputs(entry, deployment.gpu)
-            settings = Settings(**_shared_settings(entry, base), gpu=gpu_ref, gpu_label=deployment.gpu.name,
-                                pp=entry.pp, block_size=entry.block_size,
-                                gpu_memory_utilization=entry.gpu_memory_utilization,
-                                max_num_batched_tokens=entry.max_num_batched_tokens,
-                                max_num_seqs=entry.max_num_seqs, cuda_total_memory=entry.cuda_total_memory,
-                                engine_options=own)
+            settings = Settings(**_shared_settings(entry, base), **_planner_settings(entry), gpu=gpu_ref,
+                                gpu_label=deployment.gpu.name, engine_options=own)
         answer = run(deployment.spec, entry.engine, settings)  # the pipeline, as for every engine
         figures = answer_figures(answer, tp=entry.tp, kv_bytes_per_token=layout.kv_bytes_per_token)
     except InputError as exc:
@@ -386,9 +376,14 @@ _SHARED_KEYS = (
 )
 
 
-# What describes the GPU and the roofline on it: not read without one.
+# What describes the GPU, its budget and the roofline on it: not read without one.
 _GPU_KEYS = ("gpu_memory", "gpu_bandwidth", "usd_per_hour", "gpu_bf16_tflops", "bandwidth_efficiency",
-             "compute_efficiency", "calibration")
+             "compute_efficiency", "calibration", "gpu_memory_utilization", "cuda_total_memory")
+
+
+def _planner_settings(entry) -> dict:
+    """The plan-entry settings only kvplan's planner reads (pp and kvplan.options.PLANNER_KEYS), as keyword arguments."""
+    return {key: getattr(entry, key) for key in ("pp", *PLANNER_KEYS)}
 
 
 def _shared_settings(entry, base: Path) -> dict:

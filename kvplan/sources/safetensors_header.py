@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -325,14 +325,8 @@ def summarize_index(index_path: Path, stored: Optional[dict[str, StoredHeader]] 
     metadata = index.get("metadata") if isinstance(index.get("metadata"), dict) else {}
     total_size = metadata.get("total_size")
     total_params = metadata.get("total_parameters")
-    return SafetensorsSummary(
-        files=summary.files,
-        num_tensors=summary.num_tensors,
-        num_parameters=summary.num_parameters,
-        num_bytes=summary.num_bytes,
-        by_dtype=summary.by_dtype,
-        tensor_names=summary.tensor_names,
-        tensor_bytes=summary.tensor_bytes,
+    return replace(  # the shards' counts, with what the index adds
+        summary,
         missing_files=missing,
         index_total_bytes=_whole(total_size),
         index_total_parameters=_whole(total_params) if not isinstance(total_params, float) else None,
