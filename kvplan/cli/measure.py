@@ -110,28 +110,15 @@ def register(app: typer.Typer) -> None:
 
         err = render.console(stderr=True)
         tp, pp = one_value("tp", tp, "measure"), one_value("pp", pp, "measure")
+        # one set of run options for the one-process and the --tp/--pp runs (the ranks time no rounds, no graphs)
+        opts = MeasureOptions(spec=spec, layers=layers, contexts=contexts, batches=batches, decode_steps=decode_steps,
+                              warmup_steps=warmup_steps, max_rounds=max_rounds, dtype=dtype.value,
+                              kv_cache_dtype=kv_cache_dtype, device=device.value, seed=seed, cuda_graphs=cuda_graphs,
+                              verify=verify, progress=lambda message: err.print(message))
         if tp != 1 or pp != 1:
-            _measure_parallel(spec, layers, contexts, batches, decode_steps, warmup_steps, dtype.value, kv_cache_dtype,
-                              device.value, seed, verify, tp, pp, timeout, out_path, out_flag, fmt, exact, tolerance, err)
+            _measure_parallel(opts, tp, pp, timeout, out_path, out_flag, fmt, exact, tolerance)
             return
-        report = run_measure(
-            MeasureOptions(
-                spec=spec,
-                layers=layers,
-                contexts=contexts,
-                batches=batches,
-                decode_steps=decode_steps,
-                warmup_steps=warmup_steps,
-                max_rounds=max_rounds,
-                dtype=dtype.value,
-                kv_cache_dtype=kv_cache_dtype,
-                device=device.value,
-                seed=seed,
-                cuda_graphs=cuda_graphs,
-                verify=verify,
-                progress=lambda message: err.print(message),
-            )
-        )
+        report = run_measure(opts)
         _show(report.to_dict(), out_path, out_flag, fmt, lambda: report_tables(report, exact))
         failures = []
         if verify:
@@ -162,8 +149,7 @@ def _show(data: dict, out_path, out_flag, fmt, tables) -> None:
             out.print(item)
 
 
-def _measure_parallel(spec, layers, contexts, batches, decode_steps, warmup_steps, dtype, kv_cache_dtype, device, seed,
-                      verify, tp, pp, timeout, out_path, out_flag, fmt, exact, tolerance, err) -> None:
+def _measure_parallel(opts, tp, pp, timeout, out_path, out_flag, fmt, exact, tolerance) -> None:
     """`measure --tp/--pp`: launch the ranks (or join torchrun), render on rank 0; exit 1 when a rank's cache
     bytes differ from the prediction or --verify fails."""
     if tolerance is not None:
@@ -171,15 +157,9 @@ def _measure_parallel(spec, layers, contexts, batches, decode_steps, warmup_step
     try:
         from kvplan.cli.measure_parallel import parallel_tables
         from kvplan.measure.parallel import ParallelOptions, measure_parallel
-        from kvplan.measure.run import MeasureOptions
     except ImportError as exc:  # torch missing
         raise InputError(f"kvplan measure needs torch ({exc}); install it with `pip install 'kvplan[measure]'`") from None
-    report = measure_parallel(
-        MeasureOptions(spec=spec, layers=layers, contexts=contexts, batches=batches, decode_steps=decode_steps,
-                       warmup_steps=warmup_steps, dtype=dtype, kv_cache_dtype=kv_cache_dtype, device=device, seed=seed,
-                       verify=verify, progress=lambda message: err.print(message)),
-        ParallelOptions(tp=tp, pp=pp, timeout_s=timeout),
-    )
+    report = measure_parallel(opts, ParallelOptions(tp=tp, pp=pp, timeout_s=timeout))
     if report is None:  # a torchrun rank other than 0: rank 0 prints
         return
     _show(report.to_dict(), out_path, out_flag, fmt, lambda: parallel_tables(report, exact))
