@@ -244,6 +244,7 @@ ALL_OPTION_KEYS = tuple(k for keys in OPTION_KEYS.values() for k in keys)
 # Groups of options several commands take alike, in --help's order; a command takes a group as one parameter
 # (kvplan.cli.options.flag_group) and reads it with `read_group`, so each flag reads the same in every command.
 GPU_FIGURES = ("gpu_memory", "gpu_bandwidth", "usd_per_hour", "gpu_bf16_tflops")  # overrides of --gpu's figures
+WEIGHTS = ("dtype", "weights_bytes")  # the weights: their dtype, or their total bytes where kvplan cannot size them
 BUDGET = ("gpu_memory_utilization", "activation_memory", "non_torch_memory", "max_num_batched_tokens", "max_num_seqs",
           "cuda_total_memory")  # the planner's memory budget: what sits beside the KV cache, vLLM's scheduler limits
 # Keys only kvplan's planner reads that the profiles replace with their own budget rules (a profile refuses them;

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from kvplan.cli.options import O, engine_flags, flag_group, tees_output
-from kvplan.options import BUDGET, GPU_FIGURES, given_engine_options, one_value, read_group
+from kvplan.options import BUDGET, GPU_FIGURES, WEIGHTS, given_engine_options, one_value, read_group
 from kvplan.errors import InputError, KvplanError
 from kvplan.cli.parsing import parse_int_list, parse_str_list, token_flag, warn_beyond_positions  # noqa: F401 (shared)
 from kvplan.cli.render import OutputFormat
@@ -70,6 +70,7 @@ def _estimate_inputs(params: dict):
 # (kvplan.engines.options), and a flag given to another engine is refused, not ignored.
 @engine_flags(after="engine")
 @flag_group("budget", BUDGET, after="weights_bytes")
+@flag_group("weights", WEIGHTS, after="gpu_bf16_tflops")
 @flag_group("gpu_figures", GPU_FIGURES, after="gpu")
 def estimate(
     model: ModelArg,
@@ -83,8 +84,7 @@ def estimate(
     engine: O.engine = "vllm",
     gpu: O.gpu = None,
     gpu_figures: dict = None,  # GPU_FIGURES: --gpu-memory, --gpu-bandwidth, --usd-per-hour, --gpu-bf16-tflops
-    dtype: O.dtype = None,
-    weights_bytes: O.weights_bytes = None,
+    weights: dict = None,  # WEIGHTS: --dtype, --weights-bytes
     budget: dict = None,  # BUDGET: --gpu-memory-utilization ... --cuda-total-memory
     bandwidth_efficiency: O.bandwidth_efficiency = None,
     compute_efficiency: O.compute_efficiency = None,
@@ -129,7 +129,7 @@ def estimate(
     engine_flags = given_engine_options(engine_options)
     dtypes = parse_str_list(kv_cache_dtype, "--kv-cache-dtype")
     gpu_names = parse_str_list(gpu, "--gpu") if gpu is not None else []
-    given = Settings(state_dtype=state_dtype, pp=pp, **gpu_figures, dtype=dtype, weights_bytes=weights_bytes,
+    given = Settings(state_dtype=state_dtype, pp=pp, **gpu_figures, **weights,
                      block_size=block_size, **budget,
                      bandwidth_efficiency=bandwidth_efficiency, compute_efficiency=compute_efficiency,
                      calibration=calibration, prompt_tokens=prompt_tokens, output_tokens=output_tokens,

@@ -13,7 +13,7 @@ import typer
 
 from kvplan.cli.options import O, engine_flags, flag_group, tees_output
 from kvplan.cli.render import OutputFormat
-from kvplan.options import BUDGET
+from kvplan.options import BUDGET, WEIGHTS
 from kvplan.units import counted
 
 
@@ -292,6 +292,7 @@ def register(app: typer.Typer) -> None:
     @engine_flags(after="block_size", engines=("hf",), table_defaults=True)  # each row takes its own engine's
     @engine_flags(after="max_num_batched_tokens", engines=("vllm",))  # None: vLLM's own defaults
     @flag_group("budget", BUDGET, after="weights_bytes")
+    @flag_group("weights", WEIGHTS, after="gpu_memory")
     def compare(
         model: Annotated[str, typer.Argument(help="A catalog name (see `kvplan models`) or a path to a spec YAML.", show_default=False)],
         context: O.context = "8192",
@@ -305,8 +306,7 @@ def register(app: typer.Typer) -> None:
         prompt_tokens: O.prompt_tokens = None,
         gpu: O.gpu = None,
         gpu_memory: O.gpu_memory = None,
-        dtype: O.dtype = None,
-        weights_bytes: O.weights_bytes = None,
+        weights: dict = None,  # WEIGHTS: --dtype, --weights-bytes
         budget: dict = None,  # BUDGET: --gpu-memory-utilization ... --cuda-total-memory
         output: O.output = None,
         plot: O.plot = None,
@@ -340,8 +340,7 @@ def register(app: typer.Typer) -> None:
         # compare reports memory only: a flag-built GPU needs a bandwidth, which nothing here reads
         settings = Settings(context=context, batch=batch, kv_cache_dtype=kv_cache_dtype, state_dtype=state_dtype,
                             tp=tp, pp=pp, gpu=gpu, gpu_memory=gpu_memory, roofline=False,
-                            gpu_bandwidth=1.0 if has_gpu and gpu is None else None, dtype=dtype,
-                            weights_bytes=weights_bytes,
+                            gpu_bandwidth=1.0 if has_gpu and gpu is None else None, **weights,
                             block_size=block_size, **read_group(budget, "compare"), prompt_tokens=prompt_tokens,
                             engine_options=given_engine_options(engine_options))
         result = run_compare(spec, settings, names)

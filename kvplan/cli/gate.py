@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 import typer
 
 from kvplan.cli.options import O, engine_flags, flag_group, tees_output
-from kvplan.options import BUDGET, PLANNER_KEYS, given_engine_options, one_value, one_word, parse_option, read_group
+from kvplan.options import BUDGET, PLANNER_KEYS, WEIGHTS, given_engine_options, one_value, one_word, parse_option, read_group
 from kvplan.errors import InputError
 
 if TYPE_CHECKING:
@@ -497,6 +497,7 @@ def _write_atomically(target: str, text: str) -> None:
 
 @engine_flags(after="prompt_tokens")
 @flag_group("budget", BUDGET, after="gpu_memory")
+@flag_group("weights", WEIGHTS, after="engine")
 def diff(
     old: Annotated[str, typer.Argument(metavar="OLD", help="A spec YAML or catalog name; with --base, the spec to compare with its own past.", show_default=False)],
     new: Annotated[Optional[str], typer.Argument(metavar="[NEW]", help="A spec YAML or catalog name (omit with --base).", show_default=False)] = None,
@@ -508,8 +509,7 @@ def diff(
     tp: O.tp = "1",
     pp: O.pp = "1",
     engine: O.engine = "vllm",
-    dtype: O.dtype = None,
-    weights_bytes: O.weights_bytes = None,
+    weights: dict = None,  # WEIGHTS: --dtype, --weights-bytes
     state_dtype: O.state_dtype = None,
     block_size: O.block_size = None,
     gpu_memory: O.gpu_memory = None,
@@ -547,10 +547,10 @@ def diff(
     tp, pp = one_value("tp", tp, "diff", hint), one_value("pp", pp, "diff", hint)
     settings = dict(
         context=one_value("context", context, "diff", hint), batch=one_value("batch", batch, "diff", hint),
-        tp=tp, pp=pp, engine=engine, dtype=dtype,
+        tp=tp, pp=pp, engine=engine, dtype=weights["dtype"],
     )
     # the planner's and the memory settings, as estimate takes them; in the JSON record when given
-    extra = dict(state_dtype=state_dtype, block_size=block_size, gpu_memory=gpu_memory, weights_bytes=weights_bytes,
+    extra = dict(state_dtype=state_dtype, block_size=block_size, gpu_memory=gpu_memory, weights_bytes=weights["weights_bytes"],
                  **read_group(budget, "diff"),
                  prompt_tokens=parse_option("prompt_tokens", prompt_tokens))
     extra = {k: v for k, v in extra.items() if v is not None}

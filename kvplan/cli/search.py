@@ -13,9 +13,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from kvplan.cli.options import O, tees_output
+from kvplan.cli.options import O, flag_group, tees_output
 from kvplan.cli.render import OutputFormat
 from kvplan.errors import InputError
+from kvplan.options import WEIGHTS
 
 FormatOpt = O.format(OutputFormat)
 ModelArg = Annotated[str, typer.Argument(help="A catalog name (see `kvplan models`), a spec YAML, a config.json, a model folder, a .gguf file, or a hub id org/name in the local Hugging Face cache.", show_default=False)]
@@ -38,6 +39,7 @@ def _inputs(params: dict):
 
 
 @tees_output(_inputs)
+@flag_group("weights", WEIGHTS, after="context")
 def search(
     model: ModelArg,
     requests_per_s: O.requests_per_s = None,
@@ -53,8 +55,7 @@ def search(
     max_num_seqs: O.max_num_seqs = None,
     engine: O.engine = "vllm",
     context: O.context = None,
-    dtype: O.dtype = None,
-    weights_bytes: O.weights_bytes = None,
+    weights: dict = None,  # WEIGHTS: --dtype, --weights-bytes
     state_dtype: O.state_dtype = None,
     block_size: O.block_size = None,
     gpu_memory_utilization: O.gpu_memory_utilization = None,
@@ -106,8 +107,8 @@ def search(
     if max_model_len is not None and len(max_model_len) > 1:
         raise InputError(f"--context {context!r}: search takes one context (vLLM's max_model_len), not a list")
     settings = Settings(
-        context=None if max_model_len is None else max_model_len[0], state_dtype=state_dtype, dtype=dtype,
-        weights_bytes=weights_bytes, block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
+        context=None if max_model_len is None else max_model_len[0], state_dtype=state_dtype, **weights,
+        block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
         max_num_batched_tokens=token_flag(max_num_batched_tokens, "--max-num-batched-tokens"),
         activation_memory=activation_memory, non_torch_memory=non_torch_memory,
         bandwidth_efficiency=bandwidth_efficiency, compute_efficiency=compute_efficiency,

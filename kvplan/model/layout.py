@@ -20,7 +20,7 @@ spec's layers, its tensor-parallel ranks and its pipeline stages:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from kvplan.errors import InputError
 from kvplan.model.formats import FIXED_FORMATS, KVFormat, KVFormatPair
@@ -341,17 +341,7 @@ class CacheLayout:
         )
 
 
-def estimate_cache(
-    spec: ModelSpec,
-    *,
-    context: int,
-    batch: int = 1,
-    kv_format: KVFormatPair,
-    block_size: int = 1,
-    tp: int = 1,
-    pp: int = 1,
-    state_format: KVFormat | StateFormats | None = None,
-) -> CacheEstimate:
-    """The cache of `batch` sequences of `context` tokens (see the module docstring for the rules)."""
-    layout = CacheLayout(spec, kv_format, block_size=block_size, tp=tp, pp=pp, state_format=state_format)
-    return layout.at(context, batch)
+def estimate_cache(spec: ModelSpec, *, context: int, batch: int = 1, kv_format: KVFormatPair, **layout: Any) -> CacheEstimate:
+    """The cache of `batch` sequences of `context` tokens (see the module docstring for the rules); `layout` are
+    CacheLayout's keywords (block_size, tp, pp, state_format), declared there once."""
+    return CacheLayout(spec, kv_format, **layout).at(context, batch)
