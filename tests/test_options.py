@@ -305,3 +305,93 @@ def test_gpu_memory_utilization_without_a_gpu_is_refused_not_ignored(capsys, com
     r = run_cli(capsys, command, "llama-3.1-8b", "--gpu-memory-utilization", "0.5")
     assert r.exit_code == 2
     assert r.stderr.startswith("error: --gpu-memory-utilization needs a GPU: --gpu is needed")
+
+
+# ------------------------------------------------------------------ every writer: "schema_version" first
+
+LOG = "tests/fixtures/vllm_logs/vllm-0.6.5-llama-3-8b-h100.log"
+
+
+def _first_key_is_the_schema(doc) -> bool:
+    return next(iter(doc.items())) == ("schema_version", 1)
+
+
+def test_the_writers_beyond_the_table_commands_carry_the_schema_version(capsys, tmp_path):
+    """search, explain, explain --save-calibration and measure's report (stdout and -o) stamp their JSON too.
+
+    (`import` writes a spec YAML, not JSON: a spec is checked by its own strict schema, kvplan.model.spec.)
+    """
+    r = run_cli(capsys, "search", "llama-3.1-8b", "--requests-per-s", "1", "--tpot-ms", "50", "--prompt-tokens", "1k",
+                "--output-tokens", "100", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert _first_key_is_the_schema(json.loads(r.stdout))
+    cal = tmp_path / "cal.json"
+    r = run_cli(capsys, "explain", LOG, "llama-3.1-8b", "-c", "8192", "--save-calibration", str(cal), "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    assert _first_key_is_the_schema(json.loads(r.stdout))
+    assert _first_key_is_the_schema(json.loads(cal.read_text()))
+    # measure's report, without running torch: the one writer of its -o file and its --format json stdout
+    from kvplan.cli.measure import MeasureFormat, _show
+
+    report = tmp_path / "measure.json"
+    _show({"model": "tiny", "runs": []}, report, "--output", MeasureFormat.json, lambda: [])
+    assert json.loads(report.read_text()) == {"schema_version": 1, "model": "tiny", "runs": []}
+    assert json.loads(capsys.readouterr().out) == {"schema_version": 1, "model": "tiny", "runs": []}
+
+
+# ------------------------------------------------------------------ a group's flag reads alike in every command
+
+# What each command needs besides the flag under test (a GPU where the flag needs one).
+BASE_ARGS = {
+    "estimate": ["llama-3.1-8b", "--gpu", "h100-sxm"],
+    "compare": ["llama-3.1-8b", "--gpu", "h100-sxm"],
+    "diff": ["llama-3.1-8b", "qwen3-8b"],
+    "search": ["llama-3.1-8b", "--requests-per-s", "1", "--tpot-ms", "50", "--prompt-tokens", "1k",
+               "--output-tokens", "100"],
+    "gpus": [],
+    "explain": [LOG, "llama-3.1-8b"],
+}
+
+
+def _bad_value(key: str, command: str) -> tuple[str, str]:
+    """A value the flag's kind refuses, and the refusal in the words kvplan.options / kvplan.units give it."""
+    from kvplan.options import BY_KEY
+
+    option = BY_KEY[key]
+    if option.kind == "bytes":
+        return "2x", f"error: {option.flag} '2x' is not a size; write bytes or a number with a unit, e.g. 5GiB or 80GB\n"
+    if option.kind == "tokens":
+        return "x", f"error: {option.flag} 'x' is not a whole number of tokens (e.g. 32768 or 32k)\n"
+    assert option.kind == "counts", key
+    return "1,2", f"error: {option.flag} '1,2': {command} takes one value, not a list\n"
+
+
+def _group_params():
+    from kvplan.options import BUDGET, GPU_FIGURES, WEIGHTS
+
+    keys = [k for k in GPU_FIGURES + WEIGHTS + BUDGET if _kind(k) in ("bytes", "tokens", "counts")]
+    commands = _commands()
+    walked = [(name, key) for name, command in commands.items() for key in keys
+              if key in {p.name for p in command.params}
+              and not (name, key) == ("search", "max_num_seqs")]  # search: the values to try, a list
+    return walked
+
+
+def _kind(key: str) -> str:
+    from kvplan.options import BY_KEY
+
+    return BY_KEY[key].kind
+
+
+def test_every_command_that_takes_a_group_flag_reads_it_alike(capsys):
+    """Walk every command's parameters: a size, token count or single count of the flag groups
+    (kvplan.options GPU_FIGURES, WEIGHTS, BUDGET) is refused in the same words wherever it is taken."""
+    walked = _group_params()
+    assert {name for name, _ in walked} == {"estimate", "compare", "diff", "search", "gpus", "explain"}
+    assert ("search", "activation_memory") in walked and ("diff", "cuda_total_memory") in walked
+    for name, key in walked:
+        from kvplan.options import BY_KEY
+
+        value, refusal = _bad_value(key, name)
+        r = run_cli(capsys, name, *BASE_ARGS[name], BY_KEY[key].flag, value)
+        assert (r.exit_code, r.stdout, r.stderr) == (2, "", refusal), (name, key)

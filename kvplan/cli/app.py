@@ -129,7 +129,7 @@ def estimate(
     engine_flags = given_engine_options(engine_options)
     dtypes = parse_str_list(kv_cache_dtype, "--kv-cache-dtype")
     gpu_names = parse_str_list(gpu, "--gpu") if gpu is not None else []
-    given = Settings(state_dtype=state_dtype, pp=pp, **gpu_figures, **weights,
+    given = Settings(state_dtype=state_dtype, pp=pp, **gpu_figures, **read_group(weights, "estimate"),
                      block_size=block_size, **budget,
                      bandwidth_efficiency=bandwidth_efficiency, compute_efficiency=compute_efficiency,
                      calibration=calibration, prompt_tokens=prompt_tokens, output_tokens=output_tokens,

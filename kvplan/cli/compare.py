@@ -340,7 +340,7 @@ def register(app: typer.Typer) -> None:
         # compare reports memory only: a flag-built GPU needs a bandwidth, which nothing here reads
         settings = Settings(context=context, batch=batch, kv_cache_dtype=kv_cache_dtype, state_dtype=state_dtype,
                             tp=tp, pp=pp, gpu=gpu, gpu_memory=gpu_memory, roofline=False,
-                            gpu_bandwidth=1.0 if has_gpu and gpu is None else None, **weights,
+                            gpu_bandwidth=1.0 if has_gpu and gpu is None else None, **read_group(weights, "compare"),
                             block_size=block_size, **read_group(budget, "compare"), prompt_tokens=prompt_tokens,
                             engine_options=given_engine_options(engine_options))
         result = run_compare(spec, settings, names)

@@ -53,11 +53,12 @@ def explain(
     text = read_user_text(log, "a vLLM log", "; pass the vLLM log to explain")
     parsed = read_vllm_log(text, log)
     spec = _spec(model, parsed.model)
-    from kvplan.options import one_value, one_word
+    from kvplan.options import one_value, one_word, parse_option
 
     tokens = None if context is None else one_value("context", context, "explain")
     kv_cache_dtype = one_word("kv_cache_dtype", kv_cache_dtype, "explain")
     gpu = one_word("gpu", gpu, "explain")
+    parse_option("gpu_memory", gpu_memory)  # a bad size is refused as every command refuses it, prediction or not
     result = reconstruct(parsed, spec, gpu=gpu, gpu_memory=gpu_memory, context=tokens, kv_cache_dtype=kv_cache_dtype,
                          block_size=block_size, state_dtype=state_dtype)
     if save_calibration is not None:

@@ -542,6 +542,7 @@ def diff(
         before_spec, before_label = resolve_spec(old, fast=True), old
         after_spec, after_label = resolve_spec(new, fast=True), new
     hint = " (diff compares two specs at one setting)"
+    weights = read_group(weights, "diff")
     gpu = one_word("gpu", gpu, "diff", hint)
     kv_cache_dtype = one_word("kv_cache_dtype", kv_cache_dtype, "diff", hint)
     tp, pp = one_value("tp", tp, "diff", hint), one_value("pp", pp, "diff", hint)

@@ -16,7 +16,7 @@ import typer
 from kvplan.cli.options import O, flag_group, tees_output
 from kvplan.cli.render import OutputFormat
 from kvplan.errors import InputError
-from kvplan.options import WEIGHTS
+from kvplan.options import BUDGET, WEIGHTS, read_group
 
 FormatOpt = O.format(OutputFormat)
 ModelArg = Annotated[str, typer.Argument(help="A catalog name (see `kvplan models`), a spec YAML, a config.json, a model folder, a .gguf file, or a hub id org/name in the local Hugging Face cache.", show_default=False)]
@@ -39,6 +39,7 @@ def _inputs(params: dict):
 
 
 @tees_output(_inputs)
+@flag_group("budget", BUDGET[:4], after="block_size")  # not --max-num-seqs (a space to search), --cuda-total-memory
 @flag_group("weights", WEIGHTS, after="context")
 def search(
     model: ModelArg,
@@ -58,10 +59,7 @@ def search(
     weights: dict = None,  # WEIGHTS: --dtype, --weights-bytes
     state_dtype: O.state_dtype = None,
     block_size: O.block_size = None,
-    gpu_memory_utilization: O.gpu_memory_utilization = None,
-    activation_memory: O.activation_memory = None,
-    non_torch_memory: O.non_torch_memory = None,
-    max_num_batched_tokens: O.max_num_batched_tokens = None,
+    budget: dict = None,  # BUDGET[:4]: --gpu-memory-utilization ... --max-num-batched-tokens, read as estimate reads them
     bandwidth_efficiency: O.bandwidth_efficiency = None,
     compute_efficiency: O.compute_efficiency = None,
     limit: LimitOpt = None,
@@ -107,10 +105,8 @@ def search(
     if max_model_len is not None and len(max_model_len) > 1:
         raise InputError(f"--context {context!r}: search takes one context (vLLM's max_model_len), not a list")
     settings = Settings(
-        context=None if max_model_len is None else max_model_len[0], state_dtype=state_dtype, **weights,
-        block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
-        max_num_batched_tokens=token_flag(max_num_batched_tokens, "--max-num-batched-tokens"),
-        activation_memory=activation_memory, non_torch_memory=non_torch_memory,
+        context=None if max_model_len is None else max_model_len[0], state_dtype=state_dtype, **read_group(weights, "search"),
+        block_size=block_size, **read_group(budget, "search"),
         bandwidth_efficiency=bandwidth_efficiency, compute_efficiency=compute_efficiency,
         prompt_tokens=load.prompt_mean, output_tokens=load.output_mean, requests_per_s=requests_per_s)
     targets = core.Targets(None if ttft_ms is None else ttft_ms / 1000, None if tpot_ms is None else tpot_ms / 1000)
