@@ -395,3 +395,24 @@ def test_every_command_that_takes_a_group_flag_reads_it_alike(capsys):
         value, refusal = _bad_value(key, name)
         r = run_cli(capsys, name, *BASE_ARGS[name], BY_KEY[key].flag, value)
         assert (r.exit_code, r.stdout, r.stderr) == (2, "", refusal), (name, key)
+
+
+# Each kind's text and its value, by hand: k = 1024 (README "Units"), GiB = 2**30.
+_BY_KIND = {"counts": ("2k", 2_048), "tokens": ("2k", 2_048), "bytes": ("2GiB", 2 * 2**30)}
+
+
+def test_every_plan_key_reads_as_its_flag_does():
+    """Walk the table: every plan key that is a count, a token count or a size takes the flag's text in a plan
+    (a plan's `max_num_seqs: 1k` was refused while `--max-num-seqs 1k` was taken)."""
+    from kvplan.options import OPTIONS, parse_option
+    from kvplan.plan.gating import DeploymentEntry
+
+    walked = [o for o in OPTIONS if o.plan and o.kind in _BY_KIND]
+    assert {"max_num_seqs", "weights_bytes", "cuda_total_memory", "kv_cache_memory_bytes"} <= {o.key for o in walked}
+    for option in walked:
+        text, expected = _BY_KIND[option.kind]
+        cli = parse_option(option.key, text)
+        assert (cli[0] if isinstance(cli, list) else cli) == expected, option.key
+        entry = DeploymentEntry.model_validate({"model": "llama-3.1-8b", "context": 8192, option.key: text,
+                                                "budgets": {"max_kv_bytes_per_token": "1MiB"}})
+        assert getattr(entry, option.key) == expected, option.key

@@ -198,7 +198,7 @@ class DeploymentEntry(BaseModel):
     activation_memory: Optional[ByteCountOrZero] = None
     non_torch_memory: Optional[ByteCountOrZero] = None
     max_num_batched_tokens: Optional[TokenCount] = None  # None: vLLM's default for the GPU
-    max_num_seqs: Optional[PositiveInt] = None  # None: vLLM's default for the GPU
+    max_num_seqs: Optional[Count] = None  # None: vLLM's default for the GPU; 1k as the flag reads it
     cuda_total_memory: Optional[ByteCount] = None  # cudaMemGetInfo's total (None: the GPU's memory)
     bandwidth_efficiency: Optional[Share] = None
     compute_efficiency: Optional[Share] = None
