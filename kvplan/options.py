@@ -136,8 +136,11 @@ OPTIONS: tuple[Option, ...] = (
     _O("requests_per_s", ("--requests-per-s",), "float", "Workload: requests per second to size GPUs for.",
        plan=False),
     # ---- kvplan search: the targets and the workload a deployment must meet
-    _O("ttft_ms", ("--ttft-ms",), "float", "search: time to first token a deployment must meet, ms (the "
-       "prefill of the p99 prompt).", PLANNER, plan=False),
+    _O("ttft_ms", ("--ttft-ms",), "float", "search: time to first token a deployment must meet, ms (the p99: "
+       "the wait in a replica's queue + the prefill of the p99 prompt).", PLANNER, plan=False),
+    _O("no_queueing", ("--no-queueing",), "bool", "search: TTFT is the prefill alone, no wait in a replica's "
+       "queue (default: an M/G/1 queue at the workload's rate, replicas added until TTFT p99 meets --ttft-ms).",
+       PLANNER, default=False, plan=False),
     _O("tpot_ms", ("--tpot-ms",), "float", "search: time per output token a deployment must meet, ms (a decode "
        "step with every running sequence at the longest context).", PLANNER, plan=False),
     _O("workload", ("--workload",), "str", "search: a JSONL file of requests, one {\"prompt_tokens\": P, "
