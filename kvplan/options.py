@@ -231,7 +231,8 @@ OPTIONS: tuple[Option, ...] = (
     _O("svg", ("--svg",), "path", "Also save what the table shows as an SVG file (an existing file only if it is an "
        "SVG; see --force).", plan=False),
     _O("plot", ("--plot",), "path", "Also draw charts into this .png, .svg or .html file: the memory map per GPU, max "
-       "concurrency and KV bytes against context (needs the extra kvplan[plot]).", plan=False),
+       "concurrency and KV bytes against context (search: the cost / latency front; needs the extra kvplan[plot]).",
+       plan=False),
     _O("force", ("--force",), "bool", "Let --output, --svg or --plot replace an existing file that is not a report of the "
        "kind being written.", plan=False, default=False),
 )

@@ -66,6 +66,7 @@ def search(
     limit: LimitOpt = None,
     no_queueing: O.no_queueing = False,
     emit: O.emit = None,
+    plot: O.plot = None,
     output: O.output = None,
     force: O.force = False,
     fmt: FormatOpt = OutputFormat.table,
@@ -77,6 +78,10 @@ def search(
     from kvplan.plan.pipeline import Settings
     from kvplan.sources.catalog import resolve_spec
 
+    if plot is not None:  # before any work: nothing computed and then refused, nothing the user wrote replaced
+        from kvplan.cli.plot import check_plot
+
+        check_plot(plot, inputs=_inputs({"model": model, "gpu": gpu, "workload": workload}), force=force)
     if requests_per_s is None:
         raise InputError("--requests-per-s is needed: the workload's rate sizes the replicas and the cost")
     if not (math.isfinite(requests_per_s) and requests_per_s > 0):
@@ -118,7 +123,13 @@ def search(
         raise InputError(f"--emit {emit}: search plans under --engine {engine}; only --emit vllm launches what it "
                          "finds" if engine == "vllm" else f"--emit {emit}: --engine {engine} is kvplan's ideal "
                          "cache, which no engine launches; search with --engine vllm to --emit vllm")
-    result = core.search(spec, engine, load, targets, space, settings, limit=limit, queueing=not no_queueing)
+    result = core.search(spec, engine, load, targets, space, settings, limit=limit, queueing=not no_queueing,
+                         keep_cloud=plot is not None)
+    if plot is not None:  # the cost / latency front (kvplan.plan.charts.search_charts), drawn by kvplan.cli.plot
+        from kvplan.cli.plot import save_plot
+        from kvplan.plan.charts import search_charts
+
+        save_plot(plot, search_charts(result, result.cloud))
     if emit is not None:  # row 1's launch command instead of the report (kvplan.plan.emit, as estimate --emit)
         sys.stdout.write(_emit_row(result, spec, model, settings) + "\n")
         return

@@ -217,6 +217,9 @@ class SearchResult:
     rows: tuple[Row, ...]
     families: tuple[Family, ...]
     assumptions: dict = field(default_factory=dict)
+    # (usd_per_million_tokens, tpot_s, ttft_s) of every candidate the screen found feasible (`keep_cloud`: for
+    # `--plot`; not printed)
+    cloud: tuple[tuple[float, float, float], ...] = ()
 
     def to_dict(self) -> dict:
         from kvplan.schema import SCHEMA_VERSION
@@ -567,7 +570,7 @@ def screen(spec, engine: str, workload: Workload, targets: Targets, space: Space
 
 
 def search(spec, engine: str, workload: Workload, targets: Targets, space: Space, settings, *,
-           limit: Optional[int] = None, queueing: bool = True) -> SearchResult:
+           limit: Optional[int] = None, queueing: bool = True, keep_cloud: bool = False) -> SearchResult:
     """The Pareto front (cost per million tokens, request latency), cheapest first, each row confirmed by estimate.
 
     `settings` is a `kvplan.plan.pipeline.Settings` holding what stays fixed (dtype, efficiencies, memory
@@ -636,8 +639,13 @@ def search(spec, engine: str, workload: Workload, targets: Targets, space: Space
         "bandwidth_efficiency": settings.bandwidth_efficiency or 0.8,
         "compute_efficiency": settings.compute_efficiency or 0.5,
     }
+    cloud = ()
+    if keep_cloud:
+        cloud = tuple((float(c), float(x), float(y)) for f in families if f.arrays is not None
+                      for c, x, y in zip(f.arrays["cost"][f.arrays["ok"]], f.arrays["tpot"][f.arrays["ok"]],
+                                         f.arrays["ttft"][f.arrays["ok"]]))
     return SearchResult(spec.name, engine, workload_dict, targets_dict, space.size, feasible, tuple(rows),
-                        tuple(summary), assumptions)
+                        tuple(summary), assumptions, cloud)
 
 
 def token_budget(ctx: _Context, label: str, gpu=None) -> int:
