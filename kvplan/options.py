@@ -136,8 +136,11 @@ OPTIONS: tuple[Option, ...] = (
     _O("requests_per_s", ("--requests-per-s",), "float", "Workload: requests per second to size GPUs for.",
        plan=False),
     # ---- kvplan search: the targets and the workload a deployment must meet
-    _O("ttft_ms", ("--ttft-ms",), "float", "search: time to first token a deployment must meet, ms (the "
-       "prefill of the p99 prompt).", PLANNER, plan=False),
+    _O("ttft_ms", ("--ttft-ms",), "float", "search: time to first token a deployment must meet, ms (the p99: "
+       "the wait in a replica's queue + the prefill of the p99 prompt).", PLANNER, plan=False),
+    _O("no_queueing", ("--no-queueing",), "bool", "search: TTFT is the prefill alone, no wait in a replica's "
+       "queue (default: an M/G/1 queue at the workload's rate, replicas added until TTFT p99 meets --ttft-ms).",
+       PLANNER, default=False, plan=False),
     _O("tpot_ms", ("--tpot-ms",), "float", "search: time per output token a deployment must meet, ms (a decode "
        "step with every running sequence at the longest context).", PLANNER, plan=False),
     _O("workload", ("--workload",), "str", "search: a JSONL file of requests, one {\"prompt_tokens\": P, "
@@ -228,7 +231,8 @@ OPTIONS: tuple[Option, ...] = (
     _O("svg", ("--svg",), "path", "Also save what the table shows as an SVG file (an existing file only if it is an "
        "SVG; see --force).", plan=False),
     _O("plot", ("--plot",), "path", "Also draw charts into this .png, .svg or .html file: the memory map per GPU, max "
-       "concurrency and KV bytes against context (needs the extra kvplan[plot]).", plan=False),
+       "concurrency and KV bytes against context (search: the cost / latency front; needs the extra kvplan[plot]).",
+       plan=False),
     _O("force", ("--force",), "bool", "Let --output, --svg or --plot replace an existing file that is not a report of the "
        "kind being written.", plan=False, default=False),
 )

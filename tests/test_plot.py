@@ -373,3 +373,84 @@ def test_estimate_without_plot_does_not_import_matplotlib():
             "assert 'matplotlib' not in sys.modules\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------------ search --plot: the cost / latency front
+
+SEARCH = ("search", "llama-3.1-70b", "--requests-per-s", "10", "--prompt-tokens", "2k", "--output-tokens", "256",
+          "--ttft-ms", "500", "--tpot-ms", "50", "--gpu", "h100-sxm,l4", "--tp", "4,8", "--kv-cache-dtype", "auto",
+          "--max-num-seqs", "16,32,64,128,256")
+
+
+def _front_of(capsys) -> tuple[list[dict], list[dict]]:
+    """The same search's rows and families as --format json prints them (the file is read against these)."""
+    d = json.loads(run_cli(capsys, *SEARCH, "-f", "json").stdout)
+    return d["rows"], d["families"]
+
+
+def _label(r: dict) -> str:
+    return (f"{r['gpu']} × {r['gpus']:,}, tp {r['tensor_parallel_size']}, KV {r['kv_cache_dtype']}, "
+            f"{r['max_num_seqs']:,} seqs")
+
+
+def test_search_plot_svg_labels_every_row_of_the_front_and_the_rejected(tmp_path, capsys):
+    rows, families = _front_of(capsys)
+    out = tmp_path / "front.svg"
+    r = run_cli(capsys, *SEARCH, "--plot", str(out))
+    assert r.exit_code == 0, r.stderr
+    assert r.stderr.endswith(f"saved {out}\n")
+    text = _svg_text(out.read_bytes())
+    assert "Cost vs TPOT" in text and "Cost vs TTFT p99" in text
+    for i, row in enumerate(rows, 1):  # both panels label each row, numbered as the table
+        assert text.count(f"{i}: {_label(row)}") == 2
+    rejected = [f for f in families if not f["feasible"]]
+    assert [f["value"] for f in rejected] == ["l4"]
+    assert f"rejected: l4: {rejected[0]['reason']}" in text
+    assert "feasible candidates (screened)" in text
+
+
+def test_search_plot_html_holds_the_fronts_points(tmp_path, capsys):
+    rows, _ = _front_of(capsys)
+    out = tmp_path / "front.html"
+    assert run_cli(capsys, *SEARCH, "--plot", str(out)).exit_code == 0
+    page = out.read_text()
+    html.parser.HTMLParser().feed(page)
+
+    class Cells(html.parser.HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.rows, self._row, self._in = [], None, False
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "tr":
+                self._row = []
+            self._in = tag == "td"
+
+        def handle_endtag(self, tag):
+            if tag == "tr" and self._row:
+                self.rows.append(self._row)
+            self._in = False
+
+        def handle_data(self, data):
+            if self._in:
+                self._row.append(data)
+
+    cells = Cells()
+    cells.feed(page)
+    # two tables (TPOT, then TTFT p99), each row: number, deployment, x in ms, $ per 1M tokens
+    want_tpot = [[str(i), _label(r), f"{r['tpot_s'] * 1000:,.3f}", f"{r['usd_per_million_tokens']:,.4f}"]
+                 for i, r in enumerate(rows, 1)]
+    want_ttft = [[str(i), _label(r), f"{r['ttft_s'] * 1000:,.3f}", f"{r['usd_per_million_tokens']:,.4f}"]
+                 for i, r in enumerate(rows, 1)]
+    assert cells.rows == want_tpot + want_ttft
+    assert "<li>rejected: l4: " in page
+
+
+def test_search_plot_png_and_a_bad_name_refused_first(tmp_path, capsys):
+    out = tmp_path / "front.png"
+    assert run_cli(capsys, *SEARCH, "--plot", str(out)).exit_code == 0
+    width, height = _png_size(out.read_bytes())
+    assert width == 1320 and height > 900  # two panels
+    r = run_cli(capsys, "search", "no-such-model", "--plot", str(tmp_path / "x.pdf"))
+    assert (r.exit_code, r.stderr) == (2, f"error: --plot {tmp_path / 'x.pdf'}: the file name must end in .png, .svg "
+                                          "or .html\n")

@@ -83,7 +83,8 @@ def test_llama_70b_at_10_requests_a_second_by_hand(capsys):
     assert round(chosen["step"] * 1000, 2) == 16.47
     r = run_cli(capsys, "search", "llama-3.1-70b", "--requests-per-s", "10", "--prompt-tokens", "2k",
                 "--output-tokens", "256", "--ttft-ms", "500", "--tpot-ms", "50", "--gpu", "h100-sxm",
-                "--kv-cache-dtype", "auto", "--tp", "4,8", "--max-num-seqs", ",".join(map(str, seqs)), "-f", "json")
+                "--kv-cache-dtype", "auto", "--tp", "4,8", "--max-num-seqs", ",".join(map(str, seqs)), "-f", "json",
+                "--no-queueing")
     assert r.exit_code == 0, r.stderr
     row = json.loads(r.stdout)["rows"][0]
     assert (row["gpu"], row["tensor_parallel_size"], row["max_num_seqs"], row["batch"], row["gpus"]) == (
@@ -95,10 +96,95 @@ def test_llama_70b_at_10_requests_a_second_by_hand(capsys):
     assert row["usd_per_million_tokens"] == pytest.approx(12 * 2.99 / (10 * 3600 * 2304) * 1e6, rel=1e-12)
 
 
-def test_the_hand_worked_front_is_the_pareto_front_of_the_hand_candidates(capsys):
+def queued_candidate(c: dict) -> dict:
+    """The hand candidate with TTFT queued (docs/search.md "TTFT with queueing"): each replica an M/D/1 queue (every
+    request alike, so its service S is fixed: S^2 = E[S^2]) fed 10 / r requests a second, S = its prefill + 256 x its
+    decode step / batch (the GPU time the replica count charges a request). Pollaczek-Khinchine: mean wait
+    W = lambda S^2 / (2 (1 - rho)), rho = lambda S; p99 wait W / rho x ln(rho / 0.01) (an atom 1 - rho at 0, else
+    exponential). Replicas: the fewest from estimate's count up with rho < 1 and prefill + p99 wait <= 500 ms."""
+    service = c["prefill"] + OUTPUT * c["step"] / c["batch"]
+    r = c["gpus"] // c["tp"]
+    ok = c["ok"]
+    while ok:
+        lam = RPS / r
+        rho = lam * service
+        if rho < 1:
+            wait = lam * service**2 / (2 * (1 - rho))
+            p99 = wait / rho * math.log(rho / 0.01) if rho > 0.01 else 0.0
+            if c["prefill"] + p99 <= TTFT:
+                break
+        r += 1
+    ttft = c["prefill"] + p99 if ok else math.inf
+    cost = r * c["tp"] * H100_USD / (RPS * 3600 * (PROMPT + OUTPUT)) * 1e6
+    return dict(c, replicas=r, gpus=r * c["tp"], cost=cost, ttft=ttft, rho=RPS / r * service,
+                latency=ttft + OUTPUT * c["step"])
+
+
+def test_llama_70b_at_10_requests_a_second_with_queueing_by_hand(capsys):
+    """Queueing moves the hand-worked answer. tp 4 x 32 sequences needs 3 replicas to carry 10 req/s, but each then
+    runs at rho = 10/3 x (0.1635 + 256 x 0.01647 / 32) = 0.984: its p99 wait is seconds, and only 37 replicas bring
+    TTFT p99 under 500 ms. tp 8 prefills 2k tokens in 94.8 ms; at 128 sequences a request holds a replica for
+    0.0948 + 256 x 0.01379 / 128 = 0.1223 s: 2 replicas (estimate's count) run at rho 0.612, p99 TTFT 0.0948 +
+    0.611 s; 3 at rho 0.408: W = 3.33 x 0.1223^2 / (2 x 0.592) = 0.0421 s, p99 wait 0.0421 / 0.408 x ln(40.8) =
+    0.383 s, TTFT p99 0.478 s: 24 GPUs, $0.8652 / 1M tokens (tp 8 x 256 costs the same and decodes slower)."""
     seqs = (16, 32, 64, 128, 256)
-    hand = sorted((c for c in (hand_candidate(tp, s) for tp in (4, 8) for s in seqs) if c["ok"]),
-                  key=lambda c: (c["cost"], c["latency"]))
+    hand = [queued_candidate(hand_candidate(tp, s)) for tp in (4, 8) for s in seqs]
+    chosen = min((c for c in hand if c["ok"]), key=lambda c: (c["cost"], c["latency"]))
+    assert (chosen["tp"], chosen["seqs"], chosen["batch"], chosen["replicas"], chosen["gpus"]) == (8, 128, 128, 3, 24)
+    assert round(chosen["ttft"], 3) == 0.478 and round(chosen["rho"], 3) == 0.408
+    four = next(c for c in hand if (c["tp"], c["seqs"]) == (4, 32))
+    assert four["replicas"] == 37
+    r = run_cli(capsys, "search", "llama-3.1-70b", "--requests-per-s", "10", "--prompt-tokens", "2k",
+                "--output-tokens", "256", "--ttft-ms", "500", "--tpot-ms", "50", "--gpu", "h100-sxm",
+                "--kv-cache-dtype", "auto", "--tp", "4,8", "--max-num-seqs", ",".join(map(str, seqs)), "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    row = json.loads(r.stdout)["rows"][0]
+    assert (row["tensor_parallel_size"], row["max_num_seqs"], row["batch"], row["replicas"], row["gpus"]) == (
+        8, 128, 128, 3, 24)
+    assert row["ttft_s"] == pytest.approx(chosen["ttft"], rel=1e-9)
+    assert row["utilization"] == round(chosen["rho"], 6)
+    assert row["ttft_p50_s"] == pytest.approx(chosen["prefill"], rel=1e-12)  # rho < 0.5: half the requests wait not
+    assert row["usd_per_million_tokens"] == pytest.approx(24 * 2.99 / (10 * 3600 * 2304) * 1e6, rel=1e-12)
+
+
+# a deployment's figures: prefill of the p50 / p99 prompt, moments of (prefill, output) over the requests
+_STATS = st.builds(lambda a, o, extra: (a, o, extra), st.floats(0.001, 2.0), st.integers(1, 4000),
+                   st.floats(0.0, 1.0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(stats=_STATS, tpot=st.floats(0.001, 0.2), batch=st.integers(1, 512), replicas=st.integers(1, 64),
+       rps=st.lists(st.floats(0.01, 500.0), min_size=2, max_size=6))
+def test_queued_ttft_never_falls_as_the_rate_rises(stats, tpot, batch, replicas, rps):
+    """On one deployment (replicas fixed), TTFT p50 and p99 do not fall as requests/s rises; at rho >= 1 the queue
+    never drains: inf. And the replica count the search takes is always below 100% utilisation."""
+    from kvplan.plan.search import QueueStats, queue_replicas, queue_ttft
+
+    a, o, extra = stats
+    q = QueueStats(a, a * a * (1 + extra), a * o, o, o * o, a, a * (1 + extra))
+    last = (-1.0, -1.0, -1.0)
+    for rate in sorted(rps):
+        rho, p50, p99 = (float(x[0]) for x in queue_ttft(q, rate, [replicas], [tpot], [batch]))
+        assert rho == pytest.approx(rate / replicas * (a + o * tpot / batch), rel=1e-12)
+        if rho >= 1:
+            assert p50 == p99 == math.inf
+        else:
+            assert a <= p50 and a * (1 + extra) <= p99 < math.inf
+        assert p50 >= last[1] and p99 >= last[2]
+        last = (rho, p50, p99)
+        taken = int(queue_replicas(q, rate, [replicas], [tpot], [batch], None)[0])
+        assert taken >= replicas and rate / taken * (a + o * tpot / batch) < 1
+        if taken > replicas:  # one fewer would be at or above 100%
+            assert rate / (taken - 1) * (a + o * tpot / batch) >= 1
+
+
+@pytest.mark.parametrize("queueing", [False, True])
+def test_the_hand_worked_front_is_the_pareto_front_of_the_hand_candidates(capsys, queueing):
+    seqs = (16, 32, 64, 128, 256)
+    hand = [hand_candidate(tp, s) for tp in (4, 8) for s in seqs]
+    if queueing:
+        hand = [queued_candidate(c) for c in hand]
+    hand = sorted((c for c in hand if c["ok"]), key=lambda c: (c["cost"], c["latency"]))
     front, best = [], math.inf
     for c in hand:
         if c["latency"] < best:
@@ -106,7 +192,8 @@ def test_the_hand_worked_front_is_the_pareto_front_of_the_hand_candidates(capsys
             best = c["latency"]
     r = run_cli(capsys, "search", "llama-3.1-70b", "--requests-per-s", "10", "--prompt-tokens", "2k",
                 "--output-tokens", "256", "--ttft-ms", "500", "--tpot-ms", "50", "--gpu", "h100-sxm",
-                "--kv-cache-dtype", "auto", "--tp", "4,8", "--max-num-seqs", ",".join(map(str, seqs)), "-f", "json")
+                "--kv-cache-dtype", "auto", "--tp", "4,8", "--max-num-seqs", ",".join(map(str, seqs)), "-f", "json",
+                *([] if queueing else ["--no-queueing"]))
     rows = json.loads(r.stdout)["rows"]
     assert [(x["tensor_parallel_size"], x["max_num_seqs"], x["gpus"]) for x in rows] == front
 
@@ -165,9 +252,35 @@ def test_the_property_on_workloads_that_have_answers(model, prompt, output, rps,
     assert check_against_estimate(model, prompt, output, rps, ttft, tpot) > 0
 
 
-def check_against_estimate(model, prompt, output, rps, ttft, tpot) -> int:
+def queued(plan, tp: int, output: int, rps: float, ttft: float) -> tuple[int, float]:
+    """(replicas, TTFT p99) of an estimate plan under the queue, worked apart from the code (queued_candidate's M/D/1:
+    every request alike): the fewest replicas from estimate's count with rho < 1 and the TTFT p99 within `ttft`."""
+    service = plan.prefill_s + output * plan.decode_step_s / plan.batch
+    r = plan.gpus_needed // tp
+    while True:
+        lam = rps / r
+        rho = lam * service
+        if rho < 1:
+            wait = lam * service**2 / (2 * (1 - rho))
+            p99 = plan.prefill_s + (wait / rho * math.log(rho / 0.01) if rho > 0.01 else 0.0)
+            if p99 <= ttft:
+                return r, p99
+        r += 1
+
+
+@pytest.mark.parametrize("model, prompt, output, rps, ttft, tpot", [
+    ("llama-3.1-8b", 2048, 256, 10.0, 0.5, 0.05),
+    ("mixtral-8x7b", 1000, 1000, 5.0, 0.3, 0.03),
+    ("deepseek-v2-lite", 3000, 200, 20.0, 0.3, 0.02),
+])
+def test_the_property_with_queueing(model, prompt, output, rps, ttft, tpot):
+    assert check_against_estimate(model, prompt, output, rps, ttft, tpot, queueing=True) > 0
+
+
+def check_against_estimate(model, prompt, output, rps, ttft, tpot, queueing: bool = False) -> int:
     """Every printed row meets the targets under estimate; the cheapest feasible candidate is row 1; the rows form
-    the Pareto front of the brute-forced feasible set. Returns how many rows the search printed."""
+    the Pareto front of the brute-forced feasible set. Returns how many rows the search printed. `queueing`: the
+    brute force's replicas and TTFT are `queued`'s, and each row's GPUs are at least estimate's."""
     from kvplan.errors import InputError
     from kvplan.plan import search as core
     from kvplan.plan.gpus import resolve_gpu
@@ -179,9 +292,12 @@ def check_against_estimate(model, prompt, output, rps, ttft, tpot) -> int:
     space = core.Space(tuple((g, resolve_gpu(g)) for g in gpus), tps, (1,), dtypes, seqs)
     settings_ = Settings(context=None, prompt_tokens=prompt, output_tokens=output, requests_per_s=rps)
     brute = _brute_force(model, "vllm", gpus, tps, dtypes, seqs, prompt, output, rps, ttft, tpot)
+    if queueing:  # the same candidates (the prefill alone meets the target), more replicas, a queued TTFT
+        brute = [(queued(p, k[1], output, rps, ttft)[0] * k[1] * p.usd_per_hour / (k[1] * rps * 3600 * (prompt + output))
+                  * 1e6, queued(p, k[1], output, rps, ttft)[1] + output * p.decode_step_s, k, p) for _, _, k, p in brute]
     try:
         result = core.search(spec, "vllm", core.fixed_workload(prompt, output, rps), core.Targets(ttft, tpot), space,
-                             settings_)
+                             settings_, queueing=queueing)
     except InputError as exc:
         assert brute == [], f"search found nothing ({exc}) but estimate meets the targets at {brute[0][2]}"
         return 0
@@ -194,6 +310,12 @@ def check_against_estimate(model, prompt, output, rps, ttft, tpot) -> int:
                                           requests_per_s=rps), engine_rows=False).plan
         assert plan.fits and plan.vllm_starts
         assert plan.prefill_s <= ttft and plan.decode_step_s <= tpot
+        if queueing:
+            replicas, p99 = queued(plan, row.tensor_parallel_size, output, rps, ttft)
+            assert plan.decode_step_s == row.tpot_s and row.gpus >= plan.gpus_needed
+            assert (row.replicas, row.gpus) == (replicas, replicas * row.tensor_parallel_size)
+            assert row.ttft_s == pytest.approx(p99, rel=1e-9) and plan.prefill_s <= row.ttft_s <= ttft
+            continue
         assert (plan.decode_step_s, plan.prefill_s, plan.gpus_needed) == (row.tpot_s, row.ttft_s, row.gpus)
     # the cheapest feasible candidate of the whole space is the first row's cost
     assert rows[0].usd_per_million_tokens == pytest.approx(min(c for c, *_ in brute), rel=1e-12)
@@ -220,7 +342,8 @@ def test_the_numpy_screen_is_the_planners_arithmetic():
         for engine in ("vllm", "ideal"):
             for tp, pp in ((1, 1), (2, 1), (2, 2)):
                 s = Settings(context=None, prompt_tokens=1000, output_tokens=200, requests_per_s=3.0)
-                ctx = core._Context(spec, engine, core.fixed_workload(1000, 200, 3.0), core.Targets(10.0, 1.0), s)
+                ctx = core._Context(spec, engine, core.fixed_workload(1000, 200, 3.0), core.Targets(10.0, 1.0), s,
+                                    queueing=False)  # estimate's replica count (queueing adds to it)
                 f = core._family(ctx, "h200", resolve_gpu("h200"), tp, pp, "auto", seqs)
                 assert f.arrays is not None, (model, f.reason)
                 for j, n in enumerate(seqs):
@@ -253,7 +376,7 @@ def test_a_jsonl_histogram_gives_means_p99_and_the_kv_in_use(tmp_path):
     spec = resolve_spec("llama-3.1-8b", fast=True)
     space = core.Space((("h100-sxm", resolve_gpu("h100-sxm")),), (1,), (1,), ("auto",), (3,))
     result = core.search(spec, "vllm", w, core.Targets(1.0, 1.0), space,
-                         Settings(context=None, prompt_tokens=109, output_tokens=4, requests_per_s=2.0))
+                         Settings(context=None, prompt_tokens=109, output_tokens=4, requests_per_s=2.0), queueing=False)
     row = result.rows[0]
     assert row.batch == 3
     # vLLM reserves whole 16-token blocks of 32 layers x 8 KV heads x 128 x 2 (K, V) x 2 B = 131,072 B a token:

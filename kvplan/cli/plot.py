@@ -3,7 +3,8 @@
 matplotlib is the optional extra `kvplan[plot]`, imported only here and only when plotting:
 `kvplan estimate` without --plot never loads it (tests/test_fast_path.py). The .html file is
 self-contained: the SVG inline and each series' figures in a table under it (no script, no network).
-Every chart goes into one figure, one panel each, top to bottom: memory map, concurrency, KV bytes.
+Every chart goes into one figure, one panel each, top to bottom: memory map, concurrency, KV bytes (search: the
+cost / latency front against TPOT, then against TTFT).
 The file is written atomically (kvplan.atomic) after the destination was checked, before any work.
 """
 
@@ -93,15 +94,42 @@ def figure(charts: Sequence):
 
     matplotlib.rcParams["svg.hashsalt"] = "kvplan"
     matplotlib.rcParams["svg.fonttype"] = "none"  # text as text: labels searchable, selectable, and the file small
-    heights = [max(2.2, 0.9 + 0.42 * len(c.bars)) if c.kind == "memory" else 4.2 for c in charts]
+    heights = [max(2.2, 0.9 + 0.42 * len(c.bars)) if c.kind == "memory" else
+               5.0 + 0.16 * len(c.notes) if c.kind == "front" else 4.2 for c in charts]
     fig, axes = plt.subplots(len(charts), 1, figsize=(12, sum(heights) + 0.4 * len(charts)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False, layout="constrained")
     for ax, chart in zip(axes[:, 0], charts):
         if chart.kind == "memory":
             _memory(ax, chart)
+        elif chart.kind == "front":
+            _front(ax, chart)
         else:
             _curves(ax, chart)
     return fig
+
+
+def _front(ax, chart) -> None:
+    """Every feasible candidate a faint point; the front a line through its rows, each labelled; the rejected
+    values of each dimension in the legend, with why."""
+    if chart.cloud:
+        xs, ys = zip(*chart.cloud)
+        ax.scatter(xs, ys, s=6, color="#9ab3d5", alpha=0.35, linewidths=0, label="feasible candidates (screened)")
+    if chart.front:  # the rows in the table's order, cheapest first
+        ax.plot([p[0] for p in chart.front], [p[1] for p in chart.front], color="#d62728", marker="o", markersize=5,
+                linewidth=1.4, label="Pareto front of cost and request latency, cheapest first (estimate's figures)")
+        for i, (x, y, label) in enumerate(chart.front, 1):  # numbered as the table numbers the rows
+            ax.annotate(f"{i}: {label}", (x, y), textcoords="offset points", xytext=(6, 4 + 9 * (i % 2)), fontsize=7,
+                        color="#7f0000")
+    for note in chart.notes:  # a legend entry with no mark: why a value never meets the targets
+        ax.plot([], [], " ", label=f"rejected: {note}")
+    values = [y for _, y in chart.cloud] + [p[1] for p in chart.front]
+    if values and min(values) > 0 and max(values) / min(values) > 20:
+        ax.set_yscale("log")
+    ax.set_xlabel(chart.x_label)
+    ax.set_ylabel(chart.y_label)
+    ax.set_title(chart.title, fontsize=9, loc="left")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
 
 
 def _memory(ax, chart) -> None:
@@ -247,6 +275,13 @@ def html_page(charts: Sequence, svg: str) -> str:
              "{text-align:left}</style></head><body>", svg]
     for chart in charts:
         parts.append(f"<h3>{html.escape(chart.title)}</h3>")
+        if chart.kind == "front":
+            head = ["row", "deployment", chart.x_label, chart.y_label]
+            rows = [[str(i), label, f"{x:,.3f}", f"{y:,.4f}"] for i, (x, y, label) in enumerate(chart.front, 1)]
+            parts.append(_table(head, rows))
+            if chart.notes:
+                parts.append("<ul>" + "".join(f"<li>rejected: {html.escape(n)}</li>" for n in chart.notes) + "</ul>")
+            continue
         if chart.kind == "memory":
             head = ["deployment", "GPU memory"] + [name for name in SEGMENT_STYLE]
             rows = [[b.label, f"{b.gpu_memory_bytes:,}"] + [f"{n:,}" for _, n in b.segments] for b in chart.bars]

@@ -63,7 +63,9 @@ def search(
     bandwidth_efficiency: O.bandwidth_efficiency = None,
     compute_efficiency: O.compute_efficiency = None,
     limit: LimitOpt = None,
+    no_queueing: O.no_queueing = False,
     emit: O.emit = None,
+    plot: O.plot = None,
     output: O.output = None,
     force: O.force = False,
     fmt: FormatOpt = OutputFormat.table,
@@ -75,6 +77,10 @@ def search(
     from kvplan.plan.pipeline import Settings
     from kvplan.sources.catalog import resolve_spec
 
+    if plot is not None:  # before any work: nothing computed and then refused, nothing the user wrote replaced
+        from kvplan.cli.plot import check_plot
+
+        check_plot(plot, inputs=_inputs({"model": model, "gpu": gpu, "workload": workload}), force=force)
     if requests_per_s is None:
         raise InputError("--requests-per-s is needed: the workload's rate sizes the replicas and the cost")
     if not (math.isfinite(requests_per_s) and requests_per_s > 0):
@@ -114,7 +120,13 @@ def search(
         raise InputError(f"--emit {emit}: search plans under --engine {engine}; only --emit vllm launches what it "
                          "finds" if engine == "vllm" else f"--emit {emit}: --engine {engine} is kvplan's ideal "
                          "cache, which no engine launches; search with --engine vllm to --emit vllm")
-    result = core.search(spec, engine, load, targets, space, settings, limit=limit)
+    result = core.search(spec, engine, load, targets, space, settings, limit=limit, queueing=not no_queueing,
+                         keep_cloud=plot is not None)
+    if plot is not None:  # the cost / latency front (kvplan.plan.charts.search_charts), drawn by kvplan.cli.plot
+        from kvplan.cli.plot import save_plot
+        from kvplan.plan.charts import search_charts
+
+        save_plot(plot, search_charts(result, result.cloud))
     if emit is not None:  # row 1's launch command instead of the report (kvplan.plan.emit, as estimate --emit)
         sys.stdout.write(_emit_row(result, spec, model, settings) + "\n")
         return
@@ -162,8 +174,8 @@ def _space(spec, engine: str, gpu: Optional[str], tp: str, pp: str, kv_cache_dty
 # ------------------------------------------------------------------ rendering
 
 # (--bytes: the KV columns in bytes)
-HEADERS = ["#", "GPU", "tp×pp", "KV", "max seqs", "batch", "GPUs", "TTFT ms", "TPOT ms", "latency s", "$/1M tok",
-           "in flight", "KV GiB/GPU avg", "p99", "worst"]
+HEADERS = ["#", "GPU", "tp×pp", "KV", "max seqs", "batch", "GPUs", "util %", "TTFT ms p50/p99", "TPOT ms",
+           "latency s", "$/1M tok", "KV GiB/GPU avg", "p99", "worst"]
 
 
 def _ms(s: float) -> str:
@@ -176,9 +188,10 @@ def _gib(n: int, exact: bool) -> str:
 
 def _row_cells(i: int, r: dict, exact: bool) -> list[str]:
     return [str(i), r["gpu"], f"{r['tensor_parallel_size']}×{r['pipeline_parallel_size']}", r["kv_cache_dtype"],
-            f"{r['max_num_seqs']:,}", f"{r['batch']:,}", f"{r['gpus']:,}", f"{r['ttft_s'] * 1000:,.1f}",
+            f"{r['max_num_seqs']:,}", f"{r['batch']:,}", f"{r['gpus']:,}", f"{r['utilization'] * 100:,.1f}",
+            f"{r['ttft_p50_s'] * 1000:,.0f}/{r['ttft_s'] * 1000:,.0f}",
             f"{r['tpot_s'] * 1000:,.2f}", f"{r['request_latency_s']:,.2f}", f"{r['usd_per_million_tokens']:,.4f}",
-            f"{r['concurrency']:,.1f}", _gib(r["kv_bytes_per_gpu_avg"], exact), _gib(r["kv_bytes_per_gpu_p99"], exact),
+            _gib(r["kv_bytes_per_gpu_avg"], exact), _gib(r["kv_bytes_per_gpu_p99"], exact),
             _gib(r["kv_bytes_per_gpu_worst"], exact)]
 
 

@@ -561,6 +561,9 @@ class Pool:
             self.stages = [build_layout(layout, counts, layout.block_size, **layout_kwargs(r, layout.spec))
                            for counts in layout.stage_kind_counts]
         self.tight = min(range(len(self.budgets)), key=lambda i: self.budgets[i])
+        # A pool is never changed once built, so its answers are kept: a sweep asks the same pool the same
+        # question at every batch of a context (max sequences, the report) and every context of a batch (max context)
+        self._memo: dict = {}
 
     def _ideal_seq_bytes(self, counts: dict[LayerKind, int], context: int) -> int:
         return self.layout.stage_rank_bytes(counts, context, paged=self.layout.block_size > 1)
@@ -584,6 +587,12 @@ class Pool:
 
     def max_sequences(self, context: int, prefix: int = 0) -> int:
         """Concurrent sequences of `context` tokens that fit (the tightest stage); `prefix` tokens shared by all."""
+        key = ("max_sequences", context, prefix)
+        if key not in self._memo:
+            self._memo[key] = self._max_sequences(context, prefix)
+        return self._memo[key]
+
+    def _max_sequences(self, context: int, prefix: int) -> int:
         best = None
         for i, counts in enumerate(self.layout.stage_kind_counts):
             budget = self.budgets[i]
@@ -613,6 +622,12 @@ class Pool:
 
     def max_context(self, batch: int) -> tuple[int, str]:
         """The longest context at which `batch` sequences fit: a search, not a division."""
+        key = ("max_context", batch)
+        if key not in self._memo:
+            self._memo[key] = self._max_context(batch)
+        return self._memo[key]
+
+    def _max_context(self, batch: int) -> tuple[int, str]:
         from kvplan.model.layout import last_fitting
 
         limit, why = context_limit(self.layout.spec)
@@ -656,6 +671,12 @@ class Pool:
 
     def report(self, context: int, max_seqs: int) -> PoolReport:
         """vLLM's pool at `context`: its blocks, the lines it would log, why its figures read as they do."""
+        key = ("report", context, max_seqs)
+        if key not in self._memo:
+            self._memo[key] = self._report(context, max_seqs)
+        return self._memo[key]
+
+    def _report(self, context: int, max_seqs: int) -> PoolReport:
         if self.stages is None:
             return PoolReport()
         if self.rules.v032:
@@ -795,6 +816,38 @@ def vllm_fields(report: PoolReport, max_seqs: int, rules: Optional[VllmRules]) -
             "vllm_estimated_max_model_len": report.estimated_max_model_len}
 
 
+# The pools `pool_capacity` built last, by everything but the context and batch: a sweep of `kvplan estimate`
+# asks for the same pool at each of its points (a Pool never changes once built, and keeps its answers).
+_POOLS: dict = {}
+_POOLS_KEPT = 64
+
+
+def _capacity_pool(engine: str, spec, opts, memory, fmt, state_format) -> tuple[CacheLayout, "Pool"]:
+    """(the layout at the block size the engine pages with, its Pool under vLLM's budget rule on `memory`)."""
+    key = (engine, id(spec), opts, memory, fmt, state_format)
+    try:
+        kept = _POOLS.get(key)
+    except TypeError:  # an option object that cannot be hashed: built afresh
+        key = kept = None
+    if kept is not None and kept[0] is spec:
+        return kept[1], kept[2]
+    vllm = engine == "vllm"
+    rules = getattr(opts, "rules", None) if vllm else None
+    block = (block_size_override(spec, rules) or opts.block_size or default_block_size(spec, rules)) if vllm else (
+        opts.block_size or 1)
+    layout = paged_layout(spec, fmt, state_format, block, opts.tp, opts.pp, vllm, rules)
+    weights = memory.stage_weights_bytes or (memory.weights_bytes,)
+    total = memory.budget_memory_bytes or memory.gpu_memory_bytes  # cudaMemGetInfo's total, when given
+    budgets = stage_budgets(total, opts.gpu_memory_utilization, weights, memory.activation_bytes,
+                            memory.non_torch_bytes)
+    pool = Pool(layout, budgets, vllm=vllm, max_num_batched_tokens=opts.max_num_batched_tokens, rules=rules)
+    if key is not None:
+        if len(_POOLS) >= _POOLS_KEPT:
+            _POOLS.clear()
+        _POOLS[key] = (spec, layout, pool)
+    return layout, pool
+
+
 def pool_capacity(engine: str, spec, context: int, batch: int, opts, memory, fmt, state_format):
     """ideal's and vllm's `capacity()`: vLLM's budget rule on `memory` (every stage's weights), the pool
     (`Pool`) at the block size the engine pages with, as the `EngineCapacity` every engine gives."""
@@ -802,16 +855,10 @@ def pool_capacity(engine: str, spec, context: int, batch: int, opts, memory, fmt
 
     vllm = engine == "vllm"
     rules = getattr(opts, "rules", None) if vllm else None
-    block = (block_size_override(spec, rules) or opts.block_size or default_block_size(spec, rules)) if vllm else (
-        opts.block_size or 1)
-    layout = paged_layout(spec, fmt, state_format, block, opts.tp, opts.pp, vllm, rules)
     weights = memory.stage_weights_bytes or (memory.weights_bytes,)
     if len(weights) != opts.pp:
         raise ValueError(f"{opts.pp} pipeline stages need the weights of each (MemoryInputs.stage_weights_bytes)")
-    total = memory.budget_memory_bytes or memory.gpu_memory_bytes  # cudaMemGetInfo's total, when given
-    budgets = stage_budgets(total, opts.gpu_memory_utilization, weights, memory.activation_bytes,
-                            memory.non_torch_bytes)
-    pool = Pool(layout, budgets, vllm=vllm, max_num_batched_tokens=opts.max_num_batched_tokens, rules=rules)
+    layout, pool = _capacity_pool(engine, spec, opts, memory, fmt, state_format)
     max_seqs = pool.max_sequences(context)
     report = pool.report(context, max_seqs)
     rule = BUDGET_RULE if rules is None or rules.kv_cache_memory_bytes is None else KV_MEMORY_RULE

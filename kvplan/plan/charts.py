@@ -13,6 +13,11 @@ Three kinds of chart, each a `Chart` (its series or bars, its axis labels, its t
   model whose layers do not all hold every token (sliding, chunked, state, shared), a dense reference:
   every layer a full-attention layer.
 
+`kvplan search --plot` draws a fourth kind, `front`, twice: cost per million tokens against TPOT and against
+TTFT p99, every feasible candidate a faint point (the screen's figures), the Pareto front's rows a line with
+each row labelled (GPU x count, tp, KV dtype, --max-num-seqs: estimate's figures), and the dimensions' values
+that no candidate of meets the targets named, with why, beside them (`search_charts`).
+
 Series are labelled by what varies between them; what all share is in the title. No I/O, no
 plotting library: `kvplan.cli.plot` draws these.
 """
@@ -51,6 +56,10 @@ class Chart(NamedTuple):
     series: tuple[Series, ...] = ()
     bars: tuple[MemoryBar, ...] = ()
     marks: tuple[tuple[int, str], ...] = ()  # (context, label): the contexts asked, drawn as vertical lines
+    # front: every feasible candidate (x, $/1M tokens), the front's rows (x, $/1M tokens, label), the rejected values
+    cloud: tuple[tuple[float, float], ...] = ()
+    front: tuple[tuple[float, float, str], ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 MEMORY_SEGMENTS = ("weights", "KV in use", "KV free", "activations", "non-torch", "reserved", "over")
@@ -316,4 +325,44 @@ def compare_charts(spec, settings, engines: Sequence[str]) -> list[Chart]:
                             marks=curve_marks(spec, [settings.context])))
     kv = [kv_series(spec, e, settings, points, e) for e in engines]
     charts.append(_kv_chart(spec, kv, settings.kv_cache_dtype, points, subtitle, [settings.context]))
+    return charts
+
+
+# ------------------------------------------------------------------ search's cost / latency front
+
+FRONT_AXES = (("tpot_s", "TPOT, ms (a decode step at the row's batch)"),
+              ("ttft_s", "TTFT p99, ms (the queue's p99 wait + the p99 prompt's prefill)"))
+MAX_CLOUD_POINTS = 4000  # more faint points than this add nothing a reader sees (and megabytes to an SVG)
+
+
+def front_label(row) -> str:
+    """A front row as the chart names it: GPU x count, tp (x pp), KV dtype, --max-num-seqs."""
+    pp = f"×{row.pipeline_parallel_size}" if row.pipeline_parallel_size > 1 else ""
+    return (f"{row.gpu} × {row.gpus:,}, tp {row.tensor_parallel_size}{pp}, KV {row.kv_cache_dtype}, "
+            f"{row.max_num_seqs:,} seqs")
+
+
+def rejected_notes(result) -> tuple[str, ...]:
+    """'tp 1: none: why' for each value of a dimension that no candidate of meets the targets."""
+    prefix = {"gpu": "", "tp": "tp ", "pp": "pp ", "kv_cache_dtype": "KV "}
+    return tuple(f"{prefix[f.dimension]}{f.value}: {f.reason}" for f in result.families if not f.feasible)
+
+
+def search_charts(result, cloud: Sequence[tuple[float, float, float]]) -> list[Chart]:
+    """Two `front` charts of a `SearchResult`: $/1M tokens against TPOT and against TTFT p99 (ms). `cloud`:
+    (usd_per_million_tokens, tpot_s, ttft_s) of every feasible candidate, thinned evenly to MAX_CLOUD_POINTS."""
+    step = max(1, -(-len(cloud) // MAX_CLOUD_POINTS))
+    kept = list(cloud)[::step]
+    w, t = result.workload, result.targets
+    aims = ", ".join(f"{k} ≤ {v * 1000:g} ms" for k, v in (("TTFT", t["ttft_s"]), ("TPOT", t["tpot_s"]))
+                     if v is not None)
+    drawn = f"{len(kept):,} of them drawn" if step > 1 else "each drawn"
+    charts = []
+    for i, (field, x_label) in enumerate(FRONT_AXES):
+        front = tuple((getattr(r, field) * 1000, r.usd_per_million_tokens, front_label(r)) for r in result.rows)
+        title = (f"Cost vs {x_label.split(',')[0]} · {result.model} · {result.engine} · {w['requests_per_s']:g} req/s · "
+                 f"{aims} · {result.feasible:,} of {result.candidates:,} candidates feasible ({drawn})")
+        charts.append(Chart("front", title, x_label, "$ per 1M tokens (prompt + output)",
+                            cloud=tuple((c[1 + i] * 1000, c[0]) for c in kept), front=front,
+                            notes=rejected_notes(result)))
     return charts

@@ -18,7 +18,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 
-from kvplan.errors import InputError
+from kvplan.errors import InputError, require_at_least
 from kvplan.options import PLANNED as PLANNED_NAMES
 
 Size = Union[str, int, None]  # bytes, or a size with its unit ('2GiB')
@@ -321,15 +321,21 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
             from kvplan.plan.planner import Planner
 
             figures, bw_eff = roofline_inputs(gpu, label, s)
+        base = None  # one planner for the sweep, copied to each point (`Planner.at`: its pool and answers shared)
         for c in contexts:
+            popts = None
             for b in batches:
                 estimate = layout.at(c, b)
                 cache = module.cache(spec, c, b, opts, **kw) if engine_rows else None
                 if gpu is None:
                     out.append(Answer(engine, spec.name, c, b, cache, None, estimate))
                     continue
-                planner = Planner(spec, figures, pair, plan_options(spec, engine, s, c, b, layout.block_size, bw_eff),
-                                  state_format=state)
+                if popts is None:  # the context's options, checked once; each batch checked as plan_options does
+                    popts = plan_options(spec, engine, s, c, b, layout.block_size, bw_eff)
+                else:
+                    require_at_least("--batch", b, 1, "sequence")
+                point = replace(popts, batch=b)
+                planner = base = Planner(spec, figures, pair, point, state_format=state) if base is None else base.at(point)
                 plan = planner.plan()
                 curve = tuple(planner.concurrency_curve()) if s.concurrency_curve else None
                 mem = planner.memory_inputs(label or gpu.name)

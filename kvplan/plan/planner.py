@@ -14,6 +14,7 @@ and FLOPs / (peak x efficiency). Pipeline stages run one after another.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field, make_dataclass
 from dataclasses import fields as dataclass_fields
 from enum import Enum
@@ -578,6 +579,9 @@ class Planner:
             if given is not None and given < 1:
                 raise InputError(f"{flag} must be at least 1")
         self.spec, self.gpu, self.kv_format, self.opts = spec, gpu, kv_format, opts
+        self.state_format = state_format
+        # answers that do not depend on the context or batch, shared by every `at` copy (a sweep asks each often)
+        self._memo: dict = {}
         # vLLM's scheduler limits: as given, else its defaults for this GPU and --context (max_model_len)
         self.vllm_version = vllm_version(opts)
         self.max_num_batched_tokens, self.max_num_seqs = scheduler_limits(
@@ -630,6 +634,26 @@ class Planner:
         self.stage_budgets = self.pool.budgets  # --kv-cache-memory-bytes replaces the budget rule
         self.vllm_stages = self.pool.stages
 
+    def at(self, opts: PlanOptions) -> "Planner":
+        """This planner under `opts`, which differ from its own in the context and batch only (a sweep's points).
+
+        The constructor reads the context only through vLLM's scheduler limits (a defaulted
+        --max-num-batched-tokens follows max_model_len): where they come out the same, the copy shares the layout,
+        weights, budgets, pool and kept answers; otherwise a new planner is built.
+        """
+        if any(getattr(opts, f) != getattr(self.opts, f) for f in _POINT_FREE_OPTIONS):
+            raise ValueError("Planner.at changes the context and batch only")
+        limits = scheduler_limits(
+            self.gpu.memory_bytes, self.gpu.device_name or self.gpu.name,
+            getattr(opts.vllm_rules, "max_model_len", None) or opts.context,
+            max_num_batched_tokens=opts.max_num_batched_tokens, max_num_seqs=opts.max_num_seqs,
+            version=self.vllm_version)
+        if limits != (self.max_num_batched_tokens, self.max_num_seqs):
+            return Planner(self.spec, self.gpu, self.kv_format, opts, self.state_format)
+        other = copy.copy(self)
+        other.opts = opts
+        return other
+
     def _stage_weights(self, *, active: bool = False, lookup_tokens: int | None = None) -> list[int]:
         """Weight bytes per rank of each stage: from the file's headers, or the formula in weights_dtype."""
         return stage_weight_bytes(self.spec, self.layout.layers_per_stage, self.weights_dtype, self.opts.tp, active=active,
@@ -679,6 +703,12 @@ class Planner:
         """
         if kv_bytes_per_rank is not None and self.opts.pp > 1:
             raise ValueError("kv_bytes_per_rank is for one pipeline stage")
+        key = ("decode_step", batch, context, kv_bytes_per_rank)
+        if key not in self._memo:
+            self._memo[key] = self._decode_step(batch, context, kv_bytes_per_rank)
+        return self._memo[key]
+
+    def _decode_step(self, batch: int, context: int, kv_bytes_per_rank: int | None) -> tuple[float, str, int, int]:
         spec, tp = self.spec, self.opts.tp
         # the input embedding is a lookup: one row per token in the batch is read, not the table
         held_weights = self._stage_weights(lookup_tokens=batch)
@@ -714,6 +744,12 @@ class Planner:
 
     def prefill(self, prompt: int, cached_prefix: int = 0) -> float | None:
         """Seconds to prefill one prompt (compute-bound, at the stated efficiency); None if TFLOPS unknown."""
+        key = ("prefill", prompt, cached_prefix)
+        if key not in self._memo:
+            self._memo[key] = self._prefill(prompt, cached_prefix)
+        return self._memo[key]
+
+    def _prefill(self, prompt: int, cached_prefix: int) -> float | None:
         spec, tp = self.spec, self.opts.tp
         if not self._peak_flops():
             return None
@@ -996,16 +1032,15 @@ class Planner:
         opts, spec = self.opts, self.spec
         if self.kv_format.k.bits > 8:
             fp8 = KVFormatPair(FIXED_FORMATS["fp8"], FIXED_FORMATS["fp8"])
-            alt = Planner(spec, self.gpu, fp8, opts)
+            alt = self._alternative(fp8, opts)
             n = alt.max_sequences(opts.context)
             if n >= opts.batch:
                 out.append(f"--kv-cache-dtype fp8 fits {counted(n, 'sequence')} of {opts.context:,} tokens")
         for tp in (2, 4, 8, 16):
             if tp <= opts.tp:
                 continue
-            try:
-                alt = Planner(spec, self.gpu, self.kv_format, _replace(opts, tp=tp))
-            except InputError:
+            alt = self._alternative(self.kv_format, _replace(opts, tp=tp))
+            if alt is None:
                 continue
             n = alt.max_sequences(opts.context)
             if n >= opts.batch:
@@ -1028,6 +1063,18 @@ class Planner:
             f"{counted(self.max_sequences(1), 'sequence')} even of 1 token each"
         )
         return out
+
+    def _alternative(self, kv_format: KVFormatPair, opts: PlanOptions) -> "Planner | None":
+        """A planner of another KV format or tp for `suggestions` (None: that tp is refused), the one built for an
+        earlier context or batch of a sweep reused through `at` (built without --state-dtype's format, as ever)."""
+        key = ("alternative", kv_format, opts.tp)
+        if key not in self._memo:
+            try:
+                self._memo[key] = Planner(self.spec, self.gpu, kv_format, opts)
+            except InputError:
+                self._memo[key] = None
+        alt = self._memo[key]
+        return None if alt is None else alt.at(opts)
 
     def _weights_assumption(self) -> str:
         where = "embeddings on the first stage, lm_head on the last, vocab-sharded over tp"
@@ -1081,6 +1128,10 @@ class Planner:
 
 def fmt_seconds_short(s: float) -> str:
     return f"{s * 1e6:,.1f} µs" if s < 1e-3 else f"{s * 1e3:,.3f} ms"
+
+
+# PlanOptions' fields but the point's own (context, batch): those `Planner.at` keeps
+_POINT_FREE_OPTIONS = tuple(f for f in PlanOptions.__dataclass_fields__ if f not in ("context", "batch"))
 
 
 def _replace(opts: PlanOptions, **changes) -> PlanOptions:

@@ -173,7 +173,7 @@ class Row:
     batch: int  # sequences one replica runs at once: min(max_num_seqs, what fits at the mean request)
     replicas: int
     gpus: int
-    ttft_s: float  # prefill of the p99 prompt
+    ttft_s: float  # TTFT p99: the p99 wait in the replica's queue + the prefill of the p99 prompt (--no-queueing: no wait)
     tpot_s: float  # a decode step at `batch`, each sequence at the mean request's length
     request_latency_s: float  # ttft + mean output tokens x tpot
     usd_per_hour: float  # all GPUs
@@ -184,6 +184,8 @@ class Row:
     kv_bytes_per_gpu_worst: int  # `batch` sequences all at the longest request
     kv_budget_bytes_per_gpu: int
     estimate_args: tuple[str, ...]  # `kvplan estimate MODEL <these>` gives tpot, gpus and cost (the --emit hook)
+    ttft_p50_s: float = 0.0  # TTFT p50: the median wait + the prefill of the p50 prompt
+    utilization: float = 0.0  # rho of one replica's queue: requests/s per replica x the GPU time a request takes
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -215,6 +217,9 @@ class SearchResult:
     rows: tuple[Row, ...]
     families: tuple[Family, ...]
     assumptions: dict = field(default_factory=dict)
+    # (usd_per_million_tokens, tpot_s, ttft_s) of every candidate the screen found feasible (`keep_cloud`: for
+    # `--plot`; not printed)
+    cloud: tuple[tuple[float, float, float], ...] = ()
 
     def to_dict(self) -> dict:
         from kvplan.schema import SCHEMA_VERSION
@@ -231,6 +236,111 @@ class Targets:
     tpot_s: Optional[float] = None
 
 
+# ------------------------------------------------------------------ queueing (TTFT at the workload's arrival rate)
+
+# The queueing model (docs/search.md "TTFT with queueing"). Each replica is one FCFS server fed by a Poisson stream
+# of requests/s / replicas (a Poisson stream split at random stays Poisson). A request holds the replica for the
+# GPU time estimate's replica count charges it: S = prefill(its prompt) + its output tokens x TPOT / batch (the
+# decode steps are shared by the batch); utilisation rho = lambda x E[S]. The wait before its prefill starts is
+# M/G/1's: mean W = lambda x E[S^2] / (2 (1 - rho)) (the Pollaczek-Khinchine formula; Kleinrock, Queueing Systems
+# vol. 1, 1975, ch. 5), and its tail P(wait > t) = rho x exp(-rho t / W): an atom 1 - rho at no wait, else
+# exponential (exact for M/M/1; Kingman's heavy-traffic approximation for M/G/1, 1962), so the q-quantile is
+# W / rho x ln(rho / (1 - q)) where rho > 1 - q, else 0. TTFT p50 / p99 = that quantile's wait + the prefill of
+# the p50 / p99 prompt. As rho -> 1 both grow without bound; a replica count at rho >= 1 never drains its queue
+# and is never taken: the search takes the fewest replicas, from estimate's count up, with rho < 1 and the p99
+# TTFT within --ttft-ms (past rho = 1%, the p99 wait is 0, so any candidate whose prefill meets the target
+# meets it with enough replicas).
+QUEUE_P99 = 0.99
+QUEUE_FLOOR_RHO = 0.01  # at rho <= 1 - 0.99 the p99 wait is 0: more replicas than this shorten nothing
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """What the queue needs of a workload on one deployment: the prefill moments over the requests, the output
+    moments, the prefill of the p50 and p99 prompt (seconds, tokens)."""
+
+    prefill_mean: float  # E[a], a = prefill(prompt)
+    prefill_sq: float  # E[a^2]
+    prefill_output: float  # E[a x o]
+    output_mean: float  # E[o] (exact: not rounded up)
+    output_sq: float  # E[o^2]
+    prefill_p50: float
+    prefill_p99: float
+
+
+def queue_stats(workload: Workload, prefill) -> QueueStats:
+    """`prefill(prompt)`: seconds (the planner's); one call per distinct prompt length."""
+    seen: dict[int, float] = {}
+
+    def a(p: int) -> float:
+        if p not in seen:
+            seen[p] = prefill(p)
+        return seen[p]
+
+    n = workload.count
+    m = [0.0] * 5
+    for p, o, w in workload.requests:
+        x = a(p)
+        for i, v in enumerate((x, x * x, x * o, o, o * o)):
+            m[i] += w * v
+    return QueueStats(*(v / n for v in m), a(workload.prompt_percentile(50)), a(workload.prompt_percentile(99)))
+
+
+def queue_ttft(stats: QueueStats, requests_per_s: float, replicas, tpot, batch):
+    """(rho, TTFT p50, TTFT p99) per replica count (numpy arrays alike; rho >= 1: the TTFTs are inf)."""
+    import numpy as np
+
+    d = np.asarray(tpot, dtype=np.float64) / np.asarray(batch, dtype=np.float64)  # GPU time an output token takes
+    es = stats.prefill_mean + stats.output_mean * d
+    es2 = stats.prefill_sq + 2 * stats.prefill_output * d + stats.output_sq * d * d
+    with np.errstate(divide="ignore", invalid="ignore"):  # no replica (a column the bisection leaves): rho inf
+        lam = requests_per_s / np.asarray(replicas, dtype=np.float64)
+        rho = lam * es
+        stable = rho < 1
+        mean_wait = np.where(stable, lam * es2 / (2 * (1 - np.where(stable, rho, 0.0))), np.inf)
+
+        def wait(q: float):
+            return np.where(~stable, np.inf, np.where(rho > 1 - q, mean_wait / np.where(rho > 0, rho, 1.0)
+                                                      * np.log(np.maximum(rho, 1e-300) / (1 - q)), 0.0))
+
+        return rho, stats.prefill_p50 + wait(0.5), stats.prefill_p99 + wait(QUEUE_P99)
+
+
+def queue_replicas(stats: QueueStats, requests_per_s: float, least, tpot, batch, ttft_s: Optional[float],
+                   slack: float = 0.0):
+    """The fewest replicas >= `least` (estimate's count) with rho < 1 and TTFT p99 <= ttft_s (x (1 + slack)), per
+    column; 0 where none does (the p99 prompt's prefill alone misses the target). A bisection: the p99 wait falls
+    as replicas are added."""
+    import numpy as np
+
+    least = np.asarray(least, dtype=np.int64)
+    d = np.asarray(tpot, dtype=np.float64) / np.asarray(batch, dtype=np.float64)
+    es = stats.prefill_mean + stats.output_mean * d
+    # the first stable count: rho = rps x E[S] / r < 1
+    lo = np.maximum(least, np.floor(requests_per_s * es).astype(np.int64) + 1)
+    if ttft_s is None:
+        return lo
+    limit = ttft_s * (1 + slack)
+
+    def ok(r):
+        return queue_ttft(stats, requests_per_s, r, tpot, batch)[2] <= limit
+
+    hi = np.maximum(lo, np.ceil(requests_per_s * es / QUEUE_FLOOR_RHO).astype(np.int64) + 1)
+    reachable = ok(hi)
+    done = ok(lo)
+    lo_bad = lo - 1  # invariant: lo_bad fails (or is below the first stable count), hi meets
+    hi = np.where(done, lo, hi)
+    while True:
+        open_ = reachable & ~done & (hi - lo_bad > 1)
+        if not open_.any():
+            break
+        mid = (lo_bad + hi) // 2
+        good = ok(mid)
+        hi = np.where(open_ & good, mid, hi)
+        lo_bad = np.where(open_ & ~good, mid, lo_bad)
+    return np.where(reachable, hi, 0)
+
+
 # ------------------------------------------------------------------ one family, screened in numpy
 
 # How far a family's candidates got (the furthest decides a dimension's reason): refused by the engine or the
@@ -245,8 +355,8 @@ class _Screened:
     reason: str
     closeness: float = math.inf  # the best candidate's worst latency / its target (1 or less: meets them)
     closest: str = ""
-    arrays: Optional[dict] = None  # S, batch, tpot, gpus, usd_h, cost, feasible (numpy arrays)
-    ttft: float = 0.0
+    arrays: Optional[dict] = None  # S, batch, tpot, ttft (p99, queued), gpus, usd_h, cost, feasible (numpy arrays)
+    ttft: float = 0.0  # the p99 prompt's prefill alone
 
 
 def _ms(seconds: float) -> str:
@@ -256,8 +366,9 @@ def _ms(seconds: float) -> str:
 class _Context:
     """What every family shares: the spec, the workload, the targets, the base settings."""
 
-    def __init__(self, spec, engine: str, workload: Workload, targets: Targets, settings):
+    def __init__(self, spec, engine: str, workload: Workload, targets: Targets, settings, queueing: bool = True):
         self.spec, self.engine, self.workload, self.targets, self.settings = spec, engine, workload, targets, settings
+        self.queueing = queueing  # TTFT with the replica's queue (QueueStats); False: the prefill alone
         self.prompt, self.output = workload.prompt_mean, workload.output_mean
         self.mean_len = self.prompt + self.output  # the context the workload runs at (estimate's P + O)
         self.longest = workload.longest if settings.context is None else settings.context
@@ -345,11 +456,19 @@ def _family(ctx: _Context, label: str, gpu, tp: int, pp: int, dtype: str, seqs) 
     per_request = prefill_mean + ctx.output * tpot / b
     rps = ctx.workload.requests_per_s
     replicas = np.maximum(1, -(-np.floor(rps * per_request * 10**6).astype(np.int64) // 10**6))
+    t = ctx.targets
+    stats = queue_stats(ctx.workload, planner.prefill)
+    ok = runs.copy()
+    if ctx.queueing:  # the fewest replicas, from estimate's count up, whose queue keeps TTFT p99 within the target
+        queued = queue_replicas(stats, rps, replicas, tpot, b, t.ttft_s, SCREEN_SLACK)
+        ok &= queued > 0
+        replicas = np.where(queued > 0, queued, replicas)
+    rho, ttft50, ttft99 = queue_ttft(stats, rps, replicas, tpot, b)
+    if not ctx.queueing:
+        ttft50, ttft99 = np.full(len(S), stats.prefill_p50), np.full(len(S), ttft)
     gpus = replicas * tp * pp
     usd_h = gpus * gpu.usd_per_hour
     cost = usd_h / (rps * 3600 * ctx.workload.tokens_per_request) * 1e6
-    t = ctx.targets
-    ok = runs.copy()
     if t.ttft_s is not None and ttft > t.ttft_s * (1 + SCREEN_SLACK):
         ok[:] = False
     if t.tpot_s is not None:
@@ -364,7 +483,8 @@ def _family(ctx: _Context, label: str, gpu, tp: int, pp: int, dtype: str, seqs) 
     best = int(np.argmin(ratio))
     closest = (f"{label} tp {tp}" + (f" pp {pp}" if pp > 1 else "") + f", KV {dtype}, --max-num-seqs {int(S[best])}: "
                f"TTFT {_ms(ttft)}, TPOT {_ms(float(tpot[best]))}")
-    arrays = dict(S=S, batch=batch, tpot=tpot, gpus=gpus, replicas=replicas, usd_h=usd_h, cost=cost, ok=ok)
+    arrays = dict(S=S, batch=batch, tpot=tpot, ttft=ttft99, ttft50=ttft50, rho=rho, gpus=gpus, replicas=replicas,
+                  usd_h=usd_h, cost=cost, ok=ok)
     reason = ""
     if not ok.any():
         missed = []
@@ -440,16 +560,17 @@ def _stage_flops_one(planner, context: int) -> list[int]:
 # ------------------------------------------------------------------ the search
 
 
-def screen(spec, engine: str, workload: Workload, targets: Targets, space: Space, settings) -> list[_Screened]:
+def screen(spec, engine: str, workload: Workload, targets: Targets, space: Space, settings, *,
+           queueing: bool = True) -> list[_Screened]:
     """Every family of `space`, its --max-num-seqs values evaluated at once (no estimate run yet)."""
-    ctx = _Context(spec, engine, workload, targets, settings)
+    ctx = _Context(spec, engine, workload, targets, settings, queueing)
     seqs = tuple(space.max_num_seqs)
     return [_family(ctx, label, gpu, tp, pp, dtype, seqs)
             for label, gpu in space.gpus for tp in space.tps for pp in space.pps for dtype in space.kv_cache_dtypes]
 
 
 def search(spec, engine: str, workload: Workload, targets: Targets, space: Space, settings, *,
-           limit: Optional[int] = None) -> SearchResult:
+           limit: Optional[int] = None, queueing: bool = True, keep_cloud: bool = False) -> SearchResult:
     """The Pareto front (cost per million tokens, request latency), cheapest first, each row confirmed by estimate.
 
     `settings` is a `kvplan.plan.pipeline.Settings` holding what stays fixed (dtype, efficiencies, memory
@@ -465,8 +586,8 @@ def search(spec, engine: str, workload: Workload, targets: Targets, space: Space
     if settings.context is not None and settings.context < workload.longest:
         raise InputError(f"--context {settings.context:,} is shorter than the workload's longest request "
                          f"({workload.longest:,} tokens); give a longer --context or leave it out")
-    families = screen(spec, engine, workload, targets, space, settings)
-    ctx = _Context(spec, engine, workload, targets, settings)
+    families = screen(spec, engine, workload, targets, space, settings, queueing=queueing)
+    ctx = _Context(spec, engine, workload, targets, settings, queueing)
     # every screened-feasible candidate: (cost, latency, family index, column)
     cand = []
     for fi, f in enumerate(families):
@@ -475,7 +596,7 @@ def search(spec, engine: str, workload: Workload, targets: Targets, space: Space
         a = f.arrays
         cols = np.nonzero(a["ok"])[0]
         if len(cols):
-            lat = f.ttft + ctx.output * a["tpot"][cols]
+            lat = a["ttft"][cols] + ctx.output * a["tpot"][cols]
             cand.append(np.stack([a["cost"][cols], lat, np.full(len(cols), fi), cols.astype(np.float64)], axis=1))
     pool = np.vstack(cand) if cand else np.zeros((0, 4))
     order = np.lexsort((pool[:, 3], pool[:, 2], pool[:, 1], pool[:, 0])) if len(pool) else []
@@ -505,7 +626,10 @@ def search(spec, engine: str, workload: Workload, targets: Targets, space: Space
                      "max_model_len": ctx.longest}
     targets_dict = {"ttft_s": targets.ttft_s, "tpot_s": targets.tpot_s}
     assumptions = {
-        "ttft": "prefill of the p99 prompt alone (no queueing, no chunked-prefill interleaving)",
+        "ttft": ("p99: the p99 wait in one replica's M/G/1 queue (Poisson arrivals at requests/s / replicas, each "
+                 "request holding the replica for prefill + output x TPOT / batch) + the p99 prompt's prefill; "
+                 "replicas: the fewest from estimate's count up that keep it within --ttft-ms"
+                 if queueing else "prefill of the p99 prompt alone (--no-queueing: no wait)"),
         "tpot": "a decode step at the batch one replica runs, each sequence at the mean request's length",
         "batch": "min(--max-num-seqs, the mean requests that fit the KV budget)",
         "gpus": "replicas = ceil(requests/s x (prefill of the mean prompt + mean output x step / batch)), x tp x pp",
@@ -515,8 +639,13 @@ def search(spec, engine: str, workload: Workload, targets: Targets, space: Space
         "bandwidth_efficiency": settings.bandwidth_efficiency or 0.8,
         "compute_efficiency": settings.compute_efficiency or 0.5,
     }
+    cloud = ()
+    if keep_cloud:
+        cloud = tuple((float(c), float(x), float(y)) for f in families if f.arrays is not None
+                      for c, x, y in zip(f.arrays["cost"][f.arrays["ok"]], f.arrays["tpot"][f.arrays["ok"]],
+                                         f.arrays["ttft"][f.arrays["ok"]]))
     return SearchResult(spec.name, engine, workload_dict, targets_dict, space.size, feasible, tuple(rows),
-                        tuple(summary), assumptions)
+                        tuple(summary), assumptions, cloud)
 
 
 def token_budget(ctx: _Context, label: str, gpu=None) -> int:
@@ -584,25 +713,31 @@ def _confirm(ctx: _Context, f: _Screened, col: int, space: Space) -> Optional[Ro
                                          output_tokens=None, requests_per_s=None), engine_rows=False).plan.prefill_s
     if t.ttft_s is not None and ttft > t.ttft_s:
         return None
-    gpus = plan.gpus_needed
-    replicas = gpus // (tp * pp)
-    usd_h = gpus * plan.usd_per_hour / (tp * pp)
     w = ctx.workload
+    replicas = plan.gpus_needed // (tp * pp)  # estimate's: the fewest that carry the rate
+    planner = _row_planner(ctx, s)
+    stats = queue_stats(w, planner.prefill)
+    if ctx.queueing:
+        replicas = int(queue_replicas(stats, w.requests_per_s, [replicas], [tpot], [batch], t.ttft_s)[0])
+        if replicas == 0:
+            return None
+    rho, ttft50, ttft99 = (float(x[0]) for x in queue_ttft(stats, w.requests_per_s, [replicas], [tpot], [batch]))
+    if ctx.queueing:
+        ttft = ttft99
+    else:
+        ttft50 = stats.prefill_p50
+    gpus = replicas * tp * pp
+    usd_h = gpus * plan.usd_per_hour / (tp * pp)
     cost = usd_h / (w.requests_per_s * 3600 * w.tokens_per_request) * 1e6
     concurrency = min(batch, w.requests_per_s / replicas * (plan.prefill_s + ctx.output * tpot))
-    avg, p99, worst = _kv_in_use(ctx, s, batch)
+    avg, p99, worst = _kv_in_use(ctx, planner, batch)
     return Row(label, tp, pp, dtype, seqs, batch, replicas, gpus, ttft, tpot, ttft + ctx.output * tpot, usd_h, cost,
                round(concurrency, 3), avg, p99, worst, plan.kv_budget_bytes_per_gpu,
-               estimate_args(label, tp, pp, dtype, seqs, batch, ctx))
+               estimate_args(label, tp, pp, dtype, seqs, batch, ctx), ttft50, round(rho, 6))
 
 
-def _kv_in_use(ctx: _Context, s, batch: int) -> tuple[int, int, int]:
-    """(average, p99, worst) KV bytes in use on the tightest rank with `batch` requests running.
-
-    A request of prompt p and output o holds the engine's reservation for p + t tokens during its t-th decode
-    step (t = 1 .. o), so over its life it is found at each of those lengths equally often; the running set is
-    `batch` independent draws from that, weighted by the requests' counts. p99: mean + z99 x sqrt(batch) x sd.
-    """
+def _row_planner(ctx: _Context, s):
+    """The planner estimate builds for a row's settings `s` (its prefill per prompt, its reservation per length)."""
     from kvplan.plan import pipeline
     from kvplan.plan.planner import Planner
 
@@ -616,7 +751,16 @@ def _kv_in_use(ctx: _Context, s, batch: int) -> tuple[int, int, int]:
     gpu, label = pipeline.device(s)
     figures, bw = pipeline.roofline_inputs(gpu, label, s)
     popts = pipeline.plan_options(spec, ctx.engine, s, ctx.longest, 1, layout.block_size, bw)
-    planner = Planner(spec, figures, pair, popts, state_format=state)
+    return Planner(spec, figures, pair, popts, state_format=state)
+
+
+def _kv_in_use(ctx: _Context, planner, batch: int) -> tuple[int, int, int]:
+    """(average, p99, worst) KV bytes in use on the tightest rank with `batch` requests running.
+
+    A request of prompt p and output o holds the engine's reservation for p + t tokens during its t-th decode
+    step (t = 1 .. o), so over its life it is found at each of those lengths equally often; the running set is
+    `batch` independent draws from that, weighted by the requests' counts. p99: mean + z99 x sqrt(batch) x sd.
+    """
     tight = planner.pool.tight
     cache: dict[int, int] = {}
 
