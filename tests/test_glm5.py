@@ -232,3 +232,30 @@ def test_parameter_formula_counts_what_transformers_builds(saved):
             seen.add(key)
             total += tensor.numel()
     assert convert_config(json.loads(config.to_json_string())).parameters == total
+
+
+# ------------------------------------------------------------------ the neighbours kvplan cannot size yet
+
+@pytest.mark.parametrize("config, words", [
+    # transformers 5.25 models/minimax: MiniMaxLightningAttention keeps MiniMaxCache.linear_cache [B, H, d, d]
+    ({"model_type": "minimax"}, "model_type 'minimax' (MiniMax-Text-01 / MiniMax-M1: lightning-attention layers"),
+    # the published MiniMax-Text-01 / M1 configs name their own type and the architecture
+    ({"model_type": "minimax_text_01", "architectures": ["MiniMaxText01ForCausalLM"]}, "model_type 'minimax_text_01'"),
+    ({"model_type": "minimax_m1", "architectures": ["MiniMaxM1ForCausalLM"]}, "model_type 'minimax_m1'"),
+    # transformers 5.25 models/deepseek_v4: compressed sparse / heavily compressed attention layers
+    ({"model_type": "deepseek_v4"}, "model_type 'deepseek_v4' (compressed sparse and heavily compressed attention"),
+    ({"model_type": "dsv4", "architectures": ["DeepseekV4ForCausalLM"]}, "model_type 'dsv4' (compressed sparse"),
+    # transformers 5.25 models/glm5_next: KDA beside MLA with a pooled indexer, flat or as a text_config
+    ({"model_type": "glm5_next"}, "model_type 'glm5_next' (KDA linear attention"),
+    ({"model_type": "glm5_next", "text_config": {}}, "text_config: model_type 'glm5_next' (KDA linear attention"),
+])
+def test_types_with_other_caches_are_refused_by_name_not_sized_as_attention(config, words):
+    # every generic field present: without the refusal the generic path would size plain attention layers
+    generic = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 128}
+    if "text_config" in config:
+        config = dict(config, text_config=generic)
+    else:
+        config = dict(config, **generic)
+    with pytest.raises(ConfigError, match=re.escape(words)) as raised:
+        convert_config(config)
+    assert "has no rule in kvplan yet; kvplan refuses it rather than size it as attention alone" in str(raised.value)

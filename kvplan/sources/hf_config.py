@@ -284,6 +284,11 @@ ARCHITECTURE_TYPES = {
     "NemotronHForCausalLM": "nemotron_h",
     "Mamba2ForCausalLM": "mamba2",
     "GraniteMoeHybridForCausalLM": "granitemoehybrid",
+    # refused by name (HANDLERS' _not_yet): the published MiniMax-Text-01 / M1 configs name their own model_type
+    "MiniMaxForCausalLM": "minimax",
+    "MiniMaxText01ForCausalLM": "minimax",
+    "MiniMaxM1ForCausalLM": "minimax",
+    "DeepseekV4ForCausalLM": "deepseek_v4",
 }
 
 # Fields an unknown model_type must carry to be sized (generic HF names only).
@@ -1737,6 +1742,19 @@ HANDLERS: dict[str, Callable[[_Cfg], tuple[dict, int, int]]] = {
     "falcon_h1": _not_yet("keeps attention K/V and a Mamba-2 state side by side in every layer, which a "
                           "kvplan spec (one kind per layer) cannot state yet"),
     "bamba": _not_yet("(Mamba-2 with attention at attn_layer_indices) has no rule in kvplan yet"),
+    # transformers 5.25 models/minimax (MiniMax-Text-01, MiniMax-M1): MiniMaxLightningAttention layers keep one
+    # [B, heads, head_dim, head_dim] state (MiniMaxCache.linear_cache) beside softmax layers (attn_type_list /
+    # layer_types); vLLM 0.32 dropped the architecture ("was supported in vLLM until v0.23.0")
+    "minimax": _not_yet("(MiniMax-Text-01 / MiniMax-M1: lightning-attention layers with a fixed per-head state "
+                        "beside softmax attention layers) has no rule in kvplan yet"),
+    # transformers 5.25 models/deepseek_v4: layer_types of compressed_sparse_attention / heavily_compressed_attention,
+    # each caching compressed KV at its compress_rates
+    "deepseek_v4": _not_yet("(compressed sparse and heavily compressed attention layers, compress_rates) has no "
+                            "rule in kvplan yet"),
+    # transformers 5.25 models/glm5_next: KDA linear-attention layers (linear_attn_config) beside MLA layers with
+    # a pooled sparse-attention indexer
+    **dict.fromkeys(("glm5_next", "glm5_next_text"), _not_yet(
+        "(KDA linear attention beside MLA layers with a pooled sparse-attention indexer) has no rule in kvplan yet")),
 }
 
 
