@@ -99,6 +99,8 @@ GOLDEN = [
     ("nemotron-3-nano-30b-a3b", 6 * 2 * 128 * 2 * 2, {FULL: 6, STATE: 23, LayerKind.MLP: 23}),
     # DeepSeek sparse attention: + one indexer key per layer, 128 fp8 values + one fp32 scale (vLLM's Indexer)
     ("deepseek-v3.2", 61 * ((512 + 64) * 2 + 128 + 4), {MLA: 61}),
+    # GLM-5.1 (glm_moe_dsa): the same layer as DeepSeek-V3.2 on 78 layers: latent 576 x 2 B + indexer key 128 fp8 + 4 B scale
+    ("glm-5.1", 78 * ((512 + 64) * 2 + 128 + 4), {MLA: 78}),
     # 35 layers, the last 15 KV-shared: 20 hold KV (16 sliding, 4 full), 2 KV heads x 256
     ("gemma-3n-e4b", 20 * 2 * 256 * 2 * 2, {SLIDING: 16, FULL: 4, LayerKind.SHARED: 15}),
     # sliding layers 16 KV heads x 256, full layers 4 x global_head_dim 512

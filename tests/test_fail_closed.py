@@ -50,6 +50,9 @@ UNCHANGED = {
     "mamba_head_dim; NemotronHConfig keeps expand unused",
     ("nemotron-3-nano-30b-a3b", "expand", "remove"): "NemotronHMamba2Mixer's width is mamba_num_heads x "
     "mamba_head_dim; NemotronHConfig keeps expand unused",
+    **{("glm-5.1", key, op): "GlmMoeDsaConfig.__post_init__ overwrites it (head_dim = qk_rope_head_dim, qk_head_dim "
+       "= nope + rope); vLLM's DeepseekV2 attention reads neither" for key in ("head_dim", "qk_head_dim")
+       for op in ("remove", "alter")},
     ("minimax-m2.7", "attn_type_list", "remove"): "MiniMaxM2Config has no such field: every layer is full attention",
     # JambaMambaMixer: biases and dt_proj's rank are weights; the conv and SSM states (d_inner x d_conv,
     # d_inner x d_state) do not hold them

@@ -118,6 +118,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                          qk_nope_head_dim=128, max_position_embeddings=163840, tie_word_embeddings=False,
                          attention_bias=False, num_nextn_predict_layers=0, index_head_dim=128, index_n_heads=64,
                          index_topk=2048),
+    # GlmMoeDsaConfig (transformers 5.25 models/glm_moe_dsa/configuration_glm_moe_dsa.py): GLM-5's sizes, MLA and
+    # the sparse-attention indexer; no moe_layer_freq (vLLM's getattr default 1 is set by the handler).
+    "glm_moe_dsa": dict(vocab_size=154880, hidden_size=6144, intermediate_size=12288, moe_intermediate_size=2048,
+                        num_hidden_layers=78, num_attention_heads=64, num_key_value_heads=64, n_shared_experts=1,
+                        n_routed_experts=256, num_experts_per_tok=8, first_k_dense_replace=3, kv_lora_rank=512,
+                        q_lora_rank=2048, qk_rope_head_dim=64, v_head_dim=256, qk_nope_head_dim=192,
+                        max_position_embeddings=202752, tie_word_embeddings=False, attention_bias=False,
+                        index_head_dim=128, index_n_heads=32, index_topk=2048),
     # Gemma3nTextConfig (transformers 5.25 models/gemma3n/configuration_gemma3n.py): the E4B sizes.
     "gemma3n_text": dict(vocab_size=262400, hidden_size=2048, num_hidden_layers=35, num_attention_heads=8,
                          num_key_value_heads=2, head_dim=256, max_position_embeddings=32768, sliding_window=512,
@@ -262,6 +270,7 @@ ARCHITECTURE_TYPES = {
     "Glm4MoeForCausalLM": "glm4_moe",
     "Glm4MoeLiteForCausalLM": "glm4_moe_lite",
     "DeepseekV32ForCausalLM": "deepseek_v32",
+    "GlmMoeDsaForCausalLM": "glm_moe_dsa",
     "Gemma3nForCausalLM": "gemma3n_text",
     "Gemma4ForCausalLM": "gemma4_text",
     "GPT2LMHeadModel": "gpt2",
@@ -275,6 +284,11 @@ ARCHITECTURE_TYPES = {
     "NemotronHForCausalLM": "nemotron_h",
     "Mamba2ForCausalLM": "mamba2",
     "GraniteMoeHybridForCausalLM": "granitemoehybrid",
+    # refused by name (HANDLERS' _not_yet): the published MiniMax-Text-01 / M1 configs name their own model_type
+    "MiniMaxForCausalLM": "minimax",
+    "MiniMaxText01ForCausalLM": "minimax",
+    "MiniMaxM1ForCausalLM": "minimax",
+    "DeepseekV4ForCausalLM": "deepseek_v4",
 }
 
 # Fields an unknown model_type must carry to be sized (generic HF names only).
@@ -1149,7 +1163,16 @@ def _glm4_moe_lite(c: _Cfg):
     """GLM-4.7-Flash: DeepSeek-V3's MLA and MoE (vLLM 0.32 glm4_moe_lite.py builds DeepseekV2 attention; MoE
     where layer_idx >= first_k_dense_replace and layer_idx % moe_layer_freq == 0, moe_layer_freq default 1).
     transformers 5.25 places the MoE by mlp_layer_types (default: layer 0 dense, the rest sparse) instead."""
-    L = c.int("num_hidden_layers")
+    _dense_first(c, c.int("num_hidden_layers"))
+    c.raw.setdefault("first_k_dense_replace", 1)  # Glm4MoeLiteConfig's default mlp_layer_types: one dense layer
+    c.raw.setdefault("moe_layer_freq", 1)  # vLLM's getattr default; transformers has no such field
+    c.declare("qk_head_dim")  # Glm4MoeLiteConfig.__post_init__ derives it: qk_nope_head_dim + qk_rope_head_dim
+    return _deepseek(c, v3=True)
+
+
+def _dense_first(c: _Cfg, L: int) -> None:
+    """transformers' mlp_layer_types (GLM's "dense" / "sparse" per layer) read as first_k_dense_replace: only
+    dense layers first, then sparse ones, is a layout kvplan counts."""
     types = c.get("mlp_layer_types")
     if types is not None:
         dense = next((i for i, t in enumerate(types) if t != "dense"), len(types)) if isinstance(types, list) else 0
@@ -1157,10 +1180,75 @@ def _glm4_moe_lite(c: _Cfg):
             raise ConfigError(f"{c.where}: mlp_layer_types is {shown(types)}: kvplan counts only dense layers "
                               f"first, then sparse ones, over {L} layers")
         c.raw.setdefault("first_k_dense_replace", dense)
-    c.raw.setdefault("first_k_dense_replace", 1)  # Glm4MoeLiteConfig's default mlp_layer_types: one dense layer
-    c.raw.setdefault("moe_layer_freq", 1)  # vLLM's getattr default; transformers has no such field
-    c.declare("qk_head_dim")  # Glm4MoeLiteConfig.__post_init__ derives it: qk_nope_head_dim + qk_rope_head_dim
-    return _deepseek(c, v3=True)
+
+
+def _glm_dsa_every_layer_indexes(c: _Cfg, L: int) -> None:
+    """Refuse a GLM-5 layout where a layer reuses another layer's top-k ("IndexCache"): such a layer builds no
+    indexer and caches no indexer keys (transformers 5.25 GlmMoeDsaAttention: `indexer = None` when
+    `indexer_types[i] == "shared"`; vLLM 0.32 deepseek_v2.py DeepseekV2MLAAttention: `_skip_topk` from
+    index_topk_pattern "S", else `max(i - index_skip_topk_offset + 1, 0) % index_topk_freq != 0`, offset default 2;
+    llama.cpp llama-model.cpp: only `is_indexer_full(il)` layers get indexer keys), while kvplan's spec gives every
+    MLA layer its indexer keys. transformers reads indexer_types first, then index_topk_pattern, then the
+    frequency; vLLM never reads indexer_types: every source present is checked."""
+    def refuse(key: str, shared: list[int]) -> None:
+        raise ConfigError(
+            f"{c.where}: {key} is {shown(c.get(key))}, which makes {len(shared)} of {L} layers (first: {shared[0]}) "
+            "reuse another layer's top-k and cache no indexer keys; kvplan sizes indexer keys on every layer, "
+            "so it refuses rather than over-count them")
+
+    types = c.get("indexer_types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) != L or any(t not in ("full", "shared") for t in types):
+            raise ConfigError(f"{c.where}: indexer_types is {shown(types)}: expected {L} entries, each 'full' or "
+                              "'shared'")
+        shared = [i for i, t in enumerate(types) if t == "shared"]
+        if shared:
+            refuse("indexer_types", shared)
+    pattern = c.get("index_topk_pattern")
+    if pattern is not None:
+        marks = list(pattern) if isinstance(pattern, (str, list)) else None
+        if marks is None or any(m not in ("F", "S", "full", "shared") for m in marks):
+            raise ConfigError(f"{c.where}: index_topk_pattern is {shown(pattern)}: expected 'F' / 'S' per layer")
+        shared = [i for i, m in enumerate(marks[:L]) if m in ("S", "shared")]
+        if shared:
+            refuse("index_topk_pattern", shared)
+    freq = c.int("index_topk_freq", required=False) or 1
+    if freq > 1:
+        offset = c.int("index_skip_topk_offset", required=False, zero_ok=True)
+        offset = 2 if offset is None else offset  # both sources' default
+        shared = [i for i in range(L) if max(i - offset + 1, 0) % freq]
+        if shared:
+            refuse("index_topk_freq", shared)
+    else:
+        c.declare("index_skip_topk_offset")  # with a frequency of 1 every layer indexes, whatever the offset
+
+
+def _glm_moe_dsa(c: _Cfg):
+    """GLM-5 / GLM-5.1 (`glm_moe_dsa`): DeepSeek-V3.2's MLA latent and sparse-attention indexer keys with GLM's
+    sizes (transformers 5.25 models/glm_moe_dsa: every layer "indexed_attention", a GlmMoeDsaIndexer of wq_b, wk,
+    k_norm (LayerNorm) and weights_proj as DeepseekV32Indexer's; vLLM 0.32 builds GlmMoeDsaForCausalLM as
+    DeepseekV2ForCausalLM with an indexer wherever the config has index_topk). MoE layers by mlp_layer_types
+    (default first_k_dense_replace dense layers, then sparse); no moe_layer_freq in transformers (vLLM's default 1)."""
+    L = c.int("num_hidden_layers")
+    _glm_dsa_every_layer_indexes(c, L)
+    _dense_first(c, L)
+    c.raw.setdefault("moe_layer_freq", 1)
+    c.declare("index_share_for_mtp_iteration")  # the MTP draft layer's top-k reuse; MTP layers are not sized
+    # GlmMoeDsaConfig.__post_init__ overwrites both whatever config.json says: head_dim = qk_rope_head_dim,
+    # qk_head_dim = qk_nope_head_dim + qk_rope_head_dim (vLLM's DeepseekV2 attention reads neither)
+    c.declare("head_dim", "qk_head_dim")
+    layer_types = c.get("layer_types")
+    if layer_types is not None and (not isinstance(layer_types, list) or len(layer_types) != L
+                                    or any(t != "indexed_attention" for t in layer_types)):
+        raise ConfigError(f"{c.where}: layer_types is {shown(layer_types)}; kvplan sizes glm_moe_dsa only with "
+                          "every layer 'indexed_attention' (GlmMoeDsaConfig's default)")
+    f, total, inactive = _deepseek(c, v3=True)
+    index_dim, index_heads, topk = c.int("index_head_dim"), c.int("index_n_heads"), c.int("index_topk")
+    q_lora = c.int("q_lora_rank")  # the indexer's queries come from the q_lora latent
+    hidden = f["hidden_size"]
+    indexer = _linear(q_lora, index_heads * index_dim) + _linear(hidden, index_dim) + 2 * index_dim + _linear(hidden, index_heads)
+    f.update(index_head_dim=index_dim, index_n_heads=index_heads, index_topk=topk)
+    return f, total + L * indexer, inactive
 
 
 def _gpt_neox(c: _Cfg):
@@ -1628,6 +1716,7 @@ HANDLERS: dict[str, Callable[[_Cfg], tuple[dict, int, int]]] = {
     "deepseek_v2": _deepseek_v2,
     "deepseek_v3": _deepseek_v3,
     "deepseek_v32": _deepseek_v32,
+    "glm_moe_dsa": _glm_moe_dsa,
     "gemma3n_text": _gemma3n,
     "gemma4_text": _gemma4,
     "gpt2": _gpt2,
@@ -1653,6 +1742,19 @@ HANDLERS: dict[str, Callable[[_Cfg], tuple[dict, int, int]]] = {
     "falcon_h1": _not_yet("keeps attention K/V and a Mamba-2 state side by side in every layer, which a "
                           "kvplan spec (one kind per layer) cannot state yet"),
     "bamba": _not_yet("(Mamba-2 with attention at attn_layer_indices) has no rule in kvplan yet"),
+    # transformers 5.25 models/minimax (MiniMax-Text-01, MiniMax-M1): MiniMaxLightningAttention layers keep one
+    # [B, heads, head_dim, head_dim] state (MiniMaxCache.linear_cache) beside softmax layers (attn_type_list /
+    # layer_types); vLLM 0.32 dropped the architecture ("was supported in vLLM until v0.23.0")
+    "minimax": _not_yet("(MiniMax-Text-01 / MiniMax-M1: lightning-attention layers with a fixed per-head state "
+                        "beside softmax attention layers) has no rule in kvplan yet"),
+    # transformers 5.25 models/deepseek_v4: layer_types of compressed_sparse_attention / heavily_compressed_attention,
+    # each caching compressed KV at its compress_rates
+    "deepseek_v4": _not_yet("(compressed sparse and heavily compressed attention layers, compress_rates) has no "
+                            "rule in kvplan yet"),
+    # transformers 5.25 models/glm5_next: KDA linear-attention layers (linear_attn_config) beside MLA layers with
+    # a pooled sparse-attention indexer
+    **dict.fromkeys(("glm5_next", "glm5_next_text"), _not_yet(
+        "(KDA linear attention beside MLA layers with a pooled sparse-attention indexer) has no rule in kvplan yet")),
 }
 
 
@@ -1691,6 +1793,8 @@ GEOMETRY_READERS = {
     "gemma4_text": {"num_kv_shared_layers", "global_head_dim", "num_global_key_value_heads", "attention_k_eq_v",
                     "per_layer_config"},
     "deepseek_v32": {"index_head_dim", "index_n_heads", "index_topk"},
+    "glm_moe_dsa": {"index_head_dim", "index_n_heads", "index_topk", "indexer_types", "index_topk_pattern",
+                    "index_topk_freq"},
 }
 
 
@@ -1703,7 +1807,8 @@ def _refuse_unread_geometry(raw: dict[str, Any], handler: Optional[str], where: 
         kind = f"model_type {raw.get('model_type')!r}"
         raise ConfigError(
             f"{where}: {key} is {value!r}, which makes attention differ by layer, and kvplan does not read it for "
-            f"{kind} (it does for gemma3n, gemma4 and deepseek_v32); refusing rather than sizing every layer alike"
+            f"{kind} (it does for gemma3n, gemma4, deepseek_v32 and glm_moe_dsa); refusing rather than sizing every "
+            "layer alike"
         )
 
 
@@ -1752,7 +1857,7 @@ def convert_config(config: Any, where: str = "config.json") -> Converted:
         weights_dtype = _weights_dtype(quant, quant_method)
         if weights_dtype is None:
             notes.append(f"weights quantized with {quant_method!r}, a method kvplan does not size; weights_dtype left unset")
-    mtp = raw.get("num_nextn_predict_layers") if resolved.startswith(("deepseek", "glm4_moe")) else 0
+    mtp = raw.get("num_nextn_predict_layers") if resolved.startswith(("deepseek", "glm4_moe", "glm_moe_dsa")) else 0
 
     _refuse_unread_geometry(raw, resolved if resolved in HANDLERS else None, where)
     if resolved not in HANDLERS:
