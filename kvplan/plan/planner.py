@@ -27,7 +27,11 @@ from kvplan.model.shape import LayerKind, SpecDerived as ModelSpec  # any valida
 from kvplan.engines.vllm_rules import (DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NUM_BATCHED_TOKENS, Pool,
                                        context_limit, stage_budgets, usable_bytes)
 from kvplan.engines.vllm_flags import scheduler_limits, vllm_version
-from kvplan.plan.comm import NCCL_BASE_LATENCY_S, all_to_all_seconds, allreduces_per_stage, ring_allreduce_seconds, send_seconds
+from kvplan.plan.comm import (
+    NCCL_BASE_LATENCY_S, all_to_all_seconds, allreduces_per_stage, is_mamba1, mamba1_x_proj_width, mamba2_norm_collective,
+    ring_allgather_seconds, ring_allreduce_seconds,
+    send_seconds,
+)
 from kvplan.units import counted, fmt_bytes
 
 GIB = 2**30
@@ -758,9 +762,25 @@ class Planner:
             return None
         gbps, latency = link
         message = tokens * self.spec.hidden_size * self.dtype_bytes
-        count = allreduces_per_stage(self.layout.layers_per_stage[stage], 0, stage == 0)
+        counts = self.layout.stage_kind_counts[stage]
+        mamba1 = counts.get(LayerKind.STATE, 0) if is_mamba1(self.spec) else 0
+        # Nemotron-H's layers are one block each (a mixer or an MLP / MoE alone: NemotronHBlock), so one
+        # row-parallel output, one all-reduce; every other model's layer has a mixer and an MLP
+        blocks = 1 if LayerKind.MLP in self.spec.layer_kinds else 2
+        count = allreduces_per_stage(self.layout.layers_per_stage[stage], mamba1, stage == 0, blocks)
         allreduces = count.hidden_messages
-        seconds = 0.0
+        # Mamba-1's row-parallel x_proj (vLLM 0.32 MambaMixer: RowParallelLinear(d_inner, dt_rank + 2 d_state),
+        # reduce_results on) sums its partial dt, B, C once per forward of the tokens (_ssm_transform runs once
+        # for the decode tokens, once for the prefill tokens): a message of tokens x (dt_rank + 2 d_state)
+        seconds = count.extra_state * ring_allreduce_seconds(
+            tokens * mamba1_x_proj_width(self.spec) * self.dtype_bytes, opts.tp, gbps, latency, NCCL_BASE_LATENCY_S,
+        ) if count.extra_state else 0.0
+        norm = mamba2_norm_collective(self.spec, opts.tp)
+        if norm == "all_reduce":  # n_groups 1: each token's fp32 sum of squares, one per Mamba-2 layer
+            seconds += counts.get(LayerKind.STATE, 0) * ring_allreduce_seconds(tokens * 4, opts.tp, gbps, latency, NCCL_BASE_LATENCY_S)
+        elif norm == "all_gather":  # tp does not divide n_groups: the fp32 gated activations, tokens x d_inner
+            total = tokens * self.spec.mamba_d_inner_resolved * 4
+            seconds += counts.get(LayerKind.STATE, 0) * ring_allgather_seconds(total, opts.tp, gbps, latency, NCCL_BASE_LATENCY_S)
         if opts.expert_parallel:  # a MoE layer's MLP: dispatch + combine all-to-alls of top_k rows a token, no all-reduce
             start = sum(self.layout.layers_per_stage[:stage])
             moe = self.spec.moe_layers_between(start, start + self.layout.layers_per_stage[stage])
@@ -1058,7 +1078,9 @@ class Planner:
             "link_gbps": link[0], "link_latency_us": link[1] * 1e6,
             "link": self.gpu.interconnect if o.link_gbps is None and self.gpu.interconnect else "--link-gbps",
             "communication": "ring all-reduce: NCCL base 3.6 us + 2(tp-1) x latency + 2(tp-1)/tp x message / link, "
-                             "2 per layer + 1 (embedding), message = tokens x hidden x activation bytes; pp: one hand-off per stage boundary",
+                             "2 per layer + 1 (embedding), message = tokens x hidden x activation bytes; pp: one hand-off per stage boundary"
+                             + ("; Mamba-1: 1 more per state layer and forward (x_proj row-parallel), message = tokens x "
+                                "(dt_rank + 2 d_state) x activation bytes" if is_mamba1(self.spec) and o.tp > 1 else ""),
         }
         return {
             "gpu_memory_utilization": o.gpu_memory_utilization,
