@@ -77,6 +77,7 @@ def estimate(
     block_size: O.block_size = None,
     tp: O.tp = "1",
     pp: O.pp = "1",
+    dp: O.dp = 1,
     state_dtype: O.state_dtype = None,
     engine: O.engine = "vllm",
     gpu: O.gpu = None,
@@ -145,7 +146,7 @@ def estimate(
                      calibration=calibration, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
                      requests_per_s=requests_per_s, shared_prefix_tokens=shared_prefix_tokens,
                      link_gbps=link_gbps, link_latency_us=link_latency_us, communication=not no_communication, expert_parallel=expert_parallel,
-                     engine_options=engine_flags)
+                     dp=dp, engine_options=engine_flags)
     check_estimate(spec, engine, given, contexts=contexts, tps=tps, kv_cache_dtypes=dtypes, warn=warn_beyond_positions)
     if emit is not None:  # the engine's launch command, not the report (kvplan.plan.emit)
         return _emit(model, spec, engine, emit, given, contexts, batches, tps, dtypes, gpu_names, svg)

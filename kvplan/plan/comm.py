@@ -15,10 +15,16 @@ The model (the same in the planner and in `kvplan measure --tp`):
 - a pipeline stage hands its hidden states (tokens x hidden x dtype) to the next over the same
   link: latency + bytes / bandwidth per boundary;
 - pipeline bubbles: with pp stages and one micro-batch in flight (a decode step, a single prompt),
-  a token passes the stages one after another, so the step is the sum of the stages (the idle
-  stages are the bubble, (pp - 1)/pp of each GPU's time); `micro_batches` m > 1 lets the stages
-  overlap: the step is then (m + pp - 1)/m x the slowest stage's share (GPipe's bubble,
-  Huang et al. 2019).
+  a token passes the stages one after another, so the step is the sum of the stages, each at its own
+  layers (an uneven split's longer stage counts as it is), and the idle stages are the bubble,
+  (pp - 1)/pp of each GPU's time. Overlapping micro-batches (GPipe's (m + pp - 1)/m, Huang et al. 2019)
+  are not modelled: vLLM 0.32 keeps pp batches in flight (VllmConfig.max_concurrent_batches: "PP
+  requires PP-size concurrent batches to fill the pipeline"), but a decoding request sits in one of
+  them at a time, so how its running requests split over the batches is the scheduler's, not a rule
+  kvplan can state; every micro-batch would also read its stage's weights again.
+- data parallelism (`--data-parallel-size`, MoE models): a MoE layer all-gathers every instance's
+  tokens over the dp group and reduce-scatters its outputs (vLLM 0.32's allgather_reducescatter
+  backend), each a ring of dp - 1 steps: `ring_allgather_seconds`.
 """
 
 from __future__ import annotations
