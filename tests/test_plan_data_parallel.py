@@ -102,3 +102,27 @@ def test_data_parallel_refusals(capsys):
     # --expert-parallel over tp x dp = 24 ranks does not divide 256 experts
     assert "over 24 ranks does not divide" in refused("deepseek-v3", "--gpu", "h200", "--tp", "8", "--dp", "3",
                                                       "--expert-parallel")
+
+
+def test_emit_vllm_writes_the_data_parallel_flags(capsys):
+    """vLLM's own flags: --data-parallel-size 8, --enable-expert-parallel; max_num_seqs is per instance (each DP
+    engine core has its own scheduler), so batch 64 over 8 instances is --max-num-seqs 8."""
+    r = run_cli(capsys, "estimate", "deepseek-v3", "--gpu", "h200", "--dp", "8", "--expert-parallel", "--context",
+                "8192", "--batch", "64", "--emit", "vllm")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == ("vllm serve deepseek-ai/DeepSeek-V3 --max-model-len 8192 --max-num-seqs 8 "
+                        "--data-parallel-size 8 --enable-expert-parallel\n")
+    r = run_cli(capsys, "estimate", "deepseek-v3", "--gpu", "h200", "--tp", "8", "--expert-parallel", "--emit", "vllm")
+    assert r.stdout.endswith(" --tensor-parallel-size 8 --enable-expert-parallel\n")
+
+
+def test_suggestions_count_every_instance(capsys):
+    """Not fitting under --dp: the suggestions ask each instance for its ⌈batch / dp⌉ only."""
+    r = run_cli(capsys, "estimate", "deepseek-v3", "--gpu", "h200", "--dp", "8", "--expert-parallel", "--engine",
+                "ideal", "--activation-memory", "2GiB", "--non-torch-memory", "1GiB", "--context", "8192", "--batch",
+                "448", "-f", "json")  # 56 an instance, one more than its 55 (test above)
+    d = json.loads(r.stdout)
+    assert not d["fits"] and d["max_concurrent_sequences"] == 440
+    # fp8 latents, 61 x 576 x 1 B x 8,192 = 287,834,112 B a sequence: 31,748,509,799 // that = 110 an instance
+    assert 31748509799 // (61 * 576 * 8192) == 110
+    assert "--kv-cache-dtype fp8 fits 880 sequences of 8,192 tokens" in d["suggestions"]

@@ -223,14 +223,16 @@ def _emit(model: str, spec, engine: str, target: str, given, contexts, batches, 
                                             gpu_bf16_tflops=None, calibration=None, requests_per_s=None,
                                             bandwidth_efficiency=None, compute_efficiency=None, weights_bytes=None,
                                             gpu_memory_utilization=None, output_tokens=None, max_num_seqs=None,
-                                            cuda_total_memory=None)).cache.refusals
+                                            cuda_total_memory=None, dp=1)).cache.refusals
     if refusals:
         raise InputError(f"--emit {target}: {engine} would refuse this plan: {refusals[0]}")
     settings = plan_settings(context=s.context, batch=s.batch, kv_cache_dtype=s.kv_cache_dtype, tp=s.tp, pp=s.pp,
                              block_size=s.block_size, state_dtype=s.state_dtype, dtype=s.dtype,
                              gpu_memory_utilization=s.gpu_memory_utilization,
                              max_num_batched_tokens=s.max_num_batched_tokens, engine_options=s.engine_options,
-                             others={"cuda_total_memory": s.cuda_total_memory}, max_num_seqs=s.max_num_seqs)
+                             others={"cuda_total_memory": s.cuda_total_memory, "dp": s.dp if s.dp > 1 else None,
+                                     "expert_parallel": True if s.expert_parallel else None},
+                             max_num_seqs=s.max_num_seqs)
     sys.stdout.write(emit(target, spec, model, settings) + "\n")
 
 

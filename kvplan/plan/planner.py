@@ -1078,12 +1078,14 @@ class Planner:
         """What would fit instead: fp8 KV, more tensor parallelism, a shorter context."""
         out = []
         opts, spec = self.opts, self.spec
+        # --data-parallel-size: an instance must hold its ⌈batch / dp⌉; the counts said are all instances'
+        want, dp = per_instance(opts.batch, opts.dp), opts.dp
         if self.kv_format.k.bits > 8:
             fp8 = KVFormatPair(FIXED_FORMATS["fp8"], FIXED_FORMATS["fp8"])
             alt = Planner(spec, self.gpu, fp8, opts)
             n = alt.max_sequences(opts.context)
-            if n >= opts.batch:
-                out.append(f"--kv-cache-dtype fp8 fits {counted(n, 'sequence')} of {opts.context:,} tokens")
+            if n >= want:
+                out.append(f"--kv-cache-dtype fp8 fits {counted(n * dp, 'sequence')} of {opts.context:,} tokens")
         for tp in (2, 4, 8, 16):
             if tp <= opts.tp:
                 continue
@@ -1092,24 +1094,25 @@ class Planner:
             except InputError:
                 continue
             n = alt.max_sequences(opts.context)
-            if n >= opts.batch:
-                out.append(f"--tp {tp} fits {counted(n, 'sequence')} of {opts.context:,} tokens")
+            if n >= want:
+                out.append(f"--tp {tp} fits {counted(n * dp, 'sequence')} of {opts.context:,} tokens")
                 break
         if min(self.stage_budgets) <= 0:
             out.append(f"at --tp {opts.tp} the weights alone leave no room for KV: use a larger GPU, more tp or a quantised --dtype")
             return out
-        ctx, _ = self.max_context(opts.batch)
+        ctx, _ = self.max_context(want)
         if ctx > 0:
             out.append(f"--context {ctx} is the longest that fits {counted(opts.batch, 'sequence')}")
             return out
         # The budget is there, but the batch is too large for any context: each sequence
         # holds at least one token (one block when paged), so name the batch that fits.
-        fit_here = self.max_sequences(opts.context)
+        fit_here = self.max_sequences(opts.context) * dp
         if fit_here >= 1:
             out.append(f"--batch {fit_here:,} is the most that fits at {opts.context:,} tokens")
         out.append(
             f"{counted(opts.batch, 'sequence')} fit at no context: the {fmt_bytes(budget)} KV budget holds at most "
             f"{counted(self.max_sequences(1), 'sequence')} even of 1 token each"
+            + (" (one instance's)" if dp > 1 else "")
         )
         return out
 
