@@ -78,6 +78,10 @@ OPTIONS: tuple[Option, ...] = (
        "device); a comma list sweeps in estimate.", default="1"),
     _O("pp", ("--pipeline-parallel-size", "--pp"), "counts", "Pipeline stages (uneven splits allowed; the engine "
        "profiles model one stage).", PLANNER, default="1"),
+    _O("dp", ("--data-parallel-size", "--dp"), "int", "MoE models: engine instances of tp x pp GPUs (vLLM "
+       "--data-parallel-size), each with its own KV pool and sequences (an MLA latent held once per instance, not "
+       "on every tp rank), routed experts over tp x dp GPUs; --batch is all instances' (default 1).", PLANNER,
+       default=1, plan=False),
     _O("engine", ("--engine",), "str", "Whose allocation rules: vllm (blocks, groups, windows as vLLM reserves "
        "them), ideal (exactly the tokens held), or hf, llama.cpp, sglang, trtllm (kvplan.engines profiles).",
        default="vllm"),

@@ -111,3 +111,71 @@ def test_expert_parallel_refusals(capsys):
     assert r.exit_code == 2 and "--expert-parallel: llama-3.1-8b has no routed experts; drop the flag" in r.stderr
     r = run_cli(capsys, "estimate", "deepseek-v3", "--gpu", "h200", "--tp", "3", "--expert-parallel")
     assert r.exit_code == 2
+
+
+def test_mamba1_x_proj_adds_one_all_reduce_per_state_layer(capsys):
+    """Jamba-v0.1 (config.json: 32 layers, 4 attention + 28 Mamba-1, hidden 4,096, d_state 16, mamba_dt_rank
+    "auto" = ceil(4,096 / 16) = 256) at tp 2 on an H100 SXM (450 GB/s, 0.4 us a step). vLLM 0.32's MambaMixer
+    makes x_proj a RowParallelLinear(d_inner, dt_rank + 2 x d_state) whose output is all-reduced, once per
+    forward (_ssm_transform over all of a step's decode tokens): 28 more all-reduces of 288 x 2 B a token,
+    beside the 2 x 32 + 1 = 65 of tokens x 4,096 x 2 B."""
+    r = run_cli(capsys, "estimate", "jamba-v0.1", "--gpu", "h100-sxm", "--tp", "2", "--context", "8192", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    d = json.loads(r.stdout)
+
+    def ring(message):  # 2 ranks: 2 steps, 2 x 1 / 2 = the whole message on the wire
+        return 3.6e-6 + 2 * 0.4e-6 + message / 450e9
+
+    assert d["decode_comm_s"] == pytest.approx(65 * ring(4096 * 2) + 28 * ring(288 * 2), rel=1e-12)
+    prompt = 8192  # the prefill: the whole prompt in one forward, so 28 x_proj all-reduces again, not 28 a token
+    assert d["prefill_comm_s"] == pytest.approx(65 * ring(prompt * 4096 * 2) + 28 * ring(prompt * 288 * 2), rel=1e-12)
+
+
+def test_mamba2_and_gated_deltanet_add_no_x_proj_all_reduce():
+    """Mamba-2's in_proj is column-parallel and emits dt, B, C per rank (vLLM 0.32 MambaMixer2: no x_proj);
+    Gated DeltaNet's in_proj_qkvz / in_proj_ba likewise (Qwen3NextGatedDeltaNet): only out_proj reduces."""
+    from kvplan.plan.comm import is_mamba1
+    from kvplan.sources.catalog import resolve_spec as load
+
+    assert is_mamba1(load("jamba-v0.1"))
+    assert not any(is_mamba1(load(name)) for name in ("nemotron-3-nano-30b-a3b", "qwen3-next-80b-a3b", "llama-3.1-8b"))
+
+
+def _nemotron(capsys, tp, model="nemotron-3-nano-30b-a3b"):
+    r = run_cli(capsys, "estimate", model, "--gpu", "h100-sxm", "--tp", str(tp), "--context", "8192", "-f", "json")
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_nemotron_h_layers_are_one_block_one_all_reduce(capsys):
+    """Nemotron-3-Nano (config.json hybrid_override_pattern: 52 layers, 23 Mamba-2 + 6 attention + 23 MoE, each
+    layer one block; hidden 2,688; n_groups 8) at tp 2 on an H100 SXM: vLLM 0.32 nemotron_h.py gives each
+    NemotronH*DecoderLayer one mixer (MambaMixer2, NemotronHAttention's o_proj, NemotronHMLP / NemotronHMoE) and
+    so one all-reduce, not a mixer's and an MLP's: 52 + 1 (embedding) = 53 of tokens x 2,688 x 2 B; tp 2 divides
+    the 8 groups, so the gated norm runs per rank (no collective)."""
+    d = _nemotron(capsys, 2)
+    ring = 3.6e-6 + 2 * 0.4e-6 + 2688 * 2 / 450e9  # 2 ranks: 2 steps, the whole message on the wire
+    assert d["decode_comm_s"] == pytest.approx(53 * ring, rel=1e-12)
+
+
+def test_mamba2_gated_norm_gathers_when_tp_does_not_divide_the_groups(capsys):
+    """At tp 16 the 8 groups do not divide (Mixer2RMSNormGated.forward_native, redundant_tp): each of the 23
+    Mamba-2 layers all-gathers the fp32 gated activations, tokens x d_inner 4,096 x 4 B, in 15 ring steps with
+    15/16 of them received; beside 53 all-reduces of 2,688 x 2 B over 16 ranks (30 steps, 30/16 on the wire)."""
+    d = _nemotron(capsys, 16)
+    ring = 3.6e-6 + 30 * 0.4e-6 + (30 * 2688 * 2 // 16) / 450e9
+    gather = 3.6e-6 + 15 * 0.4e-6 + (15 * 4096 * 4 // 16) / 450e9
+    assert d["decode_comm_s"] == pytest.approx(53 * ring + 23 * gather, rel=1e-12)
+
+
+def test_mamba2_one_group_all_reduces_the_norm_sums(capsys, tmp_path):
+    """n_groups 1 (Mamba-2's own configs): the gated norm spans the split channels, so each rank's fp32 sum of
+    squares is all-reduced, 4 B a token, once per Mamba-2 layer and forward (Mixer2RMSNormGated: n_groups == 1)."""
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "model_specs" / "nemotron-3-nano-30b-a3b.yaml").read_text()
+    spec = tmp_path / "one-group.yaml"
+    spec.write_text(text.replace("name: nemotron-3-nano-30b-a3b", "name: one-group").replace("mamba_n_groups: 8", "mamba_n_groups: 1"))
+    d = _nemotron(capsys, 2, str(spec))
+    ring = 3.6e-6 + 2 * 0.4e-6 + 2688 * 2 / 450e9
+    assert d["decode_comm_s"] == pytest.approx(53 * ring + 23 * (3.6e-6 + 2 * 0.4e-6 + 4 / 450e9), rel=1e-12)

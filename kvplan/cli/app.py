@@ -80,6 +80,7 @@ def estimate(
     block_size: O.block_size = None,
     tp: O.tp = "1",
     pp: O.pp = "1",
+    dp: O.dp = 1,
     state_dtype: O.state_dtype = None,
     engine: O.engine = "vllm",
     gpu: O.gpu = None,
@@ -135,7 +136,7 @@ def estimate(
                      calibration=calibration, prompt_tokens=prompt_tokens, output_tokens=output_tokens,
                      requests_per_s=requests_per_s, shared_prefix_tokens=shared_prefix_tokens,
                      link_gbps=link_gbps, link_latency_us=link_latency_us, communication=not no_communication, expert_parallel=expert_parallel,
-                     engine_options=engine_flags)
+                     dp=dp, engine_options=engine_flags)
     check_estimate(spec, engine, given, contexts=contexts, tps=tps, kv_cache_dtypes=dtypes, warn=warn_beyond_positions)
     if emit is not None:  # the engine's launch command, not the report (kvplan.plan.emit)
         return _emit(model, spec, engine, emit, given, contexts, batches, tps, dtypes, gpu_names, svg)
@@ -212,14 +213,16 @@ def _emit(model: str, spec, engine: str, target: str, given, contexts, batches, 
                                             gpu_bf16_tflops=None, calibration=None, requests_per_s=None,
                                             bandwidth_efficiency=None, compute_efficiency=None, weights_bytes=None,
                                             gpu_memory_utilization=None, output_tokens=None, max_num_seqs=None,
-                                            cuda_total_memory=None)).cache.refusals
+                                            cuda_total_memory=None, dp=1)).cache.refusals
     if refusals:
         raise InputError(f"--emit {target}: {engine} would refuse this plan: {refusals[0]}")
     settings = plan_settings(context=s.context, batch=s.batch, kv_cache_dtype=s.kv_cache_dtype, tp=s.tp, pp=s.pp,
                              block_size=s.block_size, state_dtype=s.state_dtype, dtype=s.dtype,
                              gpu_memory_utilization=s.gpu_memory_utilization,
                              max_num_batched_tokens=s.max_num_batched_tokens, engine_options=s.engine_options,
-                             others={"cuda_total_memory": s.cuda_total_memory}, max_num_seqs=s.max_num_seqs)
+                             others={"cuda_total_memory": s.cuda_total_memory, "dp": s.dp if s.dp > 1 else None,
+                                     "expert_parallel": True if s.expert_parallel else None},
+                             max_num_seqs=s.max_num_seqs)
     sys.stdout.write(emit(target, spec, model, settings) + "\n")
 
 

@@ -311,7 +311,8 @@ def estimate_summary_lines(est: dict, exact: bool) -> list[tuple[str, str]]:
     lines = [
         ("KV bytes per token", f"{fmt_int(est['kv_bytes_per_token'])} B (all layers, one copy, before windows)"),
         ("KV bytes per sequence", size(est["kv_bytes_per_sequence"], exact) + f" at {fmt_int(est['context'])} tokens"),
-        ("KV bytes total", size(est["kv_bytes_total"], exact) + f" for {counted(est['batch'], 'sequence')}, paged, all ranks"),
+        ("KV bytes total", size(est["kv_bytes_total"], exact) + f" for {counted(_instance_batch(est), 'sequence')}, paged, all ranks"
+         + (" of one data-parallel instance" if est.get("data_parallel_size", 1) > 1 else "")),
         ("KV bytes per rank", size(est["kv_bytes_per_rank"], exact) + " (the largest rank)"),
     ]
     if est["paging_bytes"]:
@@ -342,7 +343,14 @@ def estimate_header(est: dict) -> str:
     ]
     if est["pipeline_parallel_size"] > 1:
         parts[-1] += " (layers " + "/".join(str(n) for n in est["layers_per_stage"]) + ")"
+    if est.get("data_parallel_size", 1) > 1:
+        parts.append(f"dp {est['data_parallel_size']} (the table: one instance, {fmt_int(_instance_batch(est))} sequences)")
     return " · ".join(parts)
+
+
+def _instance_batch(r: dict) -> int:
+    """Sequences on one data-parallel instance (the busiest): ⌈batch / dp⌉; the batch itself without --dp."""
+    return -(-r["batch"] // r.get("data_parallel_size", 1))
 
 
 SWEEP_HEADERS = ["context", "batch", "KV dtype", "bytes / token", "per sequence", "total", "per rank"]
@@ -463,7 +471,8 @@ def weights_text(r: dict) -> str:
 def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
     a = r["assumptions"]
     lines = [
-        ("GPU", f"{r['gpu']} × {r['gpus']} (tp {r['tensor_parallel_size']}, pp {r['pipeline_parallel_size']}), "
+        ("GPU", f"{r['gpu']} × {r['gpus']} (tp {r['tensor_parallel_size']}, pp {r['pipeline_parallel_size']}"
+         + (f", dp {r['data_parallel_size']}" if r.get("data_parallel_size", 1) > 1 else "") + "), "
          f"{size(r['gpu_memory_bytes'], exact)} each, engine {r['engine']}, {r['block_size']}-token blocks"),
         ("usable", f"{size(r['usable_bytes_per_gpu'], exact)} = total × {r['gpu_memory_utilization']} (--gpu-memory-utilization)"
          if r["cuda_total_memory_bytes"] == r["gpu_memory_bytes"] else
@@ -476,7 +485,8 @@ def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
     ]
     verdict = "fits" if r["fits"] else "does NOT fit"
     detail = (
-        f"{verdict}: {fmt_int(r['batch'])} × {fmt_int(r['context'])} tokens reserve {size(r['kv_bytes_per_gpu_at_batch'], exact)} per GPU"
+        f"{verdict}: {fmt_int(_instance_batch(r))} × {fmt_int(r['context'])} tokens reserve {size(r['kv_bytes_per_gpu_at_batch'], exact)} per GPU"
+        + (f" (each instance's share of --batch {fmt_int(r['batch'])})" if r.get("data_parallel_size", 1) > 1 else "")
     )
     stopped = does_not_run(r, exact)
     if r["fits"] and r["headroom_pct"] is not None:
@@ -490,13 +500,13 @@ def plan_lines(r: dict, exact: bool) -> list[tuple[str, str]]:
     lines.append(("verdict", detail))
     lines.append(("max concurrency", f"{counted(r['max_concurrent_sequences'], 'sequence')} of {fmt_int(r['context'])} tokens "
                   f"(KV memory); max_num_seqs {fmt_int(r['max_num_seqs'])} run a step at most"))
-    lines.append(("max context", f"{fmt_int(r['max_context_tokens'])} tokens at batch {fmt_int(r['batch'])} (limited by {r['max_context_limited_by']})"))
+    lines.append(("max context", f"{fmt_int(r['max_context_tokens'])} tokens at batch {fmt_int(_instance_batch(r))} (limited by {r['max_context_limited_by']})"))
     for line in r["vllm_log"]:
         lines.append(("vLLM would log", line))
     what = None
     if stopped:
         what = "the model does not fit on this GPU" if r["kv_budget_bytes_per_gpu"] <= 0 else stopped
-    lines += roofline_lines(r, exact, batch=min(r["batch"], r["max_num_seqs"]), fits=r["fits"],
+    lines += roofline_lines(r, exact, batch=min(_instance_batch(r), r["max_num_seqs"]), fits=r["fits"],
                             max_seqs=r["max_concurrent_sequences"],
                             stopped=what)
     for s in r["suggestions"]:
@@ -513,22 +523,23 @@ def roofline_lines(r: dict, exact: bool, *, batch: int, fits: bool, max_seqs: in
     """
     a = r["assumptions"]
     lines = []
+    each = " per instance" if r.get("data_parallel_size", 1) > 1 else ""  # --data-parallel-size: one instance's batch
     if stopped:  # no step runs: no time to print as if one did
         lines.append(("decode step", f"— ({stopped}: nothing runs)"))
         lines.append(("prefill", "—"))
         lines.append(("throughput", "—"))
     else:
         if_fitted = "" if fits else f" — if batch {fmt_int(batch)} fitted; {counted(max_seqs, 'sequence')} do"
-        lines.append(("decode step", f"{fmt_seconds(r['decode_step_s'])} at batch {fmt_int(batch)} ({r['decode_bound']}-bound: "
+        lines.append(("decode step", f"{fmt_seconds(r['decode_step_s'])} at batch {fmt_int(batch)}{each} ({r['decode_bound']}-bound: "
                       f"{size(r['decode_bytes_per_step'], exact)} read per step, bandwidth × {a['bandwidth_efficiency']:.3g}){if_fitted}"))
         lines.append(("prefill", f"{fmt_seconds(r['prefill_s'])} for {fmt_int(r['prefill_tokens'])} prompt tokens (peak × {a['compute_efficiency']:.3g})"))
-        lines.append(("throughput", f"{r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_gpu']:,.0f} per GPU) at batch {fmt_int(batch)}"
+        lines.append(("throughput", f"{r['tokens_per_s']:,.0f} tok/s ({r['tokens_per_s_per_gpu']:,.0f} per GPU) at batch {fmt_int(batch)}{each}"
                       + ("" if fits else " — if it fitted")))
     if r["cost_batch"] and not r["usd_per_hour"]:
         lines.append(("cost", f"— (no price: give --usd-per-hour); {r['tokens_per_s_at_cost_batch']:,.0f} tok/s at batch {fmt_int(r['cost_batch'])}"))
     elif r["cost_batch"]:
         lines.append(("cost", f"{fmt_usd(r['usd_per_million_output_tokens'])} per 1M output, {fmt_usd(r['usd_per_million_input_tokens'])} per 1M input "
-                      f"at batch {fmt_int(r['cost_batch'])} ({r['tokens_per_s_at_cost_batch']:,.0f} tok/s, ${r['usd_per_hour']:,.2f}/h)"))
+                      f"at batch {fmt_int(r['cost_batch'])}{each} ({r['tokens_per_s_at_cost_batch']:,.0f} tok/s, ${r['usd_per_hour']:,.2f}/h)"))
     if r["gpus_needed"] is not None:
         text = f"{counted(r['gpus_needed'], 'GPU')} for the workload"
         if r["gpus_needed_without_prefix_sharing"] not in (None, r["gpus_needed"]):

@@ -194,6 +194,7 @@ def plan_options(
     link_latency_us: Optional[float] = None,
     communication: bool = True,
     expert_parallel: bool = False,
+    dp: int = 1,
     vllm_rules=None,
 ) -> PlanOptions:
     """estimate's flags (single values) -> PlanOptions; None keeps the planner's stated default.
@@ -250,6 +251,7 @@ def plan_options(
         link_latency_us=link_latency_us,
         communication=communication,
         expert_parallel=expert_parallel,
+        dp=dp,
         vllm_rules=vllm_rules if engine == "vllm" else None,
         **{k: v for k, v in optional.items() if v is not None},
     )

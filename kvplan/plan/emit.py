@@ -105,13 +105,16 @@ def _vllm_state(value: str, ctx: Context) -> Words:
 VLLM: dict[str, Rule] = {
     "context": _always("--max-model-len"),  # the context the plan sizes (vLLM's default: the model's whole length)
     # the sequences the plan runs at once (1: vLLM's own default stays), unless --max-num-seqs says it
+    # under --data-parallel-size each instance's scheduler runs its own ⌈batch / dp⌉ (max_num_seqs is per instance)
     "batch": lambda value, ctx: [] if value == 1 or ctx.settings.get("max_num_seqs") is not None
-    else ["--max-num-seqs", str(value)],
+    else ["--max-num-seqs", str(-(-value // (ctx.settings.get("dp") or 1)))],
     "max_num_seqs": _always("--max-num-seqs"),
     "gpu_memory_utilization": _always("--gpu-memory-utilization"),
     "kv_cache_dtype": _vllm_kv,
     "tp": _flag("--tensor-parallel-size", 1),
     "pp": _flag("--pipeline-parallel-size", 1),
+    "dp": _flag("--data-parallel-size", 1),
+    "expert_parallel": lambda value, ctx: ["--enable-expert-parallel"] if value else [],
     "block_size": _always("--block-size"),
     "max_num_batched_tokens": _always("--max-num-batched-tokens"),
     "dtype": _vllm_dtype,
@@ -200,7 +203,7 @@ LLAMA_SERVER: dict[str, Rule] = {
 
 TABLES: dict[str, dict[str, Rule]] = {"vllm": VLLM, "sglang": SGLANG, "llama.cpp": LLAMA_SERVER}
 _FLAG_NAMES = {"tp": "--tensor-parallel-size", "pp": "--pipeline-parallel-size", "context": "--context",
-               "batch": "--batch"}
+               "batch": "--batch", "dp": "--data-parallel-size", "expert_parallel": "--expert-parallel"}
 
 
 def checkpoint(model: str, spec, engine: str) -> str:

@@ -67,6 +67,7 @@ class Settings(NamedTuple):
     link_latency_us: Optional[float] = None
     communication: bool = True
     expert_parallel: bool = False
+    dp: int = 1  # --data-parallel-size: engine instances (ideal, vllm with a GPU; MoE models)
     engine_options: Mapping[str, Any] = MappingProxyType({})
     concurrency_curve: bool = False  # vllm / ideal with a GPU: max sequences at 1k, 2k, 4k, ... (estimate's table)
     roofline: bool = True  # False: a profile's capacity only (a GPU given by its memory alone has no bandwidth)
@@ -207,6 +208,9 @@ def check_estimate(spec, engine: str, s: Settings, *, contexts: Sequence[int], t
         from kvplan.engines.options import KeyProblem
 
         raise InputError(KeyProblem("max_num_seqs", "planner").message(engine, "estimate"))
+    if engine in PROFILES and s.dp > 1:
+        raise InputError(f"--data-parallel-size is sized by kvplan's planner only (--engine vllm or ideal), "
+                         f"not --engine {engine}")
     if engine in PROFILES and s.shared_prefix_tokens:  # before the workload's own checks: it is not sized here
         raise InputError(
             f"--shared-prefix-tokens: prefix caching is modelled in vLLM's blocks only (`--engine vllm` or `ideal`); "
@@ -290,6 +294,7 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
                  "--bandwidth-efficiency": s.bandwidth_efficiency, "--compute-efficiency": s.compute_efficiency,
                  "--gpu-memory-utilization": s.gpu_memory_utilization, "--weights-bytes": s.weights_bytes,
                  "--max-num-seqs": s.max_num_seqs, "--cuda-total-memory": s.cuda_total_memory,
+                 "--data-parallel-size": s.dp if s.dp > 1 else None,
                  "--output-tokens": None if engine in PLANNED else s.output_tokens,
                  "--kv-cache-memory-bytes": s.engine_options.get("kv_cache_memory_bytes"),
                  "--num-gpu-blocks-override": s.engine_options.get("num_gpu_blocks_override")}
@@ -325,7 +330,8 @@ def sweep(spec, engine: str, s: Settings, contexts: Optional[Sequence[int]] = No
         for c in contexts:
             popts = None
             for b in batches:
-                estimate = layout.at(c, b)
+                # --data-parallel-size: the layer table is one instance's, its ⌈b / dp⌉ sequences (the plan says all)
+                estimate = layout.at(c, -(-b // s.dp))
                 cache = module.cache(spec, c, b, opts, **kw) if engine_rows else None
                 if gpu is None:
                     out.append(Answer(engine, spec.name, c, b, cache, None, estimate))
@@ -424,7 +430,7 @@ def plan_options(spec, engine: str, s: Settings, context: int, batch: int, block
         compute_efficiency=s.compute_efficiency, prompt_tokens=s.prompt_tokens,
         output_tokens=s.output_tokens, requests_per_s=s.requests_per_s,
         shared_prefix_tokens=s.shared_prefix_tokens, link_gbps=s.link_gbps, link_latency_us=s.link_latency_us,
-        communication=s.communication, expert_parallel=s.expert_parallel,
+        communication=s.communication, expert_parallel=s.expert_parallel, dp=s.dp if planned else 1,
         vllm_rules=vllm_rules_of(s) if engine == "vllm" else None,
     )
 

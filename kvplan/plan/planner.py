@@ -28,7 +28,11 @@ from kvplan.model.shape import LayerKind, SpecDerived as ModelSpec  # any valida
 from kvplan.engines.vllm_rules import (DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NUM_BATCHED_TOKENS, Pool,
                                        context_limit, stage_budgets, usable_bytes)
 from kvplan.engines.vllm_flags import scheduler_limits, vllm_version
-from kvplan.plan.comm import NCCL_BASE_LATENCY_S, all_to_all_seconds, allreduces_per_stage, ring_allreduce_seconds, send_seconds
+from kvplan.plan.comm import (
+    NCCL_BASE_LATENCY_S, all_to_all_seconds, allreduces_per_stage, is_mamba1, mamba1_x_proj_width, mamba2_norm_collective,
+    ring_allgather_seconds, ring_allreduce_seconds,
+    send_seconds,
+)
 from kvplan.units import counted, fmt_bytes
 
 GIB = 2**30
@@ -121,6 +125,7 @@ class PlanOptions:
     link_latency_us: float | None = None  # --link-latency-us: overrides its latency per ring step
     communication: bool = True  # --no-communication: leave the all-reduces and stage hand-offs out of the times
     expert_parallel: bool = False  # --expert-parallel: MoE experts whole, E / tp a rank; all-to-all instead of all-reduce
+    dp: int = 1  # --data-parallel-size: engine instances of tp x pp GPUs, each its own pool and sequences (MoE only)
     vllm_rules: Any = None  # kvplan.engines.vllm_rules.VllmRules (engine vllm; None: its defaults)
 
     @property
@@ -149,7 +154,8 @@ class Plan:
     engine: str
     tensor_parallel_size: int
     pipeline_parallel_size: int
-    gpus: int
+    data_parallel_size: int  # engine instances (--data-parallel-size); the memory and KV figures are one instance's GPU
+    gpus: int  # tp x pp x dp
     context: int
     batch: int
     kv_cache_dtype: str
@@ -448,6 +454,34 @@ def stage_weight_bytes(
     return out
 
 
+def routed_expert_bytes(spec: ModelSpec, dtype: str, *, active: bool = False, from_file: bool = False) -> int:
+    """Bytes of every routed expert of the whole model (one stage, tp 1), as stage_weight_bytes counts them:
+    the file's routed_experts, or the formula's experts in `dtype` (`active`: the active_routed_experts of them)."""
+    if from_file:
+        experts = spec.file_weight_bytes.routed_experts
+        return experts * spec.active_routed_experts // spec.num_routed_experts if active and spec.num_routed_experts else experts
+    if spec.weights_quantized == "experts":
+        count = spec.active_routed_experts if active else spec.num_routed_experts
+        return count * spec.moe_layers_between(0, spec.num_hidden_layers) * expert_weight_bytes(spec, dtype)
+    params = spec.active_routed_expert_weight_parameters if active else spec.routed_expert_weight_parameters
+    return weight_bytes(params, dtype)
+
+
+def data_parallel_weight_bytes(spec: ModelSpec, dtype: str, tp: int, dp: int, *, active: bool = False,
+                               lookup_tokens: int | None = None, from_file: bool = False) -> list[int]:
+    """Weight bytes one GPU of a --data-parallel-size `dp` deployment holds (or reads, `active`), one stage.
+
+    vLLM 0.32 shards the routed experts over all tp x dp GPUs (FusedMoEParallelConfig.make flattens tp across
+    dp: MoE tensor parallelism over tp x dp, or with --enable-expert-parallel E / (tp x dp) whole experts, the
+    same bytes), and everything else (attention, dense MLPs, shared experts, embedding, lm_head) over the tp
+    GPUs of each instance: the whole stage less its experts over tp, the experts over tp x dp.
+    """
+    whole = stage_weight_bytes(spec, [spec.num_hidden_layers], dtype, 1, active=active, lookup_tokens=lookup_tokens,
+                               from_file=from_file)[0]
+    experts = routed_expert_bytes(spec, dtype, active=active, from_file=from_file)
+    return [ceil_div(whole - experts, tp) + ceil_div(experts, tp * dp)]
+
+
 def moe_experts(spec: ModelSpec) -> tuple[int, int] | None:
     experts = spec.num_local_experts or spec.n_routed_experts
     if experts and spec.num_experts_per_tok and spec.num_active_parameters:
@@ -588,16 +622,21 @@ class Planner:
             gpu.memory_bytes, gpu.device_name or gpu.name,
             getattr(opts.vllm_rules, "max_model_len", None) or opts.context, max_num_batched_tokens=opts.max_num_batched_tokens,
             max_num_seqs=opts.max_num_seqs, version=self.vllm_version)
+        if opts.dp < 1:
+            raise InputError(f"--data-parallel-size must be at least 1, got {opts.dp}")
+        if opts.dp > 1:
+            _check_data_parallel(spec, opts)
         if opts.expert_parallel:
             experts = spec.num_routed_experts
+            ranks = opts.tp * opts.dp  # vLLM's EP group: every GPU of every data-parallel instance
             if not experts:
                 raise InputError(f"--expert-parallel: {spec.name} has no routed experts; drop the flag")
-            if opts.tp < 2:
+            if ranks < 2:
                 raise InputError("--expert-parallel spreads the experts over the tensor-parallel ranks: give --tp 2 or more")
-            if experts % opts.tp:
+            if experts % ranks:
                 raise InputError(
-                    f"--expert-parallel over {opts.tp} ranks does not divide {spec.name}'s {experts} routed experts "
-                    "(kvplan sizes an even split only); use a --tp that divides them"
+                    f"--expert-parallel over {ranks} ranks does not divide {spec.name}'s {experts} routed experts "
+                    "(kvplan sizes an even split only); use a --tp" + (" x --dp" if opts.dp > 1 else "") + " that divides them"
                 )
         from kvplan.plan.deploy import default_block_size
 
@@ -625,7 +664,7 @@ class Planner:
         if opts.non_torch_bytes is not None:
             self.non_torch = opts.non_torch_bytes
         else:
-            self.non_torch = DEFAULT_NON_TORCH_BYTES_TP if opts.tp * opts.pp > 1 else DEFAULT_NON_TORCH_BYTES
+            self.non_torch = DEFAULT_NON_TORCH_BYTES_TP if opts.tp * opts.pp * opts.dp > 1 else DEFAULT_NON_TORCH_BYTES
         self.stage_budgets = stage_budgets(self.budget_total, opts.gpu_memory_utilization, self.stage_weights,
                                            self.activation, self.non_torch)
         # the capacity rule ideal's and vllm's `capacity()` apply (kvplan.engines.vllm_rules.Pool)
@@ -656,6 +695,9 @@ class Planner:
 
     def _stage_weights(self, *, active: bool = False, lookup_tokens: int | None = None) -> list[int]:
         """Weight bytes per rank of each stage: from the file's headers, or the formula in weights_dtype."""
+        if self.opts.dp > 1:
+            return data_parallel_weight_bytes(self.spec, self.weights_dtype, self.opts.tp, self.opts.dp, active=active,
+                                              lookup_tokens=lookup_tokens, from_file=self.weights_from_file)
         return stage_weight_bytes(self.spec, self.layout.layers_per_stage, self.weights_dtype, self.opts.tp, active=active,
                                   lookup_tokens=lookup_tokens, from_file=self.weights_from_file,
                                   given_bytes=self.opts.weights_bytes)
@@ -674,7 +716,7 @@ class Planner:
         """Max concurrent sequences at contexts 1k, 2k, 4k, ... up to the model's limit (and --context)."""
         limit, _ = self.context_limit()
         points = sorted({c for c in (2**k for k in range(10, 25)) if c <= limit} | {self.opts.context})
-        return [{"context": c, "max_concurrent_sequences": self.max_sequences(c)} for c in points]
+        return [{"context": c, "max_concurrent_sequences": self.max_sequences(c) * self.opts.dp} for c in points]
 
     def context_limit(self) -> tuple[int, str]:
         """The longest context the engine accepts: max_position_embeddings, else 2**24."""
@@ -713,7 +755,8 @@ class Planner:
         # the input embedding is a lookup: one row per token in the batch is read, not the table
         held_weights = self._stage_weights(lookup_tokens=batch)
         active_weights = self._stage_weights(active=True, lookup_tokens=batch)
-        share = decode_weight_fraction(spec, batch)
+        # under --data-parallel-size every GPU's experts see all instances' tokens (gathered before the MoE)
+        share = decode_weight_fraction(spec, batch * self.opts.dp)
         bandwidth = self.gpu.memory_bandwidth_gbps * 1e9 * self.opts.bandwidth_efficiency
         peak = self._peak_flops() * self.opts.compute_efficiency
         seconds, total_bytes, total_flops, bounds = 0.0, 0, 0, set()
@@ -731,7 +774,7 @@ class Planner:
             flops = batch * ((2 * body_stage + logits) // tp + attention_flops_decode(spec, counts, self.layout, context, tp))
             t_mem, t_compute = step_bytes / bandwidth, (flops / peak if peak else 0.0)
             bounds.add("memory" if t_mem >= t_compute else "compute")
-            seconds += max(t_mem, t_compute) + (self.stage_comm_s(i, batch) or 0.0)
+            seconds += max(t_mem, t_compute) + (self.stage_comm_s(i, batch, batch * self.opts.dp) or 0.0)
             total_bytes += step_bytes
             total_flops += flops
         bound = bounds.pop() if len(bounds) == 1 else "mixed"
@@ -781,23 +824,49 @@ class Planner:
             return None
         return gbps, (latency_us or 0.0) * 1e-6
 
-    def stage_comm_s(self, stage: int, tokens: int) -> float | None:
+    def stage_comm_s(self, stage: int, tokens: int, gathered: int | None = None) -> float | None:
         """Seconds one forward of `tokens` tokens (all sequences together) spends communicating on one rank of
         `stage` (kvplan.plan.comm): 2 ring all-reduces per layer (+1 on the first stage, the vocab-parallel
         embedding) of tokens x hidden activations, and on every stage but the last the hand-off of the same
-        activations to the next stage. 0 at tp = pp = 1; None: not modelled (no link figure)."""
+        activations to the next stage. 0 at tp = pp = dp = 1; None: not modelled (no link figure).
+
+        --data-parallel-size: a MoE layer gathers every instance's tokens (`gathered`, default `tokens`: a
+        prefill runs on one instance) over the dp group before its experts and reduce-scatters their outputs after
+        (vLLM 0.32's default all2all backend, allgather_reducescatter: AgRsAll2AllManager over the DP group),
+        each a ring of dp - 1 steps moving (dp - 1)/dp of gathered x hidden x activation bytes; the tp
+        all-reduces stay (none at tp 1: attention runs whole on each GPU)."""
         opts = self.opts
-        if opts.tp * opts.pp == 1:
+        if opts.tp * opts.pp * opts.dp == 1:
             return 0.0
         link = self.link()
         if link is None:
             return None
         gbps, latency = link
         message = tokens * self.spec.hidden_size * self.dtype_bytes
-        count = allreduces_per_stage(self.layout.layers_per_stage[stage], 0, stage == 0)
+        counts = self.layout.stage_kind_counts[stage]
+        mamba1 = counts.get(LayerKind.STATE, 0) if is_mamba1(self.spec) else 0
+        # Nemotron-H's layers are one block each (a mixer or an MLP / MoE alone: NemotronHBlock), so one
+        # row-parallel output, one all-reduce; every other model's layer has a mixer and an MLP
+        blocks = 1 if LayerKind.MLP in self.spec.layer_kinds else 2
+        count = allreduces_per_stage(self.layout.layers_per_stage[stage], mamba1, stage == 0, blocks)
         allreduces = count.hidden_messages
-        seconds = 0.0
-        if opts.expert_parallel:  # a MoE layer's MLP: dispatch + combine all-to-alls of top_k rows a token, no all-reduce
+        # Mamba-1's row-parallel x_proj (vLLM 0.32 MambaMixer: RowParallelLinear(d_inner, dt_rank + 2 d_state),
+        # reduce_results on) sums its partial dt, B, C once per forward of the tokens (_ssm_transform runs once
+        # for the decode tokens, once for the prefill tokens): a message of tokens x (dt_rank + 2 d_state)
+        seconds = count.extra_state * ring_allreduce_seconds(
+            tokens * mamba1_x_proj_width(self.spec) * self.dtype_bytes, opts.tp, gbps, latency, NCCL_BASE_LATENCY_S,
+        ) if count.extra_state else 0.0
+        norm = mamba2_norm_collective(self.spec, opts.tp)
+        if norm == "all_reduce":  # n_groups 1: each token's fp32 sum of squares, one per Mamba-2 layer
+            seconds += counts.get(LayerKind.STATE, 0) * ring_allreduce_seconds(tokens * 4, opts.tp, gbps, latency, NCCL_BASE_LATENCY_S)
+        elif norm == "all_gather":  # tp does not divide n_groups: the fp32 gated activations, tokens x d_inner
+            total = tokens * self.spec.mamba_d_inner_resolved * 4
+            seconds += counts.get(LayerKind.STATE, 0) * ring_allgather_seconds(total, opts.tp, gbps, latency, NCCL_BASE_LATENCY_S)
+        if opts.dp > 1:  # a MoE layer: all-gather + reduce-scatter of every instance's tokens over the dp group
+            moe = self.spec.moe_layers_between(0, self.spec.num_hidden_layers)  # one stage under --dp
+            total = (tokens if gathered is None else gathered) * self.spec.hidden_size * self.dtype_bytes
+            seconds += 2 * moe * ring_allgather_seconds(total, opts.dp, gbps, latency, NCCL_BASE_LATENCY_S)
+        elif opts.expert_parallel:  # a MoE layer's MLP: dispatch + combine all-to-alls of top_k rows a token, no all-reduce
             start = sum(self.layout.layers_per_stage[:stage])
             moe = self.spec.moe_layers_between(start, start + self.layout.layers_per_stage[stage])
             allreduces -= moe
@@ -808,9 +877,9 @@ class Planner:
             seconds += send_seconds(message, gbps, latency)
         return seconds
 
-    def comm_s(self, tokens: int) -> float | None:
+    def comm_s(self, tokens: int, gathered: int | None = None) -> float | None:
         """All stages' communication for one forward of `tokens` tokens (None: not modelled)."""
-        parts = [self.stage_comm_s(i, tokens) for i in range(self.opts.pp)]
+        parts = [self.stage_comm_s(i, tokens, gathered) for i in range(self.opts.pp)]
         return None if None in parts else sum(parts)
 
     # -- everything -------------------------------------------------------
@@ -820,7 +889,10 @@ class Planner:
         context, batch = opts.context, opts.batch
         require_at_least("--context", context, 1, "token")
         require_at_least("--batch", batch, 1, "sequence")
-        n_gpus = opts.tp * opts.pp
+        n_gpus = opts.tp * opts.pp * opts.dp
+        # --data-parallel-size: each instance holds its own ⌈batch / dp⌉ sequences in its own pool; what follows
+        # is one instance's (its GPUs' memory, its max sequences), the deployment's totals dp x that
+        batch = per_instance(batch, opts.dp)
         tight = min(range(len(self.stage_budgets)), key=lambda i: self.stage_budgets[i])
         budget = self.stage_budgets[tight]
         max_seqs = self.max_sequences(context)
@@ -847,8 +919,14 @@ class Planner:
         runs = max_seqs >= 1 and refusal is None and pool.memory_refusal is None  # a refusing vLLM runs nothing
         # vLLM's scheduler runs at most max_num_seqs sequences a step: throughput and cost are at no more
         mns = self.max_num_seqs
-        roof = self.roofline(min(batch, mns), context, min(max_seqs, mns) if runs else 0)
+        roof = self.roofline(min(batch, mns), context, min(max_seqs, mns) if runs else 0,
+                             sequences=min(opts.batch, opts.dp * mns))
         notes += self._max_num_seqs_notes(batch, max_seqs if runs else 0)
+        if opts.dp > 1:
+            notes.append(
+                f"data parallel: {opts.dp} instances of tp {opts.tp}, each with its own KV pool and scheduler; "
+                f"--batch {opts.batch:,} puts {batch:,} sequences on the busiest; the memory, KV and vLLM figures are "
+                f"one instance's GPU, max_concurrent_sequences all {opts.dp} instances'")
         notes += roof.notes
         suggestions = [] if fits else self.suggestions(need, budget)
         if refusal is not None:
@@ -860,9 +938,10 @@ class Planner:
             engine=opts.engine.value,
             tensor_parallel_size=opts.tp,
             pipeline_parallel_size=opts.pp,
+            data_parallel_size=opts.dp,
             gpus=n_gpus,
             context=context,
-            batch=batch,
+            batch=opts.batch,
             kv_cache_dtype=self.kv_format.name,
             weights_dtype=self.weights_dtype,
             weights_quantized=spec.weights_quantized,
@@ -881,7 +960,7 @@ class Planner:
             fits=fits,
             headroom_pct=None if headroom is None else round(headroom, 3),
             shortfall_bytes=shortfall,
-            max_concurrent_sequences=max_seqs,
+            max_concurrent_sequences=max_seqs * opts.dp,
             max_num_seqs=mns,
             max_context_tokens=max_ctx,
             max_context_limited_by=ctx_why,
@@ -927,6 +1006,8 @@ class Planner:
             return None
         per_request = prefill_s + output * step[0] / batch
         replicas = max(1, ceil_div(int(opts.requests_per_s * per_request * 10**6), 10**6))
+        if opts.dp > 1:  # instances come dp at a time (one data-parallel deployment shares its experts)
+            replicas = ceil_div(replicas, opts.dp) * opts.dp
         return replicas * opts.tp * opts.pp
 
     def _step(self, batch: int, context: int, kv: KVRead) -> tuple[float, str, int, int] | None:
@@ -937,22 +1018,24 @@ class Planner:
         return None if nbytes is None else self.decode_step(batch, context, kv_bytes_per_rank=nbytes)
 
     def roofline(self, batch: int, context: int, max_seqs: int, kv: KVRead = None,
-                 seqs_at: Optional[Callable[[int], int]] = None, kv_read: str = "") -> Roofline:
+                 seqs_at: Optional[Callable[[int], int]] = None, kv_read: str = "",
+                 sequences: Optional[int] = None) -> Roofline:
         """Decode step, prefill, throughput, cost and workload of `batch` sequences of `context` tokens.
 
         One path for every engine: `max_seqs` is the engine's own capacity (0: nothing
         runs, so no step, prefill or throughput is given; the bytes a step would read
         stay); `kv` and `seqs_at` are the engine's KV read and capacity at another batch
         or context (None: this planner's own, the tokens held). Costs are at the largest
-        batch that fits; `kv_read` says what a step reads of the engine's cache.
+        batch that fits; `kv_read` says what a step reads of the engine's cache. Under --data-parallel-size
+        `batch` and `max_seqs` are one instance's and `sequences` all instances' (default dp x batch).
         """
         opts, gpu = self.opts, self.gpu
-        n_gpus = opts.tp * opts.pp
+        n_gpus = opts.tp * opts.pp * opts.dp
         notes: list[str] = []
         prompt = opts.prompt_len
         decode_s, bound, step_bytes, step_flops = self._step(batch, context, kv)  # the caller's batch is not refused
         prefill_s = self.prefill(prompt)
-        tokens_per_s = batch / decode_s
+        tokens_per_s = (batch * opts.dp if sequences is None else sequences) / decode_s
         runs = max_seqs >= 1
         if not runs:  # nothing runs: no step, prefill or throughput to report (the bytes a step would read stay)
             decode_s = bound = prefill_s = tokens_per_s = None
@@ -964,7 +1047,7 @@ class Planner:
             notes.append("no price for this GPU: give --usd-per-hour for costs")
         if cost_batch:
             at_cost = self._step(cost_batch, context, kv)
-            cost_tps = 0.0 if at_cost is None else cost_batch / at_cost[0]
+            cost_tps = 0.0 if at_cost is None else cost_batch * opts.dp / at_cost[0]
         if cost_batch and gpu.usd_per_hour > 0:
             usd_out = usd_per_s / cost_tps * 1e6 if cost_tps else None
             usd_in = usd_per_s * prefill_s / prompt * 1e6 if prefill_s is not None else None
@@ -981,7 +1064,7 @@ class Planner:
         decode_comm = prefill_comm = 0.0 if runs else None
         if n_gpus > 1 and runs:
             link = self.link()
-            decode_comm, prefill_comm = self.comm_s(batch), self.comm_s(prompt)
+            decode_comm, prefill_comm = self.comm_s(batch, opts.dp * batch), self.comm_s(prompt)
             if link is None:
                 notes.append("communication left out: " + ("--no-communication" if not opts.communication else
                              "no interconnect figure for this GPU; give --link-gbps (and --link-latency-us)"))
@@ -990,6 +1073,7 @@ class Planner:
                 notes.append(f"communication: {fmt_seconds_short(decode_comm)} of the decode step and "
                              f"{fmt_seconds_short(prefill_comm)} of the prefill are tp all-reduces"
                              + (" and pp hand-offs" if opts.pp > 1 else "")
+                             + (" and the MoE layers' dp all-gathers and reduce-scatters" if opts.dp > 1 else "")
                              + f" over {link[0]:g} GB/s, {link[1] * 1e6:g} µs a ring step")
                 if opts.pp > 1:
                     notes.append(
@@ -1030,12 +1114,14 @@ class Planner:
         """What would fit instead: fp8 KV, more tensor parallelism, a shorter context."""
         out = []
         opts, spec = self.opts, self.spec
+        # --data-parallel-size: an instance must hold its ⌈batch / dp⌉; the counts said are all instances'
+        want, dp = per_instance(opts.batch, opts.dp), opts.dp
         if self.kv_format.k.bits > 8:
             fp8 = KVFormatPair(FIXED_FORMATS["fp8"], FIXED_FORMATS["fp8"])
             alt = self._alternative(fp8, opts)
             n = alt.max_sequences(opts.context)
-            if n >= opts.batch:
-                out.append(f"--kv-cache-dtype fp8 fits {counted(n, 'sequence')} of {opts.context:,} tokens")
+            if n >= want:
+                out.append(f"--kv-cache-dtype fp8 fits {counted(n * dp, 'sequence')} of {opts.context:,} tokens")
         for tp in (2, 4, 8, 16):
             if tp <= opts.tp:
                 continue
@@ -1043,24 +1129,25 @@ class Planner:
             if alt is None:
                 continue
             n = alt.max_sequences(opts.context)
-            if n >= opts.batch:
-                out.append(f"--tp {tp} fits {counted(n, 'sequence')} of {opts.context:,} tokens")
+            if n >= want:
+                out.append(f"--tp {tp} fits {counted(n * dp, 'sequence')} of {opts.context:,} tokens")
                 break
         if min(self.stage_budgets) <= 0:
             out.append(f"at --tp {opts.tp} the weights alone leave no room for KV: use a larger GPU, more tp or a quantised --dtype")
             return out
-        ctx, _ = self.max_context(opts.batch)
+        ctx, _ = self.max_context(want)
         if ctx > 0:
             out.append(f"--context {ctx} is the longest that fits {counted(opts.batch, 'sequence')}")
             return out
         # The budget is there, but the batch is too large for any context: each sequence
         # holds at least one token (one block when paged), so name the batch that fits.
-        fit_here = self.max_sequences(opts.context)
+        fit_here = self.max_sequences(opts.context) * dp
         if fit_here >= 1:
             out.append(f"--batch {fit_here:,} is the most that fits at {opts.context:,} tokens")
         out.append(
             f"{counted(opts.batch, 'sequence')} fit at no context: the {fmt_bytes(budget)} KV budget holds at most "
             f"{counted(self.max_sequences(1), 'sequence')} even of 1 token each"
+            + (" (one instance's)" if dp > 1 else "")
         )
         return out
 
@@ -1096,16 +1183,25 @@ class Planner:
 
     def assumptions(self) -> dict:
         o = self.opts
-        link = self.link() if o.tp * o.pp > 1 else None
+        link = self.link() if o.tp * o.pp * o.dp > 1 else None
         ep = {} if not o.expert_parallel else {
             "expert_parallel": "experts whole, routed experts / tp a rank (the same weight bytes per rank as tp's "
                                "1/tp of each); a MoE layer's MLP all-reduce becomes 2 all-to-alls of tokens x top_k x hidden",
         }
+        if o.dp > 1:
+            ep["data_parallel"] = (
+                f"{o.dp} engine instances of tp {o.tp} (vLLM --data-parallel-size): attention, dense MLPs, shared experts "
+                f"and embeddings whole per instance (sharded over tp), routed experts over tp x dp = {o.tp * o.dp} GPUs; "
+                "each instance its own KV pool and max_num_seqs; --batch spread evenly, the busiest instance ⌈batch / dp⌉; "
+                "a MoE layer all-gathers every instance's tokens x hidden over the dp group and reduce-scatters the "
+                "outputs (vLLM's allgather_reducescatter backend; the top-k ids and weights beside them left out)")
         comm = {} if link is None else {
             "link_gbps": link[0], "link_latency_us": link[1] * 1e6,
             "link": self.gpu.interconnect if o.link_gbps is None and self.gpu.interconnect else "--link-gbps",
             "communication": "ring all-reduce: NCCL base 3.6 us + 2(tp-1) x latency + 2(tp-1)/tp x message / link, "
-                             "2 per layer + 1 (embedding), message = tokens x hidden x activation bytes; pp: one hand-off per stage boundary",
+                             "2 per layer + 1 (embedding), message = tokens x hidden x activation bytes; pp: one hand-off per stage boundary"
+                             + ("; Mamba-1: 1 more per state layer and forward (x_proj row-parallel), message = tokens x "
+                                "(dt_rank + 2 d_state) x activation bytes" if is_mamba1(self.spec) and o.tp > 1 else ""),
         }
         return {
             "gpu_memory_utilization": o.gpu_memory_utilization,
@@ -1124,6 +1220,31 @@ class Planner:
             **comm,
             **ep,
         }
+
+
+def _check_data_parallel(spec: ModelSpec, opts: PlanOptions) -> None:
+    """What kvplan refuses under --data-parallel-size > 1 (vLLM 0.32 config/parallel.py, fused_moe/config.py)."""
+    dp = opts.dp
+    if not spec.num_routed_experts:
+        raise InputError(  # ParallelConfig: "Offline data parallel mode is not supported/useful for dense models"
+            f"--data-parallel-size {dp}: {spec.name} has no routed experts, so its data-parallel ranks share nothing "
+            "(vLLM runs them as independent replicas); plan one replica without --data-parallel-size")
+    if opts.pp > 1:
+        raise InputError(f"--data-parallel-size {dp} with --pipeline-parallel-size {opts.pp}: kvplan sizes data "
+                         "parallelism with one pipeline stage; give --pp 1")
+    if opts.weights_bytes is not None:
+        raise InputError(f"--data-parallel-size {dp} splits the routed experts over tp x dp GPUs and the rest over tp; "
+                         "--weights-bytes does not say which bytes are experts: drop it (kvplan counts the weights)")
+    width, ranks = spec.expert_intermediate_size, opts.tp * dp
+    if not opts.expert_parallel and width and width % ranks:  # FusedMoE: intermediate_size % tp_size == 0
+        raise InputError(f"--data-parallel-size {dp}: vLLM splits each expert's {width:,} intermediate columns over "
+                         f"tp x dp = {ranks} GPUs, which does not divide them; add --expert-parallel or change --tp/--dp")
+
+
+def per_instance(batch: int, dp: int) -> int:
+    """Sequences one data-parallel instance runs when `batch` are spread over `dp` of them: ⌈batch / dp⌉ (vLLM's
+    DP coordinator balances requests over the engines; the busiest holds the ceiling)."""
+    return -(-batch // dp)
 
 
 def fmt_seconds_short(s: float) -> str:
