@@ -260,12 +260,23 @@ def _read_all() -> dict:
                         sorted({(t.name.split("[")[0], tuple(t.shape[1:]), t.dtype) for t in forward.tensors})],
             "generate": [generated.cache_class, generated.total],
             "static": [static.cache_class, static.total],
+            "quantized_refusal": _quantized_refusal(model, ids),
             # every tensor a checkpoint holds: parameters and persistent buffers (e_score_correction_bias,
             # expert_bias), a tied weight once
             "weights": sum(t.numel() for t in {(t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)): t
                                                 for t in model.state_dict().values()}.values()),
         }
     return out
+
+
+def _quantized_refusal(model, ids) -> str:
+    from hf_real import quantized_generate_cache
+
+    try:
+        quantized_generate_cache(model, ids, NEW, backend="fp8")
+    except ValueError as exc:
+        return str(exc)
+    return "no refusal"
 
 
 @pytest.fixture(scope="module")
@@ -450,3 +461,11 @@ def test_measure_tp_refuses_to_shard_kda_and_shortconv(fields):
     assert rank_arch(arch, 1, range(2)).state == arch.state
     with pytest.raises(InputError, match="--tp cannot shard (kda|shortconv) state layers"):
         rank_arch(arch, 2, range(2))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_quantized_cache_refuses_what_transformers_refuses(tmp_path, real, name):
+    answer = kvplan.estimate(_path(tmp_path, real, name), engine="hf", batch=BATCH, context=PROMPT + NEW,
+                             generate=True, hf_cache="quantized", quant_backend="fp8").to_dict()
+    assert answer["kv_bytes_total"] is None
+    assert list(answer["refusals"]) == [real[name]["quantized_refusal"]]

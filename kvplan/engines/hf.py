@@ -337,7 +337,10 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
                 "at dimension 0."
             )
     if opts.cache == "quantized" and not v4:  # QuantizedCache.__init__: every layer type but full_attention
-        invalid = sorted({HF_LAYER_TYPES.get(k, k.value) for k in counts if k not in (LayerKind.FULL, LayerKind.MLA)})
+        names = dict(HF_LAYER_TYPES)
+        if getattr(spec, "conv_L_cache", None) is not None:
+            names[LayerKind.STATE] = "conv"  # LFM2's short-convolution layers (Lfm2Config.layer_types)
+        invalid = sorted({names.get(k, k.value) for k in counts if k not in (LayerKind.FULL, LayerKind.MLA)})
         if invalid:
             refusals.append(
                 "`QuantizedCache` is only supported for models with only full attention layers. We found the "
