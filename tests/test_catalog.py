@@ -105,6 +105,10 @@ GOLDEN = [
     ("gemma-3n-e4b", 20 * 2 * 256 * 2 * 2, {SLIDING: 16, FULL: 4, LayerKind.SHARED: 15}),
     # sliding layers 16 KV heads x 256, full layers 4 x global_head_dim 512
     ("gemma-4-31b", 50 * 16 * 256 * 2 * 2 + 10 * 4 * 512 * 2 * 2, {SLIDING: 50, FULL: 10}),
+    # linear_attn_config's 1-based full_attn_layers 4, 8, ..., 24, 27: 7 MLA layers, 20 KDA (state)
+    ("kimi-linear-48b-a3b", 7 * (512 + 64) * 2, {MLA: 7, STATE: 20}),
+    # layer_types: 6 full attention (8 KV heads x 2048 / 32 = 64), 10 short convolutions (state); bf16 here
+    ("lfm2.5-1.2b", 6 * 8 * 64 * 2 * 2, {FULL: 6, STATE: 10}),
 ]
 
 
@@ -249,7 +253,8 @@ def test_moe_fields_agree(name, spec):
 @pytest.mark.parametrize("name, spec", CATALOG, ids=CATALOG_IDS)
 def test_state_fields_only_where_layers_hold_state(name, spec):
     has_state = STATE in spec.layer_kinds
-    assert (spec.mamba_d_state is not None or spec.linear_num_value_heads is not None) == has_state
+    assert (spec.mamba_d_state is not None or spec.linear_num_value_heads is not None
+            or spec.linear_num_heads is not None or spec.conv_L_cache is not None) == has_state
     assert (spec.state_elements_per_layer_resolved is not None) == has_state
 
 

@@ -79,6 +79,16 @@ UNCHANGED = {
     **{("smollm3-3b", "max_window_layers", op): "not a SmolLM3Config field" for op in ("remove", "alter")},
     ("smollm3-3b", "sliding_window", "alter"): "use_sliding_window is false",
     ("smollm3-3b", "use_sliding_window", "alter"): "sliding_window is null, and layer_types lists no sliding layer",
+    # KimiLinearConfig.__post_init__ (5.25) overwrites head_dim with qk_rope_head_dim, and vLLM's MLA caches
+    # kv_lora_rank + qk_rope_head_dim; mla_use_nope drops RoPE from the query, while kv_a_proj_with_mqa still
+    # emits (and the cache keeps) kv_lora_rank + qk_rope_head_dim
+    **{("kimi-linear-48b-a3b-instruct", key, op): "MLA caches the latent and the RoPE key only"
+       for key in ("head_dim", "mla_use_nope") for op in ("remove", "alter")},
+    # Lfm2Config (5.25) has no conv_dim: transformers' conv is hidden_size wide; vLLM's lfm2.py reads conv_dim,
+    # so a conv_dim other than hidden_size is refused by name (the altered case)
+    ("lfm2.5-1.2b-thinking-codex-w4a16", "conv_dim", "remove"): "transformers sizes the conv by hidden_size",
+    **{("lfm2.5-1.2b-thinking-codex-w4a16", "conv_use_xavier_init", op): "initialisation, not state"
+       for op in ("remove", "alter")},
 }
 
 

@@ -50,6 +50,13 @@ KINDS = {
         mamba_n_heads=8, mamba_n_groups=2,
     ),
     "state-count": dict(num_hidden_layers=2, layer_types=("state", "full_attention"), state_elements_per_layer=40),
+    # Kimi Delta Attention beside MLA (Kimi-Linear), LFM2 short convolutions beside GQA
+    "kda": dict(
+        num_hidden_layers=2, layer_types=("state", "full_attention"), num_key_value_heads=None, kv_lora_rank=32,
+        qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, linear_num_heads=2, linear_head_dim=16,
+        linear_conv_kernel_dim=4,
+    ),
+    "shortconv": dict(num_hidden_layers=2, layer_types=("conv", "full_attention"), conv_L_cache=3),
     "kv-shared": dict(
         num_hidden_layers=4,
         layer_types=("sliding_attention", "full_attention", "sliding_attention", "full_attention"),
@@ -200,7 +207,7 @@ def test_cached_decode_equals_recomputation_fp32(spec_factory, kind, prompt, ste
     assert worst <= 1e-4 * scale, (worst, scale)
 
 
-@pytest.mark.parametrize("kind", ["gqa", "sliding", "chunked", "mla", "mamba1", "mamba2", "kv-shared"])
+@pytest.mark.parametrize("kind", ["gqa", "sliding", "chunked", "mla", "mamba1", "mamba2", "kv-shared", "kda", "shortconv"])
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_cached_decode_equals_recomputation_half(spec_factory, kind, dtype):
     # bf16 / fp16 round K/V, partial sums and the state differently on the two paths;

@@ -123,10 +123,10 @@ vocab_size: 100
         (("", "layer_pattern: []\n"),
          ":8: layer_pattern: is empty; give at least one {layer type: count} entry, e.g. [{full_attention: 1}], or leave it out"),
         (("", "layer_pattern:\n  - full_attention: 1\n  - bogus: 1\n"),
-         ":10: layer_pattern.1: unknown layer type 'bogus'; use one of ['attention', 'chunked_attention', 'full_attention', "
+         ":10: layer_pattern.1: unknown layer type 'bogus'; use one of ['attention', 'chunked_attention', 'conv', 'full_attention', "
          "'kv_shared', 'linear_attention', 'mamba', 'mlp', 'moe', 'sliding_attention', 'state']"),
         (("", "layer_types: [full_attention, windowed]\n"),
-         ":8: layer_types.1: unknown layer type 'windowed'; use one of ['attention', 'chunked_attention', 'full_attention', "
+         ":8: layer_types.1: unknown layer type 'windowed'; use one of ['attention', 'chunked_attention', 'conv', 'full_attention', "
          "'kv_shared', 'linear_attention', 'mamba', 'mlp', 'moe', 'sliding_attention', 'state']"),
         (("", "layer_pattern: [{full_attention: 1, sliding_attention: 1}]\n"),
          ":8: layer_pattern.0: each layer_pattern entry maps one layer type to a count, e.g. {sliding_attention: 5}"),

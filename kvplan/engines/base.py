@@ -224,6 +224,10 @@ def unread_geometry_refusal(spec, engine: str) -> Optional[str]:
                     "num_global_key_value_heads)")
     if getattr(spec, "index_head_dim", None):
         what.append(f"a sparse-attention indexer key cache (index_head_dim {spec.index_head_dim})")
+    if getattr(spec, "linear_num_heads", None) and LayerKind.STATE in spec.layer_kinds:
+        what.append("Kimi Delta Attention state (linear_num_heads)")
+    if getattr(spec, "conv_L_cache", None) and LayerKind.STATE in spec.layer_kinds:
+        what.append("LFM2 short-convolution state (conv_L_cache)")
     if not what:
         return None
     return (f"kvplan does not model how {engine} allocates {' and '.join(what)} (its rules for them are not "

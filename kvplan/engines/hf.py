@@ -163,7 +163,14 @@ def state_tensors(spec, esz: int) -> tuple[tuple[str, tuple[int, ...], int], ...
         n = spec.state_elements_per_layer
         return (("state", (n,), n * esz),)
     gdn = spec.linear_num_value_heads is not None
-    kernel = spec.linear_conv_kernel_dim if gdn else spec.mamba_d_conv
+    if gdn or getattr(spec, "linear_num_heads", None) is not None:
+        # Gated DeltaNet, Kimi Delta Attention (modeling_kimi_linear: one conv1d over q, k, v of the kernel's K
+        # columns, the recurrent state (B, H, dk, dv) in float32: chunk_kimi_delta_attention casts it)
+        kernel = spec.linear_conv_kernel_dim
+    elif getattr(spec, "conv_L_cache", None) is not None:
+        kernel = spec.conv_L_cache  # LFM2: Lfm2ShortConv.conv of kernel conv_L_cache, its "conv" layer all K columns
+    else:
+        kernel = spec.mamba_d_conv
     out = []
     for t in rule.tensors(spec, columns=kernel):
         # transformers keeps the Gated DeltaNet state as (B, Hv, dk, dv) (modeling_qwen3_next
@@ -330,7 +337,10 @@ def cache(spec, context: int, batch: int, opts: HFOptions, *, kv_cache_dtype: st
                 "at dimension 0."
             )
     if opts.cache == "quantized" and not v4:  # QuantizedCache.__init__: every layer type but full_attention
-        invalid = sorted({HF_LAYER_TYPES.get(k, k.value) for k in counts if k not in (LayerKind.FULL, LayerKind.MLA)})
+        names = dict(HF_LAYER_TYPES)
+        if getattr(spec, "conv_L_cache", None) is not None:
+            names[LayerKind.STATE] = "conv"  # LFM2's short-convolution layers (Lfm2Config.layer_types)
+        invalid = sorted({names.get(k, k.value) for k in counts if k not in (LayerKind.FULL, LayerKind.MLA)})
         if invalid:
             refusals.append(
                 "`QuantizedCache` is only supported for models with only full attention layers. We found the "

@@ -252,6 +252,15 @@ def refusals(spec, opts: LlamaCppOptions) -> tuple[list[str], list[str]]:
                     )
             if out:
                 break
+    kda_heads = getattr(spec, "linear_num_heads", None)
+    if kda_heads is not None and kda_heads != spec.num_attention_heads:
+        # src/llama-hparams.cpp n_embd_r / n_embd_s size a KDA layer by n_head() (the attention heads):
+        # 3 (ssm_d_conv - 1) n_head() n_embd_head_kda and n_embd_head_kda^2 n_head()
+        out.append(
+            f"kvplan: llama.cpp sizes Kimi Delta Attention state by the attention heads (n_head() = "
+            f"{spec.num_attention_heads}), but {spec.name} has linear_num_heads {kda_heads}; kvplan does not size "
+            "that mismatch"
+        )
     shared = getattr(spec, "num_kv_shared_layers", 0)
     if shared and spec.model_type in GEMMA3N_TYPES and spec.num_hidden_layers - shared != GEMMA3N_KV_LAYERS:
         out.append(

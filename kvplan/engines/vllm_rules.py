@@ -39,8 +39,11 @@ from kvplan.model.shape import DTYPE_ALIASES
 # default"); Qwen3_5ForConditionalGenerationConfig / Qwen3_5ForCausalLMConfig read `mamba_ssm_dtype`
 # (kvplan's spec holds either as mamba_ssm_cache_dtype). Qwen3-Next, Mamba-2, Falcon-H1,
 # GraniteMoeHybrid, Bamba and Jamba have no such hook: "auto" stays the conv state's dtype.
+# Kimi-Linear's KDA takes no hook but its own calculator: mamba_utils.py `kda_state_dtype` makes "auto"
+# float32 for the recurrent state (and refuses any SSM dtype but float32 / bfloat16).
 SSM_DTYPE_HOOKS: dict[str, Optional[str]] = {
     "nemotron_h": "fp32", "qwen3_5": None, "qwen3_5_text": None, "qwen3_5_moe": None, "qwen3_5_moe_text": None,
+    "kimi_linear": "fp32",
 }
 
 

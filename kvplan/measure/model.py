@@ -294,6 +294,18 @@ class StateLayer(nn.Module):
             self.decay = init.uniform(s.d_inner, std=0.5, mean=2.0)  # sigmoid(2) ~ 0.88: slow decay
             self.out_proj = init.linear(h, s.d_inner)
             return
+        if s.variant == "shortconv":  # LFM2 Lfm2ShortConv: in_proj -> B, C, x; conv over B x; C gates it
+            self.in_proj = init.linear(3 * s.d_inner, h)
+            self.conv_weight = init.uniform(s.conv_dim, s.d_conv, std=s.d_conv**-0.5)
+            self.out_proj = init.linear(h, s.d_inner)
+            return
+        if s.variant == "kda":  # Kimi Delta Attention: q, k, v (conv), decay f, beta, output gate z
+            self.in_proj = init.linear(s.conv_dim + s.d_inner + s.n_heads + s.d_inner, h)
+            self.conv_weight = init.uniform(s.conv_dim, s.d_conv, std=s.d_conv**-0.5)
+            self.A_log = init.uniform(s.n_heads, std=0.3, mean=0.0)
+            self.dt_bias = init.uniform(s.d_inner, std=0.3, mean=-2.0)
+            self.out_proj = init.linear(h, s.d_inner)
+            return
         if s.variant == "mamba2":
             self.in_proj = init.linear(s.d_inner + s.conv_dim + s.n_heads, h)  # z, xBC, dt
         else:
@@ -315,10 +327,14 @@ class StateLayer(nn.Module):
 
     def _fp32_params(self) -> dict[str, torch.Tensor]:
         """The step's parameters in fp32, converted once per scan, not once per token."""
-        names = ("decay",) if self.s.variant == "recurrence" else (
+        names = {"shortconv": ("conv_weight",), "kda": ("conv_weight", "A_log", "dt_bias")}.get(self.s.variant) or (
+            ("decay",) if self.s.variant == "recurrence" else (
             ("conv_weight", "conv_bias", "A_log", "D", "dt_bias") if self.s.variant == "mamba2"
-            else ("conv_weight", "conv_bias", "x_proj", "dt_proj", "dt_proj_bias", "A_log", "D"))
+            else ("conv_weight", "conv_bias", "x_proj", "dt_proj", "dt_proj_bias", "A_log", "D")))
         p = {n: getattr(self, n).float() for n in names}
+        if self.s.variant == "kda":
+            p["A"] = torch.exp(p.pop("A_log"))  # KimiLinearForgetGate: decay rate exp(A_log), per head
+            return p
         if "A_log" in p:
             p["A"] = -torch.exp(p.pop("A_log"))
         if "decay" in p:
@@ -335,8 +351,12 @@ class StateLayer(nn.Module):
             new = a * states["state"].float() + (1 - a) * u
             return {"state": new}, new
         window = torch.cat([states["conv_state"].float(), u.unsqueeze(-1)], dim=-1)  # (B, conv_dim, d_conv)
-        xc = F.silu((window * p["conv_weight"]).sum(-1) + p["conv_bias"])
         new_conv = window[..., 1:]
+        if s.variant == "shortconv":  # causal_conv1d_update without activation (Lfm2ShortConv)
+            return {"conv_state": new_conv}, (window * p["conv_weight"]).sum(-1)
+        if s.variant == "kda":
+            return self._kda_step(p, states, new_conv, F.silu((window * p["conv_weight"]).sum(-1)), dt_in)
+        xc = F.silu((window * p["conv_weight"]).sum(-1) + p["conv_bias"])
         h = states["ssm_state"].float()
         if s.variant == "mamba2":
             B = u.shape[0]
@@ -361,6 +381,22 @@ class StateLayer(nn.Module):
         y = (h * Cm[:, None, :]).sum(-1) + p["D"] * xc
         return {"conv_state": new_conv, "ssm_state": h}, y
 
+    def _kda_step(self, p, states, new_conv, xc, gates):
+        """One token of Kimi Delta Attention (transformers 5.25 recurrent_kimi_delta_attention): q, k L2-normed,
+        q scaled by head_dim^-0.5; the state decays per channel by exp(g), g = -exp(A_log) softplus(f + dt_bias)
+        (KimiLinearForgetGate); the delta rule writes beta (v - S^T k) along k; the output is S^T q."""
+        s = self.s
+        B, H, d = xc.shape[0], s.n_heads, s.head_dim
+        q, k, v = (t.reshape(B, H, d) for t in xc.split(s.d_inner, dim=-1))
+        q = F.normalize(q, dim=-1, eps=1e-6) * d**-0.5
+        k = F.normalize(k, dim=-1, eps=1e-6)
+        f, beta = gates.split([s.d_inner, H], dim=-1)
+        g = -p["A"][:, None] * F.softplus(f + p["dt_bias"]).view(B, H, d)  # (B, H, dk)
+        S = states["ssm_state"].float() * torch.exp(g)[..., None]  # (B, H, dk, dv)
+        delta = (v - (S * k[..., None]).sum(-2)) * torch.sigmoid(beta)[..., None]
+        S = S + k[..., None] * delta[..., None, :]
+        return {"conv_state": new_conv, "ssm_state": S}, (S * q[..., None]).sum(-2).reshape(B, -1)
+
     def scan_token(self, params, states, dtypes, u, dt_in):
         """One token of the scan: the step, then the state stored in the cache dtype, as decode stores
         it. What `measure` times as its scan probe (a prefill runs it once per prompt token)."""
@@ -373,9 +409,10 @@ class StateLayer(nn.Module):
         s = self.s
         gen = torch.Generator(device=device).manual_seed(0)
         states = {k: torch.zeros(batch, *shape, dtype=state_dtype, device=device) for k, shape in s.state_shapes().items()}
-        width = s.d_inner if s.variant != "mamba2" else s.conv_dim
+        width = s.conv_dim if s.variant in ("mamba2", "kda") else s.d_inner
         u = torch.randn(batch, width, device=device, generator=gen)
-        dt_in = torch.randn(batch, s.n_heads, device=device, generator=gen) if s.variant == "mamba2" else None
+        gates = {"mamba2": s.n_heads, "kda": s.d_inner + s.n_heads}.get(s.variant)
+        dt_in = torch.randn(batch, gates, device=device, generator=gen) if gates else None
         return self._fp32_params(), states, {k: state_dtype for k in states}, u, dt_in
 
     def _split_in(self, x: torch.Tensor):
@@ -384,6 +421,12 @@ class StateLayer(nn.Module):
         proj = F.linear(x, self.in_proj).float()
         if s.variant == "recurrence":
             return proj, None
+        if s.variant == "shortconv":
+            b, c, x = proj.split([s.d_inner] * 3, dim=-1)
+            return b * x, c
+        if s.variant == "kda":
+            qkv, gates, z = proj.split([s.conv_dim, s.d_inner + s.n_heads, s.d_inner], dim=-1)
+            return (qkv, gates), z
         if s.variant == "mamba2":
             z, xbc, dt = proj.split([s.d_inner, s.conv_dim, s.n_heads], dim=-1)
             return (xbc, dt), z
@@ -398,7 +441,7 @@ class StateLayer(nn.Module):
         ys = []
         S = x.shape[1]
         for t in range(S):
-            if self.s.variant == "mamba2":
+            if self.s.variant in ("mamba2", "kda"):
                 u, dt_in = u_all[0][:, t], u_all[1][:, t]
             else:
                 u, dt_in = u_all[:, t], None
@@ -406,7 +449,7 @@ class StateLayer(nn.Module):
             ys.append(y)
         y = torch.stack(ys, dim=1)
         if z is not None:
-            y = y * F.silu(z)
+            y = y * z if self.s.variant == "shortconv" else y * F.silu(z)  # LFM2: C gates the conv output
         if store is not None:
             for k, v in states.items():
                 store[k].copy_(v)

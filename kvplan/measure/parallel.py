@@ -97,6 +97,10 @@ def stage_layers(arch: RunArch, pp: int, stage: int) -> range:
 
 def rank_arch(arch: RunArch, tp: int, layers: range) -> RunArch:
     """The shapes one rank allocates: its heads, KV heads, state channels, its stage's layers."""
+    if tp > 1 and arch.state is not None and arch.state.variant in ("kda", "shortconv"):
+        raise InputError(f"{arch.spec.name}: kvplan measure --tp cannot shard {arch.state.variant} state layers yet "
+                         "(Kimi Delta Attention, LFM2 short convolutions); run it with --tp 1 or size it with "
+                         "`kvplan estimate`")
     plans = []
     for i in layers:
         layer = arch.layers[i]

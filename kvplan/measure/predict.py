@@ -88,9 +88,11 @@ class MLADims:
 class StateDims:
     """A state layer's fixed-size per-sequence state, and the layer that keeps it.
 
-    variant: "mamba1" (Jamba), "mamba2" (mamba_n_heads set), or "recurrence" (a
-    diagonal linear recurrence of `state_elements_per_layer` elements, for specs
-    that give only the count).
+    variant: "mamba1" (Jamba), "mamba2" (mamba_n_heads set), "kda" (Kimi Delta Attention:
+    d_inner = heads x head_dim, short convs over q, k and v, a (heads, head_dim, head_dim)
+    delta-rule state), "shortconv" (LFM2: a gated depthwise conv over d_inner = hidden
+    channels, no SSM state), or "recurrence" (a diagonal linear recurrence of
+    `state_elements_per_layer` elements, for specs that give only the count).
     """
 
     variant: str
@@ -107,6 +109,8 @@ class StateDims:
         """Channels the causal conv runs over (Mamba-2: x, B and C)."""
         if self.variant == "mamba2":
             return self.d_inner + 2 * self.n_groups * self.d_state
+        if self.variant == "kda":
+            return 3 * self.d_inner  # q, k and v
         return self.d_inner
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -116,6 +120,10 @@ class StateDims:
         conv = (self.conv_dim, self.d_conv - 1)  # the last d_conv - 1 inputs
         if self.variant == "mamba2":
             return {"conv_state": conv, "ssm_state": (self.n_heads, self.head_dim, self.d_state)}
+        if self.variant == "kda":
+            return {"conv_state": conv, "ssm_state": (self.n_heads, self.head_dim, self.head_dim)}
+        if self.variant == "shortconv":
+            return {"conv_state": conv}
         return {"conv_state": conv, "ssm_state": (self.d_inner, self.d_state)}
 
     @property
@@ -205,6 +213,18 @@ def _state_dims(spec: ModelSpec) -> tuple[StateDims, str]:
         return dims, (
             f"state layers: state_elements_per_layer given, so each runs a diagonal linear recurrence "
             f"with a state of {elements:,} elements (no conv)"
+        )
+    if spec.linear_num_heads is not None:
+        H, d, K = spec.linear_num_heads, spec.linear_head_dim, spec.linear_conv_kernel_dim
+        assert d is not None and K is not None
+        return StateDims("kda", H * d, d, K, H, d, 1, 0), (
+            f"state layers: Kimi Delta Attention ({H} heads x {d}, short convs of {K} over q, k and v), "
+            "sequential delta-rule scan, a SiLU output gate in place of the gated norm"
+        )
+    if spec.conv_L_cache is not None:
+        return StateDims("shortconv", hidden, 0, spec.conv_L_cache, 0, 0, 1, 0), (
+            f"state layers: LFM2 short convolution (kernel {spec.conv_L_cache} over {hidden:,} channels, "
+            "gated B x and C)"
         )
     assert spec.mamba_expand and spec.mamba_d_state and spec.mamba_d_conv
     d_inner = spec.mamba_expand * hidden
@@ -395,6 +415,13 @@ def layer_weights(arch: RunArch, layer: LayerPlan) -> LayerWeights:
         elif s.variant == "mamba2":
             matmul += h * (s.d_inner + s.conv_dim + s.n_heads) + s.d_inner * h  # in_proj, out_proj
             other += s.conv_dim * s.d_conv + s.conv_dim + 3 * s.n_heads  # conv w+b, A_log, D, dt_bias
+        elif s.variant == "kda":
+            # in_proj -> q, k, v (conv_dim), the decay f (d_inner), beta (H), the output gate (d_inner); out_proj
+            matmul += h * (s.conv_dim + 2 * s.d_inner + s.n_heads) + s.d_inner * h
+            other += s.conv_dim * s.d_conv + s.n_heads + s.d_inner  # conv weight (no bias), A_log, dt_bias
+        elif s.variant == "shortconv":
+            matmul += h * 3 * s.d_inner + s.d_inner * h  # in_proj -> B, C, x; out_proj
+            other += s.d_inner * s.d_conv  # conv weight (no bias: conv_bias false in every LFM2)
         else:
             matmul += h * 2 * s.d_inner + s.d_inner * h  # in_proj, out_proj
             matmul += s.d_inner * (s.dt_rank + 2 * s.d_state) + s.dt_rank * s.d_inner  # x_proj, dt_proj

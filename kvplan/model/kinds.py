@@ -46,7 +46,7 @@ class LayerKind(str, Enum):
 
 
 # Names accepted in `layer_types` / `layer_pattern`, mapped to a kind. HF configs
-# use the first three; Jamba writes "mamba", Qwen3-Next "linear_attention".
+# use the first three; Jamba writes "mamba", Qwen3-Next and Kimi-Linear "linear_attention", LFM2 "conv".
 LAYER_TYPE_ALIASES: dict[str, LayerKind] = {
     "full_attention": LayerKind.FULL,
     "attention": LayerKind.FULL,
@@ -54,6 +54,7 @@ LAYER_TYPE_ALIASES: dict[str, LayerKind] = {
     "chunked_attention": LayerKind.CHUNKED,
     "mamba": LayerKind.STATE,
     "linear_attention": LayerKind.STATE,
+    "conv": LayerKind.STATE,  # LFM2's short-convolution layers (transformers 5.25 Lfm2Config.layer_types)
     "state": LayerKind.STATE,
     "kv_shared": LayerKind.SHARED,
     "mlp": LayerKind.MLP,  # Nemotron-H `-` (transformers 5 layers_block_type "mlp")
@@ -373,6 +374,11 @@ class State(Kind):
       ssm (H / tp, head_dim, N);
     - Gated DeltaNet (`gated_delta_net_state_shape`, set when linear_num_value_heads is): conv
       ((2 Hk dk + Hv dv) / tp, K - 1), recurrent (Hv / tp, dv, dk);
+    - Kimi Delta Attention (`kda_state_shape`, set when linear_num_heads is): separate short convs on
+      q, k and v, conv (3 H d / tp, K - 1), recurrent (H / tp, d, d) (its dtype: float32 unless set,
+      `kda_state_dtype`; the importer states it as mamba_ssm_cache_dtype);
+    - short convolution (LFM2, `short_conv_state_shape`, set when conv_L_cache is): conv only,
+      (hidden_size / tp, K - 1) with K = conv_L_cache, no SSM / recurrent tensor;
     - `state_elements_per_layer`: one opaque tensor in the conv (model) dtype, split by tp.
     """
 
@@ -385,7 +391,7 @@ class State(Kind):
         if spec.state_elements_per_layer_resolved is None:
             return (
                 f"{where} has state layers but mamba_d_state, mamba_d_conv and mamba_expand "
-                "(or state_elements_per_layer, or the linear_* Gated DeltaNet sizes) are not all set"
+                "(or state_elements_per_layer, the linear_* Gated DeltaNet or KDA sizes, or conv_L_cache) are not all set"
             )
         return None
 
@@ -404,6 +410,18 @@ class State(Kind):
                 StateTensor("conv", "conv", conv_dim * cols, (conv_dim, cols)),
                 StateTensor("recurrent", "ssm", hv // tp * dv * dk, (hv // tp, dv, dk)),
             )
+        if getattr(spec, "linear_num_heads", None) is not None:  # Kimi Delta Attention
+            heads, dim = spec.linear_num_heads, spec.linear_head_dim
+            cols = spec.linear_conv_kernel_dim - 1 if columns is None else columns
+            conv_dim = 3 * heads * dim // tp  # q, k and v convolved apart: H d + 2 Hk dk with Hk dk = H d
+            return (
+                StateTensor("conv", "conv", conv_dim * cols, (conv_dim, cols)),
+                StateTensor("recurrent", "ssm", heads // tp * dim * dim, (heads // tp, dim, dim)),
+            )
+        if getattr(spec, "conv_L_cache", None) is not None:  # LFM2 short convolution
+            width = spec.hidden_size // tp
+            cols = spec.conv_L_cache - 1 if columns is None else columns
+            return (StateTensor("conv", "conv", width * cols, (width, cols)),)
         d_inner = spec.mamba_d_inner_resolved
         n_state = spec.mamba_d_state
         cols = spec.mamba_d_conv - 1 if columns is None else columns
@@ -433,6 +451,14 @@ class State(Kind):
                 heads = getattr(spec, field)
                 if heads % tp:
                     return f"--tensor-parallel-size {tp} does not divide {spec.name}'s {field} {heads}"
+            return None
+        if getattr(spec, "state_elements_per_layer", None) is None and getattr(spec, "linear_num_heads", None) is not None:
+            if spec.linear_num_heads % tp:  # vLLM kda_state_shape: divide(num_heads, tp)
+                return f"--tensor-parallel-size {tp} does not divide {spec.name}'s linear_num_heads {spec.linear_num_heads}"
+            return None
+        if getattr(spec, "state_elements_per_layer", None) is None and getattr(spec, "conv_L_cache", None) is not None:
+            if spec.hidden_size % tp:  # vLLM short_conv_state_shape: divide(dim, tp)
+                return f"--tensor-parallel-size {tp} does not divide {spec.name}'s short-convolution width {spec.hidden_size}"
             return None
         if getattr(spec, "state_elements_per_layer", None) is None and spec.mamba_n_heads is not None:
             if spec.mamba_n_heads % tp:

@@ -143,6 +143,11 @@ class SpecDerived:
                    self.linear_conv_kernel_dim)
             if any(v is None for v in gdn):
                 return None
+        elif getattr(self, "linear_num_heads", None) is not None:  # Kimi Delta Attention
+            if self.linear_head_dim is None or self.linear_conv_kernel_dim is None:
+                return None
+        elif getattr(self, "conv_L_cache", None) is not None:  # LFM2 short convolution
+            pass
         elif self.mamba_d_state is None or self.mamba_d_conv is None or self.mamba_d_inner_resolved is None:
             return None
         from kvplan.model.kinds import KINDS

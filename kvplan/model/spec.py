@@ -161,7 +161,13 @@ class ModelSpec(BaseModel, SpecDerived):
     linear_num_value_heads: Optional[PositiveInt] = None
     linear_key_head_dim: Optional[PositiveInt] = None
     linear_value_head_dim: Optional[PositiveInt] = None
-    linear_conv_kernel_dim: Optional[PositiveInt] = None
+    linear_conv_kernel_dim: Optional[PositiveInt] = None  # also Kimi Delta Attention's short-conv kernel
+    # Kimi Delta Attention (Kimi-Linear): H heads of d; short convs on q, k, v + a (H, d, d) recurrent state
+    # (transformers 5.25 KimiLinearConfig linear_num_heads / linear_head_dim, from linear_attn_config)
+    linear_num_heads: Optional[PositiveInt] = None
+    linear_head_dim: Optional[PositiveInt] = None
+    # LFM2 short convolution: each conv layer keeps the last conv_L_cache - 1 inputs, hidden_size wide
+    conv_L_cache: Optional[PositiveInt] = None
     state_elements_per_layer: Optional[PositiveInt] = None  # any other fixed-size state
 
     # MoE: decode reads, the activation estimate, and with `weights_quantized: experts`

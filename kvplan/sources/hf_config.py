@@ -214,6 +214,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "mamba2": dict(vocab_size=32768, hidden_size=4096, num_hidden_layers=64, num_heads=128, head_dim=64,
                    state_size=128, n_groups=8, conv_kernel=4, expand=2, use_conv_bias=True, use_bias=False,
                    tie_word_embeddings=False),
+    "kimi_linear": dict(vocab_size=163840, hidden_size=2304, intermediate_size=9216, moe_intermediate_size=1024,
+                        num_hidden_layers=27, num_attention_heads=32, num_key_value_heads=32, kv_lora_rank=512,
+                        qk_rope_head_dim=64, v_head_dim=128, qk_nope_head_dim=128, max_position_embeddings=1048576,
+                        tie_word_embeddings=False),
+    "lfm2": dict(vocab_size=65536, hidden_size=2560, intermediate_size=12288, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=128000,
+                 tie_word_embeddings=True, conv_L_cache=3, conv_bias=False, block_multiple_of=256,
+                 block_ffn_dim_multiplier=1.0, block_auto_adjust_ff_dim=True),
+    "lfm2_moe": dict(vocab_size=65536, hidden_size=2048, intermediate_size=7168, num_hidden_layers=32,
+                     num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=128000,
+                     tie_word_embeddings=True, conv_L_cache=3, conv_bias=False, moe_intermediate_size=1792,
+                     num_dense_layers=2, num_experts_per_tok=4, num_experts=32, use_expert_bias=True),
     "granitemoehybrid": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                              num_attention_heads=32, num_key_value_heads=None, max_position_embeddings=2048,
                              tie_word_embeddings=False, attention_bias=False, mamba_n_heads=128, mamba_n_groups=1,
@@ -223,7 +235,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 # transformers' config class names the title-cased model_type does not spell.
-_CONFIG_CLASSES = {"gpt_bigcode": "GPTBigCode", "smollm3": "SmolLM3", "minimax_m2": "MiniMaxM2"}
+_CONFIG_CLASSES = {"gpt_bigcode": "GPTBigCode", "smollm3": "SmolLM3", "minimax_m2": "MiniMaxM2", "lfm2_moe": "Lfm2Moe"}
 
 # Old or wrapper `model_type`s that read as a known one.
 TYPE_ALIASES = {
@@ -289,6 +301,9 @@ ARCHITECTURE_TYPES = {
     "MiniMaxText01ForCausalLM": "minimax",
     "MiniMaxM1ForCausalLM": "minimax",
     "DeepseekV4ForCausalLM": "deepseek_v4",
+    "KimiLinearForCausalLM": "kimi_linear",
+    "Lfm2ForCausalLM": "lfm2",
+    "Lfm2MoeForCausalLM": "lfm2_moe",
 }
 
 # Fields an unknown model_type must carry to be sized (generic HF names only).
@@ -1693,6 +1708,170 @@ def _granitemoehybrid(c: _Cfg):
     return f, total, L * (E - k) * expert if E else 0
 
 
+# ------------------------------------------------------------------ KDA and short convolutions (issue #13)
+
+# Kimi-Linear's linear_attn_config keys kvplan reads (transformers 5.25 KimiLinearConfig.__post_init__; vLLM 0.32
+# models/kimi_k3/nvidia/model.py get_mamba_state_shape_from_config): any other key is refused by name.
+_KDA_CONFIG_KEYS = ("full_attn_layers", "kda_layers", "head_dim", "num_heads", "short_conv_kernel_size")
+
+
+def _kimi_linear(c: _Cfg):
+    """Kimi-Linear (`kimi_linear`): Kimi Delta Attention layers beside MLA layers.
+
+    Which layers: `linear_attn_config.kda_layers` and `.full_attn_layers`, **1-based** (transformers 5.25
+    `KimiLinearConfig.__post_init__`: `layer_types[layer - 1]`; vLLM 0.32 `KimiLinearConfig.is_kda_layer`:
+    `(layer_idx + 1) in kda_layers`); both lists must cover every layer once (transformers leaves any other
+    layer None, vLLM makes it MLA: refused rather than chosen between). An explicit layer_types must agree.
+    KDA state: `num_heads` x `head_dim`, short convs of `short_conv_kernel_size` on q, k and v (vLLM
+    `kda_state_shape` with num_k_heads / head_k_dim defaulting to them); the recurrent state is float32 in
+    vLLM (`kda_state_dtype`, "auto") and transformers (`chunk_kimi_delta_attention` returns it in float32),
+    which the spec states as mamba_ssm_cache_dtype. The full layers are DeepSeek's MLA (kv_lora_rank +
+    qk_rope_head_dim per token); `mla_use_nope` drops RoPE from the query's nope part but `kv_a_proj_with_mqa`
+    still emits kv_lora_rank + qk_rope_head_dim, all cached. Parameters: DeepSeek-V3's count (MLA, MoE with a
+    shared expert and a router with e_score_correction_bias) with each KDA layer's attention replaced by
+    KimiLinearDeltaAttention's (modeling_kimi_linear, 5.25): q, k, v projections (hidden -> H d each), the
+    depthwise conv1d (3 H d x K, no bias), the forget gate (f_a_proj hidden -> d, f_b_proj d -> H d, dt_bias H d,
+    A_log H), b_proj (hidden -> H), g_a_proj (hidden -> d), g_b_proj (d -> H d), o_norm (d) and o_proj (H d ->
+    hidden)."""
+    L = c.int("num_hidden_layers")
+    la = c.get("linear_attn_config")
+    if not isinstance(la, dict):
+        raise ConfigError(f"{c.where}: linear_attn_config is {shown(la)}; kvplan sizes kimi_linear only from its "
+                          "kda_layers, full_attn_layers, num_heads, head_dim and short_conv_kernel_size")
+    extra = [k for k in la if k not in _KDA_CONFIG_KEYS and la[k] not in (None, False, 0, [], {})]
+    if extra:
+        raise ConfigError(f"{c.where}: linear_attn_config.{extra[0]} is {shown(la[extra[0]])}, a KDA setting kvplan "
+                          "does not read; refused rather than guessed (write a spec YAML)")
+    kda, full = la.get("kda_layers"), la.get("full_attn_layers")
+    layers_ok = (isinstance(kda, list) and isinstance(full, list)
+                 and all(isinstance(i, int) and not isinstance(i, bool) for i in kda + full)
+                 and sorted(kda + full) == list(range(1, L + 1)))
+    if not layers_ok:
+        raise ConfigError(f"{c.where}: linear_attn_config's kda_layers and full_attn_layers (1-based) must name each "
+                          f"of the {L} layers once; transformers and vLLM fill any other layer differently")
+    kinds = ["linear_attention" if i + 1 in kda else "full_attention" for i in range(L)]
+    explicit = _check_layer_types(c, L)
+    if explicit is not None and explicit != kinds:
+        raise ConfigError(f"{c.where}: layer_types and linear_attn_config name different KDA layers; transformers "
+                          "follows layer_types, vLLM linear_attn_config: refused rather than guessed")
+    heads, dim, kernel = la.get("num_heads"), la.get("head_dim"), la.get("short_conv_kernel_size")
+    for key, value in (("num_heads", heads), ("head_dim", dim), ("short_conv_kernel_size", kernel)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{c.where}: linear_attn_config.{key} is {shown(value)}, not a positive integer")
+    # KimiLinearConfig saves linear_num_heads / linear_head_dim / linear_conv_kernel_dim beside linear_attn_config,
+    # which overrides them on load (transformers) and is all vLLM reads: the copies change nothing
+    c.declare("linear_num_heads", "linear_head_dim", "linear_conv_kernel_dim")
+    c.declare("mla_use_nope")  # no cache change: kv_a_proj_with_mqa emits kv_lora_rank + qk_rope_head_dim either way
+    # KimiLinearConfig maps num_experts / num_experts_per_token / num_shared_experts (attribute_map) and reads
+    # moe_layer_freq / first_k_dense_replace as DeepSeek does; model_max_length is its max_position_embeddings
+    for ours, theirs in (("n_routed_experts", "num_experts"), ("num_experts_per_tok", "num_experts_per_token"),
+                         ("n_shared_experts", "num_shared_experts"), ("max_position_embeddings", "model_max_length")):
+        if theirs in c.raw and ours not in c.raw:
+            c.raw[ours] = c.raw[theirs]
+    types = c.get("mlp_layer_types")  # what KimiLinearConfig saves in place of first_k_dense_replace (default 1)
+    if types is not None:
+        dense = next((i for i, t in enumerate(types) if t != "dense"), len(types)) if isinstance(types, list) else 0
+        if not isinstance(types, list) or len(types) != L or any(t != "sparse" for t in types[dense:]):
+            raise ConfigError(f"{c.where}: mlp_layer_types is {shown(types)}: kvplan counts only dense layers "
+                              f"first, then sparse ones, over {L} layers")
+        c.raw.setdefault("first_k_dense_replace", dense)
+    c.raw.setdefault("first_k_dense_replace", 1)
+    c.raw.setdefault("moe_layer_freq", 1)
+    f, total, inactive = _deepseek(c, v3=True)
+    h, heads_q, kv_lora, rope = f["hidden_size"], f["num_attention_heads"], f["kv_lora_rank"], f["qk_rope_head_dim"]
+    nope, v_dim, bias = f["qk_nope_head_dim"], f["v_head_dim"], c.flag("attention_bias")
+    q_lora = f.get("q_lora_rank")
+    q_dim = heads_q * (nope + rope)
+    mla = ((_linear(h, q_lora, bias) + q_lora + _linear(q_lora, q_dim) if q_lora else _linear(h, q_dim))
+           + _linear(h, kv_lora + rope, bias) + kv_lora + _linear(kv_lora, heads_q * (nope + v_dim))
+           + _linear(heads_q * v_dim, h, bias))  # as _deepseek counts it
+    if c.peek("head_dim") is not None:  # KimiLinearConfig overwrites head_dim with qk_rope_head_dim: no cache of its own
+        c.declare("head_dim")
+    f.pop("num_key_value_heads", None)
+    f["num_key_value_heads"] = c.int("num_key_value_heads", required=False) or f["num_attention_heads"]
+    _apply_kinds(f, kinds, None, None, c.where)
+    f.update(linear_num_heads=heads, linear_head_dim=dim, linear_conv_kernel_dim=kernel,
+             mamba_ssm_cache_dtype="float32")
+    c.notes.append("KDA recurrent state in float32 (vLLM kda_state_dtype, transformers chunk_kimi_delta_attention)")
+    hd = heads * dim
+    kda_attention = (3 * _linear(h, hd) + 3 * hd * kernel + _linear(h, dim) + _linear(dim, hd) + hd + heads
+                     + _linear(h, heads) + _linear(h, dim) + _linear(dim, hd) + dim + _linear(hd, h))
+    return f, total + len(kda) * (kda_attention - mla), inactive
+
+
+def _lfm2(c: _Cfg, *, moe: bool):
+    """LFM2 (`lfm2`) and LFM2-MoE (`lfm2_moe`): short-convolution layers ("conv") beside GQA layers.
+
+    Which layers: `layer_types` ("conv" / "full_attention"), else (lfm2 only) `full_attn_idxs`, 0-based
+    (transformers 5.25 `Lfm2Config.__post_init__`; vLLM 0.32 lfm2.py reads layer_types). Conv state per layer:
+    the last conv_L_cache - 1 inputs of a depthwise conv over hidden_size channels (vLLM
+    `short_conv_state_shape(tp, conv_dim, conv_L_cache)`, lfm2_moe passing hidden_size; transformers
+    `Lfm2ShortConv.conv` is hidden_size wide; llama.cpp `n_embd_r` = n_embd x (n_shortconv_l_cache - 1)).
+    A `conv_dim` other than hidden_size is refused (vLLM's lfm2 reads it, transformers does not).
+    Parameters (modeling_lfm2 / modeling_lfm2_moe, 5.25): embeddings (tied by default: `tie_embedding`, the older
+    name, wins as Lfm2Config pops it), per layer operator_norm and ffn_norm; a conv layer in_proj (hidden ->
+    3 hidden), the depthwise conv (hidden x K) and out_proj (biases with conv_bias); an attention layer q, k, v,
+    out_proj and q / k layernorms (head_dim each); the MLP w1, w3, w2 (lfm2: intermediate_size, or block_ff_dim,
+    cut to 2/3, times block_ffn_dim_multiplier and rounded up to block_multiple_of when block_auto_adjust_ff_dim;
+    lfm2_moe: the first num_dense_layers dense at intermediate_size, then a router, num_experts experts of
+    moe_intermediate_size and the expert_bias buffer); embedding_norm."""
+    f = _common(c)
+    L = f["num_hidden_layers"]
+    kinds = _check_layer_types(c, L)
+    idxs = c.get("full_attn_idxs")
+    if kinds is None:
+        if moe or not isinstance(idxs, list):
+            raise ConfigError(f"{c.where}: no layer_types{'' if moe else ' and no full_attn_idxs'}; kvplan needs to "
+                              "know which layers are short convolutions")
+        if any(not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < L for i in idxs):
+            raise ConfigError(f"{c.where}: full_attn_idxs is {shown(idxs)}, not layer indices below {L}")
+        kinds = ["full_attention" if i in idxs else "conv" for i in range(L)]
+    elif isinstance(idxs, list) and ["full_attention" if i in idxs else "conv" for i in range(L)] != kinds:
+        raise ConfigError(f"{c.where}: layer_types and full_attn_idxs name different attention layers; refused "
+                          "rather than guessed")
+    bad = next((t for t in kinds if t not in ("conv", "full_attention")), None)
+    if bad is not None:
+        raise ConfigError(f"{c.where}: layer_types has {bad!r}; LFM2 layers are 'conv' or 'full_attention'")
+    kernel = c.int("conv_L_cache")
+    width = c.get("conv_dim")
+    if width is not None and width != f["hidden_size"]:
+        raise ConfigError(f"{c.where}: conv_dim is {shown(width)}, not hidden_size {f['hidden_size']}: vLLM's lfm2 sizes "
+                          "the conv state by conv_dim, transformers by hidden_size; refused rather than chosen between")
+    # conv_dim_out (the output projection's width) and conv_use_xavier_init (initialisation) keep no state
+    c.declare("conv_dim_out", "conv_use_xavier_init")
+    _apply_kinds(f, kinds, None, None, c.where)
+    f["conv_L_cache"] = kernel
+    if c.get("tie_embedding") is not None:  # Lfm2Config: tie_embedding is the older name of tie_word_embeddings
+        f["tie_word_embeddings"] = bool(c.get("tie_embedding"))
+    h, hd, bias = f["hidden_size"], f["head_dim"], c.flag("conv_bias")
+    conv = _linear(h, 3 * h, bias) + h * kernel + (h if bias else 0) + _linear(h, h, bias)
+    attention = _attention(h, f["num_attention_heads"], f["num_key_value_heads"], hd, False, False) + 2 * hd
+    inactive = 0
+    if moe:
+        inter, dense = c.int("intermediate_size"), c.int("num_dense_layers", zero_ok=True)
+        E, k, moe_inter = c.int("num_experts"), c.int("num_experts_per_tok"), c.int("moe_intermediate_size")
+        expert = _gated_mlp(h, moe_inter)
+        sparse = E * expert + _linear(h, E) + (E if c.get("use_expert_bias", True) else 0)
+        mlp = lambda i: _gated_mlp(h, inter) if i < dense else sparse  # noqa: E731
+        inactive = (L - min(dense, L)) * (E - k) * expert
+        f.update(num_local_experts=E, num_experts_per_tok=k, moe_intermediate_size=moe_inter,
+                 first_k_dense_replace=dense, intermediate_size=inter)
+    else:
+        inter = c.int("block_ff_dim", required=False) or c.int("intermediate_size")
+        if c.get("block_auto_adjust_ff_dim", True):
+            inter = int(2 * inter / 3)
+            multiplier = c.get("block_ffn_dim_multiplier", 1.0)
+            if multiplier is not None:
+                step = c.int("block_multiple_of", required=False) or 256
+                inter = step * ((int(multiplier * inter) + step - 1) // step)
+        f["intermediate_size"] = inter
+        mlp = lambda i: _gated_mlp(h, inter)  # noqa: E731
+    total = f["vocab_size"] * h * (1 if f["tie_word_embeddings"] else 2) + h
+    for i, kind in enumerate(kinds):
+        total += (conv if kind == "conv" else attention) + mlp(i) + 2 * h
+    return f, total, inactive
+
+
 def _not_yet(why: str) -> Callable[[_Cfg], tuple[dict, int, int]]:
     """A type whose cache kvplan cannot state yet: refused by name, never sized by the generic path (which
     would read it as attention only and drop its state)."""
@@ -1738,6 +1917,9 @@ HANDLERS: dict[str, Callable[[_Cfg], tuple[dict, int, int]]] = {
     "nemotron_h": _nemotron_h,
     "mamba2": _mamba2,
     "granitemoehybrid": _granitemoehybrid,
+    "kimi_linear": _kimi_linear,
+    "lfm2": lambda c: _lfm2(c, moe=False),
+    "lfm2_moe": lambda c: _lfm2(c, moe=True),
     # transformers 5.25 FalconH1DecoderLayer builds `self.mamba` and `self.self_attn` in every layer
     "falcon_h1": _not_yet("keeps attention K/V and a Mamba-2 state side by side in every layer, which a "
                           "kvplan spec (one kind per layer) cannot state yet"),
