@@ -8,7 +8,7 @@ running requests hold (ceil(tokens / block_size) each) over `--num-blocks`.
 
 Misbehaviours for the clean-up tests: `--exit-code N` prints the log and exits N before listening (a
 start-up refusal); `--never-ready` answers /health 503 for ever; `--crash-after N` kills itself (and
-its worker) once N completion requests have started; `--worker` starts a child process in the same
+its worker) once N completion requests have started; `--dead-after N` stays up but answers 500 from then on; `--worker` starts a child process in the same
 process group that sleeps until killed (vLLM's EngineCore); `--ignore-sigterm` makes both ignore
 SIGTERM (a hung engine: only SIGKILL ends it). `--pid-file` records the server's and worker's pids.
 """
@@ -36,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--exit-code", type=int, help="print the log and exit with this code")
     p.add_argument("--never-ready", action="store_true")
     p.add_argument("--crash-after", type=int, help="die once this many completions have started")
+    p.add_argument("--dead-after", type=int, help="once this many completions have started, answer 500 to every "
+                   "completion and /health, alive (vLLM's API server after its EngineCore died)")
     p.add_argument("--worker", action="store_true")
     p.add_argument("--ignore-sigterm", action="store_true")
     p.add_argument("--pid-file")
@@ -46,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--prefill-s", type=float, default=0.02, help="seconds before the first token")
     p.add_argument("--hold-s", type=float, default=0.01, help="seconds a finished request keeps its blocks")
     p.add_argument("--served-model-name", default="fake")
+    p.add_argument("--metrics-extra", help="a file of recorded /metrics lines served as they are (cache_config_info)")
     return p.parse_args(argv)
 
 
@@ -58,9 +61,11 @@ class State:
         self.waiting = 0
         self.started = 0
         self.next_id = 0
+        self.dead = False
         self.peak_usage = 0.0
         self.ttft: list[float] = []
         self.tpot: list[float] = []
+        self.request_tpot: list[float] = []
         self.ready_at = time.monotonic() + args.startup_s
 
     def usage(self) -> float:
@@ -95,12 +100,16 @@ def metrics_text(state: State) -> str:
             f"vllm:kv_cache_usage_perc{{{labels}}} {state.usage()}",
             "# TYPE vllm:num_preemptions_total counter",
             f"vllm:num_preemptions_total{{{labels}}} 0.0",
-            "# TYPE vllm:cache_config_info gauge",
-            f'vllm:cache_config_info{{block_size="{a.block_size}",cache_dtype="auto",engine="0",'
-            f'num_gpu_blocks="{a.num_blocks}",num_cpu_blocks="None"}} 1.0',
         ]
+        if a.metrics_extra:
+            with open(a.metrics_extra, encoding="utf-8") as f:
+                lines += [line.rstrip("\n") for line in f]
+        else:
+            lines.append(f'vllm:cache_config_info{{block_size="{a.block_size}",cache_dtype="auto",engine="0",'
+                         f'num_gpu_blocks="{a.num_blocks}",num_cpu_blocks="None"}} 1.0')
         lines += histogram("vllm:time_to_first_token_seconds", state.ttft, labels)
         lines += histogram("vllm:inter_token_latency_seconds", state.tpot, labels)
+        lines += histogram("vllm:request_time_per_output_token_seconds", state.request_tpot, labels)
     return "\n".join(lines) + "\n"
 
 
@@ -123,7 +132,7 @@ def make_handler(state: State):
         def do_GET(self):
             if self.path == "/health":
                 ok = not state.args.never_ready and time.monotonic() >= state.ready_at
-                self._send(200 if ok else 503, "")
+                self._send(500 if state.dead else 200 if ok else 503, "")
             elif self.path == "/metrics":
                 self._send(200, metrics_text(state), "text/plain; version=0.0.4")
             else:
@@ -134,6 +143,15 @@ def make_handler(state: State):
                 self._send(404, "not found")
                 return
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            with state.lock:
+                if state.args.dead_after is not None and state.started >= state.args.dead_after:
+                    if not state.dead:
+                        sys.stdout.write("ERROR fake engine: EngineCore encountered a fatal error.\n")
+                        sys.stdout.flush()
+                    state.dead = True
+            if state.dead:
+                self._send(500, '{"error": {"message": "EngineCore encountered an issue.", "code": 500}}')
+                return
             prompt, max_tokens = body["prompt"], body["max_tokens"]
             with state.lock:
                 state.started += 1
@@ -173,12 +191,16 @@ def make_handler(state: State):
                         else:
                             state.tpot.append(now - last)
                     last = now
+                    if i == 0:
+                        first = now
                     chunk({"id": f"cmpl-{rid}", "object": "text_completion", "model": body.get("model"),
                            "choices": [{"index": 0, "text": "", "token_ids": [7],
                                         "finish_reason": "length" if i == max_tokens - 1 else None}]})
                 time.sleep(state.args.hold_s)  # the scheduler frees a finished request's blocks at a later step
                 with state.lock:
                     del state.running[rid]
+                    if max_tokens > 1:
+                        state.request_tpot.append((last - first) / (max_tokens - 1))
             chunk({"id": f"cmpl-{rid}", "object": "text_completion", "choices": [],
                    "usage": {"prompt_tokens": len(prompt), "completion_tokens": max_tokens,
                              "total_tokens": len(prompt) + max_tokens}})

@@ -53,8 +53,10 @@ def test_parse_proc_stat_reads_past_a_command_name_with_spaces_and_parentheses()
 
 def test_log_tail_keeps_the_last_non_blank_lines(tmp_path):
     log = tmp_path / "x.log"
-    log.write_bytes(b"one\n\ntwo  \nthree\n\xff four\n\n")
-    assert srv.log_tail(log, 3) == ["two", "three", "\ufffd four"]
+    log.write_bytes(b"one\n\ntwo  \nthree\n\xff four\n\n"
+                    b'INFO:     127.0.0.1:5000 - "GET /health HTTP/1.1" 200 OK\n'
+                    b'INFO: 127.0.0.1 - "POST /v1/completions HTTP/1.1" 500 -\n')
+    assert srv.log_tail(log, 3) == ["two", "three", "\ufffd four"]  # access-log lines left out
     assert srv.log_tail(tmp_path / "none.log") == []
 
 
@@ -109,7 +111,7 @@ def test_a_timeout_tears_down_the_group_worker_included(tmp_path):
         with fake(tmp_path, "--worker", "--never-ready") as server:
             server.wait_ready(1.0)
     assert "was not ready at http://127.0.0.1:" in info.value.reason and "within 1 s" in info.value.reason
-    assert any("Uvicorn running" in line for line in info.value.log_tail)
+    assert any("Uvicorn running" in line for line in info.value.log_tail)  # not an access line: kept
     main, worker = pids(tmp_path)
     assert srv.group_members(server.pgid) == [] and gone(main) and gone(worker)
 

@@ -1,7 +1,7 @@
 """Start an inference engine's HTTP server as a child process, wait for it, and always tear it down.
 
 Contract. `EngineServer(argv, log_path=..., ready_url=...)` is a context manager: `start()` runs
-`argv` in a process group of its own (`start_new_session`), its stdout and stderr appended to
+`argv` in a process group of its own (`start_new_session`), its stdout and stderr written to
 `log_path`; `wait_ready(timeout_s)` polls `ready_url` until it answers 200, and raises `EngineFailed`
 with the log's last lines when the engine exits first (`EngineExited`) or the time runs out
 (`EngineTimeout`); leaving the block, for any reason (an error, a timeout, Ctrl-C as
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -86,8 +87,14 @@ def port_in_use(host: str, port: int) -> bool:
 # ------------------------------------------------------------------ logs and process groups
 
 
+# an HTTP server's access-log line (uvicorn's `INFO: 127.0.0.1:5000 - "GET /health HTTP/1.1" 200 OK`): kvplan's own
+# polling writes many, and they would push the engine's last words out of the tail
+ACCESS_LINE = re.compile(r'"(?:GET|POST|HEAD|PUT|DELETE) /\S* HTTP/[\d.]+"')
+
+
 def log_tail(path: str | os.PathLike, lines: int = LOG_TAIL_LINES) -> list[str]:
-    """The last `lines` non-empty lines of a log file ([] when there is none yet); undecodable bytes replaced."""
+    """The last `lines` non-empty lines of a log file ([] when there is none yet), access-log lines left out
+    (`ACCESS_LINE`); undecodable bytes replaced."""
     try:
         with open(path, "rb") as f:
             text = f.read().decode("utf-8", errors="replace")
@@ -96,7 +103,7 @@ def log_tail(path: str | os.PathLike, lines: int = LOG_TAIL_LINES) -> list[str]:
     kept: deque[str] = deque(maxlen=lines)
     for line in text.splitlines():
         line = line.rstrip()
-        if line:
+        if line and not ACCESS_LINE.search(line):
             kept.append(line)
     return list(kept)
 
@@ -198,7 +205,7 @@ class EngineServer:
 
     def start(self) -> "EngineServer":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "wb")  # this run's log only: a parser reads its first figures
         try:
             self.proc = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self.env,
