@@ -88,6 +88,12 @@ def test_the_recorded_start_and_two_levels_agree_with_the_plan(capsys, fake, tmp
     assert argv[-1] == "--skip-tokenizer-init"  # the folder has no tokenizer
     assert "start-up: kvplan vs vLLM" in r.stdout and "under load" in r.stdout
     assert all(gone(pid) for pid in pids_of(pids))
+    # docs/measure.md names every key of the report, nested ones too
+    import re
+
+    named = set(re.findall(r"`([a-z0-9_]+)`", (HERE.parent / "docs" / "measure.md").read_text()))
+    keys = set(report) | set(report["prediction"]) | set(report["figures"][0]) | set(one)
+    assert sorted(keys - named - {"schema_version", "kvplan_version"}) == []
 
 
 def test_a_figure_off_the_plan_exits_1_naming_it(capsys, fake):
