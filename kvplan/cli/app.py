@@ -192,6 +192,10 @@ def _plot_estimate(path: str, spec, engine: str, base, answers: list, dtypes, tp
     save_plot(path, charts)
 
 
+# vLLM's budget flags: emitted, but a plan without a GPU (the refusal check below) cannot read them
+GPU_ENGINE_OPTIONS = ("kv_cache_memory_bytes", "num_gpu_blocks_override")
+
+
 def _emit(model: str, spec, engine: str, target: str, given, contexts, batches, tps, dtypes, gpu_names, svg) -> None:
     """`estimate --emit ENGINE`: one plan's launch command on stdout (a sweep has one command per point: refused)."""
     from kvplan.plan.emit import EMIT_ENGINES, emit, plan_settings
@@ -213,7 +217,9 @@ def _emit(model: str, spec, engine: str, target: str, given, contexts, batches, 
                                             gpu_bf16_tflops=None, calibration=None, requests_per_s=None,
                                             bandwidth_efficiency=None, compute_efficiency=None, weights_bytes=None,
                                             gpu_memory_utilization=None, output_tokens=None, max_num_seqs=None,
-                                            cuda_total_memory=None, dp=1)).cache.refusals
+                                            cuda_total_memory=None, dp=1,
+                                            engine_options={k: v for k, v in s.engine_options.items()
+                                                            if k not in GPU_ENGINE_OPTIONS})).cache.refusals
     if refusals:
         raise InputError(f"--emit {target}: {engine} would refuse this plan: {refusals[0]}")
     settings = plan_settings(context=s.context, batch=s.batch, kv_cache_dtype=s.kv_cache_dtype, tp=s.tp, pp=s.pp,

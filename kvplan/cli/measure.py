@@ -30,6 +30,17 @@ class RunDtype(str, Enum):
     fp32 = "fp32"
 
 
+class MeasureEngine(str, Enum):
+    torch = "torch"
+    vllm = "vllm"
+
+
+def _help(key: str) -> str:
+    from kvplan.options import BY_KEY
+
+    return BY_KEY[key].help
+
+
 class MeasureFormat(str, Enum):
     table = "table"
     json = "json"
@@ -75,11 +86,70 @@ def register(app: typer.Typer) -> None:
         exact: O.bytes = False,
         tp: O.tp = "1",
         pp: O.pp = "1",
-        timeout: Annotated[float, typer.Option("--timeout", help="With --tp/--pp: seconds before a run that has not finished is stopped, every rank torn down, and the rank named (exit 1).")] = 600.0,
+        timeout: Annotated[float, typer.Option("--timeout", help="With --tp/--pp: seconds before a run that has not finished is stopped, every rank torn down, and the rank named (exit 1); with --engine: seconds the engine may take to be ready.")] = 600.0,
+        engine: Annotated[MeasureEngine, typer.Option("--engine", help="torch: kvplan's own decoder; vllm: start the installed vLLM with the plan's flags (as --emit vllm prints them) and compare what it decides and how it serves with the plan.")] = None,
+        vllm_python: Annotated[Optional[str], typer.Option("--vllm-python", help="--engine vllm: the python of vLLM's virtualenv (default: --vllm, else vllm on PATH).", show_default=False)] = None,
+        vllm: Annotated[Optional[str], typer.Option("--vllm", help="--engine vllm: vLLM's `vllm` script.", show_default=False)] = None,
+        vllm_arg: Annotated[Optional[list[str]], typer.Option("--vllm-arg", help="--engine vllm: one more word for `vllm serve` (repeat it), e.g. --vllm-arg=--enforce-eager.", show_default=False)] = None,
+        port: Annotated[Optional[int], typer.Option("--port", help="--engine: the engine's port (default: a free one).", show_default=False)] = None,
+        concurrency: Annotated[Optional[str], typer.Option("--concurrency", help="--engine: requests in flight, one load level per value (1,4,16); none: start-up figures only.", show_default=False)] = None,
+        requests: Annotated[Optional[int], typer.Option("--requests", help="--engine: requests sent per level (default: twice the level).", show_default=False)] = None,
+        engine_log: Annotated[Optional[str], typer.Option("--engine-log", help="--engine: where the engine's log is written (default: a file in $TMPDIR, named on stderr).", show_default=False)] = None,
+        save_calibration: Annotated[Optional[str], typer.Option("--save-calibration", metavar="FILE", help="--engine: write the measured decode bandwidth as JSON; `estimate --calibration FILE` then plans with it.", show_default=False)] = None,
+        prompt_tokens: O.prompt_tokens = None,
+        output_tokens: O.output_tokens = None,
+        workload: O.workload = None,
+        block_size: O.block_size = None,
+        max_num_batched_tokens: O.max_num_batched_tokens = None,
+        kv_cache_memory_bytes: O.kv_cache_memory_bytes = None,
+        enable_prefix_caching: Annotated[Optional[bool], typer.Option("--enable-prefix-caching/--no-enable-prefix-caching", help=_help("enable_prefix_caching"), show_default=False)] = None,
+        gpu_memory_utilization: O.gpu_memory_utilization = None,
+        state_dtype: O.state_dtype = None,
+        gpu: O.gpu = None,
+        gpu_memory: O.gpu_memory = None,
+        gpu_bandwidth: O.gpu_bandwidth = None,
+        gpu_bf16_tflops: O.gpu_bf16_tflops = None,
     ) -> None:
         """Build MODEL with random weights, run a real prefill and cached decode, and compare with the prediction."""
         from kvplan.cli import render
         from kvplan.sources.catalog import resolve_spec
+
+        engine_flags = {"--vllm-python": vllm_python, "--vllm": vllm, "--vllm-arg": vllm_arg or None, "--port": port,
+                        "--concurrency": concurrency, "--requests": requests, "--engine-log": engine_log,
+                        "--save-calibration": save_calibration, "--prompt-tokens": prompt_tokens,
+                        "--output-tokens": output_tokens, "--workload": workload, "--block-size": block_size,
+                        "--max-num-batched-tokens": max_num_batched_tokens,
+                        "--kv-cache-memory-bytes": kv_cache_memory_bytes,
+                        "--enable-prefix-caching": enable_prefix_caching,
+                        "--gpu-memory-utilization": gpu_memory_utilization, "--state-dtype": state_dtype,
+                        "--gpu": gpu, "--gpu-memory": gpu_memory, "--gpu-bandwidth": gpu_bandwidth,
+                        "--gpu-bf16-tflops": gpu_bf16_tflops}
+        if engine is None or engine is MeasureEngine.torch:
+            given = [flag for flag, value in engine_flags.items() if value is not None]
+            if given:  # never ignored in silence
+                raise InputError(f"{given[0]} is a flag of `measure --engine vllm` (the real engine); add --engine vllm")
+        else:
+            if json_path is not None and output is not None:
+                raise InputError("--json is the old spelling of --output; give one of them")
+            run_flags = {"--layers": layers, "--tolerance": tolerance, "--verify": verify or None,
+                         "--tp": None if tp == "1" else tp, "--pp": None if pp == "1" else pp}
+            given = [flag for flag, value in run_flags.items() if value is not None]
+            if given:
+                raise InputError(f"{given[0]} is a flag of kvplan's own torch run, not of --engine {engine.value}")
+            from kvplan.cli.measure_engine import run_engine
+
+            run_engine(model=model, engine=engine.value, context=context, batch=batch, kv_cache_dtype=kv_cache_dtype,
+                       dtype=dtype.value, device=device.value, seed=seed, timeout=timeout,
+                       out_path=Path(json_path or output) if (json_path or output) else None,
+                       out_flag="--json" if json_path is not None else "--output", fmt=fmt, force=force,
+                       vllm_python=vllm_python, vllm=vllm, vllm_args=list(vllm_arg or ()), port=port,
+                       concurrency=concurrency, requests=requests, prompt_tokens=prompt_tokens,
+                       output_tokens=output_tokens, workload=workload, block_size=block_size,
+                       max_num_batched_tokens=max_num_batched_tokens, kv_cache_memory_bytes=kv_cache_memory_bytes,
+                       enable_prefix_caching=enable_prefix_caching, gpu_memory_utilization=gpu_memory_utilization,
+                       state_dtype=state_dtype, gpu=gpu, gpu_memory=gpu_memory, gpu_bandwidth=gpu_bandwidth,
+                       gpu_bf16_tflops=gpu_bf16_tflops, save_calibration=save_calibration, engine_log=engine_log)
+            return
 
         if tolerance is not None and not tolerance >= 0:
             raise InputError(f"--tolerance {tolerance}: give a fraction of 0 or more, e.g. 0.05")

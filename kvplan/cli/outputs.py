@@ -121,6 +121,7 @@ CHECK_MARKDOWN = ReportKind("a kvplan check Markdown report", _is_check_markdown
 CHECK_GITHUB = ReportKind("a file of GitHub workflow annotations", _is_github_annotations)
 CHECK_TABLE = ReportKind("a kvplan check table", _is_check_table)
 MEASURE_JSON = ReportKind("a kvplan measure JSON report", _json_with_keys("kvplan_version", "model", "runs"))
+ENGINE_JSON = ReportKind("a kvplan measure --engine JSON report", _json_with_keys("kvplan_version", "model", "levels"))
 SPEC_YAML = ReportKind("a spec", None)
 
 

@@ -8,6 +8,9 @@ Modules:
 - `model`: the decoder (every attention kind, state layers, RMSNorm, SwiGLU MLP).
 - `readings`: NVML, torch allocator, resident memory, copy bandwidth, timers.
 - `run`: the orchestration; returns a frozen `MeasureReport` (`report`).
+- `server`, `load`: an engine's HTTP server as a child process group (always torn down) and the
+  streaming OpenAI-compatible client and /metrics poller that load it (standard library only).
+- `engine_vllm`: `measure --engine vllm`, the real vLLM started with the plan's flags and held to it.
 
 torch is imported by `cache`, `model`, `readings` and `run` only; `predict` and
 `report` stay importable without it, and nothing here is imported by

@@ -1,4 +1,8 @@
-"""Feeding `kvplan measure` results back into the planner (`--calibration report.json`)."""
+"""Feeding `kvplan measure` results back into the planner (`--calibration report.json`).
+
+Three kinds of file: a `kvplan measure -o` report (kvplan's own torch decode: `read_calibration`), an
+`explain --save-calibration` file (vLLM's logged budget terms: `read_log_calibration`) and a
+`measure --engine vllm --save-calibration` file (the real engine's decode bandwidth: `read_engine_calibration`)."""
 
 from __future__ import annotations
 
@@ -106,5 +110,47 @@ def bandwidth_efficiency(calibration: Calibration, gpu_name: str, peak_gbps: flo
         raise InputError(
             f"{where}: {calibration.achieved_gbps:,.0f} GB/s achieved is above {gpu_name}'s "
             f"{peak_gbps:,.0f} GB/s peak, so the report is not from this GPU (or its peak is wrong)"
+        )
+    return efficiency
+
+
+# what `measure --engine vllm --save-calibration` writes (kvplan.measure.engine_vllm.calibration)
+ENGINE_CALIBRATION_KIND = "kvplan engine calibration"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCalibration:
+    """The decode bandwidth a real engine achieved: kvplan's bytes per decode step over its measured TPOT."""
+
+    path: str
+    decode_bandwidth_gbps: float  # 1e9 B/s
+    engine: str
+    device: str
+
+
+def read_engine_calibration(path: str) -> Optional[EngineCalibration]:
+    """A `measure --engine ... --save-calibration` file; None for any other file (read by the other readers)."""
+    try:
+        data = loads_json(read_text(Path(path)))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("kind") != ENGINE_CALIBRATION_KIND:
+        return None
+    value = data.get("decode_bandwidth_gbps")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise InputError(f"--calibration {path}: 'decode_bandwidth_gbps' must be a number above 0; write it again "
+                         "with `kvplan measure MODEL --engine vllm --concurrency N --save-calibration FILE`")
+    return EngineCalibration(path, float(value), str(data.get("engine") or "?"), str(data.get("device") or "?"))
+
+
+def engine_bandwidth_efficiency(calibration: EngineCalibration, gpu_name: str, peak_gbps: float) -> float:
+    """Measured / peak: the efficiency that makes the planner's decode step the engine's measured one on a
+    device of `peak_gbps` (the machine it ran on, as --gpu or --gpu-bandwidth describes it). Above 1 is refused:
+    the engine read faster than the device's peak, so the file is not from this device."""
+    efficiency = calibration.decode_bandwidth_gbps / peak_gbps
+    if efficiency > 1.0:
+        raise InputError(
+            f"--calibration {calibration.path}: {calibration.engine} decoded at {calibration.decode_bandwidth_gbps:,.3g} "
+            f"GB/s, above {gpu_name}'s {peak_gbps:,.3g} GB/s peak, so it was not measured on this device"
         )
     return efficiency

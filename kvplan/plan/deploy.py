@@ -260,8 +260,12 @@ def plan_options(
 def calibrated_efficiency(calibration: str, gpu: GPU) -> float:
     """The bandwidth efficiency a `kvplan measure -o` JSON report implies on `gpu`: achieved / peak
     (InputError when the report was measured elsewhere: see calibration.bandwidth_efficiency)."""
-    from kvplan.plan.calibration import bandwidth_efficiency, read_calibration
+    from kvplan.plan.calibration import (bandwidth_efficiency, engine_bandwidth_efficiency, read_calibration,
+                                         read_engine_calibration)
 
+    engine = read_engine_calibration(calibration)
+    if engine is not None:  # `measure --engine vllm --save-calibration`: the engine's decode on this machine
+        return engine_bandwidth_efficiency(engine, gpu.name, gpu.memory_bandwidth_gbps)
     return bandwidth_efficiency(read_calibration(calibration), gpu.name, gpu.memory_bandwidth_gbps, gpu.nvml_name)
 
 

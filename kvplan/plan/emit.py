@@ -119,6 +119,14 @@ VLLM: dict[str, Rule] = {
     "max_num_batched_tokens": _always("--max-num-batched-tokens"),
     "dtype": _vllm_dtype,
     "state_dtype": _vllm_state,
+    # vLLM's own flags kvplan's vllm rules read (kvplan.options' "vllm" options), in vLLM's spelling
+    "kv_cache_memory_bytes": _always("--kv-cache-memory-bytes"),
+    "enable_prefix_caching": lambda value, ctx: ["--enable-prefix-caching" if value else "--no-enable-prefix-caching"],
+    "mamba_cache_mode": _always("--mamba-cache-mode"),
+    "num_gpu_blocks_override": _always("--num-gpu-blocks-override"),
+    "disable_hybrid_kv_cache_manager": _switch("--disable-hybrid-kv-cache-manager"),
+    # the release and the platform are the installed vLLM's, not flags: kvplan's rules follow them
+    "vllm_version": lambda value, ctx: [], "vllm_device": lambda value, ctx: [],
 }
 
 

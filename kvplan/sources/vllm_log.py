@@ -146,7 +146,8 @@ _LINE_RULES: tuple[tuple[tuple[str, ...], re.Pattern], ...] = tuple(
         (("max_num_batched_tokens",), r"Chunked prefill is enabled with max_num_batched_tokens=(\d+)"),
         (("refusal",), r"(The model's max seq len \(\d+\) is larger than the maximum number of tokens that can be "
                        r"stored in KV cache \(\d+\)\..*)$"),
-        (("refusal",), r"(To serve at least one request with the models's max seq len \(\d+\).*)$"),
+        # "models's" to 0.2x, "model's" in 0.32 (v1/core/kv_cache_utils.py check_enough_kv_cache_memory)
+        (("refusal",), r"(To serve at least one request with the models?'s max seq len \(\d+\).*)$"),
         (("refusal",), r"(No available memory for the cache blocks\..*)$"),
     )
 )
