@@ -353,6 +353,7 @@ BASE_ARGS = {
                "--output-tokens", "100"],
     "gpus": [],
     "explain": [LOG, "llama-3.1-8b"],
+    "measure": ["llama-3.1-8b", "--engine", "vllm"],
 }
 
 
@@ -390,7 +391,8 @@ def test_every_command_that_takes_a_group_flag_reads_it_alike(capsys):
     """Walk every command's parameters: a size, token count or single count of the flag groups
     (kvplan.options GPU_FIGURES, WEIGHTS, BUDGET) is refused in the same words wherever it is taken."""
     walked = _group_params()
-    assert {name for name, _ in walked} == {"estimate", "compare", "diff", "search", "gpus", "explain"}
+    assert {name for name, _ in walked} == {"estimate", "compare", "diff", "search", "gpus", "explain",
+                                                 "measure"}
     assert ("search", "activation_memory") in walked and ("diff", "cuda_total_memory") in walked
     for name, key in walked:
         from kvplan.options import BY_KEY

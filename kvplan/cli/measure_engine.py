@@ -104,12 +104,14 @@ def run_engine(*, model: str, engine: str, context: str, batch: str, kv_cache_dt
     from kvplan.cli import outputs, render
     from kvplan.cli.app import one_value, parse_int_list
     from kvplan.measure.engine_vllm import VllmRun, calibration, checkpoint_folder, measure_vllm
-    from kvplan.options import parse_option
+    from kvplan.options import parse_option, read_group
     from kvplan.plan.search import fixed_workload, read_workload
     from kvplan.sources.catalog import resolve_spec
 
     if engine != "vllm":
         raise InputError(f"--engine {engine!r}: measure runs kvplan's own torch decoder (torch) or starts vllm")
+    # the flag group's sizes and token counts are refused as every command refuses them, before the model is read
+    read_group({"gpu_memory": gpu_memory, "max_num_batched_tokens": max_num_batched_tokens}, "measure")
     if out_path is not None:
         outputs.check_output(out_path, out_flag, outputs.ENGINE_JSON, inputs=outputs.model_inputs(model, "measured"),
                              force=force)
