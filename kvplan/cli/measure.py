@@ -52,7 +52,10 @@ def register(app: typer.Typer) -> None:
     """Add the `measure` command to `app`."""
     from kvplan.cli.app import ModelArg, one_value, parse_int_list, warn_beyond_positions
 
+    from kvplan.cli.options import engine_flags
+
     @app.command()
+    @engine_flags(after="timeout", engines=("llama.cpp",))  # --engine llama.cpp: the flags `estimate` plans with
     def measure(
         model: ModelArg,
         layers: Annotated[Optional[int], typer.Option("--layers", help="Run only the first K layers (the prediction is for the same K); default all.", show_default=False)] = None,
@@ -75,11 +78,33 @@ def register(app: typer.Typer) -> None:
         exact: O.bytes = False,
         tp: O.tp = "1",
         pp: O.pp = "1",
-        timeout: Annotated[float, typer.Option("--timeout", help="With --tp/--pp: seconds before a run that has not finished is stopped, every rank torn down, and the rank named (exit 1).")] = 600.0,
+        timeout: Annotated[float, typer.Option("--timeout", help="With --tp/--pp: seconds before a run that has not finished is stopped, every rank torn down, and the rank named (exit 1); with --engine: seconds for the server to start, and for each load level.")] = 600.0,
+        engine: Annotated[Optional[str], typer.Option("--engine", help="Measure on the engine itself: llama.cpp starts llama-server with the plan's flags (estimate --emit llama.cpp) and compares what it decides with the prediction.", show_default=False)] = None,
+        llama_server: Annotated[Optional[str], typer.Option("--llama-server", help="The llama-server executable (default: llama-server on PATH).", show_default=False)] = None,
+        concurrency: Annotated[Optional[str], typer.Option("--concurrency", help="With --engine: load levels, requests sent at once (comma list, e.g. 1,4); none: the start-up check only.", show_default=False)] = None,
+        prompt_tokens: O.prompt_tokens = None,
+        output_tokens: O.output_tokens = None,
+        port: Annotated[Optional[int], typer.Option("--port", help="With --engine: the server's port (default: a free one).", show_default=False)] = None,
+        threads: Annotated[Optional[int], typer.Option("--threads", help="With --engine llama.cpp: llama-server's --threads (default: its own).", show_default=False)] = None,
+        gpu_bandwidth: O.gpu_bandwidth = None,
+        save_calibration: Annotated[Optional[Path], typer.Option("--save-calibration", help="With --engine and --concurrency: write the achieved decode bandwidth as a file estimate --calibration reads.", show_default=False, metavar="FILE")] = None,
+        **engine_options: object,
     ) -> None:
         """Build MODEL with random weights, run a real prefill and cached decode, and compare with the prediction."""
         from kvplan.cli import render
         from kvplan.sources.catalog import resolve_spec
+
+        if engine is not None:
+            return _measure_engine(model, engine, context, batch, kv_cache_dtype, engine_options, llama_server,
+                                   concurrency, prompt_tokens, output_tokens, timeout, port, threads, gpu_bandwidth,
+                                   output or json_path, "--json" if json_path is not None else "--output", force,
+                                   save_calibration, fmt, exact)
+        given = [flag for flag, value in (("--llama-server", llama_server), ("--concurrency", concurrency),
+                                          ("--port", port), ("--threads", threads),
+                                          ("--save-calibration", save_calibration)) if value is not None]
+        given += [f"--{k.replace('_', '-')}" for k, v in engine_options.items() if v is not None]
+        if given:
+            raise InputError(f"{given[0]} is for a run on the engine itself: add --engine llama.cpp")
 
         if tolerance is not None and not tolerance >= 0:
             raise InputError(f"--tolerance {tolerance}: give a fraction of 0 or more, e.g. 0.05")
@@ -146,6 +171,42 @@ def register(app: typer.Typer) -> None:
         if failures:
             limit = f" beyond --tolerance {tolerance:g}" if tolerance is not None else ""
             raise KvplanError(f"{len(failures)} reading(s){limit}: " + "; ".join(failures), exit_code=1)
+
+
+def _measure_engine(model, engine, context, batch, kv_cache_dtype, engine_options, llama_server, concurrency,
+                    prompt_tokens, output_tokens, timeout, port, threads, gpu_bandwidth, output, out_flag, force,
+                    save_calibration, fmt, exact) -> None:
+    """`measure --engine llama.cpp`: the plan on the real llama-server (kvplan.cli.measure_llamacpp)."""
+    from kvplan.cli import render
+    from kvplan.cli.parsing import parse_int_list, token_flag
+    from kvplan.options import given_engine_options, one_value
+
+    if engine != "llama.cpp":
+        raise InputError(f"--engine {engine!r}: measure runs llama.cpp (llama-server) on the engine itself")
+    out_path = Path(output) if output is not None else None
+    if out_path is not None:
+        from kvplan.cli.outputs import MEASURE_JSON, check_output, model_inputs
+
+        check_output(out_path, out_flag, MEASURE_JSON, inputs=model_inputs(model, "measured"), force=force)
+    if save_calibration is not None:
+        from kvplan.cli.outputs import MEASURE_JSON, check_output, model_inputs
+
+        check_output(save_calibration, "--save-calibration", MEASURE_JSON, inputs=model_inputs(model, "measured"),
+                     force=force)
+    levels = parse_int_list(concurrency, "--concurrency") if concurrency is not None else []
+    if any(c < 1 for c in levels):
+        raise InputError(f"--concurrency {concurrency}: each level is at least 1 request")
+    err = render.console(stderr=True)
+    from kvplan.cli.measure_llamacpp import measure_llamacpp
+
+    measure_llamacpp(model, context=one_value("context", context, "measure --engine"),
+                     batch=one_value("batch", batch, "measure --engine"), kv_cache_dtype=kv_cache_dtype,
+                     engine_options=dict(given_engine_options(engine_options)),
+                     llama_server=llama_server, concurrency=levels,
+                     prompt_tokens=token_flag(prompt_tokens, "--prompt-tokens") or 128,
+                     output_tokens=token_flag(output_tokens, "--output-tokens") or 32, timeout=timeout, port=port,
+                     threads=threads, gpu_bandwidth=gpu_bandwidth, out_path=out_path, out_flag=out_flag,
+                     save_calibration=save_calibration, fmt=fmt, exact=exact, progress=lambda m: err.print(m))
 
 
 def _show(data: dict, out_path, out_flag, fmt, tables) -> None:
