@@ -91,7 +91,7 @@ def test_hybrid_recurrent_state_line():
 
 
 @pytest.mark.parametrize("rid, first", [
-    ("q8-refused", "llama_init_from_model: K cache type q8_0 with block size 32 does not divide n_embd_head_k=16"),
+    ("q8-cache", "llama_init_from_model: K cache type q8_0 with block size 32 does not divide n_embd_head_k=16"),
     ("qv-fa-off-refused", "llama_init_from_model: quantized V cache requires flash_attn to be enabled"),
 ])
 def test_refused_starts_keep_their_error_lines(rid, first):
@@ -110,3 +110,17 @@ def test_a_log_without_levels_is_read_by_its_words():
     log = parse_llamacpp_log(text)
     assert log.n_ctx == 4096 and log.kv_caches[0].type_k == "q8_0" and log.kv_caches[0].k_mib == 34.0
     assert log.errors == ("some info line that does not support anything", "error: invalid argument: --cache-type-k q3")
+
+
+def test_quantized_cache_rows_and_flash_attention_turned_on():
+    # llama-hd32, -ctk q8_0 -ctv q8_0: a quantized V cache turns flash attention on (src/llama-context.cpp
+    # llama_init_from_model, "enabling flash_attn since it is required for quantized V cache"); a K row of 2 KV heads
+    # x 32 = 64 values is 2 q8_0 blocks of 34 B (ggml-common.h block_q8_0) = 68 B: 2 layers x 1024 cells x 2 streams
+    # x 68 B = 278,528 B = 0.265625 MiB ("0.27") each of K and V, 0.53125 together ("0.53")
+    log = parse_llamacpp_log(log_of("llama-hd32", "q8-cache"))
+    (kv,) = log.kv_caches
+    assert (log.flash_attn, kv.type_k, kv.k_mib, kv.type_v, kv.v_mib, kv.size_mib) == (
+        "enabled", "q8_0", 0.27, "q8_0", 0.27, 0.53)
+    # -ctk q4_0: 2 blocks of 18 B = 36 B a row: 147,456 B = 0.140625 MiB ("0.14"); V q8_0 as above; 0.40625 ("0.41")
+    (kv,) = parse_llamacpp_log(log_of("llama-hd32", "q4k-q8v")).kv_caches
+    assert (kv.type_k, kv.k_mib, kv.type_v, kv.v_mib, kv.size_mib) == ("q4_0", 0.14, "q8_0", 0.27, 0.41)

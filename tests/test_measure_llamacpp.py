@@ -115,7 +115,7 @@ def test_the_calibration_file_is_read_by_estimate(fake):
 def test_a_refused_start_in_the_predicted_words_exits_0(fake):
     exe, env, tmp = fake
     r = kvplan([GQA, "--engine", "llama.cpp", "--llama-server", exe, "--context", "1024", "--batch", "2",
-                "--cache-type-k", "q8_0", "--cache-type-v", "q8_0", "--format", "json"], env("refuse", "q8-refused"))
+                "--cache-type-k", "q8_0", "--cache-type-v", "q8_0", "--format", "json"], env("refuse", "q8-cache"))
     assert r.returncode == 0, r.stderr
     check = json.loads(r.stdout)["checks"][0]
     assert check["figure"] == "refusal" and check["agrees"]
@@ -127,7 +127,7 @@ def test_a_refused_start_in_the_predicted_words_exits_0(fake):
 def test_an_unpredicted_refusal_exits_1_with_the_engine_words(fake):
     exe, env, tmp = fake
     r = kvplan([GQA, "--engine", "llama.cpp", "--llama-server", exe, "--context", "1024", "--batch", "2"],
-               env("refuse", "q8-refused"))
+               env("refuse", "q8-cache"))
     assert r.returncode == 1
     assert "refusal: predicted None, llama-server" in r.stderr and "does not divide" in r.stderr
 

@@ -2,10 +2,11 @@
 
     python tools/llamacpp_models.py OUT_DIR      # needs `pip install gguf` (llama.cpp's gguf-py, 0.19.0 here)
 
-Three architectures, one per llama.cpp KV memory kind (tests/fixtures/llamacpp_real/ records what
-llama-server made of each):
+Three architectures, one per llama.cpp KV memory kind, and a second llama whose heads a quantized cache's block
+divides (tests/fixtures/llamacpp_real/ records what llama-server made of each):
 
 - `llama-gqa.gguf`: llama, 2 layers, 4 query heads over 2 KV heads of 16 (one `llama_kv_cache`);
+- `llama-hd32.gguf`: the same with heads of 32 (q8_0 and q4_0 caches: 32-value blocks);
 - `gemma2-swa.gguf`: gemma2, 4 layers alternating sliding (window 128) and global, 4 heads over 2 KV heads of 16
   (`llama_kv_cache_iswa`: a non-SWA and a SWA cache);
 - `jamba-hybrid.gguf`: jamba, 4 layers, the second attention (head_count_kv 0 elsewhere: Mamba-1 blocks, d_inner
@@ -80,12 +81,12 @@ def _tensors(w, rng, names: dict[str, tuple[int, ...]]) -> None:
         w.add_tensor(name, data)
 
 
-def _attention(i: int, q_heads: int = HEADS) -> dict[str, tuple[int, ...]]:
+def _attention(i: int, q_heads: int = HEADS, head_dim: int = HEAD_DIM) -> dict[str, tuple[int, ...]]:
     return {
-        f"blk.{i}.attn_q.weight": (q_heads * HEAD_DIM, HIDDEN),
-        f"blk.{i}.attn_k.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
-        f"blk.{i}.attn_v.weight": (KV_HEADS * HEAD_DIM, HIDDEN),
-        f"blk.{i}.attn_output.weight": (HIDDEN, q_heads * HEAD_DIM),
+        f"blk.{i}.attn_q.weight": (q_heads * head_dim, HIDDEN),
+        f"blk.{i}.attn_k.weight": (KV_HEADS * head_dim, HIDDEN),
+        f"blk.{i}.attn_v.weight": (KV_HEADS * head_dim, HIDDEN),
+        f"blk.{i}.attn_output.weight": (HIDDEN, q_heads * head_dim),
     }
 
 
@@ -115,6 +116,22 @@ def llama_gqa(path: Path) -> None:
     for i in range(layers):
         names.update({f"blk.{i}.attn_norm.weight": (HIDDEN,)}, **_attention(i), **_mlp(i))
     _tensors(w, np.random.default_rng(0), names)
+    _finish(w)
+
+
+def llama_hd32(path: Path) -> None:
+    """The GQA llama with heads of 32: a q8_0 / q4_0 block (32 values) divides them, so quantized caches start."""
+    layers, head_dim = 2, 32
+    w = _writer(path, "llama", layers)
+    w.add_head_count_kv(KV_HEADS)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_rope_dimension_count(head_dim)
+    w.add_vocab_size(VOCAB)
+    names = {"token_embd.weight": (VOCAB, HIDDEN), "output_norm.weight": (HIDDEN,), "output.weight": (VOCAB, HIDDEN)}
+    for i in range(layers):
+        names.update({f"blk.{i}.attn_norm.weight": (HIDDEN,)}, **_attention(i, head_dim=head_dim), **_mlp(i))
+    _tensors(w, np.random.default_rng(3), names)
     _finish(w)
 
 
@@ -172,7 +189,7 @@ def jamba_hybrid(path: Path) -> None:
     _finish(w)
 
 
-MODELS = {"llama-gqa": llama_gqa, "gemma2-swa": gemma2_swa, "jamba-hybrid": jamba_hybrid}
+MODELS = {"llama-gqa": llama_gqa, "llama-hd32": llama_hd32, "gemma2-swa": gemma2_swa, "jamba-hybrid": jamba_hybrid}
 
 
 def main(argv: list[str]) -> int:

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 FIXTURES = ROOT / "tests" / "fixtures" / "llamacpp_real"
-MODELS = ("llama-gqa", "gemma2-swa", "jamba-hybrid")
+MODELS = ("llama-gqa", "llama-hd32", "gemma2-swa", "jamba-hybrid")
 
 # (id, context, batch, kv_cache_dtype, llama.cpp options): each point moves one rule
 GRID = (
@@ -37,7 +37,8 @@ GRID = (
     ("swa-full", 1024, 2, "auto", {"swa_full": True}),
     ("f32-cache", 1024, 2, "auto", {"cache_type_k": "f32", "cache_type_v": "f32"}),
     ("beyond-train", 12288, 1, "auto", {}),
-    ("q8-refused", 1024, 2, "auto", {"cache_type_k": "q8_0", "cache_type_v": "q8_0"}),
+    ("q8-cache", 1024, 2, "auto", {"cache_type_k": "q8_0", "cache_type_v": "q8_0"}),  # refused on heads of 16
+    ("q4k-q8v", 1024, 2, "auto", {"cache_type_k": "q4_0", "cache_type_v": "q8_0", "flash_attn": "on"}),
     ("qv-fa-off-refused", 1024, 2, "auto", {"cache_type_v": "q8_0", "flash_attn": "off"}),
 )
 

@@ -10,6 +10,7 @@ prediction or the engine refused a start kvplan did not predict; exit 0 when bot
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -70,8 +71,13 @@ def measure_llamacpp(model: str, *, context: int, batch: int, kv_cache_dtype: st
                             timeout_s=timeout))
                     finally:
                         poller.stop()
-                    srv.check_alive()  # EngineExited with its last log lines: killed or crashed mid-level
                     failed = [r.error for r in results if r.error]
+                    if failed:  # a server killed mid-level drops its connections just before it is seen to exit
+                        try:
+                            srv.proc.wait(timeout=5)
+                        except subprocess.TimeoutExpired:
+                            pass
+                    srv.check_alive()  # EngineExited with its last log lines: killed or crashed mid-level
                     if failed:
                         raise EngineFailed(f"{len(failed)} of {c} request(s) failed at concurrency {c}: {failed[0]}",
                                            srv.tail())
