@@ -22,7 +22,10 @@ COMMAND_OWN = {
     "explain": {"save_calibration"},  # the measured terms of the log (kvplan.plan.explain.calibration)
     # a run on this machine: torch dtypes and run controls, not a deployment's (kvplan.measure)
     "measure": {"layers", "decode_steps", "warmup_steps", "max_rounds", "dtype", "kv_cache_dtype", "device", "seed",
-                "cuda_graphs", "verify", "tolerance", "timeout"},  # --timeout: how long the --tp/--pp ranks may run
+                "cuda_graphs", "verify", "tolerance", "timeout",  # --timeout: how long the --tp/--pp ranks may run
+                # --engine llama.cpp: a run on llama-server itself (which engine runs, where it is, its port and
+                # threads, the load levels, the calibration file; kvplan.cli.measure_llamacpp)
+                "engine", "llama_server", "concurrency", "port", "threads", "save_calibration"},
     "search": {"limit"},  # how many rows of the front to print
 }
 
