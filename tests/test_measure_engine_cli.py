@@ -174,7 +174,7 @@ def test_a_port_in_use_is_named(capsys, fake):
 def test_engine_flags_without_the_engine_are_refused(capsys):
     r = run_cli(capsys, "measure", MODEL, "--concurrency", "4")
     assert r.exit_code == 2
-    assert r.stderr == "error: --concurrency is a flag of `measure --engine vllm` (the real engine); add --engine vllm\n"
+    assert r.stderr == "error: --concurrency is for a run on the engine itself: add --engine vllm or --engine llama.cpp\n"
     r = run_cli(capsys, "measure", MODEL, "--engine", "vllm", "--layers", "1")
     assert r.stderr == "error: --layers is a flag of kvplan's own torch run, not of --engine vllm\n"
 

@@ -23,9 +23,10 @@ COMMAND_OWN = {
     # a run on this machine: torch dtypes and run controls, not a deployment's (kvplan.measure)
     "measure": {"layers", "decode_steps", "warmup_steps", "max_rounds", "dtype", "kv_cache_dtype", "device", "seed",
                 "cuda_graphs", "verify", "tolerance", "timeout",  # --timeout: how long the --tp/--pp ranks may run
-                # --engine vllm: which engine, where it is, how it is loaded (kvplan.measure.engine_vllm)
+                # --engine vllm / llama.cpp: which engine, where it is, how it is loaded (kvplan.measure.engine_vllm,
+                # kvplan.cli.measure_llamacpp: llama-server's path and threads)
                 "engine", "vllm_python", "vllm", "vllm_arg", "port", "concurrency", "requests", "engine_log",
-                "save_calibration"},
+                "save_calibration", "llama_server", "threads"},
     "search": {"limit"},  # how many rows of the front to print
 }
 

@@ -33,6 +33,7 @@ class RunDtype(str, Enum):
 class MeasureEngine(str, Enum):
     torch = "torch"
     vllm = "vllm"
+    llamacpp = "llama.cpp"
 
 
 def _help(key: str) -> str:
@@ -63,7 +64,10 @@ def register(app: typer.Typer) -> None:
     """Add the `measure` command to `app`."""
     from kvplan.cli.app import ModelArg, one_value, parse_int_list, warn_beyond_positions
 
+    from kvplan.cli.options import engine_flags
+
     @app.command()
+    @engine_flags(after="timeout", engines=("llama.cpp",))  # --engine llama.cpp: the flags `estimate` plans with
     def measure(
         model: ModelArg,
         layers: Annotated[Optional[int], typer.Option("--layers", help="Run only the first K layers (the prediction is for the same K); default all.", show_default=False)] = None,
@@ -87,7 +91,7 @@ def register(app: typer.Typer) -> None:
         tp: O.tp = "1",
         pp: O.pp = "1",
         timeout: Annotated[float, typer.Option("--timeout", help="With --tp/--pp: seconds before a run that has not finished is stopped, every rank torn down, and the rank named (exit 1); with --engine: seconds the engine may take to be ready.")] = 600.0,
-        engine: Annotated[MeasureEngine, typer.Option("--engine", help="torch: kvplan's own decoder; vllm: start the installed vLLM with the plan's flags (as --emit vllm prints them) and compare what it decides and how it serves with the plan.")] = None,
+        engine: Annotated[MeasureEngine, typer.Option("--engine", help="torch: kvplan's own decoder; vllm: start the installed vLLM with the plan's flags (as --emit vllm prints them) and compare what it decides and how it serves with the plan; llama.cpp: the same with llama-server (as --emit llama.cpp prints its flags).")] = None,
         vllm_python: Annotated[Optional[str], typer.Option("--vllm-python", help="--engine vllm: the python of vLLM's virtualenv (default: --vllm, else vllm on PATH).", show_default=False)] = None,
         vllm: Annotated[Optional[str], typer.Option("--vllm", help="--engine vllm: vLLM's `vllm` script.", show_default=False)] = None,
         vllm_arg: Annotated[Optional[list[str]], typer.Option("--vllm-arg", help="--engine vllm: one more word for `vllm serve` (repeat it), e.g. --vllm-arg=--enforce-eager.", show_default=False)] = None,
@@ -109,6 +113,9 @@ def register(app: typer.Typer) -> None:
         gpu_memory: O.gpu_memory = None,
         gpu_bandwidth: O.gpu_bandwidth = None,
         gpu_bf16_tflops: O.gpu_bf16_tflops = None,
+        llama_server: Annotated[Optional[str], typer.Option("--llama-server", help="--engine llama.cpp: the llama-server executable (default: llama-server on PATH).", show_default=False)] = None,
+        threads: Annotated[Optional[int], typer.Option("--threads", help="--engine llama.cpp: llama-server's --threads (default: its own).", show_default=False)] = None,
+        **engine_options: object,
     ) -> None:
         """Build MODEL with random weights, run a real prefill and cached decode, and compare with the prediction."""
         from kvplan.cli import render
@@ -124,11 +131,37 @@ def register(app: typer.Typer) -> None:
                         "--gpu-memory-utilization": gpu_memory_utilization, "--state-dtype": state_dtype,
                         "--gpu": gpu, "--gpu-memory": gpu_memory, "--gpu-bandwidth": gpu_bandwidth,
                         "--gpu-bf16-tflops": gpu_bf16_tflops}
+        llama_flags = {"--llama-server": llama_server, "--threads": threads}
+        llama_flags.update({f"--{k.replace('_', '-')}": v for k, v in engine_options.items()})
+        shared = ("--port", "--concurrency", "--save-calibration", "--prompt-tokens", "--output-tokens",
+                  "--gpu-bandwidth")  # a run on either engine reads these
+        given_vllm = [flag for flag, value in engine_flags.items() if value is not None]
+        given_llama = [flag for flag, value in llama_flags.items() if value is not None]
         if engine is None or engine is MeasureEngine.torch:
-            given = [flag for flag, value in engine_flags.items() if value is not None]
+            given = given_vllm + given_llama
             if given:  # never ignored in silence
-                raise InputError(f"{given[0]} is a flag of `measure --engine vllm` (the real engine); add --engine vllm")
+                flag = given[0]
+                if flag in shared:
+                    raise InputError(f"{flag} is for a run on the engine itself: add --engine vllm or --engine llama.cpp")
+                if flag in llama_flags:
+                    raise InputError(f"{flag} is for a run on the engine itself: add --engine llama.cpp")
+                raise InputError(f"{flag} is a flag of `measure --engine vllm` (the real engine); add --engine vllm")
+        elif engine is MeasureEngine.llamacpp:
+            run_flags = {"--layers": layers, "--tolerance": tolerance, "--verify": verify or None,
+                         "--tp": None if tp == "1" else tp, "--pp": None if pp == "1" else pp}
+            given = [flag for flag, value in run_flags.items() if value is not None]
+            if given:
+                raise InputError(f"{given[0]} is a flag of kvplan's own torch run, not of --engine llama.cpp")
+            given = [flag for flag in given_vllm if flag not in shared]
+            if given:
+                raise InputError(f"{given[0]} is a flag of `measure --engine vllm`, not of --engine llama.cpp")
+            return _measure_engine(model, engine.value, context, batch, kv_cache_dtype, engine_options, llama_server,
+                                   concurrency, prompt_tokens, output_tokens, timeout, port, threads, gpu_bandwidth,
+                                   output or json_path, "--json" if json_path is not None else "--output", force,
+                                   Path(save_calibration) if save_calibration is not None else None, fmt, exact)
         else:
+            if given_llama:
+                raise InputError(f"{given_llama[0]} is a flag of `measure --engine llama.cpp`, not of --engine vllm")
             if json_path is not None and output is not None:
                 raise InputError("--json is the old spelling of --output; give one of them")
             run_flags = {"--layers": layers, "--tolerance": tolerance, "--verify": verify or None,
@@ -203,6 +236,42 @@ def register(app: typer.Typer) -> None:
         if failures:
             limit = f" beyond --tolerance {tolerance:g}" if tolerance is not None else ""
             raise KvplanError(f"{len(failures)} reading(s){limit}: " + "; ".join(failures), exit_code=1)
+
+
+def _measure_engine(model, engine, context, batch, kv_cache_dtype, engine_options, llama_server, concurrency,
+                    prompt_tokens, output_tokens, timeout, port, threads, gpu_bandwidth, output, out_flag, force,
+                    save_calibration, fmt, exact) -> None:
+    """`measure --engine llama.cpp`: the plan on the real llama-server (kvplan.cli.measure_llamacpp)."""
+    from kvplan.cli import render
+    from kvplan.cli.parsing import parse_int_list, token_flag
+    from kvplan.options import given_engine_options, one_value
+
+    if engine != "llama.cpp":
+        raise InputError(f"--engine {engine!r}: measure runs llama.cpp (llama-server) on the engine itself")
+    out_path = Path(output) if output is not None else None
+    if out_path is not None:
+        from kvplan.cli.outputs import MEASURE_JSON, check_output, model_inputs
+
+        check_output(out_path, out_flag, MEASURE_JSON, inputs=model_inputs(model, "measured"), force=force)
+    if save_calibration is not None:
+        from kvplan.cli.outputs import MEASURE_JSON, check_output, model_inputs
+
+        check_output(save_calibration, "--save-calibration", MEASURE_JSON, inputs=model_inputs(model, "measured"),
+                     force=force)
+    levels = parse_int_list(concurrency, "--concurrency") if concurrency is not None else []
+    if any(c < 1 for c in levels):
+        raise InputError(f"--concurrency {concurrency}: each level is at least 1 request")
+    err = render.console(stderr=True)
+    from kvplan.cli.measure_llamacpp import measure_llamacpp
+
+    measure_llamacpp(model, context=one_value("context", context, "measure --engine"),
+                     batch=one_value("batch", batch, "measure --engine"), kv_cache_dtype=kv_cache_dtype,
+                     engine_options=dict(given_engine_options(engine_options)),
+                     llama_server=llama_server, concurrency=levels,
+                     prompt_tokens=token_flag(prompt_tokens, "--prompt-tokens") or 128,
+                     output_tokens=token_flag(output_tokens, "--output-tokens") or 32, timeout=timeout, port=port,
+                     threads=threads, gpu_bandwidth=gpu_bandwidth, out_path=out_path, out_flag=out_flag,
+                     save_calibration=save_calibration, fmt=fmt, exact=exact, progress=lambda m: err.print(m))
 
 
 def _show(data: dict, out_path, out_flag, fmt, tables) -> None:

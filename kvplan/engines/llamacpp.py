@@ -156,10 +156,14 @@ class Geometry:
     rounded_warning: bool
 
 
+def n_batch(n_ctx_requested: int, opts: LlamaCppOptions) -> int:
+    """llama_context's n_batch: -b, limited by the requested context (causal attention), before n_ctx is padded."""
+    return min(n_ctx_requested, opts.batch_size)
+
+
 def geometry(n_ctx_requested: int, opts: LlamaCppOptions, n_seq_max: int) -> Geometry:
     """llama_context's n_ctx / n_ctx_seq and the micro-batch (llama-context.cpp)."""
-    n_batch = min(n_ctx_requested, opts.batch_size)  # causal: batch limited by the context
-    n_ubatch = min(n_batch, opts.ubatch_size)
+    n_ubatch = min(n_batch(n_ctx_requested, opts), opts.ubatch_size)
     n_ctx = pad(n_ctx_requested)
     if opts.kv_unified:
         return Geometry(n_ctx_requested, n_seq_max, 1, n_ubatch, n_ctx, n_ctx, False)
@@ -168,6 +172,13 @@ def geometry(n_ctx_requested: int, opts: LlamaCppOptions, n_seq_max: int) -> Geo
         raise InputError("llama.cpp: n_ctx_seq == 0 (the context is smaller than one cell per sequence)")
     return Geometry(n_ctx_requested, n_seq_max, n_seq_max, n_ubatch, n_ctx_seq, n_ctx_seq * n_seq_max,
                     n_ctx_seq * n_seq_max != n_ctx)
+
+
+def slot_cells(n_ctx_seq: int, n_ctx_train: Optional[int]) -> int:
+    """The cells one llama-server slot may fill: tools/server/server-context.cpp `n_ctx_slot()` =
+    min(llama_n_ctx_seq, llama_model_n_ctx_train), the training context being the GGUF's `{arch}.context_length`
+    (kvplan's max_position_embeddings); --kv-unified-per-slot, which kvplan does not model, caps it too."""
+    return min(n_ctx_seq, n_ctx_train) if n_ctx_train else n_ctx_seq
 
 
 def swa_cells(g: Geometry, window: int, swa_full: bool) -> int:
@@ -443,18 +454,25 @@ def cache(spec, context: int, batch: int, opts: LlamaCppOptions, *, kv_cache_dty
         notes.append("llama.cpp windows only the layers its architecture loader marks SWA; kvplan takes them "
                      "from the spec's layer types.")
     settings["swa_cells"] = swa_size
-    slot = settings["n_ctx_seq"]
+    train = getattr(spec, "max_position_embeddings", None)
+    slot = slot_cells(settings["n_ctx_seq"], train)
     if context > slot:
         # A slot holds n_ctx_seq = llama_n_ctx_seq(ctx) cells (tools/server/server-context.cpp: slot.n_ctx =
-        # n_ctx_slot; the whole n_ctx with --kv-unified). llama-server refuses a prompt of slot.n_ctx tokens or
-        # more (update_slots: `if (slot.task->n_tokens() >= slot.n_ctx)` -> ERROR_TYPE_EXCEED_CONTEXT_SIZE,
-        # ggml-org/llama.cpp at 001d906) and, context shift being off by default, stops generating at the slot's
-        # end: a sequence of `context` tokens (a prompt of context - 1 and one token out) needs context <= n_ctx_seq.
-        where = (f"the {g.n_seq_max} slots share {slot:,} cells (-c {n_ctx_requested:,}, --kv-unified)"
-                 if g.n_stream == 1 else f"each of the {g.n_seq_max} slots holds {slot:,} cells (-c {n_ctx_requested:,})")
-        need = context if g.n_stream == 1 else context * g.n_seq_max
-        notes.append(f"A sequence of {context:,} tokens needs a slot of as many cells, and {where}: "
-                     f"give -c (--ctx-size) of at least {need:,}.")
+        # n_ctx_slot; the whole n_ctx with --kv-unified), at most the training context (slot_cells). llama-server
+        # refuses a prompt of slot.n_ctx tokens or more (update_slots: `if (slot.task->n_tokens() >= slot.n_ctx)` ->
+        # ERROR_TYPE_EXCEED_CONTEXT_SIZE, ggml-org/llama.cpp at 001d906) and, context shift being off by default,
+        # stops generating at the slot's end: a sequence of `context` tokens (a prompt of context - 1 and one token
+        # out) needs context <= the slot's cells.
+        if slot < settings["n_ctx_seq"]:
+            notes.append(f"A sequence of {context:,} tokens needs a slot of as many cells, and llama-server caps each "
+                         f"slot at the model's training context, {slot:,} tokens (n_ctx_slot(), "
+                         "tools/server/server-context.cpp), whatever -c gives it.")
+        else:
+            where = (f"the {g.n_seq_max} slots share {slot:,} cells (-c {n_ctx_requested:,}, --kv-unified)"
+                     if g.n_stream == 1 else f"each of the {g.n_seq_max} slots holds {slot:,} cells (-c {n_ctx_requested:,})")
+            need = context if g.n_stream == 1 else context * g.n_seq_max
+            notes.append(f"A sequence of {context:,} tokens needs a slot of as many cells, and {where}: "
+                         f"give -c (--ctx-size) of at least {need:,}.")
         refusal = f"request ({context} tokens) exceeds the available context size ({slot} tokens), try increasing it"
         return EngineCache(ENGINE, spec.name, context, batch, kv_name, settings, tuple(rows), None,
                            ideal.kv_bytes_total, (), tuple(logs), (refusal,), tuple(notes), SOURCES + (SLOT_SOURCE,))
