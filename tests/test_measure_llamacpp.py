@@ -188,7 +188,9 @@ def test_no_llama_server_says_how_to_build_it(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--parallel", "2"], "error: --parallel is for a run on the engine itself: add --engine llama.cpp"),
     (["--concurrency", "1"], "error: --concurrency is for a run on the engine itself: add --engine vllm or --engine llama.cpp"),
-    (["--engine", "vllm"], "error: --engine 'vllm': measure runs llama.cpp (llama-server) on the engine itself"),
+    (["--engine", "vllm", "--threads", "2"], "error: --threads is a flag of `measure --engine llama.cpp`, not of --engine vllm"),
+    (["--engine", "llama.cpp", "--vllm-python", "x"], "error: --vllm-python is a flag of `measure --engine vllm`, not of --engine llama.cpp"),
+    (["--engine", "llama.cpp", "--layers", "2"], "error: --layers is a flag of kvplan's own torch run, not of --engine llama.cpp"),
 ])
 def test_engine_flags_without_the_engine(args, message):
     r = kvplan([GQA, *args], {**os.environ, "PYTHONPATH": str(ROOT)})
