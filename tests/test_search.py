@@ -208,23 +208,27 @@ def check_against_estimate(model, prompt, output, rps, ttft, tpot) -> int:
 
 def test_the_numpy_screen_is_the_planners_arithmetic():
     """Each family's screened batch, decode step and GPUs equal estimate's, kind by kind (MoE, MLA, sliding,
-    Mamba hybrids, pipeline stages), so the screen drops nothing estimate would keep."""
+    Mamba hybrids, pipeline stages), so the screen drops nothing estimate would keep. The largest --max-num-seqs is
+    above what the KV memory holds, so the screen's capacity is the pool's (0.32's null block, Mamba state pages);
+    the 8,500-token workload reaches past gemma-3's 1,024-token window plus the tokens in flight (2 x 8,192)."""
     from kvplan.plan import search as core
     from kvplan.plan.gpus import resolve_gpu
     from kvplan.plan.pipeline import Settings, run
     from kvplan.sources.catalog import resolve_spec
 
-    seqs = (1, 2, 7, 64, 255)
-    for model in ("llama-3.1-8b", "gemma-3-27b", "mixtral-8x7b", "deepseek-v2-lite", "jamba-v0.1", "gpt-oss-20b"):
+    seqs = (1, 2, 7, 64, 255, 2048)
+    cases = [(m, 1000, 200) for m in ("llama-3.1-8b", "gemma-3-27b", "mixtral-8x7b", "deepseek-v2-lite", "jamba-v0.1",
+                                      "gpt-oss-20b")] + [("gemma-3-27b", 8000, 500), ("jamba-v0.1", 8000, 500)]
+    for model, prompt, output in cases:
         spec = resolve_spec(model, fast=True)
         for engine in ("vllm", "ideal"):
             for tp, pp in ((1, 1), (2, 1), (2, 2)):
-                s = Settings(context=None, prompt_tokens=1000, output_tokens=200, requests_per_s=3.0)
-                ctx = core._Context(spec, engine, core.fixed_workload(1000, 200, 3.0), core.Targets(10.0, 1.0), s)
+                s = Settings(context=None, prompt_tokens=prompt, output_tokens=output, requests_per_s=3.0)
+                ctx = core._Context(spec, engine, core.fixed_workload(prompt, output, 3.0), core.Targets(10.0, 1.0), s)
                 f = core._family(ctx, "h200", resolve_gpu("h200"), tp, pp, "auto", seqs)
                 assert f.arrays is not None, (model, f.reason)
                 for j, n in enumerate(seqs):
-                    one = s._replace(gpu="h200", tp=tp, pp=pp, max_num_seqs=n, context=1200)
+                    one = s._replace(gpu="h200", tp=tp, pp=pp, max_num_seqs=n, context=prompt + output)
                     batch = min(n, run(spec, engine, one, engine_rows=False).plan.max_concurrent_sequences)
                     assert batch == f.arrays["batch"][j], (model, engine, tp, pp, n)
                     plan = run(spec, engine, one._replace(batch=batch), engine_rows=False).plan
