@@ -103,7 +103,7 @@ OPTIONS: tuple[Option, ...] = (
     _O("usd_per_hour", ("--usd-per-hour",), "float", "US dollars per GPU-hour; overrides the named GPU's."),
     _O("gpu_bf16_tflops", ("--gpu-bf16-tflops",), "float", "Dense bf16 tensor peak, TFLOPS; overrides the named GPU's."),
     _O("gpu_memory_utilization", ("--gpu-memory-utilization",), "share", "Share of GPU memory vLLM may use "
-       "(default 0.9, vLLM's).", PLANNER),
+       "(default: vLLM's at --vllm-version, 0.92 at 0.32, 0.9 at 0.10).", PLANNER),
     _O("cuda_total_memory", ("--cuda-total-memory",), "bytes", "The device total torch.cuda.mem_get_info "
        "(cudaMemGetInfo) reports, which vLLM budgets from: usable = ceil(it x --gpu-memory-utilization) (default: "
        "the GPU's memory, NVML's total; CUDA reports less, e.g. 81082-81090MiB of an H100 SXM's 81559MiB).",

@@ -210,7 +210,9 @@ def test_the_llamacpp_cache_is_exactly_1024_mib_and_the_headroom_says_so(tmp_pat
 def test_engine_capacity_differs_from_vllm_on_the_same_gpu(tmp_path, capsys):
     """The same GPU, model and context: the engine's budget rule, not vLLM's, sets the sequences."""
     sglang_entry, want = golden_sglang(1)
-    vllm_entry = sglang_entry.replace("engine: sglang", "engine: vllm").replace("    mem_fraction_static: 0.88\n", "")
+    # vLLM at --gpu-memory-utilization 0.9 (given: at 0.32's default of 0.92 both engines would hold 7)
+    vllm_entry = sglang_entry.replace("engine: sglang", "engine: vllm").replace(
+        "    mem_fraction_static: 0.88\n", "    gpu_memory_utilization: 0.9\n")
     sg, vl = figures(capsys, write_plan(tmp_path, sglang_entry, vllm_entry))
     assert sg["max_concurrent_sequences"]["value"] == want["max_concurrent_sequences"] == 7
     # vLLM: 25.5 GiB x 0.9 - weights - 1 GiB activations - 512 MiB, in 16-token blocks of 8,192 tokens
@@ -439,18 +441,20 @@ def test_the_example_plan_keeps_its_figures(capsys):
     assert r.exit_code == 0
     got = {d["name"]: {b["metric"]: b["value"] for b in d["budgets"]} for d in json.loads(r.stdout)["deployments"]}
     assert {d["engine"] for d in json.loads(r.stdout)["deployments"]} == {"vllm"}
-    assert got["chat-llama-8b"]["max_concurrent_sequences"] == 13
+    # vLLM 0.32's default gpu_memory_utilization 0.92: 29,000 blocks (tests/test_vllm_utilization.py);
+    # (29,000 - the null block) // 2,048 blocks a 32k sequence = 14
+    assert got["chat-llama-8b"]["max_concurrent_sequences"] == 14
     # vLLM's defaults on these >= 70 GiB cards (max_num_seqs 1024: the profile run's logits) since issue #14
-    # and 0.32's null block: (28,184 - 1) blocks // 8 sequences = 3,522 blocks of 16 = 56,352 tokens
-    assert got["chat-llama-8b"]["max_context_tokens"] == 56352
-    assert round(got["chat-llama-8b"]["headroom_pct"], 1) == 41.9
+    # and 0.32's null block: (29,000 - 1) blocks // 8 sequences = 3,624 blocks of 16 = 57,984 tokens
+    assert got["chat-llama-8b"]["max_context_tokens"] == 57984
+    assert round(got["chat-llama-8b"]["headroom_pct"], 1) == 43.5
     assert round(got["chat-llama-8b"]["decode_step_ms"], 1) == 18.4
-    assert round(got["chat-llama-8b"]["usd_per_million_output_tokens"], 2) == 1.69
-    # vLLM 0.32: sliding layers keep 2 x 8,192 tokens in flight; 6 sequences now (the plan's batch)
-    assert (got["assistant-gemma-27b"]["max_concurrent_sequences"], got["assistant-gemma-27b"]["max_context_tokens"]) == (6, 54432)
-    assert (got["reasoning-deepseek-v3"]["max_concurrent_sequences"], got["reasoning-deepseek-v3"]["max_context_tokens"]) == (21, 44416)
-    assert got["rag-qwen3-32b-fp8kv"]["max_concurrent_sequences"] == 19
-    assert got["batch-gpt-oss-120b"]["max_context_tokens"] == 120128
+    assert round(got["chat-llama-8b"]["usd_per_million_output_tokens"], 2) == 1.66
+    # vLLM 0.32: sliding layers keep 2 x 8,192 tokens in flight
+    assert (got["assistant-gemma-27b"]["max_concurrent_sequences"], got["assistant-gemma-27b"]["max_context_tokens"]) == (7, 60576)
+    assert (got["reasoning-deepseek-v3"]["max_concurrent_sequences"], got["reasoning-deepseek-v3"]["max_context_tokens"]) == (23, 47104)
+    assert got["rag-qwen3-32b-fp8kv"]["max_concurrent_sequences"] == 20
+    assert got["batch-gpt-oss-120b"]["max_context_tokens"] == 131072  # the model's max_position_embeddings
 
 
 # ------------------------------------------------------------------ one place for the engines' defaults

@@ -23,9 +23,10 @@ def test_plan_json_fields(capsys):
         assert key in data, key
     assert data["gpu"] == "h100-sxm"
     assert data["kv_bytes_per_token"] == 131072  # the cache section is still there
-    # 28,184 blocks of 16 (test_planner.test_llama_8b_on_h100_matches_vllm_arithmetic)
-    assert data["vllm_kv_cache_tokens"] == 450_944
-    assert data["max_concurrent_sequences"] == 13 and data["fits"] is False
+    # 29,000 blocks of 16 at vLLM 0.32's default gpu_memory_utilization 0.92 (tests/test_vllm_utilization.py):
+    # int(29,000 / 2,048 x 32,768) tokens; (29,000 - the null block) // 2,048 sequences
+    assert data["vllm_kv_cache_tokens"] == 464_000
+    assert data["max_concurrent_sequences"] == 14 and data["fits"] is False
 
 
 def test_grid_of_gpus_and_tp(capsys):
@@ -169,12 +170,12 @@ def plan_lines(stdout: str, *keys: str) -> dict[str, str]:
 
 
 def test_weights_that_do_not_fit_get_no_decode_time(capsys):
-    # 70B in bf16 is 131.42 GiB of weights; an L4 has 22.49 GiB (20.24 usable at 0.9); the profile run is of
-    # 2,048 tokens there (vLLM's default under 70 GiB): 114.64 GiB short
+    # 70B in bf16 is 131.42 GiB of weights; an L4 has 22.49 GiB (20.69 usable at vLLM 0.32's default 0.92); the
+    # profile run is of 2,048 tokens there (vLLM's default under 70 GiB): 114.19 GiB short
     r = run_cli(capsys, "estimate", "llama-3.1-70b", "--gpu", "l4")
     assert r.exit_code == 0, r.stderr
     assert plan_lines(r.stdout, "verdict", "decode step", "prefill", "throughput") == {
-        "verdict": "does NOT fit: the weights alone take 131.42 GiB per GPU, more than the 20.24 GiB usable (114.64 GiB short)",
+        "verdict": "does NOT fit: the weights alone take 131.42 GiB per GPU, more than the 20.69 GiB usable (114.19 GiB short)",
         "decode step": "— (the model does not fit on this GPU: nothing runs)",
         "prefill": "—",
         "throughput": "—",
@@ -186,8 +187,10 @@ def test_weights_that_do_not_fit_get_no_decode_time(capsys):
 
 
 def test_a_context_too_long_for_one_sequence_gets_no_decode_time(capsys):
-    # a profile run of 8,192 tokens (the L4's own default, 2,048, leaves room for one sequence)
-    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "l4", "-c", "32k", "-b", "8", "--max-num-batched-tokens", "8k")
+    # a profile run of 8,192 tokens (the L4's own default, 2,048, leaves room for one sequence) at
+    # --gpu-memory-utilization 0.9 (vLLM 0.32's default, 0.92, leaves room for one too)
+    r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "l4", "-c", "32k", "-b", "8", "--max-num-batched-tokens", "8k",
+                "--gpu-memory-utilization", "0.9")
     assert r.exit_code == 0, r.stderr
     lines = plan_lines(r.stdout, "verdict", "decode step", "throughput")
     assert lines["verdict"] == "does NOT fit: 8 × 32,768 tokens reserve 32.00 GiB per GPU, 28.02 GiB short"
@@ -314,10 +317,10 @@ def test_without_a_peak_or_a_price_nothing_is_made_up(capsys):
 
 def test_a_batch_that_does_not_fit_is_timed_as_if_it_did_and_says_so(capsys):
     # --max-num-seqs 1536: vLLM would run all 1,536 in a step (its default of 1,024 caps it otherwise); the profile
-    # run's logits for 1,536 sequences leave room for 54 of 8,192 tokens
+    # run's logits for 1,536 sequences leave 28,875 blocks at 0.92: room for (28,875 - 1) // 512 = 56 of 8,192 tokens
     r = run_cli(capsys, "estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-b", "1.5k", "--max-num-seqs", "1536")
     text = " ".join(r.stdout.split())  # the table may wrap a long line
-    assert "bandwidth × 0.8) — if batch 1,536 fitted; 54 sequences do" in text
+    assert "bandwidth × 0.8) — if batch 1,536 fitted; 56 sequences do" in text
     assert "at batch 1,536 — if it fitted" in text
 
 
@@ -347,21 +350,21 @@ def test_a_prompt_that_does_not_fit_is_told_the_room_beside_the_output(capsys):
 
 def test_a_batch_too_large_for_any_context_says_so_not_that_the_weights_leave_no_room(capsys):
     # Issue #11: 100,000 sequences at 8k on an H100 said "the weights alone leave no room for KV"
-    # beside a 55.05 GiB KV budget: 28,184 blocks of 16 (vLLM 0.32 logs int(28,184 / 512 x 8,192) =
-    # 450,944 tokens); a sequence of 8,192 tokens takes 8,192 / 16 = 512 blocks: 28,184 // 512 = 55 fit,
-    # and even at 1 token (one block each) only 28,183 sequences do (vLLM 0.32 holds the null block back),
-    # so 100,000 fit at no context.
+    # beside a 56.64 GiB KV budget (vLLM 0.32's default gpu_memory_utilization 0.92): 29,000 blocks of 16 (vLLM
+    # 0.32 logs int(29,000 / 512 x 8,192) = 464,000 tokens); a sequence of 8,192 tokens takes 8,192 / 16 = 512
+    # blocks: (29,000 - 1) // 512 = 56 fit, and even at 1 token (one block each) only 28,999 sequences do (vLLM
+    # 0.32 holds the null block back), so 100,000 fit at no context.
     args = ("estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "--context", "8k", "--batch", "100000")
     r = run_cli(capsys, *args)
     assert r.exit_code == 0, r.stderr
     assert "weights alone" not in r.stdout
     would = pair_values(r.stdout, "would fit")
     assert would == [
-        "--batch 55 is the most that fits at 8,192 tokens",
-        "100,000 sequences fit at no context: the 55.05 GiB KV budget holds at most 28,183 sequences even of 1 token each",
+        "--batch 56 is the most that fits at 8,192 tokens",
+        "100,000 sequences fit at no context: the 56.64 GiB KV budget holds at most 28,999 sequences even of 1 token each",
     ]
     data = json.loads(run_cli(capsys, *args, "-f", "json").stdout)
-    assert data["vllm_kv_cache_tokens"] == 450_944 and data["max_concurrent_sequences"] == 55
+    assert data["vllm_kv_cache_tokens"] == 464_000 and data["max_concurrent_sequences"] == 56
     assert data["suggestions"] == would
 
 

@@ -33,10 +33,10 @@ def test_vllm_default_plan_sets_only_its_context(capsys):
 
 def test_vllm_every_flag_the_plan_sets(capsys):
     out = emitted(capsys, "llama-3.1-8b", "-c", "32k", "-b", "64", "--tp", "2", "--pp", "2", "--kv-cache-dtype",
-                  "fp8_e5m2", "--block-size", "32", "--gpu", "h100-sxm", "--gpu-memory-utilization", "0.92",
+                  "fp8_e5m2", "--block-size", "32", "--gpu", "h100-sxm", "--gpu-memory-utilization", "0.95",
                   "--max-num-batched-tokens", "4096", "--dtype", "fp16", "--emit", "vllm")
     assert out == ("vllm serve meta-llama/Llama-3.1-8B --max-model-len 32768 --max-num-seqs 64 "
-                   "--gpu-memory-utilization 0.92 --kv-cache-dtype fp8_e5m2 --tensor-parallel-size 2 "
+                   "--gpu-memory-utilization 0.95 --kv-cache-dtype fp8_e5m2 --tensor-parallel-size 2 "
                    "--pipeline-parallel-size 2 --block-size 32 --max-num-batched-tokens 4096 --dtype float16\n")
 
 

@@ -27,7 +27,10 @@ def spec():
 
 
 def capacity(spec, engine, context, batch=1, memory=None, **values):
+    """The engine's capacity at --gpu-memory-utilization 0.9 unless given: these tests are about the pool's counting;
+    the default share (0.92 under vLLM 0.32) is test_the_default_share_follows_the_vllm_version's."""
     pp = values.pop("pp", 1)
+    values.setdefault("gpu_memory_utilization", 0.9)
     memory = memory or MemoryInputs("test-gpu", 80 * GiB, 16 * GiB, 512 * MiB, 1 * GiB, "given", "given")
     opts = engine_options(engine, "auto", values, pp=pp)
     return get(engine).capacity(spec, context, batch, opts, memory, ideal_format=parse_format_pair("auto", spec.dtype))
@@ -70,3 +73,18 @@ def test_the_tightest_pipeline_stage_decides(spec):
 def test_gpu_memory_utilization_is_read(spec):
     cap = capacity(spec, "vllm", 100, gpu_memory_utilization=0.5)
     assert cap.kv_budget_bytes == 80 * GiB // 2 - 16 * GiB - 1 * GiB - 512 * MiB
+
+
+@pytest.mark.parametrize("engine, values, share", [
+    ("vllm", {}, 0.92),  # vllm/config/cache.py at 0.32: CacheConfig.gpu_memory_utilization = Field(default=0.92)
+    ("vllm", {"vllm_version": "0.10"}, 0.9),  # engine-rules.md §1 "Defaults" (001cabc)
+    ("ideal", {}, 0.92),  # ideal applies vLLM's budget rule at the default version
+])
+def test_the_default_share_follows_the_vllm_version(spec, engine, values, share):
+    memory = MemoryInputs("test-gpu", 80 * GiB, 16 * GiB, 512 * MiB, 1 * GiB, "given", "given")
+    opts = engine_options(engine, "auto", values)
+    cap = get(engine).capacity(spec, 100, 1, opts, memory, ideal_format=parse_format_pair("auto", spec.dtype))
+    # ceil(80 GiB x 0.92) = ceil(79,027,398,246.4) = 79,027,398,247; 80 GiB x 0.9 = 77,309,411,328 (exact)
+    usable = {0.92: 79_027_398_247, 0.9: USABLE}[share]
+    assert cap.settings["gpu_memory_utilization"] == share
+    assert cap.kv_budget_bytes == usable - 16 * GiB - 1 * GiB - 512 * MiB

@@ -187,14 +187,14 @@ def test_the_budget_starts_from_cudas_total_when_given(capsys):
     args = ("estimate", "llama-3.1-8b", "--gpu", "h100-sxm", "-c", "32k", "-b", "16", "-f", "json")
     d = json.loads(run_cli(capsys, *args, "--cuda-total-memory", "81090MiB").stdout)
     total = 81090 * MIB  # torch's total on an H100 SXM (shared/reference/gpus.yaml), 85,029,027,840 B
-    usable = -(-total * 9 // 10)  # 76,526,125,056
+    usable = -(-total * 92 // 100)  # vLLM 0.32's default share, 0.92: ceil(78,226,705,612.8)
     weights = 8_030_261_248 * 2
     activations = 8192 * (2 * 14336 + 4 * 4096) * 2 + 1024 * 128256 * 4  # 8192 tokens, 1024 sequences' logits
     assert d["cuda_total_memory_bytes"] == total and d["gpu_memory_bytes"] == 81559 * MIB
-    assert d["usable_bytes_per_gpu"] == usable == 76_526_125_056
-    assert d["kv_budget_bytes_per_gpu"] == usable - weights - activations - 512 * MIB == 58_665_197_568
-    # 2 MiB a 16-token block of 32 layers: 27,973 blocks
-    assert d["vllm_num_blocks"] == 58_665_197_568 // (32 * 16 * 8 * 128 * 2 * 2) == 27973
+    assert d["usable_bytes_per_gpu"] == usable == 78_226_705_613
+    assert d["kv_budget_bytes_per_gpu"] == usable - weights - activations - 512 * MIB == 60_365_778_125
+    # 2 MiB a 16-token block of 32 layers: 28,784 blocks
+    assert d["vllm_num_blocks"] == 60_365_778_125 // (32 * 16 * 8 * 128 * 2 * 2) == 28_784
     default = json.loads(run_cli(capsys, *args).stdout)
     assert default["cuda_total_memory_bytes"] == default["gpu_memory_bytes"]  # NVML's, unless given
 
@@ -202,13 +202,13 @@ def test_the_budget_starts_from_cudas_total_when_given(capsys):
 def test_compare_and_check_take_the_same_total(tmp_path, capsys):
     row = json.loads(run_cli(capsys, "compare", "llama-3.1-8b", "--gpu", "h100-sxm", "-c", "32k", "--engines", "vllm",
                              "--cuda-total-memory", "81090MiB", "-f", "json").stdout)["rows"][0]
-    assert row["capacity"]["kv_budget_bytes"] == 58_665_197_568
+    assert row["capacity"]["kv_budget_bytes"] == 60_365_778_125
     plan = tmp_path / "plan.yaml"
     plan.write_text("version: 1\ndeployments:\n  - name: a\n    model: llama-3.1-8b\n    gpu: h100-sxm\n"
                     "    context: 32k\n    cuda_total_memory: 81090MiB\n    budgets:\n"
-                    "      min_concurrent_sequences: 13\n")
+                    "      min_concurrent_sequences: 14\n")
     r = run_cli(capsys, "check", str(plan), "-f", "json")
-    assert r.exit_code == 0, r.stdout + r.stderr  # 27,973 blocks // 2,048 per sequence = 13
+    assert r.exit_code == 0, r.stdout + r.stderr  # (28,784 blocks - the null block) // 2,048 per sequence = 14
 
 
 def test_cuda_total_memory_is_refused_where_it_cannot_hold(capsys):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from kvplan.engines import EngineCache, ideal_estimate, kind_rows
-from kvplan.engines.vllm_rules import DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NUM_BATCHED_TOKENS, pool_capacity
+from kvplan.engines.vllm_rules import DEFAULT_MAX_NUM_BATCHED_TOKENS, pool_capacity
 from kvplan.model.formats import KVFormat, KVFormatPair
 
 NAME = "ideal"
@@ -26,7 +26,7 @@ class IdealOptions:
     tp: int = 1
     block_size: Optional[int] = None  # on a GPU: pages of this many tokens (None, 1: no paging)
     pp: int = 1
-    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
+    gpu_memory_utilization: Optional[float] = None  # None: vLLM's default at its default version (vllm_rules)
     max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS  # on a GPU the pipeline gives vLLM's for it
     max_num_seqs: Optional[int] = None  # None: vLLM's default for the GPU (the planner's throughput cap)
     cuda_total_memory: Optional[int] = None  # --cuda-total-memory: the planner's MemoryInputs carry it

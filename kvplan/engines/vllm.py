@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from kvplan.engines import EngineCache, Ledger, kind_rows
-from kvplan.engines.vllm_rules import (DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NUM_BATCHED_TOKENS,
+from kvplan.engines.vllm_rules import (DEFAULT_MAX_NUM_BATCHED_TOKENS,
                                        block_size_override, default_block_size, kv_cache_dtype_refusal, max_model_len_refusal, pool_capacity,
                                        state_formats, VllmRules)
 from kvplan.model.formats import KVFormat, KVFormatPair
@@ -33,11 +33,10 @@ class VllmOptions:
     block_size: Optional[int] = None  # None: default_block_size(spec)
     tp: int = 1
     pp: int = 1
-    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
+    gpu_memory_utilization: Optional[float] = None  # None: the default of rules.version (0.32: 0.92, 0.10: 0.9)
     max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS  # on a GPU the pipeline gives vLLM's for it
     max_num_seqs: Optional[int] = None  # None: vLLM's default for the GPU (the planner's throughput cap)
     cuda_total_memory: Optional[int] = None  # --cuda-total-memory: the planner's MemoryInputs carry it
-    max_num_batched_tokens: int = DEFAULT_MAX_NUM_BATCHED_TOKENS
     rules: VllmRules = VllmRules()  # the version and vLLM's own flags that move the pool
 
 

@@ -400,6 +400,11 @@ class VllmRules:
     def v032(self) -> bool:
         return self.version != "0.10"
 
+    @property
+    def default_gpu_memory_utilization(self) -> float:
+        """vLLM's --gpu-memory-utilization when none is given (GPU_MEMORY_UTILIZATION: 0.92 at 0.32, 0.9 at 0.10)."""
+        return GPU_MEMORY_UTILIZATION[self.version]
+
     def prefix_caching(self, spec) -> bool:
         """--enable-prefix-caching, else vLLM 0.32's default (engine/arg_utils.py
         `_set_default_chunked_prefill_and_prefix_caching_args` from config/model.py
@@ -467,10 +472,22 @@ def layout_kwargs(rules: Optional[VllmRules], spec) -> dict:
 # ------------------------------------------------------------------ budget and pool (ideal and vllm on a GPU)
 
 GIB = 2**30
-DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM CacheConfig.gpu_memory_utilization
+# vLLM's default --gpu-memory-utilization (CacheConfig.gpu_memory_utilization, which EngineArgs takes as its default),
+# by version: 0.32 vllm/config/cache.py `gpu_memory_utilization: float = Field(default=0.92, gt=0, le=1)`; 0.10
+# `Field(default=0.9, ...)` (engine-rules.md §1, "Defaults", read at 001cabc). Read through
+# `VllmRules.default_gpu_memory_utilization` and `gpu_memory_utilization()`, never as a number elsewhere.
+GPU_MEMORY_UTILIZATION: dict[str, float] = {"0.32": 0.92, "0.10": 0.9}
 # vLLM's budget rule, which kvplan applies to ideal and vllm alike
 BUDGET_RULE = "vLLM determine_available_memory: KV = total x gpu_memory_utilization - weights - activations - non-torch"
 KV_MEMORY_RULE = "vLLM --kv-cache-memory-bytes: KV = the bytes given, per rank (determine_available_memory skips profiling)"
+
+
+def gpu_memory_utilization(given: Optional[float], rules: Optional[VllmRules] = None) -> float:
+    """The share vLLM budgets with: `given` (--gpu-memory-utilization, a plan file's key), else the default of the
+    vLLM version `rules` select (None, as for --engine ideal, which applies vLLM's budget rule: the default version's)."""
+    if given is not None:
+        return given
+    return (rules or VllmRules()).default_gpu_memory_utilization
 
 
 def stage_budgets(gpu_memory_bytes: int, gpu_memory_utilization: float, stage_weights: Sequence[int],
@@ -841,8 +858,8 @@ def _capacity_pool(engine: str, spec, opts, memory, fmt, state_format) -> tuple[
     layout = paged_layout(spec, fmt, state_format, block, opts.tp, opts.pp, vllm, rules)
     weights = memory.stage_weights_bytes or (memory.weights_bytes,)
     total = memory.budget_memory_bytes or memory.gpu_memory_bytes  # cudaMemGetInfo's total, when given
-    budgets = stage_budgets(total, opts.gpu_memory_utilization, weights, memory.activation_bytes,
-                            memory.non_torch_bytes)
+    util = gpu_memory_utilization(opts.gpu_memory_utilization, rules)
+    budgets = stage_budgets(total, util, weights, memory.activation_bytes, memory.non_torch_bytes)
     pool = Pool(layout, budgets, vllm=vllm, max_num_batched_tokens=opts.max_num_batched_tokens, rules=rules)
     if key is not None:
         if len(_POOLS) >= _POOLS_KEPT:
@@ -867,6 +884,6 @@ def pool_capacity(engine: str, spec, context: int, batch: int, opts, memory, fmt
     rule = BUDGET_RULE if rules is None or rules.kv_cache_memory_bytes is None else KV_MEMORY_RULE
     return EngineCapacity(engine, memory.gpu, memory.gpu_memory_bytes, weights[pool.tight], rule,
                           pool.budgets[pool.tight], report.kv_cache_tokens, max_seqs, max_seqs >= batch, report.log, (),
-                          report.notes, {"gpu_memory_utilization": opts.gpu_memory_utilization,
+                          report.notes, {"gpu_memory_utilization": gpu_memory_utilization(opts.gpu_memory_utilization, rules),
                                          "block_size": layout.block_size, **vllm_fields(report, max_seqs, rules)},
                           memory.weights_source, pool.max_context(batch)[0])

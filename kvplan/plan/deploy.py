@@ -202,10 +202,9 @@ def plan_options(
     Sizes take bytes or a string with a unit ('2GiB'). A `--calibration` report
     becomes a bandwidth_efficiency once the GPU is known (`calibrated_efficiency`).
     """
-    from kvplan.plan.planner import DEFAULT_GPU_MEMORY_UTILIZATION, WEIGHT_DTYPES, Engine, PlanOptions
+    from kvplan.plan.planner import WEIGHT_DTYPES, Engine, PlanOptions
 
-    if gpu_memory_utilization is None:
-        gpu_memory_utilization = DEFAULT_GPU_MEMORY_UTILIZATION
+    # gpu_memory_utilization None: vLLM's default at the plan's version, which the Planner settles (vllm_rules)
     # max_num_batched_tokens, max_num_seqs: None is vLLM's default for the GPU (the Planner settles it)
     for flag, value in (("--max-num-batched-tokens", max_num_batched_tokens), ("--max-num-seqs", max_num_seqs)):
         if value is not None and value < 1:

@@ -102,6 +102,16 @@ def _vllm_state(value: str, ctx: Context) -> Words:
     return words + (["--mamba-ssm-cache-dtype", names[-1]] if names[-1] != names[0] else [])
 
 
+def _vllm_utilization(value: float, ctx: Context) -> Words:
+    """--gpu-memory-utilization, left out at the default of the vLLM release the plan follows (0.32: 0.92), which
+    `vllm serve` then takes itself (vllm_rules.GPU_MEMORY_UTILIZATION)."""
+    from kvplan.engines.vllm_rules import VllmRules
+
+    version = ctx.settings.get("vllm_version")
+    default = (VllmRules(version=str(version)) if version else VllmRules()).default_gpu_memory_utilization
+    return [] if value == default else ["--gpu-memory-utilization", str(value)]
+
+
 VLLM: dict[str, Rule] = {
     "context": _always("--max-model-len"),  # the context the plan sizes (vLLM's default: the model's whole length)
     # the sequences the plan runs at once (1: vLLM's own default stays), unless --max-num-seqs says it
@@ -109,7 +119,7 @@ VLLM: dict[str, Rule] = {
     "batch": lambda value, ctx: [] if value == 1 or ctx.settings.get("max_num_seqs") is not None
     else ["--max-num-seqs", str(-(-value // (ctx.settings.get("dp") or 1)))],
     "max_num_seqs": _always("--max-num-seqs"),
-    "gpu_memory_utilization": _always("--gpu-memory-utilization"),
+    "gpu_memory_utilization": _vllm_utilization,
     "kv_cache_dtype": _vllm_kv,
     "tp": _flag("--tensor-parallel-size", 1),
     "pp": _flag("--pipeline-parallel-size", 1),

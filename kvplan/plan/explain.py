@@ -193,8 +193,7 @@ def explain(log, spec=None, *, gpu: Optional[str] = None, gpu_memory=None, conte
     terms = [
         Term("total memory", got("total"), predicted.get("total"),
              note=predicted.get("total_note", "") if "total" in predicted else ""),
-        Term("gpu_memory_utilization", log.gpu_memory_utilization, settings["gpu_memory_utilization"] if predicted
-             else None, "share"),
+        Term("gpu_memory_utilization", log.gpu_memory_utilization, predicted.get("gpu_memory_utilization"), "share"),
         Term("usable (total x utilisation)", got("usable"), predicted.get("usable"), note=how("usable")),
         Term("weights", got("weights"), predicted.get("weights"), note=how("weights") or predicted.get("weights_note", "")),
         Term("activation peak", got("activation"), predicted.get("activation"),
@@ -293,19 +292,20 @@ def _predict(spec, log, settings: dict, gpu, gpu_memory, state_dtype, notes: lis
         total_note = f"--gpu {gpu}" if gpu_memory is None else "--gpu-memory"
     dtype = _DTYPES.get(settings["dtype"] or "")
     weights_dtype = dtype if dtype and dtype != spec.dtype else None
+    from kvplan.engines.vllm_rules import gpu_memory_utilization, usable_bytes
+
+    # the log's (or --gpu-memory-utilization's) share, else the default of the log's vLLM release (0.9 before 0.11)
+    util = gpu_memory_utilization(settings["gpu_memory_utilization"], log_rules(settings))
     s = Settings(context=settings["max_model_len"], batch=1, kv_cache_dtype=settings["kv_cache_dtype"],
                  state_dtype=state_dtype, tp=settings["tensor_parallel_size"], pp=settings["pipeline_parallel_size"],
                  gpu=gpu, gpu_memory=gpu_memory, gpu_bandwidth=1.0 if gpu is None else None, dtype=weights_dtype,
-                 block_size=settings["block_size"], gpu_memory_utilization=settings["gpu_memory_utilization"],
+                 block_size=settings["block_size"], gpu_memory_utilization=util,
                  max_num_batched_tokens=settings["max_num_batched_tokens"], roofline=False)
     answer = run(spec, "vllm", s, engine_rows=False)
     mem, cap = answer.memory, answer.capacity
-    from kvplan.engines.vllm_rules import DEFAULT_GPU_MEMORY_UTILIZATION, usable_bytes
-
-    util = settings["gpu_memory_utilization"] or DEFAULT_GPU_MEMORY_UTILIZATION
     weights = cap.weights_bytes
     predicted = {
-        "total": mem.gpu_memory_bytes, "total_note": total_note,
+        "total": mem.gpu_memory_bytes, "total_note": total_note, "gpu_memory_utilization": util,
         "usable": usable_bytes(mem.gpu_memory_bytes, util),
         "weights": weights, "weights_note": f"kvplan: {mem.weights_source}" if mem.weights_source else "",
         "activation": mem.activation_bytes, "activation_note": f"kvplan: {mem.activation_source or 'estimated'}",

@@ -34,7 +34,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from kvplan.errors import InputError
 from kvplan.model.formats import UnknownFormatError, parse_format_pair, parse_state_format
-from kvplan.plan.planner import DEFAULT_GPU_MEMORY_UTILIZATION, WEIGHT_DTYPES
+from kvplan.plan.planner import WEIGHT_DTYPES
 from kvplan.model.spec import NotBoolean
 from kvplan.units import fmt_bytes, gpu_memory_problem, parse_bytes, parse_count_as
 
@@ -194,7 +194,7 @@ class DeploymentEntry(BaseModel):
     dtype: Annotated[Optional[Literal[WEIGHT_DTYPES]], BeforeValidator(_dtype_spelling)] = None  # type: ignore[valid-type]
     weights_bytes: Optional[ByteCount] = None  # the weights' total bytes when kvplan cannot size them
     block_size: Optional[PositiveInt] = None
-    gpu_memory_utilization: Share = DEFAULT_GPU_MEMORY_UTILIZATION
+    gpu_memory_utilization: Optional[Share] = None  # None: vLLM's default at the plan's --vllm-version
     activation_memory: Optional[ByteCountOrZero] = None
     non_torch_memory: Optional[ByteCountOrZero] = None
     max_num_batched_tokens: Optional[TokenCount] = None  # None: vLLM's default for the GPU

@@ -25,8 +25,8 @@ from kvplan.model.layout import CacheLayout, ceil_div
 from kvplan.errors import InputError, require_at_least
 from kvplan.model.formats import FIXED_FORMATS, KVFormatPair
 from kvplan.model.shape import LayerKind, SpecDerived as ModelSpec  # any validated spec (pydantic or not)
-from kvplan.engines.vllm_rules import (DEFAULT_GPU_MEMORY_UTILIZATION, DEFAULT_MAX_NUM_BATCHED_TOKENS, Pool,
-                                       context_limit, stage_budgets, usable_bytes)
+from kvplan.engines.vllm_rules import (DEFAULT_MAX_NUM_BATCHED_TOKENS, Pool, context_limit, gpu_memory_utilization,
+                                       stage_budgets, usable_bytes)
 from kvplan.engines.vllm_flags import scheduler_limits, vllm_version
 from kvplan.plan.comm import (
     NCCL_BASE_LATENCY_S, all_to_all_seconds, allreduces_per_stage, is_mamba1, mamba1_x_proj_width, mamba2_norm_collective,
@@ -109,7 +109,7 @@ class PlanOptions:
     block_size: int | None = None  # None: the engine's default
     weights_dtype: str | None = None  # None: the model's dtype
     weights_bytes: int | None = None  # --weights-bytes: the weights' total bytes, given (None: from the files or formula)
-    gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION
+    gpu_memory_utilization: float | None = None  # None: vLLM's default at vllm_rules' version (0.32: 0.92, 0.10: 0.9)
     cuda_total_memory_bytes: int | None = None  # --cuda-total-memory: cudaMemGetInfo's total (None: the GPU's memory)
     activation_bytes: int | None = None  # None: estimated (see activation_estimate)
     non_torch_bytes: int | None = None  # None: DEFAULT_NON_TORCH_BYTES(_TP)
@@ -602,9 +602,11 @@ class Planner:
     """One model, one GPU, one layout; answers capacity, latency and cost questions."""
 
     def __init__(self, spec: ModelSpec, gpu: GPUFigures, kv_format: KVFormatPair, opts: PlanOptions, state_format=None) -> None:
-        if not 0 < opts.gpu_memory_utilization <= 1:
+        # the share vLLM budgets with: as given, else the default of the vLLM version (ideal: the default version's)
+        self.gpu_memory_utilization = gpu_memory_utilization(opts.gpu_memory_utilization, opts.vllm_rules)
+        if not 0 < self.gpu_memory_utilization <= 1:
             raise InputError(
-                f"--gpu-memory-utilization {opts.gpu_memory_utilization} must be in (0, 1]"
+                f"--gpu-memory-utilization {self.gpu_memory_utilization} must be in (0, 1]"
             )
         for flag, value in (("--bandwidth-efficiency", opts.bandwidth_efficiency), ("--compute-efficiency", opts.compute_efficiency)):
             if not 0 < value <= 1:
@@ -654,7 +656,7 @@ class Planner:
         if self.budget_total > gpu.memory_bytes:
             raise InputError(f"--cuda-total-memory {self.budget_total:,} B is more than the GPU's memory "
                              f"({gpu.memory_bytes:,} B, NVML's total); CUDA reports at most that")
-        self.usable = usable_bytes(self.budget_total, opts.gpu_memory_utilization)  # ceil, as vLLM
+        self.usable = usable_bytes(self.budget_total, self.gpu_memory_utilization)  # ceil, as vLLM
         self.flop_parameters, self.flop_parameters_note = flop_parameters(spec, self.weights_dtype, opts.weights_bytes)
         self.activation_estimated = opts.activation_bytes is None
         self.activation = (
@@ -665,7 +667,7 @@ class Planner:
             self.non_torch = opts.non_torch_bytes
         else:
             self.non_torch = DEFAULT_NON_TORCH_BYTES_TP if opts.tp * opts.pp * opts.dp > 1 else DEFAULT_NON_TORCH_BYTES
-        self.stage_budgets = stage_budgets(self.budget_total, opts.gpu_memory_utilization, self.stage_weights,
+        self.stage_budgets = stage_budgets(self.budget_total, self.gpu_memory_utilization, self.stage_weights,
                                            self.activation, self.non_torch)
         # the capacity rule ideal's and vllm's `capacity()` apply (kvplan.engines.vllm_rules.Pool)
         self.pool = Pool(self.layout, self.stage_budgets, vllm=opts.engine is Engine.vllm,
@@ -949,7 +951,7 @@ class Planner:
             block_size=self.block_size,
             gpu_memory_bytes=gpu.memory_bytes,
             cuda_total_memory_bytes=self.budget_total,
-            gpu_memory_utilization=opts.gpu_memory_utilization,
+            gpu_memory_utilization=self.gpu_memory_utilization,
             usable_bytes_per_gpu=self.usable,
             weights_bytes_per_gpu=self.stage_weights[tight],
             activation_bytes_per_gpu=self.activation,
@@ -1204,7 +1206,7 @@ class Planner:
                                 "(dt_rank + 2 d_state) x activation bytes" if is_mamba1(self.spec) and o.tp > 1 else ""),
         }
         return {
-            "gpu_memory_utilization": o.gpu_memory_utilization,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
             "activation_bytes": self.activation,
             "activation_source": "estimated: max_num_batched_tokens x (2 x MLP width / tp + 4 x hidden) x dtype bytes + max_num_seqs x vocab / tp x 4 B logits"
             if self.activation_estimated

@@ -426,10 +426,14 @@ def _family(ctx: _Context, label: str, gpu, tp: int, pp: int, dtype: str, seqs) 
         per_stage = []
         for i, counts in enumerate(planner.layout.stage_kind_counts):
             b = budgets[i]
-            if pool.stages is not None:
+            if pool.stages is not None:  # Pool.max_sequences: its usable blocks over the blocks a request needs
                 vl = pool.stages[i]
-                own = vl.blocks_per_request(context, pool.max_num_batched_tokens)
-                n = (np.maximum(b, 0) // vl.bytes_per_block_set) // own if own else np.full_like(b, 10**9)
+                # the tokens in flight a window keeps and the state pages a request holds, as the version counts them
+                own = vl.blocks_per_request(context, pool.in_flight, pool.state_pages)
+                blocks = np.maximum(b, 0) // vl.bytes_per_block_set
+                if pool.rules.v032:  # 0.32 holds back the null block (Pool.usable_blocks)
+                    blocks = np.maximum(blocks - 1, 0)
+                n = blocks // own if own else np.full_like(b, 10**9)
             else:
                 own = planner.layout.stage_rank_bytes(counts, context, paged=planner.layout.block_size > 1)
                 n = np.maximum(b, 0) // own if own else np.full_like(b, 10**9)
