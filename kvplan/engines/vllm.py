@@ -14,7 +14,7 @@ from typing import Optional
 
 from kvplan.engines import EngineCache, Ledger, kind_rows
 from kvplan.engines.vllm_rules import (DEFAULT_MAX_NUM_BATCHED_TOKENS,
-                                       block_size_override, default_block_size, kv_cache_dtype_refusal, max_model_len_refusal, pool_capacity,
+                                       block_size_override, default_block_size, kv_cache_dtype_refusal, max_model_len_refusal, platform_refusal, pool_capacity,
                                        state_formats, VllmRules)
 from kvplan.model.formats import KVFormat, KVFormatPair
 from kvplan.model.layout import CacheLayout, LayerKind
@@ -49,7 +49,8 @@ def cache(spec, context: int, batch: int, opts: VllmOptions, *, kv_cache_dtype: 
     settings = {"block_size": bs, "tp": tp}
     # vLLM's start-up refusals, as `kvplan estimate`, `check` and `diff` apply them (kvplan.engines.vllm_rules)
     mml = opts.rules.max_model_len
-    refusal = kv_cache_dtype_refusal(spec, kv_cache_dtype) or max_model_len_refusal(spec, max(context, mml or 0))
+    refusal = (platform_refusal(spec, opts.rules) or kv_cache_dtype_refusal(spec, kv_cache_dtype)
+               or max_model_len_refusal(spec, max(context, mml or 0)))
     if not refusal and mml is not None and context > mml:  # vLLM refuses such a request
         refusal = (f"kvplan: --context {context:,} is longer than --max-model-len {mml:,}: vLLM refuses a request "
                    "past its max_model_len")

