@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+
+from _child import child_seconds
 
 ROUNDS = 21
 # bytecode cached in a folder of its own (as bench/bench_inputs.py does), never beside the checkout's source
@@ -34,13 +34,7 @@ ESTIMATE_TABLE = [sys.executable, "-m", "kvplan", "estimate", "llama-3.1-8b"]
 
 def run_once(cmd: list[str]) -> tuple[float, float]:
     """(wall seconds, child CPU seconds) of one run."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=CHILD_ENV)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu
+    return child_seconds(cmd, CHILD_ENV)
 
 
 def cold_start() -> dict:

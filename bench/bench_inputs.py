@@ -28,15 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _child import child_seconds
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "tests" / "fixtures" / "hf_configs" / "llama-3.1-8b-instruct.json"
@@ -170,12 +169,7 @@ def write_inputs(tmp: Path) -> dict[str, str]:
 
 def run_once(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     """(wall seconds, child CPU seconds) of one run; a failed run stops the benchmark."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return child_seconds(cmd, env)
 
 
 def main() -> None:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
+
+from _child import child_seconds
 
 ROUNDS = 5
 MODEL = "llama-3.1-70b"
@@ -69,12 +69,7 @@ def cli_seconds() -> tuple[float, float]:
     cmd = [sys.executable, "-m", "kvplan", "search", MODEL, "--requests-per-s", "10", "--prompt-tokens", "2048",
            "--output-tokens", "256", "--ttft-ms", "500", "--tpot-ms", "50", "--tp", "1,2,4,8", "--pp", "1,2",
            "--kv-cache-dtype", "auto,fp8", "--max-num-seqs", ",".join(map(str, SEQS)), "-f", "json"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return child_seconds(cmd)
 
 
 def main() -> None:

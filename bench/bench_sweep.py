@@ -12,11 +12,11 @@ Prints one JSON line last.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
+
+from _child import child_seconds
 
 ROUNDS = 3
 MODEL = "llama-3.1-8b"
@@ -60,12 +60,7 @@ def cli_seconds(gpus: list[str]) -> tuple[float, float]:
     cmd = [sys.executable, "-m", "kvplan", "estimate", MODEL, "--gpu", ",".join(gpus), "--tp", ",".join(map(str, TPS)),
            "--kv-cache-dtype", ",".join(DTYPES), "--context", ",".join(map(str, CONTEXTS)),
            "--batch", ",".join(map(str, BATCHES)), "-f", "csv"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return child_seconds(cmd)
 
 
 def main() -> None:

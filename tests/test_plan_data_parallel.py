@@ -25,14 +25,15 @@ BODY = 671026419200 - 2 * EMBED  # the layers' parameters, fp8: 1 B each
 BODY_ACTIVE = 37552297472 - 2 * EMBED
 EXPERTS = 256 * 58 * 3 * 7168 * 2048  # 653,908,770,816 routed-expert weights
 EXPERTS_ACTIVE = 8 * 58 * 3 * 7168 * 2048
-USABLE = -(-150754820096 * 9 // 10)  # ceil(total x 0.9)
+USABLE = -(-150754820096 * 9 // 10)  # ceil(total x 0.9): --gpu-memory-utilization 0.9 pinned (the default is tested elsewhere)
 OTHER = 2 * 2**30 + 2**30  # --activation-memory 2GiB, --non-torch-memory 1GiB
 SEQ_KV = 61 * 576 * 2 * 8192  # one sequence of 8,192 tokens: 575,668,224 B, on every rank that holds it
 
 
 def plan(capsys, *flags):
     r = run_cli(capsys, "estimate", "deepseek-v3", "--gpu", "h200", "--context", "8192", "--batch", "64", "--engine",
-                "ideal", "--activation-memory", "2GiB", "--non-torch-memory", "1GiB", "-f", "json", *flags)
+                "ideal", "--activation-memory", "2GiB", "--non-torch-memory", "1GiB", "--gpu-memory-utilization", "0.9",
+                "-f", "json", *flags)
     assert r.exit_code == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -120,7 +121,7 @@ def test_suggestions_count_every_instance(capsys):
     """Not fitting under --dp: the suggestions ask each instance for its ⌈batch / dp⌉ only."""
     r = run_cli(capsys, "estimate", "deepseek-v3", "--gpu", "h200", "--dp", "8", "--expert-parallel", "--engine",
                 "ideal", "--activation-memory", "2GiB", "--non-torch-memory", "1GiB", "--context", "8192", "--batch",
-                "448", "-f", "json")  # 56 an instance, one more than its 55 (test above)
+                "448", "--gpu-memory-utilization", "0.9", "-f", "json")  # 56 an instance, one more than its 55 (test above)
     d = json.loads(r.stdout)
     assert not d["fits"] and d["max_concurrent_sequences"] == 440
     # fp8 latents, 61 x 576 x 1 B x 8,192 = 287,834,112 B a sequence: 31,748,509,799 // that = 110 an instance

@@ -1768,13 +1768,7 @@ def _kimi_linear(c: _Cfg):
                          ("n_shared_experts", "num_shared_experts"), ("max_position_embeddings", "model_max_length")):
         if theirs in c.raw and ours not in c.raw:
             c.raw[ours] = c.raw[theirs]
-    types = c.get("mlp_layer_types")  # what KimiLinearConfig saves in place of first_k_dense_replace (default 1)
-    if types is not None:
-        dense = next((i for i, t in enumerate(types) if t != "dense"), len(types)) if isinstance(types, list) else 0
-        if not isinstance(types, list) or len(types) != L or any(t != "sparse" for t in types[dense:]):
-            raise ConfigError(f"{c.where}: mlp_layer_types is {shown(types)}: kvplan counts only dense layers "
-                              f"first, then sparse ones, over {L} layers")
-        c.raw.setdefault("first_k_dense_replace", dense)
+    _dense_first(c, L)  # mlp_layer_types: what KimiLinearConfig saves in place of first_k_dense_replace (default 1)
     c.raw.setdefault("first_k_dense_replace", 1)
     c.raw.setdefault("moe_layer_freq", 1)
     f, total, inactive = _deepseek(c, v3=True)
