@@ -91,6 +91,17 @@ def tiny_model(config, dtype=torch.bfloat16, seed: int = 0):
     return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
 
 
+def parameter_count(model) -> int:
+    """The parameters a model holds, each storage counted once (tied embeddings share one)."""
+    seen, total = set(), 0
+    for tensor in model.state_dict().values():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            total += tensor.numel()
+    return total
+
+
 def prompt(config, batch: int, tokens: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, config.vocab_size, (batch, tokens), generator=g)

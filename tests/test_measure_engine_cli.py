@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import run_cli
-from kvplan.measure import server as srv
+from processes import gone
 
 HERE = Path(__file__).parent
 FAKE = str(HERE / "fake-vllm")
@@ -48,14 +48,6 @@ def fake(monkeypatch, tmp_path):
 
 def pids_of(path: Path) -> list[int]:
     return [int(x) for x in path.read_text().split()] if path.exists() else []
-
-
-def gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return srv.parse_proc_stat(f.read())[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
 
 
 def measure(capsys, *args: str):

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from processes import gone as process_gone
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "llamacpp_real"
 GQA = FIXTURES / "llama-gqa.gguf"
@@ -55,22 +57,11 @@ def gone(pids_file: Path) -> None:
     pids = [int(p) for p in pids_file.read_text().split()]
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        alive = [p for p in pids if _alive(p)]
+        alive = [p for p in pids if not process_gone(p)]
         if not alive:
             return
         time.sleep(0.1)
     raise AssertionError(f"processes left: {alive}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie not yet reaped by its parent counts as gone
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_start_and_two_levels_against_the_recorded_log(fake):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kvplan.measure import server as srv
+from processes import gone
 
 FAKE = str(Path(__file__).with_name("fake_engine.py"))
 LOG = Path(__file__).parent / "fixtures" / "vllm_logs" / "vllm-0.32.0-cpu-tiny-llama.log"
@@ -31,15 +32,6 @@ def pids(tmp_path: Path) -> list[int]:
             return [int(x) for x in p.read_text().split()]
         time.sleep(0.02)
     raise AssertionError("the fake engine wrote no pid file")
-
-
-def gone(pid: int) -> bool:
-    """The process is gone or a zombie (exited, waiting to be reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return srv.parse_proc_stat(f.read())[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
 
 
 # ------------------------------------------------------------------ pure parts
