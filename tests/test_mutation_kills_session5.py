@@ -49,3 +49,12 @@ def test_the_level_p99_is_the_99th_of_100():
     times = load.summarize(results)
     assert times.ttft_p99_s == pytest.approx(0.099) and times.ttft_p50_s == pytest.approx(0.050)
     assert times.tpot_p99_s == pytest.approx(0.0099) and times.tpot_p50_s == pytest.approx(0.0050)
+
+
+def test_vllm_options_default_to_one_gpu_one_stage():
+    # kvplan.estimate()'s and the engines' default deployment is one GPU (tp 1) in one pipeline stage (pp 1),
+    # vLLM's own defaults (--tensor-parallel-size 1, --pipeline-parallel-size 1: vllm/config/parallel.py)
+    from kvplan.engines.vllm import VllmOptions
+
+    options = VllmOptions()
+    assert (options.tp, options.pp) == (1, 1)
